@@ -1,0 +1,71 @@
+"""Worker bootstrap: compiled into spr-worker and run once, trusted, before any user code.
+
+Installs the meta-path finder that refuses blocked modules, the signal handlers that turn
+the worker's soft deadlines into TimeoutError, and the factory of the restricted `sys` view.
+Nothing here is importable by user code: the module is not placed in sys.modules.
+"""
+
+import signal
+import sys
+import types
+
+import _spr
+
+
+class _PolicyFinder:
+    """First on sys.meta_path: refuses a new import of a module the run's policy blocks."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        message = _spr.import_denied(fullname)
+        if message is not None:
+            raise ImportError(message, name=fullname)
+        return None
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+class _SoftTimeout(TimeoutError):
+    pass
+
+
+def _on_wall_clock(signum, frame):
+    raise TimeoutError("Execution timed out")
+
+
+def _on_cpu_time(signum, frame):
+    raise TimeoutError("CPU time limit exceeded")
+
+
+# Attributes of `sys` that user code may see; `modules`, `_getframe`, `meta_path`,
+# `settrace` and friends stay out of reach.
+_SYS_ATTRS = (
+    "api_version", "argv", "byteorder", "builtin_module_names", "copyright", "dont_write_bytecode",
+    "exc_info", "exception", "exit", "flags", "float_info", "float_repr_style", "get_int_max_str_digits",
+    "getdefaultencoding", "getfilesystemencoding", "getfilesystemencodeerrors", "getrecursionlimit",
+    "getrefcount", "getsizeof", "getswitchinterval", "hash_info", "hexversion", "implementation",
+    "int_info", "intern", "is_finalizing", "maxsize", "maxunicode", "platform", "set_int_max_str_digits",
+    "setrecursionlimit", "stderr", "stdin", "stdout", "thread_info", "version", "version_info",
+    "__stdout__", "__stderr__", "__stdin__", "displayhook", "excepthook",
+)
+
+
+def make_sys_proxy():
+    proxy = types.ModuleType("sys", "A restricted view of the sys module.")
+    for name in _SYS_ATTRS:
+        if hasattr(sys, name):
+            setattr(proxy, name, getattr(sys, name))
+    proxy.argv = [""]
+    proxy.path = list(sys.path)
+    proxy.__stdout__ = sys.stdout
+    proxy.__stderr__ = sys.stderr
+    return proxy
+
+
+def install():
+    sys.meta_path.insert(0, _PolicyFinder)
+    signal.signal(signal.SIGALRM, _on_wall_clock)
+    signal.signal(signal.SIGVTALRM, _on_cpu_time)
+    _spr.set_sys_proxy_factory(make_sys_proxy)

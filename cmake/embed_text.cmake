@@ -1,0 +1,12 @@
+# Turns text files into C arrays: cmake -DOUT=file.cpp -DINPUTS="sym=path;sym=path" -P embed_text.cmake
+set(body "// Generated from bootstrap_py/ by cmake/embed_text.cmake. Do not edit.\n")
+foreach(pair IN LISTS INPUTS)
+  string(REPLACE "=" ";" parts "${pair}")
+  list(GET parts 0 sym)
+  list(GET parts 1 path)
+  file(READ "${path}" hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "extern const char ${sym}[];\nconst char ${sym}[] = {${hex}0x00};\n")
+endforeach()
+file(WRITE "${OUT}.tmp" "${body}")
+file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)

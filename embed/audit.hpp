@@ -1,0 +1,57 @@
+// The C audit hook: a table of audit events and what a run may do about each.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "py.hpp"
+
+namespace spr::embed::audit {
+
+// What the hook enforces for the current run. Lives in C++ only: nothing here is reachable from Python.
+struct RunRules {
+  bool allow_network = false;
+  bool allow_threads = false;
+  bool block_exec = true;     // exec and eval both blocked: deny "exec" events raised from user code
+  bool block_compile = true;  // deny "compile" events raised from user code
+  std::vector<std::string> read_roots;  // besides the runtime's own: allowed_read_paths
+  std::string scratch;                  // writable directory of this run ("" = none)
+};
+
+// Registers the hook. Must run before Py_Initialize so it is runtime-wide and unremovable.
+void install();
+// Trusted prefixes: code whose co_filename starts with one of these is the runtime's, not the user's.
+void set_runtime_roots(std::vector<std::string> roots);
+const std::vector<std::string>& runtime_roots();
+void set_rules(RunRules rules);
+// Armed: every event is checked. Disarmed only inside short trusted sections of the engine.
+void arm(bool on);
+bool armed();
+
+// RAII: disarms for the scope (the engine's own imports and sub-interpreter creation).
+class Trusted {
+ public:
+  Trusted() : was_(armed()) { arm(false); }
+  ~Trusted() { arm(was_); }
+  Trusted(const Trusted&) = delete;
+  Trusted& operator=(const Trusted&) = delete;
+
+ private:
+  bool was_;
+};
+
+// Denials since the last reset (the engine maps a PermissionError to error_kind "denied").
+int denials();
+void reset_denials();
+std::string last_denied_event();
+
+// True when the innermost Python frame belongs to user code (not the runtime's own files).
+bool caller_is_user();
+// True when path (made absolute and resolved) lies under one of roots.
+bool path_under(const std::string& path, const std::vector<std::string>& roots);
+
+// Import decisions are the guard's; the hook asks it about "import" events.
+using ImportCheck = std::string (*)(const std::string& module);  // "" = allowed, else the message
+void set_import_check(ImportCheck check);
+
+}  // namespace spr::embed::audit

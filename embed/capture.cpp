@@ -1,0 +1,159 @@
+// Byte-capped capture of stdout/stderr into a shared mapping that outlives a killed run.
+#include "capture.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "detail/capture_layout.hpp"
+
+namespace spr::embed::capture {
+
+using spr::detail::CaptureHeader;
+using spr::detail::kCaptureDataOffset;
+using spr::detail::kCaptureMagic;
+
+namespace {
+
+int g_fd = -1;
+char* g_map = nullptr;
+std::size_t g_map_size = 0;
+
+CaptureHeader* header() { return reinterpret_cast<CaptureHeader*>(g_map); }
+char* area(int stream) { return g_map + kCaptureDataOffset + (stream == 0 ? 0 : header()->cap); }
+
+bool map_size(std::size_t size) {
+  if (size <= g_map_size) return true;
+  if (g_fd >= 0 && ftruncate(g_fd, static_cast<off_t>(size)) != 0) return false;
+  void* m = g_fd >= 0 ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, g_fd, 0)
+                      : mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return false;
+  if (g_map) munmap(g_map, g_map_size);
+  g_map = static_cast<char*>(m);
+  g_map_size = size;
+  return true;
+}
+
+struct StreamObject {
+  PyObject_HEAD int stream;
+};
+
+PyObject* stream_write(PyObject* self, PyObject* arg) {
+  if (!PyUnicode_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "write() argument must be str, not %.100s", Py_TYPE(arg)->tp_name);
+    return nullptr;
+  }
+  const int s = reinterpret_cast<StreamObject*>(self)->stream;
+  Py_ssize_t n = 0;
+  if (const char* u = PyUnicode_AsUTF8AndSize(arg, &n)) {
+    append(s, u, static_cast<std::size_t>(n));
+  } else {
+    PyErr_Clear();
+    std::string t = py::utf8(arg);
+    append(s, t.data(), t.size());
+  }
+  return PyLong_FromSsize_t(PyUnicode_GET_LENGTH(arg));
+}
+
+PyObject* stream_writelines(PyObject* self, PyObject* lines) {
+  py::Ref it(PyObject_GetIter(lines));
+  if (!it) return nullptr;
+  while (py::Ref line{PyIter_Next(it.get())}) {
+    py::Ref r(stream_write(self, line.get()));
+    if (!r) return nullptr;
+  }
+  if (PyErr_Occurred()) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* stream_none(PyObject*, PyObject*) { Py_RETURN_NONE; }
+PyObject* stream_false(PyObject*, PyObject*) { Py_RETURN_FALSE; }
+PyObject* stream_true(PyObject*, PyObject*) { Py_RETURN_TRUE; }
+PyObject* stream_fileno(PyObject*, PyObject*) {
+  PyErr_SetString(PyExc_OSError, "captured stream has no file descriptor");
+  return nullptr;
+}
+PyObject* stream_get_encoding(PyObject*, void*) { return PyUnicode_FromString("utf-8"); }
+PyObject* stream_get_errors(PyObject*, void*) { return PyUnicode_FromString("strict"); }
+PyObject* stream_get_closed(PyObject*, void*) { Py_RETURN_FALSE; }
+
+PyMethodDef kStreamMethods[] = {
+    {"write", stream_write, METH_O, "Write str; bytes past max_output_kb are dropped and flagged."},
+    {"writelines", stream_writelines, METH_O, nullptr},
+    {"flush", stream_none, METH_NOARGS, nullptr},
+    {"isatty", stream_false, METH_NOARGS, nullptr},
+    {"readable", stream_false, METH_NOARGS, nullptr},
+    {"seekable", stream_false, METH_NOARGS, nullptr},
+    {"writable", stream_true, METH_NOARGS, nullptr},
+    {"fileno", stream_fileno, METH_NOARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef kStreamGetset[] = {{"encoding", stream_get_encoding, nullptr, nullptr, nullptr},
+                               {"errors", stream_get_errors, nullptr, nullptr, nullptr},
+                               {"closed", stream_get_closed, nullptr, nullptr, nullptr},
+                               {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyTypeObject* g_stream_type = nullptr;
+
+}  // namespace
+
+bool attach(int fd) {
+  g_fd = fd;
+  return map_size(kCaptureDataOffset + 2 * 4096);
+}
+
+bool begin(std::uint64_t run_id, std::uint64_t cap) {
+  if (!map_size(kCaptureDataOffset + 2 * cap)) return false;
+  CaptureHeader* h = header();
+  h->magic = kCaptureMagic;
+  h->run_id = run_id;
+  h->cap = cap;
+  h->out_len = h->err_len = 0;
+  h->out_truncated = h->err_truncated = 0;
+  return true;
+}
+
+void append(int stream, const char* data, std::size_t len) {
+  if (!g_map) return;
+  CaptureHeader* h = header();
+  std::uint64_t& used = stream == 0 ? h->out_len : h->err_len;
+  const std::uint64_t room = h->cap > used ? h->cap - used : 0;
+  std::size_t n = len;
+  if (n > room) {
+    n = static_cast<std::size_t>(room);
+    (stream == 0 ? h->out_truncated : h->err_truncated) = 1;
+  }
+  std::memcpy(area(stream) + used, data, n);
+  used += n;
+}
+
+std::string text(int stream) {
+  if (!g_map) return {};
+  const CaptureHeader* h = header();
+  const std::uint64_t n = stream == 0 ? h->out_len : h->err_len;
+  return std::string(area(stream), static_cast<std::size_t>(n < h->cap ? n : h->cap));
+}
+
+bool truncated(int stream) { return g_map && (stream == 0 ? header()->out_truncated : header()->err_truncated); }
+
+int add_type(PyObject* m) {
+  static PyType_Slot slots[] = {{Py_tp_methods, kStreamMethods},
+                                {Py_tp_getset, kStreamGetset},
+                                {Py_tp_doc, const_cast<char*>("Captured output stream of a run.")},
+                                {0, nullptr}};
+  static PyType_Spec spec = {"_spr.Stream", sizeof(StreamObject), 0, Py_TPFLAGS_DEFAULT, slots};
+  PyObject* t = PyType_FromSpec(&spec);
+  if (!t) return -1;
+  g_stream_type = reinterpret_cast<PyTypeObject*>(t);
+  Py_INCREF(t);
+  return PyModule_AddObject(m, "Stream", t);
+}
+
+PyObject* make_stream(int stream) {
+  PyObject* o = PyType_GenericAlloc(g_stream_type, 0);
+  if (o) reinterpret_cast<StreamObject*>(o)->stream = stream;
+  return o;
+}
+
+}  // namespace spr::embed::capture

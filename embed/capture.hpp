@@ -1,0 +1,23 @@
+// Output capture: sys.stdout/sys.stderr replacements that write, byte-capped, into the shared memfd.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "py.hpp"
+
+namespace spr::embed::capture {
+
+// Maps the memfd at `fd` (or an anonymous buffer when fd < 0, for the in-process engine).
+bool attach(int fd);
+// Resets both streams for a run, growing the buffer to hold `cap` bytes per stream.
+bool begin(std::uint64_t run_id, std::uint64_t cap);
+void append(int stream, const char* data, std::size_t len);  // stream 0 = stdout, 1 = stderr
+std::string text(int stream);
+bool truncated(int stream);
+
+// Registers the `Stream` type into module `m`; `make_stream(i)` builds sys.stdout (0) or sys.stderr (1).
+int add_type(PyObject* m);
+PyObject* make_stream(int stream);
+
+}  // namespace spr::embed::capture

@@ -1,0 +1,184 @@
+// JSON <-> Python conversion for input_data, extra_globals and the `result` variable.
+#include "codec.hpp"
+
+#include <cmath>
+
+namespace spr::embed::codec {
+
+using nlohmann::json;
+
+PyObject* to_python(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: Py_RETURN_NONE;
+    case json::value_t::boolean: return PyBool_FromLong(v.get<bool>());
+    case json::value_t::number_integer: return PyLong_FromLongLong(v.get<long long>());
+    case json::value_t::number_unsigned: return PyLong_FromUnsignedLongLong(v.get<unsigned long long>());
+    case json::value_t::number_float: return PyFloat_FromDouble(v.get<double>());
+    case json::value_t::string: {
+      const auto& s = v.get_ref<const std::string&>();
+      return PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+    }
+    case json::value_t::array: {
+      py::Ref list(PyList_New(static_cast<Py_ssize_t>(v.size())));
+      if (!list) return nullptr;
+      Py_ssize_t i = 0;
+      for (const auto& e : v) {
+        PyObject* item = to_python(e);
+        if (!item) return nullptr;
+        PyList_SET_ITEM(list.get(), i++, item);
+      }
+      return list.release();
+    }
+    case json::value_t::object: {
+      py::Ref dict(PyDict_New());
+      if (!dict) return nullptr;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        py::Ref key(PyUnicode_DecodeUTF8(it.key().data(), static_cast<Py_ssize_t>(it.key().size()), "replace"));
+        py::Ref item(to_python(it.value()));
+        if (!key || !item || PyDict_SetItem(dict.get(), key.get(), item.get()) < 0) return nullptr;
+      }
+      return dict.release();
+    }
+    default: Py_RETURN_NONE;
+  }
+}
+
+namespace {
+
+struct Encoder {
+  std::uint64_t budget;
+  int max_depth;
+  std::string error;
+
+  bool spend(std::uint64_t n) {
+    if (n > budget) {
+      error = "too large";
+      return false;
+    }
+    budget -= n;
+    return true;
+  }
+
+  bool text(PyObject* s, json& out) {
+    std::string u = py::utf8(s);
+    if (!spend(u.size() + 2)) return false;
+    out = std::move(u);
+    return true;
+  }
+
+  bool fallback_str(PyObject* o, json& out) {
+    py::Ref s(PyObject_Str(o));
+    if (!s) {
+      PyErr_Clear();
+      out = std::string("<unprintable ") + Py_TYPE(o)->tp_name + " object>";
+      return spend(out.get_ref<std::string&>().size());
+    }
+    return text(s.get(), out);
+  }
+
+  bool key_text(PyObject* k, std::string& out) {
+    json tmp;
+    if (PyUnicode_Check(k)) {
+      out = py::utf8(k);
+    } else if (k == Py_None) {
+      out = "null";
+    } else if (PyBool_Check(k)) {
+      out = k == Py_True ? "true" : "false";
+    } else if (PyLong_Check(k) || PyFloat_Check(k)) {
+      py::Ref r(PyObject_Repr(k));
+      out = r ? py::utf8(r.get()) : "?";
+      if (!r) PyErr_Clear();
+    } else {
+      if (!fallback_str(k, tmp)) return false;
+      out = tmp.get<std::string>();
+    }
+    return spend(out.size() + 3);
+  }
+
+  bool encode(PyObject* o, json& out, int depth) {
+    if (depth > max_depth) {
+      error = "nested deeper than " + std::to_string(max_depth) + " levels";
+      return false;
+    }
+    if (o == Py_None) {
+      out = nullptr;
+      return spend(4);
+    }
+    if (PyBool_Check(o)) {
+      out = (o == Py_True);
+      return spend(5);
+    }
+    if (PyLong_Check(o)) {
+      int overflow = 0;
+      long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+      if (!overflow && !(v == -1 && PyErr_Occurred())) {
+        out = v;
+        return spend(20);
+      }
+      PyErr_Clear();
+      if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (!PyErr_Occurred()) {
+          out = u;
+          return spend(20);
+        }
+        PyErr_Clear();
+      }
+      return fallback_str(o, out);  // beyond 64 bits: its decimal text
+    }
+    if (PyFloat_Check(o)) {
+      double d = PyFloat_AS_DOUBLE(o);
+      if (!std::isfinite(d)) return fallback_str(o, out);  // "nan", "inf": JSON has no spelling for them
+      out = d;
+      return spend(24);
+    }
+    if (PyUnicode_Check(o)) return text(o, out);
+    if (PyList_Check(o) || PyTuple_Check(o)) {
+      py::Ref seq(PySequence_Fast(o, "not a sequence"));
+      if (!seq) {
+        PyErr_Clear();
+        return fallback_str(o, out);
+      }
+      out = json::array();
+      const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
+      if (!spend(2)) return false;
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        json item;
+        if (!encode(PySequence_Fast_GET_ITEM(seq.get(), i), item, depth + 1)) return false;
+        out.push_back(std::move(item));
+        if (!spend(1)) return false;
+      }
+      return true;
+    }
+    if (PyDict_Check(o)) {
+      out = json::object();
+      if (!spend(2)) return false;
+      PyObject *k, *v;
+      Py_ssize_t pos = 0;
+      while (PyDict_Next(o, &pos, &k, &v)) {
+        py::Ref kk = py::Ref::borrow(k), vv = py::Ref::borrow(v);  // user __str__ may mutate the dict
+        std::string key;
+        if (!key_text(kk.get(), key)) return false;
+        json item;
+        if (!encode(vv.get(), item, depth + 1)) return false;
+        out[key] = std::move(item);
+      }
+      return true;
+    }
+    return fallback_str(o, out);
+  }
+};
+
+}  // namespace
+
+Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth) {
+  Encoder e{max_bytes, max_depth, {}};
+  Encoded r;
+  if (!e.encode(obj, r.value, 0)) {
+    r.value = nullptr;
+    r.error = e.error.empty() ? "too large" : e.error;
+  }
+  return r;
+}
+
+}  // namespace spr::embed::codec

@@ -1,0 +1,96 @@
+// Soft deadlines. A real signal aimed at the executing thread interrupts `while True: pass`
+// on 3.11/3.12, where Py_AddPendingCall or PyErr_SetInterrupt from another thread does not.
+#include "deadline.hpp"
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmath>
+
+namespace spr::embed::deadline {
+
+namespace {
+timer_t g_wall{}, g_cpu{};
+bool g_ready = false;
+volatile sig_atomic_t g_wall_fired = 0, g_cpu_fired = 0;
+
+// Chained in front of Python's own handler: records which limit fired, then lets Python
+// schedule its handler (which raises TimeoutError at the next bytecode boundary).
+struct sigaction g_py_alrm{}, g_py_vtalrm{};
+
+void on_signal(int sig, siginfo_t* info, void* ctx) {
+  struct sigaction& next = sig == SIGALRM ? g_py_alrm : g_py_vtalrm;
+  (sig == SIGALRM ? g_wall_fired : g_cpu_fired) = 1;
+  if (next.sa_flags & SA_SIGINFO) {
+    if (next.sa_sigaction) next.sa_sigaction(sig, info, ctx);
+  } else if (next.sa_handler != SIG_DFL && next.sa_handler != SIG_IGN && next.sa_handler) {
+    next.sa_handler(sig);
+  }
+}
+
+bool make(clockid_t clock, int sig, timer_t* out) {
+  sigevent ev{};
+  ev.sigev_notify = SIGEV_THREAD_ID;
+  ev.sigev_signo = sig;
+  ev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+  return timer_create(clock, &ev, out) == 0;
+}
+
+itimerspec spec(double s) {
+  itimerspec t{};
+  if (s > 0) {
+    double whole = std::floor(s);
+    t.it_value.tv_sec = static_cast<time_t>(whole);
+    t.it_value.tv_nsec = static_cast<long>((s - whole) * 1e9);
+    if (t.it_value.tv_sec == 0 && t.it_value.tv_nsec == 0) t.it_value.tv_nsec = 1;
+  }
+  return t;
+}
+}  // namespace
+
+bool init() {
+  if (g_ready) {
+    timer_delete(g_wall);
+    timer_delete(g_cpu);
+    g_ready = false;
+  }
+  // Interpose once: Python's handlers were installed by the bootstrap before this runs.
+  static bool chained = false;
+  if (!chained) {
+    struct sigaction sa{};
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO;  // no SA_RESTART: a blocking call returns EINTR and Python checks signals
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGALRM, &sa, &g_py_alrm) != 0 || sigaction(SIGVTALRM, &sa, &g_py_vtalrm) != 0) return false;
+    chained = true;
+  }
+  if (!make(CLOCK_MONOTONIC, SIGALRM, &g_wall)) return false;
+  if (!make(CLOCK_THREAD_CPUTIME_ID, SIGVTALRM, &g_cpu)) {
+    timer_delete(g_wall);
+    return false;
+  }
+  g_ready = true;
+  return true;
+}
+
+void arm(double wall_seconds, double cpu_seconds) {
+  g_wall_fired = g_cpu_fired = 0;
+  if (!g_ready) return;
+  itimerspec w = spec(wall_seconds), c = spec(cpu_seconds);
+  timer_settime(g_wall, 0, &w, nullptr);
+  if (cpu_seconds > 0) timer_settime(g_cpu, 0, &c, nullptr);
+}
+
+void disarm() {
+  if (!g_ready) return;
+  itimerspec zero{};
+  timer_settime(g_wall, 0, &zero, nullptr);
+  timer_settime(g_cpu, 0, &zero, nullptr);
+}
+
+bool wall_fired() { return g_wall_fired != 0; }
+bool cpu_fired() { return g_cpu_fired != 0; }
+
+}  // namespace spr::embed::deadline

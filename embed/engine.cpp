@@ -1,0 +1,433 @@
+// The in-process engine: isolated CPython initialisation, the bootstrap, and one run in a fresh namespace.
+#include "engine.hpp"
+
+#include <limits.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "audit.hpp"
+#include "detail/wire.hpp"
+#include "capture.hpp"
+#include "codec.hpp"
+#include "deadline.hpp"
+#include "guard.hpp"
+#include "memory.hpp"
+#include "py.hpp"
+
+extern const char kSprBootstrapSource[];
+extern const char kSprPreloadList[];
+
+namespace spr::embed {
+
+namespace {
+
+constexpr const char* kUserFilename = "<string>";
+bool g_initialized = false;
+
+// PyConfig must be cleared on every path.
+struct ConfigGuard {
+  PyConfig config;
+  ConfigGuard() { PyConfig_InitIsolatedConfig(&config); }
+  ~ConfigGuard() { PyConfig_Clear(&config); }
+  ConfigGuard(const ConfigGuard&) = delete;
+  ConfigGuard& operator=(const ConfigGuard&) = delete;
+};
+
+std::string status_text(const PyStatus& s, const char* what) {
+  std::string out = what;
+  if (s.func) out += std::string(" (") + s.func + ")";
+  if (s.err_msg) out += std::string(": ") + s.err_msg;
+  return out;
+}
+
+std::string real(const std::string& p) {
+  char buf[PATH_MAX];
+  return realpath(p.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+std::string current_error_text() {
+  py::FetchedError e = py::FetchedError::fetch();
+  if (!e) return "unknown error";
+  return py::str(e.type.get()) + ": " + py::str(e.value.get());
+}
+
+bool run_bootstrap() {
+  audit::Trusted trusted;
+  py::Ref code(Py_CompileString(kSprBootstrapSource, "<frozen spr_bootstrap>", Py_file_input));
+  if (!code) return false;
+  py::Ref module(PyModule_New("_spr_bootstrap"));
+  if (!module) return false;
+  PyObject* d = PyModule_GetDict(module.get());  // borrowed
+  if (PyDict_SetItemString(d, "__builtins__", PyEval_GetBuiltins()) < 0) return false;
+  py::Ref r(PyEval_EvalCode(code.get(), d, d));
+  if (!r) return false;
+  py::Ref install(PyObject_GetAttrString(module.get(), "install"));
+  if (!install) return false;
+  py::Ref done(PyObject_CallNoArgs(install.get()));
+  return static_cast<bool>(done);
+}
+
+bool preload() {
+  audit::Trusted trusted;
+  std::istringstream in(kSprPreloadList);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    py::Ref m(PyImport_ImportModule(line.c_str()));
+    if (!m) PyErr_Clear();  // a module missing from this Python build is not fatal
+  }
+  return true;
+}
+
+std::vector<std::string> compute_runtime_paths() {
+  std::vector<std::string> out;
+  py::Ref sys(PyImport_ImportModule("sys"));
+  py::Ref path(sys ? PyObject_GetAttrString(sys.get(), "path") : nullptr);
+  if (path && PyList_Check(path.get())) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(path.get()); ++i) {
+      std::string p = real(py::utf8(PyList_GET_ITEM(path.get(), i)));
+      if (!p.empty()) out.push_back(p);
+    }
+  }
+  PyErr_Clear();
+  return out;
+}
+
+std::vector<std::string> g_runtime_paths;
+
+bool contains(const std::vector<std::string>& v, const char* s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+
+struct Streams {
+  py::Ref out, err;
+};
+Streams g_streams;
+
+// The run's globals: builtins, input_data, result, extra_globals and input keys, filtered.
+PyObject* make_globals(const Request& req) {
+  const RunnerPolicy& p = req.policy;
+  py::Ref g(PyDict_New());
+  py::Ref builtins(guard::make_run_builtins(p));
+  py::Ref input(codec::to_python(req.input_data));
+  if (!g || !builtins || !input) return nullptr;
+  PyDict_SetItemString(g.get(), "__builtins__", builtins.get());
+  py::Ref name(PyUnicode_FromString("__main__"));
+  PyDict_SetItemString(g.get(), "__name__", name.get());
+  PyDict_SetItemString(g.get(), "__doc__", Py_None);
+  auto admitted = [&](const std::string& key) {
+    if (p.mode == Mode::allow) return std::find(p.allowed_globals.begin(), p.allowed_globals.end(), key) != p.allowed_globals.end();
+    return std::find(p.blocked_globals.begin(), p.blocked_globals.end(), key) == p.blocked_globals.end();
+  };
+  auto bind = [&](const std::string& key, PyObject* value) -> bool {
+    if (key.empty() || key[0] == '_' || key == "input_data" || key == "result" || !admitted(key)) return true;
+    py::Ref k(PyUnicode_FromStringAndSize(key.data(), static_cast<Py_ssize_t>(key.size())));
+    if (!k) return false;
+    if (!PyUnicode_IsIdentifier(k.get())) return true;
+    return PyDict_SetItem(g.get(), k.get(), value) == 0;
+  };
+  for (auto it = p.extra_globals.begin(); it != p.extra_globals.end(); ++it) {
+    py::Ref v(codec::to_python(it.value()));
+    if (!v || !bind(it.key(), v.get())) return nullptr;
+  }
+  if (PyDict_Check(input.get())) {
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(input.get(), &pos, &k, &v))
+      if (!bind(py::utf8(k), v)) return nullptr;
+  }
+  PyDict_SetItemString(g.get(), "input_data", input.get());
+  PyDict_SetItemString(g.get(), "result", Py_None);
+  return g.release();
+}
+
+std::string type_name(PyObject* type) {
+  if (type && PyType_Check(type)) return reinterpret_cast<PyTypeObject*>(type)->tp_name;
+  return "Exception";
+}
+
+// "ValueError: msg", as the original reports it (the type's name, unqualified).
+std::string one_line(const py::FetchedError& e) {
+  std::string name = type_name(e.type.get());
+  if (auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
+  return name + ": " + py::str(e.value.get());
+}
+
+std::string format_traceback(const py::FetchedError& e, bool only_exception) {
+  py::Ref tb_mod(PyImport_ImportModule("traceback"));
+  if (!tb_mod) {
+    PyErr_Clear();
+    return one_line(e) + "\n";
+  }
+  py::Ref lines(only_exception
+                    ? PyObject_CallMethod(tb_mod.get(), "format_exception_only", "OO", e.type.get(), e.value.get())
+                    : PyObject_CallMethod(tb_mod.get(), "format_exception", "OOO", e.type.get(), e.value.get(),
+                                          e.traceback ? e.traceback.get() : Py_None));
+  if (!lines) {
+    PyErr_Clear();
+    return one_line(e) + "\n";
+  }
+  std::string out;
+  py::Ref it(PyObject_GetIter(lines.get()));
+  while (it) {
+    py::Ref line(PyIter_Next(it.get()));
+    if (!line) break;
+    out += py::utf8(line.get());
+  }
+  PyErr_Clear();
+  return out;
+}
+
+void write_stderr(const std::string& s) { capture::append(1, s.data(), s.size()); }
+
+// Applies SystemExit's rules: None/0 is success, an int is the exit code, anything else is printed.
+void system_exit(const py::FetchedError& e, RunResult& r) {
+  py::Ref code(e.value ? PyObject_GetAttrString(e.value.get(), "code") : nullptr);
+  PyErr_Clear();
+  if (!code || code.get() == Py_None) {
+    r.ok = true;
+    return;
+  }
+  if (PyLong_Check(code.get())) {
+    long n = PyLong_AsLong(code.get());
+    if (n == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      n = 1;
+    }
+    if (n == 0) {
+      r.ok = true;
+      return;
+    }
+    r.error = "SystemExit: " + py::str(code.get());
+    r.exit_code = static_cast<int>(n);
+  } else {
+    const std::string msg = py::str(code.get());
+    write_stderr(msg + "\n");
+    r.error = "SystemExit: " + msg;
+    r.exit_code = 1;
+  }
+  r.error_kind = ErrorKind::system_exit;
+}
+
+void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
+  PyObject* t = e.type.get();
+  r.ok = false;
+  r.exit_code = 1;
+  if (PyErr_GivenExceptionMatches(t, PyExc_SystemExit)) {
+    system_exit(e, r);
+    return;
+  }
+  if (deadline::wall_fired()) {
+    r.timed_out = true;
+    r.error = "Execution timed out after " + spr::detail::format_seconds(p.timeout_seconds) + "s";
+    r.exit_code = 124;
+    r.error_kind = ErrorKind::timeout;
+    return;
+  }
+  if (deadline::cpu_fired()) {
+    r.resource_exceeded = true;
+    r.error = "CPU time limit exceeded after " + spr::detail::format_seconds(p.cpu_time_seconds) + "s";
+    r.exit_code = 124;
+    r.error_kind = ErrorKind::cpu_time;
+    return;
+  }
+  write_stderr(format_traceback(e, false));
+  if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
+    r.resource_exceeded = true;
+    r.error = "Memory limit exceeded";
+    r.exit_code = 2;
+    r.error_kind = ErrorKind::memory;
+    return;
+  }
+  r.error = one_line(e);
+  if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised())
+    r.error_kind = ErrorKind::blocked_import;
+  else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0)
+    r.error_kind = ErrorKind::denied;
+  else
+    r.error_kind = ErrorKind::exception;
+}
+
+audit::RunRules rules_for(const RunnerPolicy& p) {
+  audit::RunRules rules;
+  rules.allow_network = p.allow_network;
+  rules.allow_threads = p.isolation == Isolation::fork || p.isolation == Isolation::process;
+  const auto blocked = [&](const char* b) {
+    return p.mode == Mode::allow ? !contains(p.allowed_builtins, b) : contains(p.blocked_builtins, b);
+  };
+  rules.block_exec = blocked("exec") && blocked("eval");
+  rules.block_compile = blocked("compile");
+  for (const auto& path : p.allowed_read_paths) {
+    std::string r = real(path);
+    if (!r.empty()) rules.read_roots.push_back(r);
+  }
+  return rules;
+}
+
+}  // namespace
+
+
+std::string initialize(const EngineOptions& options) {
+  if (g_initialized) return {};
+  audit::install();  // before Py_Initialize: the hook then covers the whole runtime and cannot be removed
+  guard::register_module();
+
+  PyPreConfig pre;
+  PyPreConfig_InitIsolatedConfig(&pre);
+  pre.utf8_mode = 1;  // the environment is empty; do not depend on a locale
+  PyStatus st = Py_PreInitialize(&pre);
+  if (PyStatus_Exception(st)) return status_text(st, "Python pre-initialisation failed");
+
+  ConfigGuard cfg;
+  cfg.config.install_signal_handlers = 0;
+  cfg.config.site_import = 0;
+  cfg.config.write_bytecode = 0;
+  cfg.config.user_site_directory = 0;
+  cfg.config.parse_argv = 0;
+  cfg.config.buffered_stdio = 0;
+#if PY_VERSION_HEX >= 0x030B0000
+  cfg.config.safe_path = 1;
+#endif
+#ifdef SPR_PYTHON_HOME
+  if (const char* env_home = SPR_PYTHON_HOME; env_home[0]) {
+    st = PyConfig_SetBytesString(&cfg.config, &cfg.config.home, env_home);
+    if (PyStatus_Exception(st)) return status_text(st, "setting the Python home failed");
+  }
+#endif
+  st = PyConfig_SetBytesString(&cfg.config, &cfg.config.program_name, "spr-worker");
+  if (PyStatus_Exception(st)) return status_text(st, "setting the program name failed");
+  st = Py_InitializeFromConfig(&cfg.config);
+  if (PyStatus_Exception(st)) return status_text(st, "Python initialisation failed");
+
+  g_runtime_paths = compute_runtime_paths();
+  audit::set_runtime_roots(g_runtime_paths);
+  memory::install();
+  if (!capture::attach(options.capture_fd)) return "cannot map the output buffer";
+  {
+    audit::Trusted trusted;
+    if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
+    if (!run_bootstrap()) return "bootstrap failed: " + current_error_text();
+    g_streams.out = py::Ref(capture::make_stream(0));
+    g_streams.err = py::Ref(capture::make_stream(1));
+    if (!g_streams.out || !g_streams.err) return "creating the output streams failed";
+    PySys_SetObject("stdout", g_streams.out.get());
+    PySys_SetObject("stderr", g_streams.err.get());
+    PySys_SetObject("__stdout__", g_streams.out.get());
+    PySys_SetObject("__stderr__", g_streams.err.get());
+  }
+  if (options.preload) preload();
+  if (!deadline::init()) return "creating the soft-deadline timers failed";
+  g_initialized = true;
+  audit::arm(true);  // from here on, every audit event is checked
+  return {};
+}
+
+std::string python_version() { return Py_GetVersion() ? std::string(Py_GetVersion()).substr(0, std::string(Py_GetVersion()).find(' ')) : "?"; }
+std::vector<std::string> runtime_paths() { return g_runtime_paths; }
+
+bool prepare_capture(const Request& req) {
+  return capture::begin(req.id, static_cast<std::uint64_t>(req.policy.max_output_kb) * 1024);
+}
+
+RunResult run(const Request& req) {
+  if (!prepare_capture(req)) {
+    RunResult r;
+    r.error = "cannot allocate the output buffer";
+    r.error_kind = ErrorKind::memory;
+    r.exit_code = 2;
+    r.resource_exceeded = true;
+    return r;
+  }
+  return run_prepared(req);
+}
+
+RunResult run_prepared(const Request& req) {
+  const RunnerPolicy& p = req.policy;
+  RunResult r;
+  r.isolation = p.isolation;
+  guard::reset_run_state();
+  audit::reset_denials();
+  guard::set_policy(p);
+  audit::set_rules(rules_for(p));
+
+  py::Ref globals(make_globals(req));
+  if (!globals) {
+    r.error = "bad input: " + current_error_text();
+    r.error_kind = ErrorKind::bad_input;
+    r.exit_code = 1;
+    return r;
+  }
+  PySys_SetObject("stdout", g_streams.out.get());
+  PySys_SetObject("stderr", g_streams.err.get());
+
+  py::Ref code;
+  if (req.code.find('\0') != std::string::npos) {
+    PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
+  } else {
+    code = py::Ref(Py_CompileStringExFlags(req.code.c_str(), kUserFilename, Py_file_input, nullptr, -1));
+  }
+  if (!code) {
+    py::FetchedError e = py::FetchedError::fetch();
+    if (PyErr_GivenExceptionMatches(e.type.get(), PyExc_MemoryError)) {
+      r.error = "Memory limit exceeded";
+      r.error_kind = ErrorKind::memory;
+      r.resource_exceeded = true;
+      r.exit_code = 2;
+    } else {
+      write_stderr(format_traceback(e, true));
+      r.error = one_line(e);
+      r.error_kind = ErrorKind::syntax;
+      r.exit_code = 1;
+    }
+  } else {
+    memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
+    deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
+    py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
+    deadline::disarm();
+    py::FetchedError e;
+    if (!value) e = py::FetchedError::fetch();
+    memory::end_run();
+    if (deadline::wall_fired() || deadline::cpu_fired()) {
+      // A handler may still be pending: let it run now, not in the next run.
+      if (PyErr_CheckSignals() < 0) PyErr_Clear();
+      if (!e) {
+        // The limit fired after the code finished: the run completed in time.
+      }
+    }
+    if (e) {
+      classify(e, p, r);
+    } else {
+      r.ok = true;
+    }
+    if (r.ok) {
+      PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
+      const std::uint64_t max_bytes = static_cast<std::uint64_t>(p.max_result_kb) * 1024;
+      codec::Encoded enc = codec::from_python(result ? result : Py_None, max_bytes);
+      PyErr_Clear();
+      if (!enc.error.empty()) {
+        r.ok = false;
+        r.exit_code = 1;
+        r.error_kind = ErrorKind::result_too_large;
+        r.error = enc.error == "too large"
+                      ? "Result too large: its JSON exceeds max_result_kb (" + std::to_string(p.max_result_kb) + " KB)"
+                      : "Result cannot be returned: " + enc.error;
+      } else {
+        r.result = std::move(enc.value);
+      }
+      if (r.ok) r.exit_code = 0;
+    }
+  }
+  PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook
+  globals.reset();
+  code.reset();
+  PyErr_Clear();
+  guard::reset_run_state();
+  r.stdout_text = capture::text(0);
+  r.stderr_text = capture::text(1);
+  r.stdout_truncated = capture::truncated(0);
+  r.stderr_truncated = capture::truncated(1);
+  return r;
+}
+
+}  // namespace spr::embed

@@ -1,0 +1,215 @@
+// The `_spr` module: guarded __import__, the run's import policy, the restricted `sys` view.
+#include "guard.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include "audit.hpp"
+#include "capture.hpp"
+
+namespace spr::embed::guard {
+
+namespace {
+
+struct ImportPolicy {
+  Mode mode = Mode::restrict;
+  std::vector<std::string> blocked;  // module roots (and dotted prefixes), aliases included
+  std::vector<std::string> allowed;  // allow mode: roots, dotted prefixes, or "pkg.*"
+};
+
+// Importing one of these hands out the same power under another name.
+const std::vector<std::pair<std::string, std::vector<std::string>>> kAliases = {
+    {"os", {"posix", "nt", "posixpath", "_os"}},
+    {"subprocess", {"_posixsubprocess", "_subprocess"}},
+    {"socket", {"_socket"}},
+    {"ctypes", {"_ctypes"}},
+    {"importlib", {"_imp", "_frozen_importlib", "_frozen_importlib_external"}},
+    {"io", {"_io"}},
+    {"signal", {"_signal"}},
+    {"threading", {"_thread"}},
+    {"pickle", {"_pickle"}},
+    {"shutil", {"_shutil"}},
+};
+// Never importable by user code, whatever the policy says.
+const std::vector<std::string> kAlwaysBlocked = {"_spr", "importlib", "_imp", "_frozen_importlib",
+                                                 "_frozen_importlib_external"};
+
+ImportPolicy g_policy;
+bool g_blocked_raised = false;
+PyObject* g_original_import = nullptr;  // builtins.__import__ before we replaced it; process lifetime
+PyObject* g_sys_proxy = nullptr;        // built on first `import sys` of a run, dropped after it
+PyObject* g_make_sys_proxy = nullptr;   // from the bootstrap
+
+std::string root_of(const std::string& name) { return name.substr(0, name.find('.')); }
+
+bool matches(const std::string& name, const std::string& entry) {
+  if (entry.size() > 2 && entry.compare(entry.size() - 2, 2, ".*") == 0) {
+    const std::string base = entry.substr(0, entry.size() - 2);
+    // "pkg.*" allows pkg, its submodules, and the parent packages needed to reach it.
+    return name == base || name.rfind(base + ".", 0) == 0 || base.rfind(name + ".", 0) == 0;
+  }
+  if (entry.find('.') != std::string::npos)
+    return name == entry || name.rfind(entry + ".", 0) == 0 || entry.rfind(name + ".", 0) == 0;
+  return root_of(name) == entry;
+}
+
+bool any_match(const std::string& name, const std::vector<std::string>& entries) {
+  return std::any_of(entries.begin(), entries.end(), [&](const std::string& e) { return matches(name, e); });
+}
+
+std::string blocked_message(const std::string& name) { return "Import '" + name + "' is blocked by policy"; }
+
+PyObject* raise_blocked(const std::string& msg, PyObject* name) {
+  g_blocked_raised = true;
+  py::Ref m(PyUnicode_FromString(msg.c_str()));
+  if (!m) return nullptr;
+  PyErr_SetImportError(m.get(), name, nullptr);
+  return nullptr;
+}
+
+PyObject* sys_proxy() {
+  if (g_sys_proxy) return Py_NewRef(g_sys_proxy);
+  if (!g_make_sys_proxy) {
+    PyErr_SetString(PyExc_ImportError, "sys is not available");
+    return nullptr;
+  }
+  g_sys_proxy = PyObject_CallNoArgs(g_make_sys_proxy);
+  return g_sys_proxy ? Py_NewRef(g_sys_proxy) : nullptr;
+}
+
+// __import__(name, globals=None, locals=None, fromlist=(), level=0)
+PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* kw[] = {"name", "globals", "locals", "fromlist", "level", nullptr};
+  PyObject *name = nullptr, *globals = nullptr, *locals = nullptr, *fromlist = nullptr;
+  int level = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|OOOi:__import__", const_cast<char**>(kw), &name, &globals,
+                                   &locals, &fromlist, &level))
+    return nullptr;
+  if (audit::armed() && audit::caller_is_user() && level == 0) {
+    const std::string n = py::utf8(name);
+    std::string msg = check(n);
+    if (!msg.empty()) return raise_blocked(msg, name);
+    if (n == "sys") return sys_proxy();
+  }
+  return PyObject_Call(g_original_import, args, kwargs);
+}
+
+// The bootstrap's meta-path finder asks here: None when allowed, else the message.
+PyObject* import_denied(PyObject*, PyObject* arg) {
+  if (!audit::armed() || !PyUnicode_Check(arg)) Py_RETURN_NONE;
+  std::string msg = check(py::utf8(arg));
+  if (msg.empty()) Py_RETURN_NONE;
+  g_blocked_raised = true;
+  return PyUnicode_FromString(msg.c_str());
+}
+
+PyObject* set_sys_proxy_factory(PyObject*, PyObject* f) {
+  if (audit::armed()) {
+    PyErr_SetString(PyExc_PermissionError, "not available");
+    return nullptr;
+  }
+  Py_XSETREF(g_make_sys_proxy, Py_NewRef(f));
+  Py_RETURN_NONE;
+}
+
+PyObject* stream(PyObject*, PyObject* arg) {
+  long i = PyLong_AsLong(arg);
+  if (i == -1 && PyErr_Occurred()) return nullptr;
+  return capture::make_stream(i == 0 ? 0 : 1);
+}
+
+PyMethodDef kMethods[] = {
+    {"__import__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(guarded_import)),
+     METH_VARARGS | METH_KEYWORDS, "Import a module, subject to the run's import policy."},
+    {"import_denied", import_denied, METH_O, nullptr},
+    {"set_sys_proxy_factory", set_sys_proxy_factory, METH_O, nullptr},
+    {"stream", stream, METH_O, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_spr", "safe-py-runner internals.", -1, kMethods,
+                       nullptr, nullptr, nullptr, nullptr};
+
+PyObject* init_module() {
+  PyObject* m = PyModule_Create(&kModule);
+  if (!m) return nullptr;
+  if (capture::add_type(m) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
+
+std::string audit_import_check(const std::string& module) {
+  std::string msg = check(module);
+  if (!msg.empty()) g_blocked_raised = true;
+  return msg;
+}
+
+}  // namespace
+
+void register_module() {
+  PyImport_AppendInittab("_spr", init_module);
+  audit::set_import_check(audit_import_check);
+}
+
+void set_policy(const RunnerPolicy& p) {
+  ImportPolicy ip;
+  ip.mode = p.mode;
+  ip.blocked = p.blocked_imports;
+  for (const auto& [name, aliases] : kAliases)
+    if (std::find(p.blocked_imports.begin(), p.blocked_imports.end(), name) != p.blocked_imports.end())
+      ip.blocked.insert(ip.blocked.end(), aliases.begin(), aliases.end());
+  // `import builtins` would hand back every builtin the policy removed.
+  if (!p.blocked_builtins.empty() || p.mode == Mode::allow) ip.blocked.push_back("builtins");
+  ip.allowed = p.allowed_imports;
+  g_policy = std::move(ip);
+}
+
+std::string check(const std::string& name) {
+  for (const auto& b : kAlwaysBlocked)
+    if (matches(name, b)) return blocked_message(name);
+  if (any_match(name, g_policy.blocked)) return blocked_message(name);
+  if (g_policy.mode == Mode::allow && name != "sys" && !any_match(name, g_policy.allowed))
+    return "Import '" + name + "' is not allowed by policy";
+  return {};
+}
+
+bool blocked_import_raised() { return g_blocked_raised; }
+
+void reset_run_state() {
+  g_blocked_raised = false;
+  Py_CLEAR(g_sys_proxy);
+}
+
+bool install_import_hook() {
+  py::Ref builtins(PyImport_ImportModule("builtins"));
+  py::Ref spr(PyImport_ImportModule("_spr"));
+  if (!builtins || !spr) return false;
+  g_original_import = PyObject_GetAttrString(builtins.get(), "__import__");
+  py::Ref guarded(PyObject_GetAttrString(spr.get(), "__import__"));
+  if (!g_original_import || !guarded) return false;
+  return PyObject_SetAttrString(builtins.get(), "__import__", guarded.get()) == 0;
+}
+
+PyObject* make_run_builtins(const RunnerPolicy& p) {
+  PyObject* real = PyEval_GetBuiltins();  // borrowed: the interpreter's builtins dict
+  py::Ref out(PyDict_New());
+  if (!out) return nullptr;
+  // The language itself needs these even in allow mode with an empty allow list.
+  static const char* kEssential[] = {"__import__", "__build_class__", "__name__", "__doc__", "__spec__",
+                                     "__loader__", "__package__"};
+  if (p.mode == Mode::allow) {
+    for (const char* k : kEssential)
+      if (PyObject* v = PyDict_GetItemString(real, k)) PyDict_SetItemString(out.get(), k, v);
+    for (const auto& name : p.allowed_builtins)
+      if (PyObject* v = PyDict_GetItemString(real, name.c_str())) PyDict_SetItemString(out.get(), name.c_str(), v);
+  } else {
+    if (PyDict_Update(out.get(), real) < 0) return nullptr;
+  }
+  for (const auto& name : p.blocked_builtins) {
+    if (PyDict_DelItemString(out.get(), name.c_str()) < 0) PyErr_Clear();
+  }
+  return out.release();
+}
+
+}  // namespace spr::embed::guard

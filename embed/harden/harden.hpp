@@ -1,0 +1,44 @@
+// Operating-system hardening for the worker process and its per-run children.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+#include <nlohmann/json.hpp>
+namespace spr::harden {
+struct LayerStatus { std::string name; bool active = false; std::string detail; };
+using Report = std::vector<LayerStatus>;        // one entry per layer, in the order applied
+nlohmann::json to_json(const Report&);           // [{"name":..,"active":..,"detail":..}]
+
+struct WorkerConfig {
+  std::vector<int> keep_fds;                // besides 0,1,2: fds that stay open (protocol pipes, memfd)
+  std::vector<std::string> read_paths;      // Landlock read-only roots (Python prefix, stdlib, lib-dynload, libpython dir, the worker binary dir, allowed_read_paths)
+  std::string scratch_root;                 // Landlock read-write root; "" = no writable path at all
+  bool allow_network = false;               // false: new network namespace + seccomp denies socket() (every domain; socketpair stays)
+  bool allow_fork = false;                  // true for fork-mode workers: the worker itself forks one child per run
+  bool namespaces = true, landlock = true, seccomp = true;  // switches (doctor/tests); a disabled layer reports active=false, detail "disabled by policy"
+  std::uint64_t max_tasks = 64;             // RLIMIT_NPROC when !allow_fork; threads count too, so not 1
+};
+// Applied once in the worker, after Python is initialised and warmed up, while the process is single-threaded.
+// Layers, in order: namespaces, capabilities, fds, env, rlimits, no_new_privs, landlock, seccomp (last).
+// A layer the kernel lacks is skipped and reported (active=false, detail says why), never fatal. A layer that
+// fails unexpectedly is also reported, not thrown.
+Report apply_worker(const WorkerConfig&);
+
+struct RunLimits {                          // 0 = leave unchanged; a limit is never raised above the current hard limit
+  std::uint64_t address_space_bytes = 0;    // RLIMIT_AS (soft and hard)
+  std::uint64_t cpu_seconds = 0;            // RLIMIT_CPU soft; hard = soft + 1
+  std::uint64_t file_size_bytes = 0;        // RLIMIT_FSIZE
+  std::uint64_t open_files = 0;             // RLIMIT_NOFILE
+  std::uint64_t processes = 0;              // RLIMIT_NPROC
+};
+// Called ONCE in the worker before it forks (fork isolation mode); may allocate. Builds the per-child seccomp
+// program into static storage. Returns 0 or an errno (logged).
+int prepare_child();
+// In a forked per-run child (fork isolation mode): async-signal-safe, no exceptions, no heap allocation.
+// Sets the rlimits, then stacks a second seccomp filter that denies any new process (fork, vfork, clone without
+// CLONE_THREAD, clone3 -> ENOSYS), exec, raising rlimits, and signals to any process but this child.
+// Returns 0 or an errno; on failure it has already written one line naming the syscall to fd 2 with a single write().
+// Without a successful prepare_child() it returns ENOEXEC after setting the rlimits.
+int apply_child(const RunLimits&) noexcept;
+int apply_rlimits(const RunLimits&) noexcept;   // rlimits only (used by the process mode and by tests)
+}  // namespace spr::harden

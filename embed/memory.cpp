@@ -1,0 +1,96 @@
+// Allocation accounting on CPython's raw domain (large objects) and its arena allocator
+// (every small object lives in an arena), so a run's growth is counted wherever it allocates.
+#include "memory.hpp"
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <malloc.h>
+
+#include <atomic>
+
+namespace spr::embed::memory {
+
+namespace {
+
+PyMemAllocatorEx g_raw{};
+PyObjectArenaAllocator g_arena{};
+std::atomic<std::int64_t> g_used{0};
+std::atomic<std::int64_t> g_base{0};
+std::atomic<std::int64_t> g_limit{-1};  // -1: no run in progress
+std::atomic<bool> g_refused{false};
+
+bool over(std::size_t more) {
+  const std::int64_t limit = g_limit.load(std::memory_order_relaxed);
+  if (limit < 0) return false;
+  const std::int64_t grown = g_used.load(std::memory_order_relaxed) - g_base.load(std::memory_order_relaxed);
+  if (grown + static_cast<std::int64_t>(more) <= limit) return false;
+  g_refused.store(true, std::memory_order_relaxed);
+  return true;
+}
+
+void count(void* p, bool add) {
+  if (!p) return;
+  const auto n = static_cast<std::int64_t>(malloc_usable_size(p));
+  g_used.fetch_add(add ? n : -n, std::memory_order_relaxed);
+}
+
+void* raw_malloc(void* ctx, size_t n) {
+  if (over(n)) return nullptr;
+  void* p = g_raw.malloc(ctx, n);
+  count(p, true);
+  return p;
+}
+void* raw_calloc(void* ctx, size_t nelem, size_t elsize) {
+  if (elsize && nelem > SIZE_MAX / elsize) return nullptr;
+  if (over(nelem * elsize)) return nullptr;
+  void* p = g_raw.calloc(ctx, nelem, elsize);
+  count(p, true);
+  return p;
+}
+void* raw_realloc(void* ctx, void* ptr, size_t n) {
+  const std::size_t old = ptr ? malloc_usable_size(ptr) : 0;
+  if (n > old && over(n - old)) return nullptr;
+  void* p = g_raw.realloc(ctx, ptr, n);
+  if (!p) return nullptr;
+  g_used.fetch_add(static_cast<std::int64_t>(malloc_usable_size(p)) - static_cast<std::int64_t>(old),
+                   std::memory_order_relaxed);
+  return p;
+}
+void raw_free(void* ctx, void* ptr) {
+  count(ptr, false);
+  g_raw.free(ctx, ptr);
+}
+
+void* arena_alloc(void* ctx, size_t n) {
+  if (over(n)) return nullptr;
+  void* p = g_arena.alloc(ctx, n);
+  if (p) g_used.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+  return p;
+}
+void arena_free(void* ctx, void* ptr, size_t n) {
+  if (ptr) g_used.fetch_sub(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+  g_arena.free(ctx, ptr, n);
+}
+
+}  // namespace
+
+void install() {
+  PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &g_raw);
+  PyMemAllocatorEx raw{g_raw.ctx, raw_malloc, raw_calloc, raw_realloc, raw_free};
+  PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &raw);
+  PyObject_GetArenaAllocator(&g_arena);
+  PyObjectArenaAllocator arena{g_arena.ctx, arena_alloc, arena_free};
+  PyObject_SetArenaAllocator(&arena);
+}
+
+void begin_run(std::uint64_t limit_bytes) {
+  g_refused.store(false);
+  g_base.store(g_used.load());
+  g_limit.store(static_cast<std::int64_t>(limit_bytes));
+}
+
+void end_run() { g_limit.store(-1); }
+bool refused() { return g_refused.load(); }
+std::int64_t in_use() { return g_used.load(); }
+
+}  // namespace spr::embed::memory

@@ -1,0 +1,173 @@
+// spr-worker: embeds CPython, hardens itself, then answers run requests framed on fd 3.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "detail/capture_layout.hpp"
+#include "detail/frame.hpp"
+#include "detail/wire.hpp"
+#include "engine.hpp"
+#include "fork_runner.hpp"
+#include "harden/harden.hpp"
+
+namespace {
+
+using spr::json;
+namespace detail = spr::detail;
+
+struct Args {
+  spr::Isolation isolation = spr::Isolation::fork;
+  bool once = false;
+  bool harden = true;
+  std::string scratch;
+  double grace = 0.25;
+};
+
+void log_line(const std::string& s) {
+  std::string line = "spr-worker[" + std::to_string(getpid()) + "]: " + s + "\n";
+  ssize_t ignored = write(2, line.data(), line.size());  // one write(): lines never interleave
+  (void)ignored;
+}
+
+[[noreturn]] void die(const std::string& s) {
+  log_line(s);
+  _exit(70);
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) die("missing value for " + k);
+      return argv[++i];
+    };
+    if (k == "--isolation") {
+      std::string v = value();
+      a.isolation = spr::RunnerPolicy::from_json({{"isolation", v}}).isolation;
+    } else if (k == "--once") {
+      a.once = true;
+    } else if (k == "--no-harden") {
+      a.harden = false;
+    } else if (k == "--scratch") {
+      a.scratch = value();
+    } else if (k == "--grace") {
+      a.grace = std::stod(value());
+    } else if (k == "--version") {
+      std::string v = std::string("spr-worker ") + spr::version() + "\n";
+      ssize_t ignored = write(1, v.data(), v.size());
+      (void)ignored;
+      _exit(0);
+    } else {
+      die("unknown argument " + k + " (spr-worker is started by the safe-py-runner supervisor)");
+    }
+  }
+  return a;
+}
+
+spr::harden::Report harden_self(const Args& a, int statm_fd) {
+  spr::harden::WorkerConfig cfg;
+  cfg.keep_fds = {detail::kProtocolFd, detail::kCaptureFd};
+  if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
+  cfg.read_paths = spr::embed::runtime_paths();
+  cfg.read_paths.push_back("/dev/null");
+  cfg.read_paths.push_back("/dev/urandom");
+  cfg.scratch_root = a.scratch;
+  cfg.allow_fork = a.isolation == spr::Isolation::fork;
+  cfg.allow_network = false;
+  return spr::harden::apply_worker(cfg);
+}
+
+// Keeps the parsed policy of the previous request: agents send the same policy again and again.
+struct PolicyCache {
+  json last = nullptr;
+  spr::RunnerPolicy parsed;
+  const spr::RunnerPolicy& get(const json& p) {
+    if (p != last) {
+      parsed = spr::RunnerPolicy::from_json(p);
+      last = p;
+    }
+    return parsed;
+  }
+};
+
+std::string reply_text(const json& id, const json& nonce, const spr::RunResult& r) {
+  json j = detail::reply_from_result(r);
+  j["id"] = id;
+  j["nonce"] = nonce;
+  return detail::dump_json(j);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = parse_args(argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+  // The protocol fd must be a socket from our supervisor; refuse to run standalone by accident.
+  struct stat st{};
+  if (fstat(detail::kProtocolFd, &st) != 0 || !S_ISSOCK(st.st_mode))
+    die("fd 3 is not the supervisor's socket; spr-worker is started by the safe-py-runner library or CLI");
+  int capture_fd = fcntl(detail::kCaptureFd, F_GETFD) >= 0 ? detail::kCaptureFd : -1;
+  if (capture_fd >= 0) {
+    // Only a memfd from the supervisor is used as the capture buffer.
+    struct stat cst{};
+    if (fstat(capture_fd, &cst) != 0 || !S_ISREG(cst.st_mode)) capture_fd = -1;
+  }
+  if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0) die("chdir to the scratch directory failed: " + std::string(strerror(errno)));
+
+  spr::embed::EngineOptions eo;
+  eo.capture_fd = capture_fd;
+  eo.preload = !args.once;
+  std::string err = spr::embed::initialize(eo);
+  json hello = {{"hello", true}, {"protocol", detail::kProtocolVersion}, {"pid", getpid()},
+                {"isolation", spr::to_string(args.isolation)}};
+  if (!err.empty()) {
+    hello["error"] = err;
+    detail::write_frame(detail::kProtocolFd, detail::dump_json(hello));
+    die(err);
+  }
+  int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
+  spr::embed::ForkRunner fork_runner(statm_fd, args.grace);
+  if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
+  hello["python"] = spr::embed::python_version();
+  hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd)) : json::array();
+  if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
+
+  PolicyCache policies;
+  std::string frame;
+  for (;;) {
+    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
+    if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
+    if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
+    json id = nullptr, nonce = nullptr;
+    spr::RunResult r;
+    try {
+      json req = detail::parse_json(frame);
+      id = req.at("id");
+      nonce = req.at("nonce");
+      spr::embed::Request rq;
+      rq.id = id.get<std::uint64_t>();
+      rq.code = req.at("code").get<std::string>();
+      rq.input_data = req.value("input_data", json::object());
+      rq.policy = policies.get(req.at("policy"));
+      rq.policy.isolation = args.isolation;
+      if (args.isolation == spr::Isolation::fork) {
+        std::string raw = fork_runner.run(rq, id, nonce);
+        if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
+        continue;
+      }
+      r = spr::embed::run(rq);
+    } catch (const std::exception& e) {
+      r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());
+    }
+    if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
+    if (args.once) _exit(0);
+  }
+}

@@ -1,0 +1,35 @@
+// Length-prefixed JSON frames over pipes: 4-byte little-endian length, then UTF-8 JSON.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace spr::detail {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::uint32_t kMaxFrameBytes = 512u << 20;  // a reply never legitimately comes near this
+constexpr int kMaxJsonDepth = 512;                    // nlohmann's dump() recurses; deeper input is refused
+
+enum class IoStatus { ok, eof, timeout, error, too_large };
+const char* to_string(IoStatus);
+
+// Reads one frame. `deadline` = Clock::time_point::max() waits forever. `spin_us` > 0 polls
+// without blocking for that long first (saves a cross-CPU wake-up on short runs).
+IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline,
+                    std::uint32_t max_bytes = kMaxFrameBytes, int spin_us = 0);
+// Writes header and payload with one writev where possible; retries on EINTR and short writes.
+// `nosignal`: fd is a socket and a vanished peer must yield an error, not SIGPIPE (the supervisor
+// lives in someone else's process and cannot own its signal dispositions).
+IoStatus write_frame(int fd, std::string_view payload, bool nosignal = false);
+
+// Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
+nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);
+// Serialises with invalid UTF-8 replaced by U+FFFD, never throwing for bad text.
+std::string dump_json(const nlohmann::json& value);
+
+}  // namespace spr::detail

@@ -1,0 +1,24 @@
+// Request/reply field mapping shared by the supervisor and the worker.
+#pragma once
+
+#include <string>
+
+#include "spr/runner.hpp"
+
+namespace spr::detail {
+
+constexpr int kProtocolVersion = 1;
+
+// Every field of a reply except `id` and `nonce` maps onto RunResult.
+RunResult result_from_reply(const json& reply);
+json reply_from_result(const RunResult& r);
+ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> protocol_error
+
+// Helpers for results the supervisor makes itself.
+RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
+RunResult timeout_result(double timeout_seconds);
+
+// "5", "1.9", "0.25": the shortest spelling that round-trips, as the original prints timeouts.
+std::string format_seconds(double s);
+
+}  // namespace spr::detail

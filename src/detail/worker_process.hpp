@@ -1,0 +1,81 @@
+// One spr-worker process as the supervisor sees it: spawn, request/reply, kill and reap.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "detail/frame.hpp"
+#include "spr/runner.hpp"
+
+namespace spr::detail {
+
+// Move-only owner of a file descriptor; close is noexcept.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  int release() noexcept {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset() noexcept;
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+struct SpawnOptions {
+  std::filesystem::path worker_path;
+  Isolation isolation = Isolation::fork;
+  bool once = false;  // process mode: one request, then exit
+  double grace_seconds = 0.25;
+  double start_timeout_seconds = 10;
+};
+
+class WorkerProcess {
+ public:
+  // Starts a worker and waits for its hello. Throws WorkerError when it cannot be started or says no hello.
+  static std::unique_ptr<WorkerProcess> spawn(const SpawnOptions& options);
+  ~WorkerProcess();  // kills and reaps
+  WorkerProcess(const WorkerProcess&) = delete;
+  WorkerProcess& operator=(const WorkerProcess&) = delete;
+
+  // Sends one request and waits for its reply until `hard_deadline`. Never throws for what the worker does:
+  // a dead, silent or lying worker gives a failed RunResult and alive() == false afterwards.
+  RunResult run(std::uint64_t id, const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                Clock::time_point hard_deadline);
+  bool alive() const { return alive_; }
+  pid_t pid() const { return pid_; }
+  const json& hello() const { return hello_; }
+  void kill_and_reap();
+
+ private:
+  WorkerProcess() = default;
+  RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
+  void read_capture(std::uint64_t id, RunResult& r) const;
+
+  pid_t pid_ = -1;
+  Fd sock_;
+  Fd capture_;
+  json hello_;
+  bool alive_ = false;
+  bool reaped_ = false;
+  int wait_status_ = 0;
+  std::string scratch_;
+  Isolation isolation_ = Isolation::fork;
+};
+
+std::filesystem::path find_worker(const std::filesystem::path& configured);
+
+}  // namespace spr::detail

@@ -1,0 +1,137 @@
+// Frame I/O on raw fds with poll-based deadlines, and JSON helpers with a depth limit.
+#include "detail/frame.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace spr::detail {
+
+const char* to_string(IoStatus s) {
+  switch (s) {
+    case IoStatus::ok: return "ok";
+    case IoStatus::eof: return "end of stream";
+    case IoStatus::timeout: return "timed out";
+    case IoStatus::error: return "I/O error";
+    case IoStatus::too_large: return "frame too large";
+  }
+  return "?";
+}
+
+namespace {
+
+// Waits until fd is readable or the deadline passes.
+IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us) {
+  pollfd p{fd, POLLIN, 0};
+  if (spin_us > 0) {
+    const auto spin_end = Clock::now() + std::chrono::microseconds(spin_us);
+    do {
+      int r = ::poll(&p, 1, 0);
+      if (r > 0) return IoStatus::ok;
+      if (r < 0 && errno != EINTR) return IoStatus::error;
+    } while (Clock::now() < spin_end);
+  }
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline != Clock::time_point::max()) {
+      auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return IoStatus::timeout;
+      timeout_ms = static_cast<int>((left + 999) / 1000);
+    }
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r > 0) return IoStatus::ok;  // POLLHUP/POLLERR surface as EOF/error on read
+    if (r == 0) {
+      if (deadline != Clock::time_point::max() && Clock::now() >= deadline) return IoStatus::timeout;
+      continue;
+    }
+    if (errno != EINTR) return IoStatus::error;
+  }
+}
+
+IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline, int spin_us) {
+  std::size_t got = 0;
+  while (got < n) {
+    IoStatus w = wait_readable(fd, deadline, got == 0 ? spin_us : 0);
+    if (w != IoStatus::ok) return w;
+    ssize_t r = ::read(fd, buf + got, n - got);
+    if (r > 0) {
+      got += static_cast<std::size_t>(r);
+    } else if (r == 0) {
+      return IoStatus::eof;
+    } else if (errno != EINTR && errno != EAGAIN) {
+      return IoStatus::error;
+    }
+  }
+  return IoStatus::ok;
+}
+
+}  // namespace
+
+IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, std::uint32_t max_bytes,
+                    int spin_us) {
+  unsigned char hdr[4];
+  IoStatus s = read_exact(fd, reinterpret_cast<char*>(hdr), 4, deadline, spin_us);
+  if (s != IoStatus::ok) return s;
+  const std::uint32_t len = std::uint32_t(hdr[0]) | std::uint32_t(hdr[1]) << 8 | std::uint32_t(hdr[2]) << 16 |
+                            std::uint32_t(hdr[3]) << 24;
+  if (len > max_bytes) return IoStatus::too_large;
+  payload.resize(len);
+  return read_exact(fd, payload.data(), len, deadline, 0);
+}
+
+IoStatus write_frame(int fd, std::string_view payload, bool nosignal) {
+  if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
+                          static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
+  iovec iov[2] = {{hdr, 4}, {const_cast<char*>(payload.data()), payload.size()}};
+  int idx = 0;
+  while (idx < 2) {
+    ssize_t w;
+    if (nosignal) {
+      msghdr msg{};
+      msg.msg_iov = iov + idx;
+      msg.msg_iovlen = static_cast<size_t>(2 - idx);
+      w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    } else {
+      w = ::writev(fd, iov + idx, 2 - idx);
+    }
+    if (w < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return IoStatus::error;
+    }
+    auto left = static_cast<std::size_t>(w);
+    while (idx < 2 && left >= iov[idx].iov_len) {
+      left -= iov[idx].iov_len;
+      ++idx;
+    }
+    if (idx < 2) {
+      iov[idx].iov_base = static_cast<char*>(iov[idx].iov_base) + left;
+      iov[idx].iov_len -= left;
+    }
+  }
+  return IoStatus::ok;
+}
+
+nlohmann::json parse_json(std::string_view text, int max_depth) {
+  using json = nlohmann::json;
+  json::parser_callback_t cb = [max_depth](int depth, json::parse_event_t ev, json&) {
+    if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) &&
+        depth >= max_depth) {
+      throw json::out_of_range::create(406, "JSON nesting deeper than " + std::to_string(max_depth) + " levels",
+                                       static_cast<const json*>(nullptr));
+    }
+    return true;
+  };
+  return json::parse(text.begin(), text.end(), cb);
+}
+
+std::string dump_json(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace spr::detail

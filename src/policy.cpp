@@ -1,0 +1,223 @@
+// RunnerPolicy: validation, JSON and TOML conversion, with the original's error messages.
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "spr/runner.hpp"
+
+namespace spr {
+
+std::string to_string(Isolation i) {
+  switch (i) {
+    case Isolation::namespace_: return "namespace";
+    case Isolation::subinterpreter: return "subinterpreter";
+    case Isolation::fork: return "fork";
+    case Isolation::process: return "process";
+  }
+  return "?";
+}
+
+std::string to_string(Mode m) { return m == Mode::allow ? "allow" : "restrict"; }
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw PolicyError(msg); }
+
+std::string quoted(const std::string& field) { return "'" + field + "'"; }
+
+double number(const json& v, const std::string& field) {
+  if (!v.is_number() || v.is_boolean()) fail(quoted(field) + " must be a number");
+  return v.get<double>();
+}
+
+std::int64_t integer(const json& v, const std::string& field) {
+  if (v.is_number_integer()) return v.get<std::int64_t>();
+  if (v.is_number_float() && std::isfinite(v.get<double>()) && std::floor(v.get<double>()) == v.get<double>() &&
+      std::fabs(v.get<double>()) < 9e15)
+    return static_cast<std::int64_t>(v.get<double>());
+  fail(quoted(field) + " must be an integer");
+}
+
+bool boolean(const json& v, const std::string& field) {
+  if (!v.is_boolean()) fail(quoted(field) + " must be true or false");
+  return v.get<bool>();
+}
+
+std::vector<std::string> strings(const json& v, const std::string& field) {
+  if (!v.is_array()) fail(quoted(field) + " must be a list of strings");
+  std::vector<std::string> out;
+  for (const auto& e : v) {
+    if (!e.is_string()) fail(quoted(field) + " must contain only strings");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+Isolation parse_isolation(const json& v) {
+  if (v.is_string()) {
+    const auto s = v.get<std::string>();
+    for (auto i : {Isolation::namespace_, Isolation::subinterpreter, Isolation::fork, Isolation::process})
+      if (s == to_string(i)) return i;
+  }
+  fail("isolation must be one of 'namespace', 'subinterpreter', 'fork', 'process'");
+}
+
+struct Field {
+  const char* name;
+  std::function<void(RunnerPolicy&, const json&)> set;
+  std::function<json(const RunnerPolicy&)> get;
+};
+
+// One row per policy field: how it is read from JSON/TOML and written back.
+const std::vector<Field>& fields() {
+  static const std::vector<Field> table = {
+      {"mode",
+       [](RunnerPolicy& p, const json& v) {
+         if (v == "restrict") p.mode = Mode::restrict;
+         else if (v == "allow") p.mode = Mode::allow;
+         else fail("mode must be 'allow' or 'restrict'");
+       },
+       [](const RunnerPolicy& p) { return json(to_string(p.mode)); }},
+      {"timeout_seconds", [](RunnerPolicy& p, const json& v) { p.timeout_seconds = number(v, "timeout_seconds"); },
+       [](const RunnerPolicy& p) { return json(p.timeout_seconds); }},
+      {"memory_limit_mb", [](RunnerPolicy& p, const json& v) { p.memory_limit_mb = integer(v, "memory_limit_mb"); },
+       [](const RunnerPolicy& p) { return json(p.memory_limit_mb); }},
+      {"max_output_kb", [](RunnerPolicy& p, const json& v) { p.max_output_kb = integer(v, "max_output_kb"); },
+       [](const RunnerPolicy& p) { return json(p.max_output_kb); }},
+      {"max_result_kb", [](RunnerPolicy& p, const json& v) { p.max_result_kb = integer(v, "max_result_kb"); },
+       [](const RunnerPolicy& p) { return json(p.max_result_kb); }},
+      {"cpu_time_seconds", [](RunnerPolicy& p, const json& v) { p.cpu_time_seconds = number(v, "cpu_time_seconds"); },
+       [](const RunnerPolicy& p) { return json(p.cpu_time_seconds); }},
+      {"blocked_imports", [](RunnerPolicy& p, const json& v) { p.blocked_imports = strings(v, "blocked_imports"); },
+       [](const RunnerPolicy& p) { return json(p.blocked_imports); }},
+      {"allowed_imports", [](RunnerPolicy& p, const json& v) { p.allowed_imports = strings(v, "allowed_imports"); },
+       [](const RunnerPolicy& p) { return json(p.allowed_imports); }},
+      {"blocked_builtins", [](RunnerPolicy& p, const json& v) { p.blocked_builtins = strings(v, "blocked_builtins"); },
+       [](const RunnerPolicy& p) { return json(p.blocked_builtins); }},
+      {"allowed_builtins", [](RunnerPolicy& p, const json& v) { p.allowed_builtins = strings(v, "allowed_builtins"); },
+       [](const RunnerPolicy& p) { return json(p.allowed_builtins); }},
+      {"blocked_globals", [](RunnerPolicy& p, const json& v) { p.blocked_globals = strings(v, "blocked_globals"); },
+       [](const RunnerPolicy& p) { return json(p.blocked_globals); }},
+      {"allowed_globals", [](RunnerPolicy& p, const json& v) { p.allowed_globals = strings(v, "allowed_globals"); },
+       [](const RunnerPolicy& p) { return json(p.allowed_globals); }},
+      {"extra_globals",
+       [](RunnerPolicy& p, const json& v) {
+         if (!v.is_object()) fail("'extra_globals' must be an object");
+         p.extra_globals = v;
+       },
+       [](const RunnerPolicy& p) { return p.extra_globals; }},
+      {"isolation", [](RunnerPolicy& p, const json& v) { p.isolation = parse_isolation(v); },
+       [](const RunnerPolicy& p) { return json(to_string(p.isolation)); }},
+      {"allow_network", [](RunnerPolicy& p, const json& v) { p.allow_network = boolean(v, "allow_network"); },
+       [](const RunnerPolicy& p) { return json(p.allow_network); }},
+      {"allowed_read_paths",
+       [](RunnerPolicy& p, const json& v) { p.allowed_read_paths = strings(v, "allowed_read_paths"); },
+       [](const RunnerPolicy& p) { return json(p.allowed_read_paths); }},
+      {"scratch_dir", [](RunnerPolicy& p, const json& v) { p.scratch_dir = boolean(v, "scratch_dir"); },
+       [](const RunnerPolicy& p) { return json(p.scratch_dir); }},
+  };
+  return table;
+}
+
+json toml_to_json(const toml::node& node) {
+  if (auto t = node.as_table()) {
+    json out = json::object();
+    for (auto&& [k, v] : *t) out[std::string(k.str())] = toml_to_json(v);
+    return out;
+  }
+  if (auto a = node.as_array()) {
+    json out = json::array();
+    for (auto&& v : *a) out.push_back(toml_to_json(v));
+    return out;
+  }
+  if (auto s = node.as_string()) return s->get();
+  if (auto i = node.as_integer()) return i->get();
+  if (auto f = node.as_floating_point()) return f->get();
+  if (auto b = node.as_boolean()) return b->get();
+  std::ostringstream os;  // dates and times: their TOML spelling
+  if (auto d = node.as_date()) os << d->get();
+  else if (auto t = node.as_time()) os << t->get();
+  else if (auto dt = node.as_date_time()) os << dt->get();
+  return os.str();
+}
+
+RunnerPolicy from_toml_table(const toml::table& doc) {
+  const toml::table* tbl = &doc;
+  if (auto p = doc.get("policy")) {
+    if (!p->is_table()) fail("'policy' must be a TOML table");
+    tbl = p->as_table();
+    for (auto&& [k, v] : doc)
+      if (k.str() != "policy") fail("unknown policy field '" + std::string(k.str()) + "' (outside [policy])");
+  }
+  if (auto eg = tbl->get("extra_globals"); eg && !eg->is_table()) fail("'extra_globals' must be a TOML table");
+  return RunnerPolicy::from_json(toml_to_json(*tbl));
+}
+
+}  // namespace
+
+void RunnerPolicy::validate() const {
+  if (!std::isfinite(timeout_seconds) || timeout_seconds <= 0)
+    fail("'timeout_seconds' must be a positive number");
+  if (timeout_seconds > 86400.0 * 365) fail("'timeout_seconds' is too large");
+  if (memory_limit_mb <= 0) fail("'memory_limit_mb' must be a positive integer");
+  if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");
+  if (max_output_kb < 0 || max_output_kb > (1 << 20)) fail("'max_output_kb' must be between 0 and 1048576");
+  if (max_result_kb < 0 || max_result_kb > (1 << 20)) fail("'max_result_kb' must be between 0 and 1048576");
+  if (!std::isfinite(cpu_time_seconds) || cpu_time_seconds < 0)
+    fail("'cpu_time_seconds' must be zero or a positive number");
+  if (!extra_globals.is_object()) fail("'extra_globals' must be an object");
+  for (const auto& p : allowed_read_paths)
+    if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
+  if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {
+    // All modes accept these; nothing to refuse yet.
+  }
+}
+
+RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& base) {
+  if (!overrides.is_object()) fail("a policy must be a JSON object");
+  RunnerPolicy p = base;
+  for (auto it = overrides.begin(); it != overrides.end(); ++it) {
+    const Field* f = nullptr;
+    for (const auto& row : fields())
+      if (it.key() == row.name) f = &row;
+    if (!f) fail("unknown policy field '" + it.key() + "'");
+    f->set(p, it.value());
+  }
+  p.validate();
+  return p;
+}
+
+RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(overrides, RunnerPolicy{}); }
+
+json RunnerPolicy::to_json() const {
+  json out = json::object();
+  for (const auto& row : fields()) out[row.name] = row.get(*this);
+  return out;
+}
+
+RunnerPolicy RunnerPolicy::from_toml(std::string_view text) {
+  try {
+    return from_toml_table(toml::parse(text));
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << "invalid TOML: " << e.description() << " (line " << e.source().begin.line << ")";
+    fail(os.str());
+  }
+}
+
+RunnerPolicy RunnerPolicy::from_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read policy file '" + path.string() + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  try {
+    return from_toml(ss.str());
+  } catch (const PolicyError& e) {
+    fail(path.string() + ": " + e.what());
+  }
+}
+
+}  // namespace spr

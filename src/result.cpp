@@ -1,0 +1,123 @@
+// RunResult and ErrorKind: names, JSON form, and the reply mapping of the wire protocol.
+#include <array>
+#include <cstdio>
+#include <utility>
+
+#include "detail/wire.hpp"
+
+namespace spr {
+
+namespace {
+// The stable wire names of ErrorKind, in enum order.
+constexpr std::array<std::pair<ErrorKind, const char*>, 14> kKinds{{
+    {ErrorKind::none, "none"},
+    {ErrorKind::exception, "exception"},
+    {ErrorKind::syntax, "syntax"},
+    {ErrorKind::timeout, "timeout"},
+    {ErrorKind::memory, "memory"},
+    {ErrorKind::cpu_time, "cpu_time"},
+    {ErrorKind::blocked_import, "blocked_import"},
+    {ErrorKind::denied, "denied"},
+    {ErrorKind::system_exit, "system_exit"},
+    {ErrorKind::result_too_large, "result_too_large"},
+    {ErrorKind::worker_crashed, "worker_crashed"},
+    {ErrorKind::worker_unavailable, "worker_unavailable"},
+    {ErrorKind::protocol_error, "protocol_error"},
+    {ErrorKind::bad_input, "bad_input"},
+}};
+}  // namespace
+
+std::string to_string(ErrorKind k) {
+  for (const auto& [kind, name] : kKinds)
+    if (kind == k) return name;
+  return "protocol_error";
+}
+
+json RunResult::to_json() const {
+  json j = detail::reply_from_result(*this);
+  j["duration_ms"] = static_cast<double>(duration.count()) / 1000.0;
+  j["isolation"] = to_string(isolation);
+  return j;
+}
+
+namespace detail {
+
+ErrorKind error_kind_from_string(const std::string& s) {
+  for (const auto& [kind, name] : kKinds)
+    if (s == name) return kind;
+  return ErrorKind::protocol_error;
+}
+
+json reply_from_result(const RunResult& r) {
+  json j = json::object();
+  j["ok"] = r.ok;
+  j["result"] = r.result;
+  j["stdout"] = r.stdout_text;
+  j["stderr"] = r.stderr_text;
+  j["timed_out"] = r.timed_out;
+  j["resource_exceeded"] = r.resource_exceeded;
+  j["error"] = r.error ? json(*r.error) : json(nullptr);
+  j["exit_code"] = r.exit_code;
+  j["error_kind"] = to_string(r.error_kind);
+  j["stdout_truncated"] = r.stdout_truncated;
+  j["stderr_truncated"] = r.stderr_truncated;
+  return j;
+}
+
+namespace {
+template <class T>
+T field(const json& j, const char* name, T fallback) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return fallback;
+  return it->get<T>();
+}
+}  // namespace
+
+RunResult result_from_reply(const json& j) {
+  RunResult r;
+  r.ok = field(j, "ok", false);
+  if (auto it = j.find("result"); it != j.end()) r.result = *it;
+  r.stdout_text = field<std::string>(j, "stdout", "");
+  r.stderr_text = field<std::string>(j, "stderr", "");
+  r.timed_out = field(j, "timed_out", false);
+  r.resource_exceeded = field(j, "resource_exceeded", false);
+  if (auto it = j.find("error"); it != j.end() && it->is_string()) r.error = it->get<std::string>();
+  r.exit_code = field(j, "exit_code", r.ok ? 0 : 1);
+  r.error_kind = error_kind_from_string(field<std::string>(j, "error_kind", r.ok ? "none" : "protocol_error"));
+  r.stdout_truncated = field(j, "stdout_truncated", false);
+  r.stderr_truncated = field(j, "stderr_truncated", false);
+  if (!r.ok && !r.error) {
+    r.error = "worker reported failure without an error message";
+    if (r.error_kind == ErrorKind::none) r.error_kind = ErrorKind::protocol_error;
+  }
+  return r;
+}
+
+RunResult failure(ErrorKind kind, std::string error, int exit_code) {
+  RunResult r;
+  r.ok = false;
+  r.error = std::move(error);
+  r.error_kind = kind;
+  r.exit_code = exit_code;
+  return r;
+}
+
+std::string format_seconds(double s) {
+  char buf[64];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, s);
+    if (std::strtod(buf, nullptr) == s) break;
+  }
+  std::string out = buf;
+  // The original prints Python's repr of the number: 5 -> "5", 5.0 -> "5.0"; we print integers bare.
+  return out;
+}
+
+RunResult timeout_result(double timeout_seconds) {
+  RunResult r = failure(ErrorKind::timeout, "Execution timed out after " + format_seconds(timeout_seconds) + "s", 124);
+  r.timed_out = true;
+  return r;
+}
+
+}  // namespace detail
+}  // namespace spr

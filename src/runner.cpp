@@ -1,0 +1,294 @@
+// Runner: pools of warm workers per isolation mode, a spawner thread, deadlines and recovery.
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "detail/frame.hpp"
+#include "detail/wire.hpp"
+#include "detail/worker_process.hpp"
+#include "spr/runner.hpp"
+
+namespace spr {
+
+using detail::Clock;
+using detail::WorkerProcess;
+
+namespace {
+Clock::duration seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+}  // namespace
+
+struct Runner::Impl {
+  RunnerOptions options;
+  std::filesystem::path worker_path;
+  std::atomic<std::uint64_t> next_id{1};
+
+  struct Pool {
+    std::deque<std::unique_ptr<WorkerProcess>> idle;
+    std::size_t live = 0;       // idle + busy + being spawned
+    std::string last_error;     // why the last spawn failed, for callers that then get none
+    int failures_in_a_row = 0;
+  };
+  std::mutex mu;
+  std::condition_variable cv;           // a worker became idle, or a spawn failed
+  std::map<Isolation, Pool> pools;
+  bool stopping = false;
+
+  // Workers are spawned from this one long-lived thread: PR_SET_PDEATHSIG fires when the
+  // spawning *thread* exits, so spawning from callers' threads would kill workers early.
+  std::thread spawner;
+  std::condition_variable spawn_cv;
+  std::deque<Isolation> spawn_queue;
+  json last_hello;
+
+  // submit(): a small executor so that futures do not each need a thread.
+  std::vector<std::thread> executors;
+  std::deque<std::packaged_task<RunResult()>> tasks;
+  std::condition_variable task_cv;
+
+  explicit Impl(RunnerOptions o) : options(std::move(o)) {
+    options.policy.validate();
+    if (options.workers == 0) throw PolicyError("RunnerOptions::workers must be at least 1");
+    worker_path = detail::find_worker(options.worker_path);
+    spawner = std::thread([this] { spawn_loop(); });
+  }
+
+  ~Impl() { stop(); }
+
+  void stop() {
+    std::deque<std::unique_ptr<WorkerProcess>> doomed;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (stopping) return;
+      stopping = true;
+      for (auto& [iso, pool] : pools)
+        for (auto& w : pool.idle) doomed.push_back(std::move(w));
+    }
+    cv.notify_all();
+    spawn_cv.notify_all();
+    task_cv.notify_all();
+    doomed.clear();  // kills and reaps
+    if (spawner.joinable()) spawner.join();
+    for (auto& t : executors)
+      if (t.joinable()) t.join();
+  }
+
+  detail::SpawnOptions spawn_options(Isolation iso, bool once) const {
+    detail::SpawnOptions so;
+    so.worker_path = worker_path;
+    so.isolation = iso;
+    so.once = once;
+    so.grace_seconds = options.kill_grace_seconds;
+    so.start_timeout_seconds = options.start_timeout_seconds;
+    return so;
+  }
+
+  void spawn_loop() {
+    std::unique_lock<std::mutex> lk(mu);
+    for (;;) {
+      spawn_cv.wait(lk, [&] { return stopping || !spawn_queue.empty(); });
+      if (stopping) return;
+      Isolation iso = spawn_queue.front();
+      spawn_queue.pop_front();
+      lk.unlock();
+      std::unique_ptr<WorkerProcess> w;
+      std::string error;
+      try {
+        w = WorkerProcess::spawn(spawn_options(iso, false));
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      lk.lock();
+      Pool& pool = pools[iso];
+      if (w) {
+        last_hello = w->hello();
+        pool.failures_in_a_row = 0;
+        if (stopping) {
+          lk.unlock();
+          w.reset();
+          lk.lock();
+          return;
+        }
+        pool.idle.push_back(std::move(w));
+      } else {
+        pool.last_error = error;
+        ++pool.failures_in_a_row;
+        --pool.live;
+      }
+      cv.notify_all();
+    }
+  }
+
+  // Caller holds mu. Tops the pool up to `workers`.
+  void fill(Isolation iso) {
+    Pool& pool = pools[iso];
+    while (pool.live < options.workers) {
+      ++pool.live;
+      spawn_queue.push_back(iso);
+    }
+    spawn_cv.notify_one();
+  }
+
+  std::unique_ptr<WorkerProcess> acquire(Isolation iso, std::string& error) {
+    std::unique_lock<std::mutex> lk(mu);
+    const auto give_up = Clock::now() + seconds(options.start_timeout_seconds * 2);
+    for (;;) {
+      if (stopping) {
+        error = "the runner is shutting down";
+        return nullptr;
+      }
+      Pool& pool = pools[iso];
+      if (!pool.idle.empty()) {
+        auto w = std::move(pool.idle.front());
+        pool.idle.pop_front();
+        return w;
+      }
+      // Several spawns in a row failed and none is pending: answer now instead of waiting.
+      if (pool.failures_in_a_row >= 3 && pool.live == 0) {
+        error = pool.last_error;
+        pool.failures_in_a_row = 0;  // the next caller tries again
+        return nullptr;
+      }
+      fill(iso);
+      if (cv.wait_until(lk, give_up) == std::cv_status::timeout && pools[iso].idle.empty()) {
+        error = "no worker became available in time" +
+                (pools[iso].last_error.empty() ? std::string() : ": " + pools[iso].last_error);
+        return nullptr;
+      }
+    }
+  }
+
+  void release(Isolation iso, std::unique_ptr<WorkerProcess> w) {
+    std::unique_ptr<WorkerProcess> dead;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      Pool& pool = pools[iso];
+      if (w->alive() && !stopping) {
+        pool.idle.push_back(std::move(w));
+      } else {
+        dead = std::move(w);
+        --pool.live;
+        if (!stopping) fill(iso);  // the replacement comes up off the caller's path
+      }
+    }
+    cv.notify_one();
+    // `dead` is reaped here, outside the lock.
+  }
+
+  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
+    policy.validate();
+    const auto start = Clock::now();
+    const std::uint64_t id = next_id++;
+    // Fork mode: the worker kills its child at timeout + grace; we wait one more grace for its reply.
+    const double slack = options.kill_grace_seconds * (policy.isolation == Isolation::fork ? 2 : 1) + 0.05;
+    RunResult r;
+    if (policy.isolation == Isolation::process) {
+      std::unique_ptr<WorkerProcess> w;
+      try {
+        w = WorkerProcess::spawn(spawn_options(Isolation::process, true));
+      } catch (const std::exception& e) {
+        r = detail::failure(ErrorKind::worker_unavailable, e.what());
+      }
+      if (w) r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+    } else {
+      std::string error;
+      auto w = acquire(policy.isolation, error);
+      if (!w) {
+        r = detail::failure(ErrorKind::worker_unavailable, "no worker available: " + error);
+      } else {
+        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        release(policy.isolation, std::move(w));
+      }
+    }
+    r.isolation = policy.isolation;
+    r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    return r;
+  }
+
+  std::future<RunResult> submit(std::string code, json input, RunnerPolicy policy) {
+    policy.validate();
+    std::packaged_task<RunResult()> task(
+        [this, c = std::move(code), i = std::move(input), p = std::move(policy)] { return run(c, i, p); });
+    auto fut = task.get_future();
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
+      tasks.push_back(std::move(task));
+      const std::size_t want = options.workers * 2;
+      if (executors.size() < want && tasks.size() > 0) executors.emplace_back([this] { exec_loop(); });
+    }
+    task_cv.notify_one();
+    return fut;
+  }
+
+  void exec_loop() {
+    std::unique_lock<std::mutex> lk(mu);
+    for (;;) {
+      task_cv.wait(lk, [&] { return stopping || !tasks.empty(); });
+      if (tasks.empty()) return;  // stopping and drained
+      auto t = std::move(tasks.front());
+      tasks.pop_front();
+      lk.unlock();
+      t();
+      lk.lock();
+    }
+  }
+
+  json hello(Isolation iso) {
+    std::string error;
+    auto w = acquire(iso, error);
+    if (!w) throw WorkerError("no worker available: " + error);
+    json h = w->hello();
+    release(iso, std::move(w));
+    return h;
+  }
+};
+
+Runner::Runner(RunnerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  if (impl_->options.policy.isolation != Isolation::process) impl_->fill(impl_->options.policy.isolation);
+}
+
+Runner::~Runner() = default;
+
+RunResult Runner::run(const std::string& code, const json& input_data) {
+  return impl_->run(code, input_data, impl_->options.policy);
+}
+
+RunResult Runner::run(const std::string& code, const json& input_data, const RunnerPolicy& policy) {
+  return impl_->run(code, input_data, policy);
+}
+
+std::future<RunResult> Runner::submit(std::string code, json input_data, RunnerPolicy policy) {
+  return impl_->submit(std::move(code), std::move(input_data), std::move(policy));
+}
+
+const RunnerOptions& Runner::options() const { return impl_->options; }
+
+json Runner::hardening(Isolation isolation) {
+  if (isolation == Isolation::process) {
+    auto w = WorkerProcess::spawn(impl_->spawn_options(Isolation::process, true));
+    return w->hello().value("hardening", json::array());
+  }
+  return impl_->hello(isolation).value("hardening", json::array());
+}
+
+std::string Runner::python_version() {
+  Isolation iso = impl_->options.policy.isolation == Isolation::process ? Isolation::fork : impl_->options.policy.isolation;
+  return impl_->hello(iso).value("python", std::string("?"));
+}
+
+void Runner::shutdown() { impl_->stop(); }
+
+RunResult run_code(const std::string& code, const json& input_data, const RunnerPolicy& policy) {
+  static Runner runner;  // started on first use, stopped at exit
+  return runner.run(code, input_data, policy);
+}
+
+const char* version() { return SPR_VERSION; }
+
+}  // namespace spr

@@ -1,0 +1,445 @@
+// Unit tests for embed/harden: every layer is applied in a forked child, which reports through a pipe; the test
+// process itself is never hardened, and each test asserts that a forbidden side effect did not happen.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "harden.hpp"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+using spr::harden::WorkerConfig;
+
+namespace {
+
+// What a child reported: "key=value" lines, plus how it ended.
+struct ChildResult {
+  std::map<std::string, std::string> values;
+  std::string raw;
+  int status = -1;
+  std::string get(const std::string& key) const {
+    auto it = values.find(key);
+    return it == values.end() ? "<missing>" : it->second;
+  }
+};
+
+// Child-side reporter: one write() per line, so a grandchild sharing the pipe cannot interleave mid-line.
+struct Reporter {
+  int fd;
+  void put(const std::string& key, const std::string& value) const {
+    const std::string line = key + "=" + value + "\n";
+    [[maybe_unused]] ssize_t n = ::write(fd, line.data(), line.size());
+  }
+  void put(const std::string& key, long value) const { put(key, std::to_string(value)); }
+    void result(const std::string& key, long rc, int err) const { put(key, rc == -1 ? std::string(strerrorname_np(err)) : "ok"); }
+};
+
+// Reports "ok" or the errno name of a call returning -1; errno is read right after the call, in sequence.
+#define REPORT(reporter, key, call)              \
+  do {                                           \
+    errno = 0;                                   \
+    const long report_rc_ = static_cast<long>(call); \
+    const int report_errno_ = errno;             \
+    (reporter).result((key), report_rc_, report_errno_); \
+  } while (0)
+
+ChildResult run_in_child(const std::function<void(const Reporter&)>& body) {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(p[0]);
+    body(Reporter{p[1]});
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  ChildResult result;
+  char buf[4096];
+  for (;;) {
+    pollfd pfd{p[0], POLLIN, 0};
+    if (::poll(&pfd, 1, 5000) <= 0) break;  // a hung child fails the test below, it does not hang it
+    const ssize_t n = ::read(p[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    result.raw.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(p[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  result.status = status;
+  std::istringstream lines(result.raw);
+  for (std::string line; std::getline(lines, line);) {
+    const auto eq = line.find('=');
+    if (eq != std::string::npos) result.values[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return result;
+}
+
+// Three fresh directories: the scratch root, a readable root with one file, and an unrelated directory.
+struct Dirs {
+  fs::path scratch, readable, outside;
+  Dirs() {
+    scratch = make("scratch");
+    readable = make("readable");
+    outside = make("outside");
+    std::ofstream(readable / "data.txt") << "readable-content";
+  }
+  ~Dirs() {
+    std::error_code ec;
+    for (const auto& d : {scratch, readable, outside}) fs::remove_all(d, ec);
+  }
+  static fs::path make(const char* tag) {
+    std::string templ = (fs::temp_directory_path() / (std::string("spr-harden-") + tag + "-XXXXXX")).string();
+    REQUIRE(::mkdtemp(templ.data()) != nullptr);
+    return templ;
+  }
+  WorkerConfig config(int report_fd) const {
+    WorkerConfig cfg;
+    cfg.keep_fds = {report_fd};
+    cfg.read_paths = {readable.string(), "/nonexistent/spr-harden-path"};
+    cfg.scratch_root = scratch.string();
+    return cfg;
+  }
+};
+
+void apply_and_report(const Reporter& r, const WorkerConfig& cfg) {
+  for (const auto& layer : spr::harden::apply_worker(cfg)) r.put("layer." + layer.name, layer.active ? "on" : "off");
+}
+
+std::atomic<int> g_sigusr1_count{0};
+extern "C" void on_sigusr1(int) { g_sigusr1_count.fetch_add(1); }
+
+}  // namespace
+
+TEST_CASE("report: every layer is listed in order and active on this machine") {
+  Dirs dirs;
+  const auto child = run_in_child([&](const Reporter& r) {
+    const auto report = spr::harden::apply_worker(dirs.config(r.fd));
+    r.put("json", spr::harden::to_json(report).dump());
+    r.put("count", static_cast<long>(report.size()));
+  });
+  CHECK(WIFEXITED(child.status));
+  const auto json = nlohmann::json::parse(child.get("json"));
+  const char* expected[] = {"namespaces", "capabilities", "fds", "env", "rlimits", "no_new_privs", "landlock", "seccomp"};
+  REQUIRE(json.size() == 8);
+  for (std::size_t i = 0; i < 8; ++i) {
+    CAPTURE(json[i].dump());
+    CHECK(json[i]["name"] == expected[i]);
+    CHECK(json[i]["active"] == true);
+    CHECK(json[i]["detail"].is_string());
+    MESSAGE(json[i]["name"].get<std::string>() << ": " << json[i]["detail"].get<std::string>());
+  }
+}
+
+TEST_CASE("report: a layer switched off says so and the others still apply") {
+  Dirs dirs;
+  const auto child = run_in_child([&](const Reporter& r) {
+    auto cfg = dirs.config(r.fd);
+    cfg.namespaces = cfg.landlock = cfg.seccomp = false;
+    for (const auto& layer : spr::harden::apply_worker(cfg)) r.put(layer.name, layer.active ? "on" : layer.detail);
+  });
+  CHECK(child.get("namespaces") == "disabled by policy");
+  CHECK(child.get("landlock") == "disabled by policy");
+  CHECK(child.get("seccomp") == "disabled by policy");
+  CHECK(child.get("fds") == "on");
+  CHECK(child.get("no_new_privs") == "on");
+}
+
+TEST_CASE("landlock: writes only in scratch, reads only under read_paths") {
+  Dirs dirs;
+  const auto child = run_in_child([&](const Reporter& r) {
+    apply_and_report(r, dirs.config(r.fd));
+    const int out = ::open((dirs.outside / "escaped").c_str(), O_WRONLY | O_CREAT, 0644);
+    const int out_errno = errno;
+    r.result("write_outside", out, out_errno);
+    const int in = ::open((dirs.scratch / "inside").c_str(), O_WRONLY | O_CREAT, 0644);
+    const int in_errno = errno;
+    r.result("write_scratch", in, in_errno);
+    if (in >= 0) REPORT(r, "write_scratch_data", ::write(in, "x", 1) == 1 ? 0 : -1);
+    const int host = ::open("/etc/hostname", O_RDONLY);
+    const int host_errno = errno;
+    r.result("read_etc", host, host_errno);
+    const int tmp = ::open((dirs.readable / "data.txt").c_str(), O_WRONLY);
+    const int tmp_errno = errno;
+    r.result("write_readable", tmp, tmp_errno);
+    const int data = ::open((dirs.readable / "data.txt").c_str(), O_RDONLY);
+    const int data_errno = errno;
+    char buf[64] = {};
+    if (data >= 0 && ::read(data, buf, sizeof(buf) - 1) > 0) r.put("read_data", buf);
+    r.result("read_readable", data, data_errno);
+    REPORT(r, "mkdir_outside", ::mkdir((dirs.outside / "d").c_str(), 0755));
+  });
+  CHECK(child.get("layer.landlock") == "on");
+  CHECK(child.get("write_outside") == "EACCES");
+  CHECK(child.get("write_readable") == "EACCES");
+  CHECK(child.get("read_etc") == "EACCES");
+  CHECK(child.get("mkdir_outside") == "EACCES");
+  CHECK(child.get("write_scratch") == "ok");
+  CHECK(child.get("write_scratch_data") == "ok");
+  CHECK(child.get("read_readable") == "ok");
+  CHECK(child.get("read_data") == "readable-content");
+  CHECK_FALSE(fs::exists(dirs.outside / "escaped"));
+  CHECK_FALSE(fs::exists(dirs.outside / "d"));
+  CHECK(fs::file_size(dirs.scratch / "inside") == 1);
+  CHECK(std::ifstream(dirs.readable / "data.txt").get() == 'r');
+}
+
+TEST_CASE("seccomp: fork is denied and no process appears") {
+  Dirs dirs;
+  const auto child = run_in_child([&](const Reporter& r) {
+    apply_and_report(r, dirs.config(r.fd));
+    const pid_t pid = ::fork();
+    const int pid_errno = errno;
+    if (pid == 0) {
+      r.put("grandchild", "alive");
+      ::_exit(0);
+    }
+    r.result("fork", pid, pid_errno);
+    REPORT(r, "wait_any", ::waitpid(-1, nullptr, WNOHANG));
+    // Threads must keep working: clone3 answers ENOSYS and glibc falls back to clone(CLONE_THREAD).
+    std::atomic<bool> ran{false};
+    std::thread([&] { ran = true; }).join();
+    r.put("thread", ran ? "ran" : "no");
+  });
+  CHECK(child.get("thread") == "ran");
+  CHECK(child.get("layer.seccomp") == "on");
+  CHECK(child.get("fork") == "EPERM");
+  CHECK(child.get("wait_any") == "ECHILD");
+  CHECK(child.get("grandchild") == "<missing>");
+}
+
+TEST_CASE("seccomp: a fork-mode worker forks, and apply_child stops its child from forking or signalling out") {
+  Dirs dirs;
+  const auto child = run_in_child([&](const Reporter& r) {
+    r.put("prepare_child", spr::harden::prepare_child());
+    auto cfg = dirs.config(r.fd);
+    cfg.allow_fork = true;
+    apply_and_report(r, cfg);
+    const pid_t run = ::fork();
+    const int run_errno = errno;
+    if (run == 0) {
+      spr::harden::RunLimits limits;
+      limits.cpu_seconds = 5;
+      limits.file_size_bytes = 1 << 20;
+      r.put("apply_child", spr::harden::apply_child(limits));
+      const pid_t again = ::fork();
+      const int again_errno = errno;
+      if (again == 0) {
+        r.put("great_grandchild", "alive");
+        ::_exit(0);
+      }
+      r.result("child_fork", again, again_errno);
+      REPORT(r, "child_kill_worker", ::kill(::getppid(), 0));
+      REPORT(r, "child_kill_self", ::kill(::getpid(), 0));
+      const rlimit raise{RLIM_INFINITY, RLIM_INFINITY};
+      REPORT(r, "child_setrlimit", ::setrlimit(RLIMIT_FSIZE, &raise));
+      rlimit now{};
+      REPORT(r, "child_getrlimit", ::getrlimit(RLIMIT_CPU, &now));
+      r.put("child_cpu", std::to_string(now.rlim_cur) + "/" + std::to_string(now.rlim_max));
+      ::_exit(7);
+    }
+    r.result("worker_fork", run, run_errno);
+    if (run > 0) {
+      int status = 0;
+      ::waitpid(run, &status, 0);
+      r.put("run_exit", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+  });
+  CHECK(child.get("prepare_child") == "0");
+  CHECK(child.get("layer.seccomp") == "on");
+  CHECK(child.get("worker_fork") == "ok");
+  CHECK(child.get("run_exit") == "7");
+  CHECK(child.get("apply_child") == "0");
+  CHECK(child.get("child_fork") == "EPERM");
+  CHECK(child.get("great_grandchild") == "<missing>");
+  CHECK(child.get("child_kill_worker") == "EPERM");
+  CHECK(child.get("child_kill_self") == "ok");
+  CHECK(child.get("child_setrlimit") == "EPERM");
+  CHECK(child.get("child_getrlimit") == "ok");
+  CHECK(child.get("child_cpu") == "5/6");
+}
+
+TEST_CASE("exec is denied by seccomp, and by Landlock when seccomp is off") {
+  Dirs dirs;
+  for (const bool seccomp_on : {true, false}) {
+    CAPTURE(seccomp_on);
+    const fs::path marker = dirs.scratch / (seccomp_on ? "marker-seccomp" : "marker-landlock");
+    const auto child = run_in_child([&](const Reporter& r) {
+      auto cfg = dirs.config(r.fd);
+      cfg.seccomp = seccomp_on;
+      cfg.read_paths.push_back("/bin");
+      cfg.read_paths.push_back("/usr");
+      cfg.read_paths.push_back("/lib");
+      cfg.read_paths.push_back("/lib64");
+      apply_and_report(r, cfg);
+      const std::string cmd = "touch " + marker.string();
+      char* const argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"), const_cast<char*>(cmd.c_str()), nullptr};
+      REPORT(r, "execve", ::execve("/bin/sh", argv, environ));
+    });
+    CHECK(child.get("execve") == (seccomp_on ? "EPERM" : "EACCES"));
+    CHECK_FALSE(fs::exists(marker));
+  }
+}
+
+TEST_CASE("network: no socket, and each of netns and Landlock alone keeps 127.0.0.1 unreachable") {
+  Dirs dirs;
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+
+  struct Variant { const char* name; bool namespaces, landlock, seccomp; const char* socket, *connect; };
+  const Variant variants[] = {
+      {"all layers", true, true, true, "EPERM", "<missing>"},
+      {"netns only", true, false, false, "ok", "ENETUNREACH"},
+      {"landlock only", false, true, false, "ok", "EACCES"},
+  };
+  for (const auto& v : variants) {
+    CAPTURE(v.name);
+    const auto child = run_in_child([&](const Reporter& r) {
+      auto cfg = dirs.config(r.fd);
+      cfg.namespaces = v.namespaces;
+      cfg.landlock = v.landlock;
+      cfg.seccomp = v.seccomp;
+      apply_and_report(r, cfg);
+      const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+      const int s_errno = errno;
+      r.result("socket", s, s_errno);
+      if (s >= 0) REPORT(r, "connect", ::connect(s, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)));
+      REPORT(r, "socket_unix", ::socket(AF_UNIX, SOCK_STREAM, 0));
+      int pair[2];
+      REPORT(r, "socketpair", ::socketpair(AF_UNIX, SOCK_STREAM, 0, pair));
+    });
+    CHECK(child.get("socket") == v.socket);
+    CHECK(child.get("connect") == v.connect);
+    CHECK(child.get("socketpair") == "ok");
+    if (v.seccomp) CHECK(child.get("socket_unix") == "EPERM");
+    pollfd pfd{listener, POLLIN, 0};
+    CHECK(::poll(&pfd, 1, 50) == 0);  // nothing ever reached the listener
+  }
+  ::close(listener);
+}
+
+TEST_CASE("signals: the parent is unreachable through seccomp and through Landlock scoping alone") {
+  Dirs dirs;
+  struct sigaction sa {}, old {};
+  sa.sa_handler = on_sigusr1;
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  g_sigusr1_count = 0;
+  for (const bool seccomp_on : {true, false}) {
+    CAPTURE(seccomp_on);
+    const auto child = run_in_child([&](const Reporter& r) {
+      auto cfg = dirs.config(r.fd);
+      cfg.seccomp = seccomp_on;
+      apply_and_report(r, cfg);
+      REPORT(r, "kill_parent_probe", ::kill(::getppid(), 0));
+      REPORT(r, "kill_parent", ::kill(::getppid(), SIGUSR1));
+      REPORT(r, "kill_group", ::kill(-::getpgrp(), SIGUSR1));
+      REPORT(r, "kill_self", ::kill(::getpid(), 0));
+    });
+    CHECK(child.get("kill_parent_probe") == "EPERM");
+    CHECK(child.get("kill_parent") == "EPERM");
+    CHECK(child.get("kill_self") == "ok");
+    if (seccomp_on) CHECK(child.get("kill_group") == "EPERM");
+  }
+  ::usleep(20000);
+  CHECK(g_sigusr1_count.load() == 0);
+  ::sigaction(SIGUSR1, &old, nullptr);
+}
+
+TEST_CASE("env: nothing the parent exported survives") {
+  Dirs dirs;
+  ::setenv("SPR_SECRET", "hunter2", 1);
+  const auto child = run_in_child([&](const Reporter& r) {
+    apply_and_report(r, dirs.config(r.fd));
+    std::string names;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) names += std::string(*e) + ";";
+    r.put("environ", names);
+  });
+  ::unsetenv("SPR_SECRET");
+  CHECK(child.get("environ") == "LANG=C.UTF-8;");
+}
+
+TEST_CASE("fds: unlisted fds are closed, kept ones stay, 0 and 1 are reopened") {
+  Dirs dirs;
+  const int stray = ::open("/dev/null", O_RDONLY);
+  const int kept = ::open("/dev/null", O_RDONLY);
+  REQUIRE(stray >= 3);
+  REQUIRE(kept >= 3);
+  const auto child = run_in_child([&](const Reporter& r) {
+    ::close(0);  // the worker may have been started with stdin closed
+    auto cfg = dirs.config(r.fd);
+    cfg.keep_fds.push_back(kept);
+    apply_and_report(r, cfg);
+    REPORT(r, "stray", ::fcntl(stray, F_GETFD));
+    REPORT(r, "kept", ::fcntl(kept, F_GETFD));
+    REPORT(r, "fd0", ::fcntl(0, F_GETFD));
+    REPORT(r, "fd1", ::fcntl(1, F_GETFD));
+    rlimit nofile{};
+    ::getrlimit(RLIMIT_NOFILE, &nofile);
+    r.put("nofile", static_cast<long>(nofile.rlim_cur));
+    r.put("max_kept", std::max(kept, r.fd));
+  });
+  ::close(stray);
+  ::close(kept);
+  CHECK(child.get("stray") == "EBADF");
+  CHECK(child.get("kept") == "ok");
+  CHECK(child.get("fd0") == "ok");
+  CHECK(child.get("fd1") == "ok");
+  CHECK(std::stol(child.get("nofile")) == std::stol(child.get("max_kept")) + 64);
+}
+
+TEST_CASE("apply_rlimits: RLIMIT_AS refuses a large mapping, small allocations still work") {
+  const auto child = run_in_child([&](const Reporter& r) {
+    spr::harden::RunLimits limits;
+    limits.address_space_bytes = 512ULL << 20;
+    r.put("rc", spr::harden::apply_rlimits(limits));
+    REPORT(r, "big",
+           ::mmap(nullptr, 1ULL << 30, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED ? -1 : 0);
+    void* small = std::malloc(1 << 20);
+    r.put("small", small != nullptr ? "ok" : "null");
+    rlimit as{};
+    ::getrlimit(RLIMIT_AS, &as);
+    r.put("as", std::to_string(as.rlim_cur) + "/" + std::to_string(as.rlim_max));
+  });
+  CHECK(child.get("rc") == "0");
+  CHECK(child.get("big") == "ENOMEM");
+  CHECK(child.get("small") == "ok");
+  CHECK(child.get("as") == std::to_string(512ULL << 20) + "/" + std::to_string(512ULL << 20));
+}
+
+TEST_CASE("to_json renders name, active and detail") {
+  const spr::harden::Report report = {{"seccomp", true, "x"}, {"landlock", false, "kernel lacks Landlock"}};
+  const auto json = spr::harden::to_json(report);
+  CHECK(json.dump() ==
+        R"([{"active":true,"detail":"x","name":"seccomp"},{"active":false,"detail":"kernel lacks Landlock","name":"landlock"}])");
+}
