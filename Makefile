@@ -1,0 +1,63 @@
+# safe-py-runner: the two commands a new user needs are `make run` and `make test`.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+PYTHON ?= /usr/bin/python3
+
+.PHONY: all deps build run test bench soak fuzz check-sanitize lint format install clean help
+
+all: build
+
+help:
+	@echo "make run             install missing Debian packages, build, run the quick-start example"
+	@echo "make test            build and run every test (unit, black-box, CLI, security, fuzz smoke, soak smoke)"
+	@echo "make bench           latency/throughput benchmark of every isolation mode (BENCH_ARGS=--quick)"
+	@echo "make soak            50,000 runs with faults mixed in, in each isolation mode"
+	@echo "make fuzz            libFuzzer on the frame, request and policy parsers (needs clang)"
+	@echo "make check-sanitize  the test suite under ASan+UBSan, then TSan"
+	@echo "make lint            clang-tidy and cppcheck on our sources"
+	@echo "make install         install library, CLI, worker and CMake package (PREFIX=/usr/local)"
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/spr-quickstart
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j 2 --timeout 600
+
+bench: build
+	$(BUILD)/spr-bench $(BENCH_ARGS)
+
+soak: build
+	$(BUILD)/spr-soak $(SOAK_ARGS)
+
+fuzz:
+	@scripts/install-deps.sh clang libclang-rt-14-dev
+	bash tests/fuzz/run_fuzz.sh build-fuzz
+
+check-sanitize:
+	@scripts/install-deps.sh
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DSPR_SANITIZE=address,undefined -DSPR_BUILD_BENCH=OFF"
+	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DSPR_SANITIZE=thread -DSPR_BUILD_BENCH=OFF"
+
+lint: $(BUILD)/CMakeCache.txt
+	@scripts/install-deps.sh clang-tidy cppcheck
+	cmake -S . -B $(BUILD) -DCMAKE_EXPORT_COMPILE_COMMANDS=ON >/dev/null
+	scripts/lint.sh $(BUILD)
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz
