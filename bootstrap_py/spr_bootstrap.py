@@ -27,10 +27,6 @@ class _PolicyFinder:
         pass
 
 
-class _SoftTimeout(TimeoutError):
-    pass
-
-
 def _on_wall_clock(signum, frame):
     raise TimeoutError("Execution timed out")
 
@@ -64,8 +60,11 @@ def make_sys_proxy():
     return proxy
 
 
-def install():
+def install(main_interpreter=True):
     sys.meta_path.insert(0, _PolicyFinder)
-    signal.signal(signal.SIGALRM, _on_wall_clock)
-    signal.signal(signal.SIGVTALRM, _on_cpu_time)
+    if main_interpreter:
+        # Python runs signal handlers only in the main interpreter; sub-interpreters rely on
+        # the supervisor's hard deadline instead.
+        signal.signal(signal.SIGALRM, _on_wall_clock)
+        signal.signal(signal.SIGVTALRM, _on_cpu_time)
     _spr.set_sys_proxy_factory(make_sys_proxy)

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "detail/capture_layout.hpp"
+#include "interp_state.hpp"
 
 namespace spr::embed::capture {
 
@@ -94,7 +95,6 @@ PyGetSetDef kStreamGetset[] = {{"encoding", stream_get_encoding, nullptr, nullpt
                                {"closed", stream_get_closed, nullptr, nullptr, nullptr},
                                {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
-PyTypeObject* g_stream_type = nullptr;
 
 }  // namespace
 
@@ -145,13 +145,17 @@ int add_type(PyObject* m) {
   static PyType_Spec spec = {"_spr.Stream", sizeof(StreamObject), 0, Py_TPFLAGS_DEFAULT, slots};
   PyObject* t = PyType_FromSpec(&spec);
   if (!t) return -1;
-  g_stream_type = reinterpret_cast<PyTypeObject*>(t);
+  state().stream_type = reinterpret_cast<PyTypeObject*>(t);
   Py_INCREF(t);
   return PyModule_AddObject(m, "Stream", t);
 }
 
 PyObject* make_stream(int stream) {
-  PyObject* o = PyType_GenericAlloc(g_stream_type, 0);
+  if (!state().stream_type) {
+    PyErr_SetString(PyExc_RuntimeError, "_spr is not initialised in this interpreter");
+    return nullptr;
+  }
+  PyObject* o = PyType_GenericAlloc(state().stream_type, 0);
   if (o) reinterpret_cast<StreamObject*>(o)->stream = stream;
   return o;
 }

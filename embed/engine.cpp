@@ -14,6 +14,7 @@
 #include "codec.hpp"
 #include "deadline.hpp"
 #include "guard.hpp"
+#include "interp_state.hpp"
 #include "memory.hpp"
 #include "py.hpp"
 
@@ -54,7 +55,7 @@ std::string current_error_text() {
   return py::str(e.type.get()) + ": " + py::str(e.value.get());
 }
 
-bool run_bootstrap() {
+bool run_bootstrap(bool main_interpreter) {
   audit::Trusted trusted;
   py::Ref code(Py_CompileString(kSprBootstrapSource, "<frozen spr_bootstrap>", Py_file_input));
   if (!code) return false;
@@ -66,13 +67,13 @@ bool run_bootstrap() {
   if (!r) return false;
   py::Ref install(PyObject_GetAttrString(module.get(), "install"));
   if (!install) return false;
-  py::Ref done(PyObject_CallNoArgs(install.get()));
+  py::Ref done(PyObject_CallFunctionObjArgs(install.get(), main_interpreter ? Py_True : Py_False, nullptr));
   return static_cast<bool>(done);
 }
 
-bool preload() {
+bool preload(const char* list) {
   audit::Trusted trusted;
-  std::istringstream in(kSprPreloadList);
+  std::istringstream in(list);
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
@@ -100,10 +101,8 @@ std::vector<std::string> g_runtime_paths;
 
 bool contains(const std::vector<std::string>& v, const char* s) { return std::find(v.begin(), v.end(), s) != v.end(); }
 
-struct Streams {
-  py::Ref out, err;
-};
-Streams g_streams;
+InterpState g_main_state;
+InterpState* g_state = &g_main_state;
 
 // The run's globals: builtins, input_data, result, extra_globals and input keys, filtered.
 PyObject* make_globals(const Request& req) {
@@ -307,16 +306,10 @@ std::string initialize(const EngineOptions& options) {
   {
     audit::Trusted trusted;
     if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
-    if (!run_bootstrap()) return "bootstrap failed: " + current_error_text();
-    g_streams.out = py::Ref(capture::make_stream(0));
-    g_streams.err = py::Ref(capture::make_stream(1));
-    if (!g_streams.out || !g_streams.err) return "creating the output streams failed";
-    PySys_SetObject("stdout", g_streams.out.get());
-    PySys_SetObject("stderr", g_streams.err.get());
-    PySys_SetObject("__stdout__", g_streams.out.get());
-    PySys_SetObject("__stderr__", g_streams.err.get());
+    if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
+    if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   }
-  if (options.preload) preload();
+  if (options.preload) preload(kSprPreloadList);
   if (!deadline::init()) return "creating the soft-deadline timers failed";
   g_initialized = true;
   audit::arm(true);  // from here on, every audit event is checked
@@ -358,8 +351,8 @@ RunResult run_prepared(const Request& req) {
     r.exit_code = 1;
     return r;
   }
-  PySys_SetObject("stdout", g_streams.out.get());
-  PySys_SetObject("stderr", g_streams.err.get());
+  PySys_SetObject("stdout", state().out);
+  PySys_SetObject("stderr", state().err);
 
   py::Ref code;
   if (req.code.find('\0') != std::string::npos) {

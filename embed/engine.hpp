@@ -30,6 +30,10 @@ RunResult run(const Request& req);
 RunResult run_prepared(const Request& req);
 bool prepare_capture(const Request& req);
 
+// Sets up the guard, bootstrap and streams in the interpreter now current (a fresh sub-interpreter,
+// after use_state() pointed at its state). Returns "" or the reason.
+std::string init_current_interpreter();
+
 std::string python_version();
 // Directories the runtime reads from (stdlib, lib-dynload, prefix): Landlock's read-only set.
 std::vector<std::string> runtime_paths();

@@ -6,6 +6,7 @@
 
 #include "audit.hpp"
 #include "capture.hpp"
+#include "interp_state.hpp"
 
 namespace spr::embed::guard {
 
@@ -36,9 +37,6 @@ const std::vector<std::string> kAlwaysBlocked = {"_spr", "importlib", "_imp", "_
 
 ImportPolicy g_policy;
 bool g_blocked_raised = false;
-PyObject* g_original_import = nullptr;  // builtins.__import__ before we replaced it; process lifetime
-PyObject* g_sys_proxy = nullptr;        // built on first `import sys` of a run, dropped after it
-PyObject* g_make_sys_proxy = nullptr;   // from the bootstrap
 
 std::string root_of(const std::string& name) { return name.substr(0, name.find('.')); }
 
@@ -68,13 +66,14 @@ PyObject* raise_blocked(const std::string& msg, PyObject* name) {
 }
 
 PyObject* sys_proxy() {
-  if (g_sys_proxy) return Py_NewRef(g_sys_proxy);
-  if (!g_make_sys_proxy) {
+  InterpState& st = state();
+  if (st.sys_proxy) return Py_NewRef(st.sys_proxy);
+  if (!st.make_sys_proxy) {
     PyErr_SetString(PyExc_ImportError, "sys is not available");
     return nullptr;
   }
-  g_sys_proxy = PyObject_CallNoArgs(g_make_sys_proxy);
-  return g_sys_proxy ? Py_NewRef(g_sys_proxy) : nullptr;
+  st.sys_proxy = PyObject_CallNoArgs(st.make_sys_proxy);
+  return st.sys_proxy ? Py_NewRef(st.sys_proxy) : nullptr;
 }
 
 // __import__(name, globals=None, locals=None, fromlist=(), level=0)
@@ -91,7 +90,7 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
     if (!msg.empty()) return raise_blocked(msg, name);
     if (n == "sys") return sys_proxy();
   }
-  return PyObject_Call(g_original_import, args, kwargs);
+  return PyObject_Call(state().original_import, args, kwargs);
 }
 
 // The bootstrap's meta-path finder asks here: None when allowed, else the message.
@@ -108,7 +107,7 @@ PyObject* set_sys_proxy_factory(PyObject*, PyObject* f) {
     PyErr_SetString(PyExc_PermissionError, "not available");
     return nullptr;
   }
-  Py_XSETREF(g_make_sys_proxy, Py_NewRef(f));
+  Py_XSETREF(state().make_sys_proxy, Py_NewRef(f));
   Py_RETURN_NONE;
 }
 
@@ -126,18 +125,20 @@ PyMethodDef kMethods[] = {
     {"stream", stream, METH_O, nullptr},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_spr", "safe-py-runner internals.", -1, kMethods,
-                       nullptr, nullptr, nullptr, nullptr};
+int exec_module(PyObject* m) { return capture::add_type(m); }
 
-PyObject* init_module() {
-  PyObject* m = PyModule_Create(&kModule);
-  if (!m) return nullptr;
-  if (capture::add_type(m) < 0) {
-    Py_DECREF(m);
-    return nullptr;
-  }
-  return m;
-}
+// Multi-phase initialisation: every (sub-)interpreter gets its own module and Stream type.
+PyModuleDef_Slot kSlots[] = {
+    {Py_mod_exec, reinterpret_cast<void*>(exec_module)},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_spr", "safe-py-runner internals.", 0, kMethods,
+                       kSlots, nullptr, nullptr, nullptr};
+
+PyObject* init_module() { return PyModuleDef_Init(&kModule); }
 
 std::string audit_import_check(const std::string& module) {
   std::string msg = check(module);
@@ -178,16 +179,17 @@ bool blocked_import_raised() { return g_blocked_raised; }
 
 void reset_run_state() {
   g_blocked_raised = false;
-  Py_CLEAR(g_sys_proxy);
+  Py_CLEAR(state().sys_proxy);
 }
 
 bool install_import_hook() {
   py::Ref builtins(PyImport_ImportModule("builtins"));
   py::Ref spr(PyImport_ImportModule("_spr"));
   if (!builtins || !spr) return false;
-  g_original_import = PyObject_GetAttrString(builtins.get(), "__import__");
+  InterpState& st = state();
+  st.original_import = PyObject_GetAttrString(builtins.get(), "__import__");
   py::Ref guarded(PyObject_GetAttrString(spr.get(), "__import__"));
-  if (!g_original_import || !guarded) return false;
+  if (!st.original_import || !guarded) return false;
   return PyObject_SetAttrString(builtins.get(), "__import__", guarded.get()) == 0;
 }
 

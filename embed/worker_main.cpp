@@ -16,6 +16,7 @@
 #include "engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"
+#include "subinterp_runner.hpp"
 
 namespace {
 
@@ -136,6 +137,15 @@ int main(int argc, char** argv) {
   int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
   spr::embed::ForkRunner fork_runner(statm_fd, args.grace);
   if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
+  spr::embed::SubinterpRunner subinterps;
+  if (args.isolation == spr::Isolation::subinterpreter) {
+    std::string e = subinterps.start();
+    if (!e.empty()) {
+      hello["error"] = "subinterpreter mode unavailable: " + e;
+      detail::write_frame(detail::kProtocolFd, detail::dump_json(hello));
+      die(e);
+    }
+  }
   hello["python"] = spr::embed::python_version();
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
@@ -163,11 +173,12 @@ int main(int argc, char** argv) {
         if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
         continue;
       }
-      r = spr::embed::run(rq);
+      r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
     } catch (const std::exception& e) {
       r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());
     }
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);
+    if (args.isolation == spr::Isolation::subinterpreter) subinterps.recycle();
   }
 }

@@ -1,0 +1,21 @@
+// Per-interpreter objects of the engine. The worker runs one interpreter at a time, so the
+// engine swaps which state is current when it switches to or from a sub-interpreter.
+#pragma once
+
+#include "py.hpp"
+
+namespace spr::embed {
+
+struct InterpState {
+  PyObject* original_import = nullptr;  // builtins.__import__ before the guard replaced it
+  PyObject* make_sys_proxy = nullptr;   // the bootstrap's factory of the restricted `sys` view
+  PyObject* sys_proxy = nullptr;        // built on a run's first `import sys`, dropped after the run
+  PyTypeObject* stream_type = nullptr;  // _spr.Stream of this interpreter
+  PyObject* out = nullptr;              // sys.stdout / sys.stderr replacements
+  PyObject* err = nullptr;
+};
+
+InterpState& state();
+void use_state(InterpState* s);
+
+}  // namespace spr::embed
