@@ -264,8 +264,29 @@ audit::RunRules rules_for(const RunnerPolicy& p) {
   return rules;
 }
 
+bool install_streams() {
+  InterpState& st = state();
+  st.out = capture::make_stream(0);
+  st.err = capture::make_stream(1);
+  if (!st.out || !st.err) return false;
+  return PySys_SetObject("stdout", st.out) == 0 && PySys_SetObject("stderr", st.err) == 0 &&
+         PySys_SetObject("__stdout__", st.out) == 0 && PySys_SetObject("__stderr__", st.err) == 0;
+}
+
 }  // namespace
 
+std::string init_current_interpreter() {
+  audit::Trusted trusted;
+  if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
+  if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
+  if (!install_streams()) return "creating the output streams failed: " + current_error_text();
+  // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
+  preload("importlib.machinery\nimportlib.util\n");
+  return {};
+}
+
+InterpState& state() { return *g_state; }
+void use_state(InterpState* s) { g_state = s ? s : &g_main_state; }
 
 std::string initialize(const EngineOptions& options) {
   if (g_initialized) return {};
