@@ -1,7 +1,12 @@
 // The in-process engine: isolated CPython initialisation, the bootstrap, and one run in a fresh namespace.
 #include "engine.hpp"
 
+#include <ftw.h>
 #include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -264,6 +269,44 @@ audit::RunRules rules_for(const RunnerPolicy& p) {
   return rules;
 }
 
+// The run's private writable directory (policy scratch_dir): created under the worker's scratch
+// root, made the working directory, removed with everything in it when the run ends.
+class RunDirectory {
+ public:
+  RunDirectory(bool wanted, std::uint64_t id) {
+    if (!wanted) return;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) {
+      error_ = strerror(errno);
+      return;
+    }
+    home_ = cwd;
+    path_ = home_ + "/run-" + std::to_string(id) + "-" + std::to_string(getpid());
+    if (mkdir(path_.c_str(), 0700) != 0 || chdir(path_.c_str()) != 0) {
+      error_ = strerror(errno);
+      path_.clear();
+    }
+  }
+  ~RunDirectory() {
+    if (path_.empty()) return;
+    if (chdir(home_.c_str()) != 0) return;
+    remove_tree(path_);
+  }
+  RunDirectory(const RunDirectory&) = delete;
+  RunDirectory& operator=(const RunDirectory&) = delete;
+  bool ok() const { return !path_.empty(); }
+  const std::string& path() const { return path_; }
+  const std::string& error() const { return error_; }
+
+  static void remove_tree(const std::string& dir) {
+    nftw(dir.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+  }
+
+ private:
+  std::string home_, path_, error_;
+};
+
 bool install_streams() {
   InterpState& st = state();
   st.out = capture::make_stream(0);
@@ -363,7 +406,18 @@ RunResult run_prepared(const Request& req) {
   guard::reset_run_state();
   audit::reset_denials();
   guard::set_policy(p);
-  audit::set_rules(rules_for(p));
+  audit::RunRules rules = rules_for(p);
+  RunDirectory run_dir(p.scratch_dir, req.id);
+  if (p.scratch_dir) {
+    if (!run_dir.ok()) {
+      r.error = "cannot create the run's scratch directory: " + run_dir.error();
+      r.error_kind = ErrorKind::worker_crashed;
+      r.exit_code = 1;
+      return r;
+    }
+    rules.scratch = run_dir.path();
+  }
+  audit::set_rules(std::move(rules));
 
   py::Ref globals(make_globals(req));
   if (!globals) {
