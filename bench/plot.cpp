@@ -56,7 +56,7 @@ std::string latency_svg(const std::vector<PlotRow>& rows, const std::string& tit
   int hi = static_cast<int>(std::ceil(std::log10(hi_v)));
   if (hi <= lo) hi = lo + 1;
 
-  const double group_w = 150, left = 90, right = 30, top = 80, bottom = 70, plot_h = 380;
+  const double group_w = 150, left = 90, right = 30, top = 96, bottom = 70, plot_h = 380;
   const double width = left + right + group_w * static_cast<double>(std::max<std::size_t>(rows.size(), 1));
   const double height = top + plot_h + bottom;
   const double base_y = top + plot_h;
@@ -119,7 +119,7 @@ std::string latency_svg(const std::vector<PlotRow>& rows, const std::string& tit
 
   // Legend, above the plot area on the right, clear of the bars.
   for (int b = 0; b < 2; ++b) {
-    const double lx = width - right - 230 + b * 115, ly = top - 24;
+    const double lx = width - right - 230 + b * 115, ly = top - 30;
     o << "<rect x=\"" << num(lx) << "\" y=\"" << num(ly) << "\" width=\"14\" height=\"14\" fill=\"" << colors[b]
       << "\"/>\n"
       << "<text x=\"" << num(lx + 20) << "\" y=\"" << num(ly + 12) << "\" font-size=\"12\">" << names[b]
