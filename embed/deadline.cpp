@@ -15,6 +15,7 @@ namespace {
 timer_t g_wall{}, g_cpu{};
 bool g_ready = false;
 volatile sig_atomic_t g_wall_fired = 0, g_cpu_fired = 0;
+bool g_wall_armed = false, g_cpu_armed = false;
 
 // Chained in front of Python's own handler: records which limit fired, then lets Python
 // schedule its handler (which raises TimeoutError at the next bytecode boundary).
@@ -78,16 +79,22 @@ bool init() {
 void arm(double wall_seconds, double cpu_seconds) {
   g_wall_fired = g_cpu_fired = 0;
   if (!g_ready) return;
-  itimerspec w = spec(wall_seconds), c = spec(cpu_seconds);
-  timer_settime(g_wall, 0, &w, nullptr);
-  if (cpu_seconds > 0) timer_settime(g_cpu, 0, &c, nullptr);
+  if (wall_seconds > 0) {
+    itimerspec w = spec(wall_seconds);
+    g_wall_armed = timer_settime(g_wall, 0, &w, nullptr) == 0;
+  }
+  if (cpu_seconds > 0) {
+    itimerspec c = spec(cpu_seconds);
+    g_cpu_armed = timer_settime(g_cpu, 0, &c, nullptr) == 0;
+  }
 }
 
 void disarm() {
   if (!g_ready) return;
   itimerspec zero{};
-  timer_settime(g_wall, 0, &zero, nullptr);
-  timer_settime(g_cpu, 0, &zero, nullptr);
+  if (g_wall_armed) timer_settime(g_wall, 0, &zero, nullptr);
+  if (g_cpu_armed) timer_settime(g_cpu, 0, &zero, nullptr);
+  g_wall_armed = g_cpu_armed = false;
 }
 
 bool wall_fired() { return g_wall_fired != 0; }

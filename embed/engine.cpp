@@ -307,6 +307,26 @@ class RunDirectory {
   std::string home_, path_, error_;
 };
 
+constexpr std::size_t kCodeCacheEntries = 64;
+constexpr std::size_t kCodeCacheBytes = 4u << 20;
+
+// New reference to the compiled code of `source`, from the interpreter's cache when it was seen before.
+// Syntax errors are not cached: they are cheap to reproduce and carry the exception.
+PyObject* compile_cached(const std::string& source) {
+  InterpState& st = state();
+  if (auto it = st.code_cache.find(source); it != st.code_cache.end()) return Py_NewRef(it->second);
+  PyObject* code = Py_CompileStringExFlags(source.c_str(), kUserFilename, Py_file_input, nullptr, -1);
+  if (!code || source.size() > kCodeCacheBytes / 4) return code;
+  if (st.code_cache.size() >= kCodeCacheEntries || st.code_cache_bytes + source.size() > kCodeCacheBytes) {
+    for (auto& [k, v] : st.code_cache) Py_DECREF(v);
+    st.code_cache.clear();
+    st.code_cache_bytes = 0;
+  }
+  st.code_cache.emplace(source, Py_NewRef(code));
+  st.code_cache_bytes += source.size();
+  return code;
+}
+
 bool install_streams() {
   InterpState& st = state();
   st.out = capture::make_stream(0);
@@ -326,6 +346,13 @@ std::string init_current_interpreter() {
   // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
   preload("importlib.machinery\nimportlib.util\n");
   return {};
+}
+
+void precompile(const std::string& source) {
+  if (source.find('\0') != std::string::npos || source.size() > kCodeCacheBytes / 4) return;
+  audit::Trusted trusted;
+  py::Ref code(compile_cached(source));
+  PyErr_Clear();
 }
 
 InterpState& state() { return *g_state; }
@@ -374,6 +401,14 @@ std::string initialize(const EngineOptions& options) {
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   }
   if (options.preload) preload(kSprPreloadList);
+  {
+    // Objects that exist now are never collected: a forked run child then does not walk (and
+    // copy-on-write fault) the whole warm heap when its collector runs.
+    audit::Trusted trusted;
+    py::Ref gc(PyImport_ImportModule("gc"));
+    py::Ref frozen(gc ? PyObject_CallMethod(gc.get(), "freeze", nullptr) : nullptr);
+    PyErr_Clear();
+  }
   if (!deadline::init()) return "creating the soft-deadline timers failed";
   g_initialized = true;
   audit::arm(true);  // from here on, every audit event is checked
@@ -433,7 +468,7 @@ RunResult run_prepared(const Request& req) {
   if (req.code.find('\0') != std::string::npos) {
     PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
   } else {
-    code = py::Ref(Py_CompileStringExFlags(req.code.c_str(), kUserFilename, Py_file_input, nullptr, -1));
+    code = py::Ref(compile_cached(req.code));
   }
   if (!code) {
     py::FetchedError e = py::FetchedError::fetch();

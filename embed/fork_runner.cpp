@@ -63,6 +63,7 @@ std::string ForkRunner::run(const Request& req, const json& id, const json& nonc
   if (p.cpu_time_seconds > 0) limits.cpu_seconds = static_cast<std::uint64_t>(std::ceil(p.cpu_time_seconds)) + 1;
   limits.file_size_bytes = 64u << 20;
 
+  precompile(req.code);
   PyOS_BeforeFork();
   const pid_t pid = fork();
   if (pid == 0) {

@@ -2,6 +2,9 @@
 // engine swaps which state is current when it switches to or from a sub-interpreter.
 #pragma once
 
+#include <string>
+#include <unordered_map>
+
 #include "py.hpp"
 
 namespace spr::embed {
@@ -13,6 +16,9 @@ struct InterpState {
   PyTypeObject* stream_type = nullptr;  // _spr.Stream of this interpreter
   PyObject* out = nullptr;              // sys.stdout / sys.stderr replacements
   PyObject* err = nullptr;
+  // Compiled user code by exact source text: agents and benchmarks resend the same snippet.
+  std::unordered_map<std::string, PyObject*> code_cache;
+  std::size_t code_cache_bytes = 0;
 };
 
 InterpState& state();

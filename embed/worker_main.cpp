@@ -106,10 +106,60 @@ std::string reply_text(const json& id, const json& nonce, const spr::RunResult& 
   return detail::dump_json(j);
 }
 
+#ifdef SPR_FAULTS
+// Test-only fault injection: compiled into spr-worker-faulty, never into spr-worker. A request
+// whose code starts with "#spr-fault: NAME" makes the worker misbehave in that way.
+void inject_fault(const std::string& code) {
+  const std::string tag = "#spr-fault: ";
+  if (code.rfind(tag, 0) != 0) return;
+  const std::string name = code.substr(tag.size(), code.find('\n') - tag.size());
+  if (name == "sigkill") raise(SIGKILL);
+  if (name == "segv") raise(SIGSEGV);
+  if (name == "abort") abort();
+  if (name == "exit") _exit(3);
+  if (name == "hang") {
+    for (;;) pause();  // stops reading and never answers
+  }
+  if (name == "truncated") {
+    const unsigned char hdr[4] = {100, 0, 0, 0};
+    ssize_t a = write(detail::kProtocolFd, hdr, 4);
+    ssize_t b = write(detail::kProtocolFd, "{\"id\":", 6);
+    (void)a;
+    (void)b;
+    _exit(0);
+  }
+  if (name == "garbage") {
+    const char junk[] = "\x05\x00\x00\x00not{json";
+    ssize_t a = write(detail::kProtocolFd, junk, sizeof junk - 1);
+    (void)a;
+    for (;;) pause();
+  }
+  if (name == "huge") {
+    const unsigned char hdr[4] = {0xff, 0xff, 0xff, 0x7f};
+    ssize_t a = write(detail::kProtocolFd, hdr, 4);
+    (void)a;
+    for (;;) pause();
+  }
+  if (name == "grandchild") {
+    // Leaves a process behind that holds the socket: the supervisor must not wait for it.
+    if (fork() == 0) {
+      for (;;) pause();
+    }
+    raise(SIGKILL);
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args args = parse_args(argc, argv);
+#ifdef SPR_FAULTS
+  // Installed under the name spr-worker-nohello, it never greets its supervisor.
+  if (std::string(argv[0]).find("nohello") != std::string::npos) {
+    for (;;) pause();
+  }
+#endif
   signal(SIGPIPE, SIG_IGN);
   // The protocol fd must be a socket from our supervisor; refuse to run standalone by accident.
   struct stat st{};
@@ -168,6 +218,9 @@ int main(int argc, char** argv) {
       rq.input_data = req.value("input_data", json::object());
       rq.policy = policies.get(req.at("policy"));
       rq.policy.isolation = args.isolation;
+#ifdef SPR_FAULTS
+      inject_fault(rq.code);
+#endif
       if (args.isolation == spr::Isolation::fork) {
         std::string raw = fork_runner.run(rq, id, nonce);
         if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);

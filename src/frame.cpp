@@ -25,8 +25,10 @@ const char* to_string(IoStatus s) {
 namespace {
 
 // Waits until fd is readable or the deadline passes.
-IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us) {
-  pollfd p{fd, POLLIN, 0};
+IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us, int exit_fd) {
+  pollfd ps[2] = {{fd, POLLIN, 0}, {exit_fd, POLLIN, 0}};
+  pollfd& p = ps[0];
+  const nfds_t n = exit_fd >= 0 ? 2 : 1;
   if (spin_us > 0) {
     const auto spin_end = Clock::now() + std::chrono::microseconds(spin_us);
     do {
@@ -42,8 +44,9 @@ IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us) {
       if (left <= 0) return IoStatus::timeout;
       timeout_ms = static_cast<int>((left + 999) / 1000);
     }
-    int r = ::poll(&p, 1, timeout_ms);
-    if (r > 0) return IoStatus::ok;  // POLLHUP/POLLERR surface as EOF/error on read
+    int r = ::poll(ps, n, timeout_ms);
+    if (r > 0 && p.revents) return IoStatus::ok;  // POLLHUP/POLLERR surface as EOF/error on read
+    if (r > 0) return IoStatus::eof;               // the peer exited; nothing more will come
     if (r == 0) {
       if (deadline != Clock::time_point::max() && Clock::now() >= deadline) return IoStatus::timeout;
       continue;
@@ -52,10 +55,10 @@ IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us) {
   }
 }
 
-IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline, int spin_us) {
+IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline, int spin_us, int exit_fd) {
   std::size_t got = 0;
   while (got < n) {
-    IoStatus w = wait_readable(fd, deadline, got == 0 ? spin_us : 0);
+    IoStatus w = wait_readable(fd, deadline, got == 0 ? spin_us : 0, exit_fd);
     if (w != IoStatus::ok) return w;
     ssize_t r = ::read(fd, buf + got, n - got);
     if (r > 0) {
@@ -72,15 +75,15 @@ IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline
 }  // namespace
 
 IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, std::uint32_t max_bytes,
-                    int spin_us) {
+                    int spin_us, int exit_fd) {
   unsigned char hdr[4];
-  IoStatus s = read_exact(fd, reinterpret_cast<char*>(hdr), 4, deadline, spin_us);
+  IoStatus s = read_exact(fd, reinterpret_cast<char*>(hdr), 4, deadline, spin_us, exit_fd);
   if (s != IoStatus::ok) return s;
   const std::uint32_t len = std::uint32_t(hdr[0]) | std::uint32_t(hdr[1]) << 8 | std::uint32_t(hdr[2]) << 16 |
                             std::uint32_t(hdr[3]) << 24;
   if (len > max_bytes) return IoStatus::too_large;
   payload.resize(len);
-  return read_exact(fd, payload.data(), len, deadline, 0);
+  return read_exact(fd, payload.data(), len, deadline, 0, exit_fd);
 }
 
 IoStatus write_frame(int fd, std::string_view payload, bool nosignal) {

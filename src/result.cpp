@@ -1,5 +1,8 @@
 // RunResult and ErrorKind: names, JSON form, and the reply mapping of the wire protocol.
 #include <array>
+#include <climits>
+#include <stdexcept>
+#include <type_traits>
 #include <cstdio>
 #include <utility>
 
@@ -65,15 +68,26 @@ json reply_from_result(const RunResult& r) {
 }
 
 namespace {
+// Replies come from a process that ran untrusted code: every field is type-checked, and a value
+// of the wrong type or out of range makes the whole reply invalid (std::invalid_argument).
 template <class T>
 T field(const json& j, const char* name, T fallback) {
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!it->is_boolean()) throw std::invalid_argument(std::string("reply field '") + name + "' is not a boolean");
+  } else if constexpr (std::is_same_v<T, int>) {
+    if (!it->is_number_integer() || it->get<long long>() < INT_MIN || it->get<long long>() > INT_MAX)
+      throw std::invalid_argument(std::string("reply field '") + name + "' is not an int");
+  } else {
+    if (!it->is_string()) throw std::invalid_argument(std::string("reply field '") + name + "' is not a string");
+  }
   return it->get<T>();
 }
 }  // namespace
 
 RunResult result_from_reply(const json& j) {
+  if (!j.is_object()) throw std::invalid_argument("reply is not an object");
   RunResult r;
   r.ok = field(j, "ok", false);
   if (auto it = j.find("result"); it != j.end()) r.result = *it;

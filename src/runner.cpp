@@ -4,6 +4,8 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
+#include <signal.h>
 #include <thread>
 
 #include "detail/frame.hpp"
@@ -36,6 +38,7 @@ struct Runner::Impl {
   std::mutex mu;
   std::condition_variable cv;           // a worker became idle, or a spawn failed
   std::map<Isolation, Pool> pools;
+  std::set<WorkerProcess*> busy;  // running a request now; shutdown kills them so callers return at once
   bool stopping = false;
 
   // Workers are spawned from this one long-lived thread: PR_SET_PDEATHSIG fires when the
@@ -67,6 +70,7 @@ struct Runner::Impl {
       stopping = true;
       for (auto& [iso, pool] : pools)
         for (auto& w : pool.idle) doomed.push_back(std::move(w));
+      for (WorkerProcess* w : busy) ::kill(-w->pid(), SIGKILL);  // their owners reap them
     }
     cv.notify_all();
     spawn_cv.notify_all();
@@ -145,6 +149,7 @@ struct Runner::Impl {
       if (!pool.idle.empty()) {
         auto w = std::move(pool.idle.front());
         pool.idle.pop_front();
+        busy.insert(w.get());
         return w;
       }
       // Several spawns in a row failed and none is pending: answer now instead of waiting.
@@ -167,6 +172,7 @@ struct Runner::Impl {
     {
       std::lock_guard<std::mutex> lk(mu);
       Pool& pool = pools[iso];
+      busy.erase(w.get());
       if (w->alive() && !stopping) {
         pool.idle.push_back(std::move(w));
       } else {
@@ -186,14 +192,33 @@ struct Runner::Impl {
     // Fork mode: the worker kills its child at timeout + grace; we wait one more grace for its reply.
     const double slack = options.kill_grace_seconds * (policy.isolation == Isolation::fork ? 2 : 1) + 0.05;
     RunResult r;
-    if (policy.isolation == Isolation::process) {
+    bool shut_down;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      shut_down = stopping;
+    }
+    if (shut_down) {
+      r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+    } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
         w = WorkerProcess::spawn(spawn_options(Isolation::process, true));
       } catch (const std::exception& e) {
         r = detail::failure(ErrorKind::worker_unavailable, e.what());
       }
-      if (w) r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+      bool shut = false;
+      if (w) {
+        std::lock_guard<std::mutex> lk(mu);
+        shut = stopping;
+        if (!shut) busy.insert(w.get());
+      }
+      if (shut) {
+        r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+      } else if (w) {
+        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        std::lock_guard<std::mutex> lk(mu);
+        busy.erase(w.get());
+      }
     } else {
       std::string error;
       auto w = acquire(policy.isolation, error);
@@ -203,6 +228,10 @@ struct Runner::Impl {
         r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
         release(policy.isolation, std::move(w));
       }
+    }
+    if (!r.ok && r.error_kind == ErrorKind::worker_crashed) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (stopping) r = detail::failure(ErrorKind::worker_unavailable, "the runner shut down during the run");
     }
     r.isolation = policy.isolation;
     r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);

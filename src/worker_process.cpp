@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,6 +165,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   }
   child_sock.reset();
   w->alive_ = true;
+  w->pidfd_ = Fd(static_cast<int>(syscall(SYS_pidfd_open, w->pid_, 0)));  // -1 on old kernels: EOF then relies on the socket
 
   std::string frame;
   auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -204,6 +206,7 @@ void WorkerProcess::kill_and_reap() {
   }
   alive_ = false;
   sock_.reset();
+  pidfd_.reset();
   remove_tree(scratch_);
   scratch_.clear();
 }
@@ -256,7 +259,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   }
   if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
   std::string frame;
-  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 50);
+  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 50, pidfd_.get());
   if (s != IoStatus::ok) return lost(id, s, policy, s == IoStatus::timeout);
   json reply;
   try {

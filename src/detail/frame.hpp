@@ -20,8 +20,10 @@ const char* to_string(IoStatus);
 
 // Reads one frame. `deadline` = Clock::time_point::max() waits forever. `spin_us` > 0 polls
 // without blocking for that long first (saves a cross-CPU wake-up on short runs).
+// `exit_fd` (a pidfd, or -1): when it turns readable while `fd` has nothing to read, the peer
+// process is gone and the read ends with eof, even if a descendant still holds the other end.
 IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline,
-                    std::uint32_t max_bytes = kMaxFrameBytes, int spin_us = 0);
+                    std::uint32_t max_bytes = kMaxFrameBytes, int spin_us = 0, int exit_fd = -1);
 // Writes header and payload with one writev where possible; retries on EINTR and short writes.
 // `nosignal`: fd is a socket and a vanished peer must yield an error, not SIGPIPE (the supervisor
 // lives in someone else's process and cannot own its signal dispositions).

@@ -68,6 +68,7 @@ class WorkerProcess {
   pid_t pid_ = -1;
   Fd sock_;
   Fd capture_;
+  Fd pidfd_;  // readable once the worker has exited
   json hello_;
   bool alive_ = false;
   bool reaped_ = false;

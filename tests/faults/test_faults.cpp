@@ -1,0 +1,195 @@
+// Fault injection: a worker that dies, hangs, lies or never starts gives the right RunResult,
+// the pool recovers, and nothing is left behind (zombies, orphans, descriptors).
+#include <dirent.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "spr/runner.hpp"
+
+namespace {
+
+const std::string kFaulty = std::string(SPR_TEST_WORKERS_DIR) + "/spr-worker-faulty";
+const std::string kNoHello = std::string(SPR_TEST_WORKERS_DIR) + "/spr-worker-nohello";
+
+spr::Isolation test_mode() {
+  const char* m = getenv("SPR_TEST_ISOLATION");
+  return spr::RunnerPolicy::from_json({{"isolation", m ? m : "fork"}}).isolation;
+}
+
+spr::RunnerOptions options(const std::string& worker) {
+  spr::RunnerOptions o;
+  o.worker_path = worker;
+  o.workers = 1;
+  o.policy.isolation = test_mode();
+  o.policy.timeout_seconds = 2;
+  o.start_timeout_seconds = 2;
+  return o;
+}
+
+int open_fds() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+struct ProcInfo {
+  int pid, ppid, pgid;
+  char state;
+};
+
+std::vector<ProcInfo> processes() {
+  std::vector<ProcInfo> out;
+  DIR* d = opendir("/proc");
+  while (dirent* e = readdir(d)) {
+    int pid = atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(f, line)) continue;
+    auto close = line.rfind(')');
+    std::istringstream rest(line.substr(close + 2));
+    ProcInfo p{pid, 0, 0, '?'};
+    rest >> p.state >> p.ppid >> p.pgid;
+    out.push_back(p);
+  }
+  closedir(d);
+  return out;
+}
+
+// Our children that are zombies, and processes in a group led by one of our (ex-)workers.
+int zombies() {
+  int n = 0;
+  for (const auto& p : processes()) n += p.ppid == getpid() && p.state == 'Z';
+  return n;
+}
+
+int descendants() {
+  std::set<int> ours = {getpid()};
+  bool grew = true;
+  auto all = processes();
+  while (grew) {
+    grew = false;
+    for (const auto& p : all)
+      if (ours.count(p.ppid) && !ours.count(p.pid)) grew = ours.insert(p.pid).second;
+  }
+  return static_cast<int>(ours.size()) - 1;
+}
+
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(100)); }
+
+}  // namespace
+
+TEST_CASE("each fault gives its error kind and the pool recovers") {
+  struct Row {
+    const char* fault;
+    spr::ErrorKind kind;
+  };
+  const Row rows[] = {
+      {"sigkill", spr::ErrorKind::worker_crashed},  {"segv", spr::ErrorKind::worker_crashed},
+      {"abort", spr::ErrorKind::worker_crashed},    {"exit", spr::ErrorKind::worker_crashed},
+      {"hang", spr::ErrorKind::timeout},            {"truncated", spr::ErrorKind::worker_crashed},
+      {"garbage", spr::ErrorKind::protocol_error},  {"huge", spr::ErrorKind::protocol_error},
+      {"grandchild", spr::ErrorKind::worker_crashed},
+  };
+  const int fds_before = open_fds();
+  {
+    spr::Runner runner(options(kFaulty));
+    REQUIRE(runner.run("result = 1").ok);
+    for (const auto& row : rows) {
+      const std::string fault = row.fault;
+      CAPTURE(fault);
+      spr::RunResult r = runner.run(std::string("#spr-fault: ") + row.fault + "\nresult = 1");
+      CHECK_FALSE(r.ok);
+      CHECK(r.error_kind == row.kind);
+      REQUIRE(r.error.has_value());
+      CHECK_FALSE(r.error->empty());
+      spr::RunResult next = runner.run("result = 2");
+      CHECK(next.ok);
+      CHECK(next.result == 2);
+    }
+  }
+  settle();
+  CHECK(zombies() == 0);
+  CHECK(descendants() == 0);
+  CHECK(open_fds() == fds_before);
+}
+
+TEST_CASE("a worker that never says hello is reported, not waited for forever") {
+  const int fds_before = open_fds();
+  {
+    spr::Runner runner(options(kNoHello));
+    auto t0 = std::chrono::steady_clock::now();
+    spr::RunResult r = runner.run("result = 1");
+    CHECK_FALSE(r.ok);
+    CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+    CHECK(r.error->find("hello") != std::string::npos);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+  }
+  settle();
+  CHECK(zombies() == 0);
+  CHECK(descendants() == 0);
+  CHECK(open_fds() == fds_before);
+}
+
+TEST_CASE("a missing or non-executable worker binary is a WorkerError at construction") {
+  CHECK_THROWS_AS(spr::Runner(options("/nonexistent/spr-worker")), spr::WorkerError);
+  char path[] = "/tmp/spr-not-exec-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  CHECK_THROWS_AS(spr::Runner(options(path)), spr::WorkerError);
+  unlink(path);
+}
+
+TEST_CASE("destroying the runner with runs in flight answers them and leaves nothing behind") {
+  const int fds_before = open_fds();
+  std::vector<std::future<spr::RunResult>> futures;
+  {
+    auto o = options(kFaulty);
+    o.policy.timeout_seconds = 30;
+    spr::Runner runner(o);
+    REQUIRE(runner.run("result = 1").ok);
+    for (int i = 0; i < 3; ++i) futures.push_back(runner.submit("while True: pass", spr::json::object(), o.policy));
+    settle();
+    auto t0 = std::chrono::steady_clock::now();
+    runner.shutdown();
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));
+  }
+  for (auto& f : futures) {
+    spr::RunResult r = f.get();
+    CHECK_FALSE(r.ok);
+    CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+  }
+  settle();
+  CHECK(zombies() == 0);
+  CHECK(descendants() == 0);
+  CHECK(open_fds() == fds_before);
+}
+
+TEST_CASE("running out of file descriptors is an error result, and the runner recovers") {
+  spr::Runner runner(options(kFaulty));
+  REQUIRE(runner.run("result = 1").ok);
+  std::vector<int> hog;
+  for (int fd; (fd = dup(0)) >= 0;) hog.push_back(fd);  // every descriptor taken
+  runner.run("#spr-fault: sigkill\n");                  // its replacement must be spawned while starved
+  spr::RunResult starved = runner.run("result = 1");
+  for (int fd : hog) close(fd);
+  CHECK_FALSE(starved.ok);
+  CHECK((starved.error_kind == spr::ErrorKind::worker_unavailable ||
+         starved.error_kind == spr::ErrorKind::worker_crashed));
+  spr::RunResult later = runner.run("result = 3");
+  CHECK(later.ok);
+  CHECK(later.result == 3);
+}

@@ -1,0 +1,150 @@
+// spr-soak: many runs from many threads with timeouts, memory overruns, crashes and exceptions
+// mixed in; checks every run is answered once with the right outcome and that nothing grows.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "spr/runner.hpp"
+
+namespace {
+
+struct Kind {
+  const char* name;
+  int percent;
+  const char* code;
+  spr::ErrorKind expect;
+};
+
+// The mix of the soak: 10% timeouts, 10% memory overruns, 5% crashes, 5% exceptions, the rest fine.
+const Kind kKinds[] = {
+    {"timeout", 10, "print('start')\nwhile True: pass", spr::ErrorKind::timeout},
+    {"memory", 10, "x = bytearray(400 * 2**20)", spr::ErrorKind::memory},
+    {"crash", 5, "import signal\nsignal.raise_signal(signal.SIGSEGV)", spr::ErrorKind::worker_crashed},
+    {"exception", 5, "raise ValueError('soak')", spr::ErrorKind::exception},
+    {"ok", 70, "result = sum(range(input_data['n']))", spr::ErrorKind::none},
+};
+
+long rss_kb() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+int open_fds() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+int children() {
+  int n = 0;
+  DIR* d = opendir("/proc");
+  while (dirent* e = readdir(d)) {
+    int pid = atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(f, line)) continue;
+    std::istringstream rest(line.substr(line.rfind(')') + 2));
+    char state;
+    int ppid;
+    rest >> state >> ppid;
+    n += ppid == getpid();
+  }
+  closedir(d);
+  return n;
+}
+
+const Kind& pick(int i) {
+  int slot = (i * 37) % 100;  // a fixed interleaving, the same every run
+  for (const auto& k : kKinds) {
+    if (slot < k.percent) return k;
+    slot -= k.percent;
+  }
+  return kKinds[4];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int runs = 50000, threads = 8;
+  std::vector<std::string> modes = {"namespace", "subinterpreter", "fork", "process"};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--runs" && i + 1 < argc) runs = std::stoi(argv[++i]);
+    else if (a == "--threads" && i + 1 < argc) threads = std::stoi(argv[++i]);
+    else if (a == "--modes" && i + 1 < argc) {
+      modes.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string m; std::getline(ss, m, ',');) modes.push_back(m);
+    } else {
+      std::cerr << "usage: spr-soak [--runs N] [--threads N] [--modes a,b]\n";
+      return 64;
+    }
+  }
+  int failures = 0;
+  for (const auto& mode : modes) {
+    spr::RunnerOptions o;
+    o.workers = 2;
+    o.policy = spr::RunnerPolicy::from_json({{"isolation", mode}, {"timeout_seconds", 0.1}, {"memory_limit_mb", 256}});
+    spr::Runner runner(o);
+    // The subinterpreter mode builds an interpreter per run and the process mode starts one: fewer runs.
+    const int n = mode == "process" || mode == "subinterpreter" ? std::max(1, runs / 20) : runs;
+    runner.run("result = 1");  // warm
+    const long rss0 = rss_kb();
+    const int fds0 = open_fds(), kids0 = children();
+    std::atomic<int> next{0}, answered{0}, wrong{0};
+    std::mutex log_mu;
+    int counts[5] = {};
+    std::vector<std::thread> pool;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        for (int i; (i = next++) < n;) {
+          const Kind& k = pick(i);
+          spr::RunResult r = runner.run(k.code, {{"n", i}});
+          ++answered;
+          // In sub-interpreter mode a crash takes the whole worker; that is the same error kind.
+          const bool right = r.error_kind == k.expect && (k.expect != spr::ErrorKind::none || r.result == spr::json(static_cast<long long>(i) * (i - 1) / 2)) &&
+                             (k.expect != spr::ErrorKind::timeout || r.stdout_text == "start\n");
+          std::lock_guard<std::mutex> lk(log_mu);
+          counts[&k - kKinds]++;
+          if (!right) {
+            if (++wrong <= 5)
+              std::cerr << mode << ": run " << i << " (" << k.name << ") got " << spr::to_string(r.error_kind) << ": "
+                        << r.error.value_or("") << "\n";
+          }
+        }
+      });
+    }
+    for (auto& t : pool) t.join();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    runner.run("result = 1");  // the pool is whole again
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const long rss1 = rss_kb();
+    const int fds1 = open_fds(), kids1 = children();
+    std::printf("%-15s runs %6d answered %6d wrong %4d  (timeout %d, memory %d, crash %d, exception %d, ok %d)  %.1f s\n",
+                mode.c_str(), n, answered.load(), wrong.load(), counts[0], counts[1], counts[2], counts[3], counts[4],
+                secs);
+    std::printf("%-15s supervisor RSS %ld -> %ld kB, open fds %d -> %d, child processes %d -> %d\n", "", rss0, rss1,
+                fds0, fds1, kids0, kids1);
+    const bool flat = fds1 == fds0 && kids1 == kids0 && rss1 - rss0 < 8 * 1024;
+    if (answered != n || wrong != 0 || !flat) ++failures;
+  }
+  std::printf("%d passed, %d failed\n", static_cast<int>(modes.size()) - failures, failures);
+  return failures == 0 ? 0 : 1;
+}
