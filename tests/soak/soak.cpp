@@ -104,7 +104,14 @@ int main(int argc, char** argv) {
     spr::Runner runner(o);
     // The subinterpreter mode builds an interpreter per run and the process mode starts one: fewer runs.
     const int n = mode == "process" || mode == "subinterpreter" ? std::max(1, runs / 20) : runs;
-    runner.run("result = 1");  // warm
+    {
+      // Warm: both workers up and idle before the first reading.
+      auto a = runner.submit("result = 1", spr::json::object(), o.policy);
+      auto b = runner.submit("result = 1", spr::json::object(), o.policy);
+      a.get();
+      b.get();
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
     const long rss0 = rss_kb();
     const int fds0 = open_fds(), kids0 = children();
     std::atomic<int> next{0}, answered{0}, wrong{0};
@@ -133,8 +140,13 @@ int main(int argc, char** argv) {
     }
     for (auto& t : pool) t.join();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    runner.run("result = 1");  // the pool is whole again
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    {
+      auto a = runner.submit("result = 1", spr::json::object(), o.policy);
+      auto b = runner.submit("result = 1", spr::json::object(), o.policy);
+      a.get();
+      b.get();
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
     const long rss1 = rss_kb();
     const int fds1 = open_fds(), kids1 = children();
     std::printf("%-15s runs %6d answered %6d wrong %4d  (timeout %d, memory %d, crash %d, exception %d, ok %d)  %.1f s\n",
