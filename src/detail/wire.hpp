@@ -9,7 +9,8 @@ namespace spr::detail {
 
 constexpr int kProtocolVersion = 1;
 
-// Every field of a reply except `id` and `nonce` maps onto RunResult.
+// Every field of a reply except `id` and `nonce` maps onto RunResult. Throws std::invalid_argument
+// (or nlohmann::json::exception) for a reply whose fields have the wrong type or range.
 RunResult result_from_reply(const json& reply);
 json reply_from_result(const RunResult& r);
 ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> protocol_error

@@ -2,6 +2,7 @@
 // the depth limit, then the policy of a request (RunnerPolicy::from_json) and the reply mapping
 // (result_from_reply). Expected refusals are nlohmann exceptions and PolicyError; anything else
 // escaping is a bug (libFuzzer reports an uncaught exception as a crash). dump_json must never throw.
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -44,6 +45,8 @@ void check_reply(const json& reply) {
     r = spr::detail::result_from_reply(reply);
   } catch (const json::exception&) {
     return;  // wrong field types: the supervisor turns these into protocol_error
+  } catch (const std::invalid_argument&) {
+    return;  // a field of the wrong type or out of range: also protocol_error
   }
   if (!r.ok && !r.error) spr_fuzz::bug("failed result without an error message");
   (void)spr::detail::dump_json(r.to_json());
