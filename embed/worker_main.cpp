@@ -27,6 +27,7 @@ struct Args {
   spr::Isolation isolation = spr::Isolation::fork;
   bool once = false;
   bool harden = true;
+  bool allow_network = false;
   std::string scratch;
   double grace = 0.25;
 };
@@ -55,6 +56,8 @@ Args parse_args(int argc, char** argv) {
       a.isolation = spr::RunnerPolicy::from_json({{"isolation", v}}).isolation;
     } else if (k == "--once") {
       a.once = true;
+    } else if (k == "--allow-network") {
+      a.allow_network = true;
     } else if (k == "--no-harden") {
       a.harden = false;
     } else if (k == "--scratch") {
@@ -82,7 +85,7 @@ spr::harden::Report harden_self(const Args& a, int statm_fd) {
   cfg.read_paths.push_back("/dev/urandom");
   cfg.scratch_root = a.scratch;
   cfg.allow_fork = a.isolation == spr::Isolation::fork;
-  cfg.allow_network = false;
+  cfg.allow_network = a.allow_network;
   return spr::harden::apply_worker(cfg);
 }
 
@@ -218,6 +221,7 @@ int main(int argc, char** argv) {
       rq.input_data = req.value("input_data", json::object());
       rq.policy = policies.get(req.at("policy"));
       rq.policy.isolation = args.isolation;
+      rq.policy.allow_network = rq.policy.allow_network && args.allow_network;
 #ifdef SPR_FAULTS
       inject_fault(rq.code);
 #endif

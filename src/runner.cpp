@@ -7,6 +7,7 @@
 #include <set>
 #include <signal.h>
 #include <thread>
+#include <tuple>
 
 #include "detail/frame.hpp"
 #include "detail/wire.hpp"
@@ -24,6 +25,15 @@ Clock::duration seconds(double s) {
 }
 }  // namespace
 
+// Workers are hardened when they start, so a pool serves one isolation mode and one network setting.
+struct PoolKey {
+  Isolation isolation;
+  bool network;
+  bool operator<(const PoolKey& o) const {
+    return std::tie(isolation, network) < std::tie(o.isolation, o.network);
+  }
+};
+
 struct Runner::Impl {
   RunnerOptions options;
   std::filesystem::path worker_path;
@@ -37,7 +47,7 @@ struct Runner::Impl {
   };
   std::mutex mu;
   std::condition_variable cv;           // a worker became idle, or a spawn failed
-  std::map<Isolation, Pool> pools;
+  std::map<PoolKey, Pool> pools;
   std::set<WorkerProcess*> busy;  // running a request now; shutdown kills them so callers return at once
   bool stopping = false;
 
@@ -45,7 +55,7 @@ struct Runner::Impl {
   // spawning *thread* exits, so spawning from callers' threads would kill workers early.
   std::thread spawner;
   std::condition_variable spawn_cv;
-  std::deque<Isolation> spawn_queue;
+  std::deque<PoolKey> spawn_queue;
   json last_hello;
 
   // submit(): a small executor so that futures do not each need a thread.
@@ -81,10 +91,11 @@ struct Runner::Impl {
       if (t.joinable()) t.join();
   }
 
-  detail::SpawnOptions spawn_options(Isolation iso, bool once) const {
+  detail::SpawnOptions spawn_options(PoolKey key, bool once) const {
     detail::SpawnOptions so;
     so.worker_path = worker_path;
-    so.isolation = iso;
+    so.isolation = key.isolation;
+    so.allow_network = key.network;
     so.once = once;
     so.grace_seconds = options.kill_grace_seconds;
     so.start_timeout_seconds = options.start_timeout_seconds;
@@ -96,7 +107,7 @@ struct Runner::Impl {
     for (;;) {
       spawn_cv.wait(lk, [&] { return stopping || !spawn_queue.empty(); });
       if (stopping) return;
-      Isolation iso = spawn_queue.front();
+      PoolKey iso = spawn_queue.front();
       spawn_queue.pop_front();
       lk.unlock();
       std::unique_ptr<WorkerProcess> w;
@@ -128,7 +139,7 @@ struct Runner::Impl {
   }
 
   // Caller holds mu. Tops the pool up to `workers`.
-  void fill(Isolation iso) {
+  void fill(PoolKey iso) {
     Pool& pool = pools[iso];
     while (pool.live < options.workers) {
       ++pool.live;
@@ -137,7 +148,7 @@ struct Runner::Impl {
     spawn_cv.notify_one();
   }
 
-  std::unique_ptr<WorkerProcess> acquire(Isolation iso, std::string& error) {
+  std::unique_ptr<WorkerProcess> acquire(PoolKey iso, std::string& error) {
     std::unique_lock<std::mutex> lk(mu);
     const auto give_up = Clock::now() + seconds(options.start_timeout_seconds * 2);
     for (;;) {
@@ -167,7 +178,7 @@ struct Runner::Impl {
     }
   }
 
-  void release(Isolation iso, std::unique_ptr<WorkerProcess> w) {
+  void release(PoolKey iso, std::unique_ptr<WorkerProcess> w) {
     std::unique_ptr<WorkerProcess> dead;
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -202,7 +213,7 @@ struct Runner::Impl {
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
-        w = WorkerProcess::spawn(spawn_options(Isolation::process, true));
+        w = WorkerProcess::spawn(spawn_options({Isolation::process, policy.allow_network}, true));
       } catch (const std::exception& e) {
         r = detail::failure(ErrorKind::worker_unavailable, e.what());
       }
@@ -221,12 +232,13 @@ struct Runner::Impl {
       }
     } else {
       std::string error;
-      auto w = acquire(policy.isolation, error);
+      const PoolKey key{policy.isolation, policy.allow_network};
+      auto w = acquire(key, error);
       if (!w) {
         r = detail::failure(ErrorKind::worker_unavailable, "no worker available: " + error);
       } else {
         r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
-        release(policy.isolation, std::move(w));
+        release(key, std::move(w));
       }
     }
     if (!r.ok && r.error_kind == ErrorKind::worker_crashed) {
@@ -267,7 +279,7 @@ struct Runner::Impl {
     }
   }
 
-  json hello(Isolation iso) {
+  json hello(PoolKey iso) {
     std::string error;
     auto w = acquire(iso, error);
     if (!w) throw WorkerError("no worker available: " + error);
@@ -279,7 +291,8 @@ struct Runner::Impl {
 
 Runner::Runner(RunnerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   std::lock_guard<std::mutex> lk(impl_->mu);
-  if (impl_->options.policy.isolation != Isolation::process) impl_->fill(impl_->options.policy.isolation);
+  const RunnerPolicy& p = impl_->options.policy;
+  if (p.isolation != Isolation::process) impl_->fill({p.isolation, p.allow_network});
 }
 
 Runner::~Runner() = default;
@@ -300,15 +313,15 @@ const RunnerOptions& Runner::options() const { return impl_->options; }
 
 json Runner::hardening(Isolation isolation) {
   if (isolation == Isolation::process) {
-    auto w = WorkerProcess::spawn(impl_->spawn_options(Isolation::process, true));
+    auto w = WorkerProcess::spawn(impl_->spawn_options({Isolation::process, impl_->options.policy.allow_network}, true));
     return w->hello().value("hardening", json::array());
   }
-  return impl_->hello(isolation).value("hardening", json::array());
+  return impl_->hello({isolation, impl_->options.policy.allow_network}).value("hardening", json::array());
 }
 
 std::string Runner::python_version() {
   Isolation iso = impl_->options.policy.isolation == Isolation::process ? Isolation::fork : impl_->options.policy.isolation;
-  return impl_->hello(iso).value("python", std::string("?"));
+  return impl_->hello({iso, impl_->options.policy.allow_network}).value("python", std::string("?"));
 }
 
 void Runner::shutdown() { impl_->stop(); }

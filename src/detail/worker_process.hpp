@@ -39,6 +39,7 @@ struct SpawnOptions {
   std::filesystem::path worker_path;
   Isolation isolation = Isolation::fork;
   bool once = false;  // process mode: one request, then exit
+  bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
   double start_timeout_seconds = 10;
 };
