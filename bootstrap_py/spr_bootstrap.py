@@ -60,6 +60,27 @@ def make_sys_proxy():
     return proxy
 
 
+_saved = {}
+
+
+def after_namespace_run():
+    """Undo interpreter-wide settings a run may have changed, so benign code cannot break the
+    next run on this worker (namespace mode). Not a security boundary: see the README."""
+    if sys.getrecursionlimit() != _saved["recursionlimit"]:
+        sys.setrecursionlimit(_saved["recursionlimit"])
+    if _saved["int_digits"] is not None and sys.get_int_max_str_digits() != _saved["int_digits"]:
+        sys.set_int_max_str_digits(_saved["int_digits"])
+    if signal.getsignal(signal.SIGALRM) is not _on_wall_clock:
+        signal.signal(signal.SIGALRM, _on_wall_clock)
+    if signal.getsignal(signal.SIGVTALRM) is not _on_cpu_time:
+        signal.signal(signal.SIGVTALRM, _on_cpu_time)
+    for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        if signal.getitimer(timer) != (0.0, 0.0):
+            signal.setitimer(timer, 0)
+    if sys.meta_path[:1] != [_PolicyFinder]:
+        sys.meta_path[:] = _saved["meta_path"]
+
+
 def install(main_interpreter=True):
     sys.meta_path.insert(0, _PolicyFinder)
     if main_interpreter:
@@ -68,3 +89,6 @@ def install(main_interpreter=True):
         signal.signal(signal.SIGALRM, _on_wall_clock)
         signal.signal(signal.SIGVTALRM, _on_cpu_time)
     _spr.set_sys_proxy_factory(make_sys_proxy)
+    _saved["recursionlimit"] = sys.getrecursionlimit()
+    _saved["int_digits"] = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else None
+    _saved["meta_path"] = list(sys.meta_path)

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "detail/capture_layout.hpp"
@@ -20,9 +21,14 @@ namespace {
 int g_fd = -1;
 char* g_map = nullptr;
 std::size_t g_map_size = 0;
+// The authoritative state lives here, in private memory. The shared header is only a copy for the
+// supervisor's crash recovery: code that escapes the Python layer can write to the shared mapping.
+std::uint64_t g_cap = 0;
+std::uint64_t g_len[2] = {0, 0};
+bool g_truncated[2] = {false, false};
 
 CaptureHeader* header() { return reinterpret_cast<CaptureHeader*>(g_map); }
-char* area(int stream) { return g_map + kCaptureDataOffset + (stream == 0 ? 0 : header()->cap); }
+char* area(int stream) { return g_map + kCaptureDataOffset + (stream == 0 ? 0 : g_cap); }
 
 bool map_size(std::size_t size) {
   if (size <= g_map_size) return true;
@@ -104,7 +110,19 @@ bool attach(int fd) {
 }
 
 bool begin(std::uint64_t run_id, std::uint64_t cap) {
+  // Wipe what the previous run (or its forked child, which only updated the shared header) wrote,
+  // so no run can read another's output from the mapping.
+  if (g_map && g_cap) {
+    for (int s = 0; s < 2; ++s) {
+      std::uint64_t shared = s == 0 ? header()->out_len : header()->err_len;
+      std::uint64_t n = std::min(std::max(g_len[s], shared), g_cap);
+      std::memset(area(s), 0, static_cast<std::size_t>(n));
+    }
+  }
   if (!map_size(kCaptureDataOffset + 2 * cap)) return false;
+  g_cap = cap;
+  g_len[0] = g_len[1] = 0;
+  g_truncated[0] = g_truncated[1] = false;
   CaptureHeader* h = header();
   h->magic = kCaptureMagic;
   h->run_id = run_id;
@@ -114,28 +132,36 @@ bool begin(std::uint64_t run_id, std::uint64_t cap) {
   return true;
 }
 
+void adopt_shared() {
+  if (!g_map) return;
+  const CaptureHeader* h = header();
+  g_len[0] = std::min<std::uint64_t>(h->out_len, g_cap);
+  g_len[1] = std::min<std::uint64_t>(h->err_len, g_cap);
+  g_truncated[0] = h->out_truncated != 0;
+  g_truncated[1] = h->err_truncated != 0;
+}
+
 void append(int stream, const char* data, std::size_t len) {
   if (!g_map) return;
-  CaptureHeader* h = header();
-  std::uint64_t& used = stream == 0 ? h->out_len : h->err_len;
-  const std::uint64_t room = h->cap > used ? h->cap - used : 0;
+  std::uint64_t& used = g_len[stream];
+  const std::uint64_t room = g_cap > used ? g_cap - used : 0;
   std::size_t n = len;
   if (n > room) {
     n = static_cast<std::size_t>(room);
-    (stream == 0 ? h->out_truncated : h->err_truncated) = 1;
+    g_truncated[stream] = true;
+    (stream == 0 ? header()->out_truncated : header()->err_truncated) = 1;
   }
   std::memcpy(area(stream) + used, data, n);
   used += n;
+  (stream == 0 ? header()->out_len : header()->err_len) = used;
 }
 
 std::string text(int stream) {
   if (!g_map) return {};
-  const CaptureHeader* h = header();
-  const std::uint64_t n = stream == 0 ? h->out_len : h->err_len;
-  return std::string(area(stream), static_cast<std::size_t>(n < h->cap ? n : h->cap));
+  return std::string(area(stream), static_cast<std::size_t>(std::min(g_len[stream], g_cap)));
 }
 
-bool truncated(int stream) { return g_map && (stream == 0 ? header()->out_truncated : header()->err_truncated); }
+bool truncated(int stream) { return g_truncated[stream]; }
 
 int add_type(PyObject* m) {
   static PyType_Slot slots[] = {{Py_tp_methods, kStreamMethods},

@@ -13,6 +13,9 @@ bool attach(int fd);
 // Resets both streams for a run, growing the buffer to hold `cap` bytes per stream.
 bool begin(std::uint64_t run_id, std::uint64_t cap);
 void append(int stream, const char* data, std::size_t len);  // stream 0 = stdout, 1 = stderr
+// Takes the lengths a forked child left in the shared header (clamped to the run's cap): the
+// parent reads a killed child's partial output this way.
+void adopt_shared();
 std::string text(int stream);
 bool truncated(int stream);
 

@@ -73,7 +73,9 @@ bool run_bootstrap(bool main_interpreter) {
   py::Ref install(PyObject_GetAttrString(module.get(), "install"));
   if (!install) return false;
   py::Ref done(PyObject_CallFunctionObjArgs(install.get(), main_interpreter ? Py_True : Py_False, nullptr));
-  return static_cast<bool>(done);
+  if (!done) return false;
+  state().bootstrap = module.release();
+  return true;
 }
 
 bool preload(const char* list) {
@@ -327,6 +329,27 @@ PyObject* compile_cached(const std::string& source) {
   return code;
 }
 
+// Namespace mode: puts back what a run changed in the real builtins module and interpreter-wide
+// settings, so one run's accidents do not break the next (a hostile run is the README's caveat).
+void after_namespace_run() {
+  InterpState& st = state();
+  PyObject* real = PyEval_GetBuiltins();
+  bool same = st.builtins_snapshot && PyDict_Size(real) == PyDict_Size(st.builtins_snapshot);
+  if (same) {
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (same && PyDict_Next(st.builtins_snapshot, &pos, &k, &v)) same = PyDict_GetItemWithError(real, k) == v;
+  }
+  if (!same && st.builtins_snapshot) {
+    PyDict_Clear(real);
+    PyDict_Update(real, st.builtins_snapshot);
+  }
+  if (st.bootstrap) {
+    py::Ref r(PyObject_CallMethod(st.bootstrap, "after_namespace_run", nullptr));
+  }
+  PyErr_Clear();
+}
+
 bool install_streams() {
   InterpState& st = state();
   st.out = capture::make_stream(0);
@@ -401,6 +424,7 @@ std::string initialize(const EngineOptions& options) {
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   }
   if (options.preload) preload(kSprPreloadList);
+  state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
     // copy-on-write fault) the whole warm heap when its collector runs.
@@ -526,6 +550,7 @@ RunResult run_prepared(const Request& req) {
   code.reset();
   PyErr_Clear();
   guard::reset_run_state();
+  if (p.isolation == Isolation::namespace_) after_namespace_run();
   r.stdout_text = capture::text(0);
   r.stderr_text = capture::text(1);
   r.stdout_truncated = capture::truncated(0);

@@ -70,6 +70,7 @@ std::string ForkRunner::run(const Request& req, const json& id, const json& nonc
     PyOS_AfterFork_Child();
     close(fds[0]);
     close(detail::kProtocolFd);  // the child never talks to the supervisor directly
+    if (devnull_fd_ >= 0) dup2(devnull_fd_, 2);  // user code never reaches the host's stderr
     if (child_filter_) {
       if (harden::apply_child(limits) != 0) _exit(71);
     } else {
@@ -117,6 +118,7 @@ std::string ForkRunner::run(const Request& req, const json& id, const json& nonc
                         "the run's process exited with status " + std::to_string(WEXITSTATUS(status)) + " without a reply");
   }
   r.isolation = Isolation::fork;
+  capture::adopt_shared();
   r.stdout_text = capture::text(0);
   r.stderr_text = capture::text(1);
   r.stdout_truncated = capture::truncated(0);

@@ -76,6 +76,26 @@ PyObject* sys_proxy() {
   return st.sys_proxy ? Py_NewRef(st.sys_proxy) : nullptr;
 }
 
+// What importlib would resolve a relative import to; the package's own name when it cannot.
+std::string absolute_name(const std::string& name, PyObject* globals, int level) {
+  std::string package;
+  if (globals && PyDict_Check(globals)) {
+    PyObject* pkg = PyDict_GetItemString(globals, "__package__");
+    if (pkg && PyUnicode_Check(pkg)) {
+      package = py::utf8(pkg);
+    } else if (PyObject* mod = PyDict_GetItemString(globals, "__name__"); mod && PyUnicode_Check(mod)) {
+      package = py::utf8(mod);
+      if (!PyDict_GetItemString(globals, "__path__")) package = package.substr(0, package.rfind('.') == std::string::npos ? 0 : package.rfind('.'));
+    }
+  }
+  for (int i = 1; i < level && !package.empty(); ++i) {
+    auto dot = package.rfind('.');
+    package = dot == std::string::npos ? std::string() : package.substr(0, dot);
+  }
+  if (package.empty()) return name;  // importlib raises its own error for this
+  return name.empty() ? package : package + "." + name;
+}
+
 // __import__(name, globals=None, locals=None, fromlist=(), level=0)
 PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
   static const char* kw[] = {"name", "globals", "locals", "fromlist", "level", nullptr};
@@ -84,11 +104,14 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|OOOi:__import__", const_cast<char**>(kw), &name, &globals,
                                    &locals, &fromlist, &level))
     return nullptr;
-  if (audit::armed() && audit::caller_is_user() && level == 0) {
-    const std::string n = py::utf8(name);
+  if (audit::armed() && audit::caller_is_user()) {
+    std::string n = py::utf8(name);
+    // A relative import names its package through the globals it is given, which user code chooses:
+    // `__import__('', {'__package__': 'posix'}, None, (), 1)` must be checked as `posix`.
+    if (level > 0) n = absolute_name(n, globals, level);
     std::string msg = check(n);
     if (!msg.empty()) return raise_blocked(msg, name);
-    if (n == "sys") return sys_proxy();
+    if (level == 0 && n == "sys") return sys_proxy();
   }
   return PyObject_Call(state().original_import, args, kwargs);
 }

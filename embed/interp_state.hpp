@@ -16,6 +16,8 @@ struct InterpState {
   PyTypeObject* stream_type = nullptr;  // _spr.Stream of this interpreter
   PyObject* out = nullptr;              // sys.stdout / sys.stderr replacements
   PyObject* err = nullptr;
+  PyObject* bootstrap = nullptr;         // the bootstrap module (its after_namespace_run)
+  PyObject* builtins_snapshot = nullptr;  // the real builtins dict as the engine left it
   // Compiled user code by exact source text: agents and benchmarks resend the same snippet.
   std::unordered_map<std::string, PyObject*> code_cache;
   std::size_t code_cache_bytes = 0;

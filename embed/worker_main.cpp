@@ -76,15 +76,18 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-spr::harden::Report harden_self(const Args& a, int statm_fd) {
+spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   spr::harden::WorkerConfig cfg;
   cfg.keep_fds = {detail::kProtocolFd, detail::kCaptureFd};
   if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
+  if (devnull_fd >= 0) cfg.keep_fds.push_back(devnull_fd);
   cfg.read_paths = spr::embed::runtime_paths();
   cfg.read_paths.push_back("/dev/null");
   cfg.read_paths.push_back("/dev/urandom");
   cfg.scratch_root = a.scratch;
   cfg.allow_fork = a.isolation == spr::Isolation::fork;
+  // A long-lived interpreter must not get threads: they would keep running into later runs.
+  cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
   cfg.allow_network = a.allow_network;
   return spr::harden::apply_worker(cfg);
 }
@@ -188,7 +191,8 @@ int main(int argc, char** argv) {
     die(err);
   }
   int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
-  spr::embed::ForkRunner fork_runner(statm_fd, args.grace);
+  int devnull_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);        // before Landlock makes it read-only
+  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace);
   if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
   spr::embed::SubinterpRunner subinterps;
   if (args.isolation == spr::Isolation::subinterpreter) {
@@ -200,7 +204,7 @@ int main(int argc, char** argv) {
     }
   }
   hello["python"] = spr::embed::python_version();
-  hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd)) : json::array();
+  hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
 
   PolicyCache policies;

@@ -99,6 +99,7 @@ struct Runner::Impl {
     so.once = once;
     so.grace_seconds = options.kill_grace_seconds;
     so.start_timeout_seconds = options.start_timeout_seconds;
+    so.inherit_stderr = options.worker_stderr;
     return so;
   }
 

@@ -152,8 +152,12 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   env.clear();
   try {
     std::error_code ec;
-    bp::child c(o.worker_path.string(), bp::args(args), bp::env(env), bp::std_in < bp::null, bp::std_out > bp::null,
-                bp::extend::on_exec_setup(ChildSetup{child_sock.get(), w->capture_.get(), getpid()}), ec);
+    const ChildSetup setup{child_sock.get(), w->capture_.get(), getpid()};
+    auto c = o.inherit_stderr
+                 ? bp::child(o.worker_path.string(), bp::args(args), bp::env(env), bp::std_in < bp::null,
+                             bp::std_out > bp::null, bp::extend::on_exec_setup(setup), ec)
+                 : bp::child(o.worker_path.string(), bp::args(args), bp::env(env), bp::std_in < bp::null,
+                             bp::std_out > bp::null, bp::std_err > bp::null, bp::extend::on_exec_setup(setup), ec);
     if (ec) {
       remove_tree(w->scratch_);
       throw WorkerError("cannot start " + o.worker_path.string() + ": " + ec.message());
@@ -212,10 +216,12 @@ void WorkerProcess::kill_and_reap() {
   scratch_.clear();
 }
 
-void WorkerProcess::read_capture(std::uint64_t id, RunResult& r) const {
+// The header was writable by the run: only the run id is trusted for matching, and every length is
+// clamped to the cap this supervisor asked for.
+void WorkerProcess::read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const {
   CaptureHeader h{};
   if (!capture_ || pread(capture_.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return;
-  if (h.magic != kCaptureMagic || h.run_id != id || h.cap > (1ull << 31)) return;
+  if (h.magic != kCaptureMagic || h.run_id != id || h.cap != cap) return;
   auto take = [&](std::uint64_t off, std::uint64_t len, std::string& out) {
     len = std::min(len, h.cap);
     out.resize(static_cast<std::size_t>(len));
@@ -243,7 +249,7 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   } else {
     r = failure(ErrorKind::protocol_error, std::string("worker reply unusable: ") + to_string(status));
   }
-  read_capture(id, r);
+  read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
   return r;
 }
 
@@ -268,7 +274,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } catch (const std::exception& e) {
     kill_and_reap();
     RunResult r = failure(ErrorKind::protocol_error, std::string("malformed reply from worker: ") + e.what());
-    read_capture(id, r);
+    read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
     return r;
   }
   // A reply must carry our id and the nonce only the worker's C++ side has seen.

@@ -14,6 +14,8 @@ struct WorkerConfig {
   std::vector<std::string> read_paths;      // Landlock read-only roots (Python prefix, stdlib, lib-dynload, libpython dir, the worker binary dir, allowed_read_paths)
   std::string scratch_root;                 // Landlock read-write root; "" = no writable path at all
   bool allow_network = false;               // false: new network namespace + seccomp denies socket() (every domain; socketpair stays)
+  bool allow_threads = true;                // false: no thread may be created either (namespace and subinterpreter
+                                            // workers, where a thread would outlive its run)
   bool allow_fork = false;                  // true for fork-mode workers: the worker itself forks one child per run
   bool namespaces = true, landlock = true, seccomp = true;  // switches (doctor/tests); a disabled layer reports active=false, detail "disabled by policy"
   std::uint64_t max_tasks = 64;             // RLIMIT_NPROC when !allow_fork; threads count too, so not 1

@@ -52,6 +52,13 @@ constexpr Rule kAlways[] = {
     {"quotactl", EPERM, Arg::any}, {"quotactl_fd", EPERM, Arg::any},
     {"open_by_handle_at", EPERM, Arg::any}, {"name_to_handle_at", EPERM, Arg::any},
     {"memfd_secret", EPERM, Arg::any},
+    // Anonymous files hold memory that neither the allocator accounting nor RLIMIT_AS sees.
+    {"memfd_create", EPERM, Arg::any},
+};
+
+// Threads, in workers whose interpreter outlives a run: a thread would keep running into the next run.
+constexpr Rule kThreads[] = {
+    {"clone", EPERM, Arg::any},
 };
 
 // New processes. Fork-mode workers keep these: the per-run child's own filter denies them instead.
@@ -149,6 +156,7 @@ LayerStatus apply(const Options& options) {
   if (rc == 0 && !options.allow_fork) rc = add_rules(c.ctx, kProcessCreation, self, built);
   if (rc == 0 && !options.allow_fork) rc = add_rules(c.ctx, kLimitsAndSignals, self, built);
   if (rc == 0 && !options.allow_network) rc = add_rules(c.ctx, kNetwork, self, built);
+  if (rc == 0 && !options.allow_threads) rc = add_rules(c.ctx, kThreads, self, built);
   if (rc < 0) return inactive("seccomp", errno_text("seccomp_rule_add", -rc));
   rc = seccomp_load(c.ctx);
   if (rc < 0) {
@@ -160,6 +168,7 @@ LayerStatus apply(const Options& options) {
   detail += options.allow_fork ? "; fork allowed (children stack their own filter)"
                                : "; fork denied; setrlimit denied; signals only to pid " + std::to_string(self);
   detail += options.allow_network ? "; sockets allowed" : "; socket() denied";
+  if (!options.allow_threads) detail += "; threads denied";
   if (!built.skipped.empty()) detail += "; unknown to libseccomp: " + built.skipped;
   return active("seccomp", detail);
 }

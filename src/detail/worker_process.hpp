@@ -39,6 +39,7 @@ struct SpawnOptions {
   std::filesystem::path worker_path;
   Isolation isolation = Isolation::fork;
   bool once = false;  // process mode: one request, then exit
+  bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
   double start_timeout_seconds = 10;
@@ -64,7 +65,7 @@ class WorkerProcess {
  private:
   WorkerProcess() = default;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
-  void read_capture(std::uint64_t id, RunResult& r) const;
+  void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
 
   pid_t pid_ = -1;
   Fd sock_;
