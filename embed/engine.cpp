@@ -367,7 +367,7 @@ std::string init_current_interpreter() {
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
-  preload("importlib.machinery\nimportlib.util\n");
+  preload("os\nimportlib.machinery\nimportlib.util\n");
   return {};
 }
 

@@ -24,6 +24,18 @@ void switch_to(PyThreadState* to) {
 
 void end_interpreter(PyThreadState* main, PyThreadState* ts) {
   switch_to(ts);
+  // A failed thread start leaves its pre-allocated thread state linked (CPython 3.11), and
+  // Py_EndInterpreter aborts on any thread state but the current one. Seccomp guarantees no such
+  // thread ever ran in this worker, so the leftovers are inert: delete them.
+  PyInterpreterState* interp = PyThreadState_GetInterpreter(ts);
+  for (PyThreadState* t = PyInterpreterState_ThreadHead(interp); t != nullptr;) {
+    PyThreadState* next = PyThreadState_Next(t);
+    if (t != ts) {
+      PyThreadState_Clear(t);
+      PyThreadState_Delete(t);
+    }
+    t = next;
+  }
   Py_EndInterpreter(ts);  // leaves no thread state current
 #if PY_VERSION_HEX >= 0x030C0000
   PyEval_RestoreThread(main);
