@@ -148,6 +148,8 @@ void append(int stream, const char* data, std::size_t len) {
   std::size_t n = len;
   if (n > room) {
     n = static_cast<std::size_t>(room);
+    // Cut at a character boundary: never leave half a UTF-8 sequence at the end.
+    while (n > 0 && (static_cast<unsigned char>(data[n]) & 0xC0) == 0x80) --n;
     g_truncated[stream] = true;
     (stream == 0 ? header()->out_truncated : header()->err_truncated) = 1;
   }

@@ -4,10 +4,12 @@
 
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <initializer_list>
 
 namespace spr::embed::deadline {
 
@@ -22,6 +24,9 @@ bool g_wall_armed = false, g_cpu_armed = false;
 struct sigaction g_py_alrm{}, g_py_vtalrm{};
 
 void on_signal(int sig, siginfo_t* info, void* ctx) {
+  // Only our POSIX timers count. SIGALRM from alarm()/setitimer() that a run set up (it may fire
+  // during a later run) is ignored, so it can neither fake nor cut short another run's deadline.
+  if (info == nullptr || info->si_code != SI_TIMER) return;
   struct sigaction& next = sig == SIGALRM ? g_py_alrm : g_py_vtalrm;
   (sig == SIGALRM ? g_wall_fired : g_cpu_fired) = 1;
   if (next.sa_flags & SA_SIGINFO) {
@@ -95,6 +100,14 @@ void disarm() {
   if (g_wall_armed) timer_settime(g_wall, 0, &zero, nullptr);
   if (g_cpu_armed) timer_settime(g_cpu, 0, &zero, nullptr);
   g_wall_armed = g_cpu_armed = false;
+}
+
+void cancel_interval_timers() {
+  itimerval zero{};
+  for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
+    itimerval cur{};
+    if (getitimer(which, &cur) == 0 && (cur.it_value.tv_sec || cur.it_value.tv_usec)) setitimer(which, &zero, nullptr);
+  }
 }
 
 bool wall_fired() { return g_wall_fired != 0; }

@@ -216,6 +216,21 @@ void system_exit(const py::FetchedError& e, RunResult& r) {
   r.error_kind = ErrorKind::system_exit;
 }
 
+void classify_over_time(const RunnerPolicy& p, RunResult& r) {
+  r.ok = false;
+  if (deadline::wall_fired()) {
+    r.timed_out = true;
+    r.error = "Execution timed out after " + spr::detail::format_seconds(p.timeout_seconds) + "s";
+    r.exit_code = 124;
+    r.error_kind = ErrorKind::timeout;
+  } else {
+    r.resource_exceeded = true;
+    r.error = "CPU time limit exceeded after " + spr::detail::format_seconds(p.cpu_time_seconds) + "s";
+    r.exit_code = 124;
+    r.error_kind = ErrorKind::cpu_time;
+  }
+}
+
 void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
   PyObject* t = e.type.get();
   r.ok = false;
@@ -224,18 +239,8 @@ void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
     system_exit(e, r);
     return;
   }
-  if (deadline::wall_fired()) {
-    r.timed_out = true;
-    r.error = "Execution timed out after " + spr::detail::format_seconds(p.timeout_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::timeout;
-    return;
-  }
-  if (deadline::cpu_fired()) {
-    r.resource_exceeded = true;
-    r.error = "CPU time limit exceeded after " + spr::detail::format_seconds(p.cpu_time_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::cpu_time;
+  if (deadline::wall_fired() || deadline::cpu_fired()) {
+    classify_over_time(p, r);
     return;
   }
   write_stderr(format_traceback(e, false));
@@ -423,7 +428,9 @@ std::string initialize(const EngineOptions& options) {
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   }
-  if (options.preload) preload(kSprPreloadList);
+  // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
+  // cannot be loaded during a run.
+  preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\ntraceback\n");
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
@@ -515,15 +522,16 @@ RunResult run_prepared(const Request& req) {
     py::FetchedError e;
     if (!value) e = py::FetchedError::fetch();
     memory::end_run();
-    if (deadline::wall_fired() || deadline::cpu_fired()) {
+    const bool over_time = deadline::wall_fired() || deadline::cpu_fired();
+    if (over_time) {
       // A handler may still be pending: let it run now, not in the next run.
       if (PyErr_CheckSignals() < 0) PyErr_Clear();
-      if (!e) {
-        // The limit fired after the code finished: the run completed in time.
-      }
     }
     if (e) {
       classify(e, p, r);
+    } else if (over_time) {
+      // The code caught the TimeoutError and finished anyway: it still ran past its limit.
+      classify_over_time(p, r);
     } else {
       r.ok = true;
     }

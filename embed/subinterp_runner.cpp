@@ -3,6 +3,7 @@
 #include "subinterp_runner.hpp"
 
 #include "audit.hpp"
+#include "deadline.hpp"
 #include "detail/wire.hpp"
 
 namespace spr::embed {
@@ -103,6 +104,7 @@ RunResult SubinterpRunner::run(const Request& req) {
   switch_to(used_);
   use_state(&used_state_);
   RunResult r = embed::run(req);
+  deadline::cancel_interval_timers();
   use_state(nullptr);
   switch_to(main_);
   return r;

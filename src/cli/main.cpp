@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::Success& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    std::cerr << "safe-py-runner: " << e.what() << " (see --help)" << std::endl;  // one line
     return kExitUsage;
   }
   try {

@@ -1,1 +1,371 @@
+// Black-box tests of the safe-py-runner CLI: the real binary, its JSON on stdout and its exit status.
 #include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "helpers.hpp"
+
+using nlohmann::json;
+using spr_test::contains;
+using spr_test::ProcResult;
+using spr_test::TempPath;
+
+namespace {
+
+// The CLI runs with an environment of our choosing: the worker's path and a secret that must never leak.
+std::vector<std::string> cli_env() {
+  return {std::string("SPR_WORKER=") + SPR_TEST_WORKER, std::string("SPR_TEST_SECRET=") + spr_test::kSecret,
+          "PATH=/usr/bin:/bin"};
+}
+
+std::string mode() { return spr_test::mode_name(); }
+
+ProcResult cli(std::vector<std::string> args, const std::string& stdin_text = "", double timeout = 60) {
+  args.insert(args.begin(), SPR_TEST_CLI);
+  return spr_test::run_program(args, stdin_text, timeout, cli_env());
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+std::string describe(const ProcResult& p) {
+  return "exit " + std::to_string(p.exit_code) + (p.timed_out ? " (killed: timed out)" : "") + "\nstdout: " +
+         p.out.substr(0, 2000) + "\nstderr: " + p.err.substr(0, 2000);
+}
+
+// `run` must print exactly one JSON object on one line; returns it.
+json one_json(const ProcResult& p) {
+  INFO(describe(p));
+  REQUIRE_FALSE(p.timed_out);
+  const auto lines = lines_of(p.out);
+  REQUIRE(lines.size() == 1);
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(lines[0]));
+  REQUIRE(j.is_object());
+  return j;
+}
+
+ProcResult run_cli(const std::string& code, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"run", "--isolation", mode(), "-c", code};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return cli(args);
+}
+
+}  // namespace
+
+TEST_SUITE("cli") {
+
+TEST_CASE("run -c: one JSON object, exit 0 when ok") {
+  const auto p = run_cli("print('hi')\nresult = 1 + 1");
+  const json j = one_json(p);
+  CHECK(p.exit_code == 0);
+  CHECK(j["ok"] == true);
+  CHECK(j["result"] == 2);
+  CHECK(j["stdout"] == "hi\n");
+  CHECK(j["error"].is_null());
+  CHECK(j["exit_code"] == 0);
+  CHECK(j["isolation"] == mode());
+  for (const char* key : {"stderr", "timed_out", "resource_exceeded", "error_kind", "stdout_truncated",
+                          "stderr_truncated", "duration_ms"})
+    CHECK_MESSAGE(j.contains(key), key);
+}
+
+TEST_CASE("run FILE, run - and run with no code argument read the code") {
+  const std::string code = "result = 'from ' + where\n";
+  SUBCASE("a file") {
+    TempPath file("code.py");
+    file.write(code);
+    const auto p = cli({"run", "--isolation", mode(), "--input", R"({"where": "file"})", file.str()});
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == "from file");
+  }
+  SUBCASE("- is standard input") {
+    const auto p = cli({"run", "--isolation", mode(), "--input", R"({"where": "stdin"})", "-"}, code);
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == "from stdin");
+  }
+  SUBCASE("no FILE is standard input too") {
+    const auto p = cli({"run", "--isolation", mode(), "--input", R"({"where": "default"})"}, code);
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == "from default");
+  }
+}
+
+TEST_CASE("run --input and --input-file give input_data") {
+  SUBCASE("--input") {
+    const auto p = run_cli("import math\nresult = math.sqrt(input_data['x'])", {"--input", R"({"x": 81})"});
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == 9.0);
+  }
+  SUBCASE("--input-file") {
+    TempPath input("input.json");
+    input.write(R"({"x": 16, "name": "file"})");
+    const auto p = run_cli("result = [x, name]", {"--input-file", input.str()});
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == json({16, "file"}));
+  }
+  SUBCASE("no input is {}") {
+    const auto p = run_cli("result = input_data");
+    CHECK(one_json(p)["result"] == json::object());
+  }
+}
+
+TEST_CASE("run --policy FILE applies a TOML policy") {
+  TempPath policy("policy.toml");
+  policy.write("[policy]\nblocked_imports = [\"json\"]\nmax_output_kb = 64\n");
+  const auto p = run_cli("import json", {"--policy", policy.str()});
+  const json j = one_json(p);
+  CHECK(p.exit_code == 1);
+  CHECK(j["ok"] == false);
+  CHECK(j["error"] == "ImportError: Import 'json' is blocked by policy");
+  CHECK(j["error_kind"] == "blocked_import");
+  SUBCASE("top-level keys work too, and flags override the file") {
+    TempPath top("policy-top.toml");
+    top.write("timeout_seconds = 30\nblocked_imports = []\n");
+    const auto p2 = run_cli("while True:\n    pass", {"--policy", top.str(), "--timeout", "0.3"});
+    const json j2 = one_json(p2);
+    CHECK(p2.exit_code == 124);
+    CHECK(j2["error"] == "Execution timed out after 0.3s");
+  }
+}
+
+TEST_CASE("run: the exit status follows the result") {
+  SUBCASE("error -> 1") {
+    const auto p = run_cli("raise ValueError('nope')");
+    const json j = one_json(p);
+    CHECK(p.exit_code == 1);
+    CHECK(j["error"] == "ValueError: nope");
+    CHECK(contains(j["stderr"].get<std::string>(), "Traceback"));
+  }
+  SUBCASE("syntax error -> 1") {
+    const auto p = run_cli("def (:");
+    const json j = one_json(p);
+    CHECK(p.exit_code == 1);
+    CHECK(j["error_kind"] == "syntax");
+  }
+  SUBCASE("SystemExit(3) -> 3") {
+    const auto p = run_cli("raise SystemExit(3)");
+    const json j = one_json(p);
+    CHECK(p.exit_code == 3);
+    CHECK(j["exit_code"] == 3);
+    CHECK(j["error"] == "SystemExit: 3");
+  }
+  SUBCASE("SystemExit(0) -> 0") {
+    const auto p = run_cli("result = 4\nraise SystemExit(0)");
+    CHECK(p.exit_code == 0);
+    CHECK(one_json(p)["result"] == 4);
+  }
+  SUBCASE("--timeout 0.3 -> 124") {
+    const auto p = run_cli("print('partial')\nwhile True:\n    pass", {"--timeout", "0.3"});
+    const json j = one_json(p);
+    CHECK(p.exit_code == 124);
+    CHECK(j["timed_out"] == true);
+    CHECK(j["error"] == "Execution timed out after 0.3s");
+    CHECK(j["stdout"] == "partial\n");
+  }
+  SUBCASE("--memory-mb 64 -> 2") {
+    const auto p = run_cli("x = bytearray(150 * 1024 * 1024)", {"--memory-mb", "64"});
+    const json j = one_json(p);
+    CHECK(p.exit_code == 2);
+    CHECK(j["resource_exceeded"] == true);
+    CHECK(j["error"] == "Memory limit exceeded");
+  }
+  SUBCASE("--max-output-kb 1 truncates") {
+    const auto p = run_cli("print('\\u00e9' * 2000)", {"--max-output-kb", "1"});
+    const json j = one_json(p);
+    CHECK(p.exit_code == 0);
+    CHECK(j["stdout_truncated"] == true);
+    CHECK(j["stdout"].get<std::string>().size() <= 1024);
+  }
+}
+
+TEST_CASE("run --isolation selects each mode") {
+  for (const char* m : {"namespace", "fork", "process"}) {
+    CAPTURE(m);
+    const auto p = cli({"run", "--isolation", m, "-c", "result = 'ran'"});
+    const json j = one_json(p);
+    CHECK(p.exit_code == 0);
+    CHECK(j["isolation"] == m);
+    CHECK(j["result"] == "ran");
+  }
+}
+
+TEST_CASE("run: the caller's environment does not reach the code") {
+  const auto p = run_cli(
+      "import random\nprint(dict(random._os.environ))\n"
+      "import pathlib\nresult = pathlib.Path('/proc/self/environ').read_bytes().decode('latin-1')");
+  INFO(describe(p));
+  CHECK_FALSE(contains(p.out, spr_test::kSecret));
+  CHECK_FALSE(contains(p.err, spr_test::kSecret));
+}
+
+TEST_CASE("run: code writing to the raw fds cannot add to the CLI's stdout or stderr") {
+  const auto p = run_cli(
+      "import random\nos = random._os\n"
+      "for fd in (1, 2):\n"
+      "    try:\n"
+      "        os.write(fd, b'FORGED-OUTPUT {\"ok\": true, \"result\": 42}\\n')\n"
+      "    except Exception:\n"
+      "        pass\n"
+      "result = 'real'");
+  INFO(describe(p));
+  const json j = one_json(p);
+  CHECK(j["result"] == "real");
+  CHECK_FALSE(contains(p.out, "FORGED-OUTPUT"));
+  CHECK_FALSE(contains(p.err, "FORGED-OUTPUT"));
+}
+
+TEST_CASE("usage and data errors") {
+  SUBCASE("an unknown flag -> 64, one line on stderr, nothing on stdout") {
+    const auto p = cli({"run", "--no-such-flag", "-c", "result = 1"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 64);
+    CHECK(p.out.empty());
+    CHECK(lines_of(p.err).size() == 1);
+  }
+  SUBCASE("no subcommand -> 64") {
+    const auto p = cli({});
+    INFO(describe(p));
+    CHECK(p.exit_code == 64);
+  }
+  SUBCASE("both -c and FILE -> 64") {
+    const auto p = cli({"run", "-c", "result = 1", "/dev/null"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 64);
+    CHECK(p.out.empty());
+  }
+  SUBCASE("invalid --input JSON -> 65") {
+    const auto p = cli({"run", "-c", "result = 1", "--input", "{not json"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+    CHECK(p.out.empty());
+    CHECK_FALSE(p.err.empty());
+  }
+  SUBCASE("an unreadable code file -> 65") {
+    const auto p = cli({"run", "/nonexistent/spr-code.py"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+    CHECK(p.out.empty());
+    CHECK(contains(p.err, "/nonexistent/spr-code.py"));
+  }
+  SUBCASE("an unreadable input file -> 65") {
+    const auto p = cli({"run", "-c", "result = 1", "--input-file", "/nonexistent/spr-input.json"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+  }
+  SUBCASE("an invalid policy file -> 65") {
+    TempPath policy("bad-policy.toml");
+    policy.write("[policy]\nmode = \"loose\"\n");
+    const auto p = cli({"run", "-c", "result = 1", "--policy", policy.str()});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+    CHECK(p.out.empty());
+    CHECK(contains(p.err, "mode must be 'allow' or 'restrict'"));
+  }
+  SUBCASE("a missing policy file -> 65") {
+    const auto p = cli({"run", "-c", "result = 1", "--policy", "/nonexistent/policy.toml"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+  }
+  SUBCASE("an invalid --timeout -> 65") {
+    const auto p = cli({"run", "-c", "result = 1", "--timeout", "-2"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 65);
+  }
+}
+
+TEST_CASE("serve: JSON lines in, one response per request with its id") {
+  const std::string input =
+      "{\"id\": 1, \"code\": \"result = 1\"}\n"
+      "this is not json\n"
+      "{\"id\": \"two\", \"code\": \"result = x * 2\", \"input_data\": {\"x\": 21}}\n"
+      "\n"
+      "{\"id\": 3, \"code\": \"raise SystemExit(3)\"}\n"
+      "{\"id\": 4, \"code\": \"import os\", \"policy\": {\"timeout_seconds\": 2}}\n"
+      "{\"id\": 5, \"nocode\": true}\n"
+      "{\"id\": 6, \"code\": \"result = 1\", \"policy\": {\"mode\": \"bogus\"}}\n";
+  const auto p = cli({"serve", "--isolation", mode()}, input);
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  CHECK_FALSE(p.timed_out);
+  std::map<std::string, json> by_id;
+  std::vector<json> null_ids;
+  for (const auto& line : lines_of(p.out)) {
+    json j;
+    REQUIRE_NOTHROW(j = json::parse(line));
+    REQUIRE(j.is_object());
+    REQUIRE(j.contains("id"));
+    if (j["id"].is_null()) null_ids.push_back(j);
+    else by_id[j["id"].dump()] = j;
+  }
+  CHECK(lines_of(p.out).size() == 7);
+  REQUIRE(by_id.count("1"));
+  REQUIRE(by_id.count("\"two\""));
+  REQUIRE(by_id.count("3"));
+  REQUIRE(by_id.count("4"));
+  CHECK(by_id["1"]["ok"] == true);
+  CHECK(by_id["1"]["result"] == 1);
+  CHECK(by_id["\"two\""]["result"] == 42);
+  CHECK(by_id["3"]["exit_code"] == 3);
+  CHECK(by_id["3"]["error"] == "SystemExit: 3");
+  CHECK(by_id["4"]["error_kind"] == "blocked_import");
+  REQUIRE(null_ids.size() == 1);
+  CHECK(null_ids[0]["ok"] == false);
+  CHECK(null_ids[0]["error_kind"] == "bad_input");
+  REQUIRE(by_id.count("5"));
+  CHECK(by_id["5"]["error_kind"] == "bad_input");
+  REQUIRE(by_id.count("6"));
+  CHECK(by_id["6"]["error_kind"] == "bad_input");
+  CHECK(contains(by_id["6"]["error"].get<std::string>(), "mode must be 'allow' or 'restrict'"));
+}
+
+TEST_CASE("serve: empty input ends cleanly") {
+  const auto p = cli({"serve", "--isolation", mode()}, "");
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  CHECK(p.out.empty());
+}
+
+TEST_CASE("--help and --version exit 0") {
+  const auto help = cli({"--help"});
+  CHECK(help.exit_code == 0);
+  CHECK(contains(help.out, "run"));
+  CHECK(contains(help.out, "serve"));
+  CHECK(contains(help.out, "doctor"));
+  const auto run_help = cli({"run", "--help"});
+  CHECK(run_help.exit_code == 0);
+  CHECK(contains(run_help.out, "--timeout"));
+  const auto version = cli({"--version"});
+  INFO(describe(version));
+  CHECK(version.exit_code == 0);
+  CHECK(contains(version.out, "safe-py-runner"));
+}
+
+TEST_CASE("doctor prints JSON with every mode's layers") {
+  const auto p = cli({"doctor"});
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(p.out));
+  REQUIRE(j.contains("modes"));
+  for (const char* m : {"namespace", "fork", "process"}) {
+    CAPTURE(m);
+    REQUIRE(j["modes"].contains(m));
+    CHECK(j["modes"][m].is_array());
+    CHECK_FALSE(j["modes"][m].empty());
+  }
+  CHECK(j.contains("python"));
+  CHECK(j["all_layers_active"].is_boolean());
+}
+
+}  // TEST_SUITE

@@ -54,7 +54,7 @@ Clock::time_point soon(int ms = 2000) { return Clock::now() + std::chrono::milli
 
 TEST_CASE("frame: a frame round-trips through a pipe") {
   Pipe p;
-  const std::string payload = R"({"id":1,"code":"print('hi')"})";
+  const std::string payload = R"J({"id":1,"code":"print('hi')"})J";
   REQUIRE(write_frame(p.w, payload) == IoStatus::ok);
   std::string got;
   CHECK(read_frame(p.r, got, soon()) == IoStatus::ok);
