@@ -154,12 +154,13 @@ TEST_CASE("state: math.pi = 3 leaks to the next run only in namespace mode") {
   }
 }
 
-TEST_CASE("threads: denied in namespace mode, allowed in fork and process mode") {
+TEST_CASE("threads: denied in namespace and subinterpreter mode, allowed in fork and process mode") {
   const auto r = run(
       "import threading\nout = []\nt = threading.Thread(target=lambda: out.append(1))\nt.start()\nt.join()\n"
       "result = out\n");
   INFO(describe(r));
-  if (spr_test::is_namespace()) {
+  const auto mode = spr_test::policy().isolation;
+  if (mode == spr::Isolation::namespace_ || mode == spr::Isolation::subinterpreter) {
     CHECK_FALSE(r.ok);
     CHECK(r.result.is_null());
   } else {
