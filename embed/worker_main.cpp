@@ -23,6 +23,8 @@ namespace {
 using spr::json;
 namespace detail = spr::detail;
 
+constexpr int kIdleSpinMicroseconds = 50;
+
 struct Args {
   spr::Isolation isolation = spr::Isolation::fork;
   bool once = false;
@@ -206,11 +208,14 @@ int main(int argc, char** argv) {
   hello["python"] = spr::embed::python_version();
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
+  if (args.isolation == spr::Isolation::fork) fork_runner.warm();
 
   PolicyCache policies;
   std::string frame;
   for (;;) {
-    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
+    // A short spin first: back-to-back requests then skip the sleep and the cross-CPU wake-up.
+    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes,
+                                kIdleSpinMicroseconds);
     if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
     if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
     json id = nullptr, nonce = nullptr;
@@ -230,8 +235,9 @@ int main(int argc, char** argv) {
       inject_fault(rq.code);
 #endif
       if (args.isolation == spr::Isolation::fork) {
-        std::string raw = fork_runner.run(rq, id, nonce);
+        std::string raw = fork_runner.run(rq, frame, id, nonce);
         if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
+        fork_runner.after_reply(rq);
         continue;
       }
       r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);

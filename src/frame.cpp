@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -120,17 +121,36 @@ IoStatus write_frame(int fd, std::string_view payload, bool nosignal) {
   return IoStatus::ok;
 }
 
+namespace {
+// Deepest nesting of arrays/objects in `text`, brackets inside strings ignored. A linear pre-scan
+// is much cheaper than nlohmann's per-event callback, and nlohmann's recursive dump() would crash
+// on what it lets through.
+int nesting_depth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+}  // namespace
+
 nlohmann::json parse_json(std::string_view text, int max_depth) {
   using json = nlohmann::json;
-  json::parser_callback_t cb = [max_depth](int depth, json::parse_event_t ev, json&) {
-    if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) &&
-        depth >= max_depth) {
-      throw json::out_of_range::create(406, "JSON nesting deeper than " + std::to_string(max_depth) + " levels",
-                                       static_cast<const json*>(nullptr));
-    }
-    return true;
-  };
-  return json::parse(text.begin(), text.end(), cb);
+  if (nesting_depth(text) > max_depth)
+    throw json::out_of_range::create(406, "JSON nesting deeper than " + std::to_string(max_depth) + " levels",
+                                     static_cast<const json*>(nullptr));
+  return json::parse(text.begin(), text.end());
 }
 
 std::string dump_json(const nlohmann::json& value) {
