@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 namespace spr::detail {
 
@@ -151,6 +153,19 @@ nlohmann::json parse_json(std::string_view text, int max_depth) {
     throw json::out_of_range::create(406, "JSON nesting deeper than " + std::to_string(max_depth) + " levels",
                                      static_cast<const json*>(nullptr));
   return json::parse(text.begin(), text.end());
+}
+
+int json_depth(const nlohmann::json& value) {
+  int deepest = 0;
+  std::vector<std::pair<const nlohmann::json*, int>> stack{{&value, 1}};
+  while (!stack.empty()) {
+    auto [v, d] = stack.back();
+    stack.pop_back();
+    if (!v->is_structured()) continue;
+    deepest = std::max(deepest, d);
+    for (const auto& child : *v) stack.emplace_back(&child, d + 1);
+  }
+  return deepest;
 }
 
 std::string dump_json(const nlohmann::json& value) {

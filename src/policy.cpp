@@ -192,6 +192,18 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& 
 
 RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(overrides, RunnerPolicy{}); }
 
+// Every field, in declaration order (keep in step with the struct and the table above).
+bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
+  return a.mode == b.mode && a.timeout_seconds == b.timeout_seconds && a.memory_limit_mb == b.memory_limit_mb &&
+         a.max_output_kb == b.max_output_kb && a.max_result_kb == b.max_result_kb &&
+         a.cpu_time_seconds == b.cpu_time_seconds && a.blocked_imports == b.blocked_imports &&
+         a.allowed_imports == b.allowed_imports && a.blocked_builtins == b.blocked_builtins &&
+         a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
+         a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
+         a.allow_network == b.allow_network && a.allowed_read_paths == b.allowed_read_paths &&
+         a.scratch_dir == b.scratch_dir;
+}
+
 json RunnerPolicy::to_json() const {
   json out = json::object();
   for (const auto& row : fields()) out[row.name] = row.get(*this);

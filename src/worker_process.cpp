@@ -256,11 +256,31 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
                              const RunnerPolicy& policy, Clock::time_point hard_deadline) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
+  if (json_depth(input_data) > kMaxJsonDepth)
+    return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   const std::string n = nonce();
-  json req = {{"id", id}, {"nonce", n}, {"code", code}, {"input_data", input_data}, {"policy", policy.to_json()}};
+  // The request is assembled as text: the policy's JSON is cached per thread, since callers send
+  // the same policy again and again.
+  thread_local RunnerPolicy cached_policy;
+  thread_local std::string cached_policy_text = dump_json(cached_policy.to_json());
+  if (policy != cached_policy) {
+    cached_policy = policy;
+    cached_policy_text = dump_json(policy.to_json());
+  }
   std::string text;
   try {
-    text = dump_json(req);
+    text.reserve(code.size() + 256);
+    text += "{\"id\":";
+    text += std::to_string(id);
+    text += ",\"nonce\":\"";
+    text += n;
+    text += "\",\"policy\":";
+    text += cached_policy_text;
+    text += ",\"code\":";
+    text += dump_json(json(code));
+    text += ",\"input_data\":";
+    text += dump_json(input_data);
+    text += "}";
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }

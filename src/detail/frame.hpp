@@ -31,6 +31,8 @@ IoStatus write_frame(int fd, std::string_view payload, bool nosignal = false);
 
 // Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
 nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);
+// Nesting depth of a value, computed without recursion (dump() recurses and would overflow).
+int json_depth(const nlohmann::json& value);
 // Serialises with invalid UTF-8 replaced by U+FFFD, never throwing for bad text.
 std::string dump_json(const nlohmann::json& value);
 

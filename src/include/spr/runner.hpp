@@ -66,6 +66,9 @@ struct RunnerPolicy {
   static RunnerPolicy from_json(const json& overrides);
   static RunnerPolicy from_json(const json& overrides, const RunnerPolicy& base);
   json to_json() const;
+
+  friend bool operator==(const RunnerPolicy& a, const RunnerPolicy& b);
+  friend bool operator!=(const RunnerPolicy& a, const RunnerPolicy& b) { return !(a == b); }
 };
 
 // Stable codes for how a run ended; match on these, not on `error` text.
