@@ -6,6 +6,7 @@
 
 #include <toml++/toml.h>
 
+#include "detail/frame.hpp"
 #include "spr/runner.hpp"
 
 namespace spr {
@@ -169,6 +170,7 @@ void RunnerPolicy::validate() const {
   if (!std::isfinite(cpu_time_seconds) || cpu_time_seconds < 0)
     fail("'cpu_time_seconds' must be zero or a positive number");
   if (!extra_globals.is_object()) fail("'extra_globals' must be an object");
+  if (detail::json_depth(extra_globals) > detail::kMaxJsonDepth) fail("'extra_globals' is nested too deeply");
   for (const auto& p : allowed_read_paths)
     if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
   if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {

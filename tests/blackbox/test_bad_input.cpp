@@ -1,0 +1,112 @@
+// Bad input: hostile code, data and results give a clear RunResult and valid JSON, never a crash
+// or a hang of the supervisor.
+#include <doctest/doctest.h>
+
+#include "detail/frame.hpp"
+#include "helpers.hpp"
+
+using spr::json;
+using spr_test::run;
+
+namespace {
+
+// Every result must serialise to valid JSON that parses back.
+void check_valid_json(const spr::RunResult& r) {
+  const std::string text = spr::detail::dump_json(r.to_json());
+  CHECK_NOTHROW(spr::detail::parse_json(text));
+}
+
+json nested(int depth) {
+  json v = json::array();
+  for (int i = 0; i < depth; ++i) v = json::array({std::move(v)});
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("NUL bytes in code are a syntax error") {
+  auto r = run(std::string("result = 1\n\0result = 2\n", 23));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == spr::ErrorKind::syntax);
+  check_valid_json(r);
+}
+
+TEST_CASE("invalid UTF-8 in code gives a result, not a crash") {
+  auto r = run("result = '\xff\xfe'\n");
+  check_valid_json(r);
+  CHECK(spr_test::runner().run("result = 1").ok);
+}
+
+TEST_CASE("20 MB of code runs") {
+  std::string code(20u << 20, '#');
+  code += "\nresult = 7\n";
+  auto r = run(code);
+  CHECK(r.ok);
+  CHECK(r.result == 7);
+}
+
+TEST_CASE("input_data nested 200,000 deep is refused as bad_input") {
+  auto r = run("result = 1", nested(200000));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == spr::ErrorKind::bad_input);
+  check_valid_json(r);
+  CHECK(run("result = 1").ok);
+}
+
+TEST_CASE("non-finite numbers and integers beyond 64 bits") {
+  auto r = run("result = [float('nan'), float('inf'), -float('inf'), 2**100, -(2**70)]");
+  REQUIRE(r.ok);
+  CHECK(r.result == json({"nan", "inf", "-inf", "1267650600228229401496703205376", "-1180591620717411303424"}));
+  check_valid_json(r);
+  auto big = run("result = x + 1", {{"x", 18446744073709551615ull}});
+  CHECK(big.ok);
+  check_valid_json(big);
+}
+
+TEST_CASE("lone surrogates in output and result stay visible and valid") {
+  auto r = run("print('a\\ud800b')\nresult = 'c\\udfffd'");
+  REQUIRE(r.ok);
+  CHECK(r.stdout_text == "a\\ud800b\n");
+  CHECK(r.result == "c\\udfffd");
+  check_valid_json(r);
+}
+
+TEST_CASE("a result nested 200,000 deep is refused, the supervisor survives") {
+  auto r = run("a = []\nfor _ in range(200000):\n    a = [a]\nresult = a\n");
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == spr::ErrorKind::result_too_large);
+  check_valid_json(r);
+}
+
+TEST_CASE("a result of 100 MB is result_too_large") {
+  auto r = run("result = 'x' * (100 * 2**20)");
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == spr::ErrorKind::result_too_large);
+  CHECK(r.result.is_null());
+}
+
+TEST_CASE("deep recursion after sys.setrecursionlimit(10**7) is contained") {
+  auto r = run("import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)\n");
+  CHECK_FALSE(r.ok);
+  check_valid_json(r);
+  CHECK(run("result = 1").ok);
+}
+
+TEST_CASE("5,000 threads are contained") {
+  auto r = run(
+      "import threading, time\nts = []\nfor i in range(5000):\n    t = threading.Thread(target=time.sleep, args=(0.5,))\n"
+      "    t.start()\n    ts.append(t)\nresult = len(ts)\n");
+  check_valid_json(r);
+  CHECK(run("result = 1").ok);
+}
+
+TEST_CASE("invalid policies are PolicyError with the field named") {
+  auto with = [](json overrides) { return spr::RunnerPolicy::from_json(overrides); };
+  CHECK_THROWS_WITH_AS(with({{"timeout_seconds", -1}}), doctest::Contains("timeout_seconds"), spr::PolicyError);
+  CHECK_THROWS_WITH_AS(with({{"memory_limit_mb", 0}}), doctest::Contains("memory_limit_mb"), spr::PolicyError);
+  CHECK_THROWS_WITH_AS(with({{"isolation", "vm"}}), doctest::Contains("isolation"), spr::PolicyError);
+  spr::RunnerPolicy p;
+  p.extra_globals = {{"deep", nested(100000)}};
+  CHECK_THROWS_WITH_AS(p.validate(), doctest::Contains("extra_globals"), spr::PolicyError);
+  CHECK_THROWS_AS(spr_test::runner().run("result = 1", json::object(), p), spr::PolicyError);
+}
