@@ -14,7 +14,11 @@
 #include <sstream>
 #include <thread>
 
+#include "proc_stats.hpp"
 #include "spr/runner.hpp"
+
+using spr_test::open_fds;
+using spr_test::processes;
 
 namespace {
 
@@ -34,38 +38,6 @@ spr::RunnerOptions options(const std::string& worker) {
   o.policy.timeout_seconds = 2;
   o.start_timeout_seconds = 2;
   return o;
-}
-
-int open_fds() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
-  closedir(d);
-  return n;
-}
-
-struct ProcInfo {
-  int pid, ppid, pgid;
-  char state;
-};
-
-std::vector<ProcInfo> processes() {
-  std::vector<ProcInfo> out;
-  DIR* d = opendir("/proc");
-  while (dirent* e = readdir(d)) {
-    int pid = atoi(e->d_name);
-    if (pid <= 0) continue;
-    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(f, line)) continue;
-    auto close = line.rfind(')');
-    std::istringstream rest(line.substr(close + 2));
-    ProcInfo p{pid, 0, 0, '?'};
-    rest >> p.state >> p.ppid >> p.pgid;
-    out.push_back(p);
-  }
-  closedir(d);
-  return out;
 }
 
 // Our children that are zombies, and processes in a group led by one of our (ex-)workers.

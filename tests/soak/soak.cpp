@@ -15,7 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include "proc_stats.hpp"
 #include "spr/runner.hpp"
+
+using spr_test::open_fds;
 
 namespace {
 
@@ -42,32 +45,7 @@ long rss_kb() {
   return -1;
 }
 
-int open_fds() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
-  closedir(d);
-  return n;
-}
-
-int children() {
-  int n = 0;
-  DIR* d = opendir("/proc");
-  while (dirent* e = readdir(d)) {
-    int pid = atoi(e->d_name);
-    if (pid <= 0) continue;
-    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(f, line)) continue;
-    std::istringstream rest(line.substr(line.rfind(')') + 2));
-    char state;
-    int ppid;
-    rest >> state >> ppid;
-    n += ppid == getpid();
-  }
-  closedir(d);
-  return n;
-}
+int children() { return spr_test::children_of(getpid()); }
 
 const Kind& pick(int i) {
   int slot = (i * 37) % 100;  // a fixed interleaving, the same every run
@@ -104,14 +82,15 @@ int main(int argc, char** argv) {
     spr::Runner runner(o);
     // The subinterpreter mode builds an interpreter per run and the process mode starts one: fewer runs.
     const int n = mode == "process" || mode == "subinterpreter" ? std::max(1, runs / 20) : runs;
-    {
-      // Warm: both workers up and idle before the first reading.
+    // Both workers up and idle before each reading.
+    auto settle = [&] {
       auto a = runner.submit("result = 1", spr::json::object(), o.policy);
       auto b = runner.submit("result = 1", spr::json::object(), o.policy);
       a.get();
       b.get();
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    }
+    };
+    settle();
     const long rss0 = rss_kb();
     const int fds0 = open_fds(), kids0 = children();
     std::atomic<int> next{0}, answered{0}, wrong{0};
@@ -140,13 +119,7 @@ int main(int argc, char** argv) {
     }
     for (auto& t : pool) t.join();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    {
-      auto a = runner.submit("result = 1", spr::json::object(), o.policy);
-      auto b = runner.submit("result = 1", spr::json::object(), o.policy);
-      a.get();
-      b.get();
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    }
+    settle();
     const long rss1 = rss_kb();
     const int fds1 = open_fds(), kids1 = children();
     std::printf("%-15s runs %6d answered %6d wrong %4d  (timeout %d, memory %d, crash %d, exception %d, ok %d)  %.1f s\n",
