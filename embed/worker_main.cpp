@@ -208,7 +208,6 @@ int main(int argc, char** argv) {
   hello["python"] = spr::embed::python_version();
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
-  if (args.isolation == spr::Isolation::fork) fork_runner.warm();
 
   PolicyCache policies;
   std::string frame;
@@ -235,9 +234,8 @@ int main(int argc, char** argv) {
       inject_fault(rq.code);
 #endif
       if (args.isolation == spr::Isolation::fork) {
-        std::string raw = fork_runner.run(rq, frame, id, nonce);
+        std::string raw = fork_runner.run(rq, id, nonce);
         if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
-        fork_runner.after_reply(rq);
         continue;
       }
       r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
