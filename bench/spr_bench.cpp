@@ -351,6 +351,7 @@ void measure_throughput(spr::Runner& runner, ModeResult& m, double seconds) {
   std::mutex mu;
   std::string first;
   std::vector<std::thread> feeders;
+  feeders.reserve(4);
   const auto t0 = Clock::now();
   for (int t = 0; t < 4; ++t) {
     feeders.emplace_back([&] {
@@ -826,8 +827,9 @@ void print_table(const Report& r) {
     for (std::size_t c = 0; c < head.size(); ++c) {
       std::string v = row[c];
       if (c == 0) v += std::string(w[c] - row[c].size(), ' ');
-      else if (v.size() < w[c]) v = std::string(w[c] - v.size(), ' ') + v;
-      s += (c ? "  " : "") + v;
+      else if (v.size() < w[c]) v.insert(0, w[c] - v.size(), ' ');
+      if (c) s += "  ";
+      s += v;
     }
     while (!s.empty() && s.back() == ' ') s.pop_back();
     std::printf("%s\n", s.c_str());

@@ -106,7 +106,7 @@ PyGetSetDef kStreamGetset[] = {{"encoding", stream_get_encoding, nullptr, nullpt
 
 bool attach(int fd) {
   g_fd = fd;
-  return map_size(kCaptureDataOffset + 2 * 4096);
+  return map_size(kCaptureDataOffset + std::size_t{2} * 4096);
 }
 
 bool begin(std::uint64_t run_id, std::uint64_t cap) {

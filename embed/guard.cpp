@@ -85,7 +85,10 @@ std::string absolute_name(const std::string& name, PyObject* globals, int level)
       package = py::utf8(pkg);
     } else if (PyObject* mod = PyDict_GetItemString(globals, "__name__"); mod && PyUnicode_Check(mod)) {
       package = py::utf8(mod);
-      if (!PyDict_GetItemString(globals, "__path__")) package = package.substr(0, package.rfind('.') == std::string::npos ? 0 : package.rfind('.'));
+      if (!PyDict_GetItemString(globals, "__path__")) {
+        const std::size_t dot = package.rfind('.');
+        package.resize(dot == std::string::npos ? 0 : dot);
+      }
     }
   }
   for (int i = 1; i < level && !package.empty(); ++i) {

@@ -193,7 +193,7 @@ struct Runner::Impl {
         if (!stopping) fill(iso);  // the replacement comes up off the caller's path
       }
     }
-    cv.notify_one();
+    cv.notify_all();  // one condition variable serves every pool: wake them all, each rechecks its own
     // `dead` is reaped here, outside the lock.
   }
 
@@ -261,7 +261,7 @@ struct Runner::Impl {
       if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
       tasks.push_back(std::move(task));
       const std::size_t want = options.workers * 2;
-      if (executors.size() < want && tasks.size() > 0) executors.emplace_back([this] { exec_loop(); });
+      if (executors.size() < want && !tasks.empty()) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();
     return fut;

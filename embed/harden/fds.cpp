@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -29,7 +30,8 @@ int close_with_close_range(const std::vector<int>& keep) {
     }
     first = static_cast<unsigned>(fd) + 1;
   }
-  return ::syscall(SYS_close_range, static_cast<long>(first), static_cast<long>(~0U), 0L) != 0 ? errno : 0;
+  const unsigned last = std::numeric_limits<unsigned>::max();
+  return ::syscall(SYS_close_range, static_cast<long>(first), static_cast<long>(last), 0L) != 0 ? errno : 0;
 }
 
 // Collect first, close afterwards: closing while iterating would also close the DIR's own fd under it.

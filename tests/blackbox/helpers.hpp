@@ -116,7 +116,10 @@ inline std::string all_output(const spr::RunResult& r) {
 inline std::string describe(const spr::RunResult& r) {
   spr::json j = r.to_json();
   std::string s = j.dump(-1, ' ', false, spr::json::error_handler_t::replace);
-  if (s.size() > 2000) s = s.substr(0, 2000) + "...";
+  if (s.size() > 2000) {
+    s.resize(2000);
+    s += "...";
+  }
   return s;
 }
 
@@ -147,9 +150,11 @@ inline ProcResult run_program(const std::vector<std::string>& argv, const std::s
   REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
   REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::vector<char*> envp;
+  envp.reserve(env.size() + 1);
   for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
   const pid_t pid = ::fork();

@@ -45,6 +45,7 @@ TEST_SUITE("runner") {
 TEST_CASE("run() is thread-safe: 4 threads, 40 runs, every answer right") {
   spr_test::runner();
   std::vector<std::thread> threads;
+  threads.reserve(4);
   std::atomic<int> right{0}, wrong{0};
   std::vector<std::string> failures(4);
   for (int t = 0; t < 4; ++t) {
@@ -70,6 +71,7 @@ TEST_CASE("run() is thread-safe: 4 threads, 40 runs, every answer right") {
 TEST_CASE("submit() returns futures that each get their own result") {
   auto& runner = spr_test::runner();
   std::vector<std::future<spr::RunResult>> futures;
+  futures.reserve(6);
   for (int i = 0; i < 6; ++i) futures.push_back(runner.submit("result = n ** 2\n", json{{"n", i}}, spr_test::policy()));
   for (int i = 0; i < 6; ++i) {
     const auto r = futures[static_cast<std::size_t>(i)].get();

@@ -19,7 +19,7 @@ using spr::detail::Clock;
 using spr::detail::IoStatus;
 
 constexpr std::uint32_t kMaxFrame = 4096;    // small cap so the too_large path is reachable
-constexpr std::size_t kMaxInput = 60 * 1024;  // stays below the default pipe capacity (64 KiB)
+constexpr std::size_t kMaxInput = std::size_t{60} * 1024; // stays below the default pipe capacity (64 KiB)
 
 // Writes all of `data` to `fd` (non-blocking would only matter beyond the pipe capacity).
 bool write_all(int fd, const char* data, std::size_t size) {
@@ -72,7 +72,7 @@ void check_payload(const std::string& payload, bool use_socket) {
     spr_fuzz::bug("dump_json output does not parse back:", e.what());
   }
   if (again != value) spr_fuzz::bug("parse(dump(x)) != x");
-  if (text.size() <= 32 * 1024) echo(text, use_socket);
+  if (text.size() <= std::size_t{32} * 1024) echo(text, use_socket);
 }
 
 }  // namespace

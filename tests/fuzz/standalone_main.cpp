@@ -48,7 +48,7 @@ extern "C" void on_fatal(int sig) {
 void run_one(const Bytes& input) {
   g_current = &input;
   // Copy into an exactly-sized buffer, as libFuzzer does, so overreads are visible to ASan.
-  std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[input.size() == 0 ? 1 : input.size()]);
+  std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[input.empty() ? 1 : input.size()]);
   if (!input.empty()) std::memcpy(buf.get(), input.data(), input.size());
   LLVMFuzzerTestOneInput(buf.get(), input.size());
   g_current = nullptr;

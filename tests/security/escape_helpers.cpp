@@ -159,7 +159,9 @@ std::vector<std::string> files_with_prefix(const std::string& dir, const std::st
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
     std::string n = e->d_name;
-    if (n.rfind(prefix, 0) == 0) out.push_back(dir + "/" + n);
+    if (n.rfind(prefix, 0) != 0) continue;
+    out.push_back(dir + "/");
+    out.back() += n;
   }
   ::closedir(d);
   return out;
