@@ -134,7 +134,6 @@ bool g_armed = false;
 RunRules g_rules;
 std::vector<std::string> g_runtime_roots;
 int g_denials = 0;
-std::string g_last_denied;
 ImportCheck g_import_check = nullptr;
 
 const Row* find_row(std::string_view ev) {
@@ -215,7 +214,6 @@ bool open_is_write(PyObject* mode, PyObject* flags) {
 
 int deny(const char* event, const char* why) {
   ++g_denials;
-  g_last_denied = event;
   PyErr_Format(PyExc_PermissionError, "blocked by policy: audit event '%s' (%s)", event, why);
   return -1;
 }
@@ -310,9 +308,7 @@ bool armed() { return g_armed; }
 int denials() { return g_denials; }
 void reset_denials() {
   g_denials = 0;
-  g_last_denied.clear();
 }
-std::string last_denied_event() { return g_last_denied; }
 void set_import_check(ImportCheck check) { g_import_check = check; }
 
 bool path_under(const std::string& path, const std::vector<std::string>& roots) {

@@ -43,7 +43,6 @@ class Trusted {
 // Denials since the last reset (the engine maps a PermissionError to error_kind "denied").
 int denials();
 void reset_denials();
-std::string last_denied_event();
 
 // True when the innermost Python frame belongs to user code (not the runtime's own files).
 bool caller_is_user();

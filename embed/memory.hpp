@@ -12,6 +12,5 @@ void begin_run(std::uint64_t limit_bytes);
 void end_run();
 // Whether an allocation was refused since begin_run.
 bool refused();
-std::int64_t in_use();
 
 }  // namespace spr::embed::memory
