@@ -35,6 +35,23 @@
 
 namespace {
 
+// Reads `fd` to end of stream, closes it, and reaps `pid` (its exit status goes to `status`).
+std::string drain_and_reap(int fd, pid_t pid, int& status) {
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  close(fd);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return text;
+}
+
+
 using spr::json;
 using Clock = std::chrono::steady_clock;
 
@@ -532,18 +549,8 @@ EngineResult measure_engine(const Options& o) {
     std::printf("not available: %s\n", e.error.c_str());
     return e;
   }
-  std::string text;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  const std::string text = drain_and_reap(fds[0], pid, status);
   try {
     json j = json::parse(text);
     if (j.contains("error")) {
@@ -621,18 +628,8 @@ bool baseline_once(const Options& o, const std::string& request, std::string& er
     off += static_cast<std::size_t>(n);
   }
   close(in[1]);
-  std::string reply;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(out[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    reply.append(buf, static_cast<std::size_t>(n));
-  }
-  close(out[0]);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  const std::string reply = drain_and_reap(out[0], pid, status);
   try {
     json j = json::parse(reply);
     if (j.value("ok", false) && expected_result(j.value("result", json()))) return true;
