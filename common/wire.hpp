@@ -3,7 +3,8 @@
 
 #include <string>
 
-#include "spr/runner.hpp"
+#include "spr/policy.hpp"
+#include "spr/result.hpp"
 
 namespace spr::detail {
 
