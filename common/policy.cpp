@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "spr/policy.hpp"
 
 namespace spr {
@@ -18,6 +19,12 @@ std::string to_string(Isolation i) {
 }
 
 std::string to_string(Mode m) { return m == Mode::allow ? "allow" : "restrict"; }
+
+std::optional<Isolation> parse_isolation(std::string_view name) {
+  for (auto i : {Isolation::namespace_, Isolation::subinterpreter, Isolation::fork, Isolation::process})
+    if (name == to_string(i)) return i;
+  return std::nullopt;
+}
 
 namespace {
 
@@ -53,12 +60,9 @@ std::vector<std::string> strings(const json& v, const std::string& field) {
   return out;
 }
 
-Isolation parse_isolation(const json& v) {
-  if (v.is_string()) {
-    const auto s = v.get<std::string>();
-    for (auto i : {Isolation::namespace_, Isolation::subinterpreter, Isolation::fork, Isolation::process})
-      if (s == to_string(i)) return i;
-  }
+Isolation isolation_field(const json& v) {
+  if (v.is_string())
+    if (auto i = parse_isolation(v.get<std::string>())) return *i;
   fail("isolation must be one of 'namespace', 'subinterpreter', 'fork', 'process'");
 }
 
@@ -106,7 +110,7 @@ const std::vector<Field>& fields() {
          p.extra_globals = v;
        },
        [](const RunnerPolicy& p) { return p.extra_globals; }},
-      {"isolation", [](RunnerPolicy& p, const json& v) { p.isolation = parse_isolation(v); },
+      {"isolation", [](RunnerPolicy& p, const json& v) { p.isolation = isolation_field(v); },
        [](const RunnerPolicy& p) { return json(to_string(p.isolation)); }},
       {"allow_network", [](RunnerPolicy& p, const json& v) { p.allow_network = boolean(v, "allow_network"); },
        [](const RunnerPolicy& p) { return json(p.allow_network); }},
@@ -140,9 +144,9 @@ void RunnerPolicy::validate() const {
   }
 }
 
-RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& base) {
+namespace {
+RunnerPolicy apply_fields(const json& overrides, RunnerPolicy p) {
   if (!overrides.is_object()) fail("a policy must be a JSON object");
-  RunnerPolicy p = base;
   for (auto it = overrides.begin(); it != overrides.end(); ++it) {
     const Field* f = nullptr;
     for (const auto& row : fields())
@@ -150,9 +154,17 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& 
     if (!f) fail("unknown policy field '" + it.key() + "'");
     f->set(p, it.value());
   }
+  return p;
+}
+}  // namespace
+
+RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& base) {
+  RunnerPolicy p = apply_fields(overrides, base);
   p.validate();
   return p;
 }
+
+RunnerPolicy detail::policy_from_wire(const json& j) { return apply_fields(j, RunnerPolicy{}); }
 
 RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(overrides, RunnerPolicy{}); }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -21,6 +22,8 @@ enum class Mode { restrict, allow };
 
 std::string to_string(Isolation);
 std::string to_string(Mode);
+// "namespace", "subinterpreter", "fork", "process"; nullopt for anything else.
+std::optional<Isolation> parse_isolation(std::string_view name);
 
 // Thrown for misuse: an invalid policy, a policy file that cannot be read or parsed.
 class PolicyError : public std::invalid_argument {

@@ -21,7 +21,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-build-fuzz}"
 seconds="${SPR_FUZZ_SECONDS:-60}"
-targets="${SPR_FUZZ_TARGETS:-frame request policy}"
+targets="${SPR_FUZZ_TARGETS:-frame request policy protocol}"
 jobs="${SPR_FUZZ_JOBS:-2}"
 
 if [[ -z "${CXX:-}" ]]; then
@@ -53,7 +53,7 @@ compile() {  # src obj
   fi
 }
 pids=()
-for src in common/frame common/policy common/result common/version src/policy_file; do
+for src in common/frame common/policy common/protocol common/result common/version src/policy_file; do
   compile "$root/$src.cpp" "$out/$(basename "$src").o" & pids+=($!)
   if (( ${#pids[@]} >= jobs )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
@@ -63,7 +63,7 @@ for t in $targets; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 for t in $targets; do
-  "$CXX" $sanitize "$out/fuzz_$t.o" "$out/frame.o" "$out/policy.o" "$out/result.o" "$out/version.o" "$out/policy_file.o" "${libs[@]}" -o "$out/fuzz_$t"
+  "$CXX" $sanitize "$out/fuzz_$t.o" "$out/frame.o" "$out/policy.o" "$out/result.o" "$out/protocol.o" "$out/version.o" "$out/policy_file.o" "${libs[@]}" -o "$out/fuzz_$t"
 done
 
 # --- run: one target at a time -------------------------------------------------------------------
