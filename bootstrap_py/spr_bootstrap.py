@@ -81,6 +81,18 @@ def after_namespace_run():
         sys.meta_path[:] = _saved["meta_path"]
 
 
+def split_last_expression(source):
+    """Sessions: (code without a trailing expression statement, that expression compiled for eval or
+    None), so the engine can show the expression's repr as a REPL would. The session worker imports
+    `ast` before its first call; it is taken from sys.modules so no import runs under a policy."""
+    ast = sys.modules["ast"]
+    tree = ast.parse(source, "<string>", "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), "<string>", "eval")
+    return compile(tree, "<string>", "exec"), last
+
+
 def install(main_interpreter=True):
     sys.meta_path.insert(0, _PolicyFinder)
     if main_interpreter:

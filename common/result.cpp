@@ -12,7 +12,7 @@ namespace spr {
 
 namespace {
 // The stable wire names of ErrorKind, in enum order.
-constexpr std::array<std::pair<ErrorKind, const char*>, 14> kKinds{{
+constexpr std::array<std::pair<ErrorKind, const char*>, 16> kKinds{{
     {ErrorKind::none, "none"},
     {ErrorKind::exception, "exception"},
     {ErrorKind::syntax, "syntax"},
@@ -27,6 +27,8 @@ constexpr std::array<std::pair<ErrorKind, const char*>, 14> kKinds{{
     {ErrorKind::worker_unavailable, "worker_unavailable"},
     {ErrorKind::protocol_error, "protocol_error"},
     {ErrorKind::bad_input, "bad_input"},
+    {ErrorKind::cancelled, "cancelled"},
+    {ErrorKind::session_lost, "session_lost"},
 }};
 }  // namespace
 
@@ -64,6 +66,7 @@ json reply_from_result(const RunResult& r) {
   j["error_kind"] = to_string(r.error_kind);
   j["stdout_truncated"] = r.stdout_truncated;
   j["stderr_truncated"] = r.stderr_truncated;
+  if (r.repr) j["repr"] = *r.repr;
   return j;
 }
 
@@ -100,6 +103,7 @@ RunResult result_from_reply(const json& j) {
   r.error_kind = error_kind_from_string(field<std::string>(j, "error_kind", r.ok ? "none" : "protocol_error"));
   r.stdout_truncated = field(j, "stdout_truncated", false);
   r.stderr_truncated = field(j, "stderr_truncated", false);
+  if (auto it = j.find("repr"); it != j.end() && !it->is_null()) r.repr = field<std::string>(j, "repr", "");
   if (!r.ok && !r.error) {
     r.error = "worker reported failure without an error message";
     if (r.error_kind == ErrorKind::none) r.error_kind = ErrorKind::protocol_error;

@@ -111,17 +111,22 @@ bool contains(const std::vector<std::string>& v, const char* s) { return std::fi
 InterpState g_main_state;
 InterpState* g_state = &g_main_state;
 
-// The run's globals: builtins, input_data, result, extra_globals and input keys, filtered.
+// The run's globals: builtins, input_data, result, extra_globals and input keys, filtered. A session's
+// namespace gets builtins, names and extra_globals on its first call only.
 PyObject* make_globals(const Request& req) {
   const RunnerPolicy& p = req.policy;
-  py::Ref g(PyDict_New());
-  py::Ref builtins(guard::make_run_builtins(p));
+  py::Ref g(req.session_globals ? Py_NewRef(req.session_globals) : PyDict_New());
   py::Ref input(codec::to_python(req.input_data));
-  if (!g || !builtins || !input) return nullptr;
-  PyDict_SetItemString(g.get(), "__builtins__", builtins.get());
-  py::Ref name(PyUnicode_FromString("__main__"));
-  PyDict_SetItemString(g.get(), "__name__", name.get());
-  PyDict_SetItemString(g.get(), "__doc__", Py_None);
+  if (!g || !input) return nullptr;
+  const bool first = PyDict_GetItemString(g.get(), "__builtins__") == nullptr;
+  if (first) {
+    py::Ref builtins(guard::make_run_builtins(p));
+    if (!builtins) return nullptr;
+    PyDict_SetItemString(g.get(), "__builtins__", builtins.get());
+    py::Ref name(PyUnicode_FromString("__main__"));
+    PyDict_SetItemString(g.get(), "__name__", name.get());
+    PyDict_SetItemString(g.get(), "__doc__", Py_None);
+  }
   auto admitted = [&](const std::string& key) {
     if (p.mode == Mode::allow) return std::find(p.allowed_globals.begin(), p.allowed_globals.end(), key) != p.allowed_globals.end();
     return std::find(p.blocked_globals.begin(), p.blocked_globals.end(), key) == p.blocked_globals.end();
@@ -133,7 +138,7 @@ PyObject* make_globals(const Request& req) {
     if (!PyUnicode_IsIdentifier(k.get())) return true;
     return PyDict_SetItem(g.get(), k.get(), value) == 0;
   };
-  for (auto it = p.extra_globals.begin(); it != p.extra_globals.end(); ++it) {
+  for (auto it = p.extra_globals.begin(); first && it != p.extra_globals.end(); ++it) {
     py::Ref v(codec::to_python(it.value()));
     if (!v || !bind(it.key(), v.get())) return nullptr;
   }
@@ -334,6 +339,43 @@ PyObject* compile_cached(const std::string& source) {
   return code;
 }
 
+// Sessions: the code without a trailing expression statement, and that expression compiled alone
+// (`last`, left null when there is none), split by the bootstrap's trusted helper.
+py::Ref compile_split(const std::string& source, py::Ref& last) {
+  py::Ref pair;
+  {
+    audit::Trusted trusted;
+    pair = py::Ref(state().bootstrap ? PyObject_CallMethod(state().bootstrap, "split_last_expression", "s", source.c_str())
+                                     : nullptr);
+  }
+  if (!pair || !PyTuple_Check(pair.get()) || PyTuple_GET_SIZE(pair.get()) != 2) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "splitting the last expression failed");
+    return py::Ref();
+  }
+  PyObject* tail = PyTuple_GET_ITEM(pair.get(), 1);
+  if (tail != Py_None) last = py::Ref(Py_NewRef(tail));
+  return py::Ref(Py_NewRef(PyTuple_GET_ITEM(pair.get(), 0)));
+}
+
+// Evaluates the trailing expression and keeps its repr (cut to `cap` bytes on a character
+// boundary), still under the run's deadline and memory limit. New reference, or null on error.
+PyObject* show_last(PyObject* last, PyObject* globals, std::size_t cap, RunResult& r) {
+  py::Ref value(PyEval_EvalCode(last, globals, globals));
+  if (!value) return nullptr;
+  if (value.get() != Py_None) {
+    py::Ref text(PyObject_Repr(value.get()));
+    if (!text) return nullptr;
+    std::string s = py::utf8(text.get());
+    if (s.size() > cap) {
+      std::size_t n = cap;
+      while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+      s = s.substr(0, n) + "...";
+    }
+    r.repr = std::move(s);
+  }
+  return value.release();
+}
+
 // Namespace mode: puts back what a run changed in the real builtins module and interpreter-wide
 // settings, so one run's accidents do not break the next (a hostile run is the README's caveat).
 void after_namespace_run() {
@@ -495,9 +537,11 @@ RunResult run_prepared(const Request& req) {
   PySys_SetObject("stdout", state().out);
   PySys_SetObject("stderr", state().err);
 
-  py::Ref code;
+  py::Ref code, last;
   if (req.code.find('\0') != std::string::npos) {
     PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
+  } else if (req.want_repr) {
+    code = compile_split(req.code, last);
   } else {
     code = py::Ref(compile_cached(req.code));
   }
@@ -518,6 +562,7 @@ RunResult run_prepared(const Request& req) {
     memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
     deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
     py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
+    if (value && last) value = py::Ref(show_last(last.get(), globals.get(), static_cast<std::size_t>(p.max_result_kb) * 1024, r));
     deadline::disarm();
     py::FetchedError e;
     if (!value) e = py::FetchedError::fetch();
@@ -553,9 +598,10 @@ RunResult run_prepared(const Request& req) {
       if (r.ok) r.exit_code = 0;
     }
   }
-  PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook
+  if (!req.session_globals) PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook
   globals.reset();
   code.reset();
+  last.reset();
   PyErr_Clear();
   guard::reset_run_state();
   if (p.isolation == Isolation::namespace_) after_namespace_run();

@@ -9,6 +9,8 @@
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
 
+struct _object;  // PyObject, without Python.h
+
 namespace spr::embed {
 
 struct EngineOptions {
@@ -21,6 +23,10 @@ struct Request {
   std::string code;
   json input_data = json::object();
   RunnerPolicy policy;
+  // Sessions: the namespace kept between calls (borrowed; null = a fresh one, cleared after the run),
+  // and whether to report repr() of a trailing expression statement in RunResult::repr.
+  ::_object* session_globals = nullptr;
+  bool want_repr = false;
 };
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).

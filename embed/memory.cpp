@@ -91,5 +91,6 @@ void begin_run(std::uint64_t limit_bytes) {
 
 void end_run() { g_limit.store(-1); }
 bool refused() { return g_refused.load(); }
+std::int64_t in_use() { return g_used.load(); }
 
 }  // namespace spr::embed::memory

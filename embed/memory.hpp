@@ -12,5 +12,7 @@ void begin_run(std::uint64_t limit_bytes);
 void end_run();
 // Whether an allocation was refused since begin_run.
 bool refused();
+// Bytes the interpreter holds now, as counted (sessions measure their growth across calls with it).
+std::int64_t in_use();
 
 }  // namespace spr::embed::memory

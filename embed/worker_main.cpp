@@ -16,6 +16,7 @@
 #include "engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"
+#include "session_loop.hpp"
 #include "spr/version.hpp"
 #include "subinterp_runner.hpp"
 
@@ -33,6 +34,7 @@ struct Args {
   bool allow_network = false;
   std::string scratch;
   double grace = 0.25;
+  long long session_memory_mb = -1;  // >= 0: a session worker (--session MB)
 };
 
 void log_line(const std::string& s) {
@@ -61,6 +63,8 @@ Args parse_args(int argc, char** argv) {
       a.once = true;
     } else if (k == "--allow-network") {
       a.allow_network = true;
+    } else if (k == "--session") {
+      a.session_memory_mb = std::stoll(value());
     } else if (k == "--no-harden") {
       a.harden = false;
     } else if (k == "--scratch") {
@@ -206,9 +210,15 @@ int main(int argc, char** argv) {
       die(e);
     }
   }
+  if (args.session_memory_mb >= 0) {
+    if (int e = spr::embed::limit_session_memory(statm_fd, args.session_memory_mb); e != 0)
+      die("capping the session's address space failed: " + std::string(strerror(e)));
+  }
   hello["python"] = spr::embed::python_version();
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
+
+  if (args.session_memory_mb >= 0) spr::embed::serve_session(args.allow_network);
 
   PolicyCache policies;
   std::string frame;

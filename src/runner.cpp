@@ -11,6 +11,8 @@
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "detail/cancel.hpp"
+#include "detail/session_host.hpp"
 #include "detail/worker_process.hpp"
 #include "spr/runner.hpp"
 
@@ -60,13 +62,16 @@ struct Runner::Impl {
 
   // submit(): a small executor so that futures do not each need a thread.
   std::vector<std::thread> executors;
-  std::deque<std::packaged_task<RunResult()>> tasks;
+  std::deque<std::function<void()>> tasks;
+  std::shared_ptr<detail::SessionHost> sessions;
   std::condition_variable task_cv;
 
   explicit Impl(RunnerOptions o) : options(std::move(o)) {
     options.policy.validate();
     if (options.workers == 0) throw PolicyError("RunnerOptions::workers must be at least 1");
     worker_path = detail::find_worker(options.worker_path);
+    sessions = std::make_shared<detail::SessionHost>(spawn_options({Isolation::namespace_, false}, false),
+                                                     options.max_sessions, options.session_idle_seconds);
     spawner = std::thread([this] { spawn_loop(); });
   }
 
@@ -86,6 +91,7 @@ struct Runner::Impl {
     spawn_cv.notify_all();
     task_cv.notify_all();
     doomed.clear();  // kills and reaps
+    sessions->stop();
     if (spawner.joinable()) spawner.join();
     for (auto& t : executors)
       if (t.joinable()) t.join();
@@ -149,7 +155,7 @@ struct Runner::Impl {
     spawn_cv.notify_one();
   }
 
-  std::unique_ptr<WorkerProcess> acquire(PoolKey iso, std::string& error) {
+  std::unique_ptr<WorkerProcess> acquire(PoolKey iso, std::string& error, const CancelToken* cancel = nullptr) {
     std::unique_lock<std::mutex> lk(mu);
     const auto give_up = Clock::now() + seconds(options.start_timeout_seconds * 2);
     for (;;) {
@@ -157,6 +163,7 @@ struct Runner::Impl {
         error = "the runner is shutting down";
         return nullptr;
       }
+      if (cancel && cancel->cancelled()) return nullptr;
       Pool& pool = pools[iso];
       if (!pool.idle.empty()) {
         auto w = std::move(pool.idle.front());
@@ -171,7 +178,9 @@ struct Runner::Impl {
         return nullptr;
       }
       fill(iso);
-      if (cv.wait_until(lk, give_up) == std::cv_status::timeout && pools[iso].idle.empty()) {
+      // A cancellable wait looks at its token every 20 ms.
+      const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
+      if (cv.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up && pools[iso].idle.empty()) {
         error = "no worker became available in time" +
                 (pools[iso].last_error.empty() ? std::string() : ": " + pools[iso].last_error);
         return nullptr;
@@ -197,7 +206,22 @@ struct Runner::Impl {
     // `dead` is reaped here, outside the lock.
   }
 
-  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
+  // Runs on `w`, attached to the cancel token; a cancelled run's worker is killed and reaped here.
+  RunResult run_on(WorkerProcess& w, std::uint64_t id, const std::string& code, const json& input,
+                   const RunnerPolicy& policy, Clock::time_point deadline, const RunOptions* opts) {
+    if (!opts) return w.run(id, code, input, policy, deadline);
+    if (!detail::attach(opts->cancel, w.pid())) return detail::cancelled_result();
+    detail::RunExtras extras;
+    extras.on_output = &opts->on_output;
+    RunResult r = w.run(id, code, input, policy, deadline, extras);
+    if (detail::detach(opts->cancel)) {
+      w.kill_and_reap();
+      r = detail::cancelled_result();
+    }
+    return r;
+  }
+
+  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const RunOptions* opts = nullptr) {
     policy.validate();
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
@@ -211,6 +235,8 @@ struct Runner::Impl {
     }
     if (shut_down) {
       r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+    } else if (opts && opts->cancel.cancelled()) {
+      r = detail::cancelled_result();
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
@@ -227,18 +253,20 @@ struct Runner::Impl {
       if (shut) {
         r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
       } else if (w) {
-        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), opts);
         std::lock_guard<std::mutex> lk(mu);
         busy.erase(w.get());
       }
     } else {
       std::string error;
       const PoolKey key{policy.isolation, policy.allow_network};
-      auto w = acquire(key, error);
-      if (!w) {
+      auto w = acquire(key, error, opts ? &opts->cancel : nullptr);
+      if (!w && opts && opts->cancel.cancelled()) {
+        r = detail::cancelled_result();
+      } else if (!w) {
         r = detail::failure(ErrorKind::worker_unavailable, "no worker available: " + error);
       } else {
-        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), opts);
         release(key, std::move(w));
       }
     }
@@ -251,11 +279,25 @@ struct Runner::Impl {
     return r;
   }
 
-  std::future<RunResult> submit(std::string code, json input, RunnerPolicy policy) {
+  // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
+  RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts) {
     policy.validate();
-    std::packaged_task<RunResult()> task(
-        [this, c = std::move(code), i = std::move(input), p = std::move(policy)] { return run(c, i, p); });
-    auto fut = task.get_future();
+    auto done = std::make_shared<detail::Completion>();
+    auto fut = done->promise.get_future();
+    CancelToken token = opts.cancel;
+    post([this, done, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts)] {
+      if (!done->done()) done->complete(run(c, i, p, &o));
+    });
+    const Isolation iso = policy.isolation;
+    detail::on_cancel(token, [done, iso] {
+      RunResult r = detail::cancelled_result();
+      r.isolation = iso;
+      done->complete(std::move(r));
+    });
+    return RunHandle(std::move(fut), std::move(token));
+  }
+
+  void post(std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lk(mu);
       if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
@@ -264,7 +306,6 @@ struct Runner::Impl {
       if (executors.size() < want && !tasks.empty()) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();
-    return fut;
   }
 
   void exec_loop() {
@@ -306,8 +347,25 @@ RunResult Runner::run(const std::string& code, const json& input_data, const Run
   return impl_->run(code, input_data, policy);
 }
 
-std::future<RunResult> Runner::submit(std::string code, json input_data, RunnerPolicy policy) {
-  return impl_->submit(std::move(code), std::move(input_data), std::move(policy));
+RunResult Runner::run(const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                      const RunOptions& options) {
+  return impl_->run(code, input_data, policy, &options);
+}
+
+RunHandle Runner::submit(std::string code, json input_data, RunnerPolicy policy) {
+  return impl_->submit(std::move(code), std::move(input_data), std::move(policy), RunOptions{});
+}
+
+RunHandle Runner::submit(std::string code, json input_data, RunnerPolicy policy, RunOptions options) {
+  return impl_->submit(std::move(code), std::move(input_data), std::move(policy), std::move(options));
+}
+
+Session Runner::open_session() { return open_session(impl_->options.policy); }
+
+Session Runner::open_session(const RunnerPolicy& policy) {
+  policy.validate();
+  return Session(impl_->sessions->open(policy,
+                                       [impl = impl_.get()](std::function<void()> f) { impl->post(std::move(f)); }));
 }
 
 const RunnerOptions& Runner::options() const { return impl_->options; }

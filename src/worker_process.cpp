@@ -2,6 +2,7 @@
 #include "detail/worker_process.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -18,6 +19,7 @@
 #include <boost/process/env.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/process/io.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <system_error>
@@ -135,6 +137,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
                                    format_seconds(o.grace_seconds)};
   if (o.once) args.push_back("--once");
   if (o.allow_network) args.push_back("--allow-network");
+  if (o.session) {
+    args.push_back("--session");
+    args.push_back(std::to_string(o.session_memory_mb));
+  }
   bp::environment env;  // empty: nothing of the caller's environment reaches user code
   env.clear();
   try {
@@ -221,6 +227,55 @@ void WorkerProcess::read_capture(std::uint64_t id, std::uint64_t cap, RunResult&
   r.stderr_truncated = h.err_truncated != 0;
 }
 
+void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2],
+                                   const OutputCallback& out) const {
+  CaptureHeader h{};
+  if (!capture_ || pread(capture_.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return;
+  if (h.magic != kCaptureMagic || h.run_id != id || h.cap != cap) return;
+  const std::uint64_t lens[2] = {std::min(h.out_len, cap), std::min(h.err_len, cap)};
+  for (int s = 0; s < 2; ++s) {
+    if (lens[s] <= sent[s]) continue;
+    std::string chunk(static_cast<std::size_t>(lens[s] - sent[s]), '\0');
+    const ssize_t got = pread(capture_.get(), chunk.data(), chunk.size(),
+                              static_cast<off_t>(kCaptureDataOffset + (s == 0 ? 0 : cap) + sent[s]));
+    if (got <= 0) continue;
+    chunk.resize(static_cast<std::size_t>(got));
+    // Hold back a character still being written: a chunk never ends inside a UTF-8 sequence.
+    std::size_t keep = chunk.size(), back = 0;
+    while (back < 4 && back < keep && (static_cast<unsigned char>(chunk[keep - 1 - back]) & 0xC0) == 0x80) ++back;
+    if (back < keep) {
+      const auto lead = static_cast<unsigned char>(chunk[keep - 1 - back]);
+      const std::size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+      if (need > back + 1) keep -= back + 1;
+    }
+    chunk.resize(keep);
+    if (chunk.empty()) continue;
+    sent[s] += chunk.size();
+    out(s == 0 ? OutputStream::out : OutputStream::err, chunk);
+  }
+}
+
+std::optional<json> WorkerProcess::request(std::uint64_t id, json message, Clock::time_point deadline) {
+  if (!alive_) return std::nullopt;
+  const std::string n = nonce();
+  message["id"] = id;
+  message["nonce"] = n;
+  std::string frame;
+  if (write_frame(sock_.get(), dump_json(message), true) != IoStatus::ok ||
+      read_frame(sock_.get(), frame, deadline, kMaxFrameBytes, 0, pidfd_.get()) != IoStatus::ok) {
+    kill_and_reap();
+    return std::nullopt;
+  }
+  try {
+    json reply = parse_json(frame);
+    if (reply.is_object() && reply.value("id", json()) == json(id) && reply.value("nonce", json()) == json(n))
+      return reply;
+  } catch (const std::exception&) {
+  }
+  kill_and_reap();
+  return std::nullopt;
+}
+
 RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out) {
   kill_and_reap();
   RunResult r;
@@ -241,7 +296,7 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
 }
 
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
-                             const RunnerPolicy& policy, Clock::time_point hard_deadline) {
+                             const RunnerPolicy& policy, Clock::time_point hard_deadline, const RunExtras& extras) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -267,14 +322,35 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     text += dump_json(json(code));
     text += ",\"input_data\":";
     text += dump_json(input_data);
+    for (auto it = extras.fields.begin(); it != extras.fields.end(); ++it)
+      text += "," + dump_json(json(it.key())) + ":" + dump_json(it.value());
     text += "}";
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
   if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
+  const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
+  std::uint64_t sent[2] = {0, 0};
+  // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
+  // the result is in, so the chunks always add up to the result's output.
+  auto finish = [&](RunResult r) {
+    if (!extras.on_output || !*extras.on_output) return r;
+    if (r.stdout_text.size() > sent[0]) (*extras.on_output)(OutputStream::out, r.stdout_text.substr(sent[0]));
+    if (r.stderr_text.size() > sent[1]) (*extras.on_output)(OutputStream::err, r.stderr_text.substr(sent[1]));
+    return r;
+  };
+  if (extras.on_output && *extras.on_output) {
+    for (;;) {
+      pollfd pfd{sock_.get(), POLLIN, 0};
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
+      const int ready = ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(left, 0, 10)));
+      stream_capture(id, cap, sent, *extras.on_output);
+      if (ready != 0 || left <= 0) break;  // readable, hung up, failed or out of time: read_frame decides
+    }
+  }
   std::string frame;
   IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 50, pidfd_.get());
-  if (s != IoStatus::ok) return lost(id, s, policy, s == IoStatus::timeout);
+  if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
   json reply;
   try {
     reply = parse_json(frame);
@@ -282,7 +358,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     kill_and_reap();
     RunResult r = failure(ErrorKind::protocol_error, std::string("malformed reply from worker: ") + e.what());
     read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
-    return r;
+    return finish(std::move(r));
   }
   // A reply must carry our id and the nonce only the worker's C++ side has seen.
   if (!reply.is_object() || reply.value("id", json()) != json(id) || reply.value("nonce", json()) != json(n)) {
@@ -292,7 +368,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   try {
     RunResult r = result_from_reply(reply);
     r.isolation = isolation_;
-    return r;
+    return finish(std::move(r));
   } catch (const std::exception& e) {
     kill_and_reap();
     return failure(ErrorKind::protocol_error, std::string("malformed reply from worker: ") + e.what());

@@ -25,6 +25,8 @@ enum class ErrorKind {
   worker_unavailable,
   protocol_error,
   bad_input,
+  cancelled,     // stopped by a cancel request (RunHandle::cancel, CancelToken::cancel)
+  session_lost,  // the session's process ended (timeout, memory, crash, cancel, close, idle expiry)
 };
 std::string to_string(ErrorKind);
 
@@ -42,6 +44,8 @@ struct RunResult {
   bool stderr_truncated = false;
   std::chrono::microseconds duration{0};  // as seen by the caller, queueing included
   Isolation isolation = Isolation::fork;
+  // Session calls that asked for it: repr() of a trailing expression, as a REPL shows it (capped).
+  std::optional<std::string> repr;
 
   // All fields; `stdout`/`stderr` keys as in the original, `duration_ms` as a number.
   json to_json() const;

@@ -10,12 +10,20 @@
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
+#include "spr/run_control.hpp"
+#include "spr/session.hpp"
 #include "spr/version.hpp"
 
 namespace spr {
 
 // Thrown when no worker can be started at all (missing or broken worker binary).
 class WorkerError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Thrown by open_session when the runner already holds max_sessions open sessions.
+class SessionLimitError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
@@ -29,6 +37,8 @@ struct RunnerOptions {
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;
+  std::size_t max_sessions = 8;          // open sessions at once (each is a process of its own)
+  double session_idle_seconds = 600;     // a session unused this long is closed
 };
 
 class Runner {
@@ -41,7 +51,16 @@ class Runner {
   // Thread-safe. Never throws for what the code does; throws PolicyError for an invalid policy.
   RunResult run(const std::string& code, const json& input_data = json::object());
   RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy);
-  std::future<RunResult> submit(std::string code, json input_data, RunnerPolicy policy);
+  // Streams output to options.on_output and stops when options.cancel is cancelled.
+  RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy, const RunOptions& options);
+  // Queues the run; the handle is a std::future<RunResult> that can also cancel() it.
+  RunHandle submit(std::string code, json input_data, RunnerPolicy policy);
+  RunHandle submit(std::string code, json input_data, RunnerPolicy policy, RunOptions options);
+
+  // A session in a dedicated worker process (see spr/session.hpp). Throws PolicyError for an invalid
+  // policy, SessionLimitError past max_sessions, WorkerError when its process cannot start.
+  Session open_session();
+  Session open_session(const RunnerPolicy& policy);
 
   const RunnerOptions& options() const;
   // The worker's report of its hardening layers: [{"name","active","detail"}, ...] (waits for one worker).

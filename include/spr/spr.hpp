@@ -3,5 +3,7 @@
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
+#include "spr/run_control.hpp"
 #include "spr/runner.hpp"
+#include "spr/session.hpp"
 #include "spr/version.hpp"

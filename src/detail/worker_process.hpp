@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "spr/run_control.hpp"
 #include "spr/runner.hpp"
 
 namespace spr::detail {
@@ -21,6 +23,16 @@ struct SpawnOptions {
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
   double start_timeout_seconds = 10;
+  // A session worker (--session): one namespace kept across requests; RLIMIT_AS set at start to what
+  // the warm interpreter holds plus session_memory_mb (and slack).
+  bool session = false;
+  std::int64_t session_memory_mb = 0;
+};
+
+// Per-request extras beside the policy.
+struct RunExtras {
+  const OutputCallback* on_output = nullptr;  // streamed from the capture buffer while the run goes on
+  json fields = json::object();               // added to the request frame (sessions: "repr")
 };
 
 class WorkerProcess {
@@ -34,7 +46,10 @@ class WorkerProcess {
   // Sends one request and waits for its reply until `hard_deadline`. Never throws for what the worker does:
   // a dead, silent or lying worker gives a failed RunResult and alive() == false afterwards.
   RunResult run(std::uint64_t id, const std::string& code, const json& input_data, const RunnerPolicy& policy,
-                Clock::time_point hard_deadline);
+                Clock::time_point hard_deadline, const RunExtras& extras = {});
+  // Sends `message` (id and nonce added) and returns the worker's JSON answer, checked for id and
+  // nonce; nullopt (and the worker killed) when it does not answer properly by `deadline`.
+  std::optional<json> request(std::uint64_t id, json message, Clock::time_point deadline);
   bool alive() const { return alive_; }
   pid_t pid() const { return pid_; }
   const json& hello() const { return hello_; }
@@ -44,6 +59,8 @@ class WorkerProcess {
   WorkerProcess() = default;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
+  // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only); `sent` advances.
+  void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], const OutputCallback& out) const;
 
   pid_t pid_ = -1;
   Fd sock_;

@@ -17,7 +17,7 @@ const ErrorKind kAllKinds[] = {
     ErrorKind::none,           ErrorKind::exception,   ErrorKind::syntax,         ErrorKind::timeout,
     ErrorKind::memory,         ErrorKind::cpu_time,    ErrorKind::blocked_import, ErrorKind::denied,
     ErrorKind::system_exit,    ErrorKind::result_too_large, ErrorKind::worker_crashed, ErrorKind::worker_unavailable,
-    ErrorKind::protocol_error, ErrorKind::bad_input,
+    ErrorKind::protocol_error, ErrorKind::bad_input,     ErrorKind::cancelled,      ErrorKind::session_lost,
 };
 
 RunResult sample() {

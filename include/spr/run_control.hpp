@@ -1,0 +1,64 @@
+// Public API: streamed output, cancellation and per-call options of a run or a session call.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "spr/result.hpp"
+
+namespace spr {
+
+enum class OutputStream { out, err };
+std::string to_string(OutputStream);  // "stdout", "stderr"
+
+// Receives output while the code runs: chunks of one stream arrive in order, never split inside a
+// UTF-8 character, and concatenate to the result's (capped) stdout / stderr. Called on the thread
+// that waits for the run; it should return quickly.
+using OutputCallback = std::function<void(OutputStream, const std::string& data)>;
+
+namespace detail {
+struct CancelState;
+}
+
+// Shared handle to stop one run or session call, from any thread. Copies share the same state.
+class CancelToken {
+ public:
+  CancelToken();
+  // Stops the run: a queued one never starts; a running one has its process killed (the pool
+  // replaces the worker; a session ends). The run answers error_kind `cancelled`. True the first time.
+  bool cancel();
+  bool cancelled() const;
+  const std::shared_ptr<detail::CancelState>& state() const { return state_; }
+
+ private:
+  std::shared_ptr<detail::CancelState> state_;
+};
+
+struct RunOptions {
+  OutputCallback on_output;  // empty: output only in the result
+  CancelToken cancel;        // keep a copy to cancel the run
+  // Session calls only (a one-off run takes all of these from its policy):
+  bool want_repr = false;                     // fill RunResult::repr from a trailing expression
+  std::optional<double> timeout_seconds;      // this call's limits instead of the session's
+  std::optional<std::int64_t> max_output_kb;
+  std::optional<std::int64_t> max_result_kb;
+};
+
+// What submit() returns: a future of the result that can also cancel the run. A cancelled run's
+// future is ready at once with error_kind `cancelled`.
+class RunHandle : public std::future<RunResult> {
+ public:
+  RunHandle() = default;
+  RunHandle(std::future<RunResult> f, CancelToken token) : std::future<RunResult>(std::move(f)), token_(std::move(token)) {}
+  bool cancel() { return token_.cancel(); }
+  const CancelToken& token() const { return token_; }
+
+ private:
+  CancelToken token_;
+};
+
+}  // namespace spr

@@ -1,0 +1,339 @@
+// Sessions: a dedicated worker process per session, its calls one at a time, its end never a hang.
+#include "detail/session_host.hpp"
+
+#include <signal.h>
+
+#include "common/wire.hpp"
+#include "detail/cancel.hpp"
+#include "spr/runner.hpp"
+
+namespace spr {
+
+namespace detail {
+
+namespace {
+
+Clock::duration seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+// Outcomes after which the session's process is not trusted to hold a usable namespace.
+bool ends_session(const RunResult& r) {
+  switch (r.error_kind) {
+    case ErrorKind::timeout:
+    case ErrorKind::memory:
+    case ErrorKind::cpu_time:
+    case ErrorKind::worker_crashed:
+    case ErrorKind::worker_unavailable:
+    case ErrorKind::protocol_error:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The call that ended the session keeps its output and flags; its kind says the session is gone.
+RunResult lost(RunResult r, const std::string& why) {
+  r.ok = false;
+  r.result = nullptr;
+  r.error_kind = ErrorKind::session_lost;
+  r.error = "Session lost: " + why;
+  if (r.exit_code == 0) r.exit_code = 1;
+  return r;
+}
+
+RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
+  RunnerPolicy p = base;
+  if (o.timeout_seconds) p.timeout_seconds = *o.timeout_seconds;
+  if (o.max_output_kb) p.max_output_kb = *o.max_output_kb;
+  if (o.max_result_kb) p.max_result_kb = *o.max_result_kb;
+  p.validate();
+  return p;
+}
+
+}  // namespace
+
+void SessionState::end(const std::string& why) {
+  std::unique_ptr<WorkerProcess> doomed;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    if (!ended.empty()) return;
+    ended = why;
+    if (!worker) return;
+    if (busy) {
+      ::kill(-worker->pid(), SIGKILL);  // the running call notices, reaps it and answers session_lost
+      ::kill(worker->pid(), SIGKILL);
+    } else {
+      doomed = std::move(worker);
+    }
+  }
+  // `doomed` is killed and reaped here, outside the lock.
+}
+
+SessionHost::SessionHost(SpawnOptions base, std::size_t max_sessions, double idle_seconds)
+    : base_(std::move(base)), max_(max_sessions), idle_seconds_(idle_seconds) {
+  base_.session = true;
+  base_.isolation = Isolation::namespace_;
+  base_.once = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+SessionHost::~SessionHost() { stop(); }
+
+bool SessionHost::stopped() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stopping_;
+}
+
+std::size_t SessionHost::live_locked() {
+  std::size_t n = 0;
+  std::vector<std::weak_ptr<SessionState>> kept;
+  for (auto& w : sessions_) {
+    auto s = w.lock();
+    if (!s) continue;
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (s->ended.empty()) {
+      ++n;
+      kept.push_back(w);
+    }
+  }
+  sessions_.swap(kept);
+  return n;
+}
+
+std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post post) {
+  auto job = std::make_shared<SpawnJob>();
+  job->options = base_;
+  job->options.allow_network = policy.allow_network;
+  job->options.session_memory_mb = policy.memory_limit_mb;
+  auto fut = job->result.get_future();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) throw WorkerError("the runner is shutting down");
+    if (live_locked() + opening_ >= max_)
+      throw SessionLimitError("session limit reached: " + std::to_string(max_) +
+                              " sessions are open (RunnerOptions::max_sessions); close one first");
+    ++opening_;
+    jobs_.push_back(job);
+  }
+  cv_.notify_all();
+  std::unique_ptr<WorkerProcess> w;
+  try {
+    w = fut.get();
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mu_);
+    --opening_;
+    throw;
+  }
+  auto s = std::make_shared<SessionState>();
+  s->worker = std::move(w);
+  s->policy = policy;
+  s->host = weak_from_this();
+  s->post = std::move(post);
+  bool shut;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    --opening_;
+    shut = stopping_;
+    if (!shut) sessions_.push_back(s);
+  }
+  if (shut) {
+    s->end("the runner shut down");
+    throw WorkerError("the runner is shutting down");
+  }
+  return s;
+}
+
+void SessionHost::loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  const auto period = std::min(seconds(idle_seconds_ / 4), seconds(1));
+  while (!stopping_) {
+    if (!jobs_.empty()) {
+      auto job = jobs_.front();
+      jobs_.pop_front();
+      lk.unlock();
+      try {
+        job->result.set_value(WorkerProcess::spawn(job->options));
+      } catch (...) {
+        job->result.set_exception(std::current_exception());
+      }
+      lk.lock();
+      continue;
+    }
+    cv_.wait_for(lk, period, [&] { return stopping_ || !jobs_.empty(); });
+    if (stopping_) break;
+    std::vector<std::shared_ptr<SessionState>> idle;
+    const auto now = Clock::now();
+    for (auto& w : sessions_) {
+      auto s = w.lock();
+      if (!s) continue;
+      std::lock_guard<std::mutex> slk(s->mu);
+      if (s->ended.empty() && !s->busy && now - s->last_used > seconds(idle_seconds_)) idle.push_back(s);
+    }
+    lk.unlock();
+    for (auto& s : idle) s->end("the session was idle for more than " + format_seconds(idle_seconds_) + "s");
+    idle.clear();
+    lk.lock();
+  }
+  for (auto& job : jobs_) job->result.set_exception(std::make_exception_ptr(WorkerError("the runner is shutting down")));
+  jobs_.clear();
+}
+
+void SessionHost::stop() {
+  std::vector<std::shared_ptr<SessionState>> all;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+    for (auto& w : sessions_)
+      if (auto s = w.lock()) all.push_back(s);
+    sessions_.clear();
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& s : all) s->end("the runner shut down");
+}
+
+// One call: the session's process is attached to the cancel token while it runs.
+RunResult session_call(SessionState& st, const std::string& code, const json& input, const RunOptions& o) {
+  const auto start = Clock::now();
+  RunnerPolicy policy = call_policy(st.policy, o);
+  std::unique_lock<std::mutex> call(st.call_mu);
+  RunResult r;
+  WorkerProcess* w = nullptr;
+  std::uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lk(st.mu);
+    if (!st.ended.empty()) {
+      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
+    } else if (o.cancel.cancelled()) {
+      r = cancelled_result();
+    } else {
+      st.busy = true;
+      w = st.worker.get();
+      id = st.next_id++;
+    }
+  }
+  if (w) {
+    bool cancelled = false, ran = false;
+    if (!attach(o.cancel, w->pid())) {
+      cancelled = true;  // before it started: the session lives on
+    } else {
+      ran = true;
+      RunExtras extras;
+      if (o.on_output) extras.on_output = &o.on_output;
+      if (o.want_repr) extras.fields["repr"] = true;
+      const double slack = 0.05;
+      r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + 0.25 + slack), extras);
+      cancelled = detach(o.cancel);
+    }
+    std::unique_ptr<WorkerProcess> doomed;
+    {
+      std::lock_guard<std::mutex> lk(st.mu);
+      st.busy = false;
+      st.last_used = Clock::now();
+      if (cancelled) {
+        if (ran && st.ended.empty()) st.ended = "a call was cancelled";
+        r = cancelled_result();
+      } else if (!st.ended.empty()) {
+        r = lost(std::move(r), st.ended);
+      } else if (ends_session(r) || !w->alive()) {
+        st.ended = r.error.value_or("the session's process ended");
+        r = lost(std::move(r), st.ended);
+      }
+      if (!st.ended.empty()) doomed = std::move(st.worker);
+    }
+  }
+  r.isolation = Isolation::process;
+  r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  return r;
+}
+
+}  // namespace detail
+
+Session::~Session() { close(); }
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&& o) noexcept {
+  if (this != &o) {
+    close();
+    state_ = std::move(o.state_);
+  }
+  return *this;
+}
+
+RunResult Session::run(const std::string& code, const json& input_data, const RunOptions& options) {
+  if (!state_) throw std::logic_error("run() on an empty Session");
+  return detail::session_call(*state_, code, input_data, options);
+}
+
+RunHandle Session::submit(std::string code, json input_data, RunOptions options) {
+  if (!state_) throw std::logic_error("submit() on an empty Session");
+  auto done = std::make_shared<detail::Completion>();
+  auto fut = done->promise.get_future();
+  CancelToken token = options.cancel;
+  detail::on_cancel(token, [done] {
+    RunResult r = detail::cancelled_result();
+    r.isolation = Isolation::process;
+    done->complete(std::move(r));
+  });
+  auto st = state_;
+  auto host = st->host.lock();
+  bool posted = false;
+  if (host && !host->stopped()) {
+    try {
+      st->post([st, done, c = std::move(code), i = std::move(input_data), o = std::move(options)] {
+        if (!done->done()) done->complete(detail::session_call(*st, c, i, o));
+      });
+      posted = true;
+    } catch (const std::logic_error&) {
+    }
+  }
+  if (!posted) {
+    RunResult r = detail::failure(ErrorKind::session_lost, "Session lost: the runner shut down");
+    r.isolation = Isolation::process;
+    done->complete(std::move(r));
+  }
+  return RunHandle(std::move(fut), std::move(token));
+}
+
+json Session::variables() {
+  if (!state_) return nullptr;
+  detail::SessionState& st = *state_;
+  std::lock_guard<std::mutex> call(st.call_mu);
+  detail::WorkerProcess* w;
+  std::uint64_t id;
+  {
+    std::lock_guard<std::mutex> lk(st.mu);
+    if (!st.ended.empty() || !st.worker) return nullptr;
+    w = st.worker.get();
+    id = st.next_id++;
+    st.busy = true;
+  }
+  auto reply = w->request(id, {{"op", "variables"}}, detail::Clock::now() + std::chrono::seconds(5));
+  std::unique_ptr<detail::WorkerProcess> doomed;
+  std::lock_guard<std::mutex> lk(st.mu);
+  st.busy = false;
+  st.last_used = detail::Clock::now();
+  if (reply && reply->contains("variables") && (*reply)["variables"].is_object() && st.ended.empty())
+    return (*reply)["variables"];
+  if (st.ended.empty()) st.ended = "the session's process did not answer";
+  doomed = std::move(st.worker);
+  return nullptr;
+}
+
+void Session::close() {
+  if (state_) state_->end("the session was closed");
+}
+
+bool Session::alive() const {
+  if (!state_) return false;
+  std::lock_guard<std::mutex> lk(state_->mu);
+  return state_->ended.empty();
+}
+
+const RunnerPolicy& Session::policy() const {
+  if (!state_) throw std::logic_error("policy() on an empty Session");
+  return state_->policy;
+}
+
+}  // namespace spr
