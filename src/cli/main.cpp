@@ -12,6 +12,7 @@
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "cli/serve.hpp"
 #include "spr/runner.hpp"
 
 namespace {
@@ -109,87 +110,7 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
   spr::RunnerPolicy base = build_policy(pa);
   spr::Runner runner(runner_options(base, workers));
-  std::mutex out_mu;
-  auto emit = [&](const spr::json& id, spr::json body) {
-    body["id"] = id;
-    std::string line = spr::detail::dump_json(body);
-    std::lock_guard<std::mutex> lk(out_mu);
-    std::cout << line << '\n' << std::flush;
-  };
-  auto bad = [&](const spr::json& id, const std::string& msg) {
-    spr::RunResult r = spr::detail::failure(spr::ErrorKind::bad_input, msg);
-    r.isolation = base.isolation;
-    emit(id, r.to_json());
-  };
-
-  struct Job {
-    spr::json id;
-    std::string code;
-    spr::json input;
-    spr::RunnerPolicy policy;
-  };
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Job> queue;
-  bool done = false;
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < workers * 2; ++i) {
-    threads.emplace_back([&] {
-      for (;;) {
-        Job job;
-        {
-          std::unique_lock<std::mutex> lk(mu);
-          cv.wait(lk, [&] { return done || !queue.empty(); });
-          if (queue.empty()) return;
-          job = std::move(queue.front());
-          queue.pop_front();
-        }
-        spr::RunResult r = runner.run(job.code, job.input, job.policy);
-        emit(job.id, r.to_json());
-      }
-    });
-  }
-  std::string line;
-  while (std::getline(std::cin, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    spr::json req;
-    try {
-      req = spr::detail::parse_json(line);
-    } catch (const std::exception& e) {
-      bad(nullptr, std::string("malformed request line: ") + e.what());
-      continue;
-    }
-    if (!req.is_object()) {
-      bad(nullptr, "malformed request line: expected a JSON object");
-      continue;
-    }
-    spr::json id = req.value("id", spr::json());
-    auto code = req.find("code");
-    if (code == req.end() || !code->is_string()) {
-      bad(id, "request needs a string field 'code'");
-      continue;
-    }
-    Job job{id, code->get<std::string>(), req.value("input_data", spr::json::object()), base};
-    if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
-      try {
-        job.policy = spr::RunnerPolicy::from_json(*p, base);
-      } catch (const spr::PolicyError& e) {
-        bad(id, std::string("invalid policy: ") + e.what());
-        continue;
-      }
-    }
-    {
-      std::lock_guard<std::mutex> lk(mu);
-      queue.push_back(std::move(job));
-    }
-    cv.notify_one();
-  }
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    done = true;
-  }
-  cv.notify_all();
-  for (auto& t : threads) t.join();
+  spr::cli::serve(runner, base, workers * 2, std::cin, std::cout);
   return 0;
 }
 

@@ -1,0 +1,308 @@
+// `serve`: one-off runs on a thread pool; each named session on a thread of its own, so its calls
+// run in the order they came; `cancel` and `close_session` act at once, beside the runs.
+#include "cli/serve.hpp"
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/frame.hpp"
+#include "common/wire.hpp"
+#include "detail/cancel.hpp"
+
+namespace spr::cli {
+
+namespace {
+
+struct Job {
+  json id;
+  std::string code;
+  json input;
+  RunnerPolicy policy;
+  json policy_overrides;  // as given, for a session's later calls
+  std::optional<std::string> session;
+  bool stream = false;
+  bool repr = false;
+  RunOptions options;
+  bool close = false;  // a close_session request, queued behind the session's earlier calls
+};
+
+class Server {
+ public:
+  Server(Runner& runner, const RunnerPolicy& base, std::ostream& out) : runner_(runner), base_(base), out_(out) {}
+
+  void emit(const json& id, json body) {
+    body["id"] = id;
+    std::string line = detail::dump_json(body);
+    std::lock_guard<std::mutex> lk(out_mu_);
+    out_ << line << '\n' << std::flush;
+  }
+
+  void emit_result(const json& id, const RunResult& r) { emit(id, r.to_json()); }
+
+  void bad(const json& id, const std::string& msg) {
+    RunResult r = detail::failure(ErrorKind::bad_input, msg);
+    r.isolation = base_.isolation;
+    emit_result(id, r);
+  }
+
+  void start(std::size_t threads) {
+    for (std::size_t i = 0; i < threads; ++i) pool_.emplace_back([this] { pool_loop(); });
+  }
+
+  // One request line.
+  void handle(const std::string& line) {
+    json req;
+    try {
+      req = detail::parse_json(line);
+    } catch (const std::exception& e) {
+      bad(nullptr, std::string("malformed request line: ") + e.what());
+      return;
+    }
+    if (!req.is_object()) {
+      bad(nullptr, "malformed request line: expected a JSON object");
+      return;
+    }
+    json id = req.value("id", json());
+    if (auto c = req.find("cancel"); c != req.end()) return cancel(id, *c);
+    if (auto c = req.find("close_session"); c != req.end()) {
+      if (!c->is_string()) return bad(id, "'close_session' must be a session name (string)");
+      return close_session(id, c->get<std::string>());
+    }
+    auto code = req.find("code");
+    if (code == req.end() || !code->is_string()) return bad(id, "request needs a string field 'code'");
+    Job job{id, code->get<std::string>(), req.value("input_data", json::object()), base_, json::object(), {}, false,
+            false, {}};
+    if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
+      try {
+        job.policy = RunnerPolicy::from_json(*p, base_);
+      } catch (const PolicyError& e) {
+        return bad(id, std::string("invalid policy: ") + e.what());
+      }
+      job.policy_overrides = *p;
+    }
+    if (auto s = req.find("session"); s != req.end() && !s->is_null()) {
+      if (!s->is_string() || s->get<std::string>().empty()) return bad(id, "'session' must be a non-empty string");
+      job.session = s->get<std::string>();
+    }
+    job.stream = req.value("stream", json(false)) == json(true);
+    job.repr = req.value("repr", json(false)) == json(true);
+    if (job.stream) {
+      job.options.on_output = [this, id](OutputStream s, const std::string& data) {
+        emit(id, {{"stream", to_string(s)}, {"data", data}});
+      };
+    }
+    job.options.want_repr = job.repr;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      in_flight_[id.dump()] = job.options.cancel;
+      if (job.session) {
+        SessionQueue& q = sessions_[*job.session];
+        q.jobs.push_back(std::move(job));
+        if (!q.thread.joinable()) {
+          const std::string name = *q.jobs.back().session;
+          q.thread = std::thread([this, name] { session_loop(name); });
+        }
+        q.cv.notify_one();
+      } else {
+        queue_.push_back(std::move(job));
+        cv_.notify_one();
+      }
+    }
+  }
+
+  // End of input: let every run finish, then close the sessions.
+  void finish() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      done_ = true;
+      for (auto& [name, q] : sessions_) q.cv.notify_all();
+    }
+    cv_.notify_all();
+    for (auto& t : pool_) t.join();
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (auto& [name, q] : sessions_) threads.push_back(std::move(q.thread));
+    }
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  struct SessionQueue {
+    std::deque<Job> jobs;
+    std::condition_variable cv;
+    std::thread thread;
+    std::optional<Session> session;  // opened by its thread on first use
+  };
+
+  void pool_loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return done_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      RunResult r = runner_.run(job.code, job.input, job.policy, job.options);
+      answered(job.id, r);
+    }
+  }
+
+  void answered(const json& id, const RunResult& r) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      in_flight_.erase(id.dump());
+    }
+    emit_result(id, r);
+  }
+
+  RunOptions call_options(const Job& job) {
+    RunOptions o = job.options;
+    const json& p = job.policy_overrides;
+    if (p.contains("timeout_seconds")) o.timeout_seconds = job.policy.timeout_seconds;
+    if (p.contains("max_output_kb")) o.max_output_kb = job.policy.max_output_kb;
+    if (p.contains("max_result_kb")) o.max_result_kb = job.policy.max_result_kb;
+    return o;
+  }
+
+  void session_loop(const std::string& name) {
+    std::unique_lock<std::mutex> lk(mu_);
+    SessionQueue& q = sessions_[name];  // std::map: the reference stays valid
+    for (;;) {
+      q.cv.wait(lk, [&] { return done_ || !q.jobs.empty(); });
+      if (q.jobs.empty()) {
+        if (done_) break;
+        continue;
+      }
+      Job job = std::move(q.jobs.front());
+      q.jobs.pop_front();
+      if (job.close) {
+        // Later requests with this name open a new session.
+        std::optional<Session> s = std::move(q.session);
+        q.session.reset();
+        lk.unlock();
+        s.reset();  // closes, kills and reaps
+        emit(job.id, {{"close_session", name}, {"ok", true}});
+        lk.lock();
+        continue;
+      }
+      const bool open = q.session.has_value();
+      lk.unlock();
+      RunResult r;
+      if (!open) {
+        try {
+          Session s = runner_.open_session(job.policy);
+          lk.lock();
+          q.session.emplace(std::move(s));
+          lk.unlock();
+        } catch (const std::exception& e) {
+          r = detail::failure(ErrorKind::worker_unavailable, std::string("cannot open session '") + name + "': " + e.what());
+          r.isolation = Isolation::process;
+          answered(job.id, r);
+          lk.lock();
+          continue;
+        }
+      }
+      lk.lock();
+      Session* s = &*q.session;
+      lk.unlock();
+      try {
+        r = s->run(job.code, job.input, call_options(job));
+      } catch (const PolicyError& e) {
+        r = detail::failure(ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
+        r.isolation = Isolation::process;
+      }
+      answered(job.id, r);
+      lk.lock();
+    }
+    std::optional<Session> s = std::move(q.session);
+    q.session.reset();
+    lk.unlock();
+    if (s) s->close();
+  }
+
+  // A queued request is answered at once; a running one is stopped and answers from its thread.
+  void cancel(const json& id, const json& target) {
+    const std::string key = target.dump();
+    std::optional<Job> removed;
+    bool found = false;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto take = [&](std::deque<Job>& d) {
+        for (auto it = d.begin(); it != d.end(); ++it)
+          if (it->id.dump() == key) {
+            removed = std::move(*it);
+            d.erase(it);
+            return true;
+          }
+        return false;
+      };
+      found = take(queue_);
+      for (auto it = sessions_.begin(); !found && it != sessions_.end(); ++it) found = take(it->second.jobs);
+      if (auto it = in_flight_.find(key); it != in_flight_.end()) {
+        found = true;
+        it->second.cancel();
+        if (removed) in_flight_.erase(it);
+      }
+    }
+    if (removed) {
+      RunResult r = detail::cancelled_result();
+      r.isolation = removed->session ? Isolation::process : removed->policy.isolation;
+      emit_result(removed->id, r);
+    }
+    emit(id, {{"cancel", target}, {"ok", found}});
+  }
+
+  // Queued behind the session's earlier calls; answered once the session is closed.
+  void close_session(const json& id, const std::string& name) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto it = sessions_.find(name);
+      if (it != sessions_.end() && (it->second.session || !it->second.jobs.empty())) {
+        Job job;
+        job.id = id;
+        job.close = true;
+        it->second.jobs.push_back(std::move(job));
+        it->second.cv.notify_one();
+        return;
+      }
+    }
+    emit(id, {{"close_session", name}, {"ok", false}});
+  }
+
+  Runner& runner_;
+  RunnerPolicy base_;
+  std::ostream& out_;
+  std::mutex out_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::map<std::string, SessionQueue> sessions_;
+  std::map<std::string, CancelToken> in_flight_;  // by the dumped request id
+  std::vector<std::thread> pool_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+void serve(Runner& runner, const RunnerPolicy& base, std::size_t threads, std::istream& in, std::ostream& out) {
+  Server server(runner, base, out);
+  server.start(threads);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    server.handle(line);
+  }
+  server.finish();
+}
+
+}  // namespace spr::cli
