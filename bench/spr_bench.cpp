@@ -27,6 +27,7 @@
 
 #include "engine.hpp"
 #include "plot.hpp"
+#include "session_bench.hpp"
 #include "spr/runner.hpp"
 
 #ifndef SPR_BENCH_BASELINE_SCRIPT
@@ -86,6 +87,7 @@ struct Options {
   std::string baseline_python = "/usr/bin/python3";
   std::string baseline_script = SPR_BENCH_BASELINE_SCRIPT;
   bool engine = true, baseline = true;
+  bool sessions = true, sessions_only = false;
   // Sizes; filled from --quick unless given explicitly.
   int seq_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1;
   double tput_seconds = -1, process_tput_seconds = -1;
@@ -96,7 +98,7 @@ struct Options {
                "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--modes a,b,...]\n"
                "          [--runs N] [--process-runs N] [--seconds S] [--baseline-runs N] [--cold-starts N]\n"
                "          [--engine-runs N] [--no-engine] [--no-baseline] [--worker PATH]\n"
-               "          [--baseline-python PATH] [--baseline-script PATH]\n"
+               "          [--baseline-python PATH] [--baseline-script PATH] [--no-sessions | --sessions-only]\n"
                "modes: namespace, subinterpreter, fork, process (default: all)\n",
                argv0);
   std::exit(code);
@@ -122,6 +124,8 @@ Options parse(int argc, char** argv) {
       else if (a == "--baseline-script") o.baseline_script = value();
       else if (a == "--no-engine") o.engine = false;
       else if (a == "--no-baseline") o.baseline = false;
+      else if (a == "--no-sessions") o.sessions = false;
+      else if (a == "--sessions-only") o.sessions_only = true;
       else if (a == "--runs") o.seq_runs = std::stoi(value());
       else if (a == "--process-runs") o.process_runs = std::stoi(value());
       else if (a == "--baseline-runs") o.baseline_runs = std::stoi(value());
@@ -955,6 +959,14 @@ int main(int argc, char** argv) {
   r.load_start = loadavg();
   std::printf("load average at start: %s (%u cpus)\n", r.load_start.c_str(), std::thread::hardware_concurrency());
 
+  if (o.sessions_only) {
+    const auto rep = spr_bench::measure_sessions(o.modes, o.worker_path, o.quick ? 30 : 200, o.quick ? 5 : 20,
+                                                 o.quick ? 5 : 20);
+    spr_bench::print_sessions(rep);
+    std::printf("load average %s at start, %s at end\n", r.load_start.c_str(), loadavg().c_str());
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << spr_bench::to_json(rep).dump(2) << "\n";
+    return 0;
+  }
   // The engine first: forking is only sound while no Runner thread exists.
   if (o.engine) {
     r.engine_run = true;
@@ -979,15 +991,21 @@ int main(int argc, char** argv) {
       if (m.available && m.p50_us > 0) m.ratio = r.baseline.p50_us / m.p50_us;
     if (r.engine.available && r.engine.p50_us > 0) r.engine.ratio = r.baseline.p50_us / r.engine.p50_us;
   }
+  std::optional<spr_bench::SessionReport> sessions;
+  if (o.sessions)
+    sessions = spr_bench::measure_sessions(o.modes, o.worker_path, o.quick ? 30 : 200, o.quick ? 5 : 20, o.quick ? 5 : 20);
   r.load_end = loadavg();
   build_targets(r);
   print_table(r);
+  if (sessions) spr_bench::print_sessions(*sessions);
   std::printf("python %s, %u cpus, load average %s at start, %s at end; total %.1f s\n", r.python.c_str(),
               std::thread::hardware_concurrency(), r.load_start.c_str(), r.load_end.c_str(), us_since(started) / 1e6);
 
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
-    f << to_json(r).dump(2) << "\n";
+    json j = to_json(r);
+    if (sessions) j["sessions"] = spr_bench::to_json(*sessions);
+    f << j.dump(2) << "\n";
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }
   if (!o.plot_path.empty()) write_plot(r, o.plot_path);

@@ -23,6 +23,7 @@ namespace {
 constexpr std::uint64_t kSlackBytes = 256u << 20;     // the interpreter's own needs beyond the policy's
 constexpr std::uint64_t kVariableBytes = 64u << 10;   // cap on one variable's JSON in variables()
 constexpr int kPlainDepth = 20;
+constexpr int kIdleSpinMicroseconds = 50;
 
 // A value made only of exact JSON-like built-in types: encoding it runs no user code.
 bool plain(PyObject* o, int depth, long& budget) {
@@ -116,7 +117,9 @@ void serve_session(bool allow_network) {
   const std::int64_t base = memory::in_use();
   std::string frame;
   for (;;) {
-    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
+    // A short spin first, as the pool's workers do: back-to-back calls skip the wake-up.
+    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
+                                      detail::kMaxFrameBytes, kIdleSpinMicroseconds);
     if (s != detail::IoStatus::ok) _exit(0);  // supervisor closed (or spoke nonsense): never finalise, just go
     json id = nullptr, nonce = nullptr;
     RunResult r;

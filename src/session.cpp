@@ -107,6 +107,10 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
   job->options.allow_network = policy.allow_network;
   job->options.session_memory_mb = policy.memory_limit_mb;
   auto fut = job->result.get_future();
+  std::unique_ptr<WorkerProcess> w;
+  auto same_kind = [](const SpawnOptions& a, const SpawnOptions& b) {
+    return a.allow_network == b.allow_network && a.session_memory_mb == b.session_memory_mb;
+  };
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopping_) throw WorkerError("the runner is shutting down");
@@ -114,16 +118,20 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
       throw SessionLimitError("session limit reached: " + std::to_string(max_) +
                               " sessions are open (RunnerOptions::max_sessions); close one first");
     ++opening_;
-    jobs_.push_back(job);
+    if (spare_ && spare_wanted_ && same_kind(*spare_wanted_, job->options) && spare_->alive()) w = std::move(spare_);
+    else jobs_.push_back(job);
+    spare_.reset();  // of another kind: not kept
+    spare_wanted_ = job->options;
   }
   cv_.notify_all();
-  std::unique_ptr<WorkerProcess> w;
-  try {
-    w = fut.get();
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(mu_);
-    --opening_;
-    throw;
+  if (!w) {
+    try {
+      w = fut.get();
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      --opening_;
+      throw;
+    }
   }
   auto s = std::make_shared<SessionState>();
   s->worker = std::move(w);
@@ -160,7 +168,21 @@ void SessionHost::loop() {
       lk.lock();
       continue;
     }
-    cv_.wait_for(lk, period, [&] { return stopping_ || !jobs_.empty(); });
+    if (spare_wanted_ && !spare_) {
+      const SpawnOptions o = *spare_wanted_;
+      lk.unlock();
+      std::unique_ptr<WorkerProcess> w;
+      try {
+        w = WorkerProcess::spawn(o);
+      } catch (const std::exception&) {
+      }
+      lk.lock();
+      if (!spare_wanted_ || !w) spare_wanted_.reset();  // a failed spawn is not retried in a loop
+      else if (spare_wanted_->allow_network == o.allow_network && spare_wanted_->session_memory_mb == o.session_memory_mb)
+        spare_ = std::move(w);
+      continue;
+    }
+    cv_.wait_for(lk, period, [&] { return stopping_ || !jobs_.empty() || (spare_wanted_ && !spare_); });
     if (stopping_) break;
     std::vector<std::shared_ptr<SessionState>> idle;
     const auto now = Clock::now();
@@ -177,6 +199,9 @@ void SessionHost::loop() {
   }
   for (auto& job : jobs_) job->result.set_exception(std::make_exception_ptr(WorkerError("the runner is shutting down")));
   jobs_.clear();
+  std::unique_ptr<WorkerProcess> spare = std::move(spare_);
+  lk.unlock();
+  // `spare` is killed and reaped here, on the thread that spawned it.
 }
 
 void SessionHost::stop() {
@@ -329,6 +354,12 @@ bool Session::alive() const {
   if (!state_) return false;
   std::lock_guard<std::mutex> lk(state_->mu);
   return state_->ended.empty();
+}
+
+int Session::pid() const {
+  if (!state_) return -1;
+  std::lock_guard<std::mutex> lk(state_->mu);
+  return state_->worker ? static_cast<int>(state_->worker->pid()) : -1;
 }
 
 const RunnerPolicy& Session::policy() const {

@@ -41,6 +41,8 @@ class Session {
   void close();
   // False once closed or lost.
   bool alive() const;
+  // The session's process id, for monitoring from outside; -1 once it has ended.
+  int pid() const;
   const RunnerPolicy& policy() const;
 
  private:

@@ -7,6 +7,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,6 +67,10 @@ class SessionHost : public std::enable_shared_from_this<SessionHost> {
   std::size_t opening_ = 0;
   std::deque<std::shared_ptr<SpawnJob>> jobs_;
   std::vector<std::weak_ptr<SessionState>> sessions_;
+  // A started session worker that has run nothing, for the next open of the same kind (network and
+  // memory cap): opening then costs no process start. Made after the first open of that kind.
+  std::unique_ptr<WorkerProcess> spare_;
+  std::optional<SpawnOptions> spare_wanted_;
   // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG fires when the spawning thread
   // exits. It also closes idle sessions.
   std::thread thread_;

@@ -49,14 +49,6 @@ bool eventually(F pred, double seconds = 10) {
   return pred();
 }
 
-// The pid of the process a session just got: the child that appeared since `before`.
-int new_child(const std::map<int, char>& before) {
-  int found = -1;
-  for (const auto& [pid, state] : children())
-    if (!before.count(pid) && state != 'Z') found = pid;
-  return found;
-}
-
 // SPR_CHECK_OK evaluates its argument more than once: a session call must run once.
 void check_ok(const spr::RunResult& r) { SPR_CHECK_OK(r); }
 
@@ -96,11 +88,11 @@ TEST_CASE("session: a call that raises leaves the session usable") {
 }
 
 TEST_CASE("session: a timeout ends the session cleanly: that call and later ones answer session_lost") {
-  const auto before = children();
   spr::Session s = runner().open_session(policy());
   check_ok(s.run("x = 1"));
-  const int pid = new_child(before);
+  const int pid = s.pid();
   REQUIRE(pid > 0);
+  REQUIRE(children().count(pid));
   spr::RunOptions o;
   o.timeout_seconds = 0.3;
   spr::RunResult r = s.run("print('going')\nwhile True: pass", json::object(), o);
@@ -133,20 +125,18 @@ TEST_CASE("session: a closed session and an expired one leave no process") {
   spr::RunnerOptions o = session_options();
   o.session_idle_seconds = 0.3;
   spr::Runner runner(o);
-  auto before = children();
   spr::Session closed = runner.open_session(policy());
   check_ok(closed.run("x = 1"));
-  const int closed_pid = new_child(before);
-  REQUIRE(closed_pid > 0);
+  const int closed_pid = closed.pid();
+  REQUIRE(children().count(closed_pid));
   closed.close();
   CHECK_FALSE(process_exists(closed_pid));
   CHECK(closed.run("result = 1").error_kind == ErrorKind::session_lost);
 
-  before = children();
   spr::Session idle = runner.open_session(policy());
   check_ok(idle.run("x = 1"));
-  const int idle_pid = new_child(before);
-  REQUIRE(idle_pid > 0);
+  const int idle_pid = idle.pid();
+  REQUIRE(children().count(idle_pid));
   CHECK(eventually([&] { return !process_exists(idle_pid); }));
   spr::RunResult r = idle.run("result = x");
   CHECK(r.error_kind == ErrorKind::session_lost);
@@ -323,10 +313,10 @@ TEST_CASE("cancel: a queued run never starts and answers cancelled; the running 
 }
 
 TEST_CASE("cancel: a running session call ends the session; a queued one does not") {
-  const auto before = children();
   spr::Session s = runner().open_session(policy());
   check_ok(s.run("x = 5"));
-  const int pid = new_child(before);
+  const int pid = s.pid();
+  REQUIRE(children().count(pid));
   std::atomic<bool> started{false};
   spr::RunOptions o;
   o.timeout_seconds = 60;
@@ -348,4 +338,24 @@ TEST_CASE("cancel: a token cancelled before the run starts stops a synchronous r
   o.cancel.cancel();
   spr::RunResult r = runner().run("result = 1", json::object(), policy(), o);
   CHECK(r.error_kind == ErrorKind::cancelled);
+}
+
+TEST_CASE("session: a runner's shutdown leaves none of its session processes (nor its spare) behind") {
+  const auto before = children();
+  int pid = -1;
+  {
+    spr::Runner runner(session_options());
+    spr::Session a = runner.open_session(policy());
+    check_ok(a.run("x = 1"));
+    a.close();
+    spr::Session b = runner.open_session(policy());  // may take the spare; another spare follows
+    check_ok(b.run("x = 2"));
+    pid = b.pid();
+    REQUIRE(pid > 0);
+  }
+  CHECK_FALSE(process_exists(pid));
+  std::vector<int> left;
+  for (const auto& [p, state] : children())
+    if (!before.count(p)) left.push_back(p);
+  CHECK(left.empty());
 }
