@@ -154,14 +154,19 @@ RunnerPolicy from_toml_table(const toml::table& doc) {
       if (k.str() != "policy") fail("unknown policy field '" + std::string(k.str()) + "' (outside [policy])");
   }
   if (auto eg = tbl->get("extra_globals"); eg && !eg->is_table()) fail("'extra_globals' must be a TOML table");
-  return RunnerPolicy::from_json(toml_to_json(*tbl));
+  // The file states the whole policy, as in the original: a list it leaves out is empty.
+  RunnerPolicy base;
+  base.blocked_imports.clear();
+  base.blocked_builtins.clear();
+  return RunnerPolicy::from_json(toml_to_json(*tbl), base);
 }
 
 }  // namespace
 
 void RunnerPolicy::validate() const {
-  if (!std::isfinite(timeout_seconds) || timeout_seconds <= 0)
-    fail("'timeout_seconds' must be a positive number");
+  // 0 is accepted as in the original, which never waits less than a second (Runner runs it with 1).
+  if (!std::isfinite(timeout_seconds) || timeout_seconds < 0)
+    fail("'timeout_seconds' must be zero or a positive number");
   if (timeout_seconds > 86400.0 * 365) fail("'timeout_seconds' is too large");
   if (memory_limit_mb <= 0) fail("'memory_limit_mb' must be a positive integer");
   if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");

@@ -113,7 +113,10 @@ class Runner:
             raise TypeError("'code' must be a str")
         chosen = _choose_policy(policy, policy_file, python_executable, self._policy)
         payload = json.dumps(input_data or {})
-        return _result(self._core.run(code, payload, chosen.to_json()))
+        # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
+        # code with a SyntaxError, as CPython refuses a source file that is not valid UTF-8.
+        source = code.encode("utf-8", "surrogatepass")
+        return _result(self._core.run(source, payload, chosen.to_json()))
 
     def submit(
         self,
