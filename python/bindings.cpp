@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "spr/runner.hpp"
+#include "spr/spr.hpp"
 
 namespace py = pybind11;
 

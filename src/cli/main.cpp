@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "spr/runner.hpp"
 
 namespace {

@@ -4,7 +4,8 @@
 #include <optional>
 #include <string>
 
-#include "spr/runner.hpp"
+#include "spr/policy.hpp"
+#include "spr/result.hpp"
 
 namespace spr::detail {
 
@@ -21,6 +22,10 @@ RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
 RunResult timeout_result(double timeout_seconds);
 // The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
 std::optional<RunResult> non_utf8_code_result(const std::string& code);
+
+// A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
+// again (the supervisor validated them where the policy entered).
+RunnerPolicy policy_from_wire(const json& j);
 
 // "5", "1.9", "0.25": the shortest spelling that round-trips, as the original prints timeouts.
 std::string format_seconds(double s);
