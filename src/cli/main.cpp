@@ -314,6 +314,19 @@ int main(int argc, char** argv) {
   doctor->add_flag("--json", doctor_json, "print the report as JSON");
   add_policy_options(doctor, doctor_policy);
 
+  // CLI11 reports an unknown command as a missing one; name it instead.
+  const auto is_command = [&](const std::string& name) {
+    try {
+      return app.get_subcommand(name) != nullptr;
+    } catch (const CLI::OptionNotFound&) {
+      return false;
+    }
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, doctor; see --help)"
+              << std::endl;
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -238,6 +238,14 @@ TEST_CASE("usage and data errors") {
     INFO(describe(p));
     CHECK(p.exit_code == 64);
   }
+  SUBCASE("an unknown command -> 64, named as such") {
+    const auto p = cli({"frob", "-c", "result = 1"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 64);
+    CHECK(p.out.empty());
+    CHECK(contains(p.err, "unknown command 'frob'"));
+    CHECK(lines_of(p.err).size() == 1);
+  }
   SUBCASE("both -c and FILE -> 64") {
     const auto p = cli({"run", "-c", "result = 1", "/dev/null"});
     INFO(describe(p));
