@@ -92,13 +92,13 @@ class PyRunner {
   }
 
   py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json) {
-    json input = parse(input_json, "input_data");
-    const spr::RunnerPolicy policy = policy_of(policy_json);
     std::shared_ptr<spr::Runner> runner = live();
     spr::RunResult r;
     {
+      // The arguments are C++ copies by now: parsing needs no Python either.
       py::gil_scoped_release nogil;
-      r = runner->run(code, input, policy);
+      const json input = parse(input_json, "input_data");
+      r = runner->run(code, input, policy_of(policy_json));
     }
     return to_tuple(r);
   }
