@@ -19,7 +19,9 @@ namespace {
 
 using spr::json;
 
-std::string dump(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& v) {
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 json parse(const std::string& text, const char* what) {
   try {
@@ -62,8 +64,8 @@ const spr::RunnerPolicy& policy_of(const std::string& policy_json) {
 template <typename T, typename = void>
 struct has_preload : std::false_type {};
 template <typename T>
-struct has_preload<T, std::void_t<decltype(std::declval<T&>().preload = std::vector<std::string>{})>>
-    : std::true_type {};
+struct has_preload<T, std::void_t<decltype(std::declval<T&>().preload = std::vector<std::string>{})>> : std::true_type {
+};
 
 template <typename Options>
 void set_preload(Options& o, const std::vector<std::string>& modules) {
@@ -149,7 +151,8 @@ class PyRunner {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "safe-py-runner's C++ engine (internal; use the safe_py_runner package).";
   static py::exception<spr::WorkerError> worker_error(m, "WorkerError", PyExc_RuntimeError);
-  py::register_exception_translator([](std::exception_ptr p) {
+  // pybind11 wants a plain function pointer taking std::exception_ptr by value.
+  py::register_exception_translator([](std::exception_ptr p) {  // NOLINT(performance-unnecessary-value-param)
     try {
       if (p) std::rethrow_exception(p);
     } catch (const spr::PolicyError& e) {
@@ -160,12 +163,15 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("version", [] { return std::string(spr::version()); });
-  m.def("normalize_policy",
-        [](const std::string& policy_json) { return dump(spr::RunnerPolicy::from_json(parse(policy_json, "policy")).to_json()); },
-        "Validate a policy (JSON text of fields) and return every field as JSON text.");
-  m.def("policy_from_file",
-        [](const std::string& path) { return dump(spr::RunnerPolicy::from_file(path).to_json()); },
-        "Read a TOML policy file; every field as JSON text.");
+  m.def(
+      "normalize_policy",
+      [](const std::string& policy_json) {
+        return dump(spr::RunnerPolicy::from_json(parse(policy_json, "policy")).to_json());
+      },
+      "Validate a policy (JSON text of fields) and return every field as JSON text.");
+  m.def(
+      "policy_from_file", [](const std::string& path) { return dump(spr::RunnerPolicy::from_file(path).to_json()); },
+      "Read a TOML policy file; every field as JSON text.");
 
   py::class_<PyRunner>(m, "Runner")
       .def(py::init<std::size_t, const std::string&, const std::string&, double, double, bool,
