@@ -45,6 +45,7 @@ RunResult lost(RunResult r, const std::string& why) {
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
   RunnerPolicy p = base;
   if (o.timeout_seconds) p.timeout_seconds = *o.timeout_seconds;
+  if (p.timeout_seconds == 0) p.timeout_seconds = 1;  // the original's floor, as for one-off runs
   if (o.max_output_kb) p.max_output_kb = *o.max_output_kb;
   if (o.max_result_kb) p.max_result_kb = *o.max_result_kb;
   p.validate();
@@ -233,6 +234,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       r = lost(failure(ErrorKind::session_lost, ""), st.ended);
     } else if (o.cancel.cancelled()) {
       r = cancelled_result();
+    } else if (auto bad = non_utf8_code_result(code)) {
+      r = std::move(*bad);
     } else {
       st.busy = true;
       w = st.worker.get();
