@@ -22,7 +22,8 @@ struct SessionFigures {
 
 struct SessionReport {
   std::vector<SessionFigures> modes;
-  double open_p50_ms = 0, open_max_ms = 0;  // open_session() until the first call may go, + close
+  double cold_open_ms = 0;                  // the first open_session(): a session worker is started
+  double open_p50_ms = 0, open_max_ms = 0;  // later opens, the spare worker ready (0.5 s between opens)
   int opens = 0;
   std::string error;
 };

@@ -194,6 +194,7 @@ class PyRunner {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "safe-py-runner's C++ engine (internal; use the safe_py_runner package).";
   static py::exception<spr::WorkerError> worker_error(m, "WorkerError", PyExc_RuntimeError);
+  static py::exception<spr::SessionLimitError> session_limit_error(m, "SessionLimitError", PyExc_RuntimeError);
   // pybind11 wants a plain function pointer taking std::exception_ptr by value.
   py::register_exception_translator([](std::exception_ptr p) {  // NOLINT(performance-unnecessary-value-param)
     try {
@@ -207,7 +208,6 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  static py::exception<spr::SessionLimitError> session_limit_error(m, "SessionLimitError", PyExc_RuntimeError);
   m.def("version", [] { return std::string(spr::version()); });
   m.def(
       "normalize_policy",

@@ -113,13 +113,19 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
     return a.allow_network == b.allow_network && a.session_memory_mb == b.session_memory_mb;
   };
   {
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_);
     if (stopping_) throw WorkerError("the runner is shutting down");
     if (live_locked() + opening_ >= max_)
       throw SessionLimitError("session limit reached: " + std::to_string(max_) +
                               " sessions are open (RunnerOptions::max_sessions); close one first");
     ++opening_;
-    if (spare_ && spare_wanted_ && same_kind(*spare_wanted_, job->options) && spare_->alive()) w = std::move(spare_);
+    const bool kind_wanted = spare_wanted_ && same_kind(*spare_wanted_, job->options);
+    if (kind_wanted && spare_starting_) cv_.wait(lk, [&] { return !spare_starting_ || stopping_; });
+    if (stopping_) {
+      --opening_;
+      throw WorkerError("the runner is shutting down");
+    }
+    if (kind_wanted && spare_ && spare_->alive()) w = std::move(spare_);
     else jobs_.push_back(job);
     spare_.reset();  // of another kind: not kept
     spare_wanted_ = job->options;
@@ -137,6 +143,7 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
   auto s = std::make_shared<SessionState>();
   s->worker = std::move(w);
   s->policy = policy;
+  s->grace_seconds = base_.grace_seconds;
   s->host = weak_from_this();
   s->post = std::move(post);
   bool shut;
@@ -171,6 +178,7 @@ void SessionHost::loop() {
     }
     if (spare_wanted_ && !spare_) {
       const SpawnOptions o = *spare_wanted_;
+      spare_starting_ = true;
       lk.unlock();
       std::unique_ptr<WorkerProcess> w;
       try {
@@ -178,6 +186,8 @@ void SessionHost::loop() {
       } catch (const std::exception&) {
       }
       lk.lock();
+      spare_starting_ = false;
+      cv_.notify_all();
       if (!spare_wanted_ || !w) spare_wanted_.reset();  // a failed spawn is not retried in a loop
       else if (spare_wanted_->allow_network == o.allow_network && spare_wanted_->session_memory_mb == o.session_memory_mb)
         spare_ = std::move(w);
@@ -251,8 +261,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       RunExtras extras;
       if (o.on_output) extras.on_output = &o.on_output;
       if (o.want_repr) extras.fields["repr"] = true;
-      const double slack = 0.05;
-      r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + 0.25 + slack), extras);
+      const double slack = st.grace_seconds + 0.05;
+      r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), extras);
       cancelled = detach(o.cancel);
     }
     std::unique_ptr<WorkerProcess> doomed;

@@ -28,6 +28,7 @@ struct SessionState {
   bool busy = false;
   Clock::time_point last_used = Clock::now();
   std::uint64_t next_id = 1;
+  double grace_seconds = 0.25;  // hard deadline of a call = its timeout + this
   std::weak_ptr<SessionHost> host;
   std::function<void(std::function<void()>)> post;  // the runner's executor, for submit()
 
@@ -71,6 +72,7 @@ class SessionHost : public std::enable_shared_from_this<SessionHost> {
   // memory cap): opening then costs no process start. Made after the first open of that kind.
   std::unique_ptr<WorkerProcess> spare_;
   std::optional<SpawnOptions> spare_wanted_;
+  bool spare_starting_ = false;  // the thread is starting the spare now: an open of its kind waits for it
   // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG fires when the spawning thread
   // exits. It also closes idle sessions.
   std::thread thread_;
