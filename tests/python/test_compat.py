@@ -328,8 +328,10 @@ def test_output_cap():
 
 def test_code_that_is_not_valid_utf8_cannot_reach_the_engine():
     # A str holding a lone surrogate is not UTF-8; it is refused like CPython refuses the bytes.
-    r = run_code("result = '\udcff'")
+    r = run_code("x = 1\nresult = '\udcff'")
     assert not r.ok
+    assert r.error_kind == "syntax" and r.exit_code == 1
+    assert r.error.startswith("SyntaxError: Non-UTF-8 code starting with '\\xed' on line 2")
 
 
 # --- where the original is wrong, and this engine is not ----------------------------------------
