@@ -417,3 +417,18 @@ def test_a_crash_has_an_error():
     assert not r.ok
     assert r.error
     assert math.isfinite(r.duration_ms)
+
+
+def test_a_policy_file_that_cannot_be_read_is_an_error(tmp_path):
+    # The original silently ran with its defaults; a typo in the path must be seen.
+    missing = tmp_path / "no-such-policy.toml"
+    with pytest.raises(ValueError, match="cannot read policy file"):
+        run_code("result = 1", policy_file=missing)
+    with pytest.raises(ValueError, match="cannot read policy file"):
+        run_code("result = 1", policy=RunnerPolicy(config_path=str(missing)))
+
+
+def test_policy_file_accepts_a_path_object(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[policy]\nblocked_imports = ['json']\n", encoding="utf-8")
+    assert run_code("import json", policy_file=path).error_kind == "blocked_import"
