@@ -20,7 +20,9 @@ using spr::json;
 const char* const kSnippet = "import math\nresult = math.sqrt(input_data['x'])";
 const json kInput = {{"x", 81}};
 
-double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
+double us_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+}
 
 double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
@@ -28,7 +30,9 @@ double percentile(std::vector<double> v, double q) {
   return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1) + 0.5)];
 }
 
-bool good(const spr::RunResult& r) { return r.ok && r.result.is_number() && r.result.get<double>() == 9.0; }
+bool good(const spr::RunResult& r) {
+  return r.ok && r.result.is_number() && r.result.get<double>() == 9.0;
+}
 
 spr::RunnerOptions options_for(const std::string& worker_path, spr::Isolation iso) {
   spr::RunnerOptions o;
@@ -123,8 +127,10 @@ SessionReport measure_sessions(const std::vector<std::string>& modes, const std:
       const auto t0 = Clock::now();
       spr::Session s = runner.open_session();
       const double ms = us_since(t0) / 1000;
-      if (i == 0) rep.cold_open_ms = ms;
-      else open_ms.push_back(ms);
+      if (i == 0)
+        rep.cold_open_ms = ms;
+      else
+        open_ms.push_back(ms);
       if (!good(s.run(kSnippet, kInput))) {
         rep.error = "a session call failed";
         break;
@@ -141,9 +147,10 @@ SessionReport measure_sessions(const std::vector<std::string>& modes, const std:
 }
 
 void print_sessions(const SessionReport& r) {
-  std::printf("\nsessions (a session call vs a one-off run of the same snippet, interleaved; cancel = cancel() to result)\n");
-  std::printf("%-15s %12s %12s %8s %12s %12s %16s %12s\n", "mode", "one-off p50", "session p50", "ratio",
-              "one-off p99", "session p99", "cancel p50/max", "recovered");
+  std::printf(
+      "\nsessions (a session call vs a one-off run of the same snippet, interleaved; cancel = cancel() to result)\n");
+  std::printf("%-15s %12s %12s %8s %12s %12s %16s %12s\n", "mode", "one-off p50", "session p50", "ratio", "one-off p99",
+              "session p99", "cancel p50/max", "recovered");
   for (const auto& m : r.modes) {
     if (!m.available) {
       std::printf("%-15s unavailable: %s\n", m.mode.c_str(), m.error.c_str());
@@ -179,8 +186,11 @@ nlohmann::json to_json(const SessionReport& r) {
     }
     modes.push_back(j);
   }
-  json out = {{"modes", modes},           {"cold_open_ms", r.cold_open_ms}, {"opens", r.opens},
-              {"open_p50_ms", r.open_p50_ms}, {"open_max_ms", r.open_max_ms}};
+  json out = {{"modes", modes},
+              {"cold_open_ms", r.cold_open_ms},
+              {"opens", r.opens},
+              {"open_p50_ms", r.open_p50_ms},
+              {"open_max_ms", r.open_max_ms}};
   if (!r.error.empty()) out["error"] = r.error;
   return out;
 }

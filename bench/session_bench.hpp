@@ -1,10 +1,9 @@
 // spr-bench's session section: a session call next to a one-off run per mode, open cost, cancel latency.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace spr_bench {
 

@@ -20,8 +20,8 @@ namespace spr::embed {
 
 namespace {
 
-constexpr std::uint64_t kSlackBytes = 256u << 20;     // the interpreter's own needs beyond the policy's
-constexpr std::uint64_t kVariableBytes = 64u << 10;   // cap on one variable's JSON in variables()
+constexpr std::uint64_t kSlackBytes = 256u << 20;    // the interpreter's own needs beyond the policy's
+constexpr std::uint64_t kVariableBytes = 64u << 10;  // cap on one variable's JSON in variables()
 constexpr int kPlainDepth = 20;
 constexpr int kIdleSpinMicroseconds = 50;
 
@@ -47,7 +47,9 @@ bool plain(PyObject* o, int depth, long& budget) {
   return false;
 }
 
-std::string exact_text(PyObject* s) { return s && PyUnicode_CheckExact(s) ? py::utf8(s) : std::string("?"); }
+std::string exact_text(PyObject* s) {
+  return s && PyUnicode_CheckExact(s) ? py::utf8(s) : std::string("?");
+}
 
 // What a REPL would show, for the kinds whose repr is known without calling their __repr__.
 std::string describe(PyObject* o) {
@@ -56,9 +58,11 @@ std::string describe(PyObject* o) {
     PyErr_Clear();
     return std::string("<module '") + (name ? name : "?") + "'>";
   }
-  if (PyFunction_Check(o)) return "<function " + exact_text(reinterpret_cast<PyFunctionObject*>(o)->func_qualname) + ">";
+  if (PyFunction_Check(o))
+    return "<function " + exact_text(reinterpret_cast<PyFunctionObject*>(o)->func_qualname) + ">";
   if (PyType_Check(o)) return std::string("<class '") + reinterpret_cast<PyTypeObject*>(o)->tp_name + "'>";
-  if (PyCFunction_Check(o)) return std::string("<built-in function ") + reinterpret_cast<PyCFunctionObject*>(o)->m_ml->ml_name + ">";
+  if (PyCFunction_Check(o))
+    return std::string("<built-in function ") + reinterpret_cast<PyCFunctionObject*>(o)->m_ml->ml_name + ">";
   if (PyList_CheckExact(o) || PyTuple_CheckExact(o) || PyDict_CheckExact(o))
     return std::string("<") + Py_TYPE(o)->tp_name + " of " + std::to_string(PyObject_Length(o)) + " items>";
   return std::string("<") + Py_TYPE(o)->tp_name + " object>";
@@ -77,8 +81,10 @@ json variables(PyObject* globals) {
     if (plain(v, 0, budget)) {
       codec::Encoded e = codec::from_python(v, kVariableBytes);
       PyErr_Clear();
-      if (e.error.empty()) entry["value"] = std::move(e.value);
-      else entry["repr"] = describe(v);
+      if (e.error.empty())
+        entry["value"] = std::move(e.value);
+      else
+        entry["repr"] = describe(v);
     } else {
       entry["repr"] = describe(v);
     }

@@ -6,7 +6,9 @@
 
 namespace spr {
 
-std::string to_string(OutputStream s) { return s == OutputStream::out ? "stdout" : "stderr"; }
+std::string to_string(OutputStream s) {
+  return s == OutputStream::out ? "stdout" : "stderr";
+}
 
 CancelToken::CancelToken() : state_(std::make_shared<detail::CancelState>()) {}
 
@@ -58,7 +60,9 @@ void on_cancel(const CancelToken& t, std::function<void()> f) {
   f();
 }
 
-RunResult cancelled_result() { return failure(ErrorKind::cancelled, "Run cancelled", 1); }
+RunResult cancelled_result() {
+  return failure(ErrorKind::cancelled, "Run cancelled", 1);
+}
 
 }  // namespace detail
 }  // namespace spr

@@ -1,10 +1,9 @@
 // Sessions: a dedicated worker process per session, its calls one at a time, its end never a hang.
-#include "detail/session_host.hpp"
-
 #include <signal.h>
 
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
+#include "detail/session_host.hpp"
 #include "spr/runner.hpp"
 
 namespace spr {
@@ -79,7 +78,9 @@ SessionHost::SessionHost(SpawnOptions base, std::size_t max_sessions, double idl
   thread_ = std::thread([this] { loop(); });
 }
 
-SessionHost::~SessionHost() { stop(); }
+SessionHost::~SessionHost() {
+  stop();
+}
 
 bool SessionHost::stopped() {
   std::lock_guard<std::mutex> lk(mu_);
@@ -125,8 +126,10 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
       --opening_;
       throw WorkerError("the runner is shutting down");
     }
-    if (kind_wanted && spare_ && spare_->alive()) w = std::move(spare_);
-    else jobs_.push_back(job);
+    if (kind_wanted && spare_ && spare_->alive())
+      w = std::move(spare_);
+    else
+      jobs_.push_back(job);
     spare_.reset();  // of another kind: not kept
     spare_wanted_ = job->options;
   }
@@ -188,8 +191,10 @@ void SessionHost::loop() {
       lk.lock();
       spare_starting_ = false;
       cv_.notify_all();
-      if (!spare_wanted_ || !w) spare_wanted_.reset();  // a failed spawn is not retried in a loop
-      else if (spare_wanted_->allow_network == o.allow_network && spare_wanted_->session_memory_mb == o.session_memory_mb)
+      if (!spare_wanted_ || !w)
+        spare_wanted_.reset();  // a failed spawn is not retried in a loop
+      else if (spare_wanted_->allow_network == o.allow_network &&
+               spare_wanted_->session_memory_mb == o.session_memory_mb)
         spare_ = std::move(w);
       continue;
     }
@@ -208,7 +213,8 @@ void SessionHost::loop() {
     idle.clear();
     lk.lock();
   }
-  for (auto& job : jobs_) job->result.set_exception(std::make_exception_ptr(WorkerError("the runner is shutting down")));
+  for (auto& job : jobs_)
+    job->result.set_exception(std::make_exception_ptr(WorkerError("the runner is shutting down")));
   jobs_.clear();
   std::unique_ptr<WorkerProcess> spare = std::move(spare_);
   lk.unlock();
@@ -289,7 +295,9 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
 
 }  // namespace detail
 
-Session::~Session() { close(); }
+Session::~Session() {
+  close();
+}
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&& o) noexcept {
   if (this != &o) {

@@ -42,8 +42,8 @@ struct RunOptions {
   OutputCallback on_output;  // empty: output only in the result
   CancelToken cancel;        // keep a copy to cancel the run
   // Session calls only (a one-off run takes all of these from its policy):
-  bool want_repr = false;                     // fill RunResult::repr from a trailing expression
-  std::optional<double> timeout_seconds;      // this call's limits instead of the session's
+  bool want_repr = false;                 // fill RunResult::repr from a trailing expression
+  std::optional<double> timeout_seconds;  // this call's limits instead of the session's
   std::optional<std::int64_t> max_output_kb;
   std::optional<std::int64_t> max_result_kb;
 };
@@ -53,7 +53,8 @@ struct RunOptions {
 class RunHandle : public std::future<RunResult> {
  public:
   RunHandle() = default;
-  RunHandle(std::future<RunResult> f, CancelToken token) : std::future<RunResult>(std::move(f)), token_(std::move(token)) {}
+  RunHandle(std::future<RunResult> f, CancelToken token)
+      : std::future<RunResult>(std::move(f)), token_(std::move(token)) {}
   bool cancel() { return token_.cancel(); }
   const CancelToken& token() const { return token_; }
 

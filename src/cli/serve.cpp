@@ -76,8 +76,9 @@ class Server {
     }
     auto code = req.find("code");
     if (code == req.end() || !code->is_string()) return bad(id, "request needs a string field 'code'");
-    Job job{id, code->get<std::string>(), req.value("input_data", json::object()), base_, json::object(), {}, false,
-            false, {}};
+    Job job{
+        id, code->get<std::string>(), req.value("input_data", json::object()), base_, json::object(), {}, false, false,
+        {}};
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
       try {
         job.policy = RunnerPolicy::from_json(*p, base_);
@@ -205,7 +206,8 @@ class Server {
           q.session.emplace(std::move(s));
           lk.unlock();
         } catch (const std::exception& e) {
-          r = detail::failure(ErrorKind::worker_unavailable, std::string("cannot open session '") + name + "': " + e.what());
+          r = detail::failure(ErrorKind::worker_unavailable,
+                              std::string("cannot open session '") + name + "': " + e.what());
           r.isolation = Isolation::process;
           answered(job.id, r);
           lk.lock();

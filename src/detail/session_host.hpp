@@ -24,7 +24,7 @@ struct SessionState {
   std::mutex mu;       // guards the fields below, briefly
   std::unique_ptr<WorkerProcess> worker;
   RunnerPolicy policy;
-  std::string ended;   // why the session ended; empty while it lives
+  std::string ended;  // why the session ended; empty while it lives
   bool busy = false;
   Clock::time_point last_used = Clock::now();
   std::uint64_t next_id = 1;

@@ -36,7 +36,9 @@ std::map<int, char> children() {
   return out;
 }
 
-bool process_exists(int pid) { return fs::exists("/proc/" + std::to_string(pid)); }
+bool process_exists(int pid) {
+  return fs::exists("/proc/" + std::to_string(pid));
+}
 
 // Waits (bounded) until `pred` holds; the bound is generous, no speed is asserted.
 template <class F>
@@ -50,7 +52,9 @@ bool eventually(F pred, double seconds = 10) {
 }
 
 // SPR_CHECK_OK evaluates its argument more than once: a session call must run once.
-void check_ok(const spr::RunResult& r) { SPR_CHECK_OK(r); }
+void check_ok(const spr::RunResult& r) {
+  SPR_CHECK_OK(r);
+}
 
 spr::RunnerOptions session_options() {
   spr::RunnerOptions o = runner_options();
@@ -175,10 +179,10 @@ TEST_CASE("session: repr of a trailing expression, beside result, only when aske
 
 TEST_CASE("session: variables() lists values and safe descriptions without running user code") {
   spr::Session s = runner().open_session(policy());
-  check_ok(s.run(
-      "import math\nn = 3\nitems = [1, 'two', None]\ndef f(): pass\n"
-      "class Loud:\n    def __repr__(self):\n        print('repr ran')\n        raise SystemExit(9)\n"
-      "loud = Loud()\n"));
+  check_ok(
+      s.run("import math\nn = 3\nitems = [1, 'two', None]\ndef f(): pass\n"
+            "class Loud:\n    def __repr__(self):\n        print('repr ran')\n        raise SystemExit(9)\n"
+            "loud = Loud()\n"));
   json v = s.variables();
   INFO(v.dump());
   CHECK(v["n"] == json({{"type", "int"}, {"value", 3}}));
