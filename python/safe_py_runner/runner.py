@@ -126,7 +126,9 @@ class Runner:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self._workers * 2, thread_name_prefix="safe-py-runner")
-            self._executor.submit(run_into, future, call)
+            work = self._executor.submit(run_into, future, call)
+        # close() drops queued work: its future is then cancelled too, never left pending.
+        work.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
         return future
 
     def submit(

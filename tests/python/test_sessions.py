@@ -119,3 +119,12 @@ def test_async_iteration_and_task_cancel(runner):
             assert not s.alive  # the running call was stopped, which ends the session
 
     asyncio.run(main())
+
+
+def test_close_cancels_queued_futures():
+    r = Runner(RunnerPolicy(timeout_seconds=60), workers=1)
+    futures = [r.submit("while True: pass") for _ in range(4)]
+    r.close()
+    for f in futures:
+        assert f.done()
+        assert f.cancelled() or f.result().error_kind in ("worker_unavailable", "cancelled")
