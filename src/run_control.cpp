@@ -1,5 +1,8 @@
 // CancelToken and the helpers the runner and sessions use to stop a run by killing its process.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
@@ -18,11 +21,8 @@ bool CancelToken::cancel() {
     std::lock_guard<std::mutex> lk(state_->mu);
     if (state_->cancelled) return false;
     state_->cancelled = true;
-    // The owner cannot reap the process while it is attached (detach takes this lock): no pid reuse.
-    if (state_->pid > 0) {
-      ::kill(-state_->pid, SIGKILL);
-      ::kill(state_->pid, SIGKILL);
-    }
+    // The owner may reap the process before it detaches: the pidfd still names that process only.
+    if (state_->pid > 0) detail::kill_process(state_->pidfd.get(), state_->pid);
     hooks.swap(state_->on_cancel);
   }
   for (auto& f : hooks) f();
@@ -36,17 +36,27 @@ bool CancelToken::cancelled() const {
 
 namespace detail {
 
-bool attach(const CancelToken& t, pid_t pid) {
+bool attach(const CancelToken& t, pid_t pid, int pidfd) {
   std::lock_guard<std::mutex> lk(t.state()->mu);
   if (t.state()->cancelled) return false;
   t.state()->pid = pid;
+  t.state()->pidfd.reset(pidfd >= 0 ? ::fcntl(pidfd, F_DUPFD_CLOEXEC, 0) : -1);
   return true;
 }
 
 bool detach(const CancelToken& t) {
   std::lock_guard<std::mutex> lk(t.state()->mu);
   t.state()->pid = -1;
+  t.state()->pidfd.reset();
   return t.state()->cancelled;
+}
+
+void kill_process(int pidfd, pid_t pid) {
+  if (pidfd >= 0) {
+    ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+  } else if (pid > 0) {
+    ::kill(pid, SIGKILL);
+  }
 }
 
 void on_cancel(const CancelToken& t, std::function<void()> f) {

@@ -210,7 +210,7 @@ struct Runner::Impl {
   RunResult run_on(WorkerProcess& w, std::uint64_t id, const std::string& code, const json& input,
                    const RunnerPolicy& policy, Clock::time_point deadline, const RunOptions* opts) {
     if (!opts) return w.run(id, code, input, policy, deadline);
-    if (!detail::attach(opts->cancel, w.pid())) return detail::cancelled_result();
+    if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     detail::RunExtras extras;
     extras.on_output = &opts->on_output;
     RunResult r = w.run(id, code, input, policy, deadline, extras);

@@ -1,4 +1,5 @@
 // Sessions: a dedicated worker process per session, its calls one at a time, its end never a hang.
+#include <fcntl.h>
 #include <signal.h>
 
 #include "common/wire.hpp"
@@ -61,8 +62,7 @@ void SessionState::end(const std::string& why) {
     ended = why;
     if (!worker) return;
     if (busy) {
-      ::kill(-worker->pid(), SIGKILL);  // the running call notices, reaps it and answers session_lost
-      ::kill(worker->pid(), SIGKILL);
+      kill_process(pidfd.get(), pid);  // the running call notices, reaps it and answers session_lost
     } else {
       doomed = std::move(worker);
     }
@@ -144,6 +144,8 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
     }
   }
   auto s = std::make_shared<SessionState>();
+  s->pid = w->pid();
+  s->pidfd.reset(w->pidfd() >= 0 ? ::fcntl(w->pidfd(), F_DUPFD_CLOEXEC, 0) : -1);
   s->worker = std::move(w);
   s->policy = policy;
   s->grace_seconds = base_.grace_seconds;
@@ -260,7 +262,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
   }
   if (w) {
     bool cancelled = false, ran = false;
-    if (!attach(o.cancel, w->pid())) {
+    if (!attach(o.cancel, w->pid(), w->pidfd())) {
       cancelled = true;  // before it started: the session lives on
     } else {
       ran = true;

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/fd.hpp"
 #include "spr/run_control.hpp"
 
 namespace spr::detail {
@@ -15,13 +16,14 @@ namespace spr::detail {
 struct CancelState {
   std::mutex mu;
   bool cancelled = false;
-  pid_t pid = -1;  // the worker running the call now; killed (with its group) on cancel
+  pid_t pid = -1;  // the worker running the call now; killed on cancel (its owner then kills its group)
+  Fd pidfd;        // our own copy of the worker's pidfd: the kill never reaches a reused pid
   std::vector<std::function<void()>> on_cancel;
 };
 
-// While attached, a cancel kills `pid`'s process group. False (and nothing attached) when the token
-// was cancelled already. The caller must not reap `pid` before detach().
-bool attach(const CancelToken& t, pid_t pid);
+// While attached, a cancel kills the process `pidfd` refers to (`pid` when the kernel has no pidfd).
+// False (and nothing attached) when the token was cancelled already.
+bool attach(const CancelToken& t, pid_t pid, int pidfd);
 // Returns whether the token was cancelled (the process may then be dead: the caller kills and reaps it).
 bool detach(const CancelToken& t);
 // Runs `f` on cancel (at once if it is cancelled already). `f` must not block.
@@ -45,5 +47,8 @@ struct Completion {
 };
 
 RunResult cancelled_result();
+
+// SIGKILL to the process `pidfd` refers to, or to `pid` when pidfd < 0 (kernels before 5.3).
+void kill_process(int pidfd, pid_t pid);
 
 }  // namespace spr::detail

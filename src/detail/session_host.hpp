@@ -23,6 +23,8 @@ struct SessionState {
   std::mutex call_mu;  // held for a whole call: calls run one at a time
   std::mutex mu;       // guards the fields below, briefly
   std::unique_ptr<WorkerProcess> worker;
+  pid_t pid = -1;
+  Fd pidfd;  // our copy: end() can kill the process while a call (which may reap it) is running
   RunnerPolicy policy;
   std::string ended;  // why the session ended; empty while it lives
   bool busy = false;

@@ -52,6 +52,7 @@ class WorkerProcess {
   std::optional<json> request(std::uint64_t id, json message, Clock::time_point deadline);
   bool alive() const { return alive_; }
   pid_t pid() const { return pid_; }
+  int pidfd() const { return pidfd_.get(); }  // -1 on kernels without pidfd_open
   const json& hello() const { return hello_; }
   void kill_and_reap();
 
