@@ -363,3 +363,21 @@ TEST_CASE("session: a runner's shutdown leaves none of its session processes (no
     if (!before.count(p)) left.push_back(p);
   CHECK(left.empty());
 }
+
+TEST_CASE("session: its process has the hardening of a pool worker, seen from /proc") {
+  spr::Session s = runner().open_session(policy());
+  check_ok(s.run("x = 1"));
+  const std::string proc = "/proc/" + std::to_string(s.pid());
+  std::ifstream status_file(proc + "/status");
+  std::string status((std::istreambuf_iterator<char>(status_file)), std::istreambuf_iterator<char>());
+  CHECK(spr_test::contains(status, "NoNewPrivs:\t1"));
+  CHECK(spr_test::contains(status, "Seccomp:\t2"));
+  std::ifstream limits_file(proc + "/limits");
+  std::string limits((std::istreambuf_iterator<char>(limits_file)), std::istreambuf_iterator<char>());
+  std::string as_line = limits.substr(limits.find("Max address space"));
+  as_line = as_line.substr(0, as_line.find('\n'));
+  INFO(as_line);
+  CHECK_FALSE(spr_test::contains(as_line, "unlimited"));
+  std::error_code ec;
+  CHECK(fs::read_symlink(proc + "/ns/net", ec) != fs::read_symlink("/proc/self/ns/net"));
+}
