@@ -55,6 +55,9 @@ struct RunnerPolicy {
   bool allow_network = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+  // The python3 (a venv's, or another installation's) whose packages runs see; empty: the python3
+  // whose libpython the worker embeds. Another Python version needs a worker built for it.
+  std::string python_executable;
 
   // Throws PolicyError naming the first invalid field.
   void validate() const;
@@ -118,6 +121,9 @@ struct RunnerOptions {
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;
+  // Modules imported in each warm worker before its sandbox closes (fork and namespace mode), so runs
+  // find them cached: {"numpy", "pandas"}. A run's own imports still follow its import policy.
+  std::vector<std::string> preload;
 };
 
 class Runner {
@@ -130,6 +136,9 @@ class Runner {
   // Thread-safe. Never throws for what the code does; throws PolicyError for an invalid policy.
   RunResult run(const std::string& code, const json& input_data = json::object());
   RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy);
+  // `stdin_text` feeds sys.stdin and input(); it may be as long as the policy's max_output_kb.
+  RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                const std::string& stdin_text);
   std::future<RunResult> submit(std::string code, json input_data, RunnerPolicy policy);
 
   const RunnerOptions& options() const;
