@@ -196,6 +196,7 @@ int main(int argc, char** argv) {
   }
   if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0) die("chdir to the scratch directory failed: " + std::string(strerror(errno)));
 
+  if (args.harden) spr::harden::set_worker_environment();
   spr::embed::EngineOptions eo;
   eo.capture_fd = capture_fd;
   eo.preload = !args.once;
