@@ -50,6 +50,7 @@ struct PolicyArgs {
   long long memory_mb = -1;
   long long max_output_kb = -1;
   std::string isolation;
+  std::string python;
 };
 
 void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
@@ -58,6 +59,7 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   cmd->add_option("--memory-mb", a.memory_mb, "memory one run may allocate, in MiB");
   cmd->add_option("--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
   cmd->add_option("--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process");
+  cmd->add_option("--python", a.python, "python3 whose packages runs see (a venv's bin/python3)");
 }
 
 spr::RunnerPolicy build_policy(const PolicyArgs& a) {
@@ -69,6 +71,7 @@ spr::RunnerPolicy build_policy(const PolicyArgs& a) {
     if (a.memory_mb != -1) o["memory_limit_mb"] = a.memory_mb;
     if (a.max_output_kb != -1) o["max_output_kb"] = a.max_output_kb;
     if (!a.isolation.empty()) o["isolation"] = a.isolation;
+    if (!a.python.empty()) o["python_executable"] = a.python;
     return spr::RunnerPolicy::from_json(o, p);
   } catch (const spr::PolicyError& e) {
     throw CliError{kExitData, std::string("invalid policy: ") + e.what()};
@@ -88,7 +91,7 @@ int exit_status(const spr::RunResult& r) {
 }
 
 int cmd_run(const std::string& code_arg, const std::string& file, const std::string& input,
-            const std::string& input_file, const PolicyArgs& pa) {
+            const std::string& input_file, const std::string& stdin_file, const PolicyArgs& pa) {
   std::string code;
   if (!code_arg.empty() && !file.empty()) throw CliError{kExitUsage, "give either -c CODE or a FILE, not both"};
   if (!code_arg.empty()) code = code_arg;
@@ -100,15 +103,20 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   if (!input_file.empty()) data = parse_input(read_file(input_file, "input file"), input_file);
   spr::RunnerPolicy p = build_policy(pa);
   spr::Runner runner(runner_options(p, 1));
-  spr::RunResult r = runner.run(code, data, p);
+  const std::string stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
+  spr::RunResult r = runner.run(code, data, p, stdin_text);
   std::cout << spr::detail::dump_json(r.to_json()) << std::endl;
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
+int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs& pa) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
   spr::RunnerPolicy base = build_policy(pa);
-  spr::Runner runner(runner_options(base, workers));
+  spr::RunnerOptions options = runner_options(base, workers);
+  std::stringstream modules(preload);
+  for (std::string m; std::getline(modules, m, ',');)
+    if (!m.empty()) options.preload.push_back(m);
+  spr::Runner runner(options);
   std::mutex out_mu;
   auto emit = [&](const spr::json& id, spr::json body) {
     body["id"] = id;
@@ -127,6 +135,7 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
     std::string code;
     spr::json input;
     spr::RunnerPolicy policy;
+    std::string stdin_text;
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -144,7 +153,7 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
           job = std::move(queue.front());
           queue.pop_front();
         }
-        spr::RunResult r = runner.run(job.code, job.input, job.policy);
+        spr::RunResult r = runner.run(job.code, job.input, job.policy, job.stdin_text);
         emit(job.id, r.to_json());
       }
     });
@@ -169,7 +178,14 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
       bad(id, "request needs a string field 'code'");
       continue;
     }
-    Job job{id, code->get<std::string>(), req.value("input_data", spr::json::object()), base};
+    Job job{id, code->get<std::string>(), req.value("input_data", spr::json::object()), base, {}};
+    if (auto in = req.find("stdin"); in != req.end() && !in->is_null()) {
+      if (!in->is_string()) {
+        bad(id, "'stdin' must be a string");
+        continue;
+      }
+      job.stdin_text = in->get<std::string>();
+    }
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
       try {
         job.policy = spr::RunnerPolicy::from_json(*p, base);
@@ -215,18 +231,20 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("safe-py-runner ") + spr::version());
   app.require_subcommand(1);
 
-  std::string code, file, input, input_file;
+  std::string code, file, input, input_file, stdin_file, preload;
   PolicyArgs run_policy, serve_policy, doctor_policy;
   auto* run = app.add_subcommand("run", "run one snippet and print one JSON result");
   run->add_option("-c,--code", code, "the code to run");
   run->add_option("file", file, "file with the code, or - for standard input (the default)");
   run->add_option("--input", input, "input_data as JSON");
   run->add_option("--input-file", input_file, "file holding input_data as JSON");
+  run->add_option("--stdin-file", stdin_file, "file whose text the code reads from sys.stdin and input()");
   add_policy_options(run, run_policy);
 
   std::size_t workers = 2;
   auto* serve = app.add_subcommand("serve", "answer JSON-lines requests from stdin on stdout");
   serve->add_option("--workers", workers, "warm workers (default 2)");
+  serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);
 
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
@@ -241,8 +259,8 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   try {
-    if (*run) return cmd_run(code, file, input, input_file, run_policy);
-    if (*serve) return cmd_serve(workers, serve_policy);
+    if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_policy);
+    if (*serve) return cmd_serve(workers, preload, serve_policy);
     if (*doctor) return cmd_doctor(doctor_policy);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;
