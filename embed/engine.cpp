@@ -313,6 +313,9 @@ void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
   r.error = one_line(e);
   if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised()) {
     r.error_kind = ErrorKind::blocked_import;
+    // The error line stays the original's; the knob is named on stderr.
+    write_stderr(std::string("note: refused by the import policy (") +
+                 (p.mode == Mode::allow ? "allowed_imports" : "blocked_imports") + ")\n");
   } else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0) {
     r.error_kind = ErrorKind::denied;
   } else if (const char* knob = os_refusal(e)) {

@@ -411,6 +411,20 @@ TEST_CASE("surface: a blocked builtin names the policy") {
 }
 
 TEST_CASE("refusals name the knob that allows them") {
+  SUBCASE("an import") {
+    const auto r = run("import socket\n");
+    CHECK(r.error_kind == ErrorKind::blocked_import);
+    CHECK(contains(r.stderr_text, "blocked_imports"));
+  }
+  SUBCASE("a thread where the mode refuses them") {
+    const auto r = run("import threading\nthreading.Thread(target=print).start()\n");
+    if (spr_test::is_fork() || spr_test::is_process()) {
+      SPR_CHECK_OK(r);
+    } else {
+      CHECK(r.error_kind == ErrorKind::denied);
+      CHECK(contains(r.error.value_or(""), "isolation mode"));
+    }
+  }
   SUBCASE("a write") {
     const auto r = run("open('/tmp/spr-x', 'w')\n", json::object(), with_open());
     CHECK(r.error_kind == ErrorKind::denied);
