@@ -278,6 +278,13 @@ const char* os_refusal(const py::FetchedError& e) {
   return nullptr;
 }
 
+// A thread start the worker's seccomp filter refused (namespace and subinterpreter mode).
+bool thread_refused(const py::FetchedError& e, const RunnerPolicy& p) {
+  if (p.isolation == Isolation::fork || p.isolation == Isolation::process) return false;
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_RuntimeError) || !e.value) return false;
+  return py::str(e.value.get()) == "can't start new thread";
+}
+
 // The name of a builtin the policy removed, when `e` is the NameError its use raised.
 std::string blocked_builtin(const py::FetchedError& e, const RunnerPolicy& p) {
   if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_NameError) || !e.value) return {};
@@ -322,6 +329,10 @@ void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
     // The OS layers refused (Landlock: EACCES; seccomp and dropped capabilities: EPERM).
     r.error_kind = ErrorKind::denied;
     *r.error += std::string(" (refused by the sandbox: ") + knob + ")";
+  } else if (thread_refused(e, p)) {
+    // CPython 3.11 raises no audit event for a new thread; the seccomp filter refused it.
+    r.error_kind = ErrorKind::denied;
+    *r.error += " (refused by the sandbox: threads need the 'fork' or 'process' isolation mode)";
   } else if (const std::string name = blocked_builtin(e, p); !name.empty()) {
     // The error line stays python3's; the policy is named in the traceback and the kind.
     r.error_kind = ErrorKind::denied;
