@@ -226,6 +226,12 @@ struct Runner::Impl {
 
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text) {
     policy.validate();
+    if (policy.timeout_seconds == 0) {
+      // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
+      RunnerPolicy floored = policy;
+      floored.timeout_seconds = 1;
+      return run(code, input, floored, stdin_text);
+    }
     const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
     if (stdin_text.size() > stdin_cap) {
       RunResult r = detail::failure(ErrorKind::bad_input, "stdin is " + std::to_string(stdin_text.size()) +
@@ -246,6 +252,8 @@ struct Runner::Impl {
     }
     if (shut_down) {
       r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+    } else if (auto bad = detail::non_utf8_code_result(code)) {
+      r = std::move(*bad);  // CPython refuses such a source file; replacing bytes would run other code
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
