@@ -38,10 +38,10 @@ double p50(std::vector<double> v) {
 }
 
 // Median latency (ms) of `runs` runs on a warm Runner, or a negative value when a run failed.
-double engine_p50_ms(const std::vector<std::string>& preload, int runs, std::string& error) {
+double engine_p50_ms(spr::Isolation isolation, const std::vector<std::string>& preload, int runs, std::string& error) {
   spr::RunnerOptions o;
   o.workers = 1;
-  o.policy.isolation = spr::Isolation::fork;
+  o.policy.isolation = isolation;
   o.policy.timeout_seconds = 30;
   o.preload = preload;
   spr::Runner runner(o);
@@ -120,9 +120,10 @@ json measure_pandas_case(const std::string& baseline_python, const std::string& 
   std::printf("[pandas] ");
   std::fflush(stdout);
   std::string error;
-  const double cold = engine_p50_ms({}, runs, error);
-  const double warm = cold < 0 ? -1 : engine_p50_ms({"numpy", "pandas"}, runs, error);
-  const double base = warm < 0 ? -1 : baseline_p50_ms(baseline_python, baseline_script, baseline_runs, error);
+  const double cold = engine_p50_ms(spr::Isolation::fork, {}, runs, error);
+  const double warm = cold < 0 ? -1 : engine_p50_ms(spr::Isolation::fork, {"numpy", "pandas"}, runs, error);
+  const double ns = warm < 0 ? -1 : engine_p50_ms(spr::Isolation::namespace_, {"numpy", "pandas"}, runs, error);
+  const double base = ns < 0 ? -1 : baseline_p50_ms(baseline_python, baseline_script, baseline_runs, error);
   if (base < 0) {
     std::printf("skipped: %s\n", error.c_str());
     return json::object();
@@ -130,14 +131,17 @@ json measure_pandas_case(const std::string& baseline_python, const std::string& 
   std::printf("done\n\npandas snippet (100 rows), p50 latency\n");
   std::printf("  %-36s %10.1f ms\n", "fork, no preload", cold);
   std::printf("  %-36s %10.2f ms\n", "fork, preload numpy,pandas", warm);
+  std::printf("  %-36s %10.2f ms\n", "namespace, preload numpy,pandas", ns);
   std::printf("  %-36s %10.1f ms\n", "original's model (fresh python3)", base);
-  std::printf("  preload is %.0fx faster than the original's model, %.0fx faster than no preload\n\n", base / warm,
-              cold / warm);
+  std::printf("  fork with preload is %.0fx faster than the original's model (namespace: %.0fx), %.0fx faster than "
+              "fork without preload\n\n", base / warm, base / ns, cold / warm);
   return json{{"snippet", kPandasSnippet},
               {"fork_no_preload_p50_ms", cold},
               {"fork_preload_p50_ms", warm},
+              {"namespace_preload_p50_ms", ns},
               {"baseline_p50_ms", base},
               {"x_vs_baseline", base / warm},
+              {"namespace_x_vs_baseline", base / ns},
               {"runs", runs},
               {"baseline_runs", baseline_runs}};
 }
