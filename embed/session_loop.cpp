@@ -113,13 +113,14 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
 }
 
 void serve_session(bool allow_network) {
-  py::Ref globals(PyDict_New());
+  py::Ref main_module(PyModule_New("__main__"));
   {
     audit::Trusted trusted;
     py::Ref ast(PyImport_ImportModule("ast"));  // split_last_expression finds it in sys.modules
     PyErr_Clear();
   }
-  if (!globals) _exit(70);
+  if (!main_module) _exit(70);
+  PyObject* globals = PyModule_GetDict(main_module.get());  // borrowed
   const std::int64_t base = memory::in_use();
   std::string frame;
   for (;;) {
@@ -134,17 +135,18 @@ void serve_session(bool allow_network) {
       id = req.at("id");
       nonce = req.at("nonce");
       if (req.value("op", std::string("run")) == "variables") {
-        reply({{"variables", variables(globals.get())}}, id, nonce);
+        reply({{"variables", variables(globals)}}, id, nonce);
         continue;
       }
       Request rq;
       rq.id = id.get<std::uint64_t>();
       rq.code = req.at("code").get<std::string>();
       rq.input_data = req.value("input_data", json::object());
+      if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
       rq.policy = detail::policy_from_wire(req.at("policy"));
       rq.policy.isolation = Isolation::namespace_;
       rq.policy.allow_network = rq.policy.allow_network && allow_network;
-      rq.session_globals = globals.get();
+      rq.session_main = main_module.get();
       rq.want_repr = req.value("repr", false);
       // The session's memory limit spans its calls: each call may grow only into what is left.
       const std::int64_t left = (rq.policy.memory_limit_mb << 20) - (memory::in_use() - base);

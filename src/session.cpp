@@ -42,6 +42,13 @@ RunResult lost(RunResult r, const std::string& why) {
   return r;
 }
 
+// Two spawns that give interchangeable session workers (a spare of one serves the other).
+bool same_worker(const SpawnOptions& a, const SpawnOptions& b) {
+  return a.worker_path == b.worker_path && a.isolation == b.isolation && a.allow_network == b.allow_network &&
+         a.session_memory_mb == b.session_memory_mb && a.python == b.python && a.sys_path == b.sys_path &&
+         a.preload == b.preload && a.read_paths == b.read_paths && a.inherit_stderr == b.inherit_stderr;
+}
+
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
   RunnerPolicy p = base;
   if (o.timeout_seconds) p.timeout_seconds = *o.timeout_seconds;
@@ -70,11 +77,8 @@ void SessionState::end(const std::string& why) {
   // `doomed` is killed and reaped here, outside the lock.
 }
 
-SessionHost::SessionHost(SpawnOptions base, std::size_t max_sessions, double idle_seconds)
-    : base_(std::move(base)), max_(max_sessions), idle_seconds_(idle_seconds) {
-  base_.session = true;
-  base_.isolation = Isolation::namespace_;
-  base_.once = false;
+SessionHost::SessionHost(std::size_t max_sessions, double idle_seconds)
+    : max_(max_sessions), idle_seconds_(idle_seconds) {
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -103,16 +107,15 @@ std::size_t SessionHost::live_locked() {
   return n;
 }
 
-std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post post) {
+std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, SpawnOptions options, Post post) {
   auto job = std::make_shared<SpawnJob>();
-  job->options = base_;
-  job->options.allow_network = policy.allow_network;
+  job->options = std::move(options);
+  job->options.session = true;
+  job->options.once = false;
   job->options.session_memory_mb = policy.memory_limit_mb;
   auto fut = job->result.get_future();
   std::unique_ptr<WorkerProcess> w;
-  auto same_kind = [](const SpawnOptions& a, const SpawnOptions& b) {
-    return a.allow_network == b.allow_network && a.session_memory_mb == b.session_memory_mb;
-  };
+  auto same_kind = [](const SpawnOptions& a, const SpawnOptions& b) { return same_worker(a, b); };
   {
     std::unique_lock<std::mutex> lk(mu_);
     if (stopping_) throw WorkerError("the runner is shutting down");
@@ -148,7 +151,7 @@ std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, Post
   s->pidfd.reset(w->pidfd() >= 0 ? ::fcntl(w->pidfd(), F_DUPFD_CLOEXEC, 0) : -1);
   s->worker = std::move(w);
   s->policy = policy;
-  s->grace_seconds = base_.grace_seconds;
+  s->grace_seconds = job->options.grace_seconds;
   s->host = weak_from_this();
   s->post = std::move(post);
   bool shut;
@@ -195,8 +198,7 @@ void SessionHost::loop() {
       cv_.notify_all();
       if (!spare_wanted_ || !w)
         spare_wanted_.reset();  // a failed spawn is not retried in a loop
-      else if (spare_wanted_->allow_network == o.allow_network &&
-               spare_wanted_->session_memory_mb == o.session_memory_mb)
+      else if (same_worker(*spare_wanted_, o))
         spare_ = std::move(w);
       continue;
     }
@@ -254,6 +256,10 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       r = cancelled_result();
     } else if (auto bad = non_utf8_code_result(code)) {
       r = std::move(*bad);
+    } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_output_kb) * 1024) {
+      r = failure(ErrorKind::bad_input, "stdin is " + std::to_string(o.stdin_text.size()) +
+                                            " bytes, more than max_output_kb allows (" +
+                                            std::to_string(policy.max_output_kb) + " KB)");
     } else {
       st.busy = true;
       w = st.worker.get();
@@ -270,7 +276,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       if (o.on_output) extras.on_output = &o.on_output;
       if (o.want_repr) extras.fields["repr"] = true;
       const double slack = st.grace_seconds + 0.05;
-      r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), extras);
+      r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), o.stdin_text,
+                 extras);
       cancelled = detach(o.cancel);
     }
     std::unique_ptr<WorkerProcess> doomed;

@@ -79,6 +79,10 @@ class Server {
     Job job{
         id, code->get<std::string>(), req.value("input_data", json::object()), base_, json::object(), {}, false, false,
         {}};
+    if (auto in = req.find("stdin"); in != req.end() && !in->is_null()) {
+      if (!in->is_string()) return bad(id, "'stdin' must be a string");
+      job.options.stdin_text = in->get<std::string>();
+    }
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
       try {
         job.policy = RunnerPolicy::from_json(*p, base_);

@@ -42,13 +42,13 @@ struct SessionState {
 class SessionHost : public std::enable_shared_from_this<SessionHost> {
  public:
   using Post = std::function<void(std::function<void()>)>;
-  SessionHost(SpawnOptions base, std::size_t max_sessions, double idle_seconds);
+  SessionHost(std::size_t max_sessions, double idle_seconds);
   ~SessionHost();
   SessionHost(const SessionHost&) = delete;
   SessionHost& operator=(const SessionHost&) = delete;
 
-  // Throws SessionLimitError, WorkerError.
-  std::shared_ptr<SessionState> open(const RunnerPolicy& policy, Post post);
+  // `options`: how a worker of the policy's kind is spawned. Throws SessionLimitError, WorkerError.
+  std::shared_ptr<SessionState> open(const RunnerPolicy& policy, SpawnOptions options, Post post);
   // Ends every session and joins the thread. Idempotent.
   void stop();
   bool stopped();
@@ -61,7 +61,6 @@ class SessionHost : public std::enable_shared_from_this<SessionHost> {
   void loop();
   std::size_t live_locked();
 
-  SpawnOptions base_;
   std::size_t max_;
   double idle_seconds_;
   std::mutex mu_;

@@ -23,6 +23,10 @@ struct SpawnOptions {
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
   double start_timeout_seconds = 10;
+  std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
+  std::vector<std::string> sys_path;    // that python3's sys.path
+  std::vector<std::string> preload;     // RunnerOptions::preload
+  std::vector<std::string> read_paths;  // allowed_read_paths every run of this worker may read
   // A session worker (--session): one namespace kept across requests; RLIMIT_AS set at start to what
   // the warm interpreter holds plus session_memory_mb (and slack).
   bool session = false;
@@ -46,7 +50,8 @@ class WorkerProcess {
   // Sends one request and waits for its reply until `hard_deadline`. Never throws for what the worker does:
   // a dead, silent or lying worker gives a failed RunResult and alive() == false afterwards.
   RunResult run(std::uint64_t id, const std::string& code, const json& input_data, const RunnerPolicy& policy,
-                Clock::time_point hard_deadline, const RunExtras& extras = {});
+                Clock::time_point hard_deadline, const std::string& stdin_text = {},
+                const RunExtras& extras = {});
   // Sends `message` (id and nonce added) and returns the worker's JSON answer, checked for id and
   // nonce; nullopt (and the worker killed) when it does not answer properly by `deadline`.
   std::optional<json> request(std::uint64_t id, json message, Clock::time_point deadline);
