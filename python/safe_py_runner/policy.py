@@ -110,7 +110,12 @@ class RunnerPolicy:
 
 
 def _same_interpreter(path: str) -> bool:
-    return os.path.realpath(os.fspath(path)) == os.path.realpath(sys.executable)
+    """Whether `path` is the base interpreter the engine embeds (a venv has packages of its own)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(path)), "pyvenv.cfg")):
+        return False
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(path) == os.path.realpath(base)
 
 
 def _known(values: Dict[str, Any]) -> Dict[str, Any]:

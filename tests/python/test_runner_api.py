@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,25 @@ def test_preload_is_passed_to_the_engine():
             Runner(workers=1, preload=["json"])
     with pytest.raises(ValueError, match="preload"):
         Runner(workers=1, preload=[1])
+
+
+def test_python_executable_runs_with_a_venvs_packages(tmp_path):
+    import subprocess
+
+    from safe_py_runner.policy import _ENGINE_FIELDS
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "spr_marker_pkg.py").write_text("VALUE = 'from the venv'\n")
+    code = "import spr_marker_pkg\nresult = spr_marker_pkg.VALUE"
+    if "python_executable" in _ENGINE_FIELDS:
+        r = run_code(code, python_executable=python)
+        assert r.ok, r.error
+        assert r.result == "from the venv"
+        assert run_code(code).error_kind in {"exception", "blocked_import"}  # not on the default path
+    else:
+        with pytest.raises(ValueError, match="python_executable"):
+            run_code(code, python_executable=python)
