@@ -153,11 +153,21 @@ std::string type_name(PyObject* type) {
   return "Exception";
 }
 
+// The supervisor refuses `error` fields over 64 KiB; the full text is in stderr.
+std::string clip_line(std::string line) {
+  constexpr std::size_t kMaxErrorBytes = 16 << 10;
+  if (line.size() <= kMaxErrorBytes) return line;
+  std::size_t cut = kMaxErrorBytes;
+  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;  // a character boundary
+  line.resize(cut);
+  return line + "...";
+}
+
 // "ValueError: msg", as the original reports it (the type's name, unqualified).
 std::string one_line(const py::FetchedError& e) {
   std::string name = type_name(e.type.get());
   if (auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
-  return name + ": " + py::str(e.value.get());
+  return clip_line(name + ": " + py::str(e.value.get()));
 }
 
 std::string format_traceback(const py::FetchedError& e, bool only_exception) {
@@ -210,7 +220,7 @@ void system_exit(const py::FetchedError& e, RunResult& r) {
   } else {
     const std::string msg = py::str(code.get());
     write_stderr(msg + "\n");
-    r.error = "SystemExit: " + msg;
+    r.error = clip_line("SystemExit: " + msg);
     r.exit_code = 1;
   }
   r.error_kind = ErrorKind::system_exit;
@@ -515,21 +525,18 @@ RunResult run_prepared(const Request& req) {
       r.exit_code = 1;
     }
   } else {
+    // Both limits stay armed until the run's last byte of user code: its result's __str__/__repr__
+    // during encoding and its objects' __del__ when the globals are cleared run under them too.
     memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
     deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
     py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
-    deadline::disarm();
     py::FetchedError e;
     if (!value) e = py::FetchedError::fetch();
-    memory::end_run();
-    const bool over_time = deadline::wall_fired() || deadline::cpu_fired();
-    if (over_time) {
-      // A handler may still be pending: let it run now, not in the next run.
-      if (PyErr_CheckSignals() < 0) PyErr_Clear();
-    }
+    value.reset();
+    const bool refused_in_code = memory::refused();
     if (e) {
       classify(e, p, r);
-    } else if (over_time) {
+    } else if (deadline::wall_fired() || deadline::cpu_fired()) {
       // The code caught the TimeoutError and finished anyway: it still ran past its limit.
       classify_over_time(p, r);
     } else {
@@ -552,8 +559,27 @@ RunResult run_prepared(const Request& req) {
       }
       if (r.ok) r.exit_code = 0;
     }
+    PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook and the limits
+    PyErr_Clear();
+    deadline::disarm();
+    memory::end_run();
+    // A handler may still be pending: let it run now, not in the next run.
+    if ((deadline::wall_fired() || deadline::cpu_fired()) && PyErr_CheckSignals() < 0) PyErr_Clear();
+    // A limit hit while encoding or tearing down still ends the run as over its limit.
+    if (r.error_kind != ErrorKind::timeout && r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::system_exit &&
+        (deadline::wall_fired() || deadline::cpu_fired())) {
+      r.result = nullptr;
+      classify_over_time(p, r);
+    } else if (!refused_in_code && memory::refused() && (r.ok || r.error_kind == ErrorKind::result_too_large)) {
+      r = RunResult{};
+      r.isolation = p.isolation;
+      r.resource_exceeded = true;
+      r.error = "Memory limit exceeded";
+      r.exit_code = 2;
+      r.error_kind = ErrorKind::memory;
+    }
   }
-  PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook
+  PyDict_Clear(globals.get());
   globals.reset();
   code.reset();
   PyErr_Clear();

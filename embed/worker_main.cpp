@@ -2,11 +2,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -15,6 +18,7 @@
 #include "detail/wire.hpp"
 #include "engine.hpp"
 #include "fork_runner.hpp"
+#include "process_state.hpp"
 #include "harden/harden.hpp"
 #include "subinterp_runner.hpp"
 
@@ -24,6 +28,7 @@ using spr::json;
 namespace detail = spr::detail;
 
 constexpr int kIdleSpinMicroseconds = 50;
+constexpr std::uint64_t kBackstopSlackMb = 256;
 
 struct Args {
   spr::Isolation isolation = spr::Isolation::fork;
@@ -32,6 +37,8 @@ struct Args {
   bool allow_network = false;
   std::string scratch;
   double grace = 0.25;
+  std::uint64_t memory_backstop_mb = 0;
+  double cpu_backstop_seconds = 0;
 };
 
 void log_line(const std::string& s) {
@@ -64,6 +71,10 @@ Args parse_args(int argc, char** argv) {
       a.harden = false;
     } else if (k == "--scratch") {
       a.scratch = value();
+    } else if (k == "--memory-backstop-mb") {
+      a.memory_backstop_mb = std::stoull(value());
+    } else if (k == "--cpu-backstop-seconds") {
+      a.cpu_backstop_seconds = std::stod(value());
     } else if (k == "--grace") {
       a.grace = std::stod(value());
     } else if (k == "--version") {
@@ -91,6 +102,26 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   // A long-lived interpreter must not get threads: they would keep running into later runs.
   cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
   cfg.allow_network = a.allow_network;
+  // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
+  // process's memory can switch off: measured from what the worker already uses.
+  if (a.memory_backstop_mb > 0) {
+    long pages = 0;
+    if (statm_fd >= 0) {
+      char buf[128] = {};
+      if (pread(statm_fd, buf, sizeof buf - 1, 0) > 0) pages = std::strtol(buf, nullptr, 10);
+    }
+    const std::uint64_t base = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
+    // accounting would let through.
+    cfg.address_space_bytes = base + (2 * a.memory_backstop_mb + kBackstopSlackMb) * (1ULL << 20);
+  }
+  if (a.cpu_backstop_seconds > 0) {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const double used = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    cfg.cpu_seconds = static_cast<std::uint64_t>(std::ceil(used + a.cpu_backstop_seconds)) + 1;
+  }
   return spr::harden::apply_worker(cfg);
 }
 
@@ -209,6 +240,9 @@ int main(int argc, char** argv) {
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
 
+  // namespace and subinterpreter workers serve several runs: what a run changes process-wide is put back.
+  spr::embed::ProcessState process_state;
+  process_state.capture();
   PolicyCache policies;
   std::string frame;
   for (;;) {
@@ -244,6 +278,11 @@ int main(int argc, char** argv) {
     }
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);
-    if (args.isolation == spr::Isolation::subinterpreter) subinterps.recycle();
+    if (args.isolation == spr::Isolation::subinterpreter) {
+      subinterps.recycle();
+      process_state.restore(true);  // the run's interpreter is gone: no object of it owns a descriptor now
+    } else if (args.isolation == spr::Isolation::namespace_) {
+      process_state.restore(false);  // module objects of earlier runs may own descriptors: left alone
+    }
   }
 }

@@ -25,14 +25,33 @@ Clock::duration seconds(double s) {
 }
 }  // namespace
 
-// Workers are hardened when they start, so a pool serves one isolation mode and one network setting.
+// Workers are hardened when they start, so a pool serves one isolation mode and one network
+// setting. namespace and subinterpreter workers also carry state from run to run (a run may own its
+// process's memory), so their pools are split by trust domain, and their OS memory backstop
+// (RLIMIT_AS, set once at start) by the power of two at or above the run's memory limit.
 struct PoolKey {
   Isolation isolation;
   bool network;
+  std::string domain;
+  std::int64_t memory_class_mb = 0;
   bool operator<(const PoolKey& o) const {
-    return std::tie(isolation, network) < std::tie(o.isolation, o.network);
+    return std::tie(isolation, network, domain, memory_class_mb) <
+           std::tie(o.isolation, o.network, o.domain, o.memory_class_mb);
   }
 };
+
+bool shares_process(Isolation i) { return i == Isolation::namespace_ || i == Isolation::subinterpreter; }
+
+std::int64_t memory_class_mb(std::int64_t limit_mb) {
+  std::int64_t c = 64;
+  while (c < limit_mb) c *= 2;
+  return c;
+}
+
+PoolKey pool_key(const RunnerPolicy& p) {
+  if (!shares_process(p.isolation)) return {p.isolation, p.allow_network, {}, 0};
+  return {p.isolation, p.allow_network, p.trust_domain, memory_class_mb(p.memory_limit_mb)};
+}
 
 struct Runner::Impl {
   RunnerOptions options;
@@ -91,8 +110,9 @@ struct Runner::Impl {
       if (t.joinable()) t.join();
   }
 
-  detail::SpawnOptions spawn_options(PoolKey key, bool once) const {
+  detail::SpawnOptions spawn_options(const PoolKey& key, bool once) const {
     detail::SpawnOptions so;
+    so.memory_backstop_mb = key.memory_class_mb;
     so.worker_path = worker_path;
     so.isolation = key.isolation;
     so.allow_network = key.network;
@@ -139,8 +159,27 @@ struct Runner::Impl {
     }
   }
 
+  // Caller holds `lk` on mu. Per-domain pools multiply workers: past a bound, an idle worker of
+  // another domain's pool makes room for this one.
+  void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
+    std::size_t live = 0;
+    for (auto& [k, pool] : pools) live += pool.live;
+    if (live < options.workers * kMaxPoolsPerMode) return;
+    for (auto& [k, pool] : pools) {
+      if (k.isolation != key.isolation || pool.idle.empty() || !(k < key || key < k)) continue;
+      auto w = std::move(pool.idle.front());
+      pool.idle.pop_front();
+      --pool.live;
+      lk.unlock();
+      w.reset();  // kills and reaps
+      lk.lock();
+      return;
+    }
+  }
+  static constexpr std::size_t kMaxPoolsPerMode = 8;
+
   // Caller holds mu. Tops the pool up to `workers`.
-  void fill(PoolKey iso) {
+  void fill(const PoolKey& iso) {
     Pool& pool = pools[iso];
     while (pool.live < options.workers) {
       ++pool.live;
@@ -149,7 +188,7 @@ struct Runner::Impl {
     spawn_cv.notify_one();
   }
 
-  std::unique_ptr<WorkerProcess> acquire(PoolKey iso, std::string& error) {
+  std::unique_ptr<WorkerProcess> acquire(const PoolKey& iso, std::string& error) {
     std::unique_lock<std::mutex> lk(mu);
     const auto give_up = Clock::now() + seconds(options.start_timeout_seconds * 2);
     for (;;) {
@@ -161,9 +200,18 @@ struct Runner::Impl {
       if (!pool.idle.empty()) {
         auto w = std::move(pool.idle.front());
         pool.idle.pop_front();
+        if (!w->quiet()) {
+          // A stray frame or a hang-up is pending: a run wrote to the reply channel itself. Replace it.
+          --pool.live;
+          lk.unlock();
+          w.reset();
+          lk.lock();
+          continue;
+        }
         busy.insert(w.get());
         return w;
       }
+      if (pool.live == 0 && shares_process(iso.isolation)) evict_idle_elsewhere(iso, lk);
       // Several spawns in a row failed and none is pending: answer now instead of waiting.
       if (pool.failures_in_a_row >= 3 && pool.live == 0) {
         error = pool.last_error;
@@ -179,7 +227,7 @@ struct Runner::Impl {
     }
   }
 
-  void release(PoolKey iso, std::unique_ptr<WorkerProcess> w) {
+  void release(const PoolKey& iso, std::unique_ptr<WorkerProcess> w) {
     std::unique_ptr<WorkerProcess> dead;
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -197,8 +245,16 @@ struct Runner::Impl {
     // `dead` is reaped here, outside the lock.
   }
 
-  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
+  // Throws PolicyError for an invalid policy, or one that loosens a ceiling policy.
+  void check(const RunnerPolicy& policy) const {
     policy.validate();
+    if (!options.policy_is_ceiling) return;
+    if (std::string why = policy.looser_than(options.policy); !why.empty())
+      throw PolicyError("the runner's policy is a ceiling: " + why);
+  }
+
+  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
+    check(policy);
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
     // Fork mode: the worker kills its child at timeout + grace; we wait one more grace for its reply.
@@ -214,7 +270,11 @@ struct Runner::Impl {
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
-        w = WorkerProcess::spawn(spawn_options({Isolation::process, policy.allow_network}, true));
+        detail::SpawnOptions so = spawn_options({Isolation::process, policy.allow_network, {}, 0}, true);
+        // One run per process: its exact limits become the OS backstop.
+        so.memory_backstop_mb = policy.memory_limit_mb;
+        so.cpu_backstop_seconds = policy.cpu_time_seconds;
+        w = WorkerProcess::spawn(so);
       } catch (const std::exception& e) {
         r = detail::failure(ErrorKind::worker_unavailable, e.what());
       }
@@ -233,7 +293,7 @@ struct Runner::Impl {
       }
     } else {
       std::string error;
-      const PoolKey key{policy.isolation, policy.allow_network};
+      const PoolKey key = pool_key(policy);
       auto w = acquire(key, error);
       if (!w) {
         r = detail::failure(ErrorKind::worker_unavailable, "no worker available: " + error);
@@ -252,7 +312,7 @@ struct Runner::Impl {
   }
 
   std::future<RunResult> submit(std::string code, json input, RunnerPolicy policy) {
-    policy.validate();
+    check(policy);
     std::packaged_task<RunResult()> task(
         [this, c = std::move(code), i = std::move(input), p = std::move(policy)] { return run(c, i, p); });
     auto fut = task.get_future();
@@ -280,7 +340,7 @@ struct Runner::Impl {
     }
   }
 
-  json hello(PoolKey iso) {
+  json hello(const PoolKey& iso) {
     std::string error;
     auto w = acquire(iso, error);
     if (!w) throw WorkerError("no worker available: " + error);
@@ -293,7 +353,7 @@ struct Runner::Impl {
 Runner::Runner(RunnerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   std::lock_guard<std::mutex> lk(impl_->mu);
   const RunnerPolicy& p = impl_->options.policy;
-  if (p.isolation != Isolation::process) impl_->fill({p.isolation, p.allow_network});
+  if (p.isolation != Isolation::process) impl_->fill(pool_key(p));
 }
 
 Runner::~Runner() = default;
@@ -314,15 +374,19 @@ const RunnerOptions& Runner::options() const { return impl_->options; }
 
 json Runner::hardening(Isolation isolation) {
   if (isolation == Isolation::process) {
-    auto w = WorkerProcess::spawn(impl_->spawn_options({Isolation::process, impl_->options.policy.allow_network}, true));
+    auto w = WorkerProcess::spawn(impl_->spawn_options({Isolation::process, impl_->options.policy.allow_network, {}, 0}, true));
     return w->hello().value("hardening", json::array());
   }
-  return impl_->hello({isolation, impl_->options.policy.allow_network}).value("hardening", json::array());
+  RunnerPolicy p = impl_->options.policy;
+  p.isolation = isolation;
+  return impl_->hello(pool_key(p)).value("hardening", json::array());
 }
 
 std::string Runner::python_version() {
   Isolation iso = impl_->options.policy.isolation == Isolation::process ? Isolation::fork : impl_->options.policy.isolation;
-  return impl_->hello({iso, impl_->options.policy.allow_network}).value("python", std::string("?"));
+  RunnerPolicy p = impl_->options.policy;
+  p.isolation = iso;
+  return impl_->hello(pool_key(p)).value("python", std::string("?"));
 }
 
 void Runner::shutdown() { impl_->stop(); }

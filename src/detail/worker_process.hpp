@@ -42,6 +42,10 @@ struct SpawnOptions {
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
+  // OS backstops set in the worker before seccomp forbids changing them (0 = none): RLIMIT_AS of its
+  // size at start plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.
+  std::int64_t memory_backstop_mb = 0;
+  double cpu_backstop_seconds = 0;
   double start_timeout_seconds = 10;
 };
 
@@ -61,10 +65,16 @@ class WorkerProcess {
   pid_t pid() const { return pid_; }
   const json& hello() const { return hello_; }
   void kill_and_reap();
+  // Nothing unread on the socket: a worker with a stray frame pending is out of step and must go.
+  bool quiet() const;
 
  private:
   WorkerProcess() = default;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
+  std::string check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
+                          const RunnerPolicy& policy, RunResult& r) const;
+  std::uint64_t cpu_ticks() const;
+  void wipe_scratch() const;
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
 
   pid_t pid_ = -1;
@@ -76,8 +86,15 @@ class WorkerProcess {
   bool reaped_ = false;
   int wait_status_ = 0;
   std::string scratch_;
+  Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
 };
+
+// Largest reply frame a worker may send for a request under `policy` (checked before allocating).
+std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
+constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
+// A reply later than timeout + this, measured by the supervisor, is a timeout whatever it says.
+constexpr double kOverrunSlackSeconds = 0.05;
 
 std::filesystem::path find_worker(const std::filesystem::path& configured);
 

@@ -55,6 +55,9 @@ struct RunnerPolicy {
   bool allow_network = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+  // namespace and subinterpreter workers serve many runs in one process, so they never mix trust
+  // domains: runs with different keys never share a worker. Give each party (user, tenant) its own key.
+  std::string trust_domain;
 
   // Throws PolicyError naming the first invalid field.
   void validate() const;
@@ -66,6 +69,14 @@ struct RunnerPolicy {
   static RunnerPolicy from_json(const json& overrides);
   static RunnerPolicy from_json(const json& overrides, const RunnerPolicy& base);
   json to_json() const;
+
+  // "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
+  // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
+  // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
+  // or stronger (namespace < subinterpreter < fork < process); allow_network and scratch_dir only if
+  // the ceiling enables them; allowed_read_paths under the ceiling's. extra_globals and trust_domain
+  // are data, not privileges: free.
+  std::string looser_than(const RunnerPolicy& ceiling) const;
 
   friend bool operator==(const RunnerPolicy& a, const RunnerPolicy& b);
   friend bool operator!=(const RunnerPolicy& a, const RunnerPolicy& b) { return !(a == b); }
@@ -118,6 +129,10 @@ struct RunnerOptions {
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;
+  // `policy` is a ceiling, not just a default: run()/submit() with a policy that loosens it in any
+  // field (see RunnerPolicy::looser_than) throw PolicyError. Off by default in the library (the
+  // default policy is the library's, not an operator's); `serve --policy` turns it on.
+  bool policy_is_ceiling = false;
 };
 
 class Runner {
