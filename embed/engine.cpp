@@ -22,6 +22,7 @@
 #include "interp_state.hpp"
 #include "memory.hpp"
 #include "py.hpp"
+#include "trust.hpp"
 
 extern const char kSprBootstrapSource[];
 extern const char kSprPreloadList[];
@@ -381,8 +382,10 @@ std::string init_current_interpreter() {
   if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
+  if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
   preload("os\nimportlib.machinery\nimportlib.util\n");
+  if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
 }
 
@@ -437,11 +440,16 @@ std::string initialize(const EngineOptions& options) {
     if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
+    if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   }
   // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
   // cannot be loaded during a run.
   preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\ntraceback\n");
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
+  // Everything loaded so far is the runtime's and the engine's own; from here on only code the
+  // engine reads from the runtime's files is added (trust.cpp). Before gc.freeze(), which hides
+  // objects from gc.get_objects().
+  if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
     // copy-on-write fault) the whole warm heap when its collector runs.

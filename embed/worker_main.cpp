@@ -148,10 +148,69 @@ std::string reply_text(const json& id, const json& nonce, const spr::RunResult& 
 #ifdef SPR_FAULTS
 // Test-only fault injection: compiled into spr-worker-faulty, never into spr-worker. A request
 // whose code starts with "#spr-fault: NAME" makes the worker misbehave in that way.
-void inject_fault(const std::string& code) {
+// Some faults stand for what a run with arbitrary read/write of the worker's memory could do
+// (forge a reply, write outside the audit hook's view, allocate behind the accounting).
+void forge(const json& id, const json& nonce, json body) {
+  body["id"] = id;
+  body["nonce"] = nonce;
+  detail::write_frame(detail::kProtocolFd, detail::dump_json(body));
+}
+
+void inject_fault(const std::string& code, const json& id, const json& nonce) {
   const std::string tag = "#spr-fault: ";
   if (code.rfind(tag, 0) != 0) return;
-  const std::string name = code.substr(tag.size(), code.find('\n') - tag.size());
+  const std::string line = code.substr(tag.size(), code.find('\n') - tag.size());
+  const std::string name = line.substr(0, line.find(' '));
+  const std::string arg = line.find(' ') == std::string::npos ? std::string() : line.substr(line.find(' ') + 1);
+  if (name == "forge_oversize") {  // 200 KB of stdout past a 128 KB cap, then the real reply
+    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"stdout", std::string(200 << 10, 'A')}});
+    return;
+  }
+  if (name == "forge_ok") {  // a plausible reply, then the real one: two frames for one request
+    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"error_kind", "none"}, {"exit_code", 0}});
+    return;
+  }
+  if (name == "big_header") {  // announces `arg` bytes, sends a few, then stalls
+    const auto len = static_cast<std::uint32_t>(std::stoul(arg));
+    const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
+                                  static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
+    ssize_t a = write(detail::kProtocolFd, hdr, 4);
+    ssize_t b = write(detail::kProtocolFd, "{\"id\":", 6);
+    (void)a;
+    (void)b;
+    for (;;) pause();
+  }
+  if (name == "leave_file") {  // a file in the worker's scratch root, where only the OS layers apply
+    int fd = open(("spr-leftover-" + arg).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+    return;
+  }
+  if (name == "mkfifo") {  // os.mkfifo/os.mknod raise no audit event on 3.11: only the C layers stop them
+    if (mkfifo(("spr-fifo-" + arg).c_str(), 0600) != 0)
+      mknod(("spr-fifo-" + arg).c_str(), S_IFIFO | 0600, 0);
+    return;
+  }
+  if (name == "sigio") {  // signal-driven I/O aimed at another process: SIGKILL through F_SETSIG
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return;
+    const pid_t target = static_cast<pid_t>(std::stol(arg));
+    (void)fcntl(fds[0], F_SETOWN, target);
+    (void)fcntl(fds[0], F_SETSIG, SIGKILL);
+    (void)fcntl(fds[0], F_SETFL, O_ASYNC | O_NONBLOCK);
+    ssize_t w = write(fds[1], "x", 1);
+    (void)w;
+    close(fds[0]);
+    close(fds[1]);
+    return;
+  }
+  if (name == "alloc") {  // memory behind the allocator accounting: only RLIMIT_AS stops it
+    const std::size_t n = std::stoul(arg) << 20;
+    if (void* p = malloc(n)) {
+      memset(p, 1, n);
+      free(p);
+    }
+    return;
+  }
   if (name == "sigkill") raise(SIGKILL);
   if (name == "segv") raise(SIGSEGV);
   if (name == "abort") abort();
@@ -265,7 +324,7 @@ int main(int argc, char** argv) {
       rq.policy.isolation = args.isolation;
       rq.policy.allow_network = rq.policy.allow_network && args.allow_network;
 #ifdef SPR_FAULTS
-      inject_fault(rq.code);
+      inject_fault(rq.code, id, nonce);
 #endif
       if (args.isolation == spr::Isolation::fork) {
         std::string raw = fork_runner.run(rq, id, nonce);

@@ -341,11 +341,20 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   const auto sent = Clock::now();
   if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
   std::string frame;
-  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 50, pidfd_.get());
-  const auto elapsed = Clock::now() - sent;
-  if (s != IoStatus::ok) return lost(id, s, policy, s == IoStatus::timeout);
   RunResult r;
-  if (std::string why = check_reply(frame, id, n, policy, r); !why.empty()) {
+  std::string why;
+  bool stale_seen = false;
+  for (int frames = 0;; ++frames) {
+    IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 50, pidfd_.get());
+    if (s != IoStatus::ok) return lost(id, s, policy, s == IoStatus::timeout);
+    why = check_reply(frame, id, n, policy, r);
+    // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
+    // says nothing about this request: skip it, answer this run, then replace the worker.
+    if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
+    stale_seen = true;
+  }
+  const auto elapsed = Clock::now() - sent;
+  if (!why.empty()) {
     // The run can write to the reply channel itself: a reply that breaks the protocol or a cap is
     // never passed on, and the worker (now out of step with us) is replaced.
     kill_and_reap();
@@ -381,6 +390,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       r = std::move(c);
     }
   }
+  if (stale_seen) kill_and_reap();  // out of step with us: replaced after answering this run
   return r;
 }
 
@@ -426,7 +436,7 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   return {};
 }
 
-// Worker CPU time (user + system) in clock ticks, read by the supervisor from /proc: the run
+// Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
 // cannot change it. 0 when unreadable.
 std::uint64_t WorkerProcess::cpu_ticks() const {
   char path[64];
@@ -440,9 +450,22 @@ std::uint64_t WorkerProcess::cpu_ticks() const {
   buf[n] = '\0';
   const char* p = std::strrchr(buf, ')');  // comm may contain spaces; fields restart after it
   if (!p) return 0;
-  unsigned long long utime = 0, stime = 0;
-  if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return 0;
-  return utime + stime;
+  // Its own time and that of the children it has reaped (a fork-mode run's child).
+  unsigned long long utime = 0, stime = 0, cutime = 0, cstime = 0;
+  if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &utime, &stime, &cutime,
+                  &cstime) != 4)
+    return 0;
+  return utime + stime + cutime + cstime;
+}
+
+bool WorkerProcess::is_stale(const std::string& frame, std::uint64_t id) {
+  try {
+    const json j = parse_json(frame);
+    const json& got = j.is_object() ? j.value("id", json()) : json();
+    return got.is_number_unsigned() && got.get<std::uint64_t>() < id;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 bool WorkerProcess::quiet() const {

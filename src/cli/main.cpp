@@ -105,10 +105,13 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
+int cmd_serve(std::size_t workers, const PolicyArgs& pa, bool allow_overrides) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
   spr::RunnerPolicy base = build_policy(pa);
-  spr::Runner runner(runner_options(base, workers));
+  spr::RunnerOptions options = runner_options(base, workers);
+  // The operator's policy is a ceiling: a request may tighten it, never loosen it.
+  options.policy_is_ceiling = !allow_overrides;
+  spr::Runner runner(options);
   std::mutex out_mu;
   auto emit = [&](const spr::json& id, spr::json body) {
     body["id"] = id;
@@ -144,7 +147,13 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
           job = std::move(queue.front());
           queue.pop_front();
         }
-        spr::RunResult r = runner.run(job.code, job.input, job.policy);
+        spr::RunResult r;
+        try {
+          r = runner.run(job.code, job.input, job.policy);
+        } catch (const spr::PolicyError& e) {
+          r = spr::detail::failure(spr::ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
+          r.isolation = job.policy.isolation;
+        }
         emit(job.id, r.to_json());
       }
     });
@@ -175,6 +184,10 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
         job.policy = spr::RunnerPolicy::from_json(*p, base);
       } catch (const spr::PolicyError& e) {
         bad(id, std::string("invalid policy: ") + e.what());
+        continue;
+      }
+      if (std::string why = allow_overrides ? std::string() : job.policy.looser_than(base); !why.empty()) {
+        bad(id, "policy loosens the operator's (serve --allow-policy-overrides permits it): " + why);
         continue;
       }
     }
@@ -228,6 +241,9 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "answer JSON-lines requests from stdin on stdout");
   serve->add_option("--workers", workers, "warm workers (default 2)");
   add_policy_options(serve, serve_policy);
+  bool allow_overrides = false;
+  serve->add_flag("--allow-policy-overrides", allow_overrides,
+                  "let a request's policy loosen the operator's (by default it may only tighten it)");
 
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
   add_policy_options(doctor, doctor_policy);
@@ -242,7 +258,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*run) return cmd_run(code, file, input, input_file, run_policy);
-    if (*serve) return cmd_serve(workers, serve_policy);
+    if (*serve) return cmd_serve(workers, serve_policy, allow_overrides);
     if (*doctor) return cmd_doctor(doctor_policy);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;

@@ -74,6 +74,7 @@ class WorkerProcess {
   std::string check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
                           const RunnerPolicy& policy, RunResult& r) const;
   std::uint64_t cpu_ticks() const;
+  static bool is_stale(const std::string& frame, std::uint64_t id);
   void wipe_scratch() const;
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
 

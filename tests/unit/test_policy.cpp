@@ -51,6 +51,7 @@ isolation = "namespace"
 allow_network = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
+trust_domain = "tenant-7"
 
 [extra_globals]
 name = "spr"
