@@ -11,9 +11,9 @@
 #include <cstring>
 
 #include "deadline.hpp"
-#include "detail/capture_layout.hpp"
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/capture_layout.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "harden/harden.hpp"
 #include "py.hpp"
 #include "capture.hpp"
