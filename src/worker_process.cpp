@@ -353,8 +353,11 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   r.isolation = isolation_;
   // What the supervisor measured itself outranks what the run reported: a run that blocked the
   // worker's own alarm and overran its timeout, or used more CPU than allowed, did not succeed.
+  // A subinterpreter worker builds its next interpreter after replying: a request sent meanwhile
+  // waits for it, and that wait is not the run's.
+  const double slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
   if (!r.timed_out && elapsed > std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(policy.timeout_seconds + kOverrunSlackSeconds))) {
+                                     std::chrono::duration<double>(policy.timeout_seconds + slack))) {
     RunResult t = timeout_result(policy.timeout_seconds);
     t.stdout_text = std::move(r.stdout_text);
     t.stderr_text = std::move(r.stderr_text);

@@ -74,6 +74,7 @@ std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
 constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
 // A reply later than timeout + this, measured by the supervisor, is a timeout whatever it says.
 constexpr double kOverrunSlackSeconds = 0.05;
+constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load
 
 std::filesystem::path find_worker(const std::filesystem::path& configured);
 
