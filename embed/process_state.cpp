@@ -7,7 +7,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+extern char** environ;
+
 #include <algorithm>
+#include <string>
 
 namespace spr::embed {
 
@@ -24,11 +27,17 @@ void ProcessState::capture() {
   umask_ = m;
   for (int fd = 0; fd < kScanFds; ++fd)
     if (::fcntl(fd, F_GETFD) >= 0) open_fds_.push_back(fd);
+  for (char** e = environ; e && *e; ++e) {
+    const std::string entry = *e;
+    const std::size_t eq = entry.find('=');
+    if (eq != std::string::npos && eq > 0) environment_.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+  }
 }
 
 void ProcessState::restore(bool descriptors) const {
   if (!captured_) return;
-  ::clearenv();  // putenv()/os.putenv of a run; the worker's environment was empty
+  ::clearenv();  // putenv()/os.putenv of a run: back to the worker's own (normally empty) environment
+  for (const auto& [name, value] : environment_) ::setenv(name.c_str(), value.c_str(), 1);
   ::umask(static_cast<mode_t>(umask_));
   if (cwd_fd_ >= 0 && ::fchdir(cwd_fd_) != 0) {
     // The scratch root is the worker's own; failing to return there leaves later scratch_dir runs

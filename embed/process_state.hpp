@@ -2,6 +2,8 @@
 // directory, descriptors), put back between runs of a worker that serves several.
 #pragma once
 
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace spr::embed {
@@ -20,6 +22,7 @@ class ProcessState {
   int cwd_fd_ = -1;
   unsigned umask_ = 077;
   std::vector<int> open_fds_;  // sorted
+  std::vector<std::pair<std::string, std::string>> environment_;
 };
 
 }  // namespace spr::embed
