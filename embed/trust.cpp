@@ -129,6 +129,8 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
     return nullptr;
   }
   const std::string path = py::utf8(path_obj.get());
+  // The engine reads the file itself: the read rules that apply to open() apply here too.
+  if (PySys_Audit("open", "Osi", path_obj.get(), "r", 0) < 0) return nullptr;
   char resolved[PATH_MAX];
   const bool exists = ::realpath(path.c_str(), resolved) != nullptr;
   const bool runtime = exists && audit::path_under(resolved, audit::runtime_roots());

@@ -13,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -118,28 +119,42 @@ TEST_CASE("model: code objects built from bytes never reach the run, on any path
       {"spoofed stdlib caller", "import code\nii = code.InteractiveInterpreter({})\n"
                                 "ii.runsource(\"import marshal\\nexec(marshal.loads(marshal.dumps(compile(\\\"print('" +
                                     marker + "')\\\", 'x', 'exec'))))\", '/usr/lib/python3.11/x.py', 'exec')\n"},
+      // importlib is blocked in every mode: the loader classes are reached through a loaded module.
       {"pyc in scratch via SourcelessFileLoader",
-       image + "import importlib.machinery as m, importlib.util as u\n"
-               "open('evil.pyc', 'wb').write(u.MAGIC_NUMBER + b'\\0' * 12 + marshal.dumps(src))\n"
-               "exec(m.SourcelessFileLoader('evil', 'evil.pyc').get_code('evil'))\n"},
+       image + "import json, os\nSFL = type(json.__spec__.loader)\n"
+               "SLL = [c for c in type.__subclasses__(SFL.__mro__[1]) if c.__name__ == 'SourcelessFileLoader'][0]\n"
+               "d = os.path.dirname(json.__file__) + '/__pycache__'\n"
+               "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
+               "open('evil.pyc', 'wb').write(magic + b'\\0' * 12 + marshal.dumps(src))\n"
+               "exec(SLL('evil', 'evil.pyc').get_code('evil'))\n"},
+      {"pyc renamed .py via SourceFileLoader",
+       image + "import json, os\nd = os.path.dirname(json.__file__) + '/__pycache__'\n"
+               "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
+               "os.mkdir('__pycache__')\nopen('evil.py', 'w').write('x = 1')\n"
+               "import sys\nopen('__pycache__/evil.' + sys.implementation.cache_tag + '.pyc', 'wb').write(\n"
+               "    magic + b'\\0' * 4 + int(os.stat('evil.py').st_mtime).to_bytes(4, 'little') + (5).to_bytes(4, 'little')"
+               " + marshal.dumps(src))\n"
+               "exec(type(json.__spec__.loader)('evil', os.path.abspath('evil.py')).get_code('evil'))\n"},
       {"loader with forged get_data",
-       image + "import importlib.machinery as m, sys\n"
-               "lib = [p for p in sys.path if p.endswith('python3.11')][0]\n"
-               "class L(m.SourceFileLoader):\n"
+       image + "import json\nclass L(type(json.__spec__.loader)):\n"
                "    def get_data(self, path):\n"
                "        return b'print(\"" + marker + "\")'\n"
-               "exec(L('json', lib + '/json/__init__.py').get_code('json'))\n"},
-      {"zipimport of a pyc", image + "import zipfile, zipimport, importlib.util as u\n"
+               "exec(L('json', json.__file__).get_code('json'))\n"},
+      {"zipimport of a pyc", image + "import json, os, zipfile, zipimport\n"
+                                     "d = os.path.dirname(json.__file__) + '/__pycache__'\n"
+                                     "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
                                      "with zipfile.ZipFile('z.zip', 'w') as z:\n"
-                                     "    z.writestr('evil.pyc', u.MAGIC_NUMBER + b'\\0' * 12 + marshal.dumps(src))\n"
+                                     "    z.writestr('evil.pyc', magic + b'\\0' * 12 + marshal.dumps(src))\n"
                                      "zipimport.zipimporter('z.zip').load_module('evil')\n"},
   };
-  for (const auto& [name, code] : paths) {
+  for (const auto& [label, code] : paths) {
+    const std::string name = label;
     CAPTURE(name);
     spr::RunResult r = runner.run(code, json::object(), p);
     // The marker exists only as text inside a code object the run tried to obtain from bytes.
     CHECK_FALSE(sec::contains(r.stdout_text, marker));
     CHECK(r.error_kind != spr::ErrorKind::worker_crashed);
+    if (std::getenv("SPR_MODEL_VERBOSE")) MESSAGE(name << ": " << r.error.value_or("ok"));
   }
 }
 
@@ -350,4 +365,21 @@ TEST_CASE("model: process-wide state a run changes does not reach the next run")
   // Descriptors a run leaves open are closed once its sub-interpreter has ended; in namespace mode
   // module objects of the same trust domain may still own them (documented), so only checked here.
   if (test_mode() == spr::Isolation::subinterpreter) CHECK(after.result[1] == before.result[1]);
+}
+
+TEST_CASE("model: the engine's module loader reads nothing a run could not open itself") {
+  spr::Runner runner(options());
+  const std::string token = "SPRSECRET" + sec::random_hex(8);
+  const std::string path = "/tmp/spr-loader-secret-" + sec::random_hex(6);
+  {
+    std::ofstream f(path);
+    f << "x = (\n'" << token << "'\n";  // a syntax error would quote this line back
+  }
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  spr::RunResult r = runner.run("import json\ntype(json.__spec__.loader)('x', input_data['p']).get_code('x')\n",
+                                {{"p", path}}, p);
+  CHECK_FALSE(r.ok);
+  CHECK_FALSE(sec::contains(sec::all_output(r), token));
+  std::remove(path.c_str());
 }
