@@ -139,8 +139,9 @@ const std::vector<Field>& fields() {
 }  // namespace
 
 void RunnerPolicy::validate() const {
-  if (!std::isfinite(timeout_seconds) || timeout_seconds <= 0)
-    fail("'timeout_seconds' must be a positive number");
+  // 0 is accepted as in the original, which never waits less than a second (Runner runs it with 1).
+  if (!std::isfinite(timeout_seconds) || timeout_seconds < 0)
+    fail("'timeout_seconds' must be zero or a positive number");
   if (timeout_seconds > 86400.0 * 365) fail("'timeout_seconds' is too large");
   if (memory_limit_mb <= 0) fail("'memory_limit_mb' must be a positive integer");
   if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");
@@ -216,7 +217,10 @@ bool path_within(const std::string& path, const std::vector<std::string>& roots)
 std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   auto no = [](const char* field, const std::string& rule) { return quoted(field) + " " + rule; };
   if (mode != c.mode) return no("mode", "must stay '" + to_string(c.mode) + "'");
-  if (timeout_seconds > c.timeout_seconds) return no("timeout_seconds", "may not exceed " + detail_number(c.timeout_seconds));
+  // 0 means the original's floor of one second.
+  const auto effective = [](double t) { return t == 0 ? 1.0 : t; };
+  if (effective(timeout_seconds) > effective(c.timeout_seconds))
+    return no("timeout_seconds", "may not exceed " + detail_number(effective(c.timeout_seconds)));
   if (memory_limit_mb > c.memory_limit_mb) return no("memory_limit_mb", "may not exceed " + std::to_string(c.memory_limit_mb));
   if (max_output_kb > c.max_output_kb) return no("max_output_kb", "may not exceed " + std::to_string(c.max_output_kb));
   if (max_result_kb > c.max_result_kb) return no("max_result_kb", "may not exceed " + std::to_string(c.max_result_kb));
