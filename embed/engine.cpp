@@ -4,12 +4,14 @@
 #include <ftw.h>
 #include <limits.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <stdlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -154,6 +156,12 @@ PyObject* make_globals(const Request& req) {
 std::string type_name(PyObject* type) {
   if (type && PyType_Check(type)) return reinterpret_cast<PyTypeObject*>(type)->tp_name;
   return "Exception";
+}
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 // The supervisor refuses `error` fields over 64 KiB; the full text is in stderr.
@@ -540,10 +548,19 @@ RunResult run_prepared(const Request& req) {
     // during encoding and its objects' __del__ when the globals are cleared run under them too.
     memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
     deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
+    const auto started = std::chrono::steady_clock::now();
+    const double cpu_started = thread_cpu_seconds();
     py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
     py::FetchedError e;
     if (!value) e = py::FetchedError::fetch();
     value.reset();
+    const auto code_ended = std::chrono::steady_clock::now();
+    const double cpu_used = thread_cpu_seconds() - cpu_started;
+    // Classifying (the engine's own traceback formatting) is not the run's time: the timers pause
+    // for it and resume with what is left for encoding and teardown, where the run's code runs again.
+    deadline::disarm();
+    const bool fired_in_code = deadline::wall_fired() || deadline::cpu_fired();
+    if (fired_in_code && PyErr_CheckSignals() < 0) PyErr_Clear();  // a pending handler runs now, not later
     const bool refused_in_code = memory::refused();
     if (e) {
       classify(e, p, r);
@@ -552,6 +569,12 @@ RunResult run_prepared(const Request& req) {
       classify_over_time(p, r);
     } else {
       r.ok = true;
+    }
+    const auto classified = std::chrono::steady_clock::now();
+    if (!fired_in_code) {
+      const double wall_left = p.timeout_seconds - std::chrono::duration<double>(code_ended - started).count();
+      const double cpu_left = p.cpu_time_seconds > 0 ? std::max(p.cpu_time_seconds - cpu_used, 0.001) : 0;
+      deadline::arm(std::max(wall_left, 0.001), cpu_left);
     }
     if (r.ok) {
       PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
@@ -577,10 +600,19 @@ RunResult run_prepared(const Request& req) {
     // A handler may still be pending: let it run now, not in the next run.
     if ((deadline::wall_fired() || deadline::cpu_fired()) && PyErr_CheckSignals() < 0) PyErr_Clear();
     // A limit hit while encoding or tearing down still ends the run as over its limit.
+    // Also by the clock: a run that blocked the alarm signal never saw its timer fire.
+    const bool overran = (code_ended - started) + (std::chrono::steady_clock::now() - classified) >
+                         std::chrono::duration<double>(p.timeout_seconds);
     if (r.error_kind != ErrorKind::timeout && r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::system_exit &&
-        (deadline::wall_fired() || deadline::cpu_fired())) {
+        (deadline::wall_fired() || deadline::cpu_fired() || overran)) {
       r.result = nullptr;
-      classify_over_time(p, r);
+      if (overran && !deadline::cpu_fired()) {
+        RunResult t = spr::detail::timeout_result(p.timeout_seconds);
+        t.isolation = r.isolation;
+        r = std::move(t);
+      } else {
+        classify_over_time(p, r);
+      }
     } else if (!refused_in_code && memory::refused() && (r.ok || r.error_kind == ErrorKind::result_too_large)) {
       r = RunResult{};
       r.isolation = p.isolation;

@@ -108,9 +108,9 @@ std::string cache_path(const std::string& source) {
   std::string name = slash == std::string::npos ? source : source.substr(slash + 1);
   if (name.size() < 4 || name.compare(name.size() - 3, 3, ".py") != 0) return {};
   name.resize(name.size() - 3);
-  py::Ref sys(PyImport_ImportModule("sys"));
-  py::Ref impl(sys ? PyObject_GetAttrString(sys.get(), "implementation") : nullptr);
-  py::Ref tag(impl ? PyObject_GetAttrString(impl.get(), "cache_tag") : nullptr);
+  // The real sys (borrowed), not an import that the guard might answer with the run's view.
+  PyObject* impl = PySys_GetObject("implementation");
+  py::Ref tag(impl ? PyObject_GetAttrString(impl, "cache_tag") : nullptr);
   if (!tag || !PyUnicode_Check(tag.get())) {
     PyErr_Clear();
     return {};
@@ -173,6 +173,34 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
   return code;
 }
 
+// FrozenImporter.exec_module(module): the frozen code comes from the interpreter binary itself.
+PyObject* engine_exec_frozen(PyObject*, PyObject* module) {
+  py::Ref spec(PyObject_GetAttrString(module, "__spec__"));
+  py::Ref name(spec ? PyObject_GetAttrString(spec.get(), "name") : nullptr);
+  if (!name) return nullptr;
+  py::Ref imp_name(PyUnicode_FromString("_imp"));
+  py::Ref imp(imp_name ? PyImport_GetModule(imp_name.get()) : nullptr);  // cached: no import, no guard
+  if (!imp) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ImportError, "_imp is not loaded");
+    return nullptr;
+  }
+  py::Ref code(PyObject_CallMethod(imp.get(), "get_frozen_object", "O", name.get()));
+  if (!code) return nullptr;
+  if (!PyCode_Check(code.get())) {
+    PyErr_SetString(PyExc_ImportError, "frozen object is not code");
+    return nullptr;
+  }
+  mark(code.get(), index_for_current());
+  PyObject* globals = PyModule_GetDict(module);  // borrowed
+  if (!globals) return nullptr;
+  py::Ref r(PyEval_EvalCode(code.get(), globals, globals));
+  if (!r) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kExecFrozen = {"exec_module", engine_exec_frozen, METH_O,
+                           "Execute a frozen module; its code (from the interpreter binary) is marked trusted."};
+
 PyMethodDef kGetCode = {"get_code", engine_get_code, METH_VARARGS,
                         "Code of the module, read by the engine (runtime files are marked trusted)."};
 
@@ -203,7 +231,11 @@ bool install_loader_hook() {
     py::Ref descr(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.get()), &kGetCode));
     if (!descr || PyObject_SetAttrString(cls.get(), "get_code", descr.get()) != 0) return false;
   }
-  return true;
+  py::Ref boot(PyImport_ImportModule("_frozen_importlib"));
+  py::Ref frozen(boot ? PyObject_GetAttrString(boot.get(), "FrozenImporter") : nullptr);
+  py::Ref fn(frozen ? PyCFunction_New(&kExecFrozen, nullptr) : nullptr);
+  py::Ref sm(fn ? PyStaticMethod_New(fn.get()) : nullptr);
+  return sm && PyObject_SetAttrString(frozen.get(), "exec_module", sm.get()) == 0;
 }
 
 bool is_trusted(PyObject* code) {

@@ -13,6 +13,7 @@ bool mark_loaded_code();
 // Replaces get_code of the standard source and bytecode loaders: modules under the runtime's roots
 // are read and compiled or unmarshalled by the engine itself and their code marked; anything else
 // is compiled from source, unmarked, and bytecode-only files outside the roots are refused.
+// FrozenImporter.exec_module is the engine's too: frozen code (from the interpreter binary) is marked.
 bool install_loader_hook();
 // True when `code` (a code object) carries the mark.
 bool is_trusted(PyObject* code);

@@ -154,6 +154,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
 std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::unique_ptr<WorkerProcess> w(new WorkerProcess());
   w->isolation_ = o.isolation;
+  w->grace_ = o.grace_seconds;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     throw WorkerError(std::string("socketpair failed: ") + strerror(errno));
@@ -357,7 +358,12 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // worker's own alarm and overran its timeout, or used more CPU than allowed, did not succeed.
   // A subinterpreter worker builds its next interpreter after replying: a request sent meanwhile
   // waits for it, and that wait is not the run's.
-  const double slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
+  // Half the kill grace on top: the worker's own clock already catches an honest overrun (engine), so
+  // this catches a run that forged its reply, without counting scheduling delays under load.
+  // Fork mode: the fork parent, not the run, measures its child and kills it at timeout + grace, and
+  // a fork plus reaping under load is slow: the whole grace.
+  const double slack = kOverrunSlackSeconds + (isolation_ == Isolation::fork ? grace_ : grace_ / 2) +
+                       (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
   if (!r.timed_out && elapsed > std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(policy.timeout_seconds + slack))) {
     RunResult t = timeout_result(policy.timeout_seconds);
@@ -370,7 +376,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } else if (policy.cpu_time_seconds > 0 && r.error_kind != ErrorKind::cpu_time && cpu_before != 0) {
     const std::uint64_t cpu_after = cpu_ticks();
     const double used = static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK));
-    if (cpu_after > cpu_before && used > policy.cpu_time_seconds + kOverrunSlackSeconds) {
+    // A subinterpreter worker may spend the start of this window building its next interpreter.
+    const double cpu_slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
+    if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
       RunResult c = failure(ErrorKind::cpu_time,
                             "CPU time limit exceeded after " + format_seconds(policy.cpu_time_seconds) + "s", 124);
       c.resource_exceeded = true;

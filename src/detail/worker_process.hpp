@@ -67,6 +67,7 @@ class WorkerProcess {
   std::string scratch_;
   Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
+  double grace_ = 0.25;
 };
 
 // Largest reply frame a worker may send for a request under `policy` (checked before allocating).
