@@ -67,13 +67,12 @@ class WorkerProcess {
   std::string scratch_;
   Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
-  double grace_ = 0.25;
 };
 
 // Largest reply frame a worker may send for a request under `policy` (checked before allocating).
 std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
 constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
-// A reply later than timeout + this, measured by the supervisor, is a timeout whatever it says.
+// CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
 constexpr double kOverrunSlackSeconds = 0.05;
 constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load
 
