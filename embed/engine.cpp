@@ -603,7 +603,9 @@ RunResult run_prepared(const Request& req) {
     // Also by the clock: a run that blocked the alarm signal never saw its timer fire.
     const bool overran = (code_ended - started) + (std::chrono::steady_clock::now() - classified) >
                          std::chrono::duration<double>(p.timeout_seconds);
-    if (r.error_kind != ErrorKind::timeout && r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::system_exit &&
+    // Only a run that would otherwise succeed is turned into an overrun: one that already failed
+    // stays failed (and a loaded machine's scheduling delays in its teardown do not relabel it).
+    if ((r.ok || r.error_kind == ErrorKind::result_too_large) &&
         (deadline::wall_fired() || deadline::cpu_fired() || overran)) {
       r.result = nullptr;
       if (overran && !deadline::cpu_fired()) {
