@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "pandas_case.hpp"
 #include "plot.hpp"
 #include "spr/runner.hpp"
 
@@ -86,6 +87,7 @@ struct Options {
   std::string baseline_python = "/usr/bin/python3";
   std::string baseline_script = SPR_BENCH_BASELINE_SCRIPT;
   bool engine = true, baseline = true;
+  bool pandas = true, only_pandas = false;  // the pandas case (pandas_case.cpp)
   // Sizes; filled from --quick unless given explicitly.
   int seq_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1;
   double tput_seconds = -1, process_tput_seconds = -1;
@@ -95,7 +97,7 @@ struct Options {
   std::fprintf(code ? stderr : stdout,
                "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--modes a,b,...]\n"
                "          [--runs N] [--process-runs N] [--seconds S] [--baseline-runs N] [--cold-starts N]\n"
-               "          [--engine-runs N] [--no-engine] [--no-baseline] [--worker PATH]\n"
+               "          [--engine-runs N] [--no-engine] [--no-baseline] [--no-pandas] [--only-pandas] [--worker PATH]\n"
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
                "modes: namespace, subinterpreter, fork, process (default: all)\n",
                argv0);
@@ -122,6 +124,8 @@ Options parse(int argc, char** argv) {
       else if (a == "--baseline-script") o.baseline_script = value();
       else if (a == "--no-engine") o.engine = false;
       else if (a == "--no-baseline") o.baseline = false;
+      else if (a == "--no-pandas") o.pandas = false;
+      else if (a == "--only-pandas") o.only_pandas = true;
       else if (a == "--runs") o.seq_runs = std::stoi(value());
       else if (a == "--process-runs") o.process_runs = std::stoi(value());
       else if (a == "--baseline-runs") o.baseline_runs = std::stoi(value());
@@ -951,6 +955,11 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const Options o = parse(argc, argv);
   const auto started = Clock::now();
+  if (o.only_pandas) {
+    const json p = spr_bench::measure_pandas_case(o.baseline_python, o.baseline_script, o.quick);
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << json{{"pandas", p}}.dump(2) << "\n";
+    return p.empty() ? 1 : 0;
+  }
   Report r;
   r.load_start = loadavg();
   std::printf("load average at start: %s (%u cpus)\n", r.load_start.c_str(), std::thread::hardware_concurrency());
@@ -965,6 +974,7 @@ int main(int argc, char** argv) {
     r.baseline = measure_baseline(o);
   }
   for (const auto& mode : o.modes) r.modes.push_back(measure_mode(o, mode, r.python));
+  const json pandas = o.pandas ? spr_bench::measure_pandas_case(o.baseline_python, o.baseline_script, o.quick) : json();
   if (r.python.empty()) {
     try {
       spr::Runner runner(runner_options(o, "fork", 1));
@@ -987,7 +997,9 @@ int main(int argc, char** argv) {
 
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
-    f << to_json(r).dump(2) << "\n";
+    json j = to_json(r);
+    if (!pandas.is_null()) j["pandas"] = pandas;
+    f << j.dump(2) << "\n";
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }
   if (!o.plot_path.empty()) write_plot(r, o.plot_path);

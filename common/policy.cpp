@@ -132,6 +132,12 @@ const std::vector<Field>& fields() {
          p.trust_domain = v.get<std::string>();
        },
        [](const RunnerPolicy& p) { return json(p.trust_domain); }},
+      {"python_executable",
+       [](RunnerPolicy& p, const json& v) {
+         if (!v.is_string()) fail("'python_executable' must be a string");
+         p.python_executable = v.get<std::string>();
+       },
+       [](const RunnerPolicy& p) { return json(p.python_executable); }},
   };
   return table;
 }
@@ -154,6 +160,11 @@ void RunnerPolicy::validate() const {
   for (const auto& p : allowed_read_paths)
     if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
   if (trust_domain.size() > 256) fail("'trust_domain' is longer than 256 bytes");
+  if (!python_executable.empty() && python_executable[0] != '/')
+    fail("'python_executable' must be an absolute path (or empty for the default python3)");
+  if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {
+    // All modes accept these; nothing to refuse yet.
+  }
 }
 
 namespace {
@@ -189,7 +200,8 @@ bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
          a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
          a.allow_network == b.allow_network && a.allowed_read_paths == b.allowed_read_paths &&
-         a.scratch_dir == b.scratch_dir && a.trust_domain == b.trust_domain;
+         a.scratch_dir == b.scratch_dir && a.trust_domain == b.trust_domain &&
+         a.python_executable == b.python_executable;
 }
 
 namespace {
@@ -238,6 +250,8 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   if (scratch_dir && !c.scratch_dir) return no("scratch_dir", "may not be enabled");
   for (const auto& path : allowed_read_paths)
     if (!path_within(path, c.allowed_read_paths)) return no("allowed_read_paths", "may only name paths under the operator's ('" + path + "' is not)");
+  // Another interpreter's packages are code the operator did not choose.
+  if (python_executable != c.python_executable) return no("python_executable", "must stay the operator's");
   return {};
 }
 

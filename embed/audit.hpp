@@ -23,6 +23,8 @@ void install();
 // The runtime's directories: modules loaded from files under them after arming are trusted (trust.cpp).
 void set_runtime_roots(std::vector<std::string> roots);
 const std::vector<std::string>& runtime_roots();
+// Readable, but not code: shared libraries extensions load, the time-zone database.
+void set_support_roots(std::vector<std::string> roots);
 void set_rules(RunRules rules);
 // Armed: every event is checked. Disarmed only inside short trusted sections of the engine.
 void arm(bool on);

@@ -52,6 +52,9 @@ struct RunnerPolicy {
   // namespace and subinterpreter workers serve many runs in one process, so they never mix trust
   // domains: runs with different keys never share a worker. Give each party (user, tenant) its own key.
   std::string trust_domain;
+  // The python3 (a venv's, or another installation's) whose packages runs see; empty: the python3
+  // whose libpython the worker embeds. Another Python version needs a worker built for it.
+  std::string python_executable;
 
   // Throws PolicyError naming the first invalid field.
   void validate() const;

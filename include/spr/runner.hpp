@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
@@ -33,6 +34,9 @@ struct RunnerOptions {
   // field (see RunnerPolicy::looser_than) throw PolicyError. Off by default in the library (the
   // default policy is the library's, not an operator's); `serve --policy` turns it on.
   bool policy_is_ceiling = false;
+  // Modules imported in each warm worker before its sandbox closes (fork and namespace mode), so runs
+  // find them cached: {"numpy", "pandas"}. A run's own imports still follow its import policy.
+  std::vector<std::string> preload;
 };
 
 class Runner {
@@ -45,6 +49,9 @@ class Runner {
   // Thread-safe. Never throws for what the code does; throws PolicyError for an invalid policy.
   RunResult run(const std::string& code, const json& input_data = json::object());
   RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy);
+  // `stdin_text` feeds sys.stdin and input(); it may be as long as the policy's max_output_kb.
+  RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                const std::string& stdin_text);
   std::future<RunResult> submit(std::string code, json input_data, RunnerPolicy policy);
 
   const RunnerOptions& options() const;

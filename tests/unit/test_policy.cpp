@@ -52,6 +52,7 @@ allow_network = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
 trust_domain = "tenant-7"
+python_executable = "/usr/bin/python3"
 
 [extra_globals]
 name = "spr"
@@ -79,6 +80,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
   CHECK(p.trust_domain == "tenant-7");
+  CHECK(p.python_executable == "/usr/bin/python3");
   CHECK(p.extra_globals ==
         json({{"name", "spr"}, {"n", 3}, {"ratio", 0.5}, {"flags", {true, false}}, {"nested", {{"a", 1}}}}));
 }
@@ -120,7 +122,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["extra_globals"] == json::object());
   CHECK(j["isolation"] == "fork");
   CHECK(j["trust_domain"] == "");
-  CHECK(j.size() == 18);
+  CHECK(j["python_executable"] == "");
+  CHECK(j.size() == 19);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -142,7 +145,8 @@ TEST_CASE("policy: from_json sets every field") {
                   {"allow_network", true},
                   {"allowed_read_paths", {"/usr/share"}},
                   {"scratch_dir", true},
-                  {"trust_domain", "tenant-7"}};
+                  {"trust_domain", "tenant-7"},
+                  {"python_executable", "/usr/bin/python3"}};
   const RunnerPolicy p = RunnerPolicy::from_json(j);
   check_every_field(p);
   SUBCASE("and to_json gives them back") { CHECK(p.to_json() == j); }
