@@ -85,8 +85,19 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
   const std::uint32_t len = std::uint32_t(hdr[0]) | std::uint32_t(hdr[1]) << 8 | std::uint32_t(hdr[2]) << 16 |
                             std::uint32_t(hdr[3]) << 24;
   if (len > max_bytes) return IoStatus::too_large;
-  payload.resize(len);
-  return read_exact(fd, payload.data(), len, deadline, 0, exit_fd);
+  // Grown as bytes arrive, never to what the header claims up front: a peer that announces a large
+  // frame and sends nothing costs one chunk.
+  constexpr std::size_t kChunk = 64 << 10;
+  payload.clear();
+  std::size_t got = 0;
+  while (got < len) {
+    const std::size_t want = std::min<std::size_t>(len - got, kChunk);
+    payload.resize(got + want);
+    s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd);
+    if (s != IoStatus::ok) return s;
+    got += want;
+  }
+  return IoStatus::ok;
 }
 
 IoStatus write_frame(int fd, std::string_view payload, bool nosignal) {

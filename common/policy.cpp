@@ -1,4 +1,6 @@
 // RunnerPolicy: validation and its JSON form, with the original's error messages (TOML files: src/policy_file.cpp).
+#include <algorithm>
+#include <sstream>
 #include <cmath>
 #include <functional>
 
@@ -31,6 +33,11 @@ namespace {
 [[noreturn]] void fail(const std::string& msg) { throw PolicyError(msg); }
 
 std::string quoted(const std::string& field) { return "'" + field + "'"; }
+std::string detail_number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
 
 double number(const json& v, const std::string& field) {
   if (!v.is_number() || v.is_boolean()) fail(quoted(field) + " must be a number");
@@ -119,6 +126,12 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.allowed_read_paths); }},
       {"scratch_dir", [](RunnerPolicy& p, const json& v) { p.scratch_dir = boolean(v, "scratch_dir"); },
        [](const RunnerPolicy& p) { return json(p.scratch_dir); }},
+      {"trust_domain",
+       [](RunnerPolicy& p, const json& v) {
+         if (!v.is_string()) fail("'trust_domain' must be a string");
+         p.trust_domain = v.get<std::string>();
+       },
+       [](const RunnerPolicy& p) { return json(p.trust_domain); }},
       {"python_executable",
        [](RunnerPolicy& p, const json& v) {
          if (!v.is_string()) fail("'python_executable' must be a string");
@@ -146,6 +159,7 @@ void RunnerPolicy::validate() const {
   if (detail::json_depth(extra_globals) > detail::kMaxJsonDepth) fail("'extra_globals' is nested too deeply");
   for (const auto& p : allowed_read_paths)
     if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
+  if (trust_domain.size() > 256) fail("'trust_domain' is longer than 256 bytes");
   if (!python_executable.empty() && python_executable[0] != '/')
     fail("'python_executable' must be an absolute path (or empty for the default python3)");
   if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {
@@ -186,7 +200,59 @@ bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
          a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
          a.allow_network == b.allow_network && a.allowed_read_paths == b.allowed_read_paths &&
-         a.scratch_dir == b.scratch_dir && a.python_executable == b.python_executable;
+         a.scratch_dir == b.scratch_dir && a.trust_domain == b.trust_domain &&
+         a.python_executable == b.python_executable;
+}
+
+namespace {
+bool subset(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  return std::all_of(a.begin(), a.end(), [&](const std::string& x) { return std::find(b.begin(), b.end(), x) != b.end(); });
+}
+// How strongly a mode separates runs: a run may move to a stronger one, never a weaker one.
+int separation(Isolation i) {
+  switch (i) {
+    case Isolation::namespace_: return 0;
+    case Isolation::subinterpreter: return 1;
+    case Isolation::fork: return 2;
+    case Isolation::process: return 3;
+  }
+  return 0;
+}
+bool path_within(const std::string& path, const std::vector<std::string>& roots) {
+  return std::any_of(roots.begin(), roots.end(), [&](const std::string& root) {
+    if (path.compare(0, root.size(), root) != 0) return false;
+    return path.size() == root.size() || path[root.size()] == '/' || (!root.empty() && root.back() == '/');
+  });
+}
+}  // namespace
+
+std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
+  auto no = [](const char* field, const std::string& rule) { return quoted(field) + " " + rule; };
+  if (mode != c.mode) return no("mode", "must stay '" + to_string(c.mode) + "'");
+  // 0 means the original's floor of one second.
+  const auto effective = [](double t) { return t == 0 ? 1.0 : t; };
+  if (effective(timeout_seconds) > effective(c.timeout_seconds))
+    return no("timeout_seconds", "may not exceed " + detail_number(effective(c.timeout_seconds)));
+  if (memory_limit_mb > c.memory_limit_mb) return no("memory_limit_mb", "may not exceed " + std::to_string(c.memory_limit_mb));
+  if (max_output_kb > c.max_output_kb) return no("max_output_kb", "may not exceed " + std::to_string(c.max_output_kb));
+  if (max_result_kb > c.max_result_kb) return no("max_result_kb", "may not exceed " + std::to_string(c.max_result_kb));
+  if (c.cpu_time_seconds > 0 && (cpu_time_seconds == 0 || cpu_time_seconds > c.cpu_time_seconds))
+    return no("cpu_time_seconds", "must be set and may not exceed " + detail_number(c.cpu_time_seconds));
+  if (!subset(c.blocked_imports, blocked_imports)) return no("blocked_imports", "must keep every entry of the operator's list");
+  if (!subset(c.blocked_builtins, blocked_builtins)) return no("blocked_builtins", "must keep every entry of the operator's list");
+  if (!subset(c.blocked_globals, blocked_globals)) return no("blocked_globals", "must keep every entry of the operator's list");
+  if (!subset(allowed_imports, c.allowed_imports)) return no("allowed_imports", "may only drop entries of the operator's list");
+  if (!subset(allowed_builtins, c.allowed_builtins)) return no("allowed_builtins", "may only drop entries of the operator's list");
+  if (!subset(allowed_globals, c.allowed_globals)) return no("allowed_globals", "may only drop entries of the operator's list");
+  if (separation(isolation) < separation(c.isolation))
+    return no("isolation", "may not be weaker than '" + to_string(c.isolation) + "'");
+  if (allow_network && !c.allow_network) return no("allow_network", "may not be enabled");
+  if (scratch_dir && !c.scratch_dir) return no("scratch_dir", "may not be enabled");
+  for (const auto& path : allowed_read_paths)
+    if (!path_within(path, c.allowed_read_paths)) return no("allowed_read_paths", "may only name paths under the operator's ('" + path + "' is not)");
+  // Another interpreter's packages are code the operator did not choose.
+  if (python_executable != c.python_executable) return no("python_executable", "must stay the operator's");
+  return {};
 }
 
 json RunnerPolicy::to_json() const {

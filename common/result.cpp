@@ -121,14 +121,14 @@ RunResult failure(ErrorKind kind, std::string error, int exit_code) {
 }
 
 std::string format_seconds(double s) {
-  char buf[64];
-  for (int prec = 1; prec <= 17; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, s);
-    if (std::strtod(buf, nullptr) == s) break;
+  char buf[400];
+  // Plain decimals, never an exponent ("20", not "2e+01"): the shortest that round-trips.
+  for (int decimals = 0; decimals <= 17; ++decimals) {
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, s);
+    if (std::strtod(buf, nullptr) == s) return buf;
   }
-  std::string out = buf;
-  // The original prints Python's repr of the number: 5 -> "5", 5.0 -> "5.0"; we print integers bare.
-  return out;
+  std::snprintf(buf, sizeof buf, "%.17g", s);  // below 1e-17: no decimal spelling round-trips
+  return buf;
 }
 
 RunResult timeout_result(double timeout_seconds) {

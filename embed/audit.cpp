@@ -11,6 +11,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "trust.hpp"
+
 namespace spr::embed::audit {
 
 namespace {
@@ -62,8 +64,10 @@ constexpr Row kRows[] = {
     // The standard library rebuilds its own code objects (types.coroutine changes a flag); user code may not.
     {"code.__new__", Rule::deny_from_user, "building code objects is never allowed"},
     {"function.__new__", Rule::deny, "building functions from code objects is never allowed"},
-    {"marshal.load", Rule::deny_from_user, "unmarshalling code is never allowed"},
-    {"marshal.loads", Rule::deny_from_user, "unmarshalling code is never allowed"},
+    // Refused to everyone once armed: the engine unmarshals the runtime's own bytecode itself
+    // (trust.cpp), and standard-library code can be made to unmarshal bytes a run chose.
+    {"marshal.load", Rule::deny, "unmarshalling is never allowed"},
+    {"marshal.loads", Rule::deny, "unmarshalling is never allowed"},
     {"resource.setrlimit", Rule::deny, "changing resource limits is never allowed"},
     {"resource.prlimit", Rule::deny, "changing resource limits is never allowed"},
     {"fcntl.ioctl", Rule::deny, "ioctl is never allowed"},
@@ -332,12 +336,9 @@ bool path_under(const std::string& path, const std::vector<std::string>& roots) 
 bool caller_is_user() {
   PyFrameObject* frame = PyEval_GetFrame();  // borrowed
   if (!frame) return false;                  // called from C with no Python frame: the engine itself
+  // By identity, never by name: co_filename is whatever compile() was given.
   py::Ref code(reinterpret_cast<PyObject*>(PyFrame_GetCode(frame)));
-  PyObject* filename = reinterpret_cast<PyCodeObject*>(code.get())->co_filename;
-  if (!filename || !PyUnicode_Check(filename)) return true;
-  std::string f = py::utf8(filename);
-  if (f.rfind("<frozen ", 0) == 0) return false;
-  return !path_under(f, g_runtime_roots);
+  return !trust::is_trusted(code.get());
 }
 
 }  // namespace spr::embed::audit

@@ -20,7 +20,7 @@ struct RunRules {
 
 // Registers the hook. Must run before Py_Initialize so it is runtime-wide and unremovable.
 void install();
-// Trusted prefixes: code whose co_filename starts with one of these is the runtime's, not the user's.
+// The runtime's directories: modules loaded from files under them after arming are trusted (trust.cpp).
 void set_runtime_roots(std::vector<std::string> roots);
 const std::vector<std::string>& runtime_roots();
 // Readable, but not code: shared libraries extensions load, the time-zone database.
@@ -46,7 +46,9 @@ class Trusted {
 int denials();
 void reset_denials();
 
-// True when the innermost Python frame belongs to user code (not the runtime's own files).
+// True when the innermost Python frame's code object is not one the engine marked as the runtime's
+// own (loaded before arming, or read by the engine from a file under the runtime roots). Decided
+// by the code object's identity, never by its co_filename.
 bool caller_is_user();
 // True when path (made absolute and resolved) lies under one of roots.
 bool path_under(const std::string& path, const std::vector<std::string>& roots);

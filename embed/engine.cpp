@@ -5,12 +5,14 @@
 #include <limits.h>
 #include <locale.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <stdlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -24,6 +26,7 @@
 #include "libdeps.hpp"
 #include "memory.hpp"
 #include "py.hpp"
+#include "trust.hpp"
 
 extern const char kSprBootstrapSource[];
 extern const char kSprPreloadList[];
@@ -200,11 +203,27 @@ std::string type_name(PyObject* type) {
   return "Exception";
 }
 
+double thread_cpu_seconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// The supervisor refuses `error` fields over 64 KiB; the full text is in stderr.
+std::string clip_line(std::string line) {
+  constexpr std::size_t kMaxErrorBytes = 16 << 10;
+  if (line.size() <= kMaxErrorBytes) return line;
+  std::size_t cut = kMaxErrorBytes;
+  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;  // a character boundary
+  line.resize(cut);
+  return line + "...";
+}
+
 // "ValueError: msg", as the original reports it (the type's name, unqualified).
 std::string one_line(const py::FetchedError& e) {
   std::string name = type_name(e.type.get());
   if (auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
-  return name + ": " + py::str(e.value.get());
+  return clip_line(name + ": " + py::str(e.value.get()));
 }
 
 std::string format_traceback(const py::FetchedError& e, bool only_exception) {
@@ -257,7 +276,7 @@ void system_exit(const py::FetchedError& e, RunResult& r) {
   } else {
     const std::string msg = py::str(code.get());
     write_stderr(msg + "\n");
-    r.error = "SystemExit: " + msg;
+    r.error = clip_line("SystemExit: " + msg);
     r.exit_code = 1;
   }
   r.error_kind = ErrorKind::system_exit;
@@ -541,8 +560,10 @@ std::string init_current_interpreter() {
   if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
+  if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
   preload("os\nimportlib.machinery\nimportlib.util\nctypes\n");
+  if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
 }
 
@@ -611,12 +632,17 @@ std::string initialize(const EngineOptions& options) {
     if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
+    if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   }
   // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
   // cannot be loaded during a run.
   preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\nctypes\ntraceback\n");
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
+  // Everything loaded so far is the runtime's and the engine's own; from here on only code the
+  // engine reads from the runtime's files is added (trust.cpp). Before gc.freeze(), which hides
+  // objects from gc.get_objects().
+  if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
     // copy-on-write fault) the whole warm heap when its collector runs.
@@ -709,26 +735,38 @@ RunResult run_prepared(const Request& req) {
       r.exit_code = 1;
     }
   } else {
+    // Both limits stay armed until the run's last byte of user code: its result's __str__/__repr__
+    // during encoding and its objects' __del__ when the globals are cleared run under them too.
     memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
     deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
+    const auto started = std::chrono::steady_clock::now();
+    const double cpu_started = thread_cpu_seconds();
     py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
     if (value && last) value = py::Ref(show_last(last.get(), globals.get(), static_cast<std::size_t>(p.max_result_kb) * 1024, r));
-    deadline::disarm();
     py::FetchedError e;
     if (!value) e = py::FetchedError::fetch();
-    memory::end_run();
-    const bool over_time = deadline::wall_fired() || deadline::cpu_fired();
-    if (over_time) {
-      // A handler may still be pending: let it run now, not in the next run.
-      if (PyErr_CheckSignals() < 0) PyErr_Clear();
-    }
+    value.reset();
+    const auto code_ended = std::chrono::steady_clock::now();
+    const double cpu_used = thread_cpu_seconds() - cpu_started;
+    // Classifying (the engine's own traceback formatting) is not the run's time: the timers pause
+    // for it and resume with what is left for encoding and teardown, where the run's code runs again.
+    deadline::disarm();
+    const bool fired_in_code = deadline::wall_fired() || deadline::cpu_fired();
+    if (fired_in_code && PyErr_CheckSignals() < 0) PyErr_Clear();  // a pending handler runs now, not later
+    const bool refused_in_code = memory::refused();
     if (e) {
       classify(e, p, r);
-    } else if (over_time) {
+    } else if (deadline::wall_fired() || deadline::cpu_fired()) {
       // The code caught the TimeoutError and finished anyway: it still ran past its limit.
       classify_over_time(p, r);
     } else {
       r.ok = true;
+    }
+    const auto classified = std::chrono::steady_clock::now();
+    if (!fired_in_code) {
+      const double wall_left = p.timeout_seconds - std::chrono::duration<double>(code_ended - started).count();
+      const double cpu_left = p.cpu_time_seconds > 0 ? std::max(p.cpu_time_seconds - cpu_used, 0.001) : 0;
+      deadline::arm(std::max(wall_left, 0.001), cpu_left);
     }
     if (r.ok) {
       PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
@@ -753,8 +791,39 @@ RunResult run_prepared(const Request& req) {
       }
       if (r.ok) r.exit_code = 0;
     }
+    // User __del__ methods run here, still under the audit hook and the limits (a session keeps its namespace).
+    if (!req.session_main) PyDict_Clear(globals.get());
+    PyErr_Clear();
+    deadline::disarm();
+    memory::end_run();
+    // A handler may still be pending: let it run now, not in the next run.
+    if ((deadline::wall_fired() || deadline::cpu_fired()) && PyErr_CheckSignals() < 0) PyErr_Clear();
+    // A limit hit while encoding or tearing down still ends the run as over its limit.
+    // Also by the clock: a run that blocked the alarm signal never saw its timer fire.
+    const bool overran = (code_ended - started) + (std::chrono::steady_clock::now() - classified) >
+                         std::chrono::duration<double>(p.timeout_seconds);
+    // Only a run that would otherwise succeed is turned into an overrun: one that already failed
+    // stays failed (and a loaded machine's scheduling delays in its teardown do not relabel it).
+    if ((r.ok || r.error_kind == ErrorKind::result_too_large) &&
+        (deadline::wall_fired() || deadline::cpu_fired() || overran)) {
+      r.result = nullptr;
+      if (overran && !deadline::cpu_fired()) {
+        RunResult t = spr::detail::timeout_result(p.timeout_seconds);
+        t.isolation = r.isolation;
+        r = std::move(t);
+      } else {
+        classify_over_time(p, r);
+      }
+    } else if (!refused_in_code && memory::refused() && (r.ok || r.error_kind == ErrorKind::result_too_large)) {
+      r = RunResult{};
+      r.isolation = p.isolation;
+      r.resource_exceeded = true;
+      r.error = "Memory limit exceeded";
+      r.exit_code = 2;
+      r.error_kind = ErrorKind::memory;
+    }
   }
-  if (!req.session_main) PyDict_Clear(globals.get());  // user __del__ methods run here, still under the audit hook
+  if (!req.session_main) PyDict_Clear(globals.get());
   globals.reset();
   code.reset();
   last.reset();

@@ -32,9 +32,15 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kAliases = {
     {"pickle", {"_pickle"}},
     {"shutil", {"_shutil"}},
 };
-// Never importable by user code, whatever the policy says.
-const std::vector<std::string> kAlwaysBlocked = {"_spr", "importlib", "_imp", "_frozen_importlib",
-                                                 "_frozen_importlib_external"};
+// Never importable by user code, whatever the policy says: the engine's own module, the import
+// machinery, and CPython's test and interpreter-internal modules (raw memory, allocator failure
+// injection, new interpreters).
+const std::vector<std::string> kAlwaysBlocked = {
+    "_spr", "importlib", "_imp", "_frozen_importlib", "_frozen_importlib_external",
+    "_testcapi", "_testinternalcapi", "_testbuffer", "_testclinic", "_testimportmultiple",
+    "_testmultiphase", "_testsinglephase", "_testlimitedcapi", "_testexternalinspection", "_ctypes_test",
+    "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_interpreters", "_interpchannels",
+    "_interpqueues", "xxlimited", "xxlimited_35", "xxsubtype", "_xxlimited"};
 
 ImportPolicy g_policy;
 bool g_blocked_raised = false;

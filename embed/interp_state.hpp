@@ -21,6 +21,7 @@ struct InterpState {
   // Compiled user code by exact source text: agents and benchmarks resend the same snippet.
   std::unordered_map<std::string, PyObject*> code_cache;
   std::size_t code_cache_bytes = 0;
+  Py_ssize_t trust_index = -1;  // co_extra slot of the engine's trusted-code mark (trust.cpp)
 };
 
 InterpState& state();

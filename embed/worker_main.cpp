@@ -2,11 +2,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -15,6 +18,7 @@
 #include "common/wire.hpp"
 #include "engine.hpp"
 #include "fork_runner.hpp"
+#include "process_state.hpp"
 #include "harden/harden.hpp"
 #include "session_loop.hpp"
 #include "spr/version.hpp"
@@ -26,6 +30,7 @@ using spr::json;
 namespace detail = spr::detail;
 
 constexpr int kIdleSpinMicroseconds = 50;
+constexpr std::uint64_t kBackstopSlackMb = 256;
 
 struct Args {
   spr::Isolation isolation = spr::Isolation::fork;
@@ -34,6 +39,8 @@ struct Args {
   bool allow_network = false;
   std::string scratch;
   double grace = 0.25;
+  std::uint64_t memory_backstop_mb = 0;
+  double cpu_backstop_seconds = 0;
   std::vector<std::string> sys_path;    // --sys-path, repeated: the chosen python3's sys.path
   std::string python;                   // --python: that python3 (sys.executable)
   std::vector<std::string> preload;     // --preload, repeated
@@ -73,6 +80,10 @@ Args parse_args(int argc, char** argv) {
       a.harden = false;
     } else if (k == "--scratch") {
       a.scratch = value();
+    } else if (k == "--memory-backstop-mb") {
+      a.memory_backstop_mb = std::stoull(value());
+    } else if (k == "--cpu-backstop-seconds") {
+      a.cpu_backstop_seconds = std::stod(value());
     } else if (k == "--sys-path") {
       a.sys_path.push_back(value());
     } else if (k == "--python") {
@@ -111,6 +122,26 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   // A long-lived interpreter must not get threads: they would keep running into later runs.
   cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
   cfg.allow_network = a.allow_network;
+  // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
+  // process's memory can switch off: measured from what the worker already uses.
+  if (a.memory_backstop_mb > 0) {
+    long pages = 0;
+    if (statm_fd >= 0) {
+      char buf[128] = {};
+      if (pread(statm_fd, buf, sizeof buf - 1, 0) > 0) pages = std::strtol(buf, nullptr, 10);
+    }
+    const std::uint64_t base = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
+    // accounting would let through.
+    cfg.address_space_bytes = base + (2 * a.memory_backstop_mb + kBackstopSlackMb) * (1ULL << 20);
+  }
+  if (a.cpu_backstop_seconds > 0) {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const double used = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    cfg.cpu_seconds = static_cast<std::uint64_t>(std::ceil(used + a.cpu_backstop_seconds)) + 1;
+  }
   return spr::harden::apply_worker(cfg);
 }
 
@@ -137,10 +168,69 @@ std::string reply_text(const json& id, const json& nonce, const spr::RunResult& 
 #ifdef SPR_FAULTS
 // Test-only fault injection: compiled into spr-worker-faulty, never into spr-worker. A request
 // whose code starts with "#spr-fault: NAME" makes the worker misbehave in that way.
-void inject_fault(const std::string& code) {
+// Some faults stand for what a run with arbitrary read/write of the worker's memory could do
+// (forge a reply, write outside the audit hook's view, allocate behind the accounting).
+void forge(const json& id, const json& nonce, json body) {
+  body["id"] = id;
+  body["nonce"] = nonce;
+  detail::write_frame(detail::kProtocolFd, detail::dump_json(body));
+}
+
+void inject_fault(const std::string& code, const json& id, const json& nonce) {
   const std::string tag = "#spr-fault: ";
   if (code.rfind(tag, 0) != 0) return;
-  const std::string name = code.substr(tag.size(), code.find('\n') - tag.size());
+  const std::string line = code.substr(tag.size(), code.find('\n') - tag.size());
+  const std::string name = line.substr(0, line.find(' '));
+  const std::string arg = line.find(' ') == std::string::npos ? std::string() : line.substr(line.find(' ') + 1);
+  if (name == "forge_oversize") {  // 200 KB of stdout past a 128 KB cap, then the real reply
+    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"stdout", std::string(200 << 10, 'A')}});
+    return;
+  }
+  if (name == "forge_ok") {  // a plausible reply, then the real one: two frames for one request
+    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"error_kind", "none"}, {"exit_code", 0}});
+    return;
+  }
+  if (name == "big_header") {  // announces `arg` bytes, sends a few, then stalls
+    const auto len = static_cast<std::uint32_t>(std::stoul(arg));
+    const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
+                                  static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
+    ssize_t a = write(detail::kProtocolFd, hdr, 4);
+    ssize_t b = write(detail::kProtocolFd, "{\"id\":", 6);
+    (void)a;
+    (void)b;
+    for (;;) pause();
+  }
+  if (name == "leave_file") {  // a file in the worker's scratch root, where only the OS layers apply
+    int fd = open(("spr-leftover-" + arg).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+    return;
+  }
+  if (name == "mkfifo") {  // os.mkfifo/os.mknod raise no audit event on 3.11: only the C layers stop them
+    if (mkfifo(("spr-fifo-" + arg).c_str(), 0600) != 0)
+      mknod(("spr-fifo-" + arg).c_str(), S_IFIFO | 0600, 0);
+    return;
+  }
+  if (name == "sigio") {  // signal-driven I/O aimed at another process: SIGKILL through F_SETSIG
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return;
+    const pid_t target = static_cast<pid_t>(std::stol(arg));
+    (void)fcntl(fds[0], F_SETOWN, target);
+    (void)fcntl(fds[0], F_SETSIG, SIGKILL);
+    (void)fcntl(fds[0], F_SETFL, O_ASYNC | O_NONBLOCK);
+    ssize_t w = write(fds[1], "x", 1);
+    (void)w;
+    close(fds[0]);
+    close(fds[1]);
+    return;
+  }
+  if (name == "alloc") {  // memory behind the allocator accounting: only RLIMIT_AS stops it
+    const std::size_t n = std::stoul(arg) << 20;
+    if (void* p = malloc(n)) {
+      memset(p, 1, n);
+      free(p);
+    }
+    return;
+  }
   if (name == "sigkill") raise(SIGKILL);
   if (name == "segv") raise(SIGSEGV);
   if (name == "abort") abort();
@@ -240,6 +330,9 @@ int main(int argc, char** argv) {
 
   if (args.session_memory_mb >= 0) spr::embed::serve_session(args.allow_network);
 
+  // namespace and subinterpreter workers serve several runs: what a run changes process-wide is put back.
+  spr::embed::ProcessState process_state;
+  process_state.capture();
   PolicyCache policies;
   std::string frame;
   for (;;) {
@@ -263,7 +356,7 @@ int main(int argc, char** argv) {
       rq.policy.isolation = args.isolation;
       rq.policy.allow_network = rq.policy.allow_network && args.allow_network;
 #ifdef SPR_FAULTS
-      inject_fault(rq.code);
+      inject_fault(rq.code, id, nonce);
 #endif
       if (args.isolation == spr::Isolation::fork) {
         std::string raw = fork_runner.run(rq, id, nonce);
@@ -276,6 +369,11 @@ int main(int argc, char** argv) {
     }
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);
-    if (args.isolation == spr::Isolation::subinterpreter) subinterps.recycle();
+    if (args.isolation == spr::Isolation::subinterpreter) {
+      subinterps.recycle();
+      process_state.restore(true);  // the run's interpreter is gone: no object of it owns a descriptor now
+    } else if (args.isolation == spr::Isolation::namespace_) {
+      process_state.restore(false);  // module objects of earlier runs may own descriptors: left alone
+    }
   }
 }

@@ -31,20 +31,38 @@ Clock::duration seconds(double s) {
 
 // Workers are hardened when they start: a pool serves one isolation mode, network setting, Python
 // environment and read set (Landlock can only narrow, so the read set is fixed at the worker's start).
+// namespace and subinterpreter workers also carry state from run to run (a run may own its process's
+// memory), so their pools are split by trust domain too, and by their OS memory backstop (RLIMIT_AS,
+// set once at start): the power of two at or above the run's memory limit.
 struct PoolKey {
   Isolation isolation;
   bool network;
   std::string python;              // python_executable as given ("" = the default python3)
   std::vector<std::string> reads;  // allowed_read_paths, sorted
+  std::string domain;              // trust_domain (namespace, subinterpreter)
+  std::int64_t memory_class_mb = 0;  // namespace, subinterpreter
   bool operator<(const PoolKey& o) const {
-    return std::tie(isolation, network, python, reads) < std::tie(o.isolation, o.network, o.python, o.reads);
+    return std::tie(isolation, network, python, reads, domain, memory_class_mb) <
+           std::tie(o.isolation, o.network, o.python, o.reads, o.domain, o.memory_class_mb);
   }
 };
 
+bool shares_process(Isolation i) { return i == Isolation::namespace_ || i == Isolation::subinterpreter; }
+
+std::int64_t memory_class_mb(std::int64_t limit_mb) {
+  std::int64_t c = 64;
+  while (c < limit_mb) c *= 2;
+  return c;
+}
+
 PoolKey key_of(const RunnerPolicy& p) {
-  PoolKey k{p.isolation, p.allow_network, p.python_executable, p.allowed_read_paths};
+  PoolKey k{p.isolation, p.allow_network, p.python_executable, p.allowed_read_paths, {}, 0};
   std::sort(k.reads.begin(), k.reads.end());
   k.reads.erase(std::unique(k.reads.begin(), k.reads.end()), k.reads.end());
+  if (shares_process(p.isolation)) {
+    k.domain = p.trust_domain;
+    k.memory_class_mb = memory_class_mb(p.memory_limit_mb);
+  }
   return k;
 }
 
@@ -111,6 +129,7 @@ struct Runner::Impl {
   // Throws WorkerError when the key's Python cannot be served (probe failed, no worker for its version).
   detail::SpawnOptions spawn_options(const PoolKey& key, bool once) const {
     detail::SpawnOptions so;
+    so.memory_backstop_mb = key.memory_class_mb;
     so.worker_path = worker_path;
     const std::string exe = key.python.empty() ? detail::default_python() : key.python;
     const detail::PythonEnv& env = detail::probe_python(exe);
@@ -171,8 +190,27 @@ struct Runner::Impl {
     }
   }
 
+  // Caller holds `lk` on mu. Per-domain pools multiply workers: past a bound, an idle worker of
+  // another domain's pool makes room for this one.
+  void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
+    std::size_t live = 0;
+    for (auto& [k, pool] : pools) live += pool.live;
+    if (live < options.workers * kMaxPoolsPerMode) return;
+    for (auto& [k, pool] : pools) {
+      if (k.isolation != key.isolation || pool.idle.empty() || !(k < key || key < k)) continue;
+      auto w = std::move(pool.idle.front());
+      pool.idle.pop_front();
+      --pool.live;
+      lk.unlock();
+      w.reset();  // kills and reaps
+      lk.lock();
+      return;
+    }
+  }
+  static constexpr std::size_t kMaxPoolsPerMode = 8;
+
   // Caller holds mu. Tops the pool up to `workers`.
-  void fill(PoolKey iso) {
+  void fill(const PoolKey& iso) {
     Pool& pool = pools[iso];
     while (pool.live < options.workers) {
       ++pool.live;
@@ -181,7 +219,7 @@ struct Runner::Impl {
     spawn_cv.notify_one();
   }
 
-  std::unique_ptr<WorkerProcess> acquire(PoolKey iso, std::string& error, const CancelToken* cancel = nullptr) {
+  std::unique_ptr<WorkerProcess> acquire(const PoolKey& iso, std::string& error, const CancelToken* cancel = nullptr) {
     std::unique_lock<std::mutex> lk(mu);
     const auto give_up = Clock::now() + seconds(options.start_timeout_seconds * 2);
     for (;;) {
@@ -194,9 +232,18 @@ struct Runner::Impl {
       if (!pool.idle.empty()) {
         auto w = std::move(pool.idle.front());
         pool.idle.pop_front();
+        if (!w->quiet()) {
+          // A stray frame or a hang-up is pending: a run wrote to the reply channel itself. Replace it.
+          --pool.live;
+          lk.unlock();
+          w.reset();
+          lk.lock();
+          continue;
+        }
         busy.insert(w.get());
         return w;
       }
+      if (pool.live == 0 && shares_process(iso.isolation)) evict_idle_elsewhere(iso, lk);
       // Several spawns in a row failed and none is pending: answer now instead of waiting.
       if (pool.failures_in_a_row >= 3 && pool.live == 0) {
         error = pool.last_error;
@@ -214,7 +261,7 @@ struct Runner::Impl {
     }
   }
 
-  void release(PoolKey iso, std::unique_ptr<WorkerProcess> w) {
+  void release(const PoolKey& iso, std::unique_ptr<WorkerProcess> w) {
     std::unique_ptr<WorkerProcess> dead;
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -248,9 +295,17 @@ struct Runner::Impl {
     return r;
   }
 
+  // Throws PolicyError for an invalid policy, or one that loosens a ceiling policy.
+  void check(const RunnerPolicy& policy) const {
+    policy.validate();
+    if (!options.policy_is_ceiling) return;
+    if (std::string why = policy.looser_than(options.policy); !why.empty())
+      throw PolicyError("the runner's policy is a ceiling: " + why);
+  }
+
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
-    policy.validate();
+    check(policy);
     if (policy.timeout_seconds == 0) {
       // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
       RunnerPolicy floored = policy;
@@ -284,7 +339,12 @@ struct Runner::Impl {
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
-        w = WorkerProcess::spawn(spawn_options(key_of(policy), true));
+        RunnerPolicy one = policy;
+        detail::SpawnOptions so = spawn_options(key_of(one), true);
+        // One run per process: its exact limits become the OS backstop.
+        so.memory_backstop_mb = policy.memory_limit_mb;
+        so.cpu_backstop_seconds = policy.cpu_time_seconds;
+        w = WorkerProcess::spawn(so);
       } catch (const std::exception& e) {
         r = detail::failure(ErrorKind::worker_unavailable, e.what());
       }
@@ -327,7 +387,7 @@ struct Runner::Impl {
 
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
   RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts) {
-    policy.validate();
+    check(policy);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();
     CancelToken token = opts.cancel;
@@ -367,7 +427,7 @@ struct Runner::Impl {
     }
   }
 
-  json hello(PoolKey iso) {
+  json hello(const PoolKey& iso) {
     std::string error;
     auto w = acquire(iso, error);
     if (!w) throw WorkerError("no worker available: " + error);
@@ -414,7 +474,7 @@ RunHandle Runner::submit(std::string code, json input_data, RunnerPolicy policy,
 Session Runner::open_session() { return open_session(impl_->options.policy); }
 
 Session Runner::open_session(const RunnerPolicy& policy) {
-  policy.validate();
+  impl_->check(policy);  // valid, and within the ceiling when the runner has one
   // A session's worker is hardened like a namespace-mode worker of the same network, Python and reads.
   PoolKey key = key_of(policy);
   key.isolation = Isolation::namespace_;

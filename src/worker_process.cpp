@@ -1,6 +1,7 @@
 // Spawning spr-worker with Boost.Process, and the supervisor's side of the frame protocol.
 #include "detail/worker_process.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include <boost/process/io.hpp>
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -56,10 +58,40 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+// Removes everything inside the directory `dirfd` without following a single symlink: every step
+// is relative to a descriptor already held, so a run that swaps a directory for a link to a host
+// path while we walk cannot make us delete outside its scratch root.
+void remove_contents(int dirfd, int depth) {
+  if (depth > 64) return;
+  const int dup_fd = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) return;
+  DIR* d = ::fdopendir(dup_fd);
+  if (!d) {
+    ::close(dup_fd);
+    return;
+  }
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+  }
+  ::closedir(d);
+  for (const auto& name : names) {
+    if (::unlinkat(dirfd, name.c_str(), 0) == 0) continue;
+    const int sub = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) continue;
+    remove_contents(sub, depth + 1);
+    ::close(sub);
+    ::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR);
+  }
+}
+
 void remove_tree(const std::string& dir) {
   if (dir.empty()) return;
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return;
+  remove_contents(fd, 0);
+  ::close(fd);
+  ::rmdir(dir.c_str());
 }
 
 // Runs in the forked child before exec: async-signal-safe calls only.
@@ -134,11 +166,20 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   char tmpl[] = "/tmp/spr-XXXXXX";
   if (!mkdtemp(tmpl)) throw WorkerError(std::string("mkdtemp failed: ") + strerror(errno));
   w->scratch_ = tmpl;
+  w->scratch_fd_ = Fd(::open(tmpl, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
 
   std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_, "--grace",
                                    format_seconds(o.grace_seconds)};
   if (o.once) args.push_back("--once");
   if (o.allow_network) args.push_back("--allow-network");
+  if (o.memory_backstop_mb > 0) {
+    args.push_back("--memory-backstop-mb");
+    args.push_back(std::to_string(o.memory_backstop_mb));
+  }
+  if (o.cpu_backstop_seconds > 0) {
+    args.push_back("--cpu-backstop-seconds");
+    args.push_back(format_seconds(o.cpu_backstop_seconds));
+  }
   if (!o.python.empty()) args.insert(args.end(), {"--python", o.python});
   for (const auto& p : o.sys_path) args.insert(args.end(), {"--sys-path", p});
   for (const auto& m : o.preload) args.insert(args.end(), {"--preload", m});
@@ -211,6 +252,7 @@ void WorkerProcess::kill_and_reap() {
   alive_ = false;
   sock_.reset();
   pidfd_.reset();
+  scratch_fd_.reset();
   remove_tree(scratch_);
   scratch_.clear();
 }
@@ -301,10 +343,20 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   return r;
 }
 
+void WorkerProcess::wipe_scratch() const {
+  if (scratch_fd_) remove_contents(scratch_fd_.get(), 0);
+}
+
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
                              const RunnerPolicy& policy, Clock::time_point hard_deadline,
                              const std::string& stdin_text, const RunExtras& extras) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
+  // Nothing a run writes to the worker's scratch root (the only place Landlock lets it write)
+  // outlives the run: every run starts from an empty root.
+  struct Wipe {
+    const WorkerProcess* w;
+    ~Wipe() { w->wipe_scratch(); }
+  } wipe{this};
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   const std::string n = nonce();
@@ -339,6 +391,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
+  const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
   if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
   const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   std::uint64_t sent[2] = {0, 0};
@@ -360,30 +413,132 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     }
   }
   std::string frame;
-  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 50, pidfd_.get());
-  if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+  RunResult r;
+  std::string why;
+  bool stale_seen = false;
+  for (int frames = 0;; ++frames) {
+    IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 50, pidfd_.get());
+    if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+    why = check_reply(frame, id, n, policy, r);
+    // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
+    // says nothing about this request: skip it, answer this run, then replace the worker.
+    if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
+    stale_seen = true;
+  }
+  if (!why.empty()) {
+    // The run can write to the reply channel itself: a reply that breaks the protocol or a cap is
+    // never passed on, and the worker (now out of step with us) is replaced.
+    kill_and_reap();
+    r = failure(ErrorKind::protocol_error, "worker reply refused: " + why);
+    read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
+    r.isolation = isolation_;
+    return finish(std::move(r));
+  }
+  r.isolation = isolation_;
+  // What the supervisor measured itself outranks what the run reported: a run that used more CPU
+  // than allowed did not succeed, whatever its reply says. (Wall-clock overruns are the engine's to
+  // see, by its own clock, and the hard deadline's: elapsed time seen from here includes scheduling
+  // delays under load, which are not the run's.)
+  if (policy.cpu_time_seconds > 0 && r.error_kind != ErrorKind::cpu_time && cpu_before != 0) {
+    const std::uint64_t cpu_after = cpu_ticks();
+    const double used = static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    // A subinterpreter worker may spend the start of this window building its next interpreter.
+    const double cpu_slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
+    if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
+      RunResult c = failure(ErrorKind::cpu_time,
+                            "CPU time limit exceeded after " + format_seconds(policy.cpu_time_seconds) + "s", 124);
+      c.resource_exceeded = true;
+      c.stdout_text = std::move(r.stdout_text);
+      c.stderr_text = std::move(r.stderr_text);
+      c.stdout_truncated = r.stdout_truncated;
+      c.stderr_truncated = r.stderr_truncated;
+      c.isolation = isolation_;
+      r = std::move(c);
+    }
+  }
+  if (stale_seen) kill_and_reap();  // out of step with us: replaced after answering this run
+  return finish(std::move(r));
+}
+
+// The reply's bounds follow from the policy this supervisor sent: JSON escaping can grow text
+// at most six-fold (\u00XX), `result` was checked against max_result_kb, `error` is one line.
+std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
+  const std::uint64_t out = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
+  const std::uint64_t res = static_cast<std::uint64_t>(policy.max_result_kb) * 1024;
+  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * res + (64 << 10);
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
+}
+
+// Parses and checks a reply against what the supervisor knows: the one request in flight (its
+// id), the caps of its policy, the field types. The nonce is compared too, but it is no secret
+// (the run can read its own process's memory); nothing here depends on it staying hidden.
+std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
+                                       const RunnerPolicy& policy, RunResult& r) const {
   json reply;
   try {
     reply = parse_json(frame);
   } catch (const std::exception& e) {
-    kill_and_reap();
-    RunResult r = failure(ErrorKind::protocol_error, std::string("malformed reply from worker: ") + e.what());
-    read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
-    return finish(std::move(r));
+    return std::string("malformed JSON: ") + e.what();
   }
-  // A reply must carry our id and the nonce only the worker's C++ side has seen.
-  if (!reply.is_object() || reply.value("id", json()) != json(id) || reply.value("nonce", json()) != json(n)) {
-    kill_and_reap();
-    return failure(ErrorKind::protocol_error, "worker reply did not match the request (id or nonce differs)");
-  }
+  if (!reply.is_object() || reply.value("id", json()) != json(id) || reply.value("nonce", json()) != json(nonce))
+    return "it does not answer the request in flight (id or nonce differs)";
   try {
-    RunResult r = result_from_reply(reply);
-    r.isolation = isolation_;
-    return finish(std::move(r));
+    r = result_from_reply(reply);
   } catch (const std::exception& e) {
-    kill_and_reap();
-    return failure(ErrorKind::protocol_error, std::string("malformed reply from worker: ") + e.what());
+    return std::string("malformed reply: ") + e.what();
   }
+  const std::size_t out_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
+  if (r.stdout_text.size() > out_cap || r.stderr_text.size() > out_cap) return "output longer than max_output_kb";
+  if (r.error && r.error->size() > kMaxReplyErrorBytes) return "error message longer than the protocol allows";
+  if (!r.result.is_null()) {
+    if (!r.ok) return "a failed run carries a result";
+    const std::size_t res_cap = static_cast<std::size_t>(policy.max_result_kb) * 1024;
+    // The worker measured its own encoding; nlohmann's may differ slightly (number spelling).
+    if (json_depth(r.result) > kMaxJsonDepth || dump_json(r.result).size() > res_cap + res_cap / 8 + 64)
+      return "result larger than max_result_kb";
+  }
+  if (r.ok && (r.error || r.exit_code != 0 || r.error_kind != ErrorKind::none || r.timed_out))
+    return "a successful run carries an error";
+  return {};
+}
+
+// Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
+// cannot change it. 0 when unreadable.
+std::uint64_t WorkerProcess::cpu_ticks() const {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid_));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // comm may contain spaces; fields restart after it
+  if (!p) return 0;
+  // Its own time and that of the children it has reaped (a fork-mode run's child).
+  unsigned long long utime = 0, stime = 0, cutime = 0, cstime = 0;
+  if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &utime, &stime, &cutime,
+                  &cstime) != 4)
+    return 0;
+  return utime + stime + cutime + cstime;
+}
+
+bool WorkerProcess::is_stale(const std::string& frame, std::uint64_t id) {
+  try {
+    const json j = parse_json(frame);
+    const json& got = j.is_object() ? j.value("id", json()) : json();
+    return got.is_number_unsigned() && got.get<std::uint64_t>() < id;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+bool WorkerProcess::quiet() const {
+  if (!alive_ || !sock_) return false;
+  pollfd p{sock_.get(), POLLIN, 0};
+  const int r = ::poll(&p, 1, 0);
+  return r == 0;  // anything readable (a stray frame, a hang-up) means it is out of step
 }
 
 }  // namespace spr::detail

@@ -104,7 +104,8 @@ Report apply_worker(const WorkerConfig& cfg) {
   run_layer(report, "env", true, [] { return env::apply(); });
   // 5. Rlimits after fds, so NOFILE is sized from the fds actually kept; before seccomp, which denies setrlimit.
   run_layer(report, "rlimits", true, [&] {
-    return rlimits::apply_worker({max_of(cfg.keep_fds), !cfg.allow_fork, cfg.max_tasks});
+    return rlimits::apply_worker(
+        {max_of(cfg.keep_fds), !cfg.allow_fork, cfg.max_tasks, cfg.address_space_bytes, cfg.cpu_seconds});
   });
   // 6. no_new_privs: Landlock requires it from a process without CAP_SYS_ADMIN (we just dropped ours).
   run_layer(report, "no_new_privs", true, [] {

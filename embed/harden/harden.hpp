@@ -19,6 +19,8 @@ struct WorkerConfig {
   bool allow_fork = false;                  // true for fork-mode workers: the worker itself forks one child per run
   bool namespaces = true, landlock = true, seccomp = true;  // switches (doctor/tests); a disabled layer reports active=false, detail "disabled by policy"
   std::uint64_t max_tasks = 64;             // RLIMIT_NPROC when !allow_fork; threads count too, so not 1
+  std::uint64_t address_space_bytes = 0;    // RLIMIT_AS backstop (0 = unchanged)
+  std::uint64_t cpu_seconds = 0;            // RLIMIT_CPU backstop, soft; hard one second later (0 = unchanged)
 };
 // Applied once in the worker, after Python is initialised and warmed up, while the process is single-threaded.
 // Layers, in order: namespaces, capabilities, fds, env, rlimits, no_new_privs, landlock, seccomp (last).

@@ -144,9 +144,10 @@ LayerStatus apply(const Options& options) {
     }
   }
   // Scratch: create, rename (REFER, within it), truncate and delete, but no EXECUTE (a dropped binary stays
-  // inert), no device nodes, no sockets to bind, no device ioctls.
+  // inert), no device nodes, no FIFOs (a rendezvous a later run could open), no sockets to bind, no device
+  // ioctls. Seccomp refuses mknod/mknodat as well, for kernels without Landlock.
   const std::uint64_t write_rights = kReadFile | kReadDir | kWriteFile | kRemoveDir | kRemoveFile | kMakeDir |
-                                     kMakeReg | kMakeSym | kMakeFifo | kRefer | kTruncate;
+                                     kMakeReg | kMakeSym | kRefer | kTruncate;
   if (!options.scratch_root.empty()) {
     notes += add_path_rule(ruleset_fd, options.scratch_root, write_rights & handled);
     detail += ", scratch " + options.scratch_root + " read-write";

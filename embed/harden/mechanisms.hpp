@@ -39,7 +39,13 @@ namespace rlimits {
 struct Limit { int resource; const char* name; std::uint64_t soft; std::uint64_t hard; bool set; };  // !set: skip
 // Async-signal-safe; clamps to the current hard limit (without CAP_SYS_RESOURCE it can only go down).
 int apply(const Limit* table, std::size_t count) noexcept;
-struct WorkerOptions { int max_kept_fd = 2; bool limit_tasks = true; std::uint64_t max_tasks = 64; };
+struct WorkerOptions {
+  int max_kept_fd = 2;
+  bool limit_tasks = true;
+  std::uint64_t max_tasks = 64;
+  std::uint64_t address_space_bytes = 0;  // 0 = unchanged
+  std::uint64_t cpu_seconds = 0;          // 0 = unchanged
+};
 LayerStatus apply_worker(const WorkerOptions&);
 }  // namespace rlimits
 

@@ -45,12 +45,17 @@ LayerStatus apply_worker(const WorkerOptions& options) {
       // Threads count against NPROC too; it only backs up seccomp's fork denial (root in the initial namespace
       // is exempt from it anyway).
       {RLIMIT_NPROC, "RLIMIT_NPROC", tasks, tasks, tasks != 0},
+      // Backstops behind the allocator accounting and the soft timers (which live in memory a run can write).
+      {RLIMIT_AS, "RLIMIT_AS", options.address_space_bytes, options.address_space_bytes, options.address_space_bytes != 0},
+      {RLIMIT_CPU, "RLIMIT_CPU", options.cpu_seconds, options.cpu_seconds + 1, options.cpu_seconds != 0},
   };
   if (const int err = apply(table, sizeof(table) / sizeof(table[0])); err != 0) {
     return inactive("rlimits", errno_text("setrlimit", err));
   }
   std::string detail = "CORE=0, NOFILE=" + std::to_string(nofile);
   detail += tasks != 0 ? ", NPROC=" + std::to_string(tasks) : ", NPROC unchanged (fork mode)";
+  if (options.address_space_bytes != 0) detail += ", AS=" + std::to_string(options.address_space_bytes >> 20) + " MiB";
+  if (options.cpu_seconds != 0) detail += ", CPU=" + std::to_string(options.cpu_seconds) + " s";
   return active("rlimits", detail);
 }
 

@@ -4,7 +4,10 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <linux/sockios.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,8 +27,10 @@ enum class Arg {
   a0_no_clone_thread,  // clone() creating a process rather than a thread
   a1_non_null,         // setrlimit(resource, new): setting, not reading
   a2_non_null,         // prlimit64(pid, resource, new, old): setting, not reading
+  a1_eq,               // fcntl/ioctl(fd, cmd == value): one command
+  a1_eq_a2_bit,        // fcntl(fd, cmd == value, arg with bit `extra` set)
 };
-struct Rule { const char* syscall; int err; Arg arg; };
+struct Rule { const char* syscall; int err; Arg arg; std::uint64_t value = 0; std::uint64_t extra = 0; };
 
 // Always denied in the worker: exec, debugging other processes, kernel/namespace/mount administration, and the
 // kernel attack surfaces CPython never needs.
@@ -54,6 +59,18 @@ constexpr Rule kAlways[] = {
     {"memfd_secret", EPERM, Arg::any},
     // Anonymous files hold memory that neither the allocator accounting nor RLIMIT_AS sees.
     {"memfd_create", EPERM, Arg::any},
+    // FIFOs and device nodes: a rendezvous or a device a later run could open (Python raises no audit event
+    // for os.mkfifo/os.mknod on 3.11). Regular files are created with open().
+    {"mknod", EPERM, Arg::any}, {"mknodat", EPERM, Arg::any},
+    // Signal-driven I/O: F_SETOWN/F_SETSIG/O_ASYNC make the kernel signal a chosen process or group (SIGIO,
+    // or any signal with F_SETSIG, SIGSTOP included) when a descriptor becomes ready: a signal that no
+    // kill() rule sees.
+    {"fcntl", EPERM, Arg::a1_eq, F_SETOWN}, {"fcntl", EPERM, Arg::a1_eq, F_SETOWN_EX},
+    {"fcntl", EPERM, Arg::a1_eq, F_SETSIG}, {"fcntl", EPERM, Arg::a1_eq_a2_bit, F_SETFL, O_ASYNC},
+    {"ioctl", EPERM, Arg::a1_eq, FIOSETOWN}, {"ioctl", EPERM, Arg::a1_eq, SIOCSPGRP},
+    {"ioctl", EPERM, Arg::a1_eq, FIOASYNC},
+    // Leaving the process group or session would take a process out of reach of the supervisor's group kill.
+    {"setsid", EPERM, Arg::any}, {"setpgid", EPERM, Arg::any},
 };
 
 // Threads, in workers whose interpreter outlives a run: a thread would keep running into the next run.
@@ -116,6 +133,14 @@ int add_rules(scmp_filter_ctx ctx, const Rule (&rules)[N], std::uint32_t self_pi
         break;
       case Arg::a1_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_NE, 0)); break;
       case Arg::a2_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_NE, 0)); break;
+      // The command is an int: compare its low 32 bits only, so a crafted upper half cannot dodge the rule.
+      case Arg::a1_eq:
+        rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, rule.value));
+        break;
+      case Arg::a1_eq_a2_bit:
+        rc = seccomp_rule_add(ctx, action, nr, 2, compare(1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, rule.value),
+                              compare(2, SCMP_CMP_MASKED_EQ, rule.extra, rule.extra));
+        break;
     }
     if (rc < 0) {
       log_errno("seccomp_rule_add", rule.syscall, -rc);

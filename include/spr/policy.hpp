@@ -49,6 +49,9 @@ struct RunnerPolicy {
   bool allow_network = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+  // namespace and subinterpreter workers serve many runs in one process, so they never mix trust
+  // domains: runs with different keys never share a worker. Give each party (user, tenant) its own key.
+  std::string trust_domain;
   // The python3 (a venv's, or another installation's) whose packages runs see; empty: the python3
   // whose libpython the worker embeds. Another Python version needs a worker built for it.
   std::string python_executable;
@@ -63,6 +66,14 @@ struct RunnerPolicy {
   static RunnerPolicy from_json(const json& overrides);
   static RunnerPolicy from_json(const json& overrides, const RunnerPolicy& base);
   json to_json() const;
+
+  // "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
+  // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
+  // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
+  // or stronger (namespace < subinterpreter < fork < process); allow_network and scratch_dir only if
+  // the ceiling enables them; allowed_read_paths under the ceiling's. extra_globals and trust_domain
+  // are data, not privileges: free.
+  std::string looser_than(const RunnerPolicy& ceiling) const;
 
   friend bool operator==(const RunnerPolicy& a, const RunnerPolicy& b);
   friend bool operator!=(const RunnerPolicy& a, const RunnerPolicy& b) { return !(a == b); }

@@ -38,6 +38,10 @@ struct RunnerOptions {
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;
+  // `policy` is a ceiling, not just a default: run()/submit() with a policy that loosens it in any
+  // field (see RunnerPolicy::looser_than) throw PolicyError. Off by default in the library (the
+  // default policy is the library's, not an operator's); `serve --policy` turns it on.
+  bool policy_is_ceiling = false;
   // Modules imported in each warm worker before its sandbox closes (fork and namespace mode), so runs
   // find them cached: {"numpy", "pandas"}. A run's own imports still follow its import policy.
   std::vector<std::string> preload;

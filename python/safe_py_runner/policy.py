@@ -64,6 +64,8 @@ class RunnerPolicy:
     """Absolute paths the code may read besides the standard library."""
     scratch_dir: bool = False
     """A private writable working directory per run, removed afterwards."""
+    trust_domain: str = ""
+    """namespace/subinterpreter workers serve only runs with the same key: one key per party."""
     python_executable: Optional[str] = None
     """Run with this interpreter's packages (a venv's ``bin/python``); None: the engine's own."""
 

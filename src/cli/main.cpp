@@ -146,10 +146,12 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs& pa) {
+int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs& pa, bool allow_overrides) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
   spr::RunnerPolicy base = build_policy(pa);
   spr::RunnerOptions options = runner_options(base, workers);
+  // The operator's policy is a ceiling: a request may tighten it, never loosen it.
+  options.policy_is_ceiling = !allow_overrides;
   std::stringstream modules(preload);
   for (std::string m; std::getline(modules, m, ',');)
     if (!m.empty()) options.preload.push_back(m);
@@ -234,6 +236,9 @@ int main(int argc, char** argv) {
   serve->add_option("--workers", workers, "warm workers (default 2)");
   serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);
+  bool allow_overrides = false;
+  serve->add_flag("--allow-policy-overrides", allow_overrides,
+                  "let a request's policy loosen the operator's (by default it may only tighten it)");
 
   bool doctor_json = false;
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
@@ -263,7 +268,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_policy);
-    if (*serve) return cmd_serve(workers, preload, serve_policy);
+    if (*serve) return cmd_serve(workers, preload, serve_policy, allow_overrides);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;

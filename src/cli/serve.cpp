@@ -89,6 +89,10 @@ class Server {
       } catch (const PolicyError& e) {
         return bad(id, std::string("invalid policy: ") + e.what());
       }
+      // The operator's policy is a ceiling unless serve was started with --allow-policy-overrides.
+      if (runner_.options().policy_is_ceiling)
+        if (std::string why = job.policy.looser_than(base_); !why.empty())
+          return bad(id, "policy loosens the operator's (serve --allow-policy-overrides permits it): " + why);
       job.policy_overrides = *p;
     }
     if (auto s = req.find("session"); s != req.end() && !s->is_null()) {

@@ -22,6 +22,10 @@ struct SpawnOptions {
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
+  // OS backstops set in the worker before seccomp forbids changing them (0 = none): RLIMIT_AS of its
+  // size at start plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.
+  std::int64_t memory_backstop_mb = 0;
+  double cpu_backstop_seconds = 0;
   double start_timeout_seconds = 10;
   std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
   std::vector<std::string> sys_path;    // that python3's sys.path
@@ -60,10 +64,17 @@ class WorkerProcess {
   int pidfd() const { return pidfd_.get(); }  // -1 on kernels without pidfd_open
   const json& hello() const { return hello_; }
   void kill_and_reap();
+  // Nothing unread on the socket: a worker with a stray frame pending is out of step and must go.
+  bool quiet() const;
 
  private:
   WorkerProcess() = default;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
+  std::string check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
+                          const RunnerPolicy& policy, RunResult& r) const;
+  std::uint64_t cpu_ticks() const;
+  static bool is_stale(const std::string& frame, std::uint64_t id);
+  void wipe_scratch() const;
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
   // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only); `sent` advances.
   void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], const OutputCallback& out) const;
@@ -77,8 +88,16 @@ class WorkerProcess {
   bool reaped_ = false;
   int wait_status_ = 0;
   std::string scratch_;
+  Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
 };
+
+// Largest reply frame a worker may send for a request under `policy` (checked before allocating).
+std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
+constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
+// CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
+constexpr double kOverrunSlackSeconds = 0.05;
+constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load
 
 std::filesystem::path find_worker(const std::filesystem::path& configured);
 

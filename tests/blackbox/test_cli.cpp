@@ -2,6 +2,8 @@
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -402,6 +404,41 @@ TEST_CASE("serve: JSON lines in, one response per request with its id") {
   REQUIRE(by_id.count("6"));
   CHECK(by_id["6"]["error_kind"] == "bad_input");
   CHECK(contains(by_id["6"]["error"].get<std::string>(), "mode must be 'allow' or 'restrict'"));
+}
+
+TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighten it") {
+  const std::string canary = "/tmp/spr-ceiling-" + std::to_string(getpid());
+  const std::string policy_file = "/tmp/spr-ceiling-policy-" + std::to_string(getpid()) + ".toml";
+  {
+    std::ofstream f(policy_file);
+    f << "[policy]\ntimeout_seconds = 2\nblocked_imports = [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", \"pickle\"]\n";
+  }
+  const std::string loosen = "{\"id\": 1, \"code\": \"import os\\nos.system('touch " + canary +
+                             "')\", \"policy\": {\"blocked_imports\": [], \"allow_network\": true}}\n";
+  const std::string tighten = "{\"id\": 2, \"code\": \"result = 7\", \"policy\": {\"timeout_seconds\": 1, "
+                              "\"blocked_imports\": [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", "
+                              "\"pickle\", \"json\"]}}\n";
+  const std::string longer = "{\"id\": 3, \"code\": \"result = 1\", \"policy\": {\"timeout_seconds\": 10}}\n";
+  const auto p = cli({"serve", "--isolation", mode(), "--policy", policy_file}, loosen + tighten + longer);
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  std::map<std::string, json> by_id;
+  for (const auto& line : lines_of(p.out)) {
+    json j = json::parse(line);
+    by_id[j["id"].dump()] = j;
+  }
+  REQUIRE(by_id.count("1"));
+  CHECK(by_id["1"]["error_kind"] == "bad_input");
+  CHECK(contains(by_id["1"]["error"].get<std::string>(), "blocked_imports"));
+  CHECK(by_id["2"]["result"] == 7);
+  CHECK(by_id["3"]["error_kind"] == "bad_input");
+  // With the operator's explicit consent, the same loosening request runs (and is stopped only by
+  // the sandbox's other layers, not by the policy).
+  const auto q = cli({"serve", "--isolation", mode(), "--policy", policy_file, "--allow-policy-overrides"}, longer);
+  INFO(describe(q));
+  CHECK(json::parse(lines_of(q.out).at(0))["ok"] == true);
+  CHECK(access(canary.c_str(), F_OK) != 0);
+  std::remove(policy_file.c_str());
 }
 
 TEST_CASE("serve: empty input ends cleanly") {

@@ -51,6 +51,7 @@ isolation = "namespace"
 allow_network = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
+trust_domain = "tenant-7"
 python_executable = "/usr/bin/python3"
 
 [extra_globals]
@@ -78,6 +79,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allow_network);
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
+  CHECK(p.trust_domain == "tenant-7");
   CHECK(p.python_executable == "/usr/bin/python3");
   CHECK(p.extra_globals ==
         json({{"name", "spr"}, {"n", 3}, {"ratio", 0.5}, {"flags", {true, false}}, {"nested", {{"a", 1}}}}));
@@ -119,8 +121,9 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["allowed_imports"] == json::array());
   CHECK(j["extra_globals"] == json::object());
   CHECK(j["isolation"] == "fork");
+  CHECK(j["trust_domain"] == "");
   CHECK(j["python_executable"] == "");
-  CHECK(j.size() == 18);
+  CHECK(j.size() == 19);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -142,6 +145,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"allow_network", true},
                   {"allowed_read_paths", {"/usr/share"}},
                   {"scratch_dir", true},
+                  {"trust_domain", "tenant-7"},
                   {"python_executable", "/usr/bin/python3"}};
   const RunnerPolicy p = RunnerPolicy::from_json(j);
   check_every_field(p);
@@ -311,4 +315,44 @@ TEST_CASE("policy: from_file reads TOML and fails cleanly on a missing file") {
   }
   std::error_code ec;
   fs::remove(path, ec);
+}
+
+TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
+  RunnerPolicy ceiling;
+  ceiling.timeout_seconds = 2;
+  ceiling.cpu_time_seconds = 1;
+  ceiling.allowed_read_paths = {"/usr/share"};
+  RunnerPolicy same = ceiling;
+  CHECK(same.looser_than(ceiling).empty());
+
+  RunnerPolicy tighter = ceiling;
+  tighter.timeout_seconds = 1;
+  tighter.memory_limit_mb = 64;
+  tighter.cpu_time_seconds = 0.5;
+  tighter.blocked_imports.push_back("pickle");
+  tighter.isolation = spr::Isolation::process;
+  tighter.allowed_read_paths = {"/usr/share/zoneinfo"};
+  tighter.extra_globals = {{"k", 1}};
+  tighter.trust_domain = "alice";
+  CHECK(tighter.looser_than(ceiling).empty());
+
+  auto loosened = [&](auto change) {
+    RunnerPolicy p = ceiling;
+    change(p);
+    return p.looser_than(ceiling);
+  };
+  CHECK(loosened([](RunnerPolicy& p) { p.timeout_seconds = 3; }).find("'timeout_seconds'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.memory_limit_mb = 512; }).find("'memory_limit_mb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_output_kb = 129; }).find("'max_output_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_result_kb = 2048; }).find("'max_result_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.cpu_time_seconds = 0; }).find("'cpu_time_seconds'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.blocked_imports = {}; }).find("'blocked_imports'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.blocked_builtins.pop_back(); }).find("'blocked_builtins'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.allowed_imports = {"os"}; }).find("'allowed_imports'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.isolation = spr::Isolation::namespace_; }).find("'isolation'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.allow_network = true; }).find("'allow_network'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.scratch_dir = true; }).find("'scratch_dir'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr/sharex"}; }).find("'allowed_read_paths'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr"}; }).find("'allowed_read_paths'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.mode = spr::Mode::allow; }).find("'mode'") == 0);
 }

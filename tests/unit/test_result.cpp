@@ -127,6 +127,9 @@ TEST_CASE("result: the supervisor's own timeout result reads like the original's
   CHECK(spr::detail::format_seconds(1.9) == "1.9");
   CHECK(spr::detail::format_seconds(0.25) == "0.25");
   CHECK(spr::detail::format_seconds(5) == "5");
+  CHECK(spr::detail::format_seconds(20) == "20");  // never "2e+01"
+  CHECK(spr::detail::format_seconds(300) == "300");
+  CHECK(spr::detail::format_seconds(0.001) == "0.001");
 }
 
 TEST_CASE("result: failure() builds a one-line error of the given kind") {

@@ -1,0 +1,28 @@
+// Process-wide state a run can change outside the interpreter (environment, umask, working
+// directory, descriptors), put back between runs of a worker that serves several.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace spr::embed {
+
+class ProcessState {
+ public:
+  // Records the state to return to. Call once, after hardening, before the first run.
+  void capture();
+  // Clears the C environment, restores umask and working directory; with `descriptors`, closes every
+  // descriptor opened since capture() (only safe when no Python object can still own one: after the
+  // run's sub-interpreter has ended).
+  void restore(bool descriptors) const;
+
+ private:
+  bool captured_ = false;
+  int cwd_fd_ = -1;
+  unsigned umask_ = 077;
+  std::vector<int> open_fds_;  // sorted
+  std::vector<std::pair<std::string, std::string>> environment_;
+};
+
+}  // namespace spr::embed

@@ -1,0 +1,252 @@
+// Trusted code by identity: a co_extra mark that only this file sets, on code objects the engine
+// loaded itself. Python code cannot set co_extra, and code.replace()/marshal never copy it.
+#include "trust.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include <marshal.h>
+#include <climits>
+#include <cerrno>
+#include <cstdlib>
+
+#include "audit.hpp"
+#include "interp_state.hpp"
+
+namespace spr::embed::trust {
+
+namespace {
+
+char kMark;  // its address is the mark
+
+void no_free(void*) {}
+
+Py_ssize_t index_for_current() {
+  InterpState& st = state();
+  if (st.trust_index < 0) st.trust_index = _PyEval_RequestCodeExtraIndex(no_free);
+  return st.trust_index;
+}
+
+void mark(PyObject* code, Py_ssize_t index, int depth = 0) {
+  if (!code || !PyCode_Check(code) || depth > 100) return;
+  void* extra = nullptr;
+  if (_PyCode_GetExtra(code, index, &extra) == 0 && extra == &kMark) return;
+  if (_PyCode_SetExtra(code, index, &kMark) != 0) {
+    PyErr_Clear();
+    return;
+  }
+  PyObject* consts = reinterpret_cast<PyCodeObject*>(code)->co_consts;
+  if (consts && PyTuple_Check(consts))
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(consts); ++i) mark(PyTuple_GET_ITEM(consts, i), index, depth + 1);
+}
+
+// The whole file, read by the engine (Landlock still decides what it may read).
+bool read_file(const std::string& path, std::string& out, struct stat* st_out = nullptr) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (256 << 20)) {
+    ::close(fd);
+    return false;
+  }
+  out.resize(static_cast<std::size_t>(st.st_size));
+  std::size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      ::close(fd);
+      return false;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  if (st_out) *st_out = st;
+  return true;
+}
+
+std::uint32_t le32(const std::string& b, std::size_t at) {
+  return static_cast<std::uint32_t>(static_cast<unsigned char>(b[at])) |
+         static_cast<std::uint32_t>(static_cast<unsigned char>(b[at + 1])) << 8 |
+         static_cast<std::uint32_t>(static_cast<unsigned char>(b[at + 2])) << 16 |
+         static_cast<std::uint32_t>(static_cast<unsigned char>(b[at + 3])) << 24;
+}
+
+// Code from a .pyc image (16-byte header), or nullptr without an exception when it does not fit.
+PyObject* from_pyc(const std::string& pyc, const struct stat* source) {
+  if (pyc.size() < 16 || le32(pyc, 0) != static_cast<std::uint32_t>(PyImport_GetMagicNumber())) return nullptr;
+  const std::uint32_t flags = le32(pyc, 4);
+  if (source) {
+    if (flags == 0) {  // timestamp-based: must match the source it was compiled from
+      if (le32(pyc, 8) != static_cast<std::uint32_t>(source->st_mtime) ||
+          le32(pyc, 12) != static_cast<std::uint32_t>(source->st_size))
+        return nullptr;
+    } else if (flags & 2) {
+      return nullptr;  // hash-based and checked: compile the source instead of hashing it here
+    }
+  }
+  PyObject* code = PyMarshal_ReadObjectFromString(pyc.data() + 16, static_cast<Py_ssize_t>(pyc.size() - 16));
+  if (!code) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (!PyCode_Check(code)) {
+    Py_DECREF(code);
+    return nullptr;
+  }
+  return code;
+}
+
+std::string cache_path(const std::string& source) {
+  const std::size_t slash = source.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : source.substr(0, slash);
+  std::string name = slash == std::string::npos ? source : source.substr(slash + 1);
+  if (name.size() < 4 || name.compare(name.size() - 3, 3, ".py") != 0) return {};
+  name.resize(name.size() - 3);
+  // The real sys (borrowed), not an import that the guard might answer with the run's view.
+  PyObject* impl = PySys_GetObject("implementation");
+  py::Ref tag(impl ? PyObject_GetAttrString(impl, "cache_tag") : nullptr);
+  if (!tag || !PyUnicode_Check(tag.get())) {
+    PyErr_Clear();
+    return {};
+  }
+  return dir + "/__pycache__/" + name + "." + py::utf8(tag.get()) + ".pyc";
+}
+
+// get_code(self, fullname) for SourceFileLoader and SourcelessFileLoader.
+PyObject* engine_get_code(PyObject* self, PyObject* args) {
+  PyObject* fullname = nullptr;
+  if (!PyArg_ParseTuple(args, "U:get_code", &fullname)) return nullptr;
+  py::Ref path_obj(PyObject_GetAttrString(self, "path"));
+  if (!path_obj) return nullptr;
+  if (!PyUnicode_Check(path_obj.get())) {
+    PyErr_SetString(PyExc_ImportError, "loader path is not a string");
+    return nullptr;
+  }
+  const std::string path = py::utf8(path_obj.get());
+  // The engine reads the file itself: the read rules that apply to open() apply here too.
+  if (PySys_Audit("open", "Osi", path_obj.get(), "r", 0) < 0) return nullptr;
+  char resolved[PATH_MAX];
+  const bool exists = ::realpath(path.c_str(), resolved) != nullptr;
+  const bool runtime = exists && audit::path_under(resolved, audit::runtime_roots());
+  const bool bytecode_only = path.size() > 4 && path.compare(path.size() - 4, 4, ".pyc") == 0;
+  std::string bytes;
+  struct stat st {};
+  if (!exists || !read_file(resolved, bytes, &st)) {
+    PyErr_Format(PyExc_ImportError, "cannot read %U", path_obj.get());
+    return nullptr;
+  }
+  PyObject* code = nullptr;
+  if (bytecode_only) {
+    // Code from bytes is arbitrary bytecode: only the runtime's own files.
+    if (!runtime) {
+      PyErr_Format(PyExc_ImportError, "bytecode-only module %U is outside the Python runtime: refused", fullname);
+      return nullptr;
+    }
+    code = from_pyc(bytes, nullptr);
+    if (!code) {
+      PyErr_Format(PyExc_ImportError, "bad bytecode file %U", path_obj.get());
+      return nullptr;
+    }
+  } else {
+    if (runtime) {
+      std::string pyc;
+      if (const std::string cp = cache_path(resolved); !cp.empty() && read_file(cp, pyc)) code = from_pyc(pyc, &st);
+    }
+    if (!code) {
+      if (bytes.find('\0') != std::string::npos) {
+        PyErr_Format(PyExc_ImportError, "source file %U contains NUL bytes", path_obj.get());
+        return nullptr;
+      }
+      // The source as the engine read it; the compiler generates the bytecode (no pyc outside the runtime).
+      audit::Trusted trusted;
+      code = Py_CompileStringExFlags(bytes.c_str(), path.c_str(), Py_file_input, nullptr, -1);
+      if (!code) return nullptr;
+    }
+  }
+  if (runtime) mark(code, index_for_current());
+  return code;
+}
+
+// FrozenImporter.exec_module(module): the frozen code comes from the interpreter binary itself.
+PyObject* engine_exec_frozen(PyObject*, PyObject* module) {
+  py::Ref spec(PyObject_GetAttrString(module, "__spec__"));
+  py::Ref name(spec ? PyObject_GetAttrString(spec.get(), "name") : nullptr);
+  if (!name) return nullptr;
+  py::Ref imp_name(PyUnicode_FromString("_imp"));
+  py::Ref imp(imp_name ? PyImport_GetModule(imp_name.get()) : nullptr);  // cached: no import, no guard
+  if (!imp) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ImportError, "_imp is not loaded");
+    return nullptr;
+  }
+  py::Ref code(PyObject_CallMethod(imp.get(), "get_frozen_object", "O", name.get()));
+  if (!code) return nullptr;
+  if (!PyCode_Check(code.get())) {
+    PyErr_SetString(PyExc_ImportError, "frozen object is not code");
+    return nullptr;
+  }
+  mark(code.get(), index_for_current());
+  PyObject* globals = PyModule_GetDict(module);  // borrowed
+  if (!globals) return nullptr;
+  py::Ref r(PyEval_EvalCode(code.get(), globals, globals));
+  if (!r) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kExecFrozen = {"exec_module", engine_exec_frozen, METH_O,
+                           "Execute a frozen module; its code (from the interpreter binary) is marked trusted."};
+
+PyMethodDef kGetCode = {"get_code", engine_get_code, METH_VARARGS,
+                        "Code of the module, read by the engine (runtime files are marked trusted)."};
+
+}  // namespace
+
+bool mark_loaded_code() {
+  const Py_ssize_t index = index_for_current();
+  if (index < 0) return false;
+  py::Ref gc(PyImport_ImportModule("gc"));
+  py::Ref objects(gc ? PyObject_CallMethod(gc.get(), "get_objects", nullptr) : nullptr);
+  if (!objects || !PyList_Check(objects.get())) {
+    PyErr_Clear();
+    return false;
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects.get()); ++i) {
+    PyObject* o = PyList_GET_ITEM(objects.get(), i);
+    if (PyFunction_Check(o)) mark(reinterpret_cast<PyFunctionObject*>(o)->func_code, index);
+  }
+  return true;
+}
+
+bool install_loader_hook() {
+  py::Ref ext(PyImport_ImportModule("_frozen_importlib_external"));
+  if (!ext) return false;
+  for (const char* name : {"SourceFileLoader", "SourcelessFileLoader"}) {
+    py::Ref cls(PyObject_GetAttrString(ext.get(), name));
+    if (!cls || !PyType_Check(cls.get())) return false;
+    py::Ref descr(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.get()), &kGetCode));
+    if (!descr || PyObject_SetAttrString(cls.get(), "get_code", descr.get()) != 0) return false;
+  }
+  py::Ref boot(PyImport_ImportModule("_frozen_importlib"));
+  py::Ref frozen(boot ? PyObject_GetAttrString(boot.get(), "FrozenImporter") : nullptr);
+  py::Ref fn(frozen ? PyCFunction_New(&kExecFrozen, nullptr) : nullptr);
+  py::Ref sm(fn ? PyStaticMethod_New(fn.get()) : nullptr);
+  return sm && PyObject_SetAttrString(frozen.get(), "exec_module", sm.get()) == 0;
+}
+
+bool is_trusted(PyObject* code) {
+  const Py_ssize_t index = state().trust_index;
+  if (index < 0 || !code) return false;
+  void* extra = nullptr;
+  if (_PyCode_GetExtra(code, index, &extra) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  return extra == &kMark;
+}
+
+}  // namespace spr::embed::trust

@@ -1,0 +1,21 @@
+// Which code objects are the runtime's own, decided by identity: a mark set by the engine on code
+// it loaded itself (before arming, or read by the engine from a file under the runtime's roots).
+#pragma once
+
+#include "py.hpp"
+
+namespace spr::embed::trust {
+
+// Marks every function's code object (and the code nested in it) that exists in the current
+// interpreter now. Call while nothing untrusted has run in it yet (before the audit hook arms, or
+// right after a sub-interpreter's engine setup).
+bool mark_loaded_code();
+// Replaces get_code of the standard source and bytecode loaders: modules under the runtime's roots
+// are read and compiled or unmarshalled by the engine itself and their code marked; anything else
+// is compiled from source, unmarked, and bytecode-only files outside the roots are refused.
+// FrozenImporter.exec_module is the engine's too: frozen code (from the interpreter binary) is marked.
+bool install_loader_hook();
+// True when `code` (a code object) carries the mark.
+bool is_trusted(PyObject* code);
+
+}  // namespace spr::embed::trust

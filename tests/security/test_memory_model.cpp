@@ -1,0 +1,385 @@
+// Red-team attempts under the threat model "the snippet owns its process's memory": code objects
+// from bytes, trusted-caller spoofing, forged and oversized replies, limits bypassed late,
+// persistence through the scratch root, cross-domain residue, session and signal escapes, and a
+// loosened operator policy. Each asserts the ABSENCE of the side effect, seen from outside the
+// runner. Where only a memory primitive could act (write fd 3, call mkfifo from C, allocate
+// behind the accounting), the test worker spr-worker-faulty does it in C on the run's behalf.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <spr/runner.hpp>
+
+#include "escape_helpers.hpp"
+
+namespace {
+
+using spr::json;
+
+const std::string kFaulty = std::string(SPR_TEST_WORKERS_DIR) + "/spr-worker-faulty";
+
+spr::Isolation test_mode() {
+  const char* m = std::getenv("SPR_TEST_ISOLATION");
+  return spr::RunnerPolicy::from_json({{"isolation", m ? m : "fork"}}).isolation;
+}
+
+spr::RunnerOptions options(const std::string& worker = {}) {
+  spr::RunnerOptions o;
+  o.worker_path = worker;
+  o.workers = 1;
+  o.policy.isolation = test_mode();
+  o.policy.timeout_seconds = 3;
+  return o;
+}
+
+bool shares_process() {
+  return test_mode() == spr::Isolation::namespace_ || test_mode() == spr::Isolation::subinterpreter;
+}
+
+// Entries of every worker scratch root (/tmp/spr-*) of this host whose name contains `needle`,
+// with whether each is a FIFO.
+struct Found {
+  int files = 0, fifos = 0;
+};
+Found scan_scratch_roots(const std::string& needle) {
+  Found f;
+  DIR* tmp = opendir("/tmp");
+  if (!tmp) return f;
+  while (dirent* e = readdir(tmp)) {
+    const std::string root = std::string("/tmp/") + e->d_name;
+    if (std::string(e->d_name).rfind("spr-", 0) != 0) continue;
+    DIR* d = opendir(root.c_str());
+    if (!d) continue;
+    while (dirent* x = readdir(d)) {
+      if (std::string(x->d_name).find(needle) == std::string::npos) continue;
+      struct stat st {};
+      if (lstat((root + "/" + x->d_name).c_str(), &st) != 0) continue;
+      ++f.files;
+      f.fifos += S_ISFIFO(st.st_mode) ? 1 : 0;
+    }
+    closedir(d);
+  }
+  closedir(tmp);
+  return f;
+}
+
+// Largest VmHWM (kB) among this process's descendants now alive.
+long largest_descendant_hwm_kb() {
+  long best = 0;
+  for (const auto& p : sec::descendants(getpid(), {})) {
+    std::ifstream in("/proc/" + std::to_string(p.pid) + "/status");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("VmHWM:", 0) == 0) best = std::max(best, std::atol(line.c_str() + 6));
+  }
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("model: code objects built from bytes never reach the run, on any path") {
+  spr::Runner runner(options());
+  const std::string marker = "SPRMARK" + sec::random_hex(8);
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};  // an attempt about the C layers: the Python import policy is not what stops it
+  p.blocked_builtins = {};
+  p.scratch_dir = true;
+  // A real code object's marshal image (built by the compiler, so harmless) to feed every path.
+  const std::string image =
+      "import marshal, types\n"
+      "src = compile(\"print('" + marker + "')\", '/usr/lib/python3.11/x.py', 'exec')\n";
+  const std::vector<std::pair<const char*, std::string>> paths = {
+      {"marshal.loads", image + "blob = marshal.dumps(src)\nexec(marshal.loads(blob))\n"},
+      // The primitive itself: LOAD_CONST with an index far past co_consts reads (and with STORE
+      // tricks, writes) outside the tuple. Executed, it would crash the worker or worse.
+      {"marshal.loads of an out-of-range LOAD_CONST",
+       image + "code = bytearray(src.co_code)\n"
+               "for i in range(0, len(code), 2):\n"
+               "    if code[i] == 100:\n"
+               "        code[i + 1] = 250\n"
+               "blob = marshal.dumps(src).replace(src.co_code, bytes(code))\nexec(marshal.loads(blob))\n"},
+      {"marshal.load", image + "import io\nexec(marshal.load(io.BytesIO(marshal.dumps(src))))\n"},
+      {"types.CodeType", image + "c = types.CodeType(*[getattr(src, 'co_' + n) for n in ('argcount','posonlyargcount',"
+                                 "'kwonlyargcount','nlocals','stacksize','flags','code','consts','names','varnames',"
+                                 "'filename','name','qualname','firstlineno','linetable','exceptiontable',"
+                                 "'freevars','cellvars')])\nexec(c)\n"},
+      {"code.replace", image + "exec(src.replace(co_code=src.co_code))\n"},
+      {"spoofed stdlib caller", "import code\nii = code.InteractiveInterpreter({})\n"
+                                "ii.runsource(\"import marshal\\nexec(marshal.loads(marshal.dumps(compile(\\\"print('" +
+                                    marker + "')\\\", 'x', 'exec'))))\", '/usr/lib/python3.11/x.py', 'exec')\n"},
+      // importlib is blocked in every mode: the loader classes are reached through a loaded module.
+      {"pyc in scratch via SourcelessFileLoader",
+       image + "import json, os\nSFL = type(json.__spec__.loader)\n"
+               "SLL = [c for c in type.__subclasses__(SFL.__mro__[1]) if c.__name__ == 'SourcelessFileLoader'][0]\n"
+               "d = os.path.dirname(json.__file__) + '/__pycache__'\n"
+               "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
+               "open('evil.pyc', 'wb').write(magic + b'\\0' * 12 + marshal.dumps(src))\n"
+               "exec(SLL('evil', 'evil.pyc').get_code('evil'))\n"},
+      {"pyc renamed .py via SourceFileLoader",
+       image + "import json, os\nd = os.path.dirname(json.__file__) + '/__pycache__'\n"
+               "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
+               "os.mkdir('__pycache__')\nopen('evil.py', 'w').write('x = 1')\n"
+               "import sys\nopen('__pycache__/evil.' + sys.implementation.cache_tag + '.pyc', 'wb').write(\n"
+               "    magic + b'\\0' * 4 + int(os.stat('evil.py').st_mtime).to_bytes(4, 'little') + (5).to_bytes(4, 'little')"
+               " + marshal.dumps(src))\n"
+               "exec(type(json.__spec__.loader)('evil', os.path.abspath('evil.py')).get_code('evil'))\n"},
+      {"loader with forged get_data",
+       image + "import json\nclass L(type(json.__spec__.loader)):\n"
+               "    def get_data(self, path):\n"
+               "        return b'print(\"" + marker + "\")'\n"
+               "exec(L('json', json.__file__).get_code('json'))\n"},
+      {"zipimport of a pyc", image + "import json, os, zipfile, zipimport\n"
+                                     "d = os.path.dirname(json.__file__) + '/__pycache__'\n"
+                                     "magic = open(d + '/' + os.listdir(d)[0], 'rb').read(4)\n"
+                                     "with zipfile.ZipFile('z.zip', 'w') as z:\n"
+                                     "    z.writestr('evil.pyc', magic + b'\\0' * 12 + marshal.dumps(src))\n"
+                                     "zipimport.zipimporter('z.zip').load_module('evil')\n"},
+  };
+  for (const auto& [label, code] : paths) {
+    const std::string name = label;
+    CAPTURE(name);
+    spr::RunResult r = runner.run(code, json::object(), p);
+    // The marker exists only as text inside a code object the run tried to obtain from bytes.
+    CHECK_FALSE(sec::contains(r.stdout_text, marker));
+    CHECK(r.error_kind != spr::ErrorKind::worker_crashed);
+    if (std::getenv("SPR_MODEL_VERBOSE")) MESSAGE(name << ": " << r.error.value_or("ok"));
+  }
+}
+
+TEST_CASE("model: a compile() under a standard-library file name gains no trusted-caller rights") {
+  spr::Runner runner(options());
+  const std::string canary = "/tmp/spr-canary-" + sec::random_hex(8);
+  // The run compiles its code under the name of a standard-library file; if that made it "the
+  // standard library", the import guard would let it load posix and touch the canary.
+  const std::string code =
+      "import code\n"
+      "ii = code.InteractiveInterpreter({'c': input_data['canary']})\n"
+      "ii.runsource(\"import posix\\nposix.system('touch ' + c)\", '/usr/lib/python3.11/os.py', 'exec')\n"
+      "ii.runsource(\"__import__('posix').open(c, 65)\", '/usr/lib/python3.11/json/__init__.py', 'exec')\n"
+      "ii.runsource(\"import _testcapi\", '/usr/lib/python3.11/x.py', 'exec')\n";
+  spr::RunResult r = runner.run(code, {{"canary", canary}});
+  CHECK(access(canary.c_str(), F_OK) != 0);
+  CHECK(sec::contains(r.stderr_text, "blocked by policy"));
+  // The test and interpreter-internal modules are blocked even when the policy blocks nothing.
+  spr::RunnerPolicy open_policy = runner.options().policy;
+  open_policy.blocked_imports = {};
+  for (const char* m : {"_testcapi", "_testinternalcapi", "_xxsubinterpreters"}) {
+    CAPTURE(m);
+    spr::RunResult t = runner.run(std::string("import ") + m + "\nresult = 'ESCAPED'", json::object(), open_policy);
+    CHECK(t.error_kind == spr::ErrorKind::blocked_import);
+    CHECK(t.result != json("ESCAPED"));
+  }
+}
+
+TEST_CASE("model: forged replies never pass a cap, and the next run gets its own answer") {
+  spr::Runner runner(options(kFaulty));
+  // 200 KB of stdout in a reply, past a 128 KB cap: refused, never passed on.
+  spr::RunResult big = runner.run("#spr-fault: forge_oversize\nresult = 1");
+  CHECK(big.error_kind == spr::ErrorKind::protocol_error);
+  CHECK(big.stdout_text.size() <= 128u * 1024);
+  CHECK(big.result != json("FORGED"));
+  // A plausible reply followed by the worker's real one: two frames for one request. Whatever the
+  // forged run is told, the next run must get its own result, never the stale second frame.
+  for (int i = 0; i < 3; ++i) {
+    runner.run("#spr-fault: forge_ok\nresult = 1");
+    const std::string secret = "NEXT" + sec::random_hex(6);
+    spr::RunResult next = runner.run("result = input_data['s']", {{"s", secret}});
+    CHECK(next.ok);
+    CHECK(next.result == json(secret));
+  }
+}
+
+TEST_CASE("model: a frame header claiming a huge size costs the supervisor nothing") {
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.timeout_seconds = 1;
+  spr::Runner runner(o);
+  runner.run("result = 0");
+  sec::reset_peak_rss();
+  const long before = sec::peak_rss_kb();
+  for (const char* size : {"536870912", "4000000"}) {  // far past the policy's cap; just under it
+    spr::RunResult r = runner.run(std::string("#spr-fault: big_header ") + size + "\n");
+    CHECK_FALSE(r.ok);
+  }
+  // Nothing near the announced sizes was allocated (a 64 KiB chunk at most per frame).
+  CHECK(sec::peak_rss_kb() - before < 8 * 1024);
+}
+
+TEST_CASE("model: memory and time limits hold through result encoding and teardown") {
+  spr::RunnerOptions o = options();
+  o.policy.memory_limit_mb = 64;
+  o.policy.timeout_seconds = 1;
+  spr::Runner runner(o);
+  // 600 MiB allocated by the result's __str__ (the encoder calls it) and by a __del__.
+  const std::string in_str =
+      "class R:\n    def __str__(self):\n        b = bytearray(600 << 20)\n        return 'encoded ' + str(len(b))\n"
+      "    __repr__ = __str__\n"
+      "result = [R(), {R()}]\n";
+  spr::RunResult r1 = runner.run(in_str);
+  CHECK_FALSE(r1.ok);
+  CHECK(r1.resource_exceeded);
+  CHECK_FALSE(sec::contains(r1.result.dump(), "encoded"));
+  const std::string in_del =
+      "class D:\n    def __del__(self):\n        global keep\n        keep = bytearray(600 << 20)\n"
+      "        print('ALLOCATED', len(keep))\nd = D()\n";
+  spr::RunResult r2 = runner.run(in_del);
+  CHECK_FALSE(sec::contains(r2.stdout_text, "ALLOCATED"));
+  // A __str__ that outlasts the timeout is a timeout, not a result.
+  spr::RunResult r3 = runner.run("import time\nclass S:\n    def __str__(self):\n        t = time.monotonic()\n"
+                                 "        while time.monotonic() - t < 3: pass\n        return 'late'\n    __repr__ = __str__\n"
+                                 "result = [S(), {S()}]\n");
+  CHECK(r3.timed_out);
+  CHECK_FALSE(sec::contains(r3.result.dump(), "late"));
+}
+
+TEST_CASE("model: a run that blocks the alarm signals and overruns is timed out") {
+  spr::RunnerOptions o = options();
+  o.policy.timeout_seconds = 0.5;
+  o.kill_grace_seconds = 1.5;  // room to overrun into the grace period
+  spr::Runner runner(o);
+  spr::RunResult r = runner.run(
+      "import signal, time\n"
+      "signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, 65)) - {9, 19})\n"
+      "t = time.monotonic()\nwhile time.monotonic() - t < 1.2: pass\nresult = 'finished'\n");
+  CHECK_FALSE(r.ok);
+  CHECK(r.timed_out);
+  CHECK(r.result != json("finished"));
+  // CPU time: the run blocks SIGVTALRM too; the supervisor's own accounting catches it.
+  spr::RunnerPolicy cpu = o.policy;
+  cpu.timeout_seconds = 3;
+  cpu.cpu_time_seconds = 0.3;
+  spr::RunResult c = runner.run(
+      "import signal, time\n"
+      "signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, 65)) - {9, 19})\n"
+      "t = time.process_time()\nwhile time.process_time() - t < 1.2: pass\nresult = 'finished'\n",
+      json::object(), cpu);
+  CHECK_FALSE(c.ok);
+  CHECK(c.result != json("finished"));
+}
+
+TEST_CASE("model: nothing a run writes to the scratch root outlives it; FIFOs are refused by the OS") {
+  spr::Runner runner(options(kFaulty));
+  const std::string tag = sec::random_hex(8);
+  runner.run("#spr-fault: leave_file " + tag + "\nresult = 1");
+  runner.run("#spr-fault: mkfifo " + tag + "\nresult = 1");
+  runner.run("result = 2");  // the next run
+  const Found f = scan_scratch_roots(tag);
+  CHECK(f.files == 0);
+  CHECK(f.fifos == 0);
+  // And through Python, with every import allowed and a scratch directory: os.mkfifo and os.mknod
+  // pass the audit hook (no event on 3.11); Landlock and seccomp refuse them.
+  spr::Runner plain(options());
+  spr::RunnerPolicy p = plain.options().policy;
+  p.blocked_imports = {};
+  p.scratch_dir = true;
+  const std::string ptag = sec::random_hex(8);
+  spr::RunResult r = plain.run("import os, stat\nfor f in (lambda n: os.mkfifo(n), lambda n: os.mknod(n, stat.S_IFIFO | 0o600)):\n"
+                               "    try:\n        f('../spr-fifo-" + ptag + "')\n    except OSError:\n        pass\n"
+                               "    try:\n        f('spr-fifo-" + ptag + "')\n        print('MADE')\n    except OSError:\n        pass\n",
+                               json::object(), p);
+  CHECK_FALSE(sec::contains(r.stdout_text, "MADE"));
+  CHECK(scan_scratch_roots(ptag).fifos == 0);
+}
+
+TEST_CASE("model: signal-driven I/O cannot signal another process") {
+  if (test_mode() == spr::Isolation::fork) return;  // fork mode's child: the fork runner's own suite
+  sec::Decoy decoy;
+  spr::Runner runner(options(kFaulty));
+  runner.run("#spr-fault: sigio " + std::to_string(decoy.pid()) + "\nresult = 1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(decoy.alive());
+  // Aimed at the supervisor itself: it must still be here to run the next snippet.
+  runner.run("#spr-fault: sigio " + std::to_string(getpid()) + "\nresult = 1");
+  CHECK(runner.run("result = 3").result == json(3));
+}
+
+TEST_CASE("model: memory allocated behind the accounting meets the OS backstop") {
+  if (test_mode() == spr::Isolation::fork) return;  // fork mode: per-child RLIMIT_AS (fork runner)
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.memory_limit_mb = 64;
+  spr::Runner runner(o);
+  runner.run("#spr-fault: alloc 1200\nresult = 1");
+  // RLIMIT_AS refused the 1200 MiB before it was touched (RSS never came near it).
+  CHECK(largest_descendant_hwm_kb() < 700 * 1024);
+}
+
+TEST_CASE("model: namespace and subinterpreter workers never mix trust domains") {
+  if (!shares_process()) return;  // fork and process modes separate every run
+  spr::Runner runner(options());
+  spr::RunnerPolicy alice = runner.options().policy, bob = alice;
+  alice.trust_domain = "alice";
+  bob.trust_domain = "bob";
+  const std::string secret = "ALICE" + sec::random_hex(8);
+  // Alice leaves her input where a later run of the same worker would find it.
+  runner.run("import math\nmath.left_behind = input_data['s']\nimport json\njson.left_behind = input_data['s']",
+             {{"s", secret}}, alice);
+  spr::RunResult b = runner.run("import math, json\nresult = [getattr(math, 'left_behind', None), "
+                                "getattr(json, 'left_behind', None)]",
+                                json::object(), bob);
+  CHECK_FALSE(sec::contains(sec::all_output(b), secret));
+}
+
+TEST_CASE("model: a runner whose policy is a ceiling refuses a looser request") {
+  sec::Listener listener;
+  spr::RunnerOptions o = options();
+  o.policy_is_ceiling = true;
+  spr::Runner runner(o);
+  spr::RunnerPolicy loose = o.policy;
+  loose.blocked_imports = {};
+  loose.allow_network = true;
+  CHECK_THROWS_AS(runner.run("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', input_data['port']))",
+                             {{"port", listener.port()}}, loose),
+                  spr::PolicyError);
+  CHECK(listener.connections(200) == 0);
+  spr::RunnerPolicy tight = o.policy;
+  tight.timeout_seconds = 1;
+  CHECK(runner.run("result = 5", json::object(), tight).result == json(5));
+}
+
+TEST_CASE("model: process-wide state a run changes does not reach the next run") {
+  if (!shares_process()) return;  // fork and process modes: the run's process is gone
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  p.scratch_dir = true;
+  const std::string probe =
+      "import os\nr, w = os.pipe()\nos.close(r)\nos.close(w)\nresult = [os.umask(0o22), r, os.path.dirname(os.getcwd())]\n";
+  const spr::RunResult before = runner.run(probe, json::object(), p);
+  REQUIRE(before.ok);
+  runner.run("import os\nos.umask(0)\nos.putenv('SPR_LEFT', 'x')\nleft = [os.pipe() for _ in range(4)]\n", json::object(), p);
+  const spr::RunResult after = runner.run(probe, json::object(), p);
+  REQUIRE(after.ok);
+  CHECK(after.result[0] == before.result[0]);  // umask put back
+  CHECK(after.result[2] == before.result[2]);  // same working directory root
+  // Descriptors a run leaves open are closed once its sub-interpreter has ended; in namespace mode
+  // module objects of the same trust domain may still own them (documented), so only checked here.
+  if (test_mode() == spr::Isolation::subinterpreter) CHECK(after.result[1] == before.result[1]);
+}
+
+TEST_CASE("model: the engine's module loader reads nothing a run could not open itself") {
+  spr::Runner runner(options());
+  const std::string token = "SPRSECRET" + sec::random_hex(8);
+  const std::string path = "/tmp/spr-loader-secret-" + sec::random_hex(6);
+  {
+    std::ofstream f(path);
+    f << "x = (\n'" << token << "'\n";  // a syntax error would quote this line back
+  }
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  spr::RunResult r = runner.run("import json\ntype(json.__spec__.loader)('x', input_data['p']).get_code('x')\n",
+                                {{"p", path}}, p);
+  CHECK_FALSE(r.ok);
+  CHECK_FALSE(sec::contains(sec::all_output(r), token));
+  std::remove(path.c_str());
+}
