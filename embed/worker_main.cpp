@@ -194,7 +194,7 @@ int main(int argc, char** argv) {
   }
   int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
   int devnull_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);        // before Landlock makes it read-only
-  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace);
+  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace, args.allow_network);
   if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
   spr::embed::SubinterpRunner subinterps;
   if (args.isolation == spr::Isolation::subinterpreter) {
@@ -208,6 +208,13 @@ int main(int argc, char** argv) {
   hello["python"] = spr::embed::python_version();
   hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
+
+#ifdef SPR_FAULTS
+  if (args.isolation == spr::Isolation::fork)
+    fork_runner.serve([](std::string_view f) { inject_fault(detail::parse_json(f).at("code").get<std::string>()); });
+#else
+  if (args.isolation == spr::Isolation::fork) fork_runner.serve();
+#endif
 
   PolicyCache policies;
   std::string frame;
@@ -233,11 +240,6 @@ int main(int argc, char** argv) {
 #ifdef SPR_FAULTS
       inject_fault(rq.code);
 #endif
-      if (args.isolation == spr::Isolation::fork) {
-        std::string raw = fork_runner.run(rq, id, nonce);
-        if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
-        continue;
-      }
       r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
     } catch (const std::exception& e) {
       r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());

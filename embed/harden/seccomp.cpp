@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,8 +25,10 @@ enum class Arg {
   a0_no_clone_thread,  // clone() creating a process rather than a thread
   a1_non_null,         // setrlimit(resource, new): setting, not reading
   a2_non_null,         // prlimit64(pid, resource, new, old): setting, not reading
+  a0_equals,           // first argument's low 32 bits == value (an int: prctl option); upper garbage still matches
+  a1_equals,           // second argument's low 32 bits == value (fcntl command)
 };
-struct Rule { const char* syscall; int err; Arg arg; };
+struct Rule { const char* syscall; int err; Arg arg; std::uint64_t value = 0; };
 
 // Always denied in the worker: exec, debugging other processes, kernel/namespace/mount administration, and the
 // kernel attack surfaces CPython never needs.
@@ -82,8 +85,12 @@ constexpr Rule kNetwork[] = {
 };
 
 // The per-run child's filter: exec and every new process, whatever the worker's filter allowed.
+// The child also keeps its parent-death signal (it dies with the worker, whatever its session or
+// group) and cannot aim SIGIO-style signals at other processes (F_SETOWN / F_SETSIG).
 constexpr Rule kChildOnly[] = {
     {"execve", EPERM, Arg::any}, {"execveat", EPERM, Arg::any}, {"clone3", ENOSYS, Arg::any},
+    {"prctl", EPERM, Arg::a0_equals, PR_SET_PDEATHSIG}, {"fcntl", EPERM, Arg::a1_equals, F_SETOWN},
+    {"fcntl", EPERM, Arg::a1_equals, F_SETOWN_EX}, {"fcntl", EPERM, Arg::a1_equals, F_SETSIG},
 };
 
 // The child's pid is unknown when its program is built (before fork), so the program carries this constant
@@ -116,6 +123,8 @@ int add_rules(scmp_filter_ctx ctx, const Rule (&rules)[N], std::uint32_t self_pi
         break;
       case Arg::a1_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_NE, 0)); break;
       case Arg::a2_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_NE, 0)); break;
+      case Arg::a0_equals: rc = seccomp_rule_add(ctx, action, nr, 1, compare(0, SCMP_CMP_MASKED_EQ, 0xffffffffU, rule.value)); break;
+      case Arg::a1_equals: rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_MASKED_EQ, 0xffffffffU, rule.value)); break;
     }
     if (rc < 0) {
       log_errno("seccomp_rule_add", rule.syscall, -rc);
