@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "detail/capture_layout.hpp"
+#include "common/capture_layout.hpp"
 #include "interp_state.hpp"
 
 namespace spr::embed::capture {

@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include "audit.hpp"
-#include "detail/wire.hpp"
+#include "common/wire.hpp"
 #include "capture.hpp"
 #include "codec.hpp"
 #include "deadline.hpp"

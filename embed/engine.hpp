@@ -6,7 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "spr/runner.hpp"
+#include "spr/policy.hpp"
+#include "spr/result.hpp"
 
 namespace spr::embed {
 

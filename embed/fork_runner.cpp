@@ -17,9 +17,9 @@
 
 #include "capture.hpp"
 #include "deadline.hpp"
-#include "detail/capture_layout.hpp"
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/capture_layout.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
 #include "json_scan.hpp"
@@ -137,11 +137,13 @@ void ForkRunner::child_main(int request_fd, int reply_fd) {
   if (detail::read_frame(request_fd, frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
   close(request_fd);
   json id = nullptr, nonce = nullptr;
+  bool typed = false;
   RunResult r;
   try {
     const json req = detail::parse_json(frame);
     id = req.at("id");
-    nonce = req.at("nonce");
+    nonce = req.value("nonce", json());
+    typed = req.contains("type");
     Request rq;
     rq.id = id.get<std::uint64_t>();
     rq.code = req.at("code").get<std::string>();
@@ -161,7 +163,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd) {
   if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
   json j = detail::reply_from_result(r);
   j["id"] = id;
-  j["nonce"] = nonce;
+  if (!nonce.is_null()) j["nonce"] = nonce;
+  if (typed) j["type"] = "reply";
   detail::write_frame(reply_fd, detail::dump_json(j));
   _exit(0);
 }
@@ -248,6 +251,8 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
       if (value != l.id) why = "the run's reply carries another id";
     } else if (key == "nonce") {
       if (value != l.nonce) why = "the run's reply carries another nonce";
+    } else if (key == "type") {
+      if (value != "\"reply\"") why = "the run's reply is not a reply";
     }
   });
   if (!is_object) return "the run's reply is not a JSON object";
@@ -278,7 +283,8 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   json j = detail::reply_from_result(r);
   for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) j.erase(k);
   j["id"] = detail::parse_json(l.id);
-  j["nonce"] = detail::parse_json(l.nonce);
+  if (!l.nonce.empty()) j["nonce"] = detail::parse_json(l.nonce);
+  if (l.typed) j["type"] = "reply";
   std::string head = detail::dump_json(j);
   head.pop_back();  // the closing brace: the output follows
   if (protocol) {
@@ -312,17 +318,17 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   auto id = scan::member(frame, "id");
   auto nonce = scan::member(frame, "nonce");
   auto policy = scan::member(frame, "policy");
-  if (!scan::valid(frame) || !id || !nonce || !policy || !scan::number(*id)) {
+  if (!scan::valid(frame) || !id || !policy || !scan::number(*id)) {
     // The child would refuse it too; a request that is not even JSON gets its answer here.
     RunResult r = detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object");
     json j = detail::reply_from_result(r);
     j["id"] = nullptr;
-    j["nonce"] = nullptr;
     reply = detail::dump_json(j);
     return;
   }
   l.id.assign(id->data(), id->size());
-  l.nonce.assign(nonce->data(), nonce->size());
+  if (nonce) l.nonce.assign(nonce->data(), nonce->size());
+  l.typed = scan::member(frame, "type").has_value();
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
   if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0) l.cpu_time_seconds = *v;
   l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "py.hpp"
-#include "spr/runner.hpp"
+#include "spr/policy.hpp"
 
 namespace spr::embed::guard {
 

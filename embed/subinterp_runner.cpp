@@ -4,7 +4,7 @@
 
 #include "audit.hpp"
 #include "deadline.hpp"
-#include "detail/wire.hpp"
+#include "common/wire.hpp"
 
 namespace spr::embed {
 

@@ -10,12 +10,13 @@
 #include <cstring>
 #include <string>
 
-#include "detail/capture_layout.hpp"
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/capture_layout.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"
+#include "spr/version.hpp"
 #include "subinterp_runner.hpp"
 
 namespace {

@@ -18,12 +18,12 @@ fi
 work=$(mktemp -d /tmp/spr-lint-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# One entry per source file (src/policy.cpp and friends are compiled into two targets with the same flags),
+# One entry per source file,
 # restricted to our own directories: nothing generated, nothing from a build tree.
 python3 - "$root" "$build" "$work" <<'EOF'
 import json, os, sys
 root, build, work = sys.argv[1:4]
-ours = tuple(os.path.join(root, d) + os.sep for d in ("src", "embed", "bench", "tests"))
+ours = tuple(os.path.join(root, d) + os.sep for d in ("common", "src", "embed", "bench", "tests"))
 seen, entries = set(), []
 for e in json.load(open(os.path.join(build, "compile_commands.json"))):
     f = os.path.normpath(os.path.join(e["directory"], e["file"]))

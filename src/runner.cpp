@@ -9,8 +9,8 @@
 #include <thread>
 #include <tuple>
 
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "detail/worker_process.hpp"
 #include "spr/runner.hpp"
 
@@ -332,6 +332,5 @@ RunResult run_code(const std::string& code, const json& input_data, const Runner
   return runner.run(code, input_data, policy);
 }
 
-const char* version() { return SPR_VERSION; }
 
 }  // namespace spr

@@ -22,25 +22,12 @@
 #include <cstring>
 #include <system_error>
 
-#include "detail/capture_layout.hpp"
-#include "detail/wire.hpp"
+#include "common/capture_layout.hpp"
+#include "common/wire.hpp"
 
 namespace bp = boost::process;
 
 namespace spr::detail {
-
-Fd& Fd::operator=(Fd&& o) noexcept {
-  if (this != &o) {
-    reset();
-    fd_ = o.release();
-  }
-  return *this;
-}
-
-void Fd::reset() noexcept {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
 
 namespace {
 

@@ -10,8 +10,8 @@
 #include <sstream>
 #include <thread>
 
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "spr/runner.hpp"
 
 namespace {

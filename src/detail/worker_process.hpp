@@ -7,33 +7,11 @@
 #include <memory>
 #include <string>
 
-#include "detail/frame.hpp"
+#include "common/fd.hpp"
+#include "common/frame.hpp"
 #include "spr/runner.hpp"
 
 namespace spr::detail {
-
-// Move-only owner of a file descriptor; close is noexcept.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) noexcept : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept;
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const noexcept { return fd_; }
-  int release() noexcept {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset() noexcept;
-  explicit operator bool() const noexcept { return fd_ >= 0; }
-
- private:
-  int fd_ = -1;
-};
 
 struct SpawnOptions {
   std::filesystem::path worker_path;

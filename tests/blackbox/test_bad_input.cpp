@@ -2,7 +2,7 @@
 // or a hang of the supervisor.
 #include <doctest/doctest.h>
 
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 #include "helpers.hpp"
 
 using spr::json;

@@ -10,7 +10,7 @@
 #include <chrono>
 #include <string>
 
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 #include "fuzz_common.hpp"
 
 namespace {

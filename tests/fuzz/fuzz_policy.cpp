@@ -3,7 +3,7 @@
 // reports it as a crash). An accepted policy must survive to_json/from_json unchanged.
 #include <string_view>
 
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 #include "fuzz_common.hpp"
 #include "spr/runner.hpp"
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "detail/frame.hpp"
-#include "detail/wire.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "fuzz_common.hpp"
 #include "spr/runner.hpp"
 

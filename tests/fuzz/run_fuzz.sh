@@ -21,7 +21,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-build-fuzz}"
 seconds="${SPR_FUZZ_SECONDS:-60}"
-targets="${SPR_FUZZ_TARGETS:-frame request policy}"
+targets="${SPR_FUZZ_TARGETS:-frame request policy protocol}"
 jobs="${SPR_FUZZ_JOBS:-2}"
 
 if [[ -z "${CXX:-}" ]]; then
@@ -37,7 +37,7 @@ recover="-fno-sanitize-recover=undefined"
 [[ "${SPR_FUZZ_UBSAN_RECOVER:-0}" == 1 ]] && recover=""
 # toml++ header-only so the TOML parser is instrumented too (the packaged .so is not).
 cxxflags=(-std=c++17 -g -O1 -fno-omit-frame-pointer $sanitize $recover
-          -DTOML_HEADER_ONLY=1 -I"$root/src" -I"$root/src/include" -I"$here")
+          -DTOML_HEADER_ONLY=1 -I"$root" -I"$root/include" -I"$here")
 [[ "${SPR_FUZZ_STRICT_TOML:-0}" == 1 ]] || cxxflags+=(-include "$here/toml_assert.hpp")
 # Flags change the objects: rebuild everything when they differ from the last build.
 flags_id="$CXX ${cxxflags[*]}"
@@ -48,13 +48,13 @@ libs=($(pkg-config --libs tomlplusplus 2>/dev/null || echo -ltomlplusplus))
 echo "== building libFuzzer targets in $out with $CXX"
 compile() {  # src obj
   local src="$1" obj="$2"
-  if [[ ! -f "$obj" || "$src" -nt "$obj" || "$here/toml_assert.hpp" -nt "$obj" || "$here/fuzz_common.hpp" -nt "$obj" || -n "$(find "$root/src" -name '*.hpp' -newer "$obj" -print -quit)" ]]; then
+  if [[ ! -f "$obj" || "$src" -nt "$obj" || "$here/toml_assert.hpp" -nt "$obj" || "$here/fuzz_common.hpp" -nt "$obj" || -n "$(find "$root/common" "$root/include" -name '*.hpp' -newer "$obj" -print -quit)" ]]; then
     "$CXX" "${cxxflags[@]}" -c "$src" -o "$obj"
   fi
 }
 pids=()
-for src in frame policy result; do
-  compile "$root/src/$src.cpp" "$out/$src.o" & pids+=($!)
+for src in common/frame common/policy common/protocol common/result common/version src/policy_file; do
+  compile "$root/$src.cpp" "$out/$(basename "$src").o" & pids+=($!)
   if (( ${#pids[@]} >= jobs )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
 for t in $targets; do
@@ -63,7 +63,7 @@ for t in $targets; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 for t in $targets; do
-  "$CXX" $sanitize "$out/fuzz_$t.o" "$out/frame.o" "$out/policy.o" "$out/result.o" "${libs[@]}" -o "$out/fuzz_$t"
+  "$CXX" $sanitize "$out/fuzz_$t.o" "$out/frame.o" "$out/policy.o" "$out/result.o" "$out/protocol.o" "$out/version.o" "$out/policy_file.o" "${libs[@]}" -o "$out/fuzz_$t"
 done
 
 # --- run: one target at a time -------------------------------------------------------------------

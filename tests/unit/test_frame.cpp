@@ -9,7 +9,7 @@
 #include <string>
 #include <thread>
 
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 
 using spr::detail::Clock;
 using spr::detail::IoStatus;

@@ -4,7 +4,7 @@
 #include <set>
 #include <string>
 
-#include "detail/wire.hpp"
+#include "common/wire.hpp"
 #include "spr/runner.hpp"
 
 using spr::ErrorKind;

@@ -1,5 +1,5 @@
 // Frame I/O on raw fds with poll-based deadlines, and JSON helpers with a depth limit.
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>

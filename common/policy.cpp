@@ -1,13 +1,10 @@
-// RunnerPolicy: validation, JSON and TOML conversion, with the original's error messages.
+// RunnerPolicy: validation and its JSON form, with the original's error messages (TOML files: src/policy_file.cpp).
 #include <cmath>
-#include <fstream>
 #include <functional>
-#include <sstream>
 
-#include <toml++/toml.h>
-
-#include "detail/frame.hpp"
-#include "spr/runner.hpp"
+#include "common/frame.hpp"
+#include "common/wire.hpp"
+#include "spr/policy.hpp"
 
 namespace spr {
 
@@ -22,6 +19,12 @@ std::string to_string(Isolation i) {
 }
 
 std::string to_string(Mode m) { return m == Mode::allow ? "allow" : "restrict"; }
+
+std::optional<Isolation> parse_isolation(std::string_view name) {
+  for (auto i : {Isolation::namespace_, Isolation::subinterpreter, Isolation::fork, Isolation::process})
+    if (name == to_string(i)) return i;
+  return std::nullopt;
+}
 
 namespace {
 
@@ -57,12 +60,9 @@ std::vector<std::string> strings(const json& v, const std::string& field) {
   return out;
 }
 
-Isolation parse_isolation(const json& v) {
-  if (v.is_string()) {
-    const auto s = v.get<std::string>();
-    for (auto i : {Isolation::namespace_, Isolation::subinterpreter, Isolation::fork, Isolation::process})
-      if (s == to_string(i)) return i;
-  }
+Isolation isolation_field(const json& v) {
+  if (v.is_string())
+    if (auto i = parse_isolation(v.get<std::string>())) return *i;
   fail("isolation must be one of 'namespace', 'subinterpreter', 'fork', 'process'");
 }
 
@@ -110,7 +110,7 @@ const std::vector<Field>& fields() {
          p.extra_globals = v;
        },
        [](const RunnerPolicy& p) { return p.extra_globals; }},
-      {"isolation", [](RunnerPolicy& p, const json& v) { p.isolation = parse_isolation(v); },
+      {"isolation", [](RunnerPolicy& p, const json& v) { p.isolation = isolation_field(v); },
        [](const RunnerPolicy& p) { return json(to_string(p.isolation)); }},
       {"allow_network", [](RunnerPolicy& p, const json& v) { p.allow_network = boolean(v, "allow_network"); },
        [](const RunnerPolicy& p) { return json(p.allow_network); }},
@@ -121,40 +121,6 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.scratch_dir); }},
   };
   return table;
-}
-
-json toml_to_json(const toml::node& node) {
-  if (auto t = node.as_table()) {
-    json out = json::object();
-    for (auto&& [k, v] : *t) out[std::string(k.str())] = toml_to_json(v);
-    return out;
-  }
-  if (auto a = node.as_array()) {
-    json out = json::array();
-    for (auto&& v : *a) out.push_back(toml_to_json(v));
-    return out;
-  }
-  if (auto s = node.as_string()) return s->get();
-  if (auto i = node.as_integer()) return i->get();
-  if (auto f = node.as_floating_point()) return f->get();
-  if (auto b = node.as_boolean()) return b->get();
-  std::ostringstream os;  // dates and times: their TOML spelling
-  if (auto d = node.as_date()) os << d->get();
-  else if (auto t = node.as_time()) os << t->get();
-  else if (auto dt = node.as_date_time()) os << dt->get();
-  return os.str();
-}
-
-RunnerPolicy from_toml_table(const toml::table& doc) {
-  const toml::table* tbl = &doc;
-  if (auto p = doc.get("policy")) {
-    if (!p->is_table()) fail("'policy' must be a TOML table");
-    tbl = p->as_table();
-    for (auto&& [k, v] : doc)
-      if (k.str() != "policy") fail("unknown policy field '" + std::string(k.str()) + "' (outside [policy])");
-  }
-  if (auto eg = tbl->get("extra_globals"); eg && !eg->is_table()) fail("'extra_globals' must be a TOML table");
-  return RunnerPolicy::from_json(toml_to_json(*tbl));
 }
 
 }  // namespace
@@ -178,9 +144,9 @@ void RunnerPolicy::validate() const {
   }
 }
 
-RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& base) {
+namespace {
+RunnerPolicy apply_fields(const json& overrides, RunnerPolicy p) {
   if (!overrides.is_object()) fail("a policy must be a JSON object");
-  RunnerPolicy p = base;
   for (auto it = overrides.begin(); it != overrides.end(); ++it) {
     const Field* f = nullptr;
     for (const auto& row : fields())
@@ -188,9 +154,17 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& 
     if (!f) fail("unknown policy field '" + it.key() + "'");
     f->set(p, it.value());
   }
+  return p;
+}
+}  // namespace
+
+RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& base) {
+  RunnerPolicy p = apply_fields(overrides, base);
   p.validate();
   return p;
 }
+
+RunnerPolicy detail::policy_from_wire(const json& j) { return apply_fields(j, RunnerPolicy{}); }
 
 RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(overrides, RunnerPolicy{}); }
 
@@ -210,28 +184,6 @@ json RunnerPolicy::to_json() const {
   json out = json::object();
   for (const auto& row : fields()) out[row.name] = row.get(*this);
   return out;
-}
-
-RunnerPolicy RunnerPolicy::from_toml(std::string_view text) {
-  try {
-    return from_toml_table(toml::parse(text));
-  } catch (const toml::parse_error& e) {
-    std::ostringstream os;
-    os << "invalid TOML: " << e.description() << " (line " << e.source().begin.line << ")";
-    fail(os.str());
-  }
-}
-
-RunnerPolicy RunnerPolicy::from_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read policy file '" + path.string() + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  try {
-    return from_toml(ss.str());
-  } catch (const PolicyError& e) {
-    fail(path.string() + ": " + e.what());
-  }
 }
 
 }  // namespace spr

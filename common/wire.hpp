@@ -3,7 +3,8 @@
 
 #include <string>
 
-#include "spr/runner.hpp"
+#include "spr/policy.hpp"
+#include "spr/result.hpp"
 
 namespace spr::detail {
 
@@ -18,6 +19,10 @@ ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> prot
 // Helpers for results the supervisor makes itself.
 RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
 RunResult timeout_result(double timeout_seconds);
+
+// A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
+// again (the supervisor validated them where the policy entered).
+RunnerPolicy policy_from_wire(const json& j);
 
 // "5", "1.9", "0.25": the shortest spelling that round-trips, as the original prints timeouts.
 std::string format_seconds(double s);

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <utility>
 
-#include "detail/wire.hpp"
+#include "common/wire.hpp"
 
 namespace spr {
 

@@ -1,0 +1,182 @@
+// Encode/decode of every protocol message: JSON objects with a "type" field, checked field by field.
+#include "common/protocol.hpp"
+
+#include <climits>
+#include <type_traits>
+#include <utility>
+
+#include "common/wire.hpp"
+
+namespace spr::protocol {
+
+namespace {
+
+template <class... Fs>
+struct Overload : Fs... {
+  using Fs::operator()...;
+};
+template <class... Fs>
+Overload(Fs...) -> Overload<Fs...>;
+
+[[noreturn]] void bad(const std::string& what) { throw ProtocolError(what); }
+
+const json& need(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) bad(std::string("missing field '") + name + "'");
+  return *it;
+}
+
+std::uint64_t u64(const json& j, const char* name) {
+  const json& v = need(j, name);
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<std::int64_t>() >= 0))
+    bad(std::string("field '") + name + "' is not a non-negative integer");
+  return v.get<std::uint64_t>();
+}
+
+std::string str(const json& j, const char* name) {
+  const json& v = need(j, name);
+  if (!v.is_string()) bad(std::string("field '") + name + "' is not a string");
+  return v.get<std::string>();
+}
+
+std::optional<std::string> opt_str(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string()) bad(std::string("field '") + name + "' is not a string");
+  return it->get<std::string>();
+}
+
+RunnerPolicy policy(const json& j) {
+  try {
+    return detail::policy_from_wire(need(j, "policy"));
+  } catch (const PolicyError& e) {
+    bad(std::string("bad policy: ") + e.what());
+  }
+}
+
+Isolation isolation(const json& j) {
+  auto i = parse_isolation(str(j, "isolation"));
+  if (!i) bad("unknown isolation '" + str(j, "isolation") + "'");
+  return *i;
+}
+
+const char* stream_name(Stream s) { return s == Stream::out ? "stdout" : "stderr"; }
+
+}  // namespace
+
+const char* type_name(const Message& m) {
+  static constexpr const char* kNames[] = {"hello",       "request", "reply",        "output",       "host_call",
+                                           "host_return", "cancel",  "session_open", "session_close"};
+  static_assert(std::size(kNames) == std::variant_size_v<Message>);
+  return kNames[m.index()];
+}
+
+std::string encode(const Message& m) {
+  json j = std::visit(
+      Overload{
+          [](const Hello& h) {
+            json o = {{"protocol", h.protocol},     {"pid", h.pid},
+                      {"isolation", to_string(h.isolation)}, {"python", h.python},
+                      {"hardening", h.hardening}};
+            if (h.error) o["error"] = *h.error;
+            return o;
+          },
+          [](const Request& r) {
+            return json{{"id", r.id}, {"code", r.code}, {"input_data", r.input_data}, {"policy", r.policy.to_json()}};
+          },
+          [](const Reply& r) {
+            json o = detail::reply_from_result(r.result);
+            o["id"] = r.id;
+            return o;
+          },
+          [](const OutputChunk& c) { return json{{"id", c.id}, {"stream", stream_name(c.stream)}, {"data", c.data}}; },
+          [](const HostCall& c) { return json{{"id", c.id}, {"call", c.call}, {"name", c.name}, {"args", c.args}}; },
+          [](const HostReturn& r) {
+            json o = {{"id", r.id}, {"call", r.call}, {"value", r.value}};
+            if (r.error) o["error"] = *r.error;
+            return o;
+          },
+          [](const Cancel& c) { return json{{"id", c.id}}; },
+          [](const SessionOpen& s) { return json{{"session", s.session}, {"policy", s.policy.to_json()}}; },
+          [](const SessionClose& s) { return json{{"session", s.session}}; },
+      },
+      m);
+  j["type"] = type_name(m);
+  return detail::dump_json(j);
+}
+
+Message decode(std::string_view text) {
+  json j;
+  try {
+    j = detail::parse_json(text);
+  } catch (const std::exception& e) {
+    bad(std::string("malformed JSON: ") + e.what());
+  }
+  if (!j.is_object()) bad("a message must be a JSON object");
+  const std::string type = str(j, "type");
+  if (type == "hello") {
+    Hello h;
+    const json& p = need(j, "protocol");
+    if (!p.is_number_integer() || p.get<std::int64_t>() < 0 || p.get<std::int64_t>() > INT_MAX)
+      bad("field 'protocol' is not a version number");
+    h.protocol = p.get<int>();
+    h.error = opt_str(j, "error");
+    if (h.error) return h;  // a worker that failed to start may know nothing else
+    h.pid = static_cast<std::int64_t>(u64(j, "pid"));
+    h.isolation = isolation(j);
+    h.python = str(j, "python");
+    h.hardening = need(j, "hardening");
+    if (!h.hardening.is_array()) bad("field 'hardening' is not a list");
+    return h;
+  }
+  if (type == "request") {
+    Request r;
+    r.id = u64(j, "id");
+    r.code = str(j, "code");
+    if (auto it = j.find("input_data"); it != j.end()) r.input_data = *it;
+    r.policy = policy(j);
+    return r;
+  }
+  if (type == "reply") {
+    Reply r;
+    r.id = u64(j, "id");
+    try {
+      r.result = detail::result_from_reply(j);
+    } catch (const std::exception& e) {
+      bad(e.what());
+    }
+    return r;
+  }
+  if (type == "output") {
+    OutputChunk c;
+    c.id = u64(j, "id");
+    const std::string s = str(j, "stream");
+    if (s != "stdout" && s != "stderr") bad("field 'stream' must be 'stdout' or 'stderr'");
+    c.stream = s == "stdout" ? Stream::out : Stream::err;
+    c.data = str(j, "data");
+    return c;
+  }
+  if (type == "host_call") {
+    HostCall c;
+    c.id = u64(j, "id");
+    c.call = u64(j, "call");
+    c.name = str(j, "name");
+    c.args = need(j, "args");
+    if (!c.args.is_array()) bad("field 'args' is not a list");
+    return c;
+  }
+  if (type == "host_return") {
+    HostReturn r;
+    r.id = u64(j, "id");
+    r.call = u64(j, "call");
+    if (auto it = j.find("value"); it != j.end()) r.value = *it;
+    r.error = opt_str(j, "error");
+    return r;
+  }
+  if (type == "cancel") return Cancel{u64(j, "id")};
+  if (type == "session_open") return SessionOpen{str(j, "session"), policy(j)};
+  if (type == "session_close") return SessionClose{str(j, "session")};
+  bad("unknown message type '" + type + "'");
+}
+
+}  // namespace spr::protocol

@@ -1,0 +1,68 @@
+// Public API: the run policy (RunnerPolicy), its enums, and the error thrown for an invalid one.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace spr {
+
+using json = nlohmann::json;
+
+// How a run is separated from the runs before and after it (see README, "Isolation modes").
+enum class Isolation { namespace_, subinterpreter, fork, process };
+// "restrict": everything except blocked_imports / blocked_builtins; "allow": only the allowed lists.
+enum class Mode { restrict, allow };
+
+std::string to_string(Isolation);
+std::string to_string(Mode);
+// "namespace", "subinterpreter", "fork", "process"; nullopt for anything else.
+std::optional<Isolation> parse_isolation(std::string_view name);
+
+// Thrown for misuse: an invalid policy, a policy file that cannot be read or parsed.
+class PolicyError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+struct RunnerPolicy {
+  Mode mode = Mode::restrict;
+  double timeout_seconds = 5.0;       // wall clock, fractions honoured
+  std::int64_t memory_limit_mb = 256;  // what one run may allocate
+  std::int64_t max_output_kb = 128;    // cap on stdout and on stderr, each, in bytes / 1024
+  std::int64_t max_result_kb = 1024;   // cap on the JSON text of `result`
+  double cpu_time_seconds = 0;         // CPU time cap; 0 = only the wall-clock timeout
+  std::vector<std::string> blocked_imports{"os", "subprocess", "socket", "ctypes", "importlib"};
+  std::vector<std::string> allowed_imports;
+  std::vector<std::string> blocked_builtins{"eval", "exec", "open", "compile", "breakpoint"};
+  std::vector<std::string> allowed_builtins;
+  std::vector<std::string> blocked_globals;
+  std::vector<std::string> allowed_globals;
+  json extra_globals = json::object();
+  Isolation isolation = Isolation::fork;
+  bool allow_network = false;
+  std::vector<std::string> allowed_read_paths;
+  bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+
+  // Throws PolicyError naming the first invalid field.
+  void validate() const;
+
+  // Policy files use the original's TOML format: a [policy] table or the same keys at top level.
+  static RunnerPolicy from_file(const std::filesystem::path& path);
+  static RunnerPolicy from_toml(std::string_view text);
+  // Applies the fields present in `overrides` (a JSON object) on top of `base`.
+  static RunnerPolicy from_json(const json& overrides);
+  static RunnerPolicy from_json(const json& overrides, const RunnerPolicy& base);
+  json to_json() const;
+
+  friend bool operator==(const RunnerPolicy& a, const RunnerPolicy& b);
+  friend bool operator!=(const RunnerPolicy& a, const RunnerPolicy& b) { return !(a == b); }
+};
+
+}  // namespace spr

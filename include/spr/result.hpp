@@ -1,0 +1,50 @@
+// Public API: the outcome of a run (RunResult) and its stable error codes (ErrorKind).
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "spr/policy.hpp"
+
+namespace spr {
+
+// Stable codes for how a run ended; match on these, not on `error` text.
+enum class ErrorKind {
+  none,
+  exception,
+  syntax,
+  timeout,
+  memory,
+  cpu_time,
+  blocked_import,
+  denied,  // a sandbox layer refused an operation (PermissionError from the audit hook or the OS)
+  system_exit,
+  result_too_large,
+  worker_crashed,
+  worker_unavailable,
+  protocol_error,
+  bad_input,
+};
+std::string to_string(ErrorKind);
+
+struct RunResult {
+  bool ok = false;
+  json result;  // the `result` variable, as JSON (null when unset or on failure)
+  std::string stdout_text;
+  std::string stderr_text;
+  bool timed_out = false;
+  bool resource_exceeded = false;
+  std::optional<std::string> error;  // one line; empty optional on success
+  int exit_code = 0;                 // 0 ok, 1 error, 2 memory, 124 timeout, n for SystemExit(n)
+  ErrorKind error_kind = ErrorKind::none;
+  bool stdout_truncated = false;
+  bool stderr_truncated = false;
+  std::chrono::microseconds duration{0};  // as seen by the caller, queueing included
+  Isolation isolation = Isolation::fork;
+
+  // All fields; `stdout`/`stderr` keys as in the original, `duration_ms` as a number.
+  json to_json() const;
+};
+
+}  // namespace spr

@@ -1,0 +1,62 @@
+// Public API: the Runner (a pool of supervised, hardened workers) and the one-call run_code.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "spr/policy.hpp"
+#include "spr/result.hpp"
+#include "spr/version.hpp"
+
+namespace spr {
+
+// Thrown when no worker can be started at all (missing or broken worker binary).
+class WorkerError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct RunnerOptions {
+  std::size_t workers = 2;                     // warm workers per isolation mode in use
+  RunnerPolicy policy;                         // defaults for every run
+  std::filesystem::path worker_path;           // empty: $SPR_WORKER, then next to this program, then the install dir
+  double kill_grace_seconds = 0.25;            // hard deadline = timeout + grace
+  double start_timeout_seconds = 10;           // a worker that sends no hello by then is killed
+  // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
+  // Python layer could write there too (it cannot reach anything else of yours).
+  bool worker_stderr = false;
+};
+
+class Runner {
+ public:
+  explicit Runner(RunnerOptions options = {});
+  ~Runner();  // stops the workers; runs in flight are answered worker_unavailable
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
+
+  // Thread-safe. Never throws for what the code does; throws PolicyError for an invalid policy.
+  RunResult run(const std::string& code, const json& input_data = json::object());
+  RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy);
+  std::future<RunResult> submit(std::string code, json input_data, RunnerPolicy policy);
+
+  const RunnerOptions& options() const;
+  // The worker's report of its hardening layers: [{"name","active","detail"}, ...] (waits for one worker).
+  json hardening(Isolation isolation);
+  // Python version the workers embed, from their hello frame.
+  std::string python_version();
+  void shutdown();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Runs with a process-wide default Runner, started on first use.
+RunResult run_code(const std::string& code, const json& input_data = json::object(),
+                   const RunnerPolicy& policy = {});
+
+}  // namespace spr

@@ -1,0 +1,186 @@
+// Unit tests of the worker's engine modules, in this process with an initialised interpreter: the guard's
+// import decisions, the audit hook's path test, the JSON codec, output capture, memory accounting and
+// soft deadlines. (The black-box suites test the same modules through real workers.)
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "audit.hpp"
+#include "capture.hpp"
+#include "codec.hpp"
+#include "deadline.hpp"
+#include "engine.hpp"
+#include "guard.hpp"
+#include "memory.hpp"
+#include "py.hpp"
+
+namespace embed = spr::embed;
+using spr::json;
+
+namespace {
+
+void engine() {
+  static const std::string error = [] {
+    embed::EngineOptions o;
+    o.preload = false;
+    return embed::initialize(o);
+  }();
+  REQUIRE_MESSAGE(error.empty(), error);
+}
+
+// Runs `source` as a module body; returns the name of the exception it raised, or "" for none.
+std::string exec(const char* source) {
+  engine();
+  spr::embed::py::Ref globals(PyDict_New());
+  PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins());
+  spr::embed::py::Ref value(PyRun_String(source, Py_file_input, globals.get(), globals.get()));
+  if (value) return "";
+  PyObject *type = nullptr, *val = nullptr, *tb = nullptr;
+  PyErr_Fetch(&type, &val, &tb);
+  std::string name = type ? reinterpret_cast<PyTypeObject*>(type)->tp_name : "?";
+  Py_XDECREF(type);
+  Py_XDECREF(val);
+  Py_XDECREF(tb);
+  return name;
+}
+
+json round_trip(const json& v, std::uint64_t max_bytes = 1 << 20) {
+  engine();
+  spr::embed::py::Ref obj(embed::codec::to_python(v));
+  REQUIRE(obj);
+  auto enc = embed::codec::from_python(obj.get(), max_bytes);
+  REQUIRE(enc.error.empty());
+  return enc.value;
+}
+
+}  // namespace
+
+TEST_CASE("guard: the default policy blocks the named roots and their C twins") {
+  engine();
+  embed::guard::set_policy(spr::RunnerPolicy{});
+  CHECK(embed::guard::check("os") == "Import 'os' is blocked by policy");
+  CHECK(embed::guard::check("os.path") == "Import 'os.path' is blocked by policy");
+  CHECK_FALSE(embed::guard::check("posix").empty());
+  CHECK_FALSE(embed::guard::check("_socket").empty());
+  CHECK_FALSE(embed::guard::check("_posixsubprocess").empty());
+  CHECK(embed::guard::check("math").empty());
+  CHECK(embed::guard::check("json.decoder").empty());
+  CHECK(embed::guard::check("osmosis").empty());  // a root name, not a prefix
+}
+
+TEST_CASE("guard: importlib and the engine's own module are blocked under every policy") {
+  engine();
+  spr::RunnerPolicy p;
+  p.blocked_imports.clear();
+  embed::guard::set_policy(p);
+  CHECK_FALSE(embed::guard::check("importlib").empty());
+  CHECK_FALSE(embed::guard::check("importlib.util").empty());
+  CHECK_FALSE(embed::guard::check("_imp").empty());
+  CHECK_FALSE(embed::guard::check("_spr").empty());
+  CHECK(embed::guard::check("os").empty());
+}
+
+TEST_CASE("guard: allow mode admits only the allowed roots and pkg.* patterns") {
+  engine();
+  spr::RunnerPolicy p;
+  p.mode = spr::Mode::allow;
+  p.blocked_imports.clear();
+  p.allowed_imports = {"math", "xml.*"};
+  embed::guard::set_policy(p);
+  CHECK(embed::guard::check("math").empty());
+  CHECK(embed::guard::check("xml").empty());
+  CHECK(embed::guard::check("xml.dom.minidom").empty());
+  CHECK(embed::guard::check("re") == "Import 're' is not allowed by policy");
+  embed::guard::set_policy(spr::RunnerPolicy{});
+}
+
+TEST_CASE("audit: path_under compares whole path components") {
+  const std::vector<std::string> roots = {"/usr/lib/python3.11", "/opt/data/"};
+  CHECK(embed::audit::path_under("/usr/lib/python3.11", roots));
+  CHECK(embed::audit::path_under("/usr/lib/python3.11/json/__init__.py", roots));
+  CHECK(embed::audit::path_under("/opt/data/x.csv", roots));
+  CHECK_FALSE(embed::audit::path_under("/usr/lib/python3.110/x.py", roots));
+  CHECK_FALSE(embed::audit::path_under("/usr/lib/python3", roots));
+  CHECK_FALSE(embed::audit::path_under("/etc/passwd", roots));
+  CHECK_FALSE(embed::audit::path_under("/etc/passwd", {""}));
+}
+
+TEST_CASE("codec: JSON values survive the trip through Python") {
+  const json v = {{"i", 1}, {"big", 18446744073709551615ULL}, {"f", 2.5}, {"s", "h\xC3\xA9"},
+                  {"l", {1, nullptr, true}}, {"o", {{"k", json::array()}}}};
+  CHECK(round_trip(v) == v);
+}
+
+TEST_CASE("codec: tuples become lists, values JSON cannot hold become str(value)") {
+  engine();
+  spr::embed::py::Ref globals(PyDict_New());
+  PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins());
+  spr::embed::py::Ref v(PyRun_String("((1, 2), {3}, 2**70)", Py_eval_input, globals.get(), globals.get()));
+  REQUIRE(v);
+  auto enc = embed::codec::from_python(v.get(), 1 << 20);
+  REQUIRE(enc.error.empty());
+  CHECK(enc.value == json::array({json::array({1, 2}), "{3}", "1180591620717411303424"}));
+}
+
+TEST_CASE("codec: the byte budget and the depth limit are errors, not truncation") {
+  engine();
+  spr::embed::py::Ref big(embed::codec::to_python(json(std::string(5000, 'x'))));
+  CHECK_FALSE(embed::codec::from_python(big.get(), 1000).error.empty());
+  CHECK(embed::codec::from_python(big.get(), 10000).error.empty());
+  json deep = json::array();
+  for (int i = 0; i < 20; ++i) deep = json::array({deep});
+  spr::embed::py::Ref nested(embed::codec::to_python(deep));
+  CHECK_FALSE(embed::codec::from_python(nested.get(), 1 << 20, 10).error.empty());
+  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 30).error.empty());
+}
+
+TEST_CASE("capture: output is capped in bytes, cut at a character boundary, and flagged") {
+  engine();
+  REQUIRE(embed::capture::begin(1, 10));
+  const std::string hello = "hello world!";
+  embed::capture::append(0, hello.data(), hello.size());
+  CHECK(embed::capture::text(0) == "hello worl");
+  CHECK(embed::capture::truncated(0));
+  CHECK(embed::capture::text(1).empty());
+  CHECK_FALSE(embed::capture::truncated(1));
+
+  REQUIRE(embed::capture::begin(2, 5));
+  const std::string euro = "aaaa\xE2\x82\xAC";  // "aaaa€": the cap falls inside the euro sign
+  embed::capture::append(1, euro.data(), euro.size());
+  CHECK(embed::capture::text(1) == "aaaa");
+  CHECK(embed::capture::truncated(1));
+
+  REQUIRE(embed::capture::begin(3, 64));  // a new run starts empty
+  CHECK(embed::capture::text(1).empty());
+  CHECK_FALSE(embed::capture::truncated(1));
+}
+
+TEST_CASE("memory: allocations past the run's limit fail, and only during the run") {
+  engine();
+  embed::memory::begin_run(16u << 20);
+  CHECK(exec("b = bytearray(64 * 1024 * 1024)") == "MemoryError");
+  CHECK(embed::memory::refused());
+  embed::memory::end_run();
+  CHECK(exec("b = bytearray(64 * 1024 * 1024)").empty());
+  embed::memory::begin_run(64u << 20);
+  CHECK(exec("b = bytearray(1024 * 1024)").empty());
+  CHECK_FALSE(embed::memory::refused());
+  embed::memory::end_run();
+}
+
+TEST_CASE("deadline: the wall-clock timer interrupts a Python loop with TimeoutError") {
+  engine();
+  embed::deadline::arm(0.05, 0);
+  CHECK(exec("while True: pass") == "TimeoutError");
+  embed::deadline::disarm();
+  CHECK(embed::deadline::wall_fired());
+  CHECK_FALSE(embed::deadline::cpu_fired());
+}
+
+TEST_CASE("deadline: the CPU timer fires on CPU time") {
+  engine();
+  embed::deadline::arm(0, 0.05);
+  CHECK(exec("while True: pass") == "TimeoutError");
+  embed::deadline::disarm();
+  CHECK(embed::deadline::cpu_fired());
+}

@@ -1,0 +1,116 @@
+// Unit tests of the typed protocol: every message round-trips, and malformed frames are ProtocolError.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "common/protocol.hpp"
+
+namespace pr = spr::protocol;
+
+namespace {
+template <class T>
+T round_trip(const T& m) {
+  const std::string text = pr::encode(m);
+  T back = pr::decode_as<T>(text);
+  CHECK(pr::encode(back) == text);
+  return back;
+}
+}  // namespace
+
+TEST_CASE("protocol: each message type round-trips with its fields") {
+  pr::Hello h;
+  h.pid = 42;
+  h.isolation = spr::Isolation::subinterpreter;
+  h.python = "3.11.2";
+  h.hardening = spr::json::array({{{"name", "seccomp"}, {"active", true}}});
+  auto h2 = round_trip(h);
+  CHECK(h2.pid == 42);
+  CHECK(h2.isolation == spr::Isolation::subinterpreter);
+  CHECK(h2.protocol == pr::kVersion);
+
+  pr::Request rq;
+  rq.id = 9;
+  rq.code = "result = x";
+  rq.input_data = {{"x", 1}};
+  rq.policy.timeout_seconds = 1.5;
+  rq.policy.blocked_imports = {"os"};
+  auto rq2 = round_trip(rq);
+  CHECK(rq2.code == "result = x");
+  CHECK(rq2.input_data == rq.input_data);
+  CHECK(rq2.policy == rq.policy);
+
+  pr::Reply rp;
+  rp.id = 9;
+  rp.result.ok = false;
+  rp.result.error = "Execution timed out after 1.5s";
+  rp.result.error_kind = spr::ErrorKind::timeout;
+  rp.result.exit_code = 124;
+  rp.result.timed_out = true;
+  rp.result.stdout_text = "partial";
+  auto rp2 = round_trip(rp);
+  CHECK(rp2.id == 9);
+  CHECK(rp2.result.error_kind == spr::ErrorKind::timeout);
+  CHECK(rp2.result.stdout_text == "partial");
+
+  auto c = round_trip(pr::OutputChunk{3, pr::Stream::err, "line\n"});
+  CHECK(c.stream == pr::Stream::err);
+  CHECK(round_trip(pr::HostCall{3, 1, "lookup", spr::json::array({1, "a"})}).name == "lookup");
+  CHECK(round_trip(pr::HostReturn{3, 1, spr::json(5), std::string("boom")}).error == std::string("boom"));
+  CHECK(round_trip(pr::Cancel{77}).id == 77);
+  CHECK(round_trip(pr::SessionOpen{"s1", spr::RunnerPolicy{}}).session == "s1");
+  CHECK(round_trip(pr::SessionClose{"s1"}).session == "s1");
+}
+
+TEST_CASE("protocol: a hello that reports a start failure needs no other field") {
+  auto h = pr::decode_as<pr::Hello>(R"({"type":"hello","protocol":2,"error":"no python"})");
+  REQUIRE(h.error);
+  CHECK(*h.error == "no python");
+}
+
+TEST_CASE("protocol: malformed frames are ProtocolError, never another exception") {
+  const char* bad[] = {
+      "",
+      "not json",
+      "[1,2]",
+      R"({"id":1})",                                               // no type
+      R"({"type":"nonsense"})",                                    // unknown type
+      R"({"type":"request","id":-1,"code":"","policy":{}})",       // negative id
+      R"({"type":"request","id":1,"code":5,"policy":{}})",         // code not a string
+      R"({"type":"request","id":1,"code":"","policy":{"bogus":1}})",  // unknown policy field
+      R"({"type":"request","id":1,"code":"","policy":{"isolation":"jail"}})",
+      R"({"type":"reply","id":1,"ok":"yes"})",                      // wrong field type
+      R"({"type":"output","id":1,"stream":"stdin","data":""})",
+      R"({"type":"hello","protocol":2,"pid":1,"isolation":"fork","python":"3","hardening":{}})",
+      R"({"type":"host_call","id":1,"call":1,"name":"f","args":{}})",
+  };
+  for (const char* text : bad) {
+    CAPTURE(text);
+    CHECK_THROWS_AS(pr::decode(text), pr::ProtocolError);
+  }
+  std::string deep(2000, '[');
+  CHECK_THROWS_AS(pr::decode(deep), pr::ProtocolError);
+}
+
+TEST_CASE("protocol: decode_as names what came instead") {
+  try {
+    (void)pr::decode_as<pr::Reply>(R"({"type":"cancel","id":1})");
+    FAIL("expected ProtocolError");
+  } catch (const pr::ProtocolError& e) {
+    CHECK(std::string(e.what()) == "expected a reply message, got cancel");
+  }
+}
+
+TEST_CASE("protocol: the wire policy is not re-validated, but its form is checked") {
+  // Values are validated where a policy enters the supervisor; the worker trusts its supervisor.
+  auto rq = pr::decode_as<pr::Request>(R"({"type":"request","id":1,"code":"","policy":{"timeout_seconds":0}})");
+  CHECK(rq.policy.timeout_seconds == 0);
+  CHECK_THROWS_AS(pr::decode(R"({"type":"request","id":1,"code":"","policy":{"timeout_seconds":"x"}})"),
+                  pr::ProtocolError);
+}
+
+TEST_CASE("parse_isolation: the one parser of isolation names") {
+  CHECK(spr::parse_isolation("namespace") == spr::Isolation::namespace_);
+  CHECK(spr::parse_isolation("process") == spr::Isolation::process);
+  CHECK_FALSE(spr::parse_isolation("Fork"));
+  CHECK_FALSE(spr::parse_isolation(""));
+}
