@@ -33,6 +33,7 @@ struct Args {
   bool allow_network = false;
   std::string scratch;
   double grace = 0.25;
+  std::size_t subinterpreter_pool = 2;
 };
 
 void log_line(const std::string& s) {
@@ -67,6 +68,8 @@ Args parse_args(int argc, char** argv) {
       a.scratch = value();
     } else if (k == "--grace") {
       a.grace = std::stod(value());
+    } else if (k == "--subinterpreter-pool") {
+      a.subinterpreter_pool = static_cast<std::size_t>(std::stoul(value()));
     } else if (k == "--version") {
       std::string v = std::string("spr-worker ") + spr::version() + "\n";
       ssize_t ignored = write(1, v.data(), v.size());
@@ -197,7 +200,7 @@ int main(int argc, char** argv) {
   int devnull_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);        // before Landlock makes it read-only
   spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace, args.allow_network);
   if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
-  spr::embed::SubinterpRunner subinterps;
+  spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
   if (args.isolation == spr::Isolation::subinterpreter) {
     std::string e = subinterps.start();
     if (!e.empty()) {
@@ -220,6 +223,7 @@ int main(int argc, char** argv) {
   PolicyCache policies;
   std::string frame;
   for (;;) {
+    if (args.isolation == spr::Isolation::subinterpreter) subinterps.work_while_idle(detail::kProtocolFd);
     // A short spin first: back-to-back requests then skip the sleep and the cross-CPU wake-up.
     auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes,
                                 kIdleSpinMicroseconds);
@@ -247,6 +251,6 @@ int main(int argc, char** argv) {
     }
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);
-    if (args.isolation == spr::Isolation::subinterpreter) subinterps.recycle();
+    if (args.isolation == spr::Isolation::subinterpreter) subinterps.retire();
   }
 }

@@ -134,6 +134,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_, "--grace",
                                    format_seconds(o.grace_seconds)};
   if (o.once) args.push_back("--once");
+  if (o.isolation == Isolation::subinterpreter) {
+    args.push_back("--subinterpreter-pool");
+    args.push_back(std::to_string(o.subinterpreter_pool));
+  }
   if (o.allow_network) args.push_back("--allow-network");
   bp::environment env;  // empty: nothing of the caller's environment reaches user code
   env.clear();
