@@ -277,7 +277,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   }
   if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
   std::string frame;
-  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 50, pidfd_.get());
+  IoStatus s = read_frame(sock_.get(), frame, hard_deadline, kMaxFrameBytes, 0, pidfd_.get());
   if (s != IoStatus::ok) return lost(id, s, policy, s == IoStatus::timeout);
   json reply;
   try {
