@@ -115,7 +115,7 @@ std::uint64_t ForkRunner::address_space_now() const {
   return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-void ForkRunner::child_main(int request_fd, int reply_fd) {
+void ForkRunner::child_main(int request_fd, int reply_fd, bool warm) {
   PyOS_AfterFork_Child();
   // Dies with the worker, whatever it does to its session or group (its filter keeps this set).
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent_) _exit(0);
@@ -124,12 +124,12 @@ void ForkRunner::child_main(int request_fd, int reply_fd) {
   // The run's limits come from the parent (prlimit): the stacked filter forbids raising them here.
   if (child_filter_ && harden::apply_child(harden::RunLimits{}) != 0) _exit(71);
   deadline::init();
-  {
-    Request warm;
-    warm.code = kWarmUpCode;
-    warm.input_data = detail::parse_json(kWarmUpFrame).at("input_data");
-    warm.policy.isolation = Isolation::fork;
-    const RunResult r = run_prepared(warm);
+  if (warm) {  // a spare only: a child forked for a waiting request would just take the faults twice
+    Request w;
+    w.code = kWarmUpCode;
+    w.input_data = detail::parse_json(kWarmUpFrame).at("input_data");
+    w.policy.isolation = Isolation::fork;
+    const RunResult r = run_prepared(w);
     std::string text = detail::dump_json(detail::reply_from_result(r));
     (void)text;
   }
@@ -169,7 +169,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd) {
   _exit(0);
 }
 
-bool ForkRunner::fork_child(Child& c) {
+bool ForkRunner::fork_child(Child& c, bool warm) {
   int req[2], rep[2];
   if (pipe2(req, O_CLOEXEC) != 0) return false;
   if (pipe2(rep, O_CLOEXEC) != 0) {
@@ -183,7 +183,7 @@ bool ForkRunner::fork_child(Child& c) {
   if (pid == 0) {
     close(req[1]);
     close(rep[0]);
-    child_main(req[0], rep[1]);
+    child_main(req[0], rep[1], warm);
   }
   const int err = errno;
   PyOS_AfterFork_Parent();
@@ -345,7 +345,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     if (spare_.pid > 0) {
       c = spare_;
       spare_ = Child{};
-    } else if (!fork_child(c)) {
+    } else if (!fork_child(c, false)) {
       reply = parent_reply(l, 0, false, false, std::string("fork failed: ") + strerror(errno));
       return;
     }
@@ -398,7 +398,7 @@ void ForkRunner::serve(void (*inspect)(std::string_view frame)) {
       }
       if (r == 0) {  // idle: the children of earlier runs are gone by now, the next one gets ready
         reap(true);
-        if (!fork_child(spare_)) spare_ = Child{};
+        if (!fork_child(spare_, true)) spare_ = Child{};
       }
     }
     reap(false);

@@ -40,8 +40,9 @@ class ForkRunner {
     std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024;
   };
 
-  bool fork_child(Child& c);
-  [[noreturn]] void child_main(int request_fd, int reply_fd);
+  // `warm`: a spare, which runs our warm-up before it waits for its request.
+  bool fork_child(Child& c, bool warm);
+  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm);
   // Runs one request frame; returns the reply frame's text (in `reply`, the buffer reused).
   void run(std::string& frame, std::string& reply);
   bool set_limits(pid_t pid, const Limits& l) const;
