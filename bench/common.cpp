@@ -48,7 +48,8 @@ namespace {
                "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
                "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--worker PATH] [--cli PATH]\n"
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
-               "modes: namespace, subinterpreter, fork, process (default: all)\n"
+               "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
+               "subinterpreter's back-to-back sample (an interpreter is built per run there)\n"
                "paced: one request every %.0f ms; back to back: the next request as soon as the reply is in\n",
                argv0, kPacedGapMs);
   std::exit(code);

@@ -154,7 +154,9 @@ ModeResult measure_mode(const Options& o, const std::string& mode, std::string& 
       return m;
     }
     for (int i = 0; i < (process ? 5 : 50); ++i) run_once(err);
-    m.available = measure_pattern(run_once, m.b2b, process ? o.process_runs : o.seq_runs, 0, mode == "fork", m.first_failure);
+    // Modes that build an interpreter per back-to-back run get the smaller count.
+    const bool slow = process || mode == "subinterpreter";
+    m.available = measure_pattern(run_once, m.b2b, slow ? o.process_runs : o.seq_runs, 0, mode == "fork", m.first_failure);
     if (m.available) {
       std::printf("back to back p50 %.1f us ... ", m.b2b.lat.p50);
       std::fflush(stdout);

@@ -9,7 +9,7 @@
 
 namespace spr::embed::json_scan {
 
-constexpr int kMaxDepth = 512;  // as detail::kMaxJsonDepth
+constexpr int kMaxDepth = 1024;  // above detail::kMaxJsonDepth: the child's parser is the one that refuses
 
 // True when `text` is exactly one valid JSON value (surrounding whitespace allowed), nested at most
 // kMaxDepth deep. UTF-8 is not checked here (the supervisor's parser does that).
