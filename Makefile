@@ -4,13 +4,14 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 PYTHON ?= /usr/bin/python3
 
-.PHONY: all deps build run test bench soak fuzz check-sanitize lint format install clean help
+.PHONY: all deps build run test python bench soak fuzz check-sanitize lint format install clean help
 
 all: build
 
 help:
 	@echo "make run             install missing Debian packages, build, run the quick-start example"
-	@echo "make test            build and run every test (unit, black-box, CLI, security, fuzz smoke, soak smoke)"
+	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, fuzz smoke, soak smoke)"
+	@echo "make python          build the Python wheel and install it (into PYTHON if it is a venv's, else build/venv)"
 	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick)"
 	@echo "make soak            50,000 runs with faults mixed in, in each isolation mode"
 	@echo "make fuzz            libFuzzer on the frame, request and policy parsers (needs clang)"
@@ -33,6 +34,18 @@ run: build
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j 2 --timeout 600
 
+# Builds the wheel (reusing this build folder) and installs it: into PYTHON's environment when PYTHON
+# is a venv's python, otherwise into the venv $(PY_VENV) (Debian's own Python refuses pip installs).
+PY_VENV ?= $(BUILD)/venv
+python: build
+	rm -rf $(BUILD)/dist
+	$(PYTHON) -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation \
+	  --config-settings build-dir=$(abspath $(BUILD)) -w $(BUILD)/dist .
+	@if $(PYTHON) -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then py=$(PYTHON); \
+	else $(PYTHON) -m venv $(PY_VENV) && py=$(PY_VENV)/bin/python; fi; \
+	$$py -m pip install --disable-pip-version-check --force-reinstall --no-deps $(BUILD)/dist/*.whl && \
+	echo "safe_py_runner installed for $$py"
+
 bench: build
 	$(BUILD)/spr-bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.svg $(BENCH_ARGS)
 
@@ -45,8 +58,8 @@ fuzz:
 
 check-sanitize:
 	@scripts/install-deps.sh
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DSPR_SANITIZE=address,undefined -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF"
-	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DSPR_SANITIZE=thread -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF"
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DSPR_SANITIZE=address,undefined -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF -DSPR_BUILD_PYTHON=OFF"
+	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DSPR_SANITIZE=thread -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF -DSPR_BUILD_PYTHON=OFF"
 
 lint: $(BUILD)/CMakeCache.txt
 	@scripts/install-deps.sh clang-tidy cppcheck

@@ -126,8 +126,9 @@ const std::vector<Field>& fields() {
 }  // namespace
 
 void RunnerPolicy::validate() const {
-  if (!std::isfinite(timeout_seconds) || timeout_seconds <= 0)
-    fail("'timeout_seconds' must be a positive number");
+  // 0 is accepted as in the original, which never waits less than a second (Runner runs it with 1).
+  if (!std::isfinite(timeout_seconds) || timeout_seconds < 0)
+    fail("'timeout_seconds' must be zero or a positive number");
   if (timeout_seconds > 86400.0 * 365) fail("'timeout_seconds' is too large");
   if (memory_limit_mb <= 0) fail("'memory_limit_mb' must be a positive integer");
   if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");

@@ -1,6 +1,7 @@
 // Request/reply field mapping shared by the supervisor and the worker.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "spr/policy.hpp"
@@ -19,6 +20,8 @@ ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> prot
 // Helpers for results the supervisor makes itself.
 RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
 RunResult timeout_result(double timeout_seconds);
+// The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
+std::optional<RunResult> non_utf8_code_result(const std::string& code);
 
 // A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
 // again (the supervisor validated them where the policy entered).

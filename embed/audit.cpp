@@ -85,7 +85,7 @@ constexpr Row kRows[] = {
     {"_thread.start_joinable_thread", Rule::threads, "threads need the 'fork' or 'process' isolation mode"},
     // dynamic code
     {"exec", Rule::exec, "allowed when 'exec' and 'eval' are not in blocked_builtins"},
-    {"compile", Rule::compile, "allowed when 'compile' is not in blocked_builtins"},
+    {"compile", Rule::compile, "allowed when the run has 'compile', 'eval' or 'exec'"},
     {"import", Rule::import_module, "the import policy"},
     // network
     {"socket.", Rule::network, "allowed by 'allow_network'"},

@@ -111,7 +111,9 @@ bool contains(const std::vector<std::string>& v, const char* s) { return std::fi
 InterpState g_main_state;
 InterpState* g_state = &g_main_state;
 
-// The run's globals: builtins, input_data, result, extra_globals and input keys, filtered.
+// The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
+// As in the original, extra_globals come last: a name in both takes the operator's value, not the
+// untrusted input's, and only input keys must be identifiers that do not start with `_`.
 PyObject* make_globals(const Request& req) {
   const RunnerPolicy& p = req.policy;
   py::Ref g(PyDict_New());
@@ -122,29 +124,29 @@ PyObject* make_globals(const Request& req) {
   py::Ref name(PyUnicode_FromString("__main__"));
   PyDict_SetItemString(g.get(), "__name__", name.get());
   PyDict_SetItemString(g.get(), "__doc__", Py_None);
+  PyDict_SetItemString(g.get(), "input_data", input.get());
+  PyDict_SetItemString(g.get(), "result", Py_None);
   auto admitted = [&](const std::string& key) {
     if (p.mode == Mode::allow) return std::find(p.allowed_globals.begin(), p.allowed_globals.end(), key) != p.allowed_globals.end();
     return std::find(p.blocked_globals.begin(), p.blocked_globals.end(), key) == p.blocked_globals.end();
   };
-  auto bind = [&](const std::string& key, PyObject* value) -> bool {
-    if (key.empty() || key[0] == '_' || key == "input_data" || key == "result" || !admitted(key)) return true;
-    py::Ref k(PyUnicode_FromStringAndSize(key.data(), static_cast<Py_ssize_t>(key.size())));
-    if (!k) return false;
-    if (!PyUnicode_IsIdentifier(k.get())) return true;
-    return PyDict_SetItem(g.get(), k.get(), value) == 0;
-  };
-  for (auto it = p.extra_globals.begin(); it != p.extra_globals.end(); ++it) {
-    py::Ref v(codec::to_python(it.value()));
-    if (!v || !bind(it.key(), v.get())) return nullptr;
-  }
   if (PyDict_Check(input.get())) {
     PyObject *k, *v;
     Py_ssize_t pos = 0;
-    while (PyDict_Next(input.get(), &pos, &k, &v))
-      if (!bind(py::utf8(k), v)) return nullptr;
+    while (PyDict_Next(input.get(), &pos, &k, &v)) {
+      const std::string key = py::utf8(k);
+      if (key.empty() || key[0] == '_' || key == "input_data" || key == "result" || !admitted(key)) continue;
+      if (!PyUnicode_IsIdentifier(k)) continue;
+      if (PyDict_SetItem(g.get(), k, v) < 0) return nullptr;
+    }
   }
-  PyDict_SetItemString(g.get(), "input_data", input.get());
-  PyDict_SetItemString(g.get(), "result", Py_None);
+  for (auto it = p.extra_globals.begin(); it != p.extra_globals.end(); ++it) {
+    // __builtins__ is the engine's: a JSON value there would only break the run.
+    if (it.key() == "__builtins__" || !admitted(it.key())) continue;
+    py::Ref k(PyUnicode_FromStringAndSize(it.key().data(), static_cast<Py_ssize_t>(it.key().size())));
+    py::Ref v(codec::to_python(it.value()));
+    if (!k || !v || PyDict_SetItem(g.get(), k.get(), v.get()) < 0) return nullptr;
+  }
   return g.release();
 }
 
@@ -268,7 +270,8 @@ audit::RunRules rules_for(const RunnerPolicy& p) {
     return p.mode == Mode::allow ? !contains(p.allowed_builtins, b) : contains(p.blocked_builtins, b);
   };
   rules.block_exec = blocked("exec") && blocked("eval");
-  rules.block_compile = blocked("compile");
+  // eval and exec of a string compile it: a run that has either may compile (it gains nothing new).
+  rules.block_compile = blocked("compile") && blocked("eval") && blocked("exec");
   for (const auto& path : p.allowed_read_paths) {
     std::string r = real(path);
     if (!r.empty()) rules.read_roots.push_back(r);

@@ -182,12 +182,15 @@ void register_module() {
 void set_policy(const RunnerPolicy& p) {
   ImportPolicy ip;
   ip.mode = p.mode;
-  ip.blocked = p.blocked_imports;
-  for (const auto& [name, aliases] : kAliases)
-    if (std::find(p.blocked_imports.begin(), p.blocked_imports.end(), name) != p.blocked_imports.end())
-      ip.blocked.insert(ip.blocked.end(), aliases.begin(), aliases.end());
-  // `import builtins` would hand back every builtin the policy removed.
-  if (!p.blocked_builtins.empty() || p.mode == Mode::allow) ip.blocked.push_back("builtins");
+  if (p.mode == Mode::restrict) {
+    // In allow mode only the allowed lists decide, as in the original: blocked_imports is ignored.
+    ip.blocked = p.blocked_imports;
+    for (const auto& [name, aliases] : kAliases)
+      if (std::find(p.blocked_imports.begin(), p.blocked_imports.end(), name) != p.blocked_imports.end())
+        ip.blocked.insert(ip.blocked.end(), aliases.begin(), aliases.end());
+    // `import builtins` would hand back every builtin the policy removed.
+    if (!p.blocked_builtins.empty()) ip.blocked.push_back("builtins");
+  }
   ip.allowed = p.allowed_imports;
   g_policy = std::move(ip);
 }
@@ -195,9 +198,12 @@ void set_policy(const RunnerPolicy& p) {
 std::string check(const std::string& name) {
   for (const auto& b : kAlwaysBlocked)
     if (matches(name, b)) return blocked_message(name);
-  if (any_match(name, g_policy.blocked)) return blocked_message(name);
-  if (g_policy.mode == Mode::allow && name != "sys" && !any_match(name, g_policy.allowed))
+  if (g_policy.mode == Mode::allow) {
+    // `builtins` would hand back every builtin allowed_builtins left out, whatever the list says.
+    if (name == "sys" || (root_of(name) != "builtins" && any_match(name, g_policy.allowed))) return {};
     return "Import '" + name + "' is not allowed by policy";
+  }
+  if (any_match(name, g_policy.blocked)) return blocked_message(name);
   return {};
 }
 
@@ -227,13 +233,14 @@ PyObject* make_run_builtins(const RunnerPolicy& p) {
   static const char* kEssential[] = {"__import__", "__build_class__", "__name__", "__doc__", "__spec__",
                                      "__loader__", "__package__"};
   if (p.mode == Mode::allow) {
+    // Only allowed_builtins decide (blocked_builtins is ignored in allow mode, as in the original).
     for (const char* k : kEssential)
       if (PyObject* v = PyDict_GetItemString(real, k)) PyDict_SetItemString(out.get(), k, v);
     for (const auto& name : p.allowed_builtins)
       if (PyObject* v = PyDict_GetItemString(real, name.c_str())) PyDict_SetItemString(out.get(), name.c_str(), v);
-  } else {
-    if (PyDict_Update(out.get(), real) < 0) return nullptr;
+    return out.release();
   }
+  if (PyDict_Update(out.get(), real) < 0) return nullptr;
   for (const auto& name : p.blocked_builtins) {
     if (PyDict_DelItemString(out.get(), name.c_str()) < 0) PyErr_Clear();
   }

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
-          libtomlplusplus-dev libcli11-dev libseccomp-dev "$@")
+          libtomlplusplus-dev libcli11-dev libseccomp-dev
+          pybind11-dev python3-pytest python3-venv python3-pip "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -23,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 python3 - "$root" "$build" "$work" <<'EOF'
 import json, os, sys
 root, build, work = sys.argv[1:4]
-ours = tuple(os.path.join(root, d) + os.sep for d in ("common", "src", "embed", "bench", "tests"))
+ours = tuple(os.path.join(root, d) + os.sep for d in ("common", "src", "embed", "bench", "tests", "python"))
 seen, entries = set(), []
 for e in json.load(open(os.path.join(build, "compile_commands.json"))):
     f = os.path.normpath(os.path.join(e["directory"], e["file"]))

@@ -43,7 +43,11 @@ RunnerPolicy from_toml_table(const toml::table& doc) {
       if (k.str() != "policy") fail("unknown policy field '" + std::string(k.str()) + "' (outside [policy])");
   }
   if (auto eg = tbl->get("extra_globals"); eg && !eg->is_table()) fail("'extra_globals' must be a TOML table");
-  return RunnerPolicy::from_json(toml_to_json(*tbl));
+  // The file states the whole policy, as in the original: a list it leaves out is empty.
+  RunnerPolicy base;
+  base.blocked_imports.clear();
+  base.blocked_builtins.clear();
+  return RunnerPolicy::from_json(toml_to_json(*tbl), base);
 }
 
 }  // namespace

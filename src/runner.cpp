@@ -200,6 +200,12 @@ struct Runner::Impl {
 
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
     policy.validate();
+    if (policy.timeout_seconds == 0) {
+      // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
+      RunnerPolicy floored = policy;
+      floored.timeout_seconds = 1;
+      return run(code, input, floored);
+    }
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
     // Fork mode: the worker kills its child at timeout + grace; we wait one more grace for its reply.
@@ -212,6 +218,8 @@ struct Runner::Impl {
     }
     if (shut_down) {
       r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+    } else if (auto bad = detail::non_utf8_code_result(code)) {
+      r = std::move(*bad);  // CPython refuses such a source file; replacing bytes would run other code
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {

@@ -88,6 +88,10 @@ struct ChildSetup {
 
 }  // namespace
 
+// Defined (weak) in a consumer's build by the exported CMake package: where the installed package's
+// worker is, computed from where the package was found. A null address when it is not linked in.
+extern "C" const char* spr_installed_worker_path() __attribute__((weak));
+
 std::filesystem::path find_worker(const std::filesystem::path& configured) {
   namespace fs = std::filesystem;
   std::vector<fs::path> candidates;
@@ -101,11 +105,9 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
       candidates.push_back(self.parent_path() / "spr-worker");
       candidates.push_back(self.parent_path().parent_path() / "libexec" / "safe-py-runner" / "spr-worker");
     }
+    if (spr_installed_worker_path) candidates.emplace_back(spr_installed_worker_path());
 #ifdef SPR_INSTALL_WORKER
     candidates.emplace_back(SPR_INSTALL_WORKER);
-#endif
-#ifdef SPR_BUILD_WORKER
-    candidates.emplace_back(SPR_BUILD_WORKER);
 #endif
   }
   for (const auto& c : candidates)

@@ -6,9 +6,12 @@
 #include <deque>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
@@ -18,6 +21,7 @@ namespace {
 
 constexpr int kExitUsage = 64;  // sysexits.h EX_USAGE
 constexpr int kExitData = 65;   // sysexits.h EX_DATAERR
+constexpr int kExitUnavailable = 69;  // sysexits.h EX_UNAVAILABLE
 
 struct CliError {
   int code;
@@ -44,31 +48,66 @@ spr::json parse_input(const std::string& text, const std::string& where) {
   }
 }
 
+// Policy flags; each is applied on top of --policy only when it was given on the command line.
 struct PolicyArgs {
   std::string file;
-  double timeout = -1;
-  long long memory_mb = -1;
-  long long max_output_kb = -1;
-  std::string isolation;
+  double timeout = 0;
+  long long memory_mb = 0;
+  long long max_output_kb = 0;
+  long long max_result_kb = 0;
+  double cpu_time = 0;
+  std::string isolation, mode;
+  std::string blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
+  bool allow_network = false, scratch_dir = false;
+  std::vector<std::pair<const char*, CLI::Option*>> given;  // policy field -> its option
 };
 
 void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   cmd->add_option("--policy", a.file, "TOML policy file ([policy] table or top-level keys)");
-  cmd->add_option("--timeout", a.timeout, "wall-clock limit in seconds (fractions allowed)");
-  cmd->add_option("--memory-mb", a.memory_mb, "memory one run may allocate, in MiB");
-  cmd->add_option("--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
-  cmd->add_option("--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process");
+  const auto field = [&](const char* name, CLI::Option* o) { a.given.emplace_back(name, o); };
+  field("timeout_seconds", cmd->add_option("--timeout", a.timeout, "wall-clock limit in seconds (fractions allowed)"));
+  field("memory_limit_mb", cmd->add_option("--memory-mb", a.memory_mb, "memory one run may allocate, in MiB"));
+  field("max_output_kb", cmd->add_option("--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB"));
+  field("max_result_kb", cmd->add_option("--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB"));
+  field("cpu_time_seconds", cmd->add_option("--cpu-time", a.cpu_time, "CPU time limit in seconds (0: none)"));
+  field("isolation", cmd->add_option("--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process"));
+  field("mode", cmd->add_option("--mode", a.mode, "restrict (default) or allow"));
+  field("blocked_imports", cmd->add_option("--blocked-imports", a.blocked_imports, "comma-separated module names ('' for none)"));
+  field("allowed_imports", cmd->add_option("--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)"));
+  field("blocked_builtins", cmd->add_option("--blocked-builtins", a.blocked_builtins, "comma-separated builtin names ('' for none)"));
+  field("allowed_builtins", cmd->add_option("--allowed-builtins", a.allowed_builtins, "comma-separated builtin names (allow mode)"));
+  field("allow_network", cmd->add_flag("--allow-network", a.allow_network, "let the code open sockets"));
+  field("scratch_dir", cmd->add_flag("--scratch-dir", a.scratch_dir, "a private writable working directory per run"));
+}
+
+spr::json name_list(const std::string& text) {
+  spr::json out = spr::json::array();
+  std::size_t start = 0;
+  while (start <= text.size() && !text.empty()) {
+    const std::size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) out.push_back(item);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
 }
 
 spr::RunnerPolicy build_policy(const PolicyArgs& a) {
   spr::RunnerPolicy p;
   try {
     if (!a.file.empty()) p = spr::RunnerPolicy::from_file(a.file);
+    const std::map<std::string, spr::json> values = {
+        {"timeout_seconds", a.timeout},      {"memory_limit_mb", a.memory_mb},
+        {"max_output_kb", a.max_output_kb},  {"max_result_kb", a.max_result_kb},
+        {"cpu_time_seconds", a.cpu_time},    {"isolation", a.isolation},
+        {"mode", a.mode},                    {"blocked_imports", name_list(a.blocked_imports)},
+        {"allowed_imports", name_list(a.allowed_imports)}, {"blocked_builtins", name_list(a.blocked_builtins)},
+        {"allowed_builtins", name_list(a.allowed_builtins)}, {"allow_network", a.allow_network},
+        {"scratch_dir", a.scratch_dir}};
     spr::json o = spr::json::object();
-    if (a.timeout != -1) o["timeout_seconds"] = a.timeout;
-    if (a.memory_mb != -1) o["memory_limit_mb"] = a.memory_mb;
-    if (a.max_output_kb != -1) o["max_output_kb"] = a.max_output_kb;
-    if (!a.isolation.empty()) o["isolation"] = a.isolation;
+    for (const auto& [name, opt] : a.given)
+      if (opt->count() > 0) o[name] = values.at(name);
     return spr::RunnerPolicy::from_json(o, p);
   } catch (const spr::PolicyError& e) {
     throw CliError{kExitData, std::string("invalid policy: ") + e.what()};
@@ -82,8 +121,10 @@ spr::RunnerOptions runner_options(const spr::RunnerPolicy& p, std::size_t worker
   return o;
 }
 
+// The shell holds 0-255: SystemExit(n) outside 1-255 exits 1 (the JSON keeps the real n).
 int exit_status(const spr::RunResult& r) {
   if (r.ok) return 0;
+  if (r.error_kind == spr::ErrorKind::worker_unavailable) return kExitUnavailable;
   return r.exit_code >= 1 && r.exit_code <= 255 ? r.exit_code : 1;
 }
 
@@ -193,18 +234,57 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
   return 0;
 }
 
-int cmd_doctor(const PolicyArgs& pa) {
-  spr::RunnerPolicy p = build_policy(pa);
+// Per isolation mode, the worker's report of its sandbox layers; a mode that cannot start says why.
+spr::json doctor_report(const spr::RunnerPolicy& p) {
   spr::Runner runner(runner_options(p, 1));
   spr::json out = {{"version", spr::version()}, {"python", runner.python_version()}, {"modes", spr::json::object()}};
   bool all = true;
-  for (auto iso : {spr::Isolation::namespace_, spr::Isolation::fork, spr::Isolation::process}) {
-    spr::json layers = runner.hardening(iso);
-    for (const auto& l : layers) all = all && l.value("active", false);
-    out["modes"][spr::to_string(iso)] = layers;
+  for (auto iso : {spr::Isolation::namespace_, spr::Isolation::subinterpreter, spr::Isolation::fork,
+                   spr::Isolation::process}) {
+    spr::json mode = {{"available", true}};
+    try {
+      mode["layers"] = runner.hardening(iso);
+      for (const auto& l : mode["layers"]) all = all && l.value("active", false);
+    } catch (const spr::WorkerError& e) {
+      mode = {{"available", false}, {"error", e.what()}, {"layers", spr::json::array()}};
+      all = false;
+    }
+    out["modes"][spr::to_string(iso)] = mode;
   }
   out["all_layers_active"] = all;
-  std::cout << out.dump(2) << std::endl;
+  return out;
+}
+
+void print_doctor_summary(const spr::json& report) {
+  std::cout << "safe-py-runner " << report["version"].get<std::string>() << ", embedding Python "
+            << report["python"].get<std::string>() << "\n";
+  for (const char* name : {"namespace", "subinterpreter", "fork", "process"}) {
+    const spr::json& mode = report["modes"][name];
+    std::cout << "\n" << name << ":";
+    if (!mode["available"].get<bool>()) {
+      std::cout << " unavailable (" << mode["error"].get<std::string>() << ")\n";
+      continue;
+    }
+    std::size_t active = 0;
+    for (const auto& l : mode["layers"]) active += l.value("active", false) ? 1 : 0;
+    std::cout << " " << active << " of " << mode["layers"].size() << " layers active\n";
+    for (const auto& l : mode["layers"]) {
+      std::cout << "  [" << (l.value("active", false) ? "on " : "off") << "] " << l.value("name", std::string("?"));
+      const std::string detail = l.value("detail", std::string());
+      if (!detail.empty()) std::cout << ": " << detail;
+      std::cout << "\n";
+    }
+  }
+  std::cout << "\n"
+            << (report["all_layers_active"].get<bool>() ? "Every sandbox layer is active."
+                                                        : "Some layers are off on this machine (see above).")
+            << std::endl;
+}
+
+int cmd_doctor(const PolicyArgs& pa, bool as_json) {
+  const spr::json report = doctor_report(build_policy(pa));
+  if (as_json) std::cout << report.dump(2) << std::endl;
+  else print_doctor_summary(report);
   return 0;
 }
 
@@ -229,9 +309,24 @@ int main(int argc, char** argv) {
   serve->add_option("--workers", workers, "warm workers (default 2)");
   add_policy_options(serve, serve_policy);
 
+  bool doctor_json = false;
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
+  doctor->add_flag("--json", doctor_json, "print the report as JSON");
   add_policy_options(doctor, doctor_policy);
 
+  // CLI11 reports an unknown command as a missing one; name it instead.
+  const auto is_command = [&](const std::string& name) {
+    try {
+      return app.get_subcommand(name) != nullptr;
+    } catch (const CLI::OptionNotFound&) {
+      return false;
+    }
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, doctor; see --help)"
+              << std::endl;
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -243,7 +338,7 @@ int main(int argc, char** argv) {
   try {
     if (*run) return cmd_run(code, file, input, input_file, run_policy);
     if (*serve) return cmd_serve(workers, serve_policy);
-    if (*doctor) return cmd_doctor(doctor_policy);
+    if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;
     return e.code;
@@ -252,7 +347,7 @@ int main(int argc, char** argv) {
     return kExitData;
   } catch (const spr::WorkerError& e) {
     std::cerr << "safe-py-runner: " << e.what() << std::endl;
-    return 69;  // EX_UNAVAILABLE
+    return kExitUnavailable;
   }
   return kExitUsage;
 }

@@ -47,6 +47,7 @@ TEST_CASE("NUL bytes in code are a syntax error") {
 TEST_CASE("invalid UTF-8 in code gives a result, not a crash") {
   auto r = run("result = '\xff\xfe'\n");
   check_valid_json(r);
+  CHECK(r.error_kind == spr::ErrorKind::syntax);  // issue 11: refused like CPython, not run with bytes replaced
   CHECK(spr_test::runner().run("result = 1").ok);
 }
 

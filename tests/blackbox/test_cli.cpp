@@ -238,6 +238,14 @@ TEST_CASE("usage and data errors") {
     INFO(describe(p));
     CHECK(p.exit_code == 64);
   }
+  SUBCASE("an unknown command -> 64, named as such") {
+    const auto p = cli({"frob", "-c", "result = 1"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 64);
+    CHECK(p.out.empty());
+    CHECK(contains(p.err, "unknown command 'frob'"));
+    CHECK(lines_of(p.err).size() == 1);
+  }
   SUBCASE("both -c and FILE -> 64") {
     const auto p = cli({"run", "-c", "result = 1", "/dev/null"});
     INFO(describe(p));
@@ -281,6 +289,73 @@ TEST_CASE("usage and data errors") {
     const auto p = cli({"run", "-c", "result = 1", "--timeout", "-2"});
     INFO(describe(p));
     CHECK(p.exit_code == 65);
+  }
+  SUBCASE("-1 is refused like any other negative value (issue 11)") {
+    for (const char* flag : {"--timeout", "--memory-mb", "--max-output-kb"}) {
+      CAPTURE(flag);
+      const auto p = cli({"run", "-c", "result = 1", flag, "-1"});
+      INFO(describe(p));
+      CHECK(p.exit_code == 65);
+      CHECK(p.out.empty());
+    }
+  }
+  SUBCASE("a worker that exists but cannot start -> 69") {
+    const auto p = spr_test::run_program({SPR_TEST_CLI, "run", "-c", "result = 1"}, "", 60,
+                                         {"SPR_WORKER=/bin/false", "PATH=/usr/bin:/bin"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 69);
+    CHECK(one_json(p)["error_kind"] == "worker_unavailable");
+  }
+}
+
+TEST_CASE("SystemExit(n) beyond 255 exits 1; the JSON keeps n") {
+  const auto p = run_cli("raise SystemExit(300)");
+  const json j = one_json(p);
+  CHECK(p.exit_code == 1);
+  CHECK(j["exit_code"] == 300);
+  CHECK(j["error"] == "SystemExit: 300");
+}
+
+TEST_CASE("policy flags: mode, import and builtin lists, network, scratch dir, CPU time") {
+  SUBCASE("--mode allow --allowed-imports") {
+    const auto p = run_cli("import math, os\nresult = math.floor(2.5)", {"--mode", "allow", "--allowed-imports", "math,os"});
+    const json j = one_json(p);
+    CHECK(j["ok"] == true);
+    CHECK(j["result"] == 2);
+    const auto q = run_cli("import json", {"--mode", "allow", "--allowed-imports", "math"});
+    CHECK(one_json(q)["error"] == "ImportError: Import 'json' is not allowed by policy");
+  }
+  SUBCASE("--blocked-imports replaces the default list; '' empties it") {
+    const json j = one_json(run_cli("import json", {"--blocked-imports", "json,pickle"}));
+    CHECK(j["error"] == "ImportError: Import 'json' is blocked by policy");
+    const json k = one_json(run_cli("import os\nresult = os.sep", {"--blocked-imports", ""}));
+    CHECK(k["ok"] == true);
+    CHECK(k["result"] == "/");
+  }
+  SUBCASE("--blocked-builtins and --allowed-builtins") {
+    const json j = one_json(run_cli("result = len('ab')", {"--blocked-builtins", "len"}));
+    CHECK(j["error"] == "NameError: name 'len' is not defined");
+    const json k = one_json(run_cli("result = eval('6 * 7')", {"--mode", "allow", "--allowed-builtins", "eval"}));
+    CHECK(k["ok"] == true);
+    CHECK(k["result"] == 42);
+  }
+  SUBCASE("--scratch-dir gives a writable working directory") {
+    const json j = one_json(run_cli("import io\nwith io.open('f.txt', 'w') as f:\n    f.write('x')\nresult = 1",
+                                    {"--scratch-dir", "--blocked-builtins", ""}));
+    CHECK(j["ok"] == true);
+    const json k = one_json(run_cli("import io\nio.open('f.txt', 'w')", {"--blocked-builtins", ""}));
+    CHECK(k["ok"] == false);
+  }
+  SUBCASE("--cpu-time") {
+    const json j = one_json(run_cli("while True:\n    pass", {"--cpu-time", "0.3", "--timeout", "10"}));
+    CHECK(j["ok"] == false);
+    CHECK(j["error_kind"] == "cpu_time");
+  }
+  SUBCASE("--allow-network is accepted and a bad --mode is refused") {
+    CHECK(one_json(run_cli("result = 1", {"--allow-network"}))["ok"] == true);
+    const auto p = cli({"run", "-c", "result = 1", "--mode", "loose"});
+    CHECK(p.exit_code == 65);
+    CHECK(contains(p.err, "mode must be 'allow' or 'restrict'"));
   }
 }
 
@@ -351,21 +426,33 @@ TEST_CASE("--help and --version exit 0") {
   CHECK(contains(version.out, "safe-py-runner"));
 }
 
-TEST_CASE("doctor prints JSON with every mode's layers") {
-  const auto p = cli({"doctor"});
+TEST_CASE("doctor --json reports every mode's layers (issue 11: subinterpreter too, real version)") {
+  const auto p = cli({"doctor", "--json"});
   INFO(describe(p));
   CHECK(p.exit_code == 0);
   json j;
   REQUIRE_NOTHROW(j = json::parse(p.out));
   REQUIRE(j.contains("modes"));
-  for (const char* m : {"namespace", "fork", "process"}) {
+  for (const char* m : {"namespace", "subinterpreter", "fork", "process"}) {
     CAPTURE(m);
     REQUIRE(j["modes"].contains(m));
-    CHECK(j["modes"][m].is_array());
-    CHECK_FALSE(j["modes"][m].empty());
+    CHECK(j["modes"][m]["available"] == true);
+    CHECK(j["modes"][m]["layers"].is_array());
+    CHECK_FALSE(j["modes"][m]["layers"].empty());
   }
   CHECK(j.contains("python"));
+  CHECK(j["version"] == SPR_TEST_VERSION);
   CHECK(j["all_layers_active"].is_boolean());
+}
+
+TEST_CASE("doctor prints a summary a person can read") {
+  const auto p = cli({"doctor"});
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  CHECK(contains(p.out, std::string("safe-py-runner ") + SPR_TEST_VERSION + ", embedding Python 3."));
+  for (const char* m : {"namespace:", "subinterpreter:", "fork:", "process:"}) CHECK(contains(p.out, m));
+  CHECK(contains(p.out, "layers active"));
+  CHECK_THROWS(json::parse(p.out));
 }
 
 }  // TEST_SUITE

@@ -104,11 +104,55 @@ TEST_CASE("extra_globals are variables of the run, filtered like input keys") {
   const auto r = run("result = [greeting * n, cfg['a'], 'hidden' in globals()]\n", json::object(), p);
   SPR_CHECK_OK(r);
   CHECK(r.result == json({"hihihi", {1, 2}, false}));
-  SUBCASE("an input key wins over an extra global of the same name") {
-    const auto r2 = run("result = n\n", json{{"n", 10}}, p);
+  SUBCASE("an extra global wins over an input key of the same name (the operator's value, issue 11)") {
+    const auto r2 = run("result = [n, input_data['n']]\n", json{{"n", 10}}, p);
     SPR_CHECK_OK(r2);
-    CHECK(r2.result == 10);
+    CHECK(r2.result == json({3, 10}));
   }
+  SUBCASE("extra_globals names may start with an underscore") {
+    auto q = spr_test::policy();
+    q.extra_globals = {{"_rate", 0.2}, {"__tag__", "t"}};
+    const auto r3 = run("result = [_rate, __tag__]\n", json{{"_rate", 0.9}}, q);
+    SPR_CHECK_OK(r3);
+    CHECK(r3.result == json({0.2, "t"}));
+  }
+}
+
+TEST_CASE("allow mode: only the allowed lists decide (blocked lists ignored)") {
+  auto p = spr_test::policy();
+  p.mode = spr::Mode::allow;
+  p.allowed_imports = {"math", "os"};
+  p.allowed_builtins = {"eval", "len"};
+  const auto r = run("import os\nresult = [eval('6 * 7'), len(os.sep)]\n", json::object(), p);
+  SPR_CHECK_OK(r);
+  CHECK(r.result == json({42, 1}));
+  const auto r2 = run("import json\n", json::object(), p);
+  CHECK(r2.error == std::string("ImportError: Import 'json' is not allowed by policy"));
+  const auto r3 = run("import builtins\n", json::object(), p);
+  CHECK_FALSE(r3.ok);
+  CHECK(r3.error_kind == ErrorKind::blocked_import);
+  const auto r4 = run("result = abs(-1)\n", json::object(), p);
+  CHECK(r4.error == std::string("NameError: name 'abs' is not defined"));
+}
+
+TEST_CASE("timeout_seconds = 0 runs with the original's floor of one second") {
+  auto p = spr_test::policy();
+  p.timeout_seconds = 0;
+  const auto ok = run("result = 5\n", json::object(), p);
+  SPR_CHECK_OK(ok);
+  CHECK(ok.result == 5);
+  const auto r = run("while True:\n    pass\n", json::object(), p);
+  CHECK(r.timed_out);
+  CHECK(r.exit_code == 124);
+  CHECK(r.error == std::string("Execution timed out after 1s"));
+}
+
+TEST_CASE("code that is not valid UTF-8 is a SyntaxError, as CPython refuses such a file") {
+  const auto r = run("x = 1\nresult = '\xff'\n");
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == ErrorKind::syntax);
+  CHECK(r.exit_code == 1);
+  CHECK(contains(r.error.value_or(""), "SyntaxError: Non-UTF-8 code starting with '\\xff' on line 2"));
 }
 
 TEST_CASE("result conversion: tuples, non-JSON values, NaN, big ints") {

@@ -227,7 +227,7 @@ TEST_CASE("an invalid policy throws PolicyError") {
   }
   SUBCASE("for one run") {
     auto p = spr_test::policy();
-    p.timeout_seconds = 0;
+    p.timeout_seconds = -0.5;
     CHECK_THROWS_AS(spr_test::runner().run("result = 1\n", json::object(), p), spr::PolicyError);
     CHECK_THROWS_AS(spr_test::runner().submit("result = 1\n", json::object(), p), spr::PolicyError);
     // The runner is unaffected.

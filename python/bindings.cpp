@@ -1,0 +1,185 @@
+// safe_py_runner._core: the C++ supervisor (spr::Runner) exposed to Python through pybind11.
+// JSON crosses the boundary as text (Python's json module on one side, nlohmann on the other), so
+// every value the original accepted converts the same way and nothing here walks Python objects.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "spr/spr.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using spr::json;
+
+std::string dump(const json& v) {
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+json parse(const std::string& text, const char* what) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw spr::PolicyError(std::string("invalid JSON in ") + what + ": " + e.what());
+  }
+}
+
+// Captured output is cut at a character boundary; decoding with "replace" keeps a broken byte from
+// turning a finished run into an exception.
+py::str text(const std::string& s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+py::tuple to_tuple(const spr::RunResult& r) {
+  py::object error = r.error ? py::object(text(*r.error)) : py::object(py::none());
+  return py::make_tuple(r.ok, dump(r.result), text(r.stdout_text), text(r.stderr_text), r.timed_out,
+                        r.resource_exceeded, error, r.exit_code, spr::to_string(r.error_kind),
+                        static_cast<double>(r.duration.count()) / 1000.0, spr::to_string(r.isolation),
+                        r.stdout_truncated, r.stderr_truncated);
+}
+
+// Parsing and validating a policy costs more than the rest of the call; a caller usually sends the
+// same policy again, so each thread keeps its last one.
+const spr::RunnerPolicy& policy_of(const std::string& policy_json) {
+  thread_local std::string last_text;
+  thread_local spr::RunnerPolicy last;
+  if (policy_json != last_text || last_text.empty()) {
+    spr::RunnerPolicy p = spr::RunnerPolicy::from_json(parse(policy_json, "policy"));
+    last = std::move(p);
+    last_text = policy_json;
+  }
+  return last;
+}
+
+// RunnerOptions::preload exists only in engines that can preload modules; detect it at compile time.
+template <typename T, typename = void>
+struct has_preload : std::false_type {};
+template <typename T>
+struct has_preload<T, std::void_t<decltype(std::declval<T&>().preload = std::vector<std::string>{})>> : std::true_type {
+};
+
+template <typename Options>
+void set_preload(Options& o, const std::vector<std::string>& modules) {
+  if constexpr (has_preload<Options>::value) {
+    o.preload = modules;
+  } else if (!modules.empty()) {
+    throw spr::PolicyError("'preload' is not supported by this build of the engine");
+  }
+}
+
+class PyRunner {
+ public:
+  PyRunner(std::size_t workers, const std::string& policy_json, const std::string& worker_path,
+           double kill_grace_seconds, double start_timeout_seconds, bool worker_stderr,
+           const std::vector<std::string>& preload) {
+    spr::RunnerOptions o;
+    o.workers = workers;
+    o.policy = spr::RunnerPolicy::from_json(parse(policy_json, "policy"));
+    o.worker_path = worker_path;
+    o.kill_grace_seconds = kill_grace_seconds;
+    o.start_timeout_seconds = start_timeout_seconds;
+    o.worker_stderr = worker_stderr;
+    set_preload(o, preload);
+    py::gil_scoped_release nogil;  // starting workers takes tens of milliseconds
+    runner_ = std::make_shared<spr::Runner>(std::move(o));
+  }
+
+  py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json) {
+    std::shared_ptr<spr::Runner> runner = live();
+    spr::RunResult r;
+    {
+      // The arguments are C++ copies by now: parsing needs no Python either.
+      py::gil_scoped_release nogil;
+      const json input = parse(input_json, "input_data");
+      r = runner->run(code, input, policy_of(policy_json));
+    }
+    return to_tuple(r);
+  }
+
+  std::string hardening(const std::string& isolation) {
+    spr::Isolation iso = spr::RunnerPolicy::from_json(json{{"isolation", isolation}}).isolation;
+    std::shared_ptr<spr::Runner> runner = live();
+    py::gil_scoped_release nogil;
+    return dump(runner->hardening(iso));
+  }
+
+  std::string python_version() {
+    std::shared_ptr<spr::Runner> runner = live();
+    py::gil_scoped_release nogil;
+    return runner->python_version();
+  }
+
+  void shutdown() {
+    std::shared_ptr<spr::Runner> r;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      r = std::move(runner_);
+    }
+    if (!r) return;
+    py::gil_scoped_release nogil;  // runs in flight are answered worker_unavailable
+    r->shutdown();
+    r.reset();  // the last run still holding it frees it
+  }
+
+  ~PyRunner() {
+    // Python may be finalizing: never touch the GIL here, just stop the workers.
+    if (runner_) runner_->shutdown();
+  }
+
+ private:
+  std::shared_ptr<spr::Runner> live() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!runner_) throw std::logic_error("the Runner is closed");
+    return runner_;
+  }
+
+  std::mutex mu_;
+  std::shared_ptr<spr::Runner> runner_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "safe-py-runner's C++ engine (internal; use the safe_py_runner package).";
+  static py::exception<spr::WorkerError> worker_error(m, "WorkerError", PyExc_RuntimeError);
+  // pybind11 wants a plain function pointer taking std::exception_ptr by value.
+  py::register_exception_translator([](std::exception_ptr p) {  // NOLINT(performance-unnecessary-value-param)
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const spr::PolicyError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const spr::WorkerError& e) {
+      worker_error(e.what());
+    }
+  });
+
+  m.def("version", [] { return std::string(spr::version()); });
+  m.def(
+      "normalize_policy",
+      [](const std::string& policy_json) {
+        return dump(spr::RunnerPolicy::from_json(parse(policy_json, "policy")).to_json());
+      },
+      "Validate a policy (JSON text of fields) and return every field as JSON text.");
+  m.def(
+      "policy_from_file", [](const std::string& path) { return dump(spr::RunnerPolicy::from_file(path).to_json()); },
+      "Read a TOML policy file; every field as JSON text.");
+
+  py::class_<PyRunner>(m, "Runner")
+      .def(py::init<std::size_t, const std::string&, const std::string&, double, double, bool,
+                    const std::vector<std::string>&>(),
+           py::arg("workers"), py::arg("policy_json"), py::arg("worker_path"), py::arg("kill_grace_seconds"),
+           py::arg("start_timeout_seconds"), py::arg("worker_stderr"), py::arg("preload"))
+      .def("run", &PyRunner::run, py::arg("code"), py::arg("input_json"), py::arg("policy_json"))
+      .def("hardening", &PyRunner::hardening, py::arg("isolation"))
+      .def("python_version", &PyRunner::python_version)
+      .def("shutdown", &PyRunner::shutdown);
+}

@@ -1,0 +1,35 @@
+"""RunnerResult: how a run ended, with the original package's attributes first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+__all__ = ["RunnerResult"]
+
+
+@dataclass(slots=True)
+class RunnerResult:
+    """The outcome of one run. Everything the code does is data here; nothing is raised.
+
+    ``exit_code`` is 0 on success, 1 for an error, 2 for the memory limit, 124 for a timeout and
+    ``n`` for ``SystemExit(n)``. ``error_kind`` is a stable code to match on (``"none"``,
+    ``"exception"``, ``"syntax"``, ``"timeout"``, ``"memory"``, ``"cpu_time"``,
+    ``"blocked_import"``, ``"denied"``, ``"system_exit"``, ``"result_too_large"``,
+    ``"worker_crashed"``, ``"worker_unavailable"``, ``"protocol_error"``, ``"bad_input"``).
+    """
+
+    ok: bool
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+    resource_exceeded: bool = False
+    error: Optional[str] = None
+    exit_code: int = 0
+    error_kind: str = "none"
+    duration_ms: float = 0.0
+    """Time the caller waited, queueing included."""
+    isolation: str = "fork"
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False

@@ -1,0 +1,229 @@
+"""run_code (the original's entry point) and Runner (warm workers, futures, asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+from . import _core
+from .policy import RunnerPolicy
+from .result import RunnerResult
+
+__all__ = ["Runner", "run_code", "WorkerError"]
+
+WorkerError = _core.WorkerError
+"""Raised when no worker can be started at all (a missing or broken ``spr-worker``)."""
+
+
+def _packaged_worker() -> str:
+    """The worker installed inside this package; "" lets the engine search ($SPR_WORKER, ...)."""
+    here = Path(__file__).with_name("spr-worker")
+    return str(here) if os.access(here, os.X_OK) else ""
+
+
+def _choose_policy(
+    policy: Optional[RunnerPolicy],
+    policy_file: Optional[Union[str, os.PathLike]],
+    python_executable: Optional[str],
+    default: RunnerPolicy,
+) -> RunnerPolicy:
+    if policy is not None and policy_file is not None:
+        raise ValueError("Provide either 'policy' or 'policy_file', not both")
+    if policy is not None and not isinstance(policy, RunnerPolicy):
+        raise TypeError("'policy' must be a RunnerPolicy")
+    if policy_file is not None:
+        chosen = RunnerPolicy.from_file(os.fspath(policy_file))
+    elif policy is not None:
+        chosen = policy.resolved()
+    else:
+        chosen = default
+    if python_executable is not None:
+        chosen = replace(chosen, python_executable=python_executable)
+    return chosen
+
+
+def _result(t: tuple) -> RunnerResult:
+    (ok, result_json, stdout, stderr, timed_out, resource_exceeded, error, exit_code, error_kind,
+     duration_ms, isolation, stdout_truncated, stderr_truncated) = t
+    return RunnerResult(ok=ok, result=json.loads(result_json), stdout=stdout, stderr=stderr,
+                        timed_out=timed_out, resource_exceeded=resource_exceeded, error=error,
+                        exit_code=exit_code, error_kind=error_kind, duration_ms=duration_ms,
+                        isolation=isolation, stdout_truncated=stdout_truncated,
+                        stderr_truncated=stderr_truncated)
+
+
+class Runner:
+    """A pool of warm, hardened workers. Safe to share between threads; use as a context manager.
+
+    ``workers`` warm workers are kept per isolation mode in use. ``policy`` (or ``policy_file``)
+    is the default for runs that give none. The GIL is released while a run is waiting on the
+    engine, so Python threads run snippets in parallel.
+    """
+
+    def __init__(
+        self,
+        policy: Optional[RunnerPolicy] = None,
+        *,
+        workers: int = 2,
+        policy_file: Optional[Union[str, os.PathLike]] = None,
+        preload: Optional[List[str]] = None,
+        worker_path: Optional[Union[str, os.PathLike]] = None,
+        kill_grace_seconds: float = 0.25,
+        start_timeout_seconds: float = 10,
+        worker_stderr: bool = False,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise ValueError("'workers' must be an integer between 1 and 256")
+        self._policy = _choose_policy(policy, policy_file, None, RunnerPolicy())
+        self._policy.validate()
+        self._workers = workers
+        self._preload = list(preload) if preload is not None else None
+        if self._preload is not None and not all(isinstance(m, str) for m in self._preload):
+            raise ValueError("'preload' must be a list of module names")
+        path = os.fspath(worker_path) if worker_path is not None else _packaged_worker()
+        self._core = _core.Runner(workers, self._policy.to_json(), path, float(kill_grace_seconds),
+                                  float(start_timeout_seconds), bool(worker_stderr),
+                                  self._preload or [])
+        self._lock = threading.Lock()
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._closed = False
+
+    @property
+    def policy(self) -> RunnerPolicy:
+        """The default policy of this runner's runs."""
+        return self._policy
+
+    def run(
+        self,
+        code: str,
+        input_data: Optional[Any] = None,
+        policy: Optional[RunnerPolicy] = None,
+        policy_file: Optional[Union[str, os.PathLike]] = None,
+        python_executable: Optional[str] = None,
+    ) -> RunnerResult:
+        """Run ``code`` and wait for its result (same arguments as ``run_code``)."""
+        if not isinstance(code, str):
+            raise TypeError("'code' must be a str")
+        chosen = _choose_policy(policy, policy_file, python_executable, self._policy)
+        payload = json.dumps(input_data or {})
+        # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
+        # code with a SyntaxError, as CPython refuses a source file that is not valid UTF-8.
+        source = code.encode("utf-8", "surrogatepass")
+        return _result(self._core.run(source, payload, chosen.to_json()))
+
+    def submit(
+        self,
+        code: str,
+        input_data: Optional[Any] = None,
+        policy: Optional[RunnerPolicy] = None,
+        policy_file: Optional[Union[str, os.PathLike]] = None,
+        python_executable: Optional[str] = None,
+    ) -> "concurrent.futures.Future[RunnerResult]":
+        """Start a run and return a ``concurrent.futures.Future`` of its ``RunnerResult``."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the Runner is closed")
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._workers * 2, thread_name_prefix="safe-py-runner")
+            return self._executor.submit(self.run, code, input_data, policy, policy_file,
+                                         python_executable)
+
+    async def run_async(
+        self,
+        code: str,
+        input_data: Optional[Any] = None,
+        policy: Optional[RunnerPolicy] = None,
+        policy_file: Optional[Union[str, os.PathLike]] = None,
+        python_executable: Optional[str] = None,
+    ) -> RunnerResult:
+        """``await``-able run for asyncio programs; the event loop keeps running meanwhile."""
+        return await asyncio.wrap_future(
+            self.submit(code, input_data, policy, policy_file, python_executable))
+
+    def hardening(self, isolation: str = "fork") -> list:
+        """Which sandbox layers a worker of this isolation mode has: [{name, active, detail}]."""
+        return json.loads(self._core.hardening(isolation))
+
+    def python_version(self) -> str:
+        """The Python version the workers embed."""
+        return self._core.python_version()
+
+    def close(self) -> None:
+        """Stop the workers. Runs still in flight are answered ``worker_unavailable``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._core.shutdown()
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_default_lock = threading.Lock()
+_default: Optional[Runner] = None
+_orphans: List[Runner] = []  # a forked child must never stop its parent's workers
+
+
+def _default_runner() -> Runner:
+    global _default
+    runner = _default
+    if runner is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runner()
+            runner = _default
+    return runner
+
+
+def _close_default() -> None:
+    global _default
+    with _default_lock:
+        runner, _default = _default, None
+    if runner is not None:
+        runner.close()
+
+
+def _forget_default_in_child() -> None:
+    global _default
+    if _default is not None:
+        _orphans.append(_default)
+    _default = None
+
+
+atexit.register(_close_default)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_in_child)
+
+
+def run_code(
+    code: str,
+    input_data: Optional[Any] = None,
+    policy: Optional[RunnerPolicy] = None,
+    policy_file: Optional[Union[str, os.PathLike]] = None,
+    python_executable: Optional[str] = None,
+) -> RunnerResult:
+    """Run ``code`` under ``policy`` (or the policy in ``policy_file``) and return its result.
+
+    The code sees ``input_data`` and its keys as variables; the value of ``result`` comes back
+    as JSON. Giving both ``policy`` and ``policy_file`` is a ``ValueError``. ``python_executable``
+    runs the code with that interpreter's packages (a venv). Uses a process-wide ``Runner``
+    started on first use.
+    """
+    return _default_runner().run(code, input_data, policy, policy_file, python_executable)

@@ -1,0 +1,417 @@
+"""The original package's behaviour (shared/spec/seed-compat.md) through the Python API."""
+
+import math
+
+import pytest
+
+from safe_py_runner import RunnerPolicy, RunnerResult, run_code
+
+# --- policy: fields and defaults -------------------------------------------------------------
+
+
+def test_policy_defaults_are_the_originals():
+    p = RunnerPolicy()
+    assert p.mode == "restrict"
+    assert p.timeout_seconds == 5
+    assert p.memory_limit_mb == 256
+    assert p.max_output_kb == 128
+    assert p.blocked_imports == ["os", "subprocess", "socket", "ctypes", "importlib"]
+    assert p.allowed_imports == []
+    assert p.blocked_builtins == ["eval", "exec", "open", "compile", "breakpoint"]
+    assert p.allowed_builtins == []
+    assert p.blocked_globals == [] and p.allowed_globals == []
+    assert p.extra_globals == {}
+    assert p.config_path is None
+
+
+def test_policy_positional_order_is_the_originals():
+    p = RunnerPolicy("allow", 2, 64, 8, ["math"], ["os"], ["len"], ["eval"], ["x"], ["y"], {"k": 1})
+    assert (p.mode, p.timeout_seconds, p.memory_limit_mb, p.max_output_kb) == ("allow", 2, 64, 8)
+    assert (p.allowed_imports, p.blocked_imports, p.allowed_builtins, p.blocked_builtins) == (
+        ["math"], ["os"], ["len"], ["eval"])
+    assert (p.allowed_globals, p.blocked_globals, p.extra_globals) == (["x"], ["y"], {"k": 1})
+
+
+def test_default_lists_are_not_shared():
+    a, b = RunnerPolicy(), RunnerPolicy()
+    a.blocked_imports.append("json")
+    assert "json" not in b.blocked_imports
+
+
+def test_mode_is_checked_with_the_originals_message():
+    with pytest.raises(ValueError, match="mode must be 'allow' or 'restrict'"):
+        RunnerPolicy(mode="permissive")
+
+
+def test_slots_refuse_unknown_attributes():
+    with pytest.raises(AttributeError):
+        RunnerPolicy().timeout = 3  # a typo must not pass silently
+
+
+def test_invalid_values_are_a_value_error_naming_the_field():
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        run_code("result = 1", policy=RunnerPolicy(memory_limit_mb=0))
+    with pytest.raises(ValueError, match="blocked_imports"):
+        run_code("result = 1", policy=RunnerPolicy(blocked_imports="os"))
+    with pytest.raises(ValueError, match="must contain only strings"):
+        run_code("result = 1", policy=RunnerPolicy(blocked_imports=["os", 1]))
+
+
+# --- a run ------------------------------------------------------------------------------------
+
+
+def test_input_data_and_result_defaults():
+    r = run_code("result = [input_data, type(input_data).__name__]")
+    assert r.ok and r.result == [{}, "dict"]
+    assert run_code("x = 1").result is None
+
+
+def test_input_keys_are_variables_with_the_originals_rules():
+    data = {"x": 9, "not-valid": 1, "_private": 2, "__dunder__": 3, "input_data": 4, "ok_name": 5}
+    code = ("g = globals()\n"
+            "result = {k: (k in g) for k in ['x', 'not-valid', '_private', '__dunder__', 'ok_name']}\n"
+            "result['input_data'] = input_data['input_data']")
+    r = run_code(code, input_data=data)
+    assert r.ok, r.error
+    assert r.result == {"x": True, "not-valid": False, "_private": False, "__dunder__": False,
+                        "ok_name": True, "input_data": 4}
+
+
+def test_an_input_key_named_result_does_not_preset_result():
+    r = run_code("pass", input_data={"result": "malicious"})
+    assert r.ok and r.result is None
+    assert run_code("result = 'valid'", input_data={"result": "malicious"}).result == "valid"
+
+
+def test_a_non_object_input_is_input_data_only():
+    r = run_code("result = input_data", input_data=[1, 2, 3])
+    assert r.ok and r.result == [1, 2, 3]
+
+
+def test_an_empty_input_is_an_empty_dict_as_in_the_original():
+    assert run_code("result = input_data", input_data=[]).result == {}
+
+
+def test_input_that_json_cannot_hold_is_a_type_error():
+    with pytest.raises(TypeError):
+        run_code("result = 1", input_data={"s": {1, 2}})
+
+
+def test_result_conversion():
+    r = run_code("result = {'t': (1, 2), 's': {3}, 'o': object, 'n': None, 'f': 2.5, 'b': True}")
+    assert r.ok
+    assert r.result["t"] == [1, 2]
+    assert r.result["s"] == "{3}"
+    assert r.result["o"] == "<class 'object'>"
+    assert r.result["n"] is None and r.result["f"] == 2.5 and r.result["b"] is True
+
+
+def test_nan_and_big_ints_become_text():
+    r = run_code("result = [float('nan'), 2 ** 100]")
+    assert r.ok
+    assert r.result == ["nan", str(2 ** 100)]
+
+
+def test_stdout_and_stderr_are_captured():
+    r = run_code("import sys\nprint('Hello')\nprint('World')\nprint('oops', file=sys.stderr)")
+    assert r.ok
+    assert "Hello\nWorld" in r.stdout
+    assert "oops" in r.stderr
+
+
+def test_json_types_round_trip():
+    r = run_code("result = {'is_valid': True, 'none_val': None, 'pi': 3.14159, 'l': [1, 2, 3]}")
+    assert r.result == {"is_valid": True, "none_val": None, "pi": 3.14159, "l": [1, 2, 3]}
+
+
+# --- imports and builtins ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["import os", "import os as my_os", "from os import path",
+                                  "os = __import__('os')", "import os.path"])
+def test_blocked_import_restrict_mode(code):
+    r = run_code(code)
+    assert not r.ok
+    assert "blocked by policy" in r.error
+    assert r.error_kind == "blocked_import"
+    assert r.exit_code == 1
+
+
+def test_blocked_import_message_is_exact():
+    assert run_code("import subprocess").error == "ImportError: Import 'subprocess' is blocked by policy"
+
+
+def test_importlib_is_blocked_in_every_mode():
+    r = run_code("import importlib\nos = importlib.import_module('os')",
+                 policy=RunnerPolicy(blocked_imports=[]))
+    assert not r.ok and "blocked by policy" in r.error
+    allow = RunnerPolicy(mode="allow", allowed_imports=["importlib", "math"])
+    assert run_code("import importlib", policy=allow).error_kind == "blocked_import"
+
+
+def test_allow_mode_only_allowed_lists_decide():
+    p = RunnerPolicy(mode="allow", allowed_imports=["math", "os"], allowed_builtins=["eval", "len"])
+    r = run_code("import os\nresult = [eval('6 * 7'), len(os.sep)]", policy=p)
+    assert r.ok, r.error
+    assert r.result == [42, 1]
+    assert run_code("import json", policy=p).error == "ImportError: Import 'json' is not allowed by policy"
+    assert run_code("result = abs(-1)", policy=p).error == "NameError: name 'abs' is not defined"
+
+
+def test_allow_mode_filters_globals_and_extra_globals():
+    p = RunnerPolicy(mode="allow", allowed_imports=["math"], allowed_builtins=["len", "sum", "range"],
+                     allowed_globals=["x", "helper"], extra_globals={"helper": 9, "blocked_helper": 99})
+    r = run_code("import math\nresult = math.sqrt(x) + helper", input_data={"x": 16}, policy=p)
+    assert r.ok and r.result == 13.0
+    assert "name 'blocked_helper' is not defined" in run_code("result = blocked_helper", policy=p).error
+
+
+@pytest.mark.parametrize("name,code", [("eval", "x = eval('1 + 1')"), ("exec", "exec('x = 1')"),
+                                       ("open", "f = open('test.txt', 'w')")])
+def test_blocked_builtins_are_absent(name, code):
+    r = run_code(code)
+    assert not r.ok
+    assert r.error == f"NameError: name '{name}' is not defined"
+
+
+def test_a_builtin_the_policy_does_not_block_is_there():
+    p = RunnerPolicy(blocked_builtins=["len"])
+    assert run_code("result = eval('6 * 7')", policy=p).result == 42
+    assert run_code("result = len([1])", policy=p).error == "NameError: name 'len' is not defined"
+
+
+def test_stdlib_internal_imports_proceed():
+    # pathlib and json load os and more themselves; the policy applies to the snippet's own imports.
+    r = run_code("import pathlib, json\nresult = pathlib.PurePosixPath('a/b').name")
+    assert r.ok, r.error
+    assert r.result == "b"
+
+
+# --- extra_globals ----------------------------------------------------------------------------
+
+
+def test_extra_globals_are_variables_and_win_over_input_keys():
+    p = RunnerPolicy(extra_globals={"rate": 0.2, "cfg": {"a": [1, 2]}})
+    r = run_code("result = [rate, cfg['a'], input_data['rate']]", input_data={"rate": 0.9}, policy=p)
+    assert r.ok
+    assert r.result == [0.2, [1, 2], 0.9]
+
+
+def test_extra_globals_may_start_with_an_underscore():
+    r = run_code("result = _rate", policy=RunnerPolicy(extra_globals={"_rate": 0.2}))
+    assert r.ok and r.result == 0.2
+
+
+def test_blocked_globals_filter_input_keys_and_extra_globals():
+    p = RunnerPolicy(blocked_globals=["secret", "hidden"], extra_globals={"hidden": 1})
+    r = run_code("g = globals()\nresult = ['secret' in g, 'hidden' in g, x]", input_data={"secret": 1, "x": 2},
+                 policy=p)
+    assert r.result == [False, False, 2]
+
+
+# --- policy files -----------------------------------------------------------------------------
+
+
+def test_policy_file_blocks_imports_builtins_and_globals(tmp_policy):
+    path = tmp_policy('[policy]\nmode = "restrict"\nblocked_imports = ["math"]\n'
+                      'blocked_builtins = ["len"]\nblocked_globals = ["x"]\n')
+    assert "blocked by policy" in run_code("import math", policy_file=path).error
+    assert "name 'len' is not defined" in run_code("result = len([1])", policy_file=path).error
+    r = run_code("result = x if 'x' in globals() else 'missing'", input_data={"x": 7}, policy_file=path)
+    assert r.ok and r.result == "missing"
+
+
+def test_policy_file_top_level_keys(tmp_policy):
+    p = RunnerPolicy.from_file(tmp_policy("timeout_seconds = 2.5\nblocked_imports = ['json']\n"))
+    assert p.timeout_seconds == 2.5 and p.blocked_imports == ["json"]
+
+
+def test_policy_file_lists_left_out_are_empty(tmp_policy):
+    p = RunnerPolicy.from_file(tmp_policy("[policy]\nmode = 'restrict'\n"))
+    assert p.blocked_imports == [] and p.blocked_builtins == []
+    assert run_code("import os\nresult = os.sep", policy=p).result == "/"
+
+
+def test_policy_file_error_messages(tmp_policy):
+    with pytest.raises(ValueError, match="'blocked_imports' must be a list of strings"):
+        RunnerPolicy.from_file(tmp_policy("blocked_imports = 'os'\n"))
+    with pytest.raises(ValueError, match="'blocked_builtins' must contain only strings"):
+        RunnerPolicy.from_file(tmp_policy("blocked_builtins = ['eval', 1]\n"))
+    with pytest.raises(ValueError, match="'extra_globals' must be a TOML table"):
+        RunnerPolicy.from_file(tmp_policy("extra_globals = 3\n"))
+    with pytest.raises(ValueError, match="mode must be 'allow' or 'restrict'"):
+        RunnerPolicy.from_file(tmp_policy("mode = 'loose'\n"))
+
+
+def test_config_path_is_read_when_the_policy_is_used(tmp_policy):
+    path = tmp_policy("[policy]\nblocked_imports = ['json']\n[policy.extra_globals]\nk = 5\n")
+    p = RunnerPolicy(config_path=path)
+    r = run_code("result = k", policy=p)
+    assert r.ok and r.result == 5
+    assert "blocked by policy" in run_code("import json", policy=p).error
+    assert RunnerPolicy.from_file(path).config_path == path
+
+
+def test_policy_and_policy_file_together_is_an_error(tmp_policy):
+    path = tmp_policy('[policy]\nmode = "restrict"\n')
+    with pytest.raises(ValueError, match="Provide either 'policy' or 'policy_file', not both"):
+        run_code("result = 1", policy=RunnerPolicy(), policy_file=path)
+
+
+# --- the result -------------------------------------------------------------------------------
+
+
+def test_result_has_the_originals_attributes_first():
+    r = run_code("result = 1")
+    assert isinstance(r, RunnerResult)
+    assert (r.ok, r.result, r.stdout, r.stderr, r.timed_out, r.resource_exceeded, r.error, r.exit_code) == (
+        True, 1, "", "", False, False, None, 0)
+    assert r.error_kind == "none" and r.isolation == "fork" and r.duration_ms > 0
+
+
+def test_syntax_error():
+    r = run_code("def incomplete_function(")
+    assert not r.ok and r.error.startswith("SyntaxError: ") and r.exit_code == 1
+    assert r.error_kind == "syntax"
+
+
+def test_exception_with_traceback_in_stderr():
+    r = run_code("x = 1 / 0")
+    assert not r.ok
+    assert r.error == "ZeroDivisionError: division by zero"
+    assert r.exit_code == 1
+    assert "Traceback" in r.stderr and "ZeroDivisionError" in r.stderr
+
+
+@pytest.mark.parametrize("code,ok,exit_code,error", [
+    ("import sys\nsys.exit(0)", True, 0, None),
+    ("raise SystemExit", True, 0, None),
+    ("import sys\nsys.exit(1)", False, 1, "SystemExit: 1"),
+    ("raise SystemExit(3)", False, 3, "SystemExit: 3"),
+    ("import sys\nsys.exit('stop now')", False, 1, "SystemExit: stop now"),
+])
+def test_system_exit(code, ok, exit_code, error):
+    r = run_code(code)
+    assert (r.ok, r.exit_code, r.error) == (ok, exit_code, error)
+    if isinstance(error, str) and "stop now" in error:
+        assert "stop now" in r.stderr
+
+
+def test_timeout_with_the_originals_message():
+    r = run_code("while True:\n    pass", policy=RunnerPolicy(timeout_seconds=1))
+    assert not r.ok and r.timed_out
+    assert r.exit_code == 124
+    assert r.error == "Execution timed out after 1s"
+
+
+def test_timeout_zero_is_the_originals_floor_of_one_second():
+    p = RunnerPolicy(timeout_seconds=0)
+    assert run_code("result = 3", policy=p).result == 3
+    r = run_code("while True:\n    pass", policy=p)
+    assert r.timed_out and r.error == "Execution timed out after 1s"
+
+
+def test_memory_limit():
+    r = run_code("x = [i for i in range(100_000_000)]", policy=RunnerPolicy(memory_limit_mb=50))
+    assert not r.ok
+    assert r.resource_exceeded
+    assert r.error == "Memory limit exceeded"
+    assert r.exit_code == 2
+
+
+def test_output_cap():
+    r = run_code("print('a' * (20 * 1024))", policy=RunnerPolicy(max_output_kb=10))
+    assert r.ok
+    assert 9 * 1024 <= len(r.stdout) <= 10 * 1024
+    assert r.stdout_truncated
+
+
+def test_code_that_is_not_valid_utf8_cannot_reach_the_engine():
+    # A str holding a lone surrogate is not UTF-8; it is refused like CPython refuses the bytes.
+    r = run_code("result = '\udcff'")
+    assert not r.ok
+
+
+# --- where the original is wrong, and this engine is not ----------------------------------------
+
+
+@pytest.mark.parametrize("code", [
+    "import sys\nresult = sys.modules['os'].getcwd()",
+    "import posix\nresult = posix.getcwd()",
+    "import builtins\nresult = builtins.open('/etc/hostname').read()",
+    "result = print.__self__.__import__('os').getcwd()",
+])
+def test_import_bypasses_fail(code):
+    r = run_code(code)
+    assert not r.ok
+    assert r.result is None
+
+
+def test_subclass_walk_cannot_run_a_command(tmp_path):
+    marker = tmp_path / "walked"
+    code = ("for c in ().__class__.__base__.__subclasses__():\n"
+            "    g = getattr(getattr(c, '__init__', None), '__globals__', None)\n"
+            "    if isinstance(g, dict) and 'system' in g:\n"
+            f"        g['system']('touch {marker}')\n")
+    run_code(code)
+    assert not marker.exists()
+
+
+def test_pathlib_cannot_read_or_write_host_files(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    r = run_code(f"import pathlib\nresult = pathlib.Path({str(secret)!r}).read_text()")
+    assert r.result != "TOP-SECRET" and "TOP-SECRET" not in r.stdout + r.stderr
+    target = tmp_path / "written.txt"
+    run_code(f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')")
+    assert not target.exists()
+
+
+def test_urllib_cannot_open_a_socket():
+    r = run_code("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/')")
+    assert not r.ok
+
+
+def test_the_callers_environment_never_reaches_a_run():
+    from conftest import SECRET
+    r = run_code("import sys\nresult = repr(sys.modules.get('posix') and sys.modules['posix'].environ)")
+    assert SECRET not in str(r.result) + r.stdout + r.stderr
+    r2 = run_code("result = 1", policy=RunnerPolicy(blocked_imports=[]))
+    assert r2.ok
+    r3 = run_code("import os\nresult = dict(os.environ)", policy=RunnerPolicy(blocked_imports=[]))
+    assert SECRET not in str(r3.result)
+
+
+def test_code_cannot_forge_the_result():
+    code = ("import sys\n"
+            "sys.__stdout__.write('{\"ok\": true, \"result\": \"FORGED\"}')\n"
+            "raise SystemExit(5)")
+    r = run_code(code)
+    assert r.result != "FORGED"
+    assert r.exit_code == 5
+
+
+def test_fractional_timeouts_and_partial_output_are_kept():
+    r = run_code("print('partial', flush=True)\nwhile True:\n    pass", policy=RunnerPolicy(timeout_seconds=0.3))
+    assert r.timed_out
+    assert r.error == "Execution timed out after 0.3s"
+    assert "partial" in r.stdout
+
+
+def test_output_caps_count_bytes():
+    r = run_code("print('é' * 4096)", policy=RunnerPolicy(max_output_kb=1))
+    assert len(r.stdout.encode()) <= 1024
+
+
+def test_result_has_a_size_cap():
+    r = run_code("result = 'x' * 4096", policy=RunnerPolicy(max_result_kb=1))
+    assert not r.ok
+    assert r.error_kind == "result_too_large"
+
+
+def test_a_crash_has_an_error():
+    r = run_code("import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)",
+                 policy=RunnerPolicy(timeout_seconds=10))
+    assert not r.ok
+    assert r.error
+    assert math.isfinite(r.duration_ms)

@@ -1,0 +1,152 @@
+"""Beyond the original: Runner (pool, context manager, run/submit/run_async), modes, threads."""
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+import threading
+
+import pytest
+
+import safe_py_runner
+from conftest import MODES
+from safe_py_runner import Runner, RunnerPolicy, WorkerError, run_code
+
+
+def test_package_surface():
+    assert set(safe_py_runner.__all__) >= {"RunnerPolicy", "RunnerResult", "run_code", "Runner"}
+    assert safe_py_runner.__version__.count(".") == 2
+    from safe_py_runner.policy import RunnerPolicy as P, RunnerResult as R  # the original's module paths
+    assert P is RunnerPolicy and R is safe_py_runner.RunnerResult
+
+
+def test_run_and_default_policy():
+    with Runner(RunnerPolicy(blocked_imports=["json"]), workers=1) as r:
+        assert r.run("result = x * 2", {"x": 21}).result == 42
+        assert "blocked by policy" in r.run("import json").error
+        assert r.run("import json\nresult = 1", policy=RunnerPolicy()).ok
+        assert r.policy.blocked_imports == ["json"]
+
+
+def test_runner_from_a_policy_file(tmp_policy):
+    with Runner(policy_file=tmp_policy("blocked_imports = ['math']\n"), workers=1) as r:
+        assert r.run("import math").error_kind == "blocked_import"
+        assert r.run("import os\nresult = os.sep").result == "/"  # the file states the whole policy
+
+
+def test_runner_argument_checks():
+    with pytest.raises(ValueError, match="workers"):
+        Runner(workers=0)
+    with pytest.raises(ValueError, match="Provide either"):
+        Runner(RunnerPolicy(), policy_file="x.toml")
+    with pytest.raises(ValueError, match="timeout_seconds"):
+        Runner(RunnerPolicy(timeout_seconds=-1))
+    with pytest.raises(TypeError):
+        run_code(b"result = 1")
+
+
+def test_a_missing_worker_is_a_worker_error(tmp_path):
+    with pytest.raises(WorkerError):
+        Runner(worker_path=str(tmp_path / "no-such-worker"))
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_every_isolation_mode(isolation, runner):
+    p = RunnerPolicy(isolation=isolation)
+    r = runner.run("import math\nresult = math.sqrt(input_data['x'])", {"x": 81}, policy=p)
+    assert r.ok, r.error
+    assert r.result == 9.0
+    assert r.isolation == isolation
+    assert runner.run("import os", policy=p).error == "ImportError: Import 'os' is blocked by policy"
+    t = runner.run("while True:\n    pass", policy=RunnerPolicy(isolation=isolation, timeout_seconds=0.5))
+    assert t.timed_out and t.exit_code == 124
+
+
+def test_submit_returns_a_future(runner):
+    fut = runner.submit("result = sum(input_data)", [1, 2, 3])
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(timeout=60).result == 6
+
+
+def test_run_async(runner):
+    async def main():
+        results = await asyncio.gather(*(runner.run_async("result = n * n", {"n": n}) for n in range(8)))
+        return [r.result for r in results]
+
+    assert asyncio.run(main()) == [n * n for n in range(8)]
+
+
+def test_many_python_threads_share_one_runner(runner):
+    def work(t):
+        out = []
+        for i in range(10):
+            r = runner.run("result = [t, i, t * i]", {"t": t, "i": i})
+            out.append(r.result == [t, i, t * i] and r.ok)
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert all(all(r) for r in results)
+
+
+def test_many_threads_through_run_code():
+    errors = []
+
+    def work(t):
+        for i in range(5):
+            r = run_code("result = a + b", input_data={"a": t, "b": i})
+            if r.result != t + i:
+                errors.append((t, i, r))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+def test_the_gil_is_released_while_waiting(runner):
+    # A slow run in one thread must not stop another thread's runs from starting and finishing.
+    slow = runner.submit("import time\ntime.sleep(3)\nresult = 'slow'", policy=RunnerPolicy(timeout_seconds=20))
+    fast = runner.run("result = 'fast'")
+    assert fast.result == "fast"
+    assert not slow.done()
+    assert slow.result(timeout=60).result == "slow"
+
+
+def test_close_answers_and_refuses():
+    r = Runner(workers=1)
+    assert r.run("result = 1").ok
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        r.run("result = 1")
+    with pytest.raises(RuntimeError):
+        r.submit("result = 1")
+
+
+def test_hardening_and_python_version(runner):
+    layers = runner.hardening("fork")
+    assert layers and all({"name", "active"} <= set(layer) for layer in layers)
+    assert runner.python_version().startswith(f"{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+def test_new_policy_fields(runner):
+    r = runner.run("import io\nwith io.open('f.txt', 'w') as f:\n    f.write('x')\nresult = 1",
+                   policy=RunnerPolicy(scratch_dir=True, blocked_builtins=[]))
+    assert r.ok, r.error
+    r = runner.run("while True:\n    pass", policy=RunnerPolicy(cpu_time_seconds=0.3, timeout_seconds=10))
+    assert r.error_kind == "cpu_time" and r.resource_exceeded
+    with pytest.raises(ValueError, match="allowed_read_paths"):
+        runner.run("result = 1", policy=RunnerPolicy(allowed_read_paths=["relative/path"]))
+
+
+def test_python_executable_of_this_interpreter_is_accepted():
+    assert run_code("result = 1", python_executable=sys.executable).result == 1
+
+
+def test_to_json_is_what_the_engine_receives():
+    sent = json.loads(RunnerPolicy(timeout_seconds=2.5, isolation="namespace").to_json())
+    assert sent["timeout_seconds"] == 2.5 and sent["isolation"] == "namespace"
+    assert "config_path" not in sent
