@@ -5,11 +5,10 @@
 
 #include <chrono>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace spr_bench {
 
@@ -51,8 +50,8 @@ double us_since(Clock::time_point t0);
 struct Pattern {
   Stats lat;
   long failures = 0;
-  std::optional<double> cpu_us_per_run;      // bench + workers (+ their fork children)
-  std::optional<double> faults_per_run;      // fork mode: minor faults of the reaped run children
+  std::optional<double> cpu_us_per_run;  // bench + workers (+ their fork children)
+  std::optional<double> faults_per_run;  // fork mode: minor faults of the reaped run children
 };
 
 struct ModeResult {
@@ -129,8 +128,8 @@ void write_plot(const Report& r, const std::string& path);
 // /proc and rusage helpers (common.cpp).
 std::string loadavg();
 double rusage_seconds(int who);
-std::vector<pid_t> worker_children();                 // our direct children named spr-worker
-double cpu_seconds_all();                             // this process, its reaped children and live workers
+std::vector<pid_t> worker_children();                        // our direct children named spr-worker
+double cpu_seconds_all();                                    // this process, its reaped children and live workers
 double reaped_child_faults(const std::vector<pid_t>& pids);  // cminflt summed
 std::map<std::string, double> kb_fields(const std::string& path);
 // Reads `fd` to end of stream, closes it, and reaps `pid` (its exit status goes to `status`).

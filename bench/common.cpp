@@ -19,7 +19,9 @@ namespace spr_bench {
 
 const char* const kSnippet = "import math\nresult = math.sqrt(input_data['x'])";
 const json kInput = {{"x", 81}};
-bool expected_result(const json& r) { return r.is_number() && r.get<double>() == 9.0; }
+bool expected_result(const json& r) {
+  return r.is_number() && r.get<double>() == 9.0;
+}
 
 double us_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
@@ -69,25 +71,44 @@ Options parse_options(int argc, char** argv) {
       return argv[++i];
     };
     try {
-      if (a == "--quick") o.quick = true;
-      else if (a == "--json") o.json_path = value();
-      else if (a == "--plot") o.plot_path = value();
-      else if (a == "--worker") o.worker_path = value();
-      else if (a == "--cli") o.cli_path = value();
-      else if (a == "--baseline-python") o.baseline_python = value();
-      else if (a == "--baseline-script") o.baseline_script = value();
-      else if (a == "--no-engine") o.engine = false;
-      else if (a == "--no-baseline") o.baseline = false;
-      else if (a == "--no-serve") o.serve = false;
-      else if (a == "--no-floors") o.floors = false;
-      else if (a == "--runs") o.seq_runs = std::stoi(value());
-      else if (a == "--paced-runs") o.paced_runs = std::stoi(value());
-      else if (a == "--process-runs") o.process_runs = std::stoi(value());
-      else if (a == "--baseline-runs") o.baseline_runs = std::stoi(value());
-      else if (a == "--cold-starts") o.cold_starts = std::stoi(value());
-      else if (a == "--engine-runs") o.engine_runs = std::stoi(value());
-      else if (a == "--floor-runs") o.floor_runs = std::stoi(value());
-      else if (a == "--seconds") o.tput_seconds = std::stod(value());
+      if (a == "--quick")
+        o.quick = true;
+      else if (a == "--json")
+        o.json_path = value();
+      else if (a == "--plot")
+        o.plot_path = value();
+      else if (a == "--worker")
+        o.worker_path = value();
+      else if (a == "--cli")
+        o.cli_path = value();
+      else if (a == "--baseline-python")
+        o.baseline_python = value();
+      else if (a == "--baseline-script")
+        o.baseline_script = value();
+      else if (a == "--no-engine")
+        o.engine = false;
+      else if (a == "--no-baseline")
+        o.baseline = false;
+      else if (a == "--no-serve")
+        o.serve = false;
+      else if (a == "--no-floors")
+        o.floors = false;
+      else if (a == "--runs")
+        o.seq_runs = std::stoi(value());
+      else if (a == "--paced-runs")
+        o.paced_runs = std::stoi(value());
+      else if (a == "--process-runs")
+        o.process_runs = std::stoi(value());
+      else if (a == "--baseline-runs")
+        o.baseline_runs = std::stoi(value());
+      else if (a == "--cold-starts")
+        o.cold_starts = std::stoi(value());
+      else if (a == "--engine-runs")
+        o.engine_runs = std::stoi(value());
+      else if (a == "--floor-runs")
+        o.floor_runs = std::stoi(value());
+      else if (a == "--seconds")
+        o.tput_seconds = std::stod(value());
       else if (a == "--modes") {
         o.modes.clear();
         std::stringstream ss(value());
@@ -100,7 +121,8 @@ Options parse_options(int argc, char** argv) {
           }
           if (std::find(o.modes.begin(), o.modes.end(), m) == o.modes.end()) o.modes.push_back(m);
         }
-      } else if (a == "-h" || a == "--help") usage(argv[0], 0);
+      } else if (a == "-h" || a == "--help")
+        usage(argv[0], 0);
       else {
         std::fprintf(stderr, "unknown argument '%s'\n", a.c_str());
         usage(argv[0], 2);
@@ -132,7 +154,7 @@ std::string loadavg() {
 }
 
 double rusage_seconds(int who) {
-  struct rusage ru{};
+  struct rusage ru {};
   getrusage(who, &ru);
   auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
   return tv(ru.ru_utime) + tv(ru.ru_stime);

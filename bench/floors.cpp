@@ -132,10 +132,14 @@ std::optional<Stats> subinterpreter_cost(int runs) {
 pid_t spawn(const std::vector<std::string>& args, int in_fd, int out_fd) {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  if (in_fd >= 0) posix_spawn_file_actions_adddup2(&fa, in_fd, 0);
-  else posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  if (out_fd >= 0) posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
-  else posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  if (in_fd >= 0)
+    posix_spawn_file_actions_adddup2(&fa, in_fd, 0);
+  else
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  if (out_fd >= 0)
+    posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+  else
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
   std::vector<std::string> copy = args;
   std::vector<char*> argv;
@@ -169,8 +173,10 @@ std::optional<Stats> python_pass(const Options& o, int runs) {
 }
 
 void print_stats(const char* what, const std::optional<Stats>& s) {
-  if (s) std::printf("  %-44s p50 %9.1f us  p99 %9.1f us\n", what, s->p50, s->p99);
-  else std::printf("  %-44s not measured\n", what);
+  if (s)
+    std::printf("  %-44s p50 %9.1f us  p99 %9.1f us\n", what, s->p50, s->p99);
+  else
+    std::printf("  %-44s not measured\n", what);
 }
 
 }  // namespace
@@ -203,7 +209,8 @@ Floors measure_floors(const Options& o, double rss_mb) {
   char label[64];
   std::snprintf(label, sizeof label, "bare fork+_exit+waitpid of %.1f MB", f.fork_rss_mb);
   print_stats(label, f.bare_fork);
-  if (f.cow_us_per_page) std::printf("  %-44s %9.2f us per page\n", "copy-on-write (256 pages written)", *f.cow_us_per_page);
+  if (f.cow_us_per_page)
+    std::printf("  %-44s %9.2f us per page\n", "copy-on-write (256 pages written)", *f.cow_us_per_page);
 
   f.subinterp = subinterpreter_cost(o.quick ? 10 : 20);
   print_stats("Py_NewInterpreter + Py_EndInterpreter", f.subinterp);
@@ -236,7 +243,8 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
     const pid_t pid = fork();
     if (pid == 0) {
       PyOS_AfterFork_Child();
-      struct rusage a{}, b{};
+      struct rusage a {
+      }, b{};
       getrusage(RUSAGE_SELF, &a);
       spr::RunResult r = spr::embed::run(req);
       getrusage(RUSAGE_SELF, &b);
@@ -298,7 +306,10 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
       out = {{"error", "every run failed: " + first}};
     } else {
       const Stats s = stats(lat);
-      out = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}, {"failures", failures},
+      out = {{"n", s.n},
+             {"p50", s.p50},
+             {"p99", s.p99},
+             {"failures", failures},
              {"python", spr::embed::python_version()},
              {"cpu_us_per_run", (rusage_seconds(RUSAGE_SELF) - cpu0) * 1e6 / runs}};
       req.policy.isolation = spr::Isolation::fork;
@@ -309,7 +320,9 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
   _exit(0);
 }
 
-Stats stats_of(const json& j) { return Stats{j.at("n").get<int>(), j.at("p50").get<double>(), j.at("p99").get<double>()}; }
+Stats stats_of(const json& j) {
+  return Stats{j.at("n").get<int>(), j.at("p50").get<double>(), j.at("p99").get<double>()};
+}
 
 }  // namespace
 
@@ -424,8 +437,10 @@ BaselineResult measure_baseline(const Options& o) {
   const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
   for (int i = 0; i < o.baseline_runs; ++i) {
     const auto t0 = Clock::now();
-    if (baseline_once(o, request, error)) lat.push_back(us_since(t0));
-    else ++b.failures;
+    if (baseline_once(o, request, error))
+      lat.push_back(us_since(t0));
+    else
+      ++b.failures;
   }
   if (lat.empty()) {
     b.error = error;

@@ -27,7 +27,9 @@ spr::RunnerOptions runner_options(const Options& o, const std::string& mode, std
   return ro;
 }
 
-bool fatal_kind(spr::ErrorKind k) { return k == spr::ErrorKind::worker_unavailable || k == spr::ErrorKind::protocol_error; }
+bool fatal_kind(spr::ErrorKind k) {
+  return k == spr::ErrorKind::worker_unavailable || k == spr::ErrorKind::protocol_error;
+}
 
 std::string describe(const spr::RunResult& r) {
   if (r.ok) return "unexpected result " + r.result.dump();
@@ -108,8 +110,10 @@ void measure_cold_start(const Options& o, ModeResult& m) {
     spr::Runner runner(runner_options(o, m.name, 1));
     spr::RunResult r = runner.run(kSnippet, kInput);
     const double elapsed = us_since(t0) / 1e3;
-    if (r.ok && expected_result(r.result)) ms.push_back(elapsed);
-    else if (m.first_failure.empty()) m.first_failure = "cold start: " + describe(r);
+    if (r.ok && expected_result(r.result))
+      ms.push_back(elapsed);
+    else if (m.first_failure.empty())
+      m.first_failure = "cold start: " + describe(r);
   }  // each Runner is stopped (workers killed and reaped) before the next one starts
   if (!ms.empty()) m.cold_start_ms = stats(ms).p50;
 }
@@ -122,8 +126,10 @@ void idle_memory(ModeResult& m) {
     auto roll = kb_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
     if (!roll.count("Rss")) continue;
     rss += roll["Rss"];
-    if (roll.count("Pss")) pss += roll["Pss"];
-    else pss_ok = false;
+    if (roll.count("Pss"))
+      pss += roll["Pss"];
+    else
+      pss_ok = false;
     ++n;
   }
   if (n == 0) return;
@@ -156,7 +162,8 @@ ModeResult measure_mode(const Options& o, const std::string& mode, std::string& 
     for (int i = 0; i < (process ? 5 : 50); ++i) run_once(err);
     // Modes that build an interpreter per back-to-back run get the smaller count.
     const bool slow = process || mode == "subinterpreter";
-    m.available = measure_pattern(run_once, m.b2b, slow ? o.process_runs : o.seq_runs, 0, mode == "fork", m.first_failure);
+    m.available =
+        measure_pattern(run_once, m.b2b, slow ? o.process_runs : o.seq_runs, 0, mode == "fork", m.first_failure);
     if (m.available) {
       std::printf("back to back p50 %.1f us ... ", m.b2b.lat.p50);
       std::fflush(stdout);
@@ -189,8 +196,10 @@ ModeResult measure_mode(const Options& o, const std::string& mode, std::string& 
   } catch (const std::exception& e) {
     if (m.first_failure.empty()) m.first_failure = std::string("cold start: ") + e.what();
   }
-  if (m.cold_start_ms) std::printf("cold start %.1f ms\n", *m.cold_start_ms);
-  else std::printf("cold start failed\n");
+  if (m.cold_start_ms)
+    std::printf("cold start %.1f ms\n", *m.cold_start_ms);
+  else
+    std::printf("cold start failed\n");
   return m;
 }
 
@@ -264,8 +273,10 @@ ServeResult measure_serve(const Options& o) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (s.available) std::printf("namespace: back to back p50 %.1f us, paced p50 %.1f us\n", s.b2b.lat.p50, s.paced.lat.p50);
-  else std::printf("not available: %s\n", s.error.c_str());
+  if (s.available)
+    std::printf("namespace: back to back p50 %.1f us, paced p50 %.1f us\n", s.b2b.lat.p50, s.paced.lat.p50);
+  else
+    std::printf("not available: %s\n", s.error.c_str());
   return s;
 }
 

@@ -14,11 +14,20 @@ std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -43,8 +52,8 @@ std::string format_latency(double us) {
   return buf;
 }
 
-std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<PlotLine>& floors,
-                        const std::string& title, const std::string& subtitle) {
+std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<PlotLine>& floors, const std::string& title,
+                        const std::string& subtitle) {
   double lo_v = 1e300, hi_v = 0;
   auto widen = [&](double v) {
     if (v > 0) {
@@ -116,8 +125,8 @@ std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<Plot
       o << "<rect x=\"" << num(x) << "\" y=\"" << num(y) << "\" width=\"" << num(bar_w) << "\" height=\""
         << num(std::max(base_y - y, 1.0)) << "\" fill=\"" << colors[b] << "\"><title>" << escape(rows[i].label) << ' '
         << names[b] << ": " << escape(format_latency(values[b])) << "</title></rect>\n"
-        << "<text x=\"" << num(x + bar_w / 2) << "\" y=\"" << num(y - 5) << "\" font-size=\"11\" text-anchor=\"middle\">"
-        << escape(format_latency(values[b])) << "</text>\n";
+        << "<text x=\"" << num(x + bar_w / 2) << "\" y=\"" << num(y - 5)
+        << "\" font-size=\"11\" text-anchor=\"middle\">" << escape(format_latency(values[b])) << "</text>\n";
     }
     // "mode pattern": the mode on one line, the pattern under it.
     const std::string& label = rows[i].label;

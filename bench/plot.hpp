@@ -19,8 +19,8 @@ struct PlotLine {
 };
 
 // Returns a complete SVG document. Rows with non-positive figures are drawn without bars.
-std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<PlotLine>& floors,
-                        const std::string& title, const std::string& subtitle);
+std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<PlotLine>& floors, const std::string& title,
+                        const std::string& subtitle);
 
 // "23.4 µs", "1.25 ms", "2.1 s".
 std::string format_latency(double us);

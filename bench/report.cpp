@@ -23,7 +23,9 @@ std::string fixed(double v, int decimals) {
   return buf;
 }
 
-std::string num(Opt v, int decimals) { return v ? fixed(*v, decimals) : "-"; }
+std::string num(Opt v, int decimals) {
+  return v ? fixed(*v, decimals) : "-";
+}
 
 const ModeResult* mode(const Report& r, const std::string& name) {
   for (const auto& m : r.modes)
@@ -31,8 +33,12 @@ const ModeResult* mode(const Report& r, const std::string& name) {
   return nullptr;
 }
 
-Opt p50(const std::optional<Stats>& s) { return s ? Opt(s->p50) : std::nullopt; }
-Opt div(Opt a, Opt b) { return a && b && *b > 0 ? Opt(*a / *b) : std::nullopt; }
+Opt p50(const std::optional<Stats>& s) {
+  return s ? Opt(s->p50) : std::nullopt;
+}
+Opt div(Opt a, Opt b) {
+  return a && b && *b > 0 ? Opt(*a / *b) : std::nullopt;
+}
 
 // A ratio the issue sets a target for: printed as a figure, judged only in the JSON.
 struct Ratio {
@@ -50,11 +56,13 @@ std::vector<Ratio> ratios(const Report& r) {
   auto paced = [](const ModeResult* m) { return m ? Opt(m->paced.lat.p50) : std::nullopt; };
   const Opt baseline = r.baseline.available ? Opt(r.baseline.lat.p50) : std::nullopt;
   Opt fork_cpu_floor;
-  if (r.floors.bare_fork_cpu_us && r.engine.cpu_us_per_run) fork_cpu_floor = *r.floors.bare_fork_cpu_us + *r.engine.cpu_us_per_run;
+  if (r.floors.bare_fork_cpu_us && r.engine.cpu_us_per_run)
+    fork_cpu_floor = *r.floors.bare_fork_cpu_us + *r.engine.cpu_us_per_run;
   Opt serve_extra;
   if (r.serve.available && ns) serve_extra = r.serve.b2b.lat.p50 - ns->b2b.lat.p50;
   return {
-      {"fork_b2b_vs_bare_fork", "fork back to back p50 / bare fork p50", div(b2b(fk), p50(r.floors.bare_fork)), true, 1.3},
+      {"fork_b2b_vs_bare_fork", "fork back to back p50 / bare fork p50", div(b2b(fk), p50(r.floors.bare_fork)), true,
+       1.3},
       {"fork_paced_vs_namespace_paced", "fork paced p50 / namespace paced p50", div(paced(fk), paced(ns)), true, 2},
       {"fork_cpu_vs_floor", "fork CPU per run / (bare fork CPU + engine run CPU)",
        div(fk ? fk->b2b.cpu_us_per_run : std::nullopt, fork_cpu_floor), true, 1.5},
@@ -93,8 +101,10 @@ std::vector<Row> rows(const Report& r) {
       floor = "python3 -c pass";
       floor_us = p50(f.python_pass);
     }
-    out.push_back({m.name, "back to back", m.b2b.lat, m.runs_per_s, m.b2b.cpu_us_per_run, m.b2b.faults_per_run, floor, floor_us});
-    out.push_back({m.name, "paced", m.paced.lat, std::nullopt, m.paced.cpu_us_per_run, m.paced.faults_per_run, floor, floor_us});
+    out.push_back(
+        {m.name, "back to back", m.b2b.lat, m.runs_per_s, m.b2b.cpu_us_per_run, m.b2b.faults_per_run, floor, floor_us});
+    out.push_back(
+        {m.name, "paced", m.paced.lat, std::nullopt, m.paced.cpu_us_per_run, m.paced.faults_per_run, floor, floor_us});
   }
   if (r.serve.available) {
     out.push_back({"namespace/serve", "back to back", r.serve.b2b.lat, std::nullopt, std::nullopt, std::nullopt,
@@ -103,7 +113,8 @@ std::vector<Row> rows(const Report& r) {
                    "pipe round trip", p50(pipe)});
   }
   if (r.engine.available) {
-    out.push_back({"engine", "in process", r.engine.lat, std::nullopt, r.engine.cpu_us_per_run, std::nullopt, "", std::nullopt});
+    out.push_back(
+        {"engine", "in process", r.engine.lat, std::nullopt, r.engine.cpu_us_per_run, std::nullopt, "", std::nullopt});
     if (r.engine.fork_run)
       out.push_back({"engine", "forked run", *r.engine.fork_run, std::nullopt, std::nullopt, r.engine.fork_run_faults,
                      "bare fork", p50(f.bare_fork)});
@@ -132,9 +143,15 @@ void print_table(const std::vector<std::vector<std::string>>& table) {
   }
 }
 
-json opt(Opt v) { return v ? json(*v) : json(nullptr); }
-json stats_json(const Stats& s) { return {{"n", s.n}, {"p50_us", s.p50}, {"p99_us", s.p99}}; }
-json stats_json(const std::optional<Stats>& s) { return s ? stats_json(*s) : json(nullptr); }
+json opt(Opt v) {
+  return v ? json(*v) : json(nullptr);
+}
+json stats_json(const Stats& s) {
+  return {{"n", s.n}, {"p50_us", s.p50}, {"p99_us", s.p99}};
+}
+json stats_json(const std::optional<Stats>& s) {
+  return s ? stats_json(*s) : json(nullptr);
+}
 json pattern_json(const Pattern& p) {
   json j = stats_json(p.lat);
   j["failures"] = p.failures;
@@ -169,21 +186,24 @@ void print_report(const Report& r) {
   }
   std::printf("\n");
   print_table(table);
-  std::printf("\nback to back: the next request as soon as the reply is in; paced: one request every %.0f ms.\n"
-              "runs/s: 2 workers fed by 4 threads (back to back). cpu: bench + workers + their run children.\n"
-              "faults/run: minor page faults of a fork-mode run's child (worker's reaped children; engine: the\n"
-              "child's own getrusage). x floor: p50 / the floor's p50.\n",
-              kPacedGapMs);
+  std::printf(
+      "\nback to back: the next request as soon as the reply is in; paced: one request every %.0f ms.\n"
+      "runs/s: 2 workers fed by 4 threads (back to back). cpu: bench + workers + their run children.\n"
+      "faults/run: minor page faults of a fork-mode run's child (worker's reaped children; engine: the\n"
+      "child's own getrusage). x floor: p50 / the floor's p50.\n",
+      kPacedGapMs);
   std::printf("\nratios:\n");
   for (const Ratio& q : ratios(r)) std::printf("  %-62s %s\n", q.text.c_str(), num(q.value, 2).c_str());
   for (const auto& m : r.modes) {
-    if (!m.available) std::printf("note: %s not available: %s\n", m.name.c_str(), m.error.c_str());
+    if (!m.available)
+      std::printf("note: %s not available: %s\n", m.name.c_str(), m.error.c_str());
     else if (m.b2b.failures + m.paced.failures + m.tput_failures > 0)
       std::printf("note: %s: %ld failed runs (first: %s)\n", m.name.c_str(),
                   m.b2b.failures + m.paced.failures + m.tput_failures, m.first_failure.c_str());
   }
   if (r.engine_run && !r.engine.available) std::printf("note: engine not available: %s\n", r.engine.error.c_str());
-  if (r.baseline_run && !r.baseline.available) std::printf("note: original's model not available: %s\n", r.baseline.error.c_str());
+  if (r.baseline_run && !r.baseline.available)
+    std::printf("note: original's model not available: %s\n", r.baseline.error.c_str());
   if (r.serve_run && !r.serve.available) std::printf("note: serve not available: %s\n", r.serve.error.c_str());
 }
 
@@ -215,11 +235,14 @@ json to_json(const Report& r) {
     }
     j["modes"][m.name] = e;
   }
-  j["serve_namespace"] = r.serve.available ? json{{"back_to_back", pattern_json(r.serve.b2b)}, {"paced", pattern_json(r.serve.paced)}}
-                                           : json(nullptr);
+  j["serve_namespace"] = r.serve.available
+                             ? json{{"back_to_back", pattern_json(r.serve.b2b)}, {"paced", pattern_json(r.serve.paced)}}
+                             : json(nullptr);
   if (r.engine.available)
-    j["engine"] = {{"in_process", stats_json(r.engine.lat)}, {"cpu_us_per_run", opt(r.engine.cpu_us_per_run)},
-                   {"forked_run", stats_json(r.engine.fork_run)}, {"forked_run_minor_faults", opt(r.engine.fork_run_faults)},
+    j["engine"] = {{"in_process", stats_json(r.engine.lat)},
+                   {"cpu_us_per_run", opt(r.engine.cpu_us_per_run)},
+                   {"forked_run", stats_json(r.engine.fork_run)},
+                   {"forked_run_minor_faults", opt(r.engine.fork_run_faults)},
                    {"failures", r.engine.failures}};
   else
     j["engine"] = nullptr;
@@ -232,10 +255,13 @@ json to_json(const Report& r) {
     e["met"] = q.value ? json(q.at_most ? *q.value <= q.target : *q.value >= q.target) : json(nullptr);
     j["ratios"][q.key] = e;
   }
-  struct utsname u{};
+  struct utsname u {};
   uname(&u);
-  j["machine"] = {{"cpus", std::thread::hardware_concurrency()}, {"kernel", std::string(u.release)},
-                  {"arch", std::string(u.machine)}, {"loadavg_start", r.load_start}, {"loadavg_end", r.load_end}};
+  j["machine"] = {{"cpus", std::thread::hardware_concurrency()},
+                  {"kernel", std::string(u.release)},
+                  {"arch", std::string(u.machine)},
+                  {"loadavg_start", r.load_start},
+                  {"loadavg_end", r.load_end}};
   j["python"] = r.python;
   j["paced_gap_ms"] = kPacedGapMs;
   j["snippet"] = kSnippet;
@@ -258,12 +284,13 @@ void write_plot(const Report& r, const std::string& path) {
   if (f.bare_fork) lines.push_back({"bare fork", f.bare_fork->p50});
   if (f.subinterp) lines.push_back({"new interpreter", f.subinterp->p50});
   if (f.python_pass) lines.push_back({"python3 -c pass", f.python_pass->p50});
-  std::string subtitle = "math.sqrt(input_data['x']); b2b = back to back, paced = one request every " +
-                         fixed(kPacedGapMs, 0) + " ms";
+  std::string subtitle =
+      "math.sqrt(input_data['x']); b2b = back to back, paced = one request every " + fixed(kPacedGapMs, 0) + " ms";
   if (!r.python.empty()) subtitle += "; Python " + r.python;
   subtitle += "; load " + r.load_start + " -> " + r.load_end;
   std::ofstream out(path);
-  out << latency_svg(bars, lines, "safe-py-runner: latency per run (p50 / p99) against this machine's floors", subtitle);
+  out << latency_svg(bars, lines, "safe-py-runner: latency per run (p50 / p99) against this machine's floors",
+                     subtitle);
   if (!out) std::fprintf(stderr, "cannot write %s\n", path.c_str());
 }
 

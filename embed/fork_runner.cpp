@@ -16,10 +16,10 @@
 #include <cstring>
 
 #include "capture.hpp"
-#include "deadline.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "deadline.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
 #include "json_scan.hpp"
@@ -73,11 +73,21 @@ void append_json_string(std::string& out, std::string_view text) {
   for (const char ch : text) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += "\\u00";
@@ -105,7 +115,9 @@ std::uint64_t positive(std::optional<double> v, std::uint64_t fallback) {
 
 }  // namespace
 
-void ForkRunner::prepare() { child_filter_ = harden::prepare_child() == 0; }
+void ForkRunner::prepare() {
+  child_filter_ = harden::prepare_child() == 0;
+}
 
 std::uint64_t ForkRunner::address_space_now() const {
   if (statm_fd_ < 0) return 0;
@@ -241,8 +253,10 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
     if (key.find('\\') != std::string_view::npos) {
       why = "the run's reply has an escaped key";
     } else if (key == "stdout" || key == "stderr") {
-      if (value.empty() || value[0] != '"') why = "the run's reply has a non-string " + std::string(key);
-      else if (scan::decoded_size(value) > out_cap) why = "the run's " + std::string(key) + " exceeds max_output_kb";
+      if (value.empty() || value[0] != '"')
+        why = "the run's reply has a non-string " + std::string(key);
+      else if (scan::decoded_size(value) > out_cap)
+        why = "the run's " + std::string(key) + " exceeds max_output_kb";
     } else if (key == "result") {
       if (scan::result_charge(value) > result_cap) why = "the run's result exceeds max_result_kb";
     } else if (key == "error") {
@@ -272,12 +286,13 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
                         "CPU time limit exceeded after " + detail::format_seconds(l.cpu_time_seconds) + "s", 124);
     r.resource_exceeded = true;
   } else if (WIFSIGNALED(status)) {
-    r = detail::failure(ErrorKind::worker_crashed, "the run's process was killed by " + describe_signal(WTERMSIG(status)));
+    r = detail::failure(ErrorKind::worker_crashed,
+                        "the run's process was killed by " + describe_signal(WTERMSIG(status)));
   } else if (!why.empty()) {
     r = detail::failure(ErrorKind::worker_crashed, why);
   } else {
-    r = detail::failure(ErrorKind::worker_crashed,
-                        "the run's process exited with status " + std::to_string(WEXITSTATUS(status)) + " without a reply");
+    r = detail::failure(ErrorKind::worker_crashed, "the run's process exited with status " +
+                                                       std::to_string(WEXITSTATUS(status)) + " without a reply");
   }
   r.isolation = Isolation::fork;
   json j = detail::reply_from_result(r);
@@ -330,7 +345,8 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   if (nonce) l.nonce.assign(nonce->data(), nonce->size());
   l.typed = scan::member(frame, "type").has_value();
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
-  if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0) l.cpu_time_seconds = *v;
+  if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)
+    l.cpu_time_seconds = *v;
   l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);
   l.max_output_kb = positive(scan::number(scan::member(*policy, "max_output_kb").value_or("")), l.max_output_kb);
   l.max_result_kb = positive(scan::number(scan::member(*policy, "max_result_kb").value_or("")), l.max_result_kb);

@@ -35,7 +35,7 @@ class ForkRunner {
   // What the parent takes from a request: numbers and our own id/nonce, never code or input.
   struct Limits {
     std::string id = "null", nonce;  // JSON text, echoed in replies the parent makes ("": no nonce)
-    bool typed = false;                // the request has a "type" field: so do our replies
+    bool typed = false;              // the request has a "type" field: so do our replies
     double timeout_seconds = 5, cpu_time_seconds = 0;
     std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024;
   };

@@ -9,7 +9,9 @@ namespace {
 
 constexpr std::size_t npos = std::string_view::npos;
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 int hex(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -27,14 +29,23 @@ std::size_t skip_string(std::string_view s, std::size_t i) {
     if (c != '\\') continue;
     if (++i >= s.size()) return npos;
     switch (s[i]) {
-      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': break;
+      case '"':
+      case '\\':
+      case '/':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
+        break;
       case 'u':
         if (i + 4 >= s.size()) return npos;
         for (int k = 1; k <= 4; ++k)
           if (hex(s[i + k]) < 0) return npos;
         i += 4;
         break;
-      default: return npos;
+      default:
+        return npos;
     }
   }
   return npos;

@@ -5,8 +5,8 @@
 #include <poll.h>
 
 #include "audit.hpp"
-#include "deadline.hpp"
 #include "common/wire.hpp"
+#include "deadline.hpp"
 
 namespace spr::embed {
 

@@ -12,12 +12,11 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <spr/runner.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <spr/runner.hpp>
 
 #include "escape_helpers.hpp"
 
@@ -42,7 +41,8 @@ long count_in_memory(pid_t pid, const std::string& needle) {
         line.find("[vsyscall]") != std::string::npos)
       continue;
     const auto dash = range.find('-');
-    unsigned long lo = std::stoul(range.substr(0, dash), nullptr, 16), hi = std::stoul(range.substr(dash + 1), nullptr, 16);
+    unsigned long lo = std::stoul(range.substr(0, dash), nullptr, 16),
+                  hi = std::stoul(range.substr(dash + 1), nullptr, 16);
     std::string carry;  // a needle split across two chunks is still found
     for (unsigned long at = lo; at < hi; at += buf.size()) {
       const std::size_t n = std::min<unsigned long>(buf.size(), hi - at);
@@ -68,8 +68,10 @@ Scan scan_descendants(const std::string& needle) {
   for (const auto& p : sec::descendants(getpid(), {})) {
     const long h = count_in_memory(p.pid, needle);
     ++s.processes;
-    if (h < 0) ++s.unreadable;
-    else s.hits += h;
+    if (h < 0)
+      ++s.unreadable;
+    else
+      s.hits += h;
   }
   return s;
 }
@@ -123,7 +125,8 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
   const std::string input_token = "SPRIN" + hex;
   const std::string out_token = "SPROUT" + std::string(hex.rbegin(), hex.rend());  // only ever in the output
   // The tokens exist in the running child as plain bytes (input, a code constant, printed text).
-  const std::string code = "s = input_data['secret']\nc = '" + code_token + "'\nprint('SPROUT' + s[5:][::-1])\nresult = [s, c]\n";
+  const std::string code =
+      "s = input_data['secret']\nc = '" + code_token + "'\nprint('SPROUT' + s[5:][::-1])\nresult = [s, c]\n";
 
   // Control: while a run holds the secret, the scan sees it (the observer works on this machine).
   Scan during;
@@ -136,8 +139,8 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
     observer.join();
     REQUIRE_MESSAGE(held.ok, held.error.value_or(""));
   }
-  REQUIRE_MESSAGE(during.hits > 0, "the memory scan found nothing even in the running child (",
-                  during.processes, " processes, ", during.unreadable, " unreadable)");
+  REQUIRE_MESSAGE(during.hits > 0, "the memory scan found nothing even in the running child (", during.processes,
+                  " processes, ", during.unreadable, " unreadable)");
 
   spr::RunResult a = runner.run(code, {{"secret", input_token}});
   REQUIRE(a.ok);
@@ -205,7 +208,8 @@ TEST_CASE("fork kills: a run that leaves its session and signals its worker ends
     CHECK_FALSE(r.ok);
   }
   auto left = survivors();
-  CHECK_MESSAGE(left.empty(), left.size(), " processes outlived the run (first: ", left.empty() ? "" : left[0].comm, ")");
+  CHECK_MESSAGE(left.empty(), left.size(), " processes outlived the run (first: ", left.empty() ? "" : left[0].comm,
+                ")");
 
   // The worker itself is killed while its child, in a session of its own, spins: the child dies too.
   {
@@ -222,6 +226,7 @@ TEST_CASE("fork kills: a run that leaves its session and signals its worker ends
     CHECK_FALSE(r.ok);
   }
   left = survivors();
-  CHECK_MESSAGE(left.empty(), left.size(), " processes outlived their worker (first: ", left.empty() ? "" : left[0].comm, ")");
+  CHECK_MESSAGE(left.empty(), left.size(),
+                " processes outlived their worker (first: ", left.empty() ? "" : left[0].comm, ")");
   prctl(PR_SET_CHILD_SUBREAPER, 0);
 }

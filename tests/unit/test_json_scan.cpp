@@ -29,8 +29,10 @@ std::uint64_t codec_charge(const json& v) {
   std::uint64_t lo = 0, hi = 1 << 20;
   while (lo < hi) {
     const std::uint64_t mid = (lo + hi) / 2;
-    if (embed::codec::from_python(obj.get(), mid).error.empty()) hi = mid;
-    else lo = mid + 1;
+    if (embed::codec::from_python(obj.get(), mid).error.empty())
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   return lo;
 }
@@ -71,8 +73,17 @@ TEST_CASE("json_scan: decoded sizes match the parser's, escapes and surrogate pa
 }
 
 TEST_CASE("json_scan: an honest result never measures above the codec's charge") {
-  const json values[] = {nullptr, true, false, 0, -123456789, 1.5e300, "text", "é\n\"\\😀", json::array(),
-                         json::object(), json::array({1, "a", nullptr, json::array({2.5, false})}),
+  const json values[] = {nullptr,
+                         true,
+                         false,
+                         0,
+                         -123456789,
+                         1.5e300,
+                         "text",
+                         "é\n\"\\😀",
+                         json::array(),
+                         json::object(),
+                         json::array({1, "a", nullptr, json::array({2.5, false})}),
                          json{{"k", "v"}, {"n", json::array({1, 2, 3})}, {"é", json{{"x", nullptr}}}},
                          json(std::string(3000, '\x01'))};
   for (const json& v : values) {
