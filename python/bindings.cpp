@@ -163,6 +163,8 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("version", [] { return std::string(spr::version()); });
+  m.def("supports_preload", [] { return has_preload<spr::RunnerOptions>::value; },
+        "Whether this engine build can preload modules into its workers (Runner(preload=...)).");
   m.def(
       "normalize_policy",
       [](const std::string& policy_json) {

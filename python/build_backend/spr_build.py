@@ -85,13 +85,13 @@ def _run(cmd: List[str]) -> None:
     subprocess.run(cmd, check=True, cwd=str(ROOT))
 
 
-def _cmake_build(config: Optional[Dict]) -> Path:
-    """Builds the `spr_python` target; returns the staged package folder."""
+def _cmake_build(config: Optional[Dict], scratch: Path) -> Path:
+    """Builds the `spr_python` target (in `scratch` unless a build-dir is given); returns the staged package."""
     cmake = shutil.which("cmake")
     if not cmake:
         raise RuntimeError("cmake is needed to build safe-py-runner (Debian: apt-get install cmake)")
     given = _setting(config, "build-dir", "SPR_BUILD_DIR")
-    build = Path(given).resolve() if given else Path(tempfile.mkdtemp(prefix="spr-wheel-"))
+    build = Path(given).resolve() if given else scratch
     if not (build / "CMakeCache.txt").exists():
         python = os.path.realpath(sys.executable)
         cmd = [cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
@@ -141,7 +141,12 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None) -
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None) -> str:
-    stage = _cmake_build(config_settings)
+    with tempfile.TemporaryDirectory(prefix="spr-wheel-") as scratch:
+        return _build_wheel(Path(wheel_directory), config_settings, Path(scratch))
+
+
+def _build_wheel(wheel_directory: Path, config_settings: Optional[Dict], scratch: Path) -> str:
+    stage = _cmake_build(config_settings, scratch)
     wheel_name = f"{NAME}-{_version()}-{_tag()}.whl"
     info = _dist_info()
     entries: List[Tuple[str, bytes, int]] = []
@@ -154,7 +159,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None) 
     entries.append((f"{info}/LICENSE", (ROOT / "LICENSE").read_bytes(), 0o644))
     record = [_record_line(a, d) for a, d, _ in entries] + [f"{info}/RECORD,,"]
     entries.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode(), 0o644))
-    out = Path(wheel_directory) / wheel_name
+    out = wheel_directory / wheel_name
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for arcname, data, mode in entries:
             zi = zipfile.ZipInfo(arcname, date_time=(2020, 1, 1, 0, 0, 0))

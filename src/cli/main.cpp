@@ -5,8 +5,8 @@
 #include <condition_variable>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <iostream>
-#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -48,66 +48,63 @@ spr::json parse_input(const std::string& text, const std::string& where) {
   }
 }
 
+// Comma-separated names ("os,json"); "" is the empty list.
+spr::json name_list(const std::string& text) {
+  spr::json out = spr::json::array();
+  std::istringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
 // Policy flags; each is applied on top of --policy only when it was given on the command line.
 struct PolicyArgs {
+  struct Flag {
+    const char* field;                   // the policy field it sets
+    CLI::Option* option;
+    std::function<spr::json()> value;    // the given value, as the field's JSON
+  };
   std::string file;
-  double timeout = 0;
-  long long memory_mb = 0;
-  long long max_output_kb = 0;
-  long long max_result_kb = 0;
-  double cpu_time = 0;
-  std::string isolation, mode;
-  std::string blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
+  double timeout = 0, cpu_time = 0;
+  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0;
+  std::string isolation, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, scratch_dir = false;
-  std::vector<std::pair<const char*, CLI::Option*>> given;  // policy field -> its option
+  std::vector<Flag> flags;
 };
 
 void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   cmd->add_option("--policy", a.file, "TOML policy file ([policy] table or top-level keys)");
-  const auto field = [&](const char* name, CLI::Option* o) { a.given.emplace_back(name, o); };
-  field("timeout_seconds", cmd->add_option("--timeout", a.timeout, "wall-clock limit in seconds (fractions allowed)"));
-  field("memory_limit_mb", cmd->add_option("--memory-mb", a.memory_mb, "memory one run may allocate, in MiB"));
-  field("max_output_kb", cmd->add_option("--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB"));
-  field("max_result_kb", cmd->add_option("--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB"));
-  field("cpu_time_seconds", cmd->add_option("--cpu-time", a.cpu_time, "CPU time limit in seconds (0: none)"));
-  field("isolation", cmd->add_option("--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process"));
-  field("mode", cmd->add_option("--mode", a.mode, "restrict (default) or allow"));
-  field("blocked_imports", cmd->add_option("--blocked-imports", a.blocked_imports, "comma-separated module names ('' for none)"));
-  field("allowed_imports", cmd->add_option("--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)"));
-  field("blocked_builtins", cmd->add_option("--blocked-builtins", a.blocked_builtins, "comma-separated builtin names ('' for none)"));
-  field("allowed_builtins", cmd->add_option("--allowed-builtins", a.allowed_builtins, "comma-separated builtin names (allow mode)"));
-  field("allow_network", cmd->add_flag("--allow-network", a.allow_network, "let the code open sockets"));
-  field("scratch_dir", cmd->add_flag("--scratch-dir", a.scratch_dir, "a private writable working directory per run"));
-}
-
-spr::json name_list(const std::string& text) {
-  spr::json out = spr::json::array();
-  std::size_t start = 0;
-  while (start <= text.size() && !text.empty()) {
-    const std::size_t comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    if (!item.empty()) out.push_back(item);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
+  const auto scalar = [&](const char* field, const char* flag, auto& v, const char* help) {
+    a.flags.push_back({field, cmd->add_option(flag, v, help), [&v] { return spr::json(v); }});
+  };
+  const auto names = [&](const char* field, const char* flag, std::string& v, const char* help) {
+    a.flags.push_back({field, cmd->add_option(flag, v, help), [&v] { return name_list(v); }});
+  };
+  const auto flag = [&](const char* field, const char* name, bool& v, const char* help) {
+    a.flags.push_back({field, cmd->add_flag(name, v, help), [&v] { return spr::json(v); }});
+  };
+  scalar("timeout_seconds", "--timeout", a.timeout, "wall-clock limit in seconds (fractions allowed)");
+  scalar("memory_limit_mb", "--memory-mb", a.memory_mb, "memory one run may allocate, in MiB");
+  scalar("max_output_kb", "--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
+  scalar("max_result_kb", "--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB");
+  scalar("cpu_time_seconds", "--cpu-time", a.cpu_time, "CPU time limit in seconds (0: none)");
+  scalar("isolation", "--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process");
+  scalar("mode", "--mode", a.mode, "restrict (default) or allow");
+  names("blocked_imports", "--blocked-imports", a.blocked_imports, "comma-separated module names ('' for none)");
+  names("allowed_imports", "--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)");
+  names("blocked_builtins", "--blocked-builtins", a.blocked_builtins, "comma-separated builtin names ('' for none)");
+  names("allowed_builtins", "--allowed-builtins", a.allowed_builtins, "comma-separated builtin names (allow mode)");
+  flag("allow_network", "--allow-network", a.allow_network, "let the code open sockets");
+  flag("scratch_dir", "--scratch-dir", a.scratch_dir, "a private writable working directory per run");
 }
 
 spr::RunnerPolicy build_policy(const PolicyArgs& a) {
   spr::RunnerPolicy p;
   try {
     if (!a.file.empty()) p = spr::RunnerPolicy::from_file(a.file);
-    const std::map<std::string, spr::json> values = {
-        {"timeout_seconds", a.timeout},      {"memory_limit_mb", a.memory_mb},
-        {"max_output_kb", a.max_output_kb},  {"max_result_kb", a.max_result_kb},
-        {"cpu_time_seconds", a.cpu_time},    {"isolation", a.isolation},
-        {"mode", a.mode},                    {"blocked_imports", name_list(a.blocked_imports)},
-        {"allowed_imports", name_list(a.allowed_imports)}, {"blocked_builtins", name_list(a.blocked_builtins)},
-        {"allowed_builtins", name_list(a.allowed_builtins)}, {"allow_network", a.allow_network},
-        {"scratch_dir", a.scratch_dir}};
     spr::json o = spr::json::object();
-    for (const auto& [name, opt] : a.given)
-      if (opt->count() > 0) o[name] = values.at(name);
+    for (const auto& f : a.flags)
+      if (f.option->count() > 0) o[f.field] = f.value();
     return spr::RunnerPolicy::from_json(o, p);
   } catch (const spr::PolicyError& e) {
     throw CliError{kExitData, std::string("invalid policy: ") + e.what()};

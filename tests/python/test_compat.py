@@ -328,8 +328,10 @@ def test_output_cap():
 
 def test_code_that_is_not_valid_utf8_cannot_reach_the_engine():
     # A str holding a lone surrogate is not UTF-8; it is refused like CPython refuses the bytes.
-    r = run_code("result = '\udcff'")
+    r = run_code("x = 1\nresult = '\udcff'")
     assert not r.ok
+    assert r.error_kind == "syntax" and r.exit_code == 1
+    assert r.error.startswith("SyntaxError: Non-UTF-8 code starting with '\\xed' on line 2")
 
 
 # --- where the original is wrong, and this engine is not ----------------------------------------
@@ -415,3 +417,18 @@ def test_a_crash_has_an_error():
     assert not r.ok
     assert r.error
     assert math.isfinite(r.duration_ms)
+
+
+def test_a_policy_file_that_cannot_be_read_is_an_error(tmp_path):
+    # The original silently ran with its defaults; a typo in the path must be seen.
+    missing = tmp_path / "no-such-policy.toml"
+    with pytest.raises(ValueError, match="cannot read policy file"):
+        run_code("result = 1", policy_file=missing)
+    with pytest.raises(ValueError, match="cannot read policy file"):
+        run_code("result = 1", policy=RunnerPolicy(config_path=str(missing)))
+
+
+def test_policy_file_accepts_a_path_object(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[policy]\nblocked_imports = ['json']\n", encoding="utf-8")
+    assert run_code("import json", policy_file=path).error_kind == "blocked_import"

@@ -150,3 +150,15 @@ def test_to_json_is_what_the_engine_receives():
     sent = json.loads(RunnerPolicy(timeout_seconds=2.5, isolation="namespace").to_json())
     assert sent["timeout_seconds"] == 2.5 and sent["isolation"] == "namespace"
     assert "config_path" not in sent
+
+
+def test_preload_is_passed_to_the_engine():
+    from safe_py_runner import _core
+    if _core.supports_preload():
+        with Runner(workers=1, preload=["json"]) as r:
+            assert r.run("import json\nresult = json.dumps([1])").result == "[1]"
+    else:
+        with pytest.raises(ValueError, match="preload"):
+            Runner(workers=1, preload=["json"])
+    with pytest.raises(ValueError, match="preload"):
+        Runner(workers=1, preload=[1])
