@@ -31,6 +31,7 @@ struct Options {
   std::string baseline_python = "/usr/bin/python3";
   std::string baseline_script = SPR_BENCH_BASELINE_SCRIPT;
   bool engine = true, baseline = true, serve = true, floors = true;
+  bool pandas = true, only_pandas = false;  // the pandas case (pandas_case.cpp)
   // Sizes; filled from --quick unless given explicitly.
   int seq_runs = -1, paced_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1,
       floor_runs = -1;

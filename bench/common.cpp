@@ -48,7 +48,8 @@ namespace {
                "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--modes a,b,...]\n"
                "          [--runs N] [--paced-runs N] [--process-runs N] [--seconds S] [--baseline-runs N]\n"
                "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
-               "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--worker PATH] [--cli PATH]\n"
+               "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--no-pandas] [--only-pandas]\n"
+               "          [--worker PATH] [--cli PATH]\n"
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
                "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
                "subinterpreter's back-to-back sample (an interpreter is built per run there)\n"
@@ -93,6 +94,10 @@ Options parse_options(int argc, char** argv) {
         o.serve = false;
       else if (a == "--no-floors")
         o.floors = false;
+      else if (a == "--no-pandas")
+        o.pandas = false;
+      else if (a == "--only-pandas")
+        o.only_pandas = true;
       else if (a == "--runs")
         o.seq_runs = std::stoi(value());
       else if (a == "--paced-runs")

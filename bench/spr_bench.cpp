@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "bench.hpp"
+#include "pandas_case.hpp"
 #include "spr/runner.hpp"
 
 using namespace spr_bench;
@@ -15,6 +16,11 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const Options o = parse_options(argc, argv);
   const auto started = Clock::now();
+  if (o.only_pandas) {
+    const json p = measure_pandas_case(o.baseline_python, o.baseline_script, o.quick);
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << json{{"pandas", p}}.dump(2) << "\n";
+    return p.empty() ? 1 : 0;
+  }
   Report r;
   r.load_start = loadavg();
   std::printf("load average at start: %s (%u cpus)\n", r.load_start.c_str(), std::thread::hardware_concurrency());
@@ -29,6 +35,7 @@ int main(int argc, char** argv) {
     r.baseline = measure_baseline(o);
   }
   for (const auto& mode : o.modes) r.modes.push_back(measure_mode(o, mode, r.python));
+  const json pandas = o.pandas ? measure_pandas_case(o.baseline_python, o.baseline_script, o.quick) : json();
   if (o.serve) {
     r.serve_run = true;
     r.serve = measure_serve(o);
@@ -49,7 +56,9 @@ int main(int argc, char** argv) {
 
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
-    f << to_json(r).dump(2) << "\n";
+    json j = to_json(r);
+    if (!pandas.is_null()) j["pandas"] = pandas;
+    f << j.dump(2) << "\n";
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }
   if (!o.plot_path.empty()) write_plot(r, o.plot_path);

@@ -119,6 +119,12 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.allowed_read_paths); }},
       {"scratch_dir", [](RunnerPolicy& p, const json& v) { p.scratch_dir = boolean(v, "scratch_dir"); },
        [](const RunnerPolicy& p) { return json(p.scratch_dir); }},
+      {"python_executable",
+       [](RunnerPolicy& p, const json& v) {
+         if (!v.is_string()) fail("'python_executable' must be a string");
+         p.python_executable = v.get<std::string>();
+       },
+       [](const RunnerPolicy& p) { return json(p.python_executable); }},
   };
   return table;
 }
@@ -140,6 +146,8 @@ void RunnerPolicy::validate() const {
   if (detail::json_depth(extra_globals) > detail::kMaxJsonDepth) fail("'extra_globals' is nested too deeply");
   for (const auto& p : allowed_read_paths)
     if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
+  if (!python_executable.empty() && python_executable[0] != '/')
+    fail("'python_executable' must be an absolute path (or empty for the default python3)");
   if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {
     // All modes accept these; nothing to refuse yet.
   }
@@ -178,7 +186,7 @@ bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
          a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
          a.allow_network == b.allow_network && a.allowed_read_paths == b.allowed_read_paths &&
-         a.scratch_dir == b.scratch_dir;
+         a.scratch_dir == b.scratch_dir && a.python_executable == b.python_executable;
 }
 
 json RunnerPolicy::to_json() const {

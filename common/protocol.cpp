@@ -82,7 +82,9 @@ std::string encode(const Message& m) {
             return o;
           },
           [](const Request& r) {
-            return json{{"id", r.id}, {"code", r.code}, {"input_data", r.input_data}, {"policy", r.policy.to_json()}};
+            json o = {{"id", r.id}, {"code", r.code}, {"input_data", r.input_data}, {"policy", r.policy.to_json()}};
+            if (!r.stdin_text.empty()) o["stdin"] = r.stdin_text;
+            return o;
           },
           [](const Reply& r) {
             json o = detail::reply_from_result(r.result);
@@ -134,6 +136,7 @@ Message decode(std::string_view text) {
     r.id = u64(j, "id");
     r.code = str(j, "code");
     if (auto it = j.find("input_data"); it != j.end()) r.input_data = *it;
+    if (auto in = opt_str(j, "stdin")) r.stdin_text = *in;
     r.policy = policy(j);
     return r;
   }

@@ -40,6 +40,7 @@ struct Request {
   std::string code;
   json input_data = json::object();
   RunnerPolicy policy;
+  std::string stdin_text;  // "stdin" on the wire, left out when empty
 };
 
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.

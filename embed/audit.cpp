@@ -2,6 +2,7 @@
 #include "audit.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -58,7 +59,8 @@ constexpr Row kRows[] = {
     {"cpython.PyInterpreterState_", Rule::deny, "creating interpreters is never allowed"},
     {"cpython._PySys_ClearAuditHooks", Rule::deny, "clearing audit hooks is never allowed"},
     {"sys.addaudithook", Rule::deny, "adding audit hooks is never allowed"},
-    {"code.__new__", Rule::deny, "building code objects is never allowed"},
+    // The standard library rebuilds its own code objects (types.coroutine changes a flag); user code may not.
+    {"code.__new__", Rule::deny_from_user, "building code objects is never allowed"},
     {"function.__new__", Rule::deny, "building functions from code objects is never allowed"},
     {"marshal.load", Rule::deny_from_user, "unmarshalling code is never allowed"},
     {"marshal.loads", Rule::deny_from_user, "unmarshalling code is never allowed"},
@@ -133,6 +135,7 @@ constexpr const char* kFrameAttrs[] = {"tb_frame", "gi_frame", "gi_code", "cr_fr
 bool g_armed = false;
 RunRules g_rules;
 std::vector<std::string> g_runtime_roots;
+std::vector<std::string> g_support_roots;
 int g_denials = 0;
 ImportCheck g_import_check = nullptr;
 
@@ -192,7 +195,7 @@ std::string resolve(const std::string& path) {
 
 bool readable(const std::string& path) {
   static const std::vector<std::string> kDevices = {"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"};
-  return path_under(path, g_runtime_roots) || path_under(path, g_rules.read_roots) ||
+  return path_under(path, g_runtime_roots) || path_under(path, g_support_roots) || path_under(path, g_rules.read_roots) ||
          (!g_rules.scratch.empty() && path_under(path, {g_rules.scratch})) ||
          std::find(kDevices.begin(), kDevices.end(), path) != kDevices.end();
 }
@@ -241,6 +244,11 @@ int hook(const char* event, PyObject* args, void*) {
     case Rule::deny_from_user:
       return caller_is_user() ? deny(event, row->why) : 0;
     case Rule::network:
+      // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches no network; the seccomp
+      // filter refuses socket() of every family, so only socketpair() can create one.
+      if (!g_rules.allow_network && std::strcmp(event, "socket.__new__") == 0 && PyTuple_GET_SIZE(args) >= 2 &&
+          PyLong_Check(PyTuple_GET_ITEM(args, 1)) && PyLong_AsLong(PyTuple_GET_ITEM(args, 1)) == AF_UNIX)
+        return 0;
       return g_rules.allow_network ? 0 : deny(event, row->why);
     case Rule::threads:
       return g_rules.allow_threads ? 0 : deny(event, row->why);
@@ -302,6 +310,7 @@ int hook(const char* event, PyObject* args, void*) {
 void install() { PySys_AddAuditHook(hook, nullptr); }
 void set_runtime_roots(std::vector<std::string> roots) { g_runtime_roots = std::move(roots); }
 const std::vector<std::string>& runtime_roots() { return g_runtime_roots; }
+void set_support_roots(std::vector<std::string> roots) { g_support_roots = std::move(roots); }
 void set_rules(RunRules rules) { g_rules = std::move(rules); }
 void arm(bool on) { g_armed = on; }
 bool armed() { return g_armed; }

@@ -23,6 +23,8 @@ void install();
 // Trusted prefixes: code whose co_filename starts with one of these is the runtime's, not the user's.
 void set_runtime_roots(std::vector<std::string> roots);
 const std::vector<std::string>& runtime_roots();
+// Readable, but not code: shared libraries extensions load, the time-zone database.
+void set_support_roots(std::vector<std::string> roots);
 void set_rules(RunRules rules);
 // Armed: every event is checked. Disarmed only inside short trusted sections of the engine.
 void arm(bool on);

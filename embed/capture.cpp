@@ -46,9 +46,24 @@ struct StreamObject {
   PyObject_HEAD int stream;
 };
 
+// Bytes (sys.stdout.buffer.write): kept as UTF-8 text, invalid sequences replaced, so the capture
+// always holds valid UTF-8.
+PyObject* stream_write_bytes(PyObject* self, PyObject* arg) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  py::Ref text(PyUnicode_DecodeUTF8(static_cast<const char*>(view.buf), view.len, "replace"));
+  const Py_ssize_t n = view.len;
+  PyBuffer_Release(&view);
+  if (!text) return nullptr;
+  const std::string t = py::utf8(text.get());
+  append(reinterpret_cast<StreamObject*>(self)->stream, t.data(), t.size());
+  return PyLong_FromSsize_t(n);
+}
+
 PyObject* stream_write(PyObject* self, PyObject* arg) {
   if (!PyUnicode_Check(arg)) {
-    PyErr_Format(PyExc_TypeError, "write() argument must be str, not %.100s", Py_TYPE(arg)->tp_name);
+    if (PyObject_CheckBuffer(arg)) return stream_write_bytes(self, arg);
+    PyErr_Format(PyExc_TypeError, "write() argument must be str or bytes, not %.100s", Py_TYPE(arg)->tp_name);
     return nullptr;
   }
   const int s = reinterpret_cast<StreamObject*>(self)->stream;
@@ -84,11 +99,16 @@ PyObject* stream_fileno(PyObject*, PyObject*) {
 PyObject* stream_get_encoding(PyObject*, void*) { return PyUnicode_FromString("utf-8"); }
 PyObject* stream_get_errors(PyObject*, void*) { return PyUnicode_FromString("strict"); }
 PyObject* stream_get_closed(PyObject*, void*) { Py_RETURN_FALSE; }
+PyObject* stream_get_name(PyObject* self, void*) {
+  return PyUnicode_FromString(reinterpret_cast<StreamObject*>(self)->stream == 0 ? "<stdout>" : "<stderr>");
+}
+PyObject* stream_get_mode(PyObject*, void*) { return PyUnicode_FromString("wb"); }
 
 PyMethodDef kStreamMethods[] = {
     {"write", stream_write, METH_O, "Write str; bytes past max_output_kb are dropped and flagged."},
     {"writelines", stream_writelines, METH_O, nullptr},
     {"flush", stream_none, METH_NOARGS, nullptr},
+    {"close", stream_none, METH_NOARGS, "Does nothing: the capture outlives the run's streams."},
     {"isatty", stream_false, METH_NOARGS, nullptr},
     {"readable", stream_false, METH_NOARGS, nullptr},
     {"seekable", stream_false, METH_NOARGS, nullptr},
@@ -99,6 +119,8 @@ PyMethodDef kStreamMethods[] = {
 PyGetSetDef kStreamGetset[] = {{"encoding", stream_get_encoding, nullptr, nullptr, nullptr},
                                {"errors", stream_get_errors, nullptr, nullptr, nullptr},
                                {"closed", stream_get_closed, nullptr, nullptr, nullptr},
+                               {"name", stream_get_name, nullptr, nullptr, nullptr},
+                               {"mode", stream_get_mode, nullptr, nullptr, nullptr},
                                {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 

@@ -1,6 +1,9 @@
 // JSON <-> Python conversion for input_data, extra_globals and the `result` variable.
 #include "codec.hpp"
 
+#include <algorithm>
+#include <vector>
+
 #include <cmath>
 
 namespace spr::embed::codec {
@@ -49,6 +52,16 @@ struct Encoder {
   std::uint64_t budget;
   int max_depth;
   std::string error;
+  std::vector<PyObject*> open;  // containers being encoded: meeting one again is a cycle
+
+  bool enter(PyObject* o) {
+    if (std::find(open.begin(), open.end(), o) != open.end()) {
+      error = kCyclic;
+      return false;
+    }
+    open.push_back(o);
+    return true;
+  }
 
   bool spend(std::uint64_t n) {
     if (n > budget) {
@@ -141,18 +154,19 @@ struct Encoder {
       }
       out = json::array();
       const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
-      if (!spend(2)) return false;
+      if (!spend(2) || !enter(o)) return false;
       for (Py_ssize_t i = 0; i < n; ++i) {
         json item;
         if (!encode(PySequence_Fast_GET_ITEM(seq.get(), i), item, depth + 1)) return false;
         out.push_back(std::move(item));
         if (!spend(1)) return false;
       }
+      open.pop_back();
       return true;
     }
     if (PyDict_Check(o)) {
       out = json::object();
-      if (!spend(2)) return false;
+      if (!spend(2) || !enter(o)) return false;
       PyObject *k, *v;
       Py_ssize_t pos = 0;
       while (PyDict_Next(o, &pos, &k, &v)) {
@@ -163,6 +177,7 @@ struct Encoder {
         if (!encode(vv.get(), item, depth + 1)) return false;
         out[key] = std::move(item);
       }
+      open.pop_back();
       return true;
     }
     return fallback_str(o, out);
@@ -172,7 +187,7 @@ struct Encoder {
 }  // namespace
 
 Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth) {
-  Encoder e{max_bytes, max_depth, {}};
+  Encoder e{max_bytes, max_depth, {}, {}};
   Encoded r;
   if (!e.encode(obj, r.value, 0)) {
     r.value = nullptr;

@@ -19,6 +19,8 @@ struct Encoded {
 };
 // JSON form of `obj`: tuples become lists, what JSON cannot hold becomes str(value).
 // Stops early once the text would exceed `max_bytes`.
+// Encoded::error when the value contains itself (a list appended to itself).
+inline constexpr const char* kCyclic = "the value contains itself";
 Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth = 500);
 
 }  // namespace spr::embed::codec

@@ -3,6 +3,7 @@
 
 #include <ftw.h>
 #include <limits.h>
+#include <locale.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "deadline.hpp"
 #include "guard.hpp"
 #include "interp_state.hpp"
+#include "libdeps.hpp"
 #include "memory.hpp"
 #include "py.hpp"
 
@@ -90,6 +92,33 @@ bool preload(const char* list) {
   return true;
 }
 
+// RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
+std::string preload_requested(const std::vector<std::string>& modules) {
+  audit::Trusted trusted;
+  for (const auto& name : modules) {
+    py::Ref m(PyImport_ImportModule(name.c_str()));
+    if (!m) return "preloading '" + name + "' failed: " + current_error_text();
+  }
+  return {};
+}
+
+// sys.path as the chosen python3 sees it (site-packages and .pth entries included), in its order.
+std::string set_sys_path(const std::vector<std::string>& entries, const std::string& executable) {
+  py::Ref list(PyList_New(0));
+  if (!list) return "out of memory";
+  for (const auto& e : entries) {
+    if (e.empty()) continue;  // python3's "" (the script's directory): a run has none
+    py::Ref s(PyUnicode_DecodeFSDefault(e.c_str()));
+    if (!s || PyList_Append(list.get(), s.get()) < 0) return current_error_text();
+  }
+  if (PySys_SetObject("path", list.get()) < 0) return current_error_text();
+  if (!executable.empty()) {
+    py::Ref exe(PyUnicode_DecodeFSDefault(executable.c_str()));
+    if (!exe || PySys_SetObject("executable", exe.get()) < 0) return current_error_text();
+  }
+  return {};
+}
+
 std::vector<std::string> compute_runtime_paths() {
   std::vector<std::string> out;
   py::Ref sys(PyImport_ImportModule("sys"));
@@ -105,6 +134,10 @@ std::vector<std::string> compute_runtime_paths() {
 }
 
 std::vector<std::string> g_runtime_paths;
+std::vector<std::string> g_support_paths;
+
+// The time-zone database zoneinfo reads (the tzdata package, when installed, lies in site-packages).
+constexpr const char* kZoneInfoDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo"};
 
 bool contains(const std::vector<std::string>& v, const char* s) { return std::find(v.begin(), v.end(), s) != v.end(); }
 
@@ -114,12 +147,17 @@ InterpState* g_state = &g_main_state;
 // The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
 // As in the original, extra_globals come last: a name in both takes the operator's value, not the
 // untrusted input's, and only input keys must be identifiers that do not start with `_`.
-PyObject* make_globals(const Request& req) {
+// The namespace is the dict of a module named __main__, which the run installs as sys.modules['__main__']
+// (pickle finds the snippet's classes there); `__builtins__` is a module, as in python3.
+PyObject* make_globals(const Request& req, py::Ref& main_module) {
   const RunnerPolicy& p = req.policy;
-  py::Ref g(PyDict_New());
-  py::Ref builtins(guard::make_run_builtins(p));
+  main_module = py::Ref(PyModule_New("__main__"));
+  py::Ref builtins_dict(guard::make_run_builtins(p));
+  py::Ref builtins(PyModule_New("builtins"));
   py::Ref input(codec::to_python(req.input_data));
-  if (!g || !builtins || !input) return nullptr;
+  if (!main_module || !builtins_dict || !builtins || !input) return nullptr;
+  if (PyDict_Update(PyModule_GetDict(builtins.get()), builtins_dict.get()) < 0) return nullptr;
+  py::Ref g = py::Ref::borrow(PyModule_GetDict(main_module.get()));
   PyDict_SetItemString(g.get(), "__builtins__", builtins.get());
   py::Ref name(PyUnicode_FromString("__main__"));
   PyDict_SetItemString(g.get(), "__name__", name.get());
@@ -233,6 +271,37 @@ void classify_over_time(const RunnerPolicy& p, RunResult& r) {
   }
 }
 
+// The knob behind an OSError the sandbox's OS layers raised, or nullptr when it is not one.
+const char* os_refusal(const py::FetchedError& e) {
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_PermissionError) || !e.value) return nullptr;
+  py::Ref no(PyObject_GetAttrString(e.value.get(), "errno"));
+  PyErr_Clear();
+  const long n = no && PyLong_Check(no.get()) ? PyLong_AsLong(no.get()) : 0;
+  PyErr_Clear();
+  if (n == EACCES) return "files outside the runtime are readable under 'allowed_read_paths', writable with 'scratch_dir'";
+  if (n == EPERM) return "the system-call filter allows no new processes, and sockets only with 'allow_network'";
+  return nullptr;
+}
+
+// A thread start the worker's seccomp filter refused (namespace and subinterpreter mode).
+bool thread_refused(const py::FetchedError& e, const RunnerPolicy& p) {
+  if (p.isolation == Isolation::fork || p.isolation == Isolation::process) return false;
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_RuntimeError) || !e.value) return false;
+  return py::str(e.value.get()) == "can't start new thread";
+}
+
+// The name of a builtin the policy removed, when `e` is the NameError its use raised.
+std::string blocked_builtin(const py::FetchedError& e, const RunnerPolicy& p) {
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_NameError) || !e.value) return {};
+  py::Ref name(PyObject_GetAttrString(e.value.get(), "name"));
+  PyErr_Clear();
+  if (!name || !PyUnicode_Check(name.get())) return {};
+  const std::string n = py::utf8(name.get());
+  if (!PyDict_GetItemString(PyEval_GetBuiltins(), n.c_str())) return {};  // not a builtin at all
+  const bool removed = p.mode == Mode::allow ? !contains(p.allowed_builtins, n.c_str()) : contains(p.blocked_builtins, n.c_str());
+  return removed ? n : std::string();
+}
+
 void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
   PyObject* t = e.type.get();
   r.ok = false;
@@ -254,12 +323,29 @@ void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
     return;
   }
   r.error = one_line(e);
-  if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised())
+  if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised()) {
     r.error_kind = ErrorKind::blocked_import;
-  else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0)
+    // The error line stays the original's; the knob is named on stderr.
+    write_stderr(std::string("note: refused by the import policy (") +
+                 (p.mode == Mode::allow ? "allowed_imports" : "blocked_imports") + ")\n");
+  } else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0) {
     r.error_kind = ErrorKind::denied;
-  else
+  } else if (const char* knob = os_refusal(e)) {
+    // The OS layers refused (Landlock: EACCES; seccomp and dropped capabilities: EPERM).
+    r.error_kind = ErrorKind::denied;
+    *r.error += std::string(" (refused by the sandbox: ") + knob + ")";
+  } else if (thread_refused(e, p)) {
+    // CPython 3.11 raises no audit event for a new thread; the seccomp filter refused it.
+    r.error_kind = ErrorKind::denied;
+    *r.error += " (refused by the sandbox: threads need the 'fork' or 'process' isolation mode)";
+  } else if (const std::string name = blocked_builtin(e, p); !name.empty()) {
+    // The error line stays python3's; the policy is named in the traceback and the kind.
+    r.error_kind = ErrorKind::denied;
+    write_stderr("note: the builtin '" + name + "' is removed by the policy (" +
+                 (p.mode == Mode::allow ? "not in allowed_builtins" : "listed in blocked_builtins") + ")\n");
+  } else {
     r.error_kind = ErrorKind::exception;
+  }
 }
 
 audit::RunRules rules_for(const RunnerPolicy& p) {
@@ -358,6 +444,37 @@ void after_namespace_run() {
   PyErr_Clear();
 }
 
+// sys.modules['__main__'] is the run's module for the run's duration, then what it was before.
+class MainModule {
+ public:
+  explicit MainModule(PyObject* module) {
+    PyObject* modules = PyImport_GetModuleDict();  // borrowed
+    saved_ = py::Ref::borrow(PyDict_GetItemString(modules, "__main__"));
+    if (PyDict_SetItemString(modules, "__main__", module) < 0) PyErr_Clear();
+  }
+  ~MainModule() {
+    PyObject* modules = PyImport_GetModuleDict();
+    if (saved_ ? PyDict_SetItemString(modules, "__main__", saved_.get()) < 0
+               : PyDict_DelItemString(modules, "__main__") < 0)
+      PyErr_Clear();
+  }
+  MainModule(const MainModule&) = delete;
+  MainModule& operator=(const MainModule&) = delete;
+
+ private:
+  py::Ref saved_;
+};
+
+// Fresh text streams for the run (the bootstrap's begin_run): stdout/stderr over the capture, stdin
+// over the request's text.
+bool begin_streams(const std::string& stdin_text) {
+  audit::Trusted trusted;
+  py::Ref text(PyUnicode_DecodeUTF8(stdin_text.data(), static_cast<Py_ssize_t>(stdin_text.size()), "replace"));
+  if (!text || !state().bootstrap) return false;
+  py::Ref r(PyObject_CallMethod(state().bootstrap, "begin_run", "O", text.get()));
+  return static_cast<bool>(r);
+}
+
 bool install_streams() {
   InterpState& st = state();
   st.out = capture::make_stream(0);
@@ -369,13 +486,19 @@ bool install_streams() {
 
 }  // namespace
 
+std::vector<std::string> g_sys_path;
+std::string g_executable;
+
 std::string init_current_interpreter() {
   audit::Trusted trusted;
+  if (!g_sys_path.empty() || !g_executable.empty()) {
+    if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
+  }
   if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
-  preload("os\nimportlib.machinery\nimportlib.util\n");
+  preload("os\nimportlib.machinery\nimportlib.util\nctypes\n");
   return {};
 }
 
@@ -392,6 +515,9 @@ std::string initialize(const EngineOptions& options) {
   pre.utf8_mode = 1;  // the environment is empty; do not depend on a locale
   PyStatus st = Py_PreInitialize(&pre);
   if (PyStatus_Exception(st)) return status_text(st, "Python pre-initialisation failed");
+  // What python3 does under LANG=C.UTF-8 (the worker's environment): the character-type locale is
+  // set, so locale.getlocale() and C extensions agree with Python's UTF-8 mode.
+  setlocale(LC_CTYPE, "C.UTF-8");
 
   ConfigGuard cfg;
   cfg.config.install_signal_handlers = 0;
@@ -414,8 +540,19 @@ std::string initialize(const EngineOptions& options) {
   st = Py_InitializeFromConfig(&cfg.config);
   if (PyStatus_Exception(st)) return status_text(st, "Python initialisation failed");
 
+  g_sys_path = options.sys_path;
+  g_executable = options.executable;
+  if (!g_sys_path.empty() || !g_executable.empty()) {
+    if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
+  }
   g_runtime_paths = compute_runtime_paths();
   audit::set_runtime_roots(g_runtime_paths);
+  g_support_paths = libdeps::needed_by_extensions(g_runtime_paths);
+  for (const char* dir : kZoneInfoDirs) {
+    std::string r = real(dir);
+    if (!r.empty()) g_support_paths.push_back(r);
+  }
+  audit::set_support_roots(g_support_paths);
   memory::install();
   if (!capture::attach(options.capture_fd)) return "cannot map the output buffer";
   {
@@ -426,7 +563,8 @@ std::string initialize(const EngineOptions& options) {
   }
   // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
   // cannot be loaded during a run.
-  preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\ntraceback\n");
+  preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\nctypes\ntraceback\n");
+  if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
@@ -444,6 +582,7 @@ std::string initialize(const EngineOptions& options) {
 
 std::string python_version() { return Py_GetVersion() ? std::string(Py_GetVersion()).substr(0, std::string(Py_GetVersion()).find(' ')) : "?"; }
 std::vector<std::string> runtime_paths() { return g_runtime_paths; }
+std::vector<std::string> support_paths() { return g_support_paths; }
 
 bool prepare_capture(const Request& req) {
   return capture::begin(req.id, static_cast<std::uint64_t>(req.policy.max_output_kb) * 1024);
@@ -481,15 +620,21 @@ RunResult run_prepared(const Request& req) {
   }
   audit::set_rules(std::move(rules));
 
-  py::Ref globals(make_globals(req));
+  py::Ref main_module;
+  py::Ref globals(make_globals(req, main_module));
   if (!globals) {
     r.error = "bad input: " + current_error_text();
     r.error_kind = ErrorKind::bad_input;
     r.exit_code = 1;
     return r;
   }
-  PySys_SetObject("stdout", state().out);
-  PySys_SetObject("stderr", state().err);
+  if (!begin_streams(req.stdin_text)) {
+    r.error = "cannot create the run's streams: " + current_error_text();
+    r.error_kind = ErrorKind::worker_crashed;
+    r.exit_code = 1;
+    return r;
+  }
+  MainModule as_main(main_module.get());
 
   py::Ref code;
   if (req.code.find('\0') != std::string::npos) {
@@ -535,6 +680,12 @@ RunResult run_prepared(const Request& req) {
       PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
       const std::uint64_t max_bytes = static_cast<std::uint64_t>(p.max_result_kb) * 1024;
       codec::Encoded enc = codec::from_python(result ? result : Py_None, max_bytes);
+      if (enc.error == codec::kCyclic) {
+        // JSON cannot hold a cycle: the whole value as str(), as the README promises.
+        py::Ref text(PyObject_Str(result));
+        PyErr_Clear();
+        enc = codec::from_python(text ? text.get() : Py_None, max_bytes);
+      }
       PyErr_Clear();
       if (!enc.error.empty()) {
         r.ok = false;

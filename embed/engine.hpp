@@ -14,6 +14,9 @@ namespace spr::embed {
 struct EngineOptions {
   int capture_fd = -1;  // the shared output memfd; -1: a private buffer
   bool preload = true;  // import bootstrap_py/preload.txt so runs find those modules cached
+  std::vector<std::string> preload_modules;  // RunnerOptions::preload: imported before the sandbox closes
+  std::vector<std::string> sys_path;  // sys.path as the chosen python3 sees it; empty: the embedded default
+  std::string executable;             // the python3 whose environment this is (shown as sys.executable)
 };
 
 struct Request {
@@ -21,6 +24,7 @@ struct Request {
   std::string code;
   json input_data = json::object();
   RunnerPolicy policy;
+  std::string stdin_text;  // what sys.stdin and input() read; empty: EOF at once
 };
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).
@@ -36,7 +40,10 @@ bool prepare_capture(const Request& req);
 std::string init_current_interpreter();
 
 std::string python_version();
-// Directories the runtime reads from (stdlib, lib-dynload, prefix): Landlock's read-only set.
+// Directories the runtime reads from (stdlib, lib-dynload, site-packages): Landlock's read-only set.
 std::vector<std::string> runtime_paths();
+// Readable data the runtime needs besides its code: the shared libraries extension modules load
+// and the time-zone database. Landlock's and the audit hook's read sets both include these.
+std::vector<std::string> support_paths();
 
 }  // namespace spr::embed

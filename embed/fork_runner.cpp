@@ -160,6 +160,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm) {
     rq.id = id.get<std::uint64_t>();
     rq.code = req.at("code").get<std::string>();
     rq.input_data = req.value("input_data", json::object());
+    if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
     rq.policy = RunnerPolicy::from_json(req.at("policy"));
     rq.policy.isolation = Isolation::fork;
     rq.policy.allow_network = rq.policy.allow_network && allow_network_;

@@ -23,7 +23,8 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kAliases = {
     {"os", {"posix", "nt", "posixpath", "_os"}},
     {"subprocess", {"_posixsubprocess", "_subprocess"}},
     {"socket", {"_socket"}},
-    {"ctypes", {"_ctypes"}},
+    // cffi's backend reaches raw memory and native calls as ctypes does, without one audit event.
+    {"ctypes", {"_ctypes", "_cffi_backend", "cffi"}},
     {"importlib", {"_imp", "_frozen_importlib", "_frozen_importlib_external"}},
     {"io", {"_io"}},
     {"signal", {"_signal"}},
@@ -37,6 +38,17 @@ const std::vector<std::string> kAlwaysBlocked = {"_spr", "importlib", "_imp", "_
 
 ImportPolicy g_policy;
 bool g_blocked_raised = false;
+// Depth of imports the standard library (or an installed package) started itself: asyncio loading
+// socket, pathlib loading os. The policy is the snippet's; inside such an import the meta-path finder
+// and the "import" audit rule let the module load, and the audit hook and the OS bound what it does.
+thread_local int t_runtime_import_depth = 0;
+
+struct RuntimeImport {
+  RuntimeImport() { ++t_runtime_import_depth; }
+  ~RuntimeImport() { --t_runtime_import_depth; }
+  RuntimeImport(const RuntimeImport&) = delete;
+  RuntimeImport& operator=(const RuntimeImport&) = delete;
+};
 
 std::string root_of(const std::string& name) { return name.substr(0, name.find('.')); }
 
@@ -107,7 +119,12 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|OOOi:__import__", const_cast<char**>(kw), &name, &globals,
                                    &locals, &fromlist, &level))
     return nullptr;
-  if (audit::armed() && audit::caller_is_user()) {
+  if (!audit::armed()) return PyObject_Call(state().original_import, args, kwargs);
+  if (!audit::caller_is_user()) {
+    RuntimeImport scope;
+    return PyObject_Call(state().original_import, args, kwargs);
+  }
+  {
     std::string n = py::utf8(name);
     // A relative import names its package through the globals it is given, which user code chooses:
     // `__import__('', {'__package__': 'posix'}, None, (), 1)` must be checked as `posix`.
@@ -121,7 +138,7 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
 
 // The bootstrap's meta-path finder asks here: None when allowed, else the message.
 PyObject* import_denied(PyObject*, PyObject* arg) {
-  if (!audit::armed() || !PyUnicode_Check(arg)) Py_RETURN_NONE;
+  if (!audit::armed() || !PyUnicode_Check(arg) || t_runtime_import_depth > 0) Py_RETURN_NONE;
   std::string msg = check(py::utf8(arg));
   if (msg.empty()) Py_RETURN_NONE;
   g_blocked_raised = true;
@@ -167,6 +184,7 @@ PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_spr", "safe-py-runner internals.
 PyObject* init_module() { return PyModuleDef_Init(&kModule); }
 
 std::string audit_import_check(const std::string& module) {
+  if (t_runtime_import_depth > 0) return {};
   std::string msg = check(module);
   if (!msg.empty()) g_blocked_raised = true;
   return msg;

@@ -32,6 +32,10 @@ struct Args {
   std::string scratch;
   double grace = 0.25;
   std::size_t subinterpreter_pool = 2;
+  std::vector<std::string> sys_path;    // --sys-path, repeated: the chosen python3's sys.path
+  std::string python;                   // --python: that python3 (sys.executable)
+  std::vector<std::string> preload;     // --preload, repeated
+  std::vector<std::string> read_paths;  // --read, repeated: allowed_read_paths of this worker's pool
 };
 
 void log_line(const std::string& s) {
@@ -64,6 +68,14 @@ Args parse_args(int argc, char** argv) {
       a.harden = false;
     } else if (k == "--scratch") {
       a.scratch = value();
+    } else if (k == "--sys-path") {
+      a.sys_path.push_back(value());
+    } else if (k == "--python") {
+      a.python = value();
+    } else if (k == "--preload") {
+      a.preload.push_back(value());
+    } else if (k == "--read") {
+      a.read_paths.push_back(value());
     } else if (k == "--grace") {
       a.grace = std::stod(value());
     } else if (k == "--subinterpreter-pool") {
@@ -86,6 +98,9 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
   if (devnull_fd >= 0) cfg.keep_fds.push_back(devnull_fd);
   cfg.read_paths = spr::embed::runtime_paths();
+  for (const auto& p : spr::embed::support_paths()) cfg.read_paths.push_back(p);
+  // allowed_read_paths: the pool is keyed by this set, so every run on this worker may read them.
+  for (const auto& p : a.read_paths) cfg.read_paths.push_back(p);
   cfg.read_paths.push_back("/dev/null");
   cfg.read_paths.push_back("/dev/urandom");
   cfg.scratch_root = a.scratch;
@@ -183,9 +198,14 @@ int main(int argc, char** argv) {
   }
   if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0) die("chdir to the scratch directory failed: " + std::string(strerror(errno)));
 
+  if (args.harden) spr::harden::set_worker_environment();
   spr::embed::EngineOptions eo;
   eo.capture_fd = capture_fd;
   eo.preload = !args.once;
+  eo.sys_path = args.sys_path;
+  eo.executable = args.python;
+  // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
+  if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
   std::string err = spr::embed::initialize(eo);
   json hello = {{"hello", true}, {"protocol", detail::kProtocolVersion}, {"pid", getpid()},
                 {"isolation", spr::to_string(args.isolation)}};
@@ -236,6 +256,7 @@ int main(int argc, char** argv) {
       rq.id = id.get<std::uint64_t>();
       rq.code = req.at("code").get<std::string>();
       rq.input_data = req.value("input_data", json::object());
+      if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
       rq.policy = policies.get(req.at("policy"));
       rq.policy.isolation = args.isolation;
       rq.policy.allow_network = rq.policy.allow_network && args.allow_network;

@@ -5,7 +5,9 @@ set -euo pipefail
 
 packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
           libtomlplusplus-dev libcli11-dev libseccomp-dev
-          pybind11-dev python3-pytest python3-venv python3-pip "$@")
+          pybind11-dev python3-pytest python3-venv python3-pip
+          # test dependencies of the third-party package tests
+          python3-numpy python3-pandas "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,4 +1,5 @@
 // Runner: pools of warm workers per isolation mode, a spawner thread, deadlines and recovery.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -11,6 +12,7 @@
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "detail/python_env.hpp"
 #include "detail/worker_process.hpp"
 #include "spr/runner.hpp"
 
@@ -25,14 +27,24 @@ Clock::duration seconds(double s) {
 }
 }  // namespace
 
-// Workers are hardened when they start, so a pool serves one isolation mode and one network setting.
+// Workers are hardened when they start: a pool serves one isolation mode, network setting, Python
+// environment and read set (Landlock can only narrow, so the read set is fixed at the worker's start).
 struct PoolKey {
   Isolation isolation;
   bool network;
+  std::string python;              // python_executable as given ("" = the default python3)
+  std::vector<std::string> reads;  // allowed_read_paths, sorted
   bool operator<(const PoolKey& o) const {
-    return std::tie(isolation, network) < std::tie(o.isolation, o.network);
+    return std::tie(isolation, network, python, reads) < std::tie(o.isolation, o.network, o.python, o.reads);
   }
 };
+
+PoolKey key_of(const RunnerPolicy& p) {
+  PoolKey k{p.isolation, p.allow_network, p.python_executable, p.allowed_read_paths};
+  std::sort(k.reads.begin(), k.reads.end());
+  k.reads.erase(std::unique(k.reads.begin(), k.reads.end()), k.reads.end());
+  return k;
+}
 
 struct Runner::Impl {
   RunnerOptions options;
@@ -91,9 +103,24 @@ struct Runner::Impl {
       if (t.joinable()) t.join();
   }
 
-  detail::SpawnOptions spawn_options(PoolKey key, bool once) const {
+  // Throws WorkerError when the key's Python cannot be served (probe failed, no worker for its version).
+  detail::SpawnOptions spawn_options(const PoolKey& key, bool once) const {
     detail::SpawnOptions so;
     so.worker_path = worker_path;
+    const std::string exe = key.python.empty() ? detail::default_python() : key.python;
+    const detail::PythonEnv& env = detail::probe_python(exe);
+    if (env.version.empty()) {
+      // The default python3 may be absent where only the library is installed: the worker's own path then.
+      if (!key.python.empty()) throw WorkerError(env.error);
+    } else {
+      std::string error;
+      so.worker_path = detail::worker_for(worker_path, env, error);
+      if (so.worker_path.empty()) throw WorkerError(error);
+      so.python = exe;
+      so.sys_path = env.path;
+    }
+    so.preload = options.preload;
+    so.read_paths = key.reads;
     so.isolation = key.isolation;
     so.allow_network = key.network;
     so.once = once;
@@ -198,13 +225,21 @@ struct Runner::Impl {
     // `dead` is reaped here, outside the lock.
   }
 
-  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy) {
+  RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text) {
     policy.validate();
     if (policy.timeout_seconds == 0) {
       // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
       RunnerPolicy floored = policy;
       floored.timeout_seconds = 1;
-      return run(code, input, floored);
+      return run(code, input, floored, stdin_text);
+    }
+    const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
+    if (stdin_text.size() > stdin_cap) {
+      RunResult r = detail::failure(ErrorKind::bad_input, "stdin is " + std::to_string(stdin_text.size()) +
+                                                              " bytes, more than max_output_kb allows (" +
+                                                              std::to_string(policy.max_output_kb) + " KB)");
+      r.isolation = policy.isolation;
+      return r;
     }
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
@@ -223,7 +258,7 @@ struct Runner::Impl {
     } else if (policy.isolation == Isolation::process) {
       std::unique_ptr<WorkerProcess> w;
       try {
-        w = WorkerProcess::spawn(spawn_options({Isolation::process, policy.allow_network}, true));
+        w = WorkerProcess::spawn(spawn_options(key_of(policy), true));
       } catch (const std::exception& e) {
         r = detail::failure(ErrorKind::worker_unavailable, e.what());
       }
@@ -236,18 +271,18 @@ struct Runner::Impl {
       if (shut) {
         r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
       } else if (w) {
-        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text);
         std::lock_guard<std::mutex> lk(mu);
         busy.erase(w.get());
       }
     } else {
       std::string error;
-      const PoolKey key{policy.isolation, policy.allow_network};
+      const PoolKey key = key_of(policy);
       auto w = acquire(key, error);
       if (!w) {
         r = detail::failure(ErrorKind::worker_unavailable, "no worker available: " + error);
       } else {
-        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack));
+        r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text);
         release(key, std::move(w));
       }
     }
@@ -263,7 +298,7 @@ struct Runner::Impl {
   std::future<RunResult> submit(std::string code, json input, RunnerPolicy policy) {
     policy.validate();
     std::packaged_task<RunResult()> task(
-        [this, c = std::move(code), i = std::move(input), p = std::move(policy)] { return run(c, i, p); });
+        [this, c = std::move(code), i = std::move(input), p = std::move(policy)] { return run(c, i, p, {}); });
     auto fut = task.get_future();
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -302,17 +337,22 @@ struct Runner::Impl {
 Runner::Runner(RunnerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   std::lock_guard<std::mutex> lk(impl_->mu);
   const RunnerPolicy& p = impl_->options.policy;
-  if (p.isolation != Isolation::process) impl_->fill({p.isolation, p.allow_network});
+  if (p.isolation != Isolation::process) impl_->fill(key_of(p));
 }
 
 Runner::~Runner() = default;
 
 RunResult Runner::run(const std::string& code, const json& input_data) {
-  return impl_->run(code, input_data, impl_->options.policy);
+  return impl_->run(code, input_data, impl_->options.policy, {});
 }
 
 RunResult Runner::run(const std::string& code, const json& input_data, const RunnerPolicy& policy) {
-  return impl_->run(code, input_data, policy);
+  return impl_->run(code, input_data, policy, {});
+}
+
+RunResult Runner::run(const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                      const std::string& stdin_text) {
+  return impl_->run(code, input_data, policy, stdin_text);
 }
 
 std::future<RunResult> Runner::submit(std::string code, json input_data, RunnerPolicy policy) {
@@ -323,15 +363,20 @@ const RunnerOptions& Runner::options() const { return impl_->options; }
 
 json Runner::hardening(Isolation isolation) {
   if (isolation == Isolation::process) {
-    auto w = WorkerProcess::spawn(impl_->spawn_options({Isolation::process, impl_->options.policy.allow_network}, true));
+    RunnerPolicy p = impl_->options.policy;
+    p.isolation = Isolation::process;
+    auto w = WorkerProcess::spawn(impl_->spawn_options(key_of(p), true));
     return w->hello().value("hardening", json::array());
   }
-  return impl_->hello({isolation, impl_->options.policy.allow_network}).value("hardening", json::array());
+  RunnerPolicy p = impl_->options.policy;
+  p.isolation = isolation;
+  return impl_->hello(key_of(p)).value("hardening", json::array());
 }
 
 std::string Runner::python_version() {
-  Isolation iso = impl_->options.policy.isolation == Isolation::process ? Isolation::fork : impl_->options.policy.isolation;
-  return impl_->hello({iso, impl_->options.policy.allow_network}).value("python", std::string("?"));
+  RunnerPolicy p = impl_->options.policy;
+  if (p.isolation == Isolation::process) p.isolation = Isolation::fork;
+  return impl_->hello(key_of(p)).value("python", std::string("?"));
 }
 
 void Runner::shutdown() { impl_->stop(); }

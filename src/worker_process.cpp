@@ -141,6 +141,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
     args.push_back(std::to_string(o.subinterpreter_pool));
   }
   if (o.allow_network) args.push_back("--allow-network");
+  if (!o.python.empty()) args.insert(args.end(), {"--python", o.python});
+  for (const auto& p : o.sys_path) args.insert(args.end(), {"--sys-path", p});
+  for (const auto& m : o.preload) args.insert(args.end(), {"--preload", m});
+  for (const auto& p : o.read_paths) args.insert(args.end(), {"--read", p});
   bp::environment env;  // empty: nothing of the caller's environment reaches user code
   env.clear();
   try {
@@ -247,7 +251,8 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
 }
 
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
-                             const RunnerPolicy& policy, Clock::time_point hard_deadline) {
+                             const RunnerPolicy& policy, Clock::time_point hard_deadline,
+                             const std::string& stdin_text) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -273,6 +278,10 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     text += dump_json(json(code));
     text += ",\"input_data\":";
     text += dump_json(input_data);
+    if (!stdin_text.empty()) {
+      text += ",\"stdin\":";
+      text += dump_json(json(stdin_text));
+    }
     text += "}";
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());

@@ -131,4 +131,6 @@ int apply_child(const RunLimits& limits) noexcept {
   return seccomp::apply_child();
 }
 
+int set_worker_environment() noexcept { return env::set_fixed(); }
+
 }  // namespace spr::harden

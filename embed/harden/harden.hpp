@@ -36,6 +36,9 @@ struct RunLimits {                          // 0 = leave unchanged; a limit is n
 // Called ONCE in the worker before it forks (fork isolation mode); may allocate. Builds the per-child seccomp
 // program into static storage. Returns 0 or an errno (logged).
 int prepare_child();
+// The worker's whole environment (LANG, one thread per numerical library), set before Python starts so
+// that os.environ and libraries loaded later agree with it. Returns 0 or an errno.
+int set_worker_environment() noexcept;
 // In a forked per-run child (fork isolation mode): async-signal-safe, no exceptions, no heap allocation.
 // Sets the rlimits, then stacks a second seccomp filter that denies any new process (fork, vfork, clone without
 // CLONE_THREAD, clone3 -> ENOSYS), exec, raising rlimits, and signals to any process but this child.

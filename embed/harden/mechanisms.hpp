@@ -31,6 +31,7 @@ LayerStatus apply(const std::vector<int>& keep);
 }  // namespace fds
 
 namespace env {
+int set_fixed() noexcept;  // clears the environment, then sets the worker's fixed names; 0 or an errno
 LayerStatus apply();
 }  // namespace env
 

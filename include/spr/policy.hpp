@@ -49,6 +49,9 @@ struct RunnerPolicy {
   bool allow_network = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+  // The python3 (a venv's, or another installation's) whose packages runs see; empty: the python3
+  // whose libpython the worker embeds. Another Python version needs a worker built for it.
+  std::string python_executable;
 
   // Throws PolicyError naming the first invalid field.
   void validate() const;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
@@ -30,6 +31,9 @@ struct RunnerOptions {
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;
+  // Modules imported in each warm worker before its sandbox closes (fork and namespace mode), so runs
+  // find them cached: {"numpy", "pandas"}. A run's own imports still follow its import policy.
+  std::vector<std::string> preload;
 };
 
 class Runner {
@@ -42,6 +46,9 @@ class Runner {
   // Thread-safe. Never throws for what the code does; throws PolicyError for an invalid policy.
   RunResult run(const std::string& code, const json& input_data = json::object());
   RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy);
+  // `stdin_text` feeds sys.stdin and input(); it may be as long as the policy's max_output_kb.
+  RunResult run(const std::string& code, const json& input_data, const RunnerPolicy& policy,
+                const std::string& stdin_text);
   std::future<RunResult> submit(std::string code, json input_data, RunnerPolicy policy);
 
   const RunnerOptions& options() const;

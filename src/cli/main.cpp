@@ -67,7 +67,7 @@ struct PolicyArgs {
   std::string file;
   double timeout = 0, cpu_time = 0;
   long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0;
-  std::string isolation, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
+  std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, scratch_dir = false;
   std::vector<Flag> flags;
 };
@@ -89,6 +89,7 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   scalar("max_result_kb", "--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB");
   scalar("cpu_time_seconds", "--cpu-time", a.cpu_time, "CPU time limit in seconds (0: none)");
   scalar("isolation", "--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process");
+  scalar("python_executable", "--python", a.python, "python3 whose packages runs see (a venv's bin/python3)");
   scalar("mode", "--mode", a.mode, "restrict (default) or allow");
   names("blocked_imports", "--blocked-imports", a.blocked_imports, "comma-separated module names ('' for none)");
   names("allowed_imports", "--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)");
@@ -126,7 +127,7 @@ int exit_status(const spr::RunResult& r) {
 }
 
 int cmd_run(const std::string& code_arg, const std::string& file, const std::string& input,
-            const std::string& input_file, const PolicyArgs& pa) {
+            const std::string& input_file, const std::string& stdin_file, const PolicyArgs& pa) {
   std::string code;
   if (!code_arg.empty() && !file.empty()) throw CliError{kExitUsage, "give either -c CODE or a FILE, not both"};
   if (!code_arg.empty()) code = code_arg;
@@ -138,15 +139,20 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   if (!input_file.empty()) data = parse_input(read_file(input_file, "input file"), input_file);
   spr::RunnerPolicy p = build_policy(pa);
   spr::Runner runner(runner_options(p, 1));
-  spr::RunResult r = runner.run(code, data, p);
+  const std::string stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
+  spr::RunResult r = runner.run(code, data, p, stdin_text);
   std::cout << spr::detail::dump_json(r.to_json()) << std::endl;
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
+int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs& pa) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
   spr::RunnerPolicy base = build_policy(pa);
-  spr::Runner runner(runner_options(base, workers));
+  spr::RunnerOptions options = runner_options(base, workers);
+  std::stringstream modules(preload);
+  for (std::string m; std::getline(modules, m, ',');)
+    if (!m.empty()) options.preload.push_back(m);
+  spr::Runner runner(options);
   std::mutex out_mu;
   auto emit = [&](const spr::json& id, spr::json body) {
     body["id"] = id;
@@ -165,6 +171,7 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
     std::string code;
     spr::json input;
     spr::RunnerPolicy policy;
+    std::string stdin_text;
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -182,7 +189,7 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
           job = std::move(queue.front());
           queue.pop_front();
         }
-        spr::RunResult r = runner.run(job.code, job.input, job.policy);
+        spr::RunResult r = runner.run(job.code, job.input, job.policy, job.stdin_text);
         emit(job.id, r.to_json());
       }
     });
@@ -207,7 +214,14 @@ int cmd_serve(std::size_t workers, const PolicyArgs& pa) {
       bad(id, "request needs a string field 'code'");
       continue;
     }
-    Job job{id, code->get<std::string>(), req.value("input_data", spr::json::object()), base};
+    Job job{id, code->get<std::string>(), req.value("input_data", spr::json::object()), base, {}};
+    if (auto in = req.find("stdin"); in != req.end() && !in->is_null()) {
+      if (!in->is_string()) {
+        bad(id, "'stdin' must be a string");
+        continue;
+      }
+      job.stdin_text = in->get<std::string>();
+    }
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
       try {
         job.policy = spr::RunnerPolicy::from_json(*p, base);
@@ -292,18 +306,20 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("safe-py-runner ") + spr::version());
   app.require_subcommand(1);
 
-  std::string code, file, input, input_file;
+  std::string code, file, input, input_file, stdin_file, preload;
   PolicyArgs run_policy, serve_policy, doctor_policy;
   auto* run = app.add_subcommand("run", "run one snippet and print one JSON result");
   run->add_option("-c,--code", code, "the code to run");
   run->add_option("file", file, "file with the code, or - for standard input (the default)");
   run->add_option("--input", input, "input_data as JSON");
   run->add_option("--input-file", input_file, "file holding input_data as JSON");
+  run->add_option("--stdin-file", stdin_file, "file whose text the code reads from sys.stdin and input()");
   add_policy_options(run, run_policy);
 
   std::size_t workers = 2;
   auto* serve = app.add_subcommand("serve", "answer JSON-lines requests from stdin on stdout");
   serve->add_option("--workers", workers, "warm workers (default 2)");
+  serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);
 
   bool doctor_json = false;
@@ -333,8 +349,8 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   try {
-    if (*run) return cmd_run(code, file, input, input_file, run_policy);
-    if (*serve) return cmd_serve(workers, serve_policy);
+    if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_policy);
+    if (*serve) return cmd_serve(workers, preload, serve_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;

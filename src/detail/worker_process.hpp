@@ -22,6 +22,10 @@ struct SpawnOptions {
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;
   double start_timeout_seconds = 10;
+  std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
+  std::vector<std::string> sys_path;    // that python3's sys.path
+  std::vector<std::string> preload;     // RunnerOptions::preload
+  std::vector<std::string> read_paths;  // allowed_read_paths every run of this worker may read
 };
 
 class WorkerProcess {
@@ -35,7 +39,8 @@ class WorkerProcess {
   // Sends one request and waits for its reply until `hard_deadline`. Never throws for what the worker does:
   // a dead, silent or lying worker gives a failed RunResult and alive() == false afterwards.
   RunResult run(std::uint64_t id, const std::string& code, const json& input_data, const RunnerPolicy& policy,
-                Clock::time_point hard_deadline);
+                Clock::time_point hard_deadline,
+                const std::string& stdin_text = {});
   bool alive() const { return alive_; }
   pid_t pid() const { return pid_; }
   const json& hello() const { return hello_; }

@@ -456,3 +456,45 @@ TEST_CASE("doctor prints a summary a person can read") {
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("run --stdin-file feeds input(); without it input() meets EOF") {
+  TempPath in("stdin");
+  in.write("alice\nbob\n");
+  const auto j = one_json(run_cli("result = [input(), input()]", {"--stdin-file", in.str()}));
+  CHECK(j["ok"] == true);
+  CHECK(j["result"] == json::array({"alice", "bob"}));
+  const auto e = one_json(run_cli("input()"));
+  CHECK(e["error"] == "EOFError: EOF when reading a line");
+}
+
+TEST_CASE("run --python picks the interpreter whose packages the code sees") {
+  const auto j = one_json(run_cli("import sys\nresult = sys.executable", {"--python", SPR_TEST_PYTHON}));
+  CHECK(j["ok"] == true);
+  CHECK(j["result"] == SPR_TEST_PYTHON);
+  const auto bad = one_json(run_cli("result = 1", {"--python", "/nonexistent/python3"}));
+  CHECK(bad["error_kind"] == "worker_unavailable");
+  CHECK(contains(bad["error"].get<std::string>(), "/nonexistent/python3"));
+}
+
+TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the policy still applies") {
+  const json rows = json::array({json{{"x", 1.5}}, json{{"x", 2}}});
+  const std::string reqs =
+      json{{"id", 1}, {"code", "import pandas as pd\nresult = float(pd.DataFrame(input_data['rows'])['x'].sum())"},
+           {"input_data", {{"rows", rows}}}}.dump() + "\n" +
+      json{{"id", 2}, {"code", "result = input()"}, {"stdin", "from the request"}}.dump() + "\n" +
+      json{{"id", 3}, {"code", "import socket"}}.dump() + "\n" +
+      json{{"id", 4}, {"code", "result = 1"}, {"stdin", 5}}.dump() + "\n";
+  const auto p = cli({"serve", "--workers", "1", "--isolation", mode(), "--preload", "numpy,pandas,socket"}, reqs, 120);
+  INFO(describe(p));
+  REQUIRE(p.exit_code == 0);
+  std::map<int, json> by_id;
+  for (const auto& line : lines_of(p.out)) {
+    json j = json::parse(line);
+    by_id[j["id"].get<int>()] = j;
+  }
+  REQUIRE(by_id.size() == 4);
+  CHECK(by_id[1]["result"] == 3.5);
+  CHECK(by_id[2]["result"] == "from the request");
+  CHECK(by_id[3]["error_kind"] == "blocked_import");
+  CHECK(by_id[4]["error_kind"] == "bad_input");
+}

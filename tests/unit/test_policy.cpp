@@ -51,6 +51,7 @@ isolation = "namespace"
 allow_network = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
+python_executable = "/usr/bin/python3"
 
 [extra_globals]
 name = "spr"
@@ -77,6 +78,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allow_network);
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
+  CHECK(p.python_executable == "/usr/bin/python3");
   CHECK(p.extra_globals ==
         json({{"name", "spr"}, {"n", 3}, {"ratio", 0.5}, {"flags", {true, false}}, {"nested", {{"a", 1}}}}));
 }
@@ -117,7 +119,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["allowed_imports"] == json::array());
   CHECK(j["extra_globals"] == json::object());
   CHECK(j["isolation"] == "fork");
-  CHECK(j.size() == 17);
+  CHECK(j["python_executable"] == "");
+  CHECK(j.size() == 18);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -138,7 +141,8 @@ TEST_CASE("policy: from_json sets every field") {
                   {"isolation", "namespace"},
                   {"allow_network", true},
                   {"allowed_read_paths", {"/usr/share"}},
-                  {"scratch_dir", true}};
+                  {"scratch_dir", true},
+                  {"python_executable", "/usr/bin/python3"}};
   const RunnerPolicy p = RunnerPolicy::from_json(j);
   check_every_field(p);
   SUBCASE("and to_json gives them back") { CHECK(p.to_json() == j); }

@@ -1,0 +1,5 @@
+"""A package installed into a throw-away venv by the tests."""
+
+
+def greet(name):
+    return "hello " + name
