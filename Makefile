@@ -12,7 +12,7 @@ help:
 	@echo "make run             install missing Debian packages, build, run the quick-start example"
 	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, fuzz smoke, soak smoke)"
 	@echo "make python          build the Python wheel and install it (into PYTHON if it is a venv's, else build/venv)"
-	@echo "make bench           latency/throughput benchmark of every isolation mode (BENCH_ARGS=--quick)"
+	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick)"
 	@echo "make soak            50,000 runs with faults mixed in, in each isolation mode"
 	@echo "make fuzz            libFuzzer on the frame, request and policy parsers (needs clang)"
 	@echo "make check-sanitize  the test suite under ASan+UBSan, then TSan"
@@ -47,7 +47,7 @@ python: build
 	echo "safe_py_runner installed for $$py"
 
 bench: build
-	$(BUILD)/spr-bench $(BENCH_ARGS)
+	$(BUILD)/spr-bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.svg $(BENCH_ARGS)
 
 soak: build
 	$(BUILD)/spr-soak $(SOAK_ARGS)

@@ -14,11 +14,20 @@ std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -43,20 +52,26 @@ std::string format_latency(double us) {
   return buf;
 }
 
-std::string latency_svg(const std::vector<PlotRow>& rows, const std::string& title, const std::string& subtitle) {
+std::string latency_svg(const std::vector<PlotRow>& rows, const std::vector<PlotLine>& floors, const std::string& title,
+                        const std::string& subtitle) {
   double lo_v = 1e300, hi_v = 0;
-  for (const auto& r : rows)
-    for (double v : {r.p50_us, r.p99_us})
-      if (v > 0) {
-        lo_v = std::min(lo_v, v);
-        hi_v = std::max(hi_v, v);
-      }
+  auto widen = [&](double v) {
+    if (v > 0) {
+      lo_v = std::min(lo_v, v);
+      hi_v = std::max(hi_v, v);
+    }
+  };
+  for (const auto& r : rows) {
+    widen(r.p50_us);
+    widen(r.p99_us);
+  }
+  for (const auto& f : floors) widen(f.us);
   if (hi_v <= 0) lo_v = hi_v = 1;
   int lo = static_cast<int>(std::floor(std::log10(lo_v)));
   int hi = static_cast<int>(std::ceil(std::log10(hi_v)));
   if (hi <= lo) hi = lo + 1;
 
-  const double group_w = 150, left = 90, right = 30, top = 96, bottom = 70, plot_h = 380;
+  const double group_w = 112, left = 90, right = 190, top = 96, bottom = 70, plot_h = 380;
   const double width = left + right + group_w * static_cast<double>(std::max<std::size_t>(rows.size(), 1));
   const double height = top + plot_h + bottom;
   const double base_y = top + plot_h;
@@ -101,7 +116,7 @@ std::string latency_svg(const std::vector<PlotRow>& rows, const std::string& tit
   const char* names[2] = {"p50", "p99"};
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const double gx = left + group_w * static_cast<double>(i);
-    const double bar_w = 44;
+    const double bar_w = 40;
     const double values[2] = {rows[i].p50_us, rows[i].p99_us};
     for (int b = 0; b < 2; ++b) {
       const double x = gx + group_w / 2 - bar_w - 2 + b * (bar_w + 4);
@@ -110,11 +125,26 @@ std::string latency_svg(const std::vector<PlotRow>& rows, const std::string& tit
       o << "<rect x=\"" << num(x) << "\" y=\"" << num(y) << "\" width=\"" << num(bar_w) << "\" height=\""
         << num(std::max(base_y - y, 1.0)) << "\" fill=\"" << colors[b] << "\"><title>" << escape(rows[i].label) << ' '
         << names[b] << ": " << escape(format_latency(values[b])) << "</title></rect>\n"
-        << "<text x=\"" << num(x + bar_w / 2) << "\" y=\"" << num(y - 5) << "\" font-size=\"11\" text-anchor=\"middle\">"
-        << escape(format_latency(values[b])) << "</text>\n";
+        << "<text x=\"" << num(x + bar_w / 2) << "\" y=\"" << num(y - 5)
+        << "\" font-size=\"11\" text-anchor=\"middle\">" << escape(format_latency(values[b])) << "</text>\n";
     }
-    o << "<text x=\"" << num(gx + group_w / 2) << "\" y=\"" << num(base_y + 22)
-      << "\" font-size=\"13\" text-anchor=\"middle\">" << escape(rows[i].label) << "</text>\n";
+    // "mode pattern": the mode on one line, the pattern under it.
+    const std::string& label = rows[i].label;
+    const auto sp = label.find(' ');
+    const std::string lines[2] = {label.substr(0, sp), sp == std::string::npos ? "" : label.substr(sp + 1)};
+    for (int l = 0; l < 2; ++l)
+      o << "<text x=\"" << num(gx + group_w / 2) << "\" y=\"" << num(base_y + 20 + 14 * l)
+        << "\" font-size=\"11\" text-anchor=\"middle\">" << escape(lines[l]) << "</text>\n";
+  }
+
+  // Floors: dashed lines across the plot, labelled in the right margin.
+  for (const auto& f : floors) {
+    if (!(f.us > 0)) continue;
+    const double y = y_of(f.us);
+    o << "<line x1=\"" << num(left) << "\" y1=\"" << num(y) << "\" x2=\"" << num(width - right) << "\" y2=\"" << num(y)
+      << "\" stroke=\"#c03030\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n"
+      << "<text x=\"" << num(width - right + 6) << "\" y=\"" << num(y + 4) << "\" font-size=\"11\" fill=\"#c03030\">"
+      << escape(f.label + " " + format_latency(f.us)) << "</text>\n";
   }
 
   // Legend, above the plot area on the right, clear of the bars.

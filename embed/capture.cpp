@@ -131,16 +131,26 @@ bool attach(int fd) {
   return map_size(kCaptureDataOffset + std::size_t{2} * 4096);
 }
 
-bool begin(std::uint64_t run_id, std::uint64_t cap) {
-  // Wipe what the previous run (or its forked child, which only updated the shared header) wrote,
-  // so no run can read another's output from the mapping.
-  if (g_map && g_cap) {
-    for (int s = 0; s < 2; ++s) {
-      std::uint64_t shared = s == 0 ? header()->out_len : header()->err_len;
-      std::uint64_t n = std::min(std::max(g_len[s], shared), g_cap);
-      std::memset(area(s), 0, static_cast<std::size_t>(n));
-    }
+void wipe() {
+  // What the last run (or its forked child, which only updated the shared header) wrote, so no
+  // run can read another's output from the mapping.
+  if (!g_map || !g_cap) return;
+  for (int s = 0; s < 2; ++s) {
+    std::uint64_t shared = s == 0 ? header()->out_len : header()->err_len;
+    std::uint64_t n = std::min(std::max(g_len[s], shared), g_cap);
+    explicit_bzero(area(s), static_cast<std::size_t>(n));
+    g_len[s] = 0;
   }
+  header()->out_len = header()->err_len = 0;
+}
+
+std::string_view view(int stream) {
+  if (!g_map) return {};
+  return {area(stream), static_cast<std::size_t>(std::min(g_len[stream], g_cap))};
+}
+
+bool begin(std::uint64_t run_id, std::uint64_t cap) {
+  wipe();
   if (!map_size(kCaptureDataOffset + 2 * cap)) return false;
   g_cap = cap;
   g_len[0] = g_len[1] = 0;

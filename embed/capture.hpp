@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "py.hpp"
 
@@ -17,6 +18,9 @@ void append(int stream, const char* data, std::size_t len);  // stream 0 = stdou
 // parent reads a killed child's partial output this way.
 void adopt_shared();
 std::string text(int stream);
+std::string_view view(int stream);  // the same bytes, in place (the fork parent copies nothing)
+// Zeroes both streams' bytes and lengths (the fork parent, after each run's reply went out).
+void wipe();
 bool truncated(int stream);
 
 // Registers the `Stream` type into module `m`; `make_stream(i)` builds sys.stdout (0) or sys.stderr (1).

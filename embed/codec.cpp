@@ -84,7 +84,7 @@ struct Encoder {
     if (!s) {
       PyErr_Clear();
       out = std::string("<unprintable ") + Py_TYPE(o)->tp_name + " object>";
-      return spend(out.get_ref<std::string&>().size());
+      return spend(out.get_ref<std::string&>().size() + 2);  // as text(): the quotes count
     }
     return text(s.get(), out);
   }

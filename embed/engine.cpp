@@ -567,13 +567,6 @@ std::string init_current_interpreter() {
   return {};
 }
 
-void precompile(const std::string& source) {
-  if (source.find('\0') != std::string::npos || source.size() > kCodeCacheBytes / 4) return;
-  audit::Trusted trusted;
-  py::Ref code(compile_cached(source));
-  PyErr_Clear();
-}
-
 InterpState& state() { return *g_state; }
 void use_state(InterpState* s) { g_state = s ? s : &g_main_state; }
 

@@ -45,9 +45,6 @@ bool prepare_capture(const Request& req);
 // after use_state() pointed at its state). Returns "" or the reason.
 std::string init_current_interpreter();
 
-// Compiles `source` into the interpreter's code cache (fork mode: in the parent, so children reuse it).
-void precompile(const std::string& source);
-
 std::string python_version();
 // Directories the runtime reads from (stdlib, lib-dynload, site-packages): Landlock's read-only set.
 std::vector<std::string> runtime_paths();

@@ -1,42 +1,123 @@
-// Fork isolation mode. The parent keeps the warm interpreter; each child gets exact per-run
-// rlimits and a stacked seccomp filter, and whatever it does dies with it.
+// Fork isolation mode. The parent keeps the warm interpreter and runs nothing of a request: the
+// child parses it, runs it under its own rlimits and stacked seccomp filter, replies, and dies.
+// When the worker is idle, a spare child is forked, filtered and warmed ahead of the next request;
+// back-to-back requests fork on demand (the spare's set-up would only compete with them for CPU).
 #include "fork_runner.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 
-#include "deadline.hpp"
+#include "capture.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "deadline.hpp"
+#include "engine.hpp"
 #include "harden/harden.hpp"
+#include "json_scan.hpp"
 #include "py.hpp"
-#include "capture.hpp"
 
 namespace spr::embed {
 
 namespace {
 
-std::string reply(const json& id, const json& nonce, const RunResult& r) {
-  json j = detail::reply_from_result(r);
-  j["id"] = id;
-  j["nonce"] = nonce;
-  return detail::dump_json(j);
-}
+namespace scan = json_scan;
+
+// A request that follows its reply within this long is taken as back to back: it gets a child
+// forked on demand. After this much idle time, the next request's child is forked and warmed.
+constexpr int kSpareAfterIdleMs = 2;
+// Longest error text a child sends (exception messages can be any size; the reply frame cannot).
+constexpr std::size_t kMaxErrorBytes = 64u << 10;
+// Our own code, run in a spare before any request, so the copy-on-write faults of a run's first
+// steps (globals, the guard, the eval loop's caches, JSON, the allocator's arenas) are taken
+// while nobody waits. It carries no data.
+constexpr const char* kWarmUpCode =
+    "import math\nitems = [str(i) for i in range(16)]\nresult = {'n': math.sqrt(input_data['x']), 'items': items}\n";
+constexpr const char* kWarmUpFrame =
+    R"({"id":0,"nonce":"0","policy":{},"code":"pass","input_data":{"x":9,"s":"text"}})";
 
 std::string describe_signal(int sig) {
   const char* name = strsignal(sig);
   return "signal " + std::to_string(sig) + " (" + (name ? name : "?") + ")";
 }
 
+void close_fd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+int wait_status(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+void wipe(std::string& s) {
+  if (!s.empty()) explicit_bzero(s.data(), s.size());
+  s.clear();
+}
+
+// Appends `text` as a JSON string token, into `out`'s existing capacity where possible.
+void append_json_string(std::string& out, std::string_view text) {
+  static const char kHex[] = "0123456789abcdef";
+  out += '"';
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out += kHex[c >> 4];
+          out += kHex[c & 15];
+        } else {
+          out += ch;
+        }
+    }
+  }
+  out += '"';
+}
+
+// Cuts `s` to at most `max` bytes at a character boundary.
+void cut_utf8(std::string& s, std::size_t max) {
+  if (s.size() <= max) return;
+  std::size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  s.resize(n);
+}
+
+std::uint64_t positive(std::optional<double> v, std::uint64_t fallback) {
+  return v && *v > 0 && *v < 1e15 ? static_cast<std::uint64_t>(*v) : fallback;
+}
+
 }  // namespace
 
-void ForkRunner::prepare() { child_filter_ = harden::prepare_child() == 0; }
+void ForkRunner::prepare() {
+  child_filter_ = harden::prepare_child() == 0;
+}
 
 std::uint64_t ForkRunner::address_space_now() const {
   if (statm_fd_ < 0) return 0;
@@ -46,84 +127,309 @@ std::uint64_t ForkRunner::address_space_now() const {
   return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-std::string ForkRunner::run(const Request& req, const json& id, const json& nonce) {
-  const RunnerPolicy& p = req.policy;
-  if (!prepare_capture(req)) {
-    RunResult r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-    r.resource_exceeded = true;
-    return reply(id, nonce, r);
+void ForkRunner::child_main(int request_fd, int reply_fd, bool warm) {
+  PyOS_AfterFork_Child();
+  // Dies with the worker, whatever it does to its session or group (its filter keeps this set).
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent_) _exit(0);
+  close(detail::kProtocolFd);                  // the child never talks to the supervisor directly
+  if (devnull_fd_ >= 0) dup2(devnull_fd_, 2);  // user code never reaches the host's stderr
+  // The run's limits come from the parent (prlimit): the stacked filter forbids raising them here.
+  if (child_filter_ && harden::apply_child(harden::RunLimits{}) != 0) _exit(71);
+  deadline::init();
+  if (warm) {  // a spare only: a child forked for a waiting request would just take the faults twice
+    Request w;
+    w.code = kWarmUpCode;
+    w.input_data = detail::parse_json(kWarmUpFrame).at("input_data");
+    w.policy.isolation = Isolation::fork;
+    const RunResult r = run_prepared(w);
+    std::string text = detail::dump_json(detail::reply_from_result(r));
+    (void)text;
   }
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0)
-    return reply(id, nonce, detail::failure(ErrorKind::worker_crashed, std::string("pipe2 failed: ") + strerror(errno)));
-  harden::RunLimits limits;
-  // The rlimit is the backstop; the allocator accounting gives the clean "Memory limit exceeded".
-  const std::uint64_t base = address_space_now();
-  if (base) limits.address_space_bytes = base + (static_cast<std::uint64_t>(p.memory_limit_mb) << 20) + (256u << 20);
-  if (p.cpu_time_seconds > 0) limits.cpu_seconds = static_cast<std::uint64_t>(std::ceil(p.cpu_time_seconds)) + 1;
-  limits.file_size_bytes = 64u << 20;
+  std::string frame;
+  if (detail::read_frame(request_fd, frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
+  close(request_fd);
+  json id = nullptr, nonce = nullptr;
+  bool typed = false;
+  RunResult r;
+  try {
+    const json req = detail::parse_json(frame);
+    id = req.at("id");
+    nonce = req.value("nonce", json());
+    typed = req.contains("type");
+    Request rq;
+    rq.id = id.get<std::uint64_t>();
+    rq.code = req.at("code").get<std::string>();
+    rq.input_data = req.value("input_data", json::object());
+    if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
+    rq.policy = RunnerPolicy::from_json(req.at("policy"));
+    rq.policy.isolation = Isolation::fork;
+    rq.policy.allow_network = rq.policy.allow_network && allow_network_;
+    if (prepare_capture(rq)) {
+      r = run_prepared(rq);
+    } else {
+      r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
+      r.resource_exceeded = true;
+    }
+  } catch (const std::exception& e) {
+    r = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+  }
+  if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
+  json j = detail::reply_from_result(r);
+  j["id"] = id;
+  if (!nonce.is_null()) j["nonce"] = nonce;
+  if (typed) j["type"] = "reply";
+  detail::write_frame(reply_fd, detail::dump_json(j));
+  _exit(0);
+}
 
-  precompile(req.code);
+bool ForkRunner::fork_child(Child& c, bool warm) {
+  int req[2], rep[2];
+  if (pipe2(req, O_CLOEXEC) != 0) return false;
+  if (pipe2(rep, O_CLOEXEC) != 0) {
+    close(req[0]);
+    close(req[1]);
+    return false;
+  }
+  parent_ = getpid();
   PyOS_BeforeFork();
   const pid_t pid = fork();
   if (pid == 0) {
-    PyOS_AfterFork_Child();
-    close(fds[0]);
-    close(detail::kProtocolFd);  // the child never talks to the supervisor directly
-    if (devnull_fd_ >= 0) dup2(devnull_fd_, 2);  // user code never reaches the host's stderr
-    if (child_filter_) {
-      if (harden::apply_child(limits) != 0) _exit(71);
-    } else {
-      harden::apply_rlimits(limits);
-    }
-    deadline::init();
-    RunResult r = run_prepared(req);
-    detail::write_frame(fds[1], reply(id, nonce, r));
-    _exit(0);
+    close(req[1]);
+    close(rep[0]);
+    child_main(req[0], rep[1], warm);
   }
+  const int err = errno;
   PyOS_AfterFork_Parent();
-  close(fds[1]);
+  close(req[0]);
+  close(rep[1]);
   if (pid < 0) {
-    close(fds[0]);
-    return reply(id, nonce, detail::failure(ErrorKind::worker_crashed, std::string("fork failed: ") + strerror(errno)));
+    close(req[1]);
+    close(rep[0]);
+    errno = err;
+    return false;
   }
+  c = Child{pid, req[1], rep[0]};
+  return true;
+}
 
-  const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
-                                                   std::chrono::duration<double>(p.timeout_seconds + grace_));
-  std::string payload;
-  const detail::IoStatus s = detail::read_frame(fds[0], payload, deadline);
-  close(fds[0]);
-  if (s == detail::IoStatus::ok) {
+void ForkRunner::retire(Child& c) {
+  if (c.pid > 0) {
+    kill(c.pid, SIGKILL);  // by pid: a child that left the worker's session or group still ends here
+    exiting_.push_back(c.pid);
+  }
+  close_fd(c.request_fd);
+  close_fd(c.reply_fd);
+  c = Child{};
+}
+
+void ForkRunner::reap(bool block) {
+  for (auto it = exiting_.begin(); it != exiting_.end();) {
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    pid_t r;
+    while ((r = waitpid(*it, &status, block ? 0 : WNOHANG)) < 0 && errno == EINTR) {
     }
-    return payload;
+    it = r == 0 ? it + 1 : exiting_.erase(it);
   }
-  if (s == detail::IoStatus::timeout) kill(pid, SIGKILL);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+}
+
+bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
+  // The rlimit is the backstop; the allocator accounting gives the clean "Memory limit exceeded".
+  const std::uint64_t base = address_space_now();
+  const rlim_t as_bytes = base + (l.memory_limit_mb << 20) + (256u << 20);
+  const rlimit as{as_bytes, as_bytes};
+  const rlimit fsize{64u << 20, 64u << 20};
+  const auto cpu_s = static_cast<rlim_t>(std::ceil(l.cpu_time_seconds)) + 1;
+  const rlimit cpu{cpu_s, cpu_s + 1};
+  return (!base || prlimit(pid, RLIMIT_AS, &as, nullptr) == 0) && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
+         (l.cpu_time_seconds <= 0 || prlimit(pid, RLIMIT_CPU, &cpu, nullptr) == 0);
+}
+
+std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
+  if (!scan::valid(reply)) return "the run's reply is not valid JSON";
+  const std::uint64_t out_cap = l.max_output_kb * 1024, result_cap = l.max_result_kb * 1024;
+  std::string why;
+  bool is_object = scan::for_each_member(reply, [&](std::string_view key, std::string_view value) {
+    if (!why.empty()) return;
+    // Our writer never escapes a key: an escaped one could spell a checked name another way.
+    if (key.find('\\') != std::string_view::npos) {
+      why = "the run's reply has an escaped key";
+    } else if (key == "stdout" || key == "stderr") {
+      if (value.empty() || value[0] != '"')
+        why = "the run's reply has a non-string " + std::string(key);
+      else if (scan::decoded_size(value) > out_cap)
+        why = "the run's " + std::string(key) + " exceeds max_output_kb";
+    } else if (key == "result") {
+      if (scan::result_charge(value) > result_cap) why = "the run's result exceeds max_result_kb";
+    } else if (key == "error") {
+      if (value[0] == '"' && scan::decoded_size(value) > kMaxErrorBytes) why = "the run's error text is too long";
+    } else if (key == "id") {
+      if (value != l.id) why = "the run's reply carries another id";
+    } else if (key == "nonce") {
+      if (value != l.nonce) why = "the run's reply carries another nonce";
+    } else if (key == "type") {
+      if (value != "\"reply\"") why = "the run's reply is not a reply";
+    }
+  });
+  if (!is_object) return "the run's reply is not a JSON object";
+  return why;
+}
+
+std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out, bool protocol,
+                                     const std::string& why) const {
   RunResult r;
-  if (s == detail::IoStatus::timeout) {
-    r = detail::timeout_result(p.timeout_seconds);
-  } else if (WIFSIGNALED(status) && p.cpu_time_seconds > 0 &&
+  if (protocol) {
+    r = detail::failure(ErrorKind::protocol_error, why);
+  } else if (timed_out) {
+    r = detail::timeout_result(l.timeout_seconds);
+  } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
              (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL)) {
     r = detail::failure(ErrorKind::cpu_time,
-                        "CPU time limit exceeded after " + detail::format_seconds(p.cpu_time_seconds) + "s", 124);
+                        "CPU time limit exceeded after " + detail::format_seconds(l.cpu_time_seconds) + "s", 124);
     r.resource_exceeded = true;
   } else if (WIFSIGNALED(status)) {
-    r = detail::failure(ErrorKind::worker_crashed, "the run's process was killed by " + describe_signal(WTERMSIG(status)));
-  } else {
     r = detail::failure(ErrorKind::worker_crashed,
-                        "the run's process exited with status " + std::to_string(WEXITSTATUS(status)) + " without a reply");
+                        "the run's process was killed by " + describe_signal(WTERMSIG(status)));
+  } else if (!why.empty()) {
+    r = detail::failure(ErrorKind::worker_crashed, why);
+  } else {
+    r = detail::failure(ErrorKind::worker_crashed, "the run's process exited with status " +
+                                                       std::to_string(WEXITSTATUS(status)) + " without a reply");
   }
   r.isolation = Isolation::fork;
+  json j = detail::reply_from_result(r);
+  for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) j.erase(k);
+  j["id"] = detail::parse_json(l.id);
+  if (!l.nonce.empty()) j["nonce"] = detail::parse_json(l.nonce);
+  if (l.typed) j["type"] = "reply";
+  std::string head = detail::dump_json(j);
+  head.pop_back();  // the closing brace: the output follows
+  if (protocol) {
+    head += R"(,"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false})";
+    return head;
+  }
+  // A killed run's partial output, taken from the shared buffer in place: the parent's only copy
+  // is the reply text, which the caller wipes once sent.
   capture::adopt_shared();
-  r.stdout_text = capture::text(0);
-  r.stderr_text = capture::text(1);
   r.stdout_truncated = capture::truncated(0);
   r.stderr_truncated = capture::truncated(1);
-  return reply(id, nonce, r);
+  const std::string_view out = capture::view(0), err = capture::view(1);
+  std::string text;
+  text.reserve(head.size() + 6 * (out.size() + err.size()) + 64);  // no reallocation: nothing left unwiped
+  text += head;
+  text += ",\"stdout\":";
+  append_json_string(text, out);
+  text += ",\"stderr\":";
+  append_json_string(text, err);
+  text += ",\"stdout_truncated\":";
+  text += r.stdout_truncated ? "true" : "false";
+  text += ",\"stderr_truncated\":";
+  text += r.stderr_truncated ? "true" : "false";
+  text += '}';
+  return text;
+}
+
+void ForkRunner::run(std::string& frame, std::string& reply) {
+  // Only our numbers are taken from the request, in place; the code and input stay bytes.
+  Limits l;
+  auto id = scan::member(frame, "id");
+  auto nonce = scan::member(frame, "nonce");
+  auto policy = scan::member(frame, "policy");
+  if (!scan::valid(frame) || !id || !policy || !scan::number(*id)) {
+    // The child would refuse it too; a request that is not even JSON gets its answer here.
+    RunResult r = detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object");
+    json j = detail::reply_from_result(r);
+    j["id"] = nullptr;
+    reply = detail::dump_json(j);
+    return;
+  }
+  l.id.assign(id->data(), id->size());
+  if (nonce) l.nonce.assign(nonce->data(), nonce->size());
+  l.typed = scan::member(frame, "type").has_value();
+  if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
+  if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)
+    l.cpu_time_seconds = *v;
+  l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);
+  l.max_output_kb = positive(scan::number(scan::member(*policy, "max_output_kb").value_or("")), l.max_output_kb);
+  l.max_result_kb = positive(scan::number(scan::member(*policy, "max_result_kb").value_or("")), l.max_result_kb);
+  // The parent's view of the shared buffer (a killed child's output is read from it).
+  if (!capture::begin(positive(scan::number(*id), 0), l.max_output_kb * 1024)) {
+    reply = parent_reply(l, 0, false, false, "cannot allocate the output buffer");
+    return;
+  }
+
+  Child c;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (spare_.pid > 0) {
+      c = spare_;
+      spare_ = Child{};
+    } else if (!fork_child(c, false)) {
+      reply = parent_reply(l, 0, false, false, std::string("fork failed: ") + strerror(errno));
+      return;
+    }
+    if (set_limits(c.pid, l) && detail::write_frame(c.request_fd, frame) == detail::IoStatus::ok) break;
+    retire(c);  // a spare that died while idle: one more, forked now
+    if (attempt == 1) {
+      reply = parent_reply(l, 0, false, false, "the run's process could not be prepared");
+      return;
+    }
+  }
+  close_fd(c.request_fd);
+  wipe(frame);
+
+  const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
+                                                   std::chrono::duration<double>(l.timeout_seconds + grace_));
+  // The largest honest reply: every byte of output and result escaped (\u00XX), the error text, the rest.
+  const std::uint64_t max_reply =
+      6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + kMaxErrorBytes) + (64u << 10);
+  const auto cap = static_cast<std::uint32_t>(std::min<std::uint64_t>(max_reply, detail::kMaxFrameBytes));
+  const detail::IoStatus s = detail::read_frame(c.reply_fd, reply, deadline, cap);
+  if (s == detail::IoStatus::ok) {
+    const std::string why = check_reply(reply, l);
+    retire(c);  // the reply goes out before the child is reaped
+    if (why.empty()) return;
+    wipe(reply);
+    reply = parent_reply(l, 0, false, true, why);
+    return;
+  }
+  wipe(reply);
+  const pid_t pid = c.pid;
+  kill(pid, SIGKILL);
+  const int status = wait_status(pid);
+  c.pid = -1;
+  retire(c);
+  if (s == detail::IoStatus::too_large) {
+    reply = parent_reply(l, status, false, true, "the run's reply is larger than its caps allow");
+  } else {
+    reply = parent_reply(l, status, s == detail::IoStatus::timeout, false, "");
+  }
+}
+
+void ForkRunner::serve(void (*inspect)(std::string_view frame)) {
+  signal(SIGIO, SIG_IGN);  // a child's F_SETOWN/O_ASYNC cannot kill the worker with SIGIO
+  std::string frame, reply;
+  for (;;) {
+    if (spare_.pid < 0) {
+      pollfd p{detail::kProtocolFd, POLLIN, 0};
+      int r;
+      while ((r = poll(&p, 1, kSpareAfterIdleMs)) < 0 && errno == EINTR) {
+      }
+      if (r == 0) {  // idle: the children of earlier runs are gone by now, the next one gets ready
+        reap(true);
+        if (!fork_child(spare_, true)) spare_ = Child{};
+      }
+    }
+    reap(false);
+    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
+    if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
+    if (s != detail::IoStatus::ok) _exit(70);
+    if (inspect) inspect(frame);
+    run(frame, reply);
+    wipe(frame);
+    const detail::IoStatus w = detail::write_frame(detail::kProtocolFd, reply);
+    wipe(reply);
+    capture::wipe();
+    if (w != detail::IoStatus::ok) _exit(0);
+  }
 }
 
 }  // namespace spr::embed

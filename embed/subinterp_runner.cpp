@@ -2,9 +2,11 @@
 // (Py_NewInterpreterFromConfig); on 3.10/3.11 the legacy Py_NewInterpreter shares the GIL.
 #include "subinterp_runner.hpp"
 
+#include <poll.h>
+
 #include "audit.hpp"
-#include "deadline.hpp"
 #include "common/wire.hpp"
+#include "deadline.hpp"
 
 namespace spr::embed {
 
@@ -47,13 +49,17 @@ void end_interpreter(PyThreadState* main, PyThreadState* ts) {
 
 }  // namespace
 
+// Ended interpreters still waiting beyond this many are ended at once (memory stays bounded).
+constexpr std::size_t kMaxRetired = 2;
+// A request arriving within this long of the last reply is taken as back to back.
+constexpr int kBackToBackMs = 2;
+
 std::string SubinterpRunner::start() {
   main_ = PyThreadState_Get();
-  return build_spare();
+  return build_one();
 }
 
-std::string SubinterpRunner::build_spare() {
-  if (spare_) return {};
+std::string SubinterpRunner::build_one() {
   audit::Trusted trusted;  // creating interpreters is denied to user code, not to us
   PyThreadState* ts = nullptr;
 #if PY_VERSION_HEX >= 0x030C0000
@@ -68,41 +74,47 @@ std::string SubinterpRunner::build_spare() {
   PyStatus st = Py_NewInterpreterFromConfig(&ts, &cfg);
   if (PyStatus_Exception(st) || !ts) {
     switch_to(main_);
-    spare_error_ = std::string("creating a sub-interpreter failed") + (st.err_msg ? std::string(": ") + st.err_msg : "");
-    return spare_error_;
+    error_ = std::string("creating a sub-interpreter failed") + (st.err_msg ? std::string(": ") + st.err_msg : "");
+    return error_;
   }
 #else
   ts = Py_NewInterpreter();
   if (!ts) {
     PyThreadState_Swap(main_);
-    spare_error_ = "creating a sub-interpreter failed";
-    return spare_error_;
+    error_ = "creating a sub-interpreter failed";
+    return error_;
   }
 #endif
-  spare_state_ = InterpState{};
-  use_state(&spare_state_);
+  Ready r;
+  r.ts = ts;
+  use_state(&r.state);
   std::string err = init_current_interpreter();
   use_state(nullptr);
   if (!err.empty()) {
     end_interpreter(main_, ts);
-    spare_error_ = err;
+    error_ = err;
     return err;
   }
   switch_to(main_);
-  spare_ = ts;
-  spare_error_.clear();
+  ready_.push_back(std::move(r));
+  error_.clear();
   return {};
 }
 
+void SubinterpRunner::end_one() {
+  if (retired_.empty()) return;
+  audit::Trusted trusted;
+  end_interpreter(main_, retired_.front());
+  retired_.pop_front();
+}
+
 RunResult SubinterpRunner::run(const Request& req) {
-  if (!spare_ && !build_spare().empty()) {
-    return detail::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + spare_error_);
-  }
-  used_ = spare_;
-  used_state_ = spare_state_;
-  spare_ = nullptr;
-  switch_to(used_);
-  use_state(&used_state_);
+  if (ready_.empty() && !build_one().empty())
+    return detail::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + error_);
+  used_ = std::move(ready_.front());
+  ready_.pop_front();
+  switch_to(used_.ts);
+  use_state(&used_.state);
   RunResult r = embed::run(req);
   deadline::cancel_interval_timers();
   use_state(nullptr);
@@ -110,14 +122,30 @@ RunResult SubinterpRunner::run(const Request& req) {
   return r;
 }
 
-void SubinterpRunner::recycle() {
-  if (used_) {
-    audit::Trusted trusted;
-    end_interpreter(main_, used_);
-    used_ = nullptr;
-    used_state_ = InterpState{};
+void SubinterpRunner::retire() {
+  if (!used_.ts) return;
+  retired_.push_back(used_.ts);
+  used_ = Ready{};
+  while (retired_.size() > kMaxRetired) end_one();
+}
+
+void SubinterpRunner::work_while_idle(int fd) {
+  if (retired_.empty() && ready_.size() >= pool_size_) return;
+  auto request_waiting = [fd](int timeout_ms) {
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, timeout_ms) != 0;  // an error also ends the idle work: the read reports it
+  };
+  // A request that follows its reply this closely is back to back: serve it first.
+  if (request_waiting(kBackToBackMs)) return;
+  while (!request_waiting(0)) {
+    if (!retired_.empty()) {
+      end_one();
+    } else if (ready_.size() < pool_size_) {
+      if (!build_one().empty()) return;  // reported on the next run
+    } else {
+      return;
+    }
   }
-  build_spare();
 }
 
 }  // namespace spr::embed

@@ -1,6 +1,8 @@
-// Sub-interpreter isolation mode: each run gets a fresh sub-interpreter built ahead of time.
+// Sub-interpreter isolation mode: each run gets a fresh sub-interpreter from a pool built while idle.
 #pragma once
 
+#include <cstddef>
+#include <deque>
 #include <string>
 
 #include "engine.hpp"
@@ -10,20 +12,31 @@ namespace spr::embed {
 
 class SubinterpRunner {
  public:
-  // Builds the first spare. Returns "" or the reason sub-interpreters are unavailable.
+  explicit SubinterpRunner(std::size_t pool_size = 2) : pool_size_(pool_size ? pool_size : 1) {}
+  // Builds the first interpreter. Returns "" or the reason sub-interpreters are unavailable.
   std::string start();
   RunResult run(const Request& req);
-  // Ends the interpreter the last run used and builds the next spare; the worker calls it after
-  // sending the reply, so creation cost stays off the caller's path when runs are not back to back.
-  void recycle();
+  // After the reply went out: the interpreter the last run used is queued for ending.
+  void retire();
+  // True while a used interpreter has not been ended yet (its objects may still own descriptors).
+  bool has_retired() const { return !retired_.empty(); }
+  // While nothing is waiting on `fd`: ends retired interpreters and fills the pool, one at a time,
+  // so neither cost sits on a caller's path unless requests come back to back.
+  void work_while_idle(int fd);
 
  private:
-  std::string build_spare();
+  struct Ready {
+    PyThreadState* ts = nullptr;
+    InterpState state;
+  };
+  std::string build_one();
+  void end_one();
+  std::size_t pool_size_;
   PyThreadState* main_ = nullptr;
-  PyThreadState* spare_ = nullptr;
-  PyThreadState* used_ = nullptr;
-  InterpState spare_state_, used_state_;
-  std::string spare_error_;
+  std::deque<Ready> ready_;
+  std::deque<PyThreadState*> retired_;
+  Ready used_;
+  std::string error_;
 };
 
 }  // namespace spr::embed

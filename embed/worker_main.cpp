@@ -29,7 +29,6 @@ namespace {
 using spr::json;
 namespace detail = spr::detail;
 
-constexpr int kIdleSpinMicroseconds = 50;
 constexpr std::uint64_t kBackstopSlackMb = 256;
 
 struct Args {
@@ -41,6 +40,7 @@ struct Args {
   double grace = 0.25;
   std::uint64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;
+  std::size_t subinterpreter_pool = 2;
   std::vector<std::string> sys_path;    // --sys-path, repeated: the chosen python3's sys.path
   std::string python;                   // --python: that python3 (sys.executable)
   std::vector<std::string> preload;     // --preload, repeated
@@ -94,6 +94,8 @@ Args parse_args(int argc, char** argv) {
       a.read_paths.push_back(value());
     } else if (k == "--grace") {
       a.grace = std::stod(value());
+    } else if (k == "--subinterpreter-pool") {
+      a.subinterpreter_pool = static_cast<std::size_t>(std::stoul(value()));
     } else if (k == "--version") {
       std::string v = std::string("spr-worker ") + spr::version() + "\n";
       ssize_t ignored = write(1, v.data(), v.size());
@@ -309,9 +311,9 @@ int main(int argc, char** argv) {
   }
   int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
   int devnull_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);        // before Landlock makes it read-only
-  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace);
+  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace, args.allow_network);
   if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
-  spr::embed::SubinterpRunner subinterps;
+  spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
   if (args.isolation == spr::Isolation::subinterpreter) {
     std::string e = subinterps.start();
     if (!e.empty()) {
@@ -329,6 +331,15 @@ int main(int argc, char** argv) {
   if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
 
   if (args.session_memory_mb >= 0) spr::embed::serve_session(args.allow_network);
+#ifdef SPR_FAULTS
+  if (args.isolation == spr::Isolation::fork)
+    fork_runner.serve([](std::string_view f) {
+      const json req = detail::parse_json(f);
+      inject_fault(req.at("code").get<std::string>(), req.at("id"), req.value("nonce", json()));
+    });
+#else
+  if (args.isolation == spr::Isolation::fork) fork_runner.serve();
+#endif
 
   // namespace and subinterpreter workers serve several runs: what a run changes process-wide is put back.
   spr::embed::ProcessState process_state;
@@ -336,9 +347,13 @@ int main(int argc, char** argv) {
   PolicyCache policies;
   std::string frame;
   for (;;) {
-    // A short spin first: back-to-back requests then skip the sleep and the cross-CPU wake-up.
-    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes,
-                                kIdleSpinMicroseconds);
+    if (args.isolation == spr::Isolation::subinterpreter) {
+      subinterps.work_while_idle(detail::kProtocolFd);
+      // Every used interpreter has ended, so no object owns a descriptor a run left open: close them.
+      if (!subinterps.has_retired()) process_state.restore(true);
+    }
+    // No spin before sleeping: measured under load it cost more than the wake-up it saves (issue 12).
+    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
     if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
     if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
     json id = nullptr, nonce = nullptr;
@@ -358,11 +373,6 @@ int main(int argc, char** argv) {
 #ifdef SPR_FAULTS
       inject_fault(rq.code, id, nonce);
 #endif
-      if (args.isolation == spr::Isolation::fork) {
-        std::string raw = fork_runner.run(rq, id, nonce);
-        if (detail::write_frame(detail::kProtocolFd, raw) != detail::IoStatus::ok) _exit(0);
-        continue;
-      }
       r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
     } catch (const std::exception& e) {
       r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());
@@ -370,8 +380,8 @@ int main(int argc, char** argv) {
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);
     if (args.isolation == spr::Isolation::subinterpreter) {
-      subinterps.recycle();
-      process_state.restore(true);  // the run's interpreter is gone: no object of it owns a descriptor now
+      subinterps.retire();
+      process_state.restore(false);  // descriptors wait until the run's interpreter has ended (loop top)
     } else if (args.isolation == spr::Isolation::namespace_) {
       process_state.restore(false);  // module objects of earlier runs may own descriptors: left alone
     }

@@ -149,6 +149,7 @@ struct Runner::Impl {
     so.allow_network = key.network;
     so.once = once;
     so.grace_seconds = options.kill_grace_seconds;
+    so.subinterpreter_pool = options.subinterpreter_pool;
     so.start_timeout_seconds = options.start_timeout_seconds;
     so.inherit_stderr = options.worker_stderr;
     return so;

@@ -171,6 +171,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_, "--grace",
                                    format_seconds(o.grace_seconds)};
   if (o.once) args.push_back("--once");
+  if (o.isolation == Isolation::subinterpreter) {
+    args.push_back("--subinterpreter-pool");
+    args.push_back(std::to_string(o.subinterpreter_pool));
+  }
   if (o.allow_network) args.push_back("--allow-network");
   if (o.memory_backstop_mb > 0) {
     args.push_back("--memory-backstop-mb");
@@ -303,6 +307,10 @@ void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uin
   }
 }
 
+// A control reply (a session's variables) comes from a process that ran user code: capped before
+// anything is allocated, like a run's reply.
+constexpr std::uint32_t kMaxControlReplyBytes = 8u << 20;
+
 std::optional<json> WorkerProcess::request(std::uint64_t id, json message, Clock::time_point deadline) {
   if (!alive_) return std::nullopt;
   const std::string n = nonce();
@@ -310,7 +318,7 @@ std::optional<json> WorkerProcess::request(std::uint64_t id, json message, Clock
   message["nonce"] = n;
   std::string frame;
   if (write_frame(sock_.get(), dump_json(message), true) != IoStatus::ok ||
-      read_frame(sock_.get(), frame, deadline, kMaxFrameBytes, 0, pidfd_.get()) != IoStatus::ok) {
+      read_frame(sock_.get(), frame, deadline, kMaxControlReplyBytes, 0, pidfd_.get()) != IoStatus::ok) {
     kill_and_reap();
     return std::nullopt;
   }
@@ -417,7 +425,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   std::string why;
   bool stale_seen = false;
   for (int frames = 0;; ++frames) {
-    IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 50, pidfd_.get());
+    IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 0, pidfd_.get());
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
     why = check_reply(frame, id, n, policy, r);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)

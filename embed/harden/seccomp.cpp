@@ -6,6 +6,7 @@
 #include <seccomp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <linux/sockios.h>
 #include <sys/syscall.h>
@@ -27,6 +28,7 @@ enum class Arg {
   a0_no_clone_thread,  // clone() creating a process rather than a thread
   a1_non_null,         // setrlimit(resource, new): setting, not reading
   a2_non_null,         // prlimit64(pid, resource, new, old): setting, not reading
+  a0_eq,               // prctl(option == value): the option is an int, its low 32 bits are compared
   a1_eq,               // fcntl/ioctl(fd, cmd == value): one command
   a1_eq_a2_bit,        // fcntl(fd, cmd == value, arg with bit `extra` set)
 };
@@ -99,8 +101,11 @@ constexpr Rule kNetwork[] = {
 };
 
 // The per-run child's filter: exec and every new process, whatever the worker's filter allowed.
+// The child also keeps its parent-death signal (it dies with the worker, whatever its session or
+// group); signal-driven I/O is refused by the worker's filter, which the child inherits.
 constexpr Rule kChildOnly[] = {
     {"execve", EPERM, Arg::any}, {"execveat", EPERM, Arg::any}, {"clone3", ENOSYS, Arg::any},
+    {"prctl", EPERM, Arg::a0_eq, PR_SET_PDEATHSIG},
 };
 
 // The child's pid is unknown when its program is built (before fork), so the program carries this constant
@@ -133,7 +138,10 @@ int add_rules(scmp_filter_ctx ctx, const Rule (&rules)[N], std::uint32_t self_pi
         break;
       case Arg::a1_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_NE, 0)); break;
       case Arg::a2_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_NE, 0)); break;
-      // The command is an int: compare its low 32 bits only, so a crafted upper half cannot dodge the rule.
+      // Ints (a prctl option, a command): compare their low 32 bits only, so a crafted upper half cannot dodge the rule.
+      case Arg::a0_eq:
+        rc = seccomp_rule_add(ctx, action, nr, 1, compare(0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, rule.value));
+        break;
       case Arg::a1_eq:
         rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, rule.value));
         break;

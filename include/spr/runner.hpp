@@ -35,6 +35,7 @@ struct RunnerOptions {
   std::filesystem::path worker_path;           // empty: $SPR_WORKER, then next to this program, then the install dir
   double kill_grace_seconds = 0.25;            // hard deadline = timeout + grace
   double start_timeout_seconds = 10;           // a worker that sends no hello by then is killed
+  std::size_t subinterpreter_pool = 2;         // subinterpreter mode: interpreters each worker keeps ready
   // Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   // Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;

@@ -19,6 +19,7 @@ struct SpawnOptions {
   std::filesystem::path worker_path;
   Isolation isolation = Isolation::fork;
   bool once = false;  // process mode: one request, then exit
+  std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
   double grace_seconds = 0.25;

@@ -124,8 +124,15 @@ TEST_CASE("security: escape attempts under the default policy") {
 
     // Baseline: a warm pool, its processes and threads.
     runner.run("result = 0", json::object());
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    const auto before = sec::descendants(getpid(), {decoy.pid()});
+    // Settled: the count stays the same over three samples (a fork-mode worker forks its next run's
+    // child once idle; that spare belongs to the baseline).
+    std::vector<sec::ProcInfo> before;
+    for (int i = 0, same = 0; i < 40 && same < 3; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      auto now = sec::descendants(getpid(), {decoy.pid()});
+      same = i > 0 && now.size() == before.size() ? same + 1 : 0;
+      before = std::move(now);
+    }
     const std::size_t base_procs = before.size();
     const int base_threads = sec::total_threads(before);
     const std::size_t err_offset = tap.size();

@@ -1,0 +1,141 @@
+// spr-bench's shared vocabulary: options, samples, the measured figures, and /proc helpers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace spr_bench {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// The quick-start snippet: what every mode, the engine and the baseline run.
+extern const char* const kSnippet;
+extern const json kInput;
+bool expected_result(const json& r);
+
+constexpr double kPacedGapMs = 50;  // the "agent thinks between runs" arrival pattern
+
+struct Options {
+  bool quick = false;
+  std::string json_path, plot_path;
+  std::vector<std::string> modes{"namespace", "subinterpreter", "fork", "process"};
+  std::string worker_path;
+  std::string cli_path = SPR_BENCH_CLI;
+  std::string baseline_python = "/usr/bin/python3";
+  std::string baseline_script = SPR_BENCH_BASELINE_SCRIPT;
+  bool engine = true, baseline = true, serve = true, floors = true;
+  bool pandas = true, only_pandas = false;  // the pandas case (pandas_case.cpp)
+  bool sessions = true, sessions_only = false;  // the session section (session_bench.cpp)
+  // Sizes; filled from --quick unless given explicitly.
+  int seq_runs = -1, paced_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1,
+      floor_runs = -1;
+  double tput_seconds = -1;
+};
+Options parse_options(int argc, char** argv);
+
+// p50/p99 of a sample, in microseconds.
+struct Stats {
+  int n = 0;
+  double p50 = 0, p99 = 0;
+};
+Stats stats(std::vector<double> us);
+double us_since(Clock::time_point t0);
+
+// One arrival pattern of one mode.
+struct Pattern {
+  Stats lat;
+  long failures = 0;
+  std::optional<double> cpu_us_per_run;  // bench + workers (+ their fork children)
+  std::optional<double> faults_per_run;  // fork mode: minor faults of the reaped run children
+};
+
+struct ModeResult {
+  std::string name;
+  bool available = false;
+  std::string error, first_failure;
+  Pattern b2b, paced;
+  double runs_per_s = 0;  // 2 workers fed by 4 threads
+  long tput_failures = 0;
+  std::optional<double> cold_start_ms;
+  std::optional<double> idle_rss_mb, idle_pss_mb;
+};
+
+// Costs measured beside the modes, in the same run: what each mode is compared with.
+struct Floors {
+  std::optional<Stats> pipe_same_cpu, pipe_cross_cpu;  // round trip of 4 bytes between two processes
+  double fork_rss_mb = 0;                              // resident size the bare fork was given
+  std::optional<Stats> bare_fork;                      // fork + _exit + waitpid of that process
+  std::optional<double> bare_fork_cpu_us;              // CPU of parent and child per bare fork
+  std::optional<double> cow_us_per_page;               // extra cost per page a child writes
+  std::optional<Stats> subinterp;                      // Py_NewInterpreter + Py_EndInterpreter
+  std::optional<Stats> python_pass;                    // fresh `python3 -c pass`
+};
+
+// The engine in a forked child of the bench: a run in this process, and a run in a forked child of
+// the warm engine (minor faults counted in that child with getrusage).
+struct EngineResult {
+  bool available = false;
+  std::string error, python;
+  Stats lat;
+  long failures = 0;
+  std::optional<double> cpu_us_per_run;
+  std::optional<Stats> fork_run;
+  std::optional<double> fork_run_faults;
+};
+
+struct BaselineResult {
+  bool available = false;
+  std::string error;
+  Stats lat;
+  long failures = 0;
+  std::optional<double> cpu_us_per_run;
+};
+
+struct ServeResult {
+  bool available = false;
+  std::string error;
+  Pattern b2b, paced;
+};
+
+struct Report {
+  std::vector<ModeResult> modes;
+  Floors floors;
+  EngineResult engine;
+  BaselineResult baseline;
+  ServeResult serve;  // namespace mode through `safe-py-runner serve`
+  bool engine_run = false, baseline_run = false, serve_run = false;
+  std::string python, load_start, load_end;
+  double seconds = 0;
+};
+
+// Measurements (floors.cpp: outside the Runner; modes.cpp: through it and through serve).
+Floors measure_floors(const Options& o, double rss_mb);
+EngineResult measure_engine(const Options& o);
+BaselineResult measure_baseline(const Options& o);
+ModeResult measure_mode(const Options& o, const std::string& mode, std::string& python_version);
+ServeResult measure_serve(const Options& o);
+
+// Report (report.cpp): the table, the JSON with targets, the SVG.
+void print_report(const Report& r);
+json to_json(const Report& r);
+void write_plot(const Report& r, const std::string& path);
+
+// /proc and rusage helpers (common.cpp).
+std::string loadavg();
+double rusage_seconds(int who);
+std::vector<pid_t> worker_children();                        // our direct children named spr-worker
+double cpu_seconds_all();                                    // this process, its reaped children and live workers
+double reaped_child_faults(const std::vector<pid_t>& pids);  // cminflt summed
+std::map<std::string, double> kb_fields(const std::string& path);
+// Reads `fd` to end of stream, closes it, and reaps `pid` (its exit status goes to `status`).
+std::string drain_and_reap(int fd, pid_t pid, int& status);
+bool write_all(int fd, const std::string& text);
+
+}  // namespace spr_bench

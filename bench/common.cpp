@@ -1,0 +1,266 @@
+// spr-bench helpers: the snippet, percentiles, options, and what /proc and rusage tell about our processes.
+#include <dirent.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "bench.hpp"
+
+namespace spr_bench {
+
+const char* const kSnippet = "import math\nresult = math.sqrt(input_data['x'])";
+const json kInput = {{"x", 81}};
+bool expected_result(const json& r) {
+  return r.is_number() && r.get<double>() == 9.0;
+}
+
+double us_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+}
+
+Stats stats(std::vector<double> v) {
+  Stats s;
+  s.n = static_cast<int>(v.size());
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto rank = [&](double q) {  // nearest rank
+    const auto i = static_cast<std::size_t>(std::max(0.0, std::ceil(q * static_cast<double>(v.size())) - 1));
+    return v[std::min(i, v.size() - 1)];
+  };
+  s.p50 = rank(0.50);
+  s.p99 = rank(0.99);
+  return s;
+}
+
+namespace {
+
+[[noreturn]] void usage(const char* argv0, int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--modes a,b,...]\n"
+               "          [--runs N] [--paced-runs N] [--process-runs N] [--seconds S] [--baseline-runs N]\n"
+               "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
+               "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--no-pandas] [--only-pandas]\n"
+               "          [--no-sessions | --sessions-only]\n"
+               "          [--worker PATH] [--cli PATH]\n"
+               "          [--baseline-python PATH] [--baseline-script PATH]\n"
+               "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
+               "subinterpreter's back-to-back sample (an interpreter is built per run there)\n"
+               "paced: one request every %.0f ms; back to back: the next request as soon as the reply is in\n",
+               argv0, kPacedGapMs);
+  std::exit(code);
+}
+
+}  // namespace
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "missing value for %s\n", a.c_str());
+        usage(argv[0], 2);
+      }
+      return argv[++i];
+    };
+    try {
+      if (a == "--quick")
+        o.quick = true;
+      else if (a == "--json")
+        o.json_path = value();
+      else if (a == "--plot")
+        o.plot_path = value();
+      else if (a == "--worker")
+        o.worker_path = value();
+      else if (a == "--cli")
+        o.cli_path = value();
+      else if (a == "--baseline-python")
+        o.baseline_python = value();
+      else if (a == "--baseline-script")
+        o.baseline_script = value();
+      else if (a == "--no-engine")
+        o.engine = false;
+      else if (a == "--no-baseline")
+        o.baseline = false;
+      else if (a == "--no-serve")
+        o.serve = false;
+      else if (a == "--no-floors")
+        o.floors = false;
+      else if (a == "--no-sessions")
+        o.sessions = false;
+      else if (a == "--sessions-only")
+        o.sessions_only = true;
+      else if (a == "--no-pandas")
+        o.pandas = false;
+      else if (a == "--only-pandas")
+        o.only_pandas = true;
+      else if (a == "--runs")
+        o.seq_runs = std::stoi(value());
+      else if (a == "--paced-runs")
+        o.paced_runs = std::stoi(value());
+      else if (a == "--process-runs")
+        o.process_runs = std::stoi(value());
+      else if (a == "--baseline-runs")
+        o.baseline_runs = std::stoi(value());
+      else if (a == "--cold-starts")
+        o.cold_starts = std::stoi(value());
+      else if (a == "--engine-runs")
+        o.engine_runs = std::stoi(value());
+      else if (a == "--floor-runs")
+        o.floor_runs = std::stoi(value());
+      else if (a == "--seconds")
+        o.tput_seconds = std::stod(value());
+      else if (a == "--modes") {
+        o.modes.clear();
+        std::stringstream ss(value());
+        std::string m;
+        while (std::getline(ss, m, ',')) {
+          if (m.empty()) continue;
+          if (m != "namespace" && m != "subinterpreter" && m != "fork" && m != "process") {
+            std::fprintf(stderr, "unknown mode '%s'\n", m.c_str());
+            usage(argv[0], 2);
+          }
+          if (std::find(o.modes.begin(), o.modes.end(), m) == o.modes.end()) o.modes.push_back(m);
+        }
+      } else if (a == "-h" || a == "--help")
+        usage(argv[0], 0);
+      else {
+        std::fprintf(stderr, "unknown argument '%s'\n", a.c_str());
+        usage(argv[0], 2);
+      }
+    } catch (const std::logic_error&) {
+      std::fprintf(stderr, "bad number for %s\n", a.c_str());
+      usage(argv[0], 2);
+    }
+  }
+  auto dflt = [&](auto& field, auto full, auto quick) {
+    if (field < 0) field = o.quick ? quick : full;
+  };
+  dflt(o.seq_runs, 2000, 300);
+  dflt(o.paced_runs, 60, 20);
+  dflt(o.process_runs, 60, 20);
+  dflt(o.baseline_runs, 60, 20);
+  dflt(o.cold_starts, 5, 2);
+  dflt(o.engine_runs, 10000, 2000);
+  dflt(o.floor_runs, 400, 100);
+  dflt(o.tput_seconds, 3.0, 1.0);
+  return o;
+}
+
+std::string loadavg() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+double rusage_seconds(int who) {
+  struct rusage ru {};
+  getrusage(who, &ru);
+  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+namespace {
+
+// Fields of /proc/<pid>/stat after the command name (field 3 = state is index 0).
+std::vector<std::string> stat_fields(pid_t pid, std::string* comm = nullptr) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return {};
+  const auto open = line.find('('), close = line.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close < open) return {};
+  if (comm) *comm = line.substr(open + 1, close - open - 1);
+  std::istringstream rest(line.substr(close + 1));
+  std::vector<std::string> out;
+  for (std::string s; rest >> s;) out.push_back(s);
+  return out;
+}
+
+double field(const std::vector<std::string>& f, int number) {  // `number` as in proc(5)
+  const auto i = static_cast<std::size_t>(number - 3);
+  return i < f.size() ? std::strtod(f[i].c_str(), nullptr) : 0;
+}
+
+}  // namespace
+
+std::vector<pid_t> worker_children() {
+  std::vector<pid_t> out;
+  const pid_t self = getpid();
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (!std::all_of(e->d_name, e->d_name + std::strlen(e->d_name), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    const auto pid = static_cast<pid_t>(std::atol(e->d_name));
+    std::string comm;
+    auto f = stat_fields(pid, &comm);
+    if (!f.empty() && static_cast<pid_t>(field(f, 4)) == self && comm == "spr-worker") out.push_back(pid);
+  }
+  closedir(d);
+  return out;
+}
+
+double cpu_seconds_all() {
+  double s = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
+  for (pid_t pid : worker_children()) {
+    auto f = stat_fields(pid);
+    s += (field(f, 14) + field(f, 15) + field(f, 16) + field(f, 17)) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+  return s;
+}
+
+double reaped_child_faults(const std::vector<pid_t>& pids) {
+  double n = 0;
+  for (pid_t p : pids) n += field(stat_fields(p), 11);  // cminflt
+  return n;
+}
+
+std::map<std::string, double> kb_fields(const std::string& path) {
+  std::map<std::string, double> out;
+  std::ifstream f(path);
+  std::string key, line;
+  double v = 0;
+  while (std::getline(f, line)) {
+    std::istringstream ls(line);
+    if (ls >> key >> v && !key.empty() && key.back() == ':') out[key.substr(0, key.size() - 1)] = v;
+  }
+  return out;
+}
+
+std::string drain_and_reap(int fd, pid_t pid, int& status) {
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  close(fd);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return text;
+}
+
+bool write_all(int fd, const std::string& text) {
+  std::size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = write(fd, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace spr_bench

@@ -1,0 +1,232 @@
+// Fork mode under "the snippet owns its process": no earlier run's bytes in the warm worker or in
+// the child that will run the next request, no forged or oversized reply passed on, and no process
+// that outlives its run, whatever it does to its session or its worker. Observed from outside: the
+// memory of every process under this test (/proc/<pid>/mem), the process tree (this test is a child
+// subreaper, so an escaped orphan comes back to it), and the worker's peak memory.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <spr/runner.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "escape_helpers.hpp"
+
+namespace {
+
+using spr::json;
+
+// Counts occurrences of `needle` in every readable mapping of `pid`; -1 when its memory cannot be read.
+long count_in_memory(pid_t pid, const std::string& needle) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::ifstream mem("/proc/" + std::to_string(pid) + "/mem", std::ios::binary);
+  if (!maps || !mem) return -1;
+  long hits = 0;
+  bool read_any = false;
+  std::string line;
+  std::vector<char> buf(1 << 20);
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms;
+    in >> range >> perms;
+    if (perms.empty() || perms[0] != 'r' || line.find("[vvar]") != std::string::npos ||
+        line.find("[vsyscall]") != std::string::npos)
+      continue;
+    const auto dash = range.find('-');
+    unsigned long lo = std::stoul(range.substr(0, dash), nullptr, 16),
+                  hi = std::stoul(range.substr(dash + 1), nullptr, 16);
+    std::string carry;  // a needle split across two chunks is still found
+    for (unsigned long at = lo; at < hi; at += buf.size()) {
+      const std::size_t n = std::min<unsigned long>(buf.size(), hi - at);
+      mem.clear();
+      mem.seekg(static_cast<std::streamoff>(at));
+      if (!mem.read(buf.data(), static_cast<std::streamsize>(n))) break;
+      read_any = true;
+      std::string chunk = carry + std::string(buf.data(), n);
+      for (std::size_t p = chunk.find(needle); p != std::string::npos; p = chunk.find(needle, p + 1)) ++hits;
+      carry = chunk.substr(chunk.size() >= needle.size() ? chunk.size() - needle.size() + 1 : 0);
+    }
+  }
+  return read_any ? hits : -1;
+}
+
+struct Scan {
+  long hits = 0;
+  int processes = 0, unreadable = 0;
+};
+
+Scan scan_descendants(const std::string& needle) {
+  Scan s;
+  for (const auto& p : sec::descendants(getpid(), {})) {
+    const long h = count_in_memory(p.pid, needle);
+    ++s.processes;
+    if (h < 0)
+      ++s.unreadable;
+    else
+      s.hits += h;
+  }
+  return s;
+}
+
+spr::RunnerOptions fork_options() {
+  spr::RunnerOptions o;
+  o.workers = 1;
+  o.policy.isolation = spr::Isolation::fork;
+  return o;
+}
+
+// What a snippet that has the run of its process may do: os and fcntl importable.
+spr::RunnerPolicy open_policy(double timeout) {
+  spr::RunnerPolicy p = fork_options().policy;
+  p = spr::RunnerPolicy::from_json({{"blocked_imports", json::array()}, {"timeout_seconds", timeout}}, p);
+  return p;
+}
+
+pid_t only_worker() {
+  for (const auto& p : sec::descendants(getpid(), {}))
+    if (p.comm.find("spr-worker") != std::string::npos) return p.pid;
+  return -1;
+}
+
+long vm_hwm_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+  return -1;
+}
+
+// Reaps orphans adopted as subreaper, then lists what still runs under this test.
+std::vector<sec::ProcInfo> survivors() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  while (waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
+  auto left = sec::descendants(getpid(), {});
+  for (const auto& p : left) kill(p.pid, SIGKILL);  // a failed check leaves nothing running either
+  for (const auto& p : left) waitpid(p.pid, nullptr, 0);
+  return left;
+}
+
+}  // namespace
+
+TEST_CASE("fork residue: no byte of a run's input, code or output stays in the worker or the next child") {
+  spr::Runner runner(fork_options());
+  REQUIRE(runner.run("result = 0", json::object()).ok);
+  const std::string code_token = "SPRCODE" + sec::random_hex(12);
+  const std::string hex = sec::random_hex(12);
+  const std::string input_token = "SPRIN" + hex;
+  const std::string out_token = "SPROUT" + std::string(hex.rbegin(), hex.rend());  // only ever in the output
+  // The tokens exist in the running child as plain bytes (input, a code constant, printed text).
+  const std::string code =
+      "s = input_data['secret']\nc = '" + code_token + "'\nprint('SPROUT' + s[5:][::-1])\nresult = [s, c]\n";
+
+  // Control: while a run holds the secret, the scan sees it (the observer works on this machine).
+  Scan during;
+  {
+    std::thread observer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+      during = scan_descendants(input_token);
+    });
+    spr::RunResult held = runner.run(code + "import time\ntime.sleep(1.5)\n", {{"secret", input_token}});
+    observer.join();
+    REQUIRE_MESSAGE(held.ok, held.error.value_or(""));
+  }
+  REQUIRE_MESSAGE(during.hits > 0, "the memory scan found nothing even in the running child (", during.processes,
+                  " processes, ", during.unreadable, " unreadable)");
+
+  spr::RunResult a = runner.run(code, {{"secret", input_token}});
+  REQUIRE(a.ok);
+  CHECK(a.stdout_text.find(out_token) != std::string::npos);
+  spr::RunResult b = runner.run("result = 1", json::object());
+  REQUIRE(b.ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the idle worker forks and warms its spare
+  for (const std::string& token : {input_token, code_token, out_token}) {
+    const Scan after = scan_descendants(token);
+    CHECK(after.unreadable == 0);
+    CHECK_MESSAGE(after.hits == 0, token, " found ", after.hits, " times in ", after.processes, " processes");
+  }
+}
+
+TEST_CASE("fork reply checks: a forged or oversized reply written by the run never reaches the caller") {
+  spr::Runner runner(fork_options());
+  REQUIRE(runner.run("result = 0", json::object()).ok);
+  const pid_t worker = only_worker();
+  REQUIRE(worker > 0);
+  const long hwm_before = vm_hwm_kb(worker);
+  // Every pipe the run holds gets a forged reply with 200 KB of stdout past the 128 KB cap, then a
+  // header claiming 512 MiB.
+  const std::string forge =
+      "import os, stat, json\n"
+      "body = json.dumps({'ok': True, 'result': 'FORGED', 'stdout': 'A' * 200000, 'stderr': '', 'timed_out': False,"
+      " 'resource_exceeded': False, 'error': None, 'exit_code': 0, 'error_kind': 'none', 'stdout_truncated': False,"
+      " 'stderr_truncated': False, 'id': input_data['id'], 'nonce': 'guess'}).encode()\n"
+      "for fd in range(64):\n"
+      "    try:\n"
+      "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+      "            os.write(fd, (HEADER).to_bytes(4, 'little') + (body if HEADER == len(body) else b''))\n"
+      "    except OSError:\n"
+      "        pass\n"
+      "result = 'honest'\n";
+  for (const std::string header : {"len(body)", "512 << 20"}) {
+    std::string code = forge;
+    for (std::size_t p; (p = code.find("HEADER")) != std::string::npos;) code.replace(p, 6, header);
+    spr::RunResult r = runner.run(code, {{"id", 2}}, open_policy(5));
+    CHECK(r.result != json("FORGED"));
+    CHECK(r.stdout_text.size() <= 128u * 1024);
+    CHECK(r.stdout_text.find("AAAA") == std::string::npos);
+  }
+  const pid_t after = only_worker();
+  if (after == worker) CHECK(vm_hwm_kb(worker) - hwm_before < 64 * 1024);  // no 512 MiB buffer allocated
+}
+
+TEST_CASE("fork kills: a run that leaves its session and signals its worker ends with its run") {
+  REQUIRE(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  const std::string escape =
+      "import os, fcntl\n"
+      "os.setsid()\n"
+      "r, w = os.pipe()\n"
+      "try:\n"
+      "    fcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())\n"
+      "    fcntl.fcntl(r, 10, 9)\n"  // F_SETSIG: SIGKILL instead of SIGIO
+      "    fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)\n"
+      "    os.write(w, b'x')\n"
+      "except OSError:\n"
+      "    pass\n"
+      "while True:\n"
+      "    pass\n";
+  {
+    spr::Runner runner(fork_options());
+    spr::RunResult r = runner.run(escape, json::object(), open_policy(1));
+    CHECK_FALSE(r.ok);
+  }
+  auto left = survivors();
+  CHECK_MESSAGE(left.empty(), left.size(), " processes outlived the run (first: ", left.empty() ? "" : left[0].comm,
+                ")");
+
+  // The worker itself is killed while its child, in a session of its own, spins: the child dies too.
+  {
+    spr::Runner runner(fork_options());
+    REQUIRE(runner.run("result = 0", json::object()).ok);
+    const pid_t worker = only_worker();
+    REQUIRE(worker > 0);
+    std::thread killer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      kill(worker, SIGKILL);
+    });
+    spr::RunResult r = runner.run("import os\nos.setsid()\nwhile True:\n    pass\n", json::object(), open_policy(3));
+    killer.join();
+    CHECK_FALSE(r.ok);
+  }
+  left = survivors();
+  CHECK_MESSAGE(left.empty(), left.size(),
+                " processes outlived their worker (first: ", left.empty() ? "" : left[0].comm, ")");
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+}

@@ -1,0 +1,97 @@
+// Unit tests of the fork parent's in-place JSON scanner: what it accepts, the members it finds, the
+// sizes it measures (never above what the codec charges an honest result, so honest replies pass).
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "codec.hpp"
+#include "common/frame.hpp"
+#include "engine.hpp"
+#include "json_scan.hpp"
+#include "py.hpp"
+
+namespace embed = spr::embed;
+namespace scan = spr::embed::json_scan;
+using spr::json;
+
+namespace {
+
+// The smallest byte budget the codec accepts for `v` (its exact charge).
+std::uint64_t codec_charge(const json& v) {
+  static const std::string error = [] {
+    embed::EngineOptions o;
+    o.preload = false;
+    return embed::initialize(o);
+  }();
+  REQUIRE_MESSAGE(error.empty(), error);
+  embed::py::Ref obj(embed::codec::to_python(v));
+  REQUIRE(obj);
+  std::uint64_t lo = 0, hi = 1 << 20;
+  while (lo < hi) {
+    const std::uint64_t mid = (lo + hi) / 2;
+    if (embed::codec::from_python(obj.get(), mid).error.empty())
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+}  // namespace
+
+TEST_CASE("json_scan: valid JSON is accepted, malformed JSON is not") {
+  for (const char* ok : {"{}", "[]", "0", "-1.5e+3", "\"a\\u00e9\\n\"", " {\"a\": [1, true, null, {\"b\": \"c\"}]} ",
+                         "[[[[]]]]", "{\"a\":{},\"b\":[]}"})
+    CHECK_MESSAGE(scan::valid(ok), ok);
+  for (const char* bad : {"", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "\"abc", "\"\\x\"", "\"\\u12g4\"", "01", "1.",
+                          "-", "tru", "{} {}", "[1 2]", "{1:2}", "\"a\nb\""})
+    CHECK_MESSAGE(!scan::valid(bad), bad);
+  CHECK(scan::valid(std::string(scan::kMaxDepth, '[') + std::string(scan::kMaxDepth, ']')));
+  CHECK_FALSE(scan::valid(std::string(scan::kMaxDepth + 1, '[') + std::string(scan::kMaxDepth + 1, ']')));
+}
+
+TEST_CASE("json_scan: members are found in place, the last duplicate wins, nested ones are not top level") {
+  const std::string o = R"({"id": 7, "policy": {"timeout_seconds": 2.5, "id": 9}, "code": "x", "id": 8})";
+  REQUIRE(scan::member(o, "id"));
+  CHECK(*scan::member(o, "id") == "8");
+  CHECK(scan::number(*scan::member(*scan::member(o, "policy"), "timeout_seconds")) == doctest::Approx(2.5));
+  CHECK_FALSE(scan::member(o, "timeout_seconds"));
+  CHECK_FALSE(scan::number("\"7\""));
+  int members = 0;
+  CHECK(scan::for_each_member(o, [&](std::string_view, std::string_view) { ++members; }));
+  CHECK(members == 4);
+  CHECK_FALSE(scan::for_each_member("[1]", [](std::string_view, std::string_view) {}));
+}
+
+TEST_CASE("json_scan: decoded sizes match the parser's, escapes and surrogate pairs included") {
+  for (const std::string& text : {std::string("plain"), std::string("tab\tquote\"slash\\"), std::string("\x01\x1f"),
+                                  std::string("é ü ß"), std::string("€ 中"), std::string("😀 emoji"), std::string()}) {
+    for (const std::string& token : {json(text).dump(), json(text).dump(-1, ' ', true)}) {  // UTF-8 and \u escapes
+      CHECK_MESSAGE(scan::decoded_size(token) == json::parse(token).get<std::string>().size(), token);
+    }
+  }
+}
+
+TEST_CASE("json_scan: an honest result never measures above the codec's charge") {
+  const json values[] = {nullptr,
+                         true,
+                         false,
+                         0,
+                         -123456789,
+                         1.5e300,
+                         "text",
+                         "é\n\"\\😀",
+                         json::array(),
+                         json::object(),
+                         json::array({1, "a", nullptr, json::array({2.5, false})}),
+                         json{{"k", "v"}, {"n", json::array({1, 2, 3})}, {"é", json{{"x", nullptr}}}},
+                         json(std::string(3000, '\x01'))};
+  for (const json& v : values) {
+    const std::string text = spr::detail::dump_json(v);
+    CHECK_MESSAGE(scan::result_charge(text) <= codec_charge(v), text.substr(0, 60));
+    CHECK(scan::result_charge(text) > 0);
+  }
+  // Beyond 64 bits the codec sends the decimal text; the scanner still measures it no higher.
+  const json big = json::parse("[18446744073709551616]");
+  CHECK(scan::result_charge(spr::detail::dump_json(big)) <= codec_charge(big));
+}
