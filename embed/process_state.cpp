@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -53,6 +54,18 @@ void ProcessState::restore(bool descriptors) const {
   if (::syscall(SYS_close_range, first, ~0U, 0) != 0) {
     for (int fd = static_cast<int>(first); fd < kScanFds; ++fd) ::close(fd);
   }
+}
+
+bool ProcessState::descriptors_left() const {
+  if (!captured_) return false;
+  int top = kScanFds;
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < static_cast<rlim_t>(kScanFds)) top = static_cast<int>(rl.rlim_cur);
+  for (int fd = 0; fd < top; ++fd) {
+    if (fd == cwd_fd_ || std::binary_search(open_fds_.begin(), open_fds_.end(), fd)) continue;
+    if (::fcntl(fd, F_GETFD) >= 0) return true;
+  }
+  return false;
 }
 
 }  // namespace spr::embed

@@ -16,6 +16,8 @@ class ProcessState {
   // descriptor opened since capture() (only safe when no Python object can still own one: after the
   // run's sub-interpreter has ended).
   void restore(bool descriptors) const;
+  // True when a descriptor opened since capture() is still open (a scan up to RLIMIT_NOFILE).
+  bool descriptors_left() const;
 
  private:
   bool captured_ = false;

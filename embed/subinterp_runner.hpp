@@ -20,6 +20,10 @@ class SubinterpRunner {
   void retire();
   // True while a used interpreter has not been ended yet (its objects may still own descriptors).
   bool has_retired() const { return !retired_.empty(); }
+  // Ends every retired interpreter now (on the request path: only when a run left descriptors open).
+  void end_retired() {
+    while (has_retired()) end_one();
+  }
   // While nothing is waiting on `fd`: ends retired interpreters and fills the pool, one at a time,
   // so neither cost sits on a caller's path unless requests come back to back.
   void work_while_idle(int fd);

@@ -356,6 +356,11 @@ int main(int argc, char** argv) {
     auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
     if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
     if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
+    if (args.isolation == spr::Isolation::subinterpreter && subinterps.has_retired() && process_state.descriptors_left()) {
+      // Back to back after a run that left descriptors open: end its interpreter now so they can be closed.
+      subinterps.end_retired();
+      process_state.restore(true);
+    }
     json id = nullptr, nonce = nullptr;
     spr::RunResult r;
     try {

@@ -132,7 +132,12 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
   if (!configured.empty()) {
     candidates.push_back(configured);
   } else {
-    if (const char* env = getenv("SPR_WORKER"); env && *env) candidates.emplace_back(env);
+    if (const char* env = getenv("SPR_WORKER"); env && *env) {
+      // A worker named explicitly is the only candidate: a mistyped path must not quietly run another binary.
+      if (::access(env, X_OK) != 0)
+        throw WorkerError(std::string("SPR_WORKER names ") + env + ", which is not an executable file");
+      return env;
+    }
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) {

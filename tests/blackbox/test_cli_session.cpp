@@ -76,7 +76,7 @@ TEST_CASE("serve: cancel answers a queued or running request with cancelled, in 
   for (const char* mode : {"namespace", "subinterpreter", "fork", "process"}) {
     CAPTURE(mode);
     const std::string input =
-        "{\"id\": \"spin\", \"code\": \"while True: pass\", \"policy\": {\"timeout_seconds\": 60}}\n"
+        "{\"id\": \"spin\", \"code\": \"while True: pass\"}\n"  // the operator's 5 s: a ceiling
         "{\"id\": \"c\", \"cancel\": \"spin\"}\n"
         "{\"id\": \"after\", \"code\": \"result = 1\"}\n"
         "{\"id\": \"c2\", \"cancel\": \"no-such-id\"}\n";
