@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <sstream>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 
 #include "common/frame.hpp"
@@ -157,8 +158,13 @@ void RunnerPolicy::validate() const {
     fail("'cpu_time_seconds' must be zero or a positive number");
   if (!extra_globals.is_object()) fail("'extra_globals' must be an object");
   if (detail::json_depth(extra_globals) > detail::kMaxJsonDepth) fail("'extra_globals' is nested too deeply");
-  for (const auto& p : allowed_read_paths)
+  for (const auto& p : allowed_read_paths) {
     if (p.empty() || p[0] != '/') fail("'allowed_read_paths' must hold absolute paths");
+    // Compared as text against a ceiling: "." and ".." (or "//") would name another place than they seem to.
+    if (p.find("//") != std::string::npos || p.find("/./") != std::string::npos || p.find("/../") != std::string::npos ||
+        (p.size() >= 2 && p.compare(p.size() - 2, 2, "/.") == 0) || (p.size() >= 3 && p.compare(p.size() - 3, 3, "/..") == 0))
+      fail("'allowed_read_paths' must hold normalised paths (no '.', '..' or '//'): '" + p + "'");
+  }
   if (trust_domain.size() > 256) fail("'trust_domain' is longer than 256 bytes");
   if (!python_executable.empty() && python_executable[0] != '/')
     fail("'python_executable' must be an absolute path (or empty for the default python3)");
@@ -218,10 +224,20 @@ int separation(Isolation i) {
   }
   return 0;
 }
+// Where a path leads on this machine now: symlinks resolved (Landlock follows them too), so a link
+// inside an allowed directory cannot name a place outside it.
+std::string resolved(const std::string& path) {
+  std::error_code ec;
+  const auto r = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : r.string();
+}
+
 bool path_within(const std::string& path, const std::vector<std::string>& roots) {
-  return std::any_of(roots.begin(), roots.end(), [&](const std::string& root) {
-    if (path.compare(0, root.size(), root) != 0) return false;
-    return path.size() == root.size() || path[root.size()] == '/' || (!root.empty() && root.back() == '/');
+  const std::string p = resolved(path);
+  return std::any_of(roots.begin(), roots.end(), [&](const std::string& given) {
+    const std::string root = resolved(given);
+    if (p.compare(0, root.size(), root) != 0) return false;
+    return p.size() == root.size() || p[root.size()] == '/' || (!root.empty() && root.back() == '/');
   });
 }
 }  // namespace

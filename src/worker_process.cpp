@@ -11,6 +11,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -316,6 +317,14 @@ void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uin
 // anything is allocated, like a run's reply.
 constexpr std::uint32_t kMaxControlReplyBytes = 8u << 20;
 
+void WorkerProcess::trim_capture() const {
+  struct stat st {};
+  if (capture_ && ::fstat(capture_.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > max_capture_bytes_ &&
+      ::ftruncate(capture_.get(), static_cast<off_t>(max_capture_bytes_)) != 0) {
+    // Cannot shrink it: the memory stays held until the worker goes; nothing else depends on it.
+  }
+}
+
 std::optional<json> WorkerProcess::request(std::uint64_t id, json message, Clock::time_point deadline) {
   if (!alive_) return std::nullopt;
   const std::string n = nonce();
@@ -410,7 +419,11 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   std::uint64_t sent[2] = {0, 0};
   // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
   // the result is in, so the chunks always add up to the result's output.
+  // The buffer is the worker's to write: whatever a run wrote past the largest size this supervisor
+  // asked for is cut off after the run (RLIMIT_FSIZE bounds it during the run).
+  max_capture_bytes_ = std::max<std::uint64_t>(max_capture_bytes_, detail::kCaptureDataOffset + 2 * cap);
   auto finish = [&](RunResult r) {
+    trim_capture();
     if (!extras.on_output || !*extras.on_output) return r;
     if (r.stdout_text.size() > sent[0]) (*extras.on_output)(OutputStream::out, r.stdout_text.substr(sent[0]));
     if (r.stderr_text.size() > sent[1]) (*extras.on_output)(OutputStream::err, r.stderr_text.substr(sent[1]));

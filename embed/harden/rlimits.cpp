@@ -35,6 +35,8 @@ int apply(const Limit* table, std::size_t count) noexcept {
   return 0;
 }
 
+constexpr std::uint64_t kWorkerFileBytes = 257ull << 20;
+
 LayerStatus apply_worker(const WorkerOptions& options) {
   // NOFILE leaves room above the highest kept fd for Python's imports (each holds a file briefly) and pipes.
   const std::uint64_t nofile = static_cast<std::uint64_t>(options.max_kept_fd) + 64;
@@ -48,11 +50,14 @@ LayerStatus apply_worker(const WorkerOptions& options) {
       // Backstops behind the allocator accounting and the soft timers (which live in memory a run can write).
       {RLIMIT_AS, "RLIMIT_AS", options.address_space_bytes, options.address_space_bytes, options.address_space_bytes != 0},
       {RLIMIT_CPU, "RLIMIT_CPU", options.cpu_seconds, options.cpu_seconds + 1, options.cpu_seconds != 0},
+      // Files, the shared output buffer (a memfd) included: writing past its end would hold memory that
+      // neither the allocator accounting nor RLIMIT_AS sees. Room for a 128 MiB output cap per stream.
+      {RLIMIT_FSIZE, "RLIMIT_FSIZE", kWorkerFileBytes, kWorkerFileBytes, true},
   };
   if (const int err = apply(table, sizeof(table) / sizeof(table[0])); err != 0) {
     return inactive("rlimits", errno_text("setrlimit", err));
   }
-  std::string detail = "CORE=0, NOFILE=" + std::to_string(nofile);
+  std::string detail = "CORE=0, FSIZE=" + std::to_string(kWorkerFileBytes >> 20) + " MiB, NOFILE=" + std::to_string(nofile);
   detail += tasks != 0 ? ", NPROC=" + std::to_string(tasks) : ", NPROC unchanged (fork mode)";
   if (options.address_space_bytes != 0) detail += ", AS=" + std::to_string(options.address_space_bytes >> 20) + " MiB";
   if (options.cpu_seconds != 0) detail += ", CPU=" + std::to_string(options.cpu_seconds) + " s";

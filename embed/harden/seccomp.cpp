@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <linux/sockios.h>
 #include <sys/syscall.h>
@@ -31,6 +32,8 @@ enum class Arg {
   a0_eq,               // prctl(option == value): the option is an int, its low 32 bits are compared
   a1_eq,               // fcntl/ioctl(fd, cmd == value): one command
   a1_eq_a2_bit,        // fcntl(fd, cmd == value, arg with bit `extra` set)
+  a0_non_zero,         // sched_*(pid): any pid but 0 (the caller itself)
+  a0_ne,               // setpriority/ioprio_set(which != value): a group or a user, not one process
 };
 struct Rule { const char* syscall; int err; Arg arg; std::uint64_t value = 0; std::uint64_t extra = 0; };
 
@@ -92,6 +95,14 @@ constexpr Rule kLimitsAndSignals[] = {
     {"kill", EPERM, Arg::a0_not_self},            {"tkill", EPERM, Arg::a0_not_self},
     {"tgkill", EPERM, Arg::a0_not_self},          {"rt_sigqueueinfo", EPERM, Arg::a0_not_self},
     {"rt_tgsigqueueinfo", EPERM, Arg::a0_not_self}, {"pidfd_open", EPERM, Arg::a0_not_self},
+    // Scheduling of other processes: a run could slow its warm parent (and so every later run forked from it)
+    // or, by group or user, the supervisor and the host's processes of the same user. Only the caller itself,
+    // named 0, may be changed (one comparison per argument: libseccomp cannot test "neither 0 nor self").
+    {"sched_setscheduler", EPERM, Arg::a0_non_zero}, {"sched_setparam", EPERM, Arg::a0_non_zero},
+    {"sched_setattr", EPERM, Arg::a0_non_zero},      {"sched_setaffinity", EPERM, Arg::a0_non_zero},
+    {"migrate_pages", EPERM, Arg::a0_non_zero},      {"move_pages", EPERM, Arg::a0_non_zero},
+    {"setpriority", EPERM, Arg::a0_ne, PRIO_PROCESS}, {"setpriority", EPERM, Arg::a1_non_null},
+    {"ioprio_set", EPERM, Arg::a0_ne, 1 /* IOPRIO_WHO_PROCESS */}, {"ioprio_set", EPERM, Arg::a1_non_null},
 };
 
 // Every socket domain, AF_UNIX included: Landlock does not mediate connect() to a pathname unix socket, so
@@ -138,6 +149,8 @@ int add_rules(scmp_filter_ctx ctx, const Rule (&rules)[N], std::uint32_t self_pi
         break;
       case Arg::a1_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_NE, 0)); break;
       case Arg::a2_non_null: rc = seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_NE, 0)); break;
+      case Arg::a0_non_zero: rc = seccomp_rule_add(ctx, action, nr, 1, compare(0, SCMP_CMP_NE, 0)); break;
+      case Arg::a0_ne: rc = seccomp_rule_add(ctx, action, nr, 1, compare(0, SCMP_CMP_NE, rule.value)); break;
       // Ints (a prctl option, a command): compare their low 32 bits only, so a crafted upper half cannot dodge the rule.
       case Arg::a0_eq:
         rc = seccomp_rule_add(ctx, action, nr, 1, compare(0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, rule.value));

@@ -83,6 +83,8 @@ class WorkerProcess {
   pid_t pid_ = -1;
   Fd sock_;
   Fd capture_;
+  std::uint64_t max_capture_bytes_ = 0;  // the largest capture size asked for so far
+  void trim_capture() const;
   Fd pidfd_;  // readable once the worker has exited
   json hello_;
   bool alive_ = false;

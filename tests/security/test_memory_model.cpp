@@ -6,6 +6,7 @@
 // behind the accounting), the test worker spr-worker-faulty does it in C on the run's behalf.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -382,4 +383,57 @@ TEST_CASE("model: the engine's module loader reads nothing a run could not open 
   CHECK_FALSE(r.ok);
   CHECK_FALSE(sec::contains(sec::all_output(r), token));
   std::remove(path.c_str());
+}
+
+namespace {
+// Shmem of the whole machine, in kB (/proc/meminfo): memfd pages show up here.
+long shmem_kb() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  long value = 0;
+  std::string unit;
+  while (f >> key >> value >> unit)
+    if (key == "Shmem:") return value;
+  return -1;
+}
+}  // namespace
+
+TEST_CASE("model: writing past the shared output buffer holds no memory beyond the backstop") {
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  p.memory_limit_mb = 64;
+  p.timeout_seconds = 20;
+  // fd 4 is the output buffer (a memfd): 1 GiB written past its end would be memory no limit sees.
+  const std::string code =
+      "import os\nb = b'M' * (1 << 20)\nn = 0\n"
+      "try:\n    for i in range(1024):\n        os.pwrite(4, b, (1 << 30) + i * (1 << 20))\n        n += 1\n"
+      "except OSError as e:\n    pass\nresult = n\n";
+  const long before = shmem_kb();
+  runner.run(code, json::object(), p);
+  const long after = shmem_kb();
+  REQUIRE(before >= 0);
+  CHECK(after - before < 300 * 1024);  // at most the worker's RLIMIT_FSIZE (257 MiB), never the 1 GiB asked for
+  CHECK(runner.run("result = 1", json::object(), p).result == json(1));  // the pool recovers
+}
+
+TEST_CASE("model: a run cannot change the scheduling of its worker or of later runs") {
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  const std::string probe = "import os\nresult = [os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)]\n";
+  const spr::RunResult before = runner.run(probe, json::object(), p);
+  REQUIRE(before.ok);
+  runner.run(
+      "import os\nfor f in (lambda: os.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0)),\n"
+      "          lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), 19),\n"
+      "          lambda: os.setpriority(os.PRIO_PGRP, 0, 19),\n"
+      "          lambda: os.setpriority(os.PRIO_USER, 0, 19)):\n"
+      "    try:\n        f()\n    except OSError:\n        pass\n",
+      json::object(), p);
+  const spr::RunResult after = runner.run(probe, json::object(), p);
+  REQUIRE(after.ok);
+  CHECK(after.result == before.result);
+  // Nor this test process (the supervisor's), whatever the run aimed at.
+  CHECK(getpriority(PRIO_PROCESS, 0) == 0);
 }

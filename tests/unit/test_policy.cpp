@@ -356,3 +356,22 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.mode = spr::Mode::allow; }).find("'mode'") == 0);
 }
+
+TEST_CASE("allowed_read_paths: '.', '..' and '//' are refused; a ceiling compares where paths lead") {
+  for (const char* bad : {"/tmp/ok/..", "/tmp/ok/../etc", "/tmp/./ok", "/tmp//ok", "/tmp/ok/."}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(spr::RunnerPolicy::from_json({{"allowed_read_paths", {bad}}}), spr::PolicyError);
+  }
+  namespace fs = std::filesystem;
+  const fs::path base = fs::temp_directory_path() / ("spr-ceiling-" + std::to_string(::getpid()));
+  fs::create_directories(base / "ok");
+  fs::create_symlink(base, base / "ok" / "up");  // a link inside the allowed directory, pointing out of it
+  spr::RunnerPolicy ceiling;
+  ceiling.allowed_read_paths = {(base / "ok").string()};
+  spr::RunnerPolicy inside = ceiling, via_link = ceiling;
+  inside.allowed_read_paths = {(base / "ok").string()};
+  via_link.allowed_read_paths = {(base / "ok" / "up").string()};
+  CHECK(inside.looser_than(ceiling).empty());
+  CHECK_FALSE(via_link.looser_than(ceiling).empty());
+  fs::remove_all(base);
+}
