@@ -268,6 +268,8 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
     if (!path_within(path, c.allowed_read_paths)) return no("allowed_read_paths", "may only name paths under the operator's ('" + path + "' is not)");
   // Another interpreter's packages are code the operator did not choose.
   if (python_executable != c.python_executable) return no("python_executable", "must stay the operator's");
+  // A key the operator set names the party: a request claiming another would share that party's workers.
+  if (!c.trust_domain.empty() && trust_domain != c.trust_domain) return no("trust_domain", "must stay the operator's");
   return {};
 }
 

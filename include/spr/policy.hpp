@@ -71,8 +71,8 @@ struct RunnerPolicy {
   // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
   // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
   // or stronger (namespace < subinterpreter < fork < process); allow_network and scratch_dir only if
-  // the ceiling enables them; allowed_read_paths under the ceiling's. extra_globals and trust_domain
-  // are data, not privileges: free.
+  // the ceiling enables them; allowed_read_paths under the ceiling's; trust_domain unchanged when the
+  // ceiling sets one. extra_globals (and trust_domain when the ceiling has none) are free.
   std::string looser_than(const RunnerPolicy& ceiling) const;
 
   friend bool operator==(const RunnerPolicy& a, const RunnerPolicy& b);

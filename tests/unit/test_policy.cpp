@@ -375,3 +375,14 @@ TEST_CASE("allowed_read_paths: '.', '..' and '//' are refused; a ceiling compare
   CHECK_FALSE(via_link.looser_than(ceiling).empty());
   fs::remove_all(base);
 }
+
+TEST_CASE("trust_domain: free under a ceiling without one, pinned by a ceiling that sets one") {
+  spr::RunnerPolicy open_ceiling, pinned;
+  pinned.trust_domain = "alice";
+  spr::RunnerPolicy request;
+  request.trust_domain = "mallory";
+  CHECK(request.looser_than(open_ceiling).empty());
+  CHECK_FALSE(request.looser_than(pinned).empty());
+  request.trust_domain = "alice";
+  CHECK(request.looser_than(pinned).empty());
+}
