@@ -797,10 +797,13 @@ RunResult run_prepared(const Request& req) {
                          std::chrono::duration<double>(p.timeout_seconds);
     // Only a run that would otherwise succeed is turned into an overrun: one that already failed
     // stays failed (and a loaded machine's scheduling delays in its teardown do not relabel it).
+    // And by the CPU clock: a run that blocked SIGVTALRM never saw its CPU timer fire either (the
+    // rlimit backstop is coarser: whole seconds).
+    const bool cpu_overran = p.cpu_time_seconds > 0 && thread_cpu_seconds() - cpu_started > p.cpu_time_seconds;
     if ((r.ok || r.error_kind == ErrorKind::result_too_large) &&
-        (deadline::wall_fired() || deadline::cpu_fired() || overran)) {
+        (deadline::wall_fired() || deadline::cpu_fired() || overran || cpu_overran)) {
       r.result = nullptr;
-      if (overran && !deadline::cpu_fired()) {
+      if (overran && !deadline::cpu_fired() && !cpu_overran) {
         RunResult t = spr::detail::timeout_result(p.timeout_seconds);
         t.isolation = r.isolation;
         r = std::move(t);
