@@ -9,13 +9,15 @@
 #include <variant>
 
 #include "common/frame.hpp"
+#include "common/wire.hpp"
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
 
 namespace spr::protocol {
 
-// Carried in the hello; a supervisor refuses a worker that speaks another version.
-constexpr int kVersion = 2;
+// Carried in the hello; a supervisor refuses a worker that speaks another version. One number for
+// the protocol, whichever form (typed or not) a message takes.
+constexpr int kVersion = detail::kProtocolVersion;
 
 // A frame that is not a well-formed message of the expected kind. Raised by decode() only; the side
 // that reads turns it into a protocol_error (supervisor) or a bad_input reply (worker).

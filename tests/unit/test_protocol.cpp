@@ -62,7 +62,7 @@ TEST_CASE("protocol: each message type round-trips with its fields") {
 }
 
 TEST_CASE("protocol: a hello that reports a start failure needs no other field") {
-  auto h = pr::decode_as<pr::Hello>(R"({"type":"hello","protocol":2,"error":"no python"})");
+  auto h = pr::decode_as<pr::Hello>(R"({"type":"hello","protocol":1,"error":"no python"})");
   REQUIRE(h.error);
   CHECK(*h.error == "no python");
 }
@@ -80,7 +80,7 @@ TEST_CASE("protocol: malformed frames are ProtocolError, never another exception
       R"({"type":"request","id":1,"code":"","policy":{"isolation":"jail"}})",
       R"({"type":"reply","id":1,"ok":"yes"})",                      // wrong field type
       R"({"type":"output","id":1,"stream":"stdin","data":""})",
-      R"({"type":"hello","protocol":2,"pid":1,"isolation":"fork","python":"3","hardening":{}})",
+      R"({"type":"hello","protocol":1,"pid":1,"isolation":"fork","python":"3","hardening":{}})",
       R"({"type":"host_call","id":1,"call":1,"name":"f","args":{}})",
   };
   for (const char* text : bad) {
