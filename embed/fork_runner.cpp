@@ -48,6 +48,9 @@ constexpr const char* kWarmUpCode =
     "import math\nitems = [str(i) for i in range(16)]\nresult = {'n': math.sqrt(input_data['x']), 'items': items}\n";
 constexpr const char* kWarmUpInput = R"({"x":9,"s":"text"})";
 
+// parent_reply's status for a request no child started on.
+constexpr int kNotStarted = -1;
+
 std::string describe_signal(int sig) {
   const char* name = strsignal(sig);
   return "signal " + std::to_string(sig) + " (" + (name ? name : "?") + ")";
@@ -244,7 +247,8 @@ bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
   const rlimit fsize{64u << 20, 64u << 20};
   const auto cpu_s = static_cast<rlim_t>(std::ceil(l.cpu_time_seconds)) + 1;
   const rlimit cpu{cpu_s, cpu_s + 1};
-  return (!base || prlimit(pid, RLIMIT_AS, &as, nullptr) == 0) && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
+  // No reading of our own size, no backstop: the child is not used (fails closed).
+  return base != 0 && prlimit(pid, RLIMIT_AS, &as, nullptr) == 0 && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
          (l.cpu_time_seconds <= 0 || prlimit(pid, RLIMIT_CPU, &cpu, nullptr) == 0);
 }
 
@@ -284,6 +288,9 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   RunResult r;
   if (protocol) {
     r = detail::failure(ErrorKind::protocol_error, why);
+  } else if (status == kNotStarted) {
+    // Fails closed: no child ran any of the request.
+    r = detail::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
   } else if (timed_out) {
     r = detail::timeout_result(l.timeout_seconds);
   } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
@@ -302,7 +309,7 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   }
   r.isolation = Isolation::fork;
   std::string head = protocol::encode_reply_head(protocol::Reply{l.id_number, r});
-  if (protocol) {
+  if (protocol || status == kNotStarted) {
     head += R"(,"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false})";
     return head;
   }
@@ -350,7 +357,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     l.kill_after_seconds = *v;
   // The parent's view of the shared buffer (a killed child's output is read from it).
   if (!capture::begin(l.id_number, l.max_output_kb * 1024)) {
-    reply = parent_reply(l, 0, false, false, "cannot allocate the output buffer");
+    reply = parent_reply(l, kNotStarted, false, false, "cannot allocate the output buffer");
     return;
   }
 
@@ -360,13 +367,13 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
       c = std::move(spare_);
       spare_ = Child{};
     } else if (!fork_child(c, false)) {
-      reply = parent_reply(l, 0, false, false, std::string("fork failed: ") + strerror(errno));
+      reply = parent_reply(l, kNotStarted, false, false, std::string("fork failed: ") + strerror(errno));
       return;
     }
     if (set_limits(c.pid, l) && detail::write_frame(c.request.get(), frame) == detail::IoStatus::ok) break;
     retire(c);  // a spare that died while idle: one more, forked now
     if (attempt == 1) {
-      reply = parent_reply(l, 0, false, false, "the run's process could not be prepared");
+      reply = parent_reply(l, kNotStarted, false, false, "the run's process could not be prepared");
       return;
     }
   }

@@ -111,7 +111,15 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
+// Bytes this process maps now (/proc/self/statm, opened before Landlock hid /proc), or 0 when unreadable.
+std::uint64_t mapped_bytes(int statm_fd) {
+  char buf[128] = {};
+  if (statm_fd < 0 || pread(statm_fd, buf, sizeof buf - 1, 0) <= 0) return 0;
+  return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// `why` is set (and the report empty) when a backstop cannot be measured: the worker must not start.
+spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std::string& why) {
   spr::harden::WorkerConfig cfg;
   cfg.keep_fds = {detail::kProtocolFd, detail::kCaptureFd};
   if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
@@ -130,19 +138,21 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
   // process's memory can switch off: measured from what the worker already uses.
   if (a.memory_backstop_mb > 0) {
-    long pages = 0;
-    if (statm_fd >= 0) {
-      char buf[128] = {};
-      if (pread(statm_fd, buf, sizeof buf - 1, 0) > 0) pages = std::strtol(buf, nullptr, 10);
+    const std::uint64_t base = mapped_bytes(statm_fd);
+    if (base == 0) {
+      why = "cannot read /proc/self/statm for the memory backstop";
+      return {};
     }
-    const std::uint64_t base = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
     // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
     // accounting would let through.
     cfg.address_space_bytes = base + (2 * a.memory_backstop_mb + kBackstopSlackMb) * (1ULL << 20);
   }
   if (a.cpu_backstop_seconds > 0) {
     rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
+    if (getrusage(RUSAGE_SELF, &ru) != 0) {
+      why = std::string("getrusage failed: ") + strerror(errno);
+      return {};
+    }
     const double used = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     cfg.cpu_seconds = static_cast<std::uint64_t>(std::ceil(used + a.cpu_backstop_seconds)) + 1;
@@ -337,6 +347,8 @@ int main(int argc, char** argv) {
   if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
   const detail::Fd statm(open("/proc/self/statm", O_RDONLY | O_CLOEXEC));  // before Landlock hides /proc
   const detail::Fd devnull(open("/dev/null", O_WRONLY | O_CLOEXEC));        // before Landlock makes it read-only
+  // The fork parent's RLIMIT_AS of each child, the backstops and the session cap are measured with it.
+  if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(errno)));
   const spr::embed::WorkerScope scope{args.isolation, args.allow_network};
   spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
   spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
@@ -361,7 +373,12 @@ int main(int argc, char** argv) {
     runner = std::make_unique<spr::embed::NamespaceRunner>(scope, process_state);
   }
   hello.python = spr::embed::python_version();
-  hello.hardening = args.harden ? spr::harden::to_json(harden_self(args, statm.get(), devnull.get())) : json::array();
+  if (args.harden) {
+    std::string why;
+    const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), why);
+    if (!why.empty()) refuse_start(hello, why);
+    hello.hardening = spr::harden::to_json(report);
+  }
   if (detail::write_frame(detail::kProtocolFd, spr::protocol::encode(hello)) != detail::IoStatus::ok) _exit(0);
 
   if (args.session_memory_mb >= 0) {
