@@ -20,11 +20,11 @@
 #include "common/capture_layout.hpp"
 #include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "common/run_deadline.hpp"
 #include "common/wire.hpp"
 #include "deadline.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
-#include "common/run_deadline.hpp"
 #include "json_scan.hpp"
 #include "py.hpp"
 #include "setup_check.hpp"
@@ -167,8 +167,9 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
     (void)text;
   }
   std::string frame;
-  if (detail::read_frame(request_fd, frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
-  close(request_fd);
+  detail::Fd request(request_fd);
+  if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
+  request.reset();
   Incoming in = decode_request(frame, WorkerScope{Isolation::fork, allow_network_}, nullptr);
   RunResult r;
   if (!setup.ok()) {
