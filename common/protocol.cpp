@@ -83,6 +83,32 @@ const std::string& policy_text(const RunnerPolicy& p) {
   return text;
 }
 
+// A request is written as text, piece by piece: its input is not copied into a JSON value first, and
+// its policy's text is the cached one (the request is on every run's path).
+std::string encode_request(const Request& r) {
+  std::string text;
+  text.reserve(r.code.size() + r.stdin_text.size() + 512);
+  text += "{\"code\":";
+  text += detail::dump_json(json(r.code));
+  text += ",\"id\":";
+  text += std::to_string(r.id);
+  text += ",\"input_data\":";
+  text += detail::dump_json(r.input_data);
+  if (r.kill_after_seconds > 0) {
+    text += ",\"kill_after_seconds\":";
+    text += detail::dump_json(json(r.kill_after_seconds));
+  }
+  text += ",\"policy\":";
+  text += policy_text(r.policy);
+  if (r.want_repr) text += ",\"repr\":true";
+  if (!r.stdin_text.empty()) {
+    text += ",\"stdin\":";
+    text += detail::dump_json(json(r.stdin_text));
+  }
+  text += ",\"type\":\"request\"}";
+  return text;
+}
+
 }  // namespace
 
 const char* type_name(const Message& m) {
@@ -94,6 +120,7 @@ const char* type_name(const Message& m) {
 }
 
 std::string encode(const Message& m) {
+  if (const auto* r = std::get_if<Request>(&m)) return encode_request(*r);
   json j = std::visit(
       Overload{
           [](const Hello& h) {
@@ -103,14 +130,7 @@ std::string encode(const Message& m) {
             if (h.error) o["error"] = *h.error;
             return o;
           },
-          [](const Request& r) {
-            // The policy is spliced in as text by encode() (policy_text).
-            json o = {{"id", r.id}, {"code", r.code}, {"input_data", r.input_data}};
-            if (!r.stdin_text.empty()) o["stdin"] = r.stdin_text;
-            if (r.want_repr) o["repr"] = true;
-            if (r.kill_after_seconds > 0) o["kill_after_seconds"] = r.kill_after_seconds;
-            return o;
-          },
+          [](const Request&) { return json(); },  // written as text: encode_request
           [](const Reply& r) {
             json o = detail::reply_from_result(r.result);
             o["id"] = r.id;
@@ -131,14 +151,7 @@ std::string encode(const Message& m) {
       },
       m);
   j["type"] = type_name(m);
-  std::string text = detail::dump_json(j);
-  if (const auto* r = std::get_if<Request>(&m)) {
-    text.pop_back();  // the closing brace
-    text += ",\"policy\":";
-    text += policy_text(r->policy);
-    text += '}';
-  }
-  return text;
+  return detail::dump_json(j);
 }
 
 std::string encode_reply_head(const Reply& r) {
