@@ -62,6 +62,24 @@ void log_line(const std::string& s) {
   _exit(70);
 }
 
+#ifdef SPR_FAULTS
+const char* g_fail_start = nullptr;  // installed as spr-worker-fail-<call>: that set-up call fails
+#endif
+
+// A set-up call's result, or `failed` with errno EIO when a test build was told to fail `call`.
+template <class T>
+T start_call(const char* call, T result, T failed) {
+#ifdef SPR_FAULTS
+  if (g_fail_start && std::strcmp(g_fail_start, call) == 0) {
+    errno = EIO;
+    return failed;
+  }
+#endif
+  (void)call;
+  (void)failed;
+  return result;
+}
+
 Args parse_args(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
@@ -316,22 +334,28 @@ int main(int argc, char** argv) {
   if (std::string(argv[0]).find("nohello") != std::string::npos) {
     for (;;) pause();
   }
+  if (const char* f = std::strstr(argv[0], "spr-worker-fail-")) g_fail_start = f + std::strlen("spr-worker-fail-");
 #endif
-  // A supervisor that went away is seen as a failed write, not a signal.
-  struct sigaction ignore {};
-  ignore.sa_handler = SIG_IGN;
-  if (sigaction(SIGPIPE, &ignore, nullptr) != 0) die("sigaction(SIGPIPE) failed: " + std::string(strerror(errno)));
   // The protocol fd must be a socket from our supervisor; refuse to run standalone by accident.
   struct stat st{};
   if (fstat(detail::kProtocolFd, &st) != 0 || !S_ISSOCK(st.st_mode))
     die("fd 3 is not the supervisor's socket; spr-worker is started by the safe-py-runner library or CLI");
+  spr::protocol::Hello hello;
+  hello.pid = getpid();
+  hello.isolation = args.isolation;
+  // A supervisor that went away is seen as a failed write, not a signal.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  if (start_call("sigaction", sigaction(SIGPIPE, &ignore, nullptr), -1) != 0)
+    refuse_start(hello, "sigaction(SIGPIPE) failed: " + std::string(strerror(errno)));
   int capture_fd = fcntl(detail::kCaptureFd, F_GETFD) >= 0 ? detail::kCaptureFd : -1;
   if (capture_fd >= 0) {
     // Only a memfd from the supervisor is used as the capture buffer.
     struct stat cst{};
     if (fstat(capture_fd, &cst) != 0 || !S_ISREG(cst.st_mode)) capture_fd = -1;
   }
-  if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0) die("chdir to the scratch directory failed: " + std::string(strerror(errno)));
+  if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0)
+    refuse_start(hello, "chdir to the scratch directory failed: " + std::string(strerror(errno)));
 
   if (args.harden) spr::harden::set_worker_environment();
   spr::embed::EngineOptions eo;
@@ -341,12 +365,10 @@ int main(int argc, char** argv) {
   eo.executable = args.python;
   // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
   if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
-  spr::protocol::Hello hello;
-  hello.pid = getpid();
-  hello.isolation = args.isolation;
   if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
-  const detail::Fd statm(open("/proc/self/statm", O_RDONLY | O_CLOEXEC));  // before Landlock hides /proc
-  const detail::Fd devnull(open("/dev/null", O_WRONLY | O_CLOEXEC));        // before Landlock makes it read-only
+  // Both before Landlock: it hides /proc and makes /dev/null read-only.
+  const detail::Fd statm(start_call("statm", open("/proc/self/statm", O_RDONLY | O_CLOEXEC), -1));
+  const detail::Fd devnull(start_call("devnull", open("/dev/null", O_WRONLY | O_CLOEXEC), -1));
   // The fork parent's RLIMIT_AS of each child, the backstops and the session cap are measured with it.
   if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(errno)));
   const spr::embed::WorkerScope scope{args.isolation, args.allow_network};
