@@ -368,9 +368,11 @@ int main(int argc, char** argv) {
   if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
   // Both before Landlock: it hides /proc and makes /dev/null read-only.
   const detail::Fd statm(start_call("statm", open("/proc/self/statm", O_RDONLY | O_CLOEXEC), -1));
+  const int statm_errno = errno;
   const detail::Fd devnull(start_call("devnull", open("/dev/null", O_WRONLY | O_CLOEXEC), -1));
+  const int devnull_errno = errno;
   // The fork parent's RLIMIT_AS of each child, the backstops and the session cap are measured with it.
-  if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(errno)));
+  if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(statm_errno)));
   const spr::embed::WorkerScope scope{args.isolation, args.allow_network};
   spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
   spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
@@ -381,7 +383,7 @@ int main(int argc, char** argv) {
       refuse_start(hello, "capping the session's address space failed: " + std::string(strerror(e)));
   } else if (args.isolation == spr::Isolation::fork) {
     // A run's fd 2 becomes /dev/null: without it user code would write to the host's stderr.
-    if (!devnull) refuse_start(hello, "cannot open /dev/null: " + std::string(strerror(errno)));
+    if (!devnull) refuse_start(hello, "cannot open /dev/null: " + std::string(strerror(devnull_errno)));
     auto fork_runner = std::make_unique<spr::embed::ForkRunner>(statm.get(), devnull.get(), args.allow_network);
     if (std::string e = fork_runner->prepare(); !e.empty()) refuse_start(hello, "fork mode unavailable: " + e);
 #ifdef SPR_FAULTS
