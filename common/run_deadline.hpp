@@ -12,7 +12,9 @@ constexpr double kReplySlackSeconds = 0.05;
 
 // When a fork worker kills the run's process, counted from the request: the engine's own timer
 // fires at the timeout; the grace lets it report (partial output, a clean timeout) first.
-inline double kill_after(double timeout_seconds, double grace_seconds) { return timeout_seconds + grace_seconds; }
+inline double kill_after(double timeout_seconds, double grace_seconds) {
+  return timeout_seconds + grace_seconds;
+}
 
 // How much longer than the timeout the supervisor waits for a reply. Fork mode: the worker kills its
 // child at kill_after() and needs one more grace for its own reply.

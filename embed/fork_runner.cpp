@@ -156,7 +156,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   // User code never reaches the host's stderr.
   setup.sys("dup2(/dev/null, 2)", devnull_fd_ >= 0 ? dup2(devnull_fd_, 2) : (errno = EBADF, -1));
   // The run's limits come from the parent (prlimit): the stacked filter forbids raising them here.
-  if (child_filter_) setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
+  if (child_filter_)
+    setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
   setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
   if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
     Request w;

@@ -118,9 +118,13 @@ SessionRunner::SessionRunner(bool allow_network) : scope_{Isolation::namespace_,
   base_ = memory::in_use();
 }
 
-SessionRunner::~SessionRunner() { Py_XDECREF(main_module_); }
+SessionRunner::~SessionRunner() {
+  Py_XDECREF(main_module_);
+}
 
-int SessionRunner::read_spin_microseconds() const { return kIdleSpinMicroseconds; }
+int SessionRunner::read_spin_microseconds() const {
+  return kIdleSpinMicroseconds;
+}
 
 void SessionRunner::handle(std::string& frame, std::string& reply) {
   Incoming in = decode_request(frame, scope_, &policies_);

@@ -27,7 +27,8 @@ class SetupCheck {
 
  private:
   bool note(const char* call, int e) noexcept {
-    if (e == 0 && fail_for_test_ && *fail_for_test_ && std::strncmp(call, fail_for_test_, std::strlen(fail_for_test_)) == 0)
+    if (e == 0 && fail_for_test_ && *fail_for_test_ &&
+        std::strncmp(call, fail_for_test_, std::strlen(fail_for_test_)) == 0)
       e = EIO;
     if (e != 0 && !call_) {
       call_ = call;

@@ -324,7 +324,6 @@ void inspect(std::string_view frame) {
   die(why);
 }
 
-
 }  // namespace
 
 int main(int argc, char** argv) {

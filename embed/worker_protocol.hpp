@@ -20,10 +20,10 @@ struct WorkerScope {
 struct Incoming {
   enum class Kind { run, list_variables, bad };
   Kind kind = Kind::bad;
-  std::uint64_t id = 0;        // 0 when the frame carries no usable id
-  Request run;                 // kind == run: the policy narrowed to this worker's scope
+  std::uint64_t id = 0;  // 0 when the frame carries no usable id
+  Request run;           // kind == run: the policy narrowed to this worker's scope
   double kill_after_seconds = 0;
-  RunResult refusal;           // kind == bad: the bad_input answer
+  RunResult refusal;  // kind == bad: the bad_input answer
 };
 
 // Used by worker_main's runners, the fork child and the session loop alike. The policy is the one

@@ -35,7 +35,8 @@ TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's sc
   CHECK(in.run.policy.timeout_seconds == 3);
   CHECK(in.run.policy.isolation == spr::Isolation::subinterpreter);  // the worker's mode, whatever was sent
   CHECK_FALSE(in.run.policy.allow_network);                          // a request can only narrow the worker's
-  CHECK(spr::embed::decode_request(request_frame(true), {spr::Isolation::fork, true}, nullptr).run.policy.allow_network);
+  CHECK(
+      spr::embed::decode_request(request_frame(true), {spr::Isolation::fork, true}, nullptr).run.policy.allow_network);
 }
 
 TEST_CASE("worker protocol: list_variables, and frames that are no request") {
@@ -43,7 +44,7 @@ TEST_CASE("worker protocol: list_variables, and frames that are no request") {
   CHECK(l.kind == Incoming::Kind::list_variables);
   CHECK(l.id == 5);
   for (const std::string& frame : {std::string("not json"), pr::encode(pr::Cancel{3}),
-                                  std::string(R"({"type":"request","id":1,"code":7,"policy":{}})")}) {
+                                   std::string(R"({"type":"request","id":1,"code":7,"policy":{}})")}) {
     CAPTURE(frame);
     const Incoming in = spr::embed::decode_request(frame, {}, nullptr);
     CHECK(in.kind == Incoming::Kind::bad);
