@@ -46,12 +46,21 @@ std::optional<std::string> opt_str(const json& j, const char* name) {
   return it->get<std::string>();
 }
 
-RunnerPolicy policy(const json& j) {
+RunnerPolicy policy(const json& j, PolicyCache* cache) {
   try {
+    if (cache) return cache->get(need(j, "policy"));
     return detail::policy_from_wire(need(j, "policy"));
   } catch (const PolicyError& e) {
     bad(std::string("bad policy: ") + e.what());
   }
+}
+
+double seconds(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) return 0;
+  if (!it->is_number() || !(it->get<double>() >= 0) || it->get<double>() > 1e9)
+    bad(std::string("field '") + name + "' is not a number of seconds");
+  return it->get<double>();
 }
 
 Isolation isolation(const json& j) {
@@ -62,16 +71,56 @@ Isolation isolation(const json& j) {
 
 const char* stream_name(Stream s) { return s == Stream::out ? "stdout" : "stderr"; }
 
+// The JSON text of a request's policy, kept per thread: callers send the same policy again and again,
+// and the text costs more to make than to compare the policy.
+const std::string& policy_text(const RunnerPolicy& p) {
+  thread_local RunnerPolicy last;
+  thread_local std::string text = detail::dump_json(last.to_json());
+  if (!(p == last)) {
+    text = detail::dump_json(p.to_json());
+    last = p;
+  }
+  return text;
+}
+
+// A request is written as text, piece by piece: its input is not copied into a JSON value first, and
+// its policy's text is the cached one (the request is on every run's path).
+std::string encode_request(const Request& r) {
+  std::string text;
+  text.reserve(r.code.size() + r.stdin_text.size() + 512);
+  text += "{\"code\":";
+  text += detail::dump_json(json(r.code));
+  text += ",\"id\":";
+  text += std::to_string(r.id);
+  text += ",\"input_data\":";
+  text += detail::dump_json(r.input_data);
+  if (r.kill_after_seconds > 0) {
+    text += ",\"kill_after_seconds\":";
+    text += detail::dump_json(json(r.kill_after_seconds));
+  }
+  text += ",\"policy\":";
+  text += policy_text(r.policy);
+  if (r.want_repr) text += ",\"repr\":true";
+  if (!r.stdin_text.empty()) {
+    text += ",\"stdin\":";
+    text += detail::dump_json(json(r.stdin_text));
+  }
+  text += ",\"type\":\"request\"}";
+  return text;
+}
+
 }  // namespace
 
 const char* type_name(const Message& m) {
-  static constexpr const char* kNames[] = {"hello",       "request", "reply",        "output",       "host_call",
-                                           "host_return", "cancel",  "session_open", "session_close"};
+  static constexpr const char* kNames[] = {"hello",         "request",        "reply",    "output",
+                                           "host_call",     "host_return",    "cancel",   "session_open",
+                                           "session_close", "list_variables", "variables"};
   static_assert(std::size(kNames) == std::variant_size_v<Message>);
   return kNames[m.index()];
 }
 
 std::string encode(const Message& m) {
+  if (const auto* r = std::get_if<Request>(&m)) return encode_request(*r);
   json j = std::visit(
       Overload{
           [](const Hello& h) {
@@ -81,11 +130,7 @@ std::string encode(const Message& m) {
             if (h.error) o["error"] = *h.error;
             return o;
           },
-          [](const Request& r) {
-            json o = {{"id", r.id}, {"code", r.code}, {"input_data", r.input_data}, {"policy", r.policy.to_json()}};
-            if (!r.stdin_text.empty()) o["stdin"] = r.stdin_text;
-            return o;
-          },
+          [](const Request&) { return json(); },  // written as text: encode_request
           [](const Reply& r) {
             json o = detail::reply_from_result(r.result);
             o["id"] = r.id;
@@ -101,13 +146,34 @@ std::string encode(const Message& m) {
           [](const Cancel& c) { return json{{"id", c.id}}; },
           [](const SessionOpen& s) { return json{{"session", s.session}, {"policy", s.policy.to_json()}}; },
           [](const SessionClose& s) { return json{{"session", s.session}}; },
+          [](const ListVariables& l) { return json{{"id", l.id}}; },
+          [](const Variables& v) { return json{{"id", v.id}, {"variables", v.variables}}; },
       },
       m);
   j["type"] = type_name(m);
   return detail::dump_json(j);
 }
 
-Message decode(std::string_view text) {
+std::string encode_reply_head(const Reply& r) {
+  json o = detail::reply_from_result(r.result);
+  for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) o.erase(k);
+  o["id"] = r.id;
+  o["type"] = type_name(Message{Reply{}});
+  std::string text = detail::dump_json(o);
+  text.pop_back();  // the closing brace: the output fields follow
+  return text;
+}
+
+const RunnerPolicy& PolicyCache::get(const json& wire) {
+  if (!has_ || wire != last_) {
+    parsed_ = detail::policy_from_wire(wire);
+    last_ = wire;
+    has_ = true;
+  }
+  return parsed_;
+}
+
+Message decode(std::string_view text, PolicyCache* policies) {
   json j;
   try {
     j = detail::parse_json(text);
@@ -137,7 +203,12 @@ Message decode(std::string_view text) {
     r.code = str(j, "code");
     if (auto it = j.find("input_data"); it != j.end()) r.input_data = *it;
     if (auto in = opt_str(j, "stdin")) r.stdin_text = *in;
-    r.policy = policy(j);
+    if (auto it = j.find("repr"); it != j.end()) {
+      if (!it->is_boolean()) bad("field 'repr' is not a boolean");
+      r.want_repr = it->get<bool>();
+    }
+    r.kill_after_seconds = seconds(j, "kill_after_seconds");
+    r.policy = policy(j, policies);
     return r;
   }
   if (type == "reply") {
@@ -177,8 +248,14 @@ Message decode(std::string_view text) {
     return r;
   }
   if (type == "cancel") return Cancel{u64(j, "id")};
-  if (type == "session_open") return SessionOpen{str(j, "session"), policy(j)};
+  if (type == "session_open") return SessionOpen{str(j, "session"), policy(j, nullptr)};
   if (type == "session_close") return SessionClose{str(j, "session")};
+  if (type == "list_variables") return ListVariables{u64(j, "id")};
+  if (type == "variables") {
+    Variables v{u64(j, "id"), need(j, "variables")};
+    if (!v.variables.is_object()) bad("field 'variables' is not an object");
+    return v;
+  }
   bad("unknown message type '" + type + "'");
 }
 

@@ -43,6 +43,10 @@ struct Request {
   json input_data = json::object();
   RunnerPolicy policy;
   std::string stdin_text;  // "stdin" on the wire, left out when empty
+  bool want_repr = false;  // "repr" (sessions): report repr() of a trailing expression; left out when false
+  // "kill_after_seconds": a fork worker kills the run's process this long after it got the request
+  // (detail::kill_after: timeout + grace). 0: left out, the worker uses the default grace.
+  double kill_after_seconds = 0;
 };
 
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.
@@ -91,7 +95,30 @@ struct SessionClose {
   std::string session;
 };
 
-using Message = std::variant<Hello, Request, Reply, OutputChunk, HostCall, HostReturn, Cancel, SessionOpen, SessionClose>;
+// supervisor -> session worker: list the variables of the session's namespace.
+struct ListVariables {
+  std::uint64_t id = 0;
+};
+// session worker -> supervisor: {name: {"type", "value" | "repr"}}; the run's own claim, like a reply.
+struct Variables {
+  std::uint64_t id = 0;
+  json variables = json::object();
+};
+
+using Message = std::variant<Hello, Request, Reply, OutputChunk, HostCall, HostReturn, Cancel, SessionOpen, SessionClose,
+                             ListVariables, Variables>;
+
+// The last wire policy and its decoded form: a supervisor sends the same policy again and again, so
+// a long-lived worker decodes it once (the comparison costs less than the decode).
+class PolicyCache {
+ public:
+  const RunnerPolicy& get(const json& wire);  // PolicyError for a malformed policy
+
+ private:
+  bool has_ = false;
+  json last_;
+  RunnerPolicy parsed_;
+};
 
 // The wire name of each message type ("hello", "request", ...), as in the "type" field.
 const char* type_name(const Message& m);
@@ -101,12 +128,19 @@ std::string encode(const Message& m);
 // Parses one frame's text. Throws ProtocolError for anything malformed (bad JSON, nesting deeper than
 // detail::kMaxJsonDepth, unknown type, missing field, wrong type or range). A policy inside a message
 // is checked for form only: its values are validated where a policy enters the supervisor.
-Message decode(std::string_view text);
+// `policies`, when given, decodes a request's policy only when it differs from the last one.
+Message decode(std::string_view text, PolicyCache* policies = nullptr);
+
+// The fork parent's own replies: encode(r) without the four output fields and the closing brace, so
+// that the parent appends a killed run's output from the shared buffer in place (it never copies a
+// run's data into a JSON value). The caller appends ,"stdout":..,"stderr":..,"stdout_truncated":..,
+// "stderr_truncated":..}
+std::string encode_reply_head(const Reply& r);
 
 // Decodes and requires a message of type T; ProtocolError names what came instead.
 template <class T>
-T decode_as(std::string_view text) {
-  Message m = decode(text);
+T decode_as(std::string_view text, PolicyCache* policies = nullptr) {
+  Message m = decode(text, policies);
   if (auto* v = std::get_if<T>(&m)) return std::move(*v);
   throw ProtocolError(std::string("expected a ") + type_name(Message{T{}}) + " message, got " + type_name(m));
 }

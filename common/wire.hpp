@@ -11,7 +11,7 @@ namespace spr::detail {
 
 constexpr int kProtocolVersion = 1;
 
-// Every field of a reply except `id` and `nonce` maps onto RunResult. Throws std::invalid_argument
+// Every field of a reply except `id` and `type` maps onto RunResult. Throws std::invalid_argument
 // (or nlohmann::json::exception) for a reply whose fields have the wrong type or range.
 RunResult result_from_reply(const json& reply);
 json reply_from_result(const RunResult& r);

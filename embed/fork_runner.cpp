@@ -13,17 +13,22 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "capture.hpp"
 #include "common/capture_layout.hpp"
+#include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "common/run_deadline.hpp"
 #include "common/wire.hpp"
 #include "deadline.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
 #include "json_scan.hpp"
 #include "py.hpp"
+#include "setup_check.hpp"
+#include "worker_protocol.hpp"
 
 namespace spr::embed {
 
@@ -41,17 +46,14 @@ constexpr std::size_t kMaxErrorBytes = 64u << 10;
 // while nobody waits. It carries no data.
 constexpr const char* kWarmUpCode =
     "import math\nitems = [str(i) for i in range(16)]\nresult = {'n': math.sqrt(input_data['x']), 'items': items}\n";
-constexpr const char* kWarmUpFrame =
-    R"({"id":0,"nonce":"0","policy":{},"code":"pass","input_data":{"x":9,"s":"text"}})";
+constexpr const char* kWarmUpInput = R"({"x":9,"s":"text"})";
+
+// parent_reply's status for a request no child started on.
+constexpr int kNotStarted = -1;
 
 std::string describe_signal(int sig) {
   const char* name = strsignal(sig);
   return "signal " + std::to_string(sig) + " (" + (name ? name : "?") + ")";
-}
-
-void close_fd(int& fd) {
-  if (fd >= 0) close(fd);
-  fd = -1;
 }
 
 int wait_status(pid_t pid) {
@@ -59,11 +61,6 @@ int wait_status(pid_t pid) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   return status;
-}
-
-void wipe(std::string& s) {
-  if (!s.empty()) explicit_bzero(s.data(), s.size());
-  s.clear();
 }
 
 // Appends `text` as a JSON string token, into `out`'s existing capacity where possible.
@@ -113,10 +110,29 @@ std::uint64_t positive(std::optional<double> v, std::uint64_t fallback) {
   return v && *v > 0 && *v < 1e15 ? static_cast<std::uint64_t>(*v) : fallback;
 }
 
+// A request id as our encoder writes it: decimal digits that fit 64 bits.
+bool id_number(std::string_view text, std::uint64_t& out) {
+  if (text.empty() || text.size() > 20) return false;
+  std::uint64_t v = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return false;
+    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+
 }  // namespace
 
-void ForkRunner::prepare() {
+std::string ForkRunner::prepare() {
   child_filter_ = harden::prepare_child() == 0;
+  // A child's F_SETOWN/O_ASYNC cannot kill the worker with SIGIO.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  if (sigaction(SIGIO, &ignore, nullptr) != 0) return std::string("sigaction(SIGIO) failed: ") + strerror(errno);
+  return {};
 }
 
 std::uint64_t ForkRunner::address_space_now() const {
@@ -127,89 +143,84 @@ std::uint64_t ForkRunner::address_space_now() const {
   return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-void ForkRunner::child_main(int request_fd, int reply_fd, bool warm) {
+void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char* fail_for_test) {
   PyOS_AfterFork_Child();
+  // Each step checked; after a failure the child still answers its request, but runs none of it.
+  SetupCheck setup(fail_for_test);
   // Dies with the worker, whatever it does to its session or group (its filter keeps this set).
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent_) _exit(0);
-  close(detail::kProtocolFd);                  // the child never talks to the supervisor directly
-  if (devnull_fd_ >= 0) dup2(devnull_fd_, 2);  // user code never reaches the host's stderr
+  setup.sys("prctl(PR_SET_PDEATHSIG)", prctl(PR_SET_PDEATHSIG, SIGKILL));
+  if (getppid() != parent_) _exit(0);  // the worker is gone: nobody waits for an answer
+  // The child never talks to the supervisor directly. (EINTR: the descriptor is released anyway.)
+  const int closed = close(detail::kProtocolFd);
+  setup.sys("close(protocol fd 3)", closed == -1 && errno == EINTR ? 0 : closed);
+  // User code never reaches the host's stderr.
+  setup.sys("dup2(/dev/null, 2)", devnull_fd_ >= 0 ? dup2(devnull_fd_, 2) : (errno = EBADF, -1));
   // The run's limits come from the parent (prlimit): the stacked filter forbids raising them here.
-  if (child_filter_ && harden::apply_child(harden::RunLimits{}) != 0) _exit(71);
-  deadline::init();
-  if (warm) {  // a spare only: a child forked for a waiting request would just take the faults twice
+  if (child_filter_)
+    setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
+  setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
+  if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
     Request w;
     w.code = kWarmUpCode;
-    w.input_data = detail::parse_json(kWarmUpFrame).at("input_data");
+    w.input_data = detail::parse_json(kWarmUpInput);
     w.policy.isolation = Isolation::fork;
-    const RunResult r = run_prepared(w);
-    std::string text = detail::dump_json(detail::reply_from_result(r));
+    std::string text = encode_reply(0, run_prepared(w));
     (void)text;
   }
   std::string frame;
-  if (detail::read_frame(request_fd, frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
-  close(request_fd);
-  json id = nullptr, nonce = nullptr;
-  bool typed = false;
+  detail::Fd request(request_fd);
+  if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
+  request.reset();
+  Incoming in = decode_request(frame, WorkerScope{Isolation::fork, allow_network_}, nullptr);
   RunResult r;
-  try {
-    const json req = detail::parse_json(frame);
-    id = req.at("id");
-    nonce = req.value("nonce", json());
-    typed = req.contains("type");
-    Request rq;
-    rq.id = id.get<std::uint64_t>();
-    rq.code = req.at("code").get<std::string>();
-    rq.input_data = req.value("input_data", json::object());
-    if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
-    rq.policy = RunnerPolicy::from_json(req.at("policy"));
-    rq.policy.isolation = Isolation::fork;
-    rq.policy.allow_network = rq.policy.allow_network && allow_network_;
-    if (prepare_capture(rq)) {
-      r = run_prepared(rq);
-    } else {
-      r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-      r.resource_exceeded = true;
-    }
-  } catch (const std::exception& e) {
-    r = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+  if (!setup.ok()) {
+    // Fails closed: a process whose set-up is incomplete runs no user code.
+    r = detail::failure(ErrorKind::worker_unavailable,
+                        "the run's process could not be set up (" + setup.message() + "); the code was not run");
+  } else if (in.kind != Incoming::Kind::run) {
+    r = in.kind == Incoming::Kind::bad ? std::move(in.refusal)
+                                       : detail::failure(ErrorKind::bad_input, "bad request: not a run request");
+  } else if (prepare_capture(in.run)) {
+    r = run_prepared(in.run);
+  } else {
+    r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
+    r.resource_exceeded = true;
   }
   if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
-  json j = detail::reply_from_result(r);
-  j["id"] = id;
-  if (!nonce.is_null()) j["nonce"] = nonce;
-  if (typed) j["type"] = "reply";
-  detail::write_frame(reply_fd, detail::dump_json(j));
+  detail::write_frame(reply_fd, encode_reply(in.id, std::move(r)));
   _exit(0);
 }
 
 bool ForkRunner::fork_child(Child& c, bool warm) {
   int req[2], rep[2];
   if (pipe2(req, O_CLOEXEC) != 0) return false;
-  if (pipe2(rep, O_CLOEXEC) != 0) {
-    close(req[0]);
-    close(req[1]);
-    return false;
-  }
+  detail::Fd req_read(req[0]), req_write(req[1]);
+  if (pipe2(rep, O_CLOEXEC) != 0) return false;
+  detail::Fd rep_read(rep[0]), rep_write(rep[1]);
   parent_ = getpid();
   PyOS_BeforeFork();
   const pid_t pid = fork();
   if (pid == 0) {
-    close(req[1]);
-    close(rep[0]);
-    child_main(req[0], rep[1], warm);
+    req_write.reset();
+    rep_read.reset();
+    child_main(req_read.release(), rep_write.release(), warm, test_fault_.c_str());
   }
   const int err = errno;
   PyOS_AfterFork_Parent();
-  close(req[0]);
-  close(rep[1]);
+  test_fault_.clear();  // one child only
   if (pid < 0) {
-    close(req[1]);
-    close(rep[0]);
     errno = err;
     return false;
   }
-  c = Child{pid, req[1], rep[0]};
-  return true;
+  c.pid = pid;
+  c.request = std::move(req_write);
+  c.reply = std::move(rep_read);
+  return true;  // the child's ends close here
+}
+
+void ForkRunner::fail_setup_for_test(const std::string& call) {
+  test_fault_ = call;
+  retire(spare_);  // the spare was set up already: the request gets a child forked now
 }
 
 void ForkRunner::retire(Child& c) {
@@ -217,9 +228,7 @@ void ForkRunner::retire(Child& c) {
     kill(c.pid, SIGKILL);  // by pid: a child that left the worker's session or group still ends here
     exiting_.push_back(c.pid);
   }
-  close_fd(c.request_fd);
-  close_fd(c.reply_fd);
-  c = Child{};
+  c = Child{};  // closes both pipes
 }
 
 void ForkRunner::reap(bool block) {
@@ -240,7 +249,8 @@ bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
   const rlimit fsize{64u << 20, 64u << 20};
   const auto cpu_s = static_cast<rlim_t>(std::ceil(l.cpu_time_seconds)) + 1;
   const rlimit cpu{cpu_s, cpu_s + 1};
-  return (!base || prlimit(pid, RLIMIT_AS, &as, nullptr) == 0) && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
+  // No reading of our own size, no backstop: the child is not used (fails closed).
+  return base != 0 && prlimit(pid, RLIMIT_AS, &as, nullptr) == 0 && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
          (l.cpu_time_seconds <= 0 || prlimit(pid, RLIMIT_CPU, &cpu, nullptr) == 0);
 }
 
@@ -248,6 +258,7 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
   if (!scan::valid(reply)) return "the run's reply is not valid JSON";
   const std::uint64_t out_cap = l.max_output_kb * 1024, result_cap = l.max_result_kb * 1024;
   std::string why;
+  bool typed = false;
   bool is_object = scan::for_each_member(reply, [&](std::string_view key, std::string_view value) {
     if (!why.empty()) return;
     // Our writer never escapes a key: an escaped one could spell a checked name another way.
@@ -264,13 +275,13 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
       if (value[0] == '"' && scan::decoded_size(value) > kMaxErrorBytes) why = "the run's error text is too long";
     } else if (key == "id") {
       if (value != l.id) why = "the run's reply carries another id";
-    } else if (key == "nonce") {
-      if (value != l.nonce) why = "the run's reply carries another nonce";
     } else if (key == "type") {
-      if (value != "\"reply\"") why = "the run's reply is not a reply";
+      typed = value == "\"reply\"";
+      if (!typed) why = "the run's reply is not a reply";
     }
   });
   if (!is_object) return "the run's reply is not a JSON object";
+  if (why.empty() && !typed) return "the run's reply is not a typed reply";
   return why;
 }
 
@@ -279,6 +290,9 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   RunResult r;
   if (protocol) {
     r = detail::failure(ErrorKind::protocol_error, why);
+  } else if (status == kNotStarted) {
+    // Fails closed: no child ran any of the request.
+    r = detail::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
   } else if (timed_out) {
     r = detail::timeout_result(l.timeout_seconds);
   } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
@@ -296,14 +310,8 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
                                                        std::to_string(WEXITSTATUS(status)) + " without a reply");
   }
   r.isolation = Isolation::fork;
-  json j = detail::reply_from_result(r);
-  for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) j.erase(k);
-  j["id"] = detail::parse_json(l.id);
-  if (!l.nonce.empty()) j["nonce"] = detail::parse_json(l.nonce);
-  if (l.typed) j["type"] = "reply";
-  std::string head = detail::dump_json(j);
-  head.pop_back();  // the closing brace: the output follows
-  if (protocol) {
+  std::string head = protocol::encode_reply_head(protocol::Reply{l.id_number, r});
+  if (protocol || status == kNotStarted) {
     head += R"(,"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false})";
     return head;
   }
@@ -332,57 +340,55 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   // Only our numbers are taken from the request, in place; the code and input stay bytes.
   Limits l;
   auto id = scan::member(frame, "id");
-  auto nonce = scan::member(frame, "nonce");
   auto policy = scan::member(frame, "policy");
-  if (!scan::valid(frame) || !id || !policy || !scan::number(*id)) {
-    // The child would refuse it too; a request that is not even JSON gets its answer here.
-    RunResult r = detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object");
-    json j = detail::reply_from_result(r);
-    j["id"] = nullptr;
-    reply = detail::dump_json(j);
+  auto type = scan::member(frame, "type");
+  if (!scan::valid(frame) || !id || !policy || !type || *type != "\"request\"" || !id_number(*id, l.id_number)) {
+    // The child would refuse it too; a request that is not even a request gets its answer here.
+    reply = encode_reply(0, detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object"));
     return;
   }
   l.id.assign(id->data(), id->size());
-  if (nonce) l.nonce.assign(nonce->data(), nonce->size());
-  l.typed = scan::member(frame, "type").has_value();
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
   if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)
     l.cpu_time_seconds = *v;
   l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);
   l.max_output_kb = positive(scan::number(scan::member(*policy, "max_output_kb").value_or("")), l.max_output_kb);
   l.max_result_kb = positive(scan::number(scan::member(*policy, "max_result_kb").value_or("")), l.max_result_kb);
+  l.kill_after_seconds = detail::kill_after(l.timeout_seconds, detail::kDefaultGraceSeconds);
+  if (auto v = scan::number(scan::member(frame, "kill_after_seconds").value_or("")); v && *v > 0)
+    l.kill_after_seconds = *v;
   // The parent's view of the shared buffer (a killed child's output is read from it).
-  if (!capture::begin(positive(scan::number(*id), 0), l.max_output_kb * 1024)) {
-    reply = parent_reply(l, 0, false, false, "cannot allocate the output buffer");
+  if (!capture::begin(l.id_number, l.max_output_kb * 1024)) {
+    reply = parent_reply(l, kNotStarted, false, false, "cannot allocate the output buffer");
     return;
   }
 
   Child c;
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (spare_.pid > 0) {
-      c = spare_;
+      c = std::move(spare_);
       spare_ = Child{};
     } else if (!fork_child(c, false)) {
-      reply = parent_reply(l, 0, false, false, std::string("fork failed: ") + strerror(errno));
+      reply = parent_reply(l, kNotStarted, false, false, std::string("fork failed: ") + strerror(errno));
       return;
     }
-    if (set_limits(c.pid, l) && detail::write_frame(c.request_fd, frame) == detail::IoStatus::ok) break;
+    if (set_limits(c.pid, l) && detail::write_frame(c.request.get(), frame) == detail::IoStatus::ok) break;
     retire(c);  // a spare that died while idle: one more, forked now
     if (attempt == 1) {
-      reply = parent_reply(l, 0, false, false, "the run's process could not be prepared");
+      reply = parent_reply(l, kNotStarted, false, false, "the run's process could not be prepared");
       return;
     }
   }
-  close_fd(c.request_fd);
+  c.request.reset();
   wipe(frame);
 
   const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
-                                                   std::chrono::duration<double>(l.timeout_seconds + grace_));
+                                                   std::chrono::duration<double>(l.kill_after_seconds));
   // The largest honest reply: every byte of output and result escaped (\u00XX), the error text, the rest.
   const std::uint64_t max_reply =
       6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + kMaxErrorBytes) + (64u << 10);
   const auto cap = static_cast<std::uint32_t>(std::min<std::uint64_t>(max_reply, detail::kMaxFrameBytes));
-  const detail::IoStatus s = detail::read_frame(c.reply_fd, reply, deadline, cap);
+  const detail::IoStatus s = detail::read_frame(c.reply.get(), reply, deadline, cap);
   if (s == detail::IoStatus::ok) {
     const std::string why = check_reply(reply, l);
     retire(c);  // the reply goes out before the child is reaped
@@ -404,32 +410,20 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
 }
 
-void ForkRunner::serve(void (*inspect)(std::string_view frame)) {
-  signal(SIGIO, SIG_IGN);  // a child's F_SETOWN/O_ASYNC cannot kill the worker with SIGIO
-  std::string frame, reply;
-  for (;;) {
-    if (spare_.pid < 0) {
-      pollfd p{detail::kProtocolFd, POLLIN, 0};
-      int r;
-      while ((r = poll(&p, 1, kSpareAfterIdleMs)) < 0 && errno == EINTR) {
-      }
-      if (r == 0) {  // idle: the children of earlier runs are gone by now, the next one gets ready
-        reap(true);
-        if (!fork_child(spare_, true)) spare_ = Child{};
-      }
+void ForkRunner::while_idle(int fd) {
+  if (spare_.pid < 0) {
+    pollfd p{fd, POLLIN, 0};
+    const int r = detail::retry_eintr([&] { return poll(&p, 1, kSpareAfterIdleMs); });
+    if (r == 0) {  // idle: the children of earlier runs are gone by now, the next one gets ready
+      reap(true);
+      if (!fork_child(spare_, true)) spare_ = Child{};
     }
-    reap(false);
-    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
-    if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
-    if (s != detail::IoStatus::ok) _exit(70);
-    if (inspect) inspect(frame);
-    run(frame, reply);
-    wipe(frame);
-    const detail::IoStatus w = detail::write_frame(detail::kProtocolFd, reply);
-    wipe(reply);
-    capture::wipe();
-    if (w != detail::IoStatus::ok) _exit(0);
   }
+  reap(false);
+}
+
+void ForkRunner::after_reply() {
+  capture::wipe();  // the parent's view of the run's output
 }
 
 }  // namespace spr::embed

@@ -8,41 +8,51 @@
 #include <string_view>
 #include <vector>
 
+#include "common/fd.hpp"
+#include "isolation_runner.hpp"
+
 namespace spr::embed {
 
 // The parent side never parses, compiles or keeps a run's code, input or output: request bytes go
 // to the child as they came, reply bytes are checked in place and forwarded, and every buffer that
 // held them is wiped after use. A snippet that reads its whole process memory finds no other run.
-class ForkRunner {
+class ForkRunner : public IsolationRunner {
  public:
-  ForkRunner(int statm_fd, int devnull_fd, double grace_seconds, bool allow_network)
-      : statm_fd_(statm_fd), devnull_fd_(devnull_fd), grace_(grace_seconds), allow_network_(allow_network) {}
+  ForkRunner(int statm_fd, int devnull_fd, bool allow_network)
+      : statm_fd_(statm_fd), devnull_fd_(devnull_fd), allow_network_(allow_network) {}
   ForkRunner(const ForkRunner&) = delete;
   ForkRunner& operator=(const ForkRunner&) = delete;
 
-  // Builds the child's seccomp program ahead of time (nothing may allocate after fork).
-  void prepare();
-  // Answers requests on the protocol fd until the supervisor closes it. Call once hardened and
-  // single-threaded. `inspect` (test builds: fault injection) sees each request frame first.
-  [[noreturn]] void serve(void (*inspect)(std::string_view frame) = nullptr);
+  // Builds the child's seccomp program ahead of time (nothing may allocate after fork) and makes
+  // SIGIO harmless to the worker. Returns "" or why fork mode cannot run (then no run may start).
+  std::string prepare();
+  // Used once hardened and single-threaded. While idle, a spare child is forked and warmed.
+  void while_idle(int fd) override;
+  // Runs one request frame in a child; the frame is wiped once the child has it.
+  void handle(std::string& frame, std::string& reply) override { run(frame, reply); }
+  void after_reply() override;
+  // Test builds only (spr-worker-faulty): the next child treats its set-up call named `call` as failed.
+  void fail_setup_for_test(const std::string& call);
 
  private:
   struct Child {
     pid_t pid = -1;
-    int request_fd = -1;  // the parent writes the request frame here
-    int reply_fd = -1;    // and reads the reply frame here
+    detail::Fd request;  // the parent writes the request frame here
+    detail::Fd reply;    // and reads the reply frame here
   };
-  // What the parent takes from a request: numbers and our own id/nonce, never code or input.
+  // What the parent takes from a request: numbers and its id, never code or input.
   struct Limits {
-    std::string id = "null", nonce;  // JSON text, echoed in replies the parent makes ("": no nonce)
-    bool typed = false;              // the request has a "type" field: so do our replies
+    std::string id;                 // as the request spells it: the child's reply must spell it so
+    std::uint64_t id_number = 0;    // for the replies the parent makes
     double timeout_seconds = 5, cpu_time_seconds = 0;
+    double kill_after_seconds = 0;  // the request's (detail::kill_after), else timeout + the default grace
     std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024;
   };
 
   // `warm`: a spare, which runs our warm-up before it waits for its request.
   bool fork_child(Child& c, bool warm);
-  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm);
+  // Every set-up step is checked: after a failure the child answers its request without running it.
+  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm, const char* fail_for_test);
   // Runs one request frame; returns the reply frame's text (in `reply`, the buffer reused).
   void run(std::string& frame, std::string& reply);
   bool set_limits(pid_t pid, const Limits& l) const;
@@ -55,11 +65,11 @@ class ForkRunner {
 
   int statm_fd_;
   int devnull_fd_;  // opened for writing before Landlock; becomes the child's fd 2
-  double grace_;
   bool allow_network_;  // the worker's network namespace decides; a request can only narrow it
   bool child_filter_ = false;
   pid_t parent_ = -1;  // the worker, as its children must see it (getppid) to know it is alive
   Child spare_;
+  std::string test_fault_;  // fail_setup_for_test
   std::vector<pid_t> exiting_;  // killed, not yet reaped
 };
 

@@ -15,6 +15,7 @@
 #include "harden/harden.hpp"
 #include "memory.hpp"
 #include "py.hpp"
+#include "worker_protocol.hpp"
 
 namespace spr::embed {
 
@@ -93,12 +94,6 @@ json variables(PyObject* globals) {
   return out;
 }
 
-void reply(json j, const json& id, const json& nonce) {
-  j["id"] = id;
-  j["nonce"] = nonce;
-  if (detail::write_frame(detail::kProtocolFd, detail::dump_json(j)) != detail::IoStatus::ok) _exit(0);
-}
-
 }  // namespace
 
 int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
@@ -112,56 +107,55 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
   return harden::apply_rlimits(limits);
 }
 
-void serve_session(bool allow_network) {
-  py::Ref main_module(PyModule_New("__main__"));
+SessionRunner::SessionRunner(bool allow_network) : scope_{Isolation::namespace_, allow_network} {
+  main_module_ = PyModule_New("__main__");
   {
     audit::Trusted trusted;
     py::Ref ast(PyImport_ImportModule("ast"));  // split_last_expression finds it in sys.modules
     PyErr_Clear();
   }
-  if (!main_module) _exit(70);
-  PyObject* globals = PyModule_GetDict(main_module.get());  // borrowed
-  const std::int64_t base = memory::in_use();
-  std::string frame;
-  for (;;) {
-    // A short spin first, as the pool's workers do: back-to-back calls skip the wake-up.
-    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
-                                      detail::kMaxFrameBytes, kIdleSpinMicroseconds);
-    if (s != detail::IoStatus::ok) _exit(0);  // supervisor closed (or spoke nonsense): never finalise, just go
-    json id = nullptr, nonce = nullptr;
-    RunResult r;
+  PyErr_Clear();
+  base_ = memory::in_use();
+}
+
+SessionRunner::~SessionRunner() {
+  Py_XDECREF(main_module_);
+}
+
+int SessionRunner::read_spin_microseconds() const {
+  return kIdleSpinMicroseconds;
+}
+
+void SessionRunner::handle(std::string& frame, std::string& reply) {
+  Incoming in = decode_request(frame, scope_, &policies_);
+  if (in.kind == Incoming::Kind::list_variables && main_module_) {
     try {
-      json req = detail::parse_json(frame);
-      id = req.at("id");
-      nonce = req.at("nonce");
-      if (req.value("op", std::string("run")) == "variables") {
-        reply({{"variables", variables(globals)}}, id, nonce);
-        continue;
-      }
-      Request rq;
-      rq.id = id.get<std::uint64_t>();
-      rq.code = req.at("code").get<std::string>();
-      rq.input_data = req.value("input_data", json::object());
-      if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
-      rq.policy = detail::policy_from_wire(req.at("policy"));
-      rq.policy.isolation = Isolation::namespace_;
-      rq.policy.allow_network = rq.policy.allow_network && allow_network;
-      rq.session_main = main_module.get();
-      rq.want_repr = req.value("repr", false);
-      // The session's memory limit spans its calls: each call may grow only into what is left.
-      const std::int64_t left = (rq.policy.memory_limit_mb << 20) - (memory::in_use() - base);
-      if (left < (1 << 20)) {
-        r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-        r.resource_exceeded = true;
-      } else {
-        rq.policy.memory_limit_mb = left >> 20;
-        r = run(rq);
-      }
+      reply = protocol::encode(protocol::Variables{in.id, variables(PyModule_GetDict(main_module_))});
+      return;
     } catch (const std::exception& e) {
-      r = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+      in.kind = Incoming::Kind::bad;
+      in.refusal = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
     }
-    reply(detail::reply_from_result(r), id, nonce);
   }
+  RunResult r;
+  if (!main_module_) {
+    r = detail::failure(ErrorKind::worker_crashed, "the session's namespace could not be made");
+  } else if (in.kind == Incoming::Kind::bad) {
+    r = std::move(in.refusal);
+  } else {
+    Request& rq = in.run;
+    rq.session_main = main_module_;
+    // The session's memory limit spans its calls: each call may grow only into what is left.
+    const std::int64_t left = (rq.policy.memory_limit_mb << 20) - (memory::in_use() - base_);
+    if (left < (1 << 20)) {
+      r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
+      r.resource_exceeded = true;
+    } else {
+      rq.policy.memory_limit_mb = left >> 20;
+      r = run(rq);
+    }
+  }
+  reply = encode_reply(in.id, std::move(r));
 }
 
 }  // namespace spr::embed

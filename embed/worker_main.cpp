@@ -11,15 +11,19 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "common/capture_layout.hpp"
+#include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "common/protocol.hpp"
 #include "common/wire.hpp"
 #include "engine.hpp"
 #include "fork_runner.hpp"
-#include "process_state.hpp"
 #include "harden/harden.hpp"
+#include "interp_runners.hpp"
+#include "process_state.hpp"
 #include "session_loop.hpp"
 #include "spr/version.hpp"
 #include "subinterp_runner.hpp"
@@ -37,7 +41,6 @@ struct Args {
   bool harden = true;
   bool allow_network = false;
   std::string scratch;
-  double grace = 0.25;
   std::uint64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;
   std::size_t subinterpreter_pool = 2;
@@ -59,6 +62,24 @@ void log_line(const std::string& s) {
   _exit(70);
 }
 
+#ifdef SPR_FAULTS
+const char* g_fail_start = nullptr;  // installed as spr-worker-fail-<call>: that set-up call fails
+#endif
+
+// A set-up call's result, or `failed` with errno EIO when a test build was told to fail `call`.
+template <class T>
+T start_call(const char* call, T result, T failed) {
+#ifdef SPR_FAULTS
+  if (g_fail_start && std::strcmp(g_fail_start, call) == 0) {
+    errno = EIO;
+    return failed;
+  }
+#endif
+  (void)call;
+  (void)failed;
+  return result;
+}
+
 Args parse_args(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
@@ -68,8 +89,10 @@ Args parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (k == "--isolation") {
-      std::string v = value();
-      a.isolation = spr::RunnerPolicy::from_json({{"isolation", v}}).isolation;
+      const std::string v = value();
+      const auto iso = spr::parse_isolation(v);
+      if (!iso) die("unknown isolation " + v);
+      a.isolation = *iso;
     } else if (k == "--once") {
       a.once = true;
     } else if (k == "--allow-network") {
@@ -92,8 +115,6 @@ Args parse_args(int argc, char** argv) {
       a.preload.push_back(value());
     } else if (k == "--read") {
       a.read_paths.push_back(value());
-    } else if (k == "--grace") {
-      a.grace = std::stod(value());
     } else if (k == "--subinterpreter-pool") {
       a.subinterpreter_pool = static_cast<std::size_t>(std::stoul(value()));
     } else if (k == "--version") {
@@ -108,7 +129,15 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
+// Bytes this process maps now (/proc/self/statm, opened before Landlock hid /proc), or 0 when unreadable.
+std::uint64_t mapped_bytes(int statm_fd) {
+  char buf[128] = {};
+  if (statm_fd < 0 || pread(statm_fd, buf, sizeof buf - 1, 0) <= 0) return 0;
+  return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// `why` is set (and the report empty) when a backstop cannot be measured: the worker must not start.
+spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std::string& why) {
   spr::harden::WorkerConfig cfg;
   cfg.keep_fds = {detail::kProtocolFd, detail::kCaptureFd};
   if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
@@ -127,19 +156,21 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
   // process's memory can switch off: measured from what the worker already uses.
   if (a.memory_backstop_mb > 0) {
-    long pages = 0;
-    if (statm_fd >= 0) {
-      char buf[128] = {};
-      if (pread(statm_fd, buf, sizeof buf - 1, 0) > 0) pages = std::strtol(buf, nullptr, 10);
+    const std::uint64_t base = mapped_bytes(statm_fd);
+    if (base == 0) {
+      why = "cannot read /proc/self/statm for the memory backstop";
+      return {};
     }
-    const std::uint64_t base = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
     // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
     // accounting would let through.
     cfg.address_space_bytes = base + (2 * a.memory_backstop_mb + kBackstopSlackMb) * (1ULL << 20);
   }
   if (a.cpu_backstop_seconds > 0) {
     rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
+    if (getrusage(RUSAGE_SELF, &ru) != 0) {
+      why = std::string("getrusage failed: ") + strerror(errno);
+      return {};
+    }
     const double used = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     cfg.cpu_seconds = static_cast<std::uint64_t>(std::ceil(used + a.cpu_backstop_seconds)) + 1;
@@ -147,49 +178,31 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd) {
   return spr::harden::apply_worker(cfg);
 }
 
-// Keeps the parsed policy of the previous request: agents send the same policy again and again.
-struct PolicyCache {
-  json last = nullptr;
-  spr::RunnerPolicy parsed;
-  const spr::RunnerPolicy& get(const json& p) {
-    if (p != last) {
-      parsed = spr::RunnerPolicy::from_json(p);
-      last = p;
-    }
-    return parsed;
-  }
-};
-
-std::string reply_text(const json& id, const json& nonce, const spr::RunResult& r) {
-  json j = detail::reply_from_result(r);
-  j["id"] = id;
-  j["nonce"] = nonce;
-  return detail::dump_json(j);
-}
-
 #ifdef SPR_FAULTS
 // Test-only fault injection: compiled into spr-worker-faulty, never into spr-worker. A request
 // whose code starts with "#spr-fault: NAME" makes the worker misbehave in that way.
 // Some faults stand for what a run with arbitrary read/write of the worker's memory could do
 // (forge a reply, write outside the audit hook's view, allocate behind the accounting).
-void forge(const json& id, const json& nonce, json body) {
+void forge(std::uint64_t id, json body) {
   body["id"] = id;
-  body["nonce"] = nonce;
+  body["type"] = "reply";
   detail::write_frame(detail::kProtocolFd, detail::dump_json(body));
 }
 
-void inject_fault(const std::string& code, const json& id, const json& nonce) {
+spr::embed::ForkRunner* g_fork_runner = nullptr;  // fork mode: where fail_setup goes
+
+void inject_fault(const std::string& code, std::uint64_t id) {
   const std::string tag = "#spr-fault: ";
   if (code.rfind(tag, 0) != 0) return;
   const std::string line = code.substr(tag.size(), code.find('\n') - tag.size());
   const std::string name = line.substr(0, line.find(' '));
   const std::string arg = line.find(' ') == std::string::npos ? std::string() : line.substr(line.find(' ') + 1);
   if (name == "forge_oversize") {  // 200 KB of stdout past a 128 KB cap, then the real reply
-    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"stdout", std::string(200 << 10, 'A')}});
+    forge(id, {{"ok", true}, {"result", "FORGED"}, {"stdout", std::string(200 << 10, 'A')}});
     return;
   }
   if (name == "forge_ok") {  // a plausible reply, then the real one: two frames for one request
-    forge(id, nonce, {{"ok", true}, {"result", "FORGED"}, {"error_kind", "none"}, {"exit_code", 0}});
+    forge(id, {{"ok", true}, {"result", "FORGED"}, {"error_kind", "none"}, {"exit_code", 0}});
     return;
   }
   if (name == "big_header") {  // announces `arg` bytes, sends a few, then stalls
@@ -201,6 +214,10 @@ void inject_fault(const std::string& code, const json& id, const json& nonce) {
     (void)a;
     (void)b;
     for (;;) pause();
+  }
+  if (name == "fail_setup") {  // the run's child counts its set-up call `arg` as failed (fork mode)
+    if (g_fork_runner) g_fork_runner->fail_setup_for_test(arg);
+    return;
   }
   if (name == "leave_file") {  // a file in the worker's scratch root, where only the OS layers apply
     int fd = open(("spr-leftover-" + arg).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -268,7 +285,44 @@ void inject_fault(const std::string& code, const json& id, const json& nonce) {
     raise(SIGKILL);
   }
 }
+
+// Test builds see each request frame before its runner does (the fork parent too: test-only).
+void inspect(std::string_view frame) {
+  try {
+    const auto rq = spr::protocol::decode_as<spr::protocol::Request>(frame);
+    inject_fault(rq.code, rq.id);
+  } catch (const std::exception&) {
+  }
+}
 #endif
+
+// The one serve loop of every mode: requests answered one at a time until the supervisor closes.
+[[noreturn]] void serve(spr::embed::IsolationRunner& runner, bool once) {
+  std::string frame, reply;
+  for (;;) {
+    runner.while_idle(detail::kProtocolFd);
+    const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
+                                      detail::kMaxFrameBytes, runner.read_spin_microseconds());
+    if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
+    if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
+#ifdef SPR_FAULTS
+    inspect(frame);
+#endif
+    runner.handle(frame, reply);
+    spr::embed::wipe(frame);
+    const detail::IoStatus w = detail::write_frame(detail::kProtocolFd, reply);
+    spr::embed::wipe(reply);
+    if (w != detail::IoStatus::ok || once) _exit(0);
+    runner.after_reply();
+  }
+}
+
+// A hello that says why this worker cannot serve; then the worker ends.
+[[noreturn]] void refuse_start(spr::protocol::Hello hello, const std::string& why) {
+  hello.error = why;
+  detail::write_frame(detail::kProtocolFd, spr::protocol::encode(hello));
+  die(why);
+}
 
 }  // namespace
 
@@ -279,19 +333,28 @@ int main(int argc, char** argv) {
   if (std::string(argv[0]).find("nohello") != std::string::npos) {
     for (;;) pause();
   }
+  if (const char* f = std::strstr(argv[0], "spr-worker-fail-")) g_fail_start = f + std::strlen("spr-worker-fail-");
 #endif
-  signal(SIGPIPE, SIG_IGN);
   // The protocol fd must be a socket from our supervisor; refuse to run standalone by accident.
   struct stat st{};
   if (fstat(detail::kProtocolFd, &st) != 0 || !S_ISSOCK(st.st_mode))
     die("fd 3 is not the supervisor's socket; spr-worker is started by the safe-py-runner library or CLI");
+  spr::protocol::Hello hello;
+  hello.pid = getpid();
+  hello.isolation = args.isolation;
+  // A supervisor that went away is seen as a failed write, not a signal.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  if (start_call("sigaction", sigaction(SIGPIPE, &ignore, nullptr), -1) != 0)
+    refuse_start(hello, "sigaction(SIGPIPE) failed: " + std::string(strerror(errno)));
   int capture_fd = fcntl(detail::kCaptureFd, F_GETFD) >= 0 ? detail::kCaptureFd : -1;
   if (capture_fd >= 0) {
     // Only a memfd from the supervisor is used as the capture buffer.
     struct stat cst{};
     if (fstat(capture_fd, &cst) != 0 || !S_ISREG(cst.st_mode)) capture_fd = -1;
   }
-  if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0) die("chdir to the scratch directory failed: " + std::string(strerror(errno)));
+  if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0)
+    refuse_start(hello, "chdir to the scratch directory failed: " + std::string(strerror(errno)));
 
   if (args.harden) spr::harden::set_worker_environment();
   spr::embed::EngineOptions eo;
@@ -301,94 +364,50 @@ int main(int argc, char** argv) {
   eo.executable = args.python;
   // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
   if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
-  std::string err = spr::embed::initialize(eo);
-  json hello = {{"hello", true}, {"protocol", detail::kProtocolVersion}, {"pid", getpid()},
-                {"isolation", spr::to_string(args.isolation)}};
-  if (!err.empty()) {
-    hello["error"] = err;
-    detail::write_frame(detail::kProtocolFd, detail::dump_json(hello));
-    die(err);
-  }
-  int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);  // before Landlock hides /proc
-  int devnull_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);        // before Landlock makes it read-only
-  spr::embed::ForkRunner fork_runner(statm_fd, devnull_fd, args.grace, args.allow_network);
-  if (args.isolation == spr::Isolation::fork) fork_runner.prepare();
+  if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
+  // Both before Landlock: it hides /proc and makes /dev/null read-only.
+  const detail::Fd statm(start_call("statm", open("/proc/self/statm", O_RDONLY | O_CLOEXEC), -1));
+  const int statm_errno = errno;
+  const detail::Fd devnull(start_call("devnull", open("/dev/null", O_WRONLY | O_CLOEXEC), -1));
+  const int devnull_errno = errno;
+  // The fork parent's RLIMIT_AS of each child, the backstops and the session cap are measured with it.
+  if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(statm_errno)));
+  const spr::embed::WorkerScope scope{args.isolation, args.allow_network};
+  spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
   spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
-  if (args.isolation == spr::Isolation::subinterpreter) {
-    std::string e = subinterps.start();
-    if (!e.empty()) {
-      hello["error"] = "subinterpreter mode unavailable: " + e;
-      detail::write_frame(detail::kProtocolFd, detail::dump_json(hello));
-      die(e);
-    }
-  }
+  std::unique_ptr<spr::embed::IsolationRunner> runner;
+  // What a mode needs before hardening: the fork child's filter, the first sub-interpreter.
   if (args.session_memory_mb >= 0) {
-    if (int e = spr::embed::limit_session_memory(statm_fd, args.session_memory_mb); e != 0)
-      die("capping the session's address space failed: " + std::string(strerror(e)));
-  }
-  hello["python"] = spr::embed::python_version();
-  hello["hardening"] = args.harden ? spr::harden::to_json(harden_self(args, statm_fd, devnull_fd)) : json::array();
-  if (detail::write_frame(detail::kProtocolFd, detail::dump_json(hello)) != detail::IoStatus::ok) _exit(0);
-
-  if (args.session_memory_mb >= 0) spr::embed::serve_session(args.allow_network);
+    if (int e = spr::embed::limit_session_memory(statm.get(), args.session_memory_mb); e != 0)
+      refuse_start(hello, "capping the session's address space failed: " + std::string(strerror(e)));
+  } else if (args.isolation == spr::Isolation::fork) {
+    // A run's fd 2 becomes /dev/null: without it user code would write to the host's stderr.
+    if (!devnull) refuse_start(hello, "cannot open /dev/null: " + std::string(strerror(devnull_errno)));
+    auto fork_runner = std::make_unique<spr::embed::ForkRunner>(statm.get(), devnull.get(), args.allow_network);
+    if (std::string e = fork_runner->prepare(); !e.empty()) refuse_start(hello, "fork mode unavailable: " + e);
 #ifdef SPR_FAULTS
-  if (args.isolation == spr::Isolation::fork)
-    fork_runner.serve([](std::string_view f) {
-      const json req = detail::parse_json(f);
-      inject_fault(req.at("code").get<std::string>(), req.at("id"), req.value("nonce", json()));
-    });
-#else
-  if (args.isolation == spr::Isolation::fork) fork_runner.serve();
+    g_fork_runner = fork_runner.get();
 #endif
-
-  // namespace and subinterpreter workers serve several runs: what a run changes process-wide is put back.
-  spr::embed::ProcessState process_state;
-  process_state.capture();
-  PolicyCache policies;
-  std::string frame;
-  for (;;) {
-    if (args.isolation == spr::Isolation::subinterpreter) {
-      subinterps.work_while_idle(detail::kProtocolFd);
-      // Every used interpreter has ended, so no object owns a descriptor a run left open: close them.
-      if (!subinterps.has_retired()) process_state.restore(true);
-    }
-    // No spin before sleeping: measured under load it cost more than the wake-up it saves (issue 12).
-    auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max());
-    if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
-    if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
-    if (args.isolation == spr::Isolation::subinterpreter && subinterps.has_retired() && process_state.descriptors_left()) {
-      // Back to back after a run that left descriptors open: end its interpreter now so they can be closed.
-      subinterps.end_retired();
-      process_state.restore(true);
-    }
-    json id = nullptr, nonce = nullptr;
-    spr::RunResult r;
-    try {
-      json req = detail::parse_json(frame);
-      id = req.at("id");
-      nonce = req.at("nonce");
-      spr::embed::Request rq;
-      rq.id = id.get<std::uint64_t>();
-      rq.code = req.at("code").get<std::string>();
-      rq.input_data = req.value("input_data", json::object());
-      if (auto in = req.find("stdin"); in != req.end() && in->is_string()) rq.stdin_text = in->get<std::string>();
-      rq.policy = policies.get(req.at("policy"));
-      rq.policy.isolation = args.isolation;
-      rq.policy.allow_network = rq.policy.allow_network && args.allow_network;
-#ifdef SPR_FAULTS
-      inject_fault(rq.code, id, nonce);
-#endif
-      r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
-    } catch (const std::exception& e) {
-      r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());
-    }
-    if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
-    if (args.once) _exit(0);
-    if (args.isolation == spr::Isolation::subinterpreter) {
-      subinterps.retire();
-      process_state.restore(false);  // descriptors wait until the run's interpreter has ended (loop top)
-    } else if (args.isolation == spr::Isolation::namespace_) {
-      process_state.restore(false);  // module objects of earlier runs may own descriptors: left alone
-    }
+    runner = std::move(fork_runner);
+  } else if (args.isolation == spr::Isolation::subinterpreter) {
+    if (std::string e = subinterps.start(); !e.empty()) refuse_start(hello, "subinterpreter mode unavailable: " + e);
+    runner = std::make_unique<spr::embed::SubinterpreterRunner>(scope, subinterps, process_state);
+  } else {
+    runner = std::make_unique<spr::embed::NamespaceRunner>(scope, process_state);
   }
+  hello.python = spr::embed::python_version();
+  if (args.harden) {
+    std::string why;
+    const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), why);
+    if (!why.empty()) refuse_start(hello, why);
+    hello.hardening = spr::harden::to_json(report);
+  }
+  if (detail::write_frame(detail::kProtocolFd, spr::protocol::encode(hello)) != detail::IoStatus::ok) _exit(0);
+
+  if (args.session_memory_mb >= 0) {
+    runner = std::make_unique<spr::embed::SessionRunner>(args.allow_network);
+  } else if (args.isolation != spr::Isolation::fork) {
+    process_state.capture();  // namespace, sub-interpreter, process: what a run changes process-wide is put back
+  }
+  serve(*runner, args.once);
 }

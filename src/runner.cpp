@@ -323,8 +323,7 @@ struct Runner::Impl {
     }
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
-    // Fork mode: the worker kills its child at timeout + grace; we wait one more grace for its reply.
-    const double slack = options.kill_grace_seconds * (policy.isolation == Isolation::fork ? 2 : 1) + 0.05;
+    const double slack = detail::reply_slack(options.kill_grace_seconds, policy.isolation);
     RunResult r;
     bool shut_down;
     {

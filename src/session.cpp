@@ -274,8 +274,9 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       ran = true;
       RunExtras extras;
       if (o.on_output) extras.on_output = &o.on_output;
-      if (o.want_repr) extras.fields["repr"] = true;
-      const double slack = st.grace_seconds + 0.05;
+      extras.want_repr = o.want_repr;
+      // A session worker runs in its own process, never a fork child: one grace.
+      const double slack = reply_slack(st.grace_seconds, Isolation::process);
       r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), o.stdin_text,
                  extras);
       cancelled = detach(o.cancel);
@@ -364,13 +365,12 @@ json Session::variables() {
     id = st.next_id++;
     st.busy = true;
   }
-  auto reply = w->request(id, {{"op", "variables"}}, detail::Clock::now() + std::chrono::seconds(5));
+  std::optional<json> vars = w->variables(id, detail::Clock::now() + std::chrono::seconds(5));
   std::unique_ptr<detail::WorkerProcess> doomed;
   std::lock_guard<std::mutex> lk(st.mu);
   st.busy = false;
   st.last_used = detail::Clock::now();
-  if (reply && reply->contains("variables") && (*reply)["variables"].is_object() && st.ended.empty())
-    return (*reply)["variables"];
+  if (vars && st.ended.empty()) return std::move(*vars);
   if (st.ended.empty()) st.ended = "the session's process did not answer";
   doomed = std::move(st.worker);
   return nullptr;

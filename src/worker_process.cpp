@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -35,20 +34,6 @@ namespace bp = boost::process;
 namespace spr::detail {
 
 namespace {
-
-std::string nonce() {
-  unsigned char b[16];
-  if (getrandom(b, sizeof b, 0) != static_cast<ssize_t>(sizeof b)) {
-    for (auto& c : b) c = static_cast<unsigned char>(random());
-  }
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (unsigned char c : b) {
-    s += hex[c >> 4];
-    s += hex[c & 15];
-  }
-  return s;
-}
 
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
@@ -99,17 +84,27 @@ void remove_tree(const std::string& dir) {
 struct ChildSetup {
   int sock, capture;
   pid_t parent;
+  // One write() to stderr (the host's, or /dev/null) naming the call, then exit 127: no worker starts.
+  [[noreturn]] static void fail(const char* call) {
+    char line[128] = "spr-worker set-up failed: ";
+    std::strncat(line, call, sizeof line - std::strlen(line) - 2);
+    std::strcat(line, "\n");
+    const ssize_t ignored = ::write(2, line, std::strlen(line));
+    (void)ignored;
+    _exit(127);
+  }
   template <class Executor>
   void operator()(Executor&) const {
     // Move our fds above the target numbers first, so dup2 never clobbers one we still need.
     int s = fcntl(sock, F_DUPFD_CLOEXEC, 64);
     int c = fcntl(capture, F_DUPFD_CLOEXEC, 64);
-    if (s < 0 || c < 0 || dup2(s, kProtocolFd) < 0 || dup2(c, kCaptureFd) < 0) _exit(127);
-    setpgid(0, 0);                           // own group: a kill reaches anything it left behind
-    prctl(PR_SET_PDEATHSIG, SIGKILL);        // dies with the thread that spawned it (the spawner)
+    if (s < 0 || c < 0 || dup2(s, kProtocolFd) < 0 || dup2(c, kCaptureFd) < 0) fail("dup2 of the worker's fds");
+    // Each step checked: a worker without them never starts (the supervisor then sees no hello).
+    if (setpgid(0, 0) != 0) fail("setpgid");  // own group: a kill reaches anything it left behind
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("prctl(PR_SET_PDEATHSIG)");  // dies with the spawner thread
     if (getppid() != parent) _exit(127);     // the supervisor died before prctl took effect
     struct rlimit core{0, 0};
-    setrlimit(RLIMIT_CORE, &core);
+    if (setrlimit(RLIMIT_CORE, &core) != 0) fail("setrlimit(RLIMIT_CORE)");
     // Everything else the supervisor had open stays behind (Boost's own pipes are not close-on-exec).
     // Close-on-exec fds (Boost's exec-error pipe among them) are left for exec to close.
     struct rlimit nofile{};
@@ -161,6 +156,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
 std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::unique_ptr<WorkerProcess> w(new WorkerProcess());
   w->isolation_ = o.isolation;
+  w->grace_seconds_ = o.grace_seconds;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     throw WorkerError(std::string("socketpair failed: ") + strerror(errno));
@@ -174,8 +170,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   w->scratch_ = tmpl;
   w->scratch_fd_ = Fd(::open(tmpl, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
 
-  std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_, "--grace",
-                                   format_seconds(o.grace_seconds)};
+  std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_};
   if (o.once) args.push_back("--once");
   if (o.isolation == Isolation::subinterpreter) {
     args.push_back("--subinterpreter-pool");
@@ -231,21 +226,24 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
     throw WorkerError("worker " + o.worker_path.string() + " sent no hello (" + to_string(s) + ", " +
                       describe_status(w->wait_status_) + ")");
   }
+  std::string why;
   try {
-    w->hello_ = parse_json(frame);
-  } catch (const std::exception& e) {
-    w->kill_and_reap();
-    throw WorkerError(std::string("worker sent a malformed hello: ") + e.what());
+    w->hello_ = protocol::decode_as<protocol::Hello>(frame);
+    if (w->hello_.error)
+      why = "worker failed to start: " + *w->hello_.error;
+    else if (w->hello_.protocol != protocol::kVersion)
+      why = "worker speaks protocol " + std::to_string(w->hello_.protocol) + ", expected " +
+            std::to_string(protocol::kVersion);
+  } catch (const protocol::ProtocolError& e) {
+    why = std::string("worker sent a malformed hello: ") + e.what();
   }
-  if (w->hello_.contains("error")) {
+  if (!why.empty()) {
     w->kill_and_reap();
-    throw WorkerError("worker failed to start: " + w->hello_["error"].get<std::string>());
+    throw WorkerError(why);
   }
-  if (w->hello_.value("protocol", 0) != kProtocolVersion) {
-    w->kill_and_reap();
-    throw WorkerError("worker speaks protocol " + w->hello_.value("protocol", json(0)).dump() + ", expected " +
-                      std::to_string(kProtocolVersion));
-  }
+  const protocol::Hello& h = w->hello_;
+  w->hello_json_ = {{"protocol", h.protocol}, {"pid", h.pid},           {"isolation", to_string(h.isolation)},
+                    {"python", h.python},     {"hardening", h.hardening}};
   return w;
 }
 
@@ -325,22 +323,18 @@ void WorkerProcess::trim_capture() const {
   }
 }
 
-std::optional<json> WorkerProcess::request(std::uint64_t id, json message, Clock::time_point deadline) {
+std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point deadline) {
   if (!alive_) return std::nullopt;
-  const std::string n = nonce();
-  message["id"] = id;
-  message["nonce"] = n;
   std::string frame;
-  if (write_frame(sock_.get(), dump_json(message), true) != IoStatus::ok ||
+  if (write_frame(sock_.get(), protocol::encode(protocol::ListVariables{id}), true) != IoStatus::ok ||
       read_frame(sock_.get(), frame, deadline, kMaxControlReplyBytes, 0, pidfd_.get()) != IoStatus::ok) {
     kill_and_reap();
     return std::nullopt;
   }
   try {
-    json reply = parse_json(frame);
-    if (reply.is_object() && reply.value("id", json()) == json(id) && reply.value("nonce", json()) == json(n))
-      return reply;
-  } catch (const std::exception&) {
+    protocol::Variables v = protocol::decode_as<protocol::Variables>(frame);
+    if (v.id == id) return std::move(v.variables);
+  } catch (const protocol::ProtocolError&) {
   }
   kill_and_reap();
   return std::nullopt;
@@ -381,35 +375,17 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } wipe{this};
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-  const std::string n = nonce();
-  // The request is assembled as text: the policy's JSON is cached per thread, since callers send
-  // the same policy again and again.
-  thread_local RunnerPolicy cached_policy;
-  thread_local std::string cached_policy_text = dump_json(cached_policy.to_json());
-  if (policy != cached_policy) {
-    cached_policy = policy;
-    cached_policy_text = dump_json(policy.to_json());
-  }
   std::string text;
   try {
-    text.reserve(code.size() + 256);
-    text += "{\"id\":";
-    text += std::to_string(id);
-    text += ",\"nonce\":\"";
-    text += n;
-    text += "\",\"policy\":";
-    text += cached_policy_text;
-    text += ",\"code\":";
-    text += dump_json(json(code));
-    text += ",\"input_data\":";
-    text += dump_json(input_data);
-    if (!stdin_text.empty()) {
-      text += ",\"stdin\":";
-      text += dump_json(json(stdin_text));
-    }
-    for (auto it = extras.fields.begin(); it != extras.fields.end(); ++it)
-      text += "," + dump_json(json(it.key())) + ":" + dump_json(it.value());
-    text += "}";
+    protocol::Request rq;
+    rq.id = id;
+    rq.code = code;
+    rq.input_data = input_data;
+    rq.policy = policy;
+    rq.stdin_text = stdin_text;
+    rq.want_repr = extras.want_repr;
+    rq.kill_after_seconds = kill_after(policy.timeout_seconds, grace_seconds_);
+    text = protocol::encode(rq);
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
@@ -445,7 +421,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   for (int frames = 0;; ++frames) {
     IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 0, pidfd_.get());
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
-    why = check_reply(frame, id, n, policy, r);
+    why = check_reply(frame, id, policy, r);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
     // says nothing about this request: skip it, answer this run, then replace the worker.
     if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
@@ -495,24 +471,20 @@ std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
   return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
 }
 
-// Parses and checks a reply against what the supervisor knows: the one request in flight (its
-// id), the caps of its policy, the field types. The nonce is compared too, but it is no secret
-// (the run can read its own process's memory); nothing here depends on it staying hidden.
-std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
-                                       const RunnerPolicy& policy, RunResult& r) const {
-  json reply;
+// Decodes and checks a reply against what the supervisor knows: the one request in flight (its
+// id), the caps of its policy, the field types. Nothing here is secret from the run (it can read
+// its own process's memory, the id included): what binds a reply to its request is that only one
+// request is in flight per worker, and any frame out of step replaces the worker.
+std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy,
+                                       RunResult& r) const {
+  protocol::Reply reply;
   try {
-    reply = parse_json(frame);
-  } catch (const std::exception& e) {
-    return std::string("malformed JSON: ") + e.what();
-  }
-  if (!reply.is_object() || reply.value("id", json()) != json(id) || reply.value("nonce", json()) != json(nonce))
-    return "it does not answer the request in flight (id or nonce differs)";
-  try {
-    r = result_from_reply(reply);
-  } catch (const std::exception& e) {
+    reply = protocol::decode_as<protocol::Reply>(frame);
+  } catch (const protocol::ProtocolError& e) {
     return std::string("malformed reply: ") + e.what();
   }
+  if (reply.id != id) return "it does not answer the request in flight (its id differs)";
+  r = std::move(reply.result);
   const std::size_t out_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
   if (r.stdout_text.size() > out_cap || r.stderr_text.size() > out_cap) return "output longer than max_output_kb";
   if (r.error && r.error->size() > kMaxReplyErrorBytes) return "error message longer than the protocol allows";

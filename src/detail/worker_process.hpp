@@ -10,6 +10,8 @@
 
 #include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "common/protocol.hpp"
+#include "common/run_deadline.hpp"
 #include "spr/run_control.hpp"
 #include "spr/runner.hpp"
 
@@ -22,7 +24,7 @@ struct SpawnOptions {
   std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
-  double grace_seconds = 0.25;
+  double grace_seconds = kDefaultGraceSeconds;  // a fork worker kills a run's process at kill_after(timeout, this)
   // OS backstops set in the worker before seccomp forbids changing them (0 = none): RLIMIT_AS of its
   // size at start plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.
   std::int64_t memory_backstop_mb = 0;
@@ -41,7 +43,7 @@ struct SpawnOptions {
 // Per-request extras beside the policy.
 struct RunExtras {
   const OutputCallback* on_output = nullptr;  // streamed from the capture buffer while the run goes on
-  json fields = json::object();               // added to the request frame (sessions: "repr")
+  bool want_repr = false;                     // sessions: repr() of a trailing expression
 };
 
 class WorkerProcess {
@@ -57,13 +59,15 @@ class WorkerProcess {
   RunResult run(std::uint64_t id, const std::string& code, const json& input_data, const RunnerPolicy& policy,
                 Clock::time_point hard_deadline, const std::string& stdin_text = {},
                 const RunExtras& extras = {});
-  // Sends `message` (id and nonce added) and returns the worker's JSON answer, checked for id and
-  // nonce; nullopt (and the worker killed) when it does not answer properly by `deadline`.
-  std::optional<json> request(std::uint64_t id, json message, Clock::time_point deadline);
+  // A session worker's variables (protocol::ListVariables), checked for type, id and size; nullopt (and
+  // the worker killed) when it does not answer properly by `deadline`.
+  std::optional<json> variables(std::uint64_t id, Clock::time_point deadline);
   bool alive() const { return alive_; }
   pid_t pid() const { return pid_; }
   int pidfd() const { return pidfd_.get(); }  // -1 on kernels without pidfd_open
-  const json& hello() const { return hello_; }
+  // The worker's hello: as decoded, and as JSON ("protocol", "pid", "isolation", "python", "hardening").
+  const protocol::Hello& hello_message() const { return hello_; }
+  const json& hello() const { return hello_json_; }
   void kill_and_reap();
   // Nothing unread on the socket: a worker with a stray frame pending is out of step and must go.
   bool quiet() const;
@@ -71,8 +75,7 @@ class WorkerProcess {
  private:
   WorkerProcess() = default;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
-  std::string check_reply(const std::string& frame, std::uint64_t id, const std::string& nonce,
-                          const RunnerPolicy& policy, RunResult& r) const;
+  std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, RunResult& r) const;
   std::uint64_t cpu_ticks() const;
   static bool is_stale(const std::string& frame, std::uint64_t id);
   void wipe_scratch() const;
@@ -86,7 +89,9 @@ class WorkerProcess {
   std::uint64_t max_capture_bytes_ = 0;  // the largest capture size asked for so far
   void trim_capture() const;
   Fd pidfd_;  // readable once the worker has exited
-  json hello_;
+  protocol::Hello hello_;
+  json hello_json_;
+  double grace_seconds_ = kDefaultGraceSeconds;
   bool alive_ = false;
   bool reaped_ = false;
   int wait_status_ = 0;

@@ -441,3 +441,82 @@ TEST_CASE("model: a run cannot change the scheduling of its worker or of later r
   // Nor this test process (the supervisor's), whatever the run aimed at.
   CHECK(getpriority(PRIO_PROCESS, 0) == own_priority);
 }
+
+TEST_CASE("model: a fork child whose set-up call fails runs none of the user's code") {
+  if (test_mode() != spr::Isolation::fork) return;  // the checked set-up of a run's own process
+  sec::Listener listener;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.allow_network = true;  // so that the code, if it ran, could reach the host's listener
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  const std::string code =
+      "import socket\n"
+      "s = socket.create_connection(('127.0.0.1', input_data['port']), timeout=2)\n"
+      "s.close()\n"
+      "print('RAN')\n"
+      "result = 'RAN'\n";
+  const json input = {{"port", listener.port()}};
+  // Without a fault the same code reaches the listener: the checks below can fail.
+  const spr::RunResult plain = runner.run(code, input);
+  REQUIRE_MESSAGE(plain.ok, plain.error.value_or(""));
+  REQUIRE(listener.connections(1000) == 1);
+  // Each set-up step of the run's process, made to fail in turn (spr-worker-faulty).
+  for (const char* call : {"prctl", "close", "dup2", "seccomp", "deadline"}) {
+    CAPTURE(call);
+    const spr::RunResult r = runner.run(std::string("#spr-fault: fail_setup ") + call + "\n" + code, input);
+    CHECK(listener.connections(300) == 0);
+    CHECK_FALSE(r.ok);
+    CHECK(r.result.is_null());
+    CHECK_FALSE(sec::contains(r.stdout_text, "RAN"));
+    CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+    CHECK(sec::contains(r.error.value_or(""), call));
+    // The next run's process is set up as usual.
+    const spr::RunResult next = runner.run("result = 2");
+    CHECK(next.result == json(2));
+  }
+}
+
+TEST_CASE("model: a worker whose set-up call fails never starts, and runs none of the user's code") {
+  sec::Listener listener;
+  const std::string code =
+      "import socket\n"
+      "s = socket.create_connection(('127.0.0.1', input_data['port']), timeout=2)\n"
+      "s.close()\n"
+      "result = 'RAN'\n";
+  const json input = {{"port", listener.port()}};
+  auto attempt = [&](const std::string& worker) {
+    spr::RunnerOptions o = options(worker);
+    o.policy.allow_network = true;  // so that the code, if it ran, could reach the host's listener
+    o.policy.blocked_imports = {};
+    o.start_timeout_seconds = 20;
+    try {
+      spr::Runner runner(o);
+      return runner.run(code, input);
+    } catch (const spr::WorkerError& e) {
+      spr::RunResult r;
+      r.error_kind = spr::ErrorKind::worker_unavailable;
+      r.error = e.what();
+      return r;
+    }
+  };
+  // The same code on a worker that starts reaches the listener: the checks below can fail.
+  const spr::RunResult plain = attempt(kFaulty);
+  REQUIRE_MESSAGE(plain.ok, plain.error.value_or(""));
+  REQUIRE(listener.connections(1000) == 1);
+  struct Row {
+    const char* call;  // spr-worker-fail-<call> (spr-worker-faulty) fails this set-up call
+    const char* said;  // and the error names it so
+  };
+  for (const Row row : {Row{"sigaction", "sigaction(SIGPIPE)"}, Row{"statm", "/proc/self/statm"},
+                        Row{"devnull", "/dev/null"}}) {
+    // Only fork mode hands /dev/null to the run's process as its stderr.
+    if (std::string(row.call) == "devnull" && test_mode() != spr::Isolation::fork) continue;
+    CAPTURE(row.call);
+    const spr::RunResult r = attempt(std::string(SPR_TEST_WORKERS_DIR) + "/spr-worker-fail-" + row.call);
+    CHECK(listener.connections(300) == 0);
+    CHECK_FALSE(r.ok);
+    CHECK(r.result.is_null());
+    CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+    CHECK(sec::contains(r.error.value_or(""), row.said));
+  }
+}

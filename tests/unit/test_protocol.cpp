@@ -114,3 +114,63 @@ TEST_CASE("parse_isolation: the one parser of isolation names") {
   CHECK_FALSE(spr::parse_isolation("Fork"));
   CHECK_FALSE(spr::parse_isolation(""));
 }
+
+TEST_CASE("protocol: session fields and messages round-trip") {
+  pr::Request rq;
+  rq.id = 4;
+  rq.code = "x";
+  rq.want_repr = true;
+  rq.kill_after_seconds = 2.25;
+  rq.stdin_text = "line\n";
+  auto rq2 = round_trip(rq);
+  CHECK(rq2.want_repr);
+  CHECK(rq2.kill_after_seconds == 2.25);
+  CHECK(rq2.stdin_text == "line\n");
+  // Left out when unset, and read back as unset.
+  const std::string plain = pr::encode(pr::Request{});
+  CHECK(plain.find("repr") == std::string::npos);
+  CHECK(plain.find("kill_after_seconds") == std::string::npos);
+  CHECK_FALSE(pr::decode_as<pr::Request>(plain).want_repr);
+
+  CHECK(round_trip(pr::ListVariables{12}).id == 12);
+  auto v = round_trip(pr::Variables{12, {{"n", {{"type", "int"}, {"value", 3}}}}});
+  CHECK(v.variables["n"]["value"] == 3);
+
+  for (const char* text : {R"({"type":"request","id":1,"code":"","policy":{},"repr":1})",
+                           R"({"type":"request","id":1,"code":"","policy":{},"kill_after_seconds":-1})",
+                           R"({"type":"request","id":1,"code":"","policy":{},"kill_after_seconds":"2"})",
+                           R"({"type":"variables","id":1,"variables":[]})", R"({"type":"list_variables"})"}) {
+    CAPTURE(text);
+    CHECK_THROWS_AS(pr::decode(text), pr::ProtocolError);
+  }
+}
+
+TEST_CASE("protocol: a reply head plus its output fields is the reply encode() makes") {
+  pr::Reply r;
+  r.id = 31;
+  r.result = spr::detail::timeout_result(2);
+  r.result.isolation = spr::Isolation::fork;
+  std::string text = pr::encode_reply_head(r);
+  CHECK(text.find("\"stdout\"") == std::string::npos);
+  text += R"(,"stdout":"out\n","stderr":"","stdout_truncated":true,"stderr_truncated":false})";
+  const pr::Reply back = pr::decode_as<pr::Reply>(text);
+  CHECK(back.id == 31);
+  CHECK(back.result.error_kind == spr::ErrorKind::timeout);
+  CHECK(back.result.stdout_text == "out\n");
+  CHECK(back.result.stdout_truncated);
+  r.result.stdout_text = "out\n";
+  r.result.stdout_truncated = true;
+  CHECK(pr::encode(back) == pr::encode(r));
+}
+
+TEST_CASE("protocol: a policy cache decodes a policy once and follows a change") {
+  pr::PolicyCache cache;
+  const std::string a = R"({"type":"request","id":1,"code":"","policy":{"timeout_seconds":2}})";
+  const std::string b = R"({"type":"request","id":2,"code":"","policy":{"timeout_seconds":3}})";
+  CHECK(pr::decode_as<pr::Request>(a, &cache).policy.timeout_seconds == 2);
+  CHECK(&cache.get(spr::json{{"timeout_seconds", 2}}) == &cache.get(spr::json{{"timeout_seconds", 2}}));
+  CHECK(pr::decode_as<pr::Request>(b, &cache).policy.timeout_seconds == 3);
+  CHECK(pr::decode_as<pr::Request>(a, &cache).policy.timeout_seconds == 2);
+  CHECK_THROWS_AS(pr::decode(R"({"type":"request","id":1,"code":"","policy":{"timeout_seconds":"x"}})", &cache),
+                  pr::ProtocolError);
+}

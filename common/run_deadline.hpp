@@ -1,0 +1,25 @@
+// The one place the deadlines of a run are computed from its timeout and the kill grace, for both sides.
+#pragma once
+
+#include "spr/policy.hpp"
+
+namespace spr::detail {
+
+// The grace a worker uses when a request names no kill time (RunnerOptions::kill_grace_seconds' default).
+constexpr double kDefaultGraceSeconds = 0.25;
+// Added to every supervisor wait: the reply's own way back under load.
+constexpr double kReplySlackSeconds = 0.05;
+
+// When a fork worker kills the run's process, counted from the request: the engine's own timer
+// fires at the timeout; the grace lets it report (partial output, a clean timeout) first.
+inline double kill_after(double timeout_seconds, double grace_seconds) {
+  return timeout_seconds + grace_seconds;
+}
+
+// How much longer than the timeout the supervisor waits for a reply. Fork mode: the worker kills its
+// child at kill_after() and needs one more grace for its own reply.
+inline double reply_slack(double grace_seconds, Isolation isolation) {
+  return grace_seconds * (isolation == Isolation::fork ? 2 : 1) + kReplySlackSeconds;
+}
+
+}  // namespace spr::detail

@@ -1,0 +1,37 @@
+// The worker's side of the protocol: one function decodes every request frame, one encodes every reply.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/protocol.hpp"
+#include "engine.hpp"
+
+namespace spr::embed {
+
+// What a request may ask of this worker, fixed when it started.
+struct WorkerScope {
+  Isolation isolation = Isolation::fork;
+  bool allow_network = false;  // the worker's network namespace decides; a request can only narrow it
+};
+
+// One request frame, decoded. The id lives here, never in the engine's Request.
+struct Incoming {
+  enum class Kind { run, list_variables, bad };
+  Kind kind = Kind::bad;
+  std::uint64_t id = 0;  // 0 when the frame carries no usable id
+  Request run;           // kind == run: the policy narrowed to this worker's scope
+  double kill_after_seconds = 0;
+  RunResult refusal;  // kind == bad: the bad_input answer
+};
+
+// Used by worker_main's runners, the fork child and the session loop alike. The policy is the one
+// the supervisor validated: only its form is checked here (protocol::decode), never its values again.
+// `policies` keeps the last decoded policy (nullptr: decode it every time).
+Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies);
+
+// The reply frame for request `id`.
+std::string encode_reply(std::uint64_t id, RunResult result);
+
+}  // namespace spr::embed

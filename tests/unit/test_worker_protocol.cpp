@@ -1,0 +1,65 @@
+// Unit tests of the worker's one decode function and its reply encoding.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "common/protocol.hpp"
+#include "worker_protocol.hpp"
+
+namespace pr = spr::protocol;
+using spr::embed::Incoming;
+
+namespace {
+std::string request_frame(bool allow_network) {
+  pr::Request rq;
+  rq.id = 17;
+  rq.code = "result = 1";
+  rq.input_data = {{"x", 2}};
+  rq.stdin_text = "in";
+  rq.want_repr = true;
+  rq.policy.allow_network = allow_network;
+  rq.policy.timeout_seconds = 3;
+  return pr::encode(rq);
+}
+}  // namespace
+
+TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's scope") {
+  pr::PolicyCache cache;
+  const Incoming in = spr::embed::decode_request(request_frame(true), {spr::Isolation::subinterpreter, false}, &cache);
+  REQUIRE(in.kind == Incoming::Kind::run);
+  CHECK(in.id == 17);
+  CHECK(in.run.code == "result = 1");
+  CHECK(in.run.input_data == spr::json{{"x", 2}});
+  CHECK(in.run.stdin_text == "in");
+  CHECK(in.run.want_repr);
+  CHECK(in.run.policy.timeout_seconds == 3);
+  CHECK(in.run.policy.isolation == spr::Isolation::subinterpreter);  // the worker's mode, whatever was sent
+  CHECK_FALSE(in.run.policy.allow_network);                          // a request can only narrow the worker's
+  CHECK(
+      spr::embed::decode_request(request_frame(true), {spr::Isolation::fork, true}, nullptr).run.policy.allow_network);
+}
+
+TEST_CASE("worker protocol: list_variables, and frames that are no request") {
+  const Incoming l = spr::embed::decode_request(pr::encode(pr::ListVariables{5}), {}, nullptr);
+  CHECK(l.kind == Incoming::Kind::list_variables);
+  CHECK(l.id == 5);
+  for (const std::string& frame : {std::string("not json"), pr::encode(pr::Cancel{3}),
+                                   std::string(R"({"type":"request","id":1,"code":7,"policy":{}})")}) {
+    CAPTURE(frame);
+    const Incoming in = spr::embed::decode_request(frame, {}, nullptr);
+    CHECK(in.kind == Incoming::Kind::bad);
+    CHECK(in.refusal.error_kind == spr::ErrorKind::bad_input);
+    CHECK(in.refusal.error.value_or("").rfind("bad request: ", 0) == 0);
+  }
+}
+
+TEST_CASE("worker protocol: a reply encodes as a typed reply the supervisor decodes") {
+  spr::RunResult r;
+  r.ok = true;
+  r.result = 42;
+  r.stdout_text = "hi\n";
+  const pr::Reply back = pr::decode_as<pr::Reply>(spr::embed::encode_reply(9, r));
+  CHECK(back.id == 9);
+  CHECK(back.result.result == 42);
+  CHECK(back.result.stdout_text == "hi\n");
+}
