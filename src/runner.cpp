@@ -10,6 +10,7 @@
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
+#include "detail/runner_access.hpp"
 #include "detail/session_host.hpp"
 #include "detail/worker_pool.hpp"
 #include "detail/worker_process.hpp"
@@ -173,19 +174,48 @@ struct Runner::Impl {
     return r;
   }
 
+  // Who is told of a submitted run's end (RunnerAccess::submit): a run that started reports its own
+  // result when it ends (a cancelled one then answers `cancelled` with its duration); one cancelled
+  // before it started reports the cancel's result at once. Once either way.
+  struct Report {
+    std::mutex mu;
+    bool started = false, reported = false;
+    std::function<void(const RunResult&)> on_done;
+    bool start() {  // false: the cancel was reported, the run must not start
+      std::lock_guard<std::mutex> lk(mu);
+      started = !reported;
+      return started;
+    }
+    void tell(const RunResult& r, bool from_run) {
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (reported || (started && !from_run)) return;
+        reported = true;
+      }
+      on_done(r);
+    }
+  };
+
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
-  RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts) {
+  RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts,
+                   std::function<void(const RunResult&)> on_done = {}) {
     check(policy);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();
+    auto report = on_done ? std::make_shared<Report>() : nullptr;
+    if (report) report->on_done = std::move(on_done);
     CancelToken token = opts.cancel;
-    post([this, done, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts)] {
-      if (!done->done()) done->complete(run(c, i, p, {}, &o));
+    post([this, done, report, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts)] {
+      if (done->done() || (report && !report->start())) return;
+      RunResult r = run(c, i, p, o.stdin_text, &o);
+      if (report) report->tell(r, true);
+      done->complete(std::move(r));
     });
     const Isolation iso = policy.isolation;
-    detail::on_cancel(token, [done, iso] {
+    detail::on_cancel(token, [done, report, iso] {
       RunResult r = detail::cancelled_result();
       r.isolation = iso;
+      if (report) report->tell(r, false);
       done->complete(std::move(r));
     });
     return RunHandle(std::move(fut), std::move(token));
@@ -264,6 +294,12 @@ Session Runner::open_session(const RunnerPolicy& policy) {
   key.isolation = Isolation::namespace_;
   return Session(impl_->sessions->open(policy, impl_->spawn_options(key),
                                        [impl = impl_.get()](std::function<void()> f) { impl->post(std::move(f)); }));
+}
+
+RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json input_data, RunnerPolicy policy,
+                                       RunOptions options, std::function<void(const RunResult&)> on_done) {
+  return runner.impl_->submit(std::move(code), std::move(input_data), std::move(policy), std::move(options),
+                              std::move(on_done));
 }
 
 const RunnerOptions& Runner::options() const { return impl_->options; }
