@@ -128,11 +128,17 @@ struct Runner::Impl {
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
     check(policy);
+    return run_checked(code, input, policy, stdin_text, opts);
+  }
+
+  // run() for a policy check() has passed (submit() checks when the run is queued).
+  RunResult run_checked(const std::string& code, const json& input, const RunnerPolicy& policy,
+                        const std::string& stdin_text, const RunOptions* opts) {
     if (policy.timeout_seconds == 0) {
       // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
       RunnerPolicy floored = policy;
       floored.timeout_seconds = 1;
-      return run(code, input, floored, stdin_text, opts);
+      return run_checked(code, input, floored, stdin_text, opts);
     }
     const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
     if (stdin_text.size() > stdin_cap) {
@@ -207,7 +213,7 @@ struct Runner::Impl {
     CancelToken token = opts.cancel;
     post([this, done, report, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts)] {
       if (done->done() || (report && !report->start())) return;
-      RunResult r = run(c, i, p, o.stdin_text, &o);
+      RunResult r = run_checked(c, i, p, o.stdin_text, &o);
       if (report) report->tell(r, true);
       done->complete(std::move(r));
     });
