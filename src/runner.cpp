@@ -52,9 +52,8 @@ struct Runner::Impl {
       : options(checked(std::move(o))),
         worker_path(detail::find_worker(options.worker_path)),
         sessions(std::make_shared<detail::SessionHost>(options.max_sessions, options.session_idle_seconds)),
-        pool({options.workers, options.start_timeout_seconds}, [this](const PoolKey& key) {
-          return WorkerProcess::spawn(spawn_options(key));
-        }) {}
+        pool({options.workers, options.start_timeout_seconds},
+             [this](const PoolKey& key) { return WorkerProcess::spawn(spawn_options(key)); }) {}
 
   ~Impl() { stop(); }
 

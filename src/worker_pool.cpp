@@ -32,7 +32,9 @@ bool PoolKey::operator<(const PoolKey& o) const {
                   o.once);
 }
 
-bool shares_process(Isolation i) { return i == Isolation::namespace_ || i == Isolation::subinterpreter; }
+bool shares_process(Isolation i) {
+  return i == Isolation::namespace_ || i == Isolation::subinterpreter;
+}
 
 // Workers are hardened when they start: a pool serves one isolation mode, network setting, Python
 // environment and read set (Landlock can only narrow, so the read set is fixed at the worker's start).
@@ -88,7 +90,9 @@ WorkerPool::WorkerPool(Options options, Spawn spawn) : options_(options), spawn_
   spawner_ = std::thread([this] { spawn_loop(); });
 }
 
-WorkerPool::~WorkerPool() { shutdown(); }
+WorkerPool::~WorkerPool() {
+  shutdown();
+}
 
 bool WorkerPool::stopping() const {
   std::lock_guard<std::mutex> lk(mu_);
@@ -259,8 +263,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
     fill(key);
     // A cancellable wait looks at its token every 20 ms.
     const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
-    if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up &&
-        pools_[key].idle.empty()) {
+    if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up && pools_[key].idle.empty()) {
       error = prefix + "no worker became available in time" +
               (pools_[key].last_error.empty() ? std::string() : ": " + pools_[key].last_error);
       return {};

@@ -296,8 +296,8 @@ class Server {
   std::mutex mu_;
   std::map<std::string, SessionQueue> sessions_;
   std::map<std::string, CancelToken> in_flight_;  // by the dumped request id
-  std::size_t submitted_ = 0;                      // one-off runs not answered yet
-  std::condition_variable answered_cv_;            // submitted_ fell to 0
+  std::size_t submitted_ = 0;                     // one-off runs not answered yet
+  std::condition_variable answered_cv_;           // submitted_ fell to 0
   bool done_ = false;
 };
 

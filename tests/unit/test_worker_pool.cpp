@@ -64,7 +64,9 @@ char proc_state(pid_t pid) {
   return close == std::string::npos || close + 2 >= stat.size() ? 0 : stat[close + 2];
 }
 
-bool reaped(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
+bool reaped(pid_t pid) {
+  return ::kill(pid, 0) == -1 && errno == ESRCH;
+}
 
 template <class F>
 bool eventually(F f) {
