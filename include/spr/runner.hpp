@@ -17,6 +17,10 @@
 
 namespace spr {
 
+namespace detail {
+struct RunnerAccess;
+}
+
 // Thrown when no worker can be started at all (missing or broken worker binary).
 class WorkerError : public std::runtime_error {
  public:
@@ -82,6 +86,7 @@ class Runner {
   void shutdown();
 
  private:
+  friend struct detail::RunnerAccess;  // the library's own CLI (src/detail/runner_access.hpp)
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

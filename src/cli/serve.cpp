@@ -1,4 +1,4 @@
-// `serve`: one-off runs on a thread pool; each named session on a thread of its own, so its calls
+// `serve`: one-off runs on Runner::submit; each named session on a thread of its own, so its calls
 // run in the order they came; `cancel` and `close_session` act at once, beside the runs.
 #include "cli/serve.hpp"
 
@@ -14,6 +14,7 @@
 #include "common/frame.hpp"
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
+#include "detail/runner_access.hpp"
 
 namespace spr::cli {
 
@@ -49,10 +50,6 @@ class Server {
     RunResult r = detail::failure(ErrorKind::bad_input, msg);
     r.isolation = base_.isolation;
     emit_result(id, r);
-  }
-
-  void start(std::size_t threads) {
-    for (std::size_t i = 0; i < threads; ++i) pool_.emplace_back([this] { pool_loop(); });
   }
 
   // One request line.
@@ -107,33 +104,26 @@ class Server {
       };
     }
     job.options.want_repr = job.repr;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      in_flight_[id.dump()] = job.options.cancel;
-      if (job.session) {
-        SessionQueue& q = sessions_[*job.session];
-        q.jobs.push_back(std::move(job));
-        if (!q.thread.joinable()) {
-          const std::string name = *q.jobs.back().session;
-          q.thread = std::thread([this, name] { session_loop(name); });
-        }
-        q.cv.notify_one();
-      } else {
-        queue_.push_back(std::move(job));
-        cv_.notify_one();
-      }
+    if (!job.session) return submit(std::move(job));
+    std::lock_guard<std::mutex> lk(mu_);
+    in_flight_[id.dump()] = job.options.cancel;
+    SessionQueue& q = sessions_[*job.session];
+    q.jobs.push_back(std::move(job));
+    if (!q.thread.joinable()) {
+      const std::string name = *q.jobs.back().session;
+      q.thread = std::thread([this, name] { session_loop(name); });
     }
+    q.cv.notify_one();
   }
 
-  // End of input: let every run finish, then close the sessions.
+  // End of input: let every run answer, then close the sessions.
   void finish() {
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::unique_lock<std::mutex> lk(mu_);
       done_ = true;
       for (auto& [name, q] : sessions_) q.cv.notify_all();
+      answered_cv_.wait(lk, [&] { return submitted_ == 0; });
     }
-    cv_.notify_all();
-    for (auto& t : pool_) t.join();
     std::vector<std::thread> threads;
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -151,18 +141,29 @@ class Server {
     std::optional<Session> session;  // opened by its thread on first use
   };
 
-  void pool_loop() {
-    for (;;) {
-      Job job;
+  // A one-off run: answered when it ends, or at once when a cancel comes before it starts.
+  void submit(Job job) {
+    const std::string key = job.id.dump();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      in_flight_[key] = job.options.cancel;
+      ++submitted_;
+    }
+    auto done = [this, id = job.id](const RunResult& r) {
+      answered(id, r);
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--submitted_ == 0) answered_cv_.notify_all();
+    };
+    try {
+      detail::RunnerAccess::submit(runner_, std::move(job.code), std::move(job.input), std::move(job.policy),
+                                   std::move(job.options), std::move(done));
+    } catch (const PolicyError& e) {
       {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return done_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        job = std::move(queue_.front());
-        queue_.pop_front();
+        std::lock_guard<std::mutex> lk(mu_);
+        in_flight_.erase(key);
+        --submitted_;
       }
-      RunResult r = runner_.run(job.code, job.input, job.policy, job.options);
-      answered(job.id, r);
+      bad(job.id, std::string("invalid policy: ") + e.what());
     }
   }
 
@@ -244,32 +245,31 @@ class Server {
   void cancel(const json& id, const json& target) {
     const std::string key = target.dump();
     std::optional<Job> removed;
-    bool found = false;
+    std::optional<CancelToken> token;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      auto take = [&](std::deque<Job>& d) {
-        for (auto it = d.begin(); it != d.end(); ++it)
-          if (it->id.dump() == key) {
-            removed = std::move(*it);
-            d.erase(it);
-            return true;
+      for (auto it = sessions_.begin(); !removed && it != sessions_.end(); ++it) {
+        auto& jobs = it->second.jobs;
+        for (auto j = jobs.begin(); j != jobs.end(); ++j)
+          if (j->id.dump() == key) {
+            removed = std::move(*j);
+            jobs.erase(j);
+            break;
           }
-        return false;
-      };
-      found = take(queue_);
-      for (auto it = sessions_.begin(); !found && it != sessions_.end(); ++it) found = take(it->second.jobs);
+      }
       if (auto it = in_flight_.find(key); it != in_flight_.end()) {
-        found = true;
-        it->second.cancel();
+        token = it->second;
         if (removed) in_flight_.erase(it);
       }
     }
+    // Outside mu_: a one-off run that had not started is answered from within cancel().
+    if (token) token->cancel();
     if (removed) {
       RunResult r = detail::cancelled_result();
       r.isolation = removed->session ? Isolation::process : removed->policy.isolation;
       emit_result(removed->id, r);
     }
-    emit(id, {{"cancel", target}, {"ok", found}});
+    emit(id, {{"cancel", target}, {"ok", removed || token}});
   }
 
   // Queued behind the session's earlier calls; answered once the session is closed.
@@ -294,19 +294,17 @@ class Server {
   std::ostream& out_;
   std::mutex out_mu_;
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job> queue_;
   std::map<std::string, SessionQueue> sessions_;
   std::map<std::string, CancelToken> in_flight_;  // by the dumped request id
-  std::vector<std::thread> pool_;
+  std::size_t submitted_ = 0;                     // one-off runs not answered yet
+  std::condition_variable answered_cv_;           // submitted_ fell to 0
   bool done_ = false;
 };
 
 }  // namespace
 
-void serve(Runner& runner, const RunnerPolicy& base, std::size_t threads, std::istream& in, std::ostream& out) {
+void serve(Runner& runner, const RunnerPolicy& base, std::istream& in, std::ostream& out) {
   Server server(runner, base, out);
-  server.start(threads);
   std::string line;
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;

@@ -9,8 +9,8 @@
 
 namespace spr::cli {
 
-// Answers every request line of `in` on `out`, running up to `threads` at once, and returns when
-// `in` ends and every run has answered (sessions are then closed).
-void serve(Runner& runner, const RunnerPolicy& base, std::size_t threads, std::istream& in, std::ostream& out);
+// Answers every request line of `in` on `out` (one-off runs on runner.submit(), as many at once as
+// its executor runs) and returns when `in` ends and every run has answered (sessions are then closed).
+void serve(Runner& runner, const RunnerPolicy& base, std::istream& in, std::ostream& out);
 
 }  // namespace spr::cli

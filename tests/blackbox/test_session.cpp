@@ -273,6 +273,17 @@ TEST_CASE("streaming: a session call streams too, and a failed call's chunks sti
   CHECK(t.out == "before\n");
 }
 
+TEST_CASE("submit: RunOptions::stdin_text reaches the run, as with run()") {
+  spr::Runner runner(session_options());
+  spr::RunOptions o;
+  o.stdin_text = "from stdin\n";
+  spr::RunHandle h = runner.submit("result = input()", json::object(), policy(), o);
+  REQUIRE(h.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  spr::RunResult r = h.get();
+  check_ok(r);
+  CHECK(r.result == "from stdin");
+}
+
 TEST_CASE("cancel: a running run answers cancelled, its worker is reaped and the pool recovers") {
   spr::Runner runner(session_options());
   std::atomic<bool> started{false};

@@ -1,0 +1,19 @@
+// What the library's own CLI needs of a Runner beyond its public API: submit() with a completion callback.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "spr/runner.hpp"
+
+namespace spr::detail {
+
+struct RunnerAccess {
+  // Runner::submit, and `on_done` called once: with the run's own result when a run that started ends
+  // (cancelled or not; on the executor's thread), or with the cancel's result, at once on the
+  // cancelling thread, when the run had not started. It must not cancel the run or block long.
+  static RunHandle submit(Runner& runner, std::string code, json input_data, RunnerPolicy policy, RunOptions options,
+                          std::function<void(const RunResult&)> on_done);
+};
+
+}  // namespace spr::detail

@@ -1,0 +1,127 @@
+// Workers by kind: lease one for a run, give it back healthy or discard it; warm pools and one-shot leases.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "detail/worker_process.hpp"
+#include "spr/policy.hpp"
+#include "spr/run_control.hpp"
+
+namespace spr::detail {
+
+// What a worker is fixed to when it starts, so which runs it may serve. See key_of.
+struct PoolKey {
+  Isolation isolation = Isolation::fork;
+  bool network = false;
+  std::string python;              // python_executable as given ("" = the default python3)
+  std::vector<std::string> reads;  // allowed_read_paths, sorted, without duplicates
+  std::string domain;              // trust_domain (namespace, subinterpreter)
+  // OS backstops set once at the worker's start (0 = none): RLIMIT_AS room and RLIMIT_CPU seconds.
+  std::int64_t memory_backstop_mb = 0;
+  double cpu_backstop_seconds = 0;
+  bool once = false;  // one-shot: the worker serves one run and is discarded (process mode)
+  bool operator<(const PoolKey& o) const;
+};
+
+// A worker that keeps no state between runs of its kind (one pool per warm mode): the fixed parts of
+// `p`. namespace and subinterpreter workers also split by trust domain and memory class.
+PoolKey warm_key_of(const RunnerPolicy& p);
+// The key a run of `p` leases: warm_key_of(p), or for process mode a one-shot key whose backstops are
+// the run's own limits.
+PoolKey key_of(const RunnerPolicy& p);
+// namespace and subinterpreter workers carry state from run to run.
+bool shares_process(Isolation i);
+
+class WorkerPool {
+ public:
+  // Starts a worker of `key`'s kind; throws (a std::exception saying why) when it cannot.
+  using Spawn = std::function<std::unique_ptr<WorkerProcess>(const PoolKey&)>;
+  struct Options {
+    std::size_t workers = 2;             // warm workers per key
+    double start_timeout_seconds = 10;   // a lease waits at most twice this for a warm worker
+    std::size_t max_pools_per_mode = 8;  // past workers x this, a new key's pool evicts another's idle worker
+  };
+
+  // A leased worker. Given back when destroyed: a live worker of a warm key goes back to its pool;
+  // a dead one, or one of a one-shot key, is killed and reaped (and a warm pool is topped up).
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(Lease&& o) noexcept;
+    Lease& operator=(Lease&& o) noexcept;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease() { give_back(); }
+    explicit operator bool() const { return worker_ != nullptr; }
+    WorkerProcess& operator*() const { return *worker_; }
+    WorkerProcess* operator->() const { return worker_.get(); }
+    void give_back();
+
+   private:
+    friend class WorkerPool;
+    WorkerPool* pool_ = nullptr;
+    const PoolKey* key_ = nullptr;  // the pool map's own key: stable while a lease is out
+    std::unique_ptr<WorkerProcess> worker_;
+  };
+
+  WorkerPool(Options options, Spawn spawn);
+  ~WorkerPool();  // shutdown()
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // A worker for `key`: an idle warm one, else one started for it. An empty lease when there is
+  // none: `error` says why (shutdown, failed starts, no worker in time); or `cancel` was cancelled
+  // (error left empty). A one-shot key's worker is started on the calling thread (see the .cpp).
+  Lease lease(const PoolKey& key, std::string& error, const CancelToken* cancel = nullptr);
+  // Starts warm workers for `key` up to Options::workers, off the caller's path. None for one-shot keys.
+  void prespawn(const PoolKey& key);
+  // Idempotent. Idle workers are killed and reaped; leased ones are killed (their holders reap them
+  // when they give them back); later leases fail.
+  void shutdown();
+  bool stopping() const;
+
+  // For tests: idle warm workers of `key` now.
+  std::size_t idle(const PoolKey& key) const;
+
+ private:
+  struct Pool {
+    std::deque<std::unique_ptr<WorkerProcess>> idle;
+    std::size_t live = 0;    // idle + leased + being started
+    std::string last_error;  // why the last start failed, for callers that then get none
+    int failures_in_a_row = 0;
+  };
+  using Pools = std::map<PoolKey, Pool>;
+
+  void give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w);
+  Lease lease_locked(Pools::iterator it, std::unique_ptr<WorkerProcess> w);
+  std::unique_ptr<WorkerProcess> start_one_shot(Pools::iterator it, std::unique_lock<std::mutex>& lk,
+                                                std::string& error);
+  void fill(const PoolKey& key);  // caller holds mu_
+  void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk);
+  void spawn_loop();
+
+  Options options_;
+  Spawn spawn_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // a worker became idle, or a start failed
+  Pools pools_;
+  std::set<WorkerProcess*> leased_;  // shutdown kills them so their holders return at once
+  bool stopping_ = false;
+  // Warm workers are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the
+  // starting *thread* exits, so starting them from callers' threads would kill workers early.
+  std::thread spawner_;
+  std::condition_variable spawn_cv_;
+  std::deque<PoolKey> spawn_queue_;
+};
+
+}  // namespace spr::detail

@@ -1,0 +1,297 @@
+// WorkerPool: warm workers per key started from one spawner thread, one-shot workers per lease, shutdown.
+#include "detail/worker_pool.hpp"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <tuple>
+#include <utility>
+
+namespace spr::detail {
+
+namespace {
+
+Clock::duration seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+std::int64_t memory_class_mb(std::int64_t limit_mb) {
+  std::int64_t c = 64;
+  while (c < limit_mb) c *= 2;
+  return c;
+}
+
+const char* const kShuttingDown = "the runner is shutting down";
+
+}  // namespace
+
+bool PoolKey::operator<(const PoolKey& o) const {
+  return std::tie(isolation, network, python, reads, domain, memory_backstop_mb, cpu_backstop_seconds, once) <
+         std::tie(o.isolation, o.network, o.python, o.reads, o.domain, o.memory_backstop_mb, o.cpu_backstop_seconds,
+                  o.once);
+}
+
+bool shares_process(Isolation i) {
+  return i == Isolation::namespace_ || i == Isolation::subinterpreter;
+}
+
+// Workers are hardened when they start: a pool serves one isolation mode, network setting, Python
+// environment and read set (Landlock can only narrow, so the read set is fixed at the worker's start).
+// namespace and subinterpreter workers also carry state from run to run (a run may own its process's
+// memory), so their pools are split by trust domain too, and by their OS memory backstop (RLIMIT_AS,
+// set once at start): the power of two at or above the run's memory limit.
+PoolKey warm_key_of(const RunnerPolicy& p) {
+  PoolKey k;
+  k.isolation = p.isolation;
+  k.network = p.allow_network;
+  k.python = p.python_executable;
+  k.reads = p.allowed_read_paths;
+  std::sort(k.reads.begin(), k.reads.end());
+  k.reads.erase(std::unique(k.reads.begin(), k.reads.end()), k.reads.end());
+  if (shares_process(p.isolation)) {
+    k.domain = p.trust_domain;
+    k.memory_backstop_mb = memory_class_mb(p.memory_limit_mb);
+  }
+  return k;
+}
+
+PoolKey key_of(const RunnerPolicy& p) {
+  PoolKey k = warm_key_of(p);
+  if (p.isolation == Isolation::process) {
+    // One run per process: its exact limits become the OS backstop.
+    k.once = true;
+    k.memory_backstop_mb = p.memory_limit_mb;
+    k.cpu_backstop_seconds = p.cpu_time_seconds;
+  }
+  return k;
+}
+
+WorkerPool::Lease::Lease(Lease&& o) noexcept
+    : pool_(std::exchange(o.pool_, nullptr)), key_(std::exchange(o.key_, nullptr)), worker_(std::move(o.worker_)) {}
+
+WorkerPool::Lease& WorkerPool::Lease::operator=(Lease&& o) noexcept {
+  if (this != &o) {
+    give_back();
+    pool_ = std::exchange(o.pool_, nullptr);
+    key_ = std::exchange(o.key_, nullptr);
+    worker_ = std::move(o.worker_);
+  }
+  return *this;
+}
+
+void WorkerPool::Lease::give_back() {
+  if (pool_ && worker_) pool_->give_back(*key_, std::move(worker_));
+  pool_ = nullptr;
+  key_ = nullptr;
+}
+
+WorkerPool::WorkerPool(Options options, Spawn spawn) : options_(options), spawn_(std::move(spawn)) {
+  spawner_ = std::thread([this] { spawn_loop(); });
+}
+
+WorkerPool::~WorkerPool() {
+  shutdown();
+}
+
+bool WorkerPool::stopping() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stopping_;
+}
+
+std::size_t WorkerPool::idle(const PoolKey& key) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = pools_.find(key);
+  return it == pools_.end() ? 0 : it->second.idle.size();
+}
+
+void WorkerPool::shutdown() {
+  std::deque<std::unique_ptr<WorkerProcess>> doomed;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [key, pool] : pools_)
+      for (auto& w : pool.idle) doomed.push_back(std::move(w));
+    for (WorkerProcess* w : leased_) ::kill(-w->pid(), SIGKILL);  // their holders reap them
+  }
+  cv_.notify_all();
+  spawn_cv_.notify_all();
+  doomed.clear();  // kills and reaps
+  if (spawner_.joinable()) spawner_.join();
+}
+
+void WorkerPool::prespawn(const PoolKey& key) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!stopping_) fill(key);
+}
+
+void WorkerPool::fill(const PoolKey& key) {
+  if (key.once) return;  // a one-shot worker is started for its lease (see start_one_shot)
+  Pool& pool = pools_[key];
+  while (pool.live < options_.workers) {
+    ++pool.live;
+    spawn_queue_.push_back(key);
+  }
+  spawn_cv_.notify_one();
+}
+
+void WorkerPool::spawn_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    spawn_cv_.wait(lk, [&] { return stopping_ || !spawn_queue_.empty(); });
+    if (stopping_) return;
+    PoolKey key = spawn_queue_.front();
+    spawn_queue_.pop_front();
+    lk.unlock();
+    std::unique_ptr<WorkerProcess> w;
+    std::string error;
+    try {
+      w = spawn_(key);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    lk.lock();
+    Pool& pool = pools_[key];
+    if (w) {
+      pool.failures_in_a_row = 0;
+      if (stopping_) {
+        lk.unlock();
+        w.reset();
+        lk.lock();
+        return;
+      }
+      pool.idle.push_back(std::move(w));
+    } else {
+      pool.last_error = error;
+      ++pool.failures_in_a_row;
+      --pool.live;
+    }
+    cv_.notify_all();
+  }
+}
+
+// Caller holds `lk` on mu_. Per-domain pools multiply workers: past a bound, an idle worker of
+// another domain's pool makes room for this one. One-shot workers are not counted: none idles.
+void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
+  std::size_t live = 0;
+  for (auto& [k, pool] : pools_)
+    if (!k.once) live += pool.live;
+  if (live < options_.workers * options_.max_pools_per_mode) return;
+  for (auto& [k, pool] : pools_) {
+    if (k.isolation != key.isolation || pool.idle.empty() || !(k < key || key < k)) continue;
+    auto w = std::move(pool.idle.front());
+    pool.idle.pop_front();
+    --pool.live;
+    lk.unlock();
+    w.reset();  // kills and reaps
+    lk.lock();
+    return;
+  }
+}
+
+WorkerPool::Lease WorkerPool::lease_locked(Pools::iterator it, std::unique_ptr<WorkerProcess> w) {
+  leased_.insert(w.get());
+  Lease l;
+  l.pool_ = this;
+  l.key_ = &it->first;
+  l.worker_ = std::move(w);
+  return l;
+}
+
+// A one-shot worker is started on the caller's thread: it lives only for that caller's run, so the
+// thread outlives it (PR_SET_PDEATHSIG), and concurrent one-shot leases start their processes in
+// parallel instead of queueing behind the spawner thread. The caller holds `lk` on mu_.
+std::unique_ptr<WorkerProcess> WorkerPool::start_one_shot(Pools::iterator it, std::unique_lock<std::mutex>& lk,
+                                                          std::string& error) {
+  ++it->second.live;  // keeps the entry (and `it`) while the lock is released
+  lk.unlock();
+  std::unique_ptr<WorkerProcess> w;
+  try {
+    w = spawn_(it->first);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  lk.lock();
+  if (w && !stopping_) return w;
+  if (w) error = kShuttingDown;
+  if (--it->second.live == 0 && it->second.idle.empty()) pools_.erase(it);
+  lk.unlock();
+  w.reset();  // kills and reaps
+  lk.lock();
+  return nullptr;
+}
+
+WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, const CancelToken* cancel) {
+  std::unique_lock<std::mutex> lk(mu_);
+  const auto give_up = Clock::now() + seconds(options_.start_timeout_seconds * 2);
+  // A one-shot worker's failure is its own error; a warm pool's says that no worker was available.
+  const std::string prefix = key.once ? "" : "no worker available: ";
+  for (;;) {
+    if (stopping_) {
+      error = prefix + kShuttingDown;
+      return {};
+    }
+    if (cancel && cancel->cancelled()) return {};
+    auto it = pools_.try_emplace(key).first;
+    Pool& pool = it->second;
+    if (!pool.idle.empty()) {
+      auto w = std::move(pool.idle.front());
+      pool.idle.pop_front();
+      if (!w->quiet()) {
+        // A stray frame or a hang-up is pending: a run wrote to the reply channel itself. Replace it.
+        --pool.live;
+        lk.unlock();
+        w.reset();
+        lk.lock();
+        continue;
+      }
+      return lease_locked(it, std::move(w));
+    }
+    if (key.once) {
+      auto w = start_one_shot(it, lk, error);
+      if (!w) return {};
+      return lease_locked(it, std::move(w));
+    }
+    if (pool.live == 0 && shares_process(key.isolation)) evict_idle_elsewhere(key, lk);
+    // Several starts in a row failed and none is pending: answer now instead of waiting.
+    if (pool.failures_in_a_row >= 3 && pool.live == 0) {
+      error = prefix + pool.last_error;
+      pool.failures_in_a_row = 0;  // the next caller tries again
+      return {};
+    }
+    fill(key);
+    // A cancellable wait looks at its token every 20 ms.
+    const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
+    if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up && pools_[key].idle.empty()) {
+      error = prefix + "no worker became available in time" +
+              (pools_[key].last_error.empty() ? std::string() : ": " + pools_[key].last_error);
+      return {};
+    }
+  }
+}
+
+void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w) {
+  std::unique_ptr<WorkerProcess> dead;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = pools_.find(key);
+    Pool& pool = it->second;
+    leased_.erase(w.get());
+    if (w->alive() && !stopping_ && !key.once) {
+      pool.idle.push_back(std::move(w));
+    } else {
+      dead = std::move(w);
+      --pool.live;
+      if (key.once) {
+        if (pool.live == 0 && pool.idle.empty()) pools_.erase(it);  // `key` refers into it: not used after
+      } else if (!stopping_) {
+        fill(key);  // the replacement comes up off the caller's path
+      }
+    }
+  }
+  cv_.notify_all();  // one condition variable serves every pool: wake them all, each rechecks its own
+  // `dead` is reaped here, outside the lock.
+}
+
+}  // namespace spr::detail

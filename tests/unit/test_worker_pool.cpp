@@ -1,0 +1,246 @@
+// WorkerPool: leases, give back and discard, keys kept apart, one-shot leases, shutdown with leases out.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "detail/worker_pool.hpp"
+
+using spr::Isolation;
+using spr::RunnerPolicy;
+using spr::detail::key_of;
+using spr::detail::PoolKey;
+using spr::detail::SpawnOptions;
+using spr::detail::WorkerPool;
+using spr::detail::WorkerProcess;
+
+namespace {
+
+// Starts the real worker for `key` and counts the starts.
+struct Starter {
+  std::atomic<int> starts{0};
+  WorkerPool::Spawn fn() {
+    return [this](const PoolKey& key) {
+      ++starts;
+      SpawnOptions so;
+      so.worker_path = SPR_TEST_WORKER;
+      so.isolation = key.isolation;
+      so.once = key.once;
+      so.allow_network = key.network;
+      so.read_paths = key.reads;
+      so.memory_backstop_mb = key.memory_backstop_mb;
+      so.cpu_backstop_seconds = key.cpu_backstop_seconds;
+      return WorkerProcess::spawn(so);
+    };
+  }
+};
+
+PoolKey fork_key(bool network = false) {
+  RunnerPolicy p;
+  p.isolation = Isolation::fork;
+  p.allow_network = network;
+  return key_of(p);
+}
+
+PoolKey process_key() {
+  RunnerPolicy p;
+  p.isolation = Isolation::process;
+  return key_of(p);
+}
+
+// The process's state letter from /proc ('Z' killed but not reaped), or 0 when there is no such process.
+char proc_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(f, stat)) return 0;
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() ? 0 : stat[close + 2];
+}
+
+bool reaped(pid_t pid) {
+  return ::kill(pid, 0) == -1 && errno == ESRCH;
+}
+
+template <class F>
+bool eventually(F f) {
+  for (int i = 0; i < 500; ++i) {
+    if (f()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return f();
+}
+
+}  // namespace
+
+TEST_CASE("key_of: pools split by what a worker is fixed to at its start") {
+  RunnerPolicy a;
+  a.isolation = Isolation::namespace_;
+  a.allowed_read_paths = {"/usr", "/etc"};
+  RunnerPolicy b = a;
+  b.allowed_read_paths = {"/etc", "/usr", "/etc"};
+  CHECK_FALSE(key_of(a) < key_of(b));  // the same read set in another order
+  CHECK_FALSE(key_of(b) < key_of(a));
+  b.trust_domain = "tenant-b";
+  CHECK((key_of(a) < key_of(b) || key_of(b) < key_of(a)));  // namespace workers keep state: per domain
+  RunnerPolicy c = a;
+  c.memory_limit_mb = 100;
+  RunnerPolicy d = a;
+  d.memory_limit_mb = 120;
+  CHECK_FALSE(key_of(c) < key_of(d));  // one memory class (128 MB)
+  CHECK_FALSE(key_of(d) < key_of(c));
+  d.memory_limit_mb = 300;
+  CHECK(key_of(c) < key_of(d));
+  RunnerPolicy f;
+  f.isolation = Isolation::fork;
+  RunnerPolicy g = f;
+  g.trust_domain = "other";
+  CHECK_FALSE(key_of(f) < key_of(g));  // a fork run leaves nothing behind: domains share a pool
+  CHECK_FALSE(key_of(f).once);
+  RunnerPolicy p;
+  p.isolation = Isolation::process;
+  p.memory_limit_mb = 200;
+  p.cpu_time_seconds = 3;
+  const PoolKey k = key_of(p);
+  CHECK(k.once);
+  CHECK(k.memory_backstop_mb == 200);  // the run's own limits are the one-shot worker's backstops
+  CHECK(k.cpu_backstop_seconds == 3);
+}
+
+TEST_CASE("WorkerPool: a healthy worker comes back to its pool; a dead one is discarded and replaced") {
+  Starter s;
+  WorkerPool pool({1, 10}, s.fn());
+  const PoolKey key = fork_key();
+  std::string error;
+  pid_t first = -1;
+  {
+    auto w = pool.lease(key, error);
+    REQUIRE_MESSAGE(w, error);
+    first = w->pid();
+    CHECK(w->alive());
+  }
+  CHECK(pool.idle(key) == 1);
+  pid_t second = -1;
+  {
+    auto w = pool.lease(key, error);
+    REQUIRE_MESSAGE(w, error);
+    CHECK(w->pid() == first);  // the same warm worker, not a new one
+    CHECK(pool.idle(key) == 0);
+    w->kill_and_reap();  // as a cancelled run's worker is
+  }
+  CHECK(reaped(first));
+  {
+    auto w = pool.lease(key, error);  // the replacement, started after the discard
+    REQUIRE_MESSAGE(w, error);
+    second = w->pid();
+  }
+  CHECK(second != first);
+  CHECK(s.starts == 2);
+}
+
+TEST_CASE("WorkerPool: keys are kept apart") {
+  Starter s;
+  WorkerPool pool({1, 10}, s.fn());
+  const PoolKey a = fork_key(false), b = fork_key(true);
+  std::string error;
+  pid_t pa = -1, pb = -1;
+  {
+    auto wa = pool.lease(a, error);
+    REQUIRE_MESSAGE(wa, error);
+    auto wb = pool.lease(b, error);
+    REQUIRE_MESSAGE(wb, error);
+    pa = wa->pid();
+    pb = wb->pid();
+    CHECK(pa != pb);
+  }
+  CHECK(pool.idle(a) == 1);
+  CHECK(pool.idle(b) == 1);
+  auto wb = pool.lease(b, error);
+  REQUIRE_MESSAGE(wb, error);
+  CHECK(wb->pid() == pb);
+  CHECK(pool.idle(a) == 1);  // a's idle worker was not handed to b
+}
+
+TEST_CASE("WorkerPool: a process-mode lease is a one-shot worker, discarded after its run") {
+  Starter s;
+  WorkerPool pool({2, 10}, s.fn());
+  const PoolKey key = process_key();
+  pool.prespawn(key);  // nothing idles for a one-shot key
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(s.starts == 0);
+  std::string error;
+  pid_t first = -1;
+  {
+    auto w = pool.lease(key, error);
+    REQUIRE_MESSAGE(w, error);
+    first = w->pid();
+    CHECK(s.starts == 1);
+  }
+  CHECK(reaped(first));  // given back alive, still killed and reaped
+  CHECK(pool.idle(key) == 0);
+  auto w = pool.lease(key, error);
+  REQUIRE_MESSAGE(w, error);
+  CHECK(w->pid() != first);
+  CHECK(s.starts == 2);
+}
+
+TEST_CASE("WorkerPool: shutdown kills idle and leased workers; later leases fail; a holder reaps its own") {
+  Starter s;
+  WorkerPool pool({1, 10}, s.fn());
+  const PoolKey a = fork_key(false), b = fork_key(true);
+  std::string error;
+  pid_t idle_pid = -1;
+  {
+    auto w = pool.lease(b, error);
+    REQUIRE_MESSAGE(w, error);
+    idle_pid = w->pid();
+  }
+  auto warm = pool.lease(a, error);
+  REQUIRE_MESSAGE(warm, error);
+  auto once = pool.lease(process_key(), error);
+  REQUIRE_MESSAGE(once, error);
+  const pid_t warm_pid = warm->pid(), once_pid = once->pid();
+  std::thread stopper([&] { pool.shutdown(); });
+  stopper.join();
+  CHECK(pool.stopping());
+  CHECK(reaped(idle_pid));
+  // Leased workers are killed at once but left for their holders to reap.
+  CHECK(eventually([&] { return proc_state(warm_pid) == 'Z'; }));
+  CHECK(eventually([&] { return proc_state(once_pid) == 'Z'; }));
+  error.clear();
+  CHECK_FALSE(pool.lease(a, error));
+  CHECK(error.find("shutting down") != std::string::npos);
+  warm.give_back();
+  once.give_back();
+  CHECK(reaped(warm_pid));
+  CHECK(reaped(once_pid));
+  CHECK(pool.idle(a) == 0);  // not put back after shutdown
+}
+
+TEST_CASE("WorkerPool: failed starts are answered with their reason; a cancelled lease gets nothing") {
+  std::atomic<int> tries{0};
+  WorkerPool pool({1, 10}, [&](const PoolKey&) -> std::unique_ptr<WorkerProcess> {
+    ++tries;
+    throw std::runtime_error("no worker here");
+  });
+  std::string error;
+  CHECK_FALSE(pool.lease(fork_key(), error));
+  CHECK(error == "no worker available: no worker here");
+  CHECK(tries >= 3);
+  error.clear();
+  CHECK_FALSE(pool.lease(process_key(), error));
+  CHECK(error == "no worker here");  // a one-shot start's own error
+  spr::CancelToken token;
+  token.cancel();
+  error.clear();
+  const int before = tries;
+  CHECK_FALSE(pool.lease(process_key(), error, &token));
+  CHECK(error.empty());
+  CHECK(tries == before);  // nothing started for a cancelled lease
+}
