@@ -17,7 +17,7 @@
 #include <sstream>
 
 #include "audit.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
 #include "capture.hpp"
 #include "codec.hpp"
 #include "deadline.hpp"
@@ -282,19 +282,16 @@ void system_exit(const py::FetchedError& e, RunResult& r) {
   r.error_kind = ErrorKind::system_exit;
 }
 
+// `o` becomes the run's outcome; what the run already showed (its isolation, a session's repr) stays.
+void become(RunResult& r, RunResult o) {
+  o.isolation = r.isolation;
+  o.repr = std::move(r.repr);
+  r = std::move(o);
+}
+
+// Over the wall-clock or the CPU limit, as the timers say.
 void classify_over_time(const RunnerPolicy& p, RunResult& r) {
-  r.ok = false;
-  if (deadline::wall_fired()) {
-    r.timed_out = true;
-    r.error = "Execution timed out after " + spr::detail::format_seconds(p.timeout_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::timeout;
-  } else {
-    r.resource_exceeded = true;
-    r.error = "CPU time limit exceeded after " + spr::detail::format_seconds(p.cpu_time_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::cpu_time;
-  }
+  become(r, deadline::wall_fired() ? outcome::timeout(p.timeout_seconds) : outcome::cpu_time(p.cpu_time_seconds));
 }
 
 // The knob behind an OSError the sandbox's OS layers raised, or nullptr when it is not one.
@@ -342,10 +339,7 @@ void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
   }
   write_stderr(format_traceback(e, false));
   if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
-    r.resource_exceeded = true;
-    r.error = "Memory limit exceeded";
-    r.exit_code = 2;
-    r.error_kind = ErrorKind::memory;
+    become(r, outcome::memory());
     return;
   }
   r.error = one_line(e);
@@ -659,14 +653,7 @@ bool prepare_capture(const Request& req) {
 }
 
 RunResult run(const Request& req) {
-  if (!prepare_capture(req)) {
-    RunResult r;
-    r.error = "cannot allocate the output buffer";
-    r.error_kind = ErrorKind::memory;
-    r.exit_code = 2;
-    r.resource_exceeded = true;
-    return r;
-  }
+  if (!prepare_capture(req)) return outcome::no_output_buffer();
   return run_prepared(req);
 }
 
@@ -681,9 +668,7 @@ RunResult run_prepared(const Request& req) {
   RunDirectory run_dir(p.scratch_dir, req.id);
   if (p.scratch_dir) {
     if (!run_dir.ok()) {
-      r.error = "cannot create the run's scratch directory: " + run_dir.error();
-      r.error_kind = ErrorKind::worker_crashed;
-      r.exit_code = 1;
+      become(r, outcome::setup_failed("scratch directory", run_dir.error()));
       return r;
     }
     rules.scratch = run_dir.path();
@@ -693,15 +678,11 @@ RunResult run_prepared(const Request& req) {
   py::Ref main_module;
   py::Ref globals(make_globals(req, main_module));
   if (!globals) {
-    r.error = "bad input: " + current_error_text();
-    r.error_kind = ErrorKind::bad_input;
-    r.exit_code = 1;
+    become(r, outcome::bad_input(current_error_text()));
     return r;
   }
   if (!begin_streams(req.stdin_text)) {
-    r.error = "cannot create the run's streams: " + current_error_text();
-    r.error_kind = ErrorKind::worker_crashed;
-    r.exit_code = 1;
+    become(r, outcome::setup_failed("streams", current_error_text()));
     return r;
   }
   MainModule as_main(main_module.get());
@@ -717,10 +698,7 @@ RunResult run_prepared(const Request& req) {
   if (!code) {
     py::FetchedError e = py::FetchedError::fetch();
     if (PyErr_GivenExceptionMatches(e.type.get(), PyExc_MemoryError)) {
-      r.error = "Memory limit exceeded";
-      r.error_kind = ErrorKind::memory;
-      r.resource_exceeded = true;
-      r.exit_code = 2;
+      become(r, outcome::memory());
     } else {
       write_stderr(format_traceback(e, true));
       r.error = one_line(e);
@@ -765,24 +743,24 @@ RunResult run_prepared(const Request& req) {
       PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
       const std::uint64_t max_bytes = static_cast<std::uint64_t>(p.max_result_kb) * 1024;
       codec::Encoded enc = codec::from_python(result ? result : Py_None, max_bytes);
-      if (enc.error == codec::kCyclic) {
+      if (enc.status == codec::Status::cyclic) {
         // JSON cannot hold a cycle: the whole value as str(), as the README promises.
         py::Ref text(PyObject_Str(result));
         PyErr_Clear();
         enc = codec::from_python(text ? text.get() : Py_None, max_bytes);
       }
       PyErr_Clear();
-      if (!enc.error.empty()) {
-        r.ok = false;
-        r.exit_code = 1;
-        r.error_kind = ErrorKind::result_too_large;
-        r.error = enc.error == "too large"
-                      ? "Result too large: its JSON exceeds max_result_kb (" + std::to_string(p.max_result_kb) + " KB)"
-                      : "Result cannot be returned: " + enc.error;
-      } else {
-        r.result = std::move(enc.value);
+      switch (enc.status) {
+        case codec::Status::ok:
+          r.result = std::move(enc.value);
+          r.exit_code = 0;
+          break;
+        case codec::Status::too_large: become(r, outcome::result_too_large(p.max_result_kb)); break;
+        case codec::Status::too_deep:
+          become(r, outcome::result_unencodable("nested deeper than " + std::to_string(codec::kMaxDepth) + " levels"));
+          break;
+        case codec::Status::cyclic: become(r, outcome::result_unencodable("the value contains itself")); break;
       }
-      if (r.ok) r.exit_code = 0;
     }
     // User __del__ methods run here, still under the audit hook and the limits (a session keeps its namespace).
     if (!req.session_main) PyDict_Clear(globals.get());
@@ -804,19 +782,14 @@ RunResult run_prepared(const Request& req) {
         (deadline::wall_fired() || deadline::cpu_fired() || overran || cpu_overran)) {
       r.result = nullptr;
       if (overran && !deadline::cpu_fired() && !cpu_overran) {
-        RunResult t = spr::detail::timeout_result(p.timeout_seconds);
-        t.isolation = r.isolation;
-        r = std::move(t);
+        r.repr.reset();
+        become(r, outcome::timeout(p.timeout_seconds));
       } else {
         classify_over_time(p, r);
       }
     } else if (!refused_in_code && memory::refused() && (r.ok || r.error_kind == ErrorKind::result_too_large)) {
-      r = RunResult{};
-      r.isolation = p.isolation;
-      r.resource_exceeded = true;
-      r.error = "Memory limit exceeded";
-      r.exit_code = 2;
-      r.error_kind = ErrorKind::memory;
+      r.repr.reset();
+      become(r, outcome::memory());
     }
   }
   if (!req.session_main) PyDict_Clear(globals.get());

@@ -167,11 +167,10 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm) {
     if (prepare_capture(rq)) {
       r = run_prepared(rq);
     } else {
-      r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-      r.resource_exceeded = true;
+      r = outcome::memory();
     }
   } catch (const std::exception& e) {
-    r = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+    r = outcome::bad_request(e.what());
   }
   if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
   json j = detail::reply_from_result(r);
@@ -280,12 +279,10 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   if (protocol) {
     r = detail::failure(ErrorKind::protocol_error, why);
   } else if (timed_out) {
-    r = detail::timeout_result(l.timeout_seconds);
+    r = outcome::timeout(l.timeout_seconds);
   } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
              (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL)) {
-    r = detail::failure(ErrorKind::cpu_time,
-                        "CPU time limit exceeded after " + detail::format_seconds(l.cpu_time_seconds) + "s", 124);
-    r.resource_exceeded = true;
+    r = outcome::cpu_time(l.cpu_time_seconds);
   } else if (WIFSIGNALED(status)) {
     r = detail::failure(ErrorKind::worker_crashed,
                         "the run's process was killed by " + describe_signal(WTERMSIG(status)));
@@ -336,7 +333,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   auto policy = scan::member(frame, "policy");
   if (!scan::valid(frame) || !id || !policy || !scan::number(*id)) {
     // The child would refuse it too; a request that is not even JSON gets its answer here.
-    RunResult r = detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object");
+    RunResult r = outcome::bad_request("not a JSON request object");
     json j = detail::reply_from_result(r);
     j["id"] = nullptr;
     reply = detail::dump_json(j);

@@ -380,7 +380,7 @@ int main(int argc, char** argv) {
 #endif
       r = args.isolation == spr::Isolation::subinterpreter ? subinterps.run(rq) : spr::embed::run(rq);
     } catch (const std::exception& e) {
-      r = detail::failure(spr::ErrorKind::bad_input, std::string("bad request: ") + e.what());
+      r = spr::outcome::bad_request(e.what());
     }
     if (detail::write_frame(detail::kProtocolFd, reply_text(id, nonce, r)) != detail::IoStatus::ok) _exit(0);
     if (args.once) _exit(0);

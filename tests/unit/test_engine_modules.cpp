@@ -49,7 +49,7 @@ json round_trip(const json& v, std::uint64_t max_bytes = 1 << 20) {
   spr::embed::py::Ref obj(embed::codec::to_python(v));
   REQUIRE(obj);
   auto enc = embed::codec::from_python(obj.get(), max_bytes);
-  REQUIRE(enc.error.empty());
+  REQUIRE(enc.status == embed::codec::Status::ok);
   return enc.value;
 }
 
@@ -118,20 +118,20 @@ TEST_CASE("codec: tuples become lists, values JSON cannot hold become str(value)
   spr::embed::py::Ref v(PyRun_String("((1, 2), {3}, 2**70)", Py_eval_input, globals.get(), globals.get()));
   REQUIRE(v);
   auto enc = embed::codec::from_python(v.get(), 1 << 20);
-  REQUIRE(enc.error.empty());
+  REQUIRE(enc.status == embed::codec::Status::ok);
   CHECK(enc.value == json::array({json::array({1, 2}), "{3}", "1180591620717411303424"}));
 }
 
 TEST_CASE("codec: the byte budget and the depth limit are errors, not truncation") {
   engine();
   spr::embed::py::Ref big(embed::codec::to_python(json(std::string(5000, 'x'))));
-  CHECK_FALSE(embed::codec::from_python(big.get(), 1000).error.empty());
-  CHECK(embed::codec::from_python(big.get(), 10000).error.empty());
+  CHECK(embed::codec::from_python(big.get(), 1000).status == embed::codec::Status::too_large);
+  CHECK(embed::codec::from_python(big.get(), 10000).status == embed::codec::Status::ok);
   json deep = json::array();
   for (int i = 0; i < 20; ++i) deep = json::array({deep});
   spr::embed::py::Ref nested(embed::codec::to_python(deep));
-  CHECK_FALSE(embed::codec::from_python(nested.get(), 1 << 20, 10).error.empty());
-  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 30).error.empty());
+  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 10).status == embed::codec::Status::too_deep);
+  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 30).status == embed::codec::Status::ok);
 }
 
 TEST_CASE("capture: output is capped in bytes, cut at a character boundary, and flagged") {
