@@ -83,16 +83,25 @@ bool run_bootstrap(bool main_interpreter) {
   return true;
 }
 
-bool preload(const char* list) {
+// Which sections of bootstrap_py/preload.txt an interpreter imports.
+enum class Preload { sub_interpreter, main, main_warm };
+
+void preload(Preload which) {
   audit::Trusted trusted;
-  std::istringstream in(list);
+  std::istringstream in(kSprPreloadList);
   std::string line;
+  bool wanted = false;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      wanted = line == "[every interpreter]" || (line == "[main]" && which != Preload::sub_interpreter) ||
+               (line == "[warm]" && which == Preload::main_warm);
+      continue;
+    }
+    if (!wanted) continue;
     py::Ref m(PyImport_ImportModule(line.c_str()));
     if (!m) PyErr_Clear();  // a module missing from this Python build is not fatal
   }
-  return true;
 }
 
 // RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
@@ -555,8 +564,7 @@ std::string init_current_interpreter() {
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
-  // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
-  preload("os\nimportlib.machinery\nimportlib.util\nctypes\n");
+  preload(Preload::sub_interpreter);
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
 }
@@ -621,9 +629,7 @@ std::string initialize(const EngineOptions& options) {
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   }
-  // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
-  // cannot be loaded during a run.
-  preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\nctypes\ntraceback\n");
+  preload(options.preload ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   // Everything loaded so far is the runtime's and the engine's own; from here on only code the
