@@ -41,78 +41,26 @@ void after_namespace_run() {
 
 }  // namespace
 
-// The run's private writable directory (policy scratch_dir): created under the worker's scratch
-// root, made the working directory, removed with everything in it when the run ends.
-class RunScope::Directory {
- public:
-  Directory(bool wanted, std::uint64_t id) {
-    if (!wanted) return;
+RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.policy) {
+  guard::reset_run_state();
+  audit::reset_denials();
+  guard::set_policy(policy_);
+  if (policy_.scratch_dir) {
+    // The run's private writable directory: created under the worker's scratch root, made the
+    // working directory, removed with everything in it when the run ends.
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) {
       error_ = strerror(errno);
       return;
     }
     home_ = cwd;
-    path_ = home_ + "/run-" + std::to_string(id) + "-" + std::to_string(getpid());
-    if (mkdir(path_.c_str(), 0700) != 0 || chdir(path_.c_str()) != 0) {
+    std::string path = home_ + "/run-" + std::to_string(req.id) + "-" + std::to_string(getpid());
+    if (mkdir(path.c_str(), 0700) != 0 || chdir(path.c_str()) != 0) {
       error_ = strerror(errno);
-      path_.clear();
-    }
-  }
-  ~Directory() {
-    if (path_.empty()) return;
-    if (chdir(home_.c_str()) != 0) return;
-    remove_tree(path_);
-  }
-  Directory(const Directory&) = delete;
-  Directory& operator=(const Directory&) = delete;
-  bool ok() const { return !path_.empty(); }
-  const std::string& path() const { return path_; }
-  const std::string& error() const { return error_; }
-
-  static void remove_tree(const std::string& dir) {
-    nftw(dir.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
-         FTW_DEPTH | FTW_PHYS);
-  }
-
- private:
-  std::string home_, path_, error_;
-};
-
-
-// sys.modules['__main__'] is the run's module for the run's duration, then what it was before.
-class RunScope::MainModule {
- public:
-  explicit MainModule(PyObject* module) : module_(py::Ref::borrow(module)) {
-    PyObject* modules = PyImport_GetModuleDict();  // borrowed
-    saved_ = py::Ref::borrow(PyDict_GetItemString(modules, "__main__"));
-    if (PyDict_SetItemString(modules, "__main__", module) < 0) PyErr_Clear();
-  }
-  ~MainModule() {
-    PyObject* modules = PyImport_GetModuleDict();
-    if (saved_ ? PyDict_SetItemString(modules, "__main__", saved_.get()) < 0
-               : PyDict_DelItemString(modules, "__main__") < 0)
-      PyErr_Clear();
-  }
-  MainModule(const MainModule&) = delete;
-  MainModule& operator=(const MainModule&) = delete;
-
- private:
-  py::Ref module_, saved_;
-};
-
-
-RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.policy) {
-  guard::reset_run_state();
-  audit::reset_denials();
-  guard::set_policy(policy_);
-  dir_ = std::make_unique<Directory>(policy_.scratch_dir, req.id);
-  if (policy_.scratch_dir) {
-    if (!dir_->ok()) {
-      error_ = dir_->error();
       return;
     }
-    rules.scratch = dir_->path();
+    dir_ = std::move(path);
+    rules.scratch = dir_;
   }
   audit::set_rules(std::move(rules));
 }
@@ -120,11 +68,37 @@ RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.poli
 RunScope::~RunScope() {
   end_limits();
   end_run_state();
-  main_.reset();
-  dir_.reset();
+  end_main();
+  remove_directory();
 }
 
-void RunScope::begin_main(PyObject* module) { main_ = std::make_unique<MainModule>(module); }
+// sys.modules['__main__'] is the run's module for the run's duration, then what it was before.
+void RunScope::begin_main(PyObject* module) {
+  PyObject* modules = PyImport_GetModuleDict();  // borrowed
+  main_ = py::Ref::borrow(module);
+  saved_main_ = py::Ref::borrow(PyDict_GetItemString(modules, "__main__"));
+  if (PyDict_SetItemString(modules, "__main__", module) < 0) PyErr_Clear();
+  main_begun_ = true;
+}
+
+void RunScope::end_main() {
+  if (!main_begun_) return;
+  main_begun_ = false;
+  PyObject* modules = PyImport_GetModuleDict();
+  if (saved_main_ ? PyDict_SetItemString(modules, "__main__", saved_main_.get()) < 0
+                  : PyDict_DelItemString(modules, "__main__") < 0)
+    PyErr_Clear();
+  saved_main_.reset();
+  main_.reset();
+}
+
+void RunScope::remove_directory() {
+  if (dir_.empty()) return;
+  if (chdir(home_.c_str()) == 0)
+    nftw(dir_.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+  dir_.clear();
+}
 
 void RunScope::arm_limits() {
   memory::begin_run(static_cast<std::uint64_t>(policy_.memory_limit_mb) << 20);

@@ -1,7 +1,6 @@
 // Per-run state of the engine as one scope: begun in a fixed order, ended in reverse on every path.
 #pragma once
 
-#include <memory>
 #include <string>
 
 #include "audit.hpp"
@@ -42,13 +41,13 @@ class RunScope {
   void end_run_state();
 
  private:
-  class Directory;
-  class MainModule;
+  void end_main();
+  void remove_directory();
   const RunnerPolicy& policy_;
-  std::unique_ptr<Directory> dir_;
-  std::unique_ptr<MainModule> main_;
+  std::string home_, dir_;  // the scratch directory and the working directory before it ("" = none)
+  py::Ref main_, saved_main_;  // the run's __main__ module and the one it replaced
   std::string error_;
-  bool limits_ = false, run_state_ = true;
+  bool main_begun_ = false, limits_ = false, run_state_ = true;
 };
 
 }  // namespace spr::embed
