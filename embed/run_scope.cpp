@@ -39,6 +39,19 @@ void after_namespace_run() {
   PyErr_Clear();
 }
 
+// The run's private writable directory: created under the worker's scratch root and made the working
+// directory (`home` the one before). Returns "" or the reason. Apart from the constructor so that its
+// path buffer is not on the stack under every run's calls (a fork child would fault in more stack).
+__attribute__((noinline)) std::string make_directory(std::uint64_t id, std::string& home, std::string& dir) {
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) return strerror(errno);
+  home = cwd;
+  std::string path = home + "/run-" + std::to_string(id) + "-" + std::to_string(getpid());
+  if (mkdir(path.c_str(), 0700) != 0 || chdir(path.c_str()) != 0) return strerror(errno);
+  dir = std::move(path);
+  return {};
+}
+
 }  // namespace
 
 RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.policy) {
@@ -46,20 +59,8 @@ RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.poli
   audit::reset_denials();
   guard::set_policy(policy_);
   if (policy_.scratch_dir) {
-    // The run's private writable directory: created under the worker's scratch root, made the
-    // working directory, removed with everything in it when the run ends.
-    char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) {
-      error_ = strerror(errno);
-      return;
-    }
-    home_ = cwd;
-    std::string path = home_ + "/run-" + std::to_string(req.id) + "-" + std::to_string(getpid());
-    if (mkdir(path.c_str(), 0700) != 0 || chdir(path.c_str()) != 0) {
-      error_ = strerror(errno);
-      return;
-    }
-    dir_ = std::move(path);
+    error_ = make_directory(req.id, home_, dir_);
+    if (!error_.empty()) return;
     rules.scratch = dir_;
   }
   audit::set_rules(std::move(rules));
