@@ -53,6 +53,15 @@ RunResult result_unencodable(const std::string& why) {
 
 RunResult bad_request(const std::string& why) { return failure(ErrorKind::bad_input, "bad request: " + why); }
 
+RunResult stdin_too_large(std::size_t bytes, long long max_output_kb) {
+  return failure(ErrorKind::bad_input, "stdin is " + std::to_string(bytes) + " bytes, more than max_output_kb allows (" +
+                                           std::to_string(max_output_kb) + " KB)");
+}
+
+RunResult cancelled() { return failure(ErrorKind::cancelled, "Run cancelled"); }
+
+RunResult session_lost(const std::string& why) { return failure(ErrorKind::session_lost, "Session lost: " + why); }
+
 RunResult bad_input(const std::string& why) { return failure(ErrorKind::bad_input, "bad input: " + why); }
 
 RunResult setup_failed(const std::string& what, const std::string& why) {

@@ -1,6 +1,7 @@
 // Every failed run the runner reports itself, built in one place: its error text, kind and exit code.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -21,9 +22,14 @@ RunResult result_unencodable(const std::string& why);  // the result has no JSON
 
 // Refused before any code ran.
 RunResult bad_request(const std::string& why);  // the worker could not read the request
+RunResult stdin_too_large(std::size_t bytes, long long max_output_kb);  // stdin over the output cap
 RunResult bad_input(const std::string& why);    // the run's input could not become its globals
 // The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
 std::optional<RunResult> non_utf8_code(const std::string& code);
+
+// Ended from outside: a cancel, or the session the call ran in ended ("Session lost: <why>").
+RunResult cancelled();
+RunResult session_lost(const std::string& why);
 
 // The engine could not set the run up (its scratch directory, its streams): worker_crashed.
 RunResult setup_failed(const std::string& what, const std::string& why);

@@ -67,11 +67,24 @@ TEST_CASE("outcome: refusals before any code ran") {
   CHECK(bad->error == std::string("SyntaxError: Non-UTF-8 code starting with '\\xff' on line 2, but no encoding declared"));
 }
 
+TEST_CASE("outcome: ended from outside, and stdin over its cap") {
+  const RunResult c = outcome::cancelled();
+  CHECK(c.error == std::string("Run cancelled"));
+  CHECK(c.error_kind == ErrorKind::cancelled);
+  CHECK(c.exit_code == 1);
+  const RunResult l = outcome::session_lost("the runner shut down");
+  CHECK(l.error == std::string("Session lost: the runner shut down"));
+  CHECK(l.error_kind == ErrorKind::session_lost);
+  const RunResult s = outcome::stdin_too_large(2048, 1);
+  CHECK(s.error == std::string("stdin is 2048 bytes, more than max_output_kb allows (1 KB)"));
+  CHECK(s.error_kind == ErrorKind::bad_input);
+}
+
 TEST_CASE("outcome: every constructor reports a failure with an error") {
   for (const RunResult& r : {outcome::timeout(1), outcome::cpu_time(1), outcome::memory(), outcome::no_output_buffer(),
                              outcome::result_too_large(1), outcome::result_unencodable("x"), outcome::bad_request("x"),
                              outcome::bad_input("x"), outcome::setup_failed("x", "y"),
-                             outcome::failure(ErrorKind::cancelled, "Run cancelled")}) {
+                             outcome::cancelled(), outcome::session_lost("x"), outcome::stdin_too_large(2, 1)}) {
     CHECK_FALSE(r.ok);
     REQUIRE(r.error.has_value());
     CHECK_FALSE(r.error->empty());
