@@ -58,7 +58,7 @@ fuzz:
 
 check-sanitize:
 	@scripts/install-deps.sh
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DSPR_SANITIZE=address,undefined -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF -DSPR_BUILD_PYTHON=OFF"
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizer/lsan.supp $(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DSPR_SANITIZE=address,undefined -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF -DSPR_BUILD_PYTHON=OFF"
 	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DSPR_SANITIZE=thread -DSPR_BUILD_BENCH=OFF -DSPR_BUILD_FUZZ=OFF -DSPR_BUILD_PYTHON=OFF"
 
 lint: $(BUILD)/CMakeCache.txt

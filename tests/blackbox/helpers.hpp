@@ -81,6 +81,8 @@ inline bool is_process() { return isolation() == spr::Isolation::process; }
 inline spr::RunnerPolicy policy() {
   spr::RunnerPolicy p;
   p.isolation = isolation();
+  // Sanitizer builds (SPR_TEST_TIME_SCALE, set by tests/CMakeLists.txt) run code several times slower.
+  if (const char* s = std::getenv("SPR_TEST_TIME_SCALE"); s && std::atof(s) > 1) p.timeout_seconds *= std::atof(s);
   return p;
 }
 
