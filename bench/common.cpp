@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "bench.hpp"
+#include "spr/policy.hpp"
 
 namespace spr_bench {
 
@@ -125,7 +126,7 @@ Options parse_options(int argc, char** argv) {
         std::string m;
         while (std::getline(ss, m, ',')) {
           if (m.empty()) continue;
-          if (m != "namespace" && m != "subinterpreter" && m != "fork" && m != "process") {
+          if (!spr::parse_isolation(m)) {
             std::fprintf(stderr, "unknown mode '%s'\n", m.c_str());
             usage(argv[0], 2);
           }

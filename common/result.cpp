@@ -111,15 +111,6 @@ RunResult result_from_reply(const json& j) {
   return r;
 }
 
-RunResult failure(ErrorKind kind, std::string error, int exit_code) {
-  RunResult r;
-  r.ok = false;
-  r.error = std::move(error);
-  r.error_kind = kind;
-  r.exit_code = exit_code;
-  return r;
-}
-
 std::string format_seconds(double s) {
   char buf[400];
   // Plain decimals, never an exponent ("20", not "2e+01"): the shortest that round-trips.
@@ -129,57 +120,6 @@ std::string format_seconds(double s) {
   }
   std::snprintf(buf, sizeof buf, "%.17g", s);  // below 1e-17: no decimal spelling round-trips
   return buf;
-}
-
-RunResult timeout_result(double timeout_seconds) {
-  RunResult r = failure(ErrorKind::timeout, "Execution timed out after " + format_seconds(timeout_seconds) + "s", 124);
-  r.timed_out = true;
-  return r;
-}
-
-namespace {
-// Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and values beyond
-// U+10FFFF are invalid, as CPython's decoder has them).
-std::size_t utf8_sequence(const std::string& s, std::size_t i) {
-  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  std::size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (std::size_t k = 2; k < n; ++k)
-    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
-  return n;
-}
-}  // namespace
-
-std::optional<RunResult> non_utf8_code_result(const std::string& code) {
-  std::size_t line = 1;
-  for (std::size_t i = 0; i < code.size();) {
-    const std::size_t n = utf8_sequence(code, i);
-    if (n == 0) {
-      char byte[8];
-      std::snprintf(byte, sizeof byte, "\\x%02x", static_cast<unsigned char>(code[i]));
-      return failure(ErrorKind::syntax, std::string("SyntaxError: Non-UTF-8 code starting with '") + byte +
-                                            "' on line " + std::to_string(line) + ", but no encoding declared");
-    }
-    if (code[i] == '\n') ++line;
-    i += n;
-  }
-  return std::nullopt;
 }
 
 }  // namespace detail

@@ -6,6 +6,7 @@
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
+#include "common/outcome.hpp"  // failure(), timeout_result(): outcomes live there
 
 namespace spr::detail {
 
@@ -17,11 +18,6 @@ RunResult result_from_reply(const json& reply);
 json reply_from_result(const RunResult& r);
 ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> protocol_error
 
-// Helpers for results the supervisor makes itself.
-RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
-RunResult timeout_result(double timeout_seconds);
-// The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
-std::optional<RunResult> non_utf8_code_result(const std::string& code);
 
 // A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
 // again (the supervisor validated them where the policy entered).

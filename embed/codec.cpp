@@ -51,12 +51,12 @@ namespace {
 struct Encoder {
   std::uint64_t budget;
   int max_depth;
-  std::string error;
+  Status status = Status::ok;
   std::vector<PyObject*> open;  // containers being encoded: meeting one again is a cycle
 
   bool enter(PyObject* o) {
     if (std::find(open.begin(), open.end(), o) != open.end()) {
-      error = kCyclic;
+      status = Status::cyclic;
       return false;
     }
     open.push_back(o);
@@ -65,7 +65,7 @@ struct Encoder {
 
   bool spend(std::uint64_t n) {
     if (n > budget) {
-      error = "too large";
+      status = Status::too_large;
       return false;
     }
     budget -= n;
@@ -110,7 +110,7 @@ struct Encoder {
 
   bool encode(PyObject* o, json& out, int depth) {
     if (depth > max_depth) {
-      error = "nested deeper than " + std::to_string(max_depth) + " levels";
+      status = Status::too_deep;
       return false;
     }
     if (o == Py_None) {
@@ -187,11 +187,12 @@ struct Encoder {
 }  // namespace
 
 Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth) {
-  Encoder e{max_bytes, max_depth, {}, {}};
+  Encoder e{max_bytes, max_depth, Status::ok, {}};
   Encoded r;
   if (!e.encode(obj, r.value, 0)) {
     r.value = nullptr;
-    r.error = e.error.empty() ? "too large" : e.error;
+    // A failure that set no status is a budget check's (spend() is the only other way out).
+    r.status = e.status == Status::ok ? Status::too_large : e.status;
   }
   return r;
 }

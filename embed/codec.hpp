@@ -13,14 +13,20 @@ namespace spr::embed::codec {
 // New reference, or nullptr with a Python error set.
 PyObject* to_python(const nlohmann::json& value);
 
-struct Encoded {
-  nlohmann::json value;
-  std::string error;  // non-empty: too large or too deep; `value` is null
+// Why an encoding stopped; the engine turns each into its outcome (common/outcome.hpp).
+enum class Status {
+  ok,
+  too_large,  // the JSON text would exceed max_bytes
+  too_deep,   // nested deeper than max_depth
+  cyclic,     // the value contains itself (a list appended to itself)
 };
+struct Encoded {
+  nlohmann::json value;  // null unless status is ok
+  Status status = Status::ok;
+};
+inline constexpr int kMaxDepth = 500;
 // JSON form of `obj`: tuples become lists, what JSON cannot hold becomes str(value).
 // Stops early once the text would exceed `max_bytes`.
-// Encoded::error when the value contains itself (a list appended to itself).
-inline constexpr const char* kCyclic = "the value contains itself";
-Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth = 500);
+Encoded from_python(PyObject* obj, std::uint64_t max_bytes, int max_depth = kMaxDepth);
 
 }  // namespace spr::embed::codec

@@ -1,23 +1,17 @@
-// The in-process engine: isolated CPython initialisation, the bootstrap, and one run in a fresh namespace.
+// The in-process engine: isolated CPython initialisation, the bootstrap, and the steps of one run.
 #include "engine.hpp"
 
-#include <ftw.h>
 #include <limits.h>
 #include <locale.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <stdlib.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <sstream>
 
 #include "audit.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
 #include "capture.hpp"
 #include "codec.hpp"
 #include "deadline.hpp"
@@ -26,6 +20,8 @@
 #include "libdeps.hpp"
 #include "memory.hpp"
 #include "py.hpp"
+#include "run_result.hpp"
+#include "run_scope.hpp"
 #include "trust.hpp"
 
 extern const char kSprBootstrapSource[];
@@ -83,16 +79,25 @@ bool run_bootstrap(bool main_interpreter) {
   return true;
 }
 
-bool preload(const char* list) {
+// Which sections of bootstrap_py/preload.txt an interpreter imports.
+enum class Preload { sub_interpreter, main, main_warm };
+
+void preload(Preload which) {
   audit::Trusted trusted;
-  std::istringstream in(list);
+  std::istringstream in(kSprPreloadList);
   std::string line;
+  bool wanted = false;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      wanted = line == "[every interpreter]" || (line == "[main]" && which != Preload::sub_interpreter) ||
+               (line == "[warm]" && which == Preload::main_warm);
+      continue;
+    }
+    if (!wanted) continue;
     py::Ref m(PyImport_ImportModule(line.c_str()));
     if (!m) PyErr_Clear();  // a module missing from this Python build is not fatal
   }
-  return true;
 }
 
 // RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
@@ -141,11 +146,6 @@ std::vector<std::string> g_support_paths;
 
 // The time-zone database zoneinfo reads (the tzdata package, when installed, lies in site-packages).
 constexpr const char* kZoneInfoDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo"};
-
-bool contains(const std::vector<std::string>& v, const char* s) { return std::find(v.begin(), v.end(), s) != v.end(); }
-
-InterpState g_main_state;
-InterpState* g_state = &g_main_state;
 
 // The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
 // As in the original, extra_globals come last: a name in both takes the operator's value, not the
@@ -198,189 +198,17 @@ PyObject* make_globals(const Request& req, py::Ref& main_module) {
   return g.release();
 }
 
-std::string type_name(PyObject* type) {
-  if (type && PyType_Check(type)) return reinterpret_cast<PyTypeObject*>(type)->tp_name;
-  return "Exception";
-}
-
 double thread_cpu_seconds() {
   timespec ts{};
   if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-// The supervisor refuses `error` fields over 64 KiB; the full text is in stderr.
-std::string clip_line(std::string line) {
-  constexpr std::size_t kMaxErrorBytes = 16 << 10;
-  if (line.size() <= kMaxErrorBytes) return line;
-  std::size_t cut = kMaxErrorBytes;
-  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;  // a character boundary
-  line.resize(cut);
-  return line + "...";
-}
-
-// "ValueError: msg", as the original reports it (the type's name, unqualified).
-std::string one_line(const py::FetchedError& e) {
-  std::string name = type_name(e.type.get());
-  if (auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
-  return clip_line(name + ": " + py::str(e.value.get()));
-}
-
-std::string format_traceback(const py::FetchedError& e, bool only_exception) {
-  py::Ref tb_mod(PyImport_ImportModule("traceback"));
-  if (!tb_mod) {
-    PyErr_Clear();
-    return one_line(e) + "\n";
-  }
-  py::Ref lines(only_exception
-                    ? PyObject_CallMethod(tb_mod.get(), "format_exception_only", "OO", e.type.get(), e.value.get())
-                    : PyObject_CallMethod(tb_mod.get(), "format_exception", "OOO", e.type.get(), e.value.get(),
-                                          e.traceback ? e.traceback.get() : Py_None));
-  if (!lines) {
-    PyErr_Clear();
-    return one_line(e) + "\n";
-  }
-  std::string out;
-  py::Ref it(PyObject_GetIter(lines.get()));
-  while (it) {
-    py::Ref line(PyIter_Next(it.get()));
-    if (!line) break;
-    out += py::utf8(line.get());
-  }
-  PyErr_Clear();
-  return out;
-}
-
-void write_stderr(const std::string& s) { capture::append(1, s.data(), s.size()); }
-
-// Applies SystemExit's rules: None/0 is success, an int is the exit code, anything else is printed.
-void system_exit(const py::FetchedError& e, RunResult& r) {
-  py::Ref code(e.value ? PyObject_GetAttrString(e.value.get(), "code") : nullptr);
-  PyErr_Clear();
-  if (!code || code.get() == Py_None) {
-    r.ok = true;
-    return;
-  }
-  if (PyLong_Check(code.get())) {
-    long n = PyLong_AsLong(code.get());
-    if (n == -1 && PyErr_Occurred()) {
-      PyErr_Clear();
-      n = 1;
-    }
-    if (n == 0) {
-      r.ok = true;
-      return;
-    }
-    r.error = "SystemExit: " + py::str(code.get());
-    r.exit_code = static_cast<int>(n);
-  } else {
-    const std::string msg = py::str(code.get());
-    write_stderr(msg + "\n");
-    r.error = clip_line("SystemExit: " + msg);
-    r.exit_code = 1;
-  }
-  r.error_kind = ErrorKind::system_exit;
-}
-
-void classify_over_time(const RunnerPolicy& p, RunResult& r) {
-  r.ok = false;
-  if (deadline::wall_fired()) {
-    r.timed_out = true;
-    r.error = "Execution timed out after " + spr::detail::format_seconds(p.timeout_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::timeout;
-  } else {
-    r.resource_exceeded = true;
-    r.error = "CPU time limit exceeded after " + spr::detail::format_seconds(p.cpu_time_seconds) + "s";
-    r.exit_code = 124;
-    r.error_kind = ErrorKind::cpu_time;
-  }
-}
-
-// The knob behind an OSError the sandbox's OS layers raised, or nullptr when it is not one.
-const char* os_refusal(const py::FetchedError& e) {
-  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_PermissionError) || !e.value) return nullptr;
-  py::Ref no(PyObject_GetAttrString(e.value.get(), "errno"));
-  PyErr_Clear();
-  const long n = no && PyLong_Check(no.get()) ? PyLong_AsLong(no.get()) : 0;
-  PyErr_Clear();
-  if (n == EACCES) return "files outside the runtime are readable under 'allowed_read_paths', writable with 'scratch_dir'";
-  if (n == EPERM) return "the system-call filter allows no new processes, and sockets only with 'allow_network'";
-  return nullptr;
-}
-
-// A thread start the worker's seccomp filter refused (namespace and subinterpreter mode).
-bool thread_refused(const py::FetchedError& e, const RunnerPolicy& p) {
-  if (p.isolation == Isolation::fork || p.isolation == Isolation::process) return false;
-  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_RuntimeError) || !e.value) return false;
-  return py::str(e.value.get()) == "can't start new thread";
-}
-
-// The name of a builtin the policy removed, when `e` is the NameError its use raised.
-std::string blocked_builtin(const py::FetchedError& e, const RunnerPolicy& p) {
-  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_NameError) || !e.value) return {};
-  py::Ref name(PyObject_GetAttrString(e.value.get(), "name"));
-  PyErr_Clear();
-  if (!name || !PyUnicode_Check(name.get())) return {};
-  const std::string n = py::utf8(name.get());
-  if (!PyDict_GetItemString(PyEval_GetBuiltins(), n.c_str())) return {};  // not a builtin at all
-  const bool removed = p.mode == Mode::allow ? !contains(p.allowed_builtins, n.c_str()) : contains(p.blocked_builtins, n.c_str());
-  return removed ? n : std::string();
-}
-
-void classify(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
-  PyObject* t = e.type.get();
-  r.ok = false;
-  r.exit_code = 1;
-  if (PyErr_GivenExceptionMatches(t, PyExc_SystemExit)) {
-    system_exit(e, r);
-    return;
-  }
-  if (deadline::wall_fired() || deadline::cpu_fired()) {
-    classify_over_time(p, r);
-    return;
-  }
-  write_stderr(format_traceback(e, false));
-  if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
-    r.resource_exceeded = true;
-    r.error = "Memory limit exceeded";
-    r.exit_code = 2;
-    r.error_kind = ErrorKind::memory;
-    return;
-  }
-  r.error = one_line(e);
-  if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised()) {
-    r.error_kind = ErrorKind::blocked_import;
-    // The error line stays the original's; the knob is named on stderr.
-    write_stderr(std::string("note: refused by the import policy (") +
-                 (p.mode == Mode::allow ? "allowed_imports" : "blocked_imports") + ")\n");
-  } else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0) {
-    r.error_kind = ErrorKind::denied;
-  } else if (const char* knob = os_refusal(e)) {
-    // The OS layers refused (Landlock: EACCES; seccomp and dropped capabilities: EPERM).
-    r.error_kind = ErrorKind::denied;
-    *r.error += std::string(" (refused by the sandbox: ") + knob + ")";
-  } else if (thread_refused(e, p)) {
-    // CPython 3.11 raises no audit event for a new thread; the seccomp filter refused it.
-    r.error_kind = ErrorKind::denied;
-    *r.error += " (refused by the sandbox: threads need the 'fork' or 'process' isolation mode)";
-  } else if (const std::string name = blocked_builtin(e, p); !name.empty()) {
-    // The error line stays python3's; the policy is named in the traceback and the kind.
-    r.error_kind = ErrorKind::denied;
-    write_stderr("note: the builtin '" + name + "' is removed by the policy (" +
-                 (p.mode == Mode::allow ? "not in allowed_builtins" : "listed in blocked_builtins") + ")\n");
-  } else {
-    r.error_kind = ErrorKind::exception;
-  }
-}
-
 audit::RunRules rules_for(const RunnerPolicy& p) {
   audit::RunRules rules;
   rules.allow_network = p.allow_network;
   rules.allow_threads = p.isolation == Isolation::fork || p.isolation == Isolation::process;
-  const auto blocked = [&](const char* b) {
-    return p.mode == Mode::allow ? !contains(p.allowed_builtins, b) : contains(p.blocked_builtins, b);
-  };
+  const auto blocked = [&](const char* b) { return run_result::builtin_removed(p, b); };
   rules.block_exec = blocked("exec") && blocked("eval");
   // eval and exec of a string compile it: a run that has either may compile (it gains nothing new).
   rules.block_compile = blocked("compile") && blocked("eval") && blocked("exec");
@@ -390,44 +218,6 @@ audit::RunRules rules_for(const RunnerPolicy& p) {
   }
   return rules;
 }
-
-// The run's private writable directory (policy scratch_dir): created under the worker's scratch
-// root, made the working directory, removed with everything in it when the run ends.
-class RunDirectory {
- public:
-  RunDirectory(bool wanted, std::uint64_t id) {
-    if (!wanted) return;
-    char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) {
-      error_ = strerror(errno);
-      return;
-    }
-    home_ = cwd;
-    path_ = home_ + "/run-" + std::to_string(id) + "-" + std::to_string(getpid());
-    if (mkdir(path_.c_str(), 0700) != 0 || chdir(path_.c_str()) != 0) {
-      error_ = strerror(errno);
-      path_.clear();
-    }
-  }
-  ~RunDirectory() {
-    if (path_.empty()) return;
-    if (chdir(home_.c_str()) != 0) return;
-    remove_tree(path_);
-  }
-  RunDirectory(const RunDirectory&) = delete;
-  RunDirectory& operator=(const RunDirectory&) = delete;
-  bool ok() const { return !path_.empty(); }
-  const std::string& path() const { return path_; }
-  const std::string& error() const { return error_; }
-
-  static void remove_tree(const std::string& dir) {
-    nftw(dir.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
-         FTW_DEPTH | FTW_PHYS);
-  }
-
- private:
-  std::string home_, path_, error_;
-};
 
 constexpr std::size_t kCodeCacheEntries = 64;
 constexpr std::size_t kCodeCacheBytes = 4u << 20;
@@ -486,48 +276,6 @@ PyObject* show_last(PyObject* last, PyObject* globals, std::size_t cap, RunResul
   return value.release();
 }
 
-// Namespace mode: puts back what a run changed in the real builtins module and interpreter-wide
-// settings, so one run's accidents do not break the next (a hostile run is the README's caveat).
-void after_namespace_run() {
-  InterpState& st = state();
-  PyObject* real = PyEval_GetBuiltins();
-  bool same = st.builtins_snapshot && PyDict_Size(real) == PyDict_Size(st.builtins_snapshot);
-  if (same) {
-    PyObject *k, *v;
-    Py_ssize_t pos = 0;
-    while (same && PyDict_Next(st.builtins_snapshot, &pos, &k, &v)) same = PyDict_GetItemWithError(real, k) == v;
-  }
-  if (!same && st.builtins_snapshot) {
-    PyDict_Clear(real);
-    PyDict_Update(real, st.builtins_snapshot);
-  }
-  if (st.bootstrap) {
-    py::Ref r(PyObject_CallMethod(st.bootstrap, "after_namespace_run", nullptr));
-  }
-  PyErr_Clear();
-}
-
-// sys.modules['__main__'] is the run's module for the run's duration, then what it was before.
-class MainModule {
- public:
-  explicit MainModule(PyObject* module) {
-    PyObject* modules = PyImport_GetModuleDict();  // borrowed
-    saved_ = py::Ref::borrow(PyDict_GetItemString(modules, "__main__"));
-    if (PyDict_SetItemString(modules, "__main__", module) < 0) PyErr_Clear();
-  }
-  ~MainModule() {
-    PyObject* modules = PyImport_GetModuleDict();
-    if (saved_ ? PyDict_SetItemString(modules, "__main__", saved_.get()) < 0
-               : PyDict_DelItemString(modules, "__main__") < 0)
-      PyErr_Clear();
-  }
-  MainModule(const MainModule&) = delete;
-  MainModule& operator=(const MainModule&) = delete;
-
- private:
-  py::Ref saved_;
-};
-
 // Fresh text streams for the run (the bootstrap's begin_run): stdout/stderr over the capture, stdin
 // over the request's text.
 bool begin_streams(const std::string& stdin_text) {
@@ -547,6 +295,102 @@ bool install_streams() {
          PySys_SetObject("__stdout__", st.out) == 0 && PySys_SetObject("__stderr__", st.err) == 0;
 }
 
+// The request's code compiled (a session's trailing expression apart, in `last`), or null with the
+// error set.
+py::Ref compile(const Request& req, py::Ref& last) {
+  if (req.code.find('\0') != std::string::npos) {
+    PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
+    return py::Ref();
+  }
+  return req.want_repr ? compile_split(req.code, last) : py::Ref(compile_cached(req.code));
+}
+
+void compile_failed(RunResult& r) {
+  py::FetchedError e = py::FetchedError::fetch();
+  if (PyErr_GivenExceptionMatches(e.type.get(), PyExc_MemoryError)) {
+    run_result::become(r, outcome::memory());
+  } else {
+    run_result::write_stderr(run_result::format_traceback(e, true));
+    r.ok = false;
+    r.error = run_result::one_line(e);
+    r.error_kind = ErrorKind::syntax;
+    r.exit_code = 1;
+  }
+}
+
+// How long the run's code took, by the wall clock and by this thread's CPU clock.
+struct RunClock {
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now(), code_ended, classified;
+  double cpu_started = thread_cpu_seconds(), cpu_used = 0;
+};
+
+// A limit hit while encoding or tearing down still ends the run as over its limit, and so does one
+// its timers never saw: a run that blocked SIGALRM (by the wall clock) or SIGVTALRM (by the CPU
+// clock; the rlimit backstop is coarser: whole seconds). Only a run that would otherwise succeed is
+// relabelled: one that already failed stays failed (and a loaded machine's scheduling delays in its
+// teardown do not relabel it).
+void late_limits(const RunnerPolicy& p, const RunClock& clock, bool refused_in_code, RunResult& r) {
+  if (!r.ok && r.error_kind != ErrorKind::result_too_large) return;
+  const bool overran = (clock.code_ended - clock.started) + (std::chrono::steady_clock::now() - clock.classified) >
+                       std::chrono::duration<double>(p.timeout_seconds);
+  const bool cpu_overran = p.cpu_time_seconds > 0 && thread_cpu_seconds() - clock.cpu_started > p.cpu_time_seconds;
+  if (deadline::wall_fired() || deadline::cpu_fired() || overran || cpu_overran) {
+    r.result = nullptr;
+    if (overran && !deadline::cpu_fired() && !cpu_overran) {
+      r.repr.reset();
+      run_result::become(r, outcome::timeout(p.timeout_seconds));
+    } else {
+      run_result::over_time(p, r);
+    }
+  } else if (!refused_in_code && memory::refused()) {
+    r.repr.reset();
+    run_result::become(r, outcome::memory());
+  }
+}
+
+// Runs the compiled code under the limits, classifies what it did, encodes its result and clears its
+// namespace (user __str__, __repr__ and __del__ run there too), all still under the limits.
+void execute(const Request& req, RunScope& scope, PyObject* code, PyObject* last, PyObject* globals, RunResult& r) {
+  const RunnerPolicy& p = req.policy;
+  scope.arm_limits();
+  RunClock clock;
+  py::Ref value(PyEval_EvalCode(code, globals, globals));
+  if (value && last) value = py::Ref(show_last(last, globals, static_cast<std::size_t>(p.max_result_kb) * 1024, r));
+  py::FetchedError e;
+  if (!value) e = py::FetchedError::fetch();
+  value.reset();
+  clock.code_ended = std::chrono::steady_clock::now();
+  clock.cpu_used = thread_cpu_seconds() - clock.cpu_started;
+  // Classifying (the engine's own traceback formatting) is not the run's time: the timers pause
+  // for it and resume with what is left for encoding and teardown, where the run's code runs again.
+  scope.pause_deadline();
+  const bool fired_in_code = deadline::wall_fired() || deadline::cpu_fired();
+  if (fired_in_code && PyErr_CheckSignals() < 0) PyErr_Clear();  // a pending handler runs now, not later
+  const bool refused_in_code = memory::refused();
+  if (e) {
+    run_result::from_exception(e, p, r);
+  } else if (deadline::wall_fired() || deadline::cpu_fired()) {
+    // The code caught the TimeoutError and finished anyway: it still ran past its limit.
+    run_result::over_time(p, r);
+  } else {
+    r.ok = true;
+  }
+  clock.classified = std::chrono::steady_clock::now();
+  if (!fired_in_code) {
+    const double wall_left = p.timeout_seconds - std::chrono::duration<double>(clock.code_ended - clock.started).count();
+    const double cpu_left = p.cpu_time_seconds > 0 ? std::max(p.cpu_time_seconds - clock.cpu_used, 0.001) : 0;
+    scope.resume_deadline(std::max(wall_left, 0.001), cpu_left);
+  }
+  if (r.ok) run_result::encode(py::Ref::borrow(PyDict_GetItemString(globals, "result")).get(), p, r);
+  // User __del__ methods run here, still under the audit hook and the limits (a session keeps its namespace).
+  if (!req.session_main) PyDict_Clear(globals);
+  PyErr_Clear();
+  scope.end_limits();
+  // A handler may still be pending: let it run now, not in the next run.
+  if ((deadline::wall_fired() || deadline::cpu_fired()) && PyErr_CheckSignals() < 0) PyErr_Clear();
+  late_limits(p, clock, refused_in_code, r);
+}
+
 }  // namespace
 
 std::vector<std::string> g_sys_path;
@@ -561,14 +405,10 @@ std::string init_current_interpreter() {
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
-  // Stdlib modules such as inspect import these; a blocked package cannot load during a run.
-  preload("os\nimportlib.machinery\nimportlib.util\nctypes\n");
+  preload(Preload::sub_interpreter);
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
 }
-
-InterpState& state() { return *g_state; }
-void use_state(InterpState* s) { g_state = s ? s : &g_main_state; }
 
 std::string initialize(const EngineOptions& options) {
   if (g_initialized) return {};
@@ -627,9 +467,7 @@ std::string initialize(const EngineOptions& options) {
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
   }
-  // Even a one-run worker needs these cached: stdlib modules import them, and a blocked module
-  // cannot be loaded during a run.
-  preload(options.preload ? kSprPreloadList : "os\nimportlib.machinery\nimportlib.util\nctypes\ntraceback\n");
+  preload(options.preload ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   // Everything loaded so far is the runtime's and the engine's own; from here on only code the
@@ -659,14 +497,7 @@ bool prepare_capture(const Request& req) {
 }
 
 RunResult run(const Request& req) {
-  if (!prepare_capture(req)) {
-    RunResult r;
-    r.error = "cannot allocate the output buffer";
-    r.error_kind = ErrorKind::memory;
-    r.exit_code = 2;
-    r.resource_exceeded = true;
-    return r;
-  }
+  if (!prepare_capture(req)) return outcome::no_output_buffer();
   return run_prepared(req);
 }
 
@@ -674,158 +505,35 @@ RunResult run_prepared(const Request& req) {
   const RunnerPolicy& p = req.policy;
   RunResult r;
   r.isolation = p.isolation;
-  guard::reset_run_state();
-  audit::reset_denials();
-  guard::set_policy(p);
-  audit::RunRules rules = rules_for(p);
-  RunDirectory run_dir(p.scratch_dir, req.id);
-  if (p.scratch_dir) {
-    if (!run_dir.ok()) {
-      r.error = "cannot create the run's scratch directory: " + run_dir.error();
-      r.error_kind = ErrorKind::worker_crashed;
-      r.exit_code = 1;
-      return r;
-    }
-    rules.scratch = run_dir.path();
+  RunScope scope(req, rules_for(p));  // rules first: allowed_read_paths resolve from the worker's directory
+  if (!scope.error().empty()) {
+    run_result::become(r, outcome::setup_failed("scratch directory", scope.error()));
+    return r;
   }
-  audit::set_rules(std::move(rules));
-
   py::Ref main_module;
   py::Ref globals(make_globals(req, main_module));
   if (!globals) {
-    r.error = "bad input: " + current_error_text();
-    r.error_kind = ErrorKind::bad_input;
-    r.exit_code = 1;
+    run_result::become(r, outcome::bad_input(current_error_text()));
     return r;
   }
   if (!begin_streams(req.stdin_text)) {
-    r.error = "cannot create the run's streams: " + current_error_text();
-    r.error_kind = ErrorKind::worker_crashed;
-    r.exit_code = 1;
+    run_result::become(r, outcome::setup_failed("streams", current_error_text()));
     return r;
   }
-  MainModule as_main(main_module.get());
-
-  py::Ref code, last;
-  if (req.code.find('\0') != std::string::npos) {
-    PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
-  } else if (req.want_repr) {
-    code = compile_split(req.code, last);
-  } else {
-    code = py::Ref(compile_cached(req.code));
-  }
-  if (!code) {
-    py::FetchedError e = py::FetchedError::fetch();
-    if (PyErr_GivenExceptionMatches(e.type.get(), PyExc_MemoryError)) {
-      r.error = "Memory limit exceeded";
-      r.error_kind = ErrorKind::memory;
-      r.resource_exceeded = true;
-      r.exit_code = 2;
+  scope.begin_main(main_module.get());
+  {
+    py::Ref last;
+    py::Ref code(compile(req, last));
+    if (code) {
+      execute(req, scope, code.get(), last.get(), globals.get(), r);
     } else {
-      write_stderr(format_traceback(e, true));
-      r.error = one_line(e);
-      r.error_kind = ErrorKind::syntax;
-      r.exit_code = 1;
-    }
-  } else {
-    // Both limits stay armed until the run's last byte of user code: its result's __str__/__repr__
-    // during encoding and its objects' __del__ when the globals are cleared run under them too.
-    memory::begin_run(static_cast<std::uint64_t>(p.memory_limit_mb) << 20);
-    deadline::arm(p.timeout_seconds, p.cpu_time_seconds);
-    const auto started = std::chrono::steady_clock::now();
-    const double cpu_started = thread_cpu_seconds();
-    py::Ref value(PyEval_EvalCode(code.get(), globals.get(), globals.get()));
-    if (value && last) value = py::Ref(show_last(last.get(), globals.get(), static_cast<std::size_t>(p.max_result_kb) * 1024, r));
-    py::FetchedError e;
-    if (!value) e = py::FetchedError::fetch();
-    value.reset();
-    const auto code_ended = std::chrono::steady_clock::now();
-    const double cpu_used = thread_cpu_seconds() - cpu_started;
-    // Classifying (the engine's own traceback formatting) is not the run's time: the timers pause
-    // for it and resume with what is left for encoding and teardown, where the run's code runs again.
-    deadline::disarm();
-    const bool fired_in_code = deadline::wall_fired() || deadline::cpu_fired();
-    if (fired_in_code && PyErr_CheckSignals() < 0) PyErr_Clear();  // a pending handler runs now, not later
-    const bool refused_in_code = memory::refused();
-    if (e) {
-      classify(e, p, r);
-    } else if (deadline::wall_fired() || deadline::cpu_fired()) {
-      // The code caught the TimeoutError and finished anyway: it still ran past its limit.
-      classify_over_time(p, r);
-    } else {
-      r.ok = true;
-    }
-    const auto classified = std::chrono::steady_clock::now();
-    if (!fired_in_code) {
-      const double wall_left = p.timeout_seconds - std::chrono::duration<double>(code_ended - started).count();
-      const double cpu_left = p.cpu_time_seconds > 0 ? std::max(p.cpu_time_seconds - cpu_used, 0.001) : 0;
-      deadline::arm(std::max(wall_left, 0.001), cpu_left);
-    }
-    if (r.ok) {
-      PyObject* result = PyDict_GetItemString(globals.get(), "result");  // borrowed
-      const std::uint64_t max_bytes = static_cast<std::uint64_t>(p.max_result_kb) * 1024;
-      codec::Encoded enc = codec::from_python(result ? result : Py_None, max_bytes);
-      if (enc.error == codec::kCyclic) {
-        // JSON cannot hold a cycle: the whole value as str(), as the README promises.
-        py::Ref text(PyObject_Str(result));
-        PyErr_Clear();
-        enc = codec::from_python(text ? text.get() : Py_None, max_bytes);
-      }
-      PyErr_Clear();
-      if (!enc.error.empty()) {
-        r.ok = false;
-        r.exit_code = 1;
-        r.error_kind = ErrorKind::result_too_large;
-        r.error = enc.error == "too large"
-                      ? "Result too large: its JSON exceeds max_result_kb (" + std::to_string(p.max_result_kb) + " KB)"
-                      : "Result cannot be returned: " + enc.error;
-      } else {
-        r.result = std::move(enc.value);
-      }
-      if (r.ok) r.exit_code = 0;
-    }
-    // User __del__ methods run here, still under the audit hook and the limits (a session keeps its namespace).
-    if (!req.session_main) PyDict_Clear(globals.get());
-    PyErr_Clear();
-    deadline::disarm();
-    memory::end_run();
-    // A handler may still be pending: let it run now, not in the next run.
-    if ((deadline::wall_fired() || deadline::cpu_fired()) && PyErr_CheckSignals() < 0) PyErr_Clear();
-    // A limit hit while encoding or tearing down still ends the run as over its limit.
-    // Also by the clock: a run that blocked the alarm signal never saw its timer fire.
-    const bool overran = (code_ended - started) + (std::chrono::steady_clock::now() - classified) >
-                         std::chrono::duration<double>(p.timeout_seconds);
-    // Only a run that would otherwise succeed is turned into an overrun: one that already failed
-    // stays failed (and a loaded machine's scheduling delays in its teardown do not relabel it).
-    // And by the CPU clock: a run that blocked SIGVTALRM never saw its CPU timer fire either (the
-    // rlimit backstop is coarser: whole seconds).
-    const bool cpu_overran = p.cpu_time_seconds > 0 && thread_cpu_seconds() - cpu_started > p.cpu_time_seconds;
-    if ((r.ok || r.error_kind == ErrorKind::result_too_large) &&
-        (deadline::wall_fired() || deadline::cpu_fired() || overran || cpu_overran)) {
-      r.result = nullptr;
-      if (overran && !deadline::cpu_fired() && !cpu_overran) {
-        RunResult t = spr::detail::timeout_result(p.timeout_seconds);
-        t.isolation = r.isolation;
-        r = std::move(t);
-      } else {
-        classify_over_time(p, r);
-      }
-    } else if (!refused_in_code && memory::refused() && (r.ok || r.error_kind == ErrorKind::result_too_large)) {
-      r = RunResult{};
-      r.isolation = p.isolation;
-      r.resource_exceeded = true;
-      r.error = "Memory limit exceeded";
-      r.exit_code = 2;
-      r.error_kind = ErrorKind::memory;
+      compile_failed(r);
     }
   }
   if (!req.session_main) PyDict_Clear(globals.get());
   globals.reset();
-  code.reset();
-  last.reset();
   PyErr_Clear();
-  guard::reset_run_state();
-  if (p.isolation == Isolation::namespace_) after_namespace_run();
+  scope.end_run_state();
   r.stdout_text = capture::text(0);
   r.stderr_text = capture::text(1);
   r.stdout_truncated = capture::truncated(0);

@@ -42,7 +42,7 @@ RunResult run_prepared(const Request& req);
 bool prepare_capture(const Request& req);
 
 // Sets up the guard, bootstrap and streams in the interpreter now current (a fresh sub-interpreter,
-// after use_state() pointed at its state). Returns "" or the reason.
+// made current with its engine state by an ActiveInterpreter scope). Returns "" or the reason.
 std::string init_current_interpreter();
 
 std::string python_version();

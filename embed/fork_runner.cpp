@@ -179,12 +179,11 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
                         "the run's process could not be set up (" + setup.message() + "); the code was not run");
   } else if (in.kind != Incoming::Kind::run) {
     r = in.kind == Incoming::Kind::bad ? std::move(in.refusal)
-                                       : detail::failure(ErrorKind::bad_input, "bad request: not a run request");
+                                       : outcome::bad_request("not a run request");
   } else if (prepare_capture(in.run)) {
     r = run_prepared(in.run);
   } else {
-    r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-    r.resource_exceeded = true;
+    r = outcome::memory();
   }
   if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
   detail::write_frame(reply_fd, encode_reply(in.id, std::move(r)));
@@ -294,12 +293,10 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
     // Fails closed: no child ran any of the request.
     r = detail::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
   } else if (timed_out) {
-    r = detail::timeout_result(l.timeout_seconds);
+    r = outcome::timeout(l.timeout_seconds);
   } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
              (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL)) {
-    r = detail::failure(ErrorKind::cpu_time,
-                        "CPU time limit exceeded after " + detail::format_seconds(l.cpu_time_seconds) + "s", 124);
-    r.resource_exceeded = true;
+    r = outcome::cpu_time(l.cpu_time_seconds);
   } else if (WIFSIGNALED(status)) {
     r = detail::failure(ErrorKind::worker_crashed,
                         "the run's process was killed by " + describe_signal(WTERMSIG(status)));
@@ -344,7 +341,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   auto type = scan::member(frame, "type");
   if (!scan::valid(frame) || !id || !policy || !type || *type != "\"request\"" || !id_number(*id, l.id_number)) {
     // The child would refuse it too; a request that is not even a request gets its answer here.
-    reply = encode_reply(0, detail::failure(ErrorKind::bad_input, "bad request: not a JSON request object"));
+    reply = encode_reply(0, outcome::bad_request("not a JSON request object"));
     return;
   }
   l.id.assign(id->data(), id->size());

@@ -17,7 +17,7 @@ std::string answer(std::string_view frame, const WorkerScope& scope, protocol::P
   Incoming in = decode_request(frame, scope, &policies);
   if (in.kind == Incoming::Kind::run) return encode_reply(in.id, run_one(in.run));
   if (in.kind == Incoming::Kind::bad) return encode_reply(in.id, std::move(in.refusal));
-  return encode_reply(in.id, detail::failure(ErrorKind::bad_input, "bad request: not a run request"));
+  return encode_reply(in.id, outcome::bad_request("not a run request"));
 }
 
 }  // namespace

@@ -82,7 +82,7 @@ json variables(PyObject* globals) {
     if (plain(v, 0, budget)) {
       codec::Encoded e = codec::from_python(v, kVariableBytes);
       PyErr_Clear();
-      if (e.error.empty())
+      if (e.status == codec::Status::ok)
         entry["value"] = std::move(e.value);
       else
         entry["repr"] = describe(v);
@@ -134,7 +134,7 @@ void SessionRunner::handle(std::string& frame, std::string& reply) {
       return;
     } catch (const std::exception& e) {
       in.kind = Incoming::Kind::bad;
-      in.refusal = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+      in.refusal = outcome::bad_request(e.what());
     }
   }
   RunResult r;
@@ -148,8 +148,7 @@ void SessionRunner::handle(std::string& frame, std::string& reply) {
     // The session's memory limit spans its calls: each call may grow only into what is left.
     const std::int64_t left = (rq.policy.memory_limit_mb << 20) - (memory::in_use() - base_);
     if (left < (1 << 20)) {
-      r = detail::failure(ErrorKind::memory, "Memory limit exceeded", 2);
-      r.resource_exceeded = true;
+      r = outcome::memory();
     } else {
       rq.policy.memory_limit_mb = left >> 20;
       r = run(rq);

@@ -5,7 +5,7 @@
 #include <poll.h>
 
 #include "audit.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
 #include "deadline.hpp"
 
 namespace spr::embed {
@@ -49,6 +49,17 @@ void end_interpreter(PyThreadState* main, PyThreadState* ts) {
 
 }  // namespace
 
+ActiveInterpreter::ActiveInterpreter(PyThreadState* ts, InterpState* state)
+    : previous_ts_(PyThreadState_Get()), previous_state_(&embed::state()) {
+  switch_to(ts);
+  use_state(state);
+}
+
+ActiveInterpreter::~ActiveInterpreter() {
+  use_state(previous_state_);
+  switch_to(previous_ts_);
+}
+
 // Ended interpreters still waiting beyond this many are ended at once (memory stays bounded).
 constexpr std::size_t kMaxRetired = 2;
 // A request arriving within this long of the last reply is taken as back to back.
@@ -85,17 +96,19 @@ std::string SubinterpRunner::build_one() {
     return error_;
   }
 #endif
+  switch_to(main_);  // the new interpreter is made current by its creation; the scope below owns that
   Ready r;
   r.ts = ts;
-  use_state(&r.state);
-  std::string err = init_current_interpreter();
-  use_state(nullptr);
+  std::string err;
+  {
+    ActiveInterpreter active(ts, &r.state);
+    err = init_current_interpreter();
+  }
   if (!err.empty()) {
     end_interpreter(main_, ts);
     error_ = err;
     return err;
   }
-  switch_to(main_);
   ready_.push_back(std::move(r));
   error_.clear();
   return {};
@@ -110,15 +123,12 @@ void SubinterpRunner::end_one() {
 
 RunResult SubinterpRunner::run(const Request& req) {
   if (ready_.empty() && !build_one().empty())
-    return detail::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + error_);
+    return outcome::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + error_);
   used_ = std::move(ready_.front());
   ready_.pop_front();
-  switch_to(used_.ts);
-  use_state(&used_.state);
+  ActiveInterpreter active(used_.ts, &used_.state);
   RunResult r = embed::run(req);
   deadline::cancel_interval_timers();
-  use_state(nullptr);
-  switch_to(main_);
   return r;
 }
 

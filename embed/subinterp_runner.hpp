@@ -10,6 +10,22 @@
 
 namespace spr::embed {
 
+// Makes a sub-interpreter's thread state and the engine's state for it current for the scope, and
+// the ones current before current again when it ends, on every path (pybind11's
+// subinterpreter_scoped_activate). On 3.12+ each interpreter has its own GIL: switching releases
+// one lock and takes the other.
+class ActiveInterpreter {
+ public:
+  ActiveInterpreter(PyThreadState* ts, InterpState* state);
+  ~ActiveInterpreter();
+  ActiveInterpreter(const ActiveInterpreter&) = delete;
+  ActiveInterpreter& operator=(const ActiveInterpreter&) = delete;
+
+ private:
+  PyThreadState* previous_ts_;
+  InterpState* previous_state_;
+};
+
 class SubinterpRunner {
  public:
   explicit SubinterpRunner(std::size_t pool_size = 2) : pool_size_(pool_size ? pool_size : 1) {}

@@ -31,7 +31,7 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.kind = Incoming::Kind::run;
   } catch (const std::exception& e) {
     in.kind = Incoming::Kind::bad;
-    in.refusal = detail::failure(ErrorKind::bad_input, std::string("bad request: ") + e.what());
+    in.refusal = outcome::bad_request(e.what());
   }
   return in;
 }

@@ -71,7 +71,7 @@ void on_cancel(const CancelToken& t, std::function<void()> f) {
 }
 
 RunResult cancelled_result() {
-  return failure(ErrorKind::cancelled, "Run cancelled", 1);
+  return outcome::cancelled();
 }
 
 }  // namespace detail

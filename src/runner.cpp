@@ -141,9 +141,7 @@ struct Runner::Impl {
     }
     const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
     if (stdin_text.size() > stdin_cap) {
-      RunResult r = detail::failure(ErrorKind::bad_input, "stdin is " + std::to_string(stdin_text.size()) +
-                                                              " bytes, more than max_output_kb allows (" +
-                                                              std::to_string(policy.max_output_kb) + " KB)");
+      RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_output_kb);
       r.isolation = policy.isolation;
       return r;
     }

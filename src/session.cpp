@@ -37,7 +37,7 @@ RunResult lost(RunResult r, const std::string& why) {
   r.ok = false;
   r.result = nullptr;
   r.error_kind = ErrorKind::session_lost;
-  r.error = "Session lost: " + why;
+  r.error = outcome::session_lost(why).error;
   if (r.exit_code == 0) r.exit_code = 1;
   return r;
 }
@@ -257,9 +257,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
     } else if (auto bad = non_utf8_code_result(code)) {
       r = std::move(*bad);
     } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_output_kb) * 1024) {
-      r = failure(ErrorKind::bad_input, "stdin is " + std::to_string(o.stdin_text.size()) +
-                                            " bytes, more than max_output_kb allows (" +
-                                            std::to_string(policy.max_output_kb) + " KB)");
+      r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_output_kb);
     } else {
       st.busy = true;
       w = st.worker.get();
@@ -345,7 +343,7 @@ RunHandle Session::submit(std::string code, json input_data, RunOptions options)
     }
   }
   if (!posted) {
-    RunResult r = detail::failure(ErrorKind::session_lost, "Session lost: the runner shut down");
+    RunResult r = outcome::session_lost("the runner shut down");
     r.isolation = Isolation::process;
     done->complete(std::move(r));
   }

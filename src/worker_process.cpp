@@ -344,11 +344,10 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   kill_and_reap();
   RunResult r;
   if (timed_out) {
-    r = timeout_result(policy.timeout_seconds);
+    r = outcome::timeout(policy.timeout_seconds);
   } else if (status == IoStatus::eof || status == IoStatus::error) {
     if (WIFSIGNALED(wait_status_) && WTERMSIG(wait_status_) == SIGXCPU) {
-      r = failure(ErrorKind::cpu_time, "CPU time limit exceeded after " + format_seconds(policy.cpu_time_seconds) + "s", 124);
-      r.resource_exceeded = true;
+      r = outcome::cpu_time(policy.cpu_time_seconds);
     } else {
       r = failure(ErrorKind::worker_crashed, "worker crashed: " + describe_status(wait_status_));
     }
@@ -447,9 +446,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
     if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
-      RunResult c = failure(ErrorKind::cpu_time,
-                            "CPU time limit exceeded after " + format_seconds(policy.cpu_time_seconds) + "s", 124);
-      c.resource_exceeded = true;
+      RunResult c = outcome::cpu_time(policy.cpu_time_seconds);
       c.stdout_text = std::move(r.stdout_text);
       c.stderr_text = std::move(r.stderr_text);
       c.stdout_truncated = r.stdout_truncated;

@@ -3,7 +3,13 @@
 // soft deadlines. (The black-box suites test the same modules through real workers.)
 #include <doctest/doctest.h>
 
+#include <limits.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "audit.hpp"
 #include "capture.hpp"
@@ -12,7 +18,10 @@
 #include "engine.hpp"
 #include "guard.hpp"
 #include "memory.hpp"
+#include "interp_state.hpp"
 #include "py.hpp"
+#include "run_scope.hpp"
+#include "subinterp_runner.hpp"
 
 namespace embed = spr::embed;
 using spr::json;
@@ -49,7 +58,7 @@ json round_trip(const json& v, std::uint64_t max_bytes = 1 << 20) {
   spr::embed::py::Ref obj(embed::codec::to_python(v));
   REQUIRE(obj);
   auto enc = embed::codec::from_python(obj.get(), max_bytes);
-  REQUIRE(enc.error.empty());
+  REQUIRE(enc.status == embed::codec::Status::ok);
   return enc.value;
 }
 
@@ -118,20 +127,33 @@ TEST_CASE("codec: tuples become lists, values JSON cannot hold become str(value)
   spr::embed::py::Ref v(PyRun_String("((1, 2), {3}, 2**70)", Py_eval_input, globals.get(), globals.get()));
   REQUIRE(v);
   auto enc = embed::codec::from_python(v.get(), 1 << 20);
-  REQUIRE(enc.error.empty());
+  REQUIRE(enc.status == embed::codec::Status::ok);
   CHECK(enc.value == json::array({json::array({1, 2}), "{3}", "1180591620717411303424"}));
 }
 
 TEST_CASE("codec: the byte budget and the depth limit are errors, not truncation") {
   engine();
   spr::embed::py::Ref big(embed::codec::to_python(json(std::string(5000, 'x'))));
-  CHECK_FALSE(embed::codec::from_python(big.get(), 1000).error.empty());
-  CHECK(embed::codec::from_python(big.get(), 10000).error.empty());
+  CHECK(embed::codec::from_python(big.get(), 1000).status == embed::codec::Status::too_large);
+  CHECK(embed::codec::from_python(big.get(), 10000).status == embed::codec::Status::ok);
   json deep = json::array();
   for (int i = 0; i < 20; ++i) deep = json::array({deep});
   spr::embed::py::Ref nested(embed::codec::to_python(deep));
-  CHECK_FALSE(embed::codec::from_python(nested.get(), 1 << 20, 10).error.empty());
-  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 30).error.empty());
+  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 10).status == embed::codec::Status::too_deep);
+  CHECK(embed::codec::from_python(nested.get(), 1 << 20, 30).status == embed::codec::Status::ok);
+}
+
+TEST_CASE("codec: a value that contains itself is reported as cyclic, not as too deep") {
+  engine();
+  spr::embed::py::Ref globals(PyDict_New());
+  PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins());
+  spr::embed::py::Ref v(PyRun_String("[1, 2]", Py_eval_input, globals.get(), globals.get()));
+  REQUIRE(v);
+  REQUIRE(PyList_Append(v.get(), v.get()) == 0);
+  const auto enc = embed::codec::from_python(v.get(), 1 << 20);
+  CHECK(enc.status == embed::codec::Status::cyclic);
+  CHECK(enc.value.is_null());
+  PyList_SetSlice(v.get(), 0, PyList_GET_SIZE(v.get()), nullptr);  // break the cycle
 }
 
 TEST_CASE("capture: output is capped in bytes, cut at a character boundary, and flagged") {
@@ -183,4 +205,99 @@ TEST_CASE("deadline: the CPU timer fires on CPU time") {
   CHECK(exec("while True: pass") == "TimeoutError");
   embed::deadline::disarm();
   CHECK(embed::deadline::cpu_fired());
+}
+
+namespace {
+
+std::string cwd() {
+  char buf[PATH_MAX];
+  return getcwd(buf, sizeof buf) ? buf : "";
+}
+
+PyObject* main_module() { return PyDict_GetItemString(PyImport_GetModuleDict(), "__main__"); }  // borrowed
+
+}  // namespace
+
+TEST_CASE("run scope: an exception ends the limits, puts __main__ back and removes the scratch directory") {
+  engine();
+  spr::RunnerPolicy p;
+  p.scratch_dir = true;
+  p.memory_limit_mb = 16;
+  p.timeout_seconds = 0.3;
+  embed::Request req;
+  req.id = 4242;
+  req.policy = p;
+  const std::string home = cwd();
+  PyObject* before = main_module();
+  spr::embed::py::Ref module(PyModule_New("__main__"));
+  std::string scratch;
+  try {
+    embed::RunScope scope(req, embed::audit::RunRules{});
+    REQUIRE(scope.error().empty());
+    scratch = cwd();
+    CHECK(scratch != home);  // the run works in its own directory
+    scope.begin_main(module.get());
+    CHECK(main_module() == module.get());
+    scope.arm_limits();
+    CHECK(exec("b = bytearray(64 * 1024 * 1024)") == "MemoryError");  // the limit is on
+    throw std::runtime_error("a run's step failed");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(cwd() == home);
+  CHECK(access(scratch.c_str(), F_OK) != 0);  // removed with the scope
+  CHECK(main_module() == before);
+  CHECK(exec("b = bytearray(64 * 1024 * 1024)").empty());  // the memory limit ended
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  CHECK_FALSE(embed::deadline::wall_fired());  // the 0.3 s timer was disarmed, not left to fire
+}
+
+TEST_CASE("run scope: an early return ends the run state, and end_limits is idempotent") {
+  engine();
+  embed::Request req;
+  req.policy.memory_limit_mb = 16;
+  {
+    embed::RunScope scope(req, embed::audit::RunRules{});
+    REQUIRE(scope.error().empty());
+    scope.arm_limits();
+    scope.end_limits();
+    CHECK(exec("b = bytearray(64 * 1024 * 1024)").empty());
+    scope.end_limits();
+  }
+  {
+    embed::RunScope scope(req, embed::audit::RunRules{});
+    scope.arm_limits();
+  }  // left without end_limits
+  CHECK(exec("b = bytearray(64 * 1024 * 1024)").empty());
+}
+
+TEST_CASE("active interpreter: a sub-interpreter is current inside the scope, the previous state after it") {
+  engine();
+  PyThreadState* main = PyThreadState_Get();
+  embed::InterpState* main_state = &embed::state();
+  PyThreadState* sub = nullptr;
+  {
+    embed::audit::Trusted trusted;  // creating interpreters is the engine's, not a run's
+    sub = Py_NewInterpreter();
+  }
+  REQUIRE(sub != nullptr);
+  PyThreadState_Swap(main);
+  embed::InterpState sub_state;
+  {
+    embed::ActiveInterpreter active(sub, &sub_state);
+    CHECK(PyThreadState_Get() == sub);
+    CHECK(&embed::state() == &sub_state);
+  }
+  CHECK(PyThreadState_Get() == main);
+  CHECK(&embed::state() == main_state);
+  try {
+    embed::ActiveInterpreter active(sub, &sub_state);
+    throw std::runtime_error("the run failed");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(PyThreadState_Get() == main);
+  CHECK(&embed::state() == main_state);
+  embed::audit::Trusted trusted;
+  PyThreadState_Swap(sub);
+  Py_EndInterpreter(sub);
+  PyThreadState_Swap(main);
 }

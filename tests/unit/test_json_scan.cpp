@@ -29,7 +29,7 @@ std::uint64_t codec_charge(const json& v) {
   std::uint64_t lo = 0, hi = 1 << 20;
   while (lo < hi) {
     const std::uint64_t mid = (lo + hi) / 2;
-    if (embed::codec::from_python(obj.get(), mid).error.empty())
+    if (embed::codec::from_python(obj.get(), mid).status == embed::codec::Status::ok)
       hi = mid;
     else
       lo = mid + 1;

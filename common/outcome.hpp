@@ -1,0 +1,44 @@
+// Every failed run the runner reports itself, built in one place: its error text, kind and exit code.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "spr/result.hpp"
+
+namespace spr::outcome {
+
+// A failed run of `kind` with a one-line `error` (the generic form the named ones below build on).
+RunResult failure(ErrorKind kind, std::string error, int exit_code = 1);
+
+// Over its limits. Texts and exit codes are the original's (tests and clients match them).
+RunResult timeout(double timeout_seconds);  // "Execution timed out after 5s", 124, timed_out
+RunResult cpu_time(double cpu_time_seconds);  // "CPU time limit exceeded after 2s", 124, resource_exceeded
+RunResult memory();  // "Memory limit exceeded", 2, resource_exceeded
+RunResult no_output_buffer();  // the run's output buffer could not be allocated (memory, 2)
+RunResult result_too_large(long long max_result_kb);  // the result's JSON is over max_result_kb
+RunResult result_unencodable(const std::string& why);  // the result has no JSON form (nested too deep)
+
+// Refused before any code ran.
+RunResult bad_request(const std::string& why);  // the worker could not read the request
+RunResult stdin_too_large(std::size_t bytes, long long max_output_kb);  // stdin over the output cap
+RunResult bad_input(const std::string& why);    // the run's input could not become its globals
+// The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
+std::optional<RunResult> non_utf8_code(const std::string& code);
+
+// Ended from outside: a cancel, or the session the call ran in ended ("Session lost: <why>").
+RunResult cancelled();
+RunResult session_lost(const std::string& why);
+
+// The engine could not set the run up (its scratch directory, its streams): worker_crashed.
+RunResult setup_failed(const std::string& what, const std::string& why);
+
+}  // namespace spr::outcome
+
+namespace spr::detail {
+// The older spellings, kept while callers outside the engine move over.
+using outcome::failure;
+inline RunResult timeout_result(double timeout_seconds) { return outcome::timeout(timeout_seconds); }
+inline std::optional<RunResult> non_utf8_code_result(const std::string& code) { return outcome::non_utf8_code(code); }
+}  // namespace spr::detail

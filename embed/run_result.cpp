@@ -1,0 +1,214 @@
+// A run's RunResult from what its code did: its exception classified, its `result` encoded.
+#include "run_result.hpp"
+
+#include <cerrno>
+
+#include <algorithm>
+#include <vector>
+
+#include "audit.hpp"
+#include "capture.hpp"
+#include "codec.hpp"
+#include "common/outcome.hpp"
+#include "deadline.hpp"
+#include "guard.hpp"
+
+namespace spr::embed::run_result {
+
+namespace {
+
+std::string type_name(PyObject* type) {
+  if (type && PyType_Check(type)) return reinterpret_cast<PyTypeObject*>(type)->tp_name;
+  return "Exception";
+}
+
+// The supervisor refuses `error` fields over 64 KiB; the full text is in stderr.
+std::string clip_line(std::string line) {
+  constexpr std::size_t kMaxErrorBytes = 16 << 10;
+  if (line.size() <= kMaxErrorBytes) return line;
+  std::size_t cut = kMaxErrorBytes;
+  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;  // a character boundary
+  line.resize(cut);
+  return line + "...";
+}
+
+}  // namespace
+
+std::string one_line(const py::FetchedError& e) {
+  std::string name = type_name(e.type.get());
+  if (auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
+  return clip_line(name + ": " + py::str(e.value.get()));
+}
+
+std::string format_traceback(const py::FetchedError& e, bool only_exception) {
+  py::Ref tb_mod(PyImport_ImportModule("traceback"));
+  if (!tb_mod) {
+    PyErr_Clear();
+    return one_line(e) + "\n";
+  }
+  py::Ref lines(only_exception
+                    ? PyObject_CallMethod(tb_mod.get(), "format_exception_only", "OO", e.type.get(), e.value.get())
+                    : PyObject_CallMethod(tb_mod.get(), "format_exception", "OOO", e.type.get(), e.value.get(),
+                                          e.traceback ? e.traceback.get() : Py_None));
+  if (!lines) {
+    PyErr_Clear();
+    return one_line(e) + "\n";
+  }
+  std::string out;
+  py::Ref it(PyObject_GetIter(lines.get()));
+  while (it) {
+    py::Ref line(PyIter_Next(it.get()));
+    if (!line) break;
+    out += py::utf8(line.get());
+  }
+  PyErr_Clear();
+  return out;
+}
+
+void write_stderr(const std::string& s) { capture::append(1, s.data(), s.size()); }
+
+void become(RunResult& r, RunResult o) {
+  o.isolation = r.isolation;
+  o.repr = std::move(r.repr);
+  r = std::move(o);
+}
+
+void over_time(const RunnerPolicy& p, RunResult& r) {
+  become(r, deadline::wall_fired() ? outcome::timeout(p.timeout_seconds) : outcome::cpu_time(p.cpu_time_seconds));
+}
+
+namespace {
+
+// Applies SystemExit's rules: None/0 is success, an int is the exit code, anything else is printed.
+void system_exit(const py::FetchedError& e, RunResult& r) {
+  py::Ref code(e.value ? PyObject_GetAttrString(e.value.get(), "code") : nullptr);
+  PyErr_Clear();
+  if (!code || code.get() == Py_None) {
+    r.ok = true;
+    return;
+  }
+  if (PyLong_Check(code.get())) {
+    long n = PyLong_AsLong(code.get());
+    if (n == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      n = 1;
+    }
+    if (n == 0) {
+      r.ok = true;
+      return;
+    }
+    r.error = "SystemExit: " + py::str(code.get());
+    r.exit_code = static_cast<int>(n);
+  } else {
+    const std::string msg = py::str(code.get());
+    write_stderr(msg + "\n");
+    r.error = clip_line("SystemExit: " + msg);
+    r.exit_code = 1;
+  }
+  r.error_kind = ErrorKind::system_exit;
+}
+
+// The knob behind an OSError the sandbox's OS layers raised, or nullptr when it is not one.
+const char* os_refusal(const py::FetchedError& e) {
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_PermissionError) || !e.value) return nullptr;
+  py::Ref no(PyObject_GetAttrString(e.value.get(), "errno"));
+  PyErr_Clear();
+  const long n = no && PyLong_Check(no.get()) ? PyLong_AsLong(no.get()) : 0;
+  PyErr_Clear();
+  if (n == EACCES) return "files outside the runtime are readable under 'allowed_read_paths', writable with 'scratch_dir'";
+  if (n == EPERM) return "the system-call filter allows no new processes, and sockets only with 'allow_network'";
+  return nullptr;
+}
+
+// A thread start the worker's seccomp filter refused (namespace and subinterpreter mode).
+bool thread_refused(const py::FetchedError& e, const RunnerPolicy& p) {
+  if (p.isolation == Isolation::fork || p.isolation == Isolation::process) return false;
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_RuntimeError) || !e.value) return false;
+  return py::str(e.value.get()) == "can't start new thread";
+}
+
+// The name of a builtin the policy removed, when `e` is the NameError its use raised.
+std::string blocked_builtin(const py::FetchedError& e, const RunnerPolicy& p) {
+  if (!PyErr_GivenExceptionMatches(e.type.get(), PyExc_NameError) || !e.value) return {};
+  py::Ref name(PyObject_GetAttrString(e.value.get(), "name"));
+  PyErr_Clear();
+  if (!name || !PyUnicode_Check(name.get())) return {};
+  const std::string n = py::utf8(name.get());
+  if (!PyDict_GetItemString(PyEval_GetBuiltins(), n.c_str())) return {};  // not a builtin at all
+  return builtin_removed(p, n) ? n : std::string();
+}
+
+}  // namespace
+
+void from_exception(const py::FetchedError& e, const RunnerPolicy& p, RunResult& r) {
+  PyObject* t = e.type.get();
+  r.ok = false;
+  r.exit_code = 1;
+  if (PyErr_GivenExceptionMatches(t, PyExc_SystemExit)) {
+    system_exit(e, r);
+    return;
+  }
+  if (deadline::wall_fired() || deadline::cpu_fired()) {
+    over_time(p, r);
+    return;
+  }
+  write_stderr(format_traceback(e, false));
+  if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
+    become(r, outcome::memory());
+    return;
+  }
+  r.error = one_line(e);
+  if (PyErr_GivenExceptionMatches(t, PyExc_ImportError) && guard::blocked_import_raised()) {
+    r.error_kind = ErrorKind::blocked_import;
+    // The error line stays the original's; the knob is named on stderr.
+    write_stderr(std::string("note: refused by the import policy (") +
+                 (p.mode == Mode::allow ? "allowed_imports" : "blocked_imports") + ")\n");
+  } else if (PyErr_GivenExceptionMatches(t, PyExc_PermissionError) && audit::denials() > 0) {
+    r.error_kind = ErrorKind::denied;
+  } else if (const char* knob = os_refusal(e)) {
+    // The OS layers refused (Landlock: EACCES; seccomp and dropped capabilities: EPERM).
+    r.error_kind = ErrorKind::denied;
+    *r.error += std::string(" (refused by the sandbox: ") + knob + ")";
+  } else if (thread_refused(e, p)) {
+    // CPython 3.11 raises no audit event for a new thread; the seccomp filter refused it.
+    r.error_kind = ErrorKind::denied;
+    *r.error += " (refused by the sandbox: threads need the 'fork' or 'process' isolation mode)";
+  } else if (const std::string name = blocked_builtin(e, p); !name.empty()) {
+    // The error line stays python3's; the policy is named in the traceback and the kind.
+    r.error_kind = ErrorKind::denied;
+    write_stderr("note: the builtin '" + name + "' is removed by the policy (" +
+                 (p.mode == Mode::allow ? "not in allowed_builtins" : "listed in blocked_builtins") + ")\n");
+  } else {
+    r.error_kind = ErrorKind::exception;
+  }
+}
+
+void encode(PyObject* result, const RunnerPolicy& p, RunResult& r) {
+  const std::uint64_t max_bytes = static_cast<std::uint64_t>(p.max_result_kb) * 1024;
+  codec::Encoded enc = codec::from_python(result ? result : Py_None, max_bytes);
+  if (enc.status == codec::Status::cyclic) {
+    // JSON cannot hold a cycle: the whole value as str(), as the README promises.
+    py::Ref text(PyObject_Str(result));
+    PyErr_Clear();
+    enc = codec::from_python(text ? text.get() : Py_None, max_bytes);
+  }
+  PyErr_Clear();
+  switch (enc.status) {
+    case codec::Status::ok:
+      r.result = std::move(enc.value);
+      r.exit_code = 0;
+      break;
+    case codec::Status::too_large: become(r, outcome::result_too_large(p.max_result_kb)); break;
+    case codec::Status::too_deep:
+      become(r, outcome::result_unencodable("nested deeper than " + std::to_string(codec::kMaxDepth) + " levels"));
+      break;
+    case codec::Status::cyclic: become(r, outcome::result_unencodable("the value contains itself")); break;
+  }
+}
+
+bool builtin_removed(const RunnerPolicy& p, const std::string& name) {
+  const auto listed = [&](const std::vector<std::string>& v) { return std::find(v.begin(), v.end(), name) != v.end(); };
+  return p.mode == Mode::allow ? !listed(p.allowed_builtins) : listed(p.blocked_builtins);
+}
+
+}  // namespace spr::embed::run_result
