@@ -91,8 +91,10 @@ std::string default_python() { return SPR_DEFAULT_PYTHON; }
 std::string worker_python_version() { return SPR_WORKER_PYTHON_VERSION; }
 
 const PythonEnv& probe_python(const std::string& executable) {
-  static std::mutex mu;
-  static std::map<std::string, std::unique_ptr<PythonEnv>> cache;
+  // Never destroyed: a Runner held in a static may still be spawning workers (and reading entries it
+  // got from here) while the program's statics are destroyed at exit (ThreadSanitizer found the race).
+  static std::mutex& mu = *new std::mutex;
+  static auto& cache = *new std::map<std::string, std::unique_ptr<PythonEnv>>;
   std::lock_guard<std::mutex> lk(mu);
   auto& slot = cache[executable];
   if (!slot) slot = std::make_unique<PythonEnv>(run_probe(executable));
