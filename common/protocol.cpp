@@ -1,6 +1,8 @@
 // Encode/decode of every protocol message: JSON objects with a "type" field, checked field by field.
 #include "common/protocol.hpp"
 
+#include <cmath>
+
 #include <climits>
 #include <type_traits>
 #include <utility>
@@ -71,12 +73,30 @@ Isolation isolation(const json& j) {
 
 const char* stream_name(Stream s) { return s == Stream::out ? "stdout" : "stderr"; }
 
+// Equal and of the same types all the way down: nlohmann's == takes 1 and 1.0 as equal, but a cached
+// text or parse must not hand one caller's 1.0 to another's 1 (extra_globals reach the run as given).
+bool identical(const json& a, const json& b) {
+  if (a.type() != b.type() || a.size() != b.size()) return false;
+  if (a.is_object()) {
+    for (auto x = a.begin(), y = b.begin(); x != a.end(); ++x, ++y)
+      if (x.key() != y.key() || !identical(x.value(), y.value())) return false;
+    return true;
+  }
+  if (a.is_array()) {
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!identical(a[i], b[i])) return false;
+    return true;
+  }
+  if (a.is_number_float()) return a.get<double>() == b.get<double>() && std::signbit(a.get<double>()) == std::signbit(b.get<double>());
+  return a == b;
+}
+
 // The JSON text of a request's policy, kept per thread: callers send the same policy again and again,
 // and the text costs more to make than to compare the policy.
 const std::string& policy_text(const RunnerPolicy& p) {
   thread_local RunnerPolicy last;
   thread_local std::string text = detail::dump_json(last.to_json());
-  if (!(p == last)) {
+  if (!(p == last) || !identical(p.extra_globals, last.extra_globals)) {
     text = detail::dump_json(p.to_json());
     last = p;
   }
@@ -165,7 +185,7 @@ std::string encode_reply_head(const Reply& r) {
 }
 
 const RunnerPolicy& PolicyCache::get(const json& wire) {
-  if (!has_ || wire != last_) {
+  if (!has_ || !identical(wire, last_)) {
     parsed_ = detail::policy_from_wire(wire);
     last_ = wire;
     has_ = true;

@@ -150,8 +150,19 @@ std::string_view view(int stream) {
 }
 
 bool begin(std::uint64_t run_id, std::uint64_t cap) {
-  wipe();
-  if (!map_size(kCaptureDataOffset + 2 * cap)) return false;
+  const std::size_t need = kCaptureDataOffset + 2 * cap;
+  if (g_fd >= 0) {
+    // The shared file is cut back to its header and grown again for every run: the kernel hands out
+    // zeroed pages, so nothing an earlier run wrote anywhere in it survives (it may have written past
+    // its own lengths), and the file is as large as this run needs even after the supervisor trimmed
+    // it (a mapping past the file's end would fault with SIGBUS).
+    if (ftruncate(g_fd, static_cast<off_t>(kCaptureDataOffset)) != 0 || ftruncate(g_fd, static_cast<off_t>(need)) != 0)
+      return false;
+    g_len[0] = g_len[1] = 0;
+  } else {
+    wipe();
+  }
+  if (!map_size(need)) return false;
   g_cap = cap;
   g_len[0] = g_len[1] = 0;
   g_truncated[0] = g_truncated[1] = false;

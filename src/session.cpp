@@ -248,6 +248,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
   RunResult r;
   WorkerProcess* w = nullptr;
   std::uint64_t id = 0;
+  std::unique_ptr<WorkerProcess> out_of_step;  // killed and reaped outside the lock
   {
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty()) {
@@ -258,6 +259,12 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       r = std::move(*bad);
     } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_output_kb) * 1024) {
       r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_output_kb);
+    } else if (!st.worker->quiet()) {
+      // Something is readable before we asked: an earlier call wrote frames of its own (replies forged
+      // for calls not yet made). The process is out of step; it answers nothing more.
+      st.ended = "the session's process wrote a message nobody asked for";
+      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
+      out_of_step = std::move(st.worker);
     } else {
       st.busy = true;
       w = st.worker.get();
@@ -359,6 +366,11 @@ json Session::variables() {
   {
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty() || !st.worker) return nullptr;
+    if (!st.worker->quiet()) {  // frames an earlier call wrote of its own: out of step, as in session_call
+      st.ended = "the session's process wrote a message nobody asked for";
+      std::unique_ptr<detail::WorkerProcess> doomed = std::move(st.worker);
+      return nullptr;
+    }
     w = st.worker.get();
     id = st.next_id++;
     st.busy = true;

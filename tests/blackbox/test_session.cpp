@@ -5,6 +5,7 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <chrono>
 #include <thread>
 
 #include "blackbox/helpers.hpp"
@@ -391,4 +392,28 @@ TEST_CASE("session: its process has the hardening of a pool worker, seen from /p
   CHECK_FALSE(spr_test::contains(as_line, "unlimited"));
   std::error_code ec;
   CHECK(fs::read_symlink(proc + "/ns/net", ec) != fs::read_symlink("/proc/self/ns/net"));
+}
+
+TEST_CASE("session: frames a call writes for later calls are never taken as their replies") {
+  auto p = policy();
+  p.blocked_imports = {};
+  spr::Session s = runner().open_session(p);
+  check_ok(s.run("x = 1"));  // call 1
+  // Call 2 writes well-formed replies for itself and for calls 3 to 6 on the session's socket (fd 3).
+  s.run(
+      "import json, os, struct\n"
+      "for i in range(2, 7):\n"
+      "    body = json.dumps({'type': 'reply', 'id': i, 'ok': True, 'result': 'FORGED', 'error_kind': 'none',\n"
+      "                       'exit_code': 0}).encode()\n"
+      "    os.write(3, struct.pack('<I', len(body)) + body)\n");
+  // The frames are on the socket before call 3 is sent (a call that times its writes after the next
+  // request is not caught this way: SECURITY.md, sessions).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  spr::RunOptions loop;
+  loop.timeout_seconds = 1;
+  const spr::RunResult spin = s.run("while True: pass", json::object(), loop);  // call 3
+  CHECK(spin.result != json("FORGED"));
+  CHECK_FALSE(spin.ok);
+  const spr::RunResult next = s.run("result = 2");  // call 4
+  CHECK(next.result != json("FORGED"));
 }

@@ -25,12 +25,14 @@ namespace {
 
 using spr::json;
 
-// In an AddressSanitizer build every process maps terabytes of shadow memory (x86-64: from 0x7fff8000
-// to 0x10007fff8000), which holds one poison byte per 8 bytes of memory, never program data: reading it
-// would take hours. Other builds scan everything.
-bool is_asan_shadow([[maybe_unused]] unsigned long lo, [[maybe_unused]] unsigned long hi) {
-#if defined(__SANITIZE_ADDRESS__) && defined(__x86_64__)
+// A sanitizer build maps terabytes of shadow memory in every process (one poison or race-detector
+// byte per few bytes of memory, never program data): reading it would take hours. Other builds scan
+// everything. The ranges are the x86-64 Linux layouts of GCC's ASan and TSan.
+bool is_sanitizer_shadow([[maybe_unused]] unsigned long lo, [[maybe_unused]] unsigned long hi) {
+#if defined(__x86_64__) && defined(__SANITIZE_ADDRESS__)
   return lo >= 0x7fff8000UL && hi <= 0x10007fff8000UL;
+#elif defined(__x86_64__) && defined(__SANITIZE_THREAD__)
+  return (lo >= 0x010000000000UL && hi <= 0x100000000000UL) || (lo >= 0x300000000000UL && hi <= 0x340000000000UL);
 #else
   return false;
 #endif
@@ -55,7 +57,7 @@ long count_in_memory(pid_t pid, const std::string& needle) {
     const auto dash = range.find('-');
     unsigned long lo = std::stoul(range.substr(0, dash), nullptr, 16),
                   hi = std::stoul(range.substr(dash + 1), nullptr, 16);
-    if (is_asan_shadow(lo, hi)) continue;
+    if (is_sanitizer_shadow(lo, hi)) continue;
     std::string carry;  // a needle split across two chunks is still found
     for (unsigned long at = lo; at < hi; at += buf.size()) {
       const std::size_t n = std::min<unsigned long>(buf.size(), hi - at);

@@ -520,3 +520,32 @@ TEST_CASE("model: a worker whose set-up call fails never starts, and runs none o
     CHECK(sec::contains(r.error.value_or(""), row.said));
   }
 }
+
+TEST_CASE("model: bytes a run writes anywhere in the output buffer never reach a later run") {
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  const std::string token = "SPRPLANT" + sec::random_hex(12);
+  // Past the lengths the run's own output reached, where a wipe of "what was written" would not look.
+  const spr::RunResult a =
+      runner.run("import os\nos.pwrite(4, input_data['t'].encode(), 64 + 5000)\nos.pwrite(4, bytes(16), 24)\n",
+                 {{"t", token}}, p);
+  REQUIRE_MESSAGE(a.ok, a.error.value_or(""));
+  const spr::RunResult b =
+      runner.run("import os\nresult = os.pread(4, 1 << 20, 0).count(input_data['t'].encode())\n", {{"t", token}}, p);
+  REQUIRE_MESSAGE(b.ok, b.error.value_or(""));
+  CHECK(b.result == 0);
+}
+
+TEST_CASE("model: a first run with a tiny output cap does not break the worker for later runs") {
+  spr::Runner runner(options());
+  spr::RunnerPolicy tiny = runner.options().policy;
+  tiny.max_output_kb = 0;
+  REQUIRE(runner.run("result = 0", json::object(), tiny).ok);
+  for (int i = 0; i < 3; ++i) {
+    const spr::RunResult r = runner.run("print('y' * 10000)\nresult = 1", json::object(), runner.options().policy);
+    REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+    CHECK(r.stdout_text.size() == 10001);
+  }
+}
+

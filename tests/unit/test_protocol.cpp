@@ -174,3 +174,15 @@ TEST_CASE("protocol: a policy cache decodes a policy once and follows a change")
   CHECK_THROWS_AS(pr::decode(R"({"type":"request","id":1,"code":"","policy":{"timeout_seconds":"x"}})", &cache),
                   pr::ProtocolError);
 }
+
+TEST_CASE("protocol: policies that differ only in number types are never served from a cache") {
+  // nlohmann's == takes 1 and 1.0 as equal; a request must still carry its own caller's value.
+  pr::Request one, onef;
+  one.policy.extra_globals = spr::json{{"v", 1}};
+  onef.policy.extra_globals = spr::json{{"v", 1.0}};
+  CHECK(pr::encode(one).find("\"v\":1}") != std::string::npos);
+  CHECK(pr::encode(onef).find("\"v\":1.0}") != std::string::npos);
+  pr::PolicyCache cache;
+  CHECK(cache.get(spr::json{{"extra_globals", {{"v", 1}}}}).extra_globals["v"].is_number_integer());
+  CHECK(cache.get(spr::json{{"extra_globals", {{"v", 1.0}}}}).extra_globals["v"].is_number_float());
+}
