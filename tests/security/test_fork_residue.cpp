@@ -32,7 +32,7 @@ bool is_sanitizer_shadow([[maybe_unused]] unsigned long lo, [[maybe_unused]] uns
 #if defined(__x86_64__) && defined(__SANITIZE_ADDRESS__)
   return lo >= 0x7fff8000UL && hi <= 0x10007fff8000UL;
 #elif defined(__x86_64__) && defined(__SANITIZE_THREAD__)
-  return (lo >= 0x010000000000UL && hi <= 0x100000000000UL) || (lo >= 0x300000000000UL && hi <= 0x340000000000UL);
+  return (lo >= 0x010000000000UL && hi <= 0x200000000000UL) || (lo >= 0x300000000000UL && hi <= 0x340000000000UL);
 #else
   return false;
 #endif
