@@ -303,10 +303,42 @@ class Server {
 
 }  // namespace
 
+namespace {
+
+// The longest request line kept: one request's code, input and stdin. A longer line is read to its end
+// without being held, and answered as malformed.
+constexpr std::size_t kMaxLineBytes = 64u << 20;
+
+// One line of `in` into `line`, without the newline; false at the end of input. `too_long`: the line
+// went past kMaxLineBytes and only its first kMaxLineBytes bytes are in `line`.
+bool read_line(std::istream& in, std::string& line, bool& too_long) {
+  line.clear();
+  too_long = false;
+  std::streambuf* sb = in.rdbuf();
+  for (;;) {
+    const int c = sb->sbumpc();
+    if (c == std::char_traits<char>::eof()) return !line.empty() || too_long;
+    if (c == '\n') return true;
+    if (line.size() < kMaxLineBytes)
+      line.push_back(static_cast<char>(c));
+    else
+      too_long = true;
+  }
+}
+
+}  // namespace
+
 void serve(Runner& runner, const RunnerPolicy& base, std::istream& in, std::ostream& out) {
   Server server(runner, base, out);
   std::string line;
-  while (std::getline(in, line)) {
+  bool too_long = false;
+  while (read_line(in, line, too_long)) {
+    if (too_long) {
+      line.clear();
+      line.shrink_to_fit();
+      server.bad(nullptr, "malformed request line: longer than " + std::to_string(kMaxLineBytes >> 20) + " MiB");
+      continue;
+    }
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     server.handle(line);
   }

@@ -441,6 +441,27 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
   std::remove(policy_file.c_str());
 }
 
+TEST_CASE("serve: a request line over 64 MiB is refused without being kept, and serving goes on") {
+  // A well-formed request: without the cap it would run.
+  const std::string input = "{\"id\": 1, \"code\": \"result = 1  #" + std::string((64u << 20) + 16, 'x') +
+                            "\"}\n{\"id\": 2, \"code\": \"result = 2\"}\n";
+  const auto p = cli({"serve", "--isolation", mode()}, input, 120);
+  CHECK(p.exit_code == 0);
+  const auto out = lines_of(p.out);
+  REQUIRE(out.size() == 2);
+  std::map<std::string, json> by_id;
+  for (const auto& line : out) {
+    const json j = json::parse(line);
+    by_id[j["id"].dump()] = j;
+  }
+  REQUIRE(by_id.count("null"));
+  CHECK(by_id["null"]["error_kind"] == "bad_input");
+  CHECK(contains(by_id["null"]["error"].get<std::string>(), "longer than 64 MiB"));
+  CHECK(by_id.count("1") == 0);
+  REQUIRE(by_id.count("2"));
+  CHECK(by_id["2"]["result"] == 2);
+}
+
 TEST_CASE("serve: empty input ends cleanly") {
   const auto p = cli({"serve", "--isolation", mode()}, "");
   INFO(describe(p));
