@@ -72,9 +72,7 @@ struct Runner::Impl {
 
   // Throws WorkerError when the key's Python cannot be served (probe failed, no worker for its version).
   detail::SpawnOptions spawn_options(const PoolKey& key) const {
-    detail::SpawnOptions so;
-    so.memory_backstop_mb = key.memory_backstop_mb;
-    so.cpu_backstop_seconds = key.cpu_backstop_seconds;
+    detail::SpawnOptions so = detail::spawn_options_of(key);
     so.worker_path = worker_path;
     const std::string exe = key.python.empty() ? detail::default_python() : key.python;
     const detail::PythonEnv& env = detail::probe_python(exe);
@@ -89,10 +87,6 @@ struct Runner::Impl {
       so.sys_path = env.path;
     }
     so.preload = options.preload;
-    so.read_paths = key.reads;
-    so.isolation = key.isolation;
-    so.allow_network = key.network;
-    so.once = key.once;
     so.grace_seconds = options.kill_grace_seconds;
     so.subinterpreter_pool = options.subinterpreter_pool;
     so.start_timeout_seconds = options.start_timeout_seconds;

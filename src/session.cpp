@@ -241,6 +241,9 @@ void SessionHost::stop() {
 }
 
 // One call: the session's process is attached to the cancel token while it runs.
+// Why a session ends when frames wait on its socket before a call is sent (session_call, variables).
+constexpr const char* kOutOfStep = "the session's process wrote a message nobody asked for";
+
 RunResult session_call(SessionState& st, const std::string& code, const json& input, const RunOptions& o) {
   const auto start = Clock::now();
   RunnerPolicy policy = call_policy(st.policy, o);
@@ -262,7 +265,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
     } else if (!st.worker->quiet()) {
       // Something is readable before we asked: an earlier call wrote frames of its own (replies forged
       // for calls not yet made). The process is out of step; it answers nothing more.
-      st.ended = "the session's process wrote a message nobody asked for";
+      st.ended = kOutOfStep;
       r = lost(failure(ErrorKind::session_lost, ""), st.ended);
       out_of_step = std::move(st.worker);
     } else {
@@ -367,7 +370,7 @@ json Session::variables() {
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty() || !st.worker) return nullptr;
     if (!st.worker->quiet()) {  // frames an earlier call wrote of its own: out of step, as in session_call
-      st.ended = "the session's process wrote a message nobody asked for";
+      st.ended = detail::kOutOfStep;
       std::unique_ptr<detail::WorkerProcess> doomed = std::move(st.worker);
       return nullptr;
     }

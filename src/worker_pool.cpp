@@ -32,6 +32,17 @@ bool PoolKey::operator<(const PoolKey& o) const {
                   o.once);
 }
 
+SpawnOptions spawn_options_of(const PoolKey& key) {
+  SpawnOptions so;
+  so.isolation = key.isolation;
+  so.allow_network = key.network;
+  so.read_paths = key.reads;
+  so.once = key.once;
+  so.memory_backstop_mb = key.memory_backstop_mb;
+  so.cpu_backstop_seconds = key.cpu_backstop_seconds;
+  return so;
+}
+
 bool shares_process(Isolation i) {
   return i == Isolation::namespace_ || i == Isolation::subinterpreter;
 }

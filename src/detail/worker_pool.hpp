@@ -41,6 +41,9 @@ PoolKey warm_key_of(const RunnerPolicy& p);
 PoolKey key_of(const RunnerPolicy& p);
 // namespace and subinterpreter workers carry state from run to run.
 bool shares_process(Isolation i);
+// What of a worker's start `key` fixes: mode, network, read set, one-shot and backstops. The caller adds
+// the rest (worker path, python, preload, timeouts).
+SpawnOptions spawn_options_of(const PoolKey& key);
 
 class WorkerPool {
  public:

@@ -29,14 +29,8 @@ struct Starter {
   WorkerPool::Spawn fn() {
     return [this](const PoolKey& key) {
       ++starts;
-      SpawnOptions so;
+      SpawnOptions so = spawn_options_of(key);
       so.worker_path = SPR_TEST_WORKER;
-      so.isolation = key.isolation;
-      so.once = key.once;
-      so.allow_network = key.network;
-      so.read_paths = key.reads;
-      so.memory_backstop_mb = key.memory_backstop_mb;
-      so.cpu_backstop_seconds = key.cpu_backstop_seconds;
       return WorkerProcess::spawn(so);
     };
   }
