@@ -147,6 +147,7 @@ std::string encode(const Message& m) {
             json o = {{"protocol", h.protocol},     {"pid", h.pid},
                       {"isolation", to_string(h.isolation)}, {"python", h.python},
                       {"hardening", h.hardening}};
+            if (!h.build.empty()) o["build"] = h.build;
             if (h.error) o["error"] = *h.error;
             return o;
           },
@@ -213,6 +214,7 @@ Message decode(std::string_view text, PolicyCache* policies) {
     h.pid = static_cast<std::int64_t>(u64(j, "pid"));
     h.isolation = isolation(j);
     h.python = str(j, "python");
+    if (auto b = opt_str(j, "build")) h.build = *b;
     h.hardening = need(j, "hardening");
     if (!h.hardening.is_array()) bad("field 'hardening' is not a list");
     return h;

@@ -32,6 +32,7 @@ struct Hello {
   std::int64_t pid = 0;
   Isolation isolation = Isolation::fork;
   std::string python;                // "3.11.2"
+  std::string build;                 // sys.version of the embedded libpython: "3.11.2 (main, ...) [GCC 12.2.0]"
   json hardening = json::array();    // [{"name","active","detail"}, ...]
   std::optional<std::string> error;  // the worker could not start: why
 };

@@ -75,7 +75,7 @@ PyObject* stream_write(PyObject* self, PyObject* arg) {
     std::string t = py::utf8(arg);
     append(s, t.data(), t.size());
   }
-  return PyLong_FromSsize_t(PyUnicode_GET_LENGTH(arg));
+  return PyLong_FromSsize_t(PyUnicode_GetLength(arg));
 }
 
 PyObject* stream_writelines(PyObject* self, PyObject* lines) {

@@ -434,12 +434,15 @@ std::string initialize(const EngineOptions& options) {
 #if PY_VERSION_HEX >= 0x030B0000
   cfg.config.safe_path = 1;
 #endif
+  // A worker built for another CPython (cmake/pythons.cmake) shares this engine and names its own home.
+  std::string home = options.home;
 #ifdef SPR_PYTHON_HOME
-  if (const char* env_home = SPR_PYTHON_HOME; env_home[0]) {
-    st = PyConfig_SetBytesString(&cfg.config, &cfg.config.home, env_home);
+  if (home.empty()) home = SPR_PYTHON_HOME;
+#endif
+  if (!home.empty()) {
+    st = PyConfig_SetBytesString(&cfg.config, &cfg.config.home, home.c_str());
     if (PyStatus_Exception(st)) return status_text(st, "setting the Python home failed");
   }
-#endif
   st = PyConfig_SetBytesString(&cfg.config, &cfg.config.program_name, "spr-worker");
   if (PyStatus_Exception(st)) return status_text(st, "setting the program name failed");
   st = Py_InitializeFromConfig(&cfg.config);
@@ -489,6 +492,7 @@ std::string initialize(const EngineOptions& options) {
 }
 
 std::string python_version() { return Py_GetVersion() ? std::string(Py_GetVersion()).substr(0, std::string(Py_GetVersion()).find(' ')) : "?"; }
+std::string python_build() { return Py_GetVersion() ? Py_GetVersion() : "?"; }
 std::vector<std::string> runtime_paths() { return g_runtime_paths; }
 std::vector<std::string> support_paths() { return g_support_paths; }
 

@@ -19,6 +19,7 @@ struct EngineOptions {
   std::vector<std::string> preload_modules;  // RunnerOptions::preload: imported before the sandbox closes
   std::vector<std::string> sys_path;  // sys.path as the chosen python3 sees it; empty: the embedded default
   std::string executable;             // the python3 whose environment this is (shown as sys.executable)
+  std::string home;  // sys.base_prefix of the build whose libpython this is; empty: the one compiled in
 };
 
 struct Request {
@@ -46,6 +47,8 @@ bool prepare_capture(const Request& req);
 std::string init_current_interpreter();
 
 std::string python_version();
+// sys.version of the libpython this worker loaded: which build it is, not only its version.
+std::string python_build();
 // Directories the runtime reads from (stdlib, lib-dynload, site-packages): Landlock's read-only set.
 std::vector<std::string> runtime_paths();
 // Readable data the runtime needs besides its code: the shared libraries extension modules load

@@ -24,19 +24,30 @@ namespace {
 
 char kMark;  // its address is the mark
 
+// The code-extra API was private until 3.12 renamed it PyUnstable_* and deprecated the old names.
+#if PY_VERSION_HEX >= 0x030C0000
+Py_ssize_t request_extra_index(freefunc f) { return PyUnstable_Eval_RequestCodeExtraIndex(f); }
+int get_extra(PyObject* code, Py_ssize_t index, void** extra) { return PyUnstable_Code_GetExtra(code, index, extra); }
+int set_extra(PyObject* code, Py_ssize_t index, void* extra) { return PyUnstable_Code_SetExtra(code, index, extra); }
+#else
+Py_ssize_t request_extra_index(freefunc f) { return _PyEval_RequestCodeExtraIndex(f); }
+int get_extra(PyObject* code, Py_ssize_t index, void** extra) { return _PyCode_GetExtra(code, index, extra); }
+int set_extra(PyObject* code, Py_ssize_t index, void* extra) { return _PyCode_SetExtra(code, index, extra); }
+#endif
+
 void no_free(void*) {}
 
 Py_ssize_t index_for_current() {
   InterpState& st = state();
-  if (st.trust_index < 0) st.trust_index = _PyEval_RequestCodeExtraIndex(no_free);
+  if (st.trust_index < 0) st.trust_index = request_extra_index(no_free);
   return st.trust_index;
 }
 
 void mark(PyObject* code, Py_ssize_t index, int depth = 0) {
   if (!code || !PyCode_Check(code) || depth > 100) return;
   void* extra = nullptr;
-  if (_PyCode_GetExtra(code, index, &extra) == 0 && extra == &kMark) return;
-  if (_PyCode_SetExtra(code, index, &kMark) != 0) {
+  if (get_extra(code, index, &extra) == 0 && extra == &kMark) return;
+  if (set_extra(code, index, &kMark) != 0) {
     PyErr_Clear();
     return;
   }
@@ -242,7 +253,7 @@ bool is_trusted(PyObject* code) {
   const Py_ssize_t index = state().trust_index;
   if (index < 0 || !code) return false;
   void* extra = nullptr;
-  if (_PyCode_GetExtra(code, index, &extra) != 0) {
+  if (get_extra(code, index, &extra) != 0) {
     PyErr_Clear();
     return false;
   }

@@ -362,6 +362,9 @@ int main(int argc, char** argv) {
   eo.preload = !args.once;
   eo.sys_path = args.sys_path;
   eo.executable = args.python;
+#ifdef SPR_WORKER_PYTHON_HOME
+  eo.home = SPR_WORKER_PYTHON_HOME;  // a worker for another CPython than the one the engine was compiled for
+#endif
   // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
   if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
   if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
@@ -396,6 +399,7 @@ int main(int argc, char** argv) {
     runner = std::make_unique<spr::embed::NamespaceRunner>(scope, process_state);
   }
   hello.python = spr::embed::python_version();
+  hello.build = spr::embed::python_build();
   if (args.harden) {
     std::string why;
     const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), why);

@@ -1,4 +1,6 @@
 // Runner: policy checks, deadlines and recovery over the worker pool; the submit() executor; sessions.
+#include <unistd.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -53,7 +55,11 @@ struct Runner::Impl {
         worker_path(detail::find_worker(options.worker_path)),
         sessions(std::make_shared<detail::SessionHost>(options.max_sessions, options.session_idle_seconds)),
         pool({options.workers, options.start_timeout_seconds},
-             [this](const PoolKey& key) { return WorkerProcess::spawn(spawn_options(key)); }) {}
+             [this](const PoolKey& key) {
+               detail::SpawnOptions so = spawn_options(key);
+               so.stop_fd = pool.stop_fd();
+               return WorkerProcess::spawn(so);
+             }) {}
 
   ~Impl() { stop(); }
 
@@ -70,22 +76,19 @@ struct Runner::Impl {
       if (t.joinable()) t.join();
   }
 
-  // Throws WorkerError when the key's Python cannot be served (probe failed, no worker for its version).
+  // Throws WorkerError when the key's Python cannot be served (not a build this library has a worker for).
   detail::SpawnOptions spawn_options(const PoolKey& key) const {
     detail::SpawnOptions so = detail::spawn_options_of(key);
-    so.worker_path = worker_path;
-    const std::string exe = key.python.empty() ? detail::default_python() : key.python;
-    const detail::PythonEnv& env = detail::probe_python(exe);
-    if (env.version.empty()) {
-      // The default python3 may be absent where only the library is installed: the worker's own path then.
-      if (!key.python.empty()) throw WorkerError(env.error);
-    } else {
-      std::string error;
-      so.worker_path = detail::worker_for(worker_path, env, error);
-      if (so.worker_path.empty()) throw WorkerError(error);
-      so.python = exe;
-      so.sys_path = env.path;
-    }
+    const detail::PythonEnv env = detail::resolve_python(key.python);
+    if (!env.error.empty()) throw WorkerError(env.error);
+    // The default build's worker is the one found (or configured); another build's sits next to it.
+    so.worker_path = env.worker == "spr-worker" ? worker_path : worker_path.parent_path() / env.worker;
+    if (::access(so.worker_path.c_str(), X_OK) != 0)
+      throw WorkerError("python_executable " + env.executable + " (Python " + env.version + ") needs " +
+                        so.worker_path.string() + ", which is not an executable file");
+    so.python = env.executable;
+    so.sys_path = env.path;
+    so.python_build = env.build;
     so.preload = options.preload;
     so.grace_seconds = options.kill_grace_seconds;
     so.subinterpreter_pool = options.subinterpreter_pool;

@@ -35,6 +35,8 @@ namespace spr::detail {
 
 namespace {
 
+constexpr unsigned kCloseRangeCloexec = 1U << 2;  // CLOSE_RANGE_CLOEXEC (linux/close_range.h)
+
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
     const char* n = strsignal(WTERMSIG(status));
@@ -107,6 +109,9 @@ struct ChildSetup {
     if (setrlimit(RLIMIT_CORE, &core) != 0) fail("setrlimit(RLIMIT_CORE)");
     // Everything else the supervisor had open stays behind (Boost's own pipes are not close-on-exec).
     // Close-on-exec fds (Boost's exec-error pipe among them) are left for exec to close.
+    // One call marks them all close-on-exec (Linux 5.11); older kernels get the scan, one fcntl per
+    // possible descriptor (20,000 calls under a 20,000 RLIMIT_NOFILE).
+    if (syscall(SYS_close_range, kCaptureFd + 1, ~0U, kCloseRangeCloexec) == 0) return;
     struct rlimit nofile{};
     int top = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 65536 ? static_cast<int>(nofile.rlim_cur) : 65536;
     for (int fd = kCaptureFd + 1; fd < top; ++fd) {
@@ -220,9 +225,11 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::string frame;
   auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(o.start_timeout_seconds));
-  IoStatus s = read_frame(w->sock_.get(), frame, deadline, 1 << 20);
+  IoStatus s = read_frame(w->sock_.get(), frame, deadline, 1 << 20, 0, o.stop_fd);
   if (s != IoStatus::ok) {
     w->kill_and_reap();
+    pollfd stop{o.stop_fd, POLLIN, 0};
+    if (o.stop_fd >= 0 && ::poll(&stop, 1, 0) == 1) throw WorkerError("the runner shut down while a worker started");
     throw WorkerError("worker " + o.worker_path.string() + " sent no hello (" + to_string(s) + ", " +
                       describe_status(w->wait_status_) + ")");
   }
@@ -234,6 +241,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
     else if (w->hello_.protocol != protocol::kVersion)
       why = "worker speaks protocol " + std::to_string(w->hello_.protocol) + ", expected " +
             std::to_string(protocol::kVersion);
+    else if (!o.python_build.empty() && w->hello_.build != o.python_build)
+      // Two builds of one X.Y differ in their extension modules: never run one's path on the other.
+      why = "worker " + o.worker_path.string() + " embeds Python " + w->hello_.build + ", but " + o.python +
+            " is Python " + o.python_build + " (rebuild safe-py-runner after upgrading a Python)";
   } catch (const protocol::ProtocolError& e) {
     why = std::string("worker sent a malformed hello: ") + e.what();
   }

@@ -118,6 +118,8 @@ def _package_files(stage: Path) -> List[Tuple[str, Path]]:
         raise RuntimeError(f"the build made no {core.name} (is it for another Python?)")
     files.append((f"{NAME}/{core.name}", core))
     files.append((f"{NAME}/spr-worker", stage / "spr-worker"))
+    # Workers for the other CPythons found when building (cmake/pythons.cmake): python_executable uses them.
+    files += [(f"{NAME}/{w.name}", w) for w in sorted(stage.glob("spr-worker-python*"))]
     return files
 
 

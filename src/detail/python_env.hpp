@@ -1,29 +1,30 @@
-// What a python3 sees: its version and sys.path, asked once per executable and cached.
+// Which CPython build a python_executable names, and the sys.path it gives, found without running it.
 #pragma once
 
-#include <filesystem>
 #include <string>
 #include <vector>
 
 namespace spr::detail {
 
 struct PythonEnv {
-  std::string executable;
-  std::string version;            // "3.11"; empty when the probe failed
-  std::vector<std::string> path;  // its sys.path: stdlib, site-packages, .pth entries
-  std::string error;              // why the probe failed
+  std::string executable;         // as given (the run's sys.executable)
+  std::string version;            // "3.11.7"
+  std::string build;              // its sys.version: the worker's hello must report the same
+  std::string worker;             // the worker file that embeds its libpython ("spr-worker" for the default)
+  std::vector<std::string> path;  // sys.path: PYTHONPATH, stdlib, site directories and their .pth path lines
+  std::string error;              // why it cannot be served; the rest is then empty
 };
 
-// The python3 whose libpython spr-worker embeds (fixed at build time).
+// The python3 the default worker embeds (fixed at build time).
 std::string default_python();
-// The Python version spr-worker embeds ("3.11").
-std::string worker_python_version();
 
-// Runs `executable` once (thread-safe, cached for the life of the process) and reports its sys.path.
-const PythonEnv& probe_python(const std::string& executable);
+// Resolves `executable` ("" = the default) against the CPython builds this library was built with
+// (cmake/pythons.cmake): a python3 of one of them, or a venv made from one (its pyvenv.cfg names the
+// build's directory and version). Nothing is executed: a request may name any file. A .pth file's
+// `import` lines are not run (its path lines are honoured).
+PythonEnv resolve_python(const std::string& executable);
 
-// The worker binary for `env`: `worker` itself when the versions match, else a spr-worker-pythonX.Y
-// built next to it. Empty, with `error` set, when there is none.
-std::filesystem::path worker_for(const std::filesystem::path& worker, const PythonEnv& env, std::string& error);
+// "3.11.2 /usr/bin/python3.11", one per build this library can serve (doctor, error messages).
+std::vector<std::string> served_pythons();
 
 }  // namespace spr::detail

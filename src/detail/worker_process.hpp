@@ -32,6 +32,8 @@ struct SpawnOptions {
   double start_timeout_seconds = 10;
   std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
   std::vector<std::string> sys_path;    // that python3's sys.path
+  std::string python_build;             // its sys.version: a worker whose libpython says otherwise is refused
+  int stop_fd = -1;  // readable once the owner shuts down: the wait for a starting worker's hello ends at once
   std::vector<std::string> preload;     // RunnerOptions::preload
   std::vector<std::string> read_paths;  // allowed_read_paths every run of this worker may read
   // A session worker (--session): one namespace kept across requests; RLIMIT_AS set at start to what

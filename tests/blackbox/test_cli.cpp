@@ -441,6 +441,36 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
   std::remove(policy_file.c_str());
 }
 
+TEST_CASE("serve --allow-policy-overrides: a request's python_executable never runs a file it names (issue 17)") {
+  // What an earlier run could leave in a directory it may write: a "python" that marks the host when run,
+  // and a venv around it. The supervisor must not execute either, in or out of the sandbox.
+  TempPath dir("planted-python");
+  std::filesystem::create_directories(dir.path / "venv" / "bin");
+  const std::string marker = (dir.path / "marker").string();
+  const auto plant = [&](const std::filesystem::path& file) {
+    std::ofstream(file) << "#!/bin/sh\ntouch " << marker << "\necho '{\"version\": \"3.11\", \"path\": []}'\n";
+    std::filesystem::permissions(file, std::filesystem::perms::owner_all);
+  };
+  plant(dir.path / "python3");
+  plant(dir.path / "venv" / "bin" / "python3");
+  std::ofstream(dir.path / "venv" / "pyvenv.cfg") << "home = " << (dir.path / "venv" / "bin").string() << "\n";
+  std::string reqs;
+  int id = 0;
+  for (const auto& exe : {dir.path / "python3", dir.path / "venv" / "bin" / "python3"})
+    reqs += json{{"id", ++id}, {"code", "result = 1"}, {"policy", {{"python_executable", exe.string()}}}}.dump() + "\n";
+  const auto p = cli({"serve", "--isolation", mode(), "--allow-policy-overrides"}, reqs);
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  const auto lines = lines_of(p.out);
+  CHECK(lines.size() == 2);
+  for (const auto& line : lines) {
+    const json j = json::parse(line);
+    CHECK(j["ok"] == false);
+    CHECK(j["error_kind"] == "worker_unavailable");
+  }
+  CHECK(access(marker.c_str(), F_OK) != 0);
+}
+
 TEST_CASE("serve: a request line over 64 MiB is refused without being kept, and serving goes on") {
   // A well-formed request: without the cap it would run.
   const std::string input = "{\"id\": 1, \"code\": \"result = 1  #" + std::string((64u << 20) + 16, 'x') +

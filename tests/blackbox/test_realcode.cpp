@@ -233,18 +233,47 @@ TEST_CASE("packages: python_executable picks a plain venv with a package pip ins
   }
 }
 
-TEST_CASE("packages: a python_executable of another version without a worker for it names both versions") {
-  TempPath fake("fake-python");
-  fake.write("#!/bin/sh\necho '{\"version\": \"9.99\", \"path\": []}'\n");
-  fs::permissions(fake.path, fs::perms::owner_all);
+TEST_CASE("packages: a python_executable the build has no worker for is never run, and the error says why") {
+  // What an earlier run could have left behind: a script that would mark the host if anything ran it.
+  TempPath dir("fake-python");
+  fs::create_directories(dir.path / "bin");
+  const fs::path marker = dir.path / "marker";
+  const fs::path fake = dir.path / "bin" / "python3";
+  std::ofstream(fake) << "#!/bin/sh\ntouch " << marker.string() << "\necho '{\"version\": \"3.11\", \"path\": []}'\n";
+  fs::permissions(fake, fs::perms::owner_all);
   auto p = spr_test::policy();
-  p.python_executable = fake.str();
+  SUBCASE("the script itself") { p.python_executable = fake.string(); }
+  SUBCASE("a venv whose pyvenv.cfg names the script's directory") {
+    std::ofstream(dir.path / "pyvenv.cfg") << "home = " << (dir.path / "bin").string() << "\nversion = 3.11.2\n";
+    p.python_executable = fake.string();
+  }
   const auto r = run("result = 1\n", json::object(), p);
   INFO(describe(r));
   CHECK_FALSE(r.ok);
   CHECK(r.error_kind == ErrorKind::worker_unavailable);
-  CHECK(contains(r.error.value_or(""), "Python 9.99"));
-  CHECK(contains(r.error.value_or(""), "embeds Python " + Venvs::python_version()));
+  CHECK(contains(r.error.value_or(""), "not a Python this build has a worker for"));
+  CHECK_FALSE(fs::exists(marker));
+}
+
+TEST_CASE("packages: a venv's .pth import lines never run; its path lines count") {
+  // A venv of the default python3 that an earlier run could have written: pyvenv.cfg, a symlink, a .pth.
+  TempPath dir("pth-venv");
+  const fs::path site = dir.path / "lib" / ("python" + Venvs::python_version()) / "site-packages";
+  fs::create_directories(site);
+  fs::create_directories(dir.path / "bin");
+  fs::create_directories(dir.path / "extra");
+  fs::create_symlink(fs::canonical(kPython), dir.path / "bin" / "python3");
+  std::ofstream(dir.path / "pyvenv.cfg") << "home = " << fs::canonical(kPython).parent_path().string() << "\n";
+  const fs::path marker = dir.path / "marker";
+  std::ofstream(site / "evil.pth") << "import os; open(" << py_str(marker.string()) << ", 'w').close()\n"
+                                   << (dir.path / "extra").string() << "\n";
+  std::ofstream(dir.path / "extra" / "from_pth.py") << "VALUE = 7\n";
+  auto p = spr_test::policy();
+  p.python_executable = (dir.path / "bin" / "python3").string();
+  const auto r = run("import from_pth\nresult = from_pth.VALUE\n", json::object(), p);
+  SPR_CHECK_OK(r);
+  CHECK(r.result == 7);
+  CHECK_FALSE(fs::exists(marker));
 }
 
 TEST_CASE("packages: a python_executable that is not a Python is refused with the reason") {

@@ -18,6 +18,9 @@ import os, pathlib, safe_py_runner
 here = pathlib.Path(safe_py_runner.__file__).parent
 assert str(here).startswith('$1/'), here
 assert os.access(here / 'spr-worker', os.X_OK), 'no worker in the package'
+# The workers for the other CPythons the build found are installed too (python_executable uses them).
+built = sorted(p.name for p in pathlib.Path('$build/python/safe_py_runner').glob('spr-worker*'))
+assert sorted(p.name for p in here.glob('spr-worker*')) == built, built
 assert (here / 'py.typed').exists()
 ")
 }
