@@ -6,11 +6,12 @@
 #include <glob.h>
 #include <limits.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -38,77 +39,92 @@ std::string real(const std::string& p) {
   return realpath(p.c_str(), buf) ? std::string(buf) : std::string();
 }
 
-// A read-only mapping of a whole file, unmapped at scope end.
-class Mapped {
+// A file read piece by piece with pread. Not mmap: mapping each of the hundreds of extension modules a
+// site-packages holds and unmapping it again cost a quarter of a worker's start (TLB shootdowns on
+// every CPU for each munmap); the few pieces read here are a few kilobytes a file.
+class ElfFile {
  public:
-  explicit Mapped(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
+  explicit ElfFile(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
     struct stat st{};
-    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(sizeof(Elf64_Ehdr))) {
-      void* m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-      if (m != MAP_FAILED) {
-        data_ = static_cast<const unsigned char*>(m);
-        size_ = static_cast<std::size_t>(st.st_size);
-      }
+    if (fd_ >= 0 && ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode)) size_ = static_cast<std::uint64_t>(st.st_size);
+  }
+  ~ElfFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  ElfFile(const ElfFile&) = delete;
+  ElfFile& operator=(const ElfFile&) = delete;
+  std::uint64_t size() const { return size_; }
+  // Exactly `len` bytes at `off`, or false (out of the file, or a short read).
+  bool read(std::uint64_t off, std::size_t len, void* dst) const {
+    if (off > size_ || len > size_ - off) return false;
+    auto* p = static_cast<unsigned char*>(dst);
+    while (len > 0) {
+      const ssize_t n = ::pread(fd_, p, len, static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      p += n;
+      off += static_cast<std::uint64_t>(n);
+      len -= static_cast<std::size_t>(n);
     }
-    ::close(fd);
+    return true;
   }
-  ~Mapped() {
-    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_);
+  // The NUL-terminated string at `off` (at most 4 KiB: longer names are not library names).
+  std::string string_at(std::uint64_t off) const {
+    if (off >= size_) return {};
+    char buf[4096];
+    const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(sizeof buf, size_ - off));
+    if (!read(off, len, buf)) return {};
+    return std::string(buf, strnlen(buf, len));
   }
-  Mapped(const Mapped&) = delete;
-  Mapped& operator=(const Mapped&) = delete;
-  const unsigned char* data() const { return data_; }
-  std::size_t size() const { return size_; }
 
  private:
-  const unsigned char* data_ = nullptr;
-  std::size_t size_ = 0;
+  int fd_;
+  std::uint64_t size_ = 0;
 };
 
 // Every offset read from the file is bounds-checked: an extension module is not trusted to be well formed.
 bool read_dynamic(const std::string& path, Dynamic& out) {
-  Mapped m(path);
-  const unsigned char* d = m.data();
-  if (!d || std::memcmp(d, ELFMAG, SELFMAG) != 0 || d[EI_CLASS] != ELFCLASS64) return false;
-  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(d);
-  if (eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phoff > m.size() ||
-      eh->e_phnum > (m.size() - eh->e_phoff) / sizeof(Elf64_Phdr))
+  constexpr int kMaxPhdrs = 256;
+  constexpr std::size_t kMaxDynamic = 4096;  // entries: far more than any library has
+  ElfFile f(path);
+  Elf64_Ehdr eh{};
+  if (!f.read(0, sizeof eh, &eh) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64)
     return false;
-  const auto* ph = reinterpret_cast<const Elf64_Phdr*>(d + eh->e_phoff);
+  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > kMaxPhdrs) return false;
+  std::vector<Elf64_Phdr> ph(eh.e_phnum);
+  if (!f.read(eh.e_phoff, ph.size() * sizeof(Elf64_Phdr), ph.data())) return false;
   const Elf64_Phdr* dyn = nullptr;
-  for (int i = 0; i < eh->e_phnum; ++i)
-    if (ph[i].p_type == PT_DYNAMIC) dyn = &ph[i];
-  if (!dyn || dyn->p_offset > m.size() || dyn->p_filesz > m.size() - dyn->p_offset) return false;
+  for (const auto& p : ph)
+    if (p.p_type == PT_DYNAMIC) dyn = &p;
+  if (!dyn) return false;
   // The string table is named by its address; the loadable segments map it back to a file offset.
   auto file_offset = [&](Elf64_Addr addr, Elf64_Off& off) {
-    for (int i = 0; i < eh->e_phnum; ++i) {
-      if (ph[i].p_type != PT_LOAD || addr < ph[i].p_vaddr || addr - ph[i].p_vaddr >= ph[i].p_filesz) continue;
-      off = ph[i].p_offset + (addr - ph[i].p_vaddr);
-      return off < m.size();
+    for (const auto& p : ph) {
+      if (p.p_type != PT_LOAD || addr < p.p_vaddr || addr - p.p_vaddr >= p.p_filesz) continue;
+      off = p.p_offset + (addr - p.p_vaddr);
+      return off < f.size();
     }
     return false;
   };
-  const auto* entries = reinterpret_cast<const Elf64_Dyn*>(d + dyn->p_offset);
-  const std::size_t n = dyn->p_filesz / sizeof(Elf64_Dyn);
+  std::vector<Elf64_Dyn> entries(std::min<std::size_t>(dyn->p_filesz / sizeof(Elf64_Dyn), kMaxDynamic));
+  if (!f.read(dyn->p_offset, entries.size() * sizeof(Elf64_Dyn), entries.data())) return false;
   Elf64_Addr strtab = 0;
   std::vector<Elf64_Xword> needed, rpath, runpath;
-  for (std::size_t i = 0; i < n && entries[i].d_tag != DT_NULL; ++i) {
-    switch (entries[i].d_tag) {
-      case DT_STRTAB: strtab = entries[i].d_un.d_ptr; break;
-      case DT_NEEDED: needed.push_back(entries[i].d_un.d_val); break;
-      case DT_RPATH: rpath.push_back(entries[i].d_un.d_val); break;
-      case DT_RUNPATH: runpath.push_back(entries[i].d_un.d_val); break;
+  for (const auto& e : entries) {
+    if (e.d_tag == DT_NULL) break;
+    switch (e.d_tag) {
+      case DT_STRTAB: strtab = e.d_un.d_ptr; break;
+      case DT_NEEDED: needed.push_back(e.d_un.d_val); break;
+      case DT_RPATH: rpath.push_back(e.d_un.d_val); break;
+      case DT_RUNPATH: runpath.push_back(e.d_un.d_val); break;
       default: break;
     }
   }
   Elf64_Off str_off = 0;
   if (!strtab || !file_offset(strtab, str_off)) return false;
   auto str = [&](Elf64_Xword at) -> std::string {
-    if (at >= m.size() - str_off) return {};
-    const char* s = reinterpret_cast<const char*>(d + str_off + at);
-    return std::string(s, strnlen(s, m.size() - str_off - at));
+    if (at >= f.size() - str_off) return {};
+    return f.string_at(str_off + at);
   };
   for (auto v : needed) out.needed.push_back(str(v));
   const std::string origin = fs::path(path).parent_path().string();
@@ -168,8 +184,10 @@ std::string resolve(const std::string& name, const std::vector<std::string>& sea
     for (const auto& dir : *list) {
       const std::string p = dir + "/" + name;
       if (::access(p.c_str(), F_OK) != 0) continue;
-      Mapped m(p);  // a library of another class (32-bit) is skipped, as the loader does
-      if (m.data() && std::memcmp(m.data(), ELFMAG, SELFMAG) == 0 && m.data()[EI_CLASS] == ELFCLASS64) return real(p);
+      ElfFile f(p);  // a library of another class (32-bit) is skipped, as the loader does
+      unsigned char ident[EI_NIDENT];
+      if (f.read(0, sizeof ident, ident) && std::memcmp(ident, ELFMAG, SELFMAG) == 0 && ident[EI_CLASS] == ELFCLASS64)
+        return real(p);
     }
   }
   return {};

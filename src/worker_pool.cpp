@@ -2,9 +2,13 @@
 #include "detail/worker_pool.hpp"
 
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <tuple>
 #include <utility>
 
@@ -97,7 +101,9 @@ void WorkerPool::Lease::give_back() {
   key_ = nullptr;
 }
 
-WorkerPool::WorkerPool(Options options, Spawn spawn) : options_(options), spawn_(std::move(spawn)) {
+WorkerPool::WorkerPool(Options options, Spawn spawn)
+    : options_(options), spawn_(std::move(spawn)), stop_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!stop_fd_) throw WorkerError(std::string("eventfd failed: ") + std::strerror(errno));
   spawner_ = std::thread([this] { spawn_loop(); });
 }
 
@@ -125,6 +131,10 @@ void WorkerPool::shutdown() {
     for (auto& [key, pool] : pools_)
       for (auto& w : pool.idle) doomed.push_back(std::move(w));
     for (WorkerProcess* w : leased_) ::kill(-w->pid(), SIGKILL);  // their holders reap them
+  }
+  const std::uint64_t one = 1;
+  if (::write(stop_fd_.get(), &one, sizeof one) != sizeof one) {
+    // Cannot fail for a fresh eventfd written once; a start in progress would then only end at its hello.
   }
   cv_.notify_all();
   spawn_cv_.notify_all();

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import json
@@ -156,6 +155,8 @@ class Runner:
     ) -> RunnerResult:
         """``await``-able run for asyncio programs; the event loop keeps running meanwhile.
         Cancelling the awaiting task cancels the run."""
+        import asyncio  # here, not at the top: a program that never awaits does not pay for importing it
+
         return await asyncio.wrap_future(
             self.submit(code, input_data, policy, policy_file, python_executable))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
@@ -67,6 +66,8 @@ class OutputStream:
     _END = object()
 
     def __init__(self, start: Callable[[OutputCallback], RunFuture]) -> None:
+        import asyncio  # here, not at the top: a program that never awaits does not pay for importing it
+
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._future = start(self._push)
@@ -85,6 +86,8 @@ class OutputStream:
         return item
 
     async def result(self) -> RunnerResult:
+        import asyncio
+
         return await asyncio.wrap_future(self._future)
 
     def cancel(self) -> bool:
@@ -129,6 +132,8 @@ class Session:
 
     async def run_async(self, code: str, input_data: Optional[Any] = None, **options: Any) -> RunnerResult:
         """``await``-able call; cancelling the awaiting task cancels the call."""
+        import asyncio
+
         return await asyncio.wrap_future(self.submit(code, input_data, **options))
 
     def stream(self, code: str, input_data: Optional[Any] = None, **options: Any) -> OutputStream:

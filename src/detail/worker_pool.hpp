@@ -92,6 +92,9 @@ class WorkerPool {
   // when they give them back); later leases fail.
   void shutdown();
   bool stopping() const;
+  // Readable once shutdown() began: a worker start given it (SpawnOptions::stop_fd) gives up at once, so
+  // a program that exits right after its first run does not wait for the rest of the pool to come up.
+  int stop_fd() const { return stop_fd_.get(); }
 
   // For tests: idle warm workers of `key` now.
   std::size_t idle(const PoolKey& key) const;
@@ -120,6 +123,7 @@ class WorkerPool {
   Pools pools_;
   std::set<WorkerProcess*> leased_;  // shutdown kills them so their holders return at once
   bool stopping_ = false;
+  Fd stop_fd_;  // an eventfd, written once by shutdown()
   // Warm workers are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the
   // starting *thread* exits, so starting them from callers' threads would kill workers early.
   std::thread spawner_;

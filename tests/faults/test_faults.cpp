@@ -115,6 +115,26 @@ TEST_CASE("a worker that never says hello is reported, not waited for forever") 
   CHECK(open_fds() == fds_before);
 }
 
+TEST_CASE("shutting the runner down does not wait for a starting worker's hello (issue 20: a short program's exit)") {
+  // The pool starts its workers in the background; a program that exits right after its first run must
+  // not wait for the rest to come up. With an hour to say hello, only the stop can end the start: a
+  // runner that waited would hold this test until ctest's limit.
+  const int fds_before = open_fds();
+  {
+    auto o = options(kNoHello);
+    o.start_timeout_seconds = 3600;
+    o.policy.isolation = spr::Isolation::fork;  // warm workers start in the background (process mode starts none)
+    spr::Runner runner(o);
+    // Wait until the worker's process exists: the pool is then inside the start, waiting for the hello.
+    for (int i = 0; i < 6000 && descendants() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(descendants() > 0);
+  }
+  settle();
+  CHECK(zombies() == 0);
+  CHECK(descendants() == 0);
+  CHECK(open_fds() == fds_before);
+}
+
 TEST_CASE("a missing or non-executable worker binary is a WorkerError at construction") {
   CHECK_THROWS_AS(spr::Runner(options("/nonexistent/spr-worker")), spr::WorkerError);
   char path[] = "/tmp/spr-not-exec-XXXXXX";
