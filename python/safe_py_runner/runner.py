@@ -115,7 +115,14 @@ class Runner:
         # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
         # code with a SyntaxError, as CPython refuses a source file that is not valid UTF-8.
         source = code.encode("utf-8", "surrogatepass")
-        return self._core.run(source, payload, chosen.to_json(), on_output, token)
+        try:
+            return self._core.run(source, payload, chosen.to_json(), on_output, token)
+        except RuntimeError:
+            if not self._closed:
+                raise
+            # close() came between this run's start and the engine: answered as a run in flight is.
+            return (False, "null", "", "", False, False, "the runner is shutting down", 1, "worker_unavailable",
+                    0.0, chosen.isolation, False, False, None)
 
     def _start(self, call) -> RunFuture:
         future = RunFuture()
