@@ -470,14 +470,20 @@ int serve(Runner& runner, const RunnerPolicy& base, const ServerOptions& options
         "without --token-file the server listens on a loopback address only (127.0.0.1 or ::1), not " +
         options.address);
 
+  // Destroyed in reverse: the API first (what it still holds of a connection goes while the
+  // io_context lives), then the io_context (its queued handlers hold connections), then `shared`,
+  // which every connection uses until its destructor.
+  std::unique_ptr<Shared> shared_state;
   net::io_context ioc(static_cast<int>(options.threads));
   // Before the API starts (it waits for a worker): a signal that comes meanwhile is kept for async_wait.
   net::signal_set signals(ioc, SIGTERM, SIGINT);
   // While draining, the listener is closed and a connection waiting for its run has no operation
   // pending: without this guard run() would return and the run's answer would never be written.
   auto work = net::make_work_guard(ioc);
-  Api api(runner, base, options.api);
-  Shared shared(options, api);
+  auto api_owner = std::make_unique<Api>(runner, base, options.api);
+  Api& api = *api_owner;
+  shared_state = std::make_unique<Shared>(options, api);
+  Shared& shared = *shared_state;
   api.connections = [&shared] { return shared.connections.load(); };
 
   auto listener = std::make_shared<Listener>(ioc, tcp::endpoint(address, options.port), shared);
