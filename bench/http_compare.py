@@ -29,6 +29,7 @@ def measure_http(build, seconds, clients, workers):
     try:
         with tempfile.TemporaryDirectory() as tmp:
             load_test.phase(server, "warm-up", 2, clients, 0, 0, tmp)
+            load_test.idle(server)
             r = load_test.phase(server, "http", seconds, clients, 0, 0, tmp)
     finally:
         server.stop()

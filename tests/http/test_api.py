@@ -39,9 +39,9 @@ def test_run_outcomes_are_data(server, api, code, policy, kind):
     status, _, r = call(server, api, "POST", "/v1/run", {"code": code, "policy": policy})
     assert status == 200
     assert r["ok"] is False and r["error_kind"] == kind and r["error"]
-    # A run that killed its worker leaves the service ready.
-    status, _, ready = call(server, api, "GET", "/readyz")
-    assert status == 200 and ready["ready"] is True
+    # A run that killed its worker leaves the service ready (readiness has a deadline: on a loaded
+    # machine a probe may miss it and the next one answer).
+    assert wait_for(lambda: server.request("GET", "/readyz")[0] == 200, 120)
 
 
 def test_stdin_reaches_the_code(server, api):
@@ -160,8 +160,9 @@ def test_health_ready_metrics_and_playground(server, api):
     call(server, api, "POST", "/v1/run", {"code": "while True: pass", "policy": {"timeout_seconds": 0.2}})
     status, _, h = call(server, api, "GET", "/healthz")
     assert status == 200 and h == {"status": "ok"}
+    assert wait_for(lambda: server.request("GET", "/readyz")[0] == 200, 120)
     status, _, r = call(server, api, "GET", "/readyz")
-    assert status == 200 and r["ready"] is True
+    assert status in (200, 503) and (r["ready"] is True) == (status == 200)
     status, _, page = call(server, api, "GET", "/")
     assert status == 200 and "<script>" in page and "src=" not in page.replace('src="', "")
     status, h, text = call(server, api, "GET", "/metrics")
@@ -347,7 +348,7 @@ def test_a_slow_client_is_dropped():
         sock.close()
         assert closed and sent < len(request), "the server kept a connection that sent one byte each 0.3 s"
         assert 'spr_requests_refused_total{reason="slow_client"} 1' in s.request("GET", "/metrics")[2].decode()
-        assert any(e.get("reason") == "slow_client" for e in s.log)
+        assert wait_for(lambda: any(e.get("reason") == "slow_client" for e in s.log), 30)
     finally:
         assert s.stop() == 0
 
