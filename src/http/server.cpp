@@ -167,7 +167,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_read(beast::error_code ec) {
     if (ec) {
       if (ec == beast::error::timeout) {
-        if (parser_->got_some()) {
+        // Bytes may wait in the buffer unparsed (an incomplete first line): they count as a request begun.
+        if (parser_->got_some() || buffer_.size() > 0) {
           shared_.api.metrics().refused("slow_client");
           log_line({{"time", utc_now()}, {"event", "dropped"}, {"reason", "slow_client"}, {"remote", remote_}});
         }
