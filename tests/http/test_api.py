@@ -347,7 +347,8 @@ def test_a_slow_client_is_dropped():
                 pass
         sock.close()
         assert closed and sent < len(request), "the server kept a connection that sent one byte each 0.3 s"
-        assert 'spr_requests_refused_total{reason="slow_client"} 1' in s.request("GET", "/metrics")[2].decode()
+        assert wait_for(lambda: 'spr_requests_refused_total{reason="slow_client"} 1' in
+                        s.request("GET", "/metrics")[2].decode(), 30)
         assert wait_for(lambda: any(e.get("reason") == "slow_client" for e in s.log), 30)
     finally:
         assert s.stop() == 0
