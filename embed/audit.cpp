@@ -248,8 +248,9 @@ int hook(const char* event, PyObject* args, void*) {
     case Rule::deny_from_user:
       return caller_is_user() ? deny(event, row->why) : 0;
     case Rule::network:
-      // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches no network; the seccomp
-      // filter refuses socket() of every family, so only socketpair() can create one.
+      // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches nothing; the seccomp filter
+      // refuses socket(AF_UNIX) without 'allow_unix_sockets' (this event cannot tell a new socket from a
+      // socketpair() end being wrapped), so only socketpair() can create one.
       if (!g_rules.allow_network && std::strcmp(event, "socket.__new__") == 0 && PyTuple_GET_SIZE(args) >= 2 &&
           PyLong_Check(PyTuple_GET_ITEM(args, 1)) && PyLong_AsLong(PyTuple_GET_ITEM(args, 1)) == AF_UNIX)
         return 0;

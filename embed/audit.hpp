@@ -11,6 +11,7 @@ namespace spr::embed::audit {
 // What the hook enforces for the current run. Lives in C++ only: nothing here is reachable from Python.
 struct RunRules {
   bool allow_network = false;
+  bool allow_unix_sockets = false;
   bool allow_threads = false;
   bool block_exec = true;     // exec and eval both blocked: deny "exec" events raised from user code
   bool block_compile = true;  // deny "compile" events raised from user code

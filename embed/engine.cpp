@@ -207,6 +207,7 @@ double thread_cpu_seconds() {
 audit::RunRules rules_for(const RunnerPolicy& p) {
   audit::RunRules rules;
   rules.allow_network = p.allow_network;
+  rules.allow_unix_sockets = p.allow_unix_sockets;
   rules.allow_threads = p.isolation == Isolation::fork || p.isolation == Isolation::process;
   const auto blocked = [&](const char* b) { return run_result::builtin_removed(p, b); };
   rules.block_exec = blocked("exec") && blocked("eval");

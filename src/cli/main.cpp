@@ -69,7 +69,7 @@ struct PolicyArgs {
   double timeout = 0, cpu_time = 0;
   long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
-  bool allow_network = false, scratch_dir = false;
+  bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
   std::vector<Flag> flags;
 };
 
@@ -96,7 +96,9 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   names("allowed_imports", "--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)");
   names("blocked_builtins", "--blocked-builtins", a.blocked_builtins, "comma-separated builtin names ('' for none)");
   names("allowed_builtins", "--allowed-builtins", a.allowed_builtins, "comma-separated builtin names (allow mode)");
-  flag("allow_network", "--allow-network", a.allow_network, "let the code open sockets");
+  flag("allow_network", "--allow-network", a.allow_network, "let the code open network sockets");
+  flag("allow_unix_sockets", "--allow-unix-sockets", a.allow_unix_sockets,
+       "let the code open unix sockets (it can reach any the host has at a path it can name)");
   flag("scratch_dir", "--scratch-dir", a.scratch_dir, "a private writable working directory per run");
 }
 
