@@ -43,6 +43,11 @@ class Trusted {
   bool was_;
 };
 
+// Gates code.replace: renaming a code object (co_name, co_qualname, co_filename, co_firstlineno)
+// and types.coroutine's one flag pass the "code.__new__" rule, any other change meets it. numpy
+// renames its dispatchers this way while it imports. Call once per interpreter, before arming.
+bool install_code_replace_gate();
+
 // Denials since the last reset (the engine maps a PermissionError to error_kind "denied").
 int denials();
 void reset_denials();

@@ -406,6 +406,7 @@ std::string init_current_interpreter() {
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
+  if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   preload(Preload::sub_interpreter);
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
@@ -470,6 +471,7 @@ std::string initialize(const EngineOptions& options) {
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
+    if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   }
   preload(options.preload ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
