@@ -301,6 +301,11 @@ RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json in
                               std::move(on_done));
 }
 
+std::pair<std::size_t, std::size_t> detail::RunnerAccess::worker_counts(Runner& runner) {
+  const auto c = runner.impl_->pool.counts();
+  return {c.idle, c.busy};
+}
+
 const RunnerOptions& Runner::options() const { return impl_->options; }
 
 json Runner::hardening(Isolation isolation) {

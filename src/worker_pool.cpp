@@ -124,6 +124,16 @@ std::size_t WorkerPool::idle(const PoolKey& key) const {
   return it == pools_.end() ? 0 : it->second.idle.size();
 }
 
+WorkerPool::Counts WorkerPool::counts() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  Counts c;
+  for (const auto& [key, pool] : pools_) {
+    c.idle += pool.idle.size();
+    c.busy += pool.live - pool.idle.size();
+  }
+  return c;
+}
+
 void WorkerPool::shutdown() {
   std::deque<std::unique_ptr<WorkerProcess>> doomed;
   {

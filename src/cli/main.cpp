@@ -1,4 +1,4 @@
-// safe-py-runner CLI: `run` one snippet, `serve` JSON lines, `doctor` the sandbox layers.
+// safe-py-runner CLI: `run` one snippet, `serve` JSON lines, `http` the HTTP service, `doctor` the sandbox layers.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -10,12 +10,14 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
 #include "cli/serve.hpp"
+#include "http/server.hpp"
 #include "spr/runner.hpp"
 
 namespace {
@@ -162,6 +164,80 @@ int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs&
   return 0;
 }
 
+struct HttpArgs {
+  std::string listen = "127.0.0.1:8080";
+  std::string token_file;
+  std::size_t workers = 2, max_concurrent = 64, max_body_mb = 16, max_connections = 512, threads = 2, max_sessions = 8;
+  double read_timeout = 10, queue_timeout = 30, grace = 10;
+  std::string preload;
+  bool session_id_header = false;
+};
+
+// "127.0.0.1:8080", "[::1]:8080" -> address and port.
+std::pair<std::string, unsigned short> split_listen(const std::string& text) {
+  const std::size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon + 1 == text.size())
+    throw CliError{kExitUsage, "--listen takes ADDRESS:PORT, such as 127.0.0.1:8080"};
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  const std::string port = text.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 || std::stoul(port) > 65535)
+    throw CliError{kExitUsage, "--listen: '" + port + "' is not a port number"};
+  return {host, static_cast<unsigned short>(std::stoul(port))};
+}
+
+// One token a line; blank lines and lines starting with '#' are skipped, spaces around a token dropped.
+std::vector<std::string> read_tokens(const std::string& path) {
+  std::istringstream in(read_file(path, "token file"));
+  std::vector<std::string> tokens;
+  for (std::string line; std::getline(in, line);) {
+    const std::size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    const std::string t = line.substr(b, line.find_last_not_of(" \t\r") - b + 1);
+    if (t.size() < 16) throw CliError{kExitData, "a token in '" + path + "' is shorter than 16 characters"};
+    tokens.push_back(t);
+  }
+  if (tokens.empty()) throw CliError{kExitData, "the token file '" + path + "' holds no token"};
+  return tokens;
+}
+
+int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
+  if (h.workers == 0 || h.workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
+  if (h.max_concurrent == 0) throw CliError{kExitUsage, "--max-concurrent must be at least 1"};
+  if (h.max_body_mb == 0 || h.max_body_mb > 1024) throw CliError{kExitUsage, "--max-body-mb must be between 1 and 1024"};
+  if (h.threads == 0 || h.threads > 64) throw CliError{kExitUsage, "--threads must be between 1 and 64"};
+  if (!(h.read_timeout > 0) || !(h.queue_timeout >= 0) || !(h.grace >= 0))
+    throw CliError{kExitUsage, "--read-timeout must be positive, --queue-timeout and --grace not negative"};
+  spr::http::ServerOptions o;
+  std::tie(o.address, o.port) = split_listen(h.listen);
+  if (!h.token_file.empty()) o.tokens = read_tokens(h.token_file);
+  if (o.tokens.empty() && !spr::http::is_loopback(o.address))
+    throw CliError{kExitUsage, "without --token-file the server listens on a loopback address only (127.0.0.1 or "
+                               "::1), not " + o.address};
+  o.max_body_bytes = h.max_body_mb << 20;
+  o.max_connections = h.max_connections;
+  o.read_timeout_seconds = h.read_timeout;
+  o.grace_seconds = h.grace;
+  o.threads = h.threads;
+  o.api.max_in_flight = h.max_concurrent;
+  o.api.queue_timeout_seconds = h.queue_timeout;
+  o.api.blocking_threads = h.max_sessions + 2;
+  o.api.session_id_from_header = h.session_id_header;
+  spr::RunnerPolicy base = build_policy(pa);
+  spr::RunnerOptions options = runner_options(base, h.workers);
+  options.policy_is_ceiling = true;  // as in serve: a request may tighten the operator's policy, never loosen it
+  options.max_sessions = h.max_sessions;
+  std::stringstream modules(h.preload);
+  for (std::string m; std::getline(modules, m, ',');)
+    if (!m.empty()) options.preload.push_back(m);
+  spr::Runner runner(options);
+  try {
+    return spr::http::serve(runner, base, o);
+  } catch (const std::runtime_error& e) {
+    throw CliError{kExitUnavailable, e.what()};
+  }
+}
+
 // Per isolation mode, the worker's report of its sandbox layers; a mode that cannot start says why.
 spr::json doctor_report(const spr::RunnerPolicy& p) {
   spr::Runner runner(runner_options(p, 1));
@@ -242,6 +318,30 @@ int main(int argc, char** argv) {
   serve->add_flag("--allow-policy-overrides", allow_overrides,
                   "let a request's policy loosen the operator's (by default it may only tighten it)");
 
+  HttpArgs http_args;
+  PolicyArgs http_policy;
+  auto* http = app.add_subcommand("http", "serve runs over HTTP: our JSON API, Piston's v2 API, metrics, a playground");
+  http->add_option("--listen", http_args.listen, "ADDRESS:PORT to listen on (default 127.0.0.1:8080; port 0: any free one)");
+  http->add_option("--workers", http_args.workers, "warm workers (default 2)");
+  http->add_option("--preload", http_args.preload, "modules each warm worker imports before its sandbox closes");
+  http->add_option("--token-file", http_args.token_file,
+                   "file of bearer tokens, one a line; without it only a loopback address is allowed");
+  http->add_option("--max-concurrent", http_args.max_concurrent,
+                   "runs admitted at once, running or waiting for a worker; more answer 429 (default 64)");
+  http->add_option("--max-body-mb", http_args.max_body_mb, "largest request body in MiB; larger answer 413 (default 16)");
+  http->add_option("--max-connections", http_args.max_connections, "open connections at once (default 512)");
+  http->add_option("--max-sessions", http_args.max_sessions, "open sessions at once (default 8)");
+  http->add_option("--read-timeout", http_args.read_timeout,
+                   "seconds a request's header and body may take to arrive (default 10)");
+  http->add_option("--queue-timeout", http_args.queue_timeout,
+                   "seconds a run may wait beyond its own timeout before its request answers 504 (default 30)");
+  http->add_option("--grace", http_args.grace, "seconds runs in flight get to finish after SIGTERM (default 10)");
+  http->add_option("--threads", http_args.threads, "threads serving connections (default 2)");
+  http->add_flag("--session-id-header", http_args.session_id_header,
+                 "a new session takes its id from the X-Session-Id header when given (set by a proxy that "
+                 "hashes on it, such as nginx with $request_id)");
+  add_policy_options(http, http_policy);
+
   bool doctor_json = false;
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
   doctor->add_flag("--json", doctor_json, "print the report as JSON");
@@ -256,7 +356,7 @@ int main(int argc, char** argv) {
     }
   };
   if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
-    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, doctor; see --help)"
+    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, http, doctor; see --help)"
               << std::endl;
     return kExitUsage;
   }
@@ -271,6 +371,7 @@ int main(int argc, char** argv) {
   try {
     if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_policy);
     if (*serve) return cmd_serve(workers, preload, serve_policy, allow_overrides);
+    if (*http) return cmd_http(http_args, http_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;

@@ -1,8 +1,10 @@
-// What the library's own CLI needs of a Runner beyond its public API: submit() with a completion callback.
+// What the library's own CLI needs of a Runner beyond its public API: submit() with a completion callback,
+// and the pool's worker counts.
 #pragma once
 
 #include <functional>
 #include <string>
+#include <utility>
 
 #include "spr/runner.hpp"
 
@@ -14,6 +16,8 @@ struct RunnerAccess {
   // cancelling thread, when the run had not started. It must not cancel the run or block long.
   static RunHandle submit(Runner& runner, std::string code, json input_data, RunnerPolicy policy, RunOptions options,
                           std::function<void(const RunResult&)> on_done);
+  // Warm workers waiting, and workers running a run or being started, over every pool (for metrics).
+  static std::pair<std::size_t, std::size_t> worker_counts(Runner& runner);
 };
 
 }  // namespace spr::detail

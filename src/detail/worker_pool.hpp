@@ -99,6 +99,11 @@ class WorkerPool {
 
   // For tests: idle warm workers of `key` now.
   std::size_t idle(const PoolKey& key) const;
+  // Over every key: warm workers waiting, and workers leased or being started (for metrics).
+  struct Counts {
+    std::size_t idle = 0, busy = 0;
+  };
+  Counts counts() const;
 
  private:
   struct Pool {

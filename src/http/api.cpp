@@ -1,0 +1,739 @@
+// The HTTP service's endpoints: request bodies checked field by field, runs admitted up to a bound,
+// answered asynchronously (one-off runs through Runner::submit's completion callback, session calls on
+// a small pool because they block), each with a deadline.
+#include "http/api.hpp"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <initializer_list>
+#include <set>
+#include <stdexcept>
+
+#include "common/frame.hpp"
+#include "common/outcome.hpp"
+#include "common/wire.hpp"
+#include "detail/runner_access.hpp"
+#include "http/piston.hpp"
+
+extern const char kSprPlaygroundHtml[];
+
+namespace spr::http {
+
+namespace {
+
+constexpr std::size_t kMaxRunIdBytes = 128;
+constexpr double kReadyTimeoutSeconds = 5;
+
+json error_body(const std::string& kind, const std::string& message) {
+  return {{"error", message}, {"error_kind", kind}};
+}
+
+void send_json(const ExchangePtr& ex, int status, const json& body, const std::string& kind = "", Headers h = {}) {
+  ex->send(status, detail::dump_json(body) + "\n", "application/json", std::move(h), kind);
+}
+
+void send_error(const ExchangePtr& ex, int status, const std::string& kind, const std::string& message,
+                Headers h = {}) {
+  send_json(ex, status, error_body(kind, message), kind, std::move(h));
+}
+
+void bad_input(const ExchangePtr& ex, const std::string& message) {
+  send_error(ex, 400, "bad_input", message);
+}
+
+// The first key of `body` not in `known` ("" when none).
+std::string unknown_field(const json& body, std::initializer_list<const char*> known) {
+  for (const auto& [key, value] : body.items())
+    if (std::none_of(known.begin(), known.end(), [&key = key](const char* k) { return key == k; })) return key;
+  return {};
+}
+
+// "stream=1" or "stream=true" among the query's parameters.
+bool wants_stream(const std::string& query) {
+  std::size_t pos = 0;
+  while (pos <= query.size()) {
+    std::size_t end = query.find('&', pos);
+    if (end == std::string::npos) end = query.size();
+    const std::string item = query.substr(pos, end - pos);
+    if (item == "stream=1" || item == "stream=true") return true;
+    pos = end + 1;
+  }
+  return false;
+}
+
+// 128 bits from the kernel's CSPRNG, as 32 hex digits.
+std::string random_id() {
+  unsigned char bytes[16];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      throw std::runtime_error(std::string("getrandom: ") + std::strerror(err));
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  static const char* digits = "0123456789abcdef";
+  std::string id;
+  for (unsigned char b : bytes) {
+    id += digits[b >> 4];
+    id += digits[b & 15];
+  }
+  return id;
+}
+
+std::string owner_key(const ExchangePtr& ex) {
+  const auto& t = ex->request().token;
+  return t ? std::to_string(*t) : std::string("-");
+}
+
+// Splits "/v1/sessions/ID/run" into {"v1", "sessions", "ID", "run"}.
+std::vector<std::string> segments(const std::string& path) {
+  std::vector<std::string> out;
+  std::size_t pos = 1;
+  while (pos <= path.size()) {
+    std::size_t end = path.find('/', pos);
+    if (end == std::string::npos) end = path.size();
+    out.push_back(path.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+// Cancels what is still running when its deadline passes; one thread for every deadline.
+class Api::Deadlines {
+ public:
+  Deadlines() : thread_([this] { loop(); }) {}
+  ~Deadlines() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  std::uint64_t add(double seconds, std::function<void()> fn) {
+    const auto at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                           std::chrono::duration<double>(seconds));
+    std::lock_guard<std::mutex> lk(mu_);
+    const std::uint64_t id = next_++;
+    queue_.emplace(at, Entry{id, std::move(fn)});
+    cv_.notify_all();
+    return id;
+  }
+  void remove(std::uint64_t id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it)
+      if (it->second.id == id) {
+        queue_.erase(it);
+        return;
+      }
+  }
+
+ private:
+  struct Entry {
+    std::uint64_t id;
+    std::function<void()> fn;
+  };
+  void loop() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stop_) {
+      if (queue_.empty()) {
+        cv_.wait(lk);
+      } else if (queue_.begin()->first <= std::chrono::steady_clock::now()) {
+        auto fn = std::move(queue_.begin()->second.fn);
+        queue_.erase(queue_.begin());
+        lk.unlock();
+        fn();  // cancels a run: its answer may come on this thread
+        lk.lock();
+      } else {
+        cv_.wait_until(lk, queue_.begin()->first);
+      }
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::multimap<std::chrono::steady_clock::time_point, Entry> queue_;
+  std::uint64_t next_ = 1;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Threads for the calls that block (opening, calling and closing sessions). Tasks are admitted runs
+// (bounded by max_in_flight) or session opens and closes, so the queue stays small.
+class Api::BlockingPool {
+ public:
+  explicit BlockingPool(std::size_t threads) {
+    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~BlockingPool() { stop(); }
+  void post(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+  // Runs what is queued, then joins.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;
+      auto task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lk.unlock();
+      task();
+      lk.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+struct Api::SessionEntry {
+  Session session;
+  std::optional<std::size_t> owner;  // the token that opened it
+};
+
+// One admitted run or session call, from admission to its answer.
+struct Api::RunCall {
+  ExchangePtr ex;
+  bool stream = false;
+  bool piston = false;
+  std::string client_id;
+  std::uint64_t deadline = 0;
+  double deadline_seconds = 0;
+  std::atomic<bool> deadline_passed{false};
+  std::mutex mu;
+  std::string output;  // Piston: stdout and stderr interleaved as they came
+};
+
+Api::Api(Runner& runner, RunnerPolicy base, ApiOptions options)
+    : runner_(runner),
+      base_(std::move(base)),
+      options_(options),
+      python_version_(runner.python_version()),
+      deadlines_(std::make_unique<Deadlines>()),
+      pool_(std::make_unique<BlockingPool>(std::max<std::size_t>(2, options.blocking_threads))) {}
+
+Api::~Api() {
+  stop();
+}
+
+void Api::stop() {
+  std::map<std::string, std::shared_ptr<SessionEntry>> sessions;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    sessions.swap(sessions_);
+  }
+  for (auto& [id, s] : sessions) s->session.close();
+  if (pool_) pool_->stop();
+}
+
+void Api::begin_drain() {
+  std::lock_guard<std::mutex> lk(mu_);
+  draining_ = true;
+}
+
+std::size_t Api::in_flight() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return in_flight_;
+}
+
+bool Api::admit(const ExchangePtr& ex, bool piston) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (in_flight_ < options_.max_in_flight) {
+      ++in_flight_;
+      return true;
+    }
+  }
+  metrics_.refused("overloaded");
+  const std::string msg = "every run slot is taken (" + std::to_string(options_.max_in_flight) + "); retry later";
+  if (piston)
+    send_json(ex, 429, {{"message", msg}}, "overloaded", {{"Retry-After", "1"}});
+  else
+    send_error(ex, 429, "overloaded", msg, {{"Retry-After", "1"}});
+  return false;
+}
+
+void Api::release() {
+  std::lock_guard<std::mutex> lk(mu_);
+  --in_flight_;
+}
+
+RunnerPolicy Api::request_policy(const json& overrides) const {
+  RunnerPolicy p = overrides.is_null() ? base_ : RunnerPolicy::from_json(overrides, base_);
+  // The operator's policy is a ceiling, as in `serve`: a request may tighten it, never loosen it.
+  if (runner_.options().policy_is_ceiling)
+    if (std::string why = p.looser_than(base_); !why.empty())
+      throw PolicyError("the policy loosens the operator's: " + why);
+  return p;
+}
+
+bool Api::register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return runs_.emplace(owner_key(ex) + "/" + id, token).second;
+}
+
+void Api::unregister_run(const ExchangePtr& ex, const std::string& id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  runs_.erase(owner_key(ex) + "/" + id);
+}
+
+std::shared_ptr<Api::SessionEntry> Api::find_session(const ExchangePtr& ex, const std::string& id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return nullptr;
+  // Another token's session is not found either: ids are not to be probed across clients.
+  if (it->second->owner != ex->request().token) return nullptr;
+  if (!it->second->session.alive()) {
+    sessions_.erase(it);
+    return nullptr;
+  }
+  return it->second;
+}
+
+namespace {
+
+void session_lost(const ExchangePtr& ex) {
+  send_error(ex, 404, "session_lost",
+             "no open session with this id here: it ended (closed, timed out, crashed or idle too long) or was "
+             "held by a server that stopped");
+}
+
+// The body of a call, common to /v1/run and /v1/sessions/{id}/run.
+struct CallBody {
+  std::string code;
+  json input = json::object();
+  RunOptions options;
+  std::string client_id;
+};
+
+// Fills `out` from the body's code, input_data, stdin and id; the message of the first bad field, or "".
+std::string read_call(const json& body, CallBody& out) {
+  auto code = body.find("code");
+  if (code == body.end() || !code->is_string()) return "the body needs a string field 'code'";
+  out.code = code->get<std::string>();
+  if (auto in = body.find("input_data"); in != body.end() && !in->is_null()) out.input = *in;
+  if (auto in = body.find("stdin"); in != body.end() && !in->is_null()) {
+    if (!in->is_string()) return "'stdin' must be a string";
+    out.options.stdin_text = in->get<std::string>();
+  }
+  if (auto id = body.find("id"); id != body.end() && !id->is_null()) {
+    if (!id->is_string() || id->get<std::string>().empty() || id->get<std::string>().size() > kMaxRunIdBytes)
+      return "'id' must be a string of 1 to " + std::to_string(kMaxRunIdBytes) + " bytes";
+    out.client_id = id->get<std::string>();
+  }
+  return {};
+}
+
+}  // namespace
+
+void Api::handle(const ExchangePtr& ex) {
+  const Request& q = ex->request();
+  const auto method_not_allowed = [&](const char* allow) {
+    send_error(ex, 405, "method_not_allowed", "use " + std::string(allow) + " here", {{"Allow", allow}});
+  };
+  if (q.path == "/healthz") {
+    if (q.method != "GET") return method_not_allowed("GET");
+    return send_json(ex, 200, {{"status", "ok"}});
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (draining_) {
+      metrics_.refused("draining");
+      return send_error(ex, 503, "draining", "the server is shutting down", {{"Retry-After", "1"}});
+    }
+  }
+  const std::vector<std::string> seg = segments(q.path);
+  // Routes without a body.
+  if (q.path == "/") {
+    if (q.method != "GET") return method_not_allowed("GET");
+    return ex->send(200, kSprPlaygroundHtml, "text/html; charset=utf-8",
+                    {{"Content-Security-Policy",
+                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"}},
+                    "");
+  }
+  if (q.path == "/readyz") return q.method == "GET" ? ready(ex) : method_not_allowed("GET");
+  if (q.path == "/metrics") return q.method == "GET" ? metrics_page(ex) : method_not_allowed("GET");
+  if (q.path == "/api/v2/runtimes") {
+    if (q.method != "GET") return method_not_allowed("GET");
+    return send_json(ex, 200, piston::runtimes(python_version_));
+  }
+  const bool session_path = seg.size() >= 3 && seg[0] == "v1" && seg[1] == "sessions" && !seg[2].empty();
+  if (session_path && seg.size() == 3) {
+    if (q.method != "DELETE") return method_not_allowed("DELETE");
+    return session_close(ex, seg[2]);
+  }
+  if (session_path && seg.size() == 4 && seg[3] == "variables") {
+    if (q.method != "GET") return method_not_allowed("GET");
+    return session_variables(ex, seg[2]);
+  }
+
+  // Routes with a JSON body.
+  const bool is_run = q.path == "/v1/run";
+  const bool is_piston = q.path == "/api/v2/execute";
+  const bool is_open = q.path == "/v1/sessions";
+  const bool is_session_run = session_path && seg.size() == 4 && seg[3] == "run";
+  const bool is_cancel = seg.size() == 4 && seg[0] == "v1" && seg[1] == "runs" && !seg[2].empty() && seg[3] == "cancel";
+  if (!is_run && !is_piston && !is_open && !is_session_run && !is_cancel)
+    return send_error(ex, 404, "not_found", "no such endpoint: " + q.method + " " + q.path);
+  if (q.method != "POST") return method_not_allowed("POST");
+  if (is_cancel) return cancel(ex, seg[2]);
+  json body = json::object();
+  if (!q.body.empty() || !is_open) {
+    try {
+      body = detail::parse_json(q.body);
+    } catch (const std::exception& e) {
+      const std::string msg = std::string("the body is not valid JSON: ") + e.what();
+      if (is_piston) return send_json(ex, 400, {{"message", msg}}, "bad_input");
+      return bad_input(ex, msg);
+    }
+  }
+  if (is_piston) return piston_execute(ex, body);
+  if (!body.is_object()) return bad_input(ex, "the body must be a JSON object");
+  if (is_run) return run(ex, body, wants_stream(q.query));
+  if (is_open) return session_open(ex, body);
+  return session_run(ex, seg[2], body, wants_stream(q.query));
+}
+
+void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
+  if (auto f = unknown_field(body, {"code", "input_data", "stdin", "policy", "id"}); !f.empty())
+    return bad_input(ex, "unknown field '" + f + "'");
+  CallBody call;
+  if (std::string why = read_call(body, call); !why.empty()) return bad_input(ex, why);
+  RunnerPolicy policy;
+  try {
+    auto p = body.find("policy");
+    if (p != body.end() && !p->is_null() && !p->is_object()) return bad_input(ex, "'policy' must be an object");
+    policy = request_policy(p == body.end() ? json() : *p);
+  } catch (const PolicyError& e) {
+    return bad_input(ex, std::string("invalid policy: ") + e.what());
+  }
+  if (!admit(ex, false)) return;
+  auto rc = std::make_shared<RunCall>();
+  rc->ex = ex;
+  rc->stream = stream;
+  rc->client_id = call.client_id;
+  if (!rc->client_id.empty() && !register_run(ex, rc->client_id, call.options.cancel)) {
+    release();
+    return send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
+  }
+  if (stream) {
+    ex->stream_begin("application/x-ndjson");
+    call.options.on_output = [ex](OutputStream s, const std::string& data) {
+      ex->stream_write(detail::dump_json({{"stream", to_string(s)}, {"data", data}}) + "\n");
+    };
+  }
+  rc->deadline_seconds = policy.timeout_seconds + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
+  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = call.options.cancel]() mutable {
+    rc->deadline_passed = true;
+    token.cancel();
+  });
+  auto on_done = [this, rc](const RunResult& r) {
+    deadlines_->remove(rc->deadline);
+    if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
+    metrics_.run_finished(r);
+    const bool late = rc->deadline_passed && r.error_kind == ErrorKind::cancelled;
+    const std::string kind = late ? "deadline" : r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    if (rc->stream) {
+      rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
+      rc->ex->stream_end(kind);
+    } else if (late) {
+      send_error(rc->ex, 504, "deadline",
+                 "the request's deadline (" + detail::format_seconds(rc->deadline_seconds) +
+                     " s) passed before its run ended; the run was stopped");
+    } else {
+      send_json(rc->ex, 200, r.to_json(), kind);
+    }
+    release();
+  };
+  try {
+    detail::RunnerAccess::submit(runner_, std::move(call.code), std::move(call.input), std::move(policy),
+                                 std::move(call.options), std::move(on_done));
+  } catch (const std::exception& e) {
+    // An invalid policy (already checked) or a Runner that is shutting down.
+    deadlines_->remove(rc->deadline);
+    if (!rc->client_id.empty()) unregister_run(ex, rc->client_id);
+    release();
+    if (stream) {
+      ex->stream_write(detail::dump_json({{"error", e.what()}, {"error_kind", "worker_unavailable"}}) + "\n");
+      ex->stream_end("worker_unavailable");
+    } else {
+      send_error(ex, 503, "worker_unavailable", e.what());
+    }
+  }
+}
+
+void Api::piston_execute(const ExchangePtr& ex, const json& body) {
+  const auto bad = [&](const std::string& message) { send_json(ex, 400, {{"message", message}}, "bad_input"); };
+  piston::Execute e;
+  try {
+    e = piston::parse_execute(body, base_, python_version_);
+    if (runner_.options().policy_is_ceiling)
+      if (std::string why = e.policy.looser_than(base_); !why.empty())
+        return bad("the limits loosen the operator's policy: " + why);
+  } catch (const piston::BadRequest& err) {
+    return bad(err.what());
+  }
+  if (!admit(ex, true)) return;
+  auto rc = std::make_shared<RunCall>();
+  rc->ex = ex;
+  rc->piston = true;
+  RunOptions options;
+  options.stdin_text = std::move(e.stdin_text);
+  options.on_output = [rc](OutputStream, const std::string& data) {
+    std::lock_guard<std::mutex> lk(rc->mu);
+    rc->output += data;
+  };
+  rc->deadline_seconds =
+      e.policy.timeout_seconds + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
+  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = options.cancel]() mutable {
+    rc->deadline_passed = true;
+    token.cancel();
+  });
+  auto on_done = [this, rc](const RunResult& r) {
+    deadlines_->remove(rc->deadline);
+    metrics_.run_finished(r);
+    std::string output;
+    {
+      std::lock_guard<std::mutex> lk(rc->mu);
+      output = rc->output;
+    }
+    if (rc->deadline_passed && r.error_kind == ErrorKind::cancelled)
+      send_json(rc->ex, 504, {{"message", "the request's deadline passed before its run ended; the run was stopped"}},
+                "deadline");
+    else
+      send_json(rc->ex, 200, piston::execute_answer(r, output, python_version_),
+                r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind));
+    release();
+  };
+  try {
+    detail::RunnerAccess::submit(runner_, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
+                                 std::move(on_done));
+  } catch (const std::exception& err) {
+    deadlines_->remove(rc->deadline);
+    release();
+    send_json(ex, 503, {{"message", err.what()}}, "worker_unavailable");
+  }
+}
+
+void Api::session_open(const ExchangePtr& ex, const json& body) {
+  if (auto f = unknown_field(body, {"policy"}); !f.empty()) return bad_input(ex, "unknown field '" + f + "'");
+  RunnerPolicy policy;
+  try {
+    auto p = body.find("policy");
+    if (p != body.end() && !p->is_null() && !p->is_object()) return bad_input(ex, "'policy' must be an object");
+    policy = request_policy(p == body.end() ? json() : *p);
+  } catch (const PolicyError& e) {
+    return bad_input(ex, std::string("invalid policy: ") + e.what());
+  }
+  std::string id;
+  if (options_.session_id_from_header && !ex->request().session_id.empty()) {
+    id = ex->request().session_id;
+    if (id.size() != 32 || id.find_first_not_of("0123456789abcdef") != std::string::npos)
+      return bad_input(ex, "X-Session-Id must be 32 lower-case hex digits (128 random bits)");
+    std::lock_guard<std::mutex> lk(mu_);
+    if (sessions_.count(id)) return send_error(ex, 409, "conflict", "a session with this id is open");
+  }
+  if (!admit(ex, false)) return;
+  pool_->post([this, ex, policy, id]() mutable {
+    try {
+      auto entry = std::make_shared<SessionEntry>(SessionEntry{runner_.open_session(policy), ex->request().token});
+      if (id.empty()) id = random_id();
+      bool taken = false;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        taken = !sessions_.emplace(id, entry).second;
+      }
+      if (taken) {
+        entry->session.close();
+        send_error(ex, 409, "conflict", "a session with this id is open");
+      } else {
+        send_json(ex, 201, {{"id", id}});
+      }
+    } catch (const SessionLimitError& e) {
+      metrics_.refused("session_limit");
+      send_error(ex, 429, "session_limit", e.what(), {{"Retry-After", "5"}});
+    } catch (const PolicyError& e) {
+      bad_input(ex, std::string("invalid policy: ") + e.what());
+    } catch (const std::exception& e) {
+      send_error(ex, 503, "worker_unavailable", e.what());
+    }
+    release();
+  });
+}
+
+void Api::session_run(const ExchangePtr& ex, const std::string& id, const json& body, bool stream) {
+  if (auto f = unknown_field(body, {"code", "input_data", "stdin", "repr", "timeout_seconds", "id"}); !f.empty())
+    return bad_input(ex, "unknown field '" + f + "'");
+  CallBody call;
+  if (std::string why = read_call(body, call); !why.empty()) return bad_input(ex, why);
+  if (auto r = body.find("repr"); r != body.end() && !r->is_null()) {
+    if (!r->is_boolean()) return bad_input(ex, "'repr' must be true or false");
+    call.options.want_repr = r->get<bool>();
+  }
+  std::shared_ptr<SessionEntry> entry = find_session(ex, id);
+  if (!entry) return session_lost(ex);
+  double timeout = entry->session.policy().timeout_seconds;
+  if (auto t = body.find("timeout_seconds"); t != body.end() && !t->is_null()) {
+    try {
+      timeout = request_policy({{"timeout_seconds", *t}}).timeout_seconds;  // within the operator's ceiling
+    } catch (const PolicyError& e) {
+      return bad_input(ex, std::string("invalid timeout_seconds: ") + e.what());
+    }
+    call.options.timeout_seconds = timeout;
+  }
+  if (!admit(ex, false)) return;
+  auto rc = std::make_shared<RunCall>();
+  rc->ex = ex;
+  rc->stream = stream;
+  rc->client_id = call.client_id;
+  if (!rc->client_id.empty() && !register_run(ex, rc->client_id, call.options.cancel)) {
+    release();
+    return send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
+  }
+  if (stream) {
+    ex->stream_begin("application/x-ndjson");
+    call.options.on_output = [ex](OutputStream s, const std::string& data) {
+      ex->stream_write(detail::dump_json({{"stream", to_string(s)}, {"data", data}}) + "\n");
+    };
+  }
+  // Calls of one session run one at a time: a call's deadline counts its wait behind the others.
+  rc->deadline_seconds = timeout + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
+  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = call.options.cancel]() mutable {
+    rc->deadline_passed = true;
+    token.cancel();
+  });
+  pool_->post([this, rc, entry, call = std::move(call)] {
+    RunResult r = entry->session.run(call.code, call.input, call.options);
+    deadlines_->remove(rc->deadline);
+    if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
+    metrics_.run_finished(r);
+    const std::string kind = r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    if (rc->stream) {
+      rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
+      rc->ex->stream_end(kind);
+    } else {
+      send_json(rc->ex, 200, r.to_json(), kind);
+    }
+    release();
+  });
+}
+
+void Api::session_variables(const ExchangePtr& ex, const std::string& id) {
+  std::shared_ptr<SessionEntry> entry = find_session(ex, id);
+  if (!entry) return session_lost(ex);
+  if (!admit(ex, false)) return;
+  pool_->post([this, ex, entry] {
+    json v = entry->session.variables();
+    if (v.is_null())
+      session_lost(ex);
+    else
+      send_json(ex, 200, {{"variables", v}});
+    release();
+  });
+}
+
+void Api::session_close(const ExchangePtr& ex, const std::string& id) {
+  std::shared_ptr<SessionEntry> entry = find_session(ex, id);
+  if (!entry) return session_lost(ex);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    sessions_.erase(id);
+  }
+  pool_->post([ex, entry] {
+    entry->session.close();  // kills and reaps its process
+    send_json(ex, 200, {{"closed", true}});
+  });
+}
+
+void Api::cancel(const ExchangePtr& ex, const std::string& id) {
+  std::optional<CancelToken> token;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (auto it = runs_.find(owner_key(ex) + "/" + id); it != runs_.end()) token = it->second;
+  }
+  if (!token) return send_error(ex, 404, "not_found", "no run with id '" + id + "' is in flight");
+  token->cancel();  // the run answers `cancelled` to its own request
+  send_json(ex, 200, {{"cancelled", true}});
+}
+
+void Api::ready(const ExchangePtr& ex) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (in_flight_ >= options_.max_in_flight)
+      return send_json(ex, 503, {{"ready", false}, {"error", "every run slot is taken"}}, "overloaded");
+    ++in_flight_;
+  }
+  RunnerPolicy p = base_;
+  p.timeout_seconds = std::min(p.timeout_seconds == 0 ? 1.0 : p.timeout_seconds, kReadyTimeoutSeconds);
+  RunOptions options;
+  auto passed = std::make_shared<std::atomic<bool>>(false);
+  const std::uint64_t deadline = deadlines_->add(p.timeout_seconds + runner_.options().kill_grace_seconds,
+                                                 [passed, token = options.cancel]() mutable {
+                                                   *passed = true;
+                                                   token.cancel();
+                                                 });
+  auto on_done = [this, ex, deadline, passed](const RunResult& r) {
+    deadlines_->remove(deadline);
+    if (r.ok && r.result == json(1))
+      send_json(ex, 200, {{"ready", true}, {"duration_ms", static_cast<double>(r.duration.count()) / 1000.0}});
+    else
+      send_json(ex, 503,
+                {{"ready", false},
+                 {"error", *passed ? std::string("no worker answered a trivial run within its deadline")
+                                   : r.error.value_or("the trivial run failed")}},
+                "not_ready");
+    release();
+  };
+  try {
+    detail::RunnerAccess::submit(runner_, "result = 1", json::object(), p, std::move(options), std::move(on_done));
+  } catch (const std::exception& e) {
+    deadlines_->remove(deadline);
+    release();
+    send_json(ex, 503, {{"ready", false}, {"error", e.what()}}, "not_ready");
+  }
+}
+
+void Api::metrics_page(const ExchangePtr& ex) {
+  Metrics::Gauges g;
+  const auto [idle, busy] = detail::RunnerAccess::worker_counts(runner_);
+  g.workers_idle = idle;
+  g.workers_busy = busy;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();)
+      it = it->second->session.alive() ? std::next(it) : sessions_.erase(it);
+    g.sessions_open = sessions_.size();
+    g.runs_in_flight = in_flight_;
+  }
+  g.connections = connections ? connections() : 0;
+  ex->send(200, metrics_.render(g), "text/plain; version=0.0.4; charset=utf-8", {}, "");
+}
+
+}  // namespace spr::http

@@ -1,0 +1,86 @@
+// The HTTP service's endpoints (our /v1 API, Piston's /api/v2, health, metrics, the playground) on a Runner.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http/exchange.hpp"
+#include "http/metrics.hpp"
+#include "spr/runner.hpp"
+
+namespace spr::http {
+
+struct ApiOptions {
+  std::size_t max_in_flight = 64;     // runs and session calls admitted at once (running or waiting); then 429
+  double queue_timeout_seconds = 30;  // a request's deadline is its run's timeout + kill grace + this
+  std::size_t blocking_threads = 10;  // for session opens, calls and closes, which block
+  // A new session takes its id from the X-Session-Id header (32 hex digits, as nginx's $request_id)
+  // when there is one, so a proxy that hashes on it sends the session's later requests to this server.
+  bool session_id_from_header = false;
+};
+
+class Api {
+ public:
+  Api(Runner& runner, RunnerPolicy base, ApiOptions options);
+  ~Api();  // stop()
+  Api(const Api&) = delete;
+  Api& operator=(const Api&) = delete;
+
+  void handle(const ExchangePtr& ex);
+  // Runs and session calls admitted and not answered.
+  std::size_t in_flight() const;
+  // From now on, every request but /healthz is answered 503 (the server is draining).
+  void begin_drain();
+  // Closes every session and joins the helper threads; runs in flight answer as the Runner stops them.
+  void stop();
+
+  Metrics& metrics() { return metrics_; }
+  std::function<std::size_t()> connections;  // for /metrics
+
+ private:
+  struct SessionEntry;
+  class Deadlines;
+  class BlockingPool;
+  struct RunCall;
+
+  void run(const ExchangePtr& ex, const json& body, bool stream);
+  void piston_execute(const ExchangePtr& ex, const json& body);
+  void session_open(const ExchangePtr& ex, const json& body);
+  void session_run(const ExchangePtr& ex, const std::string& id, const json& body, bool stream);
+  void session_variables(const ExchangePtr& ex, const std::string& id);
+  void session_close(const ExchangePtr& ex, const std::string& id);
+  void cancel(const ExchangePtr& ex, const std::string& id);
+  void ready(const ExchangePtr& ex);
+  void metrics_page(const ExchangePtr& ex);
+
+  bool admit(const ExchangePtr& ex, bool piston);
+  void release();
+  std::shared_ptr<SessionEntry> find_session(const ExchangePtr& ex, const std::string& id);
+  // Registers a client-chosen run id (for POST /v1/runs/{id}/cancel); false when it is in use.
+  bool register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token);
+  void unregister_run(const ExchangePtr& ex, const std::string& id);
+  RunnerPolicy request_policy(const json& overrides) const;  // throws PolicyError
+
+  Runner& runner_;
+  RunnerPolicy base_;
+  ApiOptions options_;
+  Metrics metrics_;
+  std::string python_version_;
+  mutable std::mutex mu_;
+  std::size_t in_flight_ = 0;
+  bool draining_ = false;
+  std::map<std::string, std::shared_ptr<SessionEntry>> sessions_;  // by id
+  std::map<std::string, CancelToken> runs_;                        // by owner token and client id
+  std::unique_ptr<Deadlines> deadlines_;
+  std::unique_ptr<BlockingPool> pool_;
+};
+
+}  // namespace spr::http
