@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
           libtomlplusplus-dev libcli11-dev libseccomp-dev
           pybind11-dev python3-pytest python3-venv python3-pip
-          # test dependencies of the third-party package tests
-          python3-numpy python3-pandas "$@")
+          # test dependencies of the third-party package tests, and of the Dask scale-out
+          python3-numpy python3-pandas python3-distributed "$@")
 
 missing=()
 for p in "${packages[@]}"; do
