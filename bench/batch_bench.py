@@ -248,6 +248,47 @@ def through_batch(cli: str, samples, workers: int, timeout: float, isolation: st
         return {r["id"]: r["passed"] for r in map(json.loads, f)}
 
 
+def through_dask(samples, dask_workers: int, timeout: float, isolation: str, tmp: str) -> Tuple[Dict[str, bool], float]:
+    """The same samples on a local Dask cluster (a dask-scheduler and `dask_workers` dask-worker
+    processes on 127.0.0.1, one thread and a Runner of one worker each); returns verdicts and seconds
+    from the first chunk submitted to the last result (the cluster's start not counted)."""
+    import socket
+
+    import distributed
+
+    from safe_py_runner import RunnerPolicy
+    from safe_py_runner import dask as spr_dask
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(os.path.join(tmp, "dask.log"), "w")
+    procs = [subprocess.Popen(["dask-scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              stdout=log, stderr=subprocess.STDOUT)]
+    try:
+        for i in range(dask_workers):
+            procs.append(subprocess.Popen(["dask-worker", f"tcp://127.0.0.1:{port}", "--host", "127.0.0.1",
+                                           "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
+                                          stdout=log, stderr=subprocess.STDOUT))
+        with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=120) as client:
+            client.wait_for_workers(dask_workers, timeout=300)
+            policy = RunnerPolicy(timeout_seconds=timeout, isolation=isolation)
+            options = {"workers": 1, "start_timeout_seconds": 120}
+            warm = [{"id": "warm", "code": "pass"}] * 4  # starts each Dask worker's Runner
+            list(spr_dask.run_many(warm, client, policy, chunk_size=1, runner_options=options, timeout=600))
+            t0 = time.monotonic()
+            cases = ({"id": sid, "code": program} for sid, program, _ in samples)
+            verdicts = {r.id: r.passed for r in spr_dask.run_many(cases, client, policy, chunk_size=16,
+                                                                    runner_options=options, timeout=600)}
+            return verdicts, time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+        log.close()
+
+
 def main() -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -258,6 +299,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3.0, help="per sample, both models")
     ap.add_argument("--isolation", default="fork", help="batch's isolation mode (default fork)")
+    ap.add_argument("--dask-workers", type=int, default=0,
+                    help="also run the samples on a local Dask cluster with this many dask-worker processes")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
 
@@ -270,6 +313,7 @@ def main() -> int:
         t0 = time.monotonic()
         ours = through_batch(os.path.abspath(args.cli), samples, args.workers, args.timeout, args.isolation, tmp)
         t_batch = time.monotonic() - t0
+        dask = through_dask(samples, args.dask_workers, args.timeout, args.isolation, tmp) if args.dask_workers else None
     t0 = time.monotonic()
     theirs = per_sample_process(samples, args.workers, args.timeout)
     t_model = time.monotonic() - t0
@@ -297,6 +341,13 @@ def main() -> int:
     print(f"  per-sample process model:          {n / t_model:8.1f} cases/s  ({t_model:.1f} s)")
     print(f"  batch is {t_model / t_batch:.1f}x faster; verdicts {'equal' if same else 'DIFFER'} "
           f"({sum(ours.values())} of {n} passed)")
+    if dask:
+        figures["dask_workers"] = args.dask_workers
+        figures["dask_cases_per_s"] = n / dask[1]
+        figures["dask_verdicts_equal"] = dask[0] == ours
+        same = same and dask[0] == ours
+        print(f"  Dask, {args.dask_workers} dask-workers:            {n / dask[1]:8.1f} cases/s  ({dask[1]:.1f} s), "
+              f"verdicts {'equal to batch' if dask[0] == ours else 'DIFFER from batch'}")
     if not same:
         for sid in sorted(expected):
             if ours.get(sid) != theirs.get(sid):
