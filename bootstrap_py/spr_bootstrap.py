@@ -39,7 +39,8 @@ def _on_cpu_time(signum, frame):
 
 
 # Attributes of `sys` that user code may see; `modules`, `_getframe`, `meta_path`,
-# `settrace` and friends stay out of reach.
+# `settrace` and friends stay out of reach. The streams are not copied: _SysView reads and
+# writes the real ones.
 _SYS_ATTRS = (
     "abiflags", "base_exec_prefix", "base_prefix", "exec_prefix", "executable", "float_repr_style",
     "getunicodeinternedsize", "orig_argv", "platlibdir", "prefix", "pycache_prefix", "stdlib_module_names",
@@ -50,13 +51,35 @@ _SYS_ATTRS = (
     "getdefaultencoding", "getfilesystemencoding", "getfilesystemencodeerrors", "getrecursionlimit",
     "getrefcount", "getsizeof", "getswitchinterval", "hash_info", "hexversion", "implementation",
     "int_info", "intern", "is_finalizing", "maxsize", "maxunicode", "platform", "set_int_max_str_digits",
-    "setrecursionlimit", "stderr", "stdin", "stdout", "thread_info", "version", "version_info",
-    "__stdout__", "__stderr__", "__stdin__", "displayhook", "excepthook",
+    "setrecursionlimit", "thread_info", "version", "version_info", "displayhook", "excepthook",
 )
 
 
+def _stream(name, writable):
+    def get(self):
+        return getattr(sys, name)
+
+    def set(self, value):
+        setattr(sys, name, value)
+
+    return property(get, set if writable else None, None, "sys." + name + " itself")
+
+
+class _SysView(types.ModuleType):
+    """The run's `sys`: a copy of the harmless attributes, and the real streams. A snippet may
+    rebind sys.stdin, sys.stdout and sys.stderr as in python3 (input() and print() read the real
+    ones); the engine gives every run fresh streams, so a rebinding ends with its run."""
+
+    stdin = _stream("stdin", True)
+    stdout = _stream("stdout", True)
+    stderr = _stream("stderr", True)
+    __stdin__ = _stream("__stdin__", False)
+    __stdout__ = _stream("__stdout__", False)
+    __stderr__ = _stream("__stderr__", False)
+
+
 def make_sys_proxy():
-    proxy = types.ModuleType("sys", "A restricted view of the sys module.")
+    proxy = _SysView("sys", "A restricted view of the sys module.")
     for name in _SYS_ATTRS:
         if hasattr(sys, name):
             setattr(proxy, name, getattr(sys, name))
@@ -64,9 +87,6 @@ def make_sys_proxy():
     proxy.orig_argv = [sys.executable]
     proxy.path = list(sys.path)
     proxy.path_importer_cache = {}
-    proxy.__stdout__ = sys.stdout
-    proxy.__stderr__ = sys.stderr
-    proxy.__stdin__ = sys.stdin
     return proxy
 
 
@@ -88,6 +108,72 @@ def begin_run(stdin_text):
 
 
 _real_settrace = sys.settrace
+def _checked_as_strided(numpy, original):
+    """numpy's as_strided, refusing a view that reaches outside the memory of the array it is made
+    from (the unchecked one reads and writes any address). numpy's own calls stay within bounds."""
+    attr = {}  # ndarray's own descriptors, taken on first use (numpy may still be importing now)
+
+    def extent(a):
+        shape, strides = attr["shape"](a), attr["strides"](a)
+        if 0 in shape:
+            return None
+        start = attr["__array_interface__"](a)["data"][0]
+        low = start + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+        high = start + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + attr["itemsize"](a)
+        return low, high
+
+    def within(view, root):
+        e, r = extent(view), extent(root)
+        return e is None or (r is not None and r[0] <= e[0] and e[1] <= r[1])
+
+    def as_strided(x, shape=None, strides=None, subok=False, writeable=True):
+        # Built from a plain ndarray first (no subclass hook sees it, and its __array_interface__
+        # is numpy's own), checked, and only then handed out.
+        if not attr:
+            fields = ("__array_interface__", "base", "shape", "strides", "itemsize")
+            attr.update({k: numpy.ndarray.__dict__[k].__get__ for k in fields})
+        ndarray = numpy.ndarray
+        source = numpy.asarray(x)
+        root = source
+        while isinstance(attr["base"](root), ndarray):
+            root = attr["base"](root)
+        view = original(source, shape, strides, False, writeable)
+        if not within(view, root):
+            view = None
+            if strides is None and source.size == 1 and shape is not None:
+                # numpy's own shape-only dummies (vectorize): every element is the one element.
+                view = original(source, shape, (0,) * len(tuple(shape)), False, writeable)
+            if view is None or not within(view, root):
+                raise PermissionError(
+                    "as_strided: the view would reach memory outside its array, which the sandbox refuses"
+                    " (sliding_window_view, or strides and a shape that stay within the array, are fine)"
+                )
+        if subok and isinstance(x, ndarray) and type(x) is not type(view):
+            subclass_view = view.view(type=type(x))
+            if subclass_view.__array_finalize__ is not None:
+                subclass_view.__array_finalize__(x)
+            return subclass_view
+        return view
+
+    as_strided.__doc__ = original.__doc__
+    as_strided._spr_checked = True
+    return as_strided
+
+
+def patch_numpy():
+    """Called by the engine once numpy.lib.stride_tricks is loaded in this interpreter; True when
+    as_strided is the checked one."""
+    numpy = sys.modules.get("numpy")
+    patched = False
+    for name in ("numpy.lib.stride_tricks", "numpy.lib._stride_tricks_impl"):
+        module = sys.modules.get(name)
+        original = getattr(module, "as_strided", None)
+        if numpy is None or original is None:
+            continue
+        if not getattr(original, "_spr_checked", False):
+            module.as_strided = _checked_as_strided(numpy, original)
+        patched = True
+    return patched
 
 
 def _settrace(function):

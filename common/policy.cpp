@@ -122,6 +122,9 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(to_string(p.isolation)); }},
       {"allow_network", [](RunnerPolicy& p, const json& v) { p.allow_network = boolean(v, "allow_network"); },
        [](const RunnerPolicy& p) { return json(p.allow_network); }},
+      {"allow_unix_sockets",
+       [](RunnerPolicy& p, const json& v) { p.allow_unix_sockets = boolean(v, "allow_unix_sockets"); },
+       [](const RunnerPolicy& p) { return json(p.allow_unix_sockets); }},
       {"allowed_read_paths",
        [](RunnerPolicy& p, const json& v) { p.allowed_read_paths = strings(v, "allowed_read_paths"); },
        [](const RunnerPolicy& p) { return json(p.allowed_read_paths); }},
@@ -205,7 +208,8 @@ bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
          a.allowed_imports == b.allowed_imports && a.blocked_builtins == b.blocked_builtins &&
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
          a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
-         a.allow_network == b.allow_network && a.allowed_read_paths == b.allowed_read_paths &&
+         a.allow_network == b.allow_network && a.allow_unix_sockets == b.allow_unix_sockets &&
+         a.allowed_read_paths == b.allowed_read_paths &&
          a.scratch_dir == b.scratch_dir && a.trust_domain == b.trust_domain &&
          a.python_executable == b.python_executable;
 }
@@ -263,6 +267,7 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   if (separation(isolation) < separation(c.isolation))
     return no("isolation", "may not be weaker than '" + to_string(c.isolation) + "'");
   if (allow_network && !c.allow_network) return no("allow_network", "may not be enabled");
+  if (allow_unix_sockets && !c.allow_unix_sockets) return no("allow_unix_sockets", "may not be enabled");
   if (scratch_dir && !c.scratch_dir) return no("scratch_dir", "may not be enabled");
   for (const auto& path : allowed_read_paths)
     if (!path_within(path, c.allowed_read_paths)) return no("allowed_read_paths", "may only name paths under the operator's ('" + path + "' is not)");

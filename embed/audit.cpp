@@ -3,14 +3,17 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
 
+#include "interp_state.hpp"
 #include "trust.hpp"
 
 namespace spr::embed::audit {
@@ -20,6 +23,8 @@ namespace {
 enum class Rule {
   deny,               // never during a run
   deny_from_user,     // denied when user code raised it directly; the runtime's own modules may
+  code_new,           // building a code object: only a renaming copy (install_code_replace_gate) or one without bytecode
+  set_code,           // function.__code__ = code: never code without bytecode
   network,            // allowed by allow_network
   threads,            // allowed by the isolation mode (fork, process)
   exec,               // exec/eval recovered by user code
@@ -61,9 +66,14 @@ constexpr Row kRows[] = {
     {"cpython.PyInterpreterState_", Rule::deny, "creating interpreters is never allowed"},
     {"cpython._PySys_ClearAuditHooks", Rule::deny, "clearing audit hooks is never allowed"},
     {"sys.addaudithook", Rule::deny, "adding audit hooks is never allowed"},
-    // The standard library rebuilds its own code objects (types.coroutine changes a flag); user code may not.
-    {"code.__new__", Rule::deny_from_user, "building code objects is never allowed"},
+    // Refused whoever is on the stack: a trusted frame can be made to build one for a run (the
+    // red team's heapq.nlargest(1, itertools.starmap(types.CodeType, ...))), and so can a thread
+    // whose every frame is the standard library's, the engine itself when it calls a run's
+    // __repr__, or a trusted function calling what a run put in its module. Renaming copies
+    // (numpy's dispatchers, types.coroutine's flag) pass through the code.replace gate below.
+    {"code.__new__", Rule::code_new, "building code objects is never allowed"},
     {"function.__new__", Rule::deny, "building functions from code objects is never allowed"},
+    {"object.__setattr__", Rule::set_code, "code without bytecode cannot run"},
     // Refused to everyone once armed: the engine unmarshals the runtime's own bytecode itself
     // (trust.cpp), and standard-library code can be made to unmarshal bytes a run chose.
     {"marshal.load", Rule::deny, "unmarshalling is never allowed"},
@@ -141,6 +151,7 @@ RunRules g_rules;
 std::vector<std::string> g_runtime_roots;
 std::vector<std::string> g_support_roots;
 int g_denials = 0;
+bool g_code_new_allowed = false;
 ImportCheck g_import_check = nullptr;
 
 const Row* find_row(std::string_view ev) {
@@ -177,12 +188,58 @@ bool arg_path(PyObject* arg, std::string& out) {
   return false;
 }
 
-std::string resolve(const std::string& path) {
+// Which argument of an event is the dir_fd a path argument is relative to (CPython's audit
+// signatures, the same from 3.9 to 3.13): {event, path index, dir_fd index}.
+struct DirFdArg {
+  const char* event;
+  int path;
+  int dir_fd;
+};
+constexpr DirFdArg kDirFdArgs[] = {
+    {"os.chmod", 0, 2},  {"os.chown", 0, 3},  {"os.mkdir", 0, 2},  {"os.mkfifo", 0, 2},      {"os.mknod", 0, 3},
+    {"os.remove", 0, 1}, {"os.rmdir", 0, 1},  {"os.utime", 0, 3},  {"os.link", 0, 2},        {"os.link", 1, 3},
+    {"os.rename", 0, 2}, {"os.rename", 1, 3}, {"os.symlink", 1, 2}, {"shutil.rmtree", 0, 1},
+};
+
+// The dir_fd of argument `index`, or -1 (none, or AT_FDCWD: relative to the working directory).
+int dir_fd_of(const char* event, PyObject* args, Py_ssize_t index) {
+  for (const auto& d : kDirFdArgs) {
+    if (d.path != index || std::strcmp(d.event, event) != 0 || d.dir_fd >= PyTuple_GET_SIZE(args)) continue;
+    PyObject* v = PyTuple_GET_ITEM(args, d.dir_fd);
+    if (!PyLong_Check(v)) return -1;
+    const long fd = PyLong_AsLong(v);
+    if (fd == -1 && PyErr_Occurred()) PyErr_Clear();
+    return fd >= 0 && fd <= INT_MAX ? static_cast<int>(fd) : -1;
+  }
+  return -1;
+}
+
+// The directory `fd` names now, as the kernel records it: the fd pins the directory, so a later
+// rename of its path changes nothing the call will touch. "" when fd is not a directory.
+std::string fd_directory(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode)) return {};
+  char link[64];
+  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  char buf[PATH_MAX];
+  const ssize_t n = readlink(link, buf, sizeof buf - 1);
+  if (n <= 0 || buf[0] != '/') return {};
+  buf[n] = '\0';
+  return buf;  // a removed directory reads "<path> (deleted)", which then fails to resolve
+}
+
+// `path` made absolute against `base` (the working directory when empty) and resolved; "" when
+// its directory does not resolve.
+std::string resolve_from(const std::string& path, const std::string& base) {
   std::string abs = path;
   if (abs.empty() || abs[0] != '/') {
-    char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) return {};
-    abs = std::string(cwd) + "/" + path;
+    std::string dir = base;
+    if (dir.empty()) {
+      char cwd[PATH_MAX];
+      if (!getcwd(cwd, sizeof cwd)) return {};
+      dir = cwd;
+    }
+    abs = dir + "/" + path;
   }
   char buf[PATH_MAX];
   if (realpath(abs.c_str(), buf)) return buf;
@@ -195,6 +252,35 @@ std::string resolve(const std::string& path) {
   std::string r = buf;
   if (r.back() != '/') r += '/';
   return r + name;
+}
+
+std::string resolve(const std::string& path) { return resolve_from(path, {}); }
+
+// Relative to dir_fd when one is given (os.chmod(name, mode, dir_fd=fd) touches fd's directory,
+// not the working directory's).
+std::string resolve_at(const std::string& path, int dir_fd) {
+  if (dir_fd < 0 || (!path.empty() && path[0] == '/')) return resolve(path);
+  const std::string base = fd_directory(dir_fd);
+  return base.empty() ? std::string() : resolve_from(path, base);
+}
+
+// True when a relative path climbs with "..": os.open(name, flags, dir_fd=fd) raises "open" without
+// its dir_fd, so the hook checks such a name against the working directory; a name that climbs
+// reaches a different place from a directory at another depth.
+bool climbs(const std::string& path) {
+  if (path.empty() || path[0] == '/') return false;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    const std::size_t end = std::min(path.find('/', start), path.size());
+    if (path.compare(start, end - start, "..") == 0 && end - start == 2) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 bool readable(const std::string& path) {
@@ -219,20 +305,55 @@ bool open_is_write(PyObject* mode, PyObject* flags) {
   return false;
 }
 
+// Cython builds its functions' code objects with no bytecode at all (code.replace(co_code=b'', ...),
+// hundreds while numpy and pandas import): such an object says where a function is, and can never
+// run (exec and __code__ refuse it below), so building one is harmless whoever asks.
+bool empty_code_arg(PyObject* args) {
+  if (PyTuple_GET_SIZE(args) < 1) return false;
+  PyObject* code = PyTuple_GET_ITEM(args, 0);
+  return PyBytes_Check(code) && PyBytes_GET_SIZE(code) == 0;
+}
+
+bool has_no_bytecode(PyObject* obj) {
+  if (!PyCode_Check(obj)) return false;
+#if PY_VERSION_HEX >= 0x030B0000
+  py::Ref bytes(PyCode_GetCode(reinterpret_cast<PyCodeObject*>(obj)));
+#else
+  py::Ref bytes = py::Ref::borrow(reinterpret_cast<PyCodeObject*>(obj)->co_code);
+#endif
+  if (!bytes) {
+    PyErr_Clear();
+    return true;  // unknown: refuse
+  }
+  return !PyBytes_Check(bytes.get()) || PyBytes_GET_SIZE(bytes.get()) == 0;
+}
+
 int deny(const char* event, const char* why) {
   ++g_denials;
   PyErr_Format(PyExc_PermissionError, "blocked by policy: audit event '%s' (%s)", event, why);
   return -1;
 }
 
-bool all_paths(PyObject* args, bool (*ok)(const std::string&), bool& saw_path) {
+bool all_paths(const char* event, PyObject* args, bool (*ok)(const std::string&), bool& saw_path) {
   saw_path = false;
   const Py_ssize_t n = PyTuple_GET_SIZE(args);
+  const bool symlink = std::strcmp(event, "os.symlink") == 0;
   for (Py_ssize_t i = 0; i < n; ++i) {
     std::string p;
     if (!arg_path(PyTuple_GET_ITEM(args, i), p)) continue;
     saw_path = true;
-    std::string r = resolve(p);
+    std::string r;
+    if (symlink && i == 0 && !p.empty() && p[0] != '/') {
+      // A symlink's relative target is read from the link's own directory, not from ours.
+      std::string link;
+      if (n < 2 || !arg_path(PyTuple_GET_ITEM(args, 1), link)) return false;
+      const std::string at = resolve_at(link, dir_fd_of(event, args, 1));
+      const std::size_t slash = at.find_last_of('/');
+      if (at.empty() || slash == std::string::npos) return false;
+      r = resolve_from(p, slash == 0 ? "/" : at.substr(0, slash));
+    } else {
+      r = resolve_at(p, dir_fd_of(event, args, i));
+    }
     if (r.empty() || !ok(r)) return false;
   }
   return true;
@@ -247,9 +368,12 @@ int hook(const char* event, PyObject* args, void*) {
       return deny(event, row->why);
     case Rule::deny_from_user:
       return caller_is_user() ? deny(event, row->why) : 0;
+    case Rule::code_new:
+      return g_code_new_allowed || empty_code_arg(args) ? 0 : deny(event, row->why);
     case Rule::network:
-      // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches no network; the seccomp
-      // filter refuses socket() of every family, so only socketpair() can create one.
+      // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches nothing; the seccomp filter
+      // refuses socket(AF_UNIX) without 'allow_unix_sockets' (this event cannot tell a new socket from a
+      // socketpair() end being wrapped), so only socketpair() can create one.
       if (!g_rules.allow_network && std::strcmp(event, "socket.__new__") == 0 && PyTuple_GET_SIZE(args) >= 2 &&
           PyLong_Check(PyTuple_GET_ITEM(args, 1)) && PyLong_AsLong(PyTuple_GET_ITEM(args, 1)) == AF_UNIX)
         return 0;
@@ -257,7 +381,16 @@ int hook(const char* event, PyObject* args, void*) {
     case Rule::threads:
       return g_rules.allow_threads ? 0 : deny(event, row->why);
     case Rule::exec:
+      if (PyTuple_GET_SIZE(args) >= 1 && has_no_bytecode(PyTuple_GET_ITEM(args, 0)))
+        return deny(event, "code without bytecode cannot run");
       return g_rules.block_exec && caller_is_user() ? deny(event, row->why) : 0;
+    case Rule::set_code:
+      // A function may take a code object only if it has bytecode (see empty_code_arg).
+      if (PyTuple_GET_SIZE(args) >= 3 && PyUnicode_Check(PyTuple_GET_ITEM(args, 1)) &&
+          PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(args, 1), "__code__") == 0 &&
+          has_no_bytecode(PyTuple_GET_ITEM(args, 2)))
+        return deny(event, "code without bytecode cannot run");
+      return 0;
     case Rule::compile:
       return g_rules.block_compile && caller_is_user() ? deny(event, row->why) : 0;
     case Rule::frame_attr: {
@@ -290,19 +423,24 @@ int hook(const char* event, PyObject* args, void*) {
       if (!arg_path(target, p)) return target == Py_None ? 0 : deny(event, "opening file descriptors is never allowed");
       PyObject* mode = PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : nullptr;
       PyObject* flags = PyTuple_GET_SIZE(args) > 2 ? PyTuple_GET_ITEM(args, 2) : nullptr;
+      if (climbs(p)) return deny(event, "a relative path may not climb with '..': use an absolute path");
       std::string r = resolve(p);
       if (open_is_write(mode, flags)) {
         return !r.empty() && writable(r) ? 0 : deny(event, "writes are allowed only inside the run directory with 'scratch_dir'");
       }
-      return !r.empty() && readable(r) ? 0 : deny(event, "reads are allowed only under 'allowed_read_paths'");
+      if (r.empty() || !readable(r)) return deny(event, "reads are allowed only under 'allowed_read_paths'");
+      // A directory descriptor would anchor later dir_fd calls (os.open(name, dir_fd=fd) raises
+      // "open" without its dir_fd): only the run's own directory hands them out.
+      if (!writable(r) && is_directory(r)) return deny(event, "opening a directory is allowed only inside the run directory");
+      return 0;
     }
     case Rule::read_path: {
       bool saw = false;
-      return all_paths(args, readable, saw) ? 0 : deny(event, row->why);
+      return all_paths(event, args, readable, saw) ? 0 : deny(event, row->why);
     }
     case Rule::write_path: {
       bool saw = false;
-      bool ok = all_paths(args, writable, saw);
+      bool ok = all_paths(event, args, writable, saw);
       return ok && saw ? 0 : deny(event, row->why);
     }
   }
@@ -323,6 +461,88 @@ void reset_denials() {
   g_denials = 0;
 }
 void set_import_check(ImportCheck check) { g_import_check = check; }
+
+namespace {
+
+PyObject* g_first_replace = nullptr;  // 3.11: one code type dict for every interpreter
+
+PyObject* original_replace() { return state().code_replace ? state().code_replace : g_first_replace; }
+
+bool is_name(PyObject* key, const char* name) { return PyUnicode_CompareWithASCIIString(key, name) == 0; }
+
+// Only keywords, only these fields, exact str and int values (no run's object is touched while
+// the rule is open), and co_flags at most gaining or losing CO_ITERABLE_COROUTINE.
+bool harmless_change(PyObject* self, PyObject* args, PyObject* kwargs) {
+  if (!PyCode_Check(self) || PyTuple_GET_SIZE(args) != 0 || !kwargs || !PyDict_CheckExact(kwargs)) return false;
+  const long flags = reinterpret_cast<PyCodeObject*>(self)->co_flags;
+  PyObject *k, *v;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(kwargs, &pos, &k, &v)) {
+    if (!PyUnicode_CheckExact(k)) return false;
+    if (is_name(k, "co_name") || is_name(k, "co_qualname") || is_name(k, "co_filename")) {
+      if (!PyUnicode_CheckExact(v)) return false;
+    } else if (is_name(k, "co_firstlineno")) {
+      if (!PyLong_CheckExact(v)) return false;
+    } else if (is_name(k, "co_flags")) {
+      if (!PyLong_CheckExact(v)) return false;
+      const long f = PyLong_AsLong(v);
+      if (f == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+      }
+      if ((f ^ flags) & ~static_cast<long>(CO_ITERABLE_COROUTINE)) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+PyObject* gated_code_replace(PyObject* self, PyObject* args, PyObject* kwargs) {
+  PyObject* original = original_replace();
+  if (!original) {
+    PyErr_SetString(PyExc_SystemError, "code.replace is not available");
+    return nullptr;
+  }
+  const Py_ssize_t n = PyTuple_GET_SIZE(args);
+  py::Ref full(PyTuple_New(n + 1));
+  if (!full) return nullptr;
+  PyTuple_SET_ITEM(full.get(), 0, Py_NewRef(self));
+  for (Py_ssize_t i = 0; i < n; ++i) PyTuple_SET_ITEM(full.get(), i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+  if (!harmless_change(self, args, kwargs)) return PyObject_Call(original, full.get(), kwargs);
+  // The collector stays off while the rule is open: no finalizer a run wrote may run inside it.
+  const int gc_was = PyGC_Disable();
+  g_code_new_allowed = true;
+  PyObject* out = PyObject_Call(original, full.get(), kwargs);
+  g_code_new_allowed = false;
+  if (gc_was) PyGC_Enable();
+  return out;
+}
+
+PyMethodDef kCodeReplace = {"replace", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_code_replace)),
+                            METH_VARARGS | METH_KEYWORDS, "Return a copy of the code object with new values for the specified fields."};
+
+}  // namespace
+
+bool install_code_replace_gate() {
+#if PY_VERSION_HEX >= 0x030C0000
+  py::Ref dict(PyType_GetDict(&PyCode_Type));  // per interpreter since 3.12
+#else
+  py::Ref dict = py::Ref::borrow(PyCode_Type.tp_dict);
+#endif
+  if (!dict) return false;
+  PyObject* current = PyDict_GetItemString(dict.get(), "replace");  // borrowed
+  if (!current) return false;
+  if (Py_IS_TYPE(current, &PyMethodDescr_Type) &&
+      reinterpret_cast<PyMethodDescrObject*>(current)->d_method == &kCodeReplace)
+    return g_first_replace != nullptr;  // 3.11: the main interpreter already put the gate in the shared dict
+  state().code_replace = Py_NewRef(current);
+  if (!g_first_replace) g_first_replace = Py_NewRef(current);
+  py::Ref gate(PyDescr_NewMethod(&PyCode_Type, &kCodeReplace));
+  if (!gate || PyDict_SetItemString(dict.get(), "replace", gate.get()) < 0) return false;
+  PyType_Modified(&PyCode_Type);
+  return true;
+}
 
 bool path_under(const std::string& path, const std::vector<std::string>& roots) {
   for (const auto& root : roots) {

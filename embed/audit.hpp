@@ -11,6 +11,7 @@ namespace spr::embed::audit {
 // What the hook enforces for the current run. Lives in C++ only: nothing here is reachable from Python.
 struct RunRules {
   bool allow_network = false;
+  bool allow_unix_sockets = false;
   bool allow_threads = false;
   bool block_exec = true;     // exec and eval both blocked: deny "exec" events raised from user code
   bool block_compile = true;  // deny "compile" events raised from user code
@@ -41,6 +42,11 @@ class Trusted {
  private:
   bool was_;
 };
+
+// Gates code.replace: renaming a code object (co_name, co_qualname, co_filename, co_firstlineno)
+// and types.coroutine's one flag pass the "code.__new__" rule, any other change meets it. numpy
+// renames its dispatchers this way while it imports. Call once per interpreter, before arming.
+bool install_code_replace_gate();
 
 // Denials since the last reset (the engine maps a PermissionError to error_kind "denied").
 int denials();

@@ -207,6 +207,7 @@ double thread_cpu_seconds() {
 audit::RunRules rules_for(const RunnerPolicy& p) {
   audit::RunRules rules;
   rules.allow_network = p.allow_network;
+  rules.allow_unix_sockets = p.allow_unix_sockets;
   rules.allow_threads = p.isolation == Isolation::fork || p.isolation == Isolation::process;
   const auto blocked = [&](const char* b) { return run_result::builtin_removed(p, b); };
   rules.block_exec = blocked("exec") && blocked("eval");
@@ -405,6 +406,7 @@ std::string init_current_interpreter() {
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
   if (!install_streams()) return "creating the output streams failed: " + current_error_text();
   if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
+  if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   preload(Preload::sub_interpreter);
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   return {};
@@ -469,6 +471,7 @@ std::string initialize(const EngineOptions& options) {
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
+    if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   }
   preload(options.preload ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;

@@ -171,7 +171,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   detail::Fd request(request_fd);
   if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
   request.reset();
-  Incoming in = decode_request(frame, WorkerScope{Isolation::fork, allow_network_}, nullptr);
+  Incoming in = decode_request(frame, scope_, nullptr);
   RunResult r;
   if (!setup.ok()) {
     // Fails closed: a process whose set-up is incomplete runs no user code.

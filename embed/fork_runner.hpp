@@ -10,6 +10,7 @@
 
 #include "common/fd.hpp"
 #include "isolation_runner.hpp"
+#include "worker_protocol.hpp"
 
 namespace spr::embed {
 
@@ -18,8 +19,8 @@ namespace spr::embed {
 // held them is wiped after use. A snippet that reads its whole process memory finds no other run.
 class ForkRunner : public IsolationRunner {
  public:
-  ForkRunner(int statm_fd, int devnull_fd, bool allow_network)
-      : statm_fd_(statm_fd), devnull_fd_(devnull_fd), allow_network_(allow_network) {}
+  ForkRunner(int statm_fd, int devnull_fd, WorkerScope scope)
+      : statm_fd_(statm_fd), devnull_fd_(devnull_fd), scope_(scope) {}
   ForkRunner(const ForkRunner&) = delete;
   ForkRunner& operator=(const ForkRunner&) = delete;
 
@@ -65,7 +66,7 @@ class ForkRunner : public IsolationRunner {
 
   int statm_fd_;
   int devnull_fd_;  // opened for writing before Landlock; becomes the child's fd 2
-  bool allow_network_;  // the worker's network namespace decides; a request can only narrow it
+  WorkerScope scope_;  // what the worker's sandbox allows; a request can only narrow it
   bool child_filter_ = false;
   pid_t parent_ = -1;  // the worker, as its children must see it (getppid) to know it is alive
   Child spare_;

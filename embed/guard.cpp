@@ -1,7 +1,11 @@
 // The `_spr` module: guarded __import__, the run's import policy, the restricted `sys` view.
 #include "guard.hpp"
 
+#include <limits.h>
+#include <stdlib.h>
+
 #include <algorithm>
+#include <string_view>
 #include <utility>
 
 #include "audit.hpp"
@@ -11,6 +15,8 @@
 namespace spr::embed::guard {
 
 namespace {
+
+std::string root_of(const std::string& name) { return name.substr(0, name.find('.')); }
 
 struct ImportPolicy {
   Mode mode = Mode::restrict;
@@ -42,6 +48,28 @@ const std::vector<std::string> kAlwaysBlocked = {
     "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_interpreters", "_interpchannels",
     "_interpqueues", "xxlimited", "xxlimited_35", "xxsubtype", "_xxlimited"};
 
+// Never loaded in a worker, by anyone, armed or not (so not reachable through any module's
+// attributes either): ctypes' Union and pointer types read and write any address without one audit
+// event, and cffi's backend does the same.
+const std::vector<std::string> kNeverLoaded = {"ctypes", "_ctypes", "cffi", "_cffi_backend"};
+// Extension modules (by the name their init function carries) never loaded either: the above, and
+// CPython's test and interpreter-internal modules; `_imp` because a second one would come without
+// this file's gates.
+const std::vector<std::string> kNeverLoadedExtensions = {
+    "_ctypes", "_cffi_backend", "_imp", "_testcapi", "_testinternalcapi", "_testbuffer", "_testclinic",
+    "_testimportmultiple", "_testmultiphase", "_testsinglephase", "_testlimitedcapi", "_testexternalinspection",
+    "_ctypes_test", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_interpreters", "_interpchannels",
+    "_interpqueues", "xxlimited", "xxlimited_35", "xxsubtype", "_xxlimited"};
+// Runtime modules that import ctypes unconditionally yet use it only on other systems (pandas'
+// WinError, its interchange protocol's raw buffers): they get an inert stand-in. Everyone else gets
+// the ImportError, which numpy (core._internal, ctypeslib) expects when ctypes is missing.
+const std::vector<std::string> kCtypesStandInFor = {"pandas.errors", "pandas.core.interchange.from_dataframe"};
+
+std::string never_loaded_message(const std::string& name) {
+  return "Import '" + name + "' is refused: " + root_of(name) +
+         " reaches raw memory and native code, which no run may use";
+}
+
 ImportPolicy g_policy;
 bool g_blocked_raised = false;
 // Depth of imports the standard library (or an installed package) started itself: asyncio loading
@@ -55,8 +83,6 @@ struct RuntimeImport {
   RuntimeImport(const RuntimeImport&) = delete;
   RuntimeImport& operator=(const RuntimeImport&) = delete;
 };
-
-std::string root_of(const std::string& name) { return name.substr(0, name.find('.')); }
 
 bool matches(const std::string& name, const std::string& entry) {
   if (entry.size() > 2 && entry.compare(entry.size() - 2, 2, ".*") == 0) {
@@ -117,6 +143,39 @@ std::string absolute_name(const std::string& name, PyObject* globals, int level)
   return name.empty() ? package : package + "." + name;
 }
 
+bool is_never_loaded(const std::string& name) {
+  return std::find(kNeverLoaded.begin(), kNeverLoaded.end(), root_of(name)) != kNeverLoaded.end();
+}
+
+PyObject* ctypes_stand_in_getattr(PyObject*, PyObject* attr) {
+  PyErr_Format(PyExc_AttributeError, "ctypes is not available in the sandbox (no ctypes.%S): it reaches raw memory",
+               attr);
+  return nullptr;
+}
+
+PyMethodDef kStandInGetattr = {"__getattr__", ctypes_stand_in_getattr, METH_O, nullptr};
+
+// A module named ctypes with nothing in it: every attribute is an AttributeError naming why.
+PyObject* ctypes_stand_in() {
+  py::Ref m(PyModule_New("ctypes"));
+  py::Ref fn(m ? PyCFunction_New(&kStandInGetattr, nullptr) : nullptr);
+  if (!fn || PyObject_SetAttrString(m.get(), "__getattr__", fn.get()) < 0) return nullptr;
+  return m.release();
+}
+
+// Package functions that hand out raw memory get the bootstrap's checked versions, once per
+// interpreter, as soon as their module is loaded (numpy's as_strided).
+void patch_loaded_packages() {
+  InterpState& st = state();
+  if (st.packages_patched || !st.bootstrap) return;
+  PyObject* modules = PyImport_GetModuleDict();  // borrowed
+  if (!modules || !PyDict_GetItemString(modules, "numpy.lib.stride_tricks")) return;
+  // Armed if the run is: the bootstrap's code reads the package's attributes, which a run may have set.
+  py::Ref r(PyObject_CallMethod(st.bootstrap, "patch_numpy", nullptr));
+  if (!r) PyErr_Clear();
+  st.packages_patched = r.get() == Py_True;
+}
+
 // __import__(name, globals=None, locals=None, fromlist=(), level=0)
 PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
   static const char* kw[] = {"name", "globals", "locals", "fromlist", "level", nullptr};
@@ -125,10 +184,28 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|OOOi:__import__", const_cast<char**>(kw), &name, &globals,
                                    &locals, &fromlist, &level))
     return nullptr;
-  if (!audit::armed()) return PyObject_Call(state().original_import, args, kwargs);
+  if (level == 0) {
+    const std::string n = py::utf8(name);
+    if (is_never_loaded(n)) {
+      if (n == "ctypes" && globals && PyDict_Check(globals)) {
+        PyObject* importer = PyDict_GetItemString(globals, "__name__");  // borrowed
+        if (importer && PyUnicode_Check(importer) &&
+            std::find(kCtypesStandInFor.begin(), kCtypesStandInFor.end(), py::utf8(importer)) != kCtypesStandInFor.end())
+          return ctypes_stand_in();
+      }
+      return raise_blocked(never_loaded_message(n), name);
+    }
+  }
+  if (!audit::armed()) {
+    py::Ref m(PyObject_Call(state().original_import, args, kwargs));
+    if (m) patch_loaded_packages();
+    return m.release();
+  }
   if (!audit::caller_is_user()) {
     RuntimeImport scope;
-    return PyObject_Call(state().original_import, args, kwargs);
+    py::Ref m(PyObject_Call(state().original_import, args, kwargs));
+    if (m) patch_loaded_packages();
+    return m.release();
   }
   {
     std::string n = py::utf8(name);
@@ -139,11 +216,17 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
     if (!msg.empty()) return raise_blocked(msg, name);
     if (level == 0 && n == "sys") return sys_proxy();
   }
-  return PyObject_Call(state().original_import, args, kwargs);
+  py::Ref m(PyObject_Call(state().original_import, args, kwargs));
+  if (m) patch_loaded_packages();
+  return m.release();
 }
 
 // The bootstrap's meta-path finder asks here: None when allowed, else the message.
 PyObject* import_denied(PyObject*, PyObject* arg) {
+  if (PyUnicode_Check(arg) && is_never_loaded(py::utf8(arg))) {
+    g_blocked_raised = true;
+    return PyUnicode_FromString(never_loaded_message(py::utf8(arg)).c_str());
+  }
   if (!audit::armed() || !PyUnicode_Check(arg) || t_runtime_import_depth > 0) Py_RETURN_NONE;
   std::string msg = check(py::utf8(arg));
   if (msg.empty()) Py_RETURN_NONE;
@@ -165,6 +248,103 @@ PyObject* stream(PyObject*, PyObject* arg) {
   if (i == -1 && PyErr_Occurred()) return nullptr;
   return capture::make_stream(i == 0 ? 0 : 1);
 }
+
+// --- compiled modules: _imp.create_dynamic and _imp.create_builtin behind a gate -------------
+
+bool main_interpreter() { return PyInterpreterState_Get() == PyInterpreterState_Main(); }
+
+// The standard library's compiled modules: the sys.path entries named lib-dynload.
+bool in_stdlib_dynload(const std::string& path) {
+  for (const auto& root : audit::runtime_roots()) {
+    static constexpr std::string_view kDynload = "/lib-dynload";
+    if (root.size() >= kDynload.size() && root.compare(root.size() - kDynload.size(), kDynload.size(), kDynload) == 0 &&
+        audit::path_under(path, {root}))
+      return true;
+  }
+  return false;
+}
+
+PyObject* refuse_extension(const std::string& msg, PyObject* name, PyObject* path) {
+  py::Ref m(PyUnicode_FromString(msg.c_str()));
+  if (m) PyErr_SetImportError(m.get(), name, path);
+  return nullptr;
+}
+
+// spec.<attr> read once, as an exact str: a spec's attributes are a run's objects, and a property
+// could answer the check one name and the loader another.
+py::Ref spec_str(PyObject* spec, const char* attr) {
+  py::Ref v(PyObject_GetAttrString(spec, attr));
+  if (!v) return v;
+  if (!PyUnicode_Check(v.get())) {
+    PyErr_Format(PyExc_ImportError, "module spec %s is not a str", attr);
+    return py::Ref();
+  }
+  return py::Ref(PyUnicode_FromString(py::utf8(v.get()).c_str()));
+}
+
+// A spec of our own carrying only what was checked, for the original function.
+py::Ref fresh_spec(PyObject* name, PyObject* origin) {
+  PyObject* cls = state().module_spec;  // borrowed; taken before arming (no import, no guard)
+  py::Ref args(cls ? PyTuple_Pack(2, name, Py_None) : nullptr);
+  py::Ref kw(args ? PyDict_New() : nullptr);
+  if (!kw || (origin && PyDict_SetItemString(kw.get(), "origin", origin) < 0)) return py::Ref();
+  return py::Ref(PyObject_Call(cls, args.get(), kw.get()));
+}
+
+// create_dynamic(spec, file=None): loads a shared library and runs its init function, so only the
+// runtime's own libraries (never one a run wrote), under the name their file carries (dlsym would
+// otherwise find PyInit_<any name> in libpython), never one of kNeverLoadedExtensions, and in a
+// sub-interpreter only the standard library's.
+PyObject* gated_create_dynamic(PyObject*, PyObject* args) {
+  PyObject *spec = nullptr, *file = nullptr;
+  if (!PyArg_ParseTuple(args, "O|O:create_dynamic", &spec, &file)) return nullptr;
+  py::Ref name_obj(spec_str(spec, "name"));
+  py::Ref origin_obj(name_obj ? spec_str(spec, "origin") : py::Ref());
+  if (!origin_obj) return nullptr;
+  const std::string name = py::utf8(name_obj.get());
+  const std::string origin = py::utf8(origin_obj.get());
+  const std::string last = name.substr(name.rfind('.') + 1);
+  if (std::find(kNeverLoadedExtensions.begin(), kNeverLoadedExtensions.end(), last) != kNeverLoadedExtensions.end())
+    return refuse_extension("compiled module '" + name + "' is never loaded in the sandbox", name_obj.get(),
+                            origin_obj.get());
+  const std::string file_name = origin.substr(origin.rfind('/') + 1);
+  if (file_name.substr(0, file_name.find('.')) != last)
+    return refuse_extension("compiled module '" + name + "' does not match its file " + origin, name_obj.get(),
+                            origin_obj.get());
+  char resolved[PATH_MAX];
+  if (!::realpath(origin.c_str(), resolved) || !audit::path_under(resolved, audit::runtime_roots()))
+    return refuse_extension("compiled module '" + name + "' is outside the Python runtime's directories (" + origin +
+                                "): only installed extension modules are loaded",
+                            name_obj.get(), origin_obj.get());
+  if (!main_interpreter() && !in_stdlib_dynload(resolved))
+    return refuse_extension("cannot import '" + name + "' in isolation mode 'subinterpreter': compiled packages (" +
+                                root_of(name) +
+                                ") keep process-wide state that sub-interpreters cannot share; use isolation mode "
+                                "'fork' or 'namespace'",
+                            name_obj.get(), origin_obj.get());
+  py::Ref path(PyUnicode_DecodeFSDefault(resolved));
+  py::Ref own(path ? fresh_spec(name_obj.get(), path.get()) : py::Ref());
+  if (!own || !state().create_dynamic) return nullptr;
+  return file ? PyObject_CallFunctionObjArgs(state().create_dynamic, own.get(), file, nullptr)
+              : PyObject_CallFunctionObjArgs(state().create_dynamic, own.get(), nullptr);
+}
+
+// create_builtin(spec): a built-in module by name; a second `_imp` would come without these gates.
+PyObject* gated_create_builtin(PyObject*, PyObject* spec) {
+  py::Ref name_obj(spec_str(spec, "name"));
+  if (!name_obj) return nullptr;
+  const std::string name = py::utf8(name_obj.get());
+  if (std::find(kNeverLoadedExtensions.begin(), kNeverLoadedExtensions.end(), name) != kNeverLoadedExtensions.end())
+    return refuse_extension("built-in module '" + name + "' is never loaded again in the sandbox", name_obj.get(),
+                            nullptr);
+  py::Ref own(fresh_spec(name_obj.get(), nullptr));
+  if (!own || !state().create_builtin) return nullptr;
+  return PyObject_CallOneArg(state().create_builtin, own.get());
+}
+
+PyMethodDef kCreateDynamic = {"create_dynamic", gated_create_dynamic, METH_VARARGS,
+                              "Load an extension module from the Python runtime's directories."};
+PyMethodDef kCreateBuiltin = {"create_builtin", gated_create_builtin, METH_O, "Create a built-in module."};
 
 PyMethodDef kMethods[] = {
     {"__import__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(guarded_import)),
@@ -246,7 +426,19 @@ bool install_import_hook() {
   st.original_import = PyObject_GetAttrString(builtins.get(), "__import__");
   py::Ref guarded(PyObject_GetAttrString(spr.get(), "__import__"));
   if (!st.original_import || !guarded) return false;
-  return PyObject_SetAttrString(builtins.get(), "__import__", guarded.get()) == 0;
+  if (PyObject_SetAttrString(builtins.get(), "__import__", guarded.get()) != 0) return false;
+  // The loaders call _imp's functions through the module's attributes: the gates replace them there.
+  py::Ref imp(PyImport_ImportModule("_imp"));
+  py::Ref boot(imp ? PyImport_ImportModule("_frozen_importlib") : nullptr);
+  if (!boot) return false;
+  st.module_spec = PyObject_GetAttrString(boot.get(), "ModuleSpec");
+  if (!st.module_spec) return false;
+  st.create_dynamic = PyObject_GetAttrString(imp.get(), "create_dynamic");
+  st.create_builtin = PyObject_GetAttrString(imp.get(), "create_builtin");
+  py::Ref dyn(st.create_dynamic ? PyCFunction_New(&kCreateDynamic, nullptr) : nullptr);
+  py::Ref bi(st.create_builtin && dyn ? PyCFunction_New(&kCreateBuiltin, nullptr) : nullptr);
+  return bi && PyObject_SetAttrString(imp.get(), "create_dynamic", dyn.get()) == 0 &&
+         PyObject_SetAttrString(imp.get(), "create_builtin", bi.get()) == 0;
 }
 
 PyObject* make_run_builtins(const RunnerPolicy& p) {

@@ -22,6 +22,11 @@ struct InterpState {
   std::unordered_map<std::string, PyObject*> code_cache;
   std::size_t code_cache_bytes = 0;
   Py_ssize_t trust_index = -1;  // co_extra slot of the engine's trusted-code mark (trust.cpp)
+  PyObject* create_dynamic = nullptr;  // _imp's own functions, behind the guard's gates
+  PyObject* create_builtin = nullptr;
+  PyObject* module_spec = nullptr;     // importlib's ModuleSpec, for the specs the gates pass on
+  PyObject* code_replace = nullptr;    // the code type's own replace, behind the audit hook's gate
+  bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one  // co_extra slot of the engine's trusted-code mark (trust.cpp)
 };
 
 InterpState& state();

@@ -116,7 +116,9 @@ const char* os_refusal(const py::FetchedError& e) {
   const long n = no && PyLong_Check(no.get()) ? PyLong_AsLong(no.get()) : 0;
   PyErr_Clear();
   if (n == EACCES) return "files outside the runtime are readable under 'allowed_read_paths', writable with 'scratch_dir'";
-  if (n == EPERM) return "the system-call filter allows no new processes, and sockets only with 'allow_network'";
+  if (n == EPERM)
+    return "the system-call filter allows no new processes and no change to a file's mode, owner, times or "
+           "extended attributes; network sockets need 'allow_network', unix sockets 'allow_unix_sockets'";
   return nullptr;
 }
 

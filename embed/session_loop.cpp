@@ -107,7 +107,7 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
   return harden::apply_rlimits(limits);
 }
 
-SessionRunner::SessionRunner(bool allow_network) : scope_{Isolation::namespace_, allow_network} {
+SessionRunner::SessionRunner(WorkerScope scope) : scope_(scope) {
   main_module_ = PyModule_New("__main__");
   {
     audit::Trusted trusted;

@@ -21,7 +21,7 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb);
 // throws; a session whose namespace cannot be made refuses every request.
 class SessionRunner : public IsolationRunner {
  public:
-  explicit SessionRunner(bool allow_network);
+  explicit SessionRunner(WorkerScope scope);
   ~SessionRunner() override;
   SessionRunner(const SessionRunner&) = delete;
   SessionRunner& operator=(const SessionRunner&) = delete;

@@ -28,6 +28,10 @@
 #include "spr/version.hpp"
 #include "subinterp_runner.hpp"
 
+#ifdef SPR_FAULTS
+void spr_register_raw_syscalls();  // tests/faults/raw_syscalls.cpp: the built-in module _spr_raw
+#endif
+
 namespace {
 
 using spr::json;
@@ -40,6 +44,7 @@ struct Args {
   bool once = false;
   bool harden = true;
   bool allow_network = false;
+  bool allow_unix_sockets = false;
   std::string scratch;
   std::uint64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;
@@ -97,6 +102,8 @@ Args parse_args(int argc, char** argv) {
       a.once = true;
     } else if (k == "--allow-network") {
       a.allow_network = true;
+    } else if (k == "--allow-unix-sockets") {
+      a.allow_unix_sockets = true;
     } else if (k == "--session") {
       a.session_memory_mb = std::stoll(value());
     } else if (k == "--no-harden") {
@@ -153,6 +160,7 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   // A long-lived interpreter must not get threads: they would keep running into later runs.
   cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
   cfg.allow_network = a.allow_network;
+  cfg.allow_unix_sockets = a.allow_unix_sockets;
   // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
   // process's memory can switch off: measured from what the worker already uses.
   if (a.memory_backstop_mb > 0) {
@@ -367,6 +375,9 @@ int main(int argc, char** argv) {
 #endif
   // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
   if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
+#ifdef SPR_FAULTS
+  spr_register_raw_syscalls();  // before the interpreter starts
+#endif
   if (std::string err = spr::embed::initialize(eo); !err.empty()) refuse_start(hello, err);
   // Both before Landlock: it hides /proc and makes /dev/null read-only.
   const detail::Fd statm(start_call("statm", open("/proc/self/statm", O_RDONLY | O_CLOEXEC), -1));
@@ -375,7 +386,7 @@ int main(int argc, char** argv) {
   const int devnull_errno = errno;
   // The fork parent's RLIMIT_AS of each child, the backstops and the session cap are measured with it.
   if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(statm_errno)));
-  const spr::embed::WorkerScope scope{args.isolation, args.allow_network};
+  const spr::embed::WorkerScope scope{args.isolation, args.allow_network, args.allow_unix_sockets};
   spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
   spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
   std::unique_ptr<spr::embed::IsolationRunner> runner;
@@ -386,7 +397,7 @@ int main(int argc, char** argv) {
   } else if (args.isolation == spr::Isolation::fork) {
     // A run's fd 2 becomes /dev/null: without it user code would write to the host's stderr.
     if (!devnull) refuse_start(hello, "cannot open /dev/null: " + std::string(strerror(devnull_errno)));
-    auto fork_runner = std::make_unique<spr::embed::ForkRunner>(statm.get(), devnull.get(), args.allow_network);
+    auto fork_runner = std::make_unique<spr::embed::ForkRunner>(statm.get(), devnull.get(), scope);
     if (std::string e = fork_runner->prepare(); !e.empty()) refuse_start(hello, "fork mode unavailable: " + e);
 #ifdef SPR_FAULTS
     g_fork_runner = fork_runner.get();
@@ -409,7 +420,8 @@ int main(int argc, char** argv) {
   if (detail::write_frame(detail::kProtocolFd, spr::protocol::encode(hello)) != detail::IoStatus::ok) _exit(0);
 
   if (args.session_memory_mb >= 0) {
-    runner = std::make_unique<spr::embed::SessionRunner>(args.allow_network);
+    runner = std::make_unique<spr::embed::SessionRunner>(
+        spr::embed::WorkerScope{spr::Isolation::namespace_, args.allow_network, args.allow_unix_sockets});
   } else if (args.isolation != spr::Isolation::fork) {
     process_state.capture();  // namespace, sub-interpreter, process: what a run changes process-wide is put back
   }

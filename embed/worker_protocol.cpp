@@ -27,6 +27,7 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.run.policy = std::move(rq->policy);
     in.run.policy.isolation = scope.isolation;
     in.run.policy.allow_network = in.run.policy.allow_network && scope.allow_network;
+    in.run.policy.allow_unix_sockets = in.run.policy.allow_unix_sockets && scope.allow_unix_sockets;
     in.kill_after_seconds = rq->kill_after_seconds;
     in.kind = Incoming::Kind::run;
   } catch (const std::exception& e) {

@@ -14,6 +14,7 @@ namespace spr::embed {
 struct WorkerScope {
   Isolation isolation = Isolation::fork;
   bool allow_network = false;  // the worker's network namespace decides; a request can only narrow it
+  bool allow_unix_sockets = false;  // the worker's seccomp filter decides; a request can only narrow it
 };
 
 // One request frame, decoded. The id lives here, never in the engine's Request.

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/batch.hpp"
 #include "spr/spr.hpp"
 
 namespace py = pybind11;
@@ -124,16 +125,17 @@ class PyRunner {
   }
 
   py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json,
-                const py::object& on_output, const spr::CancelToken* token) {
+                const py::object& on_output, const spr::CancelToken* token, const std::string& stdin_text) {
     std::shared_ptr<spr::Runner> runner = live();
     spr::RunResult r;
-    if (on_output.is_none() && !token) {
+    if (on_output.is_none() && !token && stdin_text.empty()) {
       // The arguments are C++ copies by now: parsing needs no Python either.
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
       r = runner->run(code, input, policy_of(policy_json));
     } else {
       spr::RunOptions o = run_options(on_output, token);
+      o.stdin_text = stdin_text;
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
       r = runner->run(code, input, policy_of(policy_json), o);
@@ -218,6 +220,16 @@ PYBIND11_MODULE(_core, m) {
       },
       "Validate a policy (JSON text of fields) and return every field as JSON text.");
   m.def(
+      "policy_loosens",
+      [](const std::string& policy_json, const std::string& ceiling_json) {
+        return spr::RunnerPolicy::from_json(parse(policy_json, "policy"))
+            .looser_than(spr::RunnerPolicy::from_json(parse(ceiling_json, "policy")));
+      },
+      "\"\" when the policy is at least as tight as the ceiling in every field, else which field loosens it.");
+  m.def("stdout_matches", &spr::detail::stdout_matches, py::arg("actual"), py::arg("expected"),
+        "Whether stdout equals the expected text, ignoring trailing whitespace on each line and trailing blank "
+        "lines (batch evaluation's rule).");
+  m.def(
       "policy_from_file", [](const std::string& path) { return dump(spr::RunnerPolicy::from_file(path).to_json()); },
       "Read a TOML policy file; every field as JSON text.");
 
@@ -229,7 +241,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_sessions") = spr::RunnerOptions{}.max_sessions,
            py::arg("session_idle_seconds") = spr::RunnerOptions{}.session_idle_seconds)
       .def("run", &PyRunner::run, py::arg("code"), py::arg("input_json"), py::arg("policy_json"),
-           py::arg("on_output") = py::none(), py::arg("token") = nullptr)
+           py::arg("on_output") = py::none(), py::arg("token") = nullptr, py::arg("stdin") = std::string())
       .def("open_session", &PyRunner::open_session, py::arg("policy_json"))
       .def("hardening", &PyRunner::hardening, py::arg("isolation"))
       .def("python_version", &PyRunner::python_version)

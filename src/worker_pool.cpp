@@ -31,15 +31,16 @@ const char* const kShuttingDown = "the runner is shutting down";
 }  // namespace
 
 bool PoolKey::operator<(const PoolKey& o) const {
-  return std::tie(isolation, network, python, reads, domain, memory_backstop_mb, cpu_backstop_seconds, once) <
-         std::tie(o.isolation, o.network, o.python, o.reads, o.domain, o.memory_backstop_mb, o.cpu_backstop_seconds,
-                  o.once);
+  return std::tie(isolation, network, unix_sockets, python, reads, domain, memory_backstop_mb, cpu_backstop_seconds,
+                  once) < std::tie(o.isolation, o.network, o.unix_sockets, o.python, o.reads, o.domain,
+                                   o.memory_backstop_mb, o.cpu_backstop_seconds, o.once);
 }
 
 SpawnOptions spawn_options_of(const PoolKey& key) {
   SpawnOptions so;
   so.isolation = key.isolation;
   so.allow_network = key.network;
+  so.allow_unix_sockets = key.unix_sockets;
   so.read_paths = key.reads;
   so.once = key.once;
   so.memory_backstop_mb = key.memory_backstop_mb;
@@ -51,7 +52,7 @@ bool shares_process(Isolation i) {
   return i == Isolation::namespace_ || i == Isolation::subinterpreter;
 }
 
-// Workers are hardened when they start: a pool serves one isolation mode, network setting, Python
+// Workers are hardened when they start: a pool serves one isolation mode, network and unix-socket setting, Python
 // environment and read set (Landlock can only narrow, so the read set is fixed at the worker's start).
 // namespace and subinterpreter workers also carry state from run to run (a run may own its process's
 // memory), so their pools are split by trust domain too, and by their OS memory backstop (RLIMIT_AS,
@@ -60,6 +61,7 @@ PoolKey warm_key_of(const RunnerPolicy& p) {
   PoolKey k;
   k.isolation = p.isolation;
   k.network = p.allow_network;
+  k.unix_sockets = p.allow_unix_sockets;
   k.python = p.python_executable;
   k.reads = p.allowed_read_paths;
   std::sort(k.reads.begin(), k.reads.end());

@@ -182,6 +182,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
     args.push_back(std::to_string(o.subinterpreter_pool));
   }
   if (o.allow_network) args.push_back("--allow-network");
+  if (o.allow_unix_sockets) args.push_back("--allow-unix-sockets");
   if (o.memory_backstop_mb > 0) {
     args.push_back("--memory-backstop-mb");
     args.push_back(std::to_string(o.memory_backstop_mb));

@@ -118,7 +118,7 @@ Report apply_worker(const WorkerConfig& cfg) {
             [&] { return landlock::apply({&cfg.read_paths, cfg.scratch_root, !cfg.allow_network}); });
   // 8. Seccomp last: it denies setrlimit/unshare and friends that the layers above needed.
   run_layer(report, "seccomp", cfg.seccomp,
-            [&] { return seccomp::apply({cfg.allow_network, cfg.allow_fork, cfg.allow_threads}); });
+            [&] { return seccomp::apply({cfg.allow_network, cfg.allow_unix_sockets, cfg.allow_fork, cfg.allow_threads}); });
   return report;
 }
 

@@ -13,7 +13,8 @@ struct WorkerConfig {
   std::vector<int> keep_fds;                // besides 0,1,2: fds that stay open (protocol pipes, memfd)
   std::vector<std::string> read_paths;      // Landlock read-only roots (Python prefix, stdlib, lib-dynload, libpython dir, the worker binary dir, allowed_read_paths)
   std::string scratch_root;                 // Landlock read-write root; "" = no writable path at all
-  bool allow_network = false;               // false: new network namespace + seccomp denies socket() (every domain; socketpair stays)
+  bool allow_network = false;               // false: new network namespace + seccomp denies TCP/UDP sockets
+  bool allow_unix_sockets = false;          // false: seccomp denies socket(AF_UNIX) (socketpair stays)
   bool allow_threads = true;                // false: no thread may be created either (namespace and subinterpreter
                                             // workers, where a thread would outlive its run)
   bool allow_fork = false;                  // true for fork-mode workers: the worker itself forks one child per run

@@ -64,7 +64,12 @@ LayerStatus apply(const Options&);
 }  // namespace landlock
 
 namespace seccomp {
-struct Options { bool allow_network = false; bool allow_fork = false; bool allow_threads = true; };
+struct Options {
+  bool allow_network = false;       // TCP and UDP sockets
+  bool allow_unix_sockets = false;  // socket(AF_UNIX)
+  bool allow_fork = false;          // the fork-mode worker
+  bool allow_threads = true;
+};
 LayerStatus apply(const Options&);
 int prepare_child();              // builds the per-child program into static storage
 int apply_child() noexcept;       // installs it, patched with this child's pid

@@ -47,6 +47,9 @@ struct RunnerPolicy {
   json extra_globals = json::object();
   Isolation isolation = Isolation::fork;
   bool allow_network = false;
+  // socket(AF_UNIX): lets a run connect to any unix socket whose path it can name, the host's daemons
+  // included (docker.sock), whatever allow_network says. socketpair() needs no permission.
+  bool allow_unix_sockets = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
   // namespace and subinterpreter workers serve many runs in one process, so they never mix trust
@@ -70,7 +73,7 @@ struct RunnerPolicy {
   // "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
   // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
   // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
-  // or stronger (namespace < subinterpreter < fork < process); allow_network and scratch_dir only if
+  // or stronger (namespace < subinterpreter < fork < process); allow_network, allow_unix_sockets and scratch_dir only if
   // the ceiling enables them; allowed_read_paths under the ceiling's; trust_domain unchanged when the
   // ceiling sets one. extra_globals (and trust_domain when the ceiling has none) are free.
   std::string looser_than(const RunnerPolicy& ceiling) const;

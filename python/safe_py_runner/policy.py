@@ -60,6 +60,9 @@ class RunnerPolicy:
     max_result_kb: int = 1024
     """Cap on the JSON text of ``result``."""
     allow_network: bool = False
+    """Network sockets, in the host's network namespace."""
+    allow_unix_sockets: bool = False
+    """``socket(AF_UNIX)``: reaches any unix socket at a path the code can name, the host's included."""
     allowed_read_paths: List[str] = field(default_factory=list)
     """Absolute paths the code may read besides the standard library."""
     scratch_dir: bool = False

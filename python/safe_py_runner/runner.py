@@ -101,22 +101,27 @@ class Runner:
         python_executable: Optional[str] = None,
         *,
         on_output: Optional[OutputCallback] = None,
+        stdin: Optional[str] = None,
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
-        receives ``(stream, data)`` chunks while the code runs."""
+        receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
+        ``input()`` read (at most ``max_output_kb``)."""
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
-                                                 on_output, None))
+                                                 on_output, None, stdin))
 
-    def _run_tuple(self, code, input_data, policy, policy_file, python_executable, on_output, token) -> tuple:
+    def _run_tuple(self, code, input_data, policy, policy_file, python_executable, on_output, token,
+                   stdin=None) -> tuple:
         if not isinstance(code, str):
             raise TypeError("'code' must be a str")
+        if stdin is not None and not isinstance(stdin, str):
+            raise TypeError("'stdin' must be a str")
         chosen = _choose_policy(policy, policy_file, python_executable, self._policy)
         payload = json.dumps(input_data or {})
         # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
         # code with a SyntaxError, as CPython refuses a source file that is not valid UTF-8.
         source = code.encode("utf-8", "surrogatepass")
         try:
-            return self._core.run(source, payload, chosen.to_json(), on_output, token)
+            return self._core.run(source, payload, chosen.to_json(), on_output, token, stdin or "")
         except RuntimeError:
             if not self._closed:
                 raise
@@ -146,11 +151,12 @@ class Runner:
         python_executable: Optional[str] = None,
         *,
         on_output: Optional[OutputCallback] = None,
+        stdin: Optional[str] = None,
     ) -> RunFuture:
         """Start a run and return a ``concurrent.futures.Future`` of its ``RunnerResult``; its
         ``cancel()`` really stops the run (queued: never starts; running: its process is killed)."""
         return self._start(lambda token: self._run_tuple(code, input_data, policy, policy_file,
-                                                         python_executable, on_output, token))
+                                                         python_executable, on_output, token, stdin))
 
     async def run_async(
         self,

@@ -1,4 +1,5 @@
-// safe-py-runner CLI: `run` one snippet, `serve` JSON lines, `http` the HTTP service, `doctor` the sandbox layers.
+// safe-py-runner CLI: `run` one snippet, `serve` JSON lines, `batch` a cases file, `http` the HTTP service,
+// `doctor` the sandbox layers.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -16,15 +17,17 @@
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
+#include "cli/batch_cli.hpp"
+#include "cli/exit_status.hpp"
 #include "cli/serve.hpp"
 #include "http/server.hpp"
 #include "spr/runner.hpp"
 
 namespace {
 
-constexpr int kExitUsage = 64;  // sysexits.h EX_USAGE
-constexpr int kExitData = 65;   // sysexits.h EX_DATAERR
-constexpr int kExitUnavailable = 69;  // sysexits.h EX_UNAVAILABLE
+using spr::cli::kExitData;
+using spr::cli::kExitUnavailable;
+using spr::cli::kExitUsage;
 
 struct CliError {
   int code;
@@ -71,7 +74,7 @@ struct PolicyArgs {
   double timeout = 0, cpu_time = 0;
   long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
-  bool allow_network = false, scratch_dir = false;
+  bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
   std::vector<Flag> flags;
 };
 
@@ -98,7 +101,9 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   names("allowed_imports", "--allowed-imports", a.allowed_imports, "comma-separated module names (allow mode)");
   names("blocked_builtins", "--blocked-builtins", a.blocked_builtins, "comma-separated builtin names ('' for none)");
   names("allowed_builtins", "--allowed-builtins", a.allowed_builtins, "comma-separated builtin names (allow mode)");
-  flag("allow_network", "--allow-network", a.allow_network, "let the code open sockets");
+  flag("allow_network", "--allow-network", a.allow_network, "let the code open network sockets");
+  flag("allow_unix_sockets", "--allow-unix-sockets", a.allow_unix_sockets,
+       "let the code open unix sockets (it can reach any the host has at a path it can name)");
   flag("scratch_dir", "--scratch-dir", a.scratch_dir, "a private writable working directory per run");
 }
 
@@ -340,6 +345,28 @@ int main(int argc, char** argv) {
                  "hashes on it, such as nginx with $request_id)");
   add_policy_options(http, http_policy);
 
+  spr::cli::BatchArgs batch_args;
+  PolicyArgs batch_policy;
+  std::string batch_preload;
+  auto* batch = app.add_subcommand("batch", "run a JSON-lines cases file; one result line per case, in input order");
+  batch->add_option("cases", batch_args.cases, "cases file (JSON lines), or - for standard input")->required();
+  batch->add_option("-o,--output", batch_args.output, "results file (default -: standard output)");
+  batch->add_option("--workers", batch_args.workers, "warm workers (default 2)");
+  batch->add_option("--repeat", batch_args.repeat, "runs per case (passed: all of them passed)");
+  batch->add_option("--shard", batch_args.shard, "I/N: only the cases whose position modulo N is I");
+  batch->add_option("--summary-json", batch_args.summary_json, "also write the summary as JSON to this file");
+  batch->add_option("--preload", batch_preload, "modules each warm worker imports before its sandbox closes");
+  batch->add_flag("--resume", batch_args.resume, "skip the cases already in the output, append the rest, re-order");
+  batch->add_flag("-q,--quiet", batch_args.quiet, "no progress line and no summary on stderr");
+  add_policy_options(batch, batch_policy);
+
+  std::string merge_out, merge_cases;
+  std::vector<std::string> merge_shards;
+  auto* merge = app.add_subcommand("batch-merge", "merge batch --shard outputs into one file in input order");
+  merge->add_option("output", merge_out, "the merged results file")->required();
+  merge->add_option("shards", merge_shards, "the shards' results files")->required();
+  merge->add_option("--cases", merge_cases, "the cases file: order and completeness by its ids");
+
   bool doctor_json = false;
   auto* doctor = app.add_subcommand("doctor", "print which sandbox layers are active on this machine");
   doctor->add_flag("--json", doctor_json, "print the report as JSON");
@@ -354,7 +381,7 @@ int main(int argc, char** argv) {
     }
   };
   if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
-    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, http, doctor; see --help)"
+    std::cerr << "safe-py-runner: unknown command '" << argv[1] << "' (commands: run, serve, batch, batch-merge, http, doctor; see --help)"
               << std::endl;
     return kExitUsage;
   }
@@ -371,6 +398,13 @@ int main(int argc, char** argv) {
     if (*serve) return cmd_serve(workers, preload, serve_policy, allow_overrides);
     if (*http) return cmd_http(http_args, http_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
+    if (*batch) {
+      std::stringstream modules(batch_preload);
+      for (std::string m; std::getline(modules, m, ',');)
+        if (!m.empty()) batch_args.preload.push_back(m);
+      return spr::cli::batch(batch_args, build_policy(batch_policy));
+    }
+    if (*merge) return spr::cli::batch_merge(merge_out, merge_shards, merge_cases);
   } catch (const CliError& e) {
     std::cerr << "safe-py-runner: " << e.message << std::endl;
     return e.code;

@@ -14,6 +14,7 @@
 #include "common/frame.hpp"
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
+#include "detail/request_line.hpp"
 #include "detail/runner_access.hpp"
 
 namespace spr::cli {
@@ -39,12 +40,15 @@ class Server {
 
   void emit(const json& id, json body) {
     body["id"] = id;
-    std::string line = detail::dump_json(body);
-    std::lock_guard<std::mutex> lk(out_mu_);
-    out_ << line << '\n' << std::flush;
+    write_line(detail::dump_json(body) + '\n');
   }
 
-  void emit_result(const json& id, const RunResult& r) { emit(id, r.to_json()); }
+  void emit_result(const json& id, const RunResult& r) { write_line(detail::result_line(id, r)); }
+
+  void write_line(const std::string& line) {
+    std::lock_guard<std::mutex> lk(out_mu_);
+    out_ << line << std::flush;
+  }
 
   void bad(const json& id, const std::string& msg) {
     RunResult r = detail::failure(ErrorKind::bad_input, msg);
@@ -54,17 +58,10 @@ class Server {
 
   // One request line.
   void handle(const std::string& line) {
-    json req;
-    try {
-      req = detail::parse_json(line);
-    } catch (const std::exception& e) {
-      bad(nullptr, std::string("malformed request line: ") + e.what());
-      return;
-    }
-    if (!req.is_object()) {
-      bad(nullptr, "malformed request line: expected a JSON object");
-      return;
-    }
+    std::string error;
+    std::optional<json> parsed = detail::parse_request_line(line, error);
+    if (!parsed) return bad(nullptr, error);
+    const json& req = *parsed;
     json id = req.value("id", json());
     if (auto c = req.find("cancel"); c != req.end()) return cancel(id, *c);
     if (auto c = req.find("close_session"); c != req.end()) {
@@ -81,15 +78,12 @@ class Server {
       job.options.stdin_text = in->get<std::string>();
     }
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
-      try {
-        job.policy = RunnerPolicy::from_json(*p, base_);
-      } catch (const PolicyError& e) {
-        return bad(id, std::string("invalid policy: ") + e.what());
-      }
       // The operator's policy is a ceiling unless serve was started with --allow-policy-overrides.
-      if (runner_.options().policy_is_ceiling)
-        if (std::string why = job.policy.looser_than(base_); !why.empty())
-          return bad(id, "policy loosens the operator's (serve --allow-policy-overrides permits it): " + why);
+      const bool ceiling = runner_.options().policy_is_ceiling;
+      if (std::string why = detail::request_policy(*p, base_, ceiling, job.policy); !why.empty())
+        return bad(id, ceiling && why.rfind("policy loosens", 0) == 0
+                           ? why + " (serve --allow-policy-overrides permits it)"
+                           : why);
       job.policy_overrides = *p;
     }
     if (auto s = req.find("session"); s != req.end() && !s->is_null()) {
@@ -303,43 +297,19 @@ class Server {
 
 }  // namespace
 
-namespace {
-
-// The longest request line kept: one request's code, input and stdin. A longer line is read to its end
-// without being held, and answered as malformed.
-constexpr std::size_t kMaxLineBytes = 64u << 20;
-
-// One line of `in` into `line`, without the newline; false at the end of input. `too_long`: the line
-// went past kMaxLineBytes and only its first kMaxLineBytes bytes are in `line`.
-bool read_line(std::istream& in, std::string& line, bool& too_long) {
-  line.clear();
-  too_long = false;
-  std::streambuf* sb = in.rdbuf();
-  for (;;) {
-    const int c = sb->sbumpc();
-    if (c == std::char_traits<char>::eof()) return !line.empty() || too_long;
-    if (c == '\n') return true;
-    if (line.size() < kMaxLineBytes)
-      line.push_back(static_cast<char>(c));
-    else
-      too_long = true;
-  }
-}
-
-}  // namespace
-
 void serve(Runner& runner, const RunnerPolicy& base, std::istream& in, std::ostream& out) {
   Server server(runner, base, out);
   std::string line;
   bool too_long = false;
-  while (read_line(in, line, too_long)) {
+  while (detail::read_request_line(in, line, too_long)) {
     if (too_long) {
       line.clear();
       line.shrink_to_fit();
-      server.bad(nullptr, "malformed request line: longer than " + std::to_string(kMaxLineBytes >> 20) + " MiB");
+      server.bad(nullptr, "malformed request line: longer than " +
+                              std::to_string(detail::kMaxRequestLineBytes >> 20) + " MiB");
       continue;
     }
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (detail::blank_line(line)) continue;
     server.handle(line);
   }
   server.finish();

@@ -23,6 +23,7 @@ namespace spr::detail {
 struct PoolKey {
   Isolation isolation = Isolation::fork;
   bool network = false;
+  bool unix_sockets = false;       // allow_unix_sockets
   std::string python;              // python_executable as given ("" = the default python3)
   std::vector<std::string> reads;  // allowed_read_paths, sorted, without duplicates
   std::string domain;              // trust_domain (namespace, subinterpreter)

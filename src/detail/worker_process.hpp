@@ -24,6 +24,7 @@ struct SpawnOptions {
   std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
   bool allow_network = false;  // harden the worker without the network namespace and socket refusal
+  bool allow_unix_sockets = false;  // its seccomp filter lets socket(AF_UNIX) through
   double grace_seconds = kDefaultGraceSeconds;  // a fork worker kills a run's process at kill_after(timeout, this)
   // OS backstops set in the worker before seccomp forbids changing them (0 = none): RLIMIT_AS of its
   // size at start plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.

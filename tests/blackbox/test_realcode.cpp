@@ -29,7 +29,10 @@ const std::string kPython = SPR_TEST_PYTHON;  // the python3 whose libpython the
 std::string py_str(const std::string& s) { return "'" + s + "'"; }
 
 // Standard-library modules the sandbox never lets a snippet import, whatever the policy: the README's list.
-const std::set<std::string> kNeverImportable = {"importlib", "_imp", "_frozen_importlib", "_frozen_importlib_external"};
+const std::set<std::string> kNeverImportable = {"importlib", "_imp", "_frozen_importlib", "_frozen_importlib_external",
+                                                "ctypes", "_ctypes"};
+// Never loaded in a worker at all (they reach raw memory): the message says so.
+const std::set<std::string> kNeverLoaded = {"ctypes", "_ctypes"};
 // Left out of the walk: importing it opens a web browser (a new process), under python3 too.
 const std::set<std::string> kNotWalked = {"antigravity"};
 
@@ -137,7 +140,8 @@ TEST_CASE("stdlib: every module python3 imports imports here under a policy that
   INFO(failed.dump(1));
   for (auto it = failed.begin(); it != failed.end(); ++it) {
     CHECK_MESSAGE(kNeverImportable.count(it.key()) == 1, it.key() << ": " << it.value().get<std::string>());
-    CHECK(contains(it.value().get<std::string>(), "is blocked by policy"));
+    CHECK(contains(it.value().get<std::string>(),
+                   kNeverLoaded.count(root_of(it.key())) ? "reaches raw memory" : "is blocked by policy"));
   }
   MESSAGE(spr_test::mode_name() << ": " << mods.size() - failed.size() << " of " << mods.size()
                                 << " stdlib modules importable");
@@ -153,7 +157,11 @@ TEST_CASE("stdlib: under the default policy, every module outside the blocked fa
                                           "_frozen_importlib_external", "builtins"};
   for (auto it = failed.begin(); it != failed.end(); ++it) {
     CHECK_MESSAGE(families.count(root_of(it.key())) == 1, it.key() << ": " << it.value().get<std::string>());
-    CHECK(it.value().get<std::string>() == "ImportError: Import '" + it.key() + "' is blocked by policy");
+    if (kNeverLoaded.count(root_of(it.key())))
+      CHECK(it.value().get<std::string>() == "ImportError: Import '" + it.key() + "' is refused: " + root_of(it.key()) +
+                                                 " reaches raw memory and native code, which no run may use");
+    else
+      CHECK(it.value().get<std::string>() == "ImportError: Import '" + it.key() + "' is blocked by policy");
   }
   for (const char* m : {"os", "socket", "subprocess", "ctypes"}) CHECK(failed.contains(m));
 }
@@ -198,7 +206,22 @@ spr::RunnerPolicy package_policy() {
   return p;
 }
 
+bool is_subinterpreter() { return spr_test::isolation() == spr::Isolation::subinterpreter; }
+
+// Sub-interpreters cannot hold numpy, pandas or any compiled package (issue 20, item 3).
+void check_subinterpreter_refusal(const spr::RunResult& r, const std::string& package) {
+  INFO(describe(r));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == ErrorKind::exception);
+  CHECK(contains(r.error.value_or("") + r.stderr_text, "cannot import '" + package));
+  CHECK(contains(r.error.value_or("") + r.stderr_text, "use isolation mode 'fork' or 'namespace'"));
+}
+
 TEST_CASE("packages: numpy and pandas from the default python3's dist-packages") {
+  if (is_subinterpreter()) {
+    check_subinterpreter_refusal(run("import numpy as np, pandas as pd\n", json::object(), package_policy()), "numpy");
+    return;
+  }
   const auto r = run("import numpy as np, pandas as pd\n"
                      "df = pd.DataFrame(input_data['rows'])\n"
                      "result = [float(df['x'].sum()), int(np.arange(5).sum())]\n",
@@ -210,6 +233,10 @@ TEST_CASE("packages: numpy and pandas from the default python3's dist-packages")
 TEST_CASE("packages: python_executable picks a venv with system site-packages") {
   auto p = package_policy();
   p.python_executable = venvs().system_site;
+  if (is_subinterpreter()) {
+    check_subinterpreter_refusal(run("import pandas\n", json::object(), p), "numpy");
+    return;
+  }
   const auto r = run("import sys, pandas\nresult = [sys.executable, int(pandas.Series([1, 2, 3]).sum())]\n",
                      json::object(), p);
   SPR_CHECK_OK(r);
@@ -287,7 +314,67 @@ TEST_CASE("packages: a python_executable that is not a Python is refused with th
 TEST_CASE("packages: cffi's backend belongs to the ctypes family") {
   const auto r = run("import _cffi_backend\n");
   CHECK(r.error_kind == ErrorKind::blocked_import);
-  CHECK(r.error == std::string("ImportError: Import '_cffi_backend' is blocked by policy"));
+  CHECK(r.error == std::string("ImportError: Import '_cffi_backend' is refused: _cffi_backend reaches raw memory and "
+                               "native code, which no run may use"));
+}
+
+TEST_CASE("packages: in subinterpreter mode a compiled package is an ImportError naming the modes to use") {
+  // Not a crash of the worker: the same worker answers the next run, and numpy's pure-Python
+  // neighbours in the standard library (json's, math's compiled modules) still import.
+  auto& rn = spr_test::runner();
+  for (const std::string pkg : {"numpy", "pandas", "numpy"}) {
+    const auto r = rn.run("import " + pkg + "\nresult = 'imported'\n", json::object(), package_policy());
+    if (is_subinterpreter()) {
+      check_subinterpreter_refusal(r, "numpy");
+    } else {
+      SPR_CHECK_OK(r);
+    }
+    const auto next = rn.run("import json, math, decimal\nresult = json.dumps([math.floor(2.5)])\n", json::object(),
+                             spr_test::policy());
+    SPR_CHECK_OK(next);
+    CHECK(next.result == "[2]");
+  }
+}
+
+TEST_CASE("streams: a snippet rebinds sys.stdin, sys.stdout and sys.stderr as in python3") {
+  auto& rn = spr_test::runner();
+  SUBCASE("sys.stdin") {
+    const auto r = run("import sys, io\nsys.stdin = io.StringIO('3\\n')\nprint(int(input()) * 2)\n");
+    SPR_CHECK_OK(r);
+    CHECK(r.stdout_text == "6\n");
+  }
+  SUBCASE("sys.stdout and sys.stderr, then back") {
+    const auto r = run("import sys, io\nout, err = io.StringIO(), io.StringIO()\nsys.stdout, sys.stderr = out, err\n"
+                       "print('to out')\nprint('to err', file=sys.stderr)\nsys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__\n"
+                       "print('captured', repr(out.getvalue()), repr(err.getvalue()))\n");
+    SPR_CHECK_OK(r);
+    CHECK(r.stdout_text == "captured 'to out\\n' 'to err\\n'\n");
+    CHECK(r.stderr_text == "");
+  }
+  SUBCASE("contextlib.redirect_stdout and redirect_stderr") {
+    const auto r = run("import contextlib, io, sys\nf, g = io.StringIO(), io.StringIO()\n"
+                       "with contextlib.redirect_stdout(f), contextlib.redirect_stderr(g):\n"
+                       "    print('inside')\n    print('e', file=sys.stderr)\nprint('outside', f.getvalue().strip(), g.getvalue().strip())\n");
+    SPR_CHECK_OK(r);
+    CHECK(r.stdout_text == "outside inside e\n");
+  }
+  SUBCASE("the captured output keeps its cap, and the next run has the real streams again") {
+    auto p = spr_test::policy();
+    p.max_output_kb = 1;
+    const auto r = rn.run("import sys, io\nsys.stdout = io.StringIO()\nprint('x' * 5000)\n"
+                          "sys.stdout = sys.__stdout__\nprint('y' * 5000)\nsys.stdin = io.StringIO('kept?')\n"
+                          "sys.stdout = io.StringIO()\n",
+                          json::object(), p);
+    SPR_CHECK_OK(r);
+    CHECK(r.stdout_truncated);
+    CHECK(r.stdout_text.size() <= 1024);
+    CHECK_FALSE(contains(r.stdout_text, "x"));
+    const auto next = rn.run("import sys\nprint('back')\nresult = sys.stdin.read()\n", json::object(), spr_test::policy(),
+                             "fresh");
+    SPR_CHECK_OK(next);
+    CHECK(next.stdout_text == "back\n");
+    CHECK(next.result == "fresh");
+  }
 }
 
 TEST_CASE("read paths: a listed directory is readable, the rest is not") {
@@ -338,8 +425,12 @@ TEST_CASE("preload: modules imported before the sandbox closes; the snippet's im
   o.preload = {"numpy", "socket"};
   spr::Runner rn(o);
   const auto r = rn.run("import numpy\nresult = int(numpy.ones(3).sum())\n", json::object(), spr_test::policy());
-  SPR_CHECK_OK(r);
-  CHECK(r.result == 3);
+  if (is_subinterpreter()) {
+    check_subinterpreter_refusal(r, "numpy");  // a sub-interpreter imports for itself, and cannot hold numpy
+  } else {
+    SPR_CHECK_OK(r);
+    CHECK(r.result == 3);
+  }
   const auto s = rn.run("import socket\n", json::object(), spr_test::policy());
   CHECK(s.error_kind == ErrorKind::blocked_import);
   SUBCASE("a module that cannot be preloaded stops the worker with the reason") {

@@ -78,6 +78,18 @@ TEST_CASE("session: state persists across 100 calls, functions and imports inclu
   CHECK(r.result == 101);
 }
 
+TEST_CASE("session: a call may rebind the streams; the next call has the real ones again") {
+  spr::Session s = runner().open_session(policy());
+  spr::RunResult a = s.run("import sys, io\nsys.stdin = io.StringIO('3\\n')\nprint(int(input()) * 2)\nsys.stdout = io.StringIO()\n"
+                           "print('hidden')");
+  SPR_CHECK_OK(a);
+  CHECK(a.stdout_text == "6\n");
+  spr::RunResult b = s.run("print('visible')\nsys.stdout.write('again\\n')\nresult = sys.stdin.read()");
+  SPR_CHECK_OK(b);
+  CHECK(b.stdout_text == "visible\nagain\n");
+  CHECK(b.result == "");
+}
+
 TEST_CASE("session: a call that raises leaves the session usable") {
   spr::Session s = runner().open_session(policy());
   check_ok(s.run("x = 7"));

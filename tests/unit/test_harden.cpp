@@ -7,10 +7,18 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <linux/fanotify.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -399,6 +407,241 @@ TEST_CASE("signals: the parent is unreachable through seccomp and through Landlo
   ::usleep(20000);
   CHECK(g_sigusr1_count.load() == 0);
   ::sigaction(SIGUSR1, &old, nullptr);
+}
+
+// The worker kinds whose filters differ (see seccomp.cpp's When column).
+struct Kind { const char* name; bool allow_threads, allow_fork, allow_network, allow_unix_sockets; };
+constexpr Kind kKinds[] = {
+    {"namespace/subinterpreter/session", false, false, false, false},
+    {"process", true, false, false, false},
+    {"fork parent", true, true, false, false},
+    {"allow_network", true, false, true, false},
+    {"allow_unix_sockets", false, false, false, true},
+};
+
+WorkerConfig kind_config(const Dirs& dirs, int report_fd, const Kind& kind) {
+  WorkerConfig cfg = dirs.config(report_fd);
+  cfg.allow_threads = kind.allow_threads;
+  cfg.allow_fork = kind.allow_fork;
+  cfg.allow_network = kind.allow_network;
+  cfg.allow_unix_sockets = kind.allow_unix_sockets;
+  return cfg;
+}
+
+TEST_CASE("seccomp: a file's mode, owner, times and extended attributes stay as they were, in every worker kind") {
+  Dirs dirs;
+  for (const Kind& kind : kKinds) {
+    CAPTURE(kind.name);
+    // Made by the host before the sandbox closes, in the one place Landlock lets a run write.
+    const fs::path victim = dirs.scratch / "victim";
+    { std::ofstream(victim) << "x"; }
+    REQUIRE(::chmod(victim.c_str(), 0600) == 0);
+    struct stat before {};
+    REQUIRE(::stat(victim.c_str(), &before) == 0);
+    const auto child = run_in_child([&](const Reporter& r) {
+      const int fd = ::open(victim.c_str(), O_RDONLY | O_CLOEXEC);
+      auto cfg = kind_config(dirs, r.fd, kind);
+      cfg.keep_fds.push_back(fd);
+      apply_and_report(r, cfg);
+      const timespec forged[2] = {{1234567890, 0}, {1234567890, 0}};
+      const timeval forged_tv[2] = {{1234567890, 0}, {1234567890, 0}};
+      REPORT(r, "chmod", ::syscall(SYS_chmod, victim.c_str(), 04777));
+      REPORT(r, "fchmod", ::syscall(SYS_fchmod, fd, 04777));
+      REPORT(r, "fchmodat", ::syscall(SYS_fchmodat, AT_FDCWD, victim.c_str(), 04777, 0));
+      REPORT(r, "chown", ::syscall(SYS_chown, victim.c_str(), 4242, 4242));
+      REPORT(r, "fchown", ::syscall(SYS_fchown, fd, 4242, 4242));
+      REPORT(r, "fchownat", ::syscall(SYS_fchownat, AT_FDCWD, victim.c_str(), 4242, 4242, 0));
+      REPORT(r, "utimensat", ::syscall(SYS_utimensat, AT_FDCWD, victim.c_str(), forged, 0));
+      REPORT(r, "futimens", ::syscall(SYS_utimensat, fd, nullptr, forged, 0));
+      REPORT(r, "utimes", ::syscall(SYS_utimes, victim.c_str(), forged_tv));
+      REPORT(r, "futimesat", ::syscall(SYS_futimesat, AT_FDCWD, victim.c_str(), forged_tv));
+      REPORT(r, "setxattr", ::syscall(SYS_setxattr, victim.c_str(), "user.spr", "1", 1, 0));
+      REPORT(r, "fsetxattr", ::syscall(SYS_fsetxattr, fd, "user.spr", "1", 1, 0));
+      REPORT(r, "lsetxattr", ::syscall(SYS_lsetxattr, victim.c_str(), "user.spr", "1", 1, 0));
+      // A set-user-ID file made at creation, without any chmod.
+      REPORT(r, "create_setuid", ::syscall(SYS_openat, AT_FDCWD, (dirs.scratch / "suid").c_str(),
+                                           O_CREAT | O_WRONLY | O_CLOEXEC, 04755));
+      REPORT(r, "create_plain", ::syscall(SYS_openat, AT_FDCWD, (dirs.scratch / "plain").c_str(),
+                                          O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    });
+    CHECK(child.get("layer.seccomp") == "on");
+    CHECK(child.get("create_plain") == "ok");  // creating files still works
+    for (const char* call : {"chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "utimensat", "futimens",
+                             "utimes", "futimesat", "setxattr", "fsetxattr", "lsetxattr", "create_setuid"}) {
+      CAPTURE(call);
+      CHECK(child.get(call) == "EPERM");
+    }
+    // Judged on the host: nothing about the file changed, and no set-user-ID file exists.
+    struct stat after {};
+    REQUIRE(::stat(victim.c_str(), &after) == 0);
+    CHECK((after.st_mode & 07777) == 0600);
+    CHECK(after.st_uid == before.st_uid);
+    CHECK(after.st_gid == before.st_gid);
+    CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+    CHECK(after.st_atim.tv_sec != 1234567890);
+    char names[256] = {};
+    CHECK(::listxattr(victim.c_str(), names, sizeof(names)) == 0);
+    CHECK_FALSE(fs::exists(dirs.scratch / "suid"));
+    std::error_code ec;
+    fs::remove(victim, ec);
+    fs::remove(dirs.scratch / "plain", ec);
+  }
+}
+
+TEST_CASE("seccomp: no file watch (inotify, fanotify, F_NOTIFY) and no unix socket without allow_unix_sockets") {
+  Dirs dirs;
+  // A host unix socket listener, as docker.sock would be.
+  const fs::path sock_path = dirs.outside / "host.sock";
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof(addr.sun_path) - 1);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  for (const Kind& kind : kKinds) {
+    CAPTURE(kind.name);
+    const auto child = run_in_child([&](const Reporter& r) {
+      apply_and_report(r, kind_config(dirs, r.fd, kind));
+      REPORT(r, "inotify_init1", ::syscall(SYS_inotify_init1, IN_CLOEXEC));
+      REPORT(r, "inotify_init", ::syscall(SYS_inotify_init));
+      REPORT(r, "fanotify_init", ::syscall(SYS_fanotify_init, 0, O_RDONLY));
+      REPORT(r, "dnotify", ::fcntl(r.fd, F_NOTIFY, DN_CREATE));
+      const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      const int s_errno = errno;
+      r.result("socket_unix", s, s_errno);
+      if (s >= 0) REPORT(r, "connect_unix", ::connect(s, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)));
+      REPORT(r, "netlink", ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0));
+      REPORT(r, "packet", ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0));
+      REPORT(r, "raw_inet", ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP));
+      int pair[2];
+      REPORT(r, "socketpair", ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair));
+    });
+    CHECK(child.get("layer.seccomp") == "on");
+    for (const char* call : {"inotify_init1", "inotify_init", "fanotify_init", "dnotify", "netlink", "packet", "raw_inet"}) {
+      CAPTURE(call);
+      CHECK(child.get(call) == "EPERM");
+    }
+    CHECK(child.get("socketpair") == "ok");
+    pollfd pfd{listener, POLLIN, 0};
+    if (kind.allow_unix_sockets) {
+      // The control: with the knob, the same code reaches the host's socket (Landlock does not mediate it).
+      CHECK(child.get("socket_unix") == "ok");
+      CHECK(child.get("connect_unix") == "ok");
+      REQUIRE(::poll(&pfd, 1, 5000) == 1);
+      const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      CHECK(accepted >= 0);
+      if (accepted >= 0) ::close(accepted);
+    } else {
+      CHECK(child.get("socket_unix") == "EPERM");
+      CHECK(::poll(&pfd, 1, 0) == 0);  // the child has exited: a connection would be queued by now
+    }
+  }
+  ::close(listener);
+}
+
+TEST_CASE("seccomp: the parent-death signal cannot be cleared, in every worker kind") {
+  Dirs dirs;
+  // This process adopts orphans, so it can wait for the grandchild whose parent dies.
+  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  for (const Kind& kind : kKinds) {
+    CAPTURE(kind.name);
+    int p[2], q[2];  // p: the worker's report to this test; q: "reported" from the worker to its parent
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(q, O_CLOEXEC) == 0);
+    const pid_t middle = ::fork();
+    REQUIRE(middle >= 0);
+    if (middle == 0) {
+      const pid_t worker = ::fork();
+      if (worker == 0) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // as the supervisor's spawn does
+        const Reporter r{p[1]};
+        auto cfg = kind_config(dirs, p[1], kind);
+        cfg.keep_fds.push_back(q[1]);
+        apply_and_report(r, cfg);
+        REPORT(r, "clear", ::prctl(PR_SET_PDEATHSIG, 0));
+        REPORT(r, "other_signal", ::prctl(PR_SET_PDEATHSIG, SIGCHLD));
+        REPORT(r, "sigkill_again", ::prctl(PR_SET_PDEATHSIG, SIGKILL));
+        r.put("worker", static_cast<long>(::getpid()));
+        r.put("done", "1");
+        [[maybe_unused]] ssize_t w = ::write(q[1], "x", 1);
+        for (;;) ::pause();  // stays here until the parent-death signal ends it
+      }
+      // Dies once the worker has reported: the worker must die with it.
+      ::close(q[1]);
+      char c;
+      [[maybe_unused]] ssize_t n = ::read(q[0], &c, 1);
+      ::_exit(0);
+    }
+    ::close(q[0]);
+    ::close(q[1]);
+    ::close(p[1]);
+    std::string raw;
+    char buf[512];
+    for (;;) {
+      pollfd pfd{p[0], POLLIN, 0};
+      if (::poll(&pfd, 1, 30000) <= 0) break;
+      const ssize_t n = ::read(p[0], buf, sizeof(buf));
+      if (n <= 0) break;
+      raw.append(buf, static_cast<std::size_t>(n));
+      if (raw.find("done=1\n") != std::string::npos) break;
+    }
+    ::close(p[0]);
+    CAPTURE(raw);
+    CHECK(raw.find("clear=EPERM") != std::string::npos);
+    CHECK(raw.find("other_signal=EPERM") != std::string::npos);
+    CHECK(raw.find("sigkill_again=ok") != std::string::npos);
+    int status = 0;
+    ::waitpid(middle, &status, 0);
+    // Judged from outside: the worker, orphaned, is adopted by this process and dies of SIGKILL.
+    const auto at = raw.find("worker=");
+    REQUIRE(at != std::string::npos);
+    const pid_t worker = static_cast<pid_t>(std::stol(raw.substr(at + 7)));
+    pollfd none{};
+    bool ended = false;
+    for (int i = 0; i < 3000 && !ended; ++i) {  // waits for the event (up to 30 s), never judges its speed
+      const pid_t w = ::waitpid(worker, &status, WNOHANG);
+      ended = w == worker;
+      if (!ended) ::poll(&none, 0, 10);
+    }
+    if (!ended) {
+      ::kill(worker, SIGKILL);
+      ::waitpid(worker, &status, 0);
+    }
+    CHECK(ended);
+    CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+  }
+  ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+TEST_CASE("seccomp: clone never makes a namespace, and calls only attacks make kill the process") {
+  Dirs dirs;
+  for (const Kind& kind : kKinds) {
+    CAPTURE(kind.name);
+    const auto child = run_in_child([&](const Reporter& r) {
+      apply_and_report(r, kind_config(dirs, r.fd, kind));
+      const long pid = ::syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0);
+      const int err = errno;
+      if (pid == 0) {
+        r.put("in_new_namespace", "1");
+        ::_exit(0);
+      }
+      r.result("clone_newuser", pid, err);
+      REPORT(r, "unshare", ::syscall(SYS_unshare, CLONE_NEWUSER));
+      REPORT(r, "setns", ::syscall(SYS_setns, r.fd, 0));
+      r.put("before_ptrace", "1");
+      ::syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0);
+      r.put("after_ptrace", "1");
+    });
+    CHECK(child.get("layer.seccomp") == "on");
+    CHECK(child.get("clone_newuser") == "EPERM");
+    CHECK(child.get("in_new_namespace") == "<missing>");
+    CHECK(child.get("unshare") == "EPERM");
+    CHECK(child.get("setns") == "EPERM");
+    CHECK(child.get("before_ptrace") == "1");
+    CHECK(child.get("after_ptrace") == "<missing>");
+    CHECK((WIFSIGNALED(child.status) && WTERMSIG(child.status) == SIGSYS));
+  }
 }
 
 TEST_CASE("env: nothing the parent exported survives") {

@@ -49,6 +49,7 @@ blocked_globals = ["secret"]
 allowed_globals = ["x", "y"]
 isolation = "namespace"
 allow_network = true
+allow_unix_sockets = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
 trust_domain = "tenant-7"
@@ -77,6 +78,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allowed_globals == Strings{"x", "y"});
   CHECK(p.isolation == spr::Isolation::namespace_);
   CHECK(p.allow_network);
+  CHECK(p.allow_unix_sockets);
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
   CHECK(p.trust_domain == "tenant-7");
@@ -104,6 +106,7 @@ TEST_CASE("policy: defaults equal the original's table") {
   CHECK(p.extra_globals == json::object());
   CHECK(p.isolation == spr::Isolation::fork);
   CHECK_FALSE(p.allow_network);
+  CHECK_FALSE(p.allow_unix_sockets);
   CHECK(p.allowed_read_paths.empty());
   CHECK_FALSE(p.scratch_dir);
   CHECK_NOTHROW(p.validate());
@@ -123,7 +126,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["isolation"] == "fork");
   CHECK(j["trust_domain"] == "");
   CHECK(j["python_executable"] == "");
-  CHECK(j.size() == 19);
+  CHECK(j["allow_unix_sockets"] == false);
+  CHECK(j.size() == 20);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -143,6 +147,7 @@ TEST_CASE("policy: from_json sets every field") {
                    {{"name", "spr"}, {"n", 3}, {"ratio", 0.5}, {"flags", {true, false}}, {"nested", {{"a", 1}}}}},
                   {"isolation", "namespace"},
                   {"allow_network", true},
+                  {"allow_unix_sockets", true},
                   {"allowed_read_paths", {"/usr/share"}},
                   {"scratch_dir", true},
                   {"trust_domain", "tenant-7"},
@@ -287,6 +292,7 @@ TEST_CASE("policy: validate() rejects out-of-range values") {
     CHECK_THROWS_AS(RunnerPolicy::from_json(json{{"timeout_seconds", true}}), PolicyError);
     CHECK_THROWS_AS(RunnerPolicy::from_json(json{{"memory_limit_mb", 1.5}}), PolicyError);
     CHECK_THROWS_AS(RunnerPolicy::from_json(json{{"allow_network", 1}}), PolicyError);
+    CHECK_THROWS_AS(RunnerPolicy::from_json(json{{"allow_unix_sockets", "yes"}}), PolicyError);
   }
   SUBCASE("relative read path") {
     CHECK_THROWS_AS(RunnerPolicy::from_json(json{{"allowed_read_paths", {"etc"}}}), PolicyError);
@@ -351,6 +357,7 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_imports = {"os"}; }).find("'allowed_imports'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.isolation = spr::Isolation::namespace_; }).find("'isolation'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allow_network = true; }).find("'allow_network'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.allow_unix_sockets = true; }).find("'allow_unix_sockets'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.scratch_dir = true; }).find("'scratch_dir'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr/sharex"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr"}; }).find("'allowed_read_paths'") == 0);

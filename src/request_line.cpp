@@ -1,0 +1,62 @@
+// One JSON request line as serve and batch read it: bounded reading, parsing, the policy ceiling, the answer line.
+#include "detail/request_line.hpp"
+
+#include "common/frame.hpp"
+
+namespace spr::detail {
+
+bool read_request_line(std::istream& in, std::string& line, bool& too_long) {
+  line.clear();
+  too_long = false;
+  std::streambuf* sb = in.rdbuf();
+  for (;;) {
+    const int c = sb->sbumpc();
+    if (c == std::char_traits<char>::eof()) return !line.empty() || too_long;
+    if (c == '\n') return true;
+    if (line.size() < kMaxRequestLineBytes)
+      line.push_back(static_cast<char>(c));
+    else
+      too_long = true;
+  }
+}
+
+bool blank_line(std::string_view line) {
+  return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+std::optional<json> parse_request_line(std::string_view line, std::string& error) {
+  json req;
+  try {
+    req = parse_json(line);
+  } catch (const std::exception& e) {
+    error = std::string("malformed request line: ") + e.what();
+    return std::nullopt;
+  }
+  if (!req.is_object()) {
+    error = "malformed request line: expected a JSON object";
+    return std::nullopt;
+  }
+  return req;
+}
+
+std::string request_policy(const json& overrides, const RunnerPolicy& base, bool ceiling, RunnerPolicy& out) {
+  try {
+    out = RunnerPolicy::from_json(overrides, base);
+  } catch (const PolicyError& e) {
+    return std::string("invalid policy: ") + e.what();
+  }
+  if (ceiling)
+    if (std::string why = out.looser_than(base); !why.empty()) return "policy loosens the operator's: " + why;
+  return {};
+}
+
+std::string result_line(const json& id, const RunResult& r, const json& extra) {
+  json body = r.to_json();
+  for (auto it = extra.begin(); it != extra.end(); ++it) body[it.key()] = it.value();
+  body["id"] = id;
+  std::string line = dump_json(body);
+  line.push_back('\n');
+  return line;
+}
+
+}  // namespace spr::detail
