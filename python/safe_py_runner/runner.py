@@ -106,6 +106,8 @@ class Runner:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
         ``input()`` read (at most ``max_output_kb``)."""
+        if self._closed:
+            raise RuntimeError("the Runner is closed")
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
                                                  on_output, None, stdin))
 
