@@ -228,7 +228,8 @@ struct Api::RunCall {
   double deadline_seconds = 0;
   std::atomic<bool> deadline_passed{false};
   std::mutex mu;
-  std::string output;  // Piston: stdout and stderr interleaved as they came
+  std::string output;       // Piston: stdout and stderr interleaved as they came
+  std::string streamed[2];  // Piston: each stream's chunks, to check `output` against the result
 };
 
 Api::Api(Runner& runner, RunnerPolicy base, ApiOptions options)
@@ -514,9 +515,10 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
   rc->piston = true;
   RunOptions options;
   options.stdin_text = std::move(e.stdin_text);
-  options.on_output = [rc](OutputStream, const std::string& data) {
+  options.on_output = [rc](OutputStream stream, const std::string& data) {
     std::lock_guard<std::mutex> lk(rc->mu);
     rc->output += data;
+    rc->streamed[stream == OutputStream::out ? 0 : 1] += data;
   };
   rc->deadline_seconds =
       e.policy.timeout_seconds + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
@@ -530,7 +532,9 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
     std::string output;
     {
       std::lock_guard<std::mutex> lk(rc->mu);
-      output = rc->output;
+      // The interleaving is used only when its chunks are exactly the result's streams (streamed
+      // bytes were seen to differ from them: NUL bytes read as a run ended); else stdout then stderr.
+      if (rc->streamed[0] == r.stdout_text && rc->streamed[1] == r.stderr_text) output = rc->output;
     }
     if (rc->deadline_passed && r.error_kind == ErrorKind::cancelled)
       send_json(rc->ex, 504, {{"message", "the request's deadline passed before its run ended; the run was stopped"}},
