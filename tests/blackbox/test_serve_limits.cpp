@@ -355,10 +355,11 @@ TEST_CASE("serve: 10,000 session names do not start 10,000 threads") {
 }
 
 TEST_CASE("serve: read-ahead is bounded while runs wait (backpressure on stdin)") {
-  ServeProc s({"--workers", "1", "--isolation", "fork"});
+  // The operator's ceiling allows 60 s: two spins hold the one worker; 1,500 requests of 200 KB each
+  // wait behind them.
+  ServeProc s({"--workers", "1", "--isolation", "fork", "--timeout", "60"});
   const long before = s.status("VmHWM");
-  // Two spins hold the one worker and the executor; 1,500 requests of 200 KB each wait behind them.
-  const std::string spin = request("spin", "while True: pass", {{"policy", {{"timeout_seconds", 60}}}});
+  const std::string spin = request("spin", "while True: pass");
   std::atomic<bool> all_written{false};
   std::atomic<int> written{0};
   std::thread writer([&] {
