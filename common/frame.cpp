@@ -100,6 +100,56 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
   return IoStatus::ok;
 }
 
+namespace {
+
+// Waits until `fd` takes more bytes or the deadline passes; eof once `exit_fd` is readable first.
+IoStatus wait_writable(int fd, Clock::time_point deadline, int exit_fd) {
+  pollfd ps[2] = {{fd, POLLOUT, 0}, {exit_fd, POLLIN, 0}};
+  const nfds_t n = exit_fd >= 0 ? 2 : 1;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return IoStatus::timeout;
+    const int r = ::poll(ps, n, static_cast<int>(std::min<long long>((left + 999) / 1000, 1 << 30)));
+    if (r > 0 && ps[0].revents) return IoStatus::ok;  // POLLHUP/POLLERR surface as an error on send
+    if (r > 0) return IoStatus::eof;
+    if (r < 0 && errno != EINTR) return IoStatus::error;
+  }
+}
+
+}  // namespace
+
+IoStatus send_frame(int sock, std::string_view payload, Clock::time_point deadline, int exit_fd) {
+  if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
+                                static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
+  iovec iov[2] = {{const_cast<unsigned char*>(hdr), 4}, {const_cast<char*>(payload.data()), payload.size()}};
+  int idx = 0;
+  while (idx < 2) {
+    msghdr msg{};
+    msg.msg_iov = iov + idx;
+    msg.msg_iovlen = static_cast<size_t>(2 - idx);
+    // MSG_DONTWAIT: the socket stays blocking for everyone else; this send never waits in the kernel.
+    const ssize_t w = ::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return IoStatus::error;
+      if (const IoStatus s = wait_writable(sock, deadline, exit_fd); s != IoStatus::ok) return s;
+      continue;
+    }
+    auto left = static_cast<std::size_t>(w);
+    while (idx < 2 && left >= iov[idx].iov_len) {
+      left -= iov[idx].iov_len;
+      ++idx;
+    }
+    if (idx < 2) {
+      iov[idx].iov_base = static_cast<char*>(iov[idx].iov_base) + left;
+      iov[idx].iov_len -= left;
+    }
+  }
+  return IoStatus::ok;
+}
+
 IoStatus write_frame(int fd, std::string_view payload, bool nosignal) {
   if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
   const auto len = static_cast<std::uint32_t>(payload.size());

@@ -64,6 +64,11 @@ RunResult session_lost(const std::string& why) { return failure(ErrorKind::sessi
 
 RunResult bad_input(const std::string& why) { return failure(ErrorKind::bad_input, "bad input: " + why); }
 
+RunResult worker_stalled(double waited_seconds) {
+  return failure(ErrorKind::worker_crashed, "worker did not take the request within " +
+                                                detail::format_seconds(waited_seconds) + "s; it was killed and replaced");
+}
+
 RunResult setup_failed(const std::string& what, const std::string& why) {
   return failure(ErrorKind::worker_crashed, "cannot create the run's " + what + ": " + why);
 }

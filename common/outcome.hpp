@@ -31,6 +31,10 @@ std::optional<RunResult> non_utf8_code(const std::string& code);
 RunResult cancelled();
 RunResult session_lost(const std::string& why);
 
+// The worker did not take its request within the run's deadline (stopped, or not reading): it was
+// killed and is replaced. worker_crashed.
+RunResult worker_stalled(double waited_seconds);
+
 // The engine could not set the run up (its scratch directory, its streams): worker_crashed.
 RunResult setup_failed(const std::string& what, const std::string& why);
 

@@ -22,6 +22,7 @@
 #include <boost/process/io.hpp>
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <system_error>
@@ -335,11 +336,19 @@ void WorkerProcess::trim_capture() const {
   }
 }
 
+IoStatus WorkerProcess::send(std::string_view frame, Clock::time_point deadline) const {
+  return send_frame(sock_.get(), frame, deadline, pidfd_.get());
+}
+
+IoStatus WorkerProcess::receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const {
+  return read_frame(sock_.get(), frame, deadline, cap, 0, pidfd_.get());
+}
+
 std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point deadline) {
   if (!alive_) return std::nullopt;
   std::string frame;
-  if (write_frame(sock_.get(), protocol::encode(protocol::ListVariables{id}), true) != IoStatus::ok ||
-      read_frame(sock_.get(), frame, deadline, kMaxControlReplyBytes, 0, pidfd_.get()) != IoStatus::ok) {
+  if (send(protocol::encode(protocol::ListVariables{id}), deadline) != IoStatus::ok ||
+      receive(frame, deadline, kMaxControlReplyBytes) != IoStatus::ok) {
     kill_and_reap();
     return std::nullopt;
   }
@@ -401,7 +410,17 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
   const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
-  if (write_frame(sock_.get(), text, true) != IoStatus::ok) return lost(id, IoStatus::eof, policy, false);
+  const auto sent_at = Clock::now();
+  if (const IoStatus s = send(text, hard_deadline); s == IoStatus::timeout) {
+    // A stopped worker (or one whose run stopped reading) would block us forever on a full socket.
+    kill_and_reap();
+    const double waited = std::chrono::duration<double>(Clock::now() - sent_at).count();
+    RunResult r = outcome::worker_stalled(std::round(waited * 10) / 10);
+    r.isolation = isolation_;
+    return r;
+  } else if (s != IoStatus::ok) {
+    return lost(id, IoStatus::eof, policy, false);
+  }
   const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   std::uint64_t sent[2] = {0, 0};
   // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
@@ -430,9 +449,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   std::string why;
   bool stale_seen = false;
   for (int frames = 0;; ++frames) {
-    IoStatus s = read_frame(sock_.get(), frame, hard_deadline, reply_frame_cap(policy), 0, pidfd_.get());
+    IoStatus s = receive(frame, hard_deadline, reply_frame_cap(policy));
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
-    why = check_reply(frame, id, policy, r);
+    why = check_reply(frame, id, policy, extras.want_repr, r);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
     // says nothing about this request: skip it, answer this run, then replace the worker.
     if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
@@ -472,11 +491,11 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
 }
 
 // The reply's bounds follow from the policy this supervisor sent: JSON escaping can grow text
-// at most six-fold (\u00XX), `result` was checked against max_result_kb, `error` is one line.
+// at most six-fold (\u00XX), `result` and `repr` were each cut to max_result_kb, `error` is one line.
 std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
   const std::uint64_t out = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   const std::uint64_t res = static_cast<std::uint64_t>(policy.max_result_kb) * 1024;
-  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * res + (64 << 10);
+  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * (2 * res + kReprEllipsisBytes) + (64 << 10);
   return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
 }
 
@@ -485,7 +504,7 @@ std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
 // its own process's memory, the id included): what binds a reply to its request is that only one
 // request is in flight per worker, and any frame out of step replaces the worker.
 std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy,
-                                       RunResult& r) const {
+                                       bool want_repr, RunResult& r) const {
   protocol::Reply reply;
   try {
     reply = protocol::decode_as<protocol::Reply>(frame);
@@ -497,9 +516,12 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   const std::size_t out_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
   if (r.stdout_text.size() > out_cap || r.stderr_text.size() > out_cap) return "output longer than max_output_kb";
   if (r.error && r.error->size() > kMaxReplyErrorBytes) return "error message longer than the protocol allows";
+  const std::size_t res_cap = static_cast<std::size_t>(policy.max_result_kb) * 1024;
+  // The engine cuts a repr to max_result_kb and marks the cut with an ellipsis.
+  if (r.repr && !want_repr) return "it carries a repr nobody asked for";
+  if (r.repr && r.repr->size() > res_cap + kReprEllipsisBytes) return "repr longer than max_result_kb";
   if (!r.result.is_null()) {
     if (!r.ok) return "a failed run carries a result";
-    const std::size_t res_cap = static_cast<std::size_t>(policy.max_result_kb) * 1024;
     // The worker measured its own encoding; nlohmann's may differ slightly (number spelling).
     if (json_depth(r.result) > kMaxJsonDepth || dump_json(r.result).size() > res_cap + res_cap / 8 + 64)
       return "result larger than max_result_kb";

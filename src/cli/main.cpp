@@ -163,7 +163,7 @@ int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs&
   for (std::string m; std::getline(modules, m, ',');)
     if (!m.empty()) options.preload.push_back(m);
   spr::Runner runner(options);
-  spr::cli::serve(runner, base, std::cin, std::cout);
+  spr::cli::serve(runner, base, STDIN_FILENO, STDOUT_FILENO);
   return 0;
 }
 

@@ -77,8 +77,13 @@ class WorkerProcess {
 
  private:
   WorkerProcess() = default;
+  // Every frame to and from the worker goes through these two: each has a deadline, and the worker's
+  // exit ends either at once. A worker that stops reading cannot stall the supervisor.
+  IoStatus send(std::string_view frame, Clock::time_point deadline) const;
+  IoStatus receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
-  std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, RunResult& r) const;
+  std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
+                          RunResult& r) const;
   std::uint64_t cpu_ticks() const;
   static bool is_stale(const std::string& frame, std::uint64_t id);
   void wipe_scratch() const;
@@ -106,6 +111,7 @@ class WorkerProcess {
 // Largest reply frame a worker may send for a request under `policy` (checked before allocating).
 std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
 constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
+constexpr std::size_t kReprEllipsisBytes = 3;          // "..." after a repr the engine cut
 // CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
 constexpr double kOverrunSlackSeconds = 0.05;
 constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load

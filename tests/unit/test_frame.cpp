@@ -2,6 +2,9 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -210,4 +213,39 @@ TEST_CASE("json: dump_json on invalid UTF-8 does not throw and replaces the bad 
 TEST_CASE("json: dump_json keeps valid UTF-8 text as it is") {
   const nlohmann::json j = {{"s", "h\xc3\xa9llo \xe2\x82\xac"}};
   CHECK(nlohmann::json::parse(spr::detail::dump_json(j)) == j);
+}
+
+TEST_CASE("frame: send_frame to a peer that reads nothing ends at its deadline, and a whole frame when it reads") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  const std::string big(8u << 20, 'z');  // more than any socket buffer holds
+  CHECK(spr::detail::send_frame(sv[0], big, Clock::now() + std::chrono::milliseconds(200)) == IoStatus::timeout);
+  SUBCASE("a deadline already past with a full buffer") {
+    CHECK(spr::detail::send_frame(sv[0], big, Clock::now() - std::chrono::seconds(1)) == IoStatus::timeout);
+  }
+  SUBCASE("a peer process that exits: eof through its exit descriptor, even while another holds the socket") {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      ::usleep(100000);
+      ::_exit(0);
+    }
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
+    REQUIRE(pidfd >= 0);
+    CHECK(spr::detail::send_frame(sv[0], big, Clock::now() + std::chrono::seconds(60), pidfd) == IoStatus::eof);
+    ::close(pidfd);
+    int st = 0;
+    ::waitpid(child, &st, 0);
+  }
+  ::close(sv[0]);
+  ::close(sv[1]);
+  // A reader: the frame goes through whole.
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  std::string got;
+  std::thread reader([&] { CHECK(read_frame(sv[1], got, soon(60000)) == IoStatus::ok); });
+  CHECK(spr::detail::send_frame(sv[0], big, soon(60000)) == IoStatus::ok);
+  reader.join();
+  CHECK(got == big);
+  ::close(sv[0]);
+  ::close(sv[1]);
 }

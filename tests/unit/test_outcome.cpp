@@ -92,3 +92,11 @@ TEST_CASE("outcome: every constructor reports a failure with an error") {
     CHECK(r.exit_code != 0);
   }
 }
+
+TEST_CASE("outcome: a worker that does not take its request is reported as crashed, with the wait") {
+  const RunResult w = outcome::worker_stalled(5.3);
+  CHECK_FALSE(w.ok);
+  CHECK(w.error_kind == ErrorKind::worker_crashed);
+  CHECK(w.error == std::string("worker did not take the request within 5.3s; it was killed and replaced"));
+  CHECK(w.exit_code == 1);
+}
