@@ -51,6 +51,7 @@ isolation = "namespace"
 allow_network = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
+scratch_limit_mb = 32
 trust_domain = "tenant-7"
 python_executable = "/usr/bin/python3"
 
@@ -79,6 +80,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allow_network);
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
+  CHECK(p.scratch_limit_mb == 32);
   CHECK(p.trust_domain == "tenant-7");
   CHECK(p.python_executable == "/usr/bin/python3");
   CHECK(p.extra_globals ==
@@ -145,6 +147,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"allow_network", true},
                   {"allowed_read_paths", {"/usr/share"}},
                   {"scratch_dir", true},
+                  {"scratch_limit_mb", 32},
                   {"trust_domain", "tenant-7"},
                   {"python_executable", "/usr/bin/python3"}};
   const RunnerPolicy p = RunnerPolicy::from_json(j);
@@ -352,6 +355,7 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.isolation = spr::Isolation::namespace_; }).find("'isolation'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allow_network = true; }).find("'allow_network'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.scratch_dir = true; }).find("'scratch_dir'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.scratch_limit_mb = 65; }).find("'scratch_limit_mb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr/sharex"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.mode = spr::Mode::allow; }).find("'mode'") == 0);
