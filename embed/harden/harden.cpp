@@ -80,6 +80,7 @@ LayerStatus enter_pid_namespace() {
   } catch (const std::exception& e) {
     g_early.pid = inactive("pid", std::string("unexpected failure: ") + e.what());
   }
+  g_early.identity.parent = ::getppid();  // init, in the namespace: whose death a change of uid must still notice
   return g_early.pid;
 }
 
