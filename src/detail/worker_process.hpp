@@ -64,8 +64,9 @@ class WorkerProcess {
   // the worker killed) when it does not answer properly by `deadline`.
   std::optional<json> variables(std::uint64_t id, Clock::time_point deadline);
   bool alive() const { return alive_; }
-  // The process that runs the code (in a PID namespace, not the keeper we started and wait for).
-  pid_t pid() const { return payload_pid_; }
+  pid_t pid() const { return pid_; }  // the process we started, wait for and kill
+  // The process that runs the code: the same, or in a PID namespace the keeper's grandchild (for /proc).
+  pid_t payload_pid() const { return payload_pid_; }
   int pidfd() const { return pidfd_.get(); }  // -1 on kernels without pidfd_open
   // The worker's hello: as decoded, and as JSON ("protocol", "pid", "isolation", "python", "hardening").
   const protocol::Hello& hello_message() const { return hello_; }

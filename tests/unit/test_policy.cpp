@@ -125,7 +125,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["isolation"] == "fork");
   CHECK(j["trust_domain"] == "");
   CHECK(j["python_executable"] == "");
-  CHECK(j.size() == 19);
+  CHECK(j["scratch_limit_mb"] == 64);
+  CHECK(j.size() == 20);
 }
 
 TEST_CASE("policy: from_json sets every field") {
