@@ -12,6 +12,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -95,7 +96,13 @@ TEST_CASE("own root: the host's files are absent, looked up by the run and from 
       "result = out\n";
   const std::vector<std::string> paths = {"/etc/shadow", "/etc/passwd", "/home", "/root", "/var", canary,
                                           dir.string()};
-  spr::RunHandle h = runner().submit(code + "import time\ntime.sleep(2)\n", {{"paths", paths}}, policy());
+  // The run says when it runs (streamed output): the worker's set-up is over by then.
+  std::atomic<bool> running{false};
+  spr::RunOptions ro;
+  ro.on_output = [&](spr::OutputStream, const std::string&) { running = true; };
+  spr::RunHandle h = runner().submit(code + "print('running', flush=True)\nimport time\ntime.sleep(2)\n",
+                                     {{"paths", paths}}, policy(), ro);
+  for (int i = 0; i < 6000 && !running; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   // While the run is alive: the roots of the processes that run code, from the host. The keeper and init of a
   // PID namespace stay in the host's mount namespace and never run user code; every process that does has a
   // root of its own (waited for: the worker may still be starting).
