@@ -130,6 +130,8 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.allowed_read_paths); }},
       {"scratch_dir", [](RunnerPolicy& p, const json& v) { p.scratch_dir = boolean(v, "scratch_dir"); },
        [](const RunnerPolicy& p) { return json(p.scratch_dir); }},
+      {"scratch_limit_mb", [](RunnerPolicy& p, const json& v) { p.scratch_limit_mb = integer(v, "scratch_limit_mb"); },
+       [](const RunnerPolicy& p) { return json(p.scratch_limit_mb); }},
       {"trust_domain",
        [](RunnerPolicy& p, const json& v) {
          if (!v.is_string()) fail("'trust_domain' must be a string");
@@ -159,6 +161,7 @@ void RunnerPolicy::validate() const {
   if (max_result_kb < 0 || max_result_kb > (1 << 20)) fail("'max_result_kb' must be between 0 and 1048576");
   if (!std::isfinite(cpu_time_seconds) || cpu_time_seconds < 0)
     fail("'cpu_time_seconds' must be zero or a positive number");
+  if (scratch_limit_mb < 1 || scratch_limit_mb > (1 << 20)) fail("'scratch_limit_mb' must be between 1 and 1048576");
   if (!extra_globals.is_object()) fail("'extra_globals' must be an object");
   if (detail::json_depth(extra_globals) > detail::kMaxJsonDepth) fail("'extra_globals' is nested too deeply");
   for (const auto& p : allowed_read_paths) {
@@ -209,8 +212,8 @@ bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
          a.allowed_globals == b.allowed_globals && a.extra_globals == b.extra_globals && a.isolation == b.isolation &&
          a.allow_network == b.allow_network && a.allow_unix_sockets == b.allow_unix_sockets &&
-         a.allowed_read_paths == b.allowed_read_paths &&
-         a.scratch_dir == b.scratch_dir && a.trust_domain == b.trust_domain &&
+         a.allowed_read_paths == b.allowed_read_paths && a.scratch_dir == b.scratch_dir &&
+         a.scratch_limit_mb == b.scratch_limit_mb && a.trust_domain == b.trust_domain &&
          a.python_executable == b.python_executable;
 }
 
@@ -269,6 +272,8 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   if (allow_network && !c.allow_network) return no("allow_network", "may not be enabled");
   if (allow_unix_sockets && !c.allow_unix_sockets) return no("allow_unix_sockets", "may not be enabled");
   if (scratch_dir && !c.scratch_dir) return no("scratch_dir", "may not be enabled");
+  if (scratch_limit_mb > c.scratch_limit_mb)
+    return no("scratch_limit_mb", "may not exceed " + std::to_string(c.scratch_limit_mb));
   for (const auto& path : allowed_read_paths)
     if (!path_within(path, c.allowed_read_paths)) return no("allowed_read_paths", "may only name paths under the operator's ('" + path + "' is not)");
   // Another interpreter's packages are code the operator did not choose.

@@ -240,6 +240,8 @@ void ForkRunner::reap(bool block) {
   }
 }
 
+constexpr rlim_t kChildTasks = 64;  // as a namespace or process worker's RLIMIT_NPROC
+
 bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
   // The rlimit is the backstop; the allocator accounting gives the clean "Memory limit exceeded".
   const std::uint64_t base = address_space_now();
@@ -248,8 +250,12 @@ bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
   const rlimit fsize{64u << 20, 64u << 20};
   const auto cpu_s = static_cast<rlim_t>(std::ceil(l.cpu_time_seconds)) + 1;
   const rlimit cpu{cpu_s, cpu_s + 1};
+  // Threads (the child's filter allows no processes); counted with this worker's other tasks under the sandbox id,
+  // which is never root's, so the limit binds.
+  const rlimit tasks{kChildTasks, kChildTasks};
   // No reading of our own size, no backstop: the child is not used (fails closed).
   return base != 0 && prlimit(pid, RLIMIT_AS, &as, nullptr) == 0 && prlimit(pid, RLIMIT_FSIZE, &fsize, nullptr) == 0 &&
+         prlimit(pid, RLIMIT_NPROC, &tasks, nullptr) == 0 &&
          (l.cpu_time_seconds <= 0 || prlimit(pid, RLIMIT_CPU, &cpu, nullptr) == 0);
 }
 

@@ -53,6 +53,7 @@ struct Args {
   std::string python;                   // --python: that python3 (sys.executable)
   std::vector<std::string> preload;     // --preload, repeated
   std::vector<std::string> read_paths;  // --read, repeated: allowed_read_paths of this worker's pool
+  std::uint64_t scratch_limit_mb = 64;  // --scratch-limit-mb: the scratch tmpfs's size
   long long session_memory_mb = -1;     // >= 0: a session worker (--session MB)
 };
 
@@ -122,6 +123,8 @@ Args parse_args(int argc, char** argv) {
       a.preload.push_back(value());
     } else if (k == "--read") {
       a.read_paths.push_back(value());
+    } else if (k == "--scratch-limit-mb") {
+      a.scratch_limit_mb = std::stoull(value());
     } else if (k == "--subinterpreter-pool") {
       a.subinterpreter_pool = static_cast<std::size_t>(std::stoul(value()));
     } else if (k == "--version") {
@@ -155,7 +158,23 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   for (const auto& p : a.read_paths) cfg.read_paths.push_back(p);
   cfg.read_paths.push_back("/dev/null");
   cfg.read_paths.push_back("/dev/urandom");
+  cfg.read_paths.push_back("/dev/zero");
   cfg.scratch_root = a.scratch;
+  cfg.scratch_bytes = a.scratch_limit_mb << 20;
+#ifdef SPR_FAULTS
+  cfg.refuse_mount_ns_for_test = g_fail_start != nullptr && std::strcmp(g_fail_start, "mountns") == 0;
+#endif
+  // The own root binds whole directories of the libraries extension modules need, with the loader's cache and
+  // the alternatives links some of them are reached through (Debian's BLAS): the loader finds them by name, and
+  // a soname is a link beside its file. Landlock still admits the needed files only.
+  for (const auto& p : spr::embed::support_paths()) {
+    const auto slash = p.rfind('/');
+    struct stat st {};
+    if (slash != std::string::npos && slash > 0 && stat(p.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+      cfg.root_extra.push_back(p.substr(0, slash));
+  }
+  for (const char* p : {"/etc/ld.so.cache", "/etc/alternatives"})
+    if (access(p, F_OK) == 0) cfg.root_extra.push_back(p);
   cfg.allow_fork = a.isolation == spr::Isolation::fork;
   // A long-lived interpreter must not get threads: they would keep running into later runs.
   cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
@@ -258,6 +277,12 @@ void inject_fault(const std::string& code, std::uint64_t id) {
     }
     return;
   }
+  if (name == "orphan") {  // what a run owning its process can do: outlive its supervisor, stopped
+    (void)prctl(PR_SET_PDEATHSIG, 0);  // refused by the filter where it can be; the PID namespace is the backstop
+    signal(SIGHUP, SIG_IGN);
+    raise(SIGSTOP);
+    return;
+  }
   if (name == "sigkill") raise(SIGKILL);
   if (name == "segv") raise(SIGSEGV);
   if (name == "abort") abort();
@@ -348,8 +373,17 @@ int main(int argc, char** argv) {
   if (fstat(detail::kProtocolFd, &st) != 0 || !S_ISSOCK(st.st_mode))
     die("fd 3 is not the supervisor's socket; spr-worker is started by the safe-py-runner library or CLI");
   spr::protocol::Hello hello;
-  hello.pid = getpid();
   hello.isolation = args.isolation;
+  if (args.harden) {
+    // First, while single-threaded and before Python: the worker continues as PID 2 of its own PID namespace;
+    // this process stays outside as its keeper (the function does not return here).
+    const spr::harden::LayerStatus pid_layer = spr::harden::enter_pid_namespace();
+    if (pid_layer.fatal) {
+      hello.pid = getpid();
+      refuse_start(hello, "hardening layer pid " + pid_layer.detail);
+    }
+  }
+  hello.pid = getpid();
   // A supervisor that went away is seen as a failed write, not a signal.
   struct sigaction ignore {};
   ignore.sa_handler = SIG_IGN;
@@ -415,6 +449,8 @@ int main(int argc, char** argv) {
     std::string why;
     const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), why);
     if (!why.empty()) refuse_start(hello, why);
+    for (const auto& layer : report)
+      if (layer.fatal) refuse_start(hello, "hardening layer " + layer.name + " " + layer.detail);
     hello.hardening = spr::harden::to_json(report);
   }
   if (detail::write_frame(detail::kProtocolFd, spr::protocol::encode(hello)) != detail::IoStatus::ok) _exit(0);

@@ -47,7 +47,8 @@ bool same_worker(const SpawnOptions& a, const SpawnOptions& b) {
   return a.worker_path == b.worker_path && a.isolation == b.isolation && a.allow_network == b.allow_network &&
          a.allow_unix_sockets == b.allow_unix_sockets &&
          a.session_memory_mb == b.session_memory_mb && a.python == b.python && a.sys_path == b.sys_path &&
-         a.preload == b.preload && a.read_paths == b.read_paths && a.inherit_stderr == b.inherit_stderr;
+         a.preload == b.preload && a.read_paths == b.read_paths && a.scratch_limit_mb == b.scratch_limit_mb &&
+         a.inherit_stderr == b.inherit_stderr;
 }
 
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {

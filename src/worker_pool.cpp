@@ -31,9 +31,10 @@ const char* const kShuttingDown = "the runner is shutting down";
 }  // namespace
 
 bool PoolKey::operator<(const PoolKey& o) const {
-  return std::tie(isolation, network, unix_sockets, python, reads, domain, memory_backstop_mb, cpu_backstop_seconds,
-                  once) < std::tie(o.isolation, o.network, o.unix_sockets, o.python, o.reads, o.domain,
-                                   o.memory_backstop_mb, o.cpu_backstop_seconds, o.once);
+  return std::tie(isolation, network, unix_sockets, python, reads, domain, scratch_mb, memory_backstop_mb,
+                  cpu_backstop_seconds, once) < std::tie(o.isolation, o.network, o.unix_sockets, o.python, o.reads,
+                                                         o.domain, o.scratch_mb, o.memory_backstop_mb,
+                                                         o.cpu_backstop_seconds, o.once);
 }
 
 SpawnOptions spawn_options_of(const PoolKey& key) {
@@ -42,6 +43,7 @@ SpawnOptions spawn_options_of(const PoolKey& key) {
   so.allow_network = key.network;
   so.allow_unix_sockets = key.unix_sockets;
   so.read_paths = key.reads;
+  so.scratch_limit_mb = key.scratch_mb;
   so.once = key.once;
   so.memory_backstop_mb = key.memory_backstop_mb;
   so.cpu_backstop_seconds = key.cpu_backstop_seconds;
@@ -66,6 +68,7 @@ PoolKey warm_key_of(const RunnerPolicy& p) {
   k.reads = p.allowed_read_paths;
   std::sort(k.reads.begin(), k.reads.end());
   k.reads.erase(std::unique(k.reads.begin(), k.reads.end()), k.reads.end());
+  k.scratch_mb = p.scratch_limit_mb;  // the scratch file system is mounted once, at the worker's start
   if (shares_process(p.isolation)) {
     k.domain = p.trust_domain;
     k.memory_backstop_mb = memory_class_mb(p.memory_limit_mb);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include <boost/process/args.hpp>
@@ -122,6 +123,62 @@ struct ChildSetup {
   }
 };
 
+// Whether the worker's hello (sent before any user code ran) reports layer `name` active.
+bool layer_active(const json& hardening, const char* name) {
+  if (!hardening.is_array()) return false;
+  for (const auto& layer : hardening)
+    if (layer.is_object() && layer.value("name", json()) == name && layer.value("active", json()) == true) return true;
+  return false;
+}
+
+// The one live child of `parent`, from the parent links in /proc/<pid>/stat; -1 when none or several.
+pid_t only_child_of(pid_t parent) {
+  pid_t found = -1;
+  DIR* d = ::opendir("/proc");
+  if (!d) return -1;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0') continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+    ::close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    const char* p = std::strrchr(buf, ')');  // comm may hold spaces and parentheses
+    long ppid = 0;
+    char state = 0;
+    if (!p || std::sscanf(p + 1, " %c %ld", &state, &ppid) != 2 || ppid != parent || state == 'Z') continue;
+    if (found > 0) {
+      found = -1;
+      break;
+    }
+    found = static_cast<pid_t>(pid);
+  }
+  ::closedir(d);
+  return found;
+}
+
+// The scratch directory as the worker sees it: resolved inside its root, no link followed on the way.
+Fd open_scratch_inside(pid_t pid, const std::string& scratch, std::string& why) {
+  const std::string proc_root = "/proc/" + std::to_string(pid) + "/root";
+  const Fd root(::open(proc_root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) {
+    why = "open(" + proc_root + "): " + strerror(errno);
+    return Fd();
+  }
+  open_how how{};
+  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  const std::string relative = scratch.substr(scratch.find_first_not_of('/'));
+  Fd fd(static_cast<int>(::syscall(SYS_openat2, root.get(), relative.c_str(), &how, sizeof how)));
+  if (!fd) why = "openat2(" + scratch + " in the worker's root): " + strerror(errno);
+  return fd;
+}
+
 }  // namespace
 
 // Defined (weak) in a consumer's build by the exported CMake package: where the installed package's
@@ -196,6 +253,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   for (const auto& p : o.sys_path) args.insert(args.end(), {"--sys-path", p});
   for (const auto& m : o.preload) args.insert(args.end(), {"--preload", m});
   for (const auto& p : o.read_paths) args.insert(args.end(), {"--read", p});
+  args.insert(args.end(), {"--scratch-limit-mb", std::to_string(o.scratch_limit_mb)});
   if (o.session) {
     args.push_back("--session");
     args.push_back(std::to_string(o.session_memory_mb));
@@ -257,6 +315,28 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   const protocol::Hello& h = w->hello_;
   w->hello_json_ = {{"protocol", h.protocol}, {"pid", h.pid},           {"isolation", to_string(h.isolation)},
                     {"python", h.python},     {"hardening", h.hardening}};
+  // With a PID namespace the process we started is its keeper; the worker is its grandchild (under init). Found
+  // now, before any user code ran, from the kernel's parent links.
+  w->payload_pid_ = w->pid_;
+  if (layer_active(h.hardening, "pid")) {
+    const pid_t init = only_child_of(w->pid_);
+    w->payload_pid_ = init > 0 ? only_child_of(init) : -1;
+    if (w->payload_pid_ <= 0) {
+      w->kill_and_reap();
+      throw WorkerError("cannot find the worker process inside its PID namespace");
+    }
+  }
+  if (layer_active(h.hardening, "root")) {
+    // The run writes to a tmpfs inside the worker's own root, not to the directory made above. It is opened
+    // once, now, before any user code ran, through the worker's root and without following a link; every
+    // later wipe starts from this descriptor.
+    std::string open_error;
+    w->scratch_fd_ = open_scratch_inside(w->payload_pid_, w->scratch_, open_error);
+    if (!w->scratch_fd_) {
+      w->kill_and_reap();
+      throw WorkerError("cannot open the worker's scratch directory: " + open_error);
+    }
+  }
   return w;
 }
 
@@ -535,7 +615,7 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
 // cannot change it. 0 when unreadable.
 std::uint64_t WorkerProcess::cpu_ticks() const {
   char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid_));
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(payload_pid_));
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return 0;
   char buf[1024];

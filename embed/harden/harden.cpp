@@ -1,6 +1,7 @@
 // Orchestrates the hardening layers (the one place that owns their order) and renders the report.
 #include "harden.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -8,6 +9,7 @@
 #include <exception>
 #include <string>
 
+#include "common/fd.hpp"
 #include "mechanisms.hpp"
 
 namespace spr::harden {
@@ -53,7 +55,34 @@ int max_of(const std::vector<int>& fds) {
   return highest;
 }
 
+// What enter_pid_namespace did, for apply_worker: the identity it found and the layer's status.
+struct Early {
+  bool done = false;
+  namespaces::Identity identity;
+  LayerStatus pid;
+};
+Early g_early;
+
 }  // namespace
+
+LayerStatus enter_pid_namespace() {
+  g_early.done = true;
+  g_early.identity = namespaces::identify();
+  {
+    const spr::detail::Fd proc_dir(::open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (std::string why = namespaces::prepare(g_early.identity, proc_dir.get()); !why.empty()) {
+      g_early.pid = inactive("pid", why);
+      return g_early.pid;
+    }
+  }
+  try {
+    g_early.pid = pid::enter();
+  } catch (const std::exception& e) {
+    g_early.pid = inactive("pid", std::string("unexpected failure: ") + e.what());
+  }
+  g_early.identity.parent = ::getppid();  // init, in the namespace: whose death a change of uid must still notice
+  return g_early.pid;
+}
 
 void log_errno(const char* syscall_name, const char* what, int err) noexcept {
   LineBuffer line;
@@ -90,33 +119,62 @@ nlohmann::json to_json(const Report& report) {
 
 Report apply_worker(const WorkerConfig& cfg) {
   Report report;
-  report.reserve(8);
-  // 1. Namespaces first: unshare(CLONE_NEWUSER) needs a single-threaded process that may still open
-  //    /proc/self/{uid,gid}_map, call unshare() and hold capabilities; Landlock and seccomp remove all three.
-  run_layer(report, "namespaces", cfg.namespaces,
-            [&] { return namespaces::apply({/*isolate_network=*/!cfg.allow_network}); });
-  // 2. Capabilities right after: the new user namespace just granted a full set, and the later layers must not
+  report.reserve(9);
+  // /proc/<pid> as a descriptor: the identity maps are written through it after the root has no /proc. Closed
+  // once they are written (it leads to the host's /proc).
+  spr::detail::Fd proc_dir(::open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  namespaces::Identity identity = g_early.done ? g_early.identity : namespaces::identify();
+  if (g_early.done) report.push_back(g_early.pid);
+  bool own_root = false;
+  // 1. The own root first, while the process may still read every path it binds and (as root) mount without a
+  //    user namespace; an unprivileged worker enters a first user namespace for it. Single-threaded: unshare of a
+  //    user namespace refuses a threaded caller.
+  run_layer(report, "root", cfg.namespaces && cfg.own_root, [&] {
+    if (std::string why = namespaces::prepare(identity, proc_dir.get()); !why.empty()) return inactive("root", why);
+    if (cfg.refuse_mount_ns_for_test) return inactive("root", errno_text("unshare(CLONE_NEWNS)", EPERM));
+    root::Options ro;
+    ro.binds = cfg.read_paths;
+    ro.binds.insert(ro.binds.end(), cfg.root_extra.begin(), cfg.root_extra.end());
+    ro.scratch = cfg.scratch_root;
+    ro.scratch_bytes = cfg.scratch_bytes;
+    ro.scratch_uid = identity.scratch_uid;
+    ro.scratch_gid = identity.scratch_gid;
+    ro.proc = g_early.done && g_early.pid.active;
+    LayerStatus s = root::apply(ro);
+    own_root = s.active;
+    return s;
+  });
+  if (report.back().fatal) return report;
+  // 2. Namespaces and the run's identity: after the root (mounting needed the privilege this gives up); the
+  //    last user namespace owns the network, IPC, UTS and cgroup namespaces.
+  run_layer(report, "namespaces", cfg.namespaces, [&] {
+    return namespaces::apply({&identity, proc_dir.get(), own_root, /*isolate_network=*/!cfg.allow_network});
+  });
+  proc_dir.reset();  // before the fds layer, which would close it under the owner's feet
+  // 3. Capabilities right after: the new user namespace just granted a full set, and the later layers must not
   //    rely on any of it (no CAP_DAC_OVERRIDE around Landlock, no CAP_SYS_ADMIN around seccomp).
   run_layer(report, "capabilities", true, [] { return capabilities::apply(); });
-  // 3. Fds before Landlock: the /proc/self/fd fallback walk needs /proc, which Landlock then hides.
+  // 4. Fds: close_range needs no /proc (the own root has none).
   run_layer(report, "fds", true, [&] { return fds::apply(cfg.keep_fds); });
-  // 4. Environment: Python already read what it needs at initialisation; nothing later may see secrets.
+  // 5. Environment: Python already read what it needs at initialisation; nothing later may see secrets.
   run_layer(report, "env", true, [] { return env::apply(); });
-  // 5. Rlimits after fds, so NOFILE is sized from the fds actually kept; before seccomp, which denies setrlimit.
+  // 6. Rlimits after fds, so NOFILE is sized from the fds actually kept; before seccomp, which denies setrlimit.
+  //    RLIMIT_NPROC binds now: the run's uid outside is not root's.
   run_layer(report, "rlimits", true, [&] {
     return rlimits::apply_worker(
         {max_of(cfg.keep_fds), !cfg.allow_fork, cfg.max_tasks, cfg.address_space_bytes, cfg.cpu_seconds});
   });
-  // 6. no_new_privs: Landlock requires it from a process without CAP_SYS_ADMIN (we just dropped ours).
+  // 7. no_new_privs: Landlock requires it from a process without CAP_SYS_ADMIN (we just dropped ours).
   run_layer(report, "no_new_privs", true, [] {
     const int err = no_new_privs::apply();
     return err == 0 ? active("no_new_privs", "PR_SET_NO_NEW_PRIVS=1")
                     : inactive("no_new_privs", errno_text("prctl(PR_SET_NO_NEW_PRIVS)", err));
   });
-  // 7. Landlock before seccomp: its own syscalls (landlock_*, open(O_PATH)) must still be callable.
+  // 8. Landlock before seccomp: its own syscalls (landlock_*, open(O_PATH)) must still be callable. Inside the
+  //    own root it opens the very mounts above: a second fence, file by file where the root binds directories.
   run_layer(report, "landlock", cfg.landlock,
             [&] { return landlock::apply({&cfg.read_paths, cfg.scratch_root, !cfg.allow_network}); });
-  // 8. Seccomp last: it denies setrlimit/unshare and friends that the layers above needed.
+  // 9. Seccomp last: it denies setrlimit/unshare and friends that the layers above needed.
   run_layer(report, "seccomp", cfg.seccomp,
             [&] { return seccomp::apply({cfg.allow_network, cfg.allow_unix_sockets, cfg.allow_fork, cfg.allow_threads}); });
   return report;

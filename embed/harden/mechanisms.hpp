@@ -1,6 +1,7 @@
 // Internal interface of the hardening mechanisms: one namespace per file, narrow option structs, same verbs.
 #pragma once
 #include <sys/resource.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -18,9 +19,47 @@ LayerStatus active(const char* name, std::string detail);
 LayerStatus inactive(const char* name, std::string detail);
 
 namespace namespaces {
-struct Options { bool isolate_network = true; };
+constexpr unsigned kSandboxId = 65534;  // nobody/nogroup: the run's uid and gid outside when root starts it
+struct Identity {
+  uid_t host_uid = 0;
+  gid_t host_gid = 0;
+  pid_t parent = 0;             // the supervisor, to notice its death across a change of uid
+  bool privileged = false;      // euid 0: mounts need no user namespace, and the run must not stay root
+  bool in_own_userns = false;   // unprivileged: entered a first user namespace (uid 0 = host_uid) to mount
+  uid_t scratch_uid = 0;        // owner of the scratch tmpfs, as the mounting namespace names it
+  gid_t scratch_gid = 0;
+};
+Identity identify();  // who the worker is, before anything changes
+// Before the root is built: an unprivileged worker enters a first user namespace so that it may mount. Returns
+// what failed, or "" (the root then cannot be built, and is reported so).
+std::string prepare(Identity& id, int proc_dir);
+struct Options {
+  const Identity* identity = nullptr;
+  int proc_dir = -1;  // /proc/<pid>, opened before the root was pivoted
+  bool own_root = false;
+  bool isolate_network = true;
+};
 LayerStatus apply(const Options&);
 }  // namespace namespaces
+
+namespace pid {
+// Forks twice: the caller stays outside as the keeper and never returns; PID 1 is a minimal init; this returns in
+// the worker, PID 2. Single-threaded, before Python starts.
+LayerStatus enter();
+}  // namespace pid
+
+namespace root {
+struct Options {
+  std::vector<std::string> binds;  // absolute paths bound read-only at the same place (devices under /dev too)
+  std::string scratch;             // the scratch tmpfs's path inside ("" = none), also the working directory
+  std::uint64_t scratch_bytes = 64ull << 20;
+  std::uint64_t scratch_inodes = 16384;
+  unsigned scratch_uid = 0, scratch_gid = 0;
+  bool proc = false;  // mount a /proc of our own PID namespace (processes of others invisible)
+};
+// A failure before anything was mounted leaves the host's view (reported inactive); after, `fatal` is set.
+LayerStatus apply(const Options&);
+}  // namespace root
 
 namespace capabilities {
 LayerStatus apply();

@@ -52,6 +52,9 @@ struct RunnerPolicy {
   bool allow_unix_sockets = false;
   std::vector<std::string> allowed_read_paths;
   bool scratch_dir = false;  // a private writable directory per run, removed afterwards
+  // Size of the worker's scratch file system (a tmpfs of its own, in RAM, counted against nothing else):
+  // what the runs of one worker may hold in files at once.
+  std::int64_t scratch_limit_mb = 64;
   // namespace and subinterpreter workers serve many runs in one process, so they never mix trust
   // domains: runs with different keys never share a worker. Give each party (user, tenant) its own key.
   std::string trust_domain;
@@ -73,7 +76,8 @@ struct RunnerPolicy {
   // "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
   // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
   // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
-  // or stronger (namespace < subinterpreter < fork < process); allow_network, allow_unix_sockets and scratch_dir only if
+  // or stronger (namespace < subinterpreter < fork < process); scratch_limit_mb no larger; allow_network,
+  // allow_unix_sockets and scratch_dir only if
   // the ceiling enables them; allowed_read_paths under the ceiling's; trust_domain unchanged when the
   // ceiling sets one. extra_globals (and trust_domain when the ceiling has none) are free.
   std::string looser_than(const RunnerPolicy& ceiling) const;

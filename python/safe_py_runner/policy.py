@@ -67,6 +67,8 @@ class RunnerPolicy:
     """Absolute paths the code may read besides the standard library."""
     scratch_dir: bool = False
     """A private writable working directory per run, removed afterwards."""
+    scratch_limit_mb: int = 64
+    """Size of a worker's scratch file system (in RAM), in MiB: what its runs may hold in files."""
     trust_domain: str = ""
     """namespace/subinterpreter workers serve only runs with the same key: one key per party."""
     python_executable: Optional[str] = None

@@ -72,7 +72,7 @@ struct PolicyArgs {
   };
   std::string file;
   double timeout = 0, cpu_time = 0;
-  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0;
+  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, scratch_limit_mb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
   std::vector<Flag> flags;
@@ -105,6 +105,7 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   flag("allow_unix_sockets", "--allow-unix-sockets", a.allow_unix_sockets,
        "let the code open unix sockets (it can reach any the host has at a path it can name)");
   flag("scratch_dir", "--scratch-dir", a.scratch_dir, "a private writable working directory per run");
+  scalar("scratch_limit_mb", "--scratch-limit-mb", a.scratch_limit_mb, "size of a worker's scratch file system, in MiB");
 }
 
 spr::RunnerPolicy build_policy(const PolicyArgs& a) {

@@ -27,6 +27,7 @@ struct PoolKey {
   std::string python;              // python_executable as given ("" = the default python3)
   std::vector<std::string> reads;  // allowed_read_paths, sorted, without duplicates
   std::string domain;              // trust_domain (namespace, subinterpreter)
+  std::int64_t scratch_mb = 64;    // scratch_limit_mb: the size of the worker's scratch file system
   // OS backstops set once at the worker's start (0 = none): RLIMIT_AS room and RLIMIT_CPU seconds.
   std::int64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;

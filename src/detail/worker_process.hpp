@@ -37,6 +37,7 @@ struct SpawnOptions {
   int stop_fd = -1;  // readable once the owner shuts down: the wait for a starting worker's hello ends at once
   std::vector<std::string> preload;     // RunnerOptions::preload
   std::vector<std::string> read_paths;  // allowed_read_paths every run of this worker may read
+  std::int64_t scratch_limit_mb = 64;   // size of the worker's scratch tmpfs (inside its own root)
   // A session worker (--session): one namespace kept across requests; RLIMIT_AS set at start to what
   // the warm interpreter holds plus session_memory_mb (and slack).
   bool session = false;
@@ -66,7 +67,9 @@ class WorkerProcess {
   // the worker killed) when it does not answer properly by `deadline`.
   std::optional<json> variables(std::uint64_t id, Clock::time_point deadline);
   bool alive() const { return alive_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return pid_; }  // the process we started, wait for and kill
+  // The process that runs the code: the same, or in a PID namespace the keeper's grandchild (for /proc).
+  pid_t payload_pid() const { return payload_pid_; }
   int pidfd() const { return pidfd_.get(); }  // -1 on kernels without pidfd_open
   // The worker's hello: as decoded, and as JSON ("protocol", "pid", "isolation", "python", "hardening").
   const protocol::Hello& hello_message() const { return hello_; }
@@ -91,7 +94,8 @@ class WorkerProcess {
   // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only); `sent` advances.
   void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], const OutputCallback& out) const;
 
-  pid_t pid_ = -1;
+  pid_t pid_ = -1;          // the process we started, wait for and kill (with its group)
+  pid_t payload_pid_ = -1;  // the worker itself: the same, or the keeper's grandchild in its PID namespace
   Fd sock_;
   Fd capture_;
   std::uint64_t max_capture_bytes_ = 0;  // the largest capture size asked for so far

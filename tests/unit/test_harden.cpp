@@ -151,6 +151,9 @@ struct Dirs {
     cfg.keep_fds = {report_fd};
     cfg.read_paths = {readable.string(), "/nonexistent/spr-harden-path"};
     cfg.scratch_root = scratch.string();
+    // These cases look at the scratch and read roots from the host, and the later layers alone: the own root
+    // (a tmpfs scratch, nobody's identity) has its own cases below.
+    cfg.own_root = false;
     return cfg;
   }
 };
@@ -167,24 +170,93 @@ extern "C" void on_sigusr1(int) { g_sigusr1_count.fetch_add(1); }
 TEST_CASE("report: every layer is listed in order and active on this machine") {
   Dirs dirs;
   const auto child = run_in_child([&](const Reporter& r) {
-    const auto report = spr::harden::apply_worker(dirs.config(r.fd));
+    auto cfg = dirs.config(r.fd);
+    cfg.own_root = true;
+    const auto report = spr::harden::apply_worker(cfg);
     r.put("json", spr::harden::to_json(report).dump());
     r.put("count", static_cast<long>(report.size()));
   });
   CHECK(WIFEXITED(child.status));
   const auto json = nlohmann::json::parse(child.get("json"));
-  const char* expected[] = {"namespaces", "capabilities", "fds", "env", "rlimits", "no_new_privs", "landlock", "seccomp"};
-  REQUIRE(json.size() == 8);
-  for (std::size_t i = 0; i < 8; ++i) {
+  const char* expected[] = {"root",   "namespaces",   "capabilities", "fds",    "env",
+                            "rlimits", "no_new_privs", "landlock",     "seccomp"};
+  REQUIRE(json.size() == 9);
+  for (std::size_t i = 0; i < 9; ++i) {
     CAPTURE(json[i].dump());
     CHECK(json[i]["name"] == expected[i]);
     // unshare(CLONE_NEWUSER) refuses a multi-threaded caller (EINVAL), and TSan's background thread runs in
     // every forked child: under TSan the namespaces layer cannot come up in these test children.
-    if (SPR_TEST_TSAN && json[i]["name"] == "namespaces") continue;
+    if (SPR_TEST_TSAN && (json[i]["name"] == "namespaces" || json[i]["name"] == "root")) continue;
     CHECK(json[i]["active"] == true);
     CHECK(json[i]["detail"].is_string());
     MESSAGE(json[i]["name"].get<std::string>() << ": " << json[i]["detail"].get<std::string>());
   }
+}
+
+TEST_CASE("root: only the bound paths exist, read-only; scratch is a tmpfs of the asked size; uid 0 inside") {
+  if (SPR_TEST_TSAN) return;  // no user namespace for a threaded child (see the report test)
+  Dirs dirs;
+  // nobody (the identity under a root supervisor) reads what others may read.
+  fs::permissions(dirs.readable, fs::perms::owner_all | fs::perms::others_read | fs::perms::others_exec);
+  fs::permissions(dirs.readable / "data.txt", fs::perms::owner_read | fs::perms::others_read);
+  const auto child = run_in_child([&](const Reporter& r) {
+    auto cfg = dirs.config(r.fd);
+    cfg.own_root = true;
+    cfg.scratch_bytes = 1 << 20;
+    cfg.seccomp = false;  // stat and friends below are the root's to answer
+    apply_and_report(r, cfg);
+    struct stat st {};
+    REPORT(r, "stat_shadow", ::stat("/etc/shadow", &st));
+    REPORT(r, "stat_outside", ::stat(dirs.outside.c_str(), &st));
+    REPORT(r, "stat_proc", ::stat("/proc/1", &st));
+    const int data = ::open((dirs.readable / "data.txt").c_str(), O_RDONLY);
+    const int data_errno = errno;
+    r.result("read_readable", data, data_errno);
+    REPORT(r, "write_readable", ::open((dirs.readable / "new").c_str(), O_WRONLY | O_CREAT, 0644));
+    r.put("uid", static_cast<long>(::getuid()));
+    char cwd[4096] = {};
+    r.put("cwd", ::getcwd(cwd, sizeof cwd) != nullptr ? cwd : "?");
+    const int big = ::open("big", O_WRONLY | O_CREAT, 0600);
+    static char chunk[64 << 10];
+    long written = 0;
+    ssize_t n = 0;
+    while (big >= 0 && written < (4 << 20) && (n = ::write(big, chunk, sizeof chunk)) > 0) written += n;
+    const int write_errno = errno;
+    r.put("written", written);
+    r.put("write_errno", n < 0 ? strerrorname_np(write_errno) : "none");
+  });
+  CHECK(child.get("layer.root") == "on");
+  CHECK(child.get("stat_shadow") == "ENOENT");
+  CHECK(child.get("stat_outside") == "ENOENT");
+  CHECK(child.get("stat_proc") == "ENOENT");
+  CHECK(child.get("read_readable") == "ok");
+  CHECK(child.get("write_readable") == "EROFS");
+  CHECK(child.get("uid") == "0");
+  CHECK(child.get("cwd") == dirs.scratch.string());
+  CHECK(std::stol(child.get("written")) <= (1 << 20));
+  CHECK(child.get("write_errno") == "ENOSPC");
+  // Nothing reached the host's scratch directory: the run's files lived in the tmpfs only.
+  CHECK(fs::is_empty(dirs.scratch));
+}
+
+TEST_CASE("root: an allowed path that is a link is left out, not followed") {
+  if (SPR_TEST_TSAN) return;
+  Dirs dirs;
+  fs::permissions(dirs.outside, fs::perms::owner_all | fs::perms::others_read | fs::perms::others_exec);
+  std::ofstream(dirs.outside / "secret.txt") << "outside-secret";
+  fs::create_directory_symlink(dirs.outside, dirs.readable / "link");
+  const auto child = run_in_child([&](const Reporter& r) {
+    auto cfg = dirs.config(r.fd);
+    cfg.own_root = true;
+    cfg.landlock = false;  // the root alone
+    cfg.read_paths.push_back((dirs.readable / "link").string());
+    apply_and_report(r, cfg);
+    REPORT(r, "open_via_link", ::open((dirs.readable / "link" / "secret.txt").c_str(), O_RDONLY));
+    REPORT(r, "open_target", ::open((dirs.outside / "secret.txt").c_str(), O_RDONLY));
+  });
+  CHECK(child.get("layer.root") == "on");
+  CHECK(child.get("open_via_link") != "ok");
+  CHECK(child.get("open_target") == "ENOENT");
 }
 
 TEST_CASE("report: a layer switched off says so and the others still apply") {

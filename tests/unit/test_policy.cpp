@@ -52,6 +52,7 @@ allow_network = true
 allow_unix_sockets = true
 allowed_read_paths = ["/usr/share"]
 scratch_dir = true
+scratch_limit_mb = 32
 trust_domain = "tenant-7"
 python_executable = "/usr/bin/python3"
 
@@ -81,6 +82,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.allow_unix_sockets);
   CHECK(p.allowed_read_paths == Strings{"/usr/share"});
   CHECK(p.scratch_dir);
+  CHECK(p.scratch_limit_mb == 32);
   CHECK(p.trust_domain == "tenant-7");
   CHECK(p.python_executable == "/usr/bin/python3");
   CHECK(p.extra_globals ==
@@ -127,7 +129,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["trust_domain"] == "");
   CHECK(j["python_executable"] == "");
   CHECK(j["allow_unix_sockets"] == false);
-  CHECK(j.size() == 20);
+  CHECK(j["scratch_limit_mb"] == 64);
+  CHECK(j.size() == 21);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -150,6 +153,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"allow_unix_sockets", true},
                   {"allowed_read_paths", {"/usr/share"}},
                   {"scratch_dir", true},
+                  {"scratch_limit_mb", 32},
                   {"trust_domain", "tenant-7"},
                   {"python_executable", "/usr/bin/python3"}};
   const RunnerPolicy p = RunnerPolicy::from_json(j);
@@ -359,6 +363,7 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.allow_network = true; }).find("'allow_network'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allow_unix_sockets = true; }).find("'allow_unix_sockets'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.scratch_dir = true; }).find("'scratch_dir'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.scratch_limit_mb = 65; }).find("'scratch_limit_mb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr/sharex"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.allowed_read_paths = {"/usr"}; }).find("'allowed_read_paths'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.mode = spr::Mode::allow; }).find("'mode'") == 0);
