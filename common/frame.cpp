@@ -183,4 +183,45 @@ std::string dump_json(const nlohmann::json& value) {
   return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+IoStatus write_frame_until(int fd, std::string_view payload, Clock::time_point deadline, bool socket) {
+  if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
+                          static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
+  iovec iov[2] = {{hdr, 4}, {const_cast<char*>(payload.data()), payload.size()}};
+  int idx = 0;
+  while (idx < 2) {
+    ssize_t w;
+    if (socket) {
+      msghdr msg{};
+      msg.msg_iov = iov + idx;
+      msg.msg_iovlen = static_cast<size_t>(2 - idx);
+      w = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else {
+      w = ::writev(fd, iov + idx, 2 - idx);
+    }
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return IoStatus::error;
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return IoStatus::timeout;
+      pollfd p{fd, POLLOUT, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+      if (r < 0 && errno != EINTR) return IoStatus::error;
+      if (r > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) return IoStatus::error;
+      continue;
+    }
+    auto left = static_cast<std::size_t>(w);
+    while (idx < 2 && left >= iov[idx].iov_len) {
+      left -= iov[idx].iov_len;
+      ++idx;
+    }
+    if (idx < 2) {
+      iov[idx].iov_base = static_cast<char*>(iov[idx].iov_base) + left;
+      iov[idx].iov_len -= left;
+    }
+  }
+  return IoStatus::ok;
+}
+
 }  // namespace spr::detail

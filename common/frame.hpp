@@ -28,6 +28,9 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline,
 // `nosignal`: fd is a socket and a vanished peer must yield an error, not SIGPIPE (the supervisor
 // lives in someone else's process and cannot own its signal dispositions).
 IoStatus write_frame(int fd, std::string_view payload, bool nosignal = false);
+// write_frame that gives up at `deadline` (timeout) when the peer stops reading. `socket`: fd is a
+// socket (sent with MSG_DONTWAIT | MSG_NOSIGNAL); otherwise fd must be O_NONBLOCK already.
+IoStatus write_frame_until(int fd, std::string_view payload, Clock::time_point deadline, bool socket);
 
 // Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
 nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);

@@ -4,6 +4,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -66,6 +67,8 @@ class Server {
       return;
     }
     json id = req.value("id", json());
+    if (auto c = req.find("call_result"); c != req.end()) return call_answer(id, *c, false);
+    if (auto c = req.find("call_error"); c != req.end()) return call_answer(id, *c, true);
     if (auto c = req.find("cancel"); c != req.end()) return cancel(id, *c);
     if (auto c = req.find("close_session"); c != req.end()) {
       if (!c->is_string()) return bad(id, "'close_session' must be a session name (string)");
@@ -104,6 +107,9 @@ class Server {
       };
     }
     job.options.want_repr = job.repr;
+    if (auto f = req.find("functions"); f != req.end() && !f->is_null()) {
+      if (std::string why = declare_functions(job, *f); !why.empty()) return bad(id, why);
+    }
     if (!job.session) return submit(std::move(job));
     std::lock_guard<std::mutex> lk(mu_);
     in_flight_[id.dump()] = job.options.cancel;
@@ -161,6 +167,7 @@ class Server {
       {
         std::lock_guard<std::mutex> lk(mu_);
         in_flight_.erase(key);
+        end_calls_locked(key);
         --submitted_;
       }
       bad(job.id, std::string("invalid policy: ") + e.what());
@@ -171,8 +178,86 @@ class Server {
     {
       std::lock_guard<std::mutex> lk(mu_);
       in_flight_.erase(id.dump());
+      end_calls_locked(id.dump());
     }
     emit_result(id, r);
+  }
+
+  // Host functions: a call of the run goes out as a line, and waits for the client's answer line.
+  struct Answer {
+    bool error = false;
+    json value;
+    std::string message;
+  };
+  struct RequestCalls {
+    bool ended = false;  // the request was answered: no call of it waits any more
+    std::map<std::uint64_t, std::shared_ptr<std::promise<Answer>>> waiting;  // by call_id
+  };
+
+  // "functions": ["name", ...]: each name becomes a host function of the run that asks the client.
+  std::string declare_functions(Job& job, const json& names) {
+    if (!names.is_array()) return "'functions' must be a list of names";
+    auto calls = std::make_shared<RequestCalls>();
+    for (const auto& n : names) {
+      if (!n.is_string()) return "'functions' must be a list of names";
+      job.options.functions[n.get<std::string>()] = [this, id = job.id, calls](const HostCall& c) -> json {
+        auto answer = std::make_shared<std::promise<Answer>>();
+        auto got = answer->get_future();
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          if (calls->ended) throw std::runtime_error("the run has ended");
+          calls->waiting[c.call_id] = answer;
+        }
+        emit(id, {{"call", {{"call_id", c.call_id}, {"name", c.name}, {"args", c.args}, {"kwargs", c.kwargs}}}});
+        Answer a = got.get();
+        if (a.error) throw std::runtime_error(a.message);
+        return std::move(a.value);
+      };
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    calls_[job.id.dump()] = calls;
+    return {};
+  }
+
+  // A call still waiting when its run ends (timed out, cancelled) is released; its answer is dropped.
+  void end_calls_locked(const std::string& key) {
+    auto it = calls_.find(key);
+    if (it == calls_.end()) return;
+    it->second->ended = true;
+    for (auto& [n, p] : it->second->waiting) p->set_value(Answer{true, json(), "the run has ended"});
+    calls_.erase(it);
+  }
+
+  // {"call_result": {"id", "call_id", "value"}} or {"call_error": {"id", "call_id", "message"}}.
+  void call_answer(const json& line_id, const json& a, bool error) {
+    const char* what = error ? "call_error" : "call_result";
+    if (!a.is_object() || !a.contains("id") || !a.contains("call_id") || !a["call_id"].is_number_unsigned())
+      return bad(line_id, std::string("'") + what + "' needs the request's 'id' and a 'call_id'");
+    Answer answer;
+    answer.error = error;
+    if (error) {
+      auto m = a.find("message");
+      if (m == a.end() || !m->is_string()) return bad(line_id, "'call_error' needs a string 'message'");
+      answer.message = m->get<std::string>();
+    } else {
+      answer.value = a.value("value", json());
+    }
+    std::shared_ptr<std::promise<Answer>> waiting;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto it = calls_.find(a["id"].dump());
+      if (it != calls_.end()) {
+        auto w = it->second->waiting.find(a["call_id"].get<std::uint64_t>());
+        if (w != it->second->waiting.end()) {
+          waiting = std::move(w->second);
+          it->second->waiting.erase(w);
+        }
+      }
+    }
+    if (!waiting)
+      return bad(line_id, std::string("'") + what + "' answers no call that is waiting (request " + a["id"].dump() +
+                              ", call_id " + a["call_id"].dump() + ")");
+    waiting->set_value(std::move(answer));
   }
 
   RunOptions call_options(const Job& job) {
@@ -296,6 +381,7 @@ class Server {
   std::mutex mu_;
   std::map<std::string, SessionQueue> sessions_;
   std::map<std::string, CancelToken> in_flight_;  // by the dumped request id
+  std::map<std::string, std::shared_ptr<RequestCalls>> calls_;  // requests with host functions, by dumped id
   std::size_t submitted_ = 0;                     // one-off runs not answered yet
   std::condition_variable answered_cv_;           // submitted_ fell to 0
   bool done_ = false;
