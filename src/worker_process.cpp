@@ -419,7 +419,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     if (r.stderr_text.size() > sent[1]) (*extras.on_output)(OutputStream::err, r.stderr_text.substr(sent[1]));
     return r;
   };
-  if (extras.on_output && *extras.on_output) {
+  // Before every frame (a run with host functions sends several).
+  auto stream_until_readable = [&] {
+    if (!extras.on_output || !*extras.on_output) return;
     for (;;) {
       pollfd pfd{sock_.get(), POLLIN, 0};
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
@@ -427,7 +429,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       stream_capture(id, cap, sent, *extras.on_output);
       if (ready != 0 || left <= 0) break;  // readable, hung up, failed or out of time: read_frame decides
     }
-  }
+  };
   std::string frame;
   RunResult r;
   std::string why;
@@ -435,6 +437,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   const std::uint32_t frame_cap =
       extras.host ? std::max(reply_frame_cap(policy), HostCalls::frame_cap(policy)) : reply_frame_cap(policy);
   for (int frames = 0;; ++frames) {
+    stream_until_readable();
     IoStatus s = read_frame(sock_.get(), frame, hard_deadline, frame_cap, 0, pidfd_.get());
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
     if (extras.host && HostCalls::looks_like_call(frame) && !(frames < 3 && is_stale(frame, id))) {

@@ -256,3 +256,25 @@ TEST_CASE("host: a function name that is not an identifier is refused") {
   u.functions["_private"] = [](const spr::HostCall&) { return json(); };
   CHECK_THROWS_AS(hrun("result = 1", policy(), u), spr::PolicyError);
 }
+
+TEST_CASE("host: output streams on across host calls") {
+  std::string streamed;
+  std::mutex mu;
+  spr::RunOptions o;
+  o.on_output = [&](spr::OutputStream, const std::string& data) {
+    std::lock_guard<std::mutex> lk(mu);
+    streamed += data;
+  };
+  std::vector<std::string> seen_at_call;  // what had been streamed when each call came
+  o.functions["pause"] = [&](const spr::HostCall&) {
+    std::lock_guard<std::mutex> lk(mu);
+    seen_at_call.push_back(streamed);
+    return json();
+  };
+  spr::RunResult r = hrun("for i in range(3):\n    print('line', i, flush=True)\n    pause()\n", policy(), o);
+  REQUIRE_MESSAGE(r.ok, describe(r));
+  CHECK(streamed == r.stdout_text);
+  REQUIRE(seen_at_call.size() == 3);
+  // Output printed before a call is streamed before the call reaches the host, not at the end.
+  CHECK(contains(seen_at_call[2], "line 1"));
+}
