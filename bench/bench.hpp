@@ -33,6 +33,7 @@ struct Options {
   bool engine = true, baseline = true, serve = true, floors = true;
   bool pandas = true, only_pandas = false;  // the pandas case (pandas_case.cpp)
   bool sessions = true, sessions_only = false;  // the session section (session_bench.cpp)
+  bool host = true, host_only = false;          // host function round trips (host_bench.cpp)
   // Sizes; filled from --quick unless given explicitly.
   int seq_runs = -1, paced_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1,
       floor_runs = -1;
@@ -137,5 +138,7 @@ std::map<std::string, double> kb_fields(const std::string& path);
 // Reads `fd` to end of stream, closes it, and reaps `pid` (its exit status goes to `status`).
 std::string drain_and_reap(int fd, pid_t pid, int& status);
 bool write_all(int fd, const std::string& text);
+// Round trips of 4 bytes between this process (on CPU 0) and a child echoing them on `child_cpu`.
+std::optional<Stats> pipe_round_trip(int runs, int child_cpu);
 
 }  // namespace spr_bench

@@ -50,7 +50,7 @@ namespace {
                "          [--runs N] [--paced-runs N] [--process-runs N] [--seconds S] [--baseline-runs N]\n"
                "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
                "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--no-pandas] [--only-pandas]\n"
-               "          [--no-sessions | --sessions-only]\n"
+               "          [--no-sessions | --sessions-only] [--no-host | --host-only]\n"
                "          [--worker PATH] [--cli PATH]\n"
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
                "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
@@ -100,6 +100,10 @@ Options parse_options(int argc, char** argv) {
         o.sessions = false;
       else if (a == "--sessions-only")
         o.sessions_only = true;
+      else if (a == "--no-host")
+        o.host = false;
+      else if (a == "--host-only")
+        o.host_only = true;
       else if (a == "--no-pandas")
         o.pandas = false;
       else if (a == "--only-pandas")

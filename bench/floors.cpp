@@ -29,45 +29,6 @@ bool pin(pid_t pid, int cpu) {
   return sched_setaffinity(pid, sizeof set, &set) == 0;
 }
 
-// Round trips of 4 bytes between this process and a child echoing them, the child on `child_cpu`.
-std::optional<Stats> pipe_round_trip(int runs, int child_cpu) {
-  cpu_set_t saved;
-  if (sched_getaffinity(0, sizeof saved, &saved) != 0) return std::nullopt;
-  int to[2], from[2];
-  if (pipe2(to, O_CLOEXEC) != 0) return std::nullopt;
-  if (pipe2(from, O_CLOEXEC) != 0) {
-    close(to[0]);
-    close(to[1]);
-    return std::nullopt;
-  }
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(to[1]);
-    close(from[0]);
-    pin(0, child_cpu);
-    char b[4];
-    while (read(to[0], b, 4) == 4 && write(from[1], b, 4) == 4) {
-    }
-    _exit(0);
-  }
-  close(to[0]);
-  close(from[1]);
-  std::vector<double> us;
-  if (pid > 0 && pin(0, 0)) {
-    char b[4] = {1, 2, 3, 4};
-    for (int i = 0; i < runs + 50; ++i) {
-      const auto t0 = Clock::now();
-      if (write(to[1], b, 4) != 4 || read(from[0], b, 4) != 4) break;
-      if (i >= 50) us.push_back(us_since(t0));
-    }
-  }
-  close(to[1]);
-  close(from[0]);
-  if (pid > 0) waitpid(pid, nullptr, 0);
-  sched_setaffinity(0, sizeof saved, &saved);
-  if (us.empty()) return std::nullopt;
-  return stats(us);
-}
 
 // fork + (the child writes one byte in each of `dirty_pages` pages) + _exit + waitpid, of this
 // process holding `buf` resident. Returns the latencies; adds the CPU of both sides to `cpu_s`.
@@ -180,6 +141,45 @@ void print_stats(const char* what, const std::optional<Stats>& s) {
 }
 
 }  // namespace
+
+std::optional<Stats> pipe_round_trip(int runs, int child_cpu) {
+  cpu_set_t saved;
+  if (sched_getaffinity(0, sizeof saved, &saved) != 0) return std::nullopt;
+  int to[2], from[2];
+  if (pipe2(to, O_CLOEXEC) != 0) return std::nullopt;
+  if (pipe2(from, O_CLOEXEC) != 0) {
+    close(to[0]);
+    close(to[1]);
+    return std::nullopt;
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(to[1]);
+    close(from[0]);
+    pin(0, child_cpu);
+    char b[4];
+    while (read(to[0], b, 4) == 4 && write(from[1], b, 4) == 4) {
+    }
+    _exit(0);
+  }
+  close(to[0]);
+  close(from[1]);
+  std::vector<double> us;
+  if (pid > 0 && pin(0, 0)) {
+    char b[4] = {1, 2, 3, 4};
+    for (int i = 0; i < runs + 50; ++i) {
+      const auto t0 = Clock::now();
+      if (write(to[1], b, 4) != 4 || read(from[0], b, 4) != 4) break;
+      if (i >= 50) us.push_back(us_since(t0));
+    }
+  }
+  close(to[1]);
+  close(from[0]);
+  if (pid > 0) waitpid(pid, nullptr, 0);
+  sched_setaffinity(0, sizeof saved, &saved);
+  if (us.empty()) return std::nullopt;
+  return stats(us);
+}
 
 Floors measure_floors(const Options& o, double rss_mb) {
   Floors f;

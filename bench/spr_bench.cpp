@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "bench.hpp"
+#include "host_bench.hpp"
 #include "pandas_case.hpp"
 #include "session_bench.hpp"
 #include "spr/runner.hpp"
@@ -22,6 +23,14 @@ int main(int argc, char** argv) {
     const json p = measure_pandas_case(o.baseline_python, o.baseline_script, o.quick);
     if (!o.json_path.empty()) std::ofstream(o.json_path) << json{{"pandas", p}}.dump(2) << "\n";
     return p.empty() ? 1 : 0;
+  }
+  if (o.host_only) {
+    const std::string load = loadavg();
+    const HostReport h = measure_host_calls(o);
+    print_host_calls(h);
+    std::printf("load average %s at start, %s at end\n", load.c_str(), loadavg().c_str());
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << json{{"host_functions", to_json(h)}}.dump(2) << "\n";
+    return 0;
   }
   if (o.sessions_only) {
     const std::string load = loadavg();
@@ -61,10 +70,14 @@ int main(int argc, char** argv) {
   if (o.sessions)
     sessions = measure_sessions(o.modes, o.worker_path, o.quick ? 30 : 200, o.quick ? 5 : 20, o.quick ? 5 : 20);
 
+  std::optional<HostReport> host;
+  if (o.host) host = measure_host_calls(o);
+
   r.load_end = loadavg();
   r.seconds = us_since(started) / 1e6;
   print_report(r);
   if (sessions) print_sessions(*sessions);
+  if (host) print_host_calls(*host);
   std::printf("\npython %s, %u cpus, load average %s at start, %s at end; total %.1f s\n", r.python.c_str(),
               std::thread::hardware_concurrency(), r.load_start.c_str(), r.load_end.c_str(), r.seconds);
 
@@ -73,6 +86,7 @@ int main(int argc, char** argv) {
     json j = to_json(r);
     if (!pandas.is_null()) j["pandas"] = pandas;
     if (sessions) j["sessions"] = to_json(*sessions);
+    if (host) j["host_functions"] = to_json(*host);
     f << j.dump(2) << "\n";
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }

@@ -118,7 +118,7 @@ IoStatus wait_writable(int fd, Clock::time_point deadline, int exit_fd) {
 
 }  // namespace
 
-IoStatus send_frame(int sock, std::string_view payload, Clock::time_point deadline, int exit_fd) {
+IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline, int exit_fd, bool socket) {
   if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
   const auto len = static_cast<std::uint32_t>(payload.size());
   const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
@@ -126,15 +126,20 @@ IoStatus send_frame(int sock, std::string_view payload, Clock::time_point deadli
   iovec iov[2] = {{const_cast<unsigned char*>(hdr), 4}, {const_cast<char*>(payload.data()), payload.size()}};
   int idx = 0;
   while (idx < 2) {
-    msghdr msg{};
-    msg.msg_iov = iov + idx;
-    msg.msg_iovlen = static_cast<size_t>(2 - idx);
-    // MSG_DONTWAIT: the socket stays blocking for everyone else; this send never waits in the kernel.
-    const ssize_t w = ::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w;
+    if (socket) {
+      msghdr msg{};
+      msg.msg_iov = iov + idx;
+      msg.msg_iovlen = static_cast<size_t>(2 - idx);
+      // MSG_DONTWAIT: the socket stays blocking for everyone else; this send never waits in the kernel.
+      w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      w = ::writev(fd, iov + idx, 2 - idx);
+    }
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return IoStatus::error;
-      if (const IoStatus s = wait_writable(sock, deadline, exit_fd); s != IoStatus::ok) return s;
+      if (const IoStatus s = wait_writable(fd, deadline, exit_fd); s != IoStatus::ok) return s;
       continue;
     }
     auto left = static_cast<std::size_t>(w);

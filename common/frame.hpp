@@ -28,10 +28,12 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline,
 // `nosignal`: fd is a socket and a vanished peer must yield an error, not SIGPIPE (the supervisor
 // lives in someone else's process and cannot own its signal dispositions).
 IoStatus write_frame(int fd, std::string_view payload, bool nosignal = false);
-// The supervisor's write to a worker's socket: never blocks past `deadline` (a peer that stops
-// reading fills the socket buffer; the write then ends with timeout), and ends with eof when
-// `exit_fd` (a pidfd, or -1) turns readable while the socket takes nothing: the peer is gone.
-IoStatus send_frame(int sock, std::string_view payload, Clock::time_point deadline, int exit_fd = -1);
+// A write that never blocks past `deadline` (a peer that stops reading fills the buffer; the write
+// then ends with timeout), and ends with eof when `exit_fd` (a pidfd, or -1) turns readable while the
+// fd takes nothing: the peer is gone. A socket is sent with MSG_DONTWAIT | MSG_NOSIGNAL and may stay
+// blocking for other users; any other fd (a pipe) must be O_NONBLOCK already.
+IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline, int exit_fd = -1,
+                    bool socket = true);
 
 // Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
 nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);

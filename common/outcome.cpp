@@ -51,6 +51,18 @@ RunResult result_unencodable(const std::string& why) {
   return failure(ErrorKind::result_too_large, "Result cannot be returned: " + why);
 }
 
+RunResult host_call_limit(const std::string& why) {
+  return failure(ErrorKind::host_call_limit, "Host call limit: " + why);
+}
+
+std::string host_calls_exceeded(long long max_host_calls) {
+  return "more than max_host_calls (" + std::to_string(max_host_calls) + ") calls";
+}
+
+std::string host_call_too_large(const std::string& what, long long max_host_call_kb) {
+  return "a call's " + what + " exceed max_host_call_kb (" + std::to_string(max_host_call_kb) + " KB)";
+}
+
 RunResult bad_request(const std::string& why) { return failure(ErrorKind::bad_input, "bad request: " + why); }
 
 RunResult stdin_too_large(std::size_t bytes, long long max_output_kb) {

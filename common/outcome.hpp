@@ -19,6 +19,11 @@ RunResult memory();  // "Memory limit exceeded", 2, resource_exceeded
 RunResult no_output_buffer();  // the run's output buffer could not be allocated (memory, 2)
 RunResult result_too_large(long long max_result_kb);  // the result's JSON is over max_result_kb
 RunResult result_unencodable(const std::string& why);  // the result has no JSON form (nested too deep)
+// Host functions: the run made more than max_host_calls calls, or one call's arguments or answer
+// were over max_host_call_kb. `why` names which ("Host call limit: <why>").
+RunResult host_call_limit(const std::string& why);
+std::string host_calls_exceeded(long long max_host_calls);  // the `why` of the first kind
+std::string host_call_too_large(const std::string& what, long long max_host_call_kb);  // "arguments"/"answer"
 
 // Refused before any code ran.
 RunResult bad_request(const std::string& why);  // the worker could not read the request

@@ -98,6 +98,14 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.max_output_kb); }},
       {"max_result_kb", [](RunnerPolicy& p, const json& v) { p.max_result_kb = integer(v, "max_result_kb"); },
        [](const RunnerPolicy& p) { return json(p.max_result_kb); }},
+      {"max_host_calls", [](RunnerPolicy& p, const json& v) { p.max_host_calls = integer(v, "max_host_calls"); },
+       [](const RunnerPolicy& p) { return json(p.max_host_calls); }},
+      {"max_host_call_kb",
+       [](RunnerPolicy& p, const json& v) {
+         if (v.is_null()) p.max_host_call_kb.reset();
+         else p.max_host_call_kb = integer(v, "max_host_call_kb");
+       },
+       [](const RunnerPolicy& p) { return p.max_host_call_kb ? json(*p.max_host_call_kb) : json(); }},
       {"cpu_time_seconds", [](RunnerPolicy& p, const json& v) { p.cpu_time_seconds = number(v, "cpu_time_seconds"); },
        [](const RunnerPolicy& p) { return json(p.cpu_time_seconds); }},
       {"blocked_imports", [](RunnerPolicy& p, const json& v) { p.blocked_imports = strings(v, "blocked_imports"); },
@@ -159,6 +167,9 @@ void RunnerPolicy::validate() const {
   if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");
   if (max_output_kb < 0 || max_output_kb > (1 << 20)) fail("'max_output_kb' must be between 0 and 1048576");
   if (max_result_kb < 0 || max_result_kb > (1 << 20)) fail("'max_result_kb' must be between 0 and 1048576");
+  if (max_host_calls < 0 || max_host_calls > 100000000) fail("'max_host_calls' must be between 0 and 100000000");
+  if (max_host_call_kb && (*max_host_call_kb < 0 || *max_host_call_kb > (1 << 20)))
+    fail("'max_host_call_kb' must be between 0 and 1048576");
   if (!std::isfinite(cpu_time_seconds) || cpu_time_seconds < 0)
     fail("'cpu_time_seconds' must be zero or a positive number");
   if (scratch_limit_mb < 1 || scratch_limit_mb > (1 << 20)) fail("'scratch_limit_mb' must be between 1 and 1048576");
@@ -207,6 +218,7 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(o
 bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
   return a.mode == b.mode && a.timeout_seconds == b.timeout_seconds && a.memory_limit_mb == b.memory_limit_mb &&
          a.max_output_kb == b.max_output_kb && a.max_result_kb == b.max_result_kb &&
+         a.max_host_calls == b.max_host_calls && a.max_host_call_kb == b.max_host_call_kb &&
          a.cpu_time_seconds == b.cpu_time_seconds && a.blocked_imports == b.blocked_imports &&
          a.allowed_imports == b.allowed_imports && a.blocked_builtins == b.blocked_builtins &&
          a.allowed_builtins == b.allowed_builtins && a.blocked_globals == b.blocked_globals &&
@@ -259,6 +271,8 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   if (memory_limit_mb > c.memory_limit_mb) return no("memory_limit_mb", "may not exceed " + std::to_string(c.memory_limit_mb));
   if (max_output_kb > c.max_output_kb) return no("max_output_kb", "may not exceed " + std::to_string(c.max_output_kb));
   if (max_result_kb > c.max_result_kb) return no("max_result_kb", "may not exceed " + std::to_string(c.max_result_kb));
+  if (max_host_calls > c.max_host_calls) return no("max_host_calls", "may not exceed " + std::to_string(c.max_host_calls));
+  if (host_call_kb() > c.host_call_kb()) return no("max_host_call_kb", "may not exceed " + std::to_string(c.host_call_kb()));
   if (c.cpu_time_seconds > 0 && (cpu_time_seconds == 0 || cpu_time_seconds > c.cpu_time_seconds))
     return no("cpu_time_seconds", "must be set and may not exceed " + detail_number(c.cpu_time_seconds));
   if (!subset(c.blocked_imports, blocked_imports)) return no("blocked_imports", "must keep every entry of the operator's list");

@@ -110,6 +110,10 @@ std::string encode_request(const Request& r) {
   text.reserve(r.code.size() + r.stdin_text.size() + 512);
   text += "{\"code\":";
   text += detail::dump_json(json(r.code));
+  if (!r.functions.empty()) {
+    text += ",\"functions\":";
+    text += detail::dump_json(json(r.functions));
+  }
   text += ",\"id\":";
   text += std::to_string(r.id);
   text += ",\"input_data\":";
@@ -158,10 +162,13 @@ std::string encode(const Message& m) {
             return o;
           },
           [](const OutputChunk& c) { return json{{"id", c.id}, {"stream", stream_name(c.stream)}, {"data", c.data}}; },
-          [](const HostCall& c) { return json{{"id", c.id}, {"call", c.call}, {"name", c.name}, {"args", c.args}}; },
+          [](const HostCall& c) {
+            return json{{"id", c.id}, {"call", c.call}, {"name", c.name}, {"args", c.args}, {"kwargs", c.kwargs}};
+          },
           [](const HostReturn& r) {
             json o = {{"id", r.id}, {"call", r.call}, {"value", r.value}};
             if (r.error) o["error"] = *r.error;
+            if (r.limit) o["limit"] = true;
             return o;
           },
           [](const Cancel& c) { return json{{"id", c.id}}; },
@@ -230,6 +237,13 @@ Message decode(std::string_view text, PolicyCache* policies) {
       r.want_repr = it->get<bool>();
     }
     r.kill_after_seconds = seconds(j, "kill_after_seconds");
+    if (auto it = j.find("functions"); it != j.end()) {
+      if (!it->is_array()) bad("field 'functions' is not a list");
+      for (const auto& f : *it) {
+        if (!f.is_string()) bad("field 'functions' must hold strings");
+        r.functions.push_back(f.get<std::string>());
+      }
+    }
     r.policy = policy(j, policies);
     return r;
   }
@@ -259,6 +273,10 @@ Message decode(std::string_view text, PolicyCache* policies) {
     c.name = str(j, "name");
     c.args = need(j, "args");
     if (!c.args.is_array()) bad("field 'args' is not a list");
+    if (auto it = j.find("kwargs"); it != j.end()) {
+      if (!it->is_object()) bad("field 'kwargs' is not an object");
+      c.kwargs = std::move(*it);
+    }
     return c;
   }
   if (type == "host_return") {
@@ -267,6 +285,10 @@ Message decode(std::string_view text, PolicyCache* policies) {
     r.call = u64(j, "call");
     if (auto it = j.find("value"); it != j.end()) r.value = *it;
     r.error = opt_str(j, "error");
+    if (auto it = j.find("limit"); it != j.end()) {
+      if (!it->is_boolean()) bad("field 'limit' is not a boolean");
+      r.limit = it->get<bool>();
+    }
     return r;
   }
   if (type == "cancel") return Cancel{u64(j, "id")};

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "common/frame.hpp"
 #include "common/wire.hpp"
@@ -48,6 +49,8 @@ struct Request {
   // "kill_after_seconds": a fork worker kills the run's process this long after it got the request
   // (detail::kill_after: timeout + grace). 0: left out, the worker uses the default grace.
   double kill_after_seconds = 0;
+  // "functions": the host functions the run may call (names only), left out when none.
+  std::vector<std::string> functions;
 };
 
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.
@@ -66,20 +69,25 @@ struct OutputChunk {
   std::string data;
 };
 
-// worker -> supervisor: the code of request `id` calls a function the host registered.
+// worker -> supervisor: the code of request `id` calls a function the host registered. Everything
+// in it is the run's own claim: the supervisor checks it (spr/runner.hpp, SECURITY.md).
 struct HostCall {
   std::uint64_t id = 0;
-  std::uint64_t call = 0;  // numbers the calls of one request
+  std::uint64_t call = 0;  // numbers the calls of one request, from 1
   std::string name;
   json args = json::array();
+  json kwargs = json::object();
 };
 
-// supervisor -> worker: the answer to HostCall `call` (a value, or an error message).
+// supervisor -> worker: the answer to HostCall `call` (a value, or an error message). `limit`: the
+// run is over a host call limit and ends with host_call_limit (the supervisor says so in its reply
+// whatever the worker does).
 struct HostReturn {
   std::uint64_t id = 0;
   std::uint64_t call = 0;
   json value;
   std::optional<std::string> error;
+  bool limit = false;
 };
 
 // supervisor -> worker: stop request `id` as soon as possible.

@@ -12,7 +12,7 @@ namespace spr {
 
 namespace {
 // The stable wire names of ErrorKind, in enum order.
-constexpr std::array<std::pair<ErrorKind, const char*>, 16> kKinds{{
+constexpr std::array<std::pair<ErrorKind, const char*>, 17> kKinds{{
     {ErrorKind::none, "none"},
     {ErrorKind::exception, "exception"},
     {ErrorKind::syntax, "syntax"},
@@ -29,6 +29,7 @@ constexpr std::array<std::pair<ErrorKind, const char*>, 16> kKinds{{
     {ErrorKind::bad_input, "bad_input"},
     {ErrorKind::cancelled, "cancelled"},
     {ErrorKind::session_lost, "session_lost"},
+    {ErrorKind::host_call_limit, "host_call_limit"},
 }};
 }  // namespace
 

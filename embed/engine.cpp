@@ -16,6 +16,7 @@
 #include "codec.hpp"
 #include "deadline.hpp"
 #include "guard.hpp"
+#include "host_call.hpp"
 #include "interp_state.hpp"
 #include "libdeps.hpp"
 #include "memory.hpp"
@@ -195,6 +196,8 @@ PyObject* make_globals(const Request& req, py::Ref& main_module) {
     py::Ref v(codec::to_python(it.value()));
     if (!k || !v || PyDict_SetItem(g.get(), k.get(), v.get()) < 0) return nullptr;
   }
+  // The operator's host functions come last: neither input keys nor extra_globals replace one.
+  if (!host_call::begin_run(req.id, req.functions, p, g.get())) return nullptr;
   return g.release();
 }
 
@@ -517,6 +520,9 @@ RunResult run_prepared(const Request& req) {
     run_result::become(r, outcome::setup_failed("scratch directory", scope.error()));
     return r;
   }
+  struct HostRun {  // host functions end with the run, in its interpreter, on every path
+    ~HostRun() { host_call::end_run(); }
+  } host_run;
   py::Ref main_module;
   py::Ref globals(make_globals(req, main_module));
   if (!globals) {
@@ -541,6 +547,14 @@ RunResult run_prepared(const Request& req) {
   globals.reset();
   PyErr_Clear();
   scope.end_run_state();
+  // Over a host call limit: the run ends so even when its code caught the exception (the supervisor,
+  // which counted and measured the calls itself, holds to it whatever this reply says).
+  if (host_call::limit_hit() && r.error_kind != ErrorKind::timeout && r.error_kind != ErrorKind::cpu_time &&
+      r.error_kind != ErrorKind::memory) {
+    r.result = nullptr;
+    r.repr.reset();
+    run_result::become(r, outcome::host_call_limit(host_call::limit_why()));
+  }
   r.stdout_text = capture::text(0);
   r.stderr_text = capture::text(1);
   r.stdout_truncated = capture::truncated(0);

@@ -32,6 +32,7 @@ struct Request {
   // cleared after the run), and whether to report repr() of a trailing expression in RunResult::repr.
   ::_object* session_main = nullptr;
   bool want_repr = false;
+  std::vector<std::string> functions;  // host functions the run may call (host_call.hpp)
 };
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).

@@ -25,6 +25,7 @@
 #include "deadline.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
+#include "host_call.hpp"
 #include "json_scan.hpp"
 #include "py.hpp"
 #include "setup_check.hpp"
@@ -170,7 +171,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   std::string frame;
   detail::Fd request(request_fd);
   if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
-  request.reset();
+  // The request pipe stays open: host function answers come on it, forwarded by the parent.
+  host_call::set_channel(reply_fd, request.get());
   Incoming in = decode_request(frame, scope_, nullptr);
   RunResult r;
   if (!setup.ok()) {
@@ -357,6 +359,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);
   l.max_output_kb = positive(scan::number(scan::member(*policy, "max_output_kb").value_or("")), l.max_output_kb);
   l.max_result_kb = positive(scan::number(scan::member(*policy, "max_result_kb").value_or("")), l.max_result_kb);
+  l.max_host_call_kb = positive(scan::number(scan::member(*policy, "max_host_call_kb").value_or("")), l.max_result_kb);
   l.kill_after_seconds = detail::kill_after(l.timeout_seconds, detail::kDefaultGraceSeconds);
   if (auto v = scan::number(scan::member(frame, "kill_after_seconds").value_or("")); v && *v > 0)
     l.kill_after_seconds = *v;
@@ -382,16 +385,24 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
       return;
     }
   }
-  c.request.reset();
   wipe(frame);
+  // Host function answers go to the child on this pipe; a child that stops reading must not hold us.
+  const int flags = fcntl(c.request.get(), F_GETFL);
+  if (flags < 0 || fcntl(c.request.get(), F_SETFL, flags | O_NONBLOCK) != 0) c.request.reset();
 
   const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
                                                    std::chrono::duration<double>(l.kill_after_seconds));
   // The largest honest reply: every byte of output and result escaped (\u00XX), the error text, the rest.
   const std::uint64_t max_reply =
       6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + kMaxErrorBytes) + (64u << 10);
-  const auto cap = static_cast<std::uint32_t>(std::min<std::uint64_t>(max_reply, detail::kMaxFrameBytes));
-  const detail::IoStatus s = detail::read_frame(c.reply.get(), reply, deadline, cap);
+  const auto cap = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(std::max(max_reply, l.max_host_call_kb * 1024 + (64u << 10)), detail::kMaxFrameBytes));
+  detail::IoStatus s;
+  while ((s = detail::read_frame(c.reply.get(), reply, deadline, cap)) == detail::IoStatus::ok && is_host_call(reply, l)) {
+    // A failed relay: the child is killed below and its run answered from its status.
+    if ((s = relay_host_call(c, reply, deadline)) != detail::IoStatus::ok) break;
+  }
+  c.request.reset();
   if (s == detail::IoStatus::ok) {
     const std::string why = check_reply(reply, l);
     retire(c);  // the reply goes out before the child is reaped
@@ -411,6 +422,36 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   } else {
     reply = parent_reply(l, status, s == detail::IoStatus::timeout, false, "");
   }
+}
+
+bool ForkRunner::is_host_call(std::string_view frame, const Limits& l) {
+  if (!scan::valid(frame)) return false;
+  const auto type = scan::member(frame, "type");
+  if (!type || *type != "\"host_call\"") return false;
+  const auto id = scan::member(frame, "id");
+  return id && *id == l.id;  // another run's id: not forwarded, it ends the run
+}
+
+// The child's host call goes to the supervisor as it came (the supervisor checks it: name, size, count),
+// and the answer back to the child; the parent keeps neither. Not ok: the child cannot be answered.
+detail::IoStatus ForkRunner::relay_host_call(Child& c, std::string& frame, detail::Clock::time_point deadline) {
+  const detail::IoStatus out = detail::write_frame(detail::kProtocolFd, frame, true);
+  wipe(frame);
+  if (out != detail::IoStatus::ok) _exit(0);  // the supervisor is gone
+  std::string answer;
+  const detail::IoStatus in = detail::read_frame(detail::kProtocolFd, answer, deadline);
+  if (in == detail::IoStatus::eof) _exit(0);
+  if (in != detail::IoStatus::ok) return in;
+  const auto type = scan::member(answer, "type");
+  if (!type || *type != "\"host_return\"") {
+    // The supervisor only ever answers a call here: anything else means we are out of step with it.
+    wipe(answer);
+    _exit(0);
+  }
+  const detail::IoStatus sent =
+      c.request ? detail::send_frame(c.request.get(), answer, deadline, -1, false) : detail::IoStatus::error;
+  wipe(answer);
+  return sent;
 }
 
 void ForkRunner::while_idle(int fd) {

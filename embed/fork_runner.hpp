@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/fd.hpp"
+#include "common/frame.hpp"
 #include "isolation_runner.hpp"
 #include "worker_protocol.hpp"
 
@@ -48,6 +49,7 @@ class ForkRunner : public IsolationRunner {
     double timeout_seconds = 5, cpu_time_seconds = 0;
     double kill_after_seconds = 0;  // the request's (detail::kill_after), else timeout + the default grace
     std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024;
+    std::uint64_t max_host_call_kb = 1024;  // the policy's, or max_result_kb when it has none
   };
 
   // `warm`: a spare, which runs our warm-up before it waits for its request.
@@ -59,6 +61,9 @@ class ForkRunner : public IsolationRunner {
   bool set_limits(pid_t pid, const Limits& l) const;
   // Empty when the reply is acceptable, else why not.
   static std::string check_reply(std::string_view reply, const Limits& l);
+  // A frame from the child that is a host call of this run (checked in place, never decoded).
+  static bool is_host_call(std::string_view frame, const Limits& l);
+  detail::IoStatus relay_host_call(Child& c, std::string& frame, detail::Clock::time_point deadline);
   std::string parent_reply(const Limits& l, int status, bool timed_out, bool protocol, const std::string& why) const;
   void retire(Child& c);  // SIGKILL, close, reap later
   void reap(bool block);

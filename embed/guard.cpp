@@ -10,6 +10,7 @@
 
 #include "audit.hpp"
 #include "capture.hpp"
+#include "host_call.hpp"
 #include "interp_state.hpp"
 
 namespace spr::embed::guard {
@@ -404,7 +405,8 @@ std::string check(const std::string& name) {
     if (matches(name, b)) return blocked_message(name);
   if (g_policy.mode == Mode::allow) {
     // `builtins` would hand back every builtin allowed_builtins left out, whatever the list says.
-    if (name == "sys" || (root_of(name) != "builtins" && any_match(name, g_policy.allowed))) return {};
+    // `host` is the engine's module of the run's host functions, never a file (host_call.cpp).
+    if (name == "sys" || (name == "host" && host_call::active()) || (root_of(name) != "builtins" && any_match(name, g_policy.allowed))) return {};
     return "Import '" + name + "' is not allowed by policy";
   }
   if (any_match(name, g_policy.blocked)) return blocked_message(name);

@@ -68,11 +68,48 @@ spr::OutputCallback output_callback(const py::object& fn) {
   };
 }
 
-// Options of one call: streaming, the cancel token, and (sessions) the per-call limits.
-spr::RunOptions run_options(const py::object& on_output, const spr::CancelToken* token) {
+// The package's host function adapters (safe_py_runner/host.py: name -> callable taking the args'
+// and kwargs' JSON text, returning the answer's) as the engine's host functions. Each call takes the
+// GIL on the run's helper thread; a Python exception becomes the run's HostFunctionError.
+spr::HostFunctions host_functions(const py::object& functions) {
+  spr::HostFunctions out;
+  if (functions.is_none()) return out;
+  for (auto item : py::reinterpret_borrow<py::dict>(functions)) {
+    const std::string name = py::str(item.first);
+    auto held = std::shared_ptr<py::object>(new py::object(py::reinterpret_borrow<py::object>(item.second)),
+                                            [](py::object* o) {
+                                              py::gil_scoped_acquire gil;
+                                              delete o;
+                                            });
+    out[name] = [held](const spr::HostCall& c) -> json {
+      std::string answer;
+      {
+        py::gil_scoped_acquire gil;
+        try {
+          answer = (*held)(dump(c.args), dump(c.kwargs)).cast<std::string>();
+        } catch (py::error_already_set& e) {
+          std::string message = py::str(e.value());
+          if (message.empty()) message = py::str(e.type().attr("__name__"));
+          throw std::runtime_error(message);
+        }
+      }
+      try {
+        return json::parse(answer);
+      } catch (const json::exception& e) {
+        throw std::runtime_error(std::string("the host function's answer is not JSON: ") + e.what());
+      }
+    };
+  }
+  return out;
+}
+
+// Options of one call: streaming, the cancel token, host functions, and (sessions) the per-call limits.
+spr::RunOptions run_options(const py::object& on_output, const spr::CancelToken* token,
+                            const py::object& functions = py::none()) {
   spr::RunOptions o;
   o.on_output = output_callback(on_output);
   if (token) o.cancel = *token;
+  o.functions = host_functions(functions);
   return o;
 }
 
@@ -125,16 +162,17 @@ class PyRunner {
   }
 
   py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json,
-                const py::object& on_output, const spr::CancelToken* token, const std::string& stdin_text) {
+                const py::object& on_output, const spr::CancelToken* token, const std::string& stdin_text,
+                const py::object& functions) {
     std::shared_ptr<spr::Runner> runner = live();
     spr::RunResult r;
-    if (on_output.is_none() && !token && stdin_text.empty()) {
+    if (on_output.is_none() && !token && stdin_text.empty() && functions.is_none()) {
       // The arguments are C++ copies by now: parsing needs no Python either.
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
       r = runner->run(code, input, policy_of(policy_json));
     } else {
-      spr::RunOptions o = run_options(on_output, token);
+      spr::RunOptions o = run_options(on_output, token, functions);
       o.stdin_text = stdin_text;
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
@@ -241,7 +279,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_sessions") = spr::RunnerOptions{}.max_sessions,
            py::arg("session_idle_seconds") = spr::RunnerOptions{}.session_idle_seconds)
       .def("run", &PyRunner::run, py::arg("code"), py::arg("input_json"), py::arg("policy_json"),
-           py::arg("on_output") = py::none(), py::arg("token") = nullptr, py::arg("stdin") = std::string())
+           py::arg("on_output") = py::none(), py::arg("token") = nullptr, py::arg("stdin") = std::string(),
+           py::arg("functions") = py::none())
       .def("open_session", &PyRunner::open_session, py::arg("policy_json"))
       .def("hardening", &PyRunner::hardening, py::arg("isolation"))
       .def("python_version", &PyRunner::python_version)
@@ -257,8 +296,9 @@ PYBIND11_MODULE(_core, m) {
           "run",
           [](spr::Session& s, const std::string& code, const std::string& input_json, const py::object& on_output,
              const spr::CancelToken* token, bool want_repr, std::optional<double> timeout_seconds,
-             std::optional<std::int64_t> max_output_kb, std::optional<std::int64_t> max_result_kb) {
-            spr::RunOptions o = run_options(on_output, token);
+             std::optional<std::int64_t> max_output_kb, std::optional<std::int64_t> max_result_kb,
+             const py::object& functions) {
+            spr::RunOptions o = run_options(on_output, token, functions);
             o.want_repr = want_repr;
             o.timeout_seconds = timeout_seconds;
             o.max_output_kb = max_output_kb;
@@ -272,7 +312,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("code"), py::arg("input_json"), py::arg("on_output") = py::none(), py::arg("token") = nullptr,
           py::arg("want_repr") = false, py::arg("timeout_seconds") = py::none(), py::arg("max_output_kb") = py::none(),
-          py::arg("max_result_kb") = py::none())
+          py::arg("max_result_kb") = py::none(), py::arg("functions") = py::none())
       .def("variables",
            [](spr::Session& s) {
              json v;

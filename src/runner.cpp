@@ -36,6 +36,8 @@ struct Runner::Impl {
   std::atomic<std::uint64_t> next_id{1};
   std::shared_ptr<detail::SessionHost> sessions;
   detail::WorkerPool pool;
+  // options.functions, shared with every run's host calls (a late host function may outlive the runner).
+  std::shared_ptr<const HostFunctions> functions;
 
   // submit(): a small executor so that futures do not each need a thread.
   std::mutex mu;
@@ -46,6 +48,7 @@ struct Runner::Impl {
 
   static RunnerOptions checked(RunnerOptions o) {
     o.policy.validate();
+    detail::check_function_names(o.functions);
     if (o.workers == 0) throw PolicyError("RunnerOptions::workers must be at least 1");
     return o;
   }
@@ -59,7 +62,8 @@ struct Runner::Impl {
                detail::SpawnOptions so = spawn_options(key);
                so.stop_fd = pool.stop_fd();
                return WorkerProcess::spawn(so);
-             }) {}
+             }),
+        functions(options.functions.empty() ? nullptr : std::make_shared<const HostFunctions>(options.functions)) {}
 
   ~Impl() { stop(); }
 
@@ -101,9 +105,11 @@ struct Runner::Impl {
   RunResult run_on(WorkerProcess& w, std::uint64_t id, const std::string& code, const json& input,
                    const RunnerPolicy& policy, Clock::time_point deadline, const std::string& stdin_text,
                    const RunOptions* opts) {
-    if (!opts) return w.run(id, code, input, policy, deadline, stdin_text);
-    if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
+    detail::HostCalls host(functions, opts ? &opts->functions : nullptr);
     detail::RunExtras extras;
+    if (!host.empty()) extras.host = &host;
+    if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
+    if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
     RunResult r = w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (detail::detach(opts->cancel)) {
@@ -114,8 +120,9 @@ struct Runner::Impl {
   }
 
   // Throws PolicyError for an invalid policy, or one that loosens a ceiling policy.
-  void check(const RunnerPolicy& policy) const {
+  void check(const RunnerPolicy& policy, const RunOptions* opts = nullptr) const {
     policy.validate();
+    if (opts) detail::check_function_names(opts->functions);
     if (!options.policy_is_ceiling) return;
     if (std::string why = policy.looser_than(options.policy); !why.empty())
       throw PolicyError("the runner's policy is a ceiling: " + why);
@@ -123,7 +130,7 @@ struct Runner::Impl {
 
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
-    check(policy);
+    check(policy, opts);
     return run_checked(code, input, policy, stdin_text, opts);
   }
 
@@ -198,7 +205,7 @@ struct Runner::Impl {
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
   RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts,
                    std::function<void(const RunResult&)> on_done = {}) {
-    check(policy);
+    check(policy, &opts);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();
     auto report = on_done ? std::make_shared<Report>() : nullptr;
@@ -291,8 +298,10 @@ Session Runner::open_session(const RunnerPolicy& policy) {
   // A session's worker is hardened like a namespace-mode worker of the same network, Python and reads.
   PoolKey key = detail::warm_key_of(policy);
   key.isolation = Isolation::namespace_;
-  return Session(impl_->sessions->open(policy, impl_->spawn_options(key),
-                                       [impl = impl_.get()](std::function<void()> f) { impl->post(std::move(f)); }));
+  auto state = impl_->sessions->open(policy, impl_->spawn_options(key),
+                                     [impl = impl_.get()](std::function<void()> f) { impl->post(std::move(f)); });
+  state->functions = impl_->functions;
+  return Session(std::move(state));
 }
 
 RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json input_data, RunnerPolicy policy,

@@ -285,6 +285,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       RunExtras extras;
       if (o.on_output) extras.on_output = &o.on_output;
       extras.want_repr = o.want_repr;
+      HostCalls host(st.functions, &o.functions);
+      if (!host.empty()) extras.host = &host;
       // A session worker runs in its own process, never a fork child: one grace.
       const double slack = reply_slack(st.grace_seconds, Isolation::process);
       r = w->run(id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), o.stdin_text,
@@ -329,11 +331,13 @@ Session& Session::operator=(Session&& o) noexcept {
 
 RunResult Session::run(const std::string& code, const json& input_data, const RunOptions& options) {
   if (!state_) throw std::logic_error("run() on an empty Session");
+  detail::check_function_names(options.functions);
   return detail::session_call(*state_, code, input_data, options);
 }
 
 RunHandle Session::submit(std::string code, json input_data, RunOptions options) {
   if (!state_) throw std::logic_error("submit() on an empty Session");
+  detail::check_function_names(options.functions);
   auto done = std::make_shared<detail::Completion>();
   auto fut = done->promise.get_future();
   CancelToken token = options.cancel;

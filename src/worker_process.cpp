@@ -485,6 +485,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     rq.stdin_text = stdin_text;
     rq.want_repr = extras.want_repr;
     rq.kill_after_seconds = kill_after(policy.timeout_seconds, grace_seconds_);
+    if (extras.host) rq.functions = extras.host->names();
     text = protocol::encode(rq);
   } catch (const std::exception& e) {
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
@@ -501,6 +502,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } else if (s != IoStatus::ok) {
     return lost(id, IoStatus::eof, policy, false);
   }
+  // Time in host functions counts against the run's timeout, by this clock: the run started now.
+  const Clock::time_point host_deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(policy.timeout_seconds));
   const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   std::uint64_t sent[2] = {0, 0};
   // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
@@ -515,7 +519,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     if (r.stderr_text.size() > sent[1]) (*extras.on_output)(OutputStream::err, r.stderr_text.substr(sent[1]));
     return r;
   };
-  if (extras.on_output && *extras.on_output) {
+  // Before every frame (a run with host functions sends several).
+  auto stream_until_readable = [&] {
+    if (!extras.on_output || !*extras.on_output) return;
     for (;;) {
       pollfd pfd{sock_.get(), POLLIN, 0};
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
@@ -523,14 +529,32 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       stream_capture(id, cap, sent, *extras.on_output);
       if (ready != 0 || left <= 0) break;  // readable, hung up, failed or out of time: read_frame decides
     }
-  }
+  };
   std::string frame;
   RunResult r;
   std::string why;
   bool stale_seen = false;
+  const std::uint32_t frame_cap =
+      extras.host ? std::max(reply_frame_cap(policy), HostCalls::frame_cap(policy)) : reply_frame_cap(policy);
   for (int frames = 0;; ++frames) {
-    IoStatus s = receive(frame, hard_deadline, reply_frame_cap(policy));
+    stream_until_readable();
+    IoStatus s = receive(frame, hard_deadline, frame_cap);
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+    if (extras.host && HostCalls::looks_like_call(frame) && !(frames < 3 && is_stale(frame, id))) {
+      const HostCalls::Step step = extras.host->answer(frame, id, policy, sock_.get(), pidfd_.get(), host_deadline, why);
+      if (step == HostCalls::Step::answered) {
+        --frames;
+        continue;
+      }
+      if (step == HostCalls::Step::timed_out) return finish(lost(id, IoStatus::timeout, policy, true));
+      if (step == HostCalls::Step::gone) return finish(lost(id, IoStatus::eof, policy, false));
+      kill_and_reap();  // out of step with us, or over a limit it should have kept: replaced
+      r = step == HostCalls::Step::over_limit ? outcome::host_call_limit(why)
+                                               : failure(ErrorKind::protocol_error, "worker host call refused: " + why);
+      read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
+      r.isolation = isolation_;
+      return finish(std::move(r));
+    }
     why = check_reply(frame, id, policy, extras.want_repr, r);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
     // says nothing about this request: skip it, answer this run, then replace the worker.
@@ -567,6 +591,17 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     }
   }
   if (stale_seen) kill_and_reap();  // out of step with us: replaced after answering this run
+  // Over a host call limit: what this supervisor counted and measured decides, not the reply.
+  if (extras.host && extras.host->limit() && r.error_kind != ErrorKind::timeout &&
+      r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::memory) {
+    RunResult c = outcome::host_call_limit(*extras.host->limit());
+    c.stdout_text = std::move(r.stdout_text);
+    c.stderr_text = std::move(r.stderr_text);
+    c.stdout_truncated = r.stdout_truncated;
+    c.stderr_truncated = r.stderr_truncated;
+    c.isolation = isolation_;
+    r = std::move(c);
+  }
   return finish(std::move(r));
 }
 

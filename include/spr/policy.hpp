@@ -38,6 +38,9 @@ struct RunnerPolicy {
   std::int64_t max_output_kb = 128;    // cap on stdout and on stderr, each, in bytes / 1024
   std::int64_t max_result_kb = 1024;   // cap on the JSON text of `result`
   double cpu_time_seconds = 0;         // CPU time cap; 0 = only the wall-clock timeout
+  std::int64_t max_host_calls = 10000;  // host function calls one run may make
+  // Cap on the JSON text of one host call's arguments and of one answer; unset: max_result_kb.
+  std::optional<std::int64_t> max_host_call_kb;
   std::vector<std::string> blocked_imports{"os", "subprocess", "socket", "ctypes", "importlib"};
   std::vector<std::string> allowed_imports;
   std::vector<std::string> blocked_builtins{"eval", "exec", "open", "compile", "breakpoint"};
@@ -64,6 +67,8 @@ struct RunnerPolicy {
 
   // Throws PolicyError naming the first invalid field.
   void validate() const;
+  // max_host_call_kb, or max_result_kb when it is unset.
+  std::int64_t host_call_kb() const { return max_host_call_kb ? *max_host_call_kb : max_result_kb; }
 
   // Policy files use the original's TOML format: a [policy] table or the same keys at top level.
   static RunnerPolicy from_file(const std::filesystem::path& path);
@@ -74,8 +79,8 @@ struct RunnerPolicy {
   json to_json() const;
 
   // "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
-  // Tighter means: same mode; timeout, memory, output, result and CPU caps no larger (a CPU cap kept
-  // when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
+  // Tighter means: same mode; timeout, memory, output, result, host call and CPU caps no larger (a CPU
+  // cap kept when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
   // or stronger (namespace < subinterpreter < fork < process); scratch_limit_mb no larger; allow_network,
   // allow_unix_sockets and scratch_dir only if
   // the ceiling enables them; allowed_read_paths under the ceiling's; trust_domain unchanged when the

@@ -27,6 +27,7 @@ enum class ErrorKind {
   bad_input,
   cancelled,     // stopped by a cancel request (RunHandle::cancel, CancelToken::cancel)
   session_lost,  // the session's process ended (timeout, memory, crash, cancel, close, idle expiry)
+  host_call_limit,  // over max_host_calls, or a host call's arguments or answer over max_host_call_kb
 };
 std::string to_string(ErrorKind);
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "spr/host.hpp"
 #include "spr/result.hpp"
 
 namespace spr {
@@ -42,6 +43,8 @@ struct RunOptions {
   OutputCallback on_output;  // empty: output only in the result
   CancelToken cancel;        // keep a copy to cancel the run
   std::string stdin_text;    // what sys.stdin and input() read (at most max_output_kb); empty: EOF
+  // Host functions of this run (or session call) besides the runner's; a name in both takes this one.
+  HostFunctions functions;
   // Session calls only (a one-off run takes all of these from its policy):
   bool want_repr = false;                 // fill RunResult::repr from a trailing expression
   std::optional<double> timeout_seconds;  // this call's limits instead of the session's

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "spr/host.hpp"
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
 #include "spr/run_control.hpp"
@@ -50,6 +51,8 @@ struct RunnerOptions {
   // Modules imported in each warm worker before its sandbox closes (fork and namespace mode), so runs
   // find them cached: {"numpy", "pandas"}. A run's own imports still follow its import policy.
   std::vector<std::string> preload;
+  // Host functions every run and session call may call (spr/host.hpp: the threading contract).
+  HostFunctions functions;
   std::size_t max_sessions = 8;          // open sessions at once (each is a process of its own)
   double session_idle_seconds = 600;     // a session unused this long is closed
 };

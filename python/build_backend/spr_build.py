@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "safe_py_runner"
 DIST = "safe-py-runner"
-PACKAGE_FILES = ("__init__.py", "policy.py", "result.py", "runner.py", "session.py", "batch.py", "dask.py", "py.typed",
-                 "_core.pyi")
+PACKAGE_FILES = ("__init__.py", "host.py", "policy.py", "result.py", "runner.py", "session.py", "batch.py", "dask.py",
+                 "py.typed", "_core.pyi")
 
 __all__ = ["get_requires_for_build_wheel", "get_requires_for_build_sdist", "prepare_metadata_for_build_wheel",
            "build_wheel", "build_sdist"]

@@ -59,6 +59,10 @@ class RunnerPolicy:
     """CPU time cap; 0 leaves only the wall-clock limit."""
     max_result_kb: int = 1024
     """Cap on the JSON text of ``result``."""
+    max_host_calls: int = 10000
+    """Host function calls one run may make (``functions=``); past it: ``host_call_limit``."""
+    max_host_call_kb: Optional[int] = None
+    """Cap on one host call's arguments and on its answer (JSON text, KiB); None: ``max_result_kb``."""
     allow_network: bool = False
     """Network sockets, in the host's network namespace."""
     allow_unix_sockets: bool = False

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from . import _core
+from .host import HostFunctions, adapt, merge
 from .policy import RunnerPolicy
 from .result import RunnerResult
 from .session import OutputCallback, OutputStream, RunFuture, Session, result_from_tuple, run_into
@@ -54,7 +55,8 @@ class Runner:
 
     ``workers`` warm workers are kept per isolation mode in use. ``policy`` (or ``policy_file``)
     is the default for runs that give none. The GIL is released while a run is waiting on the
-    engine, so Python threads run snippets in parallel.
+    engine, so Python threads run snippets in parallel. ``functions`` (name -> callable) are host
+    functions every run and session call may call; a run's own ``functions`` add to them.
     """
 
     def __init__(
@@ -70,12 +72,15 @@ class Runner:
         worker_stderr: bool = False,
         max_sessions: int = 8,
         session_idle_seconds: float = 600,
+        functions: Optional[HostFunctions] = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError("'workers' must be an integer between 1 and 256")
         self._policy = _choose_policy(policy, policy_file, None, RunnerPolicy())
         self._policy.validate()
         self._workers = workers
+        adapt(functions)  # checked now: a bad name or a non-callable fails here, not in a run
+        self._functions = dict(functions) if functions else None
         self._preload = list(preload) if preload is not None else None
         if self._preload is not None and not all(isinstance(m, str) for m in self._preload):
             raise ValueError("'preload' must be a list of module names")
@@ -102,17 +107,18 @@ class Runner:
         *,
         on_output: Optional[OutputCallback] = None,
         stdin: Optional[str] = None,
+        functions: Optional[HostFunctions] = None,
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
-        ``input()`` read (at most ``max_output_kb``)."""
+        ``input()`` read (at most ``max_output_kb``); ``functions`` adds host functions."""
         if self._closed:
             raise RuntimeError("the Runner is closed")
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
-                                                 on_output, None, stdin))
+                                                 on_output, None, stdin, functions))
 
     def _run_tuple(self, code, input_data, policy, policy_file, python_executable, on_output, token,
-                   stdin=None) -> tuple:
+                   stdin=None, functions=None, loop=None) -> tuple:
         if not isinstance(code, str):
             raise TypeError("'code' must be a str")
         if stdin is not None and not isinstance(stdin, str):
@@ -122,8 +128,9 @@ class Runner:
         # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
         # code with a SyntaxError, as CPython refuses a source file that is not valid UTF-8.
         source = code.encode("utf-8", "surrogatepass")
+        host = adapt(merge(self._functions, functions), loop)
         try:
-            return self._core.run(source, payload, chosen.to_json(), on_output, token, stdin or "")
+            return self._core.run(source, payload, chosen.to_json(), on_output, token, stdin or "", host)
         except RuntimeError:
             if not self._closed:
                 raise
@@ -154,11 +161,15 @@ class Runner:
         *,
         on_output: Optional[OutputCallback] = None,
         stdin: Optional[str] = None,
+        functions: Optional[HostFunctions] = None,
+        _loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> RunFuture:
         """Start a run and return a ``concurrent.futures.Future`` of its ``RunnerResult``; its
         ``cancel()`` really stops the run (queued: never starts; running: its process is killed)."""
+        adapt(functions)
         return self._start(lambda token: self._run_tuple(code, input_data, policy, policy_file,
-                                                         python_executable, on_output, token, stdin))
+                                                         python_executable, on_output, token, stdin, functions,
+                                                         _loop))
 
     async def run_async(
         self,
@@ -167,13 +178,17 @@ class Runner:
         policy: Optional[RunnerPolicy] = None,
         policy_file: Optional[Union[str, os.PathLike]] = None,
         python_executable: Optional[str] = None,
+        *,
+        functions: Optional[HostFunctions] = None,
     ) -> RunnerResult:
         """``await``-able run for asyncio programs; the event loop keeps running meanwhile.
-        Cancelling the awaiting task cancels the run."""
+        Cancelling the awaiting task cancels the run. Host functions may be ``async def``: they
+        run on this event loop."""
         import asyncio  # here, not at the top: a program that never awaits does not pay for importing it
 
         return await asyncio.wrap_future(
-            self.submit(code, input_data, policy, policy_file, python_executable))
+            self.submit(code, input_data, policy, policy_file, python_executable, functions=functions,
+                        _loop=asyncio.get_running_loop()))
 
     def stream(
         self,
@@ -191,7 +206,7 @@ class Runner:
         if policy is not None and not isinstance(policy, RunnerPolicy):
             raise TypeError("'policy' must be a RunnerPolicy")
         chosen = policy.resolved() if policy is not None else self._policy
-        return Session(self._core.open_session(chosen.to_json()), self._start)
+        return Session(self._core.open_session(chosen.to_json()), self._start, self._functions)
 
     def hardening(self, isolation: str = "fork") -> list:
         """Which sandbox layers a worker of this isolation mode has: [{name, active, detail}]."""
@@ -263,12 +278,15 @@ def run_code(
     policy: Optional[RunnerPolicy] = None,
     policy_file: Optional[Union[str, os.PathLike]] = None,
     python_executable: Optional[str] = None,
+    *,
+    functions: Optional[HostFunctions] = None,
 ) -> RunnerResult:
     """Run ``code`` under ``policy`` (or the policy in ``policy_file``) and return its result.
 
     The code sees ``input_data`` and its keys as variables; the value of ``result`` comes back
     as JSON. Giving both ``policy`` and ``policy_file`` is a ``ValueError``. ``python_executable``
     runs the code with that interpreter's packages (a venv). Uses a process-wide ``Runner``
-    started on first use.
+    started on first use. ``functions`` (name -> callable) are host functions the code may call:
+    ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``.
     """
-    return _default_runner().run(code, input_data, policy, policy_file, python_executable)
+    return _default_runner().run(code, input_data, policy, policy_file, python_executable, functions=functions)

@@ -7,6 +7,7 @@ import json
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from . import _core
+from .host import HostFunctions, adapt, merge
 from .result import RunnerResult
 
 __all__ = ["Session", "RunFuture", "OutputStream", "OutputCallback", "SessionLimitError"]
@@ -101,40 +102,47 @@ class Session:
     Use it as a context manager, or call ``close()``; it also ends after the runner's idle
     time-to-live and when the runner closes."""
 
-    def __init__(self, core: Any, submit: Callable[..., RunFuture]) -> None:
+    def __init__(self, core: Any, submit: Callable[..., RunFuture], functions: Optional[HostFunctions] = None) -> None:
         self._core = core
         self._submit = submit
+        self._functions = functions
 
     def _call(self, code: str, input_data: Any, on_output: Optional[OutputCallback], token: Any,
               repr: bool, timeout_seconds: Optional[float], max_output_kb: Optional[int],
-              max_result_kb: Optional[int]) -> tuple:
+              max_result_kb: Optional[int], functions: Optional[HostFunctions] = None,
+              loop: Optional[asyncio.AbstractEventLoop] = None) -> tuple:
         if not isinstance(code, str):
             raise TypeError("'code' must be a str")
+        host = adapt(merge(self._functions, functions), loop)
         return self._core.run(code.encode("utf-8", "surrogatepass"), json.dumps(input_data or {}), on_output,
-                              token, repr, timeout_seconds, max_output_kb, max_result_kb)
+                              token, repr, timeout_seconds, max_output_kb, max_result_kb, host)
 
     def run(self, code: str, input_data: Optional[Any] = None, *, on_output: Optional[OutputCallback] = None,
             repr: bool = False, timeout_seconds: Optional[float] = None, max_output_kb: Optional[int] = None,
-            max_result_kb: Optional[int] = None) -> RunnerResult:
+            max_result_kb: Optional[int] = None, functions: Optional[HostFunctions] = None) -> RunnerResult:
         """Run ``code`` in the session's namespace. ``repr=True`` fills ``result.repr`` with the
-        repr of a trailing expression, as a REPL shows it; the limits override the session's."""
+        repr of a trailing expression, as a REPL shows it; the limits override the session's;
+        ``functions`` adds host functions for this call."""
         return result_from_tuple(self._call(code, input_data, on_output, None, repr, timeout_seconds,
-                                            max_output_kb, max_result_kb))
+                                            max_output_kb, max_result_kb, functions))
 
     def submit(self, code: str, input_data: Optional[Any] = None, **options: Any) -> RunFuture:
         """Start a call; the future's ``cancel()`` stops it (a running call ends the session)."""
         on_output = options.pop("on_output", None)
         args = (options.pop("repr", False), options.pop("timeout_seconds", None),
-                options.pop("max_output_kb", None), options.pop("max_result_kb", None))
+                options.pop("max_output_kb", None), options.pop("max_result_kb", None),
+                options.pop("functions", None), options.pop("_loop", None))
         if options:
             raise TypeError("unexpected arguments: " + ", ".join(sorted(options)))
+        adapt(args[4])
         return self._submit(lambda token: self._call(code, input_data, on_output, token, *args))
 
     async def run_async(self, code: str, input_data: Optional[Any] = None, **options: Any) -> RunnerResult:
-        """``await``-able call; cancelling the awaiting task cancels the call."""
+        """``await``-able call; cancelling the awaiting task cancels the call. Host functions may
+        be ``async def``: they run on this event loop."""
         import asyncio
 
-        return await asyncio.wrap_future(self.submit(code, input_data, **options))
+        return await asyncio.wrap_future(self.submit(code, input_data, _loop=asyncio.get_running_loop(), **options))
 
     def stream(self, code: str, input_data: Optional[Any] = None, **options: Any) -> OutputStream:
         """``async for stream, data in session.stream(code)``; then ``await it.result()``."""

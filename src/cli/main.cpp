@@ -72,7 +72,8 @@ struct PolicyArgs {
   };
   std::string file;
   double timeout = 0, cpu_time = 0;
-  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, scratch_limit_mb = 0;
+  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, scratch_limit_mb = 0, max_host_calls = 0,
+            max_host_call_kb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
   std::vector<Flag> flags;
@@ -93,6 +94,9 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   scalar("memory_limit_mb", "--memory-mb", a.memory_mb, "memory one run may allocate, in MiB");
   scalar("max_output_kb", "--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
   scalar("max_result_kb", "--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB");
+  scalar("max_host_calls", "--max-host-calls", a.max_host_calls, "host function calls one run may make (serve)");
+  scalar("max_host_call_kb", "--max-host-call-kb", a.max_host_call_kb,
+         "cap on one host call's arguments and on its answer, in KiB (default: max-result-kb)");
   scalar("cpu_time_seconds", "--cpu-time", a.cpu_time, "CPU time limit in seconds (0: none)");
   scalar("isolation", "--isolation", a.isolation, "namespace, subinterpreter, fork (default) or process");
   scalar("python_executable", "--python", a.python, "python3 whose packages runs see (a venv's bin/python3)");

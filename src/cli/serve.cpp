@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -84,6 +85,18 @@ class LineReader {
 
 using InFlight = std::multimap<std::string, CancelToken>;  // by the dumped request id; ids may repeat
 
+// Host functions: a call of the run goes out as a line, and waits for the client's answer line.
+struct Answer {
+  bool error = false;
+  json value;
+  std::string message;
+};
+struct RequestCalls {
+  std::string key;     // the request's dumped id, its entry in Server::calls_
+  bool ended = false;  // the request was answered: no call of it waits any more
+  std::map<std::uint64_t, std::shared_ptr<std::promise<Answer>>> waiting;  // by call_id
+};
+
 struct Job {
   json id;
   std::string code;
@@ -97,6 +110,7 @@ struct Job {
   bool close = false;  // a close_session request, queued behind the session's earlier calls
   std::size_t cost = 0;  // its share of the read-ahead budget
   InFlight::iterator slot;  // its own cancel entry (a session call's; a one-off's is held by its callback)
+  std::shared_ptr<RequestCalls> calls;  // its host calls waiting for the client, when it declared functions
 };
 
 class Server {
@@ -197,6 +211,14 @@ class Server {
     if (!parsed) return refuse(nullptr, error);
     json& req = *parsed;
     json id = req.value("id", json());
+    if (auto c = req.find("call_result"); c != req.end()) {
+      call_answer(id, *c, false);
+      return std::nullopt;
+    }
+    if (auto c = req.find("call_error"); c != req.end()) {
+      call_answer(id, *c, true);
+      return std::nullopt;
+    }
     if (auto c = req.find("cancel"); c != req.end()) {
       cancel(id, *c);
       return std::nullopt;
@@ -243,6 +265,9 @@ class Server {
       };
     }
     job.options.want_repr = job.repr;
+    if (auto f = req.find("functions"); f != req.end() && !f->is_null()) {
+      if (std::string why = declare_functions(job, *f); !why.empty()) return refuse(id, why);
+    }
     if (!job.session) return job;
     std::lock_guard<std::mutex> lk(mu_);
     const std::string name = *job.session;
@@ -342,6 +367,7 @@ class Server {
     {
       std::lock_guard<std::mutex> lk(mu_);
       in_flight_.erase(job.slot);
+      end_calls_locked(job.calls);
     }
     emit_result(job.id, r);
     std::lock_guard<std::mutex> lk(mu_);
@@ -354,16 +380,18 @@ class Server {
   void submit(Job job) {
     InFlight::iterator slot;
     const std::size_t cost = job.cost;
+    const std::shared_ptr<RequestCalls> calls = job.calls;
     {
       std::lock_guard<std::mutex> lk(mu_);
       slot = in_flight_.emplace(job.id.dump(), job.options.cancel);
       take_locked(cost);
       ++executor_pending_;
     }
-    auto done = [this, id = job.id, slot, cost](const RunResult& r) {
+    auto done = [this, id = job.id, slot, cost, calls = job.calls](const RunResult& r) {
       {
         std::lock_guard<std::mutex> lk(mu_);
         in_flight_.erase(slot);
+        end_calls_locked(calls);
       }
       emit_result(id, r);
       std::lock_guard<std::mutex> lk(mu_);
@@ -377,6 +405,7 @@ class Server {
       {
         std::lock_guard<std::mutex> lk(mu_);
         in_flight_.erase(slot);
+        end_calls_locked(calls);
         --executor_pending_;
         release_locked(cost);
       }
@@ -389,9 +418,80 @@ class Server {
     {
       std::lock_guard<std::mutex> lk(mu_);
       in_flight_.erase(job.slot);
+      end_calls_locked(job.calls);
     }
     emit_result(job.id, r);
     release(job.cost);
+  }
+
+  // "functions": ["name", ...]: each name becomes a host function of the run that asks the client.
+  std::string declare_functions(Job& job, const json& names) {
+    if (!names.is_array()) return "'functions' must be a list of names";
+    auto calls = std::make_shared<RequestCalls>();
+    calls->key = job.id.dump();
+    for (const auto& n : names) {
+      if (!n.is_string()) return "'functions' must be a list of names";
+      job.options.functions[n.get<std::string>()] = [this, id = job.id, calls](const HostCall& c) -> json {
+        auto answer = std::make_shared<std::promise<Answer>>();
+        auto got = answer->get_future();
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          if (calls->ended) throw std::runtime_error("the run has ended");
+          calls->waiting[c.call_id] = answer;
+        }
+        emit(id, {{"call", {{"call_id", c.call_id}, {"name", c.name}, {"args", c.args}, {"kwargs", c.kwargs}}}});
+        Answer a = got.get();
+        if (a.error) throw std::runtime_error(a.message);
+        return std::move(a.value);
+      };
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    // Answers name their request by id: two requests in flight with functions and one id would be ambiguous.
+    if (!calls_.emplace(calls->key, calls).second)
+      return "a request with 'functions' and id " + calls->key + " is still in flight: give each its own id";
+    job.calls = std::move(calls);
+    return {};
+  }
+
+  // A call still waiting when its run ends (timed out, cancelled) is released; its answer is dropped.
+  void end_calls_locked(const std::shared_ptr<RequestCalls>& calls) {
+    if (!calls || calls->ended) return;
+    calls->ended = true;
+    for (auto& [n, p] : calls->waiting) p->set_value(Answer{true, json(), "the run has ended"});
+    calls->waiting.clear();
+    calls_.erase(calls->key);
+  }
+
+  // {"call_result": {"id", "call_id", "value"}} or {"call_error": {"id", "call_id", "message"}}.
+  void call_answer(const json& line_id, const json& a, bool error) {
+    const char* what = error ? "call_error" : "call_result";
+    if (!a.is_object() || !a.contains("id") || !a.contains("call_id") || !a["call_id"].is_number_unsigned())
+      return bad(line_id, std::string("'") + what + "' needs the request's 'id' and a 'call_id'");
+    Answer answer;
+    answer.error = error;
+    if (error) {
+      auto m = a.find("message");
+      if (m == a.end() || !m->is_string()) return bad(line_id, "'call_error' needs a string 'message'");
+      answer.message = m->get<std::string>();
+    } else {
+      answer.value = a.value("value", json());
+    }
+    std::shared_ptr<std::promise<Answer>> waiting;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto it = calls_.find(a["id"].dump());
+      if (it != calls_.end()) {
+        auto w = it->second->waiting.find(a["call_id"].get<std::uint64_t>());
+        if (w != it->second->waiting.end()) {
+          waiting = std::move(w->second);
+          it->second->waiting.erase(w);
+        }
+      }
+    }
+    if (!waiting)
+      return bad(line_id, std::string("'") + what + "' answers no call that is waiting (request " + a["id"].dump() +
+                              ", call_id " + a["call_id"].dump() + ")");
+    waiting->set_value(std::move(answer));
   }
 
   RunOptions call_options(const Job& job) {
@@ -480,6 +580,7 @@ class Server {
         for (auto j = q.jobs.begin(); j != q.jobs.end();) {
           if (!j->close && j->id.dump() == key) {
             in_flight_.erase(j->slot);
+            end_calls_locked(j->calls);
             removed.push_back(std::move(*j));
             j = q.jobs.erase(j);
           } else {
@@ -539,6 +640,7 @@ class Server {
   std::size_t executor_pending_ = 0;  // one-off runs handed to the runner's executor, not answered yet
   bool inline_busy_ = false;          // a reading thread is running a one-off itself
   std::condition_variable room_cv_;  // pending_ fell
+  std::map<std::string, std::shared_ptr<RequestCalls>> calls_;  // requests with host functions, by dumped id
   bool done_ = false;
 };
 

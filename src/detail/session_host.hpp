@@ -33,6 +33,7 @@ struct SessionState {
   double grace_seconds = 0.25;  // hard deadline of a call = its timeout + this
   std::weak_ptr<SessionHost> host;
   std::function<void(std::function<void()>)> post;  // the runner's executor, for submit()
+  std::shared_ptr<const HostFunctions> functions;    // the runner's host functions (a call may add its own)
 
   // Ends the session for `why` (the first reason wins). A running call's process is killed and
   // reaped by that call; an idle one is killed and reaped here.

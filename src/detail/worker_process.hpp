@@ -12,6 +12,7 @@
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
 #include "common/run_deadline.hpp"
+#include "detail/host_calls.hpp"
 #include "spr/run_control.hpp"
 #include "spr/runner.hpp"
 
@@ -48,6 +49,7 @@ struct SpawnOptions {
 struct RunExtras {
   const OutputCallback* on_output = nullptr;  // streamed from the capture buffer while the run goes on
   bool want_repr = false;                     // sessions: repr() of a trailing expression
+  HostCalls* host = nullptr;                  // the run's host functions (none: a call frame is out of step)
 };
 
 class WorkerProcess {

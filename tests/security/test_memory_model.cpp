@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cerrno>
 #include <cstdio>
@@ -549,3 +550,138 @@ TEST_CASE("model: a first run with a tiny output cap does not break the worker f
   }
 }
 
+
+// Host functions: every call frame is the run's own claim. The run here writes frames itself on every
+// pipe and socket it holds, as a run that owns its process could; what must stay absent is a host
+// function called for a frame the supervisor should refuse.
+namespace {
+
+struct Counted {
+  std::atomic<int> calls{0};
+  spr::RunnerOptions options() {
+    spr::RunnerOptions o = ::options();
+    o.policy.timeout_seconds = 30;
+    o.functions["whoami"] = [](const spr::HostCall& c) { return json(c.run_id); };
+    o.functions["count"] = [this](const spr::HostCall&) { return json(++calls); };
+    return o;
+  }
+};
+
+// Python that defines send(obj): one frame on every socket and FIFO the run holds.
+const std::string kForge =
+    "import os, stat, json\n"
+    "def send(obj, raw=None):\n"
+    "    b = raw if raw is not None else json.dumps(obj, separators=(',', ':')).encode()\n"
+    "    data = len(b).to_bytes(4, 'little') + b\n"
+    "    for fd in range(64):\n"
+    "        try:\n"
+    "            m = os.fstat(fd).st_mode\n"
+    "            if stat.S_ISSOCK(m) or stat.S_ISFIFO(m):\n"
+    "                os.write(fd, data)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "def call(rid, name, n, args=()):\n"
+    "    return {'args': list(args), 'call': n, 'id': rid, 'kwargs': {}, 'name': name, 'type': 'host_call'}\n"
+    "rid = whoami()\n";
+
+spr::RunnerPolicy forge_policy(const spr::Runner& runner) {
+  spr::RunnerPolicy p = runner.options().policy;
+  p.blocked_imports = {};
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("model: forged host calls of undeclared names or another run's id call nothing") {
+  Counted counted;
+  spr::Runner runner(counted.options());
+  const spr::RunnerPolicy p = forge_policy(runner);
+  for (const char* forged : {"send(call(rid, 'secret_admin', 2))", "send(call(rid + 1000, 'count', 2))",
+                             "send(call(rid, 'count', 7))"}) {
+    CAPTURE(forged);
+    const spr::RunResult r = runner.run(kForge + forged + "\nimport time\ntime.sleep(5)\nresult = 'honest'\n",
+                                        json::object(), p);
+    CHECK(r.error_kind == spr::ErrorKind::protocol_error);
+    CHECK(counted.calls == 0);
+    const std::string secret = "NEXT" + sec::random_hex(6);
+    const spr::RunResult next = runner.run("result = [input_data['s'], count()]", {{"s", secret}}, p);
+    CHECK_MESSAGE(next.result == json::array({secret, 1}), sec::all_output(next));
+    counted.calls = 0;
+  }
+}
+
+TEST_CASE("model: a host call forged after the run's reply is never answered") {
+  Counted counted;
+  spr::Runner runner(counted.options());
+  const spr::RunnerPolicy p = forge_policy(runner);
+  const std::string after_reply =
+      kForge +
+      "send({'ok': True, 'result': 'FORGED', 'stdout': '', 'stderr': '', 'timed_out': False, 'resource_exceeded': False,"
+      " 'error': None, 'exit_code': 0, 'error_kind': 'none', 'stdout_truncated': False, 'stderr_truncated': False,"
+      " 'id': rid, 'type': 'reply'})\n"
+      "send(call(rid, 'count', 2))\n"
+      "result = 'honest'\n";
+  for (int i = 0; i < 3; ++i) {
+    runner.run(after_reply, json::object(), p);
+    const std::string secret = "NEXT" + sec::random_hex(6);
+    const spr::RunResult next = runner.run("result = input_data['s']", {{"s", secret}}, p);
+    CHECK_MESSAGE(next.result == json(secret), sec::all_output(next));
+  }
+  CHECK(counted.calls == 0);
+}
+
+TEST_CASE("model: an oversized host call is refused before any host function runs") {
+  Counted counted;
+  spr::Runner runner(counted.options());
+  const spr::RunnerPolicy p = forge_policy(runner);
+  // 2 MiB of arguments past the 1 MiB max_host_call_kb, written as a frame by the run itself.
+  const spr::RunResult big =
+      runner.run(kForge + "send(call(rid, 'count', 2, ['A' * (2 << 20)]))\nimport time\ntime.sleep(5)\n",
+                 json::object(), p);
+  CHECK(big.error_kind == spr::ErrorKind::host_call_limit);
+  CHECK(counted.calls == 0);
+  // A header announcing 400 MiB: refused from the header, nothing near it allocated.
+  runner.run("result = whoami()", json::object(), p);
+  sec::reset_peak_rss();
+  const long before = sec::peak_rss_kb();
+  const spr::RunResult huge =
+      runner.run(kForge +
+                     "for fd in range(64):\n    try:\n        os.write(fd, (400 << 20).to_bytes(4, 'little') + "
+                     "b'{\"args\":[')\n    except OSError:\n        pass\nimport time\ntime.sleep(5)\n",
+                 json::object(), p);
+  CHECK_FALSE(huge.ok);
+  CHECK(sec::peak_rss_kb() - before < 16 * 1024);
+  CHECK(counted.calls == 0);
+}
+
+TEST_CASE("model: 100,000 calls in a loop stop at max_host_calls") {
+  Counted counted;
+  spr::Runner runner(counted.options());
+  const spr::RunResult r = runner.run(
+      "for i in range(100000):\n"
+      "    try:\n"
+      "        count()\n"
+      "    except RuntimeError:\n"
+      "        pass\n"
+      "result = 'finished'\n");
+  CHECK(r.error_kind == spr::ErrorKind::host_call_limit);
+  CHECK(r.result != json("finished"));
+  CHECK(counted.calls == 10000);
+}
+
+TEST_CASE("model: a call storm from many workers at once: every call counted, every run answered") {
+  Counted counted;
+  spr::RunnerOptions o = counted.options();
+  o.workers = 4;
+  o.policy.max_host_calls = 1500;
+  spr::Runner runner(o);
+  std::vector<spr::RunHandle> handles;
+  for (int i = 0; i < 8; ++i)
+    handles.push_back(runner.submit("for i in range(3000):\n    count()\n", json::object(), o.policy));
+  for (auto& h : handles) {
+    const spr::RunResult r = h.get();
+    CHECK_MESSAGE(r.error_kind == spr::ErrorKind::host_call_limit, sec::all_output(r));
+  }
+  CHECK(counted.calls == 8 * 1500);
+  CHECK(runner.run("result = count()").ok);
+}

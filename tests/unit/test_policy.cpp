@@ -40,6 +40,8 @@ timeout_seconds = 2.5
 memory_limit_mb = 128
 max_output_kb = 64
 max_result_kb = 32
+max_host_calls = 7
+max_host_call_kb = 16
 cpu_time_seconds = 1.5
 blocked_imports = ["os", "sys"]
 allowed_imports = ["math", "json"]
@@ -70,6 +72,8 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.memory_limit_mb == 128);
   CHECK(p.max_output_kb == 64);
   CHECK(p.max_result_kb == 32);
+  CHECK(p.max_host_calls == 7);
+  CHECK(p.max_host_call_kb == 16);
   CHECK(p.cpu_time_seconds == 1.5);
   CHECK(p.blocked_imports == Strings{"os", "sys"});
   CHECK(p.allowed_imports == Strings{"math", "json"});
@@ -130,7 +134,10 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["python_executable"] == "");
   CHECK(j["allow_unix_sockets"] == false);
   CHECK(j["scratch_limit_mb"] == 64);
-  CHECK(j.size() == 21);
+  CHECK(j["max_host_calls"] == 10000);
+  CHECK(j["max_host_call_kb"].is_null());  // unset: max_result_kb
+  CHECK(RunnerPolicy{}.host_call_kb() == 1024);
+  CHECK(j.size() == 23);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -139,6 +146,8 @@ TEST_CASE("policy: from_json sets every field") {
                   {"memory_limit_mb", 128},
                   {"max_output_kb", 64},
                   {"max_result_kb", 32},
+                  {"max_host_calls", 7},
+                  {"max_host_call_kb", 16},
                   {"cpu_time_seconds", 1.5},
                   {"blocked_imports", {"os", "sys"}},
                   {"allowed_imports", {"math", "json"}},
@@ -355,6 +364,10 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.memory_limit_mb = 512; }).find("'memory_limit_mb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_output_kb = 129; }).find("'max_output_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_result_kb = 2048; }).find("'max_result_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_host_calls = 10001; }).find("'max_host_calls'") == 0);
+  // Unset, max_host_call_kb follows max_result_kb: a larger one loosens the ceiling's.
+  CHECK(loosened([](RunnerPolicy& p) { p.max_host_call_kb = 1025; }).find("'max_host_call_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_host_call_kb = 1024; }).empty());
   CHECK(loosened([](RunnerPolicy& p) { p.cpu_time_seconds = 0; }).find("'cpu_time_seconds'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.blocked_imports = {}; }).find("'blocked_imports'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.blocked_builtins.pop_back(); }).find("'blocked_builtins'") == 0);
