@@ -291,7 +291,7 @@ TEST_CASE("dir_fd: path calls are checked against the directory they touch; a ho
   SUBCASE("the refusals are clear, and dir_fd inside the run directory still works") {
     const auto r = runner().run(
         "import os\nfd = os.open('.', os.O_RDONLY)\nos.mkdir('sub', dir_fd=fd)\n"
-        "os.close(os.open('sub/f', os.O_CREAT | os.O_WRONLY, dir_fd=fd))\nos.chmod('sub/f', 0o600, dir_fd=fd)\n"
+        "os.close(os.open('sub/e', os.O_CREAT | os.O_WRONLY, dir_fd=fd))\nos.rename('sub/e', 'sub/f', src_dir_fd=fd, dst_dir_fd=fd)\n"
         "try:\n    os.open(input_data['dir'], os.O_RDONLY)\n    opened = 'opened'\nexcept PermissionError as e:\n"
         "    opened = str(e)\nresult = [sorted(os.listdir('sub')), opened]\n",
         v.input(), policy(open_policy));
