@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "common/capture_layout.hpp"
@@ -124,6 +125,16 @@ PyGetSetDef kStreamGetset[] = {{"encoding", stream_get_encoding, nullptr, nullpt
                                {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 
+// Marks the header as belonging to no run before any byte of the areas is zeroed or cut back: the
+// supervisor, streaming the last run's output, reads the header again after the bytes and drops what
+// it read once the run is no longer the header's (it never passes on zeros for output).
+void retire_header() {
+  CaptureHeader* h = header();
+  h->magic = 0;
+  h->run_id = 0;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
 }  // namespace
 
 bool attach(int fd) {
@@ -135,6 +146,7 @@ void wipe() {
   // What the last run (or its forked child, which only updated the shared header) wrote, so no
   // run can read another's output from the mapping.
   if (!g_map || !g_cap) return;
+  retire_header();
   for (int s = 0; s < 2; ++s) {
     std::uint64_t shared = s == 0 ? header()->out_len : header()->err_len;
     std::uint64_t n = std::min(std::max(g_len[s], shared), g_cap);
@@ -152,6 +164,7 @@ std::string_view view(int stream) {
 bool begin(std::uint64_t run_id, std::uint64_t cap) {
   const std::size_t need = kCaptureDataOffset + 2 * cap;
   if (g_fd >= 0) {
+    if (g_map) retire_header();
     // The shared file is cut back to its header and grown again for every run: the kernel hands out
     // zeroed pages, so nothing an earlier run wrote anywhere in it survives (it may have written past
     // its own lengths), and the file is as large as this run needs even after the supervisor trimmed

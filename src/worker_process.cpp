@@ -378,17 +378,21 @@ void WorkerProcess::read_capture(std::uint64_t id, std::uint64_t cap, RunResult&
 
 void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2],
                                    const OutputCallback& out) const {
+  auto header_is_run = [&](CaptureHeader& h) {
+    return capture_ && pread(capture_.get(), &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+           h.magic == kCaptureMagic && h.run_id == id && h.cap == cap;
+  };
   CaptureHeader h{};
-  if (!capture_ || pread(capture_.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return;
-  if (h.magic != kCaptureMagic || h.run_id != id || h.cap != cap) return;
+  if (!header_is_run(h)) return;
   const std::uint64_t lens[2] = {std::min(h.out_len, cap), std::min(h.err_len, cap)};
+  std::string chunks[2];
   for (int s = 0; s < 2; ++s) {
     if (lens[s] <= sent[s]) continue;
-    std::string chunk(static_cast<std::size_t>(lens[s] - sent[s]), '\0');
+    std::string& chunk = chunks[s];
+    chunk.assign(static_cast<std::size_t>(lens[s] - sent[s]), '\0');
     const ssize_t got = pread(capture_.get(), chunk.data(), chunk.size(),
                               static_cast<off_t>(kCaptureDataOffset + (s == 0 ? 0 : cap) + sent[s]));
-    if (got <= 0) continue;
-    chunk.resize(static_cast<std::size_t>(got));
+    chunk.resize(got > 0 ? static_cast<std::size_t>(got) : 0);
     // Hold back a character still being written: a chunk never ends inside a UTF-8 sequence.
     std::size_t keep = chunk.size(), back = 0;
     while (back < 4 && back < keep && (static_cast<unsigned char>(chunk[keep - 1 - back]) & 0xC0) == 0x80) ++back;
@@ -398,9 +402,16 @@ void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uin
       if (need > back + 1) keep -= back + 1;
     }
     chunk.resize(keep);
-    if (chunk.empty()) continue;
-    sent[s] += chunk.size();
-    out(s == 0 ? OutputStream::out : OutputStream::err, chunk);
+  }
+  // The worker retires the header before it wipes or cuts back the areas (after its reply, or for the
+  // next run): bytes read after that may be zeros, not output. Only what was read while the header
+  // still named this run goes out; the rest comes with the result.
+  CaptureHeader again{};
+  if (!header_is_run(again)) return;
+  for (int s = 0; s < 2; ++s) {
+    if (chunks[s].empty()) continue;
+    sent[s] += chunks[s].size();
+    out(s == 0 ? OutputStream::out : OutputStream::err, chunks[s]);
   }
 }
 

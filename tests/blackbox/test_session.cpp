@@ -287,6 +287,21 @@ TEST_CASE("streaming: chunks of a one-off run concatenate to the final output, w
   CHECK(capped.out == r.stdout_text);
 }
 
+TEST_CASE("streaming: chunks carry only what the run wrote, while the worker wipes its buffer after each run") {
+  // The worker zeroes a run's output area right after its reply, while the supervisor may still be
+  // reading the last chunk: fork-mode runs ending in a traceback streamed NUL bytes ~3% of the time.
+  int mismatched = 0;
+  for (int i = 0; i < 150; ++i) {
+    Collected c;
+    spr::RunOptions o;
+    o.on_output = c.callback();
+    const spr::RunResult r = runner().run("import sys\nprint(sys.argv[1:])\n1/0\n", json::object(), policy(), o);
+    REQUIRE(r.error_kind == ErrorKind::exception);
+    if (c.out != r.stdout_text || c.err != r.stderr_text || c.err.find('\0') != std::string::npos) ++mismatched;
+  }
+  CHECK(mismatched == 0);
+}
+
 TEST_CASE("streaming: a session call streams too, and a failed call's chunks still add up") {
   spr::Session s = runner().open_session(policy());
   Collected c;
