@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -105,16 +106,25 @@ Observed run_and_observe(spr::Runner& runner, const std::string& code, const jso
   return out;
 }
 
-// Paths of entries named `name` in the worker scratch roots (/tmp/spr-*) and one level below them.
+// Paths of the entries named `name` in the run directories of this test's workers and their children, seen from
+// the host: through /proc/<pid>/cwd (a sandbox with its own root keeps its scratch in its own tmpfs), and in the
+// host's scratch roots (/tmp/spr-*, a worker without one). One path per file, however many processes share it.
 std::vector<fs::path> find_in_scratch_roots(const std::string& name) {
-  std::vector<fs::path> found;
+  std::vector<fs::path> candidates;
   std::error_code ec;
+  for (const auto& p : sec::descendants(getpid(), {}))
+    candidates.push_back(fs::path("/proc/" + std::to_string(p.pid)) / "cwd" / name);
   for (const auto& root : fs::directory_iterator("/tmp", ec)) {
     if (root.path().filename().string().rfind("spr-", 0) != 0 || !root.is_directory(ec)) continue;
-    if (fs::exists(fs::symlink_status(root.path() / name, ec))) found.push_back(root.path() / name);
+    candidates.push_back(root.path() / name);
     for (const auto& sub : fs::directory_iterator(root.path(), ec))
-      if (sub.is_directory(ec) && fs::exists(fs::symlink_status(sub.path() / name, ec)))
-        found.push_back(sub.path() / name);
+      if (sub.is_directory(ec)) candidates.push_back(sub.path() / name);
+  }
+  std::vector<fs::path> found;
+  std::set<std::pair<dev_t, ino_t>> seen;
+  for (const auto& c : candidates) {
+    struct stat st {};
+    if (::lstat(c.c_str(), &st) == 0 && seen.insert({st.st_dev, st.st_ino}).second) found.push_back(c);
   }
   return found;
 }
@@ -157,6 +167,8 @@ struct UnixListener {
     std::string templ = "/tmp/sprtest-unix-XXXXXX";
     REQUIRE(::mkdtemp(templ.data()) != nullptr);
     dir = templ;
+    // The sandbox's identity is not the test's (nobody under a root supervisor): it may pass through.
+    REQUIRE(::chmod(dir.c_str(), 0711) == 0);
     path = dir / "host.sock";
     fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     REQUIRE(fd >= 0);
