@@ -104,6 +104,8 @@ class Runner:
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs."""
+        if self._closed:
+            raise RuntimeError("the Runner is closed")
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
                                                  on_output, None))
 
