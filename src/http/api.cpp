@@ -421,6 +421,32 @@ void Api::handle(const ExchangePtr& ex) {
   return session_run(ex, seg[2], body, wants_stream(q.query));
 }
 
+std::shared_ptr<Api::RunCall> Api::start_call(const ExchangePtr& ex, const std::string& client_id, RunOptions& options,
+                                              bool stream, double timeout_seconds) {
+  if (!admit(ex, false)) return nullptr;
+  auto rc = std::make_shared<RunCall>();
+  rc->ex = ex;
+  rc->stream = stream;
+  rc->client_id = client_id;
+  if (!rc->client_id.empty() && !register_run(ex, rc->client_id, options.cancel)) {
+    release();
+    send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
+    return nullptr;
+  }
+  if (stream) {
+    ex->stream_begin("application/x-ndjson");
+    options.on_output = [ex](OutputStream s, const std::string& data) {
+      ex->stream_write(detail::dump_json({{"stream", to_string(s)}, {"data", data}}) + "\n");
+    };
+  }
+  rc->deadline_seconds = timeout_seconds + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
+  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = options.cancel]() mutable {
+    rc->deadline_passed = true;
+    token.cancel();
+  });
+  return rc;
+}
+
 void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
   if (auto f = unknown_field(body, {"code", "input_data", "stdin", "policy", "id"}); !f.empty())
     return bad_input(ex, "unknown field '" + f + "'");
@@ -434,26 +460,8 @@ void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
   } catch (const PolicyError& e) {
     return bad_input(ex, std::string("invalid policy: ") + e.what());
   }
-  if (!admit(ex, false)) return;
-  auto rc = std::make_shared<RunCall>();
-  rc->ex = ex;
-  rc->stream = stream;
-  rc->client_id = call.client_id;
-  if (!rc->client_id.empty() && !register_run(ex, rc->client_id, call.options.cancel)) {
-    release();
-    return send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
-  }
-  if (stream) {
-    ex->stream_begin("application/x-ndjson");
-    call.options.on_output = [ex](OutputStream s, const std::string& data) {
-      ex->stream_write(detail::dump_json({{"stream", to_string(s)}, {"data", data}}) + "\n");
-    };
-  }
-  rc->deadline_seconds = policy.timeout_seconds + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
-  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = call.options.cancel]() mutable {
-    rc->deadline_passed = true;
-    token.cancel();
-  });
+  auto rc = start_call(ex, call.client_id, call.options, stream, policy.timeout_seconds);
+  if (!rc) return;
   auto on_done = [this, rc](const RunResult& r) {
     deadlines_->remove(rc->deadline);
     if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
@@ -608,27 +616,9 @@ void Api::session_run(const ExchangePtr& ex, const std::string& id, const json& 
     }
     call.options.timeout_seconds = timeout;
   }
-  if (!admit(ex, false)) return;
-  auto rc = std::make_shared<RunCall>();
-  rc->ex = ex;
-  rc->stream = stream;
-  rc->client_id = call.client_id;
-  if (!rc->client_id.empty() && !register_run(ex, rc->client_id, call.options.cancel)) {
-    release();
-    return send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
-  }
-  if (stream) {
-    ex->stream_begin("application/x-ndjson");
-    call.options.on_output = [ex](OutputStream s, const std::string& data) {
-      ex->stream_write(detail::dump_json({{"stream", to_string(s)}, {"data", data}}) + "\n");
-    };
-  }
   // Calls of one session run one at a time: a call's deadline counts its wait behind the others.
-  rc->deadline_seconds = timeout + runner_.options().kill_grace_seconds + options_.queue_timeout_seconds;
-  rc->deadline = deadlines_->add(rc->deadline_seconds, [rc, token = call.options.cancel]() mutable {
-    rc->deadline_passed = true;
-    token.cancel();
-  });
+  auto rc = start_call(ex, call.client_id, call.options, stream, timeout);
+  if (!rc) return;
   pool_->post([this, rc, entry, call = std::move(call)] {
     RunResult r = entry->session.run(call.code, call.input, call.options);
     deadlines_->remove(rc->deadline);

@@ -62,6 +62,10 @@ class Api {
   void metrics_page(const ExchangePtr& ex);
 
   bool admit(const ExchangePtr& ex, bool piston);
+  // Admits a run or session call, registers its client id, starts its NDJSON stream and arms its
+  // deadline (`timeout_seconds` + kill grace + queue timeout); nullptr when it has already answered.
+  std::shared_ptr<RunCall> start_call(const ExchangePtr& ex, const std::string& client_id, RunOptions& options,
+                                      bool stream, double timeout_seconds);
   void release();
   std::shared_ptr<SessionEntry> find_session(const ExchangePtr& ex, const std::string& id);
   // Registers a client-chosen run id (for POST /v1/runs/{id}/cancel); false when it is in use.
