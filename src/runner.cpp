@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/frame.hpp"
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
@@ -108,6 +109,8 @@ struct Runner::Impl {
     detail::HostCalls host(functions, opts ? &opts->functions : nullptr);
     detail::RunExtras extras;
     if (!host.empty()) extras.host = &host;
+    if (opts && !opts->files.empty()) extras.files = &opts->files;
+    if (opts && !opts->collect.empty()) extras.collect = &opts->collect;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
@@ -128,8 +131,17 @@ struct Runner::Impl {
       throw PolicyError("the runner's policy is a ceiling: " + why);
   }
 
+  // Files in or out need the run's directory: the run gets it as scratch_dir gives it, and a ceiling
+  // without scratch_dir refuses such a run.
+  static bool wants_directory(const RunOptions* opts) { return opts && (!opts->files.empty() || !opts->collect.empty()); }
+
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
+    if (wants_directory(opts) && !policy.scratch_dir) {
+      RunnerPolicy with_directory = policy;
+      with_directory.scratch_dir = true;
+      return run(code, input, with_directory, stdin_text, opts);
+    }
     check(policy, opts);
     return run_checked(code, input, policy, stdin_text, opts);
   }
@@ -148,6 +160,15 @@ struct Runner::Impl {
       RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_output_kb);
       r.isolation = policy.isolation;
       return r;
+    }
+    if (opts) {
+      const std::string why = detail::run_files::check_request(
+          opts->files, opts->collect, static_cast<std::size_t>(policy.scratch_limit_mb) << 20);
+      if (!why.empty()) {
+        RunResult r = outcome::bad_files(why);
+        r.isolation = policy.isolation;
+        return r;
+      }
     }
     const auto start = Clock::now();
     const std::uint64_t id = next_id++;
@@ -205,6 +226,7 @@ struct Runner::Impl {
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
   RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts,
                    std::function<void(const RunResult&)> on_done = {}) {
+    if (wants_directory(&opts)) policy.scratch_dir = true;
     check(policy, &opts);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();

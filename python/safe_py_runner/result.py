@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
 
 __all__ = ["RunnerResult"]
 
@@ -36,3 +36,8 @@ class RunnerResult:
     stderr_truncated: bool = False
     repr: Optional[str] = None
     """Session calls with ``repr=True``: the repr of a trailing expression (capped)."""
+    files: Dict[str, Union[str, bytes]] = field(default_factory=dict)
+    """Files the run left in its directory that match ``collect``: ``str`` when the file is valid
+    UTF-8, else ``bytes`` (a PNG). At most ``max_files_kb`` in all."""
+    files_left_out: List[str] = field(default_factory=list)
+    """Files ``collect`` matched that did not fit in ``max_files_kb``: never dropped silently."""
