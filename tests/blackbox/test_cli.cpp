@@ -590,23 +590,27 @@ TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the 
 TEST_CASE("run --file, --collect and --out-dir move files in and out of a run") {
   TempPath in("cli-files-in"), out("cli-files-out"), outside("cli-files-outside");
   in.write("3,4\n");
-  spr_test::fs::create_directories(out.path);
-  // A link already in the output folder is replaced by a file, never written through.
-  spr_test::fs::create_symlink(outside.path, out.path / "sum.txt");
-  const ProcResult p = run_cli("a, b = open('nums.csv').read().split(',')\n"
-                               "open('sum.txt', 'w').write(str(int(a) + int(b)))\n"
-                               "open('raw.bin', 'wb').write(bytes([0, 255]))\n",
-                               {"--blocked-builtins", "eval,exec", "--file", "nums.csv=" + in.str(), "--collect",
-                                "*.txt", "--collect", "*.bin", "--out-dir", out.str()});
+  const std::vector<std::string> args = {"--blocked-builtins", "eval,exec", "--file", "nums.csv=" + in.str(),
+                                         "--collect", "*.txt", "--collect", "*.bin", "--out-dir", out.str()};
+  const std::string code = "a, b = open('nums.csv').read().split(',')\n"
+                           "open('sum.txt', 'w').write(str(int(a) + int(b)))\n"
+                           "open('raw.bin', 'wb').write(bytes([0, 255]))\n";
+  const ProcResult p = run_cli(code, args);
   const json j = one_json(p);
   INFO(describe(p));
   CHECK(p.exit_code == 0);
   CHECK(j["files_written"] == json::array({"raw.bin", "sum.txt"}));
   CHECK_FALSE(j.contains("files"));
-  CHECK_FALSE(spr_test::fs::exists(outside.path));  // the link was not followed
   std::ifstream sum(out.path / "sum.txt");
   CHECK(std::string(std::istreambuf_iterator<char>(sum), {}) == "7");
   CHECK(spr_test::fs::file_size(out.path / "raw.bin") == 2);
+  // A link in the output folder is refused, never written through.
+  spr_test::fs::remove(out.path / "sum.txt");
+  spr_test::fs::create_symlink(outside.path, out.path / "sum.txt");
+  const ProcResult linked = run_cli(code, args);
+  CHECK(linked.exit_code == 65);
+  CHECK(contains(linked.err, "sum.txt"));
+  CHECK_FALSE(spr_test::fs::exists(outside.path));
   // Without --out-dir the files are in the JSON: text as text, bytes as base64.
   const json k = one_json(run_cli("open('r.bin', 'wb').write(bytes([0, 255]))",
                                   {"--blocked-builtins", "eval", "--collect", "*.bin"}));

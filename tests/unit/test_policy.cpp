@@ -364,6 +364,10 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.memory_limit_mb = 512; }).find("'memory_limit_mb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_output_kb = 129; }).find("'max_output_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_result_kb = 2048; }).find("'max_result_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_files_kb = 1025; }).find("'max_files_kb'") == 0);
+  CHECK_THROWS_AS(RunnerPolicy::from_json(spr::json{{"max_files_kb", -1}}), spr::PolicyError);
+  CHECK(RunnerPolicy::from_toml("max_files_kb = 8").max_files_kb == 8);
+  CHECK(RunnerPolicy::from_json(spr::json{{"max_files_kb", 8}}).to_json()["max_files_kb"] == 8);
   CHECK(loosened([](RunnerPolicy& p) { p.max_host_calls = 10001; }).find("'max_host_calls'") == 0);
   // Unset, max_host_call_kb follows max_result_kb: a larger one loosens the ceiling's.
   CHECK(loosened([](RunnerPolicy& p) { p.max_host_call_kb = 1025; }).find("'max_host_call_kb'") == 0);
