@@ -1,5 +1,5 @@
 # Type stubs of the C++ extension (internal: use the safe_py_runner package).
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 class WorkerError(RuntimeError): ...
 class SessionLimitError(RuntimeError): ...
