@@ -49,7 +49,8 @@ struct RunOptions {
   Files files;
   // Glob patterns (fnmatch, '*' stays within one directory: "*.png", "out/*.csv"): the regular files
   // the run leaves in its directory that match come back in RunResult::files. Either field gives the
-  // run its directory, as the policy's scratch_dir does (a ceiling must allow scratch_dir).
+  // run its directory, as the policy's scratch_dir does (a ceiling must allow scratch_dir). A session
+  // call refuses both (bad_input): it has no run directory of its own.
   std::vector<std::string> collect;
   // Host functions of this run (or session call) besides the runner's; a name in both takes this one.
   HostFunctions functions;

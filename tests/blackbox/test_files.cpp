@@ -103,7 +103,24 @@ TEST_CASE("files: names and patterns outside the run directory are refused befor
   }
 }
 
-TEST_CASE("files: a link the run plants to a host file is never followed by collect") {
+namespace {
+
+// The process whose working directory ends in `/name` (a run's, seen from outside through /proc), or "".
+std::string proc_with_cwd(const std::string& name) {
+  for (const auto& e : spr_test::fs::directory_iterator("/proc")) {
+    std::error_code ec;
+    const std::string cwd = spr_test::fs::read_symlink(e.path() / "cwd", ec).string();
+    if (!ec && cwd.size() > name.size() && cwd.compare(cwd.size() - name.size() - 1, std::string::npos, "/" + name) == 0)
+      return e.path().string();
+  }
+  return {};
+}
+
+}  // namespace
+
+// The audit hook refuses os.symlink to a place outside the run directory, but a run that owns its
+// process gets past it; the test plants the links itself, from outside, while the run waits.
+TEST_CASE("files: a link planted in the run directory to a host file is never followed by collect") {
   TempPath dir("files-secret");
   spr_test::fs::create_directories(dir.path);
   const std::string secret_path = (dir.path / "secret.txt").string();
@@ -111,17 +128,36 @@ TEST_CASE("files: a link the run plants to a host file is never followed by coll
   std::ofstream(secret_path) << secret;
   ::chmod(dir.str().c_str(), 0755);
   ::chmod(secret_path.c_str(), 0644);
+  const std::string mark = "wait-" + spr_test::unique_path("m").filename().string();
   spr::RunnerPolicy p = file_policy();
   p.blocked_imports = {};
   p.allowed_read_paths = {dir.str()};
-  // The run can read the file itself (so a collect that followed the link would find it), and plants
-  // links to it and to its directory under names collect asks for.
-  const std::string code = "import os\n"
+  p.timeout_seconds *= 12;  // the run waits for the test
+  // The run can read the file itself (so a collect that followed a link would find it); it waits in a
+  // folder named `mark` until the test has planted the links next to that folder.
+  const std::string code = "import os, time\n"
                            "result = len(open(" + json(secret_path).dump() + ").read())\n"
-                           "os.symlink(" + json(secret_path).dump() + ", 'leak.txt')\n"
-                           "os.symlink(" + json(dir.str()).dump() + ", 'leakdir')\n"
-                           "open('own.txt', 'w').write('mine')\n";
-  const spr::RunResult r = run_files(code, {}, {"*", "*/*"}, p);
+                           "open('own.txt', 'w').write('mine')\n"
+                           "os.mkdir('" + mark + "')\n"
+                           "os.chdir('" + mark + "')\n"
+                           "while not os.path.exists('go'):\n"
+                           "    time.sleep(0.01)\n"
+                           "os.chdir('..')\n";
+  spr::RunOptions o;
+  o.collect = {"*", "*/*"};
+  spr::RunHandle h = spr_test::runner().submit(code, json::object(), p, o);
+  std::string proc;
+  for (int i = 0; i < 6000 && proc.empty(); ++i) {  // waits for the run to get there, not for a time
+    if (h.wait_for(std::chrono::milliseconds(0)) == std::future_status::ready) break;
+    proc = proc_with_cwd(mark);
+    if (proc.empty()) ::usleep(10000);
+  }
+  REQUIRE_FALSE(proc.empty());
+  const spr_test::fs::path run_dir = spr_test::fs::path(proc) / "cwd" / "..";
+  spr_test::fs::create_symlink(secret_path, run_dir / "leak.txt");
+  spr_test::fs::create_directory_symlink(dir.path, run_dir / "leakdir");
+  std::ofstream(spr_test::fs::path(proc) / "cwd" / "go") << "";
+  const spr::RunResult r = h.get();
   INFO(describe(r));
   REQUIRE(r.ok);
   CHECK(r.result == static_cast<int>(secret.size()));
