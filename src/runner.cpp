@@ -138,6 +138,9 @@ struct Runner::Impl {
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
     if (wants_directory(opts) && !policy.scratch_dir) {
+      if (options.policy_is_ceiling && !options.policy.scratch_dir)
+        throw PolicyError("'files' and 'collect' need a run directory, which the runner's policy does not allow "
+                          "(scratch_dir)");
       RunnerPolicy with_directory = policy;
       with_directory.scratch_dir = true;
       return run(code, input, with_directory, stdin_text, opts);
@@ -226,7 +229,12 @@ struct Runner::Impl {
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
   RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts,
                    std::function<void(const RunResult&)> on_done = {}) {
-    if (wants_directory(&opts)) policy.scratch_dir = true;
+    if (wants_directory(&opts) && !policy.scratch_dir) {
+      if (options.policy_is_ceiling && !options.policy.scratch_dir)
+        throw PolicyError("'files' and 'collect' need a run directory, which the runner's policy does not allow "
+                          "(scratch_dir)");
+      policy.scratch_dir = true;
+    }
     check(policy, &opts);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();

@@ -84,7 +84,7 @@ Execute parse_execute(const json& body, const RunnerPolicy& base, const std::str
 
   Execute e;
   // Piston runs files[0] and puts the others beside it: here they go into the run's directory (its
-  // working directory), where the program opens or imports them.
+  // working directory), where the program reads them (as data: imports do not look there).
   for (std::size_t i = 1; i < files->size(); ++i) {
     const json& f = (*files)[i];
     const std::string at = "files[" + std::to_string(i) + "]";
