@@ -21,6 +21,7 @@
 #include "common/outcome.hpp"
 #include "common/wire.hpp"
 #include "detail/batch.hpp"
+#include "detail/json_cost.hpp"
 #include "detail/runner_access.hpp"
 #include "http/piston.hpp"
 
@@ -444,6 +445,12 @@ void Api::handle(const ExchangePtr& ex) {
   if (is_batch) return batch(ex);
   json body = json::object();
   if (!q.body.empty() || !is_open) {
+    // The body's parsed tree is bounded as serve bounds a line: 16 MiB of `{},` would take 2 GB.
+    if (std::string why = detail::parse_cost_refusal(q.body, detail::cost_budget(q.body.size())); !why.empty()) {
+      const std::string msg = "the body is too large once parsed: " + why;
+      if (is_piston) return send_json(ex, 400, {{"message", msg}}, "bad_input");
+      return bad_input(ex, msg);
+    }
     try {
       body = detail::parse_json(q.body);
     } catch (const std::exception& e) {

@@ -514,6 +514,27 @@ def test_batch_stops_when_its_client_goes(api):
         s.stop()
 
 
+def test_a_body_dense_once_parsed_is_refused_and_memory_stays_bounded(api):
+    # 8 MiB of `{},` as input_data would take ~1 GB parsed (the server held 1.8 GB for 16 MiB before); it is
+    # answered 400 from a pass that builds nothing. The Piston endpoint's body is bounded the same way.
+    s = Server("--workers", "1")
+    try:
+        before = s.rss_kb("VmHWM")
+        n = (8 << 20) // 3
+        body = b'{"code": "result = len(input_data)", "input_data": [' + b"{}," * (n - 1) + b"{}]}"
+        status, h, data = s.request("POST", "/v1/run", body)
+        r = api.check("POST", "/v1/run", status, h, data)
+        assert status == 400 and r["error_kind"] == "bad_input" and "once parsed" in r["error"]
+        status, _, data = s.request("POST", "/api/v2/execute", body)
+        assert status == 400 and "once parsed" in json.loads(data)["message"]
+        grew_mb = (s.rss_kb("VmHWM") - before) / 1024
+        assert grew_mb < 120, "the server's peak grew by %d MiB" % grew_mb
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 5"})
+        assert status == 200 and r["result"] == 5
+    finally:
+        s.stop()
+
+
 def test_every_documented_operation_was_checked(api):
     missing = api.operations() - api.checked
     assert not missing, missing
