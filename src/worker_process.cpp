@@ -26,11 +26,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <system_error>
 
 #include "common/capture_layout.hpp"
 #include "common/run_files.hpp"
 #include "common/wire.hpp"
+#include "detail/json_cost.hpp"
 
 namespace bp = boost::process;
 
@@ -49,31 +51,56 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+// Deeper than this, a scratch tree is not walked: the worker holding it is replaced instead.
+constexpr int kMaxWipeDepth = 256;
+
+// Opens directory `name` in `dirfd` for the wipe. A directory the run made unreadable (mkdir's mode 0300)
+// is made readable first: its owner is the sandbox's identity, which is this supervisor's (or root's).
+int open_subdir(int dirfd, const char* name) {
+  int sub = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (sub >= 0 || errno != EACCES) return sub;
+  const int path = ::openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (path < 0) return -1;
+  struct stat st {};
+  // The mode is changed through the descriptor (its /proc link), never by name: no link is followed.
+  const std::string link = "/proc/self/fd/" + std::to_string(path);
+  if (::fstat(path, &st) == 0 && S_ISDIR(st.st_mode) && ::chmod(link.c_str(), 0700) == 0)
+    sub = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  ::close(path);
+  return sub;
+}
+
 // Removes everything inside the directory `dirfd` without following a single symlink: every step
 // is relative to a descriptor already held, so a run that swaps a directory for a link to a host
-// path while we walk cannot make us delete outside its scratch root.
-void remove_contents(int dirfd, int depth) {
-  if (depth > 64) return;
+// path while we walk cannot make us delete outside its scratch root. True when nothing is left:
+// a caller that gets false must not let another run see the directory.
+bool remove_contents(int dirfd, int depth) {
+  if (depth > kMaxWipeDepth) return false;
   const int dup_fd = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) return;
+  if (dup_fd < 0) return false;
   DIR* d = ::fdopendir(dup_fd);
   if (!d) {
     ::close(dup_fd);
-    return;
+    return false;
   }
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
   }
   ::closedir(d);
+  bool empty = true;
   for (const auto& name : names) {
     if (::unlinkat(dirfd, name.c_str(), 0) == 0) continue;
-    const int sub = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (sub < 0) continue;
-    remove_contents(sub, depth + 1);
+    const int sub = open_subdir(dirfd, name.c_str());
+    if (sub < 0) {
+      empty = false;
+      continue;
+    }
+    empty = remove_contents(sub, depth + 1) && empty;
     ::close(sub);
-    ::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR);
+    if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0) empty = false;
   }
+  return empty;
 }
 
 void remove_tree(const std::string& dir) {
@@ -445,8 +472,10 @@ std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point
     return std::nullopt;
   }
   try {
-    protocol::Variables v = protocol::decode_as<protocol::Variables>(frame);
-    if (v.id == id) return std::move(v.variables);
+    if (parse_cost_refusal(frame, cost_budget(frame.size())).empty()) {
+      protocol::Variables v = protocol::decode_as<protocol::Variables>(frame);
+      if (v.id == id) return std::move(v.variables);
+    }
   } catch (const protocol::ProtocolError&) {
   }
   kill_and_reap();
@@ -471,8 +500,8 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   return r;
 }
 
-void WorkerProcess::wipe_scratch() const {
-  if (scratch_fd_) remove_contents(scratch_fd_.get(), 0);
+bool WorkerProcess::wipe_scratch() const {
+  return !scratch_fd_ || remove_contents(scratch_fd_.get(), 0);
 }
 
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
@@ -480,10 +509,13 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
                              const std::string& stdin_text, const RunExtras& extras) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
   // Nothing a run writes to the worker's scratch root (the only place Landlock lets it write)
-  // outlives the run: every run starts from an empty root.
+  // outlives the run: every run starts from an empty root. A root that cannot be emptied (too deep,
+  // an entry that cannot be removed) is never seen by another run: its worker is replaced.
   struct Wipe {
-    const WorkerProcess* w;
-    ~Wipe() { w->wipe_scratch(); }
+    WorkerProcess* w;
+    ~Wipe() {
+      if (!w->wipe_scratch()) w->kill_and_reap();
+    }
   } wipe{this};
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -554,6 +586,15 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     stream_until_readable();
     IoStatus s = receive(frame, hard_deadline, frame_cap);
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+    // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what
+    // they cost once built (14 MiB of `{},` took 566 MB).
+    if (std::string cost = parse_cost_refusal(frame, cost_budget(frame.size())); !cost.empty()) {
+      kill_and_reap();
+      r = failure(ErrorKind::protocol_error, "worker reply refused: " + cost);
+      read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
+      r.isolation = isolation_;
+      return finish(std::move(r));
+    }
     if (extras.host && HostCalls::looks_like_call(frame) && !(frames < 3 && is_stale(frame, id))) {
       const HostCalls::Step step = extras.host->answer(frame, id, policy, sock_.get(), pidfd_.get(), host_deadline, why);
       if (step == HostCalls::Step::answered) {
@@ -703,13 +744,9 @@ std::uint64_t WorkerProcess::cpu_ticks() const {
 }
 
 bool WorkerProcess::is_stale(const std::string& frame, std::uint64_t id) {
-  try {
-    const json j = parse_json(frame);
-    const json& got = j.is_object() ? j.value("id", json()) : json();
-    return got.is_number_unsigned() && got.get<std::uint64_t>() < id;
-  } catch (const std::exception&) {
-    return false;
-  }
+  // The top-level id from one pass that builds nothing (a forged frame may be costly to parse).
+  const RequestCost c = measure_request(frame, std::numeric_limits<std::size_t>::max());
+  return !c.malformed && c.id.is_number_unsigned() && c.id.get<std::uint64_t>() < id;
 }
 
 bool WorkerProcess::quiet() const {
