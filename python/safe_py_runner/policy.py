@@ -59,8 +59,6 @@ class RunnerPolicy:
     """CPU time cap; 0 leaves only the wall-clock limit."""
     max_result_kb: int = 1024
     """Cap on the JSON text of ``result``."""
-    max_files_kb: int = 1024
-    """Cap on the files a run returns (``collect=``), in all, in KiB."""
     max_host_calls: int = 10000
     """Host function calls one run may make (``functions=``); past it: ``host_call_limit``."""
     max_host_call_kb: Optional[int] = None
@@ -79,6 +77,9 @@ class RunnerPolicy:
     """namespace/subinterpreter workers serve only runs with the same key: one key per party."""
     python_executable: Optional[str] = None
     """Run with this interpreter's packages (a venv's ``bin/python``); None: the engine's own."""
+    # Fields added later go last, so positional arguments keep their meaning.
+    max_files_kb: int = 1024
+    """Cap on the files a run returns (``collect=``), in all, in KiB."""
 
     def __post_init__(self) -> None:
         if self.mode not in {"allow", "restrict"}:
