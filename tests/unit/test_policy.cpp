@@ -40,6 +40,7 @@ timeout_seconds = 2.5
 memory_limit_mb = 128
 max_output_kb = 64
 max_result_kb = 32
+max_files_kb = 48
 max_host_calls = 7
 max_host_call_kb = 16
 cpu_time_seconds = 1.5
@@ -72,6 +73,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.memory_limit_mb == 128);
   CHECK(p.max_output_kb == 64);
   CHECK(p.max_result_kb == 32);
+  CHECK(p.max_files_kb == 48);
   CHECK(p.max_host_calls == 7);
   CHECK(p.max_host_call_kb == 16);
   CHECK(p.cpu_time_seconds == 1.5);
@@ -137,7 +139,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["max_host_calls"] == 10000);
   CHECK(j["max_host_call_kb"].is_null());  // unset: max_result_kb
   CHECK(RunnerPolicy{}.host_call_kb() == 1024);
-  CHECK(j.size() == 23);
+  CHECK(j["max_files_kb"] == 1024);
+  CHECK(j.size() == 24);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -146,6 +149,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"memory_limit_mb", 128},
                   {"max_output_kb", 64},
                   {"max_result_kb", 32},
+                  {"max_files_kb", 48},
                   {"max_host_calls", 7},
                   {"max_host_call_kb", 16},
                   {"cpu_time_seconds", 1.5},
