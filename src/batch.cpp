@@ -20,6 +20,7 @@
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/outcome.hpp"
+#include "detail/json_cost.hpp"
 #include "detail/request_line.hpp"
 #include "detail/runner_access.hpp"
 
@@ -63,18 +64,19 @@ CaseIndex::Key key_of(const json& id) {
 }
 
 // A case id is a JSON scalar other than null.
+// A case line times its repeats, held at once by the runs in flight.
+constexpr std::size_t kMaxRepeatedBytes = 64u << 20;
+
 bool usable_id(const json& id) {
   return !id.is_null() && !id.is_object() && !id.is_array();
 }
 
 // The id of a case line, when it has a usable one.
+// Read by a pass that builds no tree (a case line may be costly to parse; this runs for every line first).
 std::optional<json> line_id(std::string_view line) {
-  std::string error;
-  std::optional<json> req = parse_request_line(line, error);
-  if (!req) return std::nullopt;
-  auto it = req->find("id");
-  if (it == req->end() || !usable_id(*it)) return std::nullopt;
-  return *it;
+  const RequestCost c = measure_request(line, cost_budget(line.size()));
+  if (c.malformed || c.over || !usable_id(c.id)) return std::nullopt;
+  return c.id;
 }
 
 // Durations in buckets 2% wide from 1 µs to beyond an hour: percentiles in constant memory.
@@ -336,6 +338,13 @@ struct Batch::Impl {
     if (too_long)
       return answer_bad(seq, nullptr, pos,
                         where + "longer than " + std::to_string(kMaxRequestLineBytes >> 20) + " MiB");
+    // Each repeat is submitted with its own copy of the case: K copies of a large case at once are refused.
+    if (opt.repeat > 1 && line.size() * static_cast<std::size_t>(opt.repeat) > kMaxRepeatedBytes)
+      return answer_bad(seq, line_id(line).value_or(json()), pos,
+                        where + "its " + std::to_string(opt.repeat) + " repeats would hold " +
+                            std::to_string((line.size() * static_cast<std::size_t>(opt.repeat)) >> 20) +
+                            " MiB at once (at most " + std::to_string(kMaxRepeatedBytes >> 20) +
+                            "): repeat it less or make it smaller");
     std::string error;
     std::optional<json> req = parse_request_line(line, error);
     if (!req) return answer_bad(seq, nullptr, pos, where + error);

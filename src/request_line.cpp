@@ -3,6 +3,7 @@
 
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
+#include "detail/json_cost.hpp"
 
 namespace spr::detail {
 
@@ -26,6 +27,11 @@ bool blank_line(std::string_view line) {
 }
 
 std::optional<json> parse_request_line(std::string_view line, std::string& error) {
+  // A line's tree is bounded before it is built, for every caller (batch cases, serve, HTTP bodies).
+  if (std::string why = parse_cost_refusal(line, cost_budget(line.size())); !why.empty()) {
+    error = "request too large once parsed: " + why;
+    return std::nullopt;
+  }
   json req;
   try {
     req = parse_json(line);

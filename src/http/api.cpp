@@ -104,6 +104,15 @@ std::string random_id() {
   return id;
 }
 
+// Runs of different tokens never share a worker: a token is a party, and in `namespace` and
+// `subinterpreter` mode a worker runs one party's runs one after another. The run's trust_domain is
+// prefixed with its token's number, whatever the request or the operator's policy named.
+void bind_to_token(RunnerPolicy& p, const ExchangePtr& ex) {
+  const auto& t = ex->request().token;
+  if (!t) return;
+  p.trust_domain = "http-token-" + std::to_string(*t) + (p.trust_domain.empty() ? "" : "/" + p.trust_domain);
+}
+
 std::string owner_key(const ExchangePtr& ex) {
   const auto& t = ex->request().token;
   return t ? std::to_string(*t) : std::string("-");
@@ -372,11 +381,12 @@ struct CallBody {
 };
 
 // Fills `out` from the body's code, input_data, stdin and id; the message of the first bad field, or "".
-std::string read_call(const json& body, CallBody& out) {
+std::string read_call(json& body, CallBody& out) {
   auto code = body.find("code");
   if (code == body.end() || !code->is_string()) return "the body needs a string field 'code'";
   out.code = code->get<std::string>();
-  if (auto in = body.find("input_data"); in != body.end() && !in->is_null()) out.input = *in;
+  // Moved, not copied: the request's tree is held once (the body itself is bounded by its parse cost).
+  if (auto in = body.find("input_data"); in != body.end() && !in->is_null()) out.input = std::move(*in);
   if (auto in = body.find("stdin"); in != body.end() && !in->is_null()) {
     if (!in->is_string()) return "'stdin' must be a string";
     out.options.stdin_text = in->get<std::string>();
@@ -494,7 +504,7 @@ std::shared_ptr<Api::RunCall> Api::start_call(const ExchangePtr& ex, const std::
   return rc;
 }
 
-void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
+void Api::run(const ExchangePtr& ex, json& body, bool stream) {
   if (auto f = unknown_field(body, {"code", "input_data", "stdin", "files", "collect", "policy", "id"}); !f.empty())
     return bad_input(ex, "unknown field '" + f + "'");
   CallBody call;
@@ -511,6 +521,7 @@ void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
       !runner_.options().policy.scratch_dir)
     return bad_input(ex, "'files' and 'collect' need a run directory, which the operator's policy does not allow "
                          "(scratch_dir)");
+  bind_to_token(policy, ex);
   auto rc = start_call(ex, call.client_id, call.options, stream, policy.timeout_seconds);
   if (!rc) return;
   auto on_done = [this, rc](const RunResult& r) {
@@ -561,6 +572,7 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
   } catch (const piston::BadRequest& err) {
     return bad(err.what());
   }
+  bind_to_token(e.policy, ex);
   if (!admit(ex, true)) return;
   auto rc = std::make_shared<RunCall>();
   rc->ex = ex;
@@ -617,6 +629,7 @@ void Api::session_open(const ExchangePtr& ex, const json& body) {
   } catch (const PolicyError& e) {
     return bad_input(ex, std::string("invalid policy: ") + e.what());
   }
+  bind_to_token(policy, ex);
   std::string id;
   if (options_.session_id_from_header && !ex->request().session_id.empty()) {
     id = ex->request().session_id;
@@ -653,7 +666,7 @@ void Api::session_open(const ExchangePtr& ex, const json& body) {
   });
 }
 
-void Api::session_run(const ExchangePtr& ex, const std::string& id, const json& body, bool stream) {
+void Api::session_run(const ExchangePtr& ex, const std::string& id, json& body, bool stream) {
   if (auto f = unknown_field(body, {"code", "input_data", "stdin", "repr", "timeout_seconds", "id"}); !f.empty())
     return bad_input(ex, "unknown field '" + f + "'");
   CallBody call;
@@ -734,6 +747,8 @@ void Api::batch(const ExchangePtr& ex) {
   const Request& q = ex->request();
   detail::BatchOptions bo;
   bo.ceiling = base_;
+  // With a token, the ceiling names its trust domain, so no case can leave it.
+  bind_to_token(bo.ceiling, ex);
   bo.workers = runner_.options().workers;
   if (auto r = query_value(q.query, "repeat")) {
     char* end = nullptr;

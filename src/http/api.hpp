@@ -53,10 +53,10 @@ class Api {
   struct RunCall;
   struct BatchCall;
 
-  void run(const ExchangePtr& ex, const json& body, bool stream);
+  void run(const ExchangePtr& ex, json& body, bool stream);
   void piston_execute(const ExchangePtr& ex, const json& body);
   void session_open(const ExchangePtr& ex, const json& body);
-  void session_run(const ExchangePtr& ex, const std::string& id, const json& body, bool stream);
+  void session_run(const ExchangePtr& ex, const std::string& id, json& body, bool stream);
   void session_variables(const ExchangePtr& ex, const std::string& id);
   void session_close(const ExchangePtr& ex, const std::string& id);
   void cancel(const ExchangePtr& ex, const std::string& id);

@@ -164,8 +164,29 @@ class Connection : public std::enable_shared_from_this<Connection> {
     parser_->body_limit(shared_.options.max_body_bytes);
     // One deadline for the whole request, header and body: a client that trickles bytes is dropped.
     stream_.expires_after(ms(shared_.options.read_timeout_seconds));
+    // The header first: a request without a valid token is answered before its body is read, so a client
+    // without one cannot make the server hold bodies.
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read(ec);
+    token_.reset();
+    if (!shared_.options.tokens.empty()) {
+      auto& m = parser_->get();
+      const auto header = m[bhttp::field::authorization];
+      token_ = shared_.authenticate(std::string_view(header.data(), header.size()));
+      // The playground page is static and holds nothing; its calls carry the token typed into it.
+      const std::string target(m.target());
+      const std::string path = target.substr(0, target.find('?'));
+      const bool open = path == "/healthz" || (path == "/" && m.method() == bhttp::verb::get);
+      if (!token_ && !open)
+        return refuse(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <token>'",
+                      {{"WWW-Authenticate", "Bearer"}});
+    }
     bhttp::async_read(stream_, buffer_, *parser_,
-                      [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+                      [self = shared_from_this()](beast::error_code e, std::size_t) { self->on_read(e); });
   }
 
   void on_read(beast::error_code ec) {
@@ -210,27 +231,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
     req.session_id = std::string(m["X-Session-Id"]);
     method_ = req.method;
     path_ = req.path;
-    if (!shared_.options.tokens.empty()) {
-      const auto header = m[bhttp::field::authorization];
-      req.token = shared_.authenticate(std::string_view(header.data(), header.size()));
-      // The playground page is static and holds nothing; its calls carry the token typed into it.
-      const bool open = req.path == "/healthz" || (req.path == "/" && req.method == "GET");
-      if (!req.token && !open) {
-        shared_.api.metrics().refused("unauthorized");
-        return do_send(seq_, 401,
-                       detail::dump_json({{"error", "this endpoint needs 'Authorization: Bearer <token>'"},
-                                          {"error_kind", "unauthorized"}}) +
-                           "\n",
-                       "application/json", {{"WWW-Authenticate", "Bearer"}}, "unauthorized");
-      }
-    }
+    req.token = token_;  // checked with the header (on_header)
     parser_.reset();
     shared_.api.handle(std::make_shared<ConnExchange>(shared_from_this(), seq_, std::move(req)));
   }
 
   // Answers a request that could not be read whole, then closes (its unread rest would be taken
   // for the next request).
-  void refuse(int status, const std::string& reason, const std::string& message) {
+  void refuse(int status, const std::string& reason, const std::string& message, Headers headers = {}) {
     shared_.api.metrics().refused(reason);
     busy_ = true;
     ++seq_;
@@ -246,7 +254,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       path_ = "-";
     }
     do_send(seq_, status, detail::dump_json({{"error", message}, {"error_kind", reason}}) + "\n", "application/json",
-            {}, reason);
+            std::move(headers), reason);
   }
 
   bool keep_alive() const { return keep_alive_ && !shared_.draining; }
@@ -400,6 +408,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   // The request being answered (all touched on the connection's strand only).
   std::uint64_t seq_ = 0;
+  std::optional<std::size_t> token_;  // the token the current request's header carried
   bool busy_ = false, answered_ = false, keep_alive_ = true;
   unsigned version_ = 11;
   std::string method_, path_, kind_;

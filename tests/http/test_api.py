@@ -535,6 +535,98 @@ def test_a_body_dense_once_parsed_is_refused_and_memory_stays_bounded(api):
         s.stop()
 
 
+def two_token_server(*args):
+    tokens = ["c" * 24, "d" * 24]
+    f = tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False)
+    f.write("%s\n%s\n" % tuple(tokens))
+    f.close()
+    return Server("--token-file", f.name, *args), f.name, [{"Authorization": "Bearer " + t} for t in tokens]
+
+
+def test_a_request_without_a_token_is_answered_before_its_body_is_read(api):
+    # A client without a token announces 16 MB and sends none of it: it gets its 401 at once (the server held
+    # such bodies whole before checking the token: 16 MB per connection, unauthenticated).
+    s, path, _ = two_token_server()
+    try:
+        sock = socket.create_connection((s.host, s.port), timeout=30 * TIME_SCALE)
+        sock.sendall(b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 16000000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    finally:
+        s.stop()
+        os.unlink(path)
+
+
+def test_runs_of_two_tokens_never_share_a_worker(api):
+    # In namespace mode a worker runs one party's runs one after another; two tokens are two parties. Token B's
+    # run must not see what token A's run left in the worker, even when B names A's trust_domain.
+    s, path, (a, b) = two_token_server("--workers", "1", "--isolation", "namespace")
+    try:
+        status, _, r = s.json("POST", "/v1/run", {"code": "import json\njson.seen = 'A-SECRET'\nresult = 1"}, a)
+        assert status == 200 and r["ok"], r
+        for policy in ({}, {"trust_domain": "tenant-a"}):
+            status, _, r = s.json("POST", "/v1/run", {"code": "import json\nresult = getattr(json, 'seen', None)",
+                                                      "policy": policy}, b)
+            assert status == 200 and r["ok"], r
+            assert r["result"] is None
+        # The control: token A's next run on its own worker sees its own state (the check above can fail).
+        status, _, r = s.json("POST", "/v1/run", {"code": "import json\nresult = getattr(json, 'seen', None)"}, a)
+        assert status == 200 and r["result"] == "A-SECRET"
+    finally:
+        s.stop()
+        os.unlink(path)
+
+
+def test_batch_lines_and_repeats_are_bounded_before_they_cost_memory(api):
+    s = Server("--workers", "1")
+    try:
+        before = s.rss_kb("VmHWM")
+        n = (4 << 20) // 3
+        dense = '{"id": "dense", "code": "result = 1", "input_data": [' + "{}," * (n - 1) + "{}]}"
+        big = json.dumps({"id": "big", "code": "#" * (2 << 20) + "\nresult = 1"})
+        headers = {"Content-Type": "application/x-ndjson"}
+        status, _, data = s.request("POST", "/v1/batch", batch_body([dense, {"id": "ok", "code": "pass"}]), headers)
+        assert status == 200
+        lines = [json.loads(x) for x in data.decode().splitlines() if x]
+        # The dense line's id cannot be read without building it: answered in its place with no id.
+        assert [x.get("id") for x in lines[:2]] == [None, "ok"]
+        assert lines[0]["error_kind"] == "bad_input" and "once parsed" in lines[0]["error"]
+        assert lines[1]["passed"] is True
+        status, _, data = s.request("POST", "/v1/batch?repeat=40", batch_body([big, {"id": "ok", "code": "pass"}]),
+                                    headers)
+        assert status == 200
+        lines = [json.loads(x) for x in data.decode().splitlines() if x]
+        assert lines[0]["id"] == "big" and lines[0]["error_kind"] == "bad_input" and "repeats" in lines[0]["error"]
+        assert lines[1]["passed"] is True
+        grew_mb = (s.rss_kb("VmHWM") - before) / 1024
+        assert grew_mb < 120, "the server's peak grew by %d MiB" % grew_mb
+    finally:
+        s.stop()
+
+
+def test_a_body_of_small_numbers_is_counted_with_its_arrays_growth(api):
+    # 8 MiB of `1,` is 4 M array elements: 64 MB of values in a vector that grows by doubling (628 MB seen for
+    # 16 MiB when each was counted once). It is refused unparsed.
+    s = Server("--workers", "1")
+    try:
+        before = s.rss_kb("VmHWM")
+        n = (8 << 20) // 2
+        body = b'{"code": "result = len(input_data)", "input_data": [' + b"1," * (n - 1) + b"1]}"
+        status, _, data = s.request("POST", "/v1/run", body)
+        assert status == 400 and "once parsed" in json.loads(data)["error"]
+        grew_mb = (s.rss_kb("VmHWM") - before) / 1024
+        assert grew_mb < 120, "the server's peak grew by %d MiB" % grew_mb
+    finally:
+        s.stop()
+
+
 def test_every_documented_operation_was_checked(api):
     missing = api.operations() - api.checked
     assert not missing, missing

@@ -22,7 +22,7 @@ TEST_CASE("request cost: a dense line of '[],' passes its budget and the pass st
 
 TEST_CASE("request cost: numbers and text of the same length are within the budget") {
   std::string numbers = "{\"id\": \"n\", \"code\": \"x\", \"input_data\": [";
-  while (numbers.size() < (4u << 20)) numbers += "1,";
+  while (numbers.size() < (4u << 20)) numbers += "123456,";
   numbers += "1]}";
   auto c = measure_request(numbers, cost_budget(numbers.size()));
   CHECK_FALSE(c.over);
@@ -32,6 +32,17 @@ TEST_CASE("request cost: numbers and text of the same length are within the budg
   CHECK_FALSE(c.over);
   CHECK(c.bytes >= text.size() - 16);
   CHECK(c.id.is_null());
+}
+
+TEST_CASE("request cost: an array's elements count twice their size (its vector grows by doubling)") {
+  // 4 MiB of `1,` is 2 M elements: 32 MiB of values, up to 64 MiB of vector; 16 MiB of it took 628 MB.
+  std::string ones = "{\"id\": 1, \"code\": \"x\", \"input_data\": [";
+  while (ones.size() < (4u << 20)) ones += "1,";
+  ones += "1]}";
+  CHECK(measure_request(ones, cost_budget(ones.size())).over);
+  // The same values as an object's members are map nodes, counted as such.
+  const auto c = measure_request("{\"a\": [1, 2, 3], \"b\": 1}", 1 << 20);
+  CHECK(c.bytes == 2 * 64 + (16 + 48) + 3 * 32 + 16 + 16 + 48);
 }
 
 TEST_CASE("request cost: malformed JSON is reported, not counted as over") {
