@@ -111,7 +111,7 @@ class Runner:
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
-        ``input()`` read (at most ``max_output_kb``); ``functions`` adds host functions."""
+        ``input()`` read (at most ``max_stdin_kb``); ``functions`` adds host functions."""
         if self._closed:
             raise RuntimeError("the Runner is closed")
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
@@ -136,7 +136,7 @@ class Runner:
                 raise
             # close() came between this run's start and the engine: answered as a run in flight is.
             return (False, "null", "", "", False, False, "the runner is shutting down", 1, "worker_unavailable",
-                    0.0, chosen.isolation, False, False, None)
+                    0.0, chosen.isolation, False, False, None, 0.0)
 
     def _start(self, call) -> RunFuture:
         future = RunFuture()
@@ -179,6 +179,7 @@ class Runner:
         policy_file: Optional[Union[str, os.PathLike]] = None,
         python_executable: Optional[str] = None,
         *,
+        stdin: Optional[str] = None,
         functions: Optional[HostFunctions] = None,
     ) -> RunnerResult:
         """``await``-able run for asyncio programs; the event loop keeps running meanwhile.
@@ -187,7 +188,7 @@ class Runner:
         import asyncio  # here, not at the top: a program that never awaits does not pay for importing it
 
         return await asyncio.wrap_future(
-            self.submit(code, input_data, policy, policy_file, python_executable, functions=functions,
+            self.submit(code, input_data, policy, policy_file, python_executable, stdin=stdin, functions=functions,
                         _loop=asyncio.get_running_loop()))
 
     def stream(
@@ -195,10 +196,12 @@ class Runner:
         code: str,
         input_data: Optional[Any] = None,
         policy: Optional[RunnerPolicy] = None,
+        *,
+        stdin: Optional[str] = None,
     ) -> OutputStream:
         """``async for stream, data in runner.stream(code)``: output as it comes; then
         ``await it.result()`` for the ``RunnerResult``. Call it from a running event loop."""
-        return OutputStream(lambda push: self.submit(code, input_data, policy, on_output=push))
+        return OutputStream(lambda push: self.submit(code, input_data, policy, on_output=push, stdin=stdin))
 
     def open_session(self, policy: Optional[RunnerPolicy] = None) -> Session:
         """A ``Session`` whose calls share one namespace, in a process of its own. Raises
@@ -279,6 +282,7 @@ def run_code(
     policy_file: Optional[Union[str, os.PathLike]] = None,
     python_executable: Optional[str] = None,
     *,
+    stdin: Optional[str] = None,
     functions: Optional[HostFunctions] = None,
 ) -> RunnerResult:
     """Run ``code`` under ``policy`` (or the policy in ``policy_file``) and return its result.
@@ -287,6 +291,8 @@ def run_code(
     as JSON. Giving both ``policy`` and ``policy_file`` is a ``ValueError``. ``python_executable``
     runs the code with that interpreter's packages (a venv). Uses a process-wide ``Runner``
     started on first use. ``functions`` (name -> callable) are host functions the code may call:
-    ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``.
+    ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``. ``stdin`` is the text
+    ``sys.stdin`` and ``input()`` read (at most ``max_stdin_kb``; without it they see end of file).
     """
-    return _default_runner().run(code, input_data, policy, policy_file, python_executable, functions=functions)
+    return _default_runner().run(code, input_data, policy, policy_file, python_executable, stdin=stdin,
+                                 functions=functions)
