@@ -289,6 +289,7 @@ struct Batch::Impl {
   }
 
   void run_ended(std::uint64_t seq, const RunResult& r) {
+    if (opt.on_run_end) opt.on_run_end(r);
     std::lock_guard<std::mutex> lk(mu);
     auto it = running.find(seq);
     if (it == running.end()) return;
@@ -450,6 +451,7 @@ BatchSummary Batch::run(std::istream& in, const CaseIndex& index, const std::vec
     if (!too_long && blank_line(line)) continue;
     const std::size_t p = pos++;
     if (p % m.opt.shard_count != m.opt.shard_index || (p < done.size() && done[p])) continue;
+    if (m.opt.before_case) m.opt.before_case();
     {
       std::unique_lock<std::mutex> lk(m.mu);
       m.room.wait(lk, [&] { return m.stopping || m.has_room(); });

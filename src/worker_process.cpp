@@ -26,10 +26,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <system_error>
 
 #include "common/capture_layout.hpp"
 #include "common/wire.hpp"
+#include "detail/json_cost.hpp"
 
 namespace bp = boost::process;
 
@@ -444,8 +446,10 @@ std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point
     return std::nullopt;
   }
   try {
-    protocol::Variables v = protocol::decode_as<protocol::Variables>(frame);
-    if (v.id == id) return std::move(v.variables);
+    if (parse_cost_refusal(frame, cost_budget(frame.size())).empty()) {
+      protocol::Variables v = protocol::decode_as<protocol::Variables>(frame);
+      if (v.id == id) return std::move(v.variables);
+    }
   } catch (const protocol::ProtocolError&) {
   }
   kill_and_reap();
@@ -551,6 +555,15 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     stream_until_readable();
     IoStatus s = receive(frame, hard_deadline, frame_cap);
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+    // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what
+    // they cost once built (14 MiB of `{},` took 566 MB).
+    if (std::string cost = parse_cost_refusal(frame, cost_budget(frame.size())); !cost.empty()) {
+      kill_and_reap();
+      r = failure(ErrorKind::protocol_error, "worker reply refused: " + cost);
+      read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
+      r.isolation = isolation_;
+      return finish(std::move(r));
+    }
     if (extras.host && HostCalls::looks_like_call(frame) && !(frames < 3 && is_stale(frame, id))) {
       const HostCalls::Step step = extras.host->answer(frame, id, policy, sock_.get(), pidfd_.get(), host_deadline, why);
       if (step == HostCalls::Step::answered) {
@@ -680,13 +693,9 @@ std::uint64_t WorkerProcess::cpu_ticks() const {
 }
 
 bool WorkerProcess::is_stale(const std::string& frame, std::uint64_t id) {
-  try {
-    const json j = parse_json(frame);
-    const json& got = j.is_object() ? j.value("id", json()) : json();
-    return got.is_number_unsigned() && got.get<std::uint64_t>() < id;
-  } catch (const std::exception&) {
-    return false;
-  }
+  // The top-level id from one pass that builds nothing (a forged frame may be costly to parse).
+  const RequestCost c = measure_request(frame, std::numeric_limits<std::size_t>::max());
+  return !c.malformed && c.id.is_number_unsigned() && c.id.get<std::uint64_t>() < id;
 }
 
 bool WorkerProcess::quiet() const {

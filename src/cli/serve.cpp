@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "cli/request_cost.hpp"
+#include "detail/json_cost.hpp"
 #include "common/frame.hpp"
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
@@ -195,16 +195,16 @@ class Server {
 
   // One request line: answered, queued for its session, or returned as a one-off run to start.
   std::optional<Job> handle(const std::string& line) {
-    RequestCost cost;
-    // A short line cannot pass its budget (kMaxCostPerByte): only long ones get the extra pass.
-    if (line.size() * kMaxCostPerByte > kCostFloorBytes) {
-      cost = measure_request(line, cost_budget(line.size()));
+    detail::RequestCost cost;
+    // A short line cannot pass its budget (detail::kMaxCostPerByte): only long ones get the extra pass.
+    if (line.size() * detail::kMaxCostPerByte > detail::kCostFloorBytes) {
+      cost = detail::measure_request(line, detail::cost_budget(line.size()));
       if (cost.over)
         return refuse(cost.id, "request too large once parsed: its " + std::to_string(line.size()) +
-                                " bytes would take more than " + std::to_string(cost_budget(line.size()) >> 20) +
+                                " bytes would take more than " + std::to_string(detail::cost_budget(line.size()) >> 20) +
                                 " MiB (values nested or packed too densely)");
     } else {
-      cost.bytes = line.size() * kMaxCostPerByte;
+      cost.bytes = line.size() * detail::kMaxCostPerByte;
     }
     std::string error;
     std::optional<json> parsed = detail::parse_request_line(line, error);

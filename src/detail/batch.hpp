@@ -61,6 +61,12 @@ struct BatchOptions {
   // A slow case holds later output back for at most its own timeout, then the window lets no more start.
   std::size_t window = 0;
   std::size_t max_buffered_bytes = 64u << 20;  // finished lines held for order; past it no case starts
+  // Called on run()'s thread, with no lock held, before each case starts: a sink that queues lines for
+  // a slow reader waits here until it has room (the sink itself runs where runs end and must not wait).
+  std::function<void()> before_case;
+  // Called with each run's result as it ends (cancelled ones included), where runs end, without the
+  // batch's lock: for counters such as the HTTP service's metrics.
+  std::function<void(const RunResult&)> on_run_end;
 };
 
 // Counts so far (progress) or at the end (summary).

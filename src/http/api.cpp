@@ -10,13 +10,18 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <cstdlib>
 #include <initializer_list>
+#include <optional>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 
 #include "common/frame.hpp"
 #include "common/outcome.hpp"
 #include "common/wire.hpp"
+#include "detail/batch.hpp"
+#include "detail/json_cost.hpp"
 #include "detail/runner_access.hpp"
 #include "http/piston.hpp"
 
@@ -28,6 +33,9 @@ namespace {
 
 constexpr std::size_t kMaxRunIdBytes = 128;
 constexpr double kReadyTimeoutSeconds = 5;
+// A batch's answer lines wait while this much is queued for a client that reads slowly.
+constexpr std::size_t kMaxBatchBacklogBytes = 4u << 20;
+constexpr long kMaxBatchRepeat = 100;
 
 json error_body(const std::string& kind, const std::string& message) {
   return {{"error", message}, {"error_kind", kind}};
@@ -53,17 +61,24 @@ std::string unknown_field(const json& body, std::initializer_list<const char*> k
   return {};
 }
 
-// "stream=1" or "stream=true" among the query's parameters.
-bool wants_stream(const std::string& query) {
+// The value of the query parameter `name` (undecoded), or nullopt when it is absent.
+std::optional<std::string> query_value(const std::string& query, const std::string& name) {
   std::size_t pos = 0;
   while (pos <= query.size()) {
     std::size_t end = query.find('&', pos);
     if (end == std::string::npos) end = query.size();
     const std::string item = query.substr(pos, end - pos);
-    if (item == "stream=1" || item == "stream=true") return true;
+    if (item.compare(0, name.size() + 1, name + "=") == 0) return item.substr(name.size() + 1);
+    if (item == name) return std::string();
     pos = end + 1;
   }
-  return false;
+  return std::nullopt;
+}
+
+// "stream=1" or "stream=true" among the query's parameters.
+bool wants_stream(const std::string& query) {
+  const auto v = query_value(query, "stream");
+  return v && (*v == "1" || *v == "true");
 }
 
 // 128 bits from the kernel's CSPRNG, as 32 hex digits.
@@ -232,6 +247,14 @@ struct Api::RunCall {
   std::string streamed[2];  // Piston: each stream's chunks, to check `output` against the result
 };
 
+// One POST /v1/batch: its cases run on the Runner from a thread of its own, answer lines in input order.
+struct Api::BatchCall {
+  std::unique_ptr<detail::Batch> batch;
+  std::thread thread;
+  std::atomic<bool> stopped{false};  // drain or shutdown: take no more cases
+  std::atomic<bool> ended{false};
+};
+
 Api::Api(Runner& runner, RunnerPolicy base, ApiOptions options)
     : runner_(runner),
       base_(std::move(base)),
@@ -246,10 +269,18 @@ Api::~Api() {
 
 void Api::stop() {
   std::map<std::string, std::shared_ptr<SessionEntry>> sessions;
+  std::vector<std::shared_ptr<BatchCall>> batches;
   {
     std::lock_guard<std::mutex> lk(mu_);
     sessions.swap(sessions_);
+    batches.swap(batches_);
   }
+  for (auto& b : batches) {
+    b->stopped = true;
+    b->batch->stop();
+  }
+  for (auto& b : batches)
+    if (b->thread.joinable()) b->thread.join();
   for (auto& [id, s] : sessions) s->session.close();
   if (pool_) pool_->stop();
 }
@@ -257,6 +288,11 @@ void Api::stop() {
 void Api::begin_drain() {
   std::lock_guard<std::mutex> lk(mu_);
   draining_ = true;
+  // A batch takes no more cases; what has finished is written, then its summary (interrupted).
+  for (auto& b : batches_) {
+    b->stopped = true;
+    b->batch->stop();
+  }
 }
 
 std::size_t Api::in_flight() const {
@@ -401,12 +437,20 @@ void Api::handle(const ExchangePtr& ex) {
   const bool is_open = q.path == "/v1/sessions";
   const bool is_session_run = session_path && seg.size() == 4 && seg[3] == "run";
   const bool is_cancel = seg.size() == 4 && seg[0] == "v1" && seg[1] == "runs" && !seg[2].empty() && seg[3] == "cancel";
-  if (!is_run && !is_piston && !is_open && !is_session_run && !is_cancel)
+  const bool is_batch = q.path == "/v1/batch";
+  if (!is_run && !is_piston && !is_open && !is_session_run && !is_cancel && !is_batch)
     return send_error(ex, 404, "not_found", "no such endpoint: " + q.method + " " + q.path);
   if (q.method != "POST") return method_not_allowed("POST");
   if (is_cancel) return cancel(ex, seg[2]);
+  if (is_batch) return batch(ex);
   json body = json::object();
   if (!q.body.empty() || !is_open) {
+    // The body's parsed tree is bounded as serve bounds a line: 16 MiB of `{},` would take 2 GB.
+    if (std::string why = detail::parse_cost_refusal(q.body, detail::cost_budget(q.body.size())); !why.empty()) {
+      const std::string msg = "the body is too large once parsed: " + why;
+      if (is_piston) return send_json(ex, 400, {{"message", msg}}, "bad_input");
+      return bad_input(ex, msg);
+    }
     try {
       body = detail::parse_json(q.body);
     } catch (const std::exception& e) {
@@ -675,6 +719,87 @@ void Api::cancel(const ExchangePtr& ex, const std::string& id) {
   if (!token) return send_error(ex, 404, "not_found", "no run with id '" + id + "' is in flight");
   token->cancel();  // the run answers `cancelled` to its own request
   send_json(ex, 200, {{"cancelled", true}});
+}
+
+void Api::batch(const ExchangePtr& ex) {
+  const Request& q = ex->request();
+  detail::BatchOptions bo;
+  bo.ceiling = base_;
+  bo.workers = runner_.options().workers;
+  if (auto r = query_value(q.query, "repeat")) {
+    char* end = nullptr;
+    const long k = std::strtol(r->c_str(), &end, 10);
+    if (r->empty() || *end != '\0' || k < 1 || k > kMaxBatchRepeat)
+      return bad_input(ex, "'repeat' must be a whole number from 1 to " + std::to_string(kMaxBatchRepeat));
+    bo.repeat = static_cast<int>(k);
+  }
+  // The body is the batch command's cases file: one JSON case object a line. Ids are checked before
+  // anything runs (the same id twice is refused, as in the CLI); a bad line is answered in its place.
+  auto in = std::make_shared<std::istringstream>(q.body);
+  auto index = std::make_shared<detail::CaseIndex>();
+  try {
+    *index = detail::CaseIndex::scan(*in);
+  } catch (const detail::BatchInputError& e) {
+    return bad_input(ex, std::string("refused before running: ") + e.what());
+  }
+  if (index->size() == 0) return bad_input(ex, "the body has no cases (JSON Lines: one case object a line)");
+  auto call = std::make_shared<BatchCall>();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::size_t running = 0;
+    for (auto it = batches_.begin(); it != batches_.end();) {
+      if ((*it)->ended) {
+        (*it)->thread.join();  // it has returned, or is about to
+        it = batches_.erase(it);
+      } else {
+        ++running;
+        ++it;
+      }
+    }
+    if (running >= options_.max_batches) {
+      metrics_.refused("overloaded");
+      return send_error(ex, 429, "overloaded",
+                        "every batch slot is taken (" + std::to_string(options_.max_batches) + "); retry later",
+                        {{"Retry-After", "5"}});
+    }
+    if (in_flight_ >= options_.max_in_flight) {
+      metrics_.refused("overloaded");
+      return send_error(ex, 429, "overloaded", "every run slot is taken; retry later", {{"Retry-After", "1"}});
+    }
+    ++in_flight_;  // the batch counts as one request in flight: a drain waits for its summary
+    // A client that reads slowly holds its batch back: no case starts while its answer backlog is full.
+    bo.before_case = [ex, stopped = &call->stopped] {
+      while (ex->stream_backlog() > kMaxBatchBacklogBytes && !ex->stream_broken() && !*stopped)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    };
+    bo.on_run_end = [this](const RunResult& r) { metrics_.run_finished(r); };
+    call->batch = std::make_unique<detail::Batch>(runner_, bo);
+    batches_.push_back(call);
+  }
+  ex->stream_begin("application/x-ndjson");
+  call->thread = std::thread([this, call, ex, in, index] {
+    // Runs where runs end, under the batch's lock: it only queues. A client that is gone stops the batch.
+    auto sink = [&ex](std::string_view line) {
+      if (ex->stream_broken()) return false;
+      ex->stream_write(std::string(line));
+      return true;
+    };
+    detail::BatchSummary summary;
+    try {
+      summary = call->batch->run(*in, *index, {}, sink);
+    } catch (const std::exception& e) {
+      // The Runner shut down under it.
+      ex->stream_write(detail::dump_json(error_body("worker_unavailable", e.what())) + "\n");
+      ex->stream_end("worker_unavailable");
+      release();
+      call->ended = true;
+      return;
+    }
+    ex->stream_write(detail::dump_json({{"summary", summary.to_json()}}) + "\n");
+    ex->stream_end(summary.interrupted ? "cancelled" : "");
+    release();
+    call->ended = true;
+  });
 }
 
 void Api::ready(const ExchangePtr& ex) {

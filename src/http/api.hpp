@@ -25,6 +25,7 @@ struct ApiOptions {
   // A new session takes its id from the X-Session-Id header (32 hex digits, as nginx's $request_id)
   // when there is one, so a proxy that hashes on it sends the session's later requests to this server.
   bool session_id_from_header = false;
+  std::size_t max_batches = 2;  // POST /v1/batch requests running at once; then 429
 };
 
 class Api {
@@ -50,6 +51,7 @@ class Api {
   class Deadlines;
   class BlockingPool;
   struct RunCall;
+  struct BatchCall;
 
   void run(const ExchangePtr& ex, const json& body, bool stream);
   void piston_execute(const ExchangePtr& ex, const json& body);
@@ -58,6 +60,7 @@ class Api {
   void session_variables(const ExchangePtr& ex, const std::string& id);
   void session_close(const ExchangePtr& ex, const std::string& id);
   void cancel(const ExchangePtr& ex, const std::string& id);
+  void batch(const ExchangePtr& ex);
   void ready(const ExchangePtr& ex);
   void metrics_page(const ExchangePtr& ex);
 
@@ -83,6 +86,7 @@ class Api {
   bool draining_ = false;
   std::map<std::string, std::shared_ptr<SessionEntry>> sessions_;  // by id
   std::map<std::string, CancelToken> runs_;                        // by owner token and client id
+  std::vector<std::shared_ptr<BatchCall>> batches_;              // running, or ended and not joined yet
   std::unique_ptr<Deadlines> deadlines_;
   std::unique_ptr<BlockingPool> pool_;
 };

@@ -33,6 +33,11 @@ class Exchange {
   virtual void stream_begin(std::string content_type) = 0;
   virtual void stream_write(std::string data) = 0;
   virtual void stream_end(std::string error_kind) = 0;
+  // Bytes given to stream_write and not yet written to the client: a producer that can wait keeps it
+  // small (a client that reads slowly then slows the producer instead of filling the server's memory).
+  virtual std::size_t stream_backlog() const = 0;
+  // True once the client is gone (a write failed or timed out): nothing more reaches it.
+  virtual bool stream_broken() const = 0;
 };
 
 using ExchangePtr = std::shared_ptr<Exchange>;

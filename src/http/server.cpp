@@ -138,8 +138,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
               [self = shared_from_this(), seq, type = std::move(type)] { self->do_stream_begin(seq, type); });
   }
   void stream_write(std::uint64_t seq, std::string data) {
+    backlog_ += data.size();
     net::post(stream_.get_executor(), [self = shared_from_this(), seq, data = std::move(data)]() mutable {
-      if (seq != self->seq_ || !self->streaming_ || self->stream_done_) return;
+      if (seq != self->seq_ || !self->streaming_ || self->stream_done_ || self->broken_) {
+        self->backlog_ -= std::min(self->backlog_.load(), data.size());
+        return;
+      }
       self->chunks_.push_back(std::move(data));
       self->write_next();
     });
@@ -191,6 +195,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     answered_ = false;
     streaming_ = stream_done_ = header_written_ = last_written_ = false;
     chunks_.clear();
+    backlog_ = 0;
     started_ = Clock::now();
     auto& m = parser_->get();
     version_ = m.version();
@@ -297,6 +302,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       net::async_write(stream_, bhttp::make_chunk(net::buffer(chunks_.front())),
                        [self](beast::error_code ec, std::size_t) {
                          self->writing_ = false;
+                         self->backlog_ -= std::min(self->backlog_.load(), self->chunks_.front().size());
                          self->chunks_.pop_front();
                          if (ec) return self->stream_failed(ec);
                          self->write_next();
@@ -313,7 +319,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void stream_failed(beast::error_code ec) {
     broken_ = true;
+    gone_ = true;
     chunks_.clear();
+    backlog_ = 0;
     finished(ec, true);
   }
 
@@ -356,6 +364,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void close() {
+    gone_ = true;
     beast::error_code ec;
     stream_.socket().close(ec);
     std::lock_guard<std::mutex> lk(shared_.mu);
@@ -375,6 +384,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void stream_begin(std::string type) override { conn_->stream_begin(seq_, std::move(type)); }
     void stream_write(std::string data) override { conn_->stream_write(seq_, std::move(data)); }
     void stream_end(std::string kind) override { conn_->stream_end(seq_, std::move(kind)); }
+    std::size_t stream_backlog() const override { return conn_->backlog_; }
+    bool stream_broken() const override { return conn_->gone_; }
 
    private:
     std::shared_ptr<Connection> conn_;
@@ -400,6 +411,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::deque<std::string> chunks_;
   bool streaming_ = false, stream_done_ = false, header_written_ = false, last_written_ = false;
   bool writing_ = false, broken_ = false;
+  // Read from other threads (a producer waiting for the client): bytes queued for the current
+  // streamed answer, and whether the client is gone.
+  std::atomic<std::size_t> backlog_{0};
+  std::atomic<bool> gone_{false};
   std::shared_ptr<std::array<char, 4096>> discard_;
 };
 

@@ -327,6 +327,53 @@ TEST_CASE("serve: a line of 10 MiB or 60 MiB of '[],' is refused with bad_input;
   }
 }
 
+TEST_CASE("serve: a forged reply of '{}' values is refused before it is parsed; serve's peak memory stays bounded") {
+  // A run that owns its process writes a reply frame inside the frame cap whose parsed tree would be ~40 times
+  // its size (566 MB for 14 MiB before): on the socket (namespace), or on its reply pipe, typed with its own id
+  // and an unknown member the fork parent passes on (fork, under the parent's smaller cap).
+  const std::string code =
+      "BI = [c for c in object.__subclasses__() if c.__name__ == 'BuiltinImporter'][0]\n"
+      "posix = BI.load_module('posix')\n"
+      "import struct, stat, time\n"
+      "rid = struct.unpack('<Q', posix.pread(4, 64, 0)[8:16])[0]\n"
+      "n = input_data['n']\n"
+      "body = b'{\"type\":\"reply\",\"id\":%d,\"zz\":[' % rid + b'{},' * (n - 1) + b'{}]}'\n"
+      "frame = struct.pack('<I', len(body)) + body\n"
+      "for fd in range(3, 64):\n"
+      "    try:\n"
+      "        mode = posix.fstat(fd).st_mode\n"
+      "        if not (stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)):\n"
+      "            continue\n"
+      "        off = 0\n"
+      "        while off < len(frame):\n"
+      "            off += posix.write(fd, frame[off:off + 65536])\n"
+      "        break\n"
+      "    except OSError:\n"
+      "        pass\n"
+      "time.sleep(30)\n";
+  for (const auto& [mode, n] : {std::pair<const char*, int>{"namespace", 4400000}, {"fork", 2600000}}) {
+    CAPTURE(mode);
+    ServeProc s({"--workers", "1", "--isolation", mode, "--memory-mb", "512", "--timeout", "60"});
+    const long before = s.status("VmHWM");
+    REQUIRE(before > 0);
+    REQUIRE(s.write(request(1, code, {{"input_data", {{"n", n}}}})));
+    REQUIRE(s.wait_answers(1, 120));  // bounded wait for an event, not a speed check
+    const long peak = s.status("VmHWM");
+    REQUIRE(s.write(request(2, "result = 2")));
+    REQUIRE(s.wait_answers(2, 120));
+    s.close_input();
+    CHECK(s.wait_exit(60) == 0);
+    auto rs = results(lines_of(s.output()));
+    REQUIRE(rs.count("1"));
+    CHECK(rs["1"]["ok"] == false);
+    CHECK(rs["1"]["result"] != "FORGED");
+    REQUIRE(rs.count("2"));
+    CHECK(rs["2"]["result"] == 2);  // the worker was replaced
+    // The frame and its buffer, not its tree.
+    CHECK_MESSAGE(peak - before < (160 << 10), "serve's peak grew by ", (peak - before) >> 10, " MiB");
+  }
+}
+
 TEST_CASE("serve: 10,000 session names do not start 10,000 threads") {
   ServeProc s({"--isolation", "fork"});
   constexpr int kNames = 10000;

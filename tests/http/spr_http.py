@@ -73,10 +73,11 @@ class Server:
             self.proc.wait()
             raise
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS"):
+        """The server's resident memory, or its peak with field="VmHWM"."""
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 

@@ -438,6 +438,103 @@ def test_sigterm_drains_finishes_runs_closes_sessions_and_exits_0(api):
         socket.create_connection((s.host, s.port))
 
 
+def batch_body(cases):
+    return "".join((c if isinstance(c, str) else json.dumps(c)) + "\n" for c in cases)
+
+
+def test_batch_answers_each_case_in_input_order_then_a_summary(server, api):
+    # The slow case comes first: its line still comes first, whatever finishes before it.
+    body = batch_body([
+        {"id": "slow", "code": "import time\ntime.sleep(0.5)\nprint(2)", "expect_stdout": "2"},
+        {"id": "right", "code": "print(input_data['x'] + 1)", "input_data": {"x": 1}, "expect_stdout": "2\n"},
+        {"id": "wrong", "code": "print(3)", "expect_stdout": "4"},
+        {"id": "loop", "code": "while True: pass", "policy": {"timeout_seconds": 0.5}},
+        {"id": "stdin", "code": "print(input()[::-1])", "stdin": "abc\n", "expect_stdout": "cba"},
+        "this line is not JSON",
+    ])
+    status, h, lines = call(server, api, "POST", "/v1/batch", body, {"Content-Type": "application/x-ndjson"})
+    assert status == 200 and h["content-type"].startswith("application/x-ndjson")
+    *cases, last = lines
+    assert [c["id"] for c in cases] == ["slow", "right", "wrong", "loop", "stdin", None]
+    assert [c["index"] for c in cases] == list(range(6))
+    assert [c["passed"] for c in cases] == [True, True, False, False, True, False]
+    assert cases[3]["error_kind"] == "timeout" and cases[5]["error_kind"] == "bad_input"
+    assert "line 6" in cases[5]["error"]
+    summary = last["summary"]
+    assert summary["cases"] == 6 and summary["passed"] == 3 and summary["failed"] == 3
+    assert summary["timeouts"] == 1 and summary["wrong_output"] == 1 and summary["bad_input"] == 1
+
+
+def test_batch_refuses_a_repeated_id_or_a_looser_policy(server, api):
+    status, _, r = call(server, api, "POST", "/v1/batch",
+                        batch_body([{"id": 1, "code": "result = 1"}, {"id": 1, "code": "result = 2"}]))
+    assert status == 400 and r["error_kind"] == "bad_input" and "refused before running" in r["error"]
+    status, _, r = call(server, api, "POST", "/v1/batch", "\n\n")
+    assert status == 400 and r["error_kind"] == "bad_input"
+    status, _, r = call(server, api, "POST", "/v1/batch?repeat=0", batch_body([{"id": 1, "code": "pass"}]))
+    assert status == 400 and "repeat" in r["error"]
+    # A case may tighten the operator's policy, never loosen it: answered in its place, not run.
+    status, _, lines = call(server, api, "POST", "/v1/batch",
+                            batch_body([{"id": "net", "code": "result = 1", "policy": {"allow_network": True}}]))
+    assert status == 200 and lines[0]["error_kind"] == "bad_input" and lines[0]["passed"] is False
+
+
+def test_batch_repeat_reports_each_runs_duration(server, api):
+    status, _, lines = call(server, api, "POST", "/v1/batch?repeat=3", batch_body([{"id": "a", "code": "result = 1"}]))
+    assert status == 200
+    assert lines[0]["passed"] is True and len(lines[0]["durations_ms"]) == 3
+    assert lines[-1]["summary"]["runs"] == 3
+
+
+def runs_by_kind(server, kind):
+    text = server.request("GET", "/metrics")[2].decode()
+    m = re.search(r'^spr_runs_total\{error_kind="%s"\} (\d+)' % kind, text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_batch_stops_when_its_client_goes(api):
+    # 40 cases of 0.5 s on one worker; the client reads one line and hangs up. The server stops the batch:
+    # the cases not yet run are cancelled, not run (all 40 would end ok otherwise), and it keeps serving.
+    s = Server("--workers", "1")
+    try:
+        body = batch_body([{"id": i, "code": "import time\ntime.sleep(0.5)\nresult = %d" % i} for i in range(40)])
+        conn = s.connect()
+        conn.request("POST", "/v1/batch", body=body, headers={"Content-Type": "application/x-ndjson"})
+        res = conn.getresponse()
+        assert res.status == 200
+        assert json.loads(res.readline())["id"] == 0
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        assert wait_for(lambda: runs_by_kind(s, "cancelled") > 0 and
+                        "spr_runs_in_flight 0" in s.request("GET", "/metrics")[2].decode(), 120)
+        assert runs_by_kind(s, "none") < 40
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 5"})
+        assert status == 200 and r["result"] == 5
+    finally:
+        s.stop()
+
+
+def test_a_body_dense_once_parsed_is_refused_and_memory_stays_bounded(api):
+    # 8 MiB of `{},` as input_data would take ~1 GB parsed (the server held 1.8 GB for 16 MiB before); it is
+    # answered 400 from a pass that builds nothing. The Piston endpoint's body is bounded the same way.
+    s = Server("--workers", "1")
+    try:
+        before = s.rss_kb("VmHWM")
+        n = (8 << 20) // 3
+        body = b'{"code": "result = len(input_data)", "input_data": [' + b"{}," * (n - 1) + b"{}]}"
+        status, h, data = s.request("POST", "/v1/run", body)
+        r = api.check("POST", "/v1/run", status, h, data)
+        assert status == 400 and r["error_kind"] == "bad_input" and "once parsed" in r["error"]
+        status, _, data = s.request("POST", "/api/v2/execute", body)
+        assert status == 400 and "once parsed" in json.loads(data)["message"]
+        grew_mb = (s.rss_kb("VmHWM") - before) / 1024
+        assert grew_mb < 120, "the server's peak grew by %d MiB" % grew_mb
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 5"})
+        assert status == 200 and r["result"] == 5
+    finally:
+        s.stop()
+
+
 def test_every_documented_operation_was_checked(api):
     missing = api.operations() - api.checked
     assert not missing, missing

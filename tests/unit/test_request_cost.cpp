@@ -3,10 +3,10 @@
 
 #include <string>
 
-#include "cli/request_cost.hpp"
+#include "detail/json_cost.hpp"
 
-using spr::cli::cost_budget;
-using spr::cli::measure_request;
+using spr::detail::cost_budget;
+using spr::detail::measure_request;
 
 TEST_CASE("request cost: a dense line of '[],' passes its budget and the pass stops there, id kept") {
   std::string line = "{\"id\": 7, \"code\": \"x\", \"input_data\": [";

@@ -1,4 +1,4 @@
-// What a serve request line costs once parsed, measured with a SAX pass before any value is built.
+// What a JSON text (a serve or batch line, an HTTP body, a worker reply) costs once parsed, measured with a SAX pass before any value is built.
 #pragma once
 
 #include <cstddef>
@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace spr::cli {
+namespace spr::detail {
 
 struct RequestCost {
   std::size_t bytes = 0;    // estimated heap of the parsed value (nlohmann's tree), up to where the pass stopped
@@ -29,4 +29,9 @@ inline std::size_t cost_budget(std::size_t line_bytes) { return kCostFactor * li
 // as the sum passes `budget`.
 RequestCost measure_request(std::string_view line, std::size_t budget);
 
-}  // namespace spr::cli
+// "" when `text` may be parsed (its tree would take at most `budget` bytes), else why not, for an error
+// message ("its N bytes would take more than M MiB once parsed ..."). Texts too short to pass the budget
+// are not walked.
+std::string parse_cost_refusal(std::string_view text, std::size_t budget);
+
+}  // namespace spr::detail

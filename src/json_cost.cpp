@@ -1,9 +1,9 @@
-// A SAX pass over a request line that adds up the heap its parsed tree will take, and stops early.
-#include "cli/request_cost.hpp"
+// A SAX pass over a JSON text that adds up the heap its parsed tree will take, and stops early.
+#include "detail/json_cost.hpp"
 
 #include <string>
 
-namespace spr::cli {
+namespace spr::detail {
 
 namespace {
 
@@ -76,4 +76,11 @@ RequestCost measure_request(std::string_view line, std::size_t budget) {
   return out;
 }
 
-}  // namespace spr::cli
+std::string parse_cost_refusal(std::string_view text, std::size_t budget) {
+  if (text.size() * kMaxCostPerByte <= budget) return {};
+  if (!measure_request(text, budget).over) return {};
+  return "its " + std::to_string(text.size()) + " bytes would take more than " + std::to_string(budget >> 20) +
+         " MiB once parsed (values nested or packed too densely)";
+}
+
+}  // namespace spr::detail
