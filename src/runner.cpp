@@ -165,12 +165,12 @@ struct Runner::Impl {
       // Process mode leases a one-shot worker: started for this run, discarded after it.
       std::string error;
       auto w = pool.lease(detail::key_of(policy), error, opts ? &opts->cancel : nullptr);
+      start = Clock::now();  // the wait for a worker (or for the news that none comes) is queued time
       if (!w && opts && opts->cancel.cancelled()) {
         r = detail::cancelled_result();
       } else if (!w) {
         r = detail::failure(ErrorKind::worker_unavailable, error);
       } else {
-        start = Clock::now();  // the run's own time begins when a worker has taken it
         r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text,
                    opts);
       }
