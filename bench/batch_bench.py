@@ -285,7 +285,11 @@ def through_dask(samples, dask_workers: int, timeout: float, isolation: str, tmp
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=60)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a worker busy past its terminate: the figures stand
+                p.kill()
+                p.wait()
         log.close()
 
 

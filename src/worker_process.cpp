@@ -50,31 +50,56 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+// Deeper than this, a scratch tree is not walked: the worker holding it is replaced instead.
+constexpr int kMaxWipeDepth = 256;
+
+// Opens directory `name` in `dirfd` for the wipe. A directory the run made unreadable (mkdir's mode 0300)
+// is made readable first: its owner is the sandbox's identity, which is this supervisor's (or root's).
+int open_subdir(int dirfd, const char* name) {
+  int sub = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (sub >= 0 || errno != EACCES) return sub;
+  const int path = ::openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (path < 0) return -1;
+  struct stat st {};
+  // The mode is changed through the descriptor (its /proc link), never by name: no link is followed.
+  const std::string link = "/proc/self/fd/" + std::to_string(path);
+  if (::fstat(path, &st) == 0 && S_ISDIR(st.st_mode) && ::chmod(link.c_str(), 0700) == 0)
+    sub = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  ::close(path);
+  return sub;
+}
+
 // Removes everything inside the directory `dirfd` without following a single symlink: every step
 // is relative to a descriptor already held, so a run that swaps a directory for a link to a host
-// path while we walk cannot make us delete outside its scratch root.
-void remove_contents(int dirfd, int depth) {
-  if (depth > 64) return;
+// path while we walk cannot make us delete outside its scratch root. True when nothing is left:
+// a caller that gets false must not let another run see the directory.
+bool remove_contents(int dirfd, int depth) {
+  if (depth > kMaxWipeDepth) return false;
   const int dup_fd = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) return;
+  if (dup_fd < 0) return false;
   DIR* d = ::fdopendir(dup_fd);
   if (!d) {
     ::close(dup_fd);
-    return;
+    return false;
   }
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
   }
   ::closedir(d);
+  bool empty = true;
   for (const auto& name : names) {
     if (::unlinkat(dirfd, name.c_str(), 0) == 0) continue;
-    const int sub = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (sub < 0) continue;
-    remove_contents(sub, depth + 1);
+    const int sub = open_subdir(dirfd, name.c_str());
+    if (sub < 0) {
+      empty = false;
+      continue;
+    }
+    empty = remove_contents(sub, depth + 1) && empty;
     ::close(sub);
-    ::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR);
+    if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0) empty = false;
   }
+  return empty;
 }
 
 void remove_tree(const std::string& dir) {
@@ -474,8 +499,8 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   return r;
 }
 
-void WorkerProcess::wipe_scratch() const {
-  if (scratch_fd_) remove_contents(scratch_fd_.get(), 0);
+bool WorkerProcess::wipe_scratch() const {
+  return !scratch_fd_ || remove_contents(scratch_fd_.get(), 0);
 }
 
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
@@ -483,10 +508,13 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
                              const std::string& stdin_text, const RunExtras& extras) {
   if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
   // Nothing a run writes to the worker's scratch root (the only place Landlock lets it write)
-  // outlives the run: every run starts from an empty root.
+  // outlives the run: every run starts from an empty root. A root that cannot be emptied (too deep,
+  // an entry that cannot be removed) is never seen by another run: its worker is replaced.
   struct Wipe {
-    const WorkerProcess* w;
-    ~Wipe() { w->wipe_scratch(); }
+    WorkerProcess* w;
+    ~Wipe() {
+      if (!w->wipe_scratch()) w->kill_and_reap();
+    }
   } wipe{this};
   if (json_depth(input_data) > kMaxJsonDepth)
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");

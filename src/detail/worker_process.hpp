@@ -91,7 +91,7 @@ class WorkerProcess {
                           RunResult& r) const;
   std::uint64_t cpu_ticks() const;
   static bool is_stale(const std::string& frame, std::uint64_t id);
-  void wipe_scratch() const;
+  bool wipe_scratch() const;  // true when the scratch root is empty again
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
   // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only); `sent` advances.
   void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], const OutputCallback& out) const;

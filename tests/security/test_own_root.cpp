@@ -187,6 +187,40 @@ TEST_CASE("scratch_limit_mb: a run cannot hold more in files than its worker's s
   CHECK(r.result["errno"] == 28);  // ENOSPC: the tmpfs is full, nothing spilled elsewhere
 }
 
+TEST_CASE("scratch wipe: nothing a run leaves in its scratch, however deep or unreadable, reaches the next run") {
+  // A later run on the same worker may be another party's: a file 70 directories deep (the wipe stopped at 64)
+  // or in a directory made with mode 0300 (an unprivileged supervisor could not list it) outlived the run. The
+  // reader uses raw system calls (the test worker's _spr_raw), as a run that owns its process would.
+  spr::RunnerOptions o;
+  o.worker_path = std::string(SPR_TEST_WORKERS_DIR) + "/spr-worker-faulty";
+  o.workers = 1;
+  o.policy = policy();
+  o.policy.scratch_dir = true;
+  spr::Runner faulty(o);
+  const std::string secret = "SECRET-" + sec::random_hex(8);
+  const spr::RunResult a = faulty.run(
+      "import os\ndeep = '/'.join(['d'] * 70)\nos.makedirs(deep)\n"
+      "with open(deep + '/secret.txt', 'w') as f:\n    f.write(input_data['secret'])\n"
+      "os.mkdir('h', 0o300)\nwith open('h/secret.txt', 'w') as f:\n    f.write(input_data['secret'])\n"
+      "result = os.getcwd()\n",
+      {{"secret", secret}}, o.policy);
+  INFO(a.error.value_or(""));
+  REQUIRE(a.ok);
+  const spr::RunResult b = faulty.run(
+      "import _spr_raw as R\nseen = []\n"
+      "for name in ['/'.join(['d'] * 70) + '/secret.txt', 'h/secret.txt']:\n"
+      "    fd, err = R.call('openat', -100, input_data['cwd'] + '/' + name, 0, 0)\n"
+      "    buf = bytearray(64)\n"
+      "    n = R.call('read', fd, buf, 64)[0] if fd >= 0 else -1\n"
+      "    seen.append(bytes(buf[:max(n, 0)]).decode() if n > 0 else err)\n"
+      "result = seen\n",
+      {{"cwd", a.result}}, o.policy);
+  INFO(b.error.value_or(""));
+  REQUIRE(b.ok);
+  CHECK(b.result.dump().find(secret) == std::string::npos);
+  CHECK(b.stdout_text.find(secret) == std::string::npos);
+}
+
 TEST_CASE("RLIMIT_NPROC binds: a run cannot start hundreds of threads") {
   const spr::RunResult r = runner().run(
       "import threading\nstop = threading.Event()\nstarted = 0\n"
