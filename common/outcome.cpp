@@ -76,6 +76,8 @@ RunResult session_lost(const std::string& why) { return failure(ErrorKind::sessi
 
 RunResult bad_input(const std::string& why) { return failure(ErrorKind::bad_input, "bad input: " + why); }
 
+RunResult bad_files(const std::string& why) { return failure(ErrorKind::bad_input, "bad files: " + why); }
+
 RunResult worker_stalled(double waited_seconds) {
   return failure(ErrorKind::worker_crashed, "worker did not take the request within " +
                                                 detail::format_seconds(waited_seconds) + "s; it was killed and replaced");
@@ -131,3 +133,14 @@ std::optional<RunResult> non_utf8_code(const std::string& code) {
 }
 
 }  // namespace spr::outcome
+
+namespace spr::detail {
+bool valid_utf8(const std::string& s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = outcome::utf8_sequence(s, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+}  // namespace spr::detail

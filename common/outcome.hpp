@@ -29,6 +29,7 @@ std::string host_call_too_large(const std::string& what, long long max_host_call
 RunResult bad_request(const std::string& why);  // the worker could not read the request
 RunResult stdin_too_large(std::size_t bytes, long long max_stdin_kb);  // stdin over its cap
 RunResult bad_input(const std::string& why);    // the run's input could not become its globals
+RunResult bad_files(const std::string& why);    // a request's files or collect patterns are refused
 // The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.
 std::optional<RunResult> non_utf8_code(const std::string& code);
 
@@ -50,4 +51,6 @@ namespace spr::detail {
 using outcome::failure;
 inline RunResult timeout_result(double timeout_seconds) { return outcome::timeout(timeout_seconds); }
 inline std::optional<RunResult> non_utf8_code_result(const std::string& code) { return outcome::non_utf8_code(code); }
+// True when `s` is valid UTF-8 as CPython's decoder has it (no surrogates, no overlong forms).
+bool valid_utf8(const std::string& s);
 }  // namespace spr::detail

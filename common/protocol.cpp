@@ -1,6 +1,8 @@
 // Encode/decode of every protocol message: JSON objects with a "type" field, checked field by field.
 #include "common/protocol.hpp"
 
+#include "common/run_files.hpp"
+
 #include <cmath>
 
 #include <climits>
@@ -110,6 +112,14 @@ std::string encode_request(const Request& r) {
   text.reserve(r.code.size() + r.stdin_text.size() + 512);
   text += "{\"code\":";
   text += detail::dump_json(json(r.code));
+  if (!r.collect.empty()) {
+    text += ",\"collect\":";
+    text += detail::dump_json(json(r.collect));
+  }
+  if (!r.files.empty()) {
+    text += ",\"files\":";
+    text += detail::dump_json(detail::run_files::to_json(r.files));
+  }
   if (!r.functions.empty()) {
     text += ",\"functions\":";
     text += detail::dump_json(json(r.functions));
@@ -242,6 +252,21 @@ Message decode(std::string_view text, PolicyCache* policies) {
       for (const auto& f : *it) {
         if (!f.is_string()) bad("field 'functions' must hold strings");
         r.functions.push_back(f.get<std::string>());
+      }
+    }
+    if (auto it = j.find("files"); it != j.end()) {
+      try {
+        r.files = detail::run_files::from_json(*it, "files");
+      } catch (const std::invalid_argument& e) {
+        bad(e.what());
+      }
+    }
+    if (auto it = j.find("collect"); it != j.end()) {
+      if (!it->is_array() || it->size() > detail::run_files::kMaxPatterns) bad("field 'collect' is not a list of patterns");
+      for (const auto& f : *it) {
+        if (!f.is_string() || !detail::run_files::check_pattern(f.get_ref<const std::string&>()).empty())
+          bad("field 'collect' must hold relative glob patterns");
+        r.collect.push_back(f.get<std::string>());
       }
     }
     r.policy = policy(j, policies);

@@ -51,6 +51,10 @@ struct Request {
   double kill_after_seconds = 0;
   // "functions": the host functions the run may call (names only), left out when none.
   std::vector<std::string> functions;
+  // "files" (name -> text | {"base64"}) written into the run directory before the code starts, and
+  // "collect" (glob patterns) of the files that come back; both left out when empty.
+  Files files;
+  std::vector<std::string> collect;
 };
 
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 
 namespace spr {
@@ -69,6 +70,8 @@ json reply_from_result(const RunResult& r) {
   j["stdout_truncated"] = r.stdout_truncated;
   j["stderr_truncated"] = r.stderr_truncated;
   if (r.repr) j["repr"] = *r.repr;
+  if (!r.files.empty()) j["files"] = run_files::to_json(r.files);
+  if (!r.files_left_out.empty()) j["files_left_out"] = r.files_left_out;
   return j;
 }
 
@@ -106,6 +109,16 @@ RunResult result_from_reply(const json& j) {
   r.stdout_truncated = field(j, "stdout_truncated", false);
   r.stderr_truncated = field(j, "stderr_truncated", false);
   if (auto it = j.find("repr"); it != j.end() && !it->is_null()) r.repr = field<std::string>(j, "repr", "");
+  if (auto it = j.find("files"); it != j.end() && !it->is_null()) r.files = run_files::from_json(*it, "files");
+  if (auto it = j.find("files_left_out"); it != j.end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > run_files::kMaxFiles)
+      throw std::invalid_argument("reply field 'files_left_out' is not a list of names");
+    for (const auto& n : *it) {
+      if (!n.is_string() || !run_files::check_name(n.get_ref<const std::string&>()).empty())
+        throw std::invalid_argument("reply field 'files_left_out' holds something other than a name");
+      r.files_left_out.push_back(n.get<std::string>());
+    }
+  }
   if (!r.ok && !r.error) {
     r.error = "worker reported failure without an error message";
     if (r.error_kind == ErrorKind::none) r.error_kind = ErrorKind::protocol_error;

@@ -15,6 +15,7 @@
 #include "capture.hpp"
 #include "codec.hpp"
 #include "deadline.hpp"
+#include "file_transfer.hpp"
 #include "guard.hpp"
 #include "host_call.hpp"
 #include "interp_state.hpp"
@@ -145,8 +146,11 @@ std::vector<std::string> compute_runtime_paths() {
 std::vector<std::string> g_runtime_paths;
 std::vector<std::string> g_support_paths;
 
-// The time-zone database zoneinfo reads (the tzdata package, when installed, lies in site-packages).
-constexpr const char* kZoneInfoDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo"};
+// Data that packages read from outside their own directory: the time-zone database zoneinfo reads (the
+// tzdata package, when installed, lies in site-packages), and Debian's matplotlib data (its package
+// reads its style sheets and fonts from /usr/share/matplotlib, its settings from /etc/matplotlibrc).
+constexpr const char* kSupportDataDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo",
+                                            "/usr/share/matplotlib", "/etc/matplotlibrc"};
 
 // The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
 // As in the original, extra_globals come last: a name in both takes the operator's value, not the
@@ -461,7 +465,7 @@ std::string initialize(const EngineOptions& options) {
   g_runtime_paths = compute_runtime_paths();
   audit::set_runtime_roots(g_runtime_paths);
   g_support_paths = libdeps::needed_by_extensions(g_runtime_paths);
-  for (const char* dir : kZoneInfoDirs) {
+  for (const char* dir : kSupportDataDirs) {
     std::string r = real(dir);
     if (!r.empty()) g_support_paths.push_back(r);
   }
@@ -520,6 +524,10 @@ RunResult run_prepared(const Request& req) {
     run_result::become(r, outcome::setup_failed("scratch directory", scope.error()));
     return r;
   }
+  if (std::string why = file_transfer::write(scope.dir_fd(), req.files); !why.empty()) {
+    run_result::become(r, outcome::bad_files(why));
+    return r;
+  }
   struct HostRun {  // host functions end with the run, in its interpreter, on every path
     ~HostRun() { host_call::end_run(); }
   } host_run;
@@ -547,6 +555,8 @@ RunResult run_prepared(const Request& req) {
   globals.reset();
   PyErr_Clear();
   scope.end_run_state();
+  // Whatever the run ended with, the files it left are what it made (a traceback explains a half-made plot).
+  file_transfer::collect(scope.dir_fd(), req.collect, static_cast<std::uint64_t>(p.max_files_kb) * 1024, r);
   // Over a host call limit: the run ends so even when its code caught the exception (the supervisor,
   // which counted and measured the calls itself, holds to it whatever this reply says).
   if (host_call::limit_hit() && r.error_kind != ErrorKind::timeout && r.error_kind != ErrorKind::cpu_time &&

@@ -33,6 +33,8 @@ struct Request {
   ::_object* session_main = nullptr;
   bool want_repr = false;
   std::vector<std::string> functions;  // host functions the run may call (host_call.hpp)
+  Files files;                         // written into the run directory before the code starts
+  std::vector<std::string> collect;    // patterns of the files that come back (run_files.hpp)
 };
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).

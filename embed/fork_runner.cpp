@@ -21,6 +21,7 @@
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/run_deadline.hpp"
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 #include "deadline.hpp"
 #include "engine.hpp"
@@ -359,6 +360,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   l.memory_limit_mb = positive(scan::number(scan::member(*policy, "memory_limit_mb").value_or("")), l.memory_limit_mb);
   l.max_output_kb = positive(scan::number(scan::member(*policy, "max_output_kb").value_or("")), l.max_output_kb);
   l.max_result_kb = positive(scan::number(scan::member(*policy, "max_result_kb").value_or("")), l.max_result_kb);
+  l.max_files_kb = positive(scan::number(scan::member(*policy, "max_files_kb").value_or("")), l.max_files_kb);
   l.max_host_call_kb = positive(scan::number(scan::member(*policy, "max_host_call_kb").value_or("")), l.max_result_kb);
   l.kill_after_seconds = detail::kill_after(l.timeout_seconds, detail::kDefaultGraceSeconds);
   if (auto v = scan::number(scan::member(frame, "kill_after_seconds").value_or("")); v && *v > 0)
@@ -392,9 +394,11 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
 
   const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
                                                    std::chrono::duration<double>(l.kill_after_seconds));
-  // The largest honest reply: every byte of output and result escaped (\u00XX), the error text, the rest.
-  const std::uint64_t max_reply =
-      6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + kMaxErrorBytes) + (64u << 10);
+  // The largest honest reply: every byte of output, result and files escaped (\u00XX), the error text, the
+  // files' names, the rest. (The supervisor checks the files themselves.)
+  const std::uint64_t max_reply = 6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + l.max_files_kb * 1024 +
+                                       kMaxErrorBytes + detail::run_files::kNamesBytes) +
+                                  (64u << 10);
   const auto cap = static_cast<std::uint32_t>(
       std::min<std::uint64_t>(std::max(max_reply, l.max_host_call_kb * 1024 + (64u << 10)), detail::kMaxFrameBytes));
   detail::IoStatus s;

@@ -48,7 +48,7 @@ class ForkRunner : public IsolationRunner {
     std::uint64_t id_number = 0;    // for the replies the parent makes
     double timeout_seconds = 5, cpu_time_seconds = 0;
     double kill_after_seconds = 0;  // the request's (detail::kill_after), else timeout + the default grace
-    std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024;
+    std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024, max_files_kb = 1024;
     std::uint64_t max_host_call_kb = 1024;  // the policy's, or max_result_kb when it has none
   };
 

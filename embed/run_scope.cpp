@@ -1,6 +1,7 @@
 // Per-run state of the engine as one scope: begun in a fixed order, ended in reverse on every path.
 #include "run_scope.hpp"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <sys/stat.h>
@@ -42,14 +43,38 @@ void after_namespace_run() {
 // The run's private writable directory: created under the worker's scratch root and made the working
 // directory (`home` the one before). Returns "" or the reason. Apart from the constructor so that its
 // path buffer is not on the stack under every run's calls (a fork child would fault in more stack).
-__attribute__((noinline)) std::string make_directory(std::uint64_t id, std::string& home, std::string& dir) {
+// `dir_fd` is the directory itself, opened once without following a link: files go in and come back
+// through it, whatever the run does to the names.
+__attribute__((noinline)) std::string make_directory(std::uint64_t id, std::string& home, std::string& dir,
+                                                     detail::Fd& dir_fd) {
   char cwd[PATH_MAX];
   if (!getcwd(cwd, sizeof cwd)) return strerror(errno);
   home = cwd;
   std::string path = home + "/run-" + std::to_string(id) + "-" + std::to_string(getpid());
-  if (mkdir(path.c_str(), 0700) != 0 || chdir(path.c_str()) != 0) return strerror(errno);
-  dir = std::move(path);
+  if (mkdir(path.c_str(), 0700) != 0) return strerror(errno);
+  dir = path;  // removed by the scope from here on
+  dir_fd.reset(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir_fd || fchdir(dir_fd.get()) != 0) return strerror(errno);
   return {};
+}
+
+// matplotlib imports only with a writable config and cache directory, and the sandbox has no home: the
+// run's own directory gives it one, in a folder that "*" does not collect. "" removes the variable
+// (a namespace-mode worker keeps os.environ between runs).
+void set_mplconfigdir(const std::string& value) {
+  audit::Trusted trusted;  // os.environ's putenv is the engine's, not the run's
+  PyObject* os = PyDict_GetItemString(PyImport_GetModuleDict(), "os");  // borrowed; imported at start-up
+  py::Ref environ(os ? PyObject_GetAttrString(os, "environ") : nullptr);
+  py::Ref key(PyUnicode_FromString("MPLCONFIGDIR"));
+  if (environ && key) {
+    if (value.empty()) {
+      if (PyObject_DelItem(environ.get(), key.get()) < 0) PyErr_Clear();
+    } else {
+      py::Ref v(PyUnicode_DecodeFSDefault(value.c_str()));
+      if (!v || PyObject_SetItem(environ.get(), key.get(), v.get()) < 0) PyErr_Clear();
+    }
+  }
+  PyErr_Clear();
 }
 
 }  // namespace
@@ -58,10 +83,12 @@ RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.poli
   guard::reset_run_state();
   audit::reset_denials();
   guard::set_policy(policy_);
-  if (policy_.scratch_dir) {
-    error_ = make_directory(req.id, home_, dir_);
+  // Files in or out need the run directory too (the supervisor asks for scratch_dir with them).
+  if (policy_.scratch_dir || !req.files.empty() || !req.collect.empty()) {
+    error_ = make_directory(req.id, home_, dir_, dir_fd_);
     if (!error_.empty()) return;
     rules.scratch = dir_;
+    set_mplconfigdir(dir_ + "/.matplotlib");
   }
   audit::set_rules(std::move(rules));
 }
@@ -94,7 +121,9 @@ void RunScope::end_main() {
 }
 
 void RunScope::remove_directory() {
+  dir_fd_.reset();
   if (dir_.empty()) return;
+  set_mplconfigdir("");
   if (chdir(home_.c_str()) == 0)
     nftw(dir_.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
          FTW_DEPTH | FTW_PHYS);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "audit.hpp"
+#include "common/fd.hpp"
 #include "engine.hpp"
 #include "py.hpp"
 
@@ -28,6 +29,8 @@ class RunScope {
 
   // "" when the run may go on; else why its scratch directory could not be made (nothing else began).
   const std::string& error() const { return error_; }
+  // The run directory, opened once when it was made (-1 = none).
+  int dir_fd() const { return dir_fd_.get(); }
 
   void begin_main(PyObject* module);
 
@@ -45,6 +48,7 @@ class RunScope {
   void remove_directory();
   const RunnerPolicy& policy_;
   std::string home_, dir_;  // the scratch directory and the working directory before it ("" = none)
+  detail::Fd dir_fd_;
   py::Ref main_, saved_main_;  // the run's __main__ module and the one it replaced
   std::string error_;
   bool main_begun_ = false, limits_ = false, run_state_ = true;

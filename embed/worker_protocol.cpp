@@ -25,6 +25,8 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.run.stdin_text = std::move(rq->stdin_text);
     in.run.want_repr = rq->want_repr;
     in.run.functions = std::move(rq->functions);
+    in.run.files = std::move(rq->files);
+    in.run.collect = std::move(rq->collect);
     in.run.policy = std::move(rq->policy);
     in.run.policy.isolation = scope.isolation;
     in.run.policy.allow_network = in.run.policy.allow_network && scope.allow_network;

@@ -41,14 +41,46 @@ py::str text(const std::string& s) {
   return py::reinterpret_steal<py::str>(o);
 }
 
+// A returned file: str when its bytes are valid UTF-8 (as in the JSON form), else bytes.
+py::object file_content(const std::string& bytes) {
+  PyObject* o = PyUnicode_DecodeUTF8(bytes.data(), static_cast<Py_ssize_t>(bytes.size()), "strict");
+  if (o) return py::reinterpret_steal<py::object>(o);
+  PyErr_Clear();
+  return py::bytes(bytes);
+}
+
 py::tuple to_tuple(const spr::RunResult& r) {
   py::object error = r.error ? py::object(text(*r.error)) : py::object(py::none());
+  py::dict files;
+  for (const auto& [name, bytes] : r.files) files[text(name)] = file_content(bytes);
+  py::list left_out;
+  for (const auto& name : r.files_left_out) left_out.append(text(name));
   return py::make_tuple(r.ok, dump(r.result), text(r.stdout_text), text(r.stderr_text), r.timed_out,
                         r.resource_exceeded, error, r.exit_code, spr::to_string(r.error_kind),
                         static_cast<double>(r.duration.count()) / 1000.0, spr::to_string(r.isolation),
                         r.stdout_truncated, r.stderr_truncated,
-                        r.repr ? py::object(text(*r.repr)) : py::object(py::none()),
+                        r.repr ? py::object(text(*r.repr)) : py::object(py::none()), files, left_out,
                         static_cast<double>(r.queued.count()) / 1000.0);
+}
+
+// files= of a run: name (str) -> content (str, written as UTF-8, or bytes).
+spr::Files input_files(const py::object& files) {
+  spr::Files out;
+  if (files.is_none()) return out;
+  if (!py::isinstance<py::dict>(files)) throw py::type_error("'files' must be a dict of name -> str or bytes");
+  for (auto item : py::reinterpret_borrow<py::dict>(files)) {
+    if (!py::isinstance<py::str>(item.first)) throw py::type_error("'files' names must be str");
+    const std::string name = item.first.cast<std::string>();
+    if (py::isinstance<py::str>(item.second)) {
+      out[name] = item.second.cast<std::string>();
+    } else if (py::isinstance<py::bytes>(item.second) || py::isinstance<py::bytearray>(item.second)) {
+      out[name] = py::isinstance<py::bytes>(item.second) ? std::string(item.second.cast<py::bytes>())
+                                                         : item.second.cast<std::string>();
+    } else {
+      throw py::type_error("'files' content must be str or bytes: '" + name + "'");
+    }
+  }
+  return out;
 }
 
 // A Python callable as the engine's output callback: called on the engine's thread with the GIL
@@ -164,10 +196,11 @@ class PyRunner {
 
   py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json,
                 const py::object& on_output, const spr::CancelToken* token, const std::string& stdin_text,
-                const py::object& functions) {
+                const py::object& functions, const py::object& files, const std::vector<std::string>& collect) {
     std::shared_ptr<spr::Runner> runner = live();
     spr::RunResult r;
-    if (on_output.is_none() && !token && stdin_text.empty() && functions.is_none()) {
+    if (on_output.is_none() && !token && stdin_text.empty() && functions.is_none() && files.is_none() &&
+        collect.empty()) {
       // The arguments are C++ copies by now: parsing needs no Python either.
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
@@ -175,6 +208,8 @@ class PyRunner {
     } else {
       spr::RunOptions o = run_options(on_output, token, functions);
       o.stdin_text = stdin_text;
+      o.files = input_files(files);
+      o.collect = collect;
       py::gil_scoped_release nogil;
       const json input = parse(input_json, "input_data");
       r = runner->run(code, input, policy_of(policy_json), o);
@@ -281,7 +316,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("session_idle_seconds") = spr::RunnerOptions{}.session_idle_seconds)
       .def("run", &PyRunner::run, py::arg("code"), py::arg("input_json"), py::arg("policy_json"),
            py::arg("on_output") = py::none(), py::arg("token") = nullptr, py::arg("stdin") = std::string(),
-           py::arg("functions") = py::none())
+           py::arg("functions") = py::none(), py::arg("files") = py::none(),
+           py::arg("collect") = std::vector<std::string>())
       .def("open_session", &PyRunner::open_session, py::arg("policy_json"))
       .def("hardening", &PyRunner::hardening, py::arg("isolation"))
       .def("python_version", &PyRunner::python_version)

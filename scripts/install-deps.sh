@@ -10,6 +10,8 @@ packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev 
           doxygen
           # test dependencies of the third-party package tests
           python3-numpy python3-pandas python3-distributed
+          # files out of a run: the README's plot example and its test
+          python3-matplotlib
           # the HTTP service's tests: OpenAPI checks, Node clients (npm ci), load, load balancer, browser
           python3-jsonschema python3-yaml nodejs wrk nginx chromium "$@")
 # npm comes with NodeSource's nodejs; Debian's nodejs needs its npm package beside it.

@@ -350,6 +350,7 @@ struct Batch::Impl {
       if (!s->is_string()) return answer_bad(seq, id, pos, where + "'stdin' must be a string");
       options.stdin_text = s->get<std::string>();
     }
+    if (std::string why = request_files(*req, options); !why.empty()) return answer_bad(seq, id, pos, where + why);
     Case c;
     if (auto e = req->find("expect_stdout"); e != req->end() && !e->is_null()) {
       if (!e->is_string()) return answer_bad(seq, id, pos, where + "'expect_stdout' must be a string");

@@ -2,6 +2,7 @@
 #include "detail/request_line.hpp"
 
 #include "common/frame.hpp"
+#include "common/run_files.hpp"
 
 namespace spr::detail {
 
@@ -47,6 +48,24 @@ std::string request_policy(const json& overrides, const RunnerPolicy& base, bool
   }
   if (ceiling)
     if (std::string why = out.looser_than(base); !why.empty()) return "policy loosens the operator's: " + why;
+  return {};
+}
+
+std::string request_files(const json& req, RunOptions& options) {
+  if (auto f = req.find("files"); f != req.end() && !f->is_null()) {
+    try {
+      options.files = run_files::from_json(*f, "files");
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+  }
+  if (auto c = req.find("collect"); c != req.end() && !c->is_null()) {
+    if (!c->is_array()) return "'collect' must be a list of glob patterns";
+    for (const auto& p : *c) {
+      if (!p.is_string()) return "'collect' must hold strings";
+      options.collect.push_back(p.get<std::string>());
+    }
+  }
   return {};
 }
 

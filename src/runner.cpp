@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/frame.hpp"
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
@@ -109,6 +110,8 @@ struct Runner::Impl {
     detail::HostCalls host(functions, opts ? &opts->functions : nullptr);
     detail::RunExtras extras;
     if (!host.empty()) extras.host = &host;
+    if (opts && !opts->files.empty()) extras.files = &opts->files;
+    if (opts && !opts->collect.empty()) extras.collect = &opts->collect;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
@@ -129,8 +132,20 @@ struct Runner::Impl {
       throw PolicyError("the runner's policy is a ceiling: " + why);
   }
 
+  // Files in or out need the run's directory: the run gets it as scratch_dir gives it, and a ceiling
+  // without scratch_dir refuses such a run.
+  static bool wants_directory(const RunOptions* opts) { return opts && (!opts->files.empty() || !opts->collect.empty()); }
+
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
                 const RunOptions* opts = nullptr) {
+    if (wants_directory(opts) && !policy.scratch_dir) {
+      if (options.policy_is_ceiling && !options.policy.scratch_dir)
+        throw PolicyError("'files' and 'collect' need a run directory, which the runner's policy does not allow "
+                          "(scratch_dir)");
+      RunnerPolicy with_directory = policy;
+      with_directory.scratch_dir = true;
+      return run(code, input, with_directory, stdin_text, opts);
+    }
     check(policy, opts);
     return run_checked(code, input, policy, stdin_text, opts, Clock::now());
   }
@@ -150,6 +165,15 @@ struct Runner::Impl {
       RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_stdin_kb);
       r.isolation = policy.isolation;
       return r;
+    }
+    if (opts) {
+      const std::string why = detail::run_files::check_request(
+          opts->files, opts->collect, static_cast<std::size_t>(policy.scratch_limit_mb) << 20);
+      if (!why.empty()) {
+        RunResult r = outcome::bad_files(why);
+        r.isolation = policy.isolation;
+        return r;
+      }
     }
     auto start = Clock::now();
     const std::uint64_t id = next_id++;
@@ -209,6 +233,12 @@ struct Runner::Impl {
   // A cancel makes the future ready at once; the run, if it started, is stopped and its result dropped.
   RunHandle submit(std::string code, json input, RunnerPolicy policy, RunOptions opts,
                    std::function<void(const RunResult&)> on_done = {}) {
+    if (wants_directory(&opts) && !policy.scratch_dir) {
+      if (options.policy_is_ceiling && !options.policy.scratch_dir)
+        throw PolicyError("'files' and 'collect' need a run directory, which the runner's policy does not allow "
+                          "(scratch_dir)");
+      policy.scratch_dir = true;
+    }
     check(policy, &opts);
     auto done = std::make_shared<detail::Completion>();
     auto fut = done->promise.get_future();

@@ -267,6 +267,9 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       r = std::move(*bad);
     } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024) {
       r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_stdin_kb);
+    } else if (!o.files.empty() || !o.collect.empty()) {
+      // Refused rather than dropped: a session call has no run directory of its own.
+      r = outcome::bad_files("session calls take no files or collect patterns (use Runner::run)");
     } else if (!st.worker->quiet()) {
       // Something is readable before we asked: an earlier call wrote frames of its own (replies forged
       // for calls not yet made). The process is out of step; it answers nothing more.

@@ -30,6 +30,7 @@
 #include <system_error>
 
 #include "common/capture_layout.hpp"
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 #include "detail/json_cost.hpp"
 
@@ -527,6 +528,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     rq.policy = policy;
     rq.stdin_text = stdin_text;
     rq.want_repr = extras.want_repr;
+    if (extras.files) rq.files = *extras.files;
+    if (extras.collect) rq.collect = *extras.collect;
     rq.kill_after_seconds = kill_after(policy.timeout_seconds, grace_seconds_);
     if (extras.host) rq.functions = extras.host->names();
     text = protocol::encode(rq);
@@ -607,7 +610,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       r.isolation = isolation_;
       return finish(std::move(r));
     }
-    why = check_reply(frame, id, policy, extras.want_repr, r);
+    why = check_reply(frame, id, policy, extras.want_repr, extras.collect, r);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
     // says nothing about this request: skip it, answer this run, then replace the worker.
     if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
@@ -662,8 +665,26 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
 std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
   const std::uint64_t out = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   const std::uint64_t res = static_cast<std::uint64_t>(policy.max_result_kb) * 1024;
-  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * (2 * res + kReprEllipsisBytes) + (64 << 10);
+  const std::uint64_t files = static_cast<std::uint64_t>(policy.max_files_kb) * 1024;
+  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * (2 * res + kReprEllipsisBytes) +
+                            6 * (files + run_files::kNamesBytes) + (64 << 10);
   return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
+}
+
+// The files a reply claims the run left: only names the request's patterns match (decode() has checked
+// each name's form), no more than max_files_kb in all, no name both returned and left out.
+static std::string check_files(const RunResult& r, const std::vector<std::string>* collect, const RunnerPolicy& policy) {
+  if (r.files.empty() && r.files_left_out.empty()) return {};
+  if (!collect || collect->empty()) return "it carries files nobody asked for";
+  std::uint64_t total = 0;
+  for (const auto& [name, content] : r.files) {
+    if (!run_files::matches(*collect, name)) return "it carries a file no collect pattern matches";
+    total += content.size();
+  }
+  if (total > static_cast<std::uint64_t>(policy.max_files_kb) * 1024) return "files larger than max_files_kb";
+  for (const auto& name : r.files_left_out)
+    if (!run_files::matches(*collect, name) || r.files.count(name)) return "it leaves out a file it cannot have left out";
+  return {};
 }
 
 // Decodes and checks a reply against what the supervisor knows: the one request in flight (its
@@ -671,7 +692,8 @@ std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
 // its own process's memory, the id included): what binds a reply to its request is that only one
 // request is in flight per worker, and any frame out of step replaces the worker.
 std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy,
-                                       bool want_repr, RunResult& r) const {
+                                       bool want_repr, const std::vector<std::string>* collect,
+                                       RunResult& r) const {
   protocol::Reply reply;
   try {
     reply = protocol::decode_as<protocol::Reply>(frame);
@@ -695,6 +717,7 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   }
   if (r.ok && (r.error || r.exit_code != 0 || r.error_kind != ErrorKind::none || r.timed_out))
     return "a successful run carries an error";
+  if (std::string why = check_files(r, collect, policy); !why.empty()) return why;
   return {};
 }
 

@@ -40,6 +40,7 @@ struct RunnerPolicy {
   std::int64_t max_output_kb = 128;    ///< cap on stdout and on stderr, each, in bytes / 1024
   std::int64_t max_result_kb = 1024;   ///< cap on the JSON text of `result`
   std::int64_t max_stdin_kb = 1024;    ///< cap on the text a run reads as stdin, in bytes / 1024
+  std::int64_t max_files_kb = 1024;    ///< cap on the files a run returns (RunOptions::collect), in all
   double cpu_time_seconds = 0;         ///< CPU time cap; 0 = only the wall-clock timeout
   std::int64_t max_host_calls = 10000;  ///< host function calls one run may make
   /// Cap on the JSON text of one host call's arguments and of one answer; unset: max_result_kb.
@@ -88,7 +89,7 @@ struct RunnerPolicy {
   json to_json() const;
 
   /// "" when this policy is at least as tight as `ceiling` in every field, else which field loosens it.
-  /// Tighter means: same mode; timeout, memory, output, result, stdin, host call and CPU caps no larger (a CPU
+  /// Tighter means: same mode; timeout, memory, output, result, stdin, files, host call and CPU caps no larger (a CPU
   /// cap kept when the ceiling has one); blocked lists supersets; allowed lists subsets; isolation as strong
   /// or stronger (namespace < subinterpreter < fork < process); scratch_limit_mb no larger; allow_network,
   /// allow_unix_sockets and scratch_dir only if

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "spr/policy.hpp"
 
@@ -31,6 +33,9 @@ enum class ErrorKind {
 };
 std::string to_string(ErrorKind);
 
+/// Files into and out of a run's directory: a relative name ("plot.png", "data/in.csv") -> its bytes.
+using Files = std::map<std::string, std::string>;
+
 /// How a run ended. Everything the code does is data here; nothing is thrown for it.
 struct RunResult {
   bool ok = false;  ///< true when the code ran to its end without an exception
@@ -52,8 +57,13 @@ struct RunResult {
   Isolation isolation = Isolation::fork;  ///< the mode the run had
   /// Session calls that asked for it: repr() of a trailing expression, as a REPL shows it (capped).
   std::optional<std::string> repr;
+  /// The regular files the run left in its directory that match RunOptions::collect, at most
+  /// max_files_kb in all.
+  Files files;
+  std::vector<std::string> files_left_out;  ///< the matching files that did not fit (never a silent loss)
 
-  /// All fields; `stdout`/`stderr` keys as in the original, `duration_ms` and `queued_ms` as numbers.
+  /// All fields; `stdout`/`stderr` keys as in the original, `duration_ms` and `queued_ms` as numbers. `files`
+  /// (name -> text when it is valid UTF-8, else {"base64": ...}) and `files_left_out` only when not empty.
   json to_json() const;
 };
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "spr/host.hpp"
 #include "spr/result.hpp"
@@ -46,6 +47,14 @@ struct RunOptions {
   OutputCallback on_output;  ///< empty: output only in the result
   CancelToken cancel;        ///< keep a copy to cancel the run
   std::string stdin_text;    ///< what sys.stdin and input() read (at most max_stdin_kb); empty: EOF
+  /// Written into the run's private directory (its working directory) before its code starts. Names are
+  /// relative paths inside it: no "..", no absolute path, no empty component, no NUL (else bad_input).
+  Files files;
+  /// Glob patterns (fnmatch, '*' stays within one directory: "*.png", "out/*.csv"): the regular files
+  /// the run leaves in its directory that match come back in RunResult::files. Either field gives the
+  /// run its directory, as the policy's scratch_dir does (a ceiling must allow scratch_dir). A session
+  /// call refuses both (bad_input): it has no run directory of its own.
+  std::vector<std::string> collect;
   /// Host functions of this run (or session call) besides the runner's; a name in both takes this one.
   HostFunctions functions;
   // Session calls only (a one-off run takes all of these from its policy):

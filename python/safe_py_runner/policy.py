@@ -79,6 +79,9 @@ class RunnerPolicy:
     """namespace/subinterpreter workers serve only runs with the same key: one key per party."""
     python_executable: Optional[str] = None
     """Run with this interpreter's packages (a venv's ``bin/python``); None: the engine's own."""
+    # Fields added later go last, so positional arguments keep their meaning.
+    max_files_kb: int = 1024
+    """Cap on the files a run returns (``collect=``), in all, in KiB."""
 
     def __post_init__(self) -> None:
         if self.mode not in {"allow", "restrict"}:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
 
 __all__ = ["RunnerResult"]
 
@@ -38,3 +38,8 @@ class RunnerResult:
     """Session calls with ``repr=True``: the repr of a trailing expression (capped)."""
     queued_ms: float = 0.0
     """Time the run waited for a worker (or behind earlier runs or session calls) before it started."""
+    files: Dict[str, Union[str, bytes]] = field(default_factory=dict)
+    """Files the run left in its directory that match ``collect``: ``str`` when the file is valid
+    UTF-8, else ``bytes`` (a PNG). At most ``max_files_kb`` in all."""
+    files_left_out: List[str] = field(default_factory=list)
+    """Files ``collect`` matched that did not fit in ``max_files_kb``: never dropped silently."""

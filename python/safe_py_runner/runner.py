@@ -9,7 +9,7 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import _core
 from .host import HostFunctions, adapt, merge
@@ -108,21 +108,27 @@ class Runner:
         on_output: Optional[OutputCallback] = None,
         stdin: Optional[str] = None,
         functions: Optional[HostFunctions] = None,
+        files: Optional[Dict[str, Union[str, bytes]]] = None,
+        collect: Optional[Sequence[str]] = None,
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
-        ``input()`` read (at most ``max_stdin_kb``); ``functions`` adds host functions."""
+        ``input()`` read (at most ``max_stdin_kb``); ``functions`` adds host functions; ``files``
+        and ``collect`` as in ``run_code``."""
         if self._closed:
             raise RuntimeError("the Runner is closed")
         return result_from_tuple(self._run_tuple(code, input_data, policy, policy_file, python_executable,
-                                                 on_output, None, stdin, functions))
+                                                 on_output, None, stdin, functions, None, files, collect))
 
     def _run_tuple(self, code, input_data, policy, policy_file, python_executable, on_output, token,
-                   stdin=None, functions=None, loop=None) -> tuple:
+                   stdin=None, functions=None, loop=None, files=None, collect=None) -> tuple:
         if not isinstance(code, str):
             raise TypeError("'code' must be a str")
         if stdin is not None and not isinstance(stdin, str):
             raise TypeError("'stdin' must be a str")
+        if isinstance(collect, str):
+            raise TypeError("'collect' must be a list of glob patterns, not one str")
+        patterns = list(collect or [])
         chosen = _choose_policy(policy, policy_file, python_executable, self._policy)
         payload = json.dumps(input_data or {})
         # Lone surrogates pass through as the bytes they stand for: the engine then refuses the
@@ -130,13 +136,14 @@ class Runner:
         source = code.encode("utf-8", "surrogatepass")
         host = adapt(merge(self._functions, functions), loop)
         try:
-            return self._core.run(source, payload, chosen.to_json(), on_output, token, stdin or "", host)
+            return self._core.run(source, payload, chosen.to_json(), on_output, token, stdin or "", host,
+                                  files, patterns)
         except RuntimeError:
             if not self._closed:
                 raise
             # close() came between this run's start and the engine: answered as a run in flight is.
             return (False, "null", "", "", False, False, "the runner is shutting down", 1, "worker_unavailable",
-                    0.0, chosen.isolation, False, False, None, 0.0)
+                    0.0, chosen.isolation, False, False, None, {}, [], 0.0)
 
     def _start(self, call) -> RunFuture:
         future = RunFuture()
@@ -162,6 +169,8 @@ class Runner:
         on_output: Optional[OutputCallback] = None,
         stdin: Optional[str] = None,
         functions: Optional[HostFunctions] = None,
+        files: Optional[Dict[str, Union[str, bytes]]] = None,
+        collect: Optional[Sequence[str]] = None,
         _loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> RunFuture:
         """Start a run and return a ``concurrent.futures.Future`` of its ``RunnerResult``; its
@@ -169,7 +178,7 @@ class Runner:
         adapt(functions)
         return self._start(lambda token: self._run_tuple(code, input_data, policy, policy_file,
                                                          python_executable, on_output, token, stdin, functions,
-                                                         _loop))
+                                                         _loop, files, collect))
 
     async def run_async(
         self,
@@ -284,6 +293,8 @@ def run_code(
     *,
     stdin: Optional[str] = None,
     functions: Optional[HostFunctions] = None,
+    files: Optional[Dict[str, Union[str, bytes]]] = None,
+    collect: Optional[Sequence[str]] = None,
 ) -> RunnerResult:
     """Run ``code`` under ``policy`` (or the policy in ``policy_file``) and return its result.
 
@@ -293,6 +304,11 @@ def run_code(
     started on first use. ``functions`` (name -> callable) are host functions the code may call:
     ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``. ``stdin`` is the text
     ``sys.stdin`` and ``input()`` read (at most ``max_stdin_kb``; without it they see end of file).
+
+    ``files`` (name -> ``str`` or ``bytes``) are written into the run's private directory, its
+    working directory, before the code starts; ``collect`` (glob patterns such as ``"*.png"``)
+    names the files to bring back in ``RunnerResult.files`` (``bytes`` for binary files, at most
+    ``max_files_kb`` in all; the ones left out are listed in ``files_left_out``).
     """
-    return _default_runner().run(code, input_data, policy, policy_file, python_executable, stdin=stdin,
-                                 functions=functions)
+    return _default_runner().run(code, input_data, policy, policy_file, python_executable, stdin=stdin, functions=functions,
+                                 files=files, collect=collect)

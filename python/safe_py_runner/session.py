@@ -22,12 +22,14 @@ thread while the code runs, chunks in order; they add up to the result's (capped
 
 def result_from_tuple(t: tuple) -> RunnerResult:
     (ok, result_json, stdout, stderr, timed_out, resource_exceeded, error, exit_code, error_kind,
-     duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, queued_ms) = t
+     duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, files, files_left_out,
+     queued_ms) = t
     return RunnerResult(ok=ok, result=json.loads(result_json), stdout=stdout, stderr=stderr,
                         timed_out=timed_out, resource_exceeded=resource_exceeded, error=error,
                         exit_code=exit_code, error_kind=error_kind, duration_ms=duration_ms,
                         isolation=isolation, stdout_truncated=stdout_truncated,
-                        stderr_truncated=stderr_truncated, repr=repr_text, queued_ms=queued_ms)
+                        stderr_truncated=stderr_truncated, repr=repr_text, files=files,
+                        files_left_out=files_left_out, queued_ms=queued_ms)
 
 
 class RunFuture(concurrent.futures.Future):

@@ -1,9 +1,13 @@
 // safe-py-runner CLI: `run` one snippet, `serve` JSON lines, `batch` a cases file, `http` the HTTP service,
 // `doctor` the sandbox layers.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <condition_variable>
+#include <cerrno>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <functional>
@@ -15,7 +19,9 @@
 #include <utility>
 #include <vector>
 
+#include "common/fd.hpp"
 #include "common/frame.hpp"
+#include "common/run_files.hpp"
 #include "common/wire.hpp"
 #include "cli/batch_cli.hpp"
 #include "cli/exit_status.hpp"
@@ -72,7 +78,7 @@ struct PolicyArgs {
   };
   std::string file;
   double timeout = 0, cpu_time = 0;
-  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, max_stdin_kb = 0, scratch_limit_mb = 0, max_host_calls = 0,
+  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, max_stdin_kb = 0, max_files_kb = 0, scratch_limit_mb = 0, max_host_calls = 0,
             max_host_call_kb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
@@ -95,6 +101,7 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   scalar("max_output_kb", "--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
   scalar("max_result_kb", "--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB");
   scalar("max_stdin_kb", "--max-stdin-kb", a.max_stdin_kb, "cap on the text a run reads as stdin, in KiB");
+  scalar("max_files_kb", "--max-files-kb", a.max_files_kb, "cap on the files a run returns (--collect), in KiB");
   scalar("max_host_calls", "--max-host-calls", a.max_host_calls, "host function calls one run may make (serve)");
   scalar("max_host_call_kb", "--max-host-call-kb", a.max_host_call_kb,
          "cap on one host call's arguments and on its answer, in KiB (default: max-result-kb)");
@@ -140,8 +147,42 @@ int exit_status(const spr::RunResult& r) {
   return r.exit_code >= 1 && r.exit_code <= 255 ? r.exit_code : 1;
 }
 
+// Files in and out of `run`: --file NAME=PATH (repeatable), --collect GLOB (repeatable), --out-dir DIR.
+struct FileArgs {
+  std::vector<std::string> files, collect;
+  std::string out_dir;
+};
+
+spr::Files read_input_files(const std::vector<std::string>& specs) {
+  spr::Files files;
+  for (const auto& spec : specs) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      throw CliError{kExitUsage, "--file takes NAME=PATH (the name in the run directory, the file to read here): '" +
+                                     spec + "'"};
+    const std::string name = spec.substr(0, eq);
+    if (std::string why = spr::detail::run_files::check_name(name); !why.empty())
+      throw CliError{kExitData, "--file '" + name + "': " + why};
+    if (!files.emplace(name, read_file(spec.substr(eq + 1), "--file")).second)
+      throw CliError{kExitUsage, "--file '" + name + "' is given twice"};
+  }
+  return files;
+}
+
+// The run's files go under `dir` only: each name was checked by the runner, every component is opened
+// below `dir` without following a link, so a name cannot lead the write anywhere else.
+void write_out_dir(const std::string& dir, const spr::Files& files) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+    throw CliError{kExitData, "cannot create --out-dir '" + dir + "': " + std::strerror(errno)};
+  spr::detail::Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) throw CliError{kExitData, "cannot open --out-dir '" + dir + "': " + std::strerror(errno)};
+  if (std::string why = spr::detail::run_files::write_files(fd.get(), files, true, "--out-dir '" + dir + "'");
+      !why.empty())
+    throw CliError{kExitData, why};
+}
+
 int cmd_run(const std::string& code_arg, const std::string& file, const std::string& input,
-            const std::string& input_file, const std::string& stdin_file, const PolicyArgs& pa) {
+            const std::string& input_file, const std::string& stdin_file, const FileArgs& fa, const PolicyArgs& pa) {
   std::string code;
   if (!code_arg.empty() && !file.empty()) throw CliError{kExitUsage, "give either -c CODE or a FILE, not both"};
   if (!code_arg.empty()) code = code_arg;
@@ -152,15 +193,33 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   if (!input.empty()) data = parse_input(input, "--input");
   if (!input_file.empty()) data = parse_input(read_file(input_file, "input file"), input_file);
   spr::RunnerPolicy p = build_policy(pa);
-  const std::string stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
+  spr::RunOptions options;
+  options.stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
   // Refused before a worker starts: invalid input, as an unreadable file is.
-  if (stdin_text.size() > static_cast<std::size_t>(p.max_stdin_kb) * 1024)
-    throw CliError{kExitData, "stdin file " + stdin_file + " is " + std::to_string(stdin_text.size()) +
+  if (options.stdin_text.size() > static_cast<std::size_t>(p.max_stdin_kb) * 1024)
+    throw CliError{kExitData, "stdin file " + stdin_file + " is " + std::to_string(options.stdin_text.size()) +
                                   " bytes, more than max_stdin_kb allows (" + std::to_string(p.max_stdin_kb) +
                                   " KB; raise it with --max-stdin-kb)"};
   spr::Runner runner(runner_options(p, 1));
-  spr::RunResult r = runner.run(code, data, p, stdin_text);
-  std::cout << spr::detail::dump_json(r.to_json()) << std::endl;
+  options.files = read_input_files(fa.files);
+  options.collect = fa.collect;
+  if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
+  spr::RunResult r = runner.run(code, data, p, options);
+  spr::json out = r.to_json();
+  if (!fa.out_dir.empty() && !r.files.empty()) {
+    // The files are on disk: the JSON names them instead of carrying them.
+    write_out_dir(fa.out_dir, r.files);
+    out.erase("files");
+    out["files_written"] = spr::json::array();
+    for (const auto& f : r.files) out["files_written"].push_back(f.first);
+  }
+  std::cout << spr::detail::dump_json(out) << std::endl;
+  if (!r.files_left_out.empty()) {
+    std::cerr << "safe-py-runner: " << r.files_left_out.size()
+              << " collected file(s) left out, over max_files_kb:";
+    for (const auto& n : r.files_left_out) std::cerr << " " << n;
+    std::cerr << std::endl;
+  }
   return exit_status(r);
 }
 
@@ -327,6 +386,13 @@ int main(int argc, char** argv) {
   run->add_option("--input", input, "input_data as JSON");
   run->add_option("--input-file", input_file, "file holding input_data as JSON");
   run->add_option("--stdin-file", stdin_file, "file whose text the code reads from sys.stdin and input()");
+  FileArgs run_files;
+  run->add_option("--file", run_files.files, "NAME=PATH: put file PATH into the run's directory as NAME (repeatable)")
+      ->allow_extra_args(false);
+  run->add_option("--collect", run_files.collect,
+                  "glob of files the run leaves in its directory to return in \"files\" (repeatable; '*.png')")
+      ->allow_extra_args(false);
+  run->add_option("--out-dir", run_files.out_dir, "write the collected files under this directory");
   add_policy_options(run, run_policy);
 
   std::size_t workers = 2;
@@ -423,7 +489,7 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   try {
-    if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_policy);
+    if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_files, run_policy);
     if (*serve) return cmd_serve(workers, preload, serve_policy, allow_overrides);
     if (*http) return cmd_http(http_args, http_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);

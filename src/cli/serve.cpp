@@ -244,6 +244,7 @@ class Server {
       if (!in->is_string()) return refuse(id, "'stdin' must be a string");
       job.options.stdin_text = std::move(in->get_ref<std::string&>());
     }
+    if (std::string why = detail::request_files(req, job.options); !why.empty()) return refuse(id, why);
     if (auto p = req.find("policy"); p != req.end() && !p->is_null()) {
       // The operator's policy is a ceiling unless serve was started with --allow-policy-overrides.
       const bool ceiling = runner_.options().policy_is_ceiling;

@@ -9,6 +9,7 @@
 
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
+#include "spr/run_control.hpp"
 
 namespace spr::detail {
 
@@ -29,6 +30,10 @@ std::optional<json> parse_request_line(std::string_view line, std::string& error
 // A request's "policy" field applied on top of `base` into `out`. "" on success, else why it is refused:
 // an invalid policy, or (when `ceiling`) one that loosens `base` in some field.
 std::string request_policy(const json& overrides, const RunnerPolicy& base, bool ceiling, RunnerPolicy& out);
+
+// A request's "files" (name -> text | {"base64": ...}) and "collect" (glob patterns) into `options`.
+// "" on success (either may be absent or null), else why they are refused.
+std::string request_files(const json& req, RunOptions& options);
 
 // The answer line to request `id`: every field of `r`, then `extra`'s fields, then "id"; ends with '\n'.
 std::string result_line(const json& id, const RunResult& r, const json& extra = json::object());

@@ -50,6 +50,8 @@ struct RunExtras {
   const OutputCallback* on_output = nullptr;  // streamed from the capture buffer while the run goes on
   bool want_repr = false;                     // sessions: repr() of a trailing expression
   HostCalls* host = nullptr;                  // the run's host functions (none: a call frame is out of step)
+  const Files* files = nullptr;                // written into the run directory before the code starts
+  const std::vector<std::string>* collect = nullptr;  // patterns of the files that may come back
 };
 
 class WorkerProcess {
@@ -88,7 +90,7 @@ class WorkerProcess {
   IoStatus receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
-                          RunResult& r) const;
+                          const std::vector<std::string>* collect, RunResult& r) const;
   std::uint64_t cpu_ticks() const;
   static bool is_stale(const std::string& frame, std::uint64_t id);
   bool wipe_scratch() const;  // true when the scratch root is empty again

@@ -22,6 +22,7 @@
 #include "common/wire.hpp"
 #include "detail/batch.hpp"
 #include "detail/json_cost.hpp"
+#include "detail/request_line.hpp"
 #include "detail/runner_access.hpp"
 #include "http/piston.hpp"
 
@@ -380,6 +381,7 @@ std::string read_call(const json& body, CallBody& out) {
     if (!in->is_string()) return "'stdin' must be a string";
     out.options.stdin_text = in->get<std::string>();
   }
+  if (std::string why = detail::request_files(body, out.options); !why.empty()) return why;
   if (auto id = body.find("id"); id != body.end() && !id->is_null()) {
     if (!id->is_string() || id->get<std::string>().empty() || id->get<std::string>().size() > kMaxRunIdBytes)
       return "'id' must be a string of 1 to " + std::to_string(kMaxRunIdBytes) + " bytes";
@@ -493,7 +495,7 @@ std::shared_ptr<Api::RunCall> Api::start_call(const ExchangePtr& ex, const std::
 }
 
 void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
-  if (auto f = unknown_field(body, {"code", "input_data", "stdin", "policy", "id"}); !f.empty())
+  if (auto f = unknown_field(body, {"code", "input_data", "stdin", "files", "collect", "policy", "id"}); !f.empty())
     return bad_input(ex, "unknown field '" + f + "'");
   CallBody call;
   if (std::string why = read_call(body, call); !why.empty()) return bad_input(ex, why);
@@ -505,6 +507,10 @@ void Api::run(const ExchangePtr& ex, const json& body, bool stream) {
   } catch (const PolicyError& e) {
     return bad_input(ex, std::string("invalid policy: ") + e.what());
   }
+  if ((!call.options.files.empty() || !call.options.collect.empty()) && runner_.options().policy_is_ceiling &&
+      !runner_.options().policy.scratch_dir)
+    return bad_input(ex, "'files' and 'collect' need a run directory, which the operator's policy does not allow "
+                         "(scratch_dir)");
   auto rc = start_call(ex, call.client_id, call.options, stream, policy.timeout_seconds);
   if (!rc) return;
   auto on_done = [this, rc](const RunResult& r) {
@@ -550,6 +556,8 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
     if (runner_.options().policy_is_ceiling)
       if (std::string why = e.policy.looser_than(base_); !why.empty())
         return bad("the limits loosen the operator's policy: " + why);
+    if (!e.files.empty() && runner_.options().policy_is_ceiling && !base_.scratch_dir)
+      return bad("files beside files[0] need a run directory, which the operator's policy does not allow (scratch_dir)");
   } catch (const piston::BadRequest& err) {
     return bad(err.what());
   }
@@ -559,6 +567,7 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
   rc->piston = true;
   RunOptions options;
   options.stdin_text = std::move(e.stdin_text);
+  options.files = std::move(e.files);
   options.on_output = [rc](OutputStream stream, const std::string& data) {
     std::lock_guard<std::mutex> lk(rc->mu);
     rc->output += data;

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "common/frame.hpp"
+#include "common/run_files.hpp"
 
 namespace spr::http::piston {
 
@@ -74,8 +75,6 @@ Execute parse_execute(const json& body, const RunnerPolicy& base, const std::str
   auto files = body.find("files");
   if (files == body.end() || !files->is_array() || files->empty())
     throw BadRequest("files is required as a non-empty array");
-  if (files->size() > 1)
-    throw BadRequest("only one file can be run here (files[0]); modules in other files are not supported");
   const json& file = (*files)[0];
   if (!file.is_object()) throw BadRequest("files[0] must be an object");
   auto content = file.find("content");
@@ -84,6 +83,25 @@ Execute parse_execute(const json& body, const RunnerPolicy& base, const std::str
     throw BadRequest("files[0].encoding: only \"utf8\" is supported");
 
   Execute e;
+  // Piston runs files[0] and puts the others beside it: here they go into the run's directory (its
+  // working directory), where the program reads them (as data: imports do not look there).
+  for (std::size_t i = 1; i < files->size(); ++i) {
+    const json& f = (*files)[i];
+    const std::string at = "files[" + std::to_string(i) + "]";
+    if (!f.is_object()) throw BadRequest(at + " must be an object");
+    auto name = f.find("name");
+    if (name == f.end() || !name->is_string()) throw BadRequest(at + ".name is required as a string");
+    auto text = f.find("content");
+    if (text == f.end() || !text->is_string()) throw BadRequest(at + ".content is required as a string");
+    std::string bytes = text->get<std::string>();
+    if (auto enc = f.find("encoding"); enc != f.end() && !enc->is_null() && *enc != "utf8") {
+      if (*enc != "base64" || !detail::run_files::base64_decode(text->get_ref<const std::string&>(), bytes))
+        throw BadRequest(at + ".encoding: only \"utf8\" and \"base64\" (with valid base64 content) are supported");
+    }
+    if (std::string why = detail::run_files::check_name(name->get_ref<const std::string&>()); !why.empty())
+      throw BadRequest(at + ".name: " + why);
+    if (!e.files.emplace(name->get<std::string>(), std::move(bytes)).second) throw BadRequest(at + ".name is given twice");
+  }
   e.stdin_text = string_field("stdin");
   json argv = json::array();
   if (auto args = body.find("args"); args != body.end() && !args->is_null()) {

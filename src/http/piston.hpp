@@ -18,6 +18,7 @@ class BadRequest : public std::runtime_error {
 struct Execute {
   std::string code;  // files[0].content, after a line setting sys.argv[1:] when there are args and it names argv
   std::string stdin_text;
+  Files files;  // files[1..]: written into the run directory beside the program
   RunnerPolicy policy;  // `base` with run_timeout and run_memory_limit applied
 };
 

@@ -612,3 +612,38 @@ TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the 
   CHECK(by_id[3]["error_kind"] == "blocked_import");
   CHECK(by_id[4]["error_kind"] == "bad_input");
 }
+
+TEST_CASE("run --file, --collect and --out-dir move files in and out of a run") {
+  TempPath in("cli-files-in"), out("cli-files-out"), outside("cli-files-outside");
+  in.write("3,4\n");
+  const std::vector<std::string> args = {"--blocked-builtins", "eval,exec", "--file", "nums.csv=" + in.str(),
+                                         "--collect", "*.txt", "--collect", "*.bin", "--out-dir", out.str()};
+  const std::string code = "a, b = open('nums.csv').read().split(',')\n"
+                           "open('sum.txt', 'w').write(str(int(a) + int(b)))\n"
+                           "open('raw.bin', 'wb').write(bytes([0, 255]))\n";
+  const ProcResult p = run_cli(code, args);
+  const json j = one_json(p);
+  INFO(describe(p));
+  CHECK(p.exit_code == 0);
+  CHECK(j["files_written"] == json::array({"raw.bin", "sum.txt"}));
+  CHECK_FALSE(j.contains("files"));
+  std::ifstream sum(out.path / "sum.txt");
+  CHECK(std::string(std::istreambuf_iterator<char>(sum), {}) == "7");
+  CHECK(spr_test::fs::file_size(out.path / "raw.bin") == 2);
+  // A link in the output folder is refused, never written through.
+  spr_test::fs::remove(out.path / "sum.txt");
+  spr_test::fs::create_symlink(outside.path, out.path / "sum.txt");
+  const ProcResult linked = run_cli(code, args);
+  CHECK(linked.exit_code == 65);
+  CHECK(contains(linked.err, "sum.txt"));
+  CHECK_FALSE(spr_test::fs::exists(outside.path));
+  // Without --out-dir the files are in the JSON: text as text, bytes as base64.
+  const json k = one_json(run_cli("open('r.bin', 'wb').write(bytes([0, 255]))",
+                                  {"--blocked-builtins", "eval", "--collect", "*.bin"}));
+  CHECK(k["files"]["r.bin"] == json{{"base64", "AP8="}});
+  // A name outside the run directory is refused before anything runs.
+  const ProcResult bad = run_cli("print('ran')", {"--file", "../x=" + in.str()});
+  CHECK(bad.exit_code == 65);
+  CHECK(bad.out.empty());
+  CHECK(contains(bad.err, "'..' component"));
+}

@@ -538,3 +538,26 @@ def test_a_body_dense_once_parsed_is_refused_and_memory_stays_bounded(api):
 def test_every_documented_operation_was_checked(api):
     missing = api.operations() - api.checked
     assert not missing, missing
+
+
+def test_files_in_and_out_of_a_run(server, api):
+    # The shared server's policy has no scratch_dir: files are refused, not dropped.
+    status, _, e = call(server, api, "POST", "/v1/run", {"code": "1", "files": {"a.txt": "x"}})
+    assert status == 400 and e["error_kind"] == "bad_input" and "scratch_dir" in e["error"]
+    s = Server("--workers", "1", "--scratch-dir", "--timeout", "60")
+    try:
+        status, _, r = call(s, api, "POST", "/v1/run", {
+            "code": "import pathlib\nd = pathlib.Path('in.bin').read_bytes()\npathlib.Path('out.bin').write_bytes(d[::-1])",
+            "files": {"in.bin": {"base64": "AP8="}}, "collect": ["*.bin"]})
+        assert status == 200 and r["ok"], r
+        assert r["files"] == {"in.bin": {"base64": "AP8="}, "out.bin": {"base64": "/wA="}}
+        status, _, e = call(s, api, "POST", "/v1/run", {"code": "1", "files": {"../a": "x"}})
+        assert status == 400 and "'..' component" in e["error"]
+        # Piston: the files after the first go into the run directory beside it.
+        status, _, p = call(s, api, "POST", "/api/v2/execute", {
+            "language": "python", "version": "*",
+            "files": [{"content": "import pathlib\nprint(pathlib.Path('data.txt').read_text())"},
+                      {"name": "data.txt", "content": "aGk=", "encoding": "base64"}]})
+        assert status == 200 and p["run"]["stdout"] == "hi\n", p
+    finally:
+        assert s.stop() == 0

@@ -41,6 +41,7 @@ memory_limit_mb = 128
 max_output_kb = 64
 max_result_kb = 32
 max_stdin_kb = 8
+max_files_kb = 48
 max_host_calls = 7
 max_host_call_kb = 16
 cpu_time_seconds = 1.5
@@ -74,6 +75,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.max_output_kb == 64);
   CHECK(p.max_result_kb == 32);
   CHECK(p.max_stdin_kb == 8);
+  CHECK(p.max_files_kb == 48);
   CHECK(p.max_host_calls == 7);
   CHECK(p.max_host_call_kb == 16);
   CHECK(p.cpu_time_seconds == 1.5);
@@ -141,7 +143,8 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["max_host_calls"] == 10000);
   CHECK(j["max_host_call_kb"].is_null());  // unset: max_result_kb
   CHECK(RunnerPolicy{}.host_call_kb() == 1024);
-  CHECK(j.size() == 24);
+  CHECK(j["max_files_kb"] == 1024);
+  CHECK(j.size() == 25);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -151,6 +154,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"max_output_kb", 64},
                   {"max_result_kb", 32},
                   {"max_stdin_kb", 8},
+                  {"max_files_kb", 48},
                   {"max_host_calls", 7},
                   {"max_host_call_kb", 16},
                   {"cpu_time_seconds", 1.5},
@@ -370,6 +374,10 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.max_output_kb = 129; }).find("'max_output_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_result_kb = 2048; }).find("'max_result_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_stdin_kb = 1025; }).find("'max_stdin_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_files_kb = 1025; }).find("'max_files_kb'") == 0);
+  CHECK_THROWS_AS(RunnerPolicy::from_json(spr::json{{"max_files_kb", -1}}), spr::PolicyError);
+  CHECK(RunnerPolicy::from_toml("max_files_kb = 8").max_files_kb == 8);
+  CHECK(RunnerPolicy::from_json(spr::json{{"max_files_kb", 8}}).to_json()["max_files_kb"] == 8);
   CHECK(loosened([](RunnerPolicy& p) { p.max_host_calls = 10001; }).find("'max_host_calls'") == 0);
   // Unset, max_host_call_kb follows max_result_kb: a larger one loosens the ceiling's.
   CHECK(loosened([](RunnerPolicy& p) { p.max_host_call_kb = 1025; }).find("'max_host_call_kb'") == 0);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/protocol.hpp"
+#include "common/run_files.hpp"
 
 namespace pr = spr::protocol;
 
@@ -185,4 +186,42 @@ TEST_CASE("protocol: policies that differ only in number types are never served 
   pr::PolicyCache cache;
   CHECK(cache.get(spr::json{{"extra_globals", {{"v", 1}}}}).extra_globals["v"].is_number_integer());
   CHECK(cache.get(spr::json{{"extra_globals", {{"v", 1.0}}}}).extra_globals["v"].is_number_float());
+}
+
+TEST_CASE("protocol: a request's files and collect patterns round-trip; bad names are ProtocolError") {
+  pr::Request rq;
+  rq.id = 7;
+  rq.code = "pass";
+  rq.files = {{"a.txt", "h\xc3\xa9"}, {"d/b.bin", std::string("\x00\xff\x89", 3)}};
+  rq.collect = {"*.png", "out/*.csv"};
+  const pr::Request back = round_trip(rq);
+  CHECK(back.files == rq.files);
+  CHECK(back.collect == rq.collect);
+  CHECK(pr::encode(rq).find("{\"base64\":\"AP+J\"}") != std::string::npos);
+  const std::string head = "{\"type\":\"request\",\"id\":1,\"code\":\"\",\"policy\":{},";
+  for (const char* bad : {"\"files\":{\"../x\":\"a\"}}", "\"files\":{\"/x\":\"a\"}}", "\"files\":{\"x\":{\"base64\":\"A\"}}}",
+                          "\"files\":{\"x\":3}}", "\"files\":[]}", "\"collect\":[\"../*\"]}", "\"collect\":\"*\"}"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(pr::decode(head + bad), pr::ProtocolError);
+  }
+}
+
+TEST_CASE("run_files: base64 is canonical and round-trips every length") {
+  namespace rf = spr::detail::run_files;
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  for (std::size_t n = 0; n < 70; ++n) {
+    std::string out;
+    REQUIRE(rf::base64_decode(rf::base64_encode(all.substr(n)), out));
+    CHECK(out == all.substr(n));
+  }
+  std::string out;
+  CHECK(rf::base64_decode("AP8=", out));
+  CHECK(out == std::string("\x00\xff", 2));
+  for (const char* bad : {"AP9=", "A", "AP8", "A=P8", "AP*=", "=AAA"}) CHECK_FALSE(rf::base64_decode(bad, out));
+  CHECK(rf::check_name("a/b.txt").empty());
+  for (const char* bad : {"", "/a", "a//b", "a/", "..", "a/../b", "./a"}) CHECK_FALSE(rf::check_name(bad).empty());
+  CHECK(rf::matches({"*.png"}, "plot.png"));
+  CHECK_FALSE(rf::matches({"*.png"}, "d/plot.png"));  // '*' stays within one folder
+  CHECK(rf::depth({"*.png", "a/b/*"}) == 3);
 }
