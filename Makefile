@@ -4,12 +4,12 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 PYTHON ?= /usr/bin/python3
 
-.PHONY: all deps build run test python bench soak fuzz check-sanitize lint format install clean help
+.PHONY: all deps build quickstart run test python bench soak fuzz check-sanitize lint format install docs clean help
 
 all: build
 
 help:
-	@echo "make run             install missing Debian packages, build, run the quick-start example"
+	@echo "make run             install missing Debian packages, build what the quick start needs, run it"
 	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, fuzz smoke, soak smoke)"
 	@echo "make python          build the Python wheel and install it (into PYTHON if it is a venv's, else build/venv)"
 	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick)"
@@ -18,6 +18,7 @@ help:
 	@echo "make check-sanitize  the test suite under ASan+UBSan, then TSan"
 	@echo "make lint            clang-tidy and cppcheck on our sources"
 	@echo "make install         install library, CLI, worker and CMake package (PREFIX=/usr/local)"
+	@echo "make docs            the API reference of include/spr (Doxygen) in BUILD/docs/html"
 
 deps:
 	@scripts/install-deps.sh
@@ -28,11 +29,22 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+# Only what the quick start needs: the library, the worker for the default Python, the CLI and the example.
+# The other Pythons' workers, the Python extension, tests and benchmark come with `make build` / `make test`.
+quickstart: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS) --target spr-quickstart spr-worker safe-py-runner
+
+run: quickstart
 	$(BUILD)/spr-quickstart
 
+# Test time limits scale with what the machine is doing when the tests start (scripts/test-time-scale.sh;
+# SPR_TEST_LOAD_SCALE=N sets it): the ctest TIMEOUTs and the tests' own hang guards and default run
+# timeouts are multiplied by it (tests/CMakeLists.txt, SPR_TEST_TIME_SCALE).
 test: build
-	ctest --test-dir $(BUILD) --output-on-failure -j 2 --timeout 600
+	@scale=$${SPR_TEST_LOAD_SCALE:-$$(scripts/test-time-scale.sh)}; \
+	echo "test time scale $$scale (load average $$(cut -d' ' -f1-3 /proc/loadavg), $$(nproc) CPUs)"; \
+	cmake -S . -B $(BUILD) -DSPR_TEST_LOAD_SCALE=$$scale >/dev/null && \
+	ctest --test-dir $(BUILD) --output-on-failure -j 2 --timeout $$((600 * scale))
 
 # Builds the wheel (reusing this build folder) and installs it: into PYTHON's environment when PYTHON
 # is a venv's python, otherwise into the venv $(PY_VENV) (Debian's own Python refuses pip installs).
@@ -71,6 +83,12 @@ format:
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+# Warnings are errors (docs/Doxyfile): every public name of include/spr must be documented.
+docs: deps
+	mkdir -p $(BUILD)/docs
+	SPR_DOCS_OUT=$(abspath $(BUILD))/docs doxygen docs/Doxyfile
+	@echo "API reference: $(BUILD)/docs/html/index.html"
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

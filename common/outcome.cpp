@@ -65,9 +65,9 @@ std::string host_call_too_large(const std::string& what, long long max_host_call
 
 RunResult bad_request(const std::string& why) { return failure(ErrorKind::bad_input, "bad request: " + why); }
 
-RunResult stdin_too_large(std::size_t bytes, long long max_output_kb) {
-  return failure(ErrorKind::bad_input, "stdin is " + std::to_string(bytes) + " bytes, more than max_output_kb allows (" +
-                                           std::to_string(max_output_kb) + " KB)");
+RunResult stdin_too_large(std::size_t bytes, long long max_stdin_kb) {
+  return failure(ErrorKind::bad_input, "stdin is " + std::to_string(bytes) + " bytes, more than max_stdin_kb allows (" +
+                                           std::to_string(max_stdin_kb) + " KB)");
 }
 
 RunResult cancelled() { return failure(ErrorKind::cancelled, "Run cancelled"); }

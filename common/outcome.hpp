@@ -27,7 +27,7 @@ std::string host_call_too_large(const std::string& what, long long max_host_call
 
 // Refused before any code ran.
 RunResult bad_request(const std::string& why);  // the worker could not read the request
-RunResult stdin_too_large(std::size_t bytes, long long max_output_kb);  // stdin over the output cap
+RunResult stdin_too_large(std::size_t bytes, long long max_stdin_kb);  // stdin over its cap
 RunResult bad_input(const std::string& why);    // the run's input could not become its globals
 RunResult bad_files(const std::string& why);    // a request's files or collect patterns are refused
 // The SyntaxError CPython gives a source file that is not valid UTF-8; nullopt when `code` is valid.

@@ -98,6 +98,8 @@ const std::vector<Field>& fields() {
        [](const RunnerPolicy& p) { return json(p.max_output_kb); }},
       {"max_result_kb", [](RunnerPolicy& p, const json& v) { p.max_result_kb = integer(v, "max_result_kb"); },
        [](const RunnerPolicy& p) { return json(p.max_result_kb); }},
+      {"max_stdin_kb", [](RunnerPolicy& p, const json& v) { p.max_stdin_kb = integer(v, "max_stdin_kb"); },
+       [](const RunnerPolicy& p) { return json(p.max_stdin_kb); }},
       {"max_files_kb", [](RunnerPolicy& p, const json& v) { p.max_files_kb = integer(v, "max_files_kb"); },
        [](const RunnerPolicy& p) { return json(p.max_files_kb); }},
       {"max_host_calls", [](RunnerPolicy& p, const json& v) { p.max_host_calls = integer(v, "max_host_calls"); },
@@ -169,6 +171,7 @@ void RunnerPolicy::validate() const {
   if (memory_limit_mb > (std::int64_t{1} << 40)) fail("'memory_limit_mb' is too large");
   if (max_output_kb < 0 || max_output_kb > (1 << 20)) fail("'max_output_kb' must be between 0 and 1048576");
   if (max_result_kb < 0 || max_result_kb > (1 << 20)) fail("'max_result_kb' must be between 0 and 1048576");
+  if (max_stdin_kb < 0 || max_stdin_kb > (1 << 20)) fail("'max_stdin_kb' must be between 0 and 1048576");
   if (max_files_kb < 0 || max_files_kb > (1 << 20)) fail("'max_files_kb' must be between 0 and 1048576");
   if (max_host_calls < 0 || max_host_calls > 100000000) fail("'max_host_calls' must be between 0 and 100000000");
   if (max_host_call_kb && (*max_host_call_kb < 0 || *max_host_call_kb > (1 << 20)))
@@ -220,7 +223,8 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(o
 // Every field, in declaration order (keep in step with the struct and the table above).
 bool operator==(const RunnerPolicy& a, const RunnerPolicy& b) {
   return a.mode == b.mode && a.timeout_seconds == b.timeout_seconds && a.memory_limit_mb == b.memory_limit_mb &&
-         a.max_output_kb == b.max_output_kb && a.max_result_kb == b.max_result_kb && a.max_files_kb == b.max_files_kb &&
+         a.max_output_kb == b.max_output_kb && a.max_result_kb == b.max_result_kb &&
+         a.max_stdin_kb == b.max_stdin_kb && a.max_files_kb == b.max_files_kb &&
          a.max_host_calls == b.max_host_calls && a.max_host_call_kb == b.max_host_call_kb &&
          a.cpu_time_seconds == b.cpu_time_seconds && a.blocked_imports == b.blocked_imports &&
          a.allowed_imports == b.allowed_imports && a.blocked_builtins == b.blocked_builtins &&
@@ -274,6 +278,7 @@ std::string RunnerPolicy::looser_than(const RunnerPolicy& c) const {
   if (memory_limit_mb > c.memory_limit_mb) return no("memory_limit_mb", "may not exceed " + std::to_string(c.memory_limit_mb));
   if (max_output_kb > c.max_output_kb) return no("max_output_kb", "may not exceed " + std::to_string(c.max_output_kb));
   if (max_result_kb > c.max_result_kb) return no("max_result_kb", "may not exceed " + std::to_string(c.max_result_kb));
+  if (max_stdin_kb > c.max_stdin_kb) return no("max_stdin_kb", "may not exceed " + std::to_string(c.max_stdin_kb));
   if (max_files_kb > c.max_files_kb) return no("max_files_kb", "may not exceed " + std::to_string(c.max_files_kb));
   if (max_host_calls > c.max_host_calls) return no("max_host_calls", "may not exceed " + std::to_string(c.max_host_calls));
   if (host_call_kb() > c.host_call_kb()) return no("max_host_call_kb", "may not exceed " + std::to_string(c.host_call_kb()));

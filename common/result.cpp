@@ -43,6 +43,7 @@ std::string to_string(ErrorKind k) {
 json RunResult::to_json() const {
   json j = detail::reply_from_result(*this);
   j["duration_ms"] = static_cast<double>(duration.count()) / 1000.0;
+  j["queued_ms"] = static_cast<double>(queued.count()) / 1000.0;
   j["isolation"] = to_string(isolation);
   return j;
 }

@@ -59,7 +59,8 @@ py::tuple to_tuple(const spr::RunResult& r) {
                         r.resource_exceeded, error, r.exit_code, spr::to_string(r.error_kind),
                         static_cast<double>(r.duration.count()) / 1000.0, spr::to_string(r.isolation),
                         r.stdout_truncated, r.stderr_truncated,
-                        r.repr ? py::object(text(*r.repr)) : py::object(py::none()), files, left_out);
+                        r.repr ? py::object(text(*r.repr)) : py::object(py::none()), files, left_out,
+                        static_cast<double>(r.queued.count()) / 1000.0);
 }
 
 // files= of a run: name (str) -> content (str, written as UTF-8, or bytes).
@@ -333,8 +334,9 @@ PYBIND11_MODULE(_core, m) {
           [](spr::Session& s, const std::string& code, const std::string& input_json, const py::object& on_output,
              const spr::CancelToken* token, bool want_repr, std::optional<double> timeout_seconds,
              std::optional<std::int64_t> max_output_kb, std::optional<std::int64_t> max_result_kb,
-             const py::object& functions) {
+             const py::object& functions, const std::string& stdin_text) {
             spr::RunOptions o = run_options(on_output, token, functions);
+            o.stdin_text = stdin_text;
             o.want_repr = want_repr;
             o.timeout_seconds = timeout_seconds;
             o.max_output_kb = max_output_kb;
@@ -348,7 +350,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("code"), py::arg("input_json"), py::arg("on_output") = py::none(), py::arg("token") = nullptr,
           py::arg("want_repr") = false, py::arg("timeout_seconds") = py::none(), py::arg("max_output_kb") = py::none(),
-          py::arg("max_result_kb") = py::none(), py::arg("functions") = py::none())
+          py::arg("max_result_kb") = py::none(), py::arg("functions") = py::none(), py::arg("stdin") = std::string())
       .def("variables",
            [](spr::Session& s) {
              json v;

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
           libtomlplusplus-dev libcli11-dev libseccomp-dev
           pybind11-dev python3-pytest python3-venv python3-pip
+          # make docs: the API reference of the public headers
+          doxygen
           # test dependencies of the third-party package tests
           python3-numpy python3-pandas python3-distributed
           # files out of a run: the README's plot example and its test

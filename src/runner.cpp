@@ -1,6 +1,7 @@
 // Runner: policy checks, deadlines and recovery over the worker pool; the submit() executor; sessions.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -146,21 +147,22 @@ struct Runner::Impl {
       return run(code, input, with_directory, stdin_text, opts);
     }
     check(policy, opts);
-    return run_checked(code, input, policy, stdin_text, opts);
+    return run_checked(code, input, policy, stdin_text, opts, Clock::now());
   }
 
-  // run() for a policy check() has passed (submit() checks when the run is queued).
+  // run() for a policy check() has passed (submit() checks when the run is queued); `arrived` is when the
+  // caller asked for it: what passes from then until a worker takes it is the result's `queued`.
   RunResult run_checked(const std::string& code, const json& input, const RunnerPolicy& policy,
-                        const std::string& stdin_text, const RunOptions* opts) {
+                        const std::string& stdin_text, const RunOptions* opts, Clock::time_point arrived) {
     if (policy.timeout_seconds == 0) {
       // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
       RunnerPolicy floored = policy;
       floored.timeout_seconds = 1;
-      return run_checked(code, input, floored, stdin_text, opts);
+      return run_checked(code, input, floored, stdin_text, opts, arrived);
     }
-    const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
+    const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_stdin_kb) * 1024;
     if (stdin_text.size() > stdin_cap) {
-      RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_output_kb);
+      RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_stdin_kb);
       r.isolation = policy.isolation;
       return r;
     }
@@ -173,7 +175,7 @@ struct Runner::Impl {
         return r;
       }
     }
-    const auto start = Clock::now();
+    auto start = Clock::now();
     const std::uint64_t id = next_id++;
     const double slack = detail::reply_slack(options.kill_grace_seconds, policy.isolation);
     RunResult r;
@@ -187,6 +189,7 @@ struct Runner::Impl {
       // Process mode leases a one-shot worker: started for this run, discarded after it.
       std::string error;
       auto w = pool.lease(detail::key_of(policy), error, opts ? &opts->cancel : nullptr);
+      start = Clock::now();  // the wait for a worker (or for the news that none comes) is queued time
       if (!w && opts && opts->cancel.cancelled()) {
         r = detail::cancelled_result();
       } else if (!w) {
@@ -201,6 +204,7 @@ struct Runner::Impl {
     }
     r.isolation = policy.isolation;
     r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    r.queued = std::chrono::duration_cast<std::chrono::microseconds>(start - std::min(arrived, start));
     return r;
   }
 
@@ -241,9 +245,10 @@ struct Runner::Impl {
     auto report = on_done ? std::make_shared<Report>() : nullptr;
     if (report) report->on_done = std::move(on_done);
     CancelToken token = opts.cancel;
-    post([this, done, report, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts)] {
+    post([this, done, report, c = std::move(code), i = std::move(input), p = std::move(policy), o = std::move(opts),
+          arrived = Clock::now()] {
       if (done->done() || (report && !report->start())) return;
-      RunResult r = run_checked(c, i, p, o.stdin_text, &o);
+      RunResult r = run_checked(c, i, p, o.stdin_text, &o, arrived);
       if (report) report->tell(r, true);
       done->complete(std::move(r));
     });

@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <signal.h>
 
+#include <algorithm>
+
 #include "common/wire.hpp"
 #include "detail/cancel.hpp"
 #include "detail/session_host.hpp"
@@ -246,10 +248,11 @@ void SessionHost::stop() {
 // Why a session ends when frames wait on its socket before a call is sent (session_call, variables).
 constexpr const char* kOutOfStep = "the session's process wrote a message nobody asked for";
 
-RunResult session_call(SessionState& st, const std::string& code, const json& input, const RunOptions& o) {
-  const auto start = Clock::now();
+RunResult session_call(SessionState& st, const std::string& code, const json& input, const RunOptions& o,
+                       Clock::time_point arrived) {
   RunnerPolicy policy = call_policy(st.policy, o);
   std::unique_lock<std::mutex> call(st.call_mu);
+  const auto start = Clock::now();  // the session's earlier calls have ended: this one's own time begins
   RunResult r;
   WorkerProcess* w = nullptr;
   std::uint64_t id = 0;
@@ -262,8 +265,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       r = cancelled_result();
     } else if (auto bad = non_utf8_code_result(code)) {
       r = std::move(*bad);
-    } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_output_kb) * 1024) {
-      r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_output_kb);
+    } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024) {
+      r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_stdin_kb);
     } else if (!o.files.empty() || !o.collect.empty()) {
       // Refused rather than dropped: a session call has no run directory of its own.
       r = outcome::bad_files("session calls take no files or collect patterns (use Runner::run)");
@@ -315,6 +318,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
   }
   r.isolation = Isolation::process;
   r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  r.queued = std::chrono::duration_cast<std::chrono::microseconds>(start - std::min(arrived, start));
   return r;
 }
 
@@ -335,7 +339,7 @@ Session& Session::operator=(Session&& o) noexcept {
 RunResult Session::run(const std::string& code, const json& input_data, const RunOptions& options) {
   if (!state_) throw std::logic_error("run() on an empty Session");
   detail::check_function_names(options.functions);
-  return detail::session_call(*state_, code, input_data, options);
+  return detail::session_call(*state_, code, input_data, options, detail::Clock::now());
 }
 
 RunHandle Session::submit(std::string code, json input_data, RunOptions options) {
@@ -354,8 +358,9 @@ RunHandle Session::submit(std::string code, json input_data, RunOptions options)
   bool posted = false;
   if (host && !host->stopped()) {
     try {
-      st->post([st, done, c = std::move(code), i = std::move(input_data), o = std::move(options)] {
-        if (!done->done()) done->complete(detail::session_call(*st, c, i, o));
+      st->post([st, done, c = std::move(code), i = std::move(input_data), o = std::move(options),
+                arrived = detail::Clock::now()] {
+        if (!done->done()) done->complete(detail::session_call(*st, c, i, o, arrived));
       });
       posted = true;
     } catch (const std::logic_error&) {

@@ -59,6 +59,8 @@ class RunnerPolicy:
     """CPU time cap; 0 leaves only the wall-clock limit."""
     max_result_kb: int = 1024
     """Cap on the JSON text of ``result``."""
+    max_stdin_kb: int = 1024
+    """Cap on the text a run reads as ``stdin``, in KiB; a longer one answers ``bad_input``."""
     max_host_calls: int = 10000
     """Host function calls one run may make (``functions=``); past it: ``host_call_limit``."""
     max_host_call_kb: Optional[int] = None

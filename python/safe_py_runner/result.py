@@ -30,12 +30,14 @@ class RunnerResult:
     exit_code: int = 0
     error_kind: str = "none"
     duration_ms: float = 0.0
-    """Time the caller waited, queueing included."""
+    """The run's own time, from when a worker took it to its result."""
     isolation: str = "fork"
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     repr: Optional[str] = None
     """Session calls with ``repr=True``: the repr of a trailing expression (capped)."""
+    queued_ms: float = 0.0
+    """Time the run waited for a worker (or behind earlier runs or session calls) before it started."""
     files: Dict[str, Union[str, bytes]] = field(default_factory=dict)
     """Files the run left in its directory that match ``collect``: ``str`` when the file is valid
     UTF-8, else ``bytes`` (a PNG). At most ``max_files_kb`` in all."""

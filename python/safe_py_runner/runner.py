@@ -113,7 +113,7 @@ class Runner:
     ) -> RunnerResult:
         """Run ``code`` and wait for its result (same arguments as ``run_code``). ``on_output``
         receives ``(stream, data)`` chunks while the code runs; ``stdin`` is what ``sys.stdin`` and
-        ``input()`` read (at most ``max_output_kb``); ``functions`` adds host functions; ``files``
+        ``input()`` read (at most ``max_stdin_kb``); ``functions`` adds host functions; ``files``
         and ``collect`` as in ``run_code``."""
         if self._closed:
             raise RuntimeError("the Runner is closed")
@@ -143,7 +143,7 @@ class Runner:
                 raise
             # close() came between this run's start and the engine: answered as a run in flight is.
             return (False, "null", "", "", False, False, "the runner is shutting down", 1, "worker_unavailable",
-                    0.0, chosen.isolation, False, False, None, {}, [])
+                    0.0, chosen.isolation, False, False, None, {}, [], 0.0)
 
     def _start(self, call) -> RunFuture:
         future = RunFuture()
@@ -188,6 +188,7 @@ class Runner:
         policy_file: Optional[Union[str, os.PathLike]] = None,
         python_executable: Optional[str] = None,
         *,
+        stdin: Optional[str] = None,
         functions: Optional[HostFunctions] = None,
     ) -> RunnerResult:
         """``await``-able run for asyncio programs; the event loop keeps running meanwhile.
@@ -196,7 +197,7 @@ class Runner:
         import asyncio  # here, not at the top: a program that never awaits does not pay for importing it
 
         return await asyncio.wrap_future(
-            self.submit(code, input_data, policy, policy_file, python_executable, functions=functions,
+            self.submit(code, input_data, policy, policy_file, python_executable, stdin=stdin, functions=functions,
                         _loop=asyncio.get_running_loop()))
 
     def stream(
@@ -204,10 +205,12 @@ class Runner:
         code: str,
         input_data: Optional[Any] = None,
         policy: Optional[RunnerPolicy] = None,
+        *,
+        stdin: Optional[str] = None,
     ) -> OutputStream:
         """``async for stream, data in runner.stream(code)``: output as it comes; then
         ``await it.result()`` for the ``RunnerResult``. Call it from a running event loop."""
-        return OutputStream(lambda push: self.submit(code, input_data, policy, on_output=push))
+        return OutputStream(lambda push: self.submit(code, input_data, policy, on_output=push, stdin=stdin))
 
     def open_session(self, policy: Optional[RunnerPolicy] = None) -> Session:
         """A ``Session`` whose calls share one namespace, in a process of its own. Raises
@@ -288,6 +291,7 @@ def run_code(
     policy_file: Optional[Union[str, os.PathLike]] = None,
     python_executable: Optional[str] = None,
     *,
+    stdin: Optional[str] = None,
     functions: Optional[HostFunctions] = None,
     files: Optional[Dict[str, Union[str, bytes]]] = None,
     collect: Optional[Sequence[str]] = None,
@@ -298,12 +302,13 @@ def run_code(
     as JSON. Giving both ``policy`` and ``policy_file`` is a ``ValueError``. ``python_executable``
     runs the code with that interpreter's packages (a venv). Uses a process-wide ``Runner``
     started on first use. ``functions`` (name -> callable) are host functions the code may call:
-    ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``.
+    ``functions={"get_price": get_price}`` lets it call ``get_price("ACME")``. ``stdin`` is the text
+    ``sys.stdin`` and ``input()`` read (at most ``max_stdin_kb``; without it they see end of file).
 
     ``files`` (name -> ``str`` or ``bytes``) are written into the run's private directory, its
     working directory, before the code starts; ``collect`` (glob patterns such as ``"*.png"``)
     names the files to bring back in ``RunnerResult.files`` (``bytes`` for binary files, at most
     ``max_files_kb`` in all; the ones left out are listed in ``files_left_out``).
     """
-    return _default_runner().run(code, input_data, policy, policy_file, python_executable, functions=functions,
+    return _default_runner().run(code, input_data, policy, policy_file, python_executable, stdin=stdin, functions=functions,
                                  files=files, collect=collect)

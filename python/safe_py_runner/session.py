@@ -22,13 +22,14 @@ thread while the code runs, chunks in order; they add up to the result's (capped
 
 def result_from_tuple(t: tuple) -> RunnerResult:
     (ok, result_json, stdout, stderr, timed_out, resource_exceeded, error, exit_code, error_kind,
-     duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, files, files_left_out) = t
+     duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, files, files_left_out,
+     queued_ms) = t
     return RunnerResult(ok=ok, result=json.loads(result_json), stdout=stdout, stderr=stderr,
                         timed_out=timed_out, resource_exceeded=resource_exceeded, error=error,
                         exit_code=exit_code, error_kind=error_kind, duration_ms=duration_ms,
                         isolation=isolation, stdout_truncated=stdout_truncated,
                         stderr_truncated=stderr_truncated, repr=repr_text, files=files,
-                        files_left_out=files_left_out)
+                        files_left_out=files_left_out, queued_ms=queued_ms)
 
 
 class RunFuture(concurrent.futures.Future):
@@ -111,28 +112,32 @@ class Session:
     def _call(self, code: str, input_data: Any, on_output: Optional[OutputCallback], token: Any,
               repr: bool, timeout_seconds: Optional[float], max_output_kb: Optional[int],
               max_result_kb: Optional[int], functions: Optional[HostFunctions] = None,
-              loop: Optional[asyncio.AbstractEventLoop] = None) -> tuple:
+              loop: Optional[asyncio.AbstractEventLoop] = None, stdin: Optional[str] = None) -> tuple:
         if not isinstance(code, str):
             raise TypeError("'code' must be a str")
+        if stdin is not None and not isinstance(stdin, str):
+            raise TypeError("'stdin' must be a str")
         host = adapt(merge(self._functions, functions), loop)
         return self._core.run(code.encode("utf-8", "surrogatepass"), json.dumps(input_data or {}), on_output,
-                              token, repr, timeout_seconds, max_output_kb, max_result_kb, host)
+                              token, repr, timeout_seconds, max_output_kb, max_result_kb, host, stdin or "")
 
     def run(self, code: str, input_data: Optional[Any] = None, *, on_output: Optional[OutputCallback] = None,
             repr: bool = False, timeout_seconds: Optional[float] = None, max_output_kb: Optional[int] = None,
-            max_result_kb: Optional[int] = None, functions: Optional[HostFunctions] = None) -> RunnerResult:
+            max_result_kb: Optional[int] = None, functions: Optional[HostFunctions] = None,
+            stdin: Optional[str] = None) -> RunnerResult:
         """Run ``code`` in the session's namespace. ``repr=True`` fills ``result.repr`` with the
         repr of a trailing expression, as a REPL shows it; the limits override the session's;
-        ``functions`` adds host functions for this call."""
+        ``functions`` adds host functions for this call; ``stdin`` is what ``sys.stdin`` and
+        ``input()`` read (at most the session's ``max_stdin_kb``)."""
         return result_from_tuple(self._call(code, input_data, on_output, None, repr, timeout_seconds,
-                                            max_output_kb, max_result_kb, functions))
+                                            max_output_kb, max_result_kb, functions, None, stdin))
 
     def submit(self, code: str, input_data: Optional[Any] = None, **options: Any) -> RunFuture:
         """Start a call; the future's ``cancel()`` stops it (a running call ends the session)."""
         on_output = options.pop("on_output", None)
         args = (options.pop("repr", False), options.pop("timeout_seconds", None),
                 options.pop("max_output_kb", None), options.pop("max_result_kb", None),
-                options.pop("functions", None), options.pop("_loop", None))
+                options.pop("functions", None), options.pop("_loop", None), options.pop("stdin", None))
         if options:
             raise TypeError("unexpected arguments: " + ", ".join(sorted(options)))
         adapt(args[4])

@@ -78,7 +78,7 @@ struct PolicyArgs {
   };
   std::string file;
   double timeout = 0, cpu_time = 0;
-  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, max_files_kb = 0, scratch_limit_mb = 0, max_host_calls = 0,
+  long long memory_mb = 0, max_output_kb = 0, max_result_kb = 0, max_stdin_kb = 0, max_files_kb = 0, scratch_limit_mb = 0, max_host_calls = 0,
             max_host_call_kb = 0;
   std::string isolation, python, mode, blocked_imports, allowed_imports, blocked_builtins, allowed_builtins;
   bool allow_network = false, allow_unix_sockets = false, scratch_dir = false;
@@ -100,6 +100,7 @@ void add_policy_options(CLI::App* cmd, PolicyArgs& a) {
   scalar("memory_limit_mb", "--memory-mb", a.memory_mb, "memory one run may allocate, in MiB");
   scalar("max_output_kb", "--max-output-kb", a.max_output_kb, "cap on stdout and on stderr, each, in KiB");
   scalar("max_result_kb", "--max-result-kb", a.max_result_kb, "cap on the JSON text of result, in KiB");
+  scalar("max_stdin_kb", "--max-stdin-kb", a.max_stdin_kb, "cap on the text a run reads as stdin, in KiB");
   scalar("max_files_kb", "--max-files-kb", a.max_files_kb, "cap on the files a run returns (--collect), in KiB");
   scalar("max_host_calls", "--max-host-calls", a.max_host_calls, "host function calls one run may make (serve)");
   scalar("max_host_call_kb", "--max-host-call-kb", a.max_host_call_kb,
@@ -192,9 +193,14 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   if (!input.empty()) data = parse_input(input, "--input");
   if (!input_file.empty()) data = parse_input(read_file(input_file, "input file"), input_file);
   spr::RunnerPolicy p = build_policy(pa);
-  spr::Runner runner(runner_options(p, 1));
   spr::RunOptions options;
   options.stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
+  // Refused before a worker starts: invalid input, as an unreadable file is.
+  if (options.stdin_text.size() > static_cast<std::size_t>(p.max_stdin_kb) * 1024)
+    throw CliError{kExitData, "stdin file " + stdin_file + " is " + std::to_string(options.stdin_text.size()) +
+                                  " bytes, more than max_stdin_kb allows (" + std::to_string(p.max_stdin_kb) +
+                                  " KB; raise it with --max-stdin-kb)"};
+  spr::Runner runner(runner_options(p, 1));
   options.files = read_input_files(fa.files);
   options.collect = fa.collect;
   if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
@@ -305,10 +311,12 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
   }
 }
 
-// Per isolation mode, the worker's report of its sandbox layers; a mode that cannot start says why.
+// Per isolation mode, the worker's report of its sandbox layers; a mode that cannot start says why. The
+// policy (the defaults with --policy and the flags applied) is reported whole.
 spr::json doctor_report(const spr::RunnerPolicy& p) {
   spr::Runner runner(runner_options(p, 1));
-  spr::json out = {{"version", spr::version()}, {"python", runner.python_version()}, {"modes", spr::json::object()}};
+  spr::json out = {{"version", spr::version()}, {"python", runner.python_version()}, {"policy", p.to_json()},
+                   {"modes", spr::json::object()}};
   bool all = true;
   for (auto iso : {spr::Isolation::namespace_, spr::Isolation::subinterpreter, spr::Isolation::fork,
                    spr::Isolation::process}) {
@@ -329,6 +337,10 @@ spr::json doctor_report(const spr::RunnerPolicy& p) {
 void print_doctor_summary(const spr::json& report) {
   std::cout << "safe-py-runner " << report["version"].get<std::string>() << ", embedding Python "
             << report["python"].get<std::string>() << "\n";
+  const spr::json& p = report["policy"];
+  std::cout << "limits: timeout " << p["timeout_seconds"].dump() << " s, memory " << p["memory_limit_mb"].dump()
+            << " MiB, output " << p["max_output_kb"].dump() << " KiB a stream, result " << p["max_result_kb"].dump()
+            << " KiB, stdin " << p["max_stdin_kb"].dump() << " KiB\n";
   for (const char* name : {"namespace", "subinterpreter", "fork", "process"}) {
     const spr::json& mode = report["modes"][name];
     std::cout << "\n" << name << ":";
@@ -385,6 +397,18 @@ int main(int argc, char** argv) {
 
   std::size_t workers = 2;
   auto* serve = app.add_subcommand("serve", "answer JSON-lines requests from stdin on stdout");
+  serve->footer(
+      "Request, one JSON object a line (a run needs only code):\n"
+      "  {\"id\": any, \"code\": str, \"input_data\": any, \"stdin\": str, \"policy\": {field: value},\n"
+      "   \"session\": name, \"repr\": bool, \"stream\": bool, \"functions\": [name]}\n"
+      "  {\"id\": any, \"cancel\": id}    {\"id\": any, \"close_session\": name}\n"
+      "Answer, one line per request, in the order runs end:\n"
+      "  {\"id\": same, \"ok\", \"result\", \"stdout\", \"stderr\", \"error\", \"error_kind\", \"exit_code\",\n"
+      "   \"timed_out\", \"resource_exceeded\", \"stdout_truncated\", \"stderr_truncated\",\n"
+      "   \"duration_ms\", \"queued_ms\", \"isolation\"}\n"
+      "  with \"stream\": {\"id\", \"stream\": \"stdout\"|\"stderr\", \"data\": str} lines before it\n"
+      "A bad line answers error_kind \"bad_input\" (id null when unreadable). A request's policy may only\n"
+      "tighten the operator's (--policy and the flags) unless --allow-policy-overrides. See README, \"CLI\".\n");
   serve->add_option("--workers", workers, "warm workers (default 2)");
   serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);

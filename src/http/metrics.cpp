@@ -6,7 +6,8 @@
 namespace spr::http {
 
 void Metrics::run_finished(const RunResult& r) {
-  const double seconds = static_cast<double>(r.duration.count()) / 1e6;
+  // What the client waited for the run: its own time and its wait for a worker.
+  const double seconds = static_cast<double>((r.duration + r.queued).count()) / 1e6;
   std::lock_guard<std::mutex> lk(mu_);
   ++runs_[to_string(r.error_kind)];
   Histogram& h = latency_[to_string(r.isolation)];

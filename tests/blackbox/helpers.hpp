@@ -32,6 +32,15 @@ inline const char* const kSecret = "s3cr3t-value";
 
 inline void set_secret_env() { ::setenv("SPR_TEST_SECRET", kSecret, 1); }
 
+// How many times longer than on a quiet machine things may take now: SPR_TEST_TIME_SCALE, set by
+// tests/CMakeLists.txt from `make test`'s load average (times 4 in sanitizer builds). Default run
+// timeouts and hang guards are multiplied by it; nothing asserts that anything is fast.
+inline double time_scale() {
+  const char* s = std::getenv("SPR_TEST_TIME_SCALE");
+  const double v = s ? std::atof(s) : 1.0;
+  return v > 1 ? v : 1.0;
+}
+
 // The isolation mode this run of the suite covers (env SPR_TEST_ISOLATION, default "fork").
 inline std::string mode_name() {
   const char* m = std::getenv("SPR_TEST_ISOLATION");
@@ -81,8 +90,7 @@ inline bool is_process() { return isolation() == spr::Isolation::process; }
 inline spr::RunnerPolicy policy() {
   spr::RunnerPolicy p;
   p.isolation = isolation();
-  // Sanitizer builds (SPR_TEST_TIME_SCALE, set by tests/CMakeLists.txt) run code several times slower.
-  if (const char* s = std::getenv("SPR_TEST_TIME_SCALE"); s && std::atof(s) > 1) p.timeout_seconds *= std::atof(s);
+  p.timeout_seconds *= time_scale();  // a loaded machine or a sanitizer build runs code several times slower
   return p;
 }
 
@@ -182,7 +190,8 @@ inline ProcResult run_program(const std::vector<std::string>& argv, const std::s
   } else {
     ::fcntl(in_fd, F_SETFL, O_NONBLOCK);
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  // A hang guard, not a speed check: scaled with the machine's load.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s * time_scale());
   bool out_open = true, err_open = true;
   char buf[65536];
   while (out_open || err_open) {

@@ -78,7 +78,7 @@ TEST_CASE("run -c: one JSON object, exit 0 when ok") {
   CHECK(j["exit_code"] == 0);
   CHECK(j["isolation"] == mode());
   for (const char* key : {"stderr", "timed_out", "resource_exceeded", "error_kind", "stdout_truncated",
-                          "stderr_truncated", "duration_ms"})
+                          "stderr_truncated", "duration_ms", "queued_ms"})
     CHECK_MESSAGE(j.contains(key), key);
 }
 
@@ -505,6 +505,12 @@ TEST_CASE("--help and --version exit 0") {
   CHECK(contains(help.out, "run"));
   CHECK(contains(help.out, "serve"));
   CHECK(contains(help.out, "doctor"));
+  // serve --help shows the request and answer line format, not only the flags.
+  const auto serve_help = cli({"serve", "--help"});
+  CHECK(serve_help.exit_code == 0);
+  for (const char* key : {"\"code\": str", "\"stdin\": str", "\"policy\"", "\"session\"", "\"cancel\"",
+                          "\"close_session\"", "\"error_kind\"", "\"duration_ms\"", "\"queued_ms\"", "bad_input"})
+    CHECK_MESSAGE(contains(serve_help.out, key), key);
   const auto run_help = cli({"run", "--help"});
   CHECK(run_help.exit_code == 0);
   CHECK(contains(run_help.out, "--timeout"));
@@ -530,6 +536,8 @@ TEST_CASE("doctor --json reports every mode's layers (issue 11: subinterpreter t
   }
   CHECK(j.contains("python"));
   CHECK(j["version"] == SPR_TEST_VERSION);
+  CHECK(j["policy"]["max_stdin_kb"] == 1024);  // the policy in force, whole
+  CHECK(j["policy"]["max_output_kb"] == 128);
   CHECK(j["all_layers_active"].is_boolean());
 }
 
@@ -540,6 +548,7 @@ TEST_CASE("doctor prints a summary a person can read") {
   CHECK(contains(p.out, std::string("safe-py-runner ") + SPR_TEST_VERSION + ", embedding Python 3."));
   for (const char* m : {"namespace:", "subinterpreter:", "fork:", "process:"}) CHECK(contains(p.out, m));
   CHECK(contains(p.out, "layers active"));
+  CHECK(contains(p.out, "stdin 1024 KiB"));
   CHECK_THROWS(json::parse(p.out));
 }
 
@@ -553,6 +562,23 @@ TEST_CASE("run --stdin-file feeds input(); without it input() meets EOF") {
   CHECK(j["result"] == json::array({"alice", "bob"}));
   const auto e = one_json(run_cli("input()"));
   CHECK(e["error"] == "EOFError: EOF when reading a line");
+}
+
+TEST_CASE("run --stdin-file: max_stdin_kb caps it, not max_output_kb; too large exits 65 before any run") {
+  TempPath in("stdin");
+  in.write(std::string(4096, 'x'));
+  const auto j = one_json(run_cli("import sys\nresult = len(sys.stdin.read())", {"--stdin-file", in.str(),
+                                                                                 "--max-output-kb", "1"}));
+  CHECK(j["ok"] == true);
+  CHECK(j["result"] == 4096);
+  const auto big = run_cli("print('ran')", {"--stdin-file", in.str(), "--max-stdin-kb", "2"});
+  INFO(describe(big));
+  CHECK(big.exit_code == 65);
+  CHECK(big.out.empty());  // no result: the code never ran
+  CHECK(contains(big.err, "max_stdin_kb"));
+  CHECK(contains(big.err, "4096 bytes"));
+  const auto bad = run_cli("result = 1", {"--max-stdin-kb", "-1"});
+  CHECK(bad.exit_code == 65);
 }
 
 TEST_CASE("run --python picks the interpreter whose packages the code sees") {

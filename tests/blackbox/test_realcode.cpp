@@ -410,12 +410,17 @@ TEST_CASE("stdin: input() and sys.stdin read the request's text; without it, EOF
   CHECK(r2.stdout_text == "prompt> ");
   const auto r3 = run("input()\n");
   CHECK(r3.error == std::string("EOFError: EOF when reading a line"));
-  SUBCASE("stdin longer than max_output_kb is refused") {
+  SUBCASE("stdin has its own cap, max_stdin_kb, not max_output_kb") {
     auto p = spr_test::policy();
-    p.max_output_kb = 1;
-    const auto r4 = rn.run("result = 1\n", json::object(), p, std::string(2048, 'x'));
-    CHECK(r4.error_kind == ErrorKind::bad_input);
-    CHECK(contains(r4.error.value_or(""), "max_output_kb"));
+    p.max_output_kb = 1;  // the output cap does not bound what a run reads
+    const auto r4 = rn.run("import sys\nresult = len(sys.stdin.read())\n", json::object(), p, std::string(4096, 'x'));
+    SPR_CHECK_OK(r4);
+    CHECK(r4.result == 4096);
+    p.max_stdin_kb = 2;
+    const auto r5 = rn.run("result = 1\n", json::object(), p, std::string(2049 + 1024, 'x'));
+    CHECK(r5.error_kind == ErrorKind::bad_input);
+    CHECK(contains(r5.error.value_or(""), "max_stdin_kb"));
+    CHECK(r5.result.is_null());  // the code never ran
   }
 }
 

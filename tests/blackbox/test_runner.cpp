@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -257,6 +258,39 @@ TEST_CASE("a result reports its isolation mode and a duration") {
   CHECK(r.isolation == spr_test::isolation());
   CHECK(r.duration.count() > 0);
   CHECK(r.to_json()["isolation"] == spr_test::mode_name());
+  CHECK(r.to_json()["queued_ms"].is_number());
+}
+
+TEST_CASE("duration is the run's own time; waiting for the busy worker is queued (issue 20, item 8)") {
+  if (!spr_test::is_fork()) return;  // one worker per mode: what is measured is the same in every mode
+  spr::RunnerOptions o = spr_test::runner_options();
+  o.workers = 1;
+  spr::Runner runner(o);
+  // The first run holds the only worker: it says so on stdout (an event, not a guess), then sleeps.
+  std::promise<void> started;
+  auto started_once = std::make_shared<std::once_flag>();
+  spr::RunOptions first_opts;
+  first_opts.on_output = [&started, started_once](spr::OutputStream, const std::string&) {
+    std::call_once(*started_once, [&started] { started.set_value(); });
+  };
+  auto first = runner.submit("import time\nprint('holding', flush=True)\ntime.sleep(2)\n", json::object(),
+                             spr_test::policy(), first_opts);
+  started.get_future().wait();
+  const auto asked = std::chrono::steady_clock::now();
+  auto second = runner.submit("result = 1\n", json::object(), spr_test::policy(), spr::RunOptions{});
+  const spr::RunResult b = second.get();
+  const auto waited = std::chrono::steady_clock::now() - asked;
+  const spr::RunResult a = first.get();
+  INFO(describe(a));
+  INFO(describe(b));
+  SPR_CHECK_OK(a);
+  SPR_CHECK_OK(b);
+  CHECK(a.duration >= std::chrono::seconds(2));  // the sleep is the first run's own time
+  // The second waited for the first to end: that wait is queued, not its duration.
+  CHECK(b.queued > b.duration);
+  CHECK(b.queued + b.duration <= waited);
+  const json j = b.to_json();
+  CHECK(j["queued_ms"].get<double>() == doctest::Approx(static_cast<double>(b.queued.count()) / 1000.0));
 }
 
 TEST_CASE("python_version() and hardening() describe the workers") {

@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,56 @@ def test_python_executable_runs_with_a_venvs_packages(tmp_path):
     else:
         with pytest.raises(ValueError, match="python_executable"):
             run_code(code, python_executable=python)
+
+
+def test_stdin_reaches_every_entry_point(runner):
+    """stdin is what input() and sys.stdin read, whichever call starts the run (issue 20, item 8)."""
+    code = "import sys\nresult = [input(), sys.stdin.read()]"
+    want = ["first", "rest\n"]
+    text = "first\nrest\n"
+    assert run_code(code, stdin=text).result == want
+    assert runner.run(code, stdin=text).result == want
+    assert runner.submit(code, stdin=text).result(timeout=60).result == want
+
+    async def main():
+        awaited = await runner.run_async(code, stdin=text)
+        it = runner.stream("print(input())", stdin="streamed\n")
+        chunks = [data async for _, data in it]
+        return awaited.result, "".join(chunks), (await it.result()).stdout
+
+    assert asyncio.run(main()) == (want, "streamed\n", "streamed\n")
+    with runner.open_session() as s:
+        assert s.run(code, stdin=text).result == want
+        assert s.submit(code, stdin=text).result(timeout=60).result == want
+        assert asyncio.run(s.run_async(code, stdin=text)).result == want
+    assert run_code(code).error == "EOFError: EOF when reading a line"
+
+
+def test_stdin_has_its_own_cap(runner):
+    """max_stdin_kb, not max_output_kb, bounds stdin; past it the run answers bad_input and never starts."""
+    read = "import sys\nresult = len(sys.stdin.read())"
+    assert RunnerPolicy().max_stdin_kb == 1024
+    assert runner.run(read, policy=RunnerPolicy(max_output_kb=1), stdin="x" * 4096).result == 4096
+    big = runner.run("result = 1", policy=RunnerPolicy(max_stdin_kb=2), stdin="x" * 3000)
+    assert big.error_kind == "bad_input" and "max_stdin_kb" in big.error and big.result is None
+    with pytest.raises(ValueError, match="max_stdin_kb"):
+        RunnerPolicy(max_stdin_kb=-1).validate()
+
+
+def test_duration_is_the_runs_own_time_and_queueing_is_apart():
+    """A run that waits for the one busy worker reports the wait as queued_ms, not as duration_ms."""
+    holding = threading.Event()
+    with Runner(workers=1) as r:
+        # The first run says when it holds the only worker (an event, not a guess), then sleeps.
+        first = r.submit("import time\nprint('holding', flush=True)\ntime.sleep(2)",
+                         on_output=lambda stream, data: holding.set())
+        assert holding.wait(timeout=120)
+        asked = time.monotonic()
+        b = r.submit("result = 1").result(timeout=120)
+        waited_ms = (time.monotonic() - asked) * 1000
+        a = first.result(timeout=120)
+    assert a.ok and b.ok, (a, b)
+    assert a.duration_ms >= 2000  # the sleep is the first run's own time
+    # The second waited for the first to end: that wait is queued_ms, not its duration_ms.
+    assert b.queued_ms > b.duration_ms
+    assert b.queued_ms + b.duration_ms <= waited_ms

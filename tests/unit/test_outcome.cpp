@@ -76,7 +76,7 @@ TEST_CASE("outcome: ended from outside, and stdin over its cap") {
   CHECK(l.error == std::string("Session lost: the runner shut down"));
   CHECK(l.error_kind == ErrorKind::session_lost);
   const RunResult s = outcome::stdin_too_large(2048, 1);
-  CHECK(s.error == std::string("stdin is 2048 bytes, more than max_output_kb allows (1 KB)"));
+  CHECK(s.error == std::string("stdin is 2048 bytes, more than max_stdin_kb allows (1 KB)"));
   CHECK(s.error_kind == ErrorKind::bad_input);
 }
 

@@ -40,6 +40,7 @@ timeout_seconds = 2.5
 memory_limit_mb = 128
 max_output_kb = 64
 max_result_kb = 32
+max_stdin_kb = 8
 max_files_kb = 48
 max_host_calls = 7
 max_host_call_kb = 16
@@ -73,6 +74,7 @@ void check_every_field(const RunnerPolicy& p) {
   CHECK(p.memory_limit_mb == 128);
   CHECK(p.max_output_kb == 64);
   CHECK(p.max_result_kb == 32);
+  CHECK(p.max_stdin_kb == 8);
   CHECK(p.max_files_kb == 48);
   CHECK(p.max_host_calls == 7);
   CHECK(p.max_host_call_kb == 16);
@@ -104,6 +106,7 @@ TEST_CASE("policy: defaults equal the original's table") {
   CHECK(p.memory_limit_mb == 256);
   CHECK(p.max_output_kb == 128);
   CHECK(p.max_result_kb == 1024);
+  CHECK(p.max_stdin_kb == 1024);
   CHECK(p.cpu_time_seconds == 0);
   CHECK(p.blocked_imports == Strings{"os", "subprocess", "socket", "ctypes", "importlib"});
   CHECK(p.allowed_imports.empty());
@@ -127,6 +130,7 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["memory_limit_mb"] == 256);
   CHECK(j["max_output_kb"] == 128);
   CHECK(j["max_result_kb"] == 1024);
+  CHECK(j["max_stdin_kb"] == 1024);
   CHECK(j["blocked_imports"] == json({"os", "subprocess", "socket", "ctypes", "importlib"}));
   CHECK(j["blocked_builtins"] == json({"eval", "exec", "open", "compile", "breakpoint"}));
   CHECK(j["allowed_imports"] == json::array());
@@ -140,7 +144,7 @@ TEST_CASE("policy: to_json lists every field with its default") {
   CHECK(j["max_host_call_kb"].is_null());  // unset: max_result_kb
   CHECK(RunnerPolicy{}.host_call_kb() == 1024);
   CHECK(j["max_files_kb"] == 1024);
-  CHECK(j.size() == 24);
+  CHECK(j.size() == 25);
 }
 
 TEST_CASE("policy: from_json sets every field") {
@@ -149,6 +153,7 @@ TEST_CASE("policy: from_json sets every field") {
                   {"memory_limit_mb", 128},
                   {"max_output_kb", 64},
                   {"max_result_kb", 32},
+                  {"max_stdin_kb", 8},
                   {"max_files_kb", 48},
                   {"max_host_calls", 7},
                   {"max_host_call_kb", 16},
@@ -368,6 +373,7 @@ TEST_CASE("policy: looser_than names the first field that loosens a ceiling") {
   CHECK(loosened([](RunnerPolicy& p) { p.memory_limit_mb = 512; }).find("'memory_limit_mb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_output_kb = 129; }).find("'max_output_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_result_kb = 2048; }).find("'max_result_kb'") == 0);
+  CHECK(loosened([](RunnerPolicy& p) { p.max_stdin_kb = 1025; }).find("'max_stdin_kb'") == 0);
   CHECK(loosened([](RunnerPolicy& p) { p.max_files_kb = 1025; }).find("'max_files_kb'") == 0);
   CHECK_THROWS_AS(RunnerPolicy::from_json(spr::json{{"max_files_kb", -1}}), spr::PolicyError);
   CHECK(RunnerPolicy::from_toml("max_files_kb = 8").max_files_kb == 8);

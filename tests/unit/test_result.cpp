@@ -34,6 +34,7 @@ RunResult sample() {
   r.stdout_truncated = true;
   r.stderr_truncated = true;
   r.duration = std::chrono::microseconds(1500);
+  r.queued = std::chrono::microseconds(250);
   r.isolation = spr::Isolation::process;
   return r;
 }
@@ -44,7 +45,7 @@ TEST_CASE("result: to_json has every field, with the original's key names") {
   const json j = sample().to_json();
   const std::set<std::string> expected = {"ok",        "result",       "stdout",           "stderr",
                                           "timed_out", "resource_exceeded", "error",        "exit_code",
-                                          "error_kind", "stdout_truncated", "stderr_truncated", "duration_ms",
+                                          "error_kind", "stdout_truncated", "stderr_truncated", "duration_ms", "queued_ms",
                                           "isolation"};
   std::set<std::string> keys;
   for (auto it = j.begin(); it != j.end(); ++it) keys.insert(it.key());
@@ -62,6 +63,8 @@ TEST_CASE("result: to_json has every field, with the original's key names") {
   CHECK(j["stderr_truncated"] == true);
   REQUIRE(j["duration_ms"].is_number());
   CHECK(j["duration_ms"].get<double>() == doctest::Approx(1.5));
+  REQUIRE(j["queued_ms"].is_number());
+  CHECK(j["queued_ms"].get<double>() == doctest::Approx(0.25));
   CHECK(j["isolation"] == "process");
 }
 
