@@ -207,13 +207,17 @@ std::map<std::string, json> one_by_one(ServeProc& s, const std::vector<std::stri
 }
 
 TEST_CASE("serve: a run that forges its reply and stops its worker cannot stall serve (attack 5), every mode") {
+  // The operator's timeout is the request's: a scaled request timeout above a 5 s ceiling would be refused.
   const json tight = {{"timeout_seconds", 5 * time_scale()}};
+  const std::string ceiling = std::to_string(5 * time_scale());
   for (const char* mode : {"namespace", "subinterpreter", "fork", "process"}) {
     CAPTURE(mode);
-    ServeProc s({"--workers", "1", "--isolation", mode});
+    ServeProc s({"--workers", "1", "--isolation", mode, "--timeout", ceiling});
     auto rs = one_by_one(s, {request(1, kForge + "forge()\nsignal.raise_signal(signal.SIGSTOP)\n", {{"policy", tight}}),
                              request(2, big_code(2), {{"policy", tight}}), request(3, "result = 3")});
     INFO(s.output().substr(0, 3000));
+    REQUIRE(rs.count("1"));
+    CHECK(rs["1"]["error_kind"] != "bad_input");  // the attack ran
     REQUIRE(rs.count("2"));
     if (rs["2"]["ok"] != true) CHECK(rs["2"]["error_kind"] != "none");
     REQUIRE(rs.count("3"));
@@ -224,7 +228,7 @@ TEST_CASE("serve: a run that forges its reply and stops its worker cannot stall 
 
 TEST_CASE("serve: the same attack in a session ends that session and nothing else stalls") {
   const json tight = {{"timeout_seconds", 5 * time_scale()}};
-  ServeProc s({"--isolation", "namespace"});
+  ServeProc s({"--isolation", "namespace", "--timeout", std::to_string(5 * time_scale())});
   auto rs = one_by_one(
       s, {request(1, kForge + "forge()\nsignal.raise_signal(signal.SIGSTOP)\n", {{"session", "s"}, {"policy", tight}}),
           request(2, big_code(2), {{"session", "s"}, {"policy", tight}}), request(3, "result = 3", {{"session", "other"}}),
