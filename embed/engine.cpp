@@ -147,10 +147,11 @@ std::vector<std::string> g_runtime_paths;
 std::vector<std::string> g_support_paths;
 
 // Data that packages read from outside their own directory: the time-zone database zoneinfo reads (the
-// tzdata package, when installed, lies in site-packages), and Debian's matplotlib data (its package
-// reads its style sheets and fonts from /usr/share/matplotlib, its settings from /etc/matplotlibrc).
+// tzdata package, when installed, lies in site-packages), and Debian's matplotlib data (its style sheets,
+// fonts and default settings under /usr/share/matplotlib). Directories only: the own root binds a file's
+// whole directory, and /etc/matplotlibrc would have put /etc (passwd, shadow) inside the sandbox.
 constexpr const char* kSupportDataDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo",
-                                            "/usr/share/matplotlib", "/etc/matplotlibrc"};
+                                            "/usr/share/matplotlib"};
 
 // The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
 // As in the original, extra_globals come last: a name in both takes the operator's value, not the
