@@ -58,14 +58,13 @@ __attribute__((noinline)) std::string make_directory(std::uint64_t id, std::stri
   return {};
 }
 
-// matplotlib imports only with a writable config and cache directory, and the sandbox has no home: the
-// run's own directory gives it one, in a folder that "*" does not collect. "" removes the variable
-// (a namespace-mode worker keeps os.environ between runs).
-void set_mplconfigdir(const std::string& value) {
+// Sets (or, for "", removes) one variable of os.environ for the run (a namespace-mode worker keeps
+// os.environ between runs, so each set is removed when the run ends).
+void set_environ(const char* name, const std::string& value) {
   audit::Trusted trusted;  // os.environ's putenv is the engine's, not the run's
   PyObject* os = PyDict_GetItemString(PyImport_GetModuleDict(), "os");  // borrowed; imported at start-up
   py::Ref environ(os ? PyObject_GetAttrString(os, "environ") : nullptr);
-  py::Ref key(PyUnicode_FromString("MPLCONFIGDIR"));
+  py::Ref key(PyUnicode_FromString(name));
   if (environ && key) {
     if (value.empty()) {
       if (PyObject_DelItem(environ.get(), key.get()) < 0) PyErr_Clear();
@@ -75,6 +74,19 @@ void set_mplconfigdir(const std::string& value) {
     }
   }
   PyErr_Clear();
+}
+
+// matplotlib imports only with a writable config and cache directory, and the sandbox has no home: the
+// run's own directory gives it one, in a folder that "*" does not collect. Debian's matplotlib looks for
+// its default settings in /etc/matplotlibrc, which the sandbox does not hold: MATPLOTLIBRC points it at the
+// same file in its data directory.
+constexpr const char* kDebianMatplotlibData = "/usr/share/matplotlib/mpl-data";
+
+void set_matplotlib_dirs(const std::string& run_dir) {
+  set_environ("MPLCONFIGDIR", run_dir.empty() ? "" : run_dir + "/.matplotlib");
+  struct stat st {};
+  const bool debian = stat(kDebianMatplotlibData, &st) == 0 && S_ISDIR(st.st_mode);
+  set_environ("MATPLOTLIBRC", run_dir.empty() || !debian ? "" : kDebianMatplotlibData);
 }
 
 }  // namespace
@@ -88,7 +100,7 @@ RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.poli
     error_ = make_directory(req.id, home_, dir_, dir_fd_);
     if (!error_.empty()) return;
     rules.scratch = dir_;
-    set_mplconfigdir(dir_ + "/.matplotlib");
+    set_matplotlib_dirs(dir_);
   }
   audit::set_rules(std::move(rules));
 }
@@ -123,7 +135,7 @@ void RunScope::end_main() {
 void RunScope::remove_directory() {
   dir_fd_.reset();
   if (dir_.empty()) return;
-  set_mplconfigdir("");
+  set_matplotlib_dirs("");
   if (chdir(home_.c_str()) == 0)
     nftw(dir_.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
          FTW_DEPTH | FTW_PHYS);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -167,11 +168,15 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   // The own root binds whole directories of the libraries extension modules need, with the loader's cache and
   // the alternatives links some of them are reached through (Debian's BLAS): the loader finds them by name, and
   // a soname is a link beside its file. Landlock still admits the needed files only.
+  // A file's directory is bound whole: never one of the host's own (a support file there is left out).
+  static constexpr const char* kNeverWhole[] = {"/", "/etc", "/root", "/home", "/tmp", "/var", "/run", "/srv", "/boot"};
   for (const auto& p : spr::embed::support_paths()) {
     const auto slash = p.rfind('/');
     struct stat st {};
-    if (slash != std::string::npos && slash > 0 && stat(p.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
-      cfg.root_extra.push_back(p.substr(0, slash));
+    if (slash == std::string::npos || stat(p.c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
+    const std::string dir = slash == 0 ? "/" : p.substr(0, slash);
+    if (std::none_of(std::begin(kNeverWhole), std::end(kNeverWhole), [&](const char* d) { return dir == d; }))
+      cfg.root_extra.push_back(dir);
   }
   for (const char* p : {"/etc/ld.so.cache", "/etc/alternatives"})
     if (access(p, F_OK) == 0) cfg.root_extra.push_back(p);
