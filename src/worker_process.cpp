@@ -151,6 +151,17 @@ struct ChildSetup {
   }
 };
 
+// `outcome` (what this supervisor measured or counted) in place of a run's own result, keeping the output the
+// run wrote.
+RunResult with_output_of(RunResult outcome, RunResult run, Isolation isolation) {
+  outcome.stdout_text = std::move(run.stdout_text);
+  outcome.stderr_text = std::move(run.stderr_text);
+  outcome.stdout_truncated = run.stdout_truncated;
+  outcome.stderr_truncated = run.stderr_truncated;
+  outcome.isolation = isolation;
+  return outcome;
+}
+
 // Whether the worker's hello (sent before any user code ran) reports layer `name` active.
 bool layer_active(const json& hardening, const char* name) {
   if (!hardening.is_array()) return false;
@@ -588,13 +599,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
     // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what
     // they cost once built (14 MiB of `{},` took 566 MB).
-    if (std::string cost = parse_cost_refusal(frame, cost_budget(frame.size())); !cost.empty()) {
-      kill_and_reap();
-      r = failure(ErrorKind::protocol_error, "worker reply refused: " + cost);
-      read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
-      r.isolation = isolation_;
-      return finish(std::move(r));
-    }
+    why = parse_cost_refusal(frame, cost_budget(frame.size()));
+    if (!why.empty()) break;  // refused below, as any reply that breaks the protocol
     if (extras.host && HostCalls::looks_like_call(frame) && !(frames < 3 && is_stale(frame, id))) {
       const HostCalls::Step step = extras.host->answer(frame, id, policy, sock_.get(), pidfd_.get(), host_deadline, why);
       if (step == HostCalls::Step::answered) {
@@ -636,26 +642,14 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
     if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
-      RunResult c = outcome::cpu_time(policy.cpu_time_seconds);
-      c.stdout_text = std::move(r.stdout_text);
-      c.stderr_text = std::move(r.stderr_text);
-      c.stdout_truncated = r.stdout_truncated;
-      c.stderr_truncated = r.stderr_truncated;
-      c.isolation = isolation_;
-      r = std::move(c);
+      r = with_output_of(outcome::cpu_time(policy.cpu_time_seconds), std::move(r), isolation_);
     }
   }
   if (stale_seen) kill_and_reap();  // out of step with us: replaced after answering this run
   // Over a host call limit: what this supervisor counted and measured decides, not the reply.
   if (extras.host && extras.host->limit() && r.error_kind != ErrorKind::timeout &&
       r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::memory) {
-    RunResult c = outcome::host_call_limit(*extras.host->limit());
-    c.stdout_text = std::move(r.stdout_text);
-    c.stderr_text = std::move(r.stderr_text);
-    c.stdout_truncated = r.stdout_truncated;
-    c.stderr_truncated = r.stderr_truncated;
-    c.isolation = isolation_;
-    r = std::move(c);
+    r = with_output_of(outcome::host_call_limit(*extras.host->limit()), std::move(r), isolation_);
   }
   return finish(std::move(r));
 }
