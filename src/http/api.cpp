@@ -341,6 +341,22 @@ RunnerPolicy Api::request_policy(const json& overrides) const {
   return p;
 }
 
+std::optional<RunnerPolicy> Api::body_policy(const ExchangePtr& ex, const json& body) const {
+  try {
+    auto p = body.find("policy");
+    if (p != body.end() && !p->is_null() && !p->is_object()) {
+      bad_input(ex, "'policy' must be an object");
+      return std::nullopt;
+    }
+    RunnerPolicy policy = request_policy(p == body.end() ? json() : *p);
+    bind_to_token(policy, ex);
+    return policy;
+  } catch (const PolicyError& e) {
+    bad_input(ex, std::string("invalid policy: ") + e.what());
+    return std::nullopt;
+  }
+}
+
 bool Api::register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token) {
   std::lock_guard<std::mutex> lk(mu_);
   return runs_.emplace(owner_key(ex) + "/" + id, token).second;
@@ -509,19 +525,13 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     return bad_input(ex, "unknown field '" + f + "'");
   CallBody call;
   if (std::string why = read_call(body, call); !why.empty()) return bad_input(ex, why);
-  RunnerPolicy policy;
-  try {
-    auto p = body.find("policy");
-    if (p != body.end() && !p->is_null() && !p->is_object()) return bad_input(ex, "'policy' must be an object");
-    policy = request_policy(p == body.end() ? json() : *p);
-  } catch (const PolicyError& e) {
-    return bad_input(ex, std::string("invalid policy: ") + e.what());
-  }
+  std::optional<RunnerPolicy> chosen = body_policy(ex, body);
+  if (!chosen) return;
+  RunnerPolicy& policy = *chosen;
   if ((!call.options.files.empty() || !call.options.collect.empty()) && runner_.options().policy_is_ceiling &&
       !runner_.options().policy.scratch_dir)
     return bad_input(ex, "'files' and 'collect' need a run directory, which the operator's policy does not allow "
                          "(scratch_dir)");
-  bind_to_token(policy, ex);
   auto rc = start_call(ex, call.client_id, call.options, stream, policy.timeout_seconds);
   if (!rc) return;
   auto on_done = [this, rc](const RunResult& r) {
@@ -621,15 +631,9 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
 
 void Api::session_open(const ExchangePtr& ex, const json& body) {
   if (auto f = unknown_field(body, {"policy"}); !f.empty()) return bad_input(ex, "unknown field '" + f + "'");
-  RunnerPolicy policy;
-  try {
-    auto p = body.find("policy");
-    if (p != body.end() && !p->is_null() && !p->is_object()) return bad_input(ex, "'policy' must be an object");
-    policy = request_policy(p == body.end() ? json() : *p);
-  } catch (const PolicyError& e) {
-    return bad_input(ex, std::string("invalid policy: ") + e.what());
-  }
-  bind_to_token(policy, ex);
+  std::optional<RunnerPolicy> chosen = body_policy(ex, body);
+  if (!chosen) return;
+  RunnerPolicy& policy = *chosen;
   std::string id;
   if (options_.session_id_from_header && !ex->request().session_id.empty()) {
     id = ex->request().session_id;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -75,6 +76,9 @@ class Api {
   bool register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token);
   void unregister_run(const ExchangePtr& ex, const std::string& id);
   RunnerPolicy request_policy(const json& overrides) const;  // throws PolicyError
+  // The body's "policy" over the operator's (a ceiling), bound to the request's token; nullopt once it has
+  // answered bad_input.
+  std::optional<RunnerPolicy> body_policy(const ExchangePtr& ex, const json& body) const;
 
   Runner& runner_;
   RunnerPolicy base_;
