@@ -1,12 +1,14 @@
-// The worker's start as one typed plan: what it maps, mounts, limits and allows, built by the supervisor and
-// carried once on the worker's command line (one to_argv/from_argv pair), applied by the worker in one pass.
+// The worker's start as one typed plan: what it maps, mounts, limits and allows, built by the supervisor from
+// the policy and carried once on the worker's command line (one to_argv/from_argv pair).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "common/sandbox_id.hpp"
 #include "common/wire.hpp"
 #include "spr/policy.hpp"
 
@@ -16,10 +18,11 @@ struct WorkerStart {
   Isolation isolation = Isolation::fork;
   bool once = false;                    // process mode: one request, then exit
   std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
-  bool harden = true;                   // false only for diagnostics: no sandbox at all
-  bool allow_network = false;           // the host's network namespace, sockets allowed
+  bool harden = true;                   // false only for diagnostics by hand: no sandbox at all
+  bool allow_network = false;           // the host's network namespace, TCP/UDP sockets allowed
+  bool allow_unix_sockets = false;      // socket(AF_UNIX) allowed (socketpair always is)
   // OS backstops set before seccomp forbids changing them (0 = none): RLIMIT_AS of the worker's size at start
-  // plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.
+  // plus twice this much (and slack), and RLIMIT_CPU of its CPU time at start plus this many seconds.
   std::int64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;
   std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
@@ -32,11 +35,26 @@ struct WorkerStart {
   // plus session_memory_mb (and slack). -1: not a session.
   std::int64_t session_memory_mb = -1;
 
+  // RLIMIT_NPROC of a worker that does not fork (threads count too, so not 1).
+  static constexpr std::uint64_t kMaxTasks = 64;
+  // The fork-mode worker forks one child per run (which stacks its own filter); no other worker may.
+  bool allow_fork() const { return isolation == Isolation::fork; }
+  // A long-lived interpreter must not get threads: they would keep running into later runs.
+  bool allow_threads() const { return isolation == Isolation::fork || isolation == Isolation::process; }
+
   std::vector<std::string> to_argv() const;
-  // Throws std::invalid_argument naming the argument it cannot read.
+  // Throws std::invalid_argument naming the argument it cannot read (unknown, missing or malformed value).
   static WorkerStart from_argv(const std::vector<std::string>& args);
-  json to_json() const;  // for doctor --json
-  friend bool operator==(const WorkerStart&, const WorkerStart&) = default;
+  // For doctor --json: the fields, and what they mean for the worker's mounts, identity, seccomp and limits.
+  json to_json() const;
+  // Every field, for comparison: a field added above and not here would make two different plans equal.
+  auto fields() const {
+    return std::tie(isolation, once, subinterpreter_pool, harden, allow_network, allow_unix_sockets,
+                    memory_backstop_mb, cpu_backstop_seconds, python, sys_path, preload, read_paths, scratch,
+                    scratch_limit_mb, session_memory_mb);
+  }
+  friend bool operator==(const WorkerStart& a, const WorkerStart& b) { return a.fields() == b.fields(); }
+  friend bool operator!=(const WorkerStart& a, const WorkerStart& b) { return !(a == b); }
 };
 
 }  // namespace spr::detail

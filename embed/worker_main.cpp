@@ -20,6 +20,7 @@
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
 #include "common/wire.hpp"
+#include "common/worker_start.hpp"
 #include "engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"
@@ -40,23 +41,8 @@ namespace detail = spr::detail;
 
 constexpr std::uint64_t kBackstopSlackMb = 256;
 
-struct Args {
-  spr::Isolation isolation = spr::Isolation::fork;
-  bool once = false;
-  bool harden = true;
-  bool allow_network = false;
-  bool allow_unix_sockets = false;
-  std::string scratch;
-  std::uint64_t memory_backstop_mb = 0;
-  double cpu_backstop_seconds = 0;
-  std::size_t subinterpreter_pool = 2;
-  std::vector<std::string> sys_path;    // --sys-path, repeated: the chosen python3's sys.path
-  std::string python;                   // --python: that python3 (sys.executable)
-  std::vector<std::string> preload;     // --preload, repeated
-  std::vector<std::string> read_paths;  // --read, repeated: allowed_read_paths of this worker's pool
-  std::uint64_t scratch_limit_mb = 64;  // --scratch-limit-mb: the scratch tmpfs's size
-  long long session_memory_mb = -1;     // >= 0: a session worker (--session MB)
-};
+using Args = spr::detail::WorkerStart;  // the supervisor's plan for this worker, from its command line
+
 
 void log_line(const std::string& s) {
   std::string line = "spr-worker[" + std::to_string(getpid()) + "]: " + s + "\n";
@@ -88,56 +74,18 @@ T start_call(const char* call, T result, T failed) {
 }
 
 Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) die("missing value for " + k);
-      return argv[++i];
-    };
-    if (k == "--isolation") {
-      const std::string v = value();
-      const auto iso = spr::parse_isolation(v);
-      if (!iso) die("unknown isolation " + v);
-      a.isolation = *iso;
-    } else if (k == "--once") {
-      a.once = true;
-    } else if (k == "--allow-network") {
-      a.allow_network = true;
-    } else if (k == "--allow-unix-sockets") {
-      a.allow_unix_sockets = true;
-    } else if (k == "--session") {
-      a.session_memory_mb = std::stoll(value());
-    } else if (k == "--no-harden") {
-      a.harden = false;
-    } else if (k == "--scratch") {
-      a.scratch = value();
-    } else if (k == "--memory-backstop-mb") {
-      a.memory_backstop_mb = std::stoull(value());
-    } else if (k == "--cpu-backstop-seconds") {
-      a.cpu_backstop_seconds = std::stod(value());
-    } else if (k == "--sys-path") {
-      a.sys_path.push_back(value());
-    } else if (k == "--python") {
-      a.python = value();
-    } else if (k == "--preload") {
-      a.preload.push_back(value());
-    } else if (k == "--read") {
-      a.read_paths.push_back(value());
-    } else if (k == "--scratch-limit-mb") {
-      a.scratch_limit_mb = std::stoull(value());
-    } else if (k == "--subinterpreter-pool") {
-      a.subinterpreter_pool = static_cast<std::size_t>(std::stoul(value()));
-    } else if (k == "--version") {
-      std::string v = std::string("spr-worker ") + spr::version() + "\n";
-      ssize_t ignored = write(1, v.data(), v.size());
-      (void)ignored;
-      _exit(0);
-    } else {
-      die("unknown argument " + k + " (spr-worker is started by the safe-py-runner supervisor)");
-    }
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.size() == 1 && args[0] == "--version") {
+    std::string v = std::string("spr-worker ") + spr::version() + "\n";
+    ssize_t ignored = write(1, v.data(), v.size());
+    (void)ignored;
+    _exit(0);
   }
-  return a;
+  try {
+    return Args::from_argv(args);
+  } catch (const std::invalid_argument& e) {
+    die(std::string(e.what()) + " (spr-worker is started by the safe-py-runner supervisor)");
+  }
 }
 
 // Bytes this process maps now (/proc/self/statm, opened before Landlock hid /proc), or 0 when unreadable.
@@ -161,7 +109,7 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   cfg.read_paths.push_back("/dev/urandom");
   cfg.read_paths.push_back("/dev/zero");
   cfg.scratch_root = a.scratch;
-  cfg.scratch_bytes = a.scratch_limit_mb << 20;
+  cfg.scratch_bytes = static_cast<std::uint64_t>(a.scratch_limit_mb) << 20;
 #ifdef SPR_FAULTS
   cfg.refuse_mount_ns_for_test = g_fail_start != nullptr && std::strcmp(g_fail_start, "mountns") == 0;
 #endif
@@ -180,9 +128,9 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   }
   for (const char* p : {"/etc/ld.so.cache", "/etc/alternatives"})
     if (access(p, F_OK) == 0) cfg.root_extra.push_back(p);
-  cfg.allow_fork = a.isolation == spr::Isolation::fork;
-  // A long-lived interpreter must not get threads: they would keep running into later runs.
-  cfg.allow_threads = a.isolation == spr::Isolation::fork || a.isolation == spr::Isolation::process;
+  cfg.allow_fork = a.allow_fork();
+  cfg.allow_threads = a.allow_threads();
+  cfg.max_tasks = Args::kMaxTasks;
   cfg.allow_network = a.allow_network;
   cfg.allow_unix_sockets = a.allow_unix_sockets;
   // OS backstops behind the allocator accounting and the soft timers, which a run that owns its
@@ -195,7 +143,7 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
     }
     // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
     // accounting would let through.
-    cfg.address_space_bytes = base + (2 * a.memory_backstop_mb + kBackstopSlackMb) * (1ULL << 20);
+    cfg.address_space_bytes = base + (2 * static_cast<std::uint64_t>(a.memory_backstop_mb) + kBackstopSlackMb) * (1ULL << 20);
   }
   if (a.cpu_backstop_seconds > 0) {
     rusage ru{};

@@ -92,12 +92,12 @@ struct Runner::Impl {
     if (::access(so.worker_path.c_str(), X_OK) != 0)
       throw WorkerError("python_executable " + env.executable + " (Python " + env.version + ") needs " +
                         so.worker_path.string() + ", which is not an executable file");
-    so.python = env.executable;
-    so.sys_path = env.path;
+    so.start.python = env.executable;
+    so.start.sys_path = env.path;
     so.python_build = env.build;
-    so.preload = options.preload;
+    so.start.preload = options.preload;
     so.grace_seconds = options.kill_grace_seconds;
-    so.subinterpreter_pool = options.subinterpreter_pool;
+    so.start.subinterpreter_pool = options.subinterpreter_pool;
     so.start_timeout_seconds = options.start_timeout_seconds;
     so.inherit_stderr = options.worker_stderr;
     return so;
@@ -348,6 +348,12 @@ RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json in
 std::pair<std::size_t, std::size_t> detail::RunnerAccess::worker_counts(Runner& runner) {
   const auto c = runner.impl_->pool.counts();
   return {c.idle, c.busy};
+}
+
+json detail::RunnerAccess::worker_start(Runner& runner, Isolation isolation) {
+  RunnerPolicy p = runner.impl_->options.policy;
+  p.isolation = isolation;
+  return runner.impl_->spawn_options(detail::key_of(p)).start.to_json();
 }
 
 const RunnerOptions& Runner::options() const { return impl_->options; }

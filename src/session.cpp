@@ -46,11 +46,7 @@ RunResult lost(RunResult r, const std::string& why) {
 
 // Two spawns that give interchangeable session workers (a spare of one serves the other).
 bool same_worker(const SpawnOptions& a, const SpawnOptions& b) {
-  return a.worker_path == b.worker_path && a.isolation == b.isolation && a.allow_network == b.allow_network &&
-         a.allow_unix_sockets == b.allow_unix_sockets &&
-         a.session_memory_mb == b.session_memory_mb && a.python == b.python && a.sys_path == b.sys_path &&
-         a.preload == b.preload && a.read_paths == b.read_paths && a.scratch_limit_mb == b.scratch_limit_mb &&
-         a.inherit_stderr == b.inherit_stderr;
+  return a.worker_path == b.worker_path && a.start == b.start && a.inherit_stderr == b.inherit_stderr;
 }
 
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
@@ -114,9 +110,8 @@ std::size_t SessionHost::live_locked() {
 std::shared_ptr<SessionState> SessionHost::open(const RunnerPolicy& policy, SpawnOptions options, Post post) {
   auto job = std::make_shared<SpawnJob>();
   job->options = std::move(options);
-  job->options.session = true;
-  job->options.once = false;
-  job->options.session_memory_mb = policy.memory_limit_mb;
+  job->options.start.once = false;
+  job->options.start.session_memory_mb = policy.memory_limit_mb;
   auto fut = job->result.get_future();
   std::unique_ptr<WorkerProcess> w;
   auto same_kind = [](const SpawnOptions& a, const SpawnOptions& b) { return same_worker(a, b); };

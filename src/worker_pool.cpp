@@ -39,14 +39,15 @@ bool PoolKey::operator<(const PoolKey& o) const {
 
 SpawnOptions spawn_options_of(const PoolKey& key) {
   SpawnOptions so;
-  so.isolation = key.isolation;
-  so.allow_network = key.network;
-  so.allow_unix_sockets = key.unix_sockets;
-  so.read_paths = key.reads;
-  so.scratch_limit_mb = key.scratch_mb;
-  so.once = key.once;
-  so.memory_backstop_mb = key.memory_backstop_mb;
-  so.cpu_backstop_seconds = key.cpu_backstop_seconds;
+  WorkerStart& s = so.start;
+  s.isolation = key.isolation;
+  s.allow_network = key.network;
+  s.allow_unix_sockets = key.unix_sockets;
+  s.read_paths = key.reads;
+  s.scratch_limit_mb = key.scratch_mb;
+  s.once = key.once;
+  s.memory_backstop_mb = key.memory_backstop_mb;
+  s.cpu_backstop_seconds = key.cpu_backstop_seconds;
   return so;
 }
 

@@ -257,7 +257,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
 
 std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   std::unique_ptr<WorkerProcess> w(new WorkerProcess());
-  w->isolation_ = o.isolation;
+  w->isolation_ = o.start.isolation;
   w->grace_seconds_ = o.grace_seconds;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
@@ -272,31 +272,9 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   w->scratch_ = tmpl;
   w->scratch_fd_ = Fd(::open(tmpl, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
 
-  std::vector<std::string> args = {"--isolation", to_string(o.isolation), "--scratch", w->scratch_};
-  if (o.once) args.push_back("--once");
-  if (o.isolation == Isolation::subinterpreter) {
-    args.push_back("--subinterpreter-pool");
-    args.push_back(std::to_string(o.subinterpreter_pool));
-  }
-  if (o.allow_network) args.push_back("--allow-network");
-  if (o.allow_unix_sockets) args.push_back("--allow-unix-sockets");
-  if (o.memory_backstop_mb > 0) {
-    args.push_back("--memory-backstop-mb");
-    args.push_back(std::to_string(o.memory_backstop_mb));
-  }
-  if (o.cpu_backstop_seconds > 0) {
-    args.push_back("--cpu-backstop-seconds");
-    args.push_back(format_seconds(o.cpu_backstop_seconds));
-  }
-  if (!o.python.empty()) args.insert(args.end(), {"--python", o.python});
-  for (const auto& p : o.sys_path) args.insert(args.end(), {"--sys-path", p});
-  for (const auto& m : o.preload) args.insert(args.end(), {"--preload", m});
-  for (const auto& p : o.read_paths) args.insert(args.end(), {"--read", p});
-  args.insert(args.end(), {"--scratch-limit-mb", std::to_string(o.scratch_limit_mb)});
-  if (o.session) {
-    args.push_back("--session");
-    args.push_back(std::to_string(o.session_memory_mb));
-  }
+  WorkerStart start = o.start;
+  start.scratch = w->scratch_;
+  const std::vector<std::string> args = start.to_argv();
   bp::environment env;  // empty: nothing of the caller's environment reaches user code
   env.clear();
   try {
@@ -342,7 +320,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
             std::to_string(protocol::kVersion);
     else if (!o.python_build.empty() && w->hello_.build != o.python_build)
       // Two builds of one X.Y differ in their extension modules: never run one's path on the other.
-      why = "worker " + o.worker_path.string() + " embeds Python " + w->hello_.build + ", but " + o.python +
+      why = "worker " + o.worker_path.string() + " embeds Python " + w->hello_.build + ", but " + o.start.python +
             " is Python " + o.python_build + " (rebuild safe-py-runner after upgrading a Python)";
   } catch (const protocol::ProtocolError& e) {
     why = std::string("worker sent a malformed hello: ") + e.what();

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sandbox_id.hpp"
 #include "harden.hpp"
 
 namespace spr::harden {
@@ -19,7 +20,7 @@ LayerStatus active(const char* name, std::string detail);
 LayerStatus inactive(const char* name, std::string detail);
 
 namespace namespaces {
-constexpr unsigned kSandboxId = 65534;  // nobody/nogroup: the run's uid and gid outside when root starts it
+using spr::detail::kSandboxId;
 struct Identity {
   uid_t host_uid = 0;
   gid_t host_gid = 0;

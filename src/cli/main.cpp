@@ -26,6 +26,7 @@
 #include "cli/batch_cli.hpp"
 #include "cli/exit_status.hpp"
 #include "cli/serve.hpp"
+#include "detail/runner_access.hpp"
 #include "http/server.hpp"
 #include "spr/runner.hpp"
 
@@ -322,16 +323,35 @@ spr::json doctor_report(const spr::RunnerPolicy& p) {
                    spr::Isolation::process}) {
     spr::json mode = {{"available", true}};
     try {
+      mode["worker_start"] = spr::detail::RunnerAccess::worker_start(runner, iso);
       mode["layers"] = runner.hardening(iso);
       for (const auto& l : mode["layers"]) all = all && l.value("active", false);
     } catch (const spr::WorkerError& e) {
-      mode = {{"available", false}, {"error", e.what()}, {"layers", spr::json::array()}};
+      mode = {{"available", false}, {"error", e.what()}, {"layers", spr::json::array()}, {"worker_start", nullptr}};
       all = false;
     }
     out["modes"][spr::to_string(iso)] = mode;
   }
   out["all_layers_active"] = all;
   return out;
+}
+
+// One line of the plan a worker of this mode starts with: what it binds, who it runs as, what it may do.
+void print_worker_start(const spr::json& ws) {
+  std::size_t binds = 0;
+  std::int64_t scratch_mb = 0;
+  for (const auto& m : ws["mounts"]) {
+    if (m["what"] == "scratch") scratch_mb = m["size_mb"].get<std::int64_t>();
+    else if (m["how"] == "bind, read-only") ++binds;
+  }
+  const spr::json& sc = ws["seccomp"];
+  std::cout << "  start: binds sys.path, allowed_read_paths and devices read-only (" << binds
+            << " paths, and the runtime's own); scratch tmpfs " << scratch_mb << " MiB; uid 0 inside is "
+            << ws["identity"]["outside_uid"].dump() << " outside; "
+            << (ws["pid_namespace"].get<bool>() ? "own PID namespace" : "host PIDs") << "; seccomp allow-list"
+            << (sc["fork"].get<bool>() ? ", fork" : "") << (sc["threads"].get<bool>() ? ", threads" : "")
+            << (sc["network"].get<bool>() ? ", network" : "") << (sc["unix_sockets"].get<bool>() ? ", unix sockets" : "")
+            << "\n";
 }
 
 void print_doctor_summary(const spr::json& report) {
@@ -351,6 +371,7 @@ void print_doctor_summary(const spr::json& report) {
     std::size_t active = 0;
     for (const auto& l : mode["layers"]) active += l.value("active", false) ? 1 : 0;
     std::cout << " " << active << " of " << mode["layers"].size() << " layers active\n";
+    print_worker_start(mode["worker_start"]);
     for (const auto& l : mode["layers"]) {
       std::cout << "  [" << (l.value("active", false) ? "on " : "off") << "] " << l.value("name", std::string("?"));
       const std::string detail = l.value("detail", std::string());

@@ -1,5 +1,5 @@
 // What the library's own CLI needs of a Runner beyond its public API: submit() with a completion callback,
-// and the pool's worker counts.
+// the pool's worker counts, and a worker's start plan.
 #pragma once
 
 #include <functional>
@@ -18,6 +18,9 @@ struct RunnerAccess {
                           std::function<void(const RunResult&)> on_done);
   // Warm workers waiting, and workers running a run or being started, over every pool (for metrics).
   static std::pair<std::size_t, std::size_t> worker_counts(Runner& runner);
+  // The start plan (WorkerStart::to_json) of the worker a run in `isolation` gets under the runner's policy:
+  // what it mounts, maps and allows (for doctor). Throws WorkerError when that Python cannot be served.
+  static json worker_start(Runner& runner, Isolation isolation);
 };
 
 }  // namespace spr::detail

@@ -12,37 +12,22 @@
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
 #include "common/run_deadline.hpp"
+#include "common/worker_start.hpp"
 #include "detail/host_calls.hpp"
 #include "spr/run_control.hpp"
 #include "spr/runner.hpp"
 
 namespace spr::detail {
 
+// How the supervisor starts a worker: the worker's own plan (all it is told), and what only the supervisor uses.
 struct SpawnOptions {
   std::filesystem::path worker_path;
-  Isolation isolation = Isolation::fork;
-  bool once = false;  // process mode: one request, then exit
-  std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
+  WorkerStart start;  // the worker's start plan; its scratch directory is made by spawn()
   bool inherit_stderr = false;  // else the worker's fd 2 is /dev/null
-  bool allow_network = false;  // harden the worker without the network namespace and socket refusal
-  bool allow_unix_sockets = false;  // its seccomp filter lets socket(AF_UNIX) through
   double grace_seconds = kDefaultGraceSeconds;  // a fork worker kills a run's process at kill_after(timeout, this)
-  // OS backstops set in the worker before seccomp forbids changing them (0 = none): RLIMIT_AS of its
-  // size at start plus this much, and RLIMIT_CPU of its CPU time at start plus this many seconds.
-  std::int64_t memory_backstop_mb = 0;
-  double cpu_backstop_seconds = 0;
   double start_timeout_seconds = 10;
-  std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
-  std::vector<std::string> sys_path;    // that python3's sys.path
-  std::string python_build;             // its sys.version: a worker whose libpython says otherwise is refused
+  std::string python_build;  // start.python's sys.version: a worker whose libpython says otherwise is refused
   int stop_fd = -1;  // readable once the owner shuts down: the wait for a starting worker's hello ends at once
-  std::vector<std::string> preload;     // RunnerOptions::preload
-  std::vector<std::string> read_paths;  // allowed_read_paths every run of this worker may read
-  std::int64_t scratch_limit_mb = 64;   // size of the worker's scratch tmpfs (inside its own root)
-  // A session worker (--session): one namespace kept across requests; RLIMIT_AS set at start to what
-  // the warm interpreter holds plus session_memory_mb (and slack).
-  bool session = false;
-  std::int64_t session_memory_mb = 0;
 };
 
 // Per-request extras beside the policy.

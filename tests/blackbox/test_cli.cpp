@@ -1,6 +1,9 @@
 // Black-box tests of the safe-py-runner CLI: the real binary, its JSON on stdout and its exit status.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 #include <cstdio>
 #include <fstream>
@@ -541,6 +544,40 @@ TEST_CASE("doctor --json reports every mode's layers (issue 11: subinterpreter t
   CHECK(j["all_layers_active"].is_boolean());
 }
 
+TEST_CASE("doctor --json shows each mode's worker start plan, built from the policy in force (issue 17)") {
+  TempPath dir("doctor-read");
+  spr_test::fs::create_directories(dir.path);
+  ::chmod(dir.str().c_str(), 0755);
+  TempPath policy("doctor-policy.toml");
+  policy.write("[policy]\nallowed_read_paths = [\"" + dir.str() + "\"]\nscratch_limit_mb = 21\nmemory_limit_mb = 200\n");
+  const auto p = cli({"doctor", "--json", "--policy", policy.str()});
+  INFO(describe(p));
+  REQUIRE(p.exit_code == 0);
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(p.out));
+  const unsigned outside = ::geteuid() == 0 ? 65534u : static_cast<unsigned>(::geteuid());
+  for (const char* m : {"namespace", "subinterpreter", "fork", "process"}) {
+    CAPTURE(m);
+    const json& ws = j["modes"][m]["worker_start"];
+    REQUIRE(ws.is_object());
+    CHECK(ws["isolation"] == m);
+    bool read_bound = false, scratch = false;
+    for (const auto& mount : ws["mounts"]) {
+      read_bound = read_bound || (mount["path"] == dir.str() && mount["how"] == "bind, read-only");
+      scratch = scratch || (mount["what"] == "scratch" && mount["size_mb"] == 21);
+    }
+    CHECK(read_bound);  // the policy's allowed_read_paths are among the mounts
+    CHECK(scratch);     // and its scratch_limit_mb is the tmpfs's size
+    CHECK(ws["identity"]["outside_uid"] == outside);
+    CHECK(ws["pid_namespace"] == true);
+    CHECK(ws["seccomp"]["fork"] == (std::string(m) == "fork"));
+    CHECK(ws["seccomp"]["network"] == false);
+  }
+  // A process-mode worker serves one run: the run's own memory limit is its OS backstop.
+  CHECK(j["modes"]["process"]["worker_start"]["rlimits"]["memory_backstop_mb"] == 200);
+  CHECK(j["modes"]["process"]["worker_start"]["once"] == true);
+}
+
 TEST_CASE("doctor prints a summary a person can read") {
   const auto p = cli({"doctor"});
   INFO(describe(p));
@@ -548,6 +585,7 @@ TEST_CASE("doctor prints a summary a person can read") {
   CHECK(contains(p.out, std::string("safe-py-runner ") + SPR_TEST_VERSION + ", embedding Python 3."));
   for (const char* m : {"namespace:", "subinterpreter:", "fork:", "process:"}) CHECK(contains(p.out, m));
   CHECK(contains(p.out, "layers active"));
+  CHECK(contains(p.out, "start: binds sys.path, allowed_read_paths and devices read-only"));
   CHECK(contains(p.out, "stdin 1024 KiB"));
   CHECK_THROWS(json::parse(p.out));
 }
