@@ -306,8 +306,10 @@ if fd >= 0 and select.select([fd], [], [], 30)[0]:
 }
 
 TEST_CASE("seccomp: ptrace and process_vm_readv reach no host process") {
-  spr::Runner runner(options());
+  // The decoy first: forked while the runner's spawner thread is inside bp::child, it would hold that call's
+  // exec-status pipe open and stall the worker's start until the decoy dies (1 run in ~20 ended worker_unavailable).
   sec::Decoy decoy;
+  spr::Runner runner(options());
   const std::string trace = R"(
 import _spr_raw, time
 print('seize', _spr_raw.call('ptrace', 0x4206, input_data['pid'], 0, 0))
@@ -319,6 +321,7 @@ time.sleep(3600)
   const Observed t = run_and_observe(runner, trace, {{"pid", decoy.pid()}}, policy(), "AFTER",
                                      [&] { tracer = tracer_of(decoy.pid()); });
   CAPTURE(t.stdout_seen);
+  CAPTURE(t.result.error.value_or(""));
   CHECK(tracer == "\t0");
   CHECK(decoy.alive());
   CHECK_FALSE(sec::contains(t.stdout_seen, "AFTER"));  // killed at the call, not refused
@@ -338,6 +341,7 @@ print(bytes(buf).rstrip(b'\0').decode(errors='replace'))
 )";
   const spr::RunResult r = runner.run(
       read, {{"pid", ::getpid()}, {"address", reinterpret_cast<std::uintptr_t>(secret)}}, policy());
+  CAPTURE(r.error.value_or(""));
   CHECK_FALSE(sec::contains(sec::all_output(r), value));
   CHECK(r.error_kind == spr::ErrorKind::worker_crashed);
 }
@@ -379,8 +383,10 @@ time.sleep(3600)
 }
 
 TEST_CASE("seccomp: FIOSETOWN, SIOCSPGRP and FIOASYNC cannot aim SIGIO at another process") {
-  spr::Runner runner(options());
+  // The decoy first: forked while the runner's spawner thread is inside bp::child, it would hold that call's
+  // exec-status pipe open and stall the worker's start until the decoy dies (1 run in ~20 ended worker_unavailable).
   sec::Decoy decoy;
+  spr::Runner runner(options());
   // SIGIO's default action ends the decoy: alive afterwards means no signal reached it.
   const std::string code = R"(
 import _spr_raw, os, struct
