@@ -23,6 +23,7 @@
 #include "common/run_deadline.hpp"
 #include "common/run_files.hpp"
 #include "common/wire.hpp"
+#include "common/worker_start.hpp"
 #include "deadline.hpp"
 #include "engine.hpp"
 #include "harden/harden.hpp"
@@ -243,7 +244,7 @@ void ForkRunner::reap(bool block) {
   }
 }
 
-constexpr rlim_t kChildTasks = 64;  // as a namespace or process worker's RLIMIT_NPROC
+constexpr rlim_t kChildTasks = spr::detail::WorkerStart::kMaxTasks;  // as a namespace or process worker's RLIMIT_NPROC
 
 bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
   // The rlimit is the backstop; the allocator accounting gives the clean "Memory limit exceeded".

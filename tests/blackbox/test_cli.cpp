@@ -578,6 +578,29 @@ TEST_CASE("doctor --json shows each mode's worker start plan, built from the pol
   CHECK(j["modes"]["process"]["worker_start"]["once"] == true);
 }
 
+TEST_CASE("doctor on a kernel that refuses the mount namespace: the own root is reported off, loudly") {
+  // The test worker installed under this name behaves as such a kernel (EPERM from unshare(CLONE_NEWNS)).
+  const std::vector<std::string> env = {std::string("SPR_WORKER=") + SPR_TEST_WORKERS_DIR + "/spr-worker-fail-mountns",
+                                        "PATH=/usr/bin:/bin"};
+  const auto p = spr_test::run_program({SPR_TEST_CLI, "doctor", "--json"}, "", 120, env);
+  INFO(describe(p));
+  REQUIRE(p.exit_code == 0);
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(p.out));
+  CHECK(j["all_layers_active"] == false);
+  for (const char* m : {"namespace", "fork"}) {
+    CAPTURE(m);
+    std::map<std::string, bool> active;
+    for (const auto& l : j["modes"][m]["layers"]) active[l["name"].get<std::string>()] = l["active"].get<bool>();
+    CHECK(active.at("root") == false);
+    CHECK(active.at("landlock") == true);  // the other layers still apply
+    CHECK(active.at("seccomp") == true);
+  }
+  const auto text = spr_test::run_program({SPR_TEST_CLI, "doctor"}, "", 120, env);
+  CHECK(contains(text.out, "[off] root"));
+  CHECK(contains(text.out, "Some layers are off on this machine"));
+}
+
 TEST_CASE("doctor prints a summary a person can read") {
   const auto p = cli({"doctor"});
   INFO(describe(p));
