@@ -34,6 +34,7 @@ struct Options {
   bool pandas = true, only_pandas = false;  // the pandas case (pandas_case.cpp)
   bool sessions = true, sessions_only = false;  // the session section (session_bench.cpp)
   bool host = true, host_only = false;          // host function round trips (host_bench.cpp)
+  bool layers = true, layers_only = false;      // the OS layers on and off per mode (layers_bench.cpp)
   // Sizes; filled from --quick unless given explicitly.
   int seq_runs = -1, paced_runs = -1, process_runs = -1, baseline_runs = -1, cold_starts = -1, engine_runs = -1,
       floor_runs = -1;

@@ -50,7 +50,7 @@ namespace {
                "          [--runs N] [--paced-runs N] [--process-runs N] [--seconds S] [--baseline-runs N]\n"
                "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
                "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--no-pandas] [--only-pandas]\n"
-               "          [--no-sessions | --sessions-only] [--no-host | --host-only]\n"
+               "          [--no-sessions | --sessions-only] [--no-host | --host-only] [--no-layers | --layers-only]\n"
                "          [--worker PATH] [--cli PATH]\n"
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
                "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
@@ -104,6 +104,10 @@ Options parse_options(int argc, char** argv) {
         o.host = false;
       else if (a == "--host-only")
         o.host_only = true;
+      else if (a == "--no-layers")
+        o.layers = false;
+      else if (a == "--layers-only")
+        o.layers_only = true;
       else if (a == "--no-pandas")
         o.pandas = false;
       else if (a == "--only-pandas")

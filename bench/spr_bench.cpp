@@ -9,6 +9,7 @@
 
 #include "bench.hpp"
 #include "host_bench.hpp"
+#include "layers_bench.hpp"
 #include "pandas_case.hpp"
 #include "session_bench.hpp"
 #include "spr/runner.hpp"
@@ -38,6 +39,15 @@ int main(int argc, char** argv) {
     print_sessions(rep);
     std::printf("load average %s at start, %s at end\n", load.c_str(), loadavg().c_str());
     if (!o.json_path.empty()) std::ofstream(o.json_path) << to_json(rep).dump(2) << "\n";
+    return 0;
+  }
+  const int layer_starts = o.quick ? 5 : 20, layer_runs = o.quick ? 30 : 200;
+  if (o.layers_only) {
+    const std::string load = loadavg();
+    const auto layers = measure_layers(o.modes, o.worker_path, layer_starts, layer_runs);
+    print_layers(layers);
+    std::printf("load average %s at start, %s at end\n", load.c_str(), loadavg().c_str());
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << json{{"layers", to_json(layers)}}.dump(2) << "\n";
     return 0;
   }
   Report r;
@@ -72,12 +82,15 @@ int main(int argc, char** argv) {
 
   std::optional<HostReport> host;
   if (o.host) host = measure_host_calls(o);
+  std::optional<std::vector<LayerFigures>> layers;
+  if (o.layers) layers = measure_layers(o.modes, o.worker_path, layer_starts, layer_runs);
 
   r.load_end = loadavg();
   r.seconds = us_since(started) / 1e6;
   print_report(r);
   if (sessions) print_sessions(*sessions);
   if (host) print_host_calls(*host);
+  if (layers) print_layers(*layers);
   std::printf("\npython %s, %u cpus, load average %s at start, %s at end; total %.1f s\n", r.python.c_str(),
               std::thread::hardware_concurrency(), r.load_start.c_str(), r.load_end.c_str(), r.seconds);
 
@@ -87,6 +100,7 @@ int main(int argc, char** argv) {
     if (!pandas.is_null()) j["pandas"] = pandas;
     if (sessions) j["sessions"] = to_json(*sessions);
     if (host) j["host_functions"] = to_json(*host);
+    if (layers) j["layers"] = to_json(*layers);
     f << j.dump(2) << "\n";
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }
