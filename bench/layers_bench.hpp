@@ -13,6 +13,9 @@ struct LayerFigures {
   int starts = 0, runs = 0;
   double start_on_ms = 0, start_off_ms = 0;  // spawn to hello, p50
   double run_on_us = 0, run_off_us = 0;      // one run on a started worker (process mode: start + run), p50
+  // The fastest of each sample: on a loaded machine the p50 is mostly waiting for a CPU, the minimum is
+  // closest to what the work itself costs.
+  double start_on_min_ms = 0, start_off_min_ms = 0, run_on_min_us = 0, run_off_min_us = 0;
 };
 
 // `starts` worker starts and `runs` runs per mode and setting, alternated so that load hits both alike.
