@@ -18,7 +18,7 @@ struct WorkerStart {
   Isolation isolation = Isolation::fork;
   bool once = false;                    // process mode: one request, then exit
   std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
-  bool harden = true;                   // false only for diagnostics by hand: no sandbox at all
+  bool harden = true;                   // false: no OS layer at all (by hand, and spr-bench's layer comparison)
   bool allow_network = false;           // the host's network namespace, TCP/UDP sockets allowed
   bool allow_unix_sockets = false;      // socket(AF_UNIX) allowed (socketpair always is)
   // OS backstops set before seccomp forbids changing them (0 = none): RLIMIT_AS of the worker's size at start
