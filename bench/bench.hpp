@@ -94,6 +94,10 @@ struct EngineResult {
   std::optional<double> cpu_us_per_run;
   std::optional<Stats> fork_run;
   std::optional<double> fork_run_faults;
+  double fork_run_cpu_us = 0;  // parent and child per forked run
+  // The same with the default policy's builtins and the streams built in the parent (as the fork worker does).
+  std::optional<Stats> fork_run_prebuilt;
+  double fork_run_prebuilt_faults = 0, fork_run_prebuilt_cpu_us = 0;
   // The floor of a fork-mode run: the warm engine (preload list imported, gc.freeze() done) forking a
   // child that runs CPython's after-fork hooks and exits (os.fork() + os._exit + waitpid), and its CPU.
   std::optional<Stats> warm_fork;

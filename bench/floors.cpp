@@ -240,9 +240,10 @@ std::string describe(const spr::RunResult& r) {
 
 // A run in a child forked from the warm engine: latency to the child's answer, and the minor faults
 // the child took (its own getrusage, sent back with the answer).
-void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out) {
+void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out, const std::string& key = "fork_run") {
   std::vector<double> us;
   double faults = 0;
+  const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
   for (int i = 0; i < runs; ++i) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return;
@@ -275,8 +276,10 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
   }
   if (us.empty()) return;
   const Stats s = stats(us);
-  out["fork_run"] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
-  out["fork_run_faults"] = faults / static_cast<double>(us.size());
+  out[key] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
+  out[key + "_faults"] = faults / static_cast<double>(us.size());
+  out[key + "_cpu_us"] =
+      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(us.size());
 }
 
 // The warm engine forking as os.fork() does (PyOS_BeforeFork, fork, PyOS_AfterFork_Child in the
@@ -352,6 +355,8 @@ void warm_forks(int runs, json& out) {
       warm_forks(fork_count, out);
       req.policy.isolation = spr::Isolation::fork;
       fork_runs(req, id, fork_count, out);
+      // As the fork worker does: the default policy's builtins and the streams built once in the parent.
+      if (spr::embed::prebuild_for_fork()) fork_runs(req, id, fork_count, out, "fork_run_prebuilt");
     }
   }
   write_all(fd, out.dump());
@@ -401,6 +406,12 @@ EngineResult measure_engine(const Options& o) {
       if (j.contains("fork_run")) {
         e.fork_run = stats_of(j["fork_run"]);
         e.fork_run_faults = j.at("fork_run_faults").get<double>();
+        e.fork_run_cpu_us = j.at("fork_run_cpu_us").get<double>();
+      }
+      if (j.contains("fork_run_prebuilt")) {
+        e.fork_run_prebuilt = stats_of(j["fork_run_prebuilt"]);
+        e.fork_run_prebuilt_faults = j.at("fork_run_prebuilt_faults").get<double>();
+        e.fork_run_prebuilt_cpu_us = j.at("fork_run_prebuilt_cpu_us").get<double>();
       }
       if (j.contains("warm_fork")) {
         e.warm_fork = stats_of(j["warm_fork"]);
@@ -415,7 +426,12 @@ EngineResult measure_engine(const Options& o) {
   }
   if (e.available) {
     std::printf("p50 %.2f us, p99 %.2f us over %d runs", e.lat.p50, e.lat.p99, e.lat.n);
-    if (e.fork_run) std::printf("; forked run p50 %.0f us, %.0f minor faults", e.fork_run->p50, *e.fork_run_faults);
+    if (e.fork_run)
+      std::printf("; forked run p50 %.0f us, %.0f us of CPU, %.0f minor faults", e.fork_run->p50, e.fork_run_cpu_us,
+                  *e.fork_run_faults);
+    if (e.fork_run_prebuilt)
+      std::printf("; with prebuilt builtins and streams p50 %.0f us, %.0f us of CPU, %.0f minor faults",
+                  e.fork_run_prebuilt->p50, e.fork_run_prebuilt_cpu_us, e.fork_run_prebuilt_faults);
     if (e.warm_fork)
       std::printf("; warm CPython forking p50 %.0f us, %.0f us of CPU", e.warm_fork->p50, *e.warm_fork_cpu_us);
     std::printf("\n");

@@ -261,6 +261,10 @@ json to_json(const Report& r) {
                    {"cpu_us_per_run", opt(r.engine.cpu_us_per_run)},
                    {"forked_run", stats_json(r.engine.fork_run)},
                    {"forked_run_minor_faults", opt(r.engine.fork_run_faults)},
+                   {"forked_run_cpu_us", r.engine.fork_run_cpu_us},
+                   {"forked_run_prebuilt", stats_json(r.engine.fork_run_prebuilt)},
+                   {"forked_run_prebuilt_minor_faults", r.engine.fork_run_prebuilt_faults},
+                   {"forked_run_prebuilt_cpu_us", r.engine.fork_run_prebuilt_cpu_us},
                    {"failures", r.engine.failures}};
   else
     j["engine"] = nullptr;
