@@ -338,6 +338,7 @@ TEST_CASE("imports in a run load the runtime's bytecode files: the engine's unma
 }
 
 TEST_CASE("prebuilt objects: a run takes them once; another policy's or stdin's run builds its own") {
+  engine();
   REQUIRE(embed::prebuild_for_fork());
   REQUIRE(embed::state().prebuilt_builtins != nullptr);
   // A policy with other builtins never gets the default's module (the prebuilt one is dropped too).
