@@ -72,8 +72,13 @@ struct ModeResult {
 // Costs measured beside the modes, in the same run: what each mode is compared with.
 struct Floors {
   std::optional<Stats> pipe_same_cpu, pipe_cross_cpu;  // round trip of 4 bytes between two processes
-  double fork_rss_mb = 0;                              // resident size the bare fork was given
-  std::optional<Stats> bare_fork;                      // fork + _exit + waitpid of that process
+  // Two bare forks (fork + _exit + waitpid of a C process): one of a small C program's size (the
+  // floor a paced fork-mode run is held to) and one as resident as the idle fork-mode worker.
+  double small_fork_rss_mb = 15;
+  std::optional<Stats> small_fork;
+  std::optional<double> small_fork_cpu_us;
+  double fork_rss_mb = 0;                              // resident size of the worker-sized one
+  std::optional<Stats> bare_fork;                      // the worker-sized bare fork
   std::optional<double> bare_fork_cpu_us;              // CPU of parent and child per bare fork
   std::optional<double> cow_us_per_page;               // extra cost per page a child writes
   std::optional<Stats> subinterp;                      // Py_NewInterpreter + Py_EndInterpreter
@@ -90,6 +95,14 @@ struct EngineResult {
   std::optional<double> cpu_us_per_run;
   std::optional<Stats> fork_run;
   std::optional<double> fork_run_faults;
+  double fork_run_cpu_us = 0;  // parent and child per forked run
+  // The same with the default policy's builtins and the streams built in the parent (as the fork worker does).
+  std::optional<Stats> fork_run_prebuilt;
+  double fork_run_prebuilt_faults = 0, fork_run_prebuilt_cpu_us = 0;
+  // The floor of a fork-mode run: the warm engine (preload list imported, gc.freeze() done) forking a
+  // child that runs CPython's after-fork hooks and exits (os.fork() + os._exit + waitpid), and its CPU.
+  std::optional<Stats> warm_fork;
+  std::optional<double> warm_fork_cpu_us;
 };
 
 struct BaselineResult {

@@ -189,25 +189,34 @@ Floors measure_floors(const Options& o, double rss_mb) {
   if (std::thread::hardware_concurrency() > 1) f.pipe_cross_cpu = pipe_round_trip(o.floor_runs * 5, 1);
   print_stats("pipe round trip, across CPUs", f.pipe_cross_cpu);
 
-  f.fork_rss_mb = rss_mb > 0 ? rss_mb : 14;
-  const auto size = static_cast<std::size_t>(f.fork_rss_mb * 1024 * 1024);
-  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m != MAP_FAILED) {
+  // Two sizes: a small C program's (what a paced fork-mode run is held to) and the idle fork-mode
+  // worker's resident size (what the kernel must copy the page tables of for each run).
+  auto bare = [&](double mb, std::optional<Stats>& lat, std::optional<double>& cpu_us, bool with_cow) {
+    const auto size = static_cast<std::size_t>(mb * 1024 * 1024);
+    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return;
     char* buf = static_cast<char*>(m);
     std::memset(buf, 1, size);  // resident, like the warm worker's heap
     double cpu_bare = 0, cpu_cow = 0;
-    auto bare = forks(buf, size, o.floor_runs, 0, cpu_bare);
+    auto us = forks(buf, size, o.floor_runs, 0, cpu_bare);
     constexpr int kDirty = 256;
-    auto cow = forks(buf, size, std::max(o.floor_runs / 4, 20), kDirty, cpu_cow);
-    if (!bare.empty()) {
-      f.bare_fork = stats(bare);
-      f.bare_fork_cpu_us = cpu_bare * 1e6 / static_cast<double>(bare.size());
-      if (!cow.empty()) f.cow_us_per_page = (stats(cow).p50 - f.bare_fork->p50) / kDirty;
+    if (!us.empty()) {
+      lat = stats(us);
+      cpu_us = cpu_bare * 1e6 / static_cast<double>(us.size());
+      if (with_cow) {
+        auto cow = forks(buf, size, std::max(o.floor_runs / 4, 20), kDirty, cpu_cow);
+        if (!cow.empty()) f.cow_us_per_page = (stats(cow).p50 - lat->p50) / kDirty;
+      }
     }
     munmap(m, size);
-  }
-  char label[64];
-  std::snprintf(label, sizeof label, "bare fork+_exit+waitpid of %.1f MB", f.fork_rss_mb);
+  };
+  char label[80];
+  bare(f.small_fork_rss_mb, f.small_fork, f.small_fork_cpu_us, false);
+  std::snprintf(label, sizeof label, "bare fork, C process of %.0f MB", f.small_fork_rss_mb);
+  print_stats(label, f.small_fork);
+  f.fork_rss_mb = rss_mb > 0 ? rss_mb : 14;
+  bare(f.fork_rss_mb, f.bare_fork, f.bare_fork_cpu_us, true);
+  std::snprintf(label, sizeof label, "bare fork, C process of %.1f MB (worker's)", f.fork_rss_mb);
   print_stats(label, f.bare_fork);
   if (f.cow_us_per_page)
     std::printf("  %-44s %9.2f us per page\n", "copy-on-write (256 pages written)", *f.cow_us_per_page);
@@ -231,9 +240,10 @@ std::string describe(const spr::RunResult& r) {
 
 // A run in a child forked from the warm engine: latency to the child's answer, and the minor faults
 // the child took (its own getrusage, sent back with the answer).
-void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out) {
+void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out, const std::string& key = "fork_run") {
   std::vector<double> us;
   double faults = 0;
+  const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
   for (int i = 0; i < runs; ++i) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return;
@@ -266,8 +276,38 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
   }
   if (us.empty()) return;
   const Stats s = stats(us);
-  out["fork_run"] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
-  out["fork_run_faults"] = faults / static_cast<double>(us.size());
+  out[key] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
+  out[key + "_faults"] = faults / static_cast<double>(us.size());
+  out[key + "_cpu_us"] =
+      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(us.size());
+}
+
+// The warm engine forking as os.fork() does (PyOS_BeforeFork, fork, PyOS_AfterFork_Child in the
+// child, PyOS_AfterFork_Parent), the child exiting at once: the floor under a fork-mode run. CPU of
+// both sides per fork.
+void warm_forks(int runs, json& out) {
+  std::vector<double> us;
+  const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
+  for (int i = 0; i < runs; ++i) {
+    const auto t0 = Clock::now();
+    PyOS_BeforeFork();
+    const pid_t pid = fork();
+    if (pid == 0) {
+      PyOS_AfterFork_Child();
+      _exit(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) break;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    us.push_back(us_since(t0));
+  }
+  if (us.empty()) return;
+  const Stats s = stats(us);
+  out["warm_fork"] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
+  out["warm_fork_cpu_us"] =
+      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(us.size());
 }
 
 [[noreturn]] void engine_child(int fd, int runs, int fork_count) {
@@ -312,8 +352,11 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out)
              {"failures", failures},
              {"python", spr::embed::python_version()},
              {"cpu_us_per_run", (rusage_seconds(RUSAGE_SELF) - cpu0) * 1e6 / runs}};
+      warm_forks(fork_count, out);
       req.policy.isolation = spr::Isolation::fork;
       fork_runs(req, id, fork_count, out);
+      // As the fork worker does: the default policy's builtins and the streams built once in the parent.
+      if (spr::embed::prebuild_for_fork()) fork_runs(req, id, fork_count, out, "fork_run_prebuilt");
     }
   }
   write_all(fd, out.dump());
@@ -363,6 +406,16 @@ EngineResult measure_engine(const Options& o) {
       if (j.contains("fork_run")) {
         e.fork_run = stats_of(j["fork_run"]);
         e.fork_run_faults = j.at("fork_run_faults").get<double>();
+        e.fork_run_cpu_us = j.at("fork_run_cpu_us").get<double>();
+      }
+      if (j.contains("fork_run_prebuilt")) {
+        e.fork_run_prebuilt = stats_of(j["fork_run_prebuilt"]);
+        e.fork_run_prebuilt_faults = j.at("fork_run_prebuilt_faults").get<double>();
+        e.fork_run_prebuilt_cpu_us = j.at("fork_run_prebuilt_cpu_us").get<double>();
+      }
+      if (j.contains("warm_fork")) {
+        e.warm_fork = stats_of(j["warm_fork"]);
+        e.warm_fork_cpu_us = j.at("warm_fork_cpu_us").get<double>();
       }
     }
   } catch (const std::exception&) {
@@ -373,7 +426,14 @@ EngineResult measure_engine(const Options& o) {
   }
   if (e.available) {
     std::printf("p50 %.2f us, p99 %.2f us over %d runs", e.lat.p50, e.lat.p99, e.lat.n);
-    if (e.fork_run) std::printf("; forked run p50 %.0f us, %.0f minor faults", e.fork_run->p50, *e.fork_run_faults);
+    if (e.fork_run)
+      std::printf("; forked run p50 %.0f us, %.0f us of CPU, %.0f minor faults", e.fork_run->p50, e.fork_run_cpu_us,
+                  *e.fork_run_faults);
+    if (e.fork_run_prebuilt)
+      std::printf("; with prebuilt builtins and streams p50 %.0f us, %.0f us of CPU, %.0f minor faults",
+                  e.fork_run_prebuilt->p50, e.fork_run_prebuilt_cpu_us, e.fork_run_prebuilt_faults);
+    if (e.warm_fork)
+      std::printf("; warm CPython forking p50 %.0f us, %.0f us of CPU", e.warm_fork->p50, *e.warm_fork_cpu_us);
     std::printf("\n");
   } else {
     std::printf("not available: %s\n", e.error.c_str());

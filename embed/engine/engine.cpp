@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <sstream>
+#include <utility>
 
 #include "audit.hpp"
 #include "common/outcome.hpp"
@@ -153,6 +154,30 @@ std::vector<std::string> g_support_paths;
 constexpr const char* kSupportDataDirs[] = {"/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo",
                                             "/usr/share/matplotlib"};
 
+// The run's `builtins` module: the interpreter's builtins as `p` filters them.
+py::Ref make_builtins_module(const RunnerPolicy& p) {
+  py::Ref builtins_dict(guard::make_run_builtins(p));
+  py::Ref builtins(PyModule_New("builtins"));
+  if (!builtins_dict || !builtins) return py::Ref();
+  if (PyDict_Update(PyModule_GetDict(builtins.get()), builtins_dict.get()) < 0) return py::Ref();
+  return builtins;
+}
+
+// The builtins lists of `a` and `b` give a run the same builtins.
+bool same_builtins(const RunnerPolicy& a, const RunnerPolicy& b) {
+  if (a.mode != b.mode) return false;
+  return a.mode == Mode::allow ? a.allowed_builtins == b.allowed_builtins : a.blocked_builtins == b.blocked_builtins;
+}
+
+// The prebuilt `builtins` module when `p` gives the default policy's builtins, else null; either way
+// this process has none left (a run never gets one another run had).
+py::Ref take_prebuilt_builtins(const RunnerPolicy& p) {
+  py::Ref prebuilt(state().prebuilt_builtins);  // owned
+  state().prebuilt_builtins = nullptr;
+  if (prebuilt && !same_builtins(p, RunnerPolicy{})) prebuilt.reset();
+  return prebuilt;
+}
+
 // The run's globals: builtins, input_data, result, the input keys, then extra_globals, filtered.
 // As in the original, extra_globals come last: a name in both takes the operator's value, not the
 // untrusted input's, and only input keys must be identifiers that do not start with `_`.
@@ -168,10 +193,9 @@ PyObject* make_globals(const Request& req, py::Ref& main_module) {
   py::Ref g = py::Ref::borrow(PyModule_GetDict(main_module.get()));
   const bool first = PyDict_GetItemString(g.get(), "__builtins__") == nullptr;
   if (first) {
-    py::Ref builtins_dict(guard::make_run_builtins(p));
-    py::Ref builtins(PyModule_New("builtins"));
-    if (!builtins_dict || !builtins) return nullptr;
-    if (PyDict_Update(PyModule_GetDict(builtins.get()), builtins_dict.get()) < 0) return nullptr;
+    py::Ref builtins = take_prebuilt_builtins(p);
+    if (!builtins) builtins = make_builtins_module(p);
+    if (!builtins) return nullptr;
     PyDict_SetItemString(g.get(), "__builtins__", builtins.get());
     py::Ref name(PyUnicode_FromString("__main__"));
     PyDict_SetItemString(g.get(), "__name__", name.get());
@@ -288,6 +312,8 @@ PyObject* show_last(PyObject* last, PyObject* globals, std::size_t cap, RunResul
 // Fresh text streams for the run (the bootstrap's begin_run): stdout/stderr over the capture, stdin
 // over the request's text.
 bool begin_streams(const std::string& stdin_text) {
+  const bool prebuilt = std::exchange(state().prebuilt_streams, false);
+  if (prebuilt && stdin_text.empty()) return true;  // this process's streams are fresh and unused
   audit::Trusted trusted;
   py::Ref text(PyUnicode_DecodeUTF8(stdin_text.data(), static_cast<Py_ssize_t>(stdin_text.size()), "replace"));
   if (!text || !state().bootstrap) return false;
@@ -509,6 +535,25 @@ std::vector<std::string> support_paths() { return g_support_paths; }
 
 bool prepare_capture(const Request& req) {
   return capture::begin(req.id, static_cast<std::uint64_t>(req.policy.max_output_kb) * 1024);
+}
+
+bool prebuild_for_fork() {
+  InterpState& st = state();
+  Py_CLEAR(st.prebuilt_builtins);
+  st.prebuilt_streams = false;
+  py::Ref builtins = make_builtins_module(RunnerPolicy{});
+  if (!builtins || !begin_streams("")) {
+    PyErr_Clear();
+    return false;
+  }
+  st.prebuilt_builtins = builtins.release();
+  st.prebuilt_streams = true;
+  // Out of the collector's reach like the rest of the warm heap: a child's collection does not write to them.
+  // (gc from sys.modules, where initialize() left it: no import runs under a run's policy.)
+  PyObject* gc = PyDict_GetItemString(PyImport_GetModuleDict(), "gc");  // borrowed
+  py::Ref frozen(gc ? PyObject_CallMethod(gc, "freeze", nullptr) : nullptr);
+  PyErr_Clear();
+  return true;
 }
 
 RunResult run(const Request& req) {

@@ -44,6 +44,11 @@ RunResult run(const Request& req);
 // Like run() but without preparing the capture buffer (the fork child's parent already did).
 RunResult run_prepared(const Request& req);
 bool prepare_capture(const Request& req);
+// Fork mode: builds in the warm parent what every run of the default policy gets the same (its
+// `builtins` module, fresh sys.stdin/stdout/stderr), so a forked child only builds what its run
+// changes. The next run in this process takes them, once; the parent itself never runs one. They
+// hold no run's data. Returns false (and builds nothing) when Python fails.
+bool prebuild_for_fork();
 
 // Sets up the guard, bootstrap and streams in the interpreter now current (a fresh sub-interpreter,
 // made current with its engine state by an ActiveInterpreter scope). Returns "" or the reason.

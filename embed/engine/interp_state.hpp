@@ -26,6 +26,10 @@ struct InterpState {
   PyObject* create_builtin = nullptr;
   PyObject* module_spec = nullptr;     // importlib's ModuleSpec, for the specs the gates pass on
   PyObject* code_replace = nullptr;    // the code type's own replace, behind the audit hook's gate
+  // Built by prebuild_for_fork() in a fork parent, taken by the next run of a child (one run only):
+  // the `builtins` module of the default policy's run, and whether sys.std* are fresh, unused streams.
+  PyObject* prebuilt_builtins = nullptr;
+  bool prebuilt_streams = false;
   bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one  // co_extra slot of the engine's trusted-code mark (trust.cpp)
 };
 

@@ -135,6 +135,8 @@ std::string ForkRunner::prepare() {
   struct sigaction ignore {};
   ignore.sa_handler = SIG_IGN;
   if (sigaction(SIGIO, &ignore, nullptr) != 0) return std::string("sigaction(SIGIO) failed: ") + strerror(errno);
+  // What every child's run would build the same, built once here (each child takes its own copy-on-write view).
+  if (!prebuild_for_fork()) return "building the runs' builtins and streams failed";
   return {};
 }
 
@@ -169,6 +171,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
     w.policy.isolation = Isolation::fork;
     std::string text = encode_reply(0, run_prepared(w));
     (void)text;
+    // The warm-up took this child's prebuilt objects: the request gets its own, built while nobody waits.
+    setup.err("the run's builtins and streams (prebuild_for_fork)", prebuild_for_fork() ? 0 : EIO);
   }
   std::string frame;
   detail::Fd request(request_fd);

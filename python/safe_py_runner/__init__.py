@@ -12,9 +12,9 @@ from ._core import version as _version
 from .batch import CaseResult, run_many
 from .policy import RunnerPolicy
 from .result import RunnerResult
-from .runner import Runner, WorkerError, run_code
+from .runner import Runner, WorkerError, configure, run_code
 from .session import RunFuture, Session, SessionLimitError
 
-__all__ = ["RunnerPolicy", "RunnerResult", "Runner", "WorkerError", "run_code", "Session", "RunFuture",
+__all__ = ["RunnerPolicy", "RunnerResult", "Runner", "WorkerError", "run_code", "configure", "Session", "RunFuture",
            "SessionLimitError", "run_many", "CaseResult"]
 __version__ = _version()

@@ -250,6 +250,7 @@ class Runner:
 
 _default_lock = threading.Lock()
 _default: Optional[Runner] = None
+_default_options: Dict[str, Any] = {}  # configure()'s keyword arguments for the next default Runner
 _orphans: List[Runner] = []  # a forked child must never stop its parent's workers
 
 
@@ -259,9 +260,37 @@ def _default_runner() -> Runner:
     if runner is None:
         with _default_lock:
             if _default is None:
-                _default = Runner()
+                _default = Runner(**_default_options)
             runner = _default
     return runner
+
+
+def configure(*, preload: Optional[List[str]] = None, workers: Optional[int] = None) -> None:
+    """Set up the process-wide ``Runner`` that ``run_code`` uses.
+
+    ``preload`` lists modules every worker imports before it takes runs (``["numpy", "pandas"]``):
+    a run that imports one finds it already loaded instead of paying its import. A run's own
+    imports still follow its policy. ``workers`` is the number of warm workers per isolation mode.
+    Checked now: a bad value raises ``ValueError`` and changes nothing. Call it before the first
+    ``run_code``: workers already started are stopped (a run still in flight through them is answered
+    ``worker_unavailable``) and the next ``run_code`` starts new ones with these options.
+    """
+    global _default
+    options: Dict[str, Any] = {}
+    if preload is not None:
+        if isinstance(preload, str) or not all(isinstance(m, str) and m for m in preload):
+            raise ValueError("'preload' must be a list of module names")
+        options["preload"] = list(preload)
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise ValueError("'workers' must be an integer between 1 and 256")
+        options["workers"] = workers
+    with _default_lock:
+        _default_options.clear()
+        _default_options.update(options)
+        runner, _default = _default, None
+    if runner is not None:
+        runner.close()
 
 
 def _close_default() -> None:

@@ -239,3 +239,20 @@ def test_duration_is_the_runs_own_time_and_queueing_is_apart():
     # The second waited for the first to end: that wait is queued_ms, not its duration_ms.
     assert b.queued_ms > b.duration_ms
     assert b.queued_ms + b.duration_ms <= waited_ms
+
+
+def test_configure_preloads_modules_for_run_code():
+    with pytest.raises(ValueError):
+        safe_py_runner.configure(preload="logging")  # a string, not a list
+    with pytest.raises(ValueError):
+        safe_py_runner.configure(workers=0)
+    code = "import logging\nresult = logging._startTime"  # set when logging is imported
+    try:
+        safe_py_runner.configure(preload=["logging"], workers=1)
+        first, second = run_code(code), run_code(code)
+        assert first.ok and second.ok, (first.error, second.error)
+        # Both fork children found the module their worker imported before any run: it was not
+        # imported again, so its import-time clock reading is the same.
+        assert first.result == second.result
+    finally:
+        safe_py_runner.configure()  # the next run_code gets the default pool again

@@ -310,3 +310,55 @@ TEST_CASE("active interpreter: a sub-interpreter is current inside the scope, th
   Py_EndInterpreter(sub);
   PyThreadState_Swap(main);
 }
+
+namespace {
+
+// One run of `code` in this process (namespace mode: the unit tests have no worker to fork from).
+spr::RunResult run_here(const std::string& code, spr::RunnerPolicy p = {}, const std::string& stdin_text = "") {
+  engine();
+  static std::uint64_t id = 9000;
+  embed::Request req;
+  req.id = ++id;
+  req.code = code;
+  p.isolation = spr::Isolation::namespace_;
+  req.policy = p;
+  req.stdin_text = stdin_text;
+  return embed::run(req);
+}
+
+}  // namespace
+
+TEST_CASE("imports in a run load the runtime's bytecode files: the engine's unmarshalling is not refused") {
+  // 3.11 raises "marshal.loads" for the engine's own read of a .pyc, which a run may never pass: each
+  // module a run imported was compiled from its source again (3x the CPU of python3 for pandas).
+  const spr::RunResult r = run_here("import fractions, statistics\nresult = fractions.Fraction(1, 3).denominator");
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json(3));
+  CHECK(embed::audit::denials() == 0);  // no step of the imports was refused
+}
+
+TEST_CASE("prebuilt objects: a run takes them once; another policy's or stdin's run builds its own") {
+  engine();
+  REQUIRE(embed::prebuild_for_fork());
+  REQUIRE(embed::state().prebuilt_builtins != nullptr);
+  // A policy with other builtins never gets the default's module (the prebuilt one is dropped too).
+  spr::RunnerPolicy p;
+  p.blocked_builtins.push_back("len");
+  spr::RunResult r = run_here("result = hasattr(__builtins__, 'len')", p);
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json(false));
+  CHECK(embed::state().prebuilt_builtins == nullptr);
+  // A run with stdin reads its own text, not the prebuilt empty stdin.
+  REQUIRE(embed::prebuild_for_fork());
+  r = run_here("result = input()", {}, "7\n");
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json("7"));
+  CHECK_FALSE(embed::state().prebuilt_streams);
+  // The default policy's run takes the module: default builtins, and none left for a next run.
+  REQUIRE(embed::prebuild_for_fork());
+  r = run_here("print('x')\nresult = [hasattr(__builtins__, 'len'), hasattr(__builtins__, 'eval')]");
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json({true, false}));
+  CHECK(r.stdout_text == "x\n");
+  CHECK(embed::state().prebuilt_builtins == nullptr);
+}
