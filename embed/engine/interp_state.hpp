@@ -26,6 +26,7 @@ struct InterpState {
   PyObject* create_builtin = nullptr;
   PyObject* module_spec = nullptr;     // importlib's ModuleSpec, for the specs the gates pass on
   PyObject* code_replace = nullptr;    // the code type's own replace, behind the audit hook's gate
+  PyObject* json_scanner = nullptr;    // _json.make_scanner(json.JSONDecoder()), for input_data (codec.cpp)
   bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one  // co_extra slot of the engine's trusted-code mark (trust.cpp)
 };
 
