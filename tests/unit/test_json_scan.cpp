@@ -105,10 +105,13 @@ TEST_CASE("json_text_error: refuses what the parser refuses, without building an
   for (const std::string& bad : {std::string("{not json"), std::string("[1, 2"), std::string("[NaN]"),
                                 std::string("[Infinity]"), std::string(R"(["\ud800"])"), std::string(R"(["\udc00x"])"),
                                 std::string(R"(["\ud800\u0041"])"), std::string("[\"\xff\"]"), std::string("\"\xc0\x80\""),
-                                std::string("\"\xed\xa0\x80\""), std::string("[1] [2]"), std::string(""),
-                                std::string(600, '[') + std::string(600, ']')}) {
+                                std::string("\"\xed\xa0\x80\""), std::string("[1] [2]"), std::string("")}) {
     INFO(bad);
     CHECK_FALSE(json_text_error(bad).empty());
     CHECK_FALSE(json::accept(bad));
   }
+  // Deeper than the supervisor's limit: refused as parse_json refuses it (nlohmann alone would take it).
+  const std::string deep = std::string(600, '[') + std::string(600, ']');
+  CHECK_FALSE(json_text_error(deep).empty());
+  CHECK_THROWS(spr::detail::parse_json(deep));
 }
