@@ -1,6 +1,8 @@
 // Frame I/O on raw fds with poll-based deadlines, and JSON helpers with a depth limit.
 #include "common/frame.hpp"
 
+#include "common/json_scan.hpp"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -87,11 +89,13 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
   if (len > max_bytes) return IoStatus::too_large;
   // Grown as bytes arrive, never to what the header claims up front: a peer that announces a large
   // frame and sends nothing costs one chunk.
+  // Each step is at most what has arrived so far (and at least 64 KiB): doubling, so a large frame
+  // takes few steps, and a peer's claim costs at most twice what it really sent.
   constexpr std::size_t kChunk = 64 << 10;
   payload.clear();
   std::size_t got = 0;
   while (got < len) {
-    const std::size_t want = std::min<std::size_t>(len - got, kChunk);
+    const std::size_t want = std::min<std::size_t>(len - got, std::max(kChunk, got));
     payload.resize(got + want);
     s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd);
     if (s != IoStatus::ok) return s;
@@ -219,6 +223,89 @@ nlohmann::json parse_json(std::string_view text, int max_depth) {
     throw json::out_of_range::create(406, "JSON nesting deeper than " + std::to_string(max_depth) + " levels",
                                      static_cast<const json*>(nullptr));
   return json::parse(text.begin(), text.end());
+}
+
+namespace {
+// Index of the first byte of `s` that does not start a valid UTF-8 sequence (overlong forms, encoded
+// surrogates and values past U+10FFFF are invalid), or npos.
+std::size_t bad_utf8_at(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len;
+    unsigned lo = 0x80, hi = 0xBF;  // the second byte's range
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (std::size_t k = 2; k < len; ++k)
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+int hex4(std::string_view s, std::size_t i) {  // the 4 hex digits at s[i], or -1
+  if (i + 4 > s.size()) return -1;
+  int v = 0;
+  for (std::size_t k = i; k < i + 4; ++k) {
+    const char c = s[k];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+// In syntactically valid JSON: whether every \u escape of a surrogate is a high one followed by a low one.
+bool surrogates_paired(std::string_view s) {
+  bool in_string = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (!in_string) {
+      in_string = c == '"';
+      continue;
+    }
+    if (c == '"') {
+      in_string = false;
+    } else if (c == '\\') {
+      if (s[++i] != 'u') continue;
+      const int u = hex4(s, i + 1);
+      i += 4;
+      if (u >= 0xDC00 && u <= 0xDFFF) return false;
+      if (u >= 0xD800 && u <= 0xDBFF) {
+        if (i + 2 >= s.size() || s[i + 1] != '\\' || s[i + 2] != 'u') return false;
+        const int low = hex4(s, i + 3);
+        if (low < 0xDC00 || low > 0xDFFF) return false;
+        i += 6;
+      }
+    }
+  }
+  return true;
+}
+}  // namespace
+
+std::string json_text_error(std::string_view text, int max_depth) {
+  if (nesting_depth(text) > max_depth) return "JSON nesting deeper than " + std::to_string(max_depth) + " levels";
+  if (const std::size_t at = bad_utf8_at(text); at != std::string_view::npos)
+    return "invalid UTF-8 at byte " + std::to_string(at);
+  if (!json_scan::valid(text)) return "not one JSON value (NaN and Infinity are not JSON)";
+  if (!surrogates_paired(text)) return "a \\u escape of a lone surrogate (not UTF-8 text)";
+  return {};
 }
 
 int json_depth(const nlohmann::json& value) {

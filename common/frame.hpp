@@ -37,6 +37,9 @@ IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline
 
 // Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
 nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);
+// Why `text` is not one JSON value nested at most `max_depth` deep ("" when it is), found without
+// building it: invalid UTF-8, lone surrogates and NaN are refused as parse_json refuses them.
+std::string json_text_error(std::string_view text, int max_depth = kMaxJsonDepth);
 // Nesting depth of a value, computed without recursion (dump() recurses and would overflow).
 int json_depth(const nlohmann::json& value);
 // Serialises with invalid UTF-8 replaced by U+FFFD, never throwing for bad text.

@@ -109,7 +109,7 @@ const std::string& policy_text(const RunnerPolicy& p) {
 // its policy's text is the cached one (the request is on every run's path).
 std::string encode_request(const Request& r) {
   std::string text;
-  text.reserve(r.code.size() + r.stdin_text.size() + 512);
+  text.reserve(r.code.size() + r.stdin_text.size() + r.input_json.size() + 512);
   text += "{\"code\":";
   text += detail::dump_json(json(r.code));
   if (!r.collect.empty()) {
@@ -127,7 +127,8 @@ std::string encode_request(const Request& r) {
   text += ",\"id\":";
   text += std::to_string(r.id);
   text += ",\"input_data\":";
-  text += detail::dump_json(r.input_data);
+  if (r.input_json.empty()) text += detail::dump_json(r.input_data);
+  else text += r.input_json;
   if (r.kill_after_seconds > 0) {
     text += ",\"kill_after_seconds\":";
     text += detail::dump_json(json(r.kill_after_seconds));

@@ -43,6 +43,10 @@ struct Request {
   std::uint64_t id = 0;
   std::string code;
   json input_data = json::object();
+  // input_data's JSON text, borrowed (it must outlive encode()) and spliced into the frame as it is:
+  // whoever set it checked it with detail::json_text_error. Empty: input_data is encoded. decode()
+  // never sets it.
+  std::string_view input_json;
   RunnerPolicy policy;
   std::string stdin_text;  // "stdin" on the wire, left out when empty
   bool want_repr = false;  // "repr" (sessions): report repr() of a trailing expression; left out when false

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/frame.hpp"
 #include "detail/batch.hpp"
 #include "spr/spr.hpp"
 
@@ -31,6 +32,14 @@ json parse(const std::string& text, const char* what) {
   } catch (const json::exception& e) {
     throw spr::PolicyError(std::string("invalid JSON in ") + what + ": " + e.what());
   }
+}
+
+// input_data's JSON text (json.dumps made it), checked as parse() would refuse it and passed on as
+// text: the run decodes it without a tree in between.
+std::string checked_input(const std::string& text) {
+  if (std::string why = spr::detail::json_text_error(text); !why.empty())
+    throw spr::PolicyError("invalid JSON in input_data: " + why);
+  return text;
 }
 
 // Captured output is cut at a character boundary; decoding with "replace" keeps a broken byte from
@@ -199,20 +208,15 @@ class PyRunner {
                 const py::object& functions, const py::object& files, const std::vector<std::string>& collect) {
     std::shared_ptr<spr::Runner> runner = live();
     spr::RunResult r;
-    if (on_output.is_none() && !token && stdin_text.empty() && functions.is_none() && files.is_none() &&
-        collect.empty()) {
-      // The arguments are C++ copies by now: parsing needs no Python either.
+    spr::RunOptions o = run_options(on_output, token, functions);
+    o.stdin_text = stdin_text;
+    o.files = input_files(files);
+    o.collect = collect;
+    {
+      // The arguments are C++ copies by now: checking the input needs no Python either.
       py::gil_scoped_release nogil;
-      const json input = parse(input_json, "input_data");
-      r = runner->run(code, input, policy_of(policy_json));
-    } else {
-      spr::RunOptions o = run_options(on_output, token, functions);
-      o.stdin_text = stdin_text;
-      o.files = input_files(files);
-      o.collect = collect;
-      py::gil_scoped_release nogil;
-      const json input = parse(input_json, "input_data");
-      r = runner->run(code, input, policy_of(policy_json), o);
+      o.input_json = checked_input(input_json);
+      r = runner->run(code, json::object(), policy_of(policy_json), o);
     }
     return to_tuple(r);
   }
@@ -344,7 +348,8 @@ PYBIND11_MODULE(_core, m) {
             spr::RunResult r;
             {
               py::gil_scoped_release nogil;
-              r = s.run(code, parse(input_json, "input_data"), o);
+              o.input_json = checked_input(input_json);
+              r = s.run(code, json::object(), o);
             }
             return to_tuple(r);
           },

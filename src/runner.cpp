@@ -112,6 +112,7 @@ struct Runner::Impl {
     if (!host.empty()) extras.host = &host;
     if (opts && !opts->files.empty()) extras.files = &opts->files;
     if (opts && !opts->collect.empty()) extras.collect = &opts->collect;
+    if (opts && !opts->input_json.empty()) extras.input_json = &opts->input_json;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;

@@ -286,6 +286,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       RunExtras extras;
       if (o.on_output) extras.on_output = &o.on_output;
       extras.want_repr = o.want_repr;
+      if (!o.input_json.empty()) extras.input_json = &o.input_json;
       HostCalls host(st.functions, &o.functions);
       if (!host.empty()) extras.host = &host;
       // A session worker runs in its own process, never a fork child: one grace.

@@ -435,6 +435,8 @@ void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uin
 // A control reply (a session's variables) comes from a process that ran user code: capped before
 // anything is allocated, like a run's reply.
 constexpr std::uint32_t kMaxControlReplyBytes = 8u << 20;
+// Beyond the run's own time, how long a worker has to take a request (a large one on a loaded machine).
+constexpr int kMinSendSeconds = 5;
 
 void WorkerProcess::trim_capture() const {
   struct stat st {};
@@ -506,14 +508,22 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       if (!w->wipe_scratch()) w->kill_and_reap();
     }
   } wipe{this};
-  if (json_depth(input_data) > kMaxJsonDepth)
+  if (extras.input_json) {
+    // Checked without building it: the text goes to the worker as it is.
+    if (std::string why = json_text_error(*extras.input_json); !why.empty())
+      return outcome::bad_input("input_data: " + why);
+  } else if (json_depth(input_data) > kMaxJsonDepth) {
     return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  }
   std::string text;
   try {
     protocol::Request rq;
     rq.id = id;
     rq.code = code;
-    rq.input_data = input_data;
+    // input_data travels as text: the caller's own, or dumped from the caller's value (never copied as
+    // a tree first), and encode() writes it straight into the frame.
+    const std::string dumped = extras.input_json ? std::string() : dump_json(input_data);
+    rq.input_json = extras.input_json ? std::string_view(*extras.input_json) : std::string_view(dumped);
     rq.policy = policy;
     rq.stdin_text = stdin_text;
     rq.want_repr = extras.want_repr;
@@ -526,8 +536,12 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
   const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
+  // The run's time starts once the worker has its request: a large request gets as long again to be
+  // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.
   const auto sent_at = Clock::now();
-  if (const IoStatus s = send(text, hard_deadline); s == IoStatus::timeout) {
+  const Clock::time_point send_deadline = sent_at + (hard_deadline > sent_at ? hard_deadline - sent_at : Clock::duration{}) +
+                                          std::chrono::seconds(kMinSendSeconds);
+  if (const IoStatus s = send(text, send_deadline); s == IoStatus::timeout) {
     // A stopped worker (or one whose run stopped reading) would block us forever on a full socket.
     kill_and_reap();
     const double waited = std::chrono::duration<double>(Clock::now() - sent_at).count();
@@ -537,6 +551,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } else if (s != IoStatus::ok) {
     return lost(id, IoStatus::eof, policy, false);
   }
+  hard_deadline += Clock::now() - sent_at;
+  std::string().swap(text);  // a large request's text is not held for the whole run
   // Time in host functions counts against the run's timeout, by this clock: the run started now.
   const Clock::time_point host_deadline =
       Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(policy.timeout_seconds));

@@ -1,6 +1,8 @@
 // JSON <-> Python conversion for input_data, extra_globals and the `result` variable.
 #include "codec.hpp"
 
+#include "interp_state.hpp"
+
 #include <algorithm>
 #include <vector>
 
@@ -9,6 +11,58 @@
 namespace spr::embed::codec {
 
 using nlohmann::json;
+
+bool make_json_scanner() {
+  py::Ref module(PyImport_ImportModule("json.scanner"));
+  py::Ref make(module ? PyObject_GetAttrString(module.get(), "c_make_scanner") : nullptr);
+  py::Ref decoder_module(make && make.get() != Py_None ? PyImport_ImportModule("json.decoder") : nullptr);
+  py::Ref decoder_type(decoder_module ? PyObject_GetAttrString(decoder_module.get(), "JSONDecoder") : nullptr);
+  py::Ref decoder(decoder_type ? PyObject_CallNoArgs(decoder_type.get()) : nullptr);
+  py::Ref scanner(decoder ? PyObject_CallOneArg(make.get(), decoder.get()) : nullptr);
+  if (!scanner) {
+    PyErr_Clear();  // no C scanner here: from_json_text takes the slower way
+    return false;
+  }
+  Py_XDECREF(state().json_scanner);
+  state().json_scanner = scanner.release();
+  return true;
+}
+
+PyObject* from_json_text(std::string_view text) {
+  PyObject* scanner = state().json_scanner;
+  if (!scanner) {
+    json tree = json::parse(text.begin(), text.end(), nullptr, false);
+    if (tree.is_discarded()) {
+      PyErr_SetString(PyExc_ValueError, "input_data is not JSON");
+      return nullptr;
+    }
+    return to_python(tree);
+  }
+  py::Ref s(PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "strict"));
+  if (!s) return nullptr;
+  py::Ref zero(PyLong_FromLong(0));
+  if (!zero) return nullptr;
+  py::Ref pair(PyObject_CallFunctionObjArgs(scanner, s.get(), zero.get(), nullptr));
+  if (!pair) {
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+      PyErr_Clear();
+      PyErr_SetString(PyExc_ValueError, "input_data is not JSON");
+    }
+    return nullptr;
+  }
+  if (!PyTuple_Check(pair.get()) || PyTuple_GET_SIZE(pair.get()) != 2) {
+    PyErr_SetString(PyExc_ValueError, "the JSON scanner answered no (value, end) pair");
+    return nullptr;
+  }
+  const Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair.get(), 1));
+  if (end != PyUnicode_GET_LENGTH(s.get())) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "input_data has text after its value");
+    return nullptr;
+  }
+  PyObject* value = PyTuple_GET_ITEM(pair.get(), 0);
+  Py_INCREF(value);
+  return value;
+}
 
 PyObject* to_python(const json& v) {
   switch (v.type()) {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,14 @@ namespace spr::embed::codec {
 
 // New reference, or nullptr with a Python error set.
 PyObject* to_python(const nlohmann::json& value);
+
+// New reference to the value whose JSON text is `text` (checked by the supervisor), decoded by CPython's
+// own JSON scanner (as json.loads does, with no Python frame in between), or nullptr with a Python error
+// set. Falls back to nlohmann and to_python where the scanner is missing.
+PyObject* from_json_text(std::string_view text);
+// Builds this interpreter's scanner (engine start-up, before any run): a C object that copies the
+// decoder's settings when made, so no later change to the json module reaches it.
+bool make_json_scanner();
 
 // Why an encoding stopped; the engine turns each into its outcome (common/outcome.hpp).
 enum class Status {

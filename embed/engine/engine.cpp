@@ -79,6 +79,7 @@ bool run_bootstrap(bool main_interpreter) {
   py::Ref done(PyObject_CallFunctionObjArgs(install.get(), main_interpreter ? Py_True : Py_False, nullptr));
   if (!done) return false;
   state().bootstrap = module.release();
+  codec::make_json_scanner();  // before any run: a run's changes to the json module never reach it
   return true;
 }
 
@@ -188,7 +189,7 @@ py::Ref take_prebuilt_builtins(const RunnerPolicy& p) {
 PyObject* make_globals(const Request& req, py::Ref& main_module) {
   const RunnerPolicy& p = req.policy;
   main_module = req.session_main ? py::Ref::borrow(req.session_main) : py::Ref(PyModule_New("__main__"));
-  py::Ref input(codec::to_python(req.input_data));
+  py::Ref input(req.input_json.empty() ? codec::to_python(req.input_data) : codec::from_json_text(req.input_json));
   if (!main_module || !input) return nullptr;
   py::Ref g = py::Ref::borrow(PyModule_GetDict(main_module.get()));
   const bool first = PyDict_GetItemString(g.get(), "__builtins__") == nullptr;

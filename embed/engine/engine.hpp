@@ -26,6 +26,9 @@ struct Request {
   std::uint64_t id = 0;
   std::string code;
   json input_data = json::object();
+  // input_data's JSON text (the supervisor checked it); when set, it is what the run gets, decoded by
+  // CPython's own JSON scanner without a tree in between, and input_data is ignored.
+  std::string input_json;
   RunnerPolicy policy;
   std::string stdin_text;  // what sys.stdin and input() read; empty: EOF at once
   // Sessions: the __main__ module whose namespace is kept between calls (borrowed; null = a fresh one,

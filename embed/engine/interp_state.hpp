@@ -30,7 +30,8 @@ struct InterpState {
   // the `builtins` module of the default policy's run, and whether sys.std* are fresh, unused streams.
   PyObject* prebuilt_builtins = nullptr;
   bool prebuilt_streams = false;
-  bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one  // co_extra slot of the engine's trusted-code mark (trust.cpp)
+  PyObject* json_scanner = nullptr;    // _json.make_scanner(json.JSONDecoder()), for input_data (codec.cpp)
+  bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one
 };
 
 InterpState& state();

@@ -28,7 +28,7 @@
 #include "engine/engine.hpp"
 #include "harden/harden.hpp"
 #include "engine/host_call.hpp"
-#include "json_scan.hpp"
+#include "common/json_scan.hpp"
 #include "engine/py.hpp"
 #include "setup_check.hpp"
 #include "worker_protocol.hpp"
@@ -37,7 +37,7 @@ namespace spr::embed {
 
 namespace {
 
-namespace scan = json_scan;
+namespace scan = spr::json_scan;
 
 // A request that follows its reply within this long is taken as back to back: it gets a child
 // forked on demand. After this much idle time, the next request's child is forked and warmed.
@@ -202,6 +202,9 @@ bool ForkRunner::fork_child(Child& c, bool warm) {
   int req[2], rep[2];
   if (pipe2(req, O_CLOEXEC) != 0) return false;
   detail::Fd req_read(req[0]), req_write(req[1]);
+  // A large request crosses in 1 MiB steps rather than 64 KiB ones (each a wake-up of the child); the
+  // kernel may refuse (pipe-max-size), and then the default size serves.
+  (void)fcntl(req_write.get(), F_SETPIPE_SZ, 1 << 20);
   if (pipe2(rep, O_CLOEXEC) != 0) return false;
   detail::Fd rep_read(rep[0]), rep_write(rep[1]);
   parent_ = getpid();
@@ -349,11 +352,17 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
 
 void ForkRunner::run(std::string& frame, std::string& reply) {
   // Only our numbers are taken from the request, in place; the code and input stay bytes.
+  // One pass over the members (a request can be mostly input_data: each pass costs its size).
   Limits l;
-  auto id = scan::member(frame, "id");
-  auto policy = scan::member(frame, "policy");
-  auto type = scan::member(frame, "type");
-  if (!scan::valid(frame) || !id || !policy || !type || *type != "\"request\"" || !id_number(*id, l.id_number)) {
+  std::optional<std::string_view> id, policy, type, kill_after;
+  const bool members = scan::for_each_member(frame, [&](std::string_view key, std::string_view value) {
+    if (key == "id") id = value;
+    else if (key == "policy") policy = value;
+    else if (key == "type") type = value;
+    else if (key == "kill_after_seconds") kill_after = value;
+  });
+  if (!members || !scan::valid(frame) || !id || !policy || !type || *type != "\"request\"" ||
+      !id_number(*id, l.id_number)) {
     // The child would refuse it too; a request that is not even a request gets its answer here.
     reply = encode_reply(0, outcome::bad_request("not a JSON request object"));
     return;
@@ -368,7 +377,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   l.max_files_kb = positive(scan::number(scan::member(*policy, "max_files_kb").value_or("")), l.max_files_kb);
   l.max_host_call_kb = positive(scan::number(scan::member(*policy, "max_host_call_kb").value_or("")), l.max_result_kb);
   l.kill_after_seconds = detail::kill_after(l.timeout_seconds, detail::kDefaultGraceSeconds);
-  if (auto v = scan::number(scan::member(frame, "kill_after_seconds").value_or("")); v && *v > 0)
+  if (auto v = scan::number(kill_after.value_or("")); v && *v > 0)
     l.kill_after_seconds = *v;
   // The parent's view of the shared buffer (a killed child's output is read from it).
   if (!capture::begin(l.id_number, l.max_output_kb * 1024)) {

@@ -1,16 +1,41 @@
 // Decoding of request frames and encoding of replies for every runner of the worker.
 #include "worker_protocol.hpp"
 
+#include <optional>
 #include <utility>
 
 #include "common/wire.hpp"
+#include "common/json_scan.hpp"
 
 namespace spr::embed {
+
+namespace {
+// input_data is most of a large request: its text goes to the run as it is (the engine decodes it
+// straight into Python objects), and only the rest of the frame is parsed here. Nothing when the
+// frame has no such member (or is not an object): the whole frame is parsed as usual.
+struct InputSplit {
+  std::string rest;        // the frame with input_data's value replaced by null
+  std::string_view input;  // that value's text
+};
+std::optional<InputSplit> split_input(std::string_view frame) {
+  constexpr std::size_t kWorthIt = 4096;  // below this a tree costs less than the copy of the rest
+  if (frame.size() < kWorthIt) return std::nullopt;
+  const std::optional<std::string_view> v = json_scan::member(frame, "input_data");
+  if (!v || v->size() < kWorthIt / 2) return std::nullopt;
+  const std::size_t at = static_cast<std::size_t>(v->data() - frame.data());
+  InputSplit s;
+  s.rest.reserve(frame.size() - v->size() + 4);
+  s.rest.append(frame.substr(0, at)).append("null").append(frame.substr(at + v->size()));
+  s.input = *v;
+  return s;
+}
+}  // namespace
 
 Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
   Incoming in;
   try {
-    protocol::Message m = protocol::decode(frame, policies);
+    std::optional<InputSplit> split = split_input(frame);
+    protocol::Message m = protocol::decode(split ? std::string_view(split->rest) : frame, policies);
     if (auto* l = std::get_if<protocol::ListVariables>(&m)) {
       in.kind = Incoming::Kind::list_variables;
       in.id = l->id;
@@ -22,6 +47,7 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.run.id = rq->id;
     in.run.code = std::move(rq->code);
     in.run.input_data = std::move(rq->input_data);
+    if (split) in.run.input_json.assign(split->input);
     in.run.stdin_text = std::move(rq->stdin_text);
     in.run.want_repr = rq->want_repr;
     in.run.functions = std::move(rq->functions);

@@ -47,6 +47,10 @@ struct RunOptions {
   OutputCallback on_output;  ///< empty: output only in the result
   CancelToken cancel;        ///< keep a copy to cancel the run
   std::string stdin_text;    ///< what sys.stdin and input() read (at most max_stdin_kb); empty: EOF
+  /// input_data as JSON text; when not empty it is what the run gets and the input_data argument is
+  /// ignored. It is checked (one JSON value, UTF-8, at most 512 levels deep; else bad_input) without being
+  /// built into a tree, and the run decodes it with CPython's own JSON scanner: the fast way for large inputs.
+  std::string input_json;
   /// Written into the run's private directory (its working directory) before its code starts. Names are
   /// relative paths inside it: no "..", no absolute path, no empty component, no NUL (else bad_input).
   Files files;

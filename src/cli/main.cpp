@@ -53,12 +53,10 @@ std::string read_file(const std::string& path, const char* what) {
   return read_all(in);
 }
 
-spr::json parse_input(const std::string& text, const std::string& where) {
-  try {
-    return spr::detail::parse_json(text);
-  } catch (const std::exception& e) {
-    throw CliError{kExitData, "invalid JSON in " + where + ": " + e.what()};
-  }
+std::string checked_input(std::string text, const std::string& where) {
+  if (std::string why = spr::detail::json_text_error(text); !why.empty())
+    throw CliError{kExitData, "invalid JSON in " + where + ": " + why};
+  return text;
 }
 
 // Comma-separated names ("os,json"); "" is the empty list.
@@ -190,11 +188,11 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   else if (file.empty() || file == "-") code = read_all(std::cin);
   else code = read_file(file, "code file");
   if (!input.empty() && !input_file.empty()) throw CliError{kExitUsage, "give either --input or --input-file, not both"};
-  spr::json data = spr::json::object();
-  if (!input.empty()) data = parse_input(input, "--input");
-  if (!input_file.empty()) data = parse_input(read_file(input_file, "input file"), input_file);
   spr::RunnerPolicy p = build_policy(pa);
   spr::RunOptions options;
+  // The input's text goes to the run as it is, checked here once (no tree is built of it).
+  if (!input.empty()) options.input_json = checked_input(input, "--input");
+  if (!input_file.empty()) options.input_json = checked_input(read_file(input_file, "input file"), input_file);
   options.stdin_text = stdin_file.empty() ? std::string() : read_file(stdin_file, "stdin file");
   // Refused before a worker starts: invalid input, as an unreadable file is.
   if (options.stdin_text.size() > static_cast<std::size_t>(p.max_stdin_kb) * 1024)
@@ -205,7 +203,7 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   options.files = read_input_files(fa.files);
   options.collect = fa.collect;
   if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
-  spr::RunResult r = runner.run(code, data, p, options);
+  spr::RunResult r = runner.run(code, spr::json::object(), p, options);
   spr::json out = r.to_json();
   if (!fa.out_dir.empty() && !r.files.empty()) {
     // The files are on disk: the JSON names them instead of carrying them.

@@ -37,6 +37,7 @@ struct RunExtras {
   HostCalls* host = nullptr;                  // the run's host functions (none: a call frame is out of step)
   const Files* files = nullptr;                // written into the run directory before the code starts
   const std::vector<std::string>* collect = nullptr;  // patterns of the files that may come back
+  const std::string* input_json = nullptr;  // input_data as JSON text (RunOptions::input_json), used instead
 };
 
 class WorkerProcess {

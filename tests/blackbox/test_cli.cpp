@@ -123,6 +123,24 @@ TEST_CASE("run --input and --input-file give input_data") {
     const auto p = run_cli("result = input_data");
     CHECK(one_json(p)["result"] == json::object());
   }
+  SUBCASE("a large --input-file arrives whole and exact") {
+    // Large enough for the worker to take input_data's text apart from the request (no tree in between):
+    // escapes, non-ASCII text, nesting, floats and a 100-bit integer come back as they went in.
+    json rows = json::array();
+    for (int i = 0; i < 20000; ++i)
+      rows.push_back({{"id", i}, {"name", "caf\u00e9 \"" + std::to_string(i) + "\"\n"}, {"v", i * 0.25}, {"tags", {i % 3, nullptr, true}}});
+    TempPath input("large.json");
+    input.write(R"({"rows": )" + rows.dump() + R"(, "big": 1267650600228229401496703205376})");
+    const auto p = run_cli("result = [len(rows), rows[7], rows[-1]['name'], big == 2 ** 100]",
+                           {"--input-file", input.str(), "--timeout", "60"});
+    INFO(describe(p));
+    REQUIRE(p.exit_code == 0);
+    const json r = one_json(p)["result"];
+    CHECK(r[0] == 20000);
+    CHECK(r[1] == rows[7]);
+    CHECK(r[2] == rows[19999]["name"]);
+    CHECK(r[3] == true);
+  }
 }
 
 TEST_CASE("run --policy FILE applies a TOML policy") {
@@ -256,6 +274,14 @@ TEST_CASE("usage and data errors") {
     INFO(describe(p));
     CHECK(p.exit_code == 64);
     CHECK(p.out.empty());
+  }
+  SUBCASE("--input with NaN or a lone surrogate -> 65, as any text that is not JSON") {
+    for (const char* bad : {"[NaN]", R"({"s": "\ud800"})"}) {
+      const auto p = cli({"run", "-c", "result = 1", "--input", bad});
+      INFO(describe(p));
+      CHECK(p.exit_code == 65);
+      CHECK(p.out.empty());
+    }
   }
   SUBCASE("invalid --input JSON -> 65") {
     const auto p = cli({"run", "-c", "result = 1", "--input", "{not json"});

@@ -92,6 +92,16 @@ def test_an_empty_input_is_an_empty_dict_as_in_the_original():
     assert run_code("result = input_data", input_data=[]).result == {}
 
 
+def test_a_large_input_arrives_exact_as_json_loads_gives_it():
+    # Past a few KB the run decodes input_data's text itself, as the original's json.loads does: a
+    # 100-bit integer stays an integer, text with escapes and non-ASCII stays the same.
+    rows = [{"id": i, "name": f'caf\u00e9 "{i}"\n', "v": i / 4} for i in range(2000)]
+    r = run_code("result = [big == 2 ** 100, rows == input_data['rows'], len(rows)]",
+                 input_data={"big": 2 ** 100, "rows": rows})
+    assert r.ok, r.error
+    assert r.result == [True, True, 2000]
+
+
 def test_input_that_json_cannot_hold_is_a_type_error():
     with pytest.raises(TypeError):
         run_code("result = 1", input_data={"s": {1, 2}})

@@ -7,11 +7,11 @@
 #include "engine/codec.hpp"
 #include "common/frame.hpp"
 #include "engine/engine.hpp"
-#include "worker/json_scan.hpp"
+#include "common/json_scan.hpp"
 #include "engine/py.hpp"
 
 namespace embed = spr::embed;
-namespace scan = spr::embed::json_scan;
+namespace scan = spr::json_scan;
 using spr::json;
 
 namespace {
@@ -94,4 +94,24 @@ TEST_CASE("json_scan: an honest result never measures above the codec's charge")
   // Beyond 64 bits the codec sends the decimal text; the scanner still measures it no higher.
   const json big = json::parse("[18446744073709551616]");
   CHECK(scan::result_charge(spr::detail::dump_json(big)) <= codec_charge(big));
+}
+
+TEST_CASE("json_text_error: refuses what the parser refuses, without building anything") {
+  using spr::detail::json_text_error;
+  CHECK(json_text_error(R"({"a": [1, 2.5e3, -0, "x\u00e9\ud83d\ude00", true, null]})").empty());
+  CHECK(json_text_error("  [1, 2]\n").empty());
+  CHECK(json_text_error("\"caf\xc3\xa9\"").empty());
+  // Each is refused by nlohmann's parser too: the check must never let through what the worker could not read.
+  for (const std::string& bad : {std::string("{not json"), std::string("[1, 2"), std::string("[NaN]"),
+                                std::string("[Infinity]"), std::string(R"(["\ud800"])"), std::string(R"(["\udc00x"])"),
+                                std::string(R"(["\ud800\u0041"])"), std::string("[\"\xff\"]"), std::string("\"\xc0\x80\""),
+                                std::string("\"\xed\xa0\x80\""), std::string("[1] [2]"), std::string("")}) {
+    INFO(bad);
+    CHECK_FALSE(json_text_error(bad).empty());
+    CHECK_FALSE(json::accept(bad));
+  }
+  // Deeper than the supervisor's limit: refused as parse_json refuses it (nlohmann alone would take it).
+  const std::string deep = std::string(600, '[') + std::string(600, ']');
+  CHECK_FALSE(json_text_error(deep).empty());
+  CHECK_THROWS(spr::detail::parse_json(deep));
 }

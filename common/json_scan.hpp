@@ -1,5 +1,6 @@
-// Reads JSON text in place, allocating nothing: the fork parent checks replies and picks request
-// limits this way, so no run's data is ever copied into the long-lived parent's heap.
+// Reads JSON text in place, allocating nothing: the fork parent checks replies and picks request limits
+// this way (no run's data is ever copied into its long-lived heap), and the supervisor checks a run's
+// input_data text without building it.
 #pragma once
 
 #include <cstddef>
@@ -7,7 +8,7 @@
 #include <optional>
 #include <string_view>
 
-namespace spr::embed::json_scan {
+namespace spr::json_scan {
 
 constexpr int kMaxDepth = 1024;  // above detail::kMaxJsonDepth: the child's parser is the one that refuses
 
@@ -63,4 +64,4 @@ bool for_each_member(std::string_view o, F&& f) {
   return false;
 }
 
-}  // namespace spr::embed::json_scan
+}  // namespace spr::json_scan

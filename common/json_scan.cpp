@@ -1,9 +1,9 @@
 // In-place JSON scanning for the fork parent: validation, member lookup and size measures, no heap.
-#include "json_scan.hpp"
+#include "common/json_scan.hpp"
 
 #include <cstdlib>
 
-namespace spr::embed::json_scan {
+namespace spr::json_scan {
 
 namespace {
 
@@ -226,4 +226,4 @@ std::optional<double> number(std::string_view v) {
   return std::strtod(buf, nullptr);
 }
 
-}  // namespace spr::embed::json_scan
+}  // namespace spr::json_scan
