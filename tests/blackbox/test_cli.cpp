@@ -413,8 +413,9 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
     std::ofstream f(policy_file);
     f << "[policy]\ntimeout_seconds = 2\nblocked_imports = [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", \"pickle\"]\n";
   }
-  const std::string loosen = "{\"id\": 1, \"code\": \"import os\\nos.system('touch " + canary +
-                             "')\", \"policy\": {\"blocked_imports\": [], \"allow_network\": true}}\n";
+  // The loosening request prints once its import of os went through, so its output shows the override applied.
+  const std::string loosen = "{\"id\": 1, \"code\": \"import os\\nprint('imported os', flush=True)\\nos.system('touch " +
+                             canary + "')\", \"policy\": {\"blocked_imports\": [], \"allow_network\": true}}\n";
   const std::string tighten = "{\"id\": 2, \"code\": \"result = 7\", \"policy\": {\"timeout_seconds\": 1, "
                               "\"blocked_imports\": [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", "
                               "\"pickle\", \"json\"]}}\n";
@@ -434,10 +435,20 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
   CHECK(by_id["3"]["error_kind"] == "bad_input");
   // With the operator's explicit consent, the same loosening request runs (and is stopped only by
   // the sandbox's other layers, not by the policy).
-  const auto q = cli({"serve", "--isolation", mode(), "--policy", policy_file, "--allow-policy-overrides"}, longer);
+  const auto q =
+      cli({"serve", "--isolation", mode(), "--policy", policy_file, "--allow-policy-overrides"}, loosen + longer);
   INFO(describe(q));
-  CHECK(json::parse(lines_of(q.out).at(0))["ok"] == true);
-  CHECK(access(canary.c_str(), F_OK) != 0);
+  std::map<std::string, json> allowed;
+  for (const auto& line : lines_of(q.out)) {
+    json j = json::parse(line);
+    allowed[j["id"].dump()] = j;
+  }
+  REQUIRE(allowed.count("1"));
+  CHECK(allowed["1"]["error_kind"] != "bad_input");
+  CHECK(contains(allowed["1"]["stdout"].get<std::string>(), "imported os"));  // the loosened policy was applied
+  REQUIRE(allowed.count("3"));
+  CHECK(allowed["3"]["ok"] == true);
+  CHECK(access(canary.c_str(), F_OK) != 0);  // and still nothing reached the host's /tmp
   std::remove(policy_file.c_str());
 }
 
