@@ -15,8 +15,8 @@
 #include <thread>
 
 #include "bench.hpp"
-#include "engine.hpp"
-#include "py.hpp"
+#include "engine/engine.hpp"
+#include "engine/py.hpp"
 
 namespace spr_bench {
 

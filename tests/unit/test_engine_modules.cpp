@@ -11,17 +11,17 @@
 #include <string>
 #include <thread>
 
-#include "audit.hpp"
-#include "capture.hpp"
-#include "codec.hpp"
-#include "deadline.hpp"
-#include "engine.hpp"
-#include "guard.hpp"
-#include "memory.hpp"
-#include "interp_state.hpp"
-#include "py.hpp"
-#include "run_scope.hpp"
-#include "subinterp_runner.hpp"
+#include "engine/audit.hpp"
+#include "engine/capture.hpp"
+#include "engine/codec.hpp"
+#include "engine/deadline.hpp"
+#include "engine/engine.hpp"
+#include "engine/guard.hpp"
+#include "engine/memory.hpp"
+#include "engine/interp_state.hpp"
+#include "engine/py.hpp"
+#include "engine/run_scope.hpp"
+#include "engine/subinterp_runner.hpp"
 
 namespace embed = spr::embed;
 using spr::json;

@@ -4,11 +4,11 @@
 
 #include <string>
 
-#include "codec.hpp"
+#include "engine/codec.hpp"
 #include "common/frame.hpp"
-#include "engine.hpp"
-#include "json_scan.hpp"
-#include "py.hpp"
+#include "engine/engine.hpp"
+#include "worker/json_scan.hpp"
+#include "engine/py.hpp"
 
 namespace embed = spr::embed;
 namespace scan = spr::embed::json_scan;

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "common/protocol.hpp"
-#include "worker_protocol.hpp"
+#include "worker/worker_protocol.hpp"
 
 namespace pr = spr::protocol;
 using spr::embed::Incoming;

@@ -6,7 +6,7 @@
 #include <string_view>
 
 #include "common/protocol.hpp"
-#include "engine.hpp"
+#include "engine/engine.hpp"
 
 namespace spr::embed {
 

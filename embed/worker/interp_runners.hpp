@@ -7,7 +7,7 @@
 #include "common/protocol.hpp"
 #include "isolation_runner.hpp"
 #include "process_state.hpp"
-#include "subinterp_runner.hpp"
+#include "engine/subinterp_runner.hpp"
 #include "worker_protocol.hpp"
 
 namespace spr::embed {

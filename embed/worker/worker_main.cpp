@@ -20,14 +20,14 @@
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
 #include "common/wire.hpp"
-#include "engine.hpp"
+#include "engine/engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"
 #include "interp_runners.hpp"
 #include "process_state.hpp"
 #include "session_loop.hpp"
 #include "spr/version.hpp"
-#include "subinterp_runner.hpp"
+#include "engine/subinterp_runner.hpp"
 
 #ifdef SPR_FAULTS
 void spr_register_raw_syscalls();  // tests/faults/raw_syscalls.cpp: the built-in module _spr_raw

@@ -6,15 +6,15 @@
 #include <cerrno>
 #include <string>
 
-#include "audit.hpp"
-#include "codec.hpp"
+#include "engine/audit.hpp"
+#include "engine/codec.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
 #include "common/wire.hpp"
-#include "engine.hpp"
+#include "engine/engine.hpp"
 #include "harden/harden.hpp"
-#include "memory.hpp"
-#include "py.hpp"
+#include "engine/memory.hpp"
+#include "engine/py.hpp"
 #include "worker_protocol.hpp"
 
 namespace spr::embed {

@@ -16,19 +16,19 @@
 #include <cstdint>
 #include <cstring>
 
-#include "capture.hpp"
+#include "engine/capture.hpp"
 #include "common/capture_layout.hpp"
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/run_deadline.hpp"
 #include "common/run_files.hpp"
 #include "common/wire.hpp"
-#include "deadline.hpp"
-#include "engine.hpp"
+#include "engine/deadline.hpp"
+#include "engine/engine.hpp"
 #include "harden/harden.hpp"
-#include "host_call.hpp"
+#include "engine/host_call.hpp"
 #include "json_scan.hpp"
-#include "py.hpp"
+#include "engine/py.hpp"
 #include "setup_check.hpp"
 #include "worker_protocol.hpp"
 
