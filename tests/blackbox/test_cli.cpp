@@ -318,6 +318,31 @@ TEST_CASE("SystemExit(n) beyond 255 exits 1; the JSON keeps n") {
   CHECK(j["error"] == "SystemExit: 300");
 }
 
+TEST_CASE("SystemExit(-1) exits 1; the JSON keeps -1") {
+  const auto p = run_cli("raise SystemExit(-1)");
+  INFO(describe(p));
+  const json j = one_json(p);
+  CHECK(p.exit_code == 1);  // a shell would read -1 as 255
+  CHECK(j["ok"] == false);
+  CHECK(j["exit_code"] == -1);
+  CHECK(j["error"] == "SystemExit: -1");
+}
+
+TEST_CASE("--max-result-kb caps the result's JSON") {
+  const std::string code = "result = 'x' * 4096";
+  const auto small = run_cli(code, {"--max-result-kb", "1"});
+  INFO(describe(small));
+  const json j = one_json(small);
+  CHECK(j["ok"] == false);
+  CHECK(j["error_kind"] == "result_too_large");
+  CHECK(j["result"].is_null());
+  CHECK(small.exit_code == 1);
+  // The same result under a larger cap (and under the default) comes back whole: the flag is what refused it.
+  const auto large = run_cli(code, {"--max-result-kb", "8"});
+  INFO(describe(large));
+  CHECK(one_json(large)["result"].get<std::string>().size() == 4096);
+}
+
 TEST_CASE("policy flags: mode, import and builtin lists, network, scratch dir, CPU time") {
   SUBCASE("--mode allow --allowed-imports") {
     const auto p = run_cli("import math, os\nresult = math.floor(2.5)", {"--mode", "allow", "--allowed-imports", "math,os"});

@@ -205,6 +205,41 @@ TEST_CASE("model: forged replies never pass a cap, and the next run gets its own
   }
 }
 
+TEST_CASE("model: a reply whose exit_code is out of range is refused") {
+  // Fork mode: the run's child writes to its fork parent, which relays only the reply it built itself, so a
+  // forged frame never reaches the supervisor's parser there (test_fork_residue.cpp covers that path).
+  if (test_mode() == spr::Isolation::fork) return;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  // The run writes its own reply frame on the protocol socket (fd 3) in a raw write, as a run owning its
+  // process could, before the worker's honest one.
+  const std::string forge =
+      "import _spr_raw, json\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': False, 'error': 'FORGED',"
+      " 'error_kind': 'exception', 'exit_code': input_data['exit_code']}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "print('write', _spr_raw.call('write', 3, frame, len(frame)))\n"
+      "result = 'honest'\n";
+  // The control: an in-range exit_code in the same frame is taken as the run's answer, so the frame reaches
+  // the supervisor's parser and the check below can fail.
+  const spr::RunResult in_range = runner.run(forge, {{"id", 2}, {"exit_code", 77}});
+  CAPTURE(in_range.stdout_text);
+  CHECK(in_range.exit_code == 77);
+  CHECK(in_range.error.value_or("") == "FORGED");
+  for (const long long bad : {1LL << 40, -(1LL << 40)}) {
+    CAPTURE(bad);
+    const std::uint64_t id = bad > 0 ? 3 : 5;  // each refusal is followed by one plain run
+    const spr::RunResult r = runner.run(forge, {{"id", id}, {"exit_code", bad}});
+    CHECK(r.error_kind == spr::ErrorKind::protocol_error);
+    CHECK(r.error.value_or("") != "FORGED");
+    const std::string secret = "NEXT" + sec::random_hex(6);
+    const spr::RunResult next = runner.run("result = input_data['s']", {{"s", secret}});
+    CHECK(next.result == json(secret));
+  }
+}
+
 TEST_CASE("model: a frame header claiming a huge size costs the supervisor nothing") {
   spr::RunnerOptions o = options(kFaulty);
   o.policy.timeout_seconds = 1;

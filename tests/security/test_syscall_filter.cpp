@@ -1,7 +1,7 @@
 // The worker's seccomp allow-list, judged from the host in every isolation mode: a run makes raw system calls
 // (the test worker's _spr_raw module, as a run that owns its process's memory could, past the Python layers)
 // and the host checks that nothing happened: a file's mode, times and extended attributes unchanged, a host
-// unix socket never reached, no file name seen through inotify, no process traced or read, no userfaultfd,
+// unix socket never reached, no file name seen through inotify, no process traced, read or written, no userfaultfd,
 // io_uring or bpf object held, nothing mounted, no signal-driven I/O at another process.
 #include <signal.h>
 #include <sys/socket.h>
@@ -305,7 +305,7 @@ if fd >= 0 and select.select([fd], [], [], 30)[0]:
   CHECK_FALSE(sec::contains(sec::all_output(o.result) + o.stdout_seen, tag));
 }
 
-TEST_CASE("seccomp: ptrace and process_vm_readv reach no host process") {
+TEST_CASE("seccomp: ptrace, process_vm_readv and process_vm_writev reach no host process") {
   spr::Runner runner(options());
   sec::Decoy decoy;
   const std::string trace = R"(
@@ -340,6 +340,22 @@ print(bytes(buf).rstrip(b'\0').decode(errors='replace'))
       read, {{"pid", ::getpid()}, {"address", reinterpret_cast<std::uintptr_t>(secret)}}, policy());
   CHECK_FALSE(sec::contains(sec::all_output(r), value));
   CHECK(r.error_kind == spr::ErrorKind::worker_crashed);
+  // And written: the bytes in this process stay as they were.
+  static char target[64];
+  const std::string original = "spr-target-" + sec::random_hex(8);
+  std::strncpy(target, original.c_str(), sizeof(target) - 1);
+  const std::string write = R"(
+import _spr_raw, struct
+buf = bytearray(b'PWNED' + bytes(59))
+local = struct.pack('QQ', _spr_raw.address(buf), len(buf))
+remote = struct.pack('QQ', input_data['address'], len(buf))
+print('write', _spr_raw.call('process_vm_writev', input_data['pid'], local, 1, remote, 1, 0))
+)";
+  const spr::RunResult w = runner.run(
+      write, {{"pid", ::getpid()}, {"address", reinterpret_cast<std::uintptr_t>(target)}}, policy());
+  CAPTURE(w.stdout_text);
+  CHECK(std::string(target) == original);
+  CHECK(w.error_kind == spr::ErrorKind::worker_crashed);
 }
 
 TEST_CASE("seccomp: no userfaultfd, io_uring or bpf object, and no mount, is ever made by a run") {
