@@ -219,7 +219,8 @@ TEST_CASE("security: escape attempts under the default policy") {
   }
 
   // A filter that names no attempt ran nothing: that is a typo, not a pass.
-  if (only && *only) REQUIRE_MESSAGE(!rows.empty(), "SPR_SECURITY_ONLY='" << only << "' matches no attempt id");
+  if (only && *only)
+    REQUIRE_MESSAGE(!rows.empty(), "SPR_SECURITY_ONLY='" << std::string(only) << "' matches no attempt id");
 
   // The summary table: printed, and appended to $SPR_SECURITY_REPORT when set.
   std::ostringstream t;

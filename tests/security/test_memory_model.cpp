@@ -483,7 +483,8 @@ TEST_CASE("model: a pool full of other trust domains ends an idle worker to make
   }
   CHECK(pids().size() <= 8 * hers.size());
   // Her next run starts from a fresh worker: what she left is gone.
-  const spr::RunResult again = runner.run("import math\nresult = getattr(math, 'left_behind', None)", json::object(), alice);
+  const spr::RunResult again =
+      runner.run("import math\nresult = getattr(math, 'left_behind', None)", json::object(), alice);
   CHECK(again.ok);
   CHECK_FALSE(sec::contains(sec::all_output(again), secret));
 }

@@ -2,11 +2,13 @@
 // (the test worker's _spr_raw module, as a run that owns its process's memory could, past the Python layers)
 // and the host checks that nothing happened: a file's mode, times and extended attributes unchanged, a host
 // unix socket never reached, no file name seen through inotify, no process traced, read or written, no userfaultfd,
-// io_uring or bpf object held, nothing mounted, no signal-driven I/O at another process.
+// io_uring or bpf object held, nothing mounted, no namespace made or joined, no signal-driven I/O at another process.
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <dirent.h>
 #include <poll.h>
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <string>
@@ -395,6 +398,94 @@ time.sleep(3600)
   CAPTURE(m.stdout_seen);
   CHECK(mounts == 0);
   CHECK_FALSE(sec::contains(m.stdout_seen, "AFTER"));
+}
+
+namespace {
+// The namespaces (type and inode) the processes below this one are in.
+std::set<std::string> descendant_namespaces() {
+  std::set<std::string> out;
+  for (const auto& p : sec::descendants(getpid(), {})) {
+    for (const char* t : {"uts", "ipc", "net", "mnt", "user", "cgroup", "pid_for_children"}) {
+      struct stat st {};
+      const std::string link = "/proc/" + std::to_string(p.pid) + "/ns/" + t;
+      if (::stat(link.c_str(), &st) == 0) out.insert(std::string(t) + ":" + std::to_string(st.st_ino));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("seccomp: unshare and setns put a run in no namespace of its own or another's") {
+  spr::Runner runner(options());
+  // The run waits for the host's go (a file the host puts in its directory through /proc/<pid>/cwd) so the
+  // host sees its namespaces before and after its calls, and keeps still while the host looks again.
+  const std::string code = R"(
+import _spr_raw, os, time
+print('BEFORE', flush=True)
+while not os.path.exists('spr-go'):
+    time.sleep(0.01)
+for flag in (0x04000000, 0x08000000, 0x40000000, 0x00020000, 0x10000000, 0x02000000):
+    print('unshare', hex(flag), _spr_raw.call('unshare', flag))
+for fd in range(64):
+    r = _spr_raw.call('setns', fd, 0)
+    if r[1] != 9:
+        print('setns', fd, r)
+print('AFTER', flush=True)
+time.sleep(3600)
+)";
+  std::mutex m;
+  std::condition_variable cv;
+  std::string seen;
+  spr::RunOptions o;
+  o.on_output = [&](spr::OutputStream stream, const std::string& data) {
+    if (stream != spr::OutputStream::out) return;
+    std::lock_guard<std::mutex> lock(m);
+    seen += data;
+    cv.notify_all();
+  };
+  spr::RunHandle h = runner.submit(code, json::object(), policy(), o);
+  const auto wait_for_text = [&](const std::string& text) {
+    std::unique_lock<std::mutex> lock(m);
+    while (seen.find(text) == std::string::npos && h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+      cv.wait_for(lock, std::chrono::milliseconds(20));
+    return seen.find(text) != std::string::npos;
+  };
+  const bool before_seen = wait_for_text("BEFORE");
+  const std::set<std::string> before = descendant_namespaces();
+  for (const auto& p : sec::descendants(getpid(), {}))  // only this test's processes: no other party's scratch
+    std::ofstream("/proc/" + std::to_string(p.pid) + "/cwd/spr-go") << "x";
+  const bool after_seen = wait_for_text("AFTER");
+  const std::set<std::string> after = descendant_namespaces();
+  h.cancel();
+  const spr::RunResult r = h.get();
+  CAPTURE(seen);
+  CAPTURE(r.error.value_or(""));
+  REQUIRE(before_seen);
+  REQUIRE(after_seen);  // the calls were made (and refused, not killed: the run went on)
+  for (const auto& ns : after) CHECK_MESSAGE(before.count(ns), "a namespace appeared during the run: " << ns);
+  // The control: a child of this process that does unshare a namespace shows up, so the check can fail.
+  const std::set<std::string> quiet = descendant_namespaces();
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    const bool ok = ::unshare(CLONE_NEWUTS) == 0;
+    (void)!::write(ready[1], ok ? "y" : "n", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char answer = 0;
+  REQUIRE(::read(ready[0], &answer, 1) == 1);
+  struct stat uts {};
+  REQUIRE(::stat(("/proc/" + std::to_string(child) + "/ns/uts").c_str(), &uts) == 0);
+  const std::string made = "uts:" + std::to_string(uts.st_ino);
+  const bool seen_new = descendant_namespaces().count(made) == 1 && quiet.count(made) == 0;
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(answer == 'y');
+  CHECK(seen_new);
 }
 
 TEST_CASE("seccomp: FIOSETOWN, SIOCSPGRP and FIOASYNC cannot aim SIGIO at another process") {
