@@ -23,10 +23,14 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
-// Every result must serialise to valid JSON that parses back.
+// Every result must serialise to valid JSON that parses back to the same value (a field the writer
+// replaced or dropped on the way would show here).
 void check_valid_json(const spr::RunResult& r) {
-  const std::string text = spr::detail::dump_json(r.to_json());
-  CHECK_NOTHROW(spr::detail::parse_json(text));
+  const json original = r.to_json();
+  const std::string text = spr::detail::dump_json(original);
+  json back;
+  REQUIRE_NOTHROW(back = spr::detail::parse_json(text));
+  CHECK(back == original);
 }
 
 json nested(int depth) {
@@ -103,17 +107,35 @@ TEST_CASE("a result of 100 MB is result_too_large") {
 
 TEST_CASE("deep recursion after sys.setrecursionlimit(10**7) is contained") {
   auto r = run("import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)\n");
+  INFO(spr_test::describe(r));
   CHECK_FALSE(r.ok);
+  CHECK(r.result.is_null());
+  // Frames grow on the heap until the time or memory limit ends the run (which comes first depends on the
+  // machine's speed); a stack overflow would be a crash of the worker, never one of these.
+  CHECK((r.error_kind == spr::ErrorKind::timeout || r.error_kind == spr::ErrorKind::memory ||
+         r.error_kind == spr::ErrorKind::exception));
   check_valid_json(r);
-  CHECK(run("result = 1").ok);
+  const auto next = run("result = 1");
+  CHECK(next.ok);
+  CHECK(next.result == 1);
 }
 
 TEST_CASE("5,000 threads are contained") {
   auto r = run(
       "import threading, time\nts = []\nfor i in range(5000):\n    t = threading.Thread(target=time.sleep, args=(0.5,))\n"
       "    t.start()\n    ts.append(t)\nresult = len(ts)\n");
+  INFO(spr_test::describe(r));
+  // Fork and process mode runs own their process and stop at its thread limit; namespace and subinterpreter
+  // workers refuse threads outright.
+  CHECK_FALSE(r.ok);
+  CHECK(r.result.is_null());
+  CHECK(r.error_kind == (spr_test::is_fork() || spr_test::is_process() ? spr::ErrorKind::exception
+                                                                        : spr::ErrorKind::denied));
+  CHECK(spr_test::contains(r.error.value_or(""), "can't start new thread"));
   check_valid_json(r);
-  CHECK(run("result = 1").ok);
+  const auto next = run("result = 1");
+  CHECK(next.ok);
+  CHECK(next.result == 1);
 }
 
 TEST_CASE("invalid policies are PolicyError with the field named") {

@@ -347,6 +347,31 @@ TEST_CASE("SystemExit(n) beyond 255 exits 1; the JSON keeps n") {
   CHECK(j["error"] == "SystemExit: 300");
 }
 
+TEST_CASE("SystemExit(-1) exits 1; the JSON keeps -1") {
+  const auto p = run_cli("raise SystemExit(-1)");
+  INFO(describe(p));
+  const json j = one_json(p);
+  CHECK(p.exit_code == 1);  // a shell would read -1 as 255
+  CHECK(j["ok"] == false);
+  CHECK(j["exit_code"] == -1);
+  CHECK(j["error"] == "SystemExit: -1");
+}
+
+TEST_CASE("--max-result-kb caps the result's JSON") {
+  const std::string code = "result = 'x' * 4096";
+  const auto small = run_cli(code, {"--max-result-kb", "1"});
+  INFO(describe(small));
+  const json j = one_json(small);
+  CHECK(j["ok"] == false);
+  CHECK(j["error_kind"] == "result_too_large");
+  CHECK(j["result"].is_null());
+  CHECK(small.exit_code == 1);
+  // The same result under a larger cap (and under the default) comes back whole: the flag is what refused it.
+  const auto large = run_cli(code, {"--max-result-kb", "8"});
+  INFO(describe(large));
+  CHECK(one_json(large)["result"].get<std::string>().size() == 4096);
+}
+
 TEST_CASE("policy flags: mode, import and builtin lists, network, scratch dir, CPU time") {
   SUBCASE("--mode allow --allowed-imports") {
     const auto p = run_cli("import math, os\nresult = math.floor(2.5)", {"--mode", "allow", "--allowed-imports", "math,os"});
@@ -442,8 +467,9 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
     std::ofstream f(policy_file);
     f << "[policy]\ntimeout_seconds = 2\nblocked_imports = [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", \"pickle\"]\n";
   }
-  const std::string loosen = "{\"id\": 1, \"code\": \"import os\\nos.system('touch " + canary +
-                             "')\", \"policy\": {\"blocked_imports\": [], \"allow_network\": true}}\n";
+  // The loosening request prints once its import of os went through, so its output shows the override applied.
+  const std::string loosen = "{\"id\": 1, \"code\": \"import os\\nprint('imported os', flush=True)\\nos.system('touch " +
+                             canary + "')\", \"policy\": {\"blocked_imports\": [], \"allow_network\": true}}\n";
   const std::string tighten = "{\"id\": 2, \"code\": \"result = 7\", \"policy\": {\"timeout_seconds\": 1, "
                               "\"blocked_imports\": [\"os\", \"subprocess\", \"socket\", \"ctypes\", \"importlib\", "
                               "\"pickle\", \"json\"]}}\n";
@@ -463,10 +489,20 @@ TEST_CASE("serve: the operator's --policy is a ceiling; requests may only tighte
   CHECK(by_id["3"]["error_kind"] == "bad_input");
   // With the operator's explicit consent, the same loosening request runs (and is stopped only by
   // the sandbox's other layers, not by the policy).
-  const auto q = cli({"serve", "--isolation", mode(), "--policy", policy_file, "--allow-policy-overrides"}, longer);
+  const auto q =
+      cli({"serve", "--isolation", mode(), "--policy", policy_file, "--allow-policy-overrides"}, loosen + longer);
   INFO(describe(q));
-  CHECK(json::parse(lines_of(q.out).at(0))["ok"] == true);
-  CHECK(access(canary.c_str(), F_OK) != 0);
+  std::map<std::string, json> allowed;
+  for (const auto& line : lines_of(q.out)) {
+    json j = json::parse(line);
+    allowed[j["id"].dump()] = j;
+  }
+  REQUIRE(allowed.count("1"));
+  CHECK(allowed["1"]["error_kind"] != "bad_input");
+  CHECK(contains(allowed["1"]["stdout"].get<std::string>(), "imported os"));  // the loosened policy was applied
+  REQUIRE(allowed.count("3"));
+  CHECK(allowed["3"]["ok"] == true);
+  CHECK(access(canary.c_str(), F_OK) != 0);  // and still nothing reached the host's /tmp
   std::remove(policy_file.c_str());
 }
 

@@ -1,7 +1,13 @@
 // Black-box compatibility tests: the original safe-py-runner's observable behaviour, through the public API,
 // and each place where the original is wrong (seed-compat.md) pinned as a test that the sandbox holds.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -17,6 +23,43 @@ using spr_test::starts_with;
 using spr_test::TempPath;
 
 namespace fs = std::filesystem;
+
+// A TCP listener on the host's loopback at an ephemeral port. A connect() that returned is in its accept queue
+// (the kernel completes the handshake), so counting after a run has ended misses none.
+struct LoopbackListener {
+  int fd = -1;
+  int port = 0;
+  LoopbackListener() {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port = ntohs(a.sin_port);
+  }
+  ~LoopbackListener() { ::close(fd); }
+  LoopbackListener(const LoopbackListener&) = delete;
+  LoopbackListener& operator=(const LoopbackListener&) = delete;
+  int accept_all() const {
+    int n = 0;
+    for (int c; (c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0; ++n) ::close(c);
+    return n;
+  }
+  void connect_from_here() const {
+    const int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(c >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    CHECK(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    ::close(c);
+  }
+};
 
 // Python string literal for a path the test made (temp paths hold no quotes or backslashes).
 static std::string py_str(const std::string& s) { return "'" + s + "'"; }
@@ -500,11 +543,28 @@ TEST_CASE("original bug: writing a file through io.open or pathlib creates nothi
   }
 }
 
-TEST_CASE("original bug: import urllib.request fails") {
-  const auto r = run("import urllib.request\nresult = urllib.request.urlopen('http://127.0.0.1:9/').read()\n");
+TEST_CASE("original bug: import urllib.request fails, and no run reaches a host listener") {
+  LoopbackListener host;
+  const json input = {{"port", host.port}};
+  const auto r = run("import urllib.request\n"
+                     "result = urllib.request.urlopen('http://127.0.0.1:%d/' % input_data['port'], timeout=2).read()\n",
+                     input);
   INFO(describe(r));
   CHECK_FALSE(r.ok);
   CHECK(r.result.is_null());
+  CHECK(host.accept_all() == 0);
+  // Every import allowed: only the OS layers stand between the run and the port.
+  auto unblocked = spr_test::policy();
+  unblocked.blocked_imports = {};
+  const auto raw = run("import socket\ns = socket.create_connection(('127.0.0.1', input_data['port']), timeout=2)\n"
+                       "result = 'connected'\n",
+                       input, unblocked);
+  INFO(describe(raw));
+  CHECK(raw.result != json("connected"));
+  CHECK(host.accept_all() == 0);
+  // The control: the listener does see a connection made from the host, so the checks above can fail.
+  host.connect_from_here();
+  CHECK(host.accept_all() == 1);
 }
 
 TEST_CASE("original bug: the caller's environment never reaches a run") {

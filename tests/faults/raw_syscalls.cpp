@@ -20,6 +20,7 @@ constexpr Call kCalls[] = {
     {"inotify_init1", SYS_inotify_init1}, {"inotify_add_watch", SYS_inotify_add_watch},
     {"fanotify_init", SYS_fanotify_init}, {"fanotify_mark", SYS_fanotify_mark}, {"socket", SYS_socket},
     {"connect", SYS_connect}, {"ptrace", SYS_ptrace}, {"process_vm_readv", SYS_process_vm_readv},
+    {"process_vm_writev", SYS_process_vm_writev}, {"mmap", SYS_mmap}, {"munmap", SYS_munmap},
     {"userfaultfd", SYS_userfaultfd}, {"io_uring_setup", SYS_io_uring_setup}, {"bpf", SYS_bpf},
     {"mount", SYS_mount}, {"setns", SYS_setns}, {"unshare", SYS_unshare}, {"ioctl", SYS_ioctl},
     {"fcntl", SYS_fcntl}, {"prctl", SYS_prctl}, {"openat", SYS_openat}, {"open", SYS_open},

@@ -379,9 +379,34 @@ def test_pathlib_cannot_read_or_write_host_files(tmp_path):
     assert not target.exists()
 
 
-def test_urllib_cannot_open_a_socket():
-    r = run_code("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/')")
-    assert not r.ok
+def _accepted(listener):
+    """Connections waiting in a non-blocking listener's queue (a connect() that returned is queued)."""
+    n = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def test_urllib_cannot_reach_a_host_listener():
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        r = run_code("import urllib.request\n"
+                     f"result = urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2).read()")
+        assert not r.ok and r.result is None
+        assert _accepted(listener) == 0
+        # Every import allowed: only the OS layers stand between the run and the port.
+        r = run_code(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                     "result = 'connected'", policy=RunnerPolicy(blocked_imports=[]))
+        assert r.result != "connected"
+        assert _accepted(listener) == 0
+        # The control: a connection from the host is seen, so the checks above can fail.
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert _accepted(listener) == 1
 
 
 def test_the_callers_environment_never_reaches_a_run():

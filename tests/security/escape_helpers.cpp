@@ -153,6 +153,18 @@ bool Decoy::alive() {
   return ::waitpid(pid_, &status, WNOHANG) == 0;
 }
 
+bool Decoy::untouched() {
+  if (!alive()) return false;
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+  bool read = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("SigPnd:", 0) != 0 && line.rfind("ShdPnd:", 0) != 0) continue;
+    read = true;
+    if (std::strtoull(line.c_str() + 7, nullptr, 16) != 0) return false;
+  }
+  return read;
+}
+
 std::vector<std::string> files_with_prefix(const std::string& dir, const std::string& prefix) {
   std::vector<std::string> out;
   DIR* d = ::opendir(dir.c_str());

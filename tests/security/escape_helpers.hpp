@@ -47,6 +47,9 @@ class Decoy {
   ~Decoy();
   pid_t pid() const { return pid_; }
   bool alive();
+  // Alive, and no signal pending for it: a SIGKILL sent a moment ago shows here before the decoy is gone,
+  // so nothing needs to wait for a death that may or may not come.
+  bool untouched();
   void respawn();
 
  private:

@@ -218,6 +218,10 @@ TEST_CASE("security: escape attempts under the default policy") {
     rows.push_back(row);
   }
 
+  // A filter that names no attempt ran nothing: that is a typo, not a pass.
+  if (only && *only)
+    REQUIRE_MESSAGE(!rows.empty(), "SPR_SECURITY_ONLY='" << std::string(only) << "' matches no attempt id");
+
   // The summary table: printed, and appended to $SPR_SECURITY_REPORT when set.
   std::ostringstream t;
   std::map<std::string, int> per_layer;

@@ -10,9 +10,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
+#include <mutex>
 #include <spr/runner.hpp>
 #include <sstream>
 #include <string>
@@ -150,18 +153,35 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
   const std::string code =
       "s = input_data['secret']\nc = '" + code_token + "'\nprint('SPROUT' + s[5:][::-1])\nresult = [s, c]\n";
 
-  // Control: while a run holds the secret, the scan sees it (the observer works on this machine).
+  // Control: while a run holds the secret, the scan sees it (the observer works on this machine). The run
+  // says when it holds it; the host scans then and cancels the run (no fixed wait).
   Scan during;
   {
-    const double scale = time_scale();  // the run must still hold the secret when the observer looks
-    std::thread observer([&] {
-      std::this_thread::sleep_for(std::chrono::duration<double>(0.6 * scale));
-      during = scan_descendants(input_token);
-    });
-    spr::RunResult held =
-        runner.run(code + "import time\ntime.sleep(" + std::to_string(1.5 * scale) + ")\n", {{"secret", input_token}});
-    observer.join();
-    REQUIRE_MESSAGE(held.ok, held.error.value_or(""));
+    std::mutex m;
+    std::condition_variable cv;
+    std::string seen;
+    spr::RunOptions o;
+    o.on_output = [&](spr::OutputStream stream, const std::string& data) {
+      if (stream != spr::OutputStream::out) return;
+      std::lock_guard<std::mutex> lock(m);
+      seen += data;
+      cv.notify_all();
+    };
+    spr::RunnerPolicy p = fork_options().policy;
+    p.timeout_seconds = 60 * time_scale();
+    spr::RunHandle h = runner.submit(code + "print('HOLDING', flush=True)\nimport time\ntime.sleep(3600)\n",
+                                     {{"secret", input_token}}, p, o);
+    {
+      std::unique_lock<std::mutex> lock(m);
+      while (seen.find("HOLDING") == std::string::npos &&
+             h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+        cv.wait_for(lock, std::chrono::milliseconds(20));
+    }
+    const bool holding = seen.find("HOLDING") != std::string::npos;
+    during = scan_descendants(input_token);
+    h.cancel();
+    const spr::RunResult held = h.get();
+    REQUIRE_MESSAGE(holding, held.error.value_or(""));
   }
   REQUIRE_MESSAGE(during.hits > 0, "the memory scan found nothing even in the running child (", during.processes,
                   " processes, ", during.unreadable, " unreadable)");
@@ -171,7 +191,10 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
   CHECK(a.stdout_text.find(out_token) != std::string::npos);
   spr::RunResult b = runner.run("result = 1", json::object());
   REQUIRE(b.ok);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the idle worker forks and warms its spare
+  // The idle worker forks and warms its spare: waited for (the limit is a hang guard), so the scan covers it.
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
+  while (sec::descendants(getpid(), {}).size() < 2 && std::chrono::steady_clock::now() < guard)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   for (const std::string& token : {input_token, code_token, out_token}) {
     const Scan after = scan_descendants(token);
     CHECK(after.unreadable == 0);

@@ -5,6 +5,7 @@
 // runner. Where only a memory primitive could act (write fd 3, call mkfifo from C, allocate
 // behind the accounting), the test worker spr-worker-faulty does it in C on the run's behalf.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -15,6 +16,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <set>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -45,10 +50,6 @@ spr::RunnerOptions options(const std::string& worker = {}) {
   o.policy.isolation = test_mode();
   o.policy.timeout_seconds = 3;
   return o;
-}
-
-bool shares_process() {
-  return test_mode() == spr::Isolation::namespace_ || test_mode() == spr::Isolation::subinterpreter;
 }
 
 // Entries of every worker scratch root (/tmp/spr-*) of this host whose name contains `needle`,
@@ -204,6 +205,41 @@ TEST_CASE("model: forged replies never pass a cap, and the next run gets its own
   }
 }
 
+TEST_CASE("model: a reply whose exit_code is out of range is refused") {
+  // Fork mode: the run's child writes to its fork parent, which relays only the reply it built itself, so a
+  // forged frame never reaches the supervisor's parser there (test_fork_residue.cpp covers that path).
+  if (test_mode() == spr::Isolation::fork) return;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  // The run writes its own reply frame on the protocol socket (fd 3) in a raw write, as a run owning its
+  // process could, before the worker's honest one.
+  const std::string forge =
+      "import _spr_raw, json\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': False, 'error': 'FORGED',"
+      " 'error_kind': 'exception', 'exit_code': input_data['exit_code']}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "print('write', _spr_raw.call('write', 3, frame, len(frame)))\n"
+      "result = 'honest'\n";
+  // The control: an in-range exit_code in the same frame is taken as the run's answer, so the frame reaches
+  // the supervisor's parser and the check below can fail.
+  const spr::RunResult in_range = runner.run(forge, {{"id", 2}, {"exit_code", 77}});
+  CAPTURE(in_range.stdout_text);
+  CHECK(in_range.exit_code == 77);
+  CHECK(in_range.error.value_or("") == "FORGED");
+  for (const long long bad : {1LL << 40, -(1LL << 40)}) {
+    CAPTURE(bad);
+    const std::uint64_t id = bad > 0 ? 3 : 5;  // each refusal is followed by one plain run
+    const spr::RunResult r = runner.run(forge, {{"id", id}, {"exit_code", bad}});
+    CHECK(r.error_kind == spr::ErrorKind::protocol_error);
+    CHECK(r.error.value_or("") != "FORGED");
+    const std::string secret = "NEXT" + sec::random_hex(6);
+    const spr::RunResult next = runner.run("result = input_data['s']", {{"s", secret}});
+    CHECK(next.result == json(secret));
+  }
+}
+
 TEST_CASE("model: a frame header claiming a huge size costs the supervisor nothing") {
   spr::RunnerOptions o = options(kFaulty);
   o.policy.timeout_seconds = 1;
@@ -296,29 +332,95 @@ TEST_CASE("model: nothing a run writes to the scratch root outlives it; FIFOs ar
 }
 
 TEST_CASE("model: signal-driven I/O cannot signal another process") {
-  if (test_mode() == spr::Isolation::fork) return;  // fork mode's child: the fork runner's own suite
   sec::Decoy decoy;
-  spr::Runner runner(options(kFaulty));
-  runner.run("#spr-fault: sigio " + std::to_string(decoy.pid()) + "\nresult = 1");
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK(decoy.alive());
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  // The run's own process (fork mode's child included) aims SIGKILL at a pid through F_SETOWN, F_SETSIG and
+  // O_ASYNC, in raw calls past every Python layer, then makes its pipe readable.
+  const std::string code =
+      "import _spr_raw, os\nr, w = os.pipe()\n"
+      "print('F_SETOWN', _spr_raw.call('fcntl', r, 8, input_data['pid']))\n"
+      "print('F_SETSIG', _spr_raw.call('fcntl', r, 10, 9))\n"
+      "print('F_SETFL', _spr_raw.call('fcntl', r, 4, os.O_ASYNC | os.O_NONBLOCK))\n"
+      "os.write(w, b'x')\nresult = 1\n";
+  const spr::RunResult r = runner.run(code, {{"pid", decoy.pid()}});
+  CAPTURE(r.stdout_text);
+  CAPTURE(r.error.value_or(""));
+  // The signal would be queued by the write, before the run ends: pending or dead now, never later.
+  CHECK(decoy.untouched());
+  // The control: the same calls made by this (host) process do signal a decoy, so the check above can fail.
+  {
+    sec::Decoy hit;
+    int p[2];
+    REQUIRE(::pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
+    REQUIRE(::fcntl(p[0], F_SETOWN, hit.pid()) == 0);
+    REQUIRE(::fcntl(p[0], F_SETSIG, SIGKILL) == 0);
+    REQUIRE(::fcntl(p[0], F_SETFL, O_ASYNC | O_NONBLOCK) == 0);
+    REQUIRE(::write(p[1], "x", 1) == 1);
+    ::close(p[0]);
+    ::close(p[1]);
+    CHECK_FALSE(hit.untouched());
+  }
   // Aimed at the supervisor itself: it must still be here to run the next snippet.
-  runner.run("#spr-fault: sigio " + std::to_string(getpid()) + "\nresult = 1");
+  runner.run(code, {{"pid", getpid()}});
   CHECK(runner.run("result = 3").result == json(3));
+  // The same from the worker's C code (spr-worker-faulty). In fork mode that code runs in the fork server,
+  // not in the run's process, so the raw calls above are the run's attempt there.
+  if (test_mode() != spr::Isolation::fork) {
+    runner.run("#spr-fault: sigio " + std::to_string(decoy.pid()) + "\nresult = 1");
+    CHECK(decoy.untouched());
+    runner.run("#spr-fault: sigio " + std::to_string(getpid()) + "\nresult = 1");
+    CHECK(runner.run("result = 3").result == json(3));
+  }
 }
 
 TEST_CASE("model: memory allocated behind the accounting meets the OS backstop") {
-  if (test_mode() == spr::Isolation::fork) return;  // fork mode: per-child RLIMIT_AS (fork runner)
   spr::RunnerOptions o = options(kFaulty);
   o.policy.memory_limit_mb = 64;
+  o.policy.blocked_imports = {};
+  o.policy.timeout_seconds = 60;  // the host cancels the run once it has looked
   spr::Runner runner(o);
-  runner.run("#spr-fault: alloc 1200\nresult = 1");
+  // The run's own process (fork mode's child included) maps 1200 MiB and has the kernel touch every page
+  // (MAP_POPULATE), a raw mmap no allocator hook sees. The host reads the peak RSS while the run still lives.
+  const std::string code =
+      "import _spr_raw, time\n"
+      "print('mmap', _spr_raw.call('mmap', 0, 1200 << 20, 3, 0x8022, -1, 0))\n"  // RW, PRIVATE|ANON|POPULATE
+      "print('LOOK', flush=True)\ntime.sleep(3600)\n";
+  std::mutex m;
+  std::condition_variable cv;
+  std::string seen;
+  spr::RunOptions ro;
+  ro.on_output = [&](spr::OutputStream stream, const std::string& data) {
+    if (stream != spr::OutputStream::out) return;
+    std::lock_guard<std::mutex> lock(m);
+    seen += data;
+    cv.notify_all();
+  };
+  spr::RunHandle h = runner.submit(code, json::object(), o.policy, ro);
+  {
+    std::unique_lock<std::mutex> lock(m);
+    while (seen.find("LOOK") == std::string::npos && h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+      cv.wait_for(lock, std::chrono::milliseconds(20));
+  }
+  const long hwm = largest_descendant_hwm_kb();
+  h.cancel();
+  const spr::RunResult r = h.get();
+  CAPTURE(seen);
+  CAPTURE(r.error.value_or(""));
+  CHECK(sec::contains(seen, "LOOK"));  // the host looked while the run was alive
   // RLIMIT_AS refused the 1200 MiB before it was touched (RSS never came near it).
-  CHECK(largest_descendant_hwm_kb() < 700 * 1024);
+  CHECK(hwm < 700 * 1024);
+  // The same from the worker's C code (spr-worker-faulty). In fork mode that code runs in the fork server,
+  // not in the run's process, so the raw mmap above is the run's attempt there.
+  if (test_mode() != spr::Isolation::fork) {
+    runner.run("#spr-fault: alloc 1200\nresult = 1");
+    CHECK(largest_descendant_hwm_kb() < 700 * 1024);
+  }
 }
 
-TEST_CASE("model: namespace and subinterpreter workers never mix trust domains") {
-  if (!shares_process()) return;  // fork and process modes separate every run
+TEST_CASE("model: workers never mix trust domains") {
+  // Every mode: fork and process modes give each run its own process, and this shows they still do.
   spr::Runner runner(options());
   spr::RunnerPolicy alice = runner.options().policy, bob = alice;
   alice.trust_domain = "alice";
@@ -331,6 +433,60 @@ TEST_CASE("model: namespace and subinterpreter workers never mix trust domains")
                                 "getattr(json, 'left_behind', None)]",
                                 json::object(), bob);
   CHECK_FALSE(sec::contains(sec::all_output(b), secret));
+}
+
+TEST_CASE("model: a pool full of other trust domains ends an idle worker to make room, and its state with it") {
+  // Only namespace and subinterpreter workers are kept per trust domain (and bounded): fork and process
+  // modes have no per-domain worker to evict.
+  if (test_mode() != spr::Isolation::namespace_ && test_mode() != spr::Isolation::subinterpreter) return;
+  spr::Runner runner(options());  // one worker per domain: at most 8 domains' workers live at once
+  const auto pids = [] {
+    std::set<pid_t> s;
+    for (const auto& p : sec::descendants(getpid(), {})) s.insert(p.pid);
+    return s;
+  };
+  REQUIRE(runner.run("result = 0").ok);
+  const std::set<pid_t> before = pids();
+  spr::RunnerPolicy alice = runner.options().policy;
+  alice.trust_domain = "a-alice";  // ordered before the domains below: hers is among the first evicted
+  const std::string secret = "ALICE" + sec::random_hex(8);
+  REQUIRE(runner.run("import math\nmath.left_behind = input_data['s']\nresult = 1", {{"s", secret}}, alice).ok);
+  std::vector<pid_t> hers;
+  for (pid_t p : pids())
+    if (!before.count(p)) hers.push_back(p);
+  REQUIRE_FALSE(hers.empty());
+  // Ten more domains: past the bound, each new one ends an idle worker of another.
+  for (int i = 0; i < 10; ++i) {
+    spr::RunnerPolicy other = alice;
+    other.trust_domain = "z-" + std::to_string(10 + i);
+    const spr::RunResult r =
+        runner.run("import math\nresult = getattr(math, 'left_behind', None)", json::object(), other);
+    CHECK(r.ok);
+    CHECK_FALSE(sec::contains(sec::all_output(r), secret));
+  }
+  // Her worker's processes are gone (ended and reaped, not handed to another domain), and the workers alive
+  // stay within the bound.
+  // A killed process may take a moment to die (and a zombie handed to init is dead already): wait for that,
+  // with a hang guard only.
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto running = [](pid_t p) {
+    std::ifstream st("/proc/" + std::to_string(p) + "/stat");
+    std::string line;
+    if (!std::getline(st, line) || line.rfind(')') == std::string::npos) return false;
+    const char state = line[line.rfind(')') + 2];
+    return state != 'Z' && state != 'X';
+  };
+  for (pid_t p : hers) {
+    while (running(p) && std::chrono::steady_clock::now() < guard)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK_MESSAGE(!running(p), "alice's worker process " << p << " is still running");
+  }
+  CHECK(pids().size() <= 8 * hers.size());
+  // Her next run starts from a fresh worker: what she left is gone.
+  const spr::RunResult again =
+      runner.run("import math\nresult = getattr(math, 'left_behind', None)", json::object(), alice);
+  CHECK(again.ok);
+  CHECK_FALSE(sec::contains(sec::all_output(again), secret));
 }
 
 TEST_CASE("model: a runner whose policy is a ceiling refuses a looser request") {
@@ -351,7 +507,6 @@ TEST_CASE("model: a runner whose policy is a ceiling refuses a looser request") 
 }
 
 TEST_CASE("model: process-wide state a run changes does not reach the next run") {
-  if (!shares_process()) return;  // fork and process modes: the run's process is gone
   spr::Runner runner(options());
   spr::RunnerPolicy p = runner.options().policy;
   p.blocked_imports = {};
@@ -364,7 +519,9 @@ TEST_CASE("model: process-wide state a run changes does not reach the next run")
   const spr::RunResult after = runner.run(probe, json::object(), p);
   REQUIRE(after.ok);
   CHECK(after.result[0] == before.result[0]);  // umask put back
-  CHECK(after.result[2] == before.result[2]);  // same working directory root
+  // The same working directory root, where runs share a worker (in process mode each run has a worker, and
+  // a scratch root, of its own).
+  if (test_mode() != spr::Isolation::process) CHECK(after.result[2] == before.result[2]);
   // Descriptors a run leaves open are closed once its sub-interpreter has ended; in namespace mode
   // module objects of the same trust domain may still own them (documented), so only checked here.
   if (test_mode() == spr::Isolation::subinterpreter) CHECK(after.result[1] == before.result[1]);
@@ -444,7 +601,8 @@ TEST_CASE("model: a run cannot change the scheduling of its worker or of later r
 }
 
 TEST_CASE("model: a fork child whose set-up call fails runs none of the user's code") {
-  if (test_mode() != spr::Isolation::fork) return;  // the checked set-up of a run's own process
+  // Fork mode only: no other mode forks a child per run, so no other mode has this set-up to fail.
+  if (test_mode() != spr::Isolation::fork) return;
   sec::Listener listener;
   spr::RunnerOptions o = options(kFaulty);
   o.policy.allow_network = true;  // so that the code, if it ran, could reach the host's listener

@@ -1,12 +1,14 @@
 // The worker's seccomp allow-list, judged from the host in every isolation mode: a run makes raw system calls
 // (the test worker's _spr_raw module, as a run that owns its process's memory could, past the Python layers)
 // and the host checks that nothing happened: a file's mode, times and extended attributes unchanged, a host
-// unix socket never reached, no file name seen through inotify, no process traced or read, no userfaultfd,
-// io_uring or bpf object held, nothing mounted, no signal-driven I/O at another process.
+// unix socket never reached, no file name seen through inotify, no process traced, read or written, no userfaultfd,
+// io_uring or bpf object held, nothing mounted, no namespace made or joined, no signal-driven I/O at another process.
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <dirent.h>
 #include <poll.h>
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <string>
@@ -62,6 +65,9 @@ spr::RunnerOptions options() {
   spr::RunnerOptions o;
   o.worker_path = kFaulty;
   o.workers = 1;
+  // A worker's start waits for its hello; at load 10 a namespace worker once took longer than the default
+  // allows ("no worker became available in time"): scaled like every other limit here.
+  o.start_timeout_seconds *= time_scale();
   o.policy = policy();
   o.policy.allow_network = true;  // so a run may lift it; each test's own policy says what it uses
   o.policy.allow_unix_sockets = true;
@@ -305,7 +311,7 @@ if fd >= 0 and select.select([fd], [], [], 30)[0]:
   CHECK_FALSE(sec::contains(sec::all_output(o.result) + o.stdout_seen, tag));
 }
 
-TEST_CASE("seccomp: ptrace and process_vm_readv reach no host process") {
+TEST_CASE("seccomp: ptrace, process_vm_readv and process_vm_writev reach no host process") {
   // The decoy first: forked while the runner's spawner thread is inside bp::child, it would hold that call's
   // exec-status pipe open and stall the worker's start until the decoy dies (1 run in ~20 ended worker_unavailable).
   sec::Decoy decoy;
@@ -344,6 +350,22 @@ print(bytes(buf).rstrip(b'\0').decode(errors='replace'))
   CAPTURE(r.error.value_or(""));
   CHECK_FALSE(sec::contains(sec::all_output(r), value));
   CHECK(r.error_kind == spr::ErrorKind::worker_crashed);
+  // And written: the bytes in this process stay as they were.
+  static char target[64];
+  const std::string original = "spr-target-" + sec::random_hex(8);
+  std::strncpy(target, original.c_str(), sizeof(target) - 1);
+  const std::string write = R"(
+import _spr_raw, struct
+buf = bytearray(b'PWNED' + bytes(59))
+local = struct.pack('QQ', _spr_raw.address(buf), len(buf))
+remote = struct.pack('QQ', input_data['address'], len(buf))
+print('write', _spr_raw.call('process_vm_writev', input_data['pid'], local, 1, remote, 1, 0))
+)";
+  const spr::RunResult w = runner.run(
+      write, {{"pid", ::getpid()}, {"address", reinterpret_cast<std::uintptr_t>(target)}}, policy());
+  CAPTURE(w.stdout_text);
+  CHECK(std::string(target) == original);
+  CHECK(w.error_kind == spr::ErrorKind::worker_crashed);
 }
 
 TEST_CASE("seccomp: no userfaultfd, io_uring or bpf object, and no mount, is ever made by a run") {
@@ -380,6 +402,94 @@ time.sleep(3600)
   CAPTURE(m.stdout_seen);
   CHECK(mounts == 0);
   CHECK_FALSE(sec::contains(m.stdout_seen, "AFTER"));
+}
+
+namespace {
+// The namespaces (type and inode) the processes below this one are in.
+std::set<std::string> descendant_namespaces() {
+  std::set<std::string> out;
+  for (const auto& p : sec::descendants(getpid(), {})) {
+    for (const char* t : {"uts", "ipc", "net", "mnt", "user", "cgroup", "pid_for_children"}) {
+      struct stat st {};
+      const std::string link = "/proc/" + std::to_string(p.pid) + "/ns/" + t;
+      if (::stat(link.c_str(), &st) == 0) out.insert(std::string(t) + ":" + std::to_string(st.st_ino));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("seccomp: unshare and setns put a run in no namespace of its own or another's") {
+  spr::Runner runner(options());
+  // The run waits for the host's go (a file the host puts in its directory through /proc/<pid>/cwd) so the
+  // host sees its namespaces before and after its calls, and keeps still while the host looks again.
+  const std::string code = R"(
+import _spr_raw, os, time
+print('BEFORE', flush=True)
+while not os.path.exists('spr-go'):
+    time.sleep(0.01)
+for flag in (0x04000000, 0x08000000, 0x40000000, 0x00020000, 0x10000000, 0x02000000):
+    print('unshare', hex(flag), _spr_raw.call('unshare', flag))
+for fd in range(64):
+    r = _spr_raw.call('setns', fd, 0)
+    if r[1] != 9:
+        print('setns', fd, r)
+print('AFTER', flush=True)
+time.sleep(3600)
+)";
+  std::mutex m;
+  std::condition_variable cv;
+  std::string seen;
+  spr::RunOptions o;
+  o.on_output = [&](spr::OutputStream stream, const std::string& data) {
+    if (stream != spr::OutputStream::out) return;
+    std::lock_guard<std::mutex> lock(m);
+    seen += data;
+    cv.notify_all();
+  };
+  spr::RunHandle h = runner.submit(code, json::object(), policy(), o);
+  const auto wait_for_text = [&](const std::string& text) {
+    std::unique_lock<std::mutex> lock(m);
+    while (seen.find(text) == std::string::npos && h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+      cv.wait_for(lock, std::chrono::milliseconds(20));
+    return seen.find(text) != std::string::npos;
+  };
+  const bool before_seen = wait_for_text("BEFORE");
+  const std::set<std::string> before = descendant_namespaces();
+  for (const auto& p : sec::descendants(getpid(), {}))  // only this test's processes: no other party's scratch
+    std::ofstream("/proc/" + std::to_string(p.pid) + "/cwd/spr-go") << "x";
+  const bool after_seen = wait_for_text("AFTER");
+  const std::set<std::string> after = descendant_namespaces();
+  h.cancel();
+  const spr::RunResult r = h.get();
+  CAPTURE(seen);
+  CAPTURE(r.error.value_or(""));
+  REQUIRE(before_seen);
+  REQUIRE(after_seen);  // the calls were made (and refused, not killed: the run went on)
+  for (const auto& ns : after) CHECK_MESSAGE(before.count(ns), "a namespace appeared during the run: " << ns);
+  // The control: a child of this process that does unshare a namespace shows up, so the check can fail.
+  const std::set<std::string> quiet = descendant_namespaces();
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    const bool ok = ::unshare(CLONE_NEWUTS) == 0;
+    (void)!::write(ready[1], ok ? "y" : "n", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char answer = 0;
+  REQUIRE(::read(ready[0], &answer, 1) == 1);
+  struct stat uts {};
+  REQUIRE(::stat(("/proc/" + std::to_string(child) + "/ns/uts").c_str(), &uts) == 0);
+  const std::string made = "uts:" + std::to_string(uts.st_ino);
+  const bool seen_new = descendant_namespaces().count(made) == 1 && quiet.count(made) == 0;
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(answer == 'y');
+  CHECK(seen_new);
 }
 
 TEST_CASE("seccomp: FIOSETOWN, SIOCSPGRP and FIOASYNC cannot aim SIGIO at another process") {
