@@ -10,15 +10,23 @@
 #include <vector>
 
 #include "common/frame.hpp"
-#include "common/wire.hpp"
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
 
 namespace spr::protocol {
 
-// Carried in the hello; a supervisor refuses a worker that speaks another version. One number for
-// the protocol, whichever form (typed or not) a message takes.
-constexpr int kVersion = detail::kProtocolVersion;
+// Carried in the hello; a supervisor refuses a worker that speaks another version.
+constexpr int kVersion = 1;
+
+// Every field of a reply except `id` and `type` maps onto RunResult. Throws std::invalid_argument
+// (or nlohmann::json::exception) for a reply whose fields have the wrong type or range.
+RunResult result_from_reply(const json& reply);
+json reply_from_result(const RunResult& r);
+ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> protocol_error
+
+// A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
+// again (the supervisor validated them where the policy entered).
+RunnerPolicy policy_from_wire(const json& j);
 
 // A frame that is not a well-formed message of the expected kind. Raised by decode() only; the side
 // that reads turns it into a protocol_error (supervisor) or a bad_input reply (worker).
@@ -63,16 +71,6 @@ struct Reply {
   RunResult result;
 };
 
-// The messages below are declared for streaming, host functions, cancellation and sessions.
-enum class Stream { out, err };
-
-// worker -> supervisor: output of request `id` while it runs.
-struct OutputChunk {
-  std::uint64_t id = 0;
-  Stream stream = Stream::out;
-  std::string data;
-};
-
 // worker -> supervisor: the code of request `id` calls a function the host registered. Everything
 // in it is the run's own claim: the supervisor checks it (spr/runner.hpp, SECURITY.md).
 struct HostCall {
@@ -94,20 +92,6 @@ struct HostReturn {
   bool limit = false;
 };
 
-// supervisor -> worker: stop request `id` as soon as possible.
-struct Cancel {
-  std::uint64_t id = 0;
-};
-
-// supervisor -> worker: start / end a session whose calls share one namespace.
-struct SessionOpen {
-  std::string session;
-  RunnerPolicy policy;
-};
-struct SessionClose {
-  std::string session;
-};
-
 // supervisor -> session worker: list the variables of the session's namespace.
 struct ListVariables {
   std::uint64_t id = 0;
@@ -118,8 +102,7 @@ struct Variables {
   json variables = json::object();
 };
 
-using Message = std::variant<Hello, Request, Reply, OutputChunk, HostCall, HostReturn, Cancel, SessionOpen, SessionClose,
-                             ListVariables, Variables>;
+using Message = std::variant<Hello, Request, Reply, HostCall, HostReturn, ListVariables, Variables>;
 
 // The last wire policy and its decoded form: a supervisor sends the same policy again and again, so
 // a long-lived worker decodes it once (the comparison costs less than the decode).

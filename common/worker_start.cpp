@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include "common/outcome.hpp"  // format_seconds
+
 namespace spr::detail {
 namespace {
 

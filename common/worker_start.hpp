@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "common/wire.hpp"
 #include "spr/policy.hpp"
 
 namespace spr::detail {

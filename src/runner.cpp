@@ -11,7 +11,8 @@
 
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
 #include "detail/runner_access.hpp"
@@ -180,10 +181,10 @@ struct Runner::Impl {
     const double slack = detail::reply_slack(options.kill_grace_seconds, policy.isolation);
     RunResult r;
     if (pool.stopping()) {
-      r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+      r = outcome::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
     } else if (opts && opts->cancel.cancelled()) {
       r = detail::cancelled_result();
-    } else if (auto bad = detail::non_utf8_code_result(code)) {
+    } else if (auto bad = outcome::non_utf8_code(code)) {
       r = std::move(*bad);  // CPython refuses such a source file; replacing bytes would run other code
     } else {
       // Process mode leases a one-shot worker: started for this run, discarded after it.
@@ -193,14 +194,14 @@ struct Runner::Impl {
       if (!w && opts && opts->cancel.cancelled()) {
         r = detail::cancelled_result();
       } else if (!w) {
-        r = detail::failure(ErrorKind::worker_unavailable, error);
+        r = outcome::failure(ErrorKind::worker_unavailable, error);
       } else {
         r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text,
                    opts);
       }
     }
     if (!r.ok && r.error_kind == ErrorKind::worker_crashed) {
-      if (pool.stopping()) r = detail::failure(ErrorKind::worker_unavailable, "the runner shut down during the run");
+      if (pool.stopping()) r = outcome::failure(ErrorKind::worker_unavailable, "the runner shut down during the run");
     }
     r.isolation = policy.isolation;
     r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);

@@ -4,7 +4,8 @@
 
 #include <algorithm>
 
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/session_host.hpp"
 #include "spr/runner.hpp"
@@ -260,10 +261,10 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
   {
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty()) {
-      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
+      r = lost(outcome::failure(ErrorKind::session_lost, ""), st.ended);
     } else if (o.cancel.cancelled()) {
       r = cancelled_result();
-    } else if (auto bad = non_utf8_code_result(code)) {
+    } else if (auto bad = outcome::non_utf8_code(code)) {
       r = std::move(*bad);
     } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024) {
       r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_stdin_kb);
@@ -274,7 +275,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       // Something is readable before we asked: an earlier call wrote frames of its own (replies forged
       // for calls not yet made). The process is out of step; it answers nothing more.
       st.ended = kOutOfStep;
-      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
+      r = lost(outcome::failure(ErrorKind::session_lost, ""), st.ended);
       out_of_step = std::move(st.worker);
     } else {
       st.busy = true;

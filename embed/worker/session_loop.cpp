@@ -10,7 +10,8 @@
 #include "engine/codec.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "engine/engine.hpp"
 #include "harden/harden.hpp"
 #include "engine/memory.hpp"
@@ -139,7 +140,7 @@ void SessionRunner::handle(std::string& frame, std::string& reply) {
   }
   RunResult r;
   if (!main_module_) {
-    r = detail::failure(ErrorKind::worker_crashed, "the session's namespace could not be made");
+    r = outcome::failure(ErrorKind::worker_crashed, "the session's namespace could not be made");
   } else if (in.kind == Incoming::Kind::bad) {
     r = std::move(in.refusal);
   } else {

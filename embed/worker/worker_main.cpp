@@ -19,7 +19,6 @@
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
-#include "common/wire.hpp"
 #include "engine/engine.hpp"
 #include "fork_runner.hpp"
 #include "harden/harden.hpp"

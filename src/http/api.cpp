@@ -19,7 +19,7 @@
 
 #include "common/frame.hpp"
 #include "common/outcome.hpp"
-#include "common/wire.hpp"
+#include "common/protocol.hpp"
 #include "detail/batch.hpp"
 #include "detail/json_cost.hpp"
 #include "detail/request_line.hpp"
