@@ -6,7 +6,7 @@
 #include <cerrno>
 #include <string>
 
-#include "engine/audit.hpp"
+#include "engine/trust.hpp"
 #include "engine/codec.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
@@ -111,7 +111,7 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
 SessionRunner::SessionRunner(WorkerScope scope) : scope_(scope) {
   main_module_ = PyModule_New("__main__");
   {
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     py::Ref ast(PyImport_ImportModule("ast"));  // split_last_expression finds it in sys.modules
     PyErr_Clear();
   }

@@ -26,7 +26,7 @@
 #include "process_state.hpp"
 #include "session_loop.hpp"
 #include "spr/version.hpp"
-#include "engine/subinterp_runner.hpp"
+#include "engine/subinterpreter_pool.hpp"
 
 #ifdef SPR_FAULTS
 void spr_register_raw_syscalls();  // tests/faults/raw_syscalls.cpp: the built-in module _spr_raw
@@ -426,7 +426,7 @@ int main(int argc, char** argv) {
   if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(statm_errno)));
   const spr::embed::WorkerScope scope{args.isolation, args.allow_network, args.allow_unix_sockets};
   spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
-  spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
+  spr::embed::SubinterpreterPool subinterps(args.subinterpreter_pool);
   std::unique_ptr<spr::embed::IsolationRunner> runner;
   // What a mode needs before hardening: the fork child's filter, the first sub-interpreter.
   if (args.session_memory_mb >= 0) {
