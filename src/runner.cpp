@@ -161,31 +161,20 @@ struct Runner::Impl {
       floored.timeout_seconds = 1;
       return run_checked(code, input, floored, stdin_text, opts, arrived);
     }
-    const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_stdin_kb) * 1024;
-    if (stdin_text.size() > stdin_cap) {
-      RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_stdin_kb);
-      r.isolation = policy.isolation;
-      return r;
-    }
-    if (opts) {
-      const std::string why = detail::run_files::check_request(
-          opts->files, opts->collect, static_cast<std::size_t>(policy.scratch_limit_mb) << 20);
-      if (!why.empty()) {
-        RunResult r = outcome::bad_files(why);
-        r.isolation = policy.isolation;
-        return r;
-      }
-    }
+    const std::string files_refused =
+        opts ? detail::run_files::check_request(opts->files, opts->collect,
+                                                static_cast<std::size_t>(policy.scratch_limit_mb) << 20)
+             : std::string();
     auto start = Clock::now();
     const std::uint64_t id = next_id++;
     const double slack = detail::reply_slack(options.kill_grace_seconds, policy.isolation);
     RunResult r;
     if (pool.stopping()) {
       r = outcome::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
-    } else if (opts && opts->cancel.cancelled()) {
-      r = detail::cancelled_result();
-    } else if (auto bad = outcome::non_utf8_code(code)) {
-      r = std::move(*bad);  // CPython refuses such a source file; replacing bytes would run other code
+    } else if (auto refused = detail::refused_before_start(code, stdin_text, policy, opts ? &opts->cancel : nullptr)) {
+      r = std::move(*refused);
+    } else if (!files_refused.empty()) {
+      r = outcome::bad_files(files_refused);
     } else {
       // Process mode leases a one-shot worker: started for this run, discarded after it.
       std::string error;

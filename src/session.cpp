@@ -262,12 +262,8 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty()) {
       r = lost(outcome::failure(ErrorKind::session_lost, ""), st.ended);
-    } else if (o.cancel.cancelled()) {
-      r = cancelled_result();
-    } else if (auto bad = outcome::non_utf8_code(code)) {
-      r = std::move(*bad);
-    } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024) {
-      r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_stdin_kb);
+    } else if (auto refused = refused_before_start(code, o.stdin_text, policy, &o.cancel)) {
+      r = std::move(*refused);
     } else if (!o.files.empty() || !o.collect.empty()) {
       // Refused rather than dropped: a session call has no run directory of its own.
       r = outcome::bad_files("session calls take no files or collect patterns (use Runner::run)");
