@@ -104,7 +104,7 @@ const std::string& policy_text(const RunnerPolicy& p) {
 
 // A request is written as text, piece by piece: its input is not copied into a JSON value first, and
 // its policy's text is the cached one (the request is on every run's path).
-std::string encode_request(const Request& r) {
+std::string encode_request(const RequestRef& r) {
   std::string text;
   text.reserve(r.code.size() + r.stdin_text.size() + 512);
   text += "{\"code\":";
@@ -149,8 +149,12 @@ const char* type_name(const Message& m) {
   return kNames[m.index()];
 }
 
+std::string encode(const RequestRef& r) { return encode_request(r); }
+
 std::string encode(const Message& m) {
-  if (const auto* r = std::get_if<Request>(&m)) return encode_request(*r);
+  if (const auto* r = std::get_if<Request>(&m))
+    return encode_request(RequestRef{r->id, r->code, r->input_data, r->policy, r->stdin_text, r->want_repr,
+                                     r->kill_after_seconds, r->functions, r->files, r->collect});
   json j = std::visit(
       Overload{
           [](const Hello& h) {
@@ -232,7 +236,7 @@ Message decode(std::string_view text, PolicyCache* policies) {
     Request r;
     r.id = u64(j, "id");
     r.code = str(j, "code");
-    if (auto it = j.find("input_data"); it != j.end()) r.input_data = *it;
+    if (auto it = j.find("input_data"); it != j.end()) r.input_data = std::move(*it);  // j is ours: no copy
     if (auto in = opt_str(j, "stdin")) r.stdin_text = *in;
     if (auto it = j.find("repr"); it != j.end()) {
       if (!it->is_boolean()) bad("field 'repr' is not a boolean");

@@ -65,6 +65,22 @@ struct Request {
   std::vector<std::string> collect;
 };
 
+// A request as the supervisor sends it: it refers to the caller's values instead of copying them (as
+// fmt's format_args refers to its arguments), and encode() writes them straight into the frame's text.
+// Lives no longer than the values it refers to.
+struct RequestRef {
+  std::uint64_t id;
+  const std::string& code;
+  const json& input_data;
+  const RunnerPolicy& policy;
+  const std::string& stdin_text;
+  bool want_repr;
+  double kill_after_seconds;
+  const std::vector<std::string>& functions;
+  const Files& files;
+  const std::vector<std::string>& collect;
+};
+
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.
 struct Reply {
   std::uint64_t id = 0;
@@ -121,6 +137,7 @@ const char* type_name(const Message& m);
 
 // JSON text of one frame. Never throws for text content: invalid UTF-8 is replaced.
 std::string encode(const Message& m);
+std::string encode(const RequestRef& r);  // the same text as encode(Request) of the same values
 // Parses one frame's text. Throws ProtocolError for anything malformed (bad JSON, nesting deeper than
 // detail::kMaxJsonDepth, unknown type, missing field, wrong type or range). A policy inside a message
 // is checked for form only: its values are validated where a policy enters the supervisor.

@@ -12,6 +12,7 @@
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
 #include "common/outcome.hpp"
+#include "common/run_deadline.hpp"
 #include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
@@ -27,11 +28,7 @@ using detail::Clock;
 using detail::PoolKey;
 using detail::WorkerProcess;
 
-namespace {
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
-}  // namespace
+using detail::seconds;
 
 struct Runner::Impl {
   RunnerOptions options;
@@ -155,10 +152,9 @@ struct Runner::Impl {
   // caller asked for it: what passes from then until a worker takes it is the result's `queued`.
   RunResult run_checked(const std::string& code, const json& input, const RunnerPolicy& policy,
                         const std::string& stdin_text, const RunOptions* opts, Clock::time_point arrived) {
-    if (policy.timeout_seconds == 0) {
-      // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
+    if (policy.timeout_seconds != detail::floored_timeout(policy.timeout_seconds)) {
       RunnerPolicy floored = policy;
-      floored.timeout_seconds = 1;
+      floored.timeout_seconds = detail::floored_timeout(policy.timeout_seconds);
       return run_checked(code, input, floored, stdin_text, opts, arrived);
     }
     const std::string files_refused =

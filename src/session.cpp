@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/outcome.hpp"
+#include "common/run_deadline.hpp"
 #include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/session_host.hpp"
@@ -15,10 +16,6 @@ namespace spr {
 namespace detail {
 
 namespace {
-
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
 
 // Outcomes after which the session's process is not trusted to hold a usable namespace.
 bool ends_session(const RunResult& r) {
@@ -57,7 +54,7 @@ bool same_worker(const SpawnOptions& a, const SpawnOptions& b) {
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
   RunnerPolicy p = base;
   if (o.timeout_seconds) p.timeout_seconds = *o.timeout_seconds;
-  if (p.timeout_seconds == 0) p.timeout_seconds = 1;  // the original's floor, as for one-off runs
+  p.timeout_seconds = floored_timeout(p.timeout_seconds);  // as for one-off runs
   if (o.max_output_kb) p.max_output_kb = *o.max_output_kb;
   if (o.max_result_kb) p.max_result_kb = *o.max_result_kb;
   p.validate();

@@ -533,18 +533,14 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     return outcome::failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   std::string text;
   try {
-    protocol::Request rq;
-    rq.id = id;
-    rq.code = code;
-    rq.input_data = input_data;
-    rq.policy = policy;
-    rq.stdin_text = stdin_text;
-    rq.want_repr = extras.want_repr;
-    if (extras.files) rq.files = *extras.files;
-    if (extras.collect) rq.collect = *extras.collect;
-    rq.kill_after_seconds = kill_after(policy.timeout_seconds, grace_seconds_);
-    if (extras.host) rq.functions = extras.host->names();
-    text = protocol::encode(rq);
+    // Encoded from the caller's own values: input_data, code, stdin and files are not copied on the way.
+    static const Files kNoFiles;
+    static const std::vector<std::string> kNone;
+    const std::vector<std::string>& functions = extras.host ? extras.host->names() : kNone;
+    text = protocol::encode(protocol::RequestRef{id, code, input_data, policy, stdin_text, extras.want_repr,
+                                                 kill_after(policy.timeout_seconds, grace_seconds_), functions,
+                                                 extras.files ? *extras.files : kNoFiles,
+                                                 extras.collect ? *extras.collect : kNone});
   } catch (const std::exception& e) {
     return outcome::failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }

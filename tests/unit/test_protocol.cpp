@@ -88,6 +88,25 @@ TEST_CASE("protocol: malformed frames are ProtocolError, never another exception
   CHECK_THROWS_AS(pr::decode(deep), pr::ProtocolError);
 }
 
+TEST_CASE("protocol: a request encoded from references is the text of the same request by value") {
+  pr::Request rq;
+  rq.id = 7;
+  rq.code = "result = x";
+  rq.input_data = {{"x", {1, 2.5, "\u00e9"}}};
+  rq.stdin_text = "line\n";
+  rq.want_repr = true;
+  rq.kill_after_seconds = 1.25;
+  rq.functions = {"lookup"};
+  rq.files = {{"a.txt", "hi"}};
+  rq.collect = {"*.txt"};
+  const std::string by_value = pr::encode(rq);
+  CHECK(pr::encode(pr::RequestRef{rq.id, rq.code, rq.input_data, rq.policy, rq.stdin_text, rq.want_repr,
+                                  rq.kill_after_seconds, rq.functions, rq.files, rq.collect}) == by_value);
+  const auto back = pr::decode_as<pr::Request>(by_value);
+  CHECK(back.input_data == rq.input_data);
+  CHECK(back.files == rq.files);
+}
+
 TEST_CASE("protocol: decode_as names what came instead") {
   try {
     (void)pr::decode_as<pr::Reply>(R"({"type":"list_variables","id":1})");
