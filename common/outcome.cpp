@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <utility>
 
-#include "common/wire.hpp"  // format_seconds
+#include <cstdlib>
 
 namespace spr::outcome {
 
@@ -142,5 +142,16 @@ bool valid_utf8(const std::string& s) {
     i += n;
   }
   return true;
+}
+
+std::string format_seconds(double s) {
+  char buf[400];
+  // Plain decimals, never an exponent ("20", not "2e+01"): the shortest that round-trips.
+  for (int decimals = 0; decimals <= 17; ++decimals) {
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, s);
+    if (std::strtod(buf, nullptr) == s) return buf;
+  }
+  std::snprintf(buf, sizeof buf, "%.17g", s);  // below 1e-17: no decimal spelling round-trips
+  return buf;
 }
 }  // namespace spr::detail

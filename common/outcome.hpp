@@ -47,10 +47,8 @@ RunResult setup_failed(const std::string& what, const std::string& why);
 }  // namespace spr::outcome
 
 namespace spr::detail {
-// The older spellings, kept while callers outside the engine move over.
-using outcome::failure;
-inline RunResult timeout_result(double timeout_seconds) { return outcome::timeout(timeout_seconds); }
-inline std::optional<RunResult> non_utf8_code_result(const std::string& code) { return outcome::non_utf8_code(code); }
+// "5", "1.9", "0.25": the shortest spelling that round-trips, as the original prints timeouts.
+std::string format_seconds(double s);
 // True when `s` is valid UTF-8 as CPython's decoder has it (no surrogates, no overlong forms).
 bool valid_utf8(const std::string& s);
 }  // namespace spr::detail

@@ -6,7 +6,7 @@
 #include <functional>
 
 #include "common/frame.hpp"
-#include "common/wire.hpp"
+#include "common/protocol.hpp"
 #include "spr/policy.hpp"
 
 namespace spr {
@@ -191,9 +191,6 @@ void RunnerPolicy::validate() const {
   if (trust_domain.size() > 256) fail("'trust_domain' is longer than 256 bytes");
   if (!python_executable.empty() && python_executable[0] != '/')
     fail("'python_executable' must be an absolute path (or empty for the default python3)");
-  if (isolation == Isolation::subinterpreter && (allow_network || !allowed_read_paths.empty() || scratch_dir)) {
-    // All modes accept these; nothing to refuse yet.
-  }
 }
 
 namespace {
@@ -216,7 +213,7 @@ RunnerPolicy RunnerPolicy::from_json(const json& overrides, const RunnerPolicy& 
   return p;
 }
 
-RunnerPolicy detail::policy_from_wire(const json& j) { return apply_fields(j, RunnerPolicy{}); }
+RunnerPolicy protocol::policy_from_wire(const json& j) { return apply_fields(j, RunnerPolicy{}); }
 
 RunnerPolicy RunnerPolicy::from_json(const json& overrides) { return from_json(overrides, RunnerPolicy{}); }
 

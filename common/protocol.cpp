@@ -9,7 +9,6 @@
 #include <type_traits>
 #include <utility>
 
-#include "common/wire.hpp"
 
 namespace spr::protocol {
 
@@ -53,7 +52,7 @@ std::optional<std::string> opt_str(const json& j, const char* name) {
 RunnerPolicy policy(const json& j, PolicyCache* cache) {
   try {
     if (cache) return cache->get(need(j, "policy"));
-    return detail::policy_from_wire(need(j, "policy"));
+    return policy_from_wire(need(j, "policy"));
   } catch (const PolicyError& e) {
     bad(std::string("bad policy: ") + e.what());
   }
@@ -72,8 +71,6 @@ Isolation isolation(const json& j) {
   if (!i) bad("unknown isolation '" + str(j, "isolation") + "'");
   return *i;
 }
-
-const char* stream_name(Stream s) { return s == Stream::out ? "stdout" : "stderr"; }
 
 // Equal and of the same types all the way down: nlohmann's == takes 1 and 1.0 as equal, but a cached
 // text or parse must not hand one caller's 1.0 to another's 1 (extra_globals reach the run as given).
@@ -107,7 +104,7 @@ const std::string& policy_text(const RunnerPolicy& p) {
 
 // A request is written as text, piece by piece: its input is not copied into a JSON value first, and
 // its policy's text is the cached one (the request is on every run's path).
-std::string encode_request(const Request& r) {
+std::string encode_request(const RequestRef& r) {
   std::string text;
   text.reserve(r.code.size() + r.stdin_text.size() + r.input_json.size() + 512);
   text += "{\"code\":";
@@ -147,15 +144,18 @@ std::string encode_request(const Request& r) {
 }  // namespace
 
 const char* type_name(const Message& m) {
-  static constexpr const char* kNames[] = {"hello",         "request",        "reply",    "output",
-                                           "host_call",     "host_return",    "cancel",   "session_open",
-                                           "session_close", "list_variables", "variables"};
+  static constexpr const char* kNames[] = {"hello",       "request",        "reply",    "host_call",
+                                           "host_return", "list_variables", "variables"};
   static_assert(std::size(kNames) == std::variant_size_v<Message>);
   return kNames[m.index()];
 }
 
+std::string encode(const RequestRef& r) { return encode_request(r); }
+
 std::string encode(const Message& m) {
-  if (const auto* r = std::get_if<Request>(&m)) return encode_request(*r);
+  if (const auto* r = std::get_if<Request>(&m))
+    return encode_request(RequestRef{r->id, r->code, r->input_data, r->policy, r->stdin_text, r->want_repr,
+                                     r->kill_after_seconds, r->functions, r->files, r->collect});
   json j = std::visit(
       Overload{
           [](const Hello& h) {
@@ -168,11 +168,10 @@ std::string encode(const Message& m) {
           },
           [](const Request&) { return json(); },  // written as text: encode_request
           [](const Reply& r) {
-            json o = detail::reply_from_result(r.result);
+            json o = reply_from_result(r.result);
             o["id"] = r.id;
             return o;
           },
-          [](const OutputChunk& c) { return json{{"id", c.id}, {"stream", stream_name(c.stream)}, {"data", c.data}}; },
           [](const HostCall& c) {
             return json{{"id", c.id}, {"call", c.call}, {"name", c.name}, {"args", c.args}, {"kwargs", c.kwargs}};
           },
@@ -182,9 +181,6 @@ std::string encode(const Message& m) {
             if (r.limit) o["limit"] = true;
             return o;
           },
-          [](const Cancel& c) { return json{{"id", c.id}}; },
-          [](const SessionOpen& s) { return json{{"session", s.session}, {"policy", s.policy.to_json()}}; },
-          [](const SessionClose& s) { return json{{"session", s.session}}; },
           [](const ListVariables& l) { return json{{"id", l.id}}; },
           [](const Variables& v) { return json{{"id", v.id}, {"variables", v.variables}}; },
       },
@@ -194,7 +190,7 @@ std::string encode(const Message& m) {
 }
 
 std::string encode_reply_head(const Reply& r) {
-  json o = detail::reply_from_result(r.result);
+  json o = reply_from_result(r.result);
   for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) o.erase(k);
   o["id"] = r.id;
   o["type"] = type_name(Message{Reply{}});
@@ -205,7 +201,7 @@ std::string encode_reply_head(const Reply& r) {
 
 const RunnerPolicy& PolicyCache::get(const json& wire) {
   if (!has_ || !identical(wire, last_)) {
-    parsed_ = detail::policy_from_wire(wire);
+    parsed_ = policy_from_wire(wire);
     last_ = wire;
     has_ = true;
   }
@@ -241,7 +237,7 @@ Message decode(std::string_view text, PolicyCache* policies) {
     Request r;
     r.id = u64(j, "id");
     r.code = str(j, "code");
-    if (auto it = j.find("input_data"); it != j.end()) r.input_data = *it;
+    if (auto it = j.find("input_data"); it != j.end()) r.input_data = std::move(*it);  // j is ours: no copy
     if (auto in = opt_str(j, "stdin")) r.stdin_text = *in;
     if (auto it = j.find("repr"); it != j.end()) {
       if (!it->is_boolean()) bad("field 'repr' is not a boolean");
@@ -277,20 +273,11 @@ Message decode(std::string_view text, PolicyCache* policies) {
     Reply r;
     r.id = u64(j, "id");
     try {
-      r.result = detail::result_from_reply(j);
+      r.result = result_from_reply(j);
     } catch (const std::exception& e) {
       bad(e.what());
     }
     return r;
-  }
-  if (type == "output") {
-    OutputChunk c;
-    c.id = u64(j, "id");
-    const std::string s = str(j, "stream");
-    if (s != "stdout" && s != "stderr") bad("field 'stream' must be 'stdout' or 'stderr'");
-    c.stream = s == "stdout" ? Stream::out : Stream::err;
-    c.data = str(j, "data");
-    return c;
   }
   if (type == "host_call") {
     HostCall c;
@@ -317,9 +304,6 @@ Message decode(std::string_view text, PolicyCache* policies) {
     }
     return r;
   }
-  if (type == "cancel") return Cancel{u64(j, "id")};
-  if (type == "session_open") return SessionOpen{str(j, "session"), policy(j, nullptr)};
-  if (type == "session_close") return SessionClose{str(j, "session")};
   if (type == "list_variables") return ListVariables{u64(j, "id")};
   if (type == "variables") {
     Variables v{u64(j, "id"), need(j, "variables")};

@@ -10,15 +10,23 @@
 #include <vector>
 
 #include "common/frame.hpp"
-#include "common/wire.hpp"
 #include "spr/policy.hpp"
 #include "spr/result.hpp"
 
 namespace spr::protocol {
 
-// Carried in the hello; a supervisor refuses a worker that speaks another version. One number for
-// the protocol, whichever form (typed or not) a message takes.
-constexpr int kVersion = detail::kProtocolVersion;
+// Carried in the hello; a supervisor refuses a worker that speaks another version.
+constexpr int kVersion = 1;
+
+// Every field of a reply except `id` and `type` maps onto RunResult. Throws std::invalid_argument
+// (or nlohmann::json::exception) for a reply whose fields have the wrong type or range.
+RunResult result_from_reply(const json& reply);
+json reply_from_result(const RunResult& r);
+ErrorKind error_kind_from_string(const std::string& s);  // unknown text -> protocol_error
+
+// A policy as the supervisor sent it: fields applied, form checked (PolicyError), values not validated
+// again (the supervisor validated them where the policy entered).
+RunnerPolicy policy_from_wire(const json& j);
 
 // A frame that is not a well-formed message of the expected kind. Raised by decode() only; the side
 // that reads turns it into a protocol_error (supervisor) or a bad_input reply (worker).
@@ -43,10 +51,6 @@ struct Request {
   std::uint64_t id = 0;
   std::string code;
   json input_data = json::object();
-  // input_data's JSON text, borrowed (it must outlive encode()) and spliced into the frame as it is:
-  // whoever set it checked it with detail::json_text_error. Empty: input_data is encoded. decode()
-  // never sets it.
-  std::string_view input_json;
   RunnerPolicy policy;
   std::string stdin_text;  // "stdin" on the wire, left out when empty
   bool want_repr = false;  // "repr" (sessions): report repr() of a trailing expression; left out when false
@@ -61,20 +65,29 @@ struct Request {
   std::vector<std::string> collect;
 };
 
+// A request as the supervisor sends it: it refers to the caller's values instead of copying them (as
+// fmt's format_args refers to its arguments), and encode() writes them straight into the frame's text.
+// Lives no longer than the values it refers to.
+struct RequestRef {
+  std::uint64_t id;
+  const std::string& code;
+  const json& input_data;
+  const RunnerPolicy& policy;
+  const std::string& stdin_text;
+  bool want_repr;
+  double kill_after_seconds;
+  const std::vector<std::string>& functions;
+  const Files& files;
+  const std::vector<std::string>& collect;
+  // input_data's JSON text, spliced into the frame as it is (whoever set it checked it with
+  // detail::json_text_error); empty: input_data is encoded.
+  std::string_view input_json = {};
+};
+
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.
 struct Reply {
   std::uint64_t id = 0;
   RunResult result;
-};
-
-// The messages below are declared for streaming, host functions, cancellation and sessions.
-enum class Stream { out, err };
-
-// worker -> supervisor: output of request `id` while it runs.
-struct OutputChunk {
-  std::uint64_t id = 0;
-  Stream stream = Stream::out;
-  std::string data;
 };
 
 // worker -> supervisor: the code of request `id` calls a function the host registered. Everything
@@ -98,20 +111,6 @@ struct HostReturn {
   bool limit = false;
 };
 
-// supervisor -> worker: stop request `id` as soon as possible.
-struct Cancel {
-  std::uint64_t id = 0;
-};
-
-// supervisor -> worker: start / end a session whose calls share one namespace.
-struct SessionOpen {
-  std::string session;
-  RunnerPolicy policy;
-};
-struct SessionClose {
-  std::string session;
-};
-
 // supervisor -> session worker: list the variables of the session's namespace.
 struct ListVariables {
   std::uint64_t id = 0;
@@ -122,8 +121,7 @@ struct Variables {
   json variables = json::object();
 };
 
-using Message = std::variant<Hello, Request, Reply, OutputChunk, HostCall, HostReturn, Cancel, SessionOpen, SessionClose,
-                             ListVariables, Variables>;
+using Message = std::variant<Hello, Request, Reply, HostCall, HostReturn, ListVariables, Variables>;
 
 // The last wire policy and its decoded form: a supervisor sends the same policy again and again, so
 // a long-lived worker decodes it once (the comparison costs less than the decode).
@@ -142,6 +140,7 @@ const char* type_name(const Message& m);
 
 // JSON text of one frame. Never throws for text content: invalid UTF-8 is replaced.
 std::string encode(const Message& m);
+std::string encode(const RequestRef& r);  // the same text as encode(Request) of the same values
 // Parses one frame's text. Throws ProtocolError for anything malformed (bad JSON, nesting deeper than
 // detail::kMaxJsonDepth, unknown type, missing field, wrong type or range). A policy inside a message
 // is checked for form only: its values are validated where a policy enters the supervisor.

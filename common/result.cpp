@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/protocol.hpp"
 
 namespace spr {
 
@@ -41,14 +41,14 @@ std::string to_string(ErrorKind k) {
 }
 
 json RunResult::to_json() const {
-  json j = detail::reply_from_result(*this);
+  json j = protocol::reply_from_result(*this);
   j["duration_ms"] = static_cast<double>(duration.count()) / 1000.0;
   j["queued_ms"] = static_cast<double>(queued.count()) / 1000.0;
   j["isolation"] = to_string(isolation);
   return j;
 }
 
-namespace detail {
+namespace protocol {
 
 ErrorKind error_kind_from_string(const std::string& s) {
   for (const auto& [kind, name] : kKinds)
@@ -70,7 +70,7 @@ json reply_from_result(const RunResult& r) {
   j["stdout_truncated"] = r.stdout_truncated;
   j["stderr_truncated"] = r.stderr_truncated;
   if (r.repr) j["repr"] = *r.repr;
-  if (!r.files.empty()) j["files"] = run_files::to_json(r.files);
+  if (!r.files.empty()) j["files"] = detail::run_files::to_json(r.files);
   if (!r.files_left_out.empty()) j["files_left_out"] = r.files_left_out;
   return j;
 }
@@ -109,12 +109,12 @@ RunResult result_from_reply(const json& j) {
   r.stdout_truncated = field(j, "stdout_truncated", false);
   r.stderr_truncated = field(j, "stderr_truncated", false);
   if (auto it = j.find("repr"); it != j.end() && !it->is_null()) r.repr = field<std::string>(j, "repr", "");
-  if (auto it = j.find("files"); it != j.end() && !it->is_null()) r.files = run_files::from_json(*it, "files");
+  if (auto it = j.find("files"); it != j.end() && !it->is_null()) r.files = detail::run_files::from_json(*it, "files");
   if (auto it = j.find("files_left_out"); it != j.end() && !it->is_null()) {
-    if (!it->is_array() || it->size() > run_files::kMaxFiles)
+    if (!it->is_array() || it->size() > detail::run_files::kMaxFiles)
       throw std::invalid_argument("reply field 'files_left_out' is not a list of names");
     for (const auto& n : *it) {
-      if (!n.is_string() || !run_files::check_name(n.get_ref<const std::string&>()).empty())
+      if (!n.is_string() || !detail::run_files::check_name(n.get_ref<const std::string&>()).empty())
         throw std::invalid_argument("reply field 'files_left_out' holds something other than a name");
       r.files_left_out.push_back(n.get<std::string>());
     }
@@ -126,16 +126,5 @@ RunResult result_from_reply(const json& j) {
   return r;
 }
 
-std::string format_seconds(double s) {
-  char buf[400];
-  // Plain decimals, never an exponent ("20", not "2e+01"): the shortest that round-trips.
-  for (int decimals = 0; decimals <= 17; ++decimals) {
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, s);
-    if (std::strtod(buf, nullptr) == s) return buf;
-  }
-  std::snprintf(buf, sizeof buf, "%.17g", s);  // below 1e-17: no decimal spelling round-trips
-  return buf;
-}
-
-}  // namespace detail
+}  // namespace protocol
 }  // namespace spr

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "common/outcome.hpp"  // format_seconds
+
 namespace spr::detail {
 namespace {
 

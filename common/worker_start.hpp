@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "common/sandbox_id.hpp"
-#include "common/wire.hpp"
 #include "spr/policy.hpp"
 
 namespace spr::detail {

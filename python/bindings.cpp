@@ -168,22 +168,6 @@ const spr::RunnerPolicy& policy_of(const std::string& policy_json) {
   return last;
 }
 
-// RunnerOptions::preload exists only in engines that can preload modules; detect it at compile time.
-template <typename T, typename = void>
-struct has_preload : std::false_type {};
-template <typename T>
-struct has_preload<T, std::void_t<decltype(std::declval<T&>().preload = std::vector<std::string>{})>> : std::true_type {
-};
-
-template <typename Options>
-void set_preload(Options& o, const std::vector<std::string>& modules) {
-  if constexpr (has_preload<Options>::value) {
-    o.preload = modules;
-  } else if (!modules.empty()) {
-    throw spr::PolicyError("'preload' is not supported by this build of the engine");
-  }
-}
-
 class PyRunner {
  public:
   PyRunner(std::size_t workers, const std::string& policy_json, const std::string& worker_path,
@@ -198,7 +182,7 @@ class PyRunner {
     o.kill_grace_seconds = kill_grace_seconds;
     o.start_timeout_seconds = start_timeout_seconds;
     o.worker_stderr = worker_stderr;
-    set_preload(o, preload);
+    o.preload = preload;
     py::gil_scoped_release nogil;  // starting workers takes tens of milliseconds
     runner_ = std::make_shared<spr::Runner>(std::move(o));
   }
@@ -289,8 +273,6 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("version", [] { return std::string(spr::version()); });
-  m.def("supports_preload", [] { return has_preload<spr::RunnerOptions>::value; },
-        "Whether this engine build can preload modules into its workers (Runner(preload=...)).");
   m.def(
       "normalize_policy",
       [](const std::string& policy_json) {

@@ -10,7 +10,6 @@
 
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
-#include "common/wire.hpp"
 
 namespace spr::detail {
 

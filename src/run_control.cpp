@@ -4,7 +4,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 
 namespace spr {
@@ -72,6 +73,16 @@ void on_cancel(const CancelToken& t, std::function<void()> f) {
 
 RunResult cancelled_result() {
   return outcome::cancelled();
+}
+
+std::optional<RunResult> refused_before_start(const std::string& code, const std::string& stdin_text,
+                                              const RunnerPolicy& policy, const CancelToken* cancel) {
+  if (cancel && cancel->cancelled()) return cancelled_result();
+  // CPython refuses such a source file; replacing bytes would run other code.
+  if (auto bad = outcome::non_utf8_code(code)) return bad;
+  if (stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024)
+    return outcome::stdin_too_large(stdin_text.size(), policy.max_stdin_kb);
+  return std::nullopt;
 }
 
 }  // namespace detail

@@ -11,7 +11,9 @@
 
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/run_deadline.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/python_env.hpp"
 #include "detail/runner_access.hpp"
@@ -26,11 +28,7 @@ using detail::Clock;
 using detail::PoolKey;
 using detail::WorkerProcess;
 
-namespace {
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
-}  // namespace
+using detail::seconds;
 
 struct Runner::Impl {
   RunnerOptions options;
@@ -155,37 +153,25 @@ struct Runner::Impl {
   // caller asked for it: what passes from then until a worker takes it is the result's `queued`.
   RunResult run_checked(const std::string& code, const json& input, const RunnerPolicy& policy,
                         const std::string& stdin_text, const RunOptions* opts, Clock::time_point arrived) {
-    if (policy.timeout_seconds == 0) {
-      // The original waits max(1, timeout) seconds; 0 gets its floor, and the error says "after 1s".
+    if (policy.timeout_seconds != detail::floored_timeout(policy.timeout_seconds)) {
       RunnerPolicy floored = policy;
-      floored.timeout_seconds = 1;
+      floored.timeout_seconds = detail::floored_timeout(policy.timeout_seconds);
       return run_checked(code, input, floored, stdin_text, opts, arrived);
     }
-    const std::size_t stdin_cap = static_cast<std::size_t>(policy.max_stdin_kb) * 1024;
-    if (stdin_text.size() > stdin_cap) {
-      RunResult r = outcome::stdin_too_large(stdin_text.size(), policy.max_stdin_kb);
-      r.isolation = policy.isolation;
-      return r;
-    }
-    if (opts) {
-      const std::string why = detail::run_files::check_request(
-          opts->files, opts->collect, static_cast<std::size_t>(policy.scratch_limit_mb) << 20);
-      if (!why.empty()) {
-        RunResult r = outcome::bad_files(why);
-        r.isolation = policy.isolation;
-        return r;
-      }
-    }
+    const std::string files_refused =
+        opts ? detail::run_files::check_request(opts->files, opts->collect,
+                                                static_cast<std::size_t>(policy.scratch_limit_mb) << 20)
+             : std::string();
     auto start = Clock::now();
     const std::uint64_t id = next_id++;
     const double slack = detail::reply_slack(options.kill_grace_seconds, policy.isolation);
     RunResult r;
     if (pool.stopping()) {
-      r = detail::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
-    } else if (opts && opts->cancel.cancelled()) {
-      r = detail::cancelled_result();
-    } else if (auto bad = detail::non_utf8_code_result(code)) {
-      r = std::move(*bad);  // CPython refuses such a source file; replacing bytes would run other code
+      r = outcome::failure(ErrorKind::worker_unavailable, "the runner is shutting down");
+    } else if (auto refused = detail::refused_before_start(code, stdin_text, policy, opts ? &opts->cancel : nullptr)) {
+      r = std::move(*refused);
+    } else if (!files_refused.empty()) {
+      r = outcome::bad_files(files_refused);
     } else {
       // Process mode leases a one-shot worker: started for this run, discarded after it.
       std::string error;
@@ -194,14 +180,14 @@ struct Runner::Impl {
       if (!w && opts && opts->cancel.cancelled()) {
         r = detail::cancelled_result();
       } else if (!w) {
-        r = detail::failure(ErrorKind::worker_unavailable, error);
+        r = outcome::failure(ErrorKind::worker_unavailable, error);
       } else {
         r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text,
                    opts);
       }
     }
     if (!r.ok && r.error_kind == ErrorKind::worker_crashed) {
-      if (pool.stopping()) r = detail::failure(ErrorKind::worker_unavailable, "the runner shut down during the run");
+      if (pool.stopping()) r = outcome::failure(ErrorKind::worker_unavailable, "the runner shut down during the run");
     }
     r.isolation = policy.isolation;
     r.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);

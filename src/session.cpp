@@ -4,7 +4,9 @@
 
 #include <algorithm>
 
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/run_deadline.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/session_host.hpp"
 #include "spr/runner.hpp"
@@ -14,10 +16,6 @@ namespace spr {
 namespace detail {
 
 namespace {
-
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
 
 // Outcomes after which the session's process is not trusted to hold a usable namespace.
 bool ends_session(const RunResult& r) {
@@ -52,7 +50,7 @@ bool same_worker(const SpawnOptions& a, const SpawnOptions& b) {
 RunnerPolicy call_policy(const RunnerPolicy& base, const RunOptions& o) {
   RunnerPolicy p = base;
   if (o.timeout_seconds) p.timeout_seconds = *o.timeout_seconds;
-  if (p.timeout_seconds == 0) p.timeout_seconds = 1;  // the original's floor, as for one-off runs
+  p.timeout_seconds = floored_timeout(p.timeout_seconds);  // as for one-off runs
   if (o.max_output_kb) p.max_output_kb = *o.max_output_kb;
   if (o.max_result_kb) p.max_result_kb = *o.max_result_kb;
   p.validate();
@@ -255,13 +253,9 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
   {
     std::lock_guard<std::mutex> lk(st.mu);
     if (!st.ended.empty()) {
-      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
-    } else if (o.cancel.cancelled()) {
-      r = cancelled_result();
-    } else if (auto bad = non_utf8_code_result(code)) {
-      r = std::move(*bad);
-    } else if (o.stdin_text.size() > static_cast<std::size_t>(policy.max_stdin_kb) * 1024) {
-      r = outcome::stdin_too_large(o.stdin_text.size(), policy.max_stdin_kb);
+      r = lost(outcome::failure(ErrorKind::session_lost, ""), st.ended);
+    } else if (auto refused = refused_before_start(code, o.stdin_text, policy, &o.cancel)) {
+      r = std::move(*refused);
     } else if (!o.files.empty() || !o.collect.empty()) {
       // Refused rather than dropped: a session call has no run directory of its own.
       r = outcome::bad_files("session calls take no files or collect patterns (use Runner::run)");
@@ -269,7 +263,7 @@ RunResult session_call(SessionState& st, const std::string& code, const json& in
       // Something is readable before we asked: an earlier call wrote frames of its own (replies forged
       // for calls not yet made). The process is out of step; it answers nothing more.
       st.ended = kOutOfStep;
-      r = lost(failure(ErrorKind::session_lost, ""), st.ended);
+      r = lost(outcome::failure(ErrorKind::session_lost, ""), st.ended);
       out_of_step = std::move(st.worker);
     } else {
       st.busy = true;

@@ -12,13 +12,11 @@
 #include <tuple>
 #include <utility>
 
+#include "common/run_deadline.hpp"
+
 namespace spr::detail {
 
 namespace {
-
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
 
 std::int64_t memory_class_mb(std::int64_t limit_mb) {
   std::int64_t c = 64;

@@ -31,7 +31,8 @@
 
 #include "common/capture_layout.hpp"
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "detail/json_cost.hpp"
 
 namespace bp = boost::process;
@@ -482,10 +483,10 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
     if (WIFSIGNALED(wait_status_) && WTERMSIG(wait_status_) == SIGXCPU) {
       r = outcome::cpu_time(policy.cpu_time_seconds);
     } else {
-      r = failure(ErrorKind::worker_crashed, "worker crashed: " + describe_status(wait_status_));
+      r = outcome::failure(ErrorKind::worker_crashed, "worker crashed: " + describe_status(wait_status_));
     }
   } else {
-    r = failure(ErrorKind::protocol_error, std::string("worker reply unusable: ") + to_string(status));
+    r = outcome::failure(ErrorKind::protocol_error, std::string("worker reply unusable: ") + to_string(status));
   }
   read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
   return r;
@@ -498,7 +499,7 @@ bool WorkerProcess::wipe_scratch() const {
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
                              const RunnerPolicy& policy, Clock::time_point hard_deadline,
                              const std::string& stdin_text, const RunExtras& extras) {
-  if (!alive_) return failure(ErrorKind::worker_unavailable, "worker is not running");
+  if (!alive_) return outcome::failure(ErrorKind::worker_unavailable, "worker is not running");
   // Nothing a run writes to the worker's scratch root (the only place Landlock lets it write)
   // outlives the run: every run starts from an empty root. A root that cannot be emptied (too deep,
   // an entry that cannot be removed) is never seen by another run: its worker is replaced.
@@ -513,27 +514,23 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     if (std::string why = json_text_error(*extras.input_json); !why.empty())
       return outcome::bad_input("input_data: " + why);
   } else if (json_depth(input_data) > kMaxJsonDepth) {
-    return failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return outcome::failure(ErrorKind::bad_input, "input_data is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   }
   std::string text;
   try {
-    protocol::Request rq;
-    rq.id = id;
-    rq.code = code;
-    // input_data travels as text: the caller's own, or dumped from the caller's value (never copied as
-    // a tree first), and encode() writes it straight into the frame.
-    const std::string dumped = extras.input_json ? std::string() : dump_json(input_data);
-    rq.input_json = extras.input_json ? std::string_view(*extras.input_json) : std::string_view(dumped);
-    rq.policy = policy;
-    rq.stdin_text = stdin_text;
-    rq.want_repr = extras.want_repr;
-    if (extras.files) rq.files = *extras.files;
-    if (extras.collect) rq.collect = *extras.collect;
-    rq.kill_after_seconds = kill_after(policy.timeout_seconds, grace_seconds_);
-    if (extras.host) rq.functions = extras.host->names();
-    text = protocol::encode(rq);
+    // Encoded from the caller's own values: input_data (or its text), code, stdin and files are not
+    // copied on the way.
+    static const Files kNoFiles;
+    static const std::vector<std::string> kNone;
+    const std::vector<std::string>& functions = extras.host ? extras.host->names() : kNone;
+    text = protocol::encode(protocol::RequestRef{id, code, input_data, policy, stdin_text, extras.want_repr,
+                                                 kill_after(policy.timeout_seconds, grace_seconds_), functions,
+                                                 extras.files ? *extras.files : kNoFiles,
+                                                 extras.collect ? *extras.collect : kNone,
+                                                 extras.input_json ? std::string_view(*extras.input_json)
+                                                                   : std::string_view()});
   } catch (const std::exception& e) {
-    return failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
+    return outcome::failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
   const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
   // The run's time starts once the worker has its request: a large request gets as long again to be
@@ -605,7 +602,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       if (step == HostCalls::Step::gone) return finish(lost(id, IoStatus::eof, policy, false));
       kill_and_reap();  // out of step with us, or over a limit it should have kept: replaced
       r = step == HostCalls::Step::over_limit ? outcome::host_call_limit(why)
-                                               : failure(ErrorKind::protocol_error, "worker host call refused: " + why);
+                                               : outcome::failure(ErrorKind::protocol_error, "worker host call refused: " + why);
       read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
       r.isolation = isolation_;
       return finish(std::move(r));
@@ -620,7 +617,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     // The run can write to the reply channel itself: a reply that breaks the protocol or a cap is
     // never passed on, and the worker (now out of step with us) is replaced.
     kill_and_reap();
-    r = failure(ErrorKind::protocol_error, "worker reply refused: " + why);
+    r = outcome::failure(ErrorKind::protocol_error, "worker reply refused: " + why);
     read_capture(id, static_cast<std::uint64_t>(policy.max_output_kb) * 1024, r);
     r.isolation = isolation_;
     return finish(std::move(r));

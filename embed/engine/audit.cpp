@@ -146,9 +146,7 @@ constexpr Row kRows[] = {
 constexpr const char* kFrameAttrs[] = {"tb_frame", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
                                        "ag_code",  "f_code",   "f_back",  "__code__", "__globals__", "f_globals"};
 
-bool g_armed = false;
 RunRules g_rules;
-std::vector<std::string> g_runtime_roots;
 std::vector<std::string> g_support_roots;
 int g_denials = 0;
 bool g_code_new_allowed = false;
@@ -285,12 +283,12 @@ bool is_directory(const std::string& path) {
 
 bool readable(const std::string& path) {
   static const std::vector<std::string> kDevices = {"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"};
-  return path_under(path, g_runtime_roots) || path_under(path, g_support_roots) || path_under(path, g_rules.read_roots) ||
-         (!g_rules.scratch.empty() && path_under(path, {g_rules.scratch})) ||
+  return trust::path_under(path, trust::runtime_roots()) || trust::path_under(path, g_support_roots) ||
+         trust::path_under(path, g_rules.read_roots) || (!g_rules.scratch.empty() && trust::path_under(path, {g_rules.scratch})) ||
          std::find(kDevices.begin(), kDevices.end(), path) != kDevices.end();
 }
 
-bool writable(const std::string& path) { return !g_rules.scratch.empty() && path_under(path, {g_rules.scratch}); }
+bool writable(const std::string& path) { return !g_rules.scratch.empty() && trust::path_under(path, {g_rules.scratch}); }
 
 bool open_is_write(PyObject* mode, PyObject* flags) {
   if (mode && PyUnicode_Check(mode)) {
@@ -360,7 +358,7 @@ bool all_paths(const char* event, PyObject* args, bool (*ok)(const std::string&)
 }
 
 int hook(const char* event, PyObject* args, void*) {
-  if (!g_armed) return 0;
+  if (!trust::armed()) return 0;
   const Row* row = find_row(event);
   if (!row) return 0;
   switch (row->rule) {
@@ -450,12 +448,8 @@ int hook(const char* event, PyObject* args, void*) {
 }  // namespace
 
 void install() { PySys_AddAuditHook(hook, nullptr); }
-void set_runtime_roots(std::vector<std::string> roots) { g_runtime_roots = std::move(roots); }
-const std::vector<std::string>& runtime_roots() { return g_runtime_roots; }
 void set_support_roots(std::vector<std::string> roots) { g_support_roots = std::move(roots); }
 void set_rules(RunRules rules) { g_rules = std::move(rules); }
-void arm(bool on) { g_armed = on; }
-bool armed() { return g_armed; }
 int denials() { return g_denials; }
 void reset_denials() {
   g_denials = 0;
@@ -542,15 +536,6 @@ bool install_code_replace_gate() {
   if (!gate || PyDict_SetItemString(dict.get(), "replace", gate.get()) < 0) return false;
   PyType_Modified(&PyCode_Type);
   return true;
-}
-
-bool path_under(const std::string& path, const std::vector<std::string>& roots) {
-  for (const auto& root : roots) {
-    if (root.empty()) continue;
-    if (path.compare(0, root.size(), root) != 0) continue;
-    if (path.size() == root.size() || path[root.size()] == '/' || root.back() == '/') return true;
-  }
-  return false;
 }
 
 bool caller_is_user() {

@@ -1,4 +1,5 @@
-// The C audit hook: a table of audit events and what a run may do about each.
+// The C audit hook: a table of audit events and what a run may do about each. It asks trust.hpp
+// whether it is armed and whether a caller's code is the runtime's own.
 #pragma once
 
 #include <string>
@@ -21,28 +22,9 @@ struct RunRules {
 
 // Registers the hook. Must run before Py_Initialize so it is runtime-wide and unremovable.
 void install();
-// The runtime's directories: modules loaded from files under them after arming are trusted (trust.cpp).
-void set_runtime_roots(std::vector<std::string> roots);
-const std::vector<std::string>& runtime_roots();
 // Readable, but not code: shared libraries extensions load, the time-zone database.
 void set_support_roots(std::vector<std::string> roots);
 void set_rules(RunRules rules);
-// Armed: every event is checked. Disarmed only inside short trusted sections of the engine.
-void arm(bool on);
-bool armed();
-
-// RAII: disarms for the scope (the engine's own imports and sub-interpreter creation).
-class Trusted {
- public:
-  Trusted() : was_(armed()) { arm(false); }
-  ~Trusted() { arm(was_); }
-  Trusted(const Trusted&) = delete;
-  Trusted& operator=(const Trusted&) = delete;
-
- private:
-  bool was_;
-};
-
 // Gates code.replace: renaming a code object (co_name, co_qualname, co_filename, co_firstlineno)
 // and types.coroutine's one flag pass the "code.__new__" rule, any other change meets it. numpy
 // renames its dispatchers this way while it imports. Call once per interpreter, before arming.
@@ -56,8 +38,6 @@ void reset_denials();
 // own (loaded before arming, or read by the engine from a file under the runtime roots). Decided
 // by the code object's identity, never by its co_filename.
 bool caller_is_user();
-// True when path (made absolute and resolved) lies under one of roots.
-bool path_under(const std::string& path, const std::vector<std::string>& roots);
 
 // Import decisions are the guard's; the hook asks it about "import" events.
 using ImportCheck = std::string (*)(const std::string& module);  // "" = allowed, else the message

@@ -65,7 +65,7 @@ std::string current_error_text() {
 }
 
 bool run_bootstrap(bool main_interpreter) {
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   py::Ref code(Py_CompileString(kSprBootstrapSource, "<frozen spr_bootstrap>", Py_file_input));
   if (!code) return false;
   py::Ref module(PyModule_New("_spr_bootstrap"));
@@ -87,7 +87,7 @@ bool run_bootstrap(bool main_interpreter) {
 enum class Preload { sub_interpreter, main, main_warm };
 
 void preload(Preload which) {
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   std::istringstream in(kSprPreloadList);
   std::string line;
   bool wanted = false;
@@ -106,7 +106,7 @@ void preload(Preload which) {
 
 // RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
 std::string preload_requested(const std::vector<std::string>& modules) {
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   for (const auto& name : modules) {
     py::Ref m(PyImport_ImportModule(name.c_str()));
     if (!m) return "preloading '" + name + "' failed: " + current_error_text();
@@ -278,7 +278,7 @@ PyObject* compile_cached(const std::string& source) {
 py::Ref compile_split(const std::string& source, py::Ref& last) {
   py::Ref pair;
   {
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     pair = py::Ref(state().bootstrap ? PyObject_CallMethod(state().bootstrap, "split_last_expression", "s", source.c_str())
                                      : nullptr);
   }
@@ -315,7 +315,7 @@ PyObject* show_last(PyObject* last, PyObject* globals, std::size_t cap, RunResul
 bool begin_streams(const std::string& stdin_text) {
   const bool prebuilt = std::exchange(state().prebuilt_streams, false);
   if (prebuilt && stdin_text.empty()) return true;  // this process's streams are fresh and unused
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   py::Ref text(PyUnicode_DecodeUTF8(stdin_text.data(), static_cast<Py_ssize_t>(stdin_text.size()), "replace"));
   if (!text || !state().bootstrap) return false;
   py::Ref r(PyObject_CallMethod(state().bootstrap, "begin_run", "O", text.get()));
@@ -433,7 +433,7 @@ std::vector<std::string> g_sys_path;
 std::string g_executable;
 
 std::string init_current_interpreter() {
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   if (!g_sys_path.empty() || !g_executable.empty()) {
     if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
   }
@@ -491,7 +491,7 @@ std::string initialize(const EngineOptions& options) {
     if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
   }
   g_runtime_paths = compute_runtime_paths();
-  audit::set_runtime_roots(g_runtime_paths);
+  trust::set_runtime_roots(g_runtime_paths);
   g_support_paths = libdeps::needed_by_extensions(g_runtime_paths);
   for (const char* dir : kSupportDataDirs) {
     std::string r = real(dir);
@@ -501,7 +501,7 @@ std::string initialize(const EngineOptions& options) {
   memory::install();
   if (!capture::attach(options.capture_fd)) return "cannot map the output buffer";
   {
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
     if (!run_bootstrap(true)) return "bootstrap failed: " + current_error_text();
     if (!install_streams()) return "creating the output streams failed: " + current_error_text();
@@ -518,14 +518,14 @@ std::string initialize(const EngineOptions& options) {
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
     // copy-on-write fault) the whole warm heap when its collector runs.
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     py::Ref gc(PyImport_ImportModule("gc"));
     py::Ref frozen(gc ? PyObject_CallMethod(gc.get(), "freeze", nullptr) : nullptr);
     PyErr_Clear();
   }
   if (!deadline::init()) return "creating the soft-deadline timers failed";
   g_initialized = true;
-  audit::arm(true);  // from here on, every audit event is checked
+  trust::arm(true);  // from here on, every audit event is checked
   return {};
 }
 

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "audit.hpp"
+#include "trust.hpp"
 #include "capture.hpp"
 #include "host_call.hpp"
 #include "interp_state.hpp"
@@ -197,7 +198,7 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
       return raise_blocked(never_loaded_message(n), name);
     }
   }
-  if (!audit::armed()) {
+  if (!trust::armed()) {
     py::Ref m(PyObject_Call(state().original_import, args, kwargs));
     if (m) patch_loaded_packages();
     return m.release();
@@ -228,7 +229,7 @@ PyObject* import_denied(PyObject*, PyObject* arg) {
     g_blocked_raised = true;
     return PyUnicode_FromString(never_loaded_message(py::utf8(arg)).c_str());
   }
-  if (!audit::armed() || !PyUnicode_Check(arg) || t_runtime_import_depth > 0) Py_RETURN_NONE;
+  if (!trust::armed() || !PyUnicode_Check(arg) || t_runtime_import_depth > 0) Py_RETURN_NONE;
   std::string msg = check(py::utf8(arg));
   if (msg.empty()) Py_RETURN_NONE;
   g_blocked_raised = true;
@@ -236,7 +237,7 @@ PyObject* import_denied(PyObject*, PyObject* arg) {
 }
 
 PyObject* set_sys_proxy_factory(PyObject*, PyObject* f) {
-  if (audit::armed()) {
+  if (trust::armed()) {
     PyErr_SetString(PyExc_PermissionError, "not available");
     return nullptr;
   }
@@ -256,10 +257,10 @@ bool main_interpreter() { return PyInterpreterState_Get() == PyInterpreterState_
 
 // The standard library's compiled modules: the sys.path entries named lib-dynload.
 bool in_stdlib_dynload(const std::string& path) {
-  for (const auto& root : audit::runtime_roots()) {
+  for (const auto& root : trust::runtime_roots()) {
     static constexpr std::string_view kDynload = "/lib-dynload";
     if (root.size() >= kDynload.size() && root.compare(root.size() - kDynload.size(), kDynload.size(), kDynload) == 0 &&
-        audit::path_under(path, {root}))
+        trust::path_under(path, {root}))
       return true;
   }
   return false;
@@ -313,7 +314,7 @@ PyObject* gated_create_dynamic(PyObject*, PyObject* args) {
     return refuse_extension("compiled module '" + name + "' does not match its file " + origin, name_obj.get(),
                             origin_obj.get());
   char resolved[PATH_MAX];
-  if (!::realpath(origin.c_str(), resolved) || !audit::path_under(resolved, audit::runtime_roots()))
+  if (!::realpath(origin.c_str(), resolved) || !trust::path_under(resolved, trust::runtime_roots()))
     return refuse_extension("compiled module '" + name + "' is outside the Python runtime's directories (" + origin +
                                 "): only installed extension modules are loaded",
                             name_obj.get(), origin_obj.get());

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "audit.hpp"
+#include "trust.hpp"
 #include "codec.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
@@ -170,7 +170,7 @@ bool begin_run(std::uint64_t run_id, const std::vector<std::string>& functions, 
                PyObject* globals) {
   end_run();
   if (functions.empty()) return true;
-  audit::Trusted trusted;
+  trust::Trusted trusted;
   g_run.id = run_id;
   g_run.functions = functions;
   g_run.max_kb = static_cast<long long>(policy.host_call_kb());

@@ -18,7 +18,7 @@
 #include <set>
 #include <sstream>
 
-#include "audit.hpp"
+#include "trust.hpp"
 
 namespace spr::embed::libdeps {
 
@@ -231,7 +231,7 @@ std::vector<std::string> needed_by_extensions(const std::vector<std::string>& ro
       const std::string lib = resolve(name, dyn.search);
       if (lib.empty() || !seen.insert(lib).second) continue;
       queue.push_back(lib);
-      if (!audit::path_under(lib, roots)) out.push_back(lib);
+      if (!trust::path_under(lib, roots)) out.push_back(lib);
     }
   }
   std::sort(out.begin(), out.end());

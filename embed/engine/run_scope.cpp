@@ -14,6 +14,7 @@
 #include "guard.hpp"
 #include "interp_state.hpp"
 #include "memory.hpp"
+#include "trust.hpp"
 
 namespace spr::embed {
 
@@ -61,7 +62,7 @@ __attribute__((noinline)) std::string make_directory(std::uint64_t id, std::stri
 // Sets (or, for "", removes) one variable of os.environ for the run (a namespace-mode worker keeps
 // os.environ between runs, so each set is removed when the run ends).
 void set_environ(const char* name, const std::string& value) {
-  audit::Trusted trusted;  // os.environ's putenv is the engine's, not the run's
+  trust::Trusted trusted;  // os.environ's putenv is the engine's, not the run's
   PyObject* os = PyDict_GetItemString(PyImport_GetModuleDict(), "os");  // borrowed; imported at start-up
   py::Ref environ(os ? PyObject_GetAttrString(os, "environ") : nullptr);
   py::Ref key(PyUnicode_FromString(name));

@@ -5,8 +5,8 @@
 
 #include "audit.hpp"
 #include "common/fd.hpp"
-#include "engine.hpp"
 #include "py.hpp"
+#include "request.hpp"
 
 namespace spr::embed {
 

@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "audit.hpp"
 #include "interp_state.hpp"
 
 namespace spr::embed::trust {
@@ -23,6 +22,8 @@ namespace spr::embed::trust {
 namespace {
 
 char kMark;  // its address is the mark
+bool g_armed = false;
+std::vector<std::string> g_runtime_roots;
 
 // The code-extra API was private until 3.12 renamed it PyUnstable_* and deprecated the old names.
 #if PY_VERSION_HEX >= 0x030C0000
@@ -105,7 +106,7 @@ PyObject* from_pyc(const std::string& pyc, const struct stat* source) {
   {
     // The engine's own read of a runtime file the run cannot write (3.11 raises "marshal.loads" here
     // too, which a run may never pass: unguarded, every import in a run compiled its source again).
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     code = PyMarshal_ReadObjectFromString(pyc.data() + 16, static_cast<Py_ssize_t>(pyc.size() - 16));
   }
   if (!code) {
@@ -150,7 +151,7 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
   if (PySys_Audit("open", "Osi", path_obj.get(), "r", 0) < 0) return nullptr;
   char resolved[PATH_MAX];
   const bool exists = ::realpath(path.c_str(), resolved) != nullptr;
-  const bool runtime = exists && audit::path_under(resolved, audit::runtime_roots());
+  const bool runtime = exists && path_under(resolved, runtime_roots());
   const bool bytecode_only = path.size() > 4 && path.compare(path.size() - 4, 4, ".pyc") == 0;
   std::string bytes;
   struct stat st {};
@@ -181,7 +182,7 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
         return nullptr;
       }
       // The source as the engine read it; the compiler generates the bytecode (no pyc outside the runtime).
-      audit::Trusted trusted;
+      Trusted trusted;
       code = Py_CompileStringExFlags(bytes.c_str(), path.c_str(), Py_file_input, nullptr, -1);
       if (!code) return nullptr;
     }
@@ -222,6 +223,20 @@ PyMethodDef kGetCode = {"get_code", engine_get_code, METH_VARARGS,
                         "Code of the module, read by the engine (runtime files are marked trusted)."};
 
 }  // namespace
+
+void set_runtime_roots(std::vector<std::string> roots) { g_runtime_roots = std::move(roots); }
+const std::vector<std::string>& runtime_roots() { return g_runtime_roots; }
+void arm(bool on) { g_armed = on; }
+bool armed() { return g_armed; }
+
+bool path_under(const std::string& path, const std::vector<std::string>& roots) {
+  for (const auto& root : roots) {
+    if (root.empty()) continue;
+    if (path.compare(0, root.size(), root) != 0) continue;
+    if (path.size() == root.size() || path[root.size()] == '/' || root.back() == '/') return true;
+  }
+  return false;
+}
 
 bool mark_loaded_code() {
   const Py_ssize_t index = index_for_current();

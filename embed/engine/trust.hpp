@@ -2,9 +2,34 @@
 // it loaded itself (before arming, or read by the engine from a file under the runtime's roots).
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "py.hpp"
 
 namespace spr::embed::trust {
+
+// The runtime's directories: modules loaded from files under them after arming are the runtime's own.
+void set_runtime_roots(std::vector<std::string> roots);
+const std::vector<std::string>& runtime_roots();
+// True when path (made absolute and resolved) lies under one of roots.
+bool path_under(const std::string& path, const std::vector<std::string>& roots);
+
+// Armed: the audit hook checks every event. Disarmed only inside short sections the engine runs itself.
+void arm(bool on);
+bool armed();
+
+// RAII: disarms for the scope (the engine's own imports and sub-interpreter creation).
+class Trusted {
+ public:
+  Trusted() : was_(armed()) { arm(false); }
+  ~Trusted() { arm(was_); }
+  Trusted(const Trusted&) = delete;
+  Trusted& operator=(const Trusted&) = delete;
+
+ private:
+  bool was_;
+};
 
 // Marks every function's code object (and the code nested in it) that exists in the current
 // interpreter now. Call while nothing untrusted has run in it yet (before the audit hook arms, or

@@ -22,7 +22,8 @@
 #include "common/frame.hpp"
 #include "common/run_deadline.hpp"
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "common/worker_start.hpp"
 #include "engine/deadline.hpp"
 #include "engine/engine.hpp"
@@ -183,7 +184,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   RunResult r;
   if (!setup.ok()) {
     // Fails closed: a process whose set-up is incomplete runs no user code.
-    r = detail::failure(ErrorKind::worker_unavailable,
+    r = outcome::failure(ErrorKind::worker_unavailable,
                         "the run's process could not be set up (" + setup.message() + "); the code was not run");
   } else if (in.kind != Incoming::Kind::run) {
     r = in.kind == Incoming::Kind::bad ? std::move(in.refusal)
@@ -305,22 +306,22 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
                                      const std::string& why) const {
   RunResult r;
   if (protocol) {
-    r = detail::failure(ErrorKind::protocol_error, why);
+    r = outcome::failure(ErrorKind::protocol_error, why);
   } else if (status == kNotStarted) {
     // Fails closed: no child ran any of the request.
-    r = detail::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
+    r = outcome::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
   } else if (timed_out) {
     r = outcome::timeout(l.timeout_seconds);
   } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
              (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL)) {
     r = outcome::cpu_time(l.cpu_time_seconds);
   } else if (WIFSIGNALED(status)) {
-    r = detail::failure(ErrorKind::worker_crashed,
+    r = outcome::failure(ErrorKind::worker_crashed,
                         "the run's process was killed by " + describe_signal(WTERMSIG(status)));
   } else if (!why.empty()) {
-    r = detail::failure(ErrorKind::worker_crashed, why);
+    r = outcome::failure(ErrorKind::worker_crashed, why);
   } else {
-    r = detail::failure(ErrorKind::worker_crashed, "the run's process exited with status " +
+    r = outcome::failure(ErrorKind::worker_crashed, "the run's process exited with status " +
                                                        std::to_string(WEXITSTATUS(status)) + " without a reply");
   }
   r.isolation = Isolation::fork;

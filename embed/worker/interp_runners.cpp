@@ -5,7 +5,8 @@
 
 #include <utility>
 
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 
 namespace spr::embed {
 

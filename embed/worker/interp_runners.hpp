@@ -7,7 +7,7 @@
 #include "common/protocol.hpp"
 #include "isolation_runner.hpp"
 #include "process_state.hpp"
-#include "engine/subinterp_runner.hpp"
+#include "engine/subinterpreter_pool.hpp"
 #include "worker_protocol.hpp"
 
 namespace spr::embed {
@@ -31,7 +31,7 @@ class NamespaceRunner : public IsolationRunner {
 // Sub-interpreter mode: each run in a fresh sub-interpreter from a pool built while idle.
 class SubinterpreterRunner : public IsolationRunner {
  public:
-  SubinterpreterRunner(WorkerScope scope, SubinterpRunner& pool, const ProcessState& state)
+  SubinterpreterRunner(WorkerScope scope, SubinterpreterPool& pool, const ProcessState& state)
       : scope_(scope), pool_(pool), state_(state) {}
   void while_idle(int fd) override;
   void handle(std::string& frame, std::string& reply) override;
@@ -39,7 +39,7 @@ class SubinterpreterRunner : public IsolationRunner {
 
  private:
   WorkerScope scope_;
-  SubinterpRunner& pool_;
+  SubinterpreterPool& pool_;
   const ProcessState& state_;
   protocol::PolicyCache policies_;
 };

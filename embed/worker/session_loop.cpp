@@ -6,11 +6,12 @@
 #include <cerrno>
 #include <string>
 
-#include "engine/audit.hpp"
+#include "engine/trust.hpp"
 #include "engine/codec.hpp"
 #include "common/capture_layout.hpp"
 #include "common/frame.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "engine/engine.hpp"
 #include "harden/harden.hpp"
 #include "engine/memory.hpp"
@@ -110,7 +111,7 @@ int limit_session_memory(int statm_fd, std::int64_t memory_mb) {
 SessionRunner::SessionRunner(WorkerScope scope) : scope_(scope) {
   main_module_ = PyModule_New("__main__");
   {
-    audit::Trusted trusted;
+    trust::Trusted trusted;
     py::Ref ast(PyImport_ImportModule("ast"));  // split_last_expression finds it in sys.modules
     PyErr_Clear();
   }
@@ -139,7 +140,7 @@ void SessionRunner::handle(std::string& frame, std::string& reply) {
   }
   RunResult r;
   if (!main_module_) {
-    r = detail::failure(ErrorKind::worker_crashed, "the session's namespace could not be made");
+    r = outcome::failure(ErrorKind::worker_crashed, "the session's namespace could not be made");
   } else if (in.kind == Incoming::Kind::bad) {
     r = std::move(in.refusal);
   } else {

@@ -1,7 +1,6 @@
 // spr-worker: embeds CPython, hardens itself, then answers run requests framed on fd 3.
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -14,12 +13,12 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "common/capture_layout.hpp"
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/protocol.hpp"
-#include "common/wire.hpp"
 #include "common/worker_start.hpp"
 #include "engine/engine.hpp"
 #include "fork_runner.hpp"
@@ -28,10 +27,12 @@
 #include "process_state.hpp"
 #include "session_loop.hpp"
 #include "spr/version.hpp"
-#include "engine/subinterp_runner.hpp"
+#include "engine/subinterpreter_pool.hpp"
 
 #ifdef SPR_FAULTS
-void spr_register_raw_syscalls();  // tests/faults/raw_syscalls.cpp: the built-in module _spr_raw
+// spr-worker-faulty only (tests/faults/): the built-in module _spr_raw, and faults a request asks for by name.
+void spr_register_raw_syscalls();
+void spr_inject_fault(std::string_view frame, spr::embed::ForkRunner* fork_runner);
 #endif
 
 namespace {
@@ -57,6 +58,7 @@ void log_line(const std::string& s) {
 
 #ifdef SPR_FAULTS
 const char* g_fail_start = nullptr;  // installed as spr-worker-fail-<call>: that set-up call fails
+spr::embed::ForkRunner* g_fork_runner = nullptr;  // fork mode: where a fail_setup fault goes
 #endif
 
 // A set-up call's result, or `failed` with errno EIO when a test build was told to fail `call`.
@@ -158,130 +160,6 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   return spr::harden::apply_worker(cfg);
 }
 
-#ifdef SPR_FAULTS
-// Test-only fault injection: compiled into spr-worker-faulty, never into spr-worker. A request
-// whose code starts with "#spr-fault: NAME" makes the worker misbehave in that way.
-// Some faults stand for what a run with arbitrary read/write of the worker's memory could do
-// (forge a reply, write outside the audit hook's view, allocate behind the accounting).
-void forge(std::uint64_t id, json body) {
-  body["id"] = id;
-  body["type"] = "reply";
-  detail::write_frame(detail::kProtocolFd, detail::dump_json(body));
-}
-
-spr::embed::ForkRunner* g_fork_runner = nullptr;  // fork mode: where fail_setup goes
-
-void inject_fault(const std::string& code, std::uint64_t id) {
-  const std::string tag = "#spr-fault: ";
-  if (code.rfind(tag, 0) != 0) return;
-  const std::string line = code.substr(tag.size(), code.find('\n') - tag.size());
-  const std::string name = line.substr(0, line.find(' '));
-  const std::string arg = line.find(' ') == std::string::npos ? std::string() : line.substr(line.find(' ') + 1);
-  if (name == "forge_oversize") {  // 200 KB of stdout past a 128 KB cap, then the real reply
-    forge(id, {{"ok", true}, {"result", "FORGED"}, {"stdout", std::string(200 << 10, 'A')}});
-    return;
-  }
-  if (name == "forge_ok") {  // a plausible reply, then the real one: two frames for one request
-    forge(id, {{"ok", true}, {"result", "FORGED"}, {"error_kind", "none"}, {"exit_code", 0}});
-    return;
-  }
-  if (name == "big_header") {  // announces `arg` bytes, sends a few, then stalls
-    const auto len = static_cast<std::uint32_t>(std::stoul(arg));
-    const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
-                                  static_cast<unsigned char>(len >> 16), static_cast<unsigned char>(len >> 24)};
-    ssize_t a = write(detail::kProtocolFd, hdr, 4);
-    ssize_t b = write(detail::kProtocolFd, "{\"id\":", 6);
-    (void)a;
-    (void)b;
-    for (;;) pause();
-  }
-  if (name == "fail_setup") {  // the run's child counts its set-up call `arg` as failed (fork mode)
-    if (g_fork_runner) g_fork_runner->fail_setup_for_test(arg);
-    return;
-  }
-  if (name == "leave_file") {  // a file in the worker's scratch root, where only the OS layers apply
-    int fd = open(("spr-leftover-" + arg).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) close(fd);
-    return;
-  }
-  if (name == "mkfifo") {  // os.mkfifo/os.mknod raise no audit event on 3.11: only the C layers stop them
-    if (mkfifo(("spr-fifo-" + arg).c_str(), 0600) != 0)
-      mknod(("spr-fifo-" + arg).c_str(), S_IFIFO | 0600, 0);
-    return;
-  }
-  if (name == "sigio") {  // signal-driven I/O aimed at another process: SIGKILL through F_SETSIG
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return;
-    const pid_t target = static_cast<pid_t>(std::stol(arg));
-    (void)fcntl(fds[0], F_SETOWN, target);
-    (void)fcntl(fds[0], F_SETSIG, SIGKILL);
-    (void)fcntl(fds[0], F_SETFL, O_ASYNC | O_NONBLOCK);
-    ssize_t w = write(fds[1], "x", 1);
-    (void)w;
-    close(fds[0]);
-    close(fds[1]);
-    return;
-  }
-  if (name == "alloc") {  // memory behind the allocator accounting: only RLIMIT_AS stops it
-    const std::size_t n = std::stoul(arg) << 20;
-    if (void* p = malloc(n)) {
-      memset(p, 1, n);
-      free(p);
-    }
-    return;
-  }
-  if (name == "orphan") {  // what a run owning its process can do: outlive its supervisor, stopped
-    (void)prctl(PR_SET_PDEATHSIG, 0);  // refused by the filter where it can be; the PID namespace is the backstop
-    signal(SIGHUP, SIG_IGN);
-    raise(SIGSTOP);
-    return;
-  }
-  if (name == "sigkill") raise(SIGKILL);
-  if (name == "segv") raise(SIGSEGV);
-  if (name == "abort") abort();
-  if (name == "exit") _exit(3);
-  if (name == "hang") {
-    for (;;) pause();  // stops reading and never answers
-  }
-  if (name == "truncated") {
-    const unsigned char hdr[4] = {100, 0, 0, 0};
-    ssize_t a = write(detail::kProtocolFd, hdr, 4);
-    ssize_t b = write(detail::kProtocolFd, "{\"id\":", 6);
-    (void)a;
-    (void)b;
-    _exit(0);
-  }
-  if (name == "garbage") {
-    const char junk[] = "\x05\x00\x00\x00not{json";
-    ssize_t a = write(detail::kProtocolFd, junk, sizeof junk - 1);
-    (void)a;
-    for (;;) pause();
-  }
-  if (name == "huge") {
-    const unsigned char hdr[4] = {0xff, 0xff, 0xff, 0x7f};
-    ssize_t a = write(detail::kProtocolFd, hdr, 4);
-    (void)a;
-    for (;;) pause();
-  }
-  if (name == "grandchild") {
-    // Leaves a process behind that holds the socket: the supervisor must not wait for it.
-    if (fork() == 0) {
-      for (;;) pause();
-    }
-    raise(SIGKILL);
-  }
-}
-
-// Test builds see each request frame before its runner does (the fork parent too: test-only).
-void inspect(std::string_view frame) {
-  try {
-    const auto rq = spr::protocol::decode_as<spr::protocol::Request>(frame);
-    inject_fault(rq.code, rq.id);
-  } catch (const std::exception&) {
-  }
-}
-#endif
-
 // The one serve loop of every mode: requests answered one at a time until the supervisor closes.
 [[noreturn]] void serve(spr::embed::IsolationRunner& runner, bool once) {
   std::string frame, reply;
@@ -292,7 +170,7 @@ void inspect(std::string_view frame) {
     if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
     if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
 #ifdef SPR_FAULTS
-    inspect(frame);
+    spr_inject_fault(frame, g_fork_runner);
 #endif
     runner.handle(frame, reply);
     spr::embed::wipe(frame);
@@ -375,7 +253,7 @@ int main(int argc, char** argv) {
   if (!statm) refuse_start(hello, "cannot open /proc/self/statm: " + std::string(strerror(statm_errno)));
   const spr::embed::WorkerScope scope{args.isolation, args.allow_network, args.allow_unix_sockets};
   spr::embed::ProcessState process_state;  // captured once hardened, put back after runs
-  spr::embed::SubinterpRunner subinterps(args.subinterpreter_pool);
+  spr::embed::SubinterpreterPool subinterps(args.subinterpreter_pool);
   std::unique_ptr<spr::embed::IsolationRunner> runner;
   // What a mode needs before hardening: the fork child's filter, the first sub-interpreter.
   if (args.session_memory_mb >= 0) {

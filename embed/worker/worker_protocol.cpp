@@ -4,8 +4,9 @@
 #include <optional>
 #include <utility>
 
-#include "common/wire.hpp"
 #include "common/json_scan.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 
 namespace spr::embed {
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from . import _core
 from .host import HostFunctions, adapt, merge
 from .policy import RunnerPolicy
-from .result import RunnerResult
-from .session import OutputCallback, OutputStream, RunFuture, Session, result_from_tuple, run_into
+from .result import RunnerResult, result_from_tuple
+from .session import OutputCallback, OutputStream, RunFuture, Session, run_into
 
 __all__ = ["Runner", "run_code", "WorkerError"]
 

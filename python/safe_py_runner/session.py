@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from . import _core
 from .host import HostFunctions, adapt, merge
-from .result import RunnerResult
+from .result import RunnerResult, result_from_tuple
 
 __all__ = ["Session", "RunFuture", "OutputStream", "OutputCallback", "SessionLimitError"]
 
@@ -18,18 +18,6 @@ SessionLimitError = _core.SessionLimitError
 OutputCallback = Callable[[str, str], None]
 """``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``; called on an engine
 thread while the code runs, chunks in order; they add up to the result's (capped) output."""
-
-
-def result_from_tuple(t: tuple) -> RunnerResult:
-    (ok, result_json, stdout, stderr, timed_out, resource_exceeded, error, exit_code, error_kind,
-     duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, files, files_left_out,
-     queued_ms) = t
-    return RunnerResult(ok=ok, result=json.loads(result_json), stdout=stdout, stderr=stderr,
-                        timed_out=timed_out, resource_exceeded=resource_exceeded, error=error,
-                        exit_code=exit_code, error_kind=error_kind, duration_ms=duration_ms,
-                        isolation=isolation, stdout_truncated=stdout_truncated,
-                        stderr_truncated=stderr_truncated, repr=repr_text, files=files,
-                        files_left_out=files_left_out, queued_ms=queued_ms)
 
 
 class RunFuture(concurrent.futures.Future):

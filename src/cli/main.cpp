@@ -22,7 +22,7 @@
 #include "common/fd.hpp"
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
-#include "common/wire.hpp"
+#include "common/protocol.hpp"
 #include "cli/batch_cli.hpp"
 #include "cli/exit_status.hpp"
 #include "cli/serve.hpp"

@@ -21,7 +21,8 @@
 
 #include "detail/json_cost.hpp"
 #include "common/frame.hpp"
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "detail/cancel.hpp"
 #include "detail/request_line.hpp"
 #include "detail/runner_access.hpp"
@@ -177,7 +178,7 @@ class Server {
   }
 
   void bad(const json& id, const std::string& msg) {
-    RunResult r = detail::failure(ErrorKind::bad_input, msg);
+    RunResult r = outcome::failure(ErrorKind::bad_input, msg);
     r.isolation = base_.isolation;
     emit_result(id, r);
   }
@@ -362,7 +363,7 @@ class Server {
     try {
       r = runner_.run(job.code, job.input, job.policy, job.options);
     } catch (const PolicyError& e) {
-      r = detail::failure(ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
+      r = outcome::failure(ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
       r.isolation = job.policy.isolation;
     }
     {
@@ -553,7 +554,7 @@ class Server {
       try {
         q.session.emplace(runner_.open_session(job.policy));
       } catch (const std::exception& e) {
-        r = detail::failure(ErrorKind::worker_unavailable,
+        r = outcome::failure(ErrorKind::worker_unavailable,
                             std::string("cannot open session '") + name + "': " + e.what());
         r.isolation = Isolation::process;
         answered(job, r);
@@ -563,7 +564,7 @@ class Server {
     try {
       r = q.session->run(job.code, job.input, call_options(job));
     } catch (const PolicyError& e) {
-      r = detail::failure(ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
+      r = outcome::failure(ErrorKind::bad_input, std::string("invalid policy: ") + e.what());
       r.isolation = Isolation::process;
     }
     answered(job, r);

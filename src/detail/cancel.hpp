@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "common/fd.hpp"
@@ -47,6 +49,12 @@ struct Completion {
 };
 
 RunResult cancelled_result();
+
+// What refuses a run or a session call before any worker sees it, checked in this order: a cancel that
+// came first, code CPython would not read as a source file, stdin over the policy's max_stdin_kb.
+// nullopt: the run may start. (Files are the caller's: a session call takes none.)
+std::optional<RunResult> refused_before_start(const std::string& code, const std::string& stdin_text,
+                                              const RunnerPolicy& policy, const CancelToken* cancel);
 
 // SIGKILL to the process `pidfd` refers to, or to `pid` when pidfd < 0 (kernels before 5.3).
 void kill_process(int pidfd, pid_t pid);

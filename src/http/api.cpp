@@ -19,7 +19,8 @@
 
 #include "common/frame.hpp"
 #include "common/outcome.hpp"
-#include "common/wire.hpp"
+#include "common/run_deadline.hpp"
+#include "common/protocol.hpp"
 #include "detail/batch.hpp"
 #include "detail/json_cost.hpp"
 #include "detail/request_line.hpp"
@@ -838,7 +839,7 @@ void Api::ready(const ExchangePtr& ex) {
     ++in_flight_;
   }
   RunnerPolicy p = base_;
-  p.timeout_seconds = std::min(p.timeout_seconds == 0 ? 1.0 : p.timeout_seconds, kReadyTimeoutSeconds);
+  p.timeout_seconds = std::min(detail::floored_timeout(p.timeout_seconds), kReadyTimeoutSeconds);
   RunOptions options;
   auto passed = std::make_shared<std::atomic<bool>>(false);
   const std::uint64_t deadline = deadlines_->add(p.timeout_seconds + runner_.options().kill_grace_seconds,

@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "common/frame.hpp"
-#include "common/wire.hpp"
+#include "common/protocol.hpp"
 #include "fuzz_common.hpp"
 #include "spr/runner.hpp"
 
@@ -42,7 +42,7 @@ void check_policy(const json& policy_json) {
 void check_reply(const json& reply) {
   spr::RunResult r;
   try {
-    r = spr::detail::result_from_reply(reply);
+    r = spr::protocol::result_from_reply(reply);
   } catch (const json::exception&) {
     return;  // wrong field types: the supervisor turns these into protocol_error
   } catch (const std::invalid_argument&) {
@@ -50,7 +50,7 @@ void check_reply(const json& reply) {
   }
   if (!r.ok && !r.error) spr_fuzz::bug("failed result without an error message");
   (void)spr::detail::dump_json(r.to_json());
-  (void)spr::detail::dump_json(spr::detail::reply_from_result(r));
+  (void)spr::detail::dump_json(spr::protocol::reply_from_result(r));
 }
 
 }  // namespace

@@ -155,13 +155,8 @@ def test_to_json_is_what_the_engine_receives():
 
 
 def test_preload_is_passed_to_the_engine():
-    from safe_py_runner import _core
-    if _core.supports_preload():
-        with Runner(workers=1, preload=["json"]) as r:
-            assert r.run("import json\nresult = json.dumps([1])").result == "[1]"
-    else:
-        with pytest.raises(ValueError, match="preload"):
-            Runner(workers=1, preload=["json"])
+    with Runner(workers=1, preload=["json"]) as r:
+        assert r.run("import json\nresult = json.dumps([1])").result == "[1]"
     with pytest.raises(ValueError, match="preload"):
         Runner(workers=1, preload=[1])
 

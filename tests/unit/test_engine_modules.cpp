@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "engine/audit.hpp"
+#include "engine/trust.hpp"
 #include "engine/capture.hpp"
 #include "engine/codec.hpp"
 #include "engine/deadline.hpp"
@@ -21,7 +22,7 @@
 #include "engine/interp_state.hpp"
 #include "engine/py.hpp"
 #include "engine/run_scope.hpp"
-#include "engine/subinterp_runner.hpp"
+#include "engine/subinterpreter_pool.hpp"
 
 namespace embed = spr::embed;
 using spr::json;
@@ -105,13 +106,13 @@ TEST_CASE("guard: allow mode admits only the allowed roots and pkg.* patterns") 
 
 TEST_CASE("audit: path_under compares whole path components") {
   const std::vector<std::string> roots = {"/usr/lib/python3.11", "/opt/data/"};
-  CHECK(embed::audit::path_under("/usr/lib/python3.11", roots));
-  CHECK(embed::audit::path_under("/usr/lib/python3.11/json/__init__.py", roots));
-  CHECK(embed::audit::path_under("/opt/data/x.csv", roots));
-  CHECK_FALSE(embed::audit::path_under("/usr/lib/python3.110/x.py", roots));
-  CHECK_FALSE(embed::audit::path_under("/usr/lib/python3", roots));
-  CHECK_FALSE(embed::audit::path_under("/etc/passwd", roots));
-  CHECK_FALSE(embed::audit::path_under("/etc/passwd", {""}));
+  CHECK(embed::trust::path_under("/usr/lib/python3.11", roots));
+  CHECK(embed::trust::path_under("/usr/lib/python3.11/json/__init__.py", roots));
+  CHECK(embed::trust::path_under("/opt/data/x.csv", roots));
+  CHECK_FALSE(embed::trust::path_under("/usr/lib/python3.110/x.py", roots));
+  CHECK_FALSE(embed::trust::path_under("/usr/lib/python3", roots));
+  CHECK_FALSE(embed::trust::path_under("/etc/passwd", roots));
+  CHECK_FALSE(embed::trust::path_under("/etc/passwd", {""}));
 }
 
 TEST_CASE("codec: JSON values survive the trip through Python") {
@@ -279,13 +280,41 @@ TEST_CASE("run scope: an early return ends the run state, and end_limits is idem
   CHECK(exec("b = bytearray(64 * 1024 * 1024)").empty());
 }
 
+TEST_CASE("subinterpreter: the handle ends its interpreter when destroyed; a moved-from handle owns none") {
+  engine();
+  PyThreadState* main = PyThreadState_Get();
+  auto interpreters = [] {
+    int n = 0;
+    for (PyInterpreterState* i = PyInterpreterState_Head(); i != nullptr; i = PyInterpreterState_Next(i)) ++n;
+    return n;
+  };
+  const int before = interpreters();
+  {
+    std::string error;
+    embed::Subinterpreter made = embed::Subinterpreter::create(main, error);
+    REQUIRE(error.empty());
+    REQUIRE(made);
+    CHECK(interpreters() == before + 1);
+    embed::Subinterpreter kept = std::move(made);
+    CHECK_FALSE(made);
+    CHECK(interpreters() == before + 1);  // moving hands the interpreter over, it does not end it
+    {
+      embed::ActiveInterpreter active(kept.thread_state(), kept.state());
+      CHECK(PyThreadState_Get() == kept.thread_state());
+    }
+    CHECK(PyThreadState_Get() == main);
+  }
+  CHECK(interpreters() == before);
+  CHECK(PyThreadState_Get() == main);
+}
+
 TEST_CASE("active interpreter: a sub-interpreter is current inside the scope, the previous state after it") {
   engine();
   PyThreadState* main = PyThreadState_Get();
   embed::InterpState* main_state = &embed::state();
   PyThreadState* sub = nullptr;
   {
-    embed::audit::Trusted trusted;  // creating interpreters is the engine's, not a run's
+    embed::trust::Trusted trusted;  // creating interpreters is the engine's, not a run's
     sub = Py_NewInterpreter();
   }
   REQUIRE(sub != nullptr);
@@ -305,7 +334,7 @@ TEST_CASE("active interpreter: a sub-interpreter is current inside the scope, th
   }
   CHECK(PyThreadState_Get() == main);
   CHECK(&embed::state() == main_state);
-  embed::audit::Trusted trusted;
+  embed::trust::Trusted trusted;
   PyThreadState_Swap(sub);
   Py_EndInterpreter(sub);
   PyThreadState_Swap(main);

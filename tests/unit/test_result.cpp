@@ -4,7 +4,8 @@
 #include <set>
 #include <string>
 
-#include "common/wire.hpp"
+#include "common/outcome.hpp"
+#include "common/protocol.hpp"
 #include "spr/runner.hpp"
 
 using spr::ErrorKind;
@@ -85,19 +86,19 @@ TEST_CASE("result: every ErrorKind name round-trips and names are distinct") {
     const std::string name = spr::to_string(k);
     CAPTURE(name);
     CHECK_FALSE(name.empty());
-    CHECK(spr::detail::error_kind_from_string(name) == k);
+    CHECK(spr::protocol::error_kind_from_string(name) == k);
     names.insert(name);
   }
   CHECK(names.size() == std::size(kAllKinds));
   CHECK(spr::to_string(ErrorKind::blocked_import) == "blocked_import");
   CHECK(spr::to_string(ErrorKind::worker_crashed) == "worker_crashed");
   CHECK(spr::to_string(ErrorKind::result_too_large) == "result_too_large");
-  CHECK(spr::detail::error_kind_from_string("no such kind") == ErrorKind::protocol_error);
+  CHECK(spr::protocol::error_kind_from_string("no such kind") == ErrorKind::protocol_error);
 }
 
 TEST_CASE("result: reply_from_result and result_from_reply are inverse") {
   const RunResult r = sample();
-  const RunResult back = spr::detail::result_from_reply(spr::detail::reply_from_result(r));
+  const RunResult back = spr::protocol::result_from_reply(spr::protocol::reply_from_result(r));
   CHECK(back.ok == r.ok);
   CHECK(back.result == r.result);
   CHECK(back.stdout_text == r.stdout_text);
@@ -112,7 +113,7 @@ TEST_CASE("result: reply_from_result and result_from_reply are inverse") {
 }
 
 TEST_CASE("result: a failed reply without an error still carries one") {
-  const RunResult r = spr::detail::result_from_reply(json{{"ok", false}});
+  const RunResult r = spr::protocol::result_from_reply(json{{"ok", false}});
   CHECK_FALSE(r.ok);
   REQUIRE(r.error.has_value());
   CHECK_FALSE(r.error->empty());
@@ -120,13 +121,13 @@ TEST_CASE("result: a failed reply without an error still carries one") {
 }
 
 TEST_CASE("result: the supervisor's own timeout result reads like the original's") {
-  const RunResult r = spr::detail::timeout_result(0.3);
+  const RunResult r = spr::outcome::timeout(0.3);
   CHECK_FALSE(r.ok);
   CHECK(r.timed_out);
   CHECK(r.error == std::string("Execution timed out after 0.3s"));
   CHECK(r.exit_code == 124);
   CHECK(r.error_kind == ErrorKind::timeout);
-  CHECK(spr::detail::timeout_result(5).error == std::string("Execution timed out after 5s"));
+  CHECK(spr::outcome::timeout(5).error == std::string("Execution timed out after 5s"));
   CHECK(spr::detail::format_seconds(1.9) == "1.9");
   CHECK(spr::detail::format_seconds(0.25) == "0.25");
   CHECK(spr::detail::format_seconds(5) == "5");
@@ -136,7 +137,7 @@ TEST_CASE("result: the supervisor's own timeout result reads like the original's
 }
 
 TEST_CASE("result: failure() builds a one-line error of the given kind") {
-  const RunResult r = spr::detail::failure(ErrorKind::bad_input, "bad", 1);
+  const RunResult r = spr::outcome::failure(ErrorKind::bad_input, "bad", 1);
   CHECK_FALSE(r.ok);
   CHECK(r.error == std::string("bad"));
   CHECK(r.error_kind == ErrorKind::bad_input);

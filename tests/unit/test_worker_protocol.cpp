@@ -43,7 +43,7 @@ TEST_CASE("worker protocol: list_variables, and frames that are no request") {
   const Incoming l = spr::embed::decode_request(pr::encode(pr::ListVariables{5}), {}, nullptr);
   CHECK(l.kind == Incoming::Kind::list_variables);
   CHECK(l.id == 5);
-  for (const std::string& frame : {std::string("not json"), pr::encode(pr::Cancel{3}),
+  for (const std::string& frame : {std::string("not json"), pr::encode(pr::Hello{}),
                                    std::string(R"({"type":"request","id":1,"code":7,"policy":{}})")}) {
     CAPTURE(frame);
     const Incoming in = spr::embed::decode_request(frame, {}, nullptr);

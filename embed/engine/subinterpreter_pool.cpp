@@ -1,12 +1,15 @@
 // Sub-interpreter isolation mode. On 3.12+ each run's interpreter has its own GIL and obmalloc
 // (Py_NewInterpreterFromConfig); on 3.10/3.11 the legacy Py_NewInterpreter shares the GIL.
-#include "subinterp_runner.hpp"
+#include "subinterpreter_pool.hpp"
 
 #include <poll.h>
 
-#include "audit.hpp"
+#include <utility>
+
+#include "trust.hpp"
 #include "common/outcome.hpp"
 #include "deadline.hpp"
+#include "engine.hpp"
 
 namespace spr::embed {
 
@@ -60,18 +63,8 @@ ActiveInterpreter::~ActiveInterpreter() {
   switch_to(previous_ts_);
 }
 
-// Ended interpreters still waiting beyond this many are ended at once (memory stays bounded).
-constexpr std::size_t kMaxRetired = 2;
-// A request arriving within this long of the last reply is taken as back to back.
-constexpr int kBackToBackMs = 2;
-
-std::string SubinterpRunner::start() {
-  main_ = PyThreadState_Get();
-  return build_one();
-}
-
-std::string SubinterpRunner::build_one() {
-  audit::Trusted trusted;  // creating interpreters is denied to user code, not to us
+Subinterpreter Subinterpreter::create(PyThreadState* main, std::string& error) {
+  trust::Trusted trusted;  // creating interpreters is denied to user code, not to us
   PyThreadState* ts = nullptr;
 #if PY_VERSION_HEX >= 0x030C0000
   PyInterpreterConfig cfg = {};
@@ -84,62 +77,85 @@ std::string SubinterpRunner::build_one() {
   cfg.gil = PyInterpreterConfig_OWN_GIL;
   PyStatus st = Py_NewInterpreterFromConfig(&ts, &cfg);
   if (PyStatus_Exception(st) || !ts) {
-    switch_to(main_);
-    error_ = std::string("creating a sub-interpreter failed") + (st.err_msg ? std::string(": ") + st.err_msg : "");
-    return error_;
+    switch_to(main);
+    error = std::string("creating a sub-interpreter failed") + (st.err_msg ? std::string(": ") + st.err_msg : "");
+    return {};
   }
 #else
   ts = Py_NewInterpreter();
   if (!ts) {
-    PyThreadState_Swap(main_);
-    error_ = "creating a sub-interpreter failed";
-    return error_;
+    PyThreadState_Swap(main);
+    error = "creating a sub-interpreter failed";
+    return {};
   }
 #endif
-  switch_to(main_);  // the new interpreter is made current by its creation; the scope below owns that
-  Ready r;
-  r.ts = ts;
-  std::string err;
+  switch_to(main);  // the new interpreter is made current by its creation; the scope below owns that
+  Subinterpreter made;
+  made.main_ = main;
+  made.ts_ = ts;  // owned from here: an early return ends it
   {
-    ActiveInterpreter active(ts, &r.state);
-    err = init_current_interpreter();
+    ActiveInterpreter active(made.ts_, &made.state_);
+    error = init_current_interpreter();
   }
-  if (!err.empty()) {
-    end_interpreter(main_, ts);
-    error_ = err;
-    return err;
+  if (!error.empty()) return {};
+  return made;
+}
+
+Subinterpreter::Subinterpreter(Subinterpreter&& other) noexcept
+    : main_(other.main_), ts_(std::exchange(other.ts_, nullptr)), state_(std::move(other.state_)) {}
+
+Subinterpreter& Subinterpreter::operator=(Subinterpreter&& other) noexcept {
+  if (this != &other) {
+    end();
+    main_ = other.main_;
+    ts_ = std::exchange(other.ts_, nullptr);
+    state_ = std::move(other.state_);
   }
-  ready_.push_back(std::move(r));
+  return *this;
+}
+
+void Subinterpreter::end() {
+  if (!ts_) return;
+  trust::Trusted trusted;
+  end_interpreter(main_, std::exchange(ts_, nullptr));
+  state_ = InterpState{};  // its objects died with the interpreter
+}
+
+// Ended interpreters still waiting beyond this many are ended at once (memory stays bounded).
+constexpr std::size_t kMaxRetired = 2;
+// A request arriving within this long of the last reply is taken as back to back.
+constexpr int kBackToBackMs = 2;
+
+std::string SubinterpreterPool::start() {
+  main_ = PyThreadState_Get();
+  return build_one();
+}
+
+std::string SubinterpreterPool::build_one() {
   error_.clear();
-  return {};
+  Subinterpreter made = Subinterpreter::create(main_, error_);
+  if (made) ready_.push_back(std::move(made));
+  return error_;
 }
 
-void SubinterpRunner::end_one() {
-  if (retired_.empty()) return;
-  audit::Trusted trusted;
-  end_interpreter(main_, retired_.front());
-  retired_.pop_front();
-}
-
-RunResult SubinterpRunner::run(const Request& req) {
+RunResult SubinterpreterPool::run(const Request& req) {
   if (ready_.empty() && !build_one().empty())
     return outcome::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + error_);
   used_ = std::move(ready_.front());
   ready_.pop_front();
-  ActiveInterpreter active(used_.ts, &used_.state);
+  ActiveInterpreter active(used_.thread_state(), used_.state());
   RunResult r = embed::run(req);
   deadline::cancel_interval_timers();
   return r;
 }
 
-void SubinterpRunner::retire() {
-  if (!used_.ts) return;
-  retired_.push_back(used_.ts);
-  used_ = Ready{};
-  while (retired_.size() > kMaxRetired) end_one();
+void SubinterpreterPool::retire() {
+  if (!used_) return;
+  retired_.push_back(std::move(used_));
+  while (retired_.size() > kMaxRetired) retired_.pop_front();
 }
 
-void SubinterpRunner::work_while_idle(int fd) {
+void SubinterpreterPool::work_while_idle(int fd) {
   if (retired_.empty() && ready_.size() >= pool_size_) return;
   auto request_waiting = [fd](int timeout_ms) {
     pollfd p{fd, POLLIN, 0};
@@ -149,7 +165,7 @@ void SubinterpRunner::work_while_idle(int fd) {
   if (request_waiting(kBackToBackMs)) return;
   while (!request_waiting(0)) {
     if (!retired_.empty()) {
-      end_one();
+      retired_.pop_front();
     } else if (ready_.size() < pool_size_) {
       if (!build_one().empty()) return;  // reported on the next run
     } else {
