@@ -2,6 +2,7 @@
 #include "common/frame.hpp"
 
 #include "common/json_scan.hpp"
+#include "common/outcome.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -229,32 +230,14 @@ namespace {
 // Index of the first byte of `s` that does not start a valid UTF-8 sequence (overlong forms, encoded
 // surrogates and values past U+10FFFF are invalid), or npos.
 std::size_t bad_utf8_at(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  for (std::size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
+  for (std::size_t i = 0; i < s.size();) {
+    if (static_cast<unsigned char>(s[i]) < 0x80) {  // most JSON is ASCII
       ++i;
       continue;
     }
-    std::size_t len;
-    unsigned lo = 0x80, hi = 0xBF;  // the second byte's range
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return i;
-    }
-    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (std::size_t k = 2; k < len; ++k)
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-    i += len;
+    const std::size_t n = utf8_sequence(s, i);
+    if (n == 0) return i;
+    i += n;
   }
   return std::string_view::npos;
 }

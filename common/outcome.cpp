@@ -87,10 +87,10 @@ RunResult setup_failed(const std::string& what, const std::string& why) {
   return failure(ErrorKind::worker_crashed, "cannot create the run's " + what + ": " + why);
 }
 
-namespace {
-// Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and values beyond
-// U+10FFFF are invalid, as CPython's decoder has them).
-std::size_t utf8_sequence(const std::string& s, std::size_t i) {
+}  // namespace spr::outcome
+
+namespace spr::detail {
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
   const unsigned char c = b(i);
   if (c < 0x80) return 1;
@@ -114,12 +114,14 @@ std::size_t utf8_sequence(const std::string& s, std::size_t i) {
     if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
   return n;
 }
-}  // namespace
+}  // namespace spr::detail
+
+namespace spr::outcome {
 
 std::optional<RunResult> non_utf8_code(const std::string& code) {
   std::size_t line = 1;
   for (std::size_t i = 0; i < code.size();) {
-    const std::size_t n = utf8_sequence(code, i);
+    const std::size_t n = detail::utf8_sequence(code, i);
     if (n == 0) {
       char byte[8];
       std::snprintf(byte, sizeof byte, "\\x%02x", static_cast<unsigned char>(code[i]));
@@ -137,7 +139,7 @@ std::optional<RunResult> non_utf8_code(const std::string& code) {
 namespace spr::detail {
 bool valid_utf8(const std::string& s) {
   for (std::size_t i = 0; i < s.size();) {
-    const std::size_t n = outcome::utf8_sequence(s, i);
+    const std::size_t n = utf8_sequence(s, i);
     if (n == 0) return false;
     i += n;
   }

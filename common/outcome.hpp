@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "spr/result.hpp"
 
@@ -51,4 +52,7 @@ namespace spr::detail {
 std::string format_seconds(double s);
 // True when `s` is valid UTF-8 as CPython's decoder has it (no surrogates, no overlong forms).
 bool valid_utf8(const std::string& s);
+// Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and values beyond
+// U+10FFFF are invalid, as CPython's decoder has them).
+std::size_t utf8_sequence(std::string_view s, std::size_t i);
 }  // namespace spr::detail
