@@ -286,7 +286,7 @@ std::string json_text_error(std::string_view text, int max_depth) {
   if (nesting_depth(text) > max_depth) return "JSON nesting deeper than " + std::to_string(max_depth) + " levels";
   if (const std::size_t at = bad_utf8_at(text); at != std::string_view::npos)
     return "invalid UTF-8 at byte " + std::to_string(at);
-  if (!json_scan::valid(text)) return "not one JSON value (NaN and Infinity are not JSON)";
+  if (!json_scan::valid(text)) return "not valid JSON (one value; NaN and Infinity are not JSON)";
   if (!surrogates_paired(text)) return "a \\u escape of a lone surrogate (not UTF-8 text)";
   return {};
 }

@@ -105,8 +105,10 @@ const std::string& policy_text(const RunnerPolicy& p) {
 // A request is written as text, piece by piece: its input is not copied into a JSON value first, and
 // its policy's text is the cached one (the request is on every run's path).
 std::string encode_request(const RequestRef& r) {
+  // Reserved whole: a frame that grew by doubling would hold a large input twice over for a moment.
+  const std::string& policy = policy_text(r.policy);
   std::string text;
-  text.reserve(r.code.size() + r.stdin_text.size() + r.input_json.size() + 512);
+  text.reserve(r.code.size() + r.stdin_text.size() + r.input_json.size() + policy.size() + 1024);
   text += "{\"code\":";
   text += detail::dump_json(json(r.code));
   if (!r.collect.empty()) {
@@ -131,7 +133,7 @@ std::string encode_request(const RequestRef& r) {
     text += detail::dump_json(json(r.kill_after_seconds));
   }
   text += ",\"policy\":";
-  text += policy_text(r.policy);
+  text += policy;
   if (r.want_repr) text += ",\"repr\":true";
   if (!r.stdin_text.empty()) {
     text += ",\"stdin\":";

@@ -532,6 +532,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   } catch (const std::exception& e) {
     return outcome::failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
+  if (text.size() > kMaxFrameBytes)  // refused before it is sent: the worker is not at fault
+    return outcome::bad_input("the request (code, input_data, stdin and files) is larger than " +
+                              std::to_string(kMaxFrameBytes >> 20) + " MiB");
   const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
   // The run's time starts once the worker has its request: a large request gets as long again to be
   // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.

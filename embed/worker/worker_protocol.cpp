@@ -1,6 +1,7 @@
 // Decoding of request frames and encoding of replies for every runner of the worker.
 #include "worker_protocol.hpp"
 
+#include <charconv>
 #include <optional>
 #include <utility>
 
@@ -11,18 +12,17 @@
 namespace spr::embed {
 
 namespace {
-// input_data is most of a large request: its text goes to the run as it is (the engine decodes it
-// straight into Python objects), and only the rest of the frame is parsed here. Nothing when the
-// frame has no such member (or is not an object): the whole frame is parsed as usual.
+// input_data's text goes to the run as it is (the engine decodes it straight into Python objects with
+// CPython's scanner, whatever its size: one decoder, so a value never decodes one way small and another
+// way large), and only the rest of the frame is parsed here. Nothing when the frame has no such member
+// (or is not an object): the whole frame is parsed as usual.
 struct InputSplit {
   std::string rest;        // the frame with input_data's value replaced by null
   std::string_view input;  // that value's text
 };
 std::optional<InputSplit> split_input(std::string_view frame) {
-  constexpr std::size_t kWorthIt = 4096;  // below this a tree costs less than the copy of the rest
-  if (frame.size() < kWorthIt) return std::nullopt;
   const std::optional<std::string_view> v = json_scan::member(frame, "input_data");
-  if (!v || v->size() < kWorthIt / 2) return std::nullopt;
+  if (!v) return std::nullopt;
   const std::size_t at = static_cast<std::size_t>(v->data() - frame.data());
   InputSplit s;
   s.rest.reserve(frame.size() - v->size() + 4);
@@ -30,10 +30,20 @@ std::optional<InputSplit> split_input(std::string_view frame) {
   s.input = *v;
   return s;
 }
+
+// The request's id read in place, before anything can refuse the frame: a refusal then answers that
+// request (a reply with id 0 would be taken for a stale one and the run waited out).
+std::uint64_t id_in_place(std::string_view frame) {
+  const std::optional<std::string_view> v = json_scan::member(frame, "id");
+  std::uint64_t id = 0;
+  if (v) std::from_chars(v->data(), v->data() + v->size(), id);
+  return id;
+}
 }  // namespace
 
 Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
   Incoming in;
+  in.id = id_in_place(frame);
   try {
     std::optional<InputSplit> split = split_input(frame);
     protocol::Message m = protocol::decode(split ? std::string_view(split->rest) : frame, policies);

@@ -123,6 +123,18 @@ TEST_CASE("run --input and --input-file give input_data") {
     const auto p = run_cli("result = input_data");
     CHECK(one_json(p)["result"] == json::object());
   }
+  SUBCASE("a small input decodes as a large one does: exact integers, key order, 1e400") {
+    // One decoder whatever the size: before, a small input went through a C++ tree (a 20-digit integer
+    // became a float, keys came sorted, 1e400 was refused by the worker and the run waited out its timeout).
+    const auto p = run_cli("result = [big == 99999999999999999999, list(input_data)[:2], str(huge)]",
+                           {"--input", R"({"big": 99999999999999999999, "b": 1, "huge": 1e400})"});
+    INFO(describe(p));
+    REQUIRE(p.exit_code == 0);
+    const json r = one_json(p)["result"];
+    CHECK(r[0] == true);
+    CHECK(r[1] == json({"big", "b"}));
+    CHECK(r[2] == "inf");
+  }
   SUBCASE("a large --input-file arrives whole and exact") {
     // Large enough for the worker to take input_data's text apart from the request (no tree in between):
     // escapes, non-ASCII text, nesting, floats and a 100-bit integer come back as they went in.

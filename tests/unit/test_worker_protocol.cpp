@@ -29,7 +29,9 @@ TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's sc
   REQUIRE(in.kind == Incoming::Kind::run);
   CHECK(in.id == 17);
   CHECK(in.run.code == "result = 1");
-  CHECK(in.run.input_data == spr::json{{"x", 2}});
+  // input_data goes to the engine as its text (decoded there by CPython's scanner), never as a tree.
+  CHECK(in.run.input_json == R"({"x":2})");
+  CHECK(in.run.input_data.is_null());
   CHECK(in.run.stdin_text == "in");
   CHECK(in.run.want_repr);
   CHECK(in.run.policy.timeout_seconds == 3);
@@ -62,4 +64,12 @@ TEST_CASE("worker protocol: a reply encodes as a typed reply the supervisor deco
   CHECK(back.id == 9);
   CHECK(back.result.result == 42);
   CHECK(back.result.stdout_text == "hi\n");
+}
+
+TEST_CASE("worker protocol: a refused request is answered under its own id") {
+  // With id 0 the supervisor took the refusal for a stale reply and waited out the run's timeout.
+  const Incoming in =
+      spr::embed::decode_request(R"({"type":"request","id":9,"code":5,"policy":{}})", {}, nullptr);
+  CHECK(in.kind == Incoming::Kind::bad);
+  CHECK(in.id == 9);
 }
