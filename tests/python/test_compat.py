@@ -93,8 +93,8 @@ def test_an_empty_input_is_an_empty_dict_as_in_the_original():
 
 
 def test_a_large_input_arrives_exact_as_json_loads_gives_it():
-    # Past a few KB the run decodes input_data's text itself, as the original's json.loads does: a
-    # 100-bit integer stays an integer, text with escapes and non-ASCII stays the same.
+    # The run decodes input_data's text itself, as the original's json.loads does: a 100-bit integer
+    # stays an integer, text with escapes and non-ASCII stays the same.
     rows = [{"id": i, "name": f'caf\u00e9 "{i}"\n', "v": i / 4} for i in range(2000)]
     r = run_code("result = [big == 2 ** 100, rows == input_data['rows'], len(rows)]",
                  input_data={"big": 2 ** 100, "rows": rows})
