@@ -231,6 +231,27 @@ bool contains(const std::string& hay, const std::string& needle) {
   return !needle.empty() && hay.find(needle) != std::string::npos;
 }
 
+StdoutWatch::StdoutWatch() {
+  options_.on_output = [state = state_](spr::OutputStream stream, const std::string& data) {
+    if (stream != spr::OutputStream::out) return;
+    std::lock_guard<std::mutex> lock(state->m);
+    state->seen += data;
+    state->cv.notify_all();
+  };
+}
+
+bool StdoutWatch::wait_for(const std::string& text, spr::RunHandle& run) {
+  std::unique_lock<std::mutex> lock(state_->m);
+  while (state_->seen.find(text) == std::string::npos && run.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+    state_->cv.wait_for(lock, std::chrono::milliseconds(20));
+  return state_->seen.find(text) != std::string::npos;
+}
+
+std::string StdoutWatch::seen() const {
+  std::lock_guard<std::mutex> lock(state_->m);
+  return state_->seen;
+}
+
 std::string all_output(const spr::RunResult& r) {
   return r.stdout_text + "\n" + r.stderr_text + "\n" + r.result.dump() + "\n" + r.error.value_or("");
 }

@@ -4,7 +4,10 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstddef>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -81,5 +84,24 @@ bool reset_peak_rss();
 std::string layer_of(const spr::RunResult& r);
 bool contains(const std::string& hay, const std::string& needle);
 std::string all_output(const spr::RunResult& r);  // stdout, stderr, result dump, error
+
+// A run's stdout as it streams, so that a test acts while the run is at a point it printed.
+class StdoutWatch {
+ public:
+  StdoutWatch();
+  spr::RunOptions& options() { return options_; }  // submit the run with these (on_output is set)
+  // Waits until `text` was printed or the run ended; true when it was printed.
+  bool wait_for(const std::string& text, spr::RunHandle& run);
+  std::string seen() const;  // everything printed so far
+
+ private:
+  struct State {
+    mutable std::mutex m;
+    std::condition_variable cv;
+    std::string seen;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+  spr::RunOptions options_;
+};
 
 }  // namespace sec

@@ -157,27 +157,12 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
   // says when it holds it; the host scans then and cancels the run (no fixed wait).
   Scan during;
   {
-    std::mutex m;
-    std::condition_variable cv;
-    std::string seen;
-    spr::RunOptions o;
-    o.on_output = [&](spr::OutputStream stream, const std::string& data) {
-      if (stream != spr::OutputStream::out) return;
-      std::lock_guard<std::mutex> lock(m);
-      seen += data;
-      cv.notify_all();
-    };
+    sec::StdoutWatch watch;
     spr::RunnerPolicy p = fork_options().policy;
     p.timeout_seconds = 60 * time_scale();
     spr::RunHandle h = runner.submit(code + "print('HOLDING', flush=True)\nimport time\ntime.sleep(3600)\n",
-                                     {{"secret", input_token}}, p, o);
-    {
-      std::unique_lock<std::mutex> lock(m);
-      while (seen.find("HOLDING") == std::string::npos &&
-             h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-        cv.wait_for(lock, std::chrono::milliseconds(20));
-    }
-    const bool holding = seen.find("HOLDING") != std::string::npos;
+                                     {{"secret", input_token}}, p, watch.options());
+    const bool holding = watch.wait_for("HOLDING", h);
     during = scan_descendants(input_token);
     h.cancel();
     const spr::RunResult held = h.get();

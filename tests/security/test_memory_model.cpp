@@ -387,28 +387,15 @@ TEST_CASE("model: memory allocated behind the accounting meets the OS backstop")
       "import _spr_raw, time\n"
       "print('mmap', _spr_raw.call('mmap', 0, 1200 << 20, 3, 0x8022, -1, 0))\n"  // RW, PRIVATE|ANON|POPULATE
       "print('LOOK', flush=True)\ntime.sleep(3600)\n";
-  std::mutex m;
-  std::condition_variable cv;
-  std::string seen;
-  spr::RunOptions ro;
-  ro.on_output = [&](spr::OutputStream stream, const std::string& data) {
-    if (stream != spr::OutputStream::out) return;
-    std::lock_guard<std::mutex> lock(m);
-    seen += data;
-    cv.notify_all();
-  };
-  spr::RunHandle h = runner.submit(code, json::object(), o.policy, ro);
-  {
-    std::unique_lock<std::mutex> lock(m);
-    while (seen.find("LOOK") == std::string::npos && h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-      cv.wait_for(lock, std::chrono::milliseconds(20));
-  }
+  sec::StdoutWatch watch;
+  spr::RunHandle h = runner.submit(code, json::object(), o.policy, watch.options());
+  const bool looked = watch.wait_for("LOOK", h);
   const long hwm = largest_descendant_hwm_kb();
   h.cancel();
   const spr::RunResult r = h.get();
-  CAPTURE(seen);
+  CAPTURE(watch.seen());
   CAPTURE(r.error.value_or(""));
-  CHECK(sec::contains(seen, "LOOK"));  // the host looked while the run was alive
+  CHECK(looked);  // the host looked while the run was alive
   // RLIMIT_AS refused the 1200 MiB before it was touched (RSS never came near it).
   CHECK(hwm < 700 * 1024);
   // The same from the worker's C code (spr-worker-faulty). In fork mode that code runs in the fork server,

@@ -83,32 +83,14 @@ struct Observed {
 template <typename Observe>
 Observed run_and_observe(spr::Runner& runner, const std::string& code, const json& input, const spr::RunnerPolicy& p,
                          const std::string& marker, Observe observe, bool cancel = true) {
-  std::mutex m;
-  std::condition_variable cv;
-  std::string seen;
-  spr::RunOptions o;
-  o.on_output = [&](spr::OutputStream stream, const std::string& data) {
-    if (stream != spr::OutputStream::out) return;
-    std::lock_guard<std::mutex> lock(m);
-    seen += data;
-    cv.notify_all();
-  };
-  spr::RunHandle h = runner.submit(code, input, p, o);
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(m);
-      if (seen.find(marker) != std::string::npos) break;
-      cv.wait_for(lock, std::chrono::milliseconds(20));
-      if (seen.find(marker) != std::string::npos) break;
-    }
-    if (h.wait_for(std::chrono::seconds(0)) == std::future_status::ready) break;
-  }
+  sec::StdoutWatch watch;
+  spr::RunHandle h = runner.submit(code, input, p, watch.options());
+  watch.wait_for(marker, h);
   observe();
   if (cancel) h.cancel();
   Observed out;
   out.result = h.get();
-  std::lock_guard<std::mutex> lock(m);
-  out.stdout_seen = seen;
+  out.stdout_seen = watch.seen();
   return out;
 }
 
@@ -437,32 +419,17 @@ for fd in range(64):
 print('AFTER', flush=True)
 time.sleep(3600)
 )";
-  std::mutex m;
-  std::condition_variable cv;
-  std::string seen;
-  spr::RunOptions o;
-  o.on_output = [&](spr::OutputStream stream, const std::string& data) {
-    if (stream != spr::OutputStream::out) return;
-    std::lock_guard<std::mutex> lock(m);
-    seen += data;
-    cv.notify_all();
-  };
-  spr::RunHandle h = runner.submit(code, json::object(), policy(), o);
-  const auto wait_for_text = [&](const std::string& text) {
-    std::unique_lock<std::mutex> lock(m);
-    while (seen.find(text) == std::string::npos && h.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-      cv.wait_for(lock, std::chrono::milliseconds(20));
-    return seen.find(text) != std::string::npos;
-  };
-  const bool before_seen = wait_for_text("BEFORE");
+  sec::StdoutWatch watch;
+  spr::RunHandle h = runner.submit(code, json::object(), policy(), watch.options());
+  const bool before_seen = watch.wait_for("BEFORE", h);
   const std::set<std::string> before = descendant_namespaces();
   for (const auto& p : sec::descendants(getpid(), {}))  // only this test's processes: no other party's scratch
     std::ofstream("/proc/" + std::to_string(p.pid) + "/cwd/spr-go") << "x";
-  const bool after_seen = wait_for_text("AFTER");
+  const bool after_seen = watch.wait_for("AFTER", h);
   const std::set<std::string> after = descendant_namespaces();
   h.cancel();
   const spr::RunResult r = h.get();
-  CAPTURE(seen);
+  CAPTURE(watch.seen());
   CAPTURE(r.error.value_or(""));
   REQUIRE(before_seen);
   REQUIRE(after_seen);  // the calls were made (and refused, not killed: the run went on)
