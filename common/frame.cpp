@@ -242,44 +242,6 @@ std::size_t bad_utf8_at(std::string_view s) {
   return std::string_view::npos;
 }
 
-int hex4(std::string_view s, std::size_t i) {  // the 4 hex digits at s[i], or -1
-  if (i + 4 > s.size()) return -1;
-  int v = 0;
-  for (std::size_t k = i; k < i + 4; ++k) {
-    const char c = s[k];
-    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-// In syntactically valid JSON: whether every \u escape of a surrogate is a high one followed by a low one.
-bool surrogates_paired(std::string_view s) {
-  bool in_string = false;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (!in_string) {
-      in_string = c == '"';
-      continue;
-    }
-    if (c == '"') {
-      in_string = false;
-    } else if (c == '\\') {
-      if (s[++i] != 'u') continue;
-      const int u = hex4(s, i + 1);
-      i += 4;
-      if (u >= 0xDC00 && u <= 0xDFFF) return false;
-      if (u >= 0xD800 && u <= 0xDBFF) {
-        if (i + 2 >= s.size() || s[i + 1] != '\\' || s[i + 2] != 'u') return false;
-        const int low = hex4(s, i + 3);
-        if (low < 0xDC00 || low > 0xDFFF) return false;
-        i += 6;
-      }
-    }
-  }
-  return true;
-}
 }  // namespace
 
 std::string json_text_error(std::string_view text, int max_depth) {
@@ -287,7 +249,7 @@ std::string json_text_error(std::string_view text, int max_depth) {
   if (const std::size_t at = bad_utf8_at(text); at != std::string_view::npos)
     return "invalid UTF-8 at byte " + std::to_string(at);
   if (!json_scan::valid(text)) return "not valid JSON (one value; NaN and Infinity are not JSON)";
-  if (!surrogates_paired(text)) return "a \\u escape of a lone surrogate (not UTF-8 text)";
+  if (!json_scan::surrogates_paired(text)) return "a \\u escape of a lone surrogate (not UTF-8 text)";
   return {};
 }
 

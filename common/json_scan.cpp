@@ -226,4 +226,56 @@ std::optional<double> number(std::string_view v) {
   return std::strtod(buf, nullptr);
 }
 
+namespace {
+// The code unit of the \u escape whose 'u' is at s[i], or -1.
+int escape_unit(std::string_view s, std::size_t i) {
+  if (i + 4 >= s.size() || s[i] != 'u') return -1;
+  int v = 0;
+  for (std::size_t k = i + 1; k <= i + 4; ++k) {
+    const int d = hex(s[k]);
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+}  // namespace
+
+bool surrogates_paired(std::string_view s) {
+  bool in_string = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (!in_string) {
+      in_string = c == '"';
+      continue;
+    }
+    if (c == '"') {
+      in_string = false;
+    } else if (c == '\\') {
+      const int u = escape_unit(s, ++i);
+      if (u < 0) continue;  // another escape: its character is skipped with it
+      i += 4;
+      if (u >= 0xDC00 && u <= 0xDFFF) return false;
+      if (u >= 0xD800 && u <= 0xDBFF) {
+        if (i + 1 >= s.size() || s[i + 1] != '\\') return false;
+        const int low = escape_unit(s, i + 2);
+        if (low < 0xDC00 || low > 0xDFFF) return false;
+        i += 6;
+      }
+    }
+  }
+  return true;
+}
+
+std::optional<std::uint64_t> id_number(std::string_view text) {
+  if (text.empty() || text.size() > 20) return std::nullopt;
+  std::uint64_t v = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+    v = v * 10 + d;
+  }
+  return v;
+}
+
 }  // namespace spr::json_scan

@@ -36,6 +36,13 @@ std::uint64_t result_charge(std::string_view value);
 // A number member's value, or nothing when absent or not a number.
 std::optional<double> number(std::string_view value);
 
+// In the text of a valid value: whether every \u escape of a surrogate is a high one followed by a low
+// one (a lone surrogate is no UTF-8 text; nlohmann's parser refuses it).
+bool surrogates_paired(std::string_view text);
+
+// A request id as our encoder writes it (decimal digits that fit 64 bits), or nothing.
+std::optional<std::uint64_t> id_number(std::string_view value);
+
 // Internal: the index just past the value starting at `i` (after whitespace), or npos.
 std::size_t skip_value(std::string_view s, std::size_t i);
 std::size_t skip_ws(std::string_view s, std::size_t i);

@@ -114,20 +114,6 @@ std::uint64_t positive(std::optional<double> v, std::uint64_t fallback) {
   return v && *v > 0 && *v < 1e15 ? static_cast<std::uint64_t>(*v) : fallback;
 }
 
-// A request id as our encoder writes it: decimal digits that fit 64 bits.
-bool id_number(std::string_view text, std::uint64_t& out) {
-  if (text.empty() || text.size() > 20) return false;
-  std::uint64_t v = 0;
-  for (const char c : text) {
-    if (c < '0' || c > '9') return false;
-    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  out = v;
-  return true;
-}
-
 }  // namespace
 
 std::string ForkRunner::prepare() {
@@ -362,12 +348,13 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     else if (key == "type") type = value;
     else if (key == "kill_after_seconds") kill_after = value;
   });
-  if (!members || !scan::valid(frame) || !id || !policy || !type || *type != "\"request\"" ||
-      !id_number(*id, l.id_number)) {
+  const std::optional<std::uint64_t> id_number = id ? scan::id_number(*id) : std::nullopt;
+  if (!members || !scan::valid(frame) || !id_number || !policy || !type || *type != "\"request\"") {
     // The child would refuse it too; a request that is not even a request gets its answer here.
     reply = encode_reply(0, outcome::bad_request("not a JSON request object"));
     return;
   }
+  l.id_number = *id_number;
   l.id.assign(id->data(), id->size());
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
   if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)

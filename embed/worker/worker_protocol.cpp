@@ -1,7 +1,6 @@
 // Decoding of request frames and encoding of replies for every runner of the worker.
 #include "worker_protocol.hpp"
 
-#include <charconv>
 #include <optional>
 #include <utility>
 
@@ -14,39 +13,39 @@ namespace spr::embed {
 namespace {
 // input_data's text goes to the run as it is (the engine decodes it straight into Python objects with
 // CPython's scanner, whatever its size: one decoder, so a value never decodes one way small and another
-// way large), and only the rest of the frame is parsed here. Nothing when the frame has no such member
-// (or is not an object): the whole frame is parsed as usual.
-struct InputSplit {
-  std::string rest;        // the frame with input_data's value replaced by null
-  std::string_view input;  // that value's text
-};
-std::optional<InputSplit> split_input(std::string_view frame) {
-  const std::optional<std::string_view> v = json_scan::member(frame, "input_data");
-  if (!v) return std::nullopt;
-  const std::size_t at = static_cast<std::size_t>(v->data() - frame.data());
-  InputSplit s;
-  s.rest.reserve(frame.size() - v->size() + 4);
-  s.rest.append(frame.substr(0, at)).append("null").append(frame.substr(at + v->size()));
-  s.input = *v;
-  return s;
-}
-
-// The request's id read in place, before anything can refuse the frame: a refusal then answers that
-// request (a reply with id 0 would be taken for a stale one and the run waited out).
-std::uint64_t id_in_place(std::string_view frame) {
-  const std::optional<std::string_view> v = json_scan::member(frame, "id");
+// way large), and only the rest of the frame is parsed here. The id is read in place too, before
+// anything can refuse the frame: a refusal then answers that request (a reply with id 0 would be taken
+// for a stale one and the run waited out). One pass over the members: input_data can be most of it.
+struct InPlace {
   std::uint64_t id = 0;
-  if (v) std::from_chars(v->data(), v->data() + v->size(), id);
-  return id;
+  std::optional<std::string> rest;  // the frame with input_data's value replaced by null, when it has one
+  std::string_view input;           // that value's text
+};
+InPlace read_in_place(std::string_view frame) {
+  InPlace p;
+  std::optional<std::string_view> id, input;
+  json_scan::for_each_member(frame, [&](std::string_view key, std::string_view value) {
+    if (key == "id") id = value;
+    else if (key == "input_data") input = value;  // the last one, as the parser would take it
+  });
+  if (id) p.id = json_scan::id_number(*id).value_or(0);
+  if (input) {
+    const std::size_t at = static_cast<std::size_t>(input->data() - frame.data());
+    p.rest.emplace();
+    p.rest->reserve(frame.size() - input->size() + 4);
+    p.rest->append(frame.substr(0, at)).append("null").append(frame.substr(at + input->size()));
+    p.input = *input;
+  }
+  return p;
 }
 }  // namespace
 
 Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
   Incoming in;
-  in.id = id_in_place(frame);
+  const InPlace p = read_in_place(frame);
+  in.id = p.id;
   try {
-    std::optional<InputSplit> split = split_input(frame);
-    protocol::Message m = protocol::decode(split ? std::string_view(split->rest) : frame, policies);
+    protocol::Message m = protocol::decode(p.rest ? std::string_view(*p.rest) : frame, policies);
     if (auto* l = std::get_if<protocol::ListVariables>(&m)) {
       in.kind = Incoming::Kind::list_variables;
       in.id = l->id;
@@ -58,7 +57,7 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.run.id = rq->id;
     in.run.code = std::move(rq->code);
     in.run.input_data = std::move(rq->input_data);
-    if (split) in.run.input_json.assign(split->input);
+    if (p.rest) in.run.input_json.assign(p.input);
     in.run.stdin_text = std::move(rq->stdin_text);
     in.run.want_repr = rq->want_repr;
     in.run.functions = std::move(rq->functions);
