@@ -81,7 +81,9 @@ lint: $(BUILD)/CMakeCache.txt
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
 
-install: build
+# Only what is installed (library, CLI, every worker): not the tests, the benchmark or the Python extension.
+install: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS) --target safe_py_runner safe-py-runner spr_workers
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
 
 # Warnings are errors (docs/Doxyfile): every public name of include/spr must be documented.

@@ -4,6 +4,9 @@ It needs nothing from PyPI (``requires = []``), so ``pip install .`` works offli
 build isolation. Config settings (``pip install --config-settings KEY=VALUE``, or the environment):
   build-dir (SPR_BUILD_DIR)   reuse this CMake build folder (configured here when it is empty)
   jobs (SPR_BUILD_JOBS)       parallel compile jobs (default: the number of CPUs)
+  pythons (SPR_PYTHONS)       other CPythons to build a worker for: "auto" (default: every CPython 3.10-3.13
+                              found), "none" (only the Python running pip: the quickest build), or paths
+                              separated by ";"
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ def _cmake_build(config: Optional[Dict], scratch: Path) -> Path:
         cmd = [cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                f"-DPython3_EXECUTABLE={python}", "-DSPR_BUILD_PYTHON=ON", "-DSPR_BUILD_TESTS=OFF",
                "-DSPR_BUILD_BENCH=OFF", "-DSPR_WERROR=OFF"]
+        pythons = _setting(config, "pythons", "SPR_PYTHONS")
+        if pythons:
+            cmd.append("-DSPR_PYTHONS=" + ("" if pythons == "none" else pythons))
         if shutil.which("ccache"):
             cmd.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
         _run(cmd)
