@@ -122,6 +122,8 @@ double cpu_seconds(int who) {
 }
 
 // N threads with own-GIL interpreters for `seconds` (or `max_runs` each). Returns runs/s.
+double g_parallel = 0;  // the last case's CPU seconds per wall second: how many CPUs it kept busy
+
 double threads_case(int n, bool keep, double seconds, long max_runs, long& wrong, double& cpu_per_run_us) {
   PyInterpreterState* main = PyInterpreterState_Main();
   Counts c;
@@ -139,6 +141,7 @@ double threads_case(int n, bool keep, double seconds, long max_runs, long& wrong
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   PyEval_RestoreThread(saved);
   wrong = c.wrong;
+  g_parallel = (cpu_seconds(RUSAGE_SELF) - cpu0) / s;
   cpu_per_run_us = c.runs ? (cpu_seconds(RUSAGE_SELF) - cpu0) * 1e6 / static_cast<double>(c.runs) : 0;
   return static_cast<double>(c.runs) / s;
 }
@@ -181,6 +184,7 @@ double processes_case(int n, double seconds, long& wrong, double& cpu_per_run_us
     waitpid(pids[i], nullptr, 0);
   }
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  g_parallel = (cpu_seconds(RUSAGE_CHILDREN) - cpu0) / s;
   cpu_per_run_us = runs ? (cpu_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(runs) : 0;
   return static_cast<double>(runs) / s;
 }
@@ -237,23 +241,30 @@ int main(int argc, char** argv) {
               Py_GetVersion(), std::thread::hardware_concurrency(), loadavg(), seconds);
   struct Row {
     const char* name;
-    double rate, cpu;
+    double rate, cpu, parallel;
     long wrong;
   } rows[6];
   rows[0].name = "1 thread, new own-GIL interpreter per run";
   rows[0].rate = threads_case(1, false, seconds, -1, rows[0].wrong, rows[0].cpu);
+  rows[0].parallel = g_parallel;
   rows[1].name = "2 threads, new own-GIL interpreter per run";
   rows[1].rate = threads_case(2, false, seconds, -1, rows[1].wrong, rows[1].cpu);
+  rows[1].parallel = g_parallel;
   rows[2].name = "1 thread, one own-GIL interpreter, fresh namespace per run";
   rows[2].rate = threads_case(1, true, seconds, -1, rows[2].wrong, rows[2].cpu);
+  rows[2].parallel = g_parallel;
   rows[3].name = "2 threads, one own-GIL interpreter each, fresh namespace per run";
   rows[3].rate = threads_case(2, true, seconds, -1, rows[3].wrong, rows[3].cpu);
+  rows[3].parallel = g_parallel;
   rows[4].name = "1 process, fresh namespace per run";
   rows[4].rate = processes_case(1, seconds, rows[4].wrong, rows[4].cpu);
+  rows[4].parallel = g_parallel;
   rows[5].name = "2 processes, fresh namespace per run";
   rows[5].rate = processes_case(2, seconds, rows[5].wrong, rows[5].cpu);
+  rows[5].parallel = g_parallel;
   for (const Row& r : rows)
-    std::printf("  %-66s %9.0f runs/s  %8.1f us CPU/run  %ld wrong\n", r.name, r.rate, r.cpu, r.wrong);
+    std::printf("  %-66s %9.0f runs/s  %8.1f us CPU/run  %.2f CPUs busy  %ld wrong\n", r.name, r.rate, r.cpu,
+                r.parallel, r.wrong);
   std::printf("  new interpreter per run, 2 threads / 1 thread: %.2f\n", rows[1].rate / rows[0].rate);
   std::printf("  one interpreter per thread, 2 threads / 1 thread: %.2f; / 2 processes: %.2f\n",
               rows[3].rate / rows[2].rate, rows[3].rate / rows[5].rate);
