@@ -110,12 +110,24 @@ enum Residue : std::int64_t {
   kResSigmask = 1 << 7,    // the blocked-signal mask differs
   kResPdeathsig = 1 << 8,  // a parent-death signal is set
   kResHeap = 1 << 9,       // sbrk(0) differs
+  kResCode = 1 << 10,      // the code of never_called() differs
 };
+
+// Code nobody calls, alone at the start of a page: what the code-patching action changes.
+extern "C" __attribute__((noinline, aligned(4096), section(".text.spr_patch"))) int spr_never_called(int x) {
+  return x * 3 + 1;
+}
+unsigned code_sum() {
+  const auto* p = reinterpret_cast<const volatile unsigned char*>(&spr_never_called);
+  unsigned sum = 0;
+  for (int i = 0; i < 64; ++i) sum = sum * 31 + p[i];
+  return sum;
+}
 
 enum HostileAction : std::int32_t {
   kWriteCanary, kDontneedBuffer, kRemapBuffer, kMprotectBuffer, kLeakFd, kSigintHandler, kSigusr1Handler,
   kArmItimer, kBlockSignal, kUmask, kChdir, kLowerRlimit, kPdeathsig, kSetName, kSeccompFilter,
-  kPendingSignal, kJunkOnChannel, kGrowHeap, kNewMapping, kFreeBuffer, kHostileCount
+  kPendingSignal, kJunkOnChannel, kGrowHeap, kNewMapping, kFreeBuffer, kPatchCode, kHostileCount
 };
 const char* const kHostileNames[kHostileCount] = {
     "write a clean .bss page", "MADV_DONTNEED a clean page", "munmap + mmap a mapping in place",
@@ -123,7 +135,8 @@ const char* const kHostileNames[kHostileCount] = {
     "a SIGUSR1 handler", "arm ITIMER_REAL", "block SIGTERM", "umask(0)", "chdir(\"/tmp\")",
     "lower RLIMIT_NOFILE", "PR_SET_PDEATHSIG", "PR_SET_NAME", "add a seccomp filter (allow all)",
     "leave a signal pending (blocked)", "junk on the channel after the reply", "grow the heap with sbrk",
-    "leave a new anonymous mapping", "MADV_FREE a clean page, then reclaim"};
+    "leave a new anonymous mapping", "MADV_FREE a clean page, then reclaim",
+    "patch code (mprotect RWX, write, back to RX)"};
 
 bool send_all(int fd, const void* p, std::size_t n) {
   return send(fd, p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
@@ -152,6 +165,7 @@ struct Reference {  // the child's own view of the snapshot, for the probe
   mode_t umask = 0;
   sigset_t mask{};
   void* brk = nullptr;
+  unsigned code = 0;
 } g_ref;
 
 int count_fds() {
@@ -172,6 +186,7 @@ void save_reference() {
   umask(g_ref.umask);
   sigprocmask(SIG_BLOCK, nullptr, &g_ref.mask);
   g_ref.brk = sbrk(0);
+  g_ref.code = code_sum();
 }
 
 std::int64_t probe() {
@@ -202,6 +217,7 @@ std::int64_t probe() {
   prctl(PR_GET_PDEATHSIG, &pd);
   if (pd != 0) r |= kResPdeathsig;
   if (sbrk(0) != g_ref.brk) r |= kResHeap;
+  if (code_sum() != g_ref.code) r |= kResCode;
   return r;
 }
 
@@ -287,6 +303,12 @@ bool hostile(int action) {
       return true;
     }
     case kFreeBuffer: return madvise(g_buffer, kPage, MADV_FREE) == 0;
+    case kPatchCode: {
+      auto* page = reinterpret_cast<unsigned char*>(reinterpret_cast<std::uintptr_t>(&spr_never_called));
+      if (mprotect(page, kPage, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
+      page[0] ^= 0xff;
+      return mprotect(page, kPage, PROT_READ | PROT_EXEC) == 0;
+    }
     default: return false;
   }
 }
@@ -1112,7 +1134,7 @@ void print_restore(const Side& x) {
 // in the restored child finds left over.
 int hostile_table() {
   std::printf("\nWhat a run with arbitrary memory write could leave behind (one fresh child each):\n");
-  std::printf("  %-40s %-58s %s\n", "action", "restorer", "next run finds");
+  std::printf("  %-46s %-58s %s\n", "action", "restorer", "next run finds");
   int misses = 0;
   for (int a = 0; a < kHostileCount; ++a) {
     Restorer snap;
@@ -1143,9 +1165,9 @@ int hostile_table() {
         found = "the child did not answer";
       } else {
         static const char* const names[] = {"canary", "buffer", "SIGINT handler", "ITIMER_REAL armed", "descriptors",
-                                            "cwd", "umask", "signal mask", "pdeathsig", "heap end"};
+                                            "cwd", "umask", "signal mask", "pdeathsig", "heap end", "patched code"};
         found.clear();
-        for (int b = 0; b < 10; ++b)
+        for (int b = 0; b < 11; ++b)
           if (r.value & (1LL << b)) found += std::string(found.empty() ? "" : ", ") + names[b];
         if (found.empty()) found = "nothing";
         Timing t2;
@@ -1159,7 +1181,7 @@ int hostile_table() {
                                                                         " injected calls)"
                                                                   : "restored");
     if (verdict.size() > 58) verdict = verdict.substr(0, 55) + "...";
-    std::printf("  %-40s %-58s %s%s\n", kHostileNames[a], verdict.c_str(), found.c_str(),
+    std::printf("  %-46s %-58s %s%s\n", kHostileNames[a], verdict.c_str(), found.c_str(),
                 !caught && !clean ? "   <-- MISSED" : "");
   }
   return misses;
