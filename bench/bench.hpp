@@ -159,8 +159,7 @@ bool replace_marked_block(const std::string& path, const std::string& body, std:
 // /proc and rusage helpers (common.cpp).
 std::string loadavg();
 double rusage_seconds(int who);
-std::vector<pid_t> worker_children();  // our direct children named spr-worker
-// Our workers' processes, found through /proc (host PIDs reach into their PID namespaces).
+// Our workers' processes (under our direct children named spr-worker), found through /proc (host PIDs reach into their PID namespaces).
 struct WorkerTree {
   std::vector<pid_t> started;       // the processes the supervisor started (the keeper under the PID layer)
   std::vector<pid_t> warm;          // the warm worker of each (PID 2 of its namespace under the PID layer)

@@ -249,16 +249,6 @@ double ticks_to_s(double ticks) {
 
 }  // namespace
 
-std::vector<pid_t> worker_children() {
-  std::vector<pid_t> out;
-  const pid_t self = getpid();
-  for (pid_t pid : children_by_parent()[self]) {
-    std::string comm;
-    if (!stat_fields(pid, &comm).empty() && comm == "spr-worker") out.push_back(pid);
-  }
-  return out;
-}
-
 WorkerTree worker_tree() {
   WorkerTree t;
   auto kids = children_by_parent();
