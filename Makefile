@@ -12,7 +12,8 @@ help:
 	@echo "make run             install missing Debian packages, build what the quick start needs, run it"
 	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, fuzz smoke, soak smoke)"
 	@echo "make python          build the Python wheel and install it (into PYTHON if it is a venv's, else build/venv)"
-	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick)"
+	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick);"
+	@echo "                     rewrites README.md's performance table from the run (BENCH_README= to keep it)"
 	@echo "make soak            50,000 runs with faults mixed in, in each isolation mode"
 	@echo "make fuzz            libFuzzer on the frame, request and policy parsers (needs clang)"
 	@echo "make check-sanitize  the test suite under ASan+UBSan, then TSan"
@@ -58,8 +59,12 @@ python: build
 	$$py -m pip install --disable-pip-version-check --force-reinstall --no-deps $(BUILD)/dist/*.whl && \
 	echo "safe_py_runner installed for $$py"
 
+# Rewrites README.md's performance table (the block between <!-- spr-bench:begin/end -->) from this run;
+# BENCH_README= leaves the README alone. spr-bench warns loudly when the load average is 1 or more at start.
+BENCH_README ?= README.md
 bench: build
-	$(BUILD)/spr-bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.svg $(BENCH_ARGS)
+	$(BUILD)/spr-bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.svg --markdown $(BUILD)/bench.md \
+	  $(if $(BENCH_README),--readme $(BENCH_README)) $(BENCH_ARGS)
 
 soak: build
 	$(BUILD)/spr-soak $(SOAK_ARGS)

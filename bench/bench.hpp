@@ -25,6 +25,7 @@ constexpr double kPacedGapMs = 50;  // the "agent thinks between runs" arrival p
 struct Options {
   bool quick = false;
   std::string json_path, plot_path;
+  std::string readme_path, markdown_path;  // --readme: the marked block to rewrite; --markdown: the block alone
   std::vector<std::string> modes{"namespace", "subinterpreter", "fork", "process"};
   std::string worker_path;
   std::string cli_path = SPR_BENCH_CLI;
@@ -54,8 +55,9 @@ double us_since(Clock::time_point t0);
 struct Pattern {
   Stats lat;
   long failures = 0;
-  std::optional<double> cpu_us_per_run;  // bench + workers (+ their fork children)
-  std::optional<double> faults_per_run;  // fork mode: minor faults of the reaped run children
+  std::optional<double> cpu_us_per_run;  // bench + every process under the workers (run children included)
+  std::optional<double> faults_per_run;  // fork mode: minor faults of the run children (fork_faults())
+  std::optional<double> parent_faults_per_run;  // fork mode: of the warm worker itself
 };
 
 struct ModeResult {
@@ -72,6 +74,8 @@ struct ModeResult {
 // Costs measured beside the modes, in the same run: what each mode is compared with.
 struct Floors {
   std::optional<Stats> pipe_same_cpu, pipe_cross_cpu;  // round trip of 4 bytes between two processes
+  // The same after kPacedGapMs of idle on both sides: what a paced caller meets (cold caches, idle CPUs waking).
+  std::optional<Stats> pipe_paced_same_cpu, pipe_paced_cross_cpu;
   // Two bare forks (fork + _exit + waitpid of a C process): one of a small C program's size (the
   // floor a paced fork-mode run is held to) and one as resident as the idle fork-mode worker.
   double small_fork_rss_mb = 15;
@@ -99,10 +103,16 @@ struct EngineResult {
   // The same with the default policy's builtins and the streams built in the parent (as the fork worker does).
   std::optional<Stats> fork_run_prebuilt;
   double fork_run_prebuilt_faults = 0, fork_run_prebuilt_cpu_us = 0;
+  // Minor faults per phase of that forked run: after_fork_hooks, run, exit.
+  std::map<std::string, double> fork_run_phase_faults;
   // The floor of a fork-mode run: the warm engine (preload list imported, gc.freeze() done) forking a
   // child that runs CPython's after-fork hooks and exits (os.fork() + os._exit + waitpid), and its CPU.
   std::optional<Stats> warm_fork;
   std::optional<double> warm_fork_cpu_us;
+  std::optional<double> after_fork_child_cpu_us;  // the child's CPU inside PyOS_AfterFork_Child
+  // The same process forking with no Python hook (fork + _exit + waitpid): the kernel's share.
+  std::optional<Stats> warm_fork_raw;
+  std::optional<double> warm_fork_raw_cpu_us;
 };
 
 struct BaselineResult {
@@ -141,18 +151,36 @@ ServeResult measure_serve(const Options& o);
 void print_report(const Report& r);
 json to_json(const Report& r);
 void write_plot(const Report& r, const std::string& path);
+// The README's performance block: floors, modes, a forked run's faults per phase, ratios with targets.
+std::string markdown(const Report& r);
+// Replaces what lies between `<!-- spr-bench:begin -->` and `<!-- spr-bench:end -->` in `path` with `body`.
+bool replace_marked_block(const std::string& path, const std::string& body, std::string& error);
 
 // /proc and rusage helpers (common.cpp).
 std::string loadavg();
 double rusage_seconds(int who);
-std::vector<pid_t> worker_children();                        // our direct children named spr-worker
-double cpu_seconds_all();                                    // this process, its reaped children and live workers
-double reaped_child_faults(const std::vector<pid_t>& pids);  // cminflt summed
+// Our workers' processes (under our direct children named spr-worker), found through /proc (host PIDs reach into their PID namespaces).
+struct WorkerTree {
+  std::vector<pid_t> started;       // the processes the supervisor started (the keeper under the PID layer)
+  std::vector<pid_t> warm;          // the warm worker of each (PID 2 of its namespace under the PID layer)
+  std::vector<pid_t> run_children;  // the live children of the warm workers (fork mode: runs, a spare)
+  std::vector<pid_t> all;           // every live process under the started ones, those included
+};
+WorkerTree worker_tree();
+// This process, its reaped children, and every live process under our workers with the children it reaped.
+double cpu_seconds_all();
+// Minor faults in fork mode: of the run children (reaped ones through the warm worker's cminflt, live ones
+// read directly) and of the warm worker itself.
+struct ForkFaults {
+  double children = 0, parent = 0;
+};
+ForkFaults fork_faults();
 std::map<std::string, double> kb_fields(const std::string& path);
 // Reads `fd` to end of stream, closes it, and reaps `pid` (its exit status goes to `status`).
 std::string drain_and_reap(int fd, pid_t pid, int& status);
 bool write_all(int fd, const std::string& text);
 // Round trips of 4 bytes between this process (on CPU 0) and a child echoing them on `child_cpu`.
-std::optional<Stats> pipe_round_trip(int runs, int child_cpu);
+// `gap_ms` > 0: each round trip after that long idle on both sides (the paced floor).
+std::optional<Stats> pipe_round_trip(int runs, int child_cpu, double gap_ms = 0);
 
 }  // namespace spr_bench

@@ -46,7 +46,8 @@ namespace {
 
 [[noreturn]] void usage(const char* argv0, int code) {
   std::fprintf(code ? stderr : stdout,
-               "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--modes a,b,...]\n"
+               "usage: %s [--quick] [--json FILE] [--plot FILE.svg] [--markdown FILE] [--readme README.md]\n"
+               "          [--modes a,b,...]\n"
                "          [--runs N] [--paced-runs N] [--process-runs N] [--seconds S] [--baseline-runs N]\n"
                "          [--cold-starts N] [--engine-runs N] [--floor-runs N]\n"
                "          [--no-engine] [--no-baseline] [--no-serve] [--no-floors] [--no-pandas] [--only-pandas]\n"
@@ -55,7 +56,9 @@ namespace {
                "          [--baseline-python PATH] [--baseline-script PATH]\n"
                "modes: namespace, subinterpreter, fork, process (default: all); --process-runs also sizes\n"
                "subinterpreter's back-to-back sample (an interpreter is built per run there)\n"
-               "paced: one request every %.0f ms; back to back: the next request as soon as the reply is in\n",
+               "paced: one request every %.0f ms; back to back: the next request as soon as the reply is in\n"
+               "--readme: replace the block between <!-- spr-bench:begin --> and <!-- spr-bench:end --> with the\n"
+               "run's table (--markdown writes that table alone)\n",
                argv0, kPacedGapMs);
   std::exit(code);
 }
@@ -80,6 +83,10 @@ Options parse_options(int argc, char** argv) {
         o.json_path = value();
       else if (a == "--plot")
         o.plot_path = value();
+      else if (a == "--readme")
+        o.readme_path = value();
+      else if (a == "--markdown")
+        o.markdown_path = value();
       else if (a == "--worker")
         o.worker_path = value();
       else if (a == "--cli")
@@ -202,35 +209,103 @@ double field(const std::vector<std::string>& f, int number) {  // `number` as in
 
 }  // namespace
 
-std::vector<pid_t> worker_children() {
-  std::vector<pid_t> out;
-  const pid_t self = getpid();
+namespace {
+
+bool all_digits(const char* s) {
+  return *s && std::all_of(s, s + std::strlen(s), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Every live process's parent, read once from /proc (host PIDs: the bench sees into the workers' namespaces).
+std::map<pid_t, std::vector<pid_t>> children_by_parent() {
+  std::map<pid_t, std::vector<pid_t>> out;
   DIR* d = opendir("/proc");
   if (!d) return out;
   while (dirent* e = readdir(d)) {
-    if (!std::all_of(e->d_name, e->d_name + std::strlen(e->d_name), [](char c) { return c >= '0' && c <= '9'; }))
-      continue;
+    if (!all_digits(e->d_name)) continue;
     const auto pid = static_cast<pid_t>(std::atol(e->d_name));
-    std::string comm;
-    auto f = stat_fields(pid, &comm);
-    if (!f.empty() && static_cast<pid_t>(field(f, 4)) == self && comm == "spr-worker") out.push_back(pid);
+    auto f = stat_fields(pid);
+    if (!f.empty()) out[static_cast<pid_t>(field(f, 4))].push_back(pid);
   }
   closedir(d);
   return out;
 }
 
+// The PID a process has in its own (innermost) PID namespace: the last figure of NSpid in /proc/<pid>/status.
+long innermost_pid(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("NSpid:", 0) != 0) continue;
+    std::istringstream ls(line.substr(6));
+    long last = -1;
+    for (long v; ls >> v;) last = v;
+    return last;
+  }
+  return -1;
+}
+
+double ticks_to_s(double ticks) {
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+WorkerTree worker_tree() {
+  WorkerTree t;
+  auto kids = children_by_parent();
+  for (pid_t pid : kids[getpid()]) {
+    std::string comm;
+    if (!stat_fields(pid, &comm).empty() && comm == "spr-worker") t.started.push_back(pid);
+  }
+  std::vector<pid_t> todo = t.started;
+  while (!todo.empty()) {
+    const pid_t p = todo.back();
+    todo.pop_back();
+    t.all.push_back(p);
+    for (pid_t c : kids[p]) todo.push_back(c);
+  }
+  // A worker under the PID layer is PID 2 of its namespace, the child of its init (PID 1), which is the
+  // child of the process the supervisor started (the keeper); without that layer it is the started process.
+  for (pid_t started : t.started) {
+    pid_t warm = started;
+    for (pid_t init : kids[started]) {
+      if (innermost_pid(init) != 1) continue;
+      for (pid_t w : kids[init])
+        if (innermost_pid(w) == 2) warm = w;
+    }
+    t.warm.push_back(warm);
+    for (pid_t c : kids[warm])
+      if (c != warm) t.run_children.push_back(c);
+  }
+  // The run children's own descendants (none today: their filter refuses fork) count with them.
+  for (std::size_t i = 0; i < t.run_children.size(); ++i)
+    for (pid_t c : kids[t.run_children[i]]) t.run_children.push_back(c);
+  return t;
+}
+
 double cpu_seconds_all() {
+  // Each live process's own CPU plus that of the children it reaped (utime, stime, cutime, cstime): summed over
+  // every live process under our workers, that is all the CPU the workers and their run children ever took.
   double s = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
-  for (pid_t pid : worker_children()) {
+  for (pid_t pid : worker_tree().all) {
     auto f = stat_fields(pid);
-    s += (field(f, 14) + field(f, 15) + field(f, 16) + field(f, 17)) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    s += ticks_to_s(field(f, 14) + field(f, 15) + field(f, 16) + field(f, 17));
   }
   return s;
 }
 
-double reaped_child_faults(const std::vector<pid_t>& pids) {
-  double n = 0;
-  for (pid_t p : pids) n += field(stat_fields(p), 11);  // cminflt
+ForkFaults fork_faults() {
+  // minflt is field 10, cminflt (of the children the process reaped) field 11.
+  ForkFaults n;
+  const WorkerTree t = worker_tree();
+  for (pid_t w : t.warm) {
+    auto f = stat_fields(w);
+    n.parent += field(f, 10);
+    n.children += field(f, 11);
+  }
+  for (pid_t c : t.run_children) {
+    auto f = stat_fields(c);
+    n.children += field(f, 10) + field(f, 11);
+  }
   return n;
 }
 

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <thread>
 
 #include "bench.hpp"
@@ -142,7 +143,7 @@ void print_stats(const char* what, const std::optional<Stats>& s) {
 
 }  // namespace
 
-std::optional<Stats> pipe_round_trip(int runs, int child_cpu) {
+std::optional<Stats> pipe_round_trip(int runs, int child_cpu, double gap_ms) {
   cpu_set_t saved;
   if (sched_getaffinity(0, sizeof saved, &saved) != 0) return std::nullopt;
   int to[2], from[2];
@@ -167,10 +168,13 @@ std::optional<Stats> pipe_round_trip(int runs, int child_cpu) {
   std::vector<double> us;
   if (pid > 0 && pin(0, 0)) {
     char b[4] = {1, 2, 3, 4};
-    for (int i = 0; i < runs + 50; ++i) {
+    const int warm = gap_ms > 0 ? 3 : 50;
+    for (int i = 0; i < runs + warm; ++i) {
+      // Paced: both sides sleep through the gap, as a worker and its supervisor thread do between paced runs.
+      if (gap_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(gap_ms));
       const auto t0 = Clock::now();
       if (write(to[1], b, 4) != 4 || read(from[0], b, 4) != 4) break;
-      if (i >= 50) us.push_back(us_since(t0));
+      if (i >= warm) us.push_back(us_since(t0));
     }
   }
   close(to[1]);
@@ -188,6 +192,11 @@ Floors measure_floors(const Options& o, double rss_mb) {
   print_stats("pipe round trip, same CPU", f.pipe_same_cpu);
   if (std::thread::hardware_concurrency() > 1) f.pipe_cross_cpu = pipe_round_trip(o.floor_runs * 5, 1);
   print_stats("pipe round trip, across CPUs", f.pipe_cross_cpu);
+  const int paced = std::max(o.paced_runs, 10);
+  f.pipe_paced_same_cpu = pipe_round_trip(paced, 0, kPacedGapMs);
+  print_stats("pipe round trip after 50 ms idle, same CPU", f.pipe_paced_same_cpu);
+  if (std::thread::hardware_concurrency() > 1) f.pipe_paced_cross_cpu = pipe_round_trip(paced, 1, kPacedGapMs);
+  print_stats("pipe round trip after 50 ms idle, across CPUs", f.pipe_paced_cross_cpu);
 
   // Two sizes: a small C program's (what a paced fork-mode run is held to) and the idle fork-mode
   // worker's resident size (what the kernel must copy the page tables of for each run).
@@ -239,10 +248,11 @@ std::string describe(const spr::RunResult& r) {
 }
 
 // A run in a child forked from the warm engine: latency to the child's answer, and the minor faults
-// the child took (its own getrusage, sent back with the answer).
+// the child took per phase: Python's after-fork hooks and the run (the child's own getrusage, sent back with
+// the answer), and its exit (the rest of what wait4 reports for it).
 void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out, const std::string& key = "fork_run") {
   std::vector<double> us;
-  double faults = 0;
+  double faults = 0, hook_faults = 0, exit_faults = 0;
   const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
   for (int i = 0; i < runs; ++i) {
     int fds[2];
@@ -258,46 +268,71 @@ void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out,
       getrusage(RUSAGE_SELF, &a);
       spr::RunResult r = spr::embed::run(req);
       getrusage(RUSAGE_SELF, &b);
-      const long n = r.ok ? b.ru_minflt - a.ru_minflt : -1;
-      ssize_t w = write(fds[1], &n, sizeof n);
+      const long n[3] = {r.ok ? b.ru_minflt - a.ru_minflt : -1, a.ru_minflt, b.ru_minflt};
+      ssize_t w = write(fds[1], n, sizeof n);
       (void)w;
       _exit(0);
     }
     PyOS_AfterFork_Parent();
     close(fds[1]);
-    long n = -1;
-    const bool got = pid > 0 && read(fds[0], &n, sizeof n) == static_cast<ssize_t>(sizeof n);
+    long n[3] = {-1, 0, 0};
+    const bool got = pid > 0 && read(fds[0], n, sizeof n) == static_cast<ssize_t>(sizeof n);
     const double t = us_since(t0);
     close(fds[0]);
-    if (pid > 0) waitpid(pid, nullptr, 0);
-    if (!got || n < 0) return;
+    struct rusage ru {};
+    if (pid > 0) wait4(pid, nullptr, 0, &ru);
+    if (!got || n[0] < 0) return;
     us.push_back(t);
-    faults += static_cast<double>(n);
+    faults += static_cast<double>(n[0]);
+    hook_faults += static_cast<double>(n[1]);
+    exit_faults += static_cast<double>(ru.ru_minflt - n[2]);
   }
   if (us.empty()) return;
   const Stats s = stats(us);
+  const double k = static_cast<double>(us.size());
   out[key] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
-  out[key + "_faults"] = faults / static_cast<double>(us.size());
+  out[key + "_faults"] = faults / k;
+  out[key + "_phase_faults"] = {{"after_fork_hooks", hook_faults / k}, {"run", faults / k}, {"exit", exit_faults / k}};
   out[key + "_cpu_us"] =
-      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(us.size());
+      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / k;
 }
 
 // The warm engine forking as os.fork() does (PyOS_BeforeFork, fork, PyOS_AfterFork_Child in the
 // child, PyOS_AfterFork_Parent), the child exiting at once: the floor under a fork-mode run. CPU of
-// both sides per fork.
-void warm_forks(int runs, json& out) {
+// both sides per fork. With `hooks` false, the same process forks with no Python hook on either side
+// (the kernel's fork and exit of a process this size and this many mappings): the difference is the
+// hooks' own cost, and `after_fork_us` (the child's own clock around PyOS_AfterFork_Child) its child side.
+void warm_forks(int runs, json& out, bool hooks) {
   std::vector<double> us;
+  double after_fork_us = 0;
   const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
   for (int i = 0; i < runs; ++i) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) break;
     const auto t0 = Clock::now();
-    PyOS_BeforeFork();
+    if (hooks) PyOS_BeforeFork();
     const pid_t pid = fork();
     if (pid == 0) {
-      PyOS_AfterFork_Child();
+      if (hooks) {
+        struct timespec a {}, b{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+        PyOS_AfterFork_Child();
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+        const double d = static_cast<double>(b.tv_sec - a.tv_sec) * 1e6 + static_cast<double>(b.tv_nsec - a.tv_nsec) / 1e3;
+        ssize_t w = write(fds[1], &d, sizeof d);
+        (void)w;
+      }
       _exit(0);
     }
-    PyOS_AfterFork_Parent();
-    if (pid < 0) break;
+    if (hooks) PyOS_AfterFork_Parent();
+    close(fds[1]);
+    if (pid < 0) {
+      close(fds[0]);
+      break;
+    }
+    double d = 0;
+    if (hooks && read(fds[0], &d, sizeof d) == static_cast<ssize_t>(sizeof d)) after_fork_us += d;
+    close(fds[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -305,9 +340,11 @@ void warm_forks(int runs, json& out) {
   }
   if (us.empty()) return;
   const Stats s = stats(us);
-  out["warm_fork"] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
-  out["warm_fork_cpu_us"] =
-      (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / static_cast<double>(us.size());
+  const std::string key = hooks ? "warm_fork" : "warm_fork_raw";
+  out[key] = {{"n", s.n}, {"p50", s.p50}, {"p99", s.p99}};
+  const double n = static_cast<double>(us.size());
+  out[key + "_cpu_us"] = (rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN) - cpu0) * 1e6 / n;
+  if (hooks) out["after_fork_child_cpu_us"] = after_fork_us / n;
 }
 
 [[noreturn]] void engine_child(int fd, int runs, int fork_count) {
@@ -352,7 +389,8 @@ void warm_forks(int runs, json& out) {
              {"failures", failures},
              {"python", spr::embed::python_version()},
              {"cpu_us_per_run", (rusage_seconds(RUSAGE_SELF) - cpu0) * 1e6 / runs}};
-      warm_forks(fork_count, out);
+      warm_forks(fork_count, out, false);
+      warm_forks(fork_count, out, true);
       req.policy.isolation = spr::Isolation::fork;
       fork_runs(req, id, fork_count, out);
       // As the fork worker does: the default policy's builtins and the streams built once in the parent.
@@ -412,10 +450,16 @@ EngineResult measure_engine(const Options& o) {
         e.fork_run_prebuilt = stats_of(j["fork_run_prebuilt"]);
         e.fork_run_prebuilt_faults = j.at("fork_run_prebuilt_faults").get<double>();
         e.fork_run_prebuilt_cpu_us = j.at("fork_run_prebuilt_cpu_us").get<double>();
+        e.fork_run_phase_faults = j.at("fork_run_prebuilt_phase_faults").get<std::map<std::string, double>>();
       }
       if (j.contains("warm_fork")) {
         e.warm_fork = stats_of(j["warm_fork"]);
         e.warm_fork_cpu_us = j.at("warm_fork_cpu_us").get<double>();
+        e.after_fork_child_cpu_us = j.at("after_fork_child_cpu_us").get<double>();
+      }
+      if (j.contains("warm_fork_raw")) {
+        e.warm_fork_raw = stats_of(j["warm_fork_raw"]);
+        e.warm_fork_raw_cpu_us = j.at("warm_fork_raw_cpu_us").get<double>();
       }
     }
   } catch (const std::exception&) {
@@ -433,7 +477,11 @@ EngineResult measure_engine(const Options& o) {
       std::printf("; with prebuilt builtins and streams p50 %.0f us, %.0f us of CPU, %.0f minor faults",
                   e.fork_run_prebuilt->p50, e.fork_run_prebuilt_cpu_us, e.fork_run_prebuilt_faults);
     if (e.warm_fork)
-      std::printf("; warm CPython forking p50 %.0f us, %.0f us of CPU", e.warm_fork->p50, *e.warm_fork_cpu_us);
+      std::printf("; warm CPython forking p50 %.0f us, %.0f us of CPU (PyOS_AfterFork_Child %.0f us)", e.warm_fork->p50,
+                  *e.warm_fork_cpu_us, e.after_fork_child_cpu_us.value_or(0));
+    if (e.warm_fork_raw)
+      std::printf("; without Python's fork hooks p50 %.0f us, %.0f us of CPU", e.warm_fork_raw->p50,
+                  *e.warm_fork_raw_cpu_us);
     std::printf("\n");
   } else {
     std::printf("not available: %s\n", e.error.c_str());

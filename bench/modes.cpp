@@ -41,8 +41,7 @@ std::string describe(const spr::RunResult& r) {
 template <class RunOnce>
 bool measure_pattern(RunOnce&& run_once, Pattern& p, int runs, double gap_ms, bool count_faults, std::string& first) {
   std::vector<double> lat;
-  const std::vector<pid_t> workers = worker_children();
-  const double faults0 = reaped_child_faults(workers);
+  const ForkFaults faults0 = fork_faults();
   const double cpu0 = cpu_seconds_all();
   auto next = Clock::now();
   for (int i = 0; i < runs; ++i) {
@@ -68,7 +67,9 @@ bool measure_pattern(RunOnce&& run_once, Pattern& p, int runs, double gap_ms, bo
   if (runs > 0) p.cpu_us_per_run = (cpu_seconds_all() - cpu0) * 1e6 / runs;
   if (count_faults && runs > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the last children get reaped
-    p.faults_per_run = (reaped_child_faults(workers) - faults0) / runs;
+    const ForkFaults faults1 = fork_faults();
+    p.faults_per_run = (faults1.children - faults0.children) / runs;
+    p.parent_faults_per_run = (faults1.parent - faults0.parent) / runs;
   }
   p.lat = stats(lat);
   return true;
@@ -122,7 +123,7 @@ void idle_memory(ModeResult& m) {
   double rss = 0, pss = 0;
   int n = 0;
   bool pss_ok = true;
-  for (pid_t pid : worker_children()) {
+  for (pid_t pid : worker_tree().warm) {  // the warm worker, not the keeper the supervisor started
     auto roll = kb_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
     if (!roll.count("Rss")) continue;
     rss += roll["Rss"];

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
+#include <utility>
 #include <functional>
 #include <thread>
 
@@ -73,6 +75,9 @@ std::vector<Ratio> ratios(const Report& r) {
       {"baseline_vs_fork_paced", "original's p50 / fork paced p50", div(baseline, paced(fk)), false, 30},
       {"namespace_b2b_vs_pipe", "namespace back to back p50 / cross-CPU pipe round trip",
        div(b2b(ns), p50(r.floors.pipe_cross_cpu ? r.floors.pipe_cross_cpu : r.floors.pipe_same_cpu)), true, 2},
+      {"namespace_paced_vs_paced_pipe", "namespace paced p50 / cross-CPU pipe round trip after 50 ms idle",
+       div(paced(ns), p50(r.floors.pipe_paced_cross_cpu ? r.floors.pipe_paced_cross_cpu : r.floors.pipe_paced_same_cpu)),
+       true, 2},
       {"serve_minus_api_us", "serve back to back p50 - C++ API back to back p50 (us)", serve_extra, true, 30},
       {"subinterpreter_paced_vs_namespace_paced", "subinterpreter paced p50 / namespace paced p50",
        div(paced(si), paced(ns)), true, 3},
@@ -91,6 +96,7 @@ std::vector<Row> rows(const Report& r) {
   std::vector<Row> out;
   const Floors& f = r.floors;
   const auto pipe = f.pipe_cross_cpu ? f.pipe_cross_cpu : f.pipe_same_cpu;
+  const auto paced_pipe = f.pipe_paced_cross_cpu ? f.pipe_paced_cross_cpu : f.pipe_paced_same_cpu;
   for (const auto& m : r.modes) {
     if (!m.available) continue;
     std::string floor = "pipe round trip";
@@ -107,14 +113,15 @@ std::vector<Row> rows(const Report& r) {
     }
     out.push_back(
         {m.name, "back to back", m.b2b.lat, m.runs_per_s, m.b2b.cpu_us_per_run, m.b2b.faults_per_run, floor, floor_us});
-    out.push_back(
-        {m.name, "paced", m.paced.lat, std::nullopt, m.paced.cpu_us_per_run, m.paced.faults_per_run, floor, floor_us});
+    const bool pipe_floor = m.name == "namespace";
+    out.push_back({m.name, "paced", m.paced.lat, std::nullopt, m.paced.cpu_us_per_run, m.paced.faults_per_run,
+                   pipe_floor ? "paced pipe round trip" : floor, pipe_floor ? p50(paced_pipe) : floor_us});
   }
   if (r.serve.available) {
     out.push_back({"namespace/serve", "back to back", r.serve.b2b.lat, std::nullopt, std::nullopt, std::nullopt,
                    "pipe round trip", p50(pipe)});
     out.push_back({"namespace/serve", "paced", r.serve.paced.lat, std::nullopt, std::nullopt, std::nullopt,
-                   "pipe round trip", p50(pipe)});
+                   "paced pipe round trip", p50(paced_pipe)});
   }
   if (r.engine.available) {
     out.push_back(
@@ -161,6 +168,7 @@ json pattern_json(const Pattern& p) {
   j["failures"] = p.failures;
   j["cpu_us_per_run"] = opt(p.cpu_us_per_run);
   j["minor_faults_per_run"] = opt(p.faults_per_run);
+  j["parent_minor_faults_per_run"] = opt(p.parent_faults_per_run);
   return j;
 }
 
@@ -170,24 +178,32 @@ void print_report(const Report& r) {
   const Floors& f = r.floors;
   std::printf("\nfloors, measured in this run:\n");
   auto floor_line = [](const char* what, const std::optional<Stats>& s) {
-    if (s) std::printf("  %-42s p50 %9.1f us  p99 %9.1f us\n", what, s->p50, s->p99);
+    if (s) std::printf("  %-48s p50 %9.1f us  p99 %9.1f us\n", what, s->p50, s->p99);
   };
   floor_line("pipe round trip, same CPU", f.pipe_same_cpu);
   floor_line("pipe round trip, across CPUs", f.pipe_cross_cpu);
+  floor_line("pipe round trip after 50 ms idle, same CPU", f.pipe_paced_same_cpu);
+  floor_line("pipe round trip after 50 ms idle, across CPUs", f.pipe_paced_cross_cpu);
   char label[80];
   std::snprintf(label, sizeof label, "bare fork, C process of %.0f MB", f.small_fork_rss_mb);
   floor_line(label, f.small_fork);
-  if (f.small_fork_cpu_us) std::printf("  %-42s %9.1f us of CPU\n", "  its CPU (parent and child)", *f.small_fork_cpu_us);
+  if (f.small_fork_cpu_us) std::printf("  %-48s %9.1f us of CPU\n", "  its CPU (parent and child)", *f.small_fork_cpu_us);
   std::snprintf(label, sizeof label, "bare fork, C process of %.1f MB (worker's)", f.fork_rss_mb);
   floor_line(label, f.bare_fork);
-  if (f.bare_fork_cpu_us) std::printf("  %-42s %9.1f us of CPU\n", "  its CPU (parent and child)", *f.bare_fork_cpu_us);
+  if (f.bare_fork_cpu_us) std::printf("  %-48s %9.1f us of CPU\n", "  its CPU (parent and child)", *f.bare_fork_cpu_us);
   std::printf("  (fork+_exit+waitpid of a C program: the first as small as one, the second as resident as\n"
               "   the idle fork-mode worker; paced fork runs are held to the first, the forked runs to the second)\n");
   if (r.engine.warm_fork) {
     floor_line("warm CPython forking (os.fork()+_exit+waitpid)", r.engine.warm_fork);
-    std::printf("  %-42s %9.1f us of CPU\n", "  its CPU (parent and child)", *r.engine.warm_fork_cpu_us);
+    std::printf("  %-48s %9.1f us of CPU\n", "  its CPU (parent and child)", *r.engine.warm_fork_cpu_us);
+    if (r.engine.after_fork_child_cpu_us)
+      std::printf("  %-48s %9.1f us of CPU\n", "  of which PyOS_AfterFork_Child", *r.engine.after_fork_child_cpu_us);
   }
-  if (f.cow_us_per_page) std::printf("  %-42s %9.2f us per page written\n", "copy-on-write", *f.cow_us_per_page);
+  if (r.engine.warm_fork_raw) {
+    floor_line("the same process forking without Python's hooks", r.engine.warm_fork_raw);
+    std::printf("  %-48s %9.1f us of CPU\n", "  its CPU (parent and child)", *r.engine.warm_fork_raw_cpu_us);
+  }
+  if (f.cow_us_per_page) std::printf("  %-48s %9.2f us per page written\n", "copy-on-write", *f.cow_us_per_page);
   floor_line("Py_NewInterpreter + Py_EndInterpreter", f.subinterp);
   floor_line("fresh `python3 -c pass`", f.python_pass);
 
@@ -201,10 +217,17 @@ void print_report(const Report& r) {
   print_table(table);
   std::printf(
       "\nback to back: the next request as soon as the reply is in; paced: one request every %.0f ms.\n"
-      "runs/s: 2 workers fed by 4 threads (back to back). cpu: bench + workers + their run children.\n"
-      "faults/run: minor page faults of a fork-mode run's child (worker's reaped children; engine: the\n"
-      "child's own getrusage). x floor: p50 / the floor's p50.\n",
+      "runs/s: 2 workers fed by 4 threads (back to back). cpu: the bench (supervisor) and every process\n"
+      "under its workers, run children included: /proc/<pid>/stat utime+stime+cutime+cstime of each live\n"
+      "process under each worker (a child's CPU reaches its reaper's cutime when reaped, also inside the\n"
+      "workers' PID namespaces). faults/run: minor page faults of a fork-mode run's child: the warm\n"
+      "worker's cminflt (children it reaped) plus its live children's minflt+cminflt (engine: the child's\n"
+      "own getrusage). x floor: p50 / the floor's p50.\n",
       kPacedGapMs);
+  for (const auto& m : r.modes)
+    if (m.available && m.b2b.parent_faults_per_run)
+      std::printf("%s: the warm worker's own minor faults per run: %.1f back to back, %.1f paced\n", m.name.c_str(),
+                  *m.b2b.parent_faults_per_run, m.paced.parent_faults_per_run.value_or(0));
   std::printf("\nratios:\n");
   for (const Ratio& q : ratios(r)) std::printf("  %-62s %s\n", q.text.c_str(), num(q.value, 2).c_str());
   for (const auto& m : r.modes) {
@@ -220,16 +243,143 @@ void print_report(const Report& r) {
   if (r.serve_run && !r.serve.available) std::printf("note: serve not available: %s\n", r.serve.error.c_str());
 }
 
+namespace {
+
+// A duration for a reader: 31 µs, 1.47 ms.
+std::string human_us(double us) {
+  if (us >= 10000) return fixed(us / 1000, 0) + " ms";
+  if (us >= 1000) return fixed(us / 1000, 2) + " ms";
+  if (us >= 100) return fixed(us, 0) + " µs";
+  return fixed(us, 1) + " µs";
+}
+std::string human_us(Opt us) {
+  return us ? human_us(*us) : "–";
+}
+
+}  // namespace
+
+std::string markdown(const Report& r) {
+  const Floors& f = r.floors;
+  std::string md;
+  auto line = [&](const std::string& s) { md += s + "\n"; };
+  const double load = std::strtod(r.load_start.c_str(), nullptr);
+  line("One `make bench` run (Python " + r.python + ", " + std::to_string(std::thread::hardware_concurrency()) +
+       " CPUs, load average " + r.load_start + " at start, " + r.load_end + " at end" +
+       (load >= 1 ? "; **the machine was busy: every figure is inflated, compare only ratios within the run**" : "") +
+       "). Written by `make bench` from that run's figures; `build/bench.json` has them all.");
+  line("");
+  line("| floor (this machine, this run) | p50 | CPU per operation |");
+  line("|---|---|---|");
+  auto floor_row = [&](const std::string& what, const std::optional<Stats>& s, Opt cpu) {
+    if (s) line("| " + what + " | " + human_us(s->p50) + " | " + human_us(cpu) + " |");
+  };
+  floor_row("pipe round trip, same CPU", f.pipe_same_cpu, std::nullopt);
+  floor_row("pipe round trip, across CPUs", f.pipe_cross_cpu, std::nullopt);
+  floor_row("pipe round trip after 50 ms idle, same CPU (paced floor)", f.pipe_paced_same_cpu, std::nullopt);
+  floor_row("pipe round trip after 50 ms idle, across CPUs (paced floor)", f.pipe_paced_cross_cpu, std::nullopt);
+  floor_row("bare fork + `_exit` + `waitpid`, C process of " + fixed(f.small_fork_rss_mb, 0) + " MB", f.small_fork,
+            f.small_fork_cpu_us);
+  floor_row("the same, C process as resident as the `fork` worker (" + fixed(f.fork_rss_mb, 1) + " MB)", f.bare_fork,
+            f.bare_fork_cpu_us);
+  floor_row("warm CPython forking (`os.fork()` + `_exit` + `waitpid`)", r.engine.warm_fork, r.engine.warm_fork_cpu_us);
+  floor_row("the same process forking without Python's fork hooks", r.engine.warm_fork_raw,
+            r.engine.warm_fork_raw_cpu_us);
+  if (r.engine.after_fork_child_cpu_us)
+    line("| `PyOS_AfterFork_Child` in the child (its CPU) | – | " + human_us(*r.engine.after_fork_child_cpu_us) + " |");
+  if (r.engine.available)
+    line("| a run in process (the engine, no isolation) | " + human_us(r.engine.lat.p50) + " | " +
+         human_us(r.engine.cpu_us_per_run) + " |");
+  if (f.cow_us_per_page) line("| copy-on-write, per page a child writes | " + human_us(*f.cow_us_per_page) + " | – |");
+  floor_row("`Py_NewInterpreter` + `Py_EndInterpreter`", f.subinterp, std::nullopt);
+  floor_row("fresh `python3 -c pass`", f.python_pass, std::nullopt);
+  line("");
+  line("| mode | pattern | p50 | p99 | runs/s | CPU per run | faults per run | × floor (floor) |");
+  line("|---|---|---|---|---|---|---|---|");
+  for (const Row& row : rows(r)) {
+    std::string name = "`" + row.name + "`";
+    if (row.name == "namespace/serve") name = "`namespace` through `serve`";
+    if (row.name == "engine") name = "in-process engine";
+    if (row.name == "original") name = "original's model";
+    const Opt x = div(row.lat.p50, row.floor_us);
+    line("| " + name + " | " + row.pattern + " | " + human_us(row.lat.p50) + " | " + human_us(row.lat.p99) + " | " +
+         (row.runs_per_s ? fixed(*row.runs_per_s, 0) : "–") + " | " + human_us(row.cpu) + " | " +
+         (row.faults ? fixed(*row.faults, 0) : "–") + " | " +
+         (x ? fixed(*x, 2) + " (" + row.floor_name + ")" : "–") + " |");
+  }
+  line("");
+  line("CPU per run: the bench (the supervisor) and every process under its workers, run children included "
+       "(`/proc/<pid>/stat` utime+stime+cutime+cstime). Faults per run: minor page faults of a `fork`-mode run's "
+       "child (the warm worker's cminflt and its live children's minflt+cminflt).");
+  if (!r.engine.fork_run_phase_faults.empty()) {
+    line("");
+    line("| a forked run's child (engine section, builtins and streams prebuilt), phase | minor faults |");
+    line("|---|---|");
+    const std::pair<const char*, const char*> phases[] = {
+        {"after_fork_hooks", "`PyOS_AfterFork_Child` (Python's after-fork hooks)"},
+        {"run", "the run (scope, compile, execution, result)"},
+        {"exit", "`_exit` (the child's teardown)"}};
+    for (const auto& [key, what] : phases) {
+      auto it = r.engine.fork_run_phase_faults.find(key);
+      if (it != r.engine.fork_run_phase_faults.end()) line(std::string("| ") + what + " | " + fixed(it->second, 0) + " |");
+    }
+  }
+  line("");
+  line("| ratio (same run) | target | this run | met |");
+  line("|---|---|---|---|");
+  for (const Ratio& q : ratios(r)) {
+    const std::string target = (q.at_most ? "≤ " : "≥ ") + fixed(q.target, q.target == std::floor(q.target) ? 0 : 1);
+    const std::string met = q.value ? ((q.at_most ? *q.value <= q.target : *q.value >= q.target) ? "yes" : "no") : "–";
+    line("| " + q.text + " | " + target + " | " + num(q.value, 2) + " | " + met + " |");
+  }
+  return md;
+}
+
+bool replace_marked_block(const std::string& path, const std::string& body, std::string& error) {
+  static const std::string kBegin = "<!-- spr-bench:begin -->", kEnd = "<!-- spr-bench:end -->";
+  std::ifstream in(path);
+  if (!in) {
+    error = "cannot read " + path;
+    return false;
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto b = text.find(kBegin);
+  const auto e = text.find(kEnd);
+  if (b == std::string::npos || e == std::string::npos || e < b || text.find(kBegin, b + 1) != std::string::npos) {
+    error = path + " has no single " + kBegin + " ... " + kEnd + " block";
+    return false;
+  }
+  text = text.substr(0, b + kBegin.size()) + "\n" + body + text.substr(e);
+  const std::string tmp = path + ".bench-tmp";
+  {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out.flush()) {
+      error = "cannot write " + tmp;
+      return false;
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    error = "cannot replace " + path;
+    return false;
+  }
+  return true;
+}
+
 json to_json(const Report& r) {
   json j;
   const Floors& f = r.floors;
   j["floors"] = {{"pipe_round_trip_same_cpu", stats_json(f.pipe_same_cpu)},
                  {"pipe_round_trip_cross_cpu", stats_json(f.pipe_cross_cpu)},
+                 {"pipe_round_trip_paced_same_cpu", stats_json(f.pipe_paced_same_cpu)},
+                 {"pipe_round_trip_paced_cross_cpu", stats_json(f.pipe_paced_cross_cpu)},
                  {"bare_fork_small", stats_json(f.small_fork)},
                  {"bare_fork_small_rss_mb", f.small_fork_rss_mb},
                  {"bare_fork_small_cpu_us", opt(f.small_fork_cpu_us)},
                  {"warm_cpython_fork", stats_json(r.engine.warm_fork)},
                  {"warm_cpython_fork_cpu_us", opt(r.engine.warm_fork_cpu_us)},
+                 {"warm_cpython_after_fork_child_cpu_us", opt(r.engine.after_fork_child_cpu_us)},
+                 {"warm_process_fork_no_hooks", stats_json(r.engine.warm_fork_raw)},
+                 {"warm_process_fork_no_hooks_cpu_us", opt(r.engine.warm_fork_raw_cpu_us)},
                  {"bare_fork", stats_json(f.bare_fork)},
                  {"bare_fork_rss_mb", f.fork_rss_mb},
                  {"bare_fork_cpu_us", opt(f.bare_fork_cpu_us)},
@@ -265,6 +415,7 @@ json to_json(const Report& r) {
                    {"forked_run_prebuilt", stats_json(r.engine.fork_run_prebuilt)},
                    {"forked_run_prebuilt_minor_faults", r.engine.fork_run_prebuilt_faults},
                    {"forked_run_prebuilt_cpu_us", r.engine.fork_run_prebuilt_cpu_us},
+                   {"forked_run_prebuilt_phase_faults", r.engine.fork_run_phase_faults},
                    {"failures", r.engine.failures}};
   else
     j["engine"] = nullptr;

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <thread>
@@ -53,6 +54,11 @@ int main(int argc, char** argv) {
   Report r;
   r.load_start = loadavg();
   std::printf("load average at start: %s (%u cpus)\n", r.load_start.c_str(), std::thread::hardware_concurrency());
+  if (std::strtod(r.load_start.c_str(), nullptr) >= 1)
+    std::fprintf(stderr,
+                 "\n*** WARNING: load average %s at start (1 or more): other work shares the CPUs, so every figure\n"
+                 "*** will be inflated and noisy. Only ratios within this run mean much; the table says so.\n\n",
+                 r.load_start.c_str());
 
   // Everything that forks the bench itself first, while no Runner thread exists.
   if (o.engine) {
@@ -105,6 +111,22 @@ int main(int argc, char** argv) {
     if (!f) std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
   }
   if (!o.plot_path.empty()) write_plot(r, o.plot_path);
+  if (!o.markdown_path.empty() || !o.readme_path.empty()) {
+    const std::string md = markdown(r);
+    if (!o.markdown_path.empty()) {
+      std::ofstream f(o.markdown_path);
+      f << md;
+      if (!f) std::fprintf(stderr, "cannot write %s\n", o.markdown_path.c_str());
+    }
+    std::string error;
+    if (!o.readme_path.empty()) {
+      if (replace_marked_block(o.readme_path, md, error))
+        std::printf("wrote this run's table into %s (load average %s at start)\n", o.readme_path.c_str(),
+                    r.load_start.c_str());
+      else
+        std::fprintf(stderr, "README not updated: %s\n", error.c_str());
+    }
+  }
 
   // Exit status: 1 when a measured mode had failed runs (a benchmark figure over failures is void).
   bool failed = r.engine.failures > 0 || r.baseline.failures > 0;
