@@ -94,7 +94,7 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
   return decode(frame, nullptr, scope, policies);
 }
 
-Incoming decode_request(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
   return decode(frame, &frame, scope, policies);
 }
 
