@@ -1,13 +1,16 @@
 // The in-process engine: isolated CPython initialisation, the bootstrap, and the steps of one run.
 #include "engine.hpp"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <locale.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <sstream>
 #include <utility>
@@ -52,6 +55,26 @@ std::string status_text(const PyStatus& s, const char* what) {
   if (s.func) out += std::string(" (") + s.func + ")";
   if (s.err_msg) out += std::string(": ") + s.err_msg;
   return out;
+}
+
+// Waits (at most about a second) until this process has one thread: a thread that was joined may still
+// be leaving the thread group for a moment, and the OS layers then unshare a user namespace, which the
+// kernel refuses to a process with more than one thread. num_threads is field 20 of /proc/self/stat.
+void wait_single_threaded() {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    char buf[1024];
+    const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;  // the OS layers report whatever follows
+    const ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    buf[n] = '\0';
+    const char* p = std::strrchr(buf, ')');
+    for (int field = 2; p && field < 20; ++field) p = std::strchr(p + 1, ' ');
+    if (!p || std::strtol(p + 1, nullptr, 10) <= 1) return;
+    const timespec pause{0, 1000000};
+    nanosleep(&pause, nullptr);
+  }
 }
 
 std::string real(const std::string& p) {
@@ -525,6 +548,8 @@ std::string initialize(const EngineOptions& options) {
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
   // Read by the audit hook only once armed (below), and by the OS layers after this returns.
   g_support_paths = scan.get();
+  scan = {};  // joins the scan's thread
+  wait_single_threaded();
   for (const char* dir : kSupportDataDirs) {
     std::string r = real(dir);
     if (!r.empty()) g_support_paths.push_back(r);
