@@ -36,7 +36,8 @@ json parse(const std::string& text, const char* what) {
 
 // input_data's JSON text (json.dumps made it), checked as parse() would refuse it and passed on as
 // text: the run decodes it without a tree in between.
-std::string checked_input(const std::string& text) {
+// Taken by value and moved on: a large input is not copied once more on its way.
+std::string checked_input(std::string text) {
   if (std::string why = spr::detail::json_text_error(text); !why.empty())
     throw spr::PolicyError("invalid JSON in input_data: " + why);
   return text;
@@ -187,7 +188,7 @@ class PyRunner {
     runner_ = std::make_shared<spr::Runner>(std::move(o));
   }
 
-  py::tuple run(const std::string& code, const std::string& input_json, const std::string& policy_json,
+  py::tuple run(const std::string& code, std::string input_json, const std::string& policy_json,
                 const py::object& on_output, const spr::CancelToken* token, const std::string& stdin_text,
                 const py::object& functions, const py::object& files, const std::vector<std::string>& collect) {
     std::shared_ptr<spr::Runner> runner = live();
@@ -199,7 +200,7 @@ class PyRunner {
     {
       // The arguments are C++ copies by now: checking the input needs no Python either.
       py::gil_scoped_release nogil;
-      o.input_json = checked_input(input_json);
+      o.input_json = checked_input(std::move(input_json));
       r = runner->run(code, json::object(), policy_of(policy_json), o);
     }
     return to_tuple(r);
@@ -317,7 +318,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<spr::Session, std::shared_ptr<spr::Session>>(m, "Session")
       .def(
           "run",
-          [](spr::Session& s, const std::string& code, const std::string& input_json, const py::object& on_output,
+          [](spr::Session& s, const std::string& code, std::string input_json, const py::object& on_output,
              const spr::CancelToken* token, bool want_repr, std::optional<double> timeout_seconds,
              std::optional<std::int64_t> max_output_kb, std::optional<std::int64_t> max_result_kb,
              const py::object& functions, const std::string& stdin_text) {
@@ -330,7 +331,7 @@ PYBIND11_MODULE(_core, m) {
             spr::RunResult r;
             {
               py::gil_scoped_release nogil;
-              o.input_json = checked_input(input_json);
+              o.input_json = checked_input(std::move(input_json));
               r = s.run(code, json::object(), o);
             }
             return to_tuple(r);

@@ -158,13 +158,13 @@ void WorkerPool::shutdown() {
 
 void WorkerPool::prespawn(const PoolKey& key) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (!stopping_) fill(key);
+  if (!stopping_) fill(key, 1);
 }
 
-void WorkerPool::fill(const PoolKey& key) {
+void WorkerPool::fill(const PoolKey& key, std::size_t want) {
   if (key.once) return;  // a one-shot worker is started for its lease (see start_one_shot)
   Pool& pool = pools_[key];
-  while (pool.live < options_.workers) {
+  while (pool.live < std::min(want, options_.workers)) {
     ++pool.live;
     spawn_queue_.push_back(key);
   }
@@ -227,6 +227,7 @@ void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::
 
 WorkerPool::Lease WorkerPool::lease_locked(Pools::iterator it, std::unique_ptr<WorkerProcess> w) {
   leased_.insert(w.get());
+  ++it->second.leased;
   Lease l;
   l.pool_ = this;
   l.key_ = &it->first;
@@ -262,6 +263,14 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
   const auto give_up = Clock::now() + seconds(options_.start_timeout_seconds * 2);
   // A one-shot worker's failure is its own error; a warm pool's says that no worker was available.
   const std::string prefix = key.once ? "" : "no worker available: ";
+  // Counted in its pool's `waiting` while this call waits, so that fill() starts a worker per waiting caller.
+  Pool* counted = nullptr;
+  struct Uncount {
+    Pool*& pool;
+    ~Uncount() {
+      if (pool) --pool->waiting;
+    }
+  } uncount{counted};
   for (;;) {
     if (stopping_) {
       error = prefix + kShuttingDown;
@@ -295,7 +304,11 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
       pool.failures_in_a_row = 0;  // the next caller tries again
       return {};
     }
-    fill(key);
+    if (!counted) {
+      counted = &pool;
+      ++pool.waiting;
+    }
+    fill(key, pool.leased + pool.waiting);
     // A cancellable wait looks at its token every 20 ms.
     const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
     if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up && pools_[key].idle.empty()) {
@@ -313,15 +326,17 @@ void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w)
     auto it = pools_.find(key);
     Pool& pool = it->second;
     leased_.erase(w.get());
+    --pool.leased;
     if (w->alive() && !stopping_ && !key.once) {
       pool.idle.push_back(std::move(w));
+      fill(key, options_.workers);  // the rest of the pool comes up now, in the background (see prespawn)
     } else {
       dead = std::move(w);
       --pool.live;
       if (key.once) {
         if (pool.live == 0 && pool.idle.empty()) pools_.erase(it);  // `key` refers into it: not used after
       } else if (!stopping_) {
-        fill(key);  // the replacement comes up off the caller's path
+        fill(key, options_.workers);  // the replacement comes up off the caller's path
       }
     }
   }

@@ -1,13 +1,17 @@
 // The in-process engine: isolated CPython initialisation, the bootstrap, and the steps of one run.
 #include "engine.hpp"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <locale.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <future>
 #include <sstream>
 #include <utility>
 
@@ -51,6 +55,26 @@ std::string status_text(const PyStatus& s, const char* what) {
   if (s.func) out += std::string(" (") + s.func + ")";
   if (s.err_msg) out += std::string(": ") + s.err_msg;
   return out;
+}
+
+// Waits (at most about a second) until this process has one thread: a thread that was joined may still
+// be leaving the thread group for a moment, and the OS layers then unshare a user namespace, which the
+// kernel refuses to a process with more than one thread. num_threads is field 20 of /proc/self/stat.
+void wait_single_threaded() {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    char buf[1024];
+    const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;  // the OS layers report whatever follows
+    const ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    buf[n] = '\0';
+    const char* p = std::strrchr(buf, ')');
+    for (int field = 2; p && field < 20; ++field) p = std::strchr(p + 1, ' ');
+    if (!p || std::strtol(p + 1, nullptr, 10) <= 1) return;
+    const timespec pause{0, 1000000};
+    nanosleep(&pause, nullptr);
+  }
 }
 
 std::string real(const std::string& p) {
@@ -461,6 +485,18 @@ std::string initialize(const EngineOptions& options) {
   // set, so locale.getlocale() and C extensions agree with Python's UTF-8 mode.
   setlocale(LC_CTYPE, "C.UTF-8");
 
+  // The library scan reads thousands of directory entries and ELF headers and calls no Python: when the
+  // supervisor named sys.path, it runs on a thread of its own while Python starts and preloads (about half
+  // a worker's start), and is joined before anything uses it. Without a list it runs after sys.path is known.
+  std::vector<std::string> given_roots;
+  for (const auto& e : options.sys_path) {
+    std::string r = e.empty() ? std::string() : real(e);
+    if (!r.empty()) given_roots.push_back(std::move(r));
+  }
+  std::future<std::vector<std::string>> scan;
+  if (!given_roots.empty())
+    scan = std::async(std::launch::async, [roots = given_roots] { return libdeps::needed_by_extensions(roots); });
+
   ConfigGuard cfg;
   cfg.config.install_signal_handlers = 0;
   cfg.config.site_import = 0;
@@ -490,14 +526,9 @@ std::string initialize(const EngineOptions& options) {
   if (!g_sys_path.empty() || !g_executable.empty()) {
     if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
   }
-  g_runtime_paths = compute_runtime_paths();
+  g_runtime_paths = compute_runtime_paths();  // the same list as given_roots when the supervisor named one
   trust::set_runtime_roots(g_runtime_paths);
-  g_support_paths = libdeps::needed_by_extensions(g_runtime_paths);
-  for (const char* dir : kSupportDataDirs) {
-    std::string r = real(dir);
-    if (!r.empty()) g_support_paths.push_back(r);
-  }
-  audit::set_support_roots(g_support_paths);
+  if (!scan.valid()) scan = std::async(std::launch::deferred, [] { return libdeps::needed_by_extensions(g_runtime_paths); });
   memory::install();
   if (!capture::attach(options.capture_fd)) return "cannot map the output buffer";
   {
@@ -515,6 +546,15 @@ std::string initialize(const EngineOptions& options) {
   // engine reads from the runtime's files is added (trust.cpp). Before gc.freeze(), which hides
   // objects from gc.get_objects().
   if (!trust::mark_loaded_code()) return "marking the runtime's code failed";
+  // Read by the audit hook only once armed (below), and by the OS layers after this returns.
+  g_support_paths = scan.get();
+  scan = {};  // joins the scan's thread
+  wait_single_threaded();
+  for (const char* dir : kSupportDataDirs) {
+    std::string r = real(dir);
+    if (!r.empty()) g_support_paths.push_back(r);
+  }
+  audit::set_support_roots(g_support_paths);
   {
     // Objects that exist now are never collected: a forked run child then does not walk (and
     // copy-on-write fault) the whole warm heap when its collector runs.

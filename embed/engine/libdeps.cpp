@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -203,6 +204,9 @@ bool is_extension(const fs::path& p) {
 std::vector<std::string> needed_by_extensions(const std::vector<std::string>& roots) {
   std::vector<std::string> queue;
   std::set<std::string> seen;
+  // Hundreds of extension modules name the same few libraries (libc.so.6, libm.so.6): each name is
+  // looked up once per search list, not once per module that needs it.
+  std::map<std::string, std::string> resolved;
   std::size_t count = 0;
   for (const auto& root : roots) {
     std::error_code ec;
@@ -214,7 +218,10 @@ std::vector<std::string> needed_by_extensions(const std::vector<std::string>& ro
       }
       std::error_code fec;
       if (!it->is_regular_file(fec) || !is_extension(it->path())) continue;
-      const std::string r = real(it->path().string());
+      // The walk starts at real paths and does not follow directory links, so only a file that is itself a
+      // link needs realpath() (a readlink per component for each of hundreds of files).
+      const bool link = it->is_symlink(fec) || fec;
+      const std::string r = link ? real(it->path().string()) : it->path().string();
       if (!r.empty() && seen.insert(r).second) {
         queue.push_back(r);
         ++count;
@@ -227,8 +234,12 @@ std::vector<std::string> needed_by_extensions(const std::vector<std::string>& ro
     queue.pop_back();
     Dynamic dyn;
     if (!read_dynamic(file, dyn)) continue;
+    std::string key_tail;
+    for (const auto& dir : dyn.search) key_tail += '\0' + dir;
     for (const auto& name : dyn.needed) {
-      const std::string lib = resolve(name, dyn.search);
+      auto [at, fresh] = resolved.try_emplace(name + key_tail);
+      if (fresh) at->second = resolve(name, dyn.search);
+      const std::string& lib = at->second;
       if (lib.empty() || !seen.insert(lib).second) continue;
       queue.push_back(lib);
       if (!trust::path_under(lib, roots)) out.push_back(lib);

@@ -166,7 +166,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
   // The request pipe stays open: host function answers come on it, forwarded by the parent.
   host_call::set_channel(reply_fd, request.get());
-  Incoming in = decode_request(frame, scope_, nullptr);
+  Incoming in = decode_request_owned(std::move(frame), scope_, nullptr);
   RunResult r;
   if (!setup.ok()) {
     // Fails closed: a process whose set-up is incomplete runs no user code.

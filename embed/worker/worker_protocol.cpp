@@ -40,7 +40,11 @@ InPlace read_in_place(std::string_view frame) {
 }
 }  // namespace
 
-Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
+namespace {
+
+// `owner`, when given, holds `frame`'s bytes and may be consumed: input_data's text is moved out of it.
+Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& scope,
+                protocol::PolicyCache* policies) {
   Incoming in;
   const InPlace p = read_in_place(frame);
   in.id = p.id;
@@ -57,7 +61,15 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.run.id = rq->id;
     in.run.code = std::move(rq->code);
     in.run.input_data = std::move(rq->input_data);
-    if (p.rest) in.run.input_json.assign(p.input);
+    if (p.rest && owner) {
+      const std::size_t at = static_cast<std::size_t>(p.input.data() - owner->data());
+      owner->resize(at + p.input.size());
+      owner->erase(0, at);  // a move within pages already touched
+      in.run.input_json = std::move(*owner);
+      owner->clear();
+    } else if (p.rest) {
+      in.run.input_json.assign(p.input);
+    }
     in.run.stdin_text = std::move(rq->stdin_text);
     in.run.want_repr = rq->want_repr;
     in.run.functions = std::move(rq->functions);
@@ -74,6 +86,16 @@ Incoming decode_request(std::string_view frame, const WorkerScope& scope, protoc
     in.refusal = outcome::bad_request(e.what());
   }
   return in;
+}
+
+}  // namespace
+
+Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
+  return decode(frame, nullptr, scope, policies);
+}
+
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
+  return decode(frame, &frame, scope, policies);
 }
 
 std::string encode_reply(std::uint64_t id, RunResult result) {

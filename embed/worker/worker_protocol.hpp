@@ -31,6 +31,10 @@ struct Incoming {
 // the supervisor validated: only its form is checked here (protocol::decode), never its values again.
 // `policies` keeps the last decoded policy (nullptr: decode it every time).
 Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies);
+// The same for a frame the caller no longer needs: input_data's text is cut out of `frame` in place and
+// moved into the request instead of copied (a large input is most of the frame; a copy would fault in
+// as many fresh pages again). `frame` is left empty.
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies);
 
 // The reply frame for request `id`.
 std::string encode_reply(std::uint64_t id, RunResult result);

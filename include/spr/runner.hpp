@@ -36,7 +36,8 @@ class SessionLimitError : public std::runtime_error {
 
 /// How a Runner is built: its pool, its default (or ceiling) policy, its sessions.
 struct RunnerOptions {
-  std::size_t workers = 2;                     ///< warm workers per isolation mode in use
+  std::size_t workers = 2;                     ///< warm workers per isolation mode in use (one starts with the
+                                               ///< Runner; the rest after the first run gave its worker back)
   RunnerPolicy policy;                         ///< defaults for every run
   std::filesystem::path worker_path;           ///< empty: $SPR_WORKER, then next to this program, then the install dir
   double kill_grace_seconds = 0.25;            ///< hard deadline = timeout + grace
@@ -61,7 +62,8 @@ struct RunnerOptions {
 /// A pool of warm, supervised, hardened workers. Thread-safe.
 class Runner {
  public:
-  /// Starts the workers; throws WorkerError if spr-worker cannot be found or started.
+  /// Starts its first worker in the background (the rest follow the first run); throws WorkerError if
+  /// spr-worker cannot be found (a worker that fails to start is reported by the runs that wait for it).
   explicit Runner(RunnerOptions options = {});
   ~Runner();  ///< stops the workers; runs in flight are answered worker_unavailable
   Runner(const Runner&) = delete;

@@ -88,7 +88,10 @@ class WorkerPool {
   // none: `error` says why (shutdown, failed starts, no worker in time); or `cancel` was cancelled
   // (error left empty). A one-shot key's worker is started on the calling thread (see the .cpp).
   Lease lease(const PoolKey& key, std::string& error, const CancelToken* cancel = nullptr);
-  // Starts warm workers for `key` up to Options::workers, off the caller's path. None for one-shot keys.
+  // Starts one warm worker for `key`, off the caller's path (none for one-shot keys): what a first run needs.
+  // The rest of the pool comes up in the background once a run has given its worker back, or when
+  // callers wait on more workers than are starting, so a program that makes one run and exits does not
+  // pay for workers it never uses.
   void prespawn(const PoolKey& key);
   // Idempotent. Idle workers are killed and reaped; leased ones are killed (their holders reap them
   // when they give them back); later leases fail.
@@ -110,6 +113,8 @@ class WorkerPool {
   struct Pool {
     std::deque<std::unique_ptr<WorkerProcess>> idle;
     std::size_t live = 0;    // idle + leased + being started
+    std::size_t leased = 0;   // out on a lease
+    std::size_t waiting = 0;  // lease() calls waiting for one of this key's workers
     std::string last_error;  // why the last start failed, for callers that then get none
     int failures_in_a_row = 0;
   };
@@ -119,7 +124,7 @@ class WorkerPool {
   Lease lease_locked(Pools::iterator it, std::unique_ptr<WorkerProcess> w);
   std::unique_ptr<WorkerProcess> start_one_shot(Pools::iterator it, std::unique_lock<std::mutex>& lk,
                                                 std::string& error);
-  void fill(const PoolKey& key);  // caller holds mu_
+  void fill(const PoolKey& key, std::size_t want);  // caller holds mu_; want is capped at Options::workers
   void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk);
   void spawn_loop();
 

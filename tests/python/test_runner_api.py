@@ -251,3 +251,41 @@ def test_configure_preloads_modules_for_run_code():
         assert first.result == second.result
     finally:
         safe_py_runner.configure()  # the next run_code gets the default pool again
+
+
+def _session_members(sid: int) -> list:
+    """Processes whose session is `sid` (field 6 of /proc/PID/stat), this test's own excluded."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[3]) == sid:
+            found.append((int(entry.name), fields[0]))
+    return found
+
+
+def test_a_program_that_runs_once_and_exits_leaves_no_process():
+    # A short-lived program: its first run_code starts one worker, and the rest of the pool (here 3 more)
+    # comes up in the background afterwards; at exit, every one of them (started, starting or never
+    # used) is killed and reaped. The program runs in a session of its own, so anything it leaves
+    # behind (an orphan, a worker's keeper, a run's child) is still found by its session id.
+    import os
+    import subprocess
+
+    script = ("import safe_py_runner\n"
+              "safe_py_runner.configure(workers=4)\n"
+              "r = safe_py_runner.run_code('result = 6 * 7')\n"
+              "assert r.result == 42, r\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, env=dict(os.environ))
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    assert proc.wait(timeout=120 * scale) == 0
+    # A hang guard, not a timing: a process killed at exit may take a moment to leave the process table.
+    deadline = time.monotonic() + 10 * scale
+    while _session_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _session_members(proc.pid) == []

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -71,7 +72,56 @@ bool eventually(F f) {
   return f();
 }
 
+// A hang guard for waits on worker starts (each a second or more on a loaded machine), scaled like the
+// suite's other limits (SPR_TEST_TIME_SCALE); it returns as soon as `f` holds.
+template <class F>
+bool eventually_started(F f) {
+  const char* s = std::getenv("SPR_TEST_TIME_SCALE");
+  const double scale = s && std::atof(s) > 1 ? std::atof(s) : 1.0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * scale);
+  while (std::chrono::steady_clock::now() < until) {
+    if (f()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return f();
+}
+
 }  // namespace
+
+TEST_CASE("WorkerPool: a first run starts one worker; the rest come up after it gave its worker back") {
+  Starter s;
+  WorkerPool pool({3, 10}, s.fn());
+  const PoolKey key = fork_key();
+  pool.prespawn(key);
+  REQUIRE(eventually_started([&] { return pool.idle(key) == 1; }));
+  CHECK(pool.counts().busy == 0);  // no other worker being started for a run that has not asked
+  CHECK(s.starts == 1);
+  std::string error;
+  {
+    auto w = pool.lease(key, error);
+    REQUIRE_MESSAGE(w, error);
+    CHECK(pool.counts().busy == 1);  // the leased one only: nothing competes with the first run
+    CHECK(s.starts == 1);
+  }
+  // Given back: the rest of the pool comes up in the background.
+  CHECK(eventually_started([&] { return pool.idle(key) == 3; }));
+  CHECK(s.starts == 3);
+}
+
+TEST_CASE("WorkerPool: callers waiting at once each get a worker started for them") {
+  Starter s;
+  WorkerPool pool({2, 10}, s.fn());
+  const PoolKey key = fork_key();
+  std::string error;
+  auto first = pool.lease(key, error);  // no prespawn: this lease starts the first worker
+  REQUIRE_MESSAGE(first, error);
+  CHECK(s.starts == 1);
+  std::string error2;
+  auto second = pool.lease(key, error2);  // the first is out: a second start for this caller
+  REQUIRE_MESSAGE(second, error2);
+  CHECK(first->pid() != second->pid());
+  CHECK(s.starts == 2);
+}
 
 TEST_CASE("key_of: pools split by what a worker is fixed to at its start") {
   RunnerPolicy a;

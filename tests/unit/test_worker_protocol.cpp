@@ -73,3 +73,27 @@ TEST_CASE("worker protocol: a refused request is answered under its own id") {
   CHECK(in.kind == Incoming::Kind::bad);
   CHECK(in.id == 9);
 }
+
+TEST_CASE("worker protocol: a frame handed over (decode_request_owned) decodes as the same frame viewed") {
+  // The fork child hands its frame over: input_data's text is cut out of it in place instead of copied.
+  // Whatever surrounds the text (members before and after it), the request is the same either way.
+  pr::Request rq;
+  rq.id = 9;
+  rq.code = "result = input_data";
+  rq.input_data = {{"a", {1, 2.5, "s"}}, {"b", {{"c", nullptr}}}};
+  rq.stdin_text = "after";
+  rq.policy.timeout_seconds = 2;
+  const std::string frame = pr::encode(rq);
+  const spr::embed::WorkerScope scope{spr::Isolation::fork, false};
+  const Incoming viewed = spr::embed::decode_request(std::string_view(frame), scope, nullptr);
+  std::string handed = frame;
+  const Incoming moved = spr::embed::decode_request_owned(std::move(handed), scope, nullptr);
+  REQUIRE(viewed.kind == Incoming::Kind::run);
+  REQUIRE(moved.kind == Incoming::Kind::run);
+  CHECK(moved.run.input_json == R"({"a":[1,2.5,"s"],"b":{"c":null}})");
+  CHECK(moved.run.input_json == viewed.run.input_json);
+  CHECK(moved.id == 9);
+  CHECK(moved.run.code == viewed.run.code);
+  CHECK(moved.run.stdin_text == "after");
+  CHECK(moved.run.policy.timeout_seconds == 2);
+}
