@@ -44,6 +44,9 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+// How long a worker whose socket closed may take to end by itself before it is killed (it has nothing left to do).
+constexpr int kKeeperReportMs = 2000;
+
 // Deeper than this, a scratch tree is not walked: the worker holding it is replaced instead.
 constexpr int kMaxWipeDepth = 256;
 
@@ -426,6 +429,12 @@ std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point
 }
 
 RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out) {
+  if (status == IoStatus::eof && !timed_out && pidfd_) {
+    // The socket closed first; in a PID namespace the keeper ends a moment later as its worker ended (a signal
+    // is raised again). Killed before that, it would report our SIGKILL instead of the worker's own end.
+    pollfd ended{pidfd_.get(), POLLIN, 0};
+    retry_eintr([&] { return ::poll(&ended, 1, kKeeperReportMs); });
+  }
   kill_and_reap();
   RunResult r;
   if (timed_out) {
