@@ -15,7 +15,7 @@ struct SpawnPlan {
   std::string path;               // executed as is (no PATH search)
   std::vector<std::string> argv;  // argv[0] included
   // (descriptor in this process, number in the new one). Targets must be below 16 (stdin..our protocol fds);
-  // a target not listed is closed. Sources stay open here: spawn() does not take them.
+  // a target not listed is closed. Sources stay open here: spawn_program() does not take them.
   std::vector<std::pair<int, int>> fds;
   bool own_group = true;        // setpgid(0, 0): a kill of the group reaches whatever it leaves behind
   bool die_with_parent = true;  // PR_SET_PDEATHSIG SIGKILL: it dies with the thread that spawned it
@@ -24,8 +24,8 @@ struct SpawnPlan {
 
 // Starts `plan` with an empty environment and returns its pid once it has exec'd. The caller owns the process
 // (waitpid, kill). When a step before exec or exec itself fails, the child is reaped here and std::system_error
-// is thrown naming the step ("execve", "dup3", ...) with its errno. No descriptor is created in this process
-// that a concurrent fork() by another thread could keep: the new process's start depends on no pipe.
+// is thrown naming the step ("execve", "dup3", ...) with its errno. The start waits on no descriptor (the child
+// reports into our memory), so a concurrent fork() by another thread, which copies them all, cannot hold it.
 pid_t spawn_program(const SpawnPlan& plan);
 
 }  // namespace spr::detail
