@@ -98,7 +98,7 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(vo
   return 127;
 }
 
-// Unmaps the child's stack when spawn() returns (the child has exec'd or exited by then: CLONE_VFORK).
+// Unmaps the child's stack when spawn_program() returns (the child has exec'd or exited by then: CLONE_VFORK).
 struct Stack {
   void* base = MAP_FAILED;
   Stack() : base(::mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)) {}
