@@ -555,6 +555,7 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     metrics_.run_finished(r);
     const bool late = rc->deadline_passed && r.error_kind == ErrorKind::cancelled;
     const std::string kind = late ? "deadline" : r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    release(rc->ex);
     if (rc->stream) {
       rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
       rc->ex->stream_end(kind);
@@ -565,7 +566,6 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     } else {
       send_json(rc->ex, 200, r.to_json(), kind);
     }
-    release(rc->ex);
   };
   try {
     detail::RunnerAccess::submit(runner_, std::move(call.code), std::move(call.input), std::move(policy),
@@ -626,13 +626,13 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
       // bytes were seen to differ from them: NUL bytes read as a run ended); else stdout then stderr.
       if (rc->streamed[0] == r.stdout_text && rc->streamed[1] == r.stderr_text) output = rc->output;
     }
+    release(rc->ex);
     if (rc->deadline_passed && r.error_kind == ErrorKind::cancelled)
       send_json(rc->ex, 504, {{"message", "the request's deadline passed before its run ended; the run was stopped"}},
                 "deadline");
     else
       send_json(rc->ex, 200, piston::execute_answer(r, output, python_version_),
                 r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind));
-    release(rc->ex);
   };
   try {
     detail::RunnerAccess::submit(runner_, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
@@ -704,21 +704,23 @@ void Api::session_open(const ExchangePtr& ex, const json& body) {
         opened();
         taken = !sessions_.emplace(id, entry).second;
       }
-      if (taken) {
-        entry->session.close();
+      if (taken) entry->session.close();
+      release(ex);
+      if (taken)
         send_error(ex, 409, "conflict", "a session with this id is open");
-      } else {
+      else
         send_json(ex, 201, {{"id", id}});
-      }
     } catch (const SessionLimitError& e) {
+      release(ex);
       metrics_.refused("session_limit");
       send_error(ex, 429, "session_limit", e.what(), {{"Retry-After", "5"}});
     } catch (const PolicyError& e) {
+      release(ex);
       bad_input(ex, std::string("invalid policy: ") + e.what());
     } catch (const std::exception& e) {
+      release(ex);
       send_error(ex, 503, "worker_unavailable", e.what());
     }
-    release(ex);
   });
 }
 
@@ -751,13 +753,13 @@ void Api::session_run(const ExchangePtr& ex, const std::string& id, json& body, 
     if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
     metrics_.run_finished(r);
     const std::string kind = r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    release(rc->ex);
     if (rc->stream) {
       rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
       rc->ex->stream_end(kind);
     } else {
       send_json(rc->ex, 200, r.to_json(), kind);
     }
-    release(rc->ex);
   });
 }
 
@@ -767,11 +769,11 @@ void Api::session_variables(const ExchangePtr& ex, const std::string& id) {
   if (!admit(ex, false)) return;
   pool_->post([this, ex, entry] {
     json v = entry->session.variables();
+    release(ex);
     if (v.is_null())
       session_lost(ex);
     else
       send_json(ex, 200, {{"variables", v}});
-    release(ex);
   });
 }
 
@@ -869,15 +871,15 @@ void Api::batch(const ExchangePtr& ex) {
       summary = call->batch->run(*in, *index, {}, sink);
     } catch (const std::exception& e) {
       // The Runner shut down under it.
+      release(ex);
       ex->stream_write(detail::dump_json(error_body("worker_unavailable", e.what())) + "\n");
       ex->stream_end("worker_unavailable");
-      release(ex);
       call->ended = true;
       return;
     }
+    release(ex);
     ex->stream_write(detail::dump_json({{"summary", summary.to_json()}}) + "\n");
     ex->stream_end(summary.interrupted ? "cancelled" : "");
-    release(ex);
     call->ended = true;
   });
 }
@@ -899,6 +901,7 @@ void Api::ready(const ExchangePtr& ex) {
                                                  });
   auto on_done = [this, ex, deadline, passed](const RunResult& r) {
     deadlines_->remove(deadline);
+    release(ex);
     if (r.ok && r.result == json(1))
       send_json(ex, 200, {{"ready", true}, {"duration_ms", static_cast<double>(r.duration.count()) / 1000.0}});
     else
@@ -907,7 +910,6 @@ void Api::ready(const ExchangePtr& ex) {
                  {"error", *passed ? std::string("no worker answered a trivial run within its deadline")
                                    : r.error.value_or("the trivial run failed")}},
                 "not_ready");
-    release(ex);
   };
   try {
     detail::RunnerAccess::submit(runner_, "result = 1", json::object(), p, std::move(options), std::move(on_done));

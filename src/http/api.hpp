@@ -77,7 +77,9 @@ class Api {
   // deadline (`timeout_seconds` + kill grace + queue timeout); nullptr when it has already answered.
   std::shared_ptr<RunCall> start_call(const ExchangePtr& ex, const std::string& client_id, RunOptions& options,
                                       bool stream, double timeout_seconds);
-  void release(const ExchangePtr& ex);  // gives back the slot admit() or take_slot() took for `ex`
+  // Gives back the slot admit() or take_slot() took for `ex`; called before its answer is sent, so a client that
+  // sends its next request as soon as it has the answer finds its share free.
+  void release(const ExchangePtr& ex);
   std::shared_ptr<SessionEntry> find_session(const ExchangePtr& ex, const std::string& id);
   // Registers a client-chosen run id (for POST /v1/runs/{id}/cancel); false when it is in use.
   bool register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token);
