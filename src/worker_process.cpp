@@ -242,7 +242,8 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   }
   // stdin and stdout are /dev/null, stderr the host's (or /dev/null); the protocol socket and the capture memfd
   // at the numbers the worker expects; nothing else of this process.
-  plan.fds = {{null.get(), 0}, {null.get(), 1}, {o.inherit_stderr ? 2 : null.get(), 2},
+  const bool host_stderr = o.inherit_stderr && ::fcntl(2, F_GETFD) >= 0;  // a daemon may have closed its fd 2
+  plan.fds = {{null.get(), 0}, {null.get(), 1}, {host_stderr ? 2 : null.get(), 2},
               {child_sock.get(), kProtocolFd}, {w->capture_.get(), kCaptureFd}};
   try {
     w->pid_ = spawn_program(plan);
