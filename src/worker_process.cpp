@@ -1,4 +1,4 @@
-// Spawning spr-worker with Boost.Process, and the supervisor's side of the frame protocol.
+// Starting spr-worker (detail/spawn.hpp), and the supervisor's side of the frame protocol.
 #include "detail/worker_process.hpp"
 
 #include <dirent.h>
@@ -16,11 +16,6 @@
 #include <linux/openat2.h>
 #include <unistd.h>
 
-#include <boost/process/args.hpp>
-#include <boost/process/child.hpp>
-#include <boost/process/env.hpp>
-#include <boost/process/extend.hpp>
-#include <boost/process/io.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -34,14 +29,11 @@
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
 #include "detail/json_cost.hpp"
-
-namespace bp = boost::process;
+#include "detail/spawn.hpp"
 
 namespace spr::detail {
 
 namespace {
-
-constexpr unsigned kCloseRangeCloexec = 1U << 2;  // CLOSE_RANGE_CLOEXEC (linux/close_range.h)
 
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
@@ -51,6 +43,9 @@ std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   return "ended";
 }
+
+// How long a worker whose socket closed may take to end by itself before it is killed (it has nothing left to do).
+constexpr int kKeeperReportMs = 2000;
 
 // Deeper than this, a scratch tree is not walked: the worker holding it is replaced instead.
 constexpr int kMaxWipeDepth = 256;
@@ -112,45 +107,6 @@ void remove_tree(const std::string& dir) {
   ::close(fd);
   ::rmdir(dir.c_str());
 }
-
-// Runs in the forked child before exec: async-signal-safe calls only.
-struct ChildSetup {
-  int sock, capture;
-  pid_t parent;
-  // One write() to stderr (the host's, or /dev/null) naming the call, then exit 127: no worker starts.
-  [[noreturn]] static void fail(const char* call) {
-    char line[128] = "spr-worker set-up failed: ";
-    std::strncat(line, call, sizeof line - std::strlen(line) - 2);
-    std::strcat(line, "\n");
-    const ssize_t ignored = ::write(2, line, std::strlen(line));
-    (void)ignored;
-    _exit(127);
-  }
-  template <class Executor>
-  void operator()(Executor&) const {
-    // Move our fds above the target numbers first, so dup2 never clobbers one we still need.
-    int s = fcntl(sock, F_DUPFD_CLOEXEC, 64);
-    int c = fcntl(capture, F_DUPFD_CLOEXEC, 64);
-    if (s < 0 || c < 0 || dup2(s, kProtocolFd) < 0 || dup2(c, kCaptureFd) < 0) fail("dup2 of the worker's fds");
-    // Each step checked: a worker without them never starts (the supervisor then sees no hello).
-    if (setpgid(0, 0) != 0) fail("setpgid");  // own group: a kill reaches anything it left behind
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("prctl(PR_SET_PDEATHSIG)");  // dies with the spawner thread
-    if (getppid() != parent) _exit(127);     // the supervisor died before prctl took effect
-    struct rlimit core{0, 0};
-    if (setrlimit(RLIMIT_CORE, &core) != 0) fail("setrlimit(RLIMIT_CORE)");
-    // Everything else the supervisor had open stays behind (Boost's own pipes are not close-on-exec).
-    // Close-on-exec fds (Boost's exec-error pipe among them) are left for exec to close.
-    // One call marks them all close-on-exec (Linux 5.11); older kernels get the scan, one fcntl per
-    // possible descriptor (20,000 calls under a 20,000 RLIMIT_NOFILE).
-    if (syscall(SYS_close_range, kCaptureFd + 1, ~0U, kCloseRangeCloexec) == 0) return;
-    struct rlimit nofile{};
-    int top = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 65536 ? static_cast<int>(nofile.rlim_cur) : 65536;
-    for (int fd = kCaptureFd + 1; fd < top; ++fd) {
-      int flags = fcntl(fd, F_GETFD);
-      if (flags >= 0 && !(flags & FD_CLOEXEC)) ::close(fd);
-    }
-  }
-};
 
 // `outcome` (what this supervisor measured or counted) in place of a run's own result, keeping the output the
 // run wrote.
@@ -275,26 +231,25 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
 
   WorkerStart start = o.start;
   start.scratch = w->scratch_;
-  const std::vector<std::string> args = start.to_argv();
-  bp::environment env;  // empty: nothing of the caller's environment reaches user code
-  env.clear();
-  try {
-    std::error_code ec;
-    const ChildSetup setup{child_sock.get(), w->capture_.get(), getpid()};
-    auto c = o.inherit_stderr
-                 ? bp::child(o.worker_path.string(), bp::args(args), bp::env(env), bp::std_in < bp::null,
-                             bp::std_out > bp::null, bp::extend::on_exec_setup(setup), ec)
-                 : bp::child(o.worker_path.string(), bp::args(args), bp::env(env), bp::std_in < bp::null,
-                             bp::std_out > bp::null, bp::std_err > bp::null, bp::extend::on_exec_setup(setup), ec);
-    if (ec) {
-      remove_tree(w->scratch_);
-      throw WorkerError("cannot start " + o.worker_path.string() + ": " + ec.message());
-    }
-    w->pid_ = c.id();
-    c.detach();  // we reap it ourselves with waitpid (Boost's wait leaves zombies after terminate)
-  } catch (const bp::process_error& e) {
+  SpawnPlan plan;
+  plan.path = o.worker_path.string();
+  plan.argv.push_back(plan.path);
+  for (auto& arg : start.to_argv()) plan.argv.push_back(std::move(arg));
+  const Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!null) {
     remove_tree(w->scratch_);
-    throw WorkerError("cannot start " + o.worker_path.string() + ": " + e.what());
+    throw WorkerError(std::string("cannot open /dev/null: ") + strerror(errno));
+  }
+  // stdin and stdout are /dev/null, stderr the host's (or /dev/null); the protocol socket and the capture memfd
+  // at the numbers the worker expects; nothing else of this process.
+  const bool host_stderr = o.inherit_stderr && ::fcntl(2, F_GETFD) >= 0;  // a daemon may have closed its fd 2
+  plan.fds = {{null.get(), 0}, {null.get(), 1}, {host_stderr ? 2 : null.get(), 2},
+              {child_sock.get(), kProtocolFd}, {w->capture_.get(), kCaptureFd}};
+  try {
+    w->pid_ = spawn_program(plan);
+  } catch (const std::system_error& e) {
+    remove_tree(w->scratch_);
+    throw WorkerError("cannot start " + plan.path + ": " + e.what());
   }
   child_sock.reset();
   w->alive_ = true;
@@ -475,6 +430,12 @@ std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point
 }
 
 RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out) {
+  if (status == IoStatus::eof && !timed_out && pidfd_) {
+    // The socket closed first; in a PID namespace the keeper ends a moment later as its worker ended (a signal
+    // is raised again). Killed before that, it would report our SIGKILL instead of the worker's own end.
+    pollfd ended{pidfd_.get(), POLLIN, 0};
+    retry_eintr([&] { return ::poll(&ended, 1, kKeeperReportMs); });
+  }
   kill_and_reap();
   RunResult r;
   if (timed_out) {

@@ -12,6 +12,7 @@
 #include "common/outcome.hpp"
 #include "deadline.hpp"
 #include "guard.hpp"
+#include "memory.hpp"
 
 namespace spr::embed::run_result {
 
@@ -156,6 +157,14 @@ void from_exception(const py::FetchedError& e, const RunnerPolicy& p, RunResult&
   }
   write_stderr(format_traceback(e, false));
   if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
+    become(r, outcome::memory());
+    return;
+  }
+  // CPython (3.10 to 3.13) grows its frame stack with the arena allocator and, when that returns NULL, fails the
+  // call without setting MemoryError: deep recursion under a raised recursion limit ends as this SystemError
+  // once memory::refused() has refused the next chunk. It is the memory limit, not the code's exception.
+  if (PyErr_GivenExceptionMatches(t, PyExc_SystemError) && memory::refused()) {
+    write_stderr("note: the memory limit refused CPython's frame stack (recursion too deep for memory_limit_mb)\n");
     become(r, outcome::memory());
     return;
   }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <condition_variable>
 #include <cerrno>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <functional>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <tuple>
@@ -243,6 +245,7 @@ struct HttpArgs {
   double read_timeout = 10, queue_timeout = 30, grace = 10;
   std::string preload;
   bool session_id_header = false;
+  std::optional<std::size_t> sessions_per_token, runs_per_token;  // unset: half the server's limit
 };
 
 // "127.0.0.1:8080", "[::1]:8080" -> address and port.
@@ -295,6 +298,12 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
   o.api.queue_timeout_seconds = h.queue_timeout;
   o.api.blocking_threads = h.max_sessions + 2;
   o.api.session_id_from_header = h.session_id_header;
+  // Shares of one token: half of each limit (at least 1), so no single client can take every slot while any
+  // other waits. Without a token file every request is one party and there is nothing to share.
+  if (!o.tokens.empty()) {
+    o.api.sessions_per_token = h.sessions_per_token.value_or(std::max<std::size_t>(1, h.max_sessions / 2));
+    o.api.runs_per_token = h.runs_per_token.value_or(std::max<std::size_t>(1, h.max_concurrent / 2));
+  }
   spr::RunnerPolicy base = build_policy(pa);
   spr::RunnerOptions options = runner_options(base, h.workers);
   options.policy_is_ceiling = true;  // as in serve: a request may tighten the operator's policy, never loosen it
@@ -454,6 +463,12 @@ int main(int argc, char** argv) {
                    "seconds a run may wait beyond its own timeout before its request answers 504 (default 30)");
   http->add_option("--grace", http_args.grace, "seconds runs in flight get to finish after SIGTERM (default 10)");
   http->add_option("--threads", http_args.threads, "threads serving connections (default 2)");
+  http->add_option("--sessions-per-token", http_args.sessions_per_token,
+                   "with --token-file: open sessions one token may hold (default half of --max-sessions, at least 1; "
+                   "0: no limit per token)");
+  http->add_option("--runs-per-token", http_args.runs_per_token,
+                   "with --token-file: runs and session calls one token may have in flight (default half of "
+                   "--max-concurrent, at least 1; 0: no limit per token)");
   http->add_flag("--session-id-header", http_args.session_id_header,
                  "a new session takes its id from the X-Session-Id header when given (set by a proxy that "
                  "hashes on it, such as nginx with $request_id)");

@@ -311,16 +311,28 @@ std::size_t Api::in_flight() const {
   return in_flight_;
 }
 
+std::string Api::take_slot(const ExchangePtr& ex) {
+  if (in_flight_ >= options_.max_in_flight)
+    return "every run slot is taken (" + std::to_string(options_.max_in_flight) + "); retry later";
+  if (const auto& t = ex->request().token) {
+    std::size_t& held = token_in_flight_[*t];
+    if (options_.runs_per_token && held >= options_.runs_per_token)
+      return "this token's runs in flight are its share (" + std::to_string(held) + " of the server's " +
+             std::to_string(options_.max_in_flight) + "); retry later";
+    ++held;
+  }
+  ++in_flight_;
+  return {};
+}
+
 bool Api::admit(const ExchangePtr& ex, bool piston) {
+  std::string msg;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (in_flight_ < options_.max_in_flight) {
-      ++in_flight_;
-      return true;
-    }
+    msg = take_slot(ex);
   }
+  if (msg.empty()) return true;
   metrics_.refused("overloaded");
-  const std::string msg = "every run slot is taken (" + std::to_string(options_.max_in_flight) + "); retry later";
   if (piston)
     send_json(ex, 429, {{"message", msg}}, "overloaded", {{"Retry-After", "1"}});
   else
@@ -328,9 +340,11 @@ bool Api::admit(const ExchangePtr& ex, bool piston) {
   return false;
 }
 
-void Api::release() {
+void Api::release(const ExchangePtr& ex) {
   std::lock_guard<std::mutex> lk(mu_);
   --in_flight_;
+  if (const auto& t = ex->request().token)
+    if (auto it = token_in_flight_.find(*t); it != token_in_flight_.end() && --it->second == 0) token_in_flight_.erase(it);
 }
 
 RunnerPolicy Api::request_policy(const json& overrides) const {
@@ -503,7 +517,7 @@ std::shared_ptr<Api::RunCall> Api::start_call(const ExchangePtr& ex, const std::
   rc->stream = stream;
   rc->client_id = client_id;
   if (!rc->client_id.empty() && !register_run(ex, rc->client_id, options.cancel)) {
-    release();
+    release(ex);
     send_error(ex, 409, "conflict", "a run with id '" + rc->client_id + "' is already in flight");
     return nullptr;
   }
@@ -541,6 +555,7 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     metrics_.run_finished(r);
     const bool late = rc->deadline_passed && r.error_kind == ErrorKind::cancelled;
     const std::string kind = late ? "deadline" : r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    release(rc->ex);
     if (rc->stream) {
       rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
       rc->ex->stream_end(kind);
@@ -551,7 +566,6 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     } else {
       send_json(rc->ex, 200, r.to_json(), kind);
     }
-    release();
   };
   try {
     detail::RunnerAccess::submit(runner_, std::move(call.code), std::move(call.input), std::move(policy),
@@ -560,7 +574,7 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
     // An invalid policy (already checked) or a Runner that is shutting down.
     deadlines_->remove(rc->deadline);
     if (!rc->client_id.empty()) unregister_run(ex, rc->client_id);
-    release();
+    release(ex);
     if (stream) {
       ex->stream_write(detail::dump_json({{"error", e.what()}, {"error_kind", "worker_unavailable"}}) + "\n");
       ex->stream_end("worker_unavailable");
@@ -612,20 +626,20 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
       // bytes were seen to differ from them: NUL bytes read as a run ended); else stdout then stderr.
       if (rc->streamed[0] == r.stdout_text && rc->streamed[1] == r.stderr_text) output = rc->output;
     }
+    release(rc->ex);
     if (rc->deadline_passed && r.error_kind == ErrorKind::cancelled)
       send_json(rc->ex, 504, {{"message", "the request's deadline passed before its run ended; the run was stopped"}},
                 "deadline");
     else
       send_json(rc->ex, 200, piston::execute_answer(r, output, python_version_),
                 r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind));
-    release();
   };
   try {
     detail::RunnerAccess::submit(runner_, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
                                  std::move(on_done));
   } catch (const std::exception& err) {
     deadlines_->remove(rc->deadline);
-    release();
+    release(ex);
     send_json(ex, 503, {{"message", err.what()}}, "worker_unavailable");
   }
 }
@@ -643,31 +657,70 @@ void Api::session_open(const ExchangePtr& ex, const json& body) {
     std::lock_guard<std::mutex> lk(mu_);
     if (sessions_.count(id)) return send_error(ex, 409, "conflict", "a session with this id is open");
   }
-  if (!admit(ex, false)) return;
-  pool_->post([this, ex, policy, id]() mutable {
+  const std::optional<std::size_t> token = ex->request().token;
+  if (token && options_.sessions_per_token) {
+    std::string why;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      // Its sessions still open (one closed, idle too long or crashed no longer counts), and its opens under way.
+      const auto opening = token_opening_.find(*token);
+      std::size_t held = opening == token_opening_.end() ? 0 : opening->second;
+      for (const auto& [sid, e] : sessions_) held += e->owner == token && e->session.alive();
+      if (held >= options_.sessions_per_token)
+        why = "this token's open sessions are its share (" + std::to_string(held) + " of the server's " +
+              std::to_string(runner_.options().max_sessions) + "); close one first";
+      else
+        ++token_opening_[*token];
+    }
+    if (!why.empty()) {
+      metrics_.refused("session_limit");
+      return send_error(ex, 429, "session_limit", why, {{"Retry-After", "5"}});
+    }
+  }
+  // Whatever the open's fate, the token's open under way ends with the lock that records its session.
+  auto opened = [this, token] {
+    if (!token || !options_.sessions_per_token) return;
+    if (auto it = token_opening_.find(*token); it != token_opening_.end() && --it->second == 0) token_opening_.erase(it);
+  };
+  if (!admit(ex, false)) {
+    std::lock_guard<std::mutex> lk(mu_);
+    opened();
+    return;
+  }
+  pool_->post([this, ex, policy, id, opened]() mutable {
     try {
-      auto entry = std::make_shared<SessionEntry>(SessionEntry{runner_.open_session(policy), ex->request().token});
+      std::shared_ptr<SessionEntry> entry;
+      try {
+        entry = std::make_shared<SessionEntry>(SessionEntry{runner_.open_session(policy), ex->request().token});
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        opened();
+        throw;
+      }
       if (id.empty()) id = random_id();
       bool taken = false;
       {
         std::lock_guard<std::mutex> lk(mu_);
+        opened();
         taken = !sessions_.emplace(id, entry).second;
       }
-      if (taken) {
-        entry->session.close();
+      if (taken) entry->session.close();
+      release(ex);
+      if (taken)
         send_error(ex, 409, "conflict", "a session with this id is open");
-      } else {
+      else
         send_json(ex, 201, {{"id", id}});
-      }
     } catch (const SessionLimitError& e) {
+      release(ex);
       metrics_.refused("session_limit");
       send_error(ex, 429, "session_limit", e.what(), {{"Retry-After", "5"}});
     } catch (const PolicyError& e) {
+      release(ex);
       bad_input(ex, std::string("invalid policy: ") + e.what());
     } catch (const std::exception& e) {
+      release(ex);
       send_error(ex, 503, "worker_unavailable", e.what());
     }
-    release();
   });
 }
 
@@ -700,13 +753,13 @@ void Api::session_run(const ExchangePtr& ex, const std::string& id, json& body, 
     if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
     metrics_.run_finished(r);
     const std::string kind = r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind);
+    release(rc->ex);
     if (rc->stream) {
       rc->ex->stream_write(detail::dump_json({{"result", r.to_json()}}) + "\n");
       rc->ex->stream_end(kind);
     } else {
       send_json(rc->ex, 200, r.to_json(), kind);
     }
-    release();
   });
 }
 
@@ -716,11 +769,11 @@ void Api::session_variables(const ExchangePtr& ex, const std::string& id) {
   if (!admit(ex, false)) return;
   pool_->post([this, ex, entry] {
     json v = entry->session.variables();
+    release(ex);
     if (v.is_null())
       session_lost(ex);
     else
       send_json(ex, 200, {{"variables", v}});
-    release();
   });
 }
 
@@ -791,11 +844,11 @@ void Api::batch(const ExchangePtr& ex) {
                         "every batch slot is taken (" + std::to_string(options_.max_batches) + "); retry later",
                         {{"Retry-After", "5"}});
     }
-    if (in_flight_ >= options_.max_in_flight) {
+    // The batch counts as one request in flight (its token's too): a drain waits for its summary.
+    if (std::string why = take_slot(ex); !why.empty()) {
       metrics_.refused("overloaded");
-      return send_error(ex, 429, "overloaded", "every run slot is taken; retry later", {{"Retry-After", "1"}});
+      return send_error(ex, 429, "overloaded", why, {{"Retry-After", "1"}});
     }
-    ++in_flight_;  // the batch counts as one request in flight: a drain waits for its summary
     // A client that reads slowly holds its batch back: no case starts while its answer backlog is full.
     bo.before_case = [ex, stopped = &call->stopped] {
       while (ex->stream_backlog() > kMaxBatchBacklogBytes && !ex->stream_broken() && !*stopped)
@@ -818,15 +871,15 @@ void Api::batch(const ExchangePtr& ex) {
       summary = call->batch->run(*in, *index, {}, sink);
     } catch (const std::exception& e) {
       // The Runner shut down under it.
+      release(ex);
       ex->stream_write(detail::dump_json(error_body("worker_unavailable", e.what())) + "\n");
       ex->stream_end("worker_unavailable");
-      release();
       call->ended = true;
       return;
     }
+    release(ex);
     ex->stream_write(detail::dump_json({{"summary", summary.to_json()}}) + "\n");
     ex->stream_end(summary.interrupted ? "cancelled" : "");
-    release();
     call->ended = true;
   });
 }
@@ -834,9 +887,8 @@ void Api::batch(const ExchangePtr& ex) {
 void Api::ready(const ExchangePtr& ex) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (in_flight_ >= options_.max_in_flight)
-      return send_json(ex, 503, {{"ready", false}, {"error", "every run slot is taken"}}, "overloaded");
-    ++in_flight_;
+    if (std::string why = take_slot(ex); !why.empty())
+      return send_json(ex, 503, {{"ready", false}, {"error", why}}, "overloaded");
   }
   RunnerPolicy p = base_;
   p.timeout_seconds = std::min(detail::floored_timeout(p.timeout_seconds), kReadyTimeoutSeconds);
@@ -849,6 +901,7 @@ void Api::ready(const ExchangePtr& ex) {
                                                  });
   auto on_done = [this, ex, deadline, passed](const RunResult& r) {
     deadlines_->remove(deadline);
+    release(ex);
     if (r.ok && r.result == json(1))
       send_json(ex, 200, {{"ready", true}, {"duration_ms", static_cast<double>(r.duration.count()) / 1000.0}});
     else
@@ -857,13 +910,12 @@ void Api::ready(const ExchangePtr& ex) {
                  {"error", *passed ? std::string("no worker answered a trivial run within its deadline")
                                    : r.error.value_or("the trivial run failed")}},
                 "not_ready");
-    release();
   };
   try {
     detail::RunnerAccess::submit(runner_, "result = 1", json::object(), p, std::move(options), std::move(on_done));
   } catch (const std::exception& e) {
     deadlines_->remove(deadline);
-    release();
+    release(ex);
     send_json(ex, 503, {{"ready", false}, {"error", e.what()}}, "not_ready");
   }
 }

@@ -27,6 +27,11 @@ struct ApiOptions {
   // when there is one, so a proxy that hashes on it sends the session's later requests to this server.
   bool session_id_from_header = false;
   std::size_t max_batches = 2;  // POST /v1/batch requests running at once; then 429
+  // Shares of one bearer token (requests without a token, when no token file is given, are one party and have
+  // no share): open sessions, and runs, session calls and batches admitted at once. 0: no share beyond the
+  // server's own limits. Over its share a token gets 429 while other tokens still find room.
+  std::size_t sessions_per_token = 0;
+  std::size_t runs_per_token = 0;
 };
 
 class Api {
@@ -66,11 +71,15 @@ class Api {
   void metrics_page(const ExchangePtr& ex);
 
   bool admit(const ExchangePtr& ex, bool piston);
+  // Under mu_: takes a run slot for `ex` (the server's and its token's); else the message of the 429, slot untaken.
+  std::string take_slot(const ExchangePtr& ex);
   // Admits a run or session call, registers its client id, starts its NDJSON stream and arms its
   // deadline (`timeout_seconds` + kill grace + queue timeout); nullptr when it has already answered.
   std::shared_ptr<RunCall> start_call(const ExchangePtr& ex, const std::string& client_id, RunOptions& options,
                                       bool stream, double timeout_seconds);
-  void release();
+  // Gives back the slot admit() or take_slot() took for `ex`; called before its answer is sent, so a client that
+  // sends its next request as soon as it has the answer finds its share free.
+  void release(const ExchangePtr& ex);
   std::shared_ptr<SessionEntry> find_session(const ExchangePtr& ex, const std::string& id);
   // Registers a client-chosen run id (for POST /v1/runs/{id}/cancel); false when it is in use.
   bool register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token);
@@ -90,6 +99,8 @@ class Api {
   bool draining_ = false;
   std::map<std::string, std::shared_ptr<SessionEntry>> sessions_;  // by id
   std::map<std::string, CancelToken> runs_;                        // by owner token and client id
+  std::map<std::size_t, std::size_t> token_in_flight_;             // run slots held, by token
+  std::map<std::size_t, std::size_t> token_opening_;               // session opens admitted, not done, by token
   std::vector<std::shared_ptr<BatchCall>> batches_;              // running, or ended and not joined yet
   std::unique_ptr<Deadlines> deadlines_;
   std::unique_ptr<BlockingPool> pool_;

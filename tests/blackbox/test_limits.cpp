@@ -118,6 +118,44 @@ TEST_CASE("timeout: catching the timeout in user code does not turn it into succ
   check_next_run_succeeds();
 }
 
+TEST_CASE("memory: recursion deeper than memory allows, under a raised recursion limit, is 'Memory limit exceeded'") {
+  // CPython takes its frames from the arena allocator, and a call whose frame it cannot get fails without
+  // setting MemoryError: without the engine's help this ended as "SystemError: error return without exception set".
+  auto p = spr_test::policy();
+  p.memory_limit_mb = 32;
+  p.timeout_seconds = 60 * spr_test::time_scale();  // the limit under test is memory, not time
+  const auto r = run("import sys\nsys.setrecursionlimit(10**7)\ndef f(n): return f(n + 1)\nf(0)\n", json::object(), p);
+  INFO(describe(r));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == ErrorKind::memory);
+  CHECK(r.error == std::string("Memory limit exceeded"));
+  CHECK(r.resource_exceeded);
+  CHECK(r.exit_code == 2);
+  CHECK_FALSE(r.timed_out);
+  // The worker (or its replacement) answers the next run.
+  const auto next = run("result = sum(range(10))\n");
+  INFO(describe(next));
+  CHECK(next.ok);
+  CHECK(next.result == json(45));
+}
+
+TEST_CASE("a C stack overflow under a raised recursion limit is a crash of the run, reported as the worker's own end") {
+  // CPython 3.11 counts C recursion (the json scanner's) against sys.getrecursionlimit(): with 10**7 it overflows
+  // the 8 MiB C stack and dies of SIGSEGV, as python3 itself does. In a PID namespace the supervisor waits for the
+  // keeper to report that end (it reported the supervisor's own SIGKILL before).
+  auto p = spr_test::policy();
+  const auto r = run("import sys, json\nsys.setrecursionlimit(10**7)\njson.loads('[' * 100000 + ']' * 100000)\n",
+                     json::object(), p);
+  INFO(describe(r));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == ErrorKind::worker_crashed);
+  CHECK(spr_test::contains(r.error.value_or(""), "killed by signal 11 (Segmentation fault)"));
+  const auto next = run("result = sum(range(10))\n");
+  INFO(describe(next));
+  CHECK(next.ok);
+  CHECK(next.result == json(45));
+}
+
 TEST_CASE("memory: allocating past memory_limit_mb is 'Memory limit exceeded'") {
   auto p = spr_test::policy();
   p.memory_limit_mb = 256;

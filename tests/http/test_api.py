@@ -564,6 +564,65 @@ def test_a_request_without_a_token_is_answered_before_its_body_is_read(api):
         os.unlink(path)
 
 
+def test_one_token_cannot_take_every_session_or_run_slot(api):
+    # --max-sessions 4: each token may hold 2 (half); --max-concurrent 2: each may have 1 run in flight.
+    s, path, (a, b) = two_token_server("--workers", "2", "--max-sessions", "4", "--max-concurrent", "2",
+                                      "--timeout", "600")
+    try:
+        opened = []
+        for _ in range(4):
+            status, h, data = s.request("POST", "/v1/sessions", {}, a)
+            api.check("POST", "/v1/sessions", status, h, data)
+            if status != 201:
+                break
+            opened.append(json.loads(data)["id"])
+        assert len(opened) == 2, opened
+        e = json.loads(data)
+        assert status == 429 and e["error_kind"] == "session_limit", (status, e)
+        assert e["error"] == "this token's open sessions are its share (2 of the server's 4); close one first"
+        # Token B still finds a session slot, and its session runs code.
+        status, _, mine = s.json("POST", "/v1/sessions", {}, b)
+        assert status == 201, mine
+        status, _, r = s.json("POST", "/v1/sessions/%s/run" % mine["id"], {"code": "result = 6 * 7"}, b)
+        assert status == 200 and r["result"] == 42, r
+        # A's own session closing frees its share.
+        assert s.request("DELETE", "/v1/sessions/%s" % opened.pop(), None, a)[0] == 200
+        status, _, again = s.json("POST", "/v1/sessions", {}, a)
+        assert status == 201, again
+
+        # Runs: A's one run in flight is its share; B still runs.
+        held = {}
+
+        def long_run():
+            held["answer"] = s.json("POST", "/v1/run", {"id": "long", "code": "import time\ntime.sleep(3600)"}, a,
+                                    timeout=600)
+
+        t = threading.Thread(target=long_run, daemon=True)
+        t.start()
+
+        def in_flight():
+            text = s.request("GET", "/metrics", None, a)[2].decode()
+            return "spr_runs_in_flight 1" in text
+
+        assert wait_for(in_flight, 60)
+        status, h, data = s.request("POST", "/v1/run", {"code": "result = 1"}, a)
+        api.check("POST", "/v1/run", status, h, data)
+        e = json.loads(data)
+        assert status == 429 and e["error_kind"] == "overloaded", (status, e)
+        assert e["error"] == "this token's runs in flight are its share (1 of the server's 2); retry later"
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 5"}, b)
+        assert status == 200 and r["result"] == 5, r
+        status = s.request("POST", "/v1/runs/long/cancel", None, a)[0]
+        assert status == 200, (status, held)
+        t.join(120 * TIME_SCALE)
+        assert held["answer"][0] == 200 and held["answer"][2]["error_kind"] == "cancelled"
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 2"}, a)
+        assert status == 200 and r["result"] == 2, r
+    finally:
+        s.stop()
+        os.unlink(path)
+
+
 def test_runs_of_two_tokens_never_share_a_worker(api):
     # In namespace mode a worker runs one party's runs one after another; two tokens are two parties. Token B's
     # run must not see what token A's run left in the worker, even when B names A's trust_domain.

@@ -294,8 +294,7 @@ if fd >= 0 and select.select([fd], [], [], 30)[0]:
 }
 
 TEST_CASE("seccomp: ptrace, process_vm_readv and process_vm_writev reach no host process") {
-  // The decoy first: forked while the runner's spawner thread is inside bp::child, it would hold that call's
-  // exec-status pipe open and stall the worker's start until the decoy dies (1 run in ~20 ended worker_unavailable).
+  // The decoy first, before any worker exists (a fork during a worker's start once stalled it: tests/unit/test_spawn).
   sec::Decoy decoy;
   spr::Runner runner(options());
   const std::string trace = R"(
@@ -464,8 +463,7 @@ time.sleep(3600)
 }
 
 TEST_CASE("seccomp: FIOSETOWN, SIOCSPGRP and FIOASYNC cannot aim SIGIO at another process") {
-  // The decoy first: forked while the runner's spawner thread is inside bp::child, it would hold that call's
-  // exec-status pipe open and stall the worker's start until the decoy dies (1 run in ~20 ended worker_unavailable).
+  // The decoy first, before any worker exists (a fork during a worker's start once stalled it: tests/unit/test_spawn).
   sec::Decoy decoy;
   spr::Runner runner(options());
   // SIGIO's default action ends the decoy: alive afterwards means no signal reached it.

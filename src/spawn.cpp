@@ -1,0 +1,187 @@
+// Spawning a program with clone(CLONE_VM | CLONE_VFORK): the child borrows our memory until it execs, so its
+// outcome is written into that memory instead of a pipe another thread's fork could hold open.
+#include "detail/spawn.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
+
+#include "common/fd.hpp"
+
+namespace spr::detail {
+
+namespace {
+
+constexpr int kMaxTarget = 16;       // targets are stdin..the worker's protocol fds, far below this
+constexpr std::size_t kStackBytes = 64 << 10;  // the child calls only raw system calls
+constexpr std::size_t kMaxSignals = 65;
+
+// The kernel's struct sigaction (x86_64 and arm64 layout): handler, flags, restorer, mask. Only SIG_DFL is set.
+struct KernelSigaction {
+  void (*handler)(int);
+  unsigned long flags;
+  void (*restorer)();
+  unsigned long mask;
+};
+
+// Shared with the child (CLONE_VM): inputs prepared here, and where the child says which step failed.
+struct ChildArgs {
+  const char* path = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  int sources[kMaxTarget] = {};
+  int targets[kMaxTarget] = {};
+  int count = 0;
+  int close_from = 0;  // every descriptor from here up is closed before exec
+  pid_t parent = 0;
+  bool own_group = false, die_with_parent = false, no_core = false;
+  int handled[kMaxSignals] = {};  // signals with a handler here: reset to SIG_DFL before the mask is restored
+  int handled_count = 0;
+  sigset_t mask{};  // the spawning thread's mask, which the program starts with
+  // Out: set by the child just before it exits without exec.
+  const char* failed_step = nullptr;
+  int failed_errno = 0;
+};
+
+// The child: on its own stack, sharing our memory and our thread's TLS while this thread is suspended. Raw
+// system calls only (no libc wrapper that a sanitizer or an atfork handler could hook), no allocation, no
+// return: exec or exit.
+__attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(void* p) {
+  auto* a = static_cast<ChildArgs*>(p);
+  auto fail = [a](const char* step, long rc) {
+    a->failed_step = step;
+    a->failed_errno = rc < 0 ? errno : 0;
+    ::syscall(SYS_exit, 127);
+  };
+  long rc = 0;
+  for (int i = 0; i < a->handled_count; ++i) {
+    KernelSigaction dfl{};
+    dfl.handler = SIG_DFL;
+    if ((rc = ::syscall(SYS_rt_sigaction, a->handled[i], &dfl, nullptr, sizeof dfl.mask)) != 0) fail("rt_sigaction", rc);
+  }
+  // Sources were moved to close_from and above: no dup3 below clobbers a source still to be used.
+  for (int i = 0; i < a->count; ++i)
+    if ((rc = ::syscall(SYS_dup3, a->sources[i], a->targets[i], 0)) < 0) fail("dup3", rc);
+  if (a->own_group && (rc = ::syscall(SYS_setpgid, 0, 0)) != 0) fail("setpgid", rc);
+  if (a->die_with_parent) {
+    if ((rc = ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) != 0) fail("prctl(PR_SET_PDEATHSIG)", rc);
+    if (::syscall(SYS_getppid) != a->parent) {
+      errno = ESRCH;
+      fail("the spawning process exited", -1);
+    }
+  }
+  if (a->no_core) {
+    const struct rlimit zero{0, 0};
+    if ((rc = ::syscall(SYS_prlimit64, 0, RLIMIT_CORE, &zero, nullptr)) != 0) fail("prlimit(RLIMIT_CORE)", rc);
+  }
+  // Everything else goes, close-on-exec or not (Linux 5.9; older kernels get one close per possible number).
+  if (::syscall(SYS_close_range, a->close_from, ~0U, 0) != 0) {
+    struct rlimit nofile{};
+    const long top = ::syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &nofile) == 0 && nofile.rlim_cur < 65536
+                         ? static_cast<long>(nofile.rlim_cur)
+                         : 65536;
+    for (long fd = a->close_from; fd < top; ++fd) ::syscall(SYS_close, fd);
+  }
+  if ((rc = ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->mask, nullptr, sizeof(unsigned long))) != 0)
+    fail("rt_sigprocmask", rc);
+  rc = ::syscall(SYS_execve, a->path, a->argv, a->envp);
+  fail("execve", rc);
+  return 127;
+}
+
+// Unmaps the child's stack when spawn_program() returns (the child has exec'd or exited by then: CLONE_VFORK).
+struct Stack {
+  void* base = MAP_FAILED;
+  Stack() : base(::mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)) {}
+  ~Stack() {
+    if (base != MAP_FAILED) ::munmap(base, kStackBytes);
+  }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  void* top() const { return static_cast<char*>(base) + kStackBytes; }  // stacks grow down on x86_64 and arm64
+};
+
+// Every signal blocked for the spawn's length: none may run one of our handlers on the child's stack.
+struct BlockAll {
+  sigset_t old{};
+  int rc;
+  BlockAll() {
+    sigset_t all;
+    sigfillset(&all);
+    rc = ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  }
+  ~BlockAll() {
+    if (rc == 0) ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+  BlockAll(const BlockAll&) = delete;
+  BlockAll& operator=(const BlockAll&) = delete;
+};
+
+[[noreturn]] void fail(const char* step, int err) { throw std::system_error(err, std::generic_category(), step); }
+
+}  // namespace
+
+pid_t spawn_program(const SpawnPlan& plan) {
+  if (plan.fds.size() > static_cast<std::size_t>(kMaxTarget)) fail("too many descriptors", EINVAL);
+  ChildArgs a;
+  a.path = plan.path.c_str();
+  std::vector<char*> argv;
+  for (const auto& s : plan.argv) argv.push_back(const_cast<char*>(s.c_str()));
+  argv.push_back(nullptr);
+  char* envp[] = {nullptr};  // empty: nothing of the caller's environment reaches the program
+  a.argv = argv.data();
+  a.envp = envp;
+  // Copies of the sources above every target, close-on-exec here (dup3 clears the flag on the target).
+  std::vector<Fd> moved;
+  a.close_from = kMaxTarget;
+  for (const auto& [source, target] : plan.fds) {
+    if (target < 0 || target >= kMaxTarget) fail("descriptor target out of range", EINVAL);
+    Fd copy(::fcntl(source, F_DUPFD_CLOEXEC, kMaxTarget));
+    if (!copy) fail("fcntl(F_DUPFD_CLOEXEC)", errno);
+    a.sources[a.count] = copy.get();
+    a.targets[a.count++] = target;
+    moved.push_back(std::move(copy));
+  }
+  a.parent = ::getpid();
+  a.own_group = plan.own_group;
+  a.die_with_parent = plan.die_with_parent;
+  a.no_core = plan.no_core;
+  for (int sig = 1; sig < static_cast<int>(kMaxSignals) && sig < NSIG; ++sig) {
+    struct sigaction sa {};
+    if (sig == SIGKILL || sig == SIGSTOP || ::sigaction(sig, nullptr, &sa) != 0) continue;  // glibc's own: EINVAL
+    if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) a.handled[a.handled_count++] = sig;
+  }
+  const Stack stack;
+  if (stack.base == MAP_FAILED) fail("mmap of the spawn stack", errno);
+  pid_t pid = -1;
+  int clone_errno = 0;
+  {
+    const BlockAll blocked;
+    if (blocked.rc != 0) fail("pthread_sigmask", blocked.rc);
+    a.mask = blocked.old;
+    pid = ::clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    clone_errno = errno;
+  }
+  if (pid < 0) fail("clone", clone_errno);
+  // CLONE_VFORK: we run again only once the child has exec'd or exited, so what it wrote is final.
+  const char* step = *static_cast<const char* volatile*>(&a.failed_step);
+  if (step) {
+    const int err = *static_cast<volatile int*>(&a.failed_errno);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    fail(step, err);
+  }
+  return pid;
+}
+
+}  // namespace spr::detail
