@@ -850,9 +850,16 @@ void Api::batch(const ExchangePtr& ex) {
       return send_error(ex, 429, "overloaded", why, {{"Retry-After", "1"}});
     }
     // A client that reads slowly holds its batch back: no case starts while its answer backlog is full.
-    bo.before_case = [ex, stopped = &call->stopped] {
-      while (ex->stream_backlog() > kMaxBatchBacklogBytes && !ex->stream_broken() && !*stopped)
+    // It holds the exchange weakly: the Batch outlives the call (until the next batch reaps it), and a strong
+    // hold would keep the finished call's connection counted, so a drain waited out its whole grace.
+    bo.before_case = [weak = std::weak_ptr<Exchange>(ex), stopped = &call->stopped] {
+      for (;;) {
+        {
+          const auto live = weak.lock();
+          if (!live || live->stream_broken() || *stopped || live->stream_backlog() <= kMaxBatchBacklogBytes) return;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
     };
     bo.on_run_end = [this](const RunResult& r) { metrics_.run_finished(r); };
     call->batch = std::make_unique<detail::Batch>(runner_, bo);

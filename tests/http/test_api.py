@@ -438,6 +438,15 @@ def test_sigterm_drains_finishes_runs_closes_sessions_and_exits_0(api):
         socket.create_connection((s.host, s.port))
 
 
+def test_a_finished_batch_does_not_hold_a_drain_until_its_grace_ends(api):
+    # The grace is far longer than the stop's own limit: a server that waits it out fails the stop.
+    s = Server("--workers", "1", "--grace", "3600")
+    status, _, lines = call(s, api, "POST", "/v1/batch", batch_body([{"id": "a", "code": "result = 1"}]),
+                            {"Content-Type": "application/x-ndjson"})
+    assert status == 200 and lines[-1]["summary"]["passed"] == 1
+    assert s.stop(timeout=60) == 0
+
+
 def batch_body(cases):
     return "".join((c if isinstance(c, str) else json.dumps(c)) + "\n" for c in cases)
 
