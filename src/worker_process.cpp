@@ -84,6 +84,9 @@ bool remove_contents(int dirfd, int depth) {
     ::close(dup_fd);
     return false;
   }
+  // A dup shares its offset with `dirfd`: the root's is where the last wipe's listing ended (the end, where
+  // nothing is listed), so every listing starts from the beginning.
+  ::rewinddir(d);
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
