@@ -150,9 +150,9 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
     setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
   setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
   if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
-    Request w;
+    protocol::Request w;
     w.code = kWarmUpCode;
-    w.input_data = detail::parse_json(kWarmUpInput);
+    w.input_json = kWarmUpInput;
     w.policy.isolation = Isolation::fork;
     std::string text = encode_reply(0, run_prepared(w));
     (void)text;
