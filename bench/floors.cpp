@@ -250,7 +250,7 @@ std::string describe(const spr::RunResult& r) {
 // A run in a child forked from the warm engine: latency to the child's answer, and the minor faults
 // the child took per phase: Python's after-fork hooks and the run (the child's own getrusage, sent back with
 // the answer), and its exit (the rest of what wait4 reports for it).
-void fork_runs(spr::embed::Request& req, std::uint64_t& id, int runs, json& out, const std::string& key = "fork_run") {
+void fork_runs(spr::protocol::Request& req, std::uint64_t& id, int runs, json& out, const std::string& key = "fork_run") {
   std::vector<double> us;
   double faults = 0, hook_faults = 0, exit_faults = 0;
   const double cpu0 = rusage_seconds(RUSAGE_SELF) + rusage_seconds(RUSAGE_CHILDREN);
@@ -353,9 +353,9 @@ void warm_forks(int runs, json& out, bool hooks) {
   if (!err.empty()) {
     out = {{"error", "initialize failed: " + err}};
   } else {
-    spr::embed::Request req;
+    spr::protocol::Request req;
     req.code = kSnippet;
-    req.input_data = kInput;
+    req.input_json = kInput.dump();
     req.policy.isolation = spr::Isolation::namespace_;  // a fresh namespace in this process
     std::uint64_t id = 1;
     long failures = 0;

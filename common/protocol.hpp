@@ -47,10 +47,13 @@ struct Hello {
 };
 
 // supervisor -> worker: run this. The policy was validated where it entered the supervisor.
+// The one request type: the worker decodes it and the engine runs it as it is (embed/engine/engine.hpp).
 struct Request {
   std::uint64_t id = 0;
   std::string code;
-  json input_data = json::object();
+  // "input_data": its JSON text as the frame carried it (empty: {}). The run decodes it with CPython's
+  // own scanner; no tree is built on the way.
+  std::string input_json;
   RunnerPolicy policy;
   std::string stdin_text;  // "stdin" on the wire, left out when empty
   bool want_repr = false;  // "repr" (sessions): report repr() of a trailing expression; left out when false

@@ -1,8 +1,13 @@
-// The one place the deadlines of a run are computed from its timeout and the kill grace, for both sides.
+// The one place the deadlines of a run (from its timeout and the kill grace) and the size caps of its
+// reply are computed, for both sides: the supervisor and the fork parent.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 
+#include "common/frame.hpp"
+#include "common/run_files.hpp"
 #include "spr/policy.hpp"
 
 namespace spr::detail {
@@ -30,6 +35,30 @@ inline double kill_after(double timeout_seconds, double grace_seconds) {
 // child at kill_after() and needs one more grace for its own reply.
 inline double reply_slack(double grace_seconds, Isolation isolation) {
   return grace_seconds * (isolation == Isolation::fork ? 2 : 1) + kReplySlackSeconds;
+}
+
+// A reply's `error` is one line, cut to this by whoever writes it (the engine, a fork child).
+constexpr std::uint64_t kMaxReplyErrorBytes = 64u << 10;
+// "..." after a repr the engine cut to max_result_kb.
+constexpr std::uint64_t kReprEllipsisBytes = 3;
+// What no cap counts: the other fields' names and values, the id, the flags.
+constexpr std::uint64_t kReplyRestBytes = 64u << 10;
+
+// The largest frame a worker may honestly send for one run, checked before a byte of it is allocated.
+// JSON escaping grows text at most six-fold (\u00XX); each field is cut to its cap before it is encoded:
+// stdout and stderr (output_kb each), the error line, `result` (result_kb), `repr` when the request asked
+// for one (a session's call: cut to result_kb too), the files (files_kb) and their names. A run with host
+// functions (host_call_kb > 0) may send call frames too, whose arguments are cut to host_call_kb.
+// The supervisor checks every frame of a worker against it; a fork parent every frame of its child,
+// which never serves a session (repr false).
+inline std::uint32_t reply_frame_cap(std::uint64_t output_kb, std::uint64_t result_kb, std::uint64_t files_kb,
+                                     bool repr, std::uint64_t host_call_kb) {
+  const std::uint64_t out = output_kb << 10, res = result_kb << 10, files = files_kb << 10;
+  const std::uint64_t reply = 6 * (2 * out + kMaxReplyErrorBytes + res + (repr ? res + kReprEllipsisBytes : 0) +
+                                   files + run_files::kNamesBytes) +
+                              kReplyRestBytes;
+  const std::uint64_t call = host_call_kb > 0 ? (host_call_kb << 10) + kReplyRestBytes : 0;
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max(reply, call), kMaxFrameBytes));
 }
 
 }  // namespace spr::detail

@@ -124,11 +124,6 @@ HostCalls::~HostCalls() {
   helper_->cv.notify_all();
 }
 
-std::uint32_t HostCalls::frame_cap(const RunnerPolicy& policy) {
-  const std::uint64_t cap = static_cast<std::uint64_t>(policy.host_call_kb()) * 1024 + (64u << 10);
-  return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
-}
-
 bool HostCalls::looks_like_call(const std::string& frame) {
   static constexpr std::string_view kTail = "\"type\":\"host_call\"}";
   return frame.size() >= kTail.size() && std::string_view(frame).substr(frame.size() - kTail.size()) == kTail;

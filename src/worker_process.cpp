@@ -79,6 +79,9 @@ bool remove_contents(int dirfd, int depth) {
     ::close(dup_fd);
     return false;
   }
+  // A dup shares its offset with `dirfd`: the root's is where the last wipe's listing ended (the end, where
+  // nothing is listed), so every listing starts from the beginning.
+  ::rewinddir(d);
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
@@ -515,8 +518,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   hard_deadline += Clock::now() - sent_at;
   std::string().swap(text);  // a large request's text is not held for the whole run
   // Time in host functions counts against the run's timeout, by this clock: the run started now.
-  const Clock::time_point host_deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(policy.timeout_seconds));
+  const Clock::time_point host_deadline = Clock::now() + seconds(policy.timeout_seconds);
   const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
   std::uint64_t sent[2] = {0, 0};
   // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
@@ -546,8 +548,10 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   RunResult r;
   std::string why;
   bool stale_seen = false;
-  const std::uint32_t frame_cap =
-      extras.host ? std::max(reply_frame_cap(policy), HostCalls::frame_cap(policy)) : reply_frame_cap(policy);
+  const std::uint32_t frame_cap = reply_frame_cap(
+      static_cast<std::uint64_t>(policy.max_output_kb), static_cast<std::uint64_t>(policy.max_result_kb),
+      static_cast<std::uint64_t>(policy.max_files_kb), extras.want_repr,
+      extras.host ? static_cast<std::uint64_t>(policy.host_call_kb()) : 0);
   for (int frames = 0;; ++frames) {
     stream_until_readable();
     IoStatus s = receive(frame, hard_deadline, frame_cap);
@@ -607,17 +611,6 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     r = with_output_of(outcome::host_call_limit(*extras.host->limit()), std::move(r), isolation_);
   }
   return finish(std::move(r));
-}
-
-// The reply's bounds follow from the policy this supervisor sent: JSON escaping can grow text
-// at most six-fold (\u00XX), `result` and `repr` were each cut to max_result_kb, `error` is one line.
-std::uint32_t reply_frame_cap(const RunnerPolicy& policy) {
-  const std::uint64_t out = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
-  const std::uint64_t res = static_cast<std::uint64_t>(policy.max_result_kb) * 1024;
-  const std::uint64_t files = static_cast<std::uint64_t>(policy.max_files_kb) * 1024;
-  const std::uint64_t cap = 6 * (2 * out + kMaxReplyErrorBytes) + 6 * (2 * res + kReprEllipsisBytes) +
-                            6 * (files + run_files::kNamesBytes) + (64 << 10);
-  return static_cast<std::uint32_t>(std::min<std::uint64_t>(cap, kMaxFrameBytes));
 }
 
 // The files a reply claims the run left: only names the request's patterns match (decode() has checked

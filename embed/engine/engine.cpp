@@ -36,6 +36,8 @@ extern const char kSprPreloadList[];
 
 namespace spr::embed {
 
+using protocol::Request;  // the one request type: the wire's, as the worker decoded it
+
 namespace {
 
 constexpr const char* kUserFilename = "<string>";
@@ -210,10 +212,10 @@ py::Ref take_prebuilt_builtins(const RunnerPolicy& p) {
 // (pickle finds the snippet's classes there); `__builtins__` is a module, as in python3. A session
 // keeps its __main__ module: builtins, names and extra_globals are set on its first call only, and
 // later input keys still never replace an extra_globals name.
-PyObject* make_globals(const Request& req, py::Ref& main_module) {
+PyObject* make_globals(const Request& req, PyObject* session_main, py::Ref& main_module) {
   const RunnerPolicy& p = req.policy;
-  main_module = req.session_main ? py::Ref::borrow(req.session_main) : py::Ref(PyModule_New("__main__"));
-  py::Ref input(req.input_json.empty() ? codec::to_python(req.input_data) : codec::from_json_text(req.input_json));
+  main_module = session_main ? py::Ref::borrow(session_main) : py::Ref(PyModule_New("__main__"));
+  py::Ref input(codec::from_json_text(req.input_json.empty() ? std::string_view("{}") : std::string_view(req.input_json)));
   if (!main_module || !input) return nullptr;
   py::Ref g = py::Ref::borrow(PyModule_GetDict(main_module.get()));
   const bool first = PyDict_GetItemString(g.get(), "__builtins__") == nullptr;
@@ -410,7 +412,8 @@ void late_limits(const RunnerPolicy& p, const RunClock& clock, bool refused_in_c
 
 // Runs the compiled code under the limits, classifies what it did, encodes its result and clears its
 // namespace (user __str__, __repr__ and __del__ run there too), all still under the limits.
-void execute(const Request& req, RunScope& scope, PyObject* code, PyObject* last, PyObject* globals, RunResult& r) {
+void execute(const Request& req, bool session, RunScope& scope, PyObject* code, PyObject* last, PyObject* globals,
+             RunResult& r) {
   const RunnerPolicy& p = req.policy;
   scope.arm_limits();
   RunClock clock;
@@ -443,7 +446,7 @@ void execute(const Request& req, RunScope& scope, PyObject* code, PyObject* last
   }
   if (r.ok) run_result::encode(py::Ref::borrow(PyDict_GetItemString(globals, "result")).get(), p, r);
   // User __del__ methods run here, still under the audit hook and the limits (a session keeps its namespace).
-  if (!req.session_main) PyDict_Clear(globals);
+  if (!session) PyDict_Clear(globals);
   PyErr_Clear();
   scope.end_limits();
   // A handler may still be pending: let it run now, not in the next run.
@@ -597,12 +600,12 @@ bool prebuild_for_fork() {
   return true;
 }
 
-RunResult run(const Request& req) {
+RunResult run(const Request& req, PyObject* session_main) {
   if (!prepare_capture(req)) return outcome::no_output_buffer();
-  return run_prepared(req);
+  return run_prepared(req, session_main);
 }
 
-RunResult run_prepared(const Request& req) {
+RunResult run_prepared(const Request& req, PyObject* session_main) {
   const RunnerPolicy& p = req.policy;
   RunResult r;
   r.isolation = p.isolation;
@@ -619,7 +622,7 @@ RunResult run_prepared(const Request& req) {
     ~HostRun() { host_call::end_run(); }
   } host_run;
   py::Ref main_module;
-  py::Ref globals(make_globals(req, main_module));
+  py::Ref globals(make_globals(req, session_main, main_module));
   if (!globals) {
     run_result::become(r, outcome::bad_input(current_error_text()));
     return r;
@@ -633,12 +636,12 @@ RunResult run_prepared(const Request& req) {
     py::Ref last;
     py::Ref code(compile(req, last));
     if (code) {
-      execute(req, scope, code.get(), last.get(), globals.get(), r);
+      execute(req, session_main != nullptr, scope, code.get(), last.get(), globals.get(), r);
     } else {
       compile_failed(r);
     }
   }
-  if (!req.session_main) PyDict_Clear(globals.get());
+  if (!session_main) PyDict_Clear(globals.get());
   globals.reset();
   PyErr_Clear();
   scope.end_run_state();

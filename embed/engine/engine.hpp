@@ -5,8 +5,10 @@
 #include <string>
 #include <vector>
 
-#include "request.hpp"
+#include "common/protocol.hpp"
 #include "spr/result.hpp"
+
+struct _object;  // PyObject, without Python.h
 
 namespace spr::embed {
 
@@ -21,11 +23,13 @@ struct EngineOptions {
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).
 std::string initialize(const EngineOptions& options);
-// Runs `req` in this process, in a fresh namespace. Outcomes are data; never throws.
-RunResult run(const Request& req);
+// Runs `req` in this process, as the worker decoded it (the policy already narrowed to the worker's
+// scope). `session_main`: a session's __main__ module, whose namespace is kept between calls (borrowed);
+// null: a fresh one, cleared after the run. Outcomes are data; never throws.
+RunResult run(const protocol::Request& req, ::_object* session_main = nullptr);
 // Like run() but without preparing the capture buffer (the fork child's parent already did).
-RunResult run_prepared(const Request& req);
-bool prepare_capture(const Request& req);
+RunResult run_prepared(const protocol::Request& req, ::_object* session_main = nullptr);
+bool prepare_capture(const protocol::Request& req);
 // Fork mode: builds in the warm parent what every run of the default policy gets the same (its
 // `builtins` module, fresh sys.stdin/stdout/stderr), so a forked child only builds what its run
 // changes. The next run in this process takes them, once; the parent itself never runs one. They

@@ -92,7 +92,7 @@ void set_matplotlib_dirs(const std::string& run_dir) {
 
 }  // namespace
 
-RunScope::RunScope(const Request& req, audit::RunRules rules) : policy_(req.policy) {
+RunScope::RunScope(const protocol::Request& req, audit::RunRules rules) : policy_(req.policy) {
   guard::reset_run_state();
   audit::reset_denials();
   guard::set_policy(policy_);

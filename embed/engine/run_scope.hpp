@@ -6,7 +6,7 @@
 #include "audit.hpp"
 #include "common/fd.hpp"
 #include "py.hpp"
-#include "request.hpp"
+#include "common/protocol.hpp"
 
 namespace spr::embed {
 
@@ -22,7 +22,7 @@ namespace spr::embed {
 // exception), then puts __main__ back and removes the scratch directory.
 class RunScope {
  public:
-  RunScope(const Request& req, audit::RunRules rules);
+  RunScope(const protocol::Request& req, audit::RunRules rules);
   ~RunScope();
   RunScope(const RunScope&) = delete;
   RunScope& operator=(const RunScope&) = delete;

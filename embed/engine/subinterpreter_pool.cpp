@@ -138,7 +138,7 @@ std::string SubinterpreterPool::build_one() {
   return error_;
 }
 
-RunResult SubinterpreterPool::run(const Request& req) {
+RunResult SubinterpreterPool::run(const protocol::Request& req) {
   if (ready_.empty() && !build_one().empty())
     return outcome::failure(ErrorKind::worker_unavailable, "subinterpreter mode unavailable: " + error_);
   used_ = std::move(ready_.front());

@@ -7,7 +7,7 @@
 
 #include "interp_state.hpp"
 #include "py.hpp"
-#include "request.hpp"
+#include "common/protocol.hpp"
 
 namespace spr::embed {
 
@@ -57,7 +57,7 @@ class SubinterpreterPool {
   explicit SubinterpreterPool(std::size_t pool_size = 2) : pool_size_(pool_size ? pool_size : 1) {}
   // Builds the first interpreter. Returns "" or the reason sub-interpreters are unavailable.
   std::string start();
-  RunResult run(const Request& req);
+  RunResult run(const protocol::Request& req);
   // After the reply went out: the interpreter the last run used is queued for ending.
   void retire();
   // True while a used interpreter has not been ended yet (its objects may still own descriptors).

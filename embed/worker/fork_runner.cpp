@@ -43,8 +43,6 @@ namespace scan = spr::json_scan;
 // A request that follows its reply within this long is taken as back to back: it gets a child
 // forked on demand. After this much idle time, the next request's child is forked and warmed.
 constexpr int kSpareAfterIdleMs = 2;
-// Longest error text a child sends (exception messages can be any size; the reply frame cannot).
-constexpr std::size_t kMaxErrorBytes = 64u << 10;
 // Our own code, run in a spare before any request, so the copy-on-write faults of a run's first
 // steps (globals, the guard, the eval loop's caches, JSON, the allocator's arenas) are taken
 // while nobody waits. It carries no data.
@@ -152,9 +150,9 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
     setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
   setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
   if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
-    Request w;
+    protocol::Request w;
     w.code = kWarmUpCode;
-    w.input_data = detail::parse_json(kWarmUpInput);
+    w.input_json = kWarmUpInput;
     w.policy.isolation = Isolation::fork;
     std::string text = encode_reply(0, run_prepared(w));
     (void)text;
@@ -180,7 +178,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   } else {
     r = outcome::memory();
   }
-  if (r.error) cut_utf8(*r.error, kMaxErrorBytes);
+  if (r.error) cut_utf8(*r.error, detail::kMaxReplyErrorBytes);
   detail::write_frame(reply_fd, encode_reply(in.id, std::move(r)));
   _exit(0);
 }
@@ -275,7 +273,8 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
     } else if (key == "result") {
       if (scan::result_charge(value) > result_cap) why = "the run's result exceeds max_result_kb";
     } else if (key == "error") {
-      if (value[0] == '"' && scan::decoded_size(value) > kMaxErrorBytes) why = "the run's error text is too long";
+      if (value[0] == '"' && scan::decoded_size(value) > detail::kMaxReplyErrorBytes)
+        why = "the run's error text is too long";
     } else if (key == "id") {
       if (value != l.id) why = "the run's reply carries another id";
     } else if (key == "type") {
@@ -347,6 +346,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     else if (key == "policy") policy = value;
     else if (key == "type") type = value;
     else if (key == "kill_after_seconds") kill_after = value;
+    else if (key == "functions") l.host_functions = true;
   });
   const std::optional<std::uint64_t> id_number = id ? scan::id_number(*id) : std::nullopt;
   if (!members || !scan::valid(frame) || !id_number || !policy || !type || *type != "\"request\"") {
@@ -394,15 +394,10 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   const int flags = fcntl(c.request.get(), F_GETFL);
   if (flags < 0 || fcntl(c.request.get(), F_SETFL, flags | O_NONBLOCK) != 0) c.request.reset();
 
-  const auto deadline = detail::Clock::now() + std::chrono::duration_cast<detail::Clock::duration>(
-                                                   std::chrono::duration<double>(l.kill_after_seconds));
-  // The largest honest reply: every byte of output, result and files escaped (\u00XX), the error text, the
-  // files' names, the rest. (The supervisor checks the files themselves.)
-  const std::uint64_t max_reply = 6 * (2 * l.max_output_kb * 1024 + l.max_result_kb * 1024 + l.max_files_kb * 1024 +
-                                       kMaxErrorBytes + detail::run_files::kNamesBytes) +
-                                  (64u << 10);
-  const auto cap = static_cast<std::uint32_t>(
-      std::min<std::uint64_t>(std::max(max_reply, l.max_host_call_kb * 1024 + (64u << 10)), detail::kMaxFrameBytes));
+  const auto deadline = detail::Clock::now() + detail::seconds(l.kill_after_seconds);
+  // The supervisor's own cap for this run (no session here: no repr). (It checks the files themselves.)
+  const std::uint32_t cap = detail::reply_frame_cap(l.max_output_kb, l.max_result_kb, l.max_files_kb, false,
+                                                    l.host_functions ? l.max_host_call_kb : 0);
   detail::IoStatus s;
   while ((s = detail::read_frame(c.reply.get(), reply, deadline, cap)) == detail::IoStatus::ok && is_host_call(reply, l)) {
     // A failed relay: the child is killed below and its run answered from its status.

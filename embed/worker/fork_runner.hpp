@@ -50,6 +50,7 @@ class ForkRunner : public IsolationRunner {
     double kill_after_seconds = 0;  // the request's (detail::kill_after), else timeout + the default grace
     std::uint64_t memory_limit_mb = 256, max_output_kb = 128, max_result_kb = 1024, max_files_kb = 1024;
     std::uint64_t max_host_call_kb = 1024;  // the policy's, or max_result_kb when it has none
+    bool host_functions = false;            // the request names host functions: call frames may come
   };
 
   // `warm`: a spare, which runs our warm-up before it waits for its request.

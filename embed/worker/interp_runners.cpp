@@ -29,7 +29,7 @@ void wipe(std::string& s) {
 }
 
 void NamespaceRunner::handle(std::string& frame, std::string& reply) {
-  reply = answer(frame, scope_, policies_, [](const Request& rq) { return run(rq); });
+  reply = answer(frame, scope_, policies_, [](const protocol::Request& rq) { return run(rq); });
 }
 
 void SubinterpreterRunner::while_idle(int fd) {
@@ -44,7 +44,7 @@ void SubinterpreterRunner::handle(std::string& frame, std::string& reply) {
     pool_.end_retired();
     state_.restore(true);
   }
-  reply = answer(frame, scope_, policies_, [this](const Request& rq) { return pool_.run(rq); });
+  reply = answer(frame, scope_, policies_, [this](const protocol::Request& rq) { return pool_.run(rq); });
 }
 
 void SubinterpreterRunner::after_reply() {

@@ -144,15 +144,14 @@ void SessionRunner::handle(std::string& frame, std::string& reply) {
   } else if (in.kind == Incoming::Kind::bad) {
     r = std::move(in.refusal);
   } else {
-    Request& rq = in.run;
-    rq.session_main = main_module_;
+    protocol::Request& rq = in.run;
     // The session's memory limit spans its calls: each call may grow only into what is left.
     const std::int64_t left = (rq.policy.memory_limit_mb << 20) - (memory::in_use() - base_);
     if (left < (1 << 20)) {
       r = outcome::memory();
     } else {
       rq.policy.memory_limit_mb = left >> 20;
-      r = run(rq);
+      r = run(rq, main_module_);
     }
   }
   reply = encode_reply(in.id, std::move(r));

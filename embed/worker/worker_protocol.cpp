@@ -58,9 +58,7 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
     auto* rq = std::get_if<protocol::Request>(&m);
     if (!rq) throw protocol::ProtocolError(std::string("expected a request message, got ") + protocol::type_name(m));
     in.id = rq->id;
-    in.run.id = rq->id;
-    in.run.code = std::move(rq->code);
-    in.run.input_data = std::move(rq->input_data);
+    in.run = std::move(*rq);
     if (p.rest && owner) {
       const std::size_t at = static_cast<std::size_t>(p.input.data() - owner->data());
       owner->resize(at + p.input.size());
@@ -70,16 +68,9 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
     } else if (p.rest) {
       in.run.input_json.assign(p.input);
     }
-    in.run.stdin_text = std::move(rq->stdin_text);
-    in.run.want_repr = rq->want_repr;
-    in.run.functions = std::move(rq->functions);
-    in.run.files = std::move(rq->files);
-    in.run.collect = std::move(rq->collect);
-    in.run.policy = std::move(rq->policy);
     in.run.policy.isolation = scope.isolation;
     in.run.policy.allow_network = in.run.policy.allow_network && scope.allow_network;
     in.run.policy.allow_unix_sockets = in.run.policy.allow_unix_sockets && scope.allow_unix_sockets;
-    in.kill_after_seconds = rq->kill_after_seconds;
     in.kind = Incoming::Kind::run;
   } catch (const std::exception& e) {
     in.kind = Incoming::Kind::bad;

@@ -17,14 +17,13 @@ struct WorkerScope {
   bool allow_unix_sockets = false;  // the worker's seccomp filter decides; a request can only narrow it
 };
 
-// One request frame, decoded. The id lives here, never in the engine's Request.
+// One request frame, decoded: the protocol's request as the engine runs it.
 struct Incoming {
   enum class Kind { run, list_variables, bad };
   Kind kind = Kind::bad;
-  std::uint64_t id = 0;  // 0 when the frame carries no usable id
-  Request run;           // kind == run: the policy narrowed to this worker's scope
-  double kill_after_seconds = 0;
-  RunResult refusal;  // kind == bad: the bad_input answer
+  std::uint64_t id = 0;   // 0 when the frame carries no usable id
+  protocol::Request run;  // kind == run: the policy narrowed to this worker's scope
+  RunResult refusal;      // kind == bad: the bad_input answer
 };
 
 // Used by worker_main's runners, the fork child and the session loop alike. The policy is the one

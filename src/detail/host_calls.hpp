@@ -31,8 +31,6 @@ class HostCalls {
 
   bool empty() const { return names_.empty(); }
   const std::vector<std::string>& names() const { return names_; }
-  // Largest frame to accept while a run of `policy` is in flight, as far as calls are concerned.
-  static std::uint32_t frame_cap(const RunnerPolicy& policy);
   // Our encoder writes "type" last: a frame ending so is decoded as a call (and refused if it is none).
   static bool looks_like_call(const std::string& frame);
 

@@ -102,10 +102,6 @@ class WorkerProcess {
   Isolation isolation_ = Isolation::fork;
 };
 
-// Largest reply frame a worker may send for a request under `policy` (checked before allocating).
-std::uint32_t reply_frame_cap(const RunnerPolicy& policy);
-constexpr std::size_t kMaxReplyErrorBytes = 64 << 10;  // `error` is one line
-constexpr std::size_t kReprEllipsisBytes = 3;          // "..." after a repr the engine cut
 // CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
 constexpr double kOverrunSlackSeconds = 0.05;
 constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load

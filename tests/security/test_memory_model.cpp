@@ -30,6 +30,7 @@
 
 #include <spr/runner.hpp>
 
+#include "common/run_deadline.hpp"
 #include "escape_helpers.hpp"
 
 namespace {
@@ -237,6 +238,53 @@ TEST_CASE("model: a reply whose exit_code is out of range is refused") {
     const std::string secret = "NEXT" + sec::random_hex(6);
     const spr::RunResult next = runner.run("result = input_data['s']", {{"s", secret}});
     CHECK(next.result == json(secret));
+  }
+}
+
+TEST_CASE("model: a reply one byte over its size cap is refused where it is read, one at the cap is taken") {
+  // One cap for a run's reply frame (common/run_deadline.hpp): the supervisor reads it from a worker, and a fork
+  // parent from its run's child. The run writes the frame itself in a raw write, as a run owning its process
+  // could: on the protocol socket (fd 3), or in fork mode on its reply pipe (the child's write-only
+  // descriptors; the other one is /dev/null). Padded with spaces to exactly the cap, then one byte more.
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.max_output_kb = 1;  // small caps: a frame of about 2 MB
+  o.policy.max_result_kb = 1;
+  o.policy.max_files_kb = 1;
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  const std::uint32_t cap = spr::detail::reply_frame_cap(1, 1, 1, false, 0);
+  const std::string forge =
+      "import _spr_raw as R, json\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': True, 'result': 'FORGED',"
+      " 'error_kind': 'none', 'exit_code': 0}).encode()\n"
+      "body = b'{' + b' ' * (input_data['size'] - len(body)) + body[1:]\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "fds = [fd for fd in range(3, 64) if R.call('fcntl', fd, 3)[0] & 3 == 1] if input_data['fork'] else [3]\n"
+      "print('write', [R.call('write', fd, frame, len(frame)) for fd in fds])\n"
+      "result = 'honest'\n";
+  const bool fork = test_mode() == spr::Isolation::fork;
+  const std::uint64_t id_at_cap = 2, id_over = 4;  // each forged run is followed by one plain run
+  // The control: the frame at the cap is taken as the run's reply, so the frame does reach the check.
+  const spr::RunResult at = runner.run(forge, {{"id", id_at_cap}, {"size", cap}, {"fork", fork}});
+  CAPTURE(at.stdout_text);
+  CAPTURE(at.error.value_or(""));
+  CHECK(at.result == json("FORGED"));
+  CHECK(runner.run("result = 3").result == 3);
+  const auto before = sec::descendants(::getpid(), {});
+  const spr::RunResult over = runner.run(forge, {{"id", id_over}, {"size", cap + 1}, {"fork", fork}});
+  CAPTURE(over.error.value_or(""));
+  CHECK(over.error_kind == spr::ErrorKind::protocol_error);
+  CHECK(over.result != json("FORGED"));
+  // The reader is still healthy: the next run gets its own answer.
+  const std::string secret = "NEXT" + sec::random_hex(6);
+  CHECK(runner.run("result = input_data['s']", {{"s", secret}}).result == json(secret));
+  if (fork) {
+    // The fork parent refused it and goes on serving: the worker was not replaced.
+    bool kept = false;
+    for (const auto& p : sec::descendants(::getpid(), {}))
+      for (const auto& q : before) kept = kept || (p.pid == q.pid && p.comm == q.comm);
+    CHECK(kept);
   }
 }
 

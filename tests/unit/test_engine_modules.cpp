@@ -234,7 +234,7 @@ TEST_CASE("run scope: an exception ends the limits, puts __main__ back and remov
   p.scratch_dir = true;
   p.memory_limit_mb = 16;
   p.timeout_seconds = 0.3;
-  embed::Request req;
+  spr::protocol::Request req;
   req.id = 4242;
   req.policy = p;
   const std::string home = cwd();
@@ -263,7 +263,7 @@ TEST_CASE("run scope: an exception ends the limits, puts __main__ back and remov
 
 TEST_CASE("run scope: an early return ends the run state, and end_limits is idempotent") {
   engine();
-  embed::Request req;
+  spr::protocol::Request req;
   req.policy.memory_limit_mb = 16;
   {
     embed::RunScope scope(req, embed::audit::RunRules{});
@@ -346,7 +346,7 @@ namespace {
 spr::RunResult run_here(const std::string& code, spr::RunnerPolicy p = {}, const std::string& stdin_text = "") {
   engine();
   static std::uint64_t id = 9000;
-  embed::Request req;
+  spr::protocol::Request req;
   req.id = ++id;
   req.code = code;
   p.isolation = spr::Isolation::namespace_;

@@ -33,12 +33,12 @@ TEST_CASE("protocol: each message type round-trips with its fields") {
   pr::Request rq;
   rq.id = 9;
   rq.code = "result = x";
-  rq.input_data = {{"x", 1}};
+  rq.input_json = R"({"x":1})";
   rq.policy.timeout_seconds = 1.5;
   rq.policy.blocked_imports = {"os"};
   auto rq2 = round_trip(rq);
   CHECK(rq2.code == "result = x");
-  CHECK(rq2.input_data == rq.input_data);
+  CHECK(rq2.input_json == rq.input_json);
   CHECK(rq2.policy == rq.policy);
 
   pr::Reply rp;
@@ -92,7 +92,7 @@ TEST_CASE("protocol: a request encoded from references is the text of the same r
   pr::Request rq;
   rq.id = 7;
   rq.code = "result = x";
-  rq.input_data = {{"x", {1, 2.5, "\u00e9"}}};
+  rq.input_json = R"({"x":[1,2.5,"é"]})";
   rq.stdin_text = "line\n";
   rq.want_repr = true;
   rq.kill_after_seconds = 1.25;
@@ -100,10 +100,14 @@ TEST_CASE("protocol: a request encoded from references is the text of the same r
   rq.files = {{"a.txt", "hi"}};
   rq.collect = {"*.txt"};
   const std::string by_value = pr::encode(rq);
-  CHECK(pr::encode(pr::RequestRef{rq.id, rq.code, rq.input_data, rq.policy, rq.stdin_text, rq.want_repr,
+  // By value: the caller's input as a JSON value; by text: its text spliced in as it is.
+  const spr::json input = spr::json::parse(rq.input_json);
+  CHECK(pr::encode(pr::RequestRef{rq.id, rq.code, input, rq.policy, rq.stdin_text, rq.want_repr,
                                   rq.kill_after_seconds, rq.functions, rq.files, rq.collect}) == by_value);
+  CHECK(pr::encode(pr::RequestRef{rq.id, rq.code, spr::json(), rq.policy, rq.stdin_text, rq.want_repr,
+                                  rq.kill_after_seconds, rq.functions, rq.files, rq.collect, rq.input_json}) == by_value);
   const auto back = pr::decode_as<pr::Request>(by_value);
-  CHECK(back.input_data == rq.input_data);
+  CHECK(spr::json::parse(back.input_json) == input);
   CHECK(back.files == rq.files);
 }
 

@@ -14,7 +14,7 @@ std::string request_frame(bool allow_network) {
   pr::Request rq;
   rq.id = 17;
   rq.code = "result = 1";
-  rq.input_data = {{"x", 2}};
+  rq.input_json = R"({"x":2})";
   rq.stdin_text = "in";
   rq.want_repr = true;
   rq.policy.allow_network = allow_network;
@@ -31,7 +31,6 @@ TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's sc
   CHECK(in.run.code == "result = 1");
   // input_data goes to the engine as its text (decoded there by CPython's scanner), never as a tree.
   CHECK(in.run.input_json == R"({"x":2})");
-  CHECK(in.run.input_data.is_null());
   CHECK(in.run.stdin_text == "in");
   CHECK(in.run.want_repr);
   CHECK(in.run.policy.timeout_seconds == 3);
