@@ -320,10 +320,10 @@ const char* const kSnippets[] = {
 };
 
 std::int64_t run_snippet(int kind) {
-  spr::embed::Request req;
+  spr::protocol::Request req;
   req.id = 1;
   req.code = kSnippets[kind];
-  req.input_data = {{"x", 81}};
+  req.input_json = "{\"x\": 81}";
   req.policy.isolation = spr::Isolation::fork;
   spr::RunResult r = spr::embed::run(req);
   if (!r.ok || !r.result.is_number()) return -1;

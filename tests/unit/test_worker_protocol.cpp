@@ -79,7 +79,7 @@ TEST_CASE("worker protocol: a frame handed over (decode_request_owned) decodes a
   pr::Request rq;
   rq.id = 9;
   rq.code = "result = input_data";
-  rq.input_data = {{"a", {1, 2.5, "s"}}, {"b", {{"c", nullptr}}}};
+  rq.input_json = R"({"a":[1,2.5,"s"],"b":{"c":null}})";
   rq.stdin_text = "after";
   rq.policy.timeout_seconds = 2;
   const std::string frame = pr::encode(rq);
