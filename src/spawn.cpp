@@ -44,9 +44,10 @@ struct ChildArgs {
   int close_from = 0;  // every descriptor from here up is closed before exec
   pid_t parent = 0;
   bool own_group = false, die_with_parent = false, no_core = false;
-  int handled[kMaxSignals] = {};  // signals with a handler here: reset to SIG_DFL before the mask is restored
+  // Signals not at SIG_DFL here (a handler, or ignored: an ignored signal stays ignored across exec, and an
+  // ignored SIGCHLD would make the worker's own waits fail): reset to SIG_DFL before the mask is cleared.
+  int handled[kMaxSignals] = {};
   int handled_count = 0;
-  sigset_t mask{};  // the spawning thread's mask, which the program starts with
   // Out: set by the child just before it exits without exec.
   const char* failed_step = nullptr;
   int failed_errno = 0;
@@ -91,8 +92,10 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(vo
                          : 65536;
     for (long fd = a->close_from; fd < top; ++fd) ::syscall(SYS_close, fd);
   }
-  if ((rc = ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->mask, nullptr, sizeof(unsigned long))) != 0)
-    fail("rt_sigprocmask", rc);
+  // The program starts from a known signal state, not the host's: no signal blocked (a host that blocks
+  // SIGALRM for sigwait() would otherwise disarm the worker's own timeout).
+  const unsigned long none = 0;
+  if ((rc = ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none)) != 0) fail("rt_sigprocmask", rc);
   rc = ::syscall(SYS_execve, a->path, a->argv, a->envp);
   fail("execve", rc);
   return 127;
@@ -158,7 +161,7 @@ pid_t spawn_program(const SpawnPlan& plan) {
   for (int sig = 1; sig < static_cast<int>(kMaxSignals) && sig < NSIG; ++sig) {
     struct sigaction sa {};
     if (sig == SIGKILL || sig == SIGSTOP || ::sigaction(sig, nullptr, &sa) != 0) continue;  // glibc's own: EINVAL
-    if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) a.handled[a.handled_count++] = sig;
+    if (sa.sa_handler != SIG_DFL) a.handled[a.handled_count++] = sig;
   }
   const Stack stack;
   if (stack.base == MAP_FAILED) fail("mmap of the spawn stack", errno);
@@ -167,7 +170,6 @@ pid_t spawn_program(const SpawnPlan& plan) {
   {
     const BlockAll blocked;
     if (blocked.rc != 0) fail("pthread_sigmask", blocked.rc);
-    a.mask = blocked.old;
     pid = ::clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     clone_errno = errno;
   }

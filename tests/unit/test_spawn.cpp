@@ -2,6 +2,7 @@
 // and a program that cannot be executed is reported, reaped and leaves no descriptor behind.
 #include <doctest/doctest.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -209,4 +210,49 @@ TEST_CASE("spawn: a program that cannot be executed is reported, reaped, and lea
 
   CHECK(zombie_children() == zombies_before);
   CHECK(spr_test::open_fds() == fds_before);
+}
+
+TEST_CASE("spawn: the program starts with no signal blocked or ignored, whatever the host's") {
+  // A host that blocks signals for sigwait() and ignores SIGCHLD (found by a red team: the worker's SIGALRM
+  // deadline never fired and its waits failed with ECHILD).
+  sigset_t block, old_mask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGALRM);
+  sigaddset(&block, SIGTERM);
+  REQUIRE(::pthread_sigmask(SIG_BLOCK, &block, &old_mask) == 0);
+  struct sigaction ign {}, old_chld {}, old_hup {};
+  ign.sa_handler = SIG_IGN;
+  REQUIRE(::sigaction(SIGCHLD, &ign, &old_chld) == 0);
+  REQUIRE(::sigaction(SIGHUP, &ign, &old_hup) == 0);
+
+  int out[2];
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  spr::detail::SpawnPlan plan;
+  plan.path = "/bin/sh";
+  plan.argv = {"sh", "-c", "grep -E '^Sig(Blk|Ign):' /proc/self/status"};
+  plan.fds = {{0, 0}, {out[1], 1}, {2, 2}};
+  plan.die_with_parent = false;
+  pid_t pid = -1;
+  std::string error;
+  try {
+    pid = spr::detail::spawn_program(plan);
+  } catch (const std::system_error& e) {
+    error = e.what();
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[512];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+  ::close(out[0]);
+  // SIGCHLD is ignored here: the child may be reaped by the kernel, so waitpid may say ECHILD.
+  if (pid > 0) ::waitpid(pid, nullptr, 0);
+
+  ::sigaction(SIGHUP, &old_hup, nullptr);
+  ::sigaction(SIGCHLD, &old_chld, nullptr);
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+
+  REQUIRE(error.empty());
+  CAPTURE(text);
+  CHECK(text.find("SigBlk:\t0000000000000000") != std::string::npos);
+  CHECK(text.find("SigIgn:\t0000000000000000") != std::string::npos);
 }
