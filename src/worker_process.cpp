@@ -432,12 +432,17 @@ std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point
   return std::nullopt;
 }
 
-RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out) {
+RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out,
+                               Clock::time_point deadline) {
   if (status == IoStatus::eof && !timed_out && pidfd_) {
     // The socket closed first; in a PID namespace the keeper ends a moment later as its worker ended (a signal
-    // is raised again). Killed before that, it would report our SIGKILL instead of the worker's own end.
+    // is raised again). Killed before that, it would report our SIGKILL instead of the worker's own end. The
+    // wait never passes the run's own deadline: a run that closed its socket and kept computing is a timeout.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     pollfd ended{pidfd_.get(), POLLIN, 0};
-    retry_eintr([&] { return ::poll(&ended, 1, kKeeperReportMs); });
+    const int wait_ms = static_cast<int>(std::clamp<long long>(left, 0, kKeeperReportMs));
+    const int ready = retry_eintr([&] { return ::poll(&ended, 1, wait_ms); });
+    if (ready == 0 && left <= kKeeperReportMs) timed_out = true;
   }
   kill_and_reap();
   RunResult r;
@@ -513,7 +518,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     r.isolation = isolation_;
     return r;
   } else if (s != IoStatus::ok) {
-    return lost(id, IoStatus::eof, policy, false);
+    return lost(id, IoStatus::eof, policy, false, hard_deadline);
   }
   hard_deadline += Clock::now() - sent_at;
   std::string().swap(text);  // a large request's text is not held for the whole run
@@ -555,7 +560,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   for (int frames = 0;; ++frames) {
     stream_until_readable();
     IoStatus s = receive(frame, hard_deadline, frame_cap);
-    if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout));
+    if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout, hard_deadline));
     // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what
     // they cost once built (14 MiB of `{},` took 566 MB).
     why = parse_cost_refusal(frame, cost_budget(frame.size()));
@@ -566,8 +571,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
         --frames;
         continue;
       }
-      if (step == HostCalls::Step::timed_out) return finish(lost(id, IoStatus::timeout, policy, true));
-      if (step == HostCalls::Step::gone) return finish(lost(id, IoStatus::eof, policy, false));
+      if (step == HostCalls::Step::timed_out) return finish(lost(id, IoStatus::timeout, policy, true, hard_deadline));
+      if (step == HostCalls::Step::gone) return finish(lost(id, IoStatus::eof, policy, false, hard_deadline));
       kill_and_reap();  // out of step with us, or over a limit it should have kept: replaced
       r = step == HostCalls::Step::over_limit ? outcome::host_call_limit(why)
                                                : outcome::failure(ErrorKind::protocol_error, "worker host call refused: " + why);

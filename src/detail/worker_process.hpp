@@ -74,7 +74,8 @@ class WorkerProcess {
   // exit ends either at once. A worker that stops reading cannot stall the supervisor.
   IoStatus send(std::string_view frame, Clock::time_point deadline) const;
   IoStatus receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const;
-  RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out);
+  RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out,
+                 Clock::time_point deadline);
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
                           const std::vector<std::string>* collect, RunResult& r) const;
   std::uint64_t cpu_ticks() const;

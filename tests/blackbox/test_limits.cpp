@@ -156,6 +156,25 @@ TEST_CASE("a C stack overflow under a raised recursion limit is a crash of the r
   CHECK(next.result == json(45));
 }
 
+TEST_CASE("a run that closes its worker's socket and keeps computing is a timeout, not a crash") {
+  // Found by a red team: the supervisor waited a fixed 2 s for such a worker to end by itself, past the run's
+  // deadline, then reported its own SIGKILL as a crash. The deadline bounds the wait; the outcome is a timeout
+  // whatever the load (the run is a timeout whether or not the close came first).
+  auto p = spr_test::policy();
+  p.timeout_seconds = 0.2;
+  p.blocked_imports.clear();
+  // Descriptor 3 is the worker's socket (in fork mode the child has none there: the parent holds it).
+  const auto r = run("import os\ntry:\n    os.close(3)\nexcept OSError:\n    pass\nsum(range(10**11))\n", json::object(), p);
+  INFO(describe(r));
+  CHECK_FALSE(r.ok);
+  CHECK(r.error_kind == ErrorKind::timeout);
+  CHECK(r.timed_out);
+  const auto next = run("result = sum(range(10))\n");
+  INFO(describe(next));
+  CHECK(next.ok);
+  CHECK(next.result == json(45));
+}
+
 TEST_CASE("memory: allocating past memory_limit_mb is 'Memory limit exceeded'") {
   auto p = spr_test::policy();
   p.memory_limit_mb = 256;
