@@ -240,7 +240,7 @@ struct Batch::Impl {
     if (opt.shard_count < 1) opt.shard_count = 1;
     if (opt.workers < 1) opt.workers = 1;
     if (opt.window == 0) opt.window = std::max<std::size_t>(64, 32 * opt.workers);
-    max_runs = 2 * opt.workers;  // the Runner's executor runs this many at once
+    max_runs = opt.max_in_flight ? opt.max_in_flight : 2 * opt.workers;  // the Runner's executor runs 2 per worker
   }
 
   bool has_room() const {

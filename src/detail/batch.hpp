@@ -54,6 +54,7 @@ class CaseIndex {
 struct BatchOptions {
   RunnerPolicy ceiling;         // the batch's policy: a case's "policy" may only tighten it
   std::size_t workers = 2;      // the Runner's workers (sets how many runs are kept in flight)
+  std::size_t max_in_flight = 0;  // runs kept in flight at once; 0: twice the workers (the Runner's executor)
   int repeat = 1;               // runs per case
   std::size_t shard_index = 0;  // run the positions p with p % shard_count == shard_index
   std::size_t shard_count = 1;

@@ -632,6 +632,41 @@ def test_one_token_cannot_take_every_session_or_run_slot(api):
         os.unlink(path)
 
 
+def test_a_batch_runs_no_more_cases_at_once_than_its_token_share(api):
+    # --runs-per-token 1 with 2 workers: token A's batch of long cases keeps one worker, so token B's run is
+    # served at once; a batch that ran on every worker left B queued until its queue timeout (504).
+    s, path, (a, b) = two_token_server("--workers", "2", "--max-concurrent", "4", "--runs-per-token", "1",
+                                      "--queue-timeout", str(int(10 * TIME_SCALE)), "--grace", "1",
+                                      "--timeout", "600")
+    try:
+        cases = "".join(json.dumps({"id": "c%d" % i, "code": "import time\ntime.sleep(3600)"}) + "\n"
+                        for i in range(4))
+
+        def batch():
+            try:
+                s.request("POST", "/v1/batch", cases, dict(a, **{"Content-Type": "application/x-ndjson"}),
+                          timeout=600)
+            except Exception:
+                pass  # the server stops under it
+
+        def metric(name):
+            text = s.request("GET", "/metrics", None, a)[2].decode()
+            return next((float(l.split()[1]) for l in text.splitlines() if l.startswith(name + " ")), 0)
+
+        # Both workers up and idle first (a pool starts one, then the rest in the background).
+        assert wait_for(lambda: metric("spr_workers_idle") >= 2, 60)
+        threading.Thread(target=batch, daemon=True).start()
+        assert wait_for(lambda: metric("spr_workers_busy") >= 1, 60)
+        # A settle for the batch to start what it would start at once (too short a one can only hide the bug).
+        time.sleep(1 * TIME_SCALE)
+        assert metric("spr_workers_busy") == 1
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 5"}, b)
+        assert status == 200 and r["result"] == 5, (status, r)
+    finally:
+        s.stop()
+        os.unlink(path)
+
+
 def test_runs_of_two_tokens_never_share_a_worker(api):
     # In namespace mode a worker runs one party's runs one after another; two tokens are two parties. Token B's
     # run must not see what token A's run left in the worker, even when B names A's trust_domain.
