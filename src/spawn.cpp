@@ -92,8 +92,11 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(vo
                          : 65536;
     for (long fd = a->close_from; fd < top; ++fd) ::syscall(SYS_close, fd);
   }
-  // The program starts from a known signal state, not the host's: no signal blocked (a host that blocks
-  // SIGALRM for sigwait() would otherwise disarm the worker's own timeout).
+  // The program starts from a known state, not the host's: no signal blocked (a host that blocks SIGALRM for
+  // sigwait() would otherwise disarm the worker's own timeout), and umask 022: the worker builds its own root
+  // with mkdir and mount points that its sandbox identity must traverse (a host's umask 077 made them 0700, and
+  // every subinterpreter worker died at start).
+  ::syscall(SYS_umask, 022);
   const unsigned long none = 0;
   if ((rc = ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none)) != 0) fail("rt_sigprocmask", rc);
   rc = ::syscall(SYS_execve, a->path, a->argv, a->envp);

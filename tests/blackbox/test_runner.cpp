@@ -2,6 +2,8 @@
 // shutdown, and misuse that must throw.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <future>
 #include <mutex>
@@ -309,3 +311,27 @@ TEST_CASE("python_version() and hardening() describe the workers") {
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("a host application running with umask 077 still gets working workers") {
+  // The worker built its own root with the host's umask: 0700 mount points its sandbox identity could not
+  // traverse, and every subinterpreter worker died at its start (found while fixing the spawn's state).
+  const mode_t old = ::umask(077);
+  std::string error;
+  bool ok = false;
+  {
+    spr::RunnerOptions o = spr_test::runner_options();
+    o.workers = 1;
+    spr::Runner runner(o);
+    for (int i = 0; i < 2; ++i) {
+      const auto r = runner.run("import json\nresult = json.loads('[1, 2]')");
+      ok = r.ok && r.result == json::array({1, 2});
+      if (!ok) {
+        error = spr_test::describe(r);
+        break;
+      }
+    }
+  }
+  ::umask(old);
+  INFO(error);
+  CHECK(ok);
+}

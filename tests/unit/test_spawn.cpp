@@ -212,9 +212,9 @@ TEST_CASE("spawn: a program that cannot be executed is reported, reaped, and lea
   CHECK(spr_test::open_fds() == fds_before);
 }
 
-TEST_CASE("spawn: the program starts with no signal blocked or ignored, whatever the host's") {
-  // A host that blocks signals for sigwait() and ignores SIGCHLD (found by a red team: the worker's SIGALRM
-  // deadline never fired and its waits failed with ECHILD).
+TEST_CASE("spawn: the program starts with no signal blocked or ignored and umask 022, whatever the host's") {
+  // A host that blocks signals for sigwait(), ignores SIGCHLD and runs with umask 077 (found by a red team: the
+  // worker's SIGALRM deadline never fired and its waits failed with ECHILD; every subinterpreter worker died).
   sigset_t block, old_mask;
   sigemptyset(&block);
   sigaddset(&block, SIGALRM);
@@ -224,12 +224,13 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored, whatever
   ign.sa_handler = SIG_IGN;
   REQUIRE(::sigaction(SIGCHLD, &ign, &old_chld) == 0);
   REQUIRE(::sigaction(SIGHUP, &ign, &old_hup) == 0);
+  const mode_t old_umask = ::umask(077);
 
   int out[2];
   REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
   spr::detail::SpawnPlan plan;
   plan.path = "/bin/sh";
-  plan.argv = {"sh", "-c", "grep -E '^Sig(Blk|Ign):' /proc/self/status"};
+  plan.argv = {"sh", "-c", "grep -E '^Sig(Blk|Ign):' /proc/self/status; umask"};
   plan.fds = {{0, 0}, {out[1], 1}, {2, 2}};
   plan.die_with_parent = false;
   pid_t pid = -1;
@@ -247,6 +248,7 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored, whatever
   // SIGCHLD is ignored here: the child may be reaped by the kernel, so waitpid may say ECHILD.
   if (pid > 0) ::waitpid(pid, nullptr, 0);
 
+  ::umask(old_umask);
   ::sigaction(SIGHUP, &old_hup, nullptr);
   ::sigaction(SIGCHLD, &old_chld, nullptr);
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
@@ -255,4 +257,5 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored, whatever
   CAPTURE(text);
   CHECK(text.find("SigBlk:\t0000000000000000") != std::string::npos);
   CHECK(text.find("SigIgn:\t0000000000000000") != std::string::npos);
+  CHECK(text.find("0022") != std::string::npos);
 }
