@@ -44,10 +44,6 @@ struct ChildArgs {
   int close_from = 0;  // every descriptor from here up is closed before exec
   pid_t parent = 0;
   bool own_group = false, die_with_parent = false, no_core = false;
-  // Signals not at SIG_DFL here (a handler, or ignored: an ignored signal stays ignored across exec, and an
-  // ignored SIGCHLD would make the worker's own waits fail): reset to SIG_DFL before the mask is cleared.
-  int handled[kMaxSignals] = {};
-  int handled_count = 0;
   // Out: set by the child just before it exits without exec.
   const char* failed_step = nullptr;
   int failed_errno = 0;
@@ -64,10 +60,14 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(vo
     ::syscall(SYS_exit, 127);
   };
   long rc = 0;
-  for (int i = 0; i < a->handled_count; ++i) {
+  // Every signal back to SIG_DFL before the mask is cleared: a handler of ours must not run here, and an ignored
+  // signal stays ignored across exec (an ignored SIGCHLD makes the worker's own waits fail). All of them, the C
+  // library's own real-time ones included (a host's parent may have left those ignored too).
+  for (int sig = 1; sig < static_cast<int>(kMaxSignals); ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
     KernelSigaction dfl{};
     dfl.handler = SIG_DFL;
-    if ((rc = ::syscall(SYS_rt_sigaction, a->handled[i], &dfl, nullptr, sizeof dfl.mask)) != 0) fail("rt_sigaction", rc);
+    if ((rc = ::syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof dfl.mask)) != 0) fail("rt_sigaction", rc);
   }
   // Sources were moved to close_from and above: no dup3 below clobbers a source still to be used.
   for (int i = 0; i < a->count; ++i)
@@ -161,11 +161,6 @@ pid_t spawn_program(const SpawnPlan& plan) {
   a.own_group = plan.own_group;
   a.die_with_parent = plan.die_with_parent;
   a.no_core = plan.no_core;
-  for (int sig = 1; sig < static_cast<int>(kMaxSignals) && sig < NSIG; ++sig) {
-    struct sigaction sa {};
-    if (sig == SIGKILL || sig == SIGSTOP || ::sigaction(sig, nullptr, &sa) != 0) continue;  // glibc's own: EINVAL
-    if (sa.sa_handler != SIG_DFL) a.handled[a.handled_count++] = sig;
-  }
   const Stack stack;
   if (stack.base == MAP_FAILED) fail("mmap of the spawn stack", errno);
   pid_t pid = -1;

@@ -224,6 +224,8 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored and umask
   ign.sa_handler = SIG_IGN;
   REQUIRE(::sigaction(SIGCHLD, &ign, &old_chld) == 0);
   REQUIRE(::sigaction(SIGHUP, &ign, &old_hup) == 0);
+  struct sigaction old_rt {};
+  REQUIRE(::sigaction(SIGRTMIN + 1, &ign, &old_rt) == 0);
   const mode_t old_umask = ::umask(077);
 
   int out[2];
@@ -249,6 +251,7 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored and umask
   if (pid > 0) ::waitpid(pid, nullptr, 0);
 
   ::umask(old_umask);
+  ::sigaction(SIGRTMIN + 1, &old_rt, nullptr);
   ::sigaction(SIGHUP, &old_hup, nullptr);
   ::sigaction(SIGCHLD, &old_chld, nullptr);
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
