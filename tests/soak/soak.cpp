@@ -151,7 +151,9 @@ int main(int argc, char** argv) {
                 secs);
     std::printf("%-15s supervisor RSS %ld -> %ld kB, open fds %d -> %d, child processes %d -> %d\n", "", rss0, rss1,
                 fds0, fds1, kids0, kids1);
-    const bool flat = fds1 == fds0 && kids1 == kids0 && rss1 - rss0 < kRssSlackKb;
+    // A leak shows as more after than before; fewer after is a reading taken while a worker was starting in
+    // the background (a start holds a descriptor or two for its length), not something lost.
+    const bool flat = fds1 <= fds0 && kids1 <= kids0 && rss1 - rss0 < kRssSlackKb;
     if (answered != n || wrong != 0 || !flat) ++failures;
   }
   std::printf("%d passed, %d failed\n", static_cast<int>(modes.size()) - failures, failures);
