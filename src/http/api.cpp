@@ -851,11 +851,9 @@ void Api::batch(const ExchangePtr& ex) {
     }
     // With a token share, the batch runs at most what is left of its token's share at once (counting the slot
     // it holds): one batch cannot take every worker and leave another token's runs waiting out their deadline.
-    if (const auto& t = q.token; t && options_.runs_per_token) {
-      const std::size_t held = token_in_flight_[*t];  // this batch's slot included
-      const std::size_t left = options_.runs_per_token >= held ? options_.runs_per_token - held + 1 : 1;
-      bo.max_in_flight = std::max<std::size_t>(1, left);
-    }
+    // take_slot() has just counted this batch and kept the token within its share: at least 1.
+    if (const auto& t = q.token; t && options_.runs_per_token)
+      bo.max_in_flight = options_.runs_per_token - token_in_flight_.at(*t) + 1;
     // A client that reads slowly holds its batch back: no case starts while its answer backlog is full.
     // It holds the exchange weakly: the Batch outlives the call (until the next batch reaps it), and a strong
     // hold would keep the finished call's connection counted, so a drain waited out its whole grace.
