@@ -77,8 +77,11 @@ std::string check_request(const Files& files, const std::vector<std::string>& co
 }
 
 bool matches(const std::vector<std::string>& patterns, const std::string& name) {
-  return std::any_of(patterns.begin(), patterns.end(),
-                     [&](const std::string& p) { return fnmatch(p.c_str(), name.c_str(), FNM_PATHNAME) == 0; });
+  // FNM_PERIOD with FNM_PATHNAME: a component's leading dot is matched only by a dot in the pattern, as in
+  // the shell, so `*` or `*/*` never brings back `.bashrc` or `.git/config` a run chose to leave.
+  return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) {
+    return fnmatch(p.c_str(), name.c_str(), FNM_PATHNAME | FNM_PERIOD) == 0;
+  });
 }
 
 std::size_t depth(const std::vector<std::string>& patterns) {

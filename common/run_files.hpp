@@ -25,7 +25,8 @@ std::string check_name(std::string_view name);
 std::string check_pattern(std::string_view pattern);
 // "" when the request's files and patterns are all acceptable, else the first reason ("file 'x': ...").
 std::string check_request(const Files& files, const std::vector<std::string>& collect, std::size_t max_total_bytes);
-// True when `name` matches one of `patterns` (fnmatch with FNM_PATHNAME: '*' never crosses a '/').
+// True when `name` matches one of `patterns` (fnmatch with FNM_PATHNAME and FNM_PERIOD: '*' never crosses
+// a '/' nor matches a component's leading '.').
 bool matches(const std::vector<std::string>& patterns, const std::string& name);
 // Components in the deepest pattern: a walk of the run directory never goes deeper.
 std::size_t depth(const std::vector<std::string>& patterns);

@@ -152,6 +152,7 @@ int exit_status(const spr::RunResult& r) {
 struct FileArgs {
   std::vector<std::string> files, collect;
   std::string out_dir;
+  bool replace = false;  // --replace: a collected file may overwrite one already in --out-dir
 };
 
 spr::Files read_input_files(const std::vector<std::string>& specs) {
@@ -171,15 +172,18 @@ spr::Files read_input_files(const std::vector<std::string>& specs) {
 }
 
 // The run's files go under `dir` only: each name was checked by the runner, every component is opened
-// below `dir` without following a link, so a name cannot lead the write anywhere else.
-void write_out_dir(const std::string& dir, const spr::Files& files) {
+// below `dir` without following a link, so a name cannot lead the write anywhere else. The names are the
+// run's choice: without `replace` none of them may overwrite a file already there (O_EXCL).
+// "" or why not.
+std::string write_out_dir(const std::string& dir, const spr::Files& files, bool replace) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-    throw CliError{kExitData, "cannot create --out-dir '" + dir + "': " + std::strerror(errno)};
+    return "cannot create --out-dir '" + dir + "': " + std::strerror(errno);
   spr::detail::Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) throw CliError{kExitData, "cannot open --out-dir '" + dir + "': " + std::strerror(errno)};
-  if (std::string why = spr::detail::run_files::write_files(fd.get(), files, true, "--out-dir '" + dir + "'");
-      !why.empty())
-    throw CliError{kExitData, why};
+  if (!fd) return "cannot open --out-dir '" + dir + "': " + std::strerror(errno);
+  std::string why = spr::detail::run_files::write_files(fd.get(), files, replace, "--out-dir '" + dir + "'");
+  if (!why.empty() && !replace && why.find(std::strerror(EEXIST)) != std::string::npos)
+    why += "; --replace lets collected files overwrite existing ones";
+  return why;
 }
 
 int cmd_run(const std::string& code_arg, const std::string& file, const std::string& input,
@@ -207,14 +211,18 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
   spr::RunResult r = runner.run(code, spr::json::object(), p, options);
   spr::json out = r.to_json();
+  std::string not_written;
   if (!fa.out_dir.empty() && !r.files.empty()) {
-    // The files are on disk: the JSON names them instead of carrying them.
-    write_out_dir(fa.out_dir, r.files);
-    out.erase("files");
-    out["files_written"] = spr::json::array();
-    for (const auto& f : r.files) out["files_written"].push_back(f.first);
+    not_written = write_out_dir(fa.out_dir, r.files, fa.replace);
+    if (not_written.empty()) {
+      // The files are on disk: the JSON names them instead of carrying them.
+      out.erase("files");
+      out["files_written"] = spr::json::array();
+      for (const auto& f : r.files) out["files_written"].push_back(f.first);
+    }  // else the JSON keeps them all: nothing of the run is lost
   }
   std::cout << spr::detail::dump_json(out) << std::endl;
+  if (!not_written.empty()) throw CliError{kExitData, not_written};
   if (!r.files_left_out.empty()) {
     std::cerr << "safe-py-runner: " << r.files_left_out.size()
               << " collected file(s) left out, over max_files_kb:";
@@ -420,7 +428,9 @@ int main(int argc, char** argv) {
   run->add_option("--collect", run_files.collect,
                   "glob of files the run leaves in its directory to return in \"files\" (repeatable; '*.png')")
       ->allow_extra_args(false);
-  run->add_option("--out-dir", run_files.out_dir, "write the collected files under this directory");
+  run->add_option("--out-dir", run_files.out_dir,
+                  "write the collected files under this directory (an existing file is kept: see --replace)");
+  run->add_flag("--replace", run_files.replace, "let collected files overwrite files already in --out-dir");
   add_policy_options(run, run_policy);
 
   std::size_t workers = 2;

@@ -748,6 +748,47 @@ TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the 
   CHECK(by_id[4]["error_kind"] == "bad_input");
 }
 
+TEST_CASE("run --out-dir: a run's file names never replace a file already there, nor bring back dot files") {
+  TempPath out("cli-outdir-kept");
+  spr_test::fs::create_directories(out.path / ".git");
+  const auto put = [](const spr_test::fs::path& p, const std::string& text) { std::ofstream(p) << text; };
+  const auto text_of = [](const spr_test::fs::path& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  put(out.path / ".git" / "config", "host config");
+  put(out.path / "notes.txt", "host notes");
+  // The run chooses its names: a dot file, a file under a dot folder, and the name of a file already there.
+  const std::string code = "import pathlib\n"
+                           "pathlib.Path('.git').mkdir()\n"
+                           "pathlib.Path('.git/config').write_text('from the run')\n"
+                           "pathlib.Path('.bashrc').write_text('from the run')\n"
+                           "pathlib.Path('notes.txt').write_text('from the run')\n";
+  const std::vector<std::string> args = {"--collect", "*", "--collect", "*/*", "--out-dir", out.str()};
+  const ProcResult kept = run_cli(code, args);
+  INFO(describe(kept));
+  CHECK(kept.exit_code == 65);
+  CHECK(contains(kept.err, "--replace"));
+  // Nothing of the run is lost: the JSON carries the files it could not write.
+  const json j = one_json(kept);
+  CHECK(j["files"] == json{{"notes.txt", "from the run"}});
+  CHECK(text_of(out.path / "notes.txt") == "host notes");
+  CHECK(text_of(out.path / ".git" / "config") == "host config");
+  CHECK_FALSE(spr_test::fs::exists(out.path / ".bashrc"));
+  // --replace overwrites what `*` matched, and still nothing whose name starts with a dot.
+  std::vector<std::string> replacing = args;
+  replacing.push_back("--replace");
+  const ProcResult replaced = run_cli(code, replacing);
+  INFO(describe(replaced));
+  CHECK(replaced.exit_code == 0);
+  CHECK(text_of(out.path / "notes.txt") == "from the run");
+  CHECK(text_of(out.path / ".git" / "config") == "host config");
+  CHECK_FALSE(spr_test::fs::exists(out.path / ".bashrc"));
+  // A pattern that spells the dot asks for dot files.
+  const json dots = one_json(run_cli(code, {"--collect", ".*"}));
+  CHECK(dots["files"].contains(".bashrc"));
+}
+
 TEST_CASE("run --file, --collect and --out-dir move files in and out of a run") {
   TempPath in("cli-files-in"), out("cli-files-out"), outside("cli-files-outside");
   in.write("3,4\n");
@@ -768,7 +809,9 @@ TEST_CASE("run --file, --collect and --out-dir move files in and out of a run") 
   // A link in the output folder is refused, never written through.
   spr_test::fs::remove(out.path / "sum.txt");
   spr_test::fs::create_symlink(outside.path, out.path / "sum.txt");
-  const ProcResult linked = run_cli(code, args);
+  std::vector<std::string> replacing = args;
+  replacing.push_back("--replace");  // raw.bin is there from the first run
+  const ProcResult linked = run_cli(code, replacing);
   CHECK(linked.exit_code == 65);
   CHECK(contains(linked.err, "sum.txt"));
   CHECK_FALSE(spr_test::fs::exists(outside.path));
