@@ -96,8 +96,10 @@ constexpr Rule kTable[] = {
     {"close_range", Act::allow}, {"dup", Act::allow}, {"dup2", Act::allow}, {"dup3", Act::allow},
     {"fstat", Act::allow}, {"fstatfs", Act::allow}, {"ftruncate", Act::allow}, {"fallocate", Act::allow},
     {"fsync", Act::allow}, {"fdatasync", Act::allow}, {"fadvise64", Act::allow}, {"readahead", Act::allow},
-    {"flock", Act::allow}, {"getdents64", Act::allow}, {"sendfile", Act::allow}, {"copy_file_range", Act::allow},
+    {"getdents64", Act::allow}, {"sendfile", Act::allow}, {"copy_file_range", Act::allow},
     {"splice", Act::allow}, {"tee", Act::allow},
+    // Not `flock`: it locks a read-only descriptor too, and the runtime's files are the host's inodes (bound into
+    // the own root), so a run could hold a lock a host program waits on. (fcntl locks stay: sqlite needs them.)
 
     // Paths (Landlock decides which): open, stat, list, create and remove files in the scratch directory.
     // A mode with set-user-ID or set-group-ID is refused: the run's identity may be the host's.

@@ -5,12 +5,14 @@
 // io_uring or bpf object held, nothing mounted, no namespace made or joined, no signal-driven I/O at another process.
 #include <sched.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -481,4 +483,51 @@ os.write(w, b'x')
   CAPTURE(r.error.value_or(""));  // one full-suite run saw this run fail with no output (not reproduced alone)
   CHECK(r.ok);
   CHECK(decoy.alive());
+}
+
+TEST_CASE("seccomp: a run holds no flock on a host file it can read") {
+  // The standard library's files are the host's own inodes, bound into the run's root at the same paths: a
+  // lock a run took there would make a host program that locks the file wait.
+  const std::string path = std::string(SPR_TEST_PYTHON_STDLIB) + "/json/__init__.py";
+  REQUIRE(fs::exists(path));
+  const auto host_can_lock = [&] {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const bool locked = fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (fd >= 0) ::close(fd);  // releases the lock
+    return locked;
+  };
+  // The control: a lock held elsewhere is seen, so the check can fail.
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t holder = ::fork();
+  if (holder == 0) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    const bool ok = fd >= 0 && ::flock(fd, LOCK_SH) == 0;
+    (void)!::write(ready[1], ok ? "y" : "n", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char answer = 0;
+  REQUIRE(::read(ready[0], &answer, 1) == 1);
+  const bool blocked_by_holder = !host_can_lock();
+  ::kill(holder, SIGKILL);
+  ::waitpid(holder, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(answer == 'y');
+  CHECK(blocked_by_holder);
+
+  spr::Runner runner(options());
+  const std::string code = "import _spr_raw, os\n"
+                           "fd = os.open(input_data['path'], os.O_RDONLY)\n"
+                           "print('flock', _spr_raw.call('flock', fd, 1), 'LOCKED', flush=True)\n"  // LOCK_SH
+                           "import time\n"
+                           "time.sleep(3600)\n";
+  bool host_locked = false;
+  const Observed o =
+      run_and_observe(runner, code, {{"path", path}}, policy(), "LOCKED", [&] { host_locked = host_can_lock(); });
+  CAPTURE(o.stdout_seen);
+  CAPTURE(o.result.error.value_or(""));
+  CHECK(sec::contains(o.stdout_seen, "LOCKED"));  // the run opened the file and made the call
+  CHECK(host_locked);
 }
