@@ -76,6 +76,7 @@ class ForkRunner : public IsolationRunner {
   bool child_filter_ = false;
   pid_t parent_ = -1;  // the worker, as its children must see it (getppid) to know it is alive
   Child spare_;
+  PolicyText policy_;  // the last request's policy, decoded here once for the children that follow
   std::string test_fault_;  // fail_setup_for_test
   std::vector<pid_t> exiting_;  // killed, not yet reaped
 };
