@@ -18,6 +18,7 @@ namespace spr::embed {
 // The parent side never parses, compiles or keeps a run's code, input or output: request bytes go
 // to the child as they came, reply bytes are checked in place and forwarded, and every buffer that
 // held them is wiped after use. A snippet that reads its whole process memory finds no other run.
+// (It keeps the last policy decoded for the children, never one with extra_globals: PolicyText.)
 class ForkRunner : public IsolationRunner {
  public:
   ForkRunner(int statm_fd, int devnull_fd, WorkerScope scope)
