@@ -14,14 +14,16 @@
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: spr-closed-loop CLIENTS SECONDS WORKERS CODE\n");
+    std::fprintf(stderr, "usage: spr-closed-loop CLIENTS SECONDS WORKERS CODE [GAP_MS]\n");
     return 64;
   }
   const int clients = std::atoi(argv[1]);
   const double seconds = std::atof(argv[2]);
   spr::RunnerOptions o;
   o.workers = static_cast<std::size_t>(std::atoi(argv[3]));
+  o.worker_stderr = std::getenv("SPR_WORKER_STDERR") != nullptr;  // e.g. a -DSPR_FORK_PHASES=ON worker's figures
   const std::string code = argv[4];
+  const double gap_ms = argc > 5 ? std::atof(argv[5]) : 0;  // paced: each client starts a run every GAP_MS
   spr::Runner runner(o);
   runner.run("result = 1");  // a warm worker before the clock starts
   using Clock = std::chrono::steady_clock;
@@ -34,7 +36,12 @@ int main(int argc, char** argv) {
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&, c] {
       std::vector<double> mine;
+      auto next = Clock::now();
       for (long i = 0; Clock::now() < end; ++i) {
+        if (gap_ms > 0) {
+          std::this_thread::sleep_until(next);
+          next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(gap_ms));
+        }
         const long n = c * 1000000L + i;
         const auto t0 = Clock::now();
         const spr::RunResult r = runner.run(code, {{"n", n}});

@@ -280,8 +280,11 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
     auto it = pools_.try_emplace(key).first;
     Pool& pool = it->second;
     if (!pool.idle.empty()) {
-      auto w = std::move(pool.idle.front());
-      pool.idle.pop_front();
+      // The worker given back last: its caches are warm, and in fork mode the others keep the spare
+      // child they forked while idle (taking them in turn made every worker fork and warm a spare
+      // between back-to-back runs, on the CPU the run needed).
+      auto w = std::move(pool.idle.back());
+      pool.idle.pop_back();
       if (!w->quiet()) {
         // A stray frame or a hang-up is pending: a run wrote to the reply channel itself. Replace it.
         --pool.live;

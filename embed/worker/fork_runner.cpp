@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -52,6 +53,113 @@ constexpr const char* kWarmUpInput = R"({"x":9,"s":"text"})";
 
 // parent_reply's status for a request no child started on.
 constexpr int kNotStarted = -1;
+
+#ifdef SPR_FORK_PHASES
+// Measurement build only (cmake -DSPR_FORK_PHASES=ON): the child stamps its phases into a page it
+// shares with the parent, which prints the means on its stderr every kPhaseRuns runs. The page is
+// writable by the run's code: never in a product build.
+namespace phases {
+enum ChildMark { kStart, kHooks, kFiltered, kSetUp, kRequest, kDecoded, kRan, kReplied, kChildMarks };
+enum ParentMark { kArrived, kForking, kForked, kLimited, kSent, kReplyIn, kDone, kParentMarks };
+struct Point {
+  double wall_us = 0, cpu_us = 0, faults = 0;
+};
+struct Shared {
+  Point child[kChildMarks];
+};
+constexpr int kPhaseRuns[2] = {200, 50};  // forked for the request, a spare
+Shared* g_shared = nullptr;
+Point g_parent[kParentMarks];
+Point g_prev_done;
+bool g_spare = false;
+double g_sum[2][64] = {};
+int g_runs[2] = {0, 0};
+double g_child_cpu = 0, g_child_faults = 0;
+int g_reaped = 0;
+
+Point now(bool thread) {
+  timespec w{}, c{};
+  clock_gettime(CLOCK_MONOTONIC, &w);
+  clock_gettime(thread ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &c);
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return {w.tv_sec * 1e6 + w.tv_nsec / 1e3, c.tv_sec * 1e6 + c.tv_nsec / 1e3, static_cast<double>(u.ru_minflt)};
+}
+void child(ChildMark m) {
+  if (g_shared) g_shared->child[m] = now(false);
+}
+void parent(ParentMark m) { g_parent[m] = now(true); }
+void add(double* sum, int row, const Point& a, const Point& b) {
+  sum[3 * row] += b.wall_us - a.wall_us;
+  sum[3 * row + 1] += b.cpu_us - a.cpu_us;
+  sum[3 * row + 2] += b.faults - a.faults;
+}
+void reaped(const rusage& u) {
+  g_child_cpu += u.ru_utime.tv_sec * 1e6 + u.ru_utime.tv_usec + u.ru_stime.tv_sec * 1e6 + u.ru_stime.tv_usec;
+  g_child_faults += static_cast<double>(u.ru_minflt);
+  ++g_reaped;
+}
+void run_done() {
+  if (!g_shared) return;
+  const int k = g_spare ? 1 : 0;
+  double* sum = g_sum[k];
+  const Point* c = g_shared->child;
+  const Point* p = g_parent;
+  int row = 0;
+  if (g_prev_done.wall_us > 0) add(sum, row, g_prev_done, p[kArrived]);  // parent between runs (reply out, idle, reap)
+  ++row;
+  add(sum, row++, p[kArrived], p[kForking]);   // parent: request scan, capture::begin
+  add(sum, row++, p[kForking], p[kForked]);    // parent: pipes + fork (a spare: none)
+  add(sum, row++, p[kForked], p[kLimited]);    // parent: set_limits
+  add(sum, row++, p[kLimited], p[kSent]);      // parent: write request
+  add(sum, row++, p[kSent], p[kReplyIn]);      // parent: waiting for the reply
+  add(sum, row++, p[kReplyIn], p[kDone]);      // parent: check reply, retire
+  Point forking = p[kForking];
+  forking.cpu_us = c[kStart].cpu_us;
+  forking.faults = c[kStart].faults;
+  if (!g_spare) add(sum, row, forking, c[kStart]);  // fork, as the child sees it (wall only)
+  ++row;
+  Point zero = c[kStart];
+  zero.cpu_us = zero.faults = 0;  // a fresh child starts at zero
+  add(sum, row++, zero, c[kHooks]);           // child: PyOS_AfterFork_Child (+ the fork's own faults)
+  add(sum, row++, c[kHooks], c[kFiltered]);   // child: prctl, close, dup2, seccomp
+  add(sum, row++, c[kFiltered], c[kSetUp]);   // child: deadline (a spare: its warm-up)
+  Point sent = p[kSent];
+  sent.cpu_us = c[kSetUp].cpu_us;
+  sent.faults = c[kSetUp].faults;
+  add(sum, row++, g_spare ? sent : c[kSetUp], c[kRequest]);  // child: waiting for and reading the request
+  add(sum, row++, c[kRequest], c[kDecoded]);  // child: decode
+  add(sum, row++, c[kDecoded], c[kRan]);      // child: capture + run
+  add(sum, row++, c[kRan], c[kReplied]);      // child: encode the reply
+  add(sum, row++, p[kArrived], p[kDone]);     // parent: whole run (request in to reply ready)
+  g_prev_done = p[kDone];
+  if (++g_runs[k] < kPhaseRuns[k]) return;
+  static const char* const kRows[] = {"parent: between runs (reply out, idle, reap)", "parent: request scan, capture::begin",
+                                      "parent: pipes + fork", "parent: set_limits (prlimit x4)", "parent: write request",
+                                      "parent: wait for the reply", "parent: check reply, retire",
+                                      "child: fork until child_main (wall)", "child: PyOS_AfterFork_Child",
+                                      "child: prctl/close/dup2/seccomp", "child: deadline::init (spare: + warm-up)",
+                                      "child: read request (spare: from parent's write)", "child: decode",
+                                      "child: capture + run", "child: encode reply", "parent: request in to reply ready"};
+  dprintf(2, "[fork phases] %d runs on %s, means: wall us, cpu us, minor faults\n", g_runs[k],
+          k ? "a spare forked while idle" : "a child forked for them");
+  for (int i = 0; i < row; ++i)
+    dprintf(2, "[fork phases] %-48s %9.1f %9.1f %7.1f\n", kRows[i], sum[3 * i] / g_runs[k], sum[3 * i + 1] / g_runs[k],
+            sum[3 * i + 2] / g_runs[k]);
+  if (g_reaped)
+    dprintf(2, "[fork phases] %-48s %9s %9.1f %7.1f (%d reaped, either kind)\n", "child: whole (rusage at reap)", "-",
+            g_child_cpu / g_reaped, g_child_faults / g_reaped, g_reaped);
+  std::memset(sum, 0, sizeof g_sum[k]);
+  g_runs[k] = g_reaped = 0;
+  g_child_cpu = g_child_faults = 0;
+}
+}  // namespace phases
+#define SPR_CHILD_PHASE(m) phases::child(phases::m)
+#define SPR_PARENT_PHASE(m) phases::parent(phases::m)
+#else
+#define SPR_CHILD_PHASE(m) ((void)0)
+#define SPR_PARENT_PHASE(m) ((void)0)
+#endif
 
 std::string describe_signal(int sig) {
   const char* name = strsignal(sig);
@@ -122,6 +230,10 @@ std::string ForkRunner::prepare() {
   if (sigaction(SIGIO, &ignore, nullptr) != 0) return std::string("sigaction(SIGIO) failed: ") + strerror(errno);
   // What every child's run would build the same, built once here (each child takes its own copy-on-write view).
   if (!prebuild_for_fork()) return "building the runs' builtins and streams failed";
+#ifdef SPR_FORK_PHASES
+  void* m = mmap(nullptr, sizeof(phases::Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (m != MAP_FAILED) phases::g_shared = static_cast<phases::Shared*>(m);
+#endif
   return {};
 }
 
@@ -134,7 +246,9 @@ std::uint64_t ForkRunner::address_space_now() const {
 }
 
 void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char* fail_for_test) {
+  SPR_CHILD_PHASE(kStart);
   PyOS_AfterFork_Child();
+  SPR_CHILD_PHASE(kHooks);
   // Each step checked; after a failure the child still answers its request, but runs none of it.
   SetupCheck setup(fail_for_test);
   // Dies with the worker, whatever it does to its session or group (its filter keeps this set).
@@ -148,6 +262,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   // The run's limits come from the parent (prlimit): the stacked filter forbids raising them here.
   if (child_filter_)
     setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
+  SPR_CHILD_PHASE(kFiltered);
   setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
   if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
     protocol::Request w;
@@ -161,10 +276,13 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   }
   std::string frame;
   detail::Fd request(request_fd);
+  SPR_CHILD_PHASE(kSetUp);
   if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
+  SPR_CHILD_PHASE(kRequest);
   // The request pipe stays open: host function answers come on it, forwarded by the parent.
   host_call::set_channel(reply_fd, request.get());
-  Incoming in = decode_request_owned(std::move(frame), scope_, nullptr);
+  Incoming in = decode_request_owned(std::move(frame), scope_, nullptr, &policy_);
+  SPR_CHILD_PHASE(kDecoded);
   RunResult r;
   if (!setup.ok()) {
     // Fails closed: a process whose set-up is incomplete runs no user code.
@@ -179,7 +297,10 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
     r = outcome::memory();
   }
   if (r.error) cut_utf8(*r.error, detail::kMaxReplyErrorBytes);
-  detail::write_frame(reply_fd, encode_reply(in.id, std::move(r)));
+  SPR_CHILD_PHASE(kRan);
+  const std::string reply = encode_reply(in.id, std::move(r));
+  SPR_CHILD_PHASE(kReplied);
+  detail::write_frame(reply_fd, reply);
   _exit(0);
 }
 
@@ -230,8 +351,15 @@ void ForkRunner::reap(bool block) {
   for (auto it = exiting_.begin(); it != exiting_.end();) {
     int status = 0;
     pid_t r;
+#ifdef SPR_FORK_PHASES
+    rusage u{};
+    while ((r = wait4(*it, &status, block ? 0 : WNOHANG, &u)) < 0 && errno == EINTR) {
+    }
+    if (r > 0) phases::reaped(u);
+#else
     while ((r = waitpid(*it, &status, block ? 0 : WNOHANG)) < 0 && errno == EINTR) {
     }
+#endif
     it = r == 0 ? it + 1 : exiting_.erase(it);
   }
 }
@@ -337,6 +465,7 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
 }
 
 void ForkRunner::run(std::string& frame, std::string& reply) {
+  SPR_PARENT_PHASE(kArrived);
   // Only our numbers are taken from the request, in place; the code and input stay bytes.
   // One pass over the members (a request can be mostly input_data: each pass costs its size).
   Limits l;
@@ -356,6 +485,8 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
   l.id_number = *id_number;
   l.id.assign(id->data(), id->size());
+  // Callers send the same policy again and again: decoded here once, each child compares its text.
+  if (!policy_.set || policy_.text != *policy) policy_.remember(*policy);
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
   if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)
     l.cpu_time_seconds = *v;
@@ -374,6 +505,10 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
 
   Child c;
+  SPR_PARENT_PHASE(kForking);
+#ifdef SPR_FORK_PHASES
+  phases::g_spare = spare_.pid > 0;
+#endif
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (spare_.pid > 0) {
       c = std::move(spare_);
@@ -382,13 +517,17 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
       reply = parent_reply(l, kNotStarted, false, false, std::string("fork failed: ") + strerror(errno));
       return;
     }
-    if (set_limits(c.pid, l) && detail::write_frame(c.request.get(), frame) == detail::IoStatus::ok) break;
+    SPR_PARENT_PHASE(kForked);
+    const bool limited = set_limits(c.pid, l);
+    SPR_PARENT_PHASE(kLimited);
+    if (limited && detail::write_frame(c.request.get(), frame) == detail::IoStatus::ok) break;
     retire(c);  // a spare that died while idle: one more, forked now
     if (attempt == 1) {
       reply = parent_reply(l, kNotStarted, false, false, "the run's process could not be prepared");
       return;
     }
   }
+  SPR_PARENT_PHASE(kSent);
   wipe(frame);
   // Host function answers go to the child on this pipe; a child that stops reading must not hold us.
   const int flags = fcntl(c.request.get(), F_GETFL);
@@ -403,10 +542,15 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     // A failed relay: the child is killed below and its run answered from its status.
     if ((s = relay_host_call(c, reply, deadline)) != detail::IoStatus::ok) break;
   }
+  SPR_PARENT_PHASE(kReplyIn);
   c.request.reset();
   if (s == detail::IoStatus::ok) {
     const std::string why = check_reply(reply, l);
     retire(c);  // the reply goes out before the child is reaped
+#ifdef SPR_FORK_PHASES
+    SPR_PARENT_PHASE(kDone);
+    phases::run_done();
+#endif
     if (why.empty()) return;
     wipe(reply);
     reply = parent_reply(l, 0, false, true, why);

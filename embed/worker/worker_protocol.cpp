@@ -4,6 +4,7 @@
 #include <optional>
 #include <utility>
 
+#include "common/frame.hpp"
 #include "common/json_scan.hpp"
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
@@ -18,24 +19,42 @@ namespace {
 // for a stale one and the run waited out). One pass over the members: input_data can be most of it.
 struct InPlace {
   std::uint64_t id = 0;
-  std::optional<std::string> rest;  // the frame with input_data's value replaced by null, when it has one
-  std::string_view input;           // that value's text
+  std::optional<std::string> rest;  // the frame with input_data's value replaced by null (and a prebuilt
+                                    // policy's by {}), when it has either
+  std::string_view input;           // input_data's text
+  bool policy_prebuilt = false;     // the policy's text is the prebuilt one's
 };
-InPlace read_in_place(std::string_view frame) {
+InPlace read_in_place(std::string_view frame, const PolicyText* prebuilt) {
   InPlace p;
-  std::optional<std::string_view> id, input;
+  std::optional<std::string_view> id, input, policy;
   json_scan::for_each_member(frame, [&](std::string_view key, std::string_view value) {
     if (key == "id") id = value;
     else if (key == "input_data") input = value;  // the last one, as the parser would take it
+    else if (key == "policy") policy = value;
   });
   if (id) p.id = json_scan::id_number(*id).value_or(0);
-  if (input) {
-    const std::size_t at = static_cast<std::size_t>(input->data() - frame.data());
-    p.rest.emplace();
-    p.rest->reserve(frame.size() - input->size() + 4);
-    p.rest->append(frame.substr(0, at)).append("null").append(frame.substr(at + input->size()));
-    p.input = *input;
+  p.policy_prebuilt = prebuilt && prebuilt->set && policy && *policy == prebuilt->text;
+  // Up to two cuts, in the frame's order: each value's text becomes a constant.
+  struct Cut {
+    std::string_view value;
+    const char* with;
+  };
+  Cut cuts[2];
+  int n = 0;
+  if (input) cuts[n++] = {*input, "null"};
+  if (p.policy_prebuilt) cuts[n++] = {*policy, "{}"};  // decodes to the defaults, replaced after
+  if (n == 0) return p;
+  if (n == 2 && cuts[1].value.data() < cuts[0].value.data()) std::swap(cuts[0], cuts[1]);
+  p.rest.emplace();
+  p.rest->reserve(frame.size() + 4);
+  std::size_t at = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto start = static_cast<std::size_t>(cuts[i].value.data() - frame.data());
+    p.rest->append(frame.substr(at, start - at)).append(cuts[i].with);
+    at = start + cuts[i].value.size();
   }
+  p.rest->append(frame.substr(at));
+  if (input) p.input = *input;
   return p;
 }
 }  // namespace
@@ -44,9 +63,9 @@ namespace {
 
 // `owner`, when given, holds `frame`'s bytes and may be consumed: input_data's text is moved out of it.
 Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& scope,
-                protocol::PolicyCache* policies) {
+                protocol::PolicyCache* policies, PolicyText* prebuilt) {
   Incoming in;
-  const InPlace p = read_in_place(frame);
+  const InPlace p = read_in_place(frame, prebuilt);
   in.id = p.id;
   try {
     protocol::Message m = protocol::decode(p.rest ? std::string_view(*p.rest) : frame, policies);
@@ -59,13 +78,14 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
     if (!rq) throw protocol::ProtocolError(std::string("expected a request message, got ") + protocol::type_name(m));
     in.id = rq->id;
     in.run = std::move(*rq);
-    if (p.rest && owner) {
+    if (p.policy_prebuilt) in.run.policy = std::move(prebuilt->policy);
+    if (p.input.data() && owner) {
       const std::size_t at = static_cast<std::size_t>(p.input.data() - owner->data());
       owner->resize(at + p.input.size());
       owner->erase(0, at);  // a move within pages already touched
       in.run.input_json = std::move(*owner);
       owner->clear();
-    } else if (p.rest) {
+    } else if (p.input.data()) {
       in.run.input_json.assign(p.input);
     }
     in.run.policy.isolation = scope.isolation;
@@ -82,11 +102,33 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
 }  // namespace
 
 Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
-  return decode(frame, nullptr, scope, policies);
+  return decode(frame, nullptr, scope, policies, nullptr);
 }
 
-Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
-  return decode(frame, &frame, scope, policies);
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies,
+                              PolicyText* prebuilt) {
+  return decode(frame, &frame, scope, policies, prebuilt);
+}
+
+void PolicyText::remember(std::string_view wire) {
+  forget();
+  // Checked on the text first: a caller's data is not even parsed here (its freed copies would stay).
+  if (const auto globals = json_scan::member(wire, "extra_globals"); globals && *globals != "{}") return;
+  try {
+    RunnerPolicy p = protocol::policy_from_wire(detail::parse_json(wire));
+    if (!p.extra_globals.empty()) return;
+    policy = std::move(p);
+    text.assign(wire);
+    set = true;
+  } catch (const std::exception&) {
+    // Malformed: the run's own decode refuses it, with the reason.
+  }
+}
+
+void PolicyText::forget() {
+  set = false;
+  text.clear();
+  policy = RunnerPolicy{};
 }
 
 std::string encode_reply(std::uint64_t id, RunResult result) {

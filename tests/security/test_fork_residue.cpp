@@ -142,7 +142,7 @@ std::vector<sec::ProcInfo> survivors() {
 
 }  // namespace
 
-TEST_CASE("fork residue: no byte of a run's input, code or output stays in the worker or the next child") {
+TEST_CASE("fork residue: no byte of a run's input, code, output or extra_globals stays in the worker or the next child") {
   spr::Runner runner(fork_options());
   REQUIRE(runner.run("result = 0", json::object()).ok);
   const std::string code_token = "SPRCODE" + sec::random_hex(12);
@@ -176,11 +176,19 @@ TEST_CASE("fork residue: no byte of a run's input, code or output stays in the w
   CHECK(a.stdout_text.find(out_token) != std::string::npos);
   spr::RunResult b = runner.run("result = 1", json::object());
   REQUIRE(b.ok);
+  // A policy's extra_globals are a caller's data too: the parent keeps the last policy it decoded, never
+  // one with them (this run is the last before the scan, so its policy would be the one kept).
+  const std::string globals_token = "SPRGLOB" + sec::random_hex(12);
+  spr::RunnerPolicy with_globals = fork_options().policy;
+  with_globals.extra_globals = {{"g", globals_token}};
+  spr::RunResult g = runner.run("result = g", json::object(), with_globals);
+  REQUIRE(g.ok);
+  CHECK(g.result == globals_token);
   // The idle worker forks and warms its spare: waited for (the limit is a hang guard), so the scan covers it.
   const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
   while (sec::descendants(getpid(), {}).size() < 2 && std::chrono::steady_clock::now() < guard)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  for (const std::string& token : {input_token, code_token, out_token}) {
+  for (const std::string& token : {input_token, code_token, out_token, globals_token}) {
     const Scan after = scan_descendants(token);
     CHECK(after.unreadable == 0);
     CHECK_MESSAGE(after.hits == 0, token, " found ", after.hits, " times in ", after.processes, " processes");

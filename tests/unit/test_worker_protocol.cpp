@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
+#include "common/json_scan.hpp"
 #include "common/protocol.hpp"
 #include "worker/worker_protocol.hpp"
 
@@ -95,4 +97,64 @@ TEST_CASE("worker protocol: a frame handed over (decode_request_owned) decodes a
   CHECK(moved.run.code == viewed.run.code);
   CHECK(moved.run.stdin_text == "after");
   CHECK(moved.run.policy.timeout_seconds == 2);
+}
+
+TEST_CASE("worker protocol: a prebuilt policy serves only the request whose policy text is its own") {
+  // The fork parent decodes the last policy once; each child compares the text and takes it, or decodes.
+  pr::Request rq;
+  rq.id = 4;
+  rq.code = "result = input_data";
+  rq.input_json = R"({"x":1})";
+  rq.policy.timeout_seconds = 2;
+  rq.policy.blocked_imports = {"os"};
+  rq.policy.allow_network = true;
+  const std::string frame = pr::encode(rq);
+  const std::string text(spr::json_scan::member(frame, "policy").value());
+  const spr::embed::WorkerScope scope{spr::Isolation::fork, false};
+
+  spr::embed::PolicyText same;
+  same.remember(text);
+  REQUIRE(same.set);
+  // Policy before and after input_data in the frame: both cuts land where they belong.
+  const std::string policy_last = std::string(R"({"type":"request","id":4,"code":"result = input_data",)") +
+                                  R"("input_data":{"x":1},"policy":)" + text + "}";
+  for (const std::string& f : {frame, policy_last}) {
+    CAPTURE(f);
+    spr::embed::PolicyText p = same;
+    std::string handed = f;
+    const Incoming in = spr::embed::decode_request_owned(std::move(handed), scope, nullptr, &p);
+    REQUIRE(in.kind == Incoming::Kind::run);
+    CHECK(in.run.input_json == R"({"x":1})");
+    CHECK(in.run.policy.timeout_seconds == 2);
+    CHECK(in.run.policy.blocked_imports == std::vector<std::string>{"os"});
+    CHECK_FALSE(in.run.policy.allow_network);  // narrowed to the worker's scope as a decoded one is
+  }
+
+  // Another policy (one field differs): decoded from the request, the prebuilt one left alone.
+  pr::Request other = rq;
+  other.policy.timeout_seconds = 3;
+  other.policy.blocked_imports = {"os", "sys"};
+  spr::embed::PolicyText p = same;
+  const Incoming in = spr::embed::decode_request_owned(pr::encode(other), scope, nullptr, &p);
+  REQUIRE(in.kind == Incoming::Kind::run);
+  CHECK(in.run.policy.timeout_seconds == 3);
+  CHECK(in.run.policy.blocked_imports == std::vector<std::string>{"os", "sys"});
+  CHECK(p.policy.timeout_seconds == 2);
+}
+
+TEST_CASE("worker protocol: a policy carrying extra_globals is never kept prebuilt") {
+  // extra_globals are a caller's data: the fork parent must not hold them for later runs to find.
+  pr::Request rq;
+  rq.id = 5;
+  rq.code = "result = 1";
+  rq.policy.extra_globals = {{"key", "secret-4f1c"}};
+  const std::string frame = pr::encode(rq);
+  spr::embed::PolicyText p;
+  p.remember(spr::json_scan::member(frame, "policy").value());
+  CHECK_FALSE(p.set);
+  CHECK(p.text.empty());
+  CHECK(p.policy.extra_globals.empty());
+  // A malformed policy is not kept either: the run's own decode refuses it with the reason.
+  p.remember(R"({"timeout_seconds":"soon"})");
+  CHECK_FALSE(p.set);
 }
