@@ -350,8 +350,9 @@ void Api::release(const ExchangePtr& ex) {
     if (auto it = token_in_flight_.find(*t); it != token_in_flight_.end() && --it->second == 0) token_in_flight_.erase(it);
 }
 
-void Api::queue_run(std::optional<std::size_t> token, std::string code, json input, RunnerPolicy policy, RunOptions options,
-                    std::function<void(const RunResult&)> on_done, std::function<void(const RunResult&)> on_refused) {
+void Api::queue_run(std::optional<std::size_t> token, std::string code, json input, RunnerPolicy policy,
+                    RunOptions options, std::function<void(const RunResult&)> on_done,
+                    std::function<void(const RunResult&)> on_refused) {
   struct Pending {
     std::string code;
     json input;
@@ -367,7 +368,8 @@ void Api::queue_run(std::optional<std::size_t> token, std::string code, json inp
   CancelToken cancel = p->options.cancel;
   auto start = [this, p, key, isolation] {
     // The wait here is the run's queued time as much as the Runner's own.
-    const auto waited = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - p->queued_at);
+    const auto waited =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - p->queued_at);
     auto done = [this, p, key, waited](const RunResult& r) {
       fair_->finished(key);
       if (waited.count() <= 0) return p->on_done(r);
@@ -635,8 +637,8 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
       send_error(rc->ex, r.error_kind == ErrorKind::bad_input ? 400 : 503, kind, r.error.value_or(""));
     }
   };
-  queue_run(ex->request().token, std::move(call.code), std::move(call.input), std::move(policy), std::move(call.options),
-            std::move(on_done), std::move(on_refused));
+  queue_run(ex->request().token, std::move(call.code), std::move(call.input), std::move(policy),
+            std::move(call.options), std::move(on_done), std::move(on_refused));
 }
 
 void Api::piston_execute(const ExchangePtr& ex, const json& body) {
@@ -695,8 +697,8 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
     send_json(rc->ex, r.error_kind == ErrorKind::bad_input ? 400 : 503, {{"message", r.error.value_or("")}},
               to_string(r.error_kind));
   };
-  queue_run(ex->request().token, std::move(e.code), json::object(), std::move(e.policy), std::move(options), std::move(on_done),
-            std::move(on_refused));
+  queue_run(ex->request().token, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
+            std::move(on_done), std::move(on_refused));
 }
 
 void Api::session_open(const ExchangePtr& ex, const json& body) {

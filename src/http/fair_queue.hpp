@@ -19,7 +19,7 @@ namespace spr::http {
 // a token with many runs in flight cannot hold every worker while another token's run waits out its deadline.
 class FairQueue {
  public:
-  using Party = std::size_t;  // a token's number
+  using Party = std::size_t;                                 // a token's number
   static constexpr Party kNoToken = static_cast<Party>(-1);  // requests without a token are one party
 
   explicit FairQueue(std::size_t workers) : workers_(workers ? workers : 1) {}

@@ -1,8 +1,9 @@
 // A host program for test_pid1.cpp: started as PID 1 of a PID namespace of its own (a container without an init),
 // it has a child of its own, uses a Runner whose workers are killed in every way the supervisor kills them, and
 // stops at each step until the test (outside the namespace) has counted the processes left.
-//   pid1_host MODE      MODE is an isolation mode; prints "host-child <pid>", "ready", "stopped", "host-child-status <n>"
-//   pid1_host noproc    the first run's answer, on one line (the namespace has no /proc of its own)
+//   pid1_host MODE     MODE is an isolation mode: prints "host-child <pid>", "ready", "stopped",
+//                      "host-child-status <n>"
+//   pid1_host noproc   the first run's answer, on one line (the namespace has no /proc of its own)
 #include <spr/runner.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,8 +41,8 @@ struct StartedRun {
       if (!once.exchange(true)) started.set_value();
     };
     auto f = started.get_future();
-    handle = runner.submit("import time\nprint('started', flush=True)\ntime.sleep(600)\n", spr::json::object(),
-                           policy, std::move(o));
+    handle = runner.submit("import time\nprint('started', flush=True)\ntime.sleep(600)\n", spr::json::object(), policy,
+                           std::move(o));
     f.wait();
   }
 };

@@ -1,6 +1,7 @@
 // A supervisor that is PID 1 of its PID namespace (a container started without an init), judged from outside that
 // namespace: every worker it kills leaves no process behind, zombie or not, and the host's own child keeps its exit
 // status for the host. Without a /proc of its own namespace, the error says what is missing and how to mount it.
+#include <doctest/doctest.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,8 +15,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <doctest/doctest.h>
 
 #include "../blackbox/helpers.hpp"
 #include "../proc_stats.hpp"
@@ -66,7 +65,8 @@ class Pid1Host {
 
   // The next line the host prints; empty at its end or past the hang guard.
   std::string line() {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(120 * spr_test::time_scale());
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(120 * spr_test::time_scale());
     for (;;) {
       if (auto nl = buf_.find('\n'); nl != std::string::npos) {
         std::string l = buf_.substr(0, nl);
@@ -74,7 +74,8 @@ class Pid1Host {
         MESSAGE("host: " << l);
         return l;
       }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       pollfd p{from_, POLLIN, 0};
       if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) return {};
       char chunk[4096];
