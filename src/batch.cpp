@@ -392,8 +392,11 @@ struct Batch::Impl {
       RunOptions o = options;
       o.cancel = tokens[static_cast<std::size_t>(k)];
       try {
-        RunnerAccess::submit(runner, code_text, input, policy, std::move(o),
-                             [this, seq](const RunResult& r) { run_ended(seq, r); });
+        auto ended = [this, seq](const RunResult& r) { run_ended(seq, r); };
+        if (opt.submit)
+          opt.submit(code_text, input, policy, std::move(o), std::move(ended));
+        else
+          RunnerAccess::submit(runner, code_text, input, policy, std::move(o), std::move(ended));
       } catch (const std::exception& e) {
         RunResult r = outcome::failure(ErrorKind::bad_input, where + "invalid policy: " + e.what());
         r.isolation = policy.isolation;

@@ -97,6 +97,11 @@ __attribute__((no_sanitize("address", "thread", "undefined"))) int child_main(vo
   // with mkdir and mount points that its sandbox identity must traverse (a host's umask 077 made them 0700, and
   // every subinterpreter worker died at start).
   ::syscall(SYS_umask, 022);
+  // Nor the host's raised priority: a supervisor started at nice -5 (as root) does not give untrusted code a claim on
+  // the CPU over the rest of the machine; it starts at nice 0. A lowered one stays (a host run at nice 10 keeps its
+  // workers there: going back to 0 needs a privilege it may not have). The raw call answers 20 - nice.
+  if (::syscall(SYS_getpriority, PRIO_PROCESS, 0) > 20 && (rc = ::syscall(SYS_setpriority, PRIO_PROCESS, 0, 0)) != 0)
+    fail("setpriority", rc);
   const unsigned long none = 0;
   if ((rc = ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none)) != 0) fail("rt_sigprocmask", rc);
   rc = ::syscall(SYS_execve, a->path, a->argv, a->envp);

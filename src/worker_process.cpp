@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <system_error>
 
 #include "common/capture_layout.hpp"
@@ -178,6 +179,76 @@ Fd open_scratch_inside(pid_t pid, const std::string& scratch, std::string& why) 
   return fd;
 }
 
+// Why /proc cannot be used to find and watch workers (empty when it can): the supervisor reads its workers' parent
+// links, roots and CPU times there, and a /proc of another PID namespace names other processes. That is what a
+// process started as PID 1 of a new PID namespace without a /proc of its own sees (`unshare --pid --fork` without
+// `--mount-proc`).
+std::string proc_unusable() {
+  char self[32];
+  const ssize_t n = ::readlink("/proc/self", self, sizeof self - 1);
+  std::string why;
+  if (n < 0) {
+    why = std::string("/proc/self cannot be read (") + strerror(errno) + ")";
+  } else {
+    self[n] = '\0';
+    if (std::to_string(::getpid()) == self) return {};
+    why = std::string("/proc belongs to another PID namespace (it calls this process ") + self + ", which is PID " +
+          std::to_string(::getpid()) + " in its own)";
+  }
+  return why + ": the supervisor finds and watches its workers through /proc, which must be mounted for its own PID "
+               "namespace; in a new PID namespace mount one (unshare --pid --fork --mount-proc, or a container "
+               "runtime's own /proc)";
+}
+
+// True when the kernel gives this process the orphans of its descendants: it is PID 1 of its PID namespace (a
+// container started without an init) or a child subreaper. A worker's keeper that dies before the namespace's init
+// (a kill of the group, a cancel, a shutdown) then leaves that init to us, and a worker without the PID layer leaves
+// its fork run's child: nobody else would ever wait for them.
+bool adopts_orphans() {
+  if (::getpid() == 1) return true;
+  int subreaper = 0;
+  return ::prctl(PR_GET_CHILD_SUBREAPER, &subreaper) == 0 && subreaper != 0;
+}
+
+// How long a reap waits for a worker's orphans still ending: a namespace's init ends only once every process of its
+// namespace has. Past it the group is retried by later reaps (a process stuck in the kernel ends when it can).
+constexpr auto kOrphanWait = std::chrono::seconds(2);
+
+std::mutex g_orphans_mu;
+std::vector<pid_t> g_orphan_groups;  // groups whose orphans had not all ended when their reap gave up
+
+// Reaps every exited child of ours in process group `group`, until none is left (true) or `until` passes (false). By
+// group, never waitpid(-1): a host's own children keep their exit statuses for the host. The group is a worker's
+// (its keeper's pid): its members keep the id after their parent died, and it is not reused while one of them lives.
+bool reap_group(pid_t group, Clock::time_point until) {
+  int pause_ms = 1;
+  for (;;) {
+    const pid_t done = ::waitpid(-group, nullptr, WNOHANG);
+    if (done > 0) continue;
+    if (done < 0 && errno == EINTR) continue;
+    if (done < 0) return true;  // ECHILD: no child of ours is left in the group
+    if (Clock::now() >= until) return false;
+    ::usleep(static_cast<useconds_t>(pause_ms) * 1000);  // one of them is still ending
+    pause_ms = std::min(pause_ms * 2, 20);
+  }
+}
+
+// After the keeper of `group` is reaped: its orphans, then those of earlier groups that were still ending.
+void reap_orphans(pid_t group) {
+  std::vector<pid_t> groups;
+  {
+    std::lock_guard<std::mutex> lk(g_orphans_mu);
+    groups.swap(g_orphan_groups);
+  }
+  std::vector<pid_t> left;
+  if (!reap_group(group, Clock::now() + kOrphanWait)) left.push_back(group);
+  for (pid_t g : groups)
+    if (!reap_group(g, Clock::now())) left.push_back(g);
+  if (left.empty()) return;
+  std::lock_guard<std::mutex> lk(g_orphans_mu);
+  g_orphan_groups.insert(g_orphan_groups.end(), left.begin(), left.end());
+}
+
 }  // namespace
 
 // Defined (weak) in a consumer's build by the exported CMake package: where the installed package's
@@ -216,6 +287,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
 }
 
 std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
+  if (std::string why = proc_unusable(); !why.empty()) throw WorkerError(why);
   std::unique_ptr<WorkerProcess> w(new WorkerProcess());
   w->isolation_ = o.start.isolation;
   w->grace_seconds_ = o.grace_seconds;
@@ -320,11 +392,12 @@ WorkerProcess::~WorkerProcess() { kill_and_reap(); }
 
 void WorkerProcess::kill_and_reap() {
   if (pid_ > 0 && !reaped_) {
-    ::kill(-pid_, SIGKILL);  // the group: a forked run child goes too
+    ::kill(-pid_, SIGKILL);  // the group: the PID namespace's init and a forked run child go too
     ::kill(pid_, SIGKILL);
     while (waitpid(pid_, &wait_status_, 0) < 0 && errno == EINTR) {
     }
     reaped_ = true;
+    if (adopts_orphans()) reap_orphans(pid_);
   }
   alive_ = false;
   sock_.reset();

@@ -68,6 +68,11 @@ struct BatchOptions {
   // Called with each run's result as it ends (cancelled ones included), where runs end, without the
   // batch's lock: for counters such as the HTTP service's metrics.
   std::function<void(const RunResult&)> on_run_end;
+  // Hands a case's run to the Runner as RunnerAccess::submit does (which is used when this is empty): the HTTP
+  // service queues it in turn with other tokens' runs.
+  std::function<void(std::string code, json input, RunnerPolicy policy, RunOptions options,
+                     std::function<void(const RunResult&)> on_done)>
+      submit;
 };
 
 // Counts so far (progress) or at the end (summary).

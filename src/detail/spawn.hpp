@@ -22,8 +22,9 @@ struct SpawnPlan {
   bool no_core = true;          // RLIMIT_CORE 0: a crash writes no memory (inputs) to disk
 };
 
-// Starts `plan` with an empty environment, every signal at its default action and none blocked, and umask 022
-// (none of the host's signal state or umask reaches it), and returns its pid once it has exec'd. The caller owns the process
+// Starts `plan` with an empty environment, every signal at its default action and none blocked, umask 022 and a nice
+// value of at least 0 (none of the host's signal state, umask or raised priority reaches it), and returns its pid
+// once it has exec'd. The caller owns the process
 // (waitpid, kill). When a step before exec or exec itself fails, the child is reaped here and std::system_error
 // is thrown naming the step ("execve", "dup3", ...) with its errno. The start waits on no descriptor (the child
 // reports into our memory), so a concurrent fork() by another thread, which copies them all, cannot hold it.

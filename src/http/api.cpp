@@ -22,9 +22,11 @@
 #include "common/run_deadline.hpp"
 #include "common/protocol.hpp"
 #include "detail/batch.hpp"
+#include "detail/cancel.hpp"
 #include "detail/json_cost.hpp"
 #include "detail/request_line.hpp"
 #include "detail/runner_access.hpp"
+#include "http/fair_queue.hpp"
 #include "http/piston.hpp"
 
 extern const char kSprPlaygroundHtml[];
@@ -271,6 +273,7 @@ Api::Api(Runner& runner, RunnerPolicy base, ApiOptions options)
       base_(std::move(base)),
       options_(options),
       python_version_(runner.python_version()),
+      fair_(std::make_unique<FairQueue>(runner.options().workers)),
       deadlines_(std::make_unique<Deadlines>()),
       pool_(std::make_unique<BlockingPool>(std::max<std::size_t>(2, options.blocking_threads))) {}
 
@@ -345,6 +348,60 @@ void Api::release(const ExchangePtr& ex) {
   --in_flight_;
   if (const auto& t = ex->request().token)
     if (auto it = token_in_flight_.find(*t); it != token_in_flight_.end() && --it->second == 0) token_in_flight_.erase(it);
+}
+
+void Api::queue_run(std::optional<std::size_t> token, std::string code, json input, RunnerPolicy policy,
+                    RunOptions options, std::function<void(const RunResult&)> on_done,
+                    std::function<void(const RunResult&)> on_refused) {
+  struct Pending {
+    std::string code;
+    json input;
+    RunnerPolicy policy;
+    RunOptions options;
+    std::function<void(const RunResult&)> on_done, on_refused;
+    std::chrono::steady_clock::time_point queued_at = std::chrono::steady_clock::now();
+  };
+  auto p = std::make_shared<Pending>(Pending{std::move(code), std::move(input), std::move(policy), std::move(options),
+                                             std::move(on_done), std::move(on_refused)});
+  const detail::PoolKey key = detail::key_of(p->policy);
+  const Isolation isolation = p->policy.isolation;
+  CancelToken cancel = p->options.cancel;
+  auto start = [this, p, key, isolation] {
+    // The wait here is the run's queued time as much as the Runner's own.
+    const auto waited =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - p->queued_at);
+    auto done = [this, p, key, waited](const RunResult& r) {
+      fair_->finished(key);
+      if (waited.count() <= 0) return p->on_done(r);
+      RunResult with_wait = r;
+      with_wait.queued += waited;
+      p->on_done(with_wait);
+    };
+    RunResult refused;
+    try {
+      detail::RunnerAccess::submit(runner_, std::move(p->code), std::move(p->input), std::move(p->policy),
+                                   std::move(p->options), std::move(done));
+      return;
+    } catch (const PolicyError& e) {
+      refused = outcome::bad_input(std::string("invalid policy: ") + e.what());
+    } catch (const std::exception& e) {
+      // A Runner that is shutting down.
+      refused = outcome::failure(ErrorKind::worker_unavailable, e.what());
+    }
+    fair_->finished(key);
+    refused.isolation = isolation;
+    p->on_refused(refused);
+  };
+  const std::uint64_t ticket = fair_->push(token.value_or(FairQueue::kNoToken), key, std::move(start));
+  // Cancelled (or past its deadline) while it waits: answered at once, as the Runner answers a queued run. Held
+  // weakly: the token outlives the run in the registry of run ids, and the run holds the token.
+  detail::on_cancel(cancel, [this, ticket, isolation, weak = std::weak_ptr<Pending>(p)] {
+    const auto pending = weak.lock();
+    if (!pending || !fair_->remove(ticket)) return;
+    RunResult r = detail::cancelled_result();
+    r.isolation = isolation;
+    pending->on_done(r);
+  });
 }
 
 RunnerPolicy Api::request_policy(const json& overrides) const {
@@ -567,21 +624,21 @@ void Api::run(const ExchangePtr& ex, json& body, bool stream) {
       send_json(rc->ex, 200, r.to_json(), kind);
     }
   };
-  try {
-    detail::RunnerAccess::submit(runner_, std::move(call.code), std::move(call.input), std::move(policy),
-                                 std::move(call.options), std::move(on_done));
-  } catch (const std::exception& e) {
-    // An invalid policy (already checked) or a Runner that is shutting down.
+  // An invalid policy (already checked) or a Runner that is shutting down.
+  auto on_refused = [this, rc](const RunResult& r) {
     deadlines_->remove(rc->deadline);
-    if (!rc->client_id.empty()) unregister_run(ex, rc->client_id);
-    release(ex);
-    if (stream) {
-      ex->stream_write(detail::dump_json({{"error", e.what()}, {"error_kind", "worker_unavailable"}}) + "\n");
-      ex->stream_end("worker_unavailable");
+    if (!rc->client_id.empty()) unregister_run(rc->ex, rc->client_id);
+    release(rc->ex);
+    const std::string kind = to_string(r.error_kind);
+    if (rc->stream) {
+      rc->ex->stream_write(detail::dump_json({{"error", r.error.value_or("")}, {"error_kind", kind}}) + "\n");
+      rc->ex->stream_end(kind);
     } else {
-      send_error(ex, 503, "worker_unavailable", e.what());
+      send_error(rc->ex, r.error_kind == ErrorKind::bad_input ? 400 : 503, kind, r.error.value_or(""));
     }
-  }
+  };
+  queue_run(ex->request().token, std::move(call.code), std::move(call.input), std::move(policy),
+            std::move(call.options), std::move(on_done), std::move(on_refused));
 }
 
 void Api::piston_execute(const ExchangePtr& ex, const json& body) {
@@ -634,14 +691,14 @@ void Api::piston_execute(const ExchangePtr& ex, const json& body) {
       send_json(rc->ex, 200, piston::execute_answer(r, output, python_version_),
                 r.error_kind == ErrorKind::none ? "" : to_string(r.error_kind));
   };
-  try {
-    detail::RunnerAccess::submit(runner_, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
-                                 std::move(on_done));
-  } catch (const std::exception& err) {
+  auto on_refused = [this, rc](const RunResult& r) {
     deadlines_->remove(rc->deadline);
-    release(ex);
-    send_json(ex, 503, {{"message", err.what()}}, "worker_unavailable");
-  }
+    release(rc->ex);
+    send_json(rc->ex, r.error_kind == ErrorKind::bad_input ? 400 : 503, {{"message", r.error.value_or("")}},
+              to_string(r.error_kind));
+  };
+  queue_run(ex->request().token, std::move(e.code), json::object(), std::move(e.policy), std::move(options),
+            std::move(on_done), std::move(on_refused));
 }
 
 void Api::session_open(const ExchangePtr& ex, const json& body) {
@@ -867,6 +924,13 @@ void Api::batch(const ExchangePtr& ex) {
       }
     };
     bo.on_run_end = [this](const RunResult& r) { metrics_.run_finished(r); };
+    // Its cases wait for workers in turn with every token's runs.
+    bo.submit = [this, token = q.token](std::string code, json input, RunnerPolicy policy, RunOptions options,
+                                        std::function<void(const RunResult&)> on_done) {
+      auto on_refused = on_done;
+      queue_run(token, std::move(code), std::move(input), std::move(policy), std::move(options), std::move(on_done),
+                std::move(on_refused));
+    };
     call->batch = std::make_unique<detail::Batch>(runner_, bo);
     batches_.push_back(call);
   }

@@ -34,6 +34,8 @@ struct ApiOptions {
   std::size_t runs_per_token = 0;
 };
 
+class FairQueue;
+
 class Api {
  public:
   Api(Runner& runner, RunnerPolicy base, ApiOptions options);
@@ -80,6 +82,11 @@ class Api {
   // Gives back the slot admit() or take_slot() took for `ex`; called before its answer is sent, so a client that
   // sends its next request as soon as it has the answer finds its share free.
   void release(const ExchangePtr& ex);
+  // Hands a run of `token` (nullopt: no token file) to the Runner in its token's turn (FairQueue), as RunnerAccess::submit does: `on_done` once with
+  // its result, or with the cancel's when it is cancelled while it waits. When the Runner refuses it (shutting down,
+  // an invalid policy) `on_refused` is called instead, with the failure as a result (worker_unavailable, bad_input).
+  void queue_run(std::optional<std::size_t> token, std::string code, json input, RunnerPolicy policy, RunOptions options,
+                 std::function<void(const RunResult&)> on_done, std::function<void(const RunResult&)> on_refused);
   std::shared_ptr<SessionEntry> find_session(const ExchangePtr& ex, const std::string& id);
   // Registers a client-chosen run id (for POST /v1/runs/{id}/cancel); false when it is in use.
   bool register_run(const ExchangePtr& ex, const std::string& id, const CancelToken& token);
@@ -102,6 +109,7 @@ class Api {
   std::map<std::size_t, std::size_t> token_in_flight_;             // run slots held, by token
   std::map<std::size_t, std::size_t> token_opening_;               // session opens admitted, not done, by token
   std::vector<std::shared_ptr<BatchCall>> batches_;              // running, or ended and not joined yet
+  std::unique_ptr<FairQueue> fair_;  // runs waiting for a worker, in turn across tokens
   std::unique_ptr<Deadlines> deadlines_;
   std::unique_ptr<BlockingPool> pool_;
 };

@@ -667,6 +667,52 @@ def test_a_batch_runs_no_more_cases_at_once_than_its_token_share(api):
         os.unlink(path)
 
 
+@pytest.mark.parametrize("flood", ["runs", "batch"])
+def test_one_token_flooding_its_runs_cannot_starve_another_token(api, flood):
+    # One worker, and token A's share lets it have 8 slow runs (or a batch of 8 slow cases) waiting for it: the
+    # worker goes to the tokens in turn, so token B's one run waits for at most A's run in progress and the next.
+    # First come, first served, B waited behind all of A's and its request ran out of time (504).
+    slow = 4 * TIME_SCALE
+    s, path, (a, b) = two_token_server("--workers", "1", "--max-concurrent", "16", "--runs-per-token", "8",
+                                      "--queue-timeout", str(int(16 * TIME_SCALE)), "--grace", "1",
+                                      "--timeout", "600")
+    code = "import time\ntime.sleep(%r)\nresult = 'A'" % slow
+    try:
+        def metric(name):
+            text = s.request("GET", "/metrics", None, b)[2].decode()
+            return next((float(l.split()[1]) for l in text.splitlines() if l.startswith(name + " ")), 0)
+
+        def one_run():
+            try:
+                s.request("POST", "/v1/run", {"code": code}, a, timeout=600)
+            except Exception:
+                pass  # the server stops under it
+
+        def batch():
+            cases = "".join(json.dumps({"id": "c%d" % i, "code": code}) + "\n" for i in range(8))
+            try:
+                s.request("POST", "/v1/batch", cases, dict(a, **{"Content-Type": "application/x-ndjson"}),
+                          timeout=600)
+            except Exception:
+                pass
+
+        if flood == "runs":
+            for _ in range(8):
+                threading.Thread(target=one_run, daemon=True).start()
+            assert wait_for(lambda: metric("spr_runs_in_flight") >= 8, 60)
+        else:
+            threading.Thread(target=batch, daemon=True).start()
+            assert wait_for(lambda: metric("spr_workers_busy") >= 1, 60)
+            # A settle for the batch to queue what its share lets it (too short a one can only hide the bug).
+            time.sleep(1 * TIME_SCALE)
+        status, _, r = s.json("POST", "/v1/run", {"code": "result = 'B'", "policy": {"timeout_seconds": 2}}, b,
+                              timeout=600)
+        assert status == 200 and r["result"] == "B", (status, r)
+    finally:
+        s.stop()
+        os.unlink(path)
+
+
 def test_runs_of_two_tokens_never_share_a_worker(api):
     # In namespace mode a worker runs one party's runs one after another; two tokens are two parties. Token B's
     # run must not see what token A's run left in the worker, even when B names A's trust_domain.

@@ -5,16 +5,19 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <system_error>
@@ -261,4 +264,47 @@ TEST_CASE("spawn: the program starts with no signal blocked or ignored and umask
   CHECK(text.find("SigBlk:\t0000000000000000") != std::string::npos);
   CHECK(text.find("SigIgn:\t0000000000000000") != std::string::npos);
   CHECK(text.find("0022") != std::string::npos);
+}
+
+namespace {
+
+// The nice value a program spawned from a thread at nice `host_nice` starts with (its /proc stat, field 19), from a
+// thread of its own so that the value set here goes with it. nullopt when this process may not take `host_nice`.
+std::optional<int> spawned_nice(int host_nice) {
+  std::optional<int> seen;
+  std::thread([&] {
+    errno = 0;
+    // Linux: PRIO_PROCESS with 0 is the calling thread.
+    if (::setpriority(PRIO_PROCESS, 0, host_nice) != 0 || ::getpriority(PRIO_PROCESS, 0) != host_nice) return;
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) return;
+    spr::detail::SpawnPlan plan;
+    plan.path = "/bin/sh";
+    plan.argv = {"sh", "-c", "read -r stat < /proc/self/stat; set -- ${stat#*) }; shift 16; echo \"$1\""};
+    plan.fds = {{0, 0}, {out[1], 1}, {2, 2}};
+    plan.die_with_parent = false;
+    const pid_t pid = spr::detail::spawn_program(plan);
+    ::close(out[1]);
+    std::string text;
+    char buf[64];
+    for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+    ::close(out[0]);
+    ::waitpid(pid, nullptr, 0);
+    seen = std::atoi(text.c_str());
+  }).join();
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("spawn: a host's raised priority (negative nice) is not passed on; a lowered one is") {
+  // As root (the suite's unit tests run as root): a supervisor started at nice -5 gave its workers -5.
+  const std::optional<int> raised = spawned_nice(-5);
+  if (::geteuid() == 0) REQUIRE(raised.has_value());
+  if (raised) CHECK(*raised == 0);
+  // The control: a lowered priority reaches the program as it is (so the check above can fail).
+  const int lower = std::min(::getpriority(PRIO_PROCESS, 0) + 7, 19);
+  const std::optional<int> lowered = spawned_nice(lower);
+  REQUIRE(lowered.has_value());
+  CHECK(*lowered == lower);
 }
