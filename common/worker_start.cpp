@@ -152,7 +152,7 @@ json WorkerStart::to_json() const {
           // from the interpreter it embeds, and bound read-only beside these.
           {"mounts_also", "the embedded runtime's directories and the shared libraries extensions need"},
           {"identity",
-           {{"inside_uid", 0}, {"outside_uid", euid == 0 ? kSandboxId : static_cast<std::uint32_t>(euid)}}},
+           {{"inside_uid", 0}, {"outside_uid", root_with_sandbox_id() ? kSandboxId : static_cast<std::uint32_t>(euid)}}},
           {"pid_namespace", harden},
           {"network_namespace", harden && !allow_network},
           {"seccomp",

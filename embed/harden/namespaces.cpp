@@ -53,7 +53,8 @@ Identity identify() {
   id.host_uid = ::getuid();
   id.host_gid = ::getgid();
   id.parent = ::getppid();
-  id.privileged = ::geteuid() == 0;
+  // Root that cannot become the sandbox id (a rootless container's root) takes the unprivileged path.
+  id.privileged = spr::detail::root_with_sandbox_id();
   // Root mounts with its own rights and the run's files belong to the sandbox id; otherwise to uid 0 of the
   // first user namespace, which is the supervisor's uid.
   id.scratch_uid = id.privileged ? kSandboxId : 0;
