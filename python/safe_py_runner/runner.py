@@ -8,7 +8,6 @@ import json
 import os
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import _core
@@ -25,8 +24,8 @@ WorkerError = _core.WorkerError
 
 def _packaged_worker() -> str:
     """The worker installed inside this package; "" lets the engine search ($SPR_WORKER, ...)."""
-    here = Path(__file__).with_name("spr-worker")
-    return str(here) if os.access(here, os.X_OK) else ""
+    here = os.path.join(os.path.dirname(__file__), "spr-worker")  # os.path: pathlib costs a short program's start
+    return here if os.access(here, os.X_OK) else ""
 
 
 def _choose_policy(
