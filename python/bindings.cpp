@@ -14,6 +14,7 @@
 
 #include "common/frame.hpp"
 #include "detail/batch.hpp"
+#include "detail/runner_access.hpp"
 #include "spr/spr.hpp"
 
 namespace py = pybind11;
@@ -201,7 +202,7 @@ class PyRunner {
       // The arguments are C++ copies by now: checking the input needs no Python either.
       py::gil_scoped_release nogil;
       o.input_json = checked_input(std::move(input_json));
-      r = runner->run(code, json::object(), policy_of(policy_json), o);
+      r = spr::detail::RunnerAccess::run_checked_input(*runner, code, policy_of(policy_json), o);
     }
     return to_tuple(r);
   }

@@ -104,13 +104,14 @@ struct Runner::Impl {
   // Runs on `w`, attached to the cancel token; a cancelled run's worker is killed and reaped here.
   RunResult run_on(WorkerProcess& w, std::uint64_t id, const std::string& code, const json& input,
                    const RunnerPolicy& policy, Clock::time_point deadline, const std::string& stdin_text,
-                   const RunOptions* opts) {
+                   const RunOptions* opts, bool input_checked) {
     detail::HostCalls host(functions, opts ? &opts->functions : nullptr);
     detail::RunExtras extras;
     if (!host.empty()) extras.host = &host;
     if (opts && !opts->files.empty()) extras.files = &opts->files;
     if (opts && !opts->collect.empty()) extras.collect = &opts->collect;
     if (opts && !opts->input_json.empty()) extras.input_json = &opts->input_json;
+    extras.input_json_checked = input_checked;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
@@ -136,27 +137,28 @@ struct Runner::Impl {
   static bool wants_directory(const RunOptions* opts) { return opts && (!opts->files.empty() || !opts->collect.empty()); }
 
   RunResult run(const std::string& code, const json& input, const RunnerPolicy& policy, const std::string& stdin_text,
-                const RunOptions* opts = nullptr) {
+                const RunOptions* opts = nullptr, bool input_checked = false) {
     if (wants_directory(opts) && !policy.scratch_dir) {
       if (options.policy_is_ceiling && !options.policy.scratch_dir)
         throw PolicyError("'files' and 'collect' need a run directory, which the runner's policy does not allow "
                           "(scratch_dir)");
       RunnerPolicy with_directory = policy;
       with_directory.scratch_dir = true;
-      return run(code, input, with_directory, stdin_text, opts);
+      return run(code, input, with_directory, stdin_text, opts, input_checked);
     }
     check(policy, opts);
-    return run_checked(code, input, policy, stdin_text, opts, Clock::now());
+    return run_checked(code, input, policy, stdin_text, opts, Clock::now(), input_checked);
   }
 
   // run() for a policy check() has passed (submit() checks when the run is queued); `arrived` is when the
   // caller asked for it: what passes from then until a worker takes it is the result's `queued`.
   RunResult run_checked(const std::string& code, const json& input, const RunnerPolicy& policy,
-                        const std::string& stdin_text, const RunOptions* opts, Clock::time_point arrived) {
+                        const std::string& stdin_text, const RunOptions* opts, Clock::time_point arrived,
+                        bool input_checked = false) {
     if (policy.timeout_seconds != detail::floored_timeout(policy.timeout_seconds)) {
       RunnerPolicy floored = policy;
       floored.timeout_seconds = detail::floored_timeout(policy.timeout_seconds);
-      return run_checked(code, input, floored, stdin_text, opts, arrived);
+      return run_checked(code, input, floored, stdin_text, opts, arrived, input_checked);
     }
     const std::string files_refused =
         opts ? detail::run_files::check_request(opts->files, opts->collect,
@@ -183,7 +185,7 @@ struct Runner::Impl {
         r = outcome::failure(ErrorKind::worker_unavailable, error);
       } else {
         r = run_on(*w, id, code, input, policy, Clock::now() + seconds(policy.timeout_seconds + slack), stdin_text,
-                   opts);
+                   opts, input_checked);
       }
     }
     if (!r.ok && r.error_kind == ErrorKind::worker_crashed) {
@@ -335,6 +337,11 @@ RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json in
 std::pair<std::size_t, std::size_t> detail::RunnerAccess::worker_counts(Runner& runner) {
   const auto c = runner.impl_->pool.counts();
   return {c.idle, c.busy};
+}
+
+RunResult detail::RunnerAccess::run_checked_input(Runner& runner, const std::string& code, const RunnerPolicy& policy,
+                                                  const RunOptions& options) {
+  return runner.impl_->run(code, json::object(), policy, options.stdin_text, &options, true);
 }
 
 json detail::RunnerAccess::worker_start(Runner& runner, Isolation isolation) {

@@ -551,7 +551,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       if (!w->wipe_scratch()) w->kill_and_reap();
     }
   } wipe{this};
-  if (extras.input_json) {
+  if (extras.input_json && !extras.input_json_checked) {
     // Checked without building it: the text goes to the worker as it is.
     if (std::string why = json_text_error(*extras.input_json); !why.empty())
       return outcome::bad_input("input_data: " + why);

@@ -110,7 +110,8 @@ bool run_bootstrap(bool main_interpreter) {
 }
 
 // Which sections of bootstrap_py/preload.txt an interpreter imports.
-enum class Preload { sub_interpreter, main, main_warm };
+enum class Preload { sub_interpreter, main, main_warm, warm_only };
+bool g_warm_pending = false;  // EngineOptions::defer_warm: the [warm] sections wait for preload_deferred()
 
 void preload(Preload which) {
   trust::Trusted trusted;
@@ -120,6 +121,10 @@ void preload(Preload which) {
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
     if (line[0] == '[') {
+      if (which == Preload::warm_only) {
+        wanted = line == "[warm]";
+        continue;
+      }
       wanted = line == "[every interpreter]" || (line == "[main]" && which != Preload::sub_interpreter) ||
                (line == "[warm]" && which == Preload::main_warm);
       continue;
@@ -542,7 +547,8 @@ std::string initialize(const EngineOptions& options) {
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
     if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   }
-  preload(options.preload ? Preload::main_warm : Preload::main);
+  g_warm_pending = options.preload && options.defer_warm;
+  preload(options.preload && !g_warm_pending ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   // Everything loaded so far is the runtime's and the engine's own; from here on only code the
@@ -570,6 +576,20 @@ std::string initialize(const EngineOptions& options) {
   g_initialized = true;
   trust::arm(true);  // from here on, every audit event is checked
   return {};
+}
+
+bool preload_pending() { return g_warm_pending; }
+
+void preload_deferred() {
+  if (!g_warm_pending) return;
+  g_warm_pending = false;
+  preload(Preload::warm_only);
+  trust::Trusted trusted;
+  // Nothing untrusted has run in this process (the caller's promise): what the imports made is the runtime's.
+  if (!trust::mark_loaded_code()) PyErr_Clear();
+  PyObject* gc = PyDict_GetItemString(PyImport_GetModuleDict(), "gc");  // borrowed; initialize() imported it
+  py::Ref frozen(gc ? PyObject_CallMethod(gc, "freeze", nullptr) : nullptr);
+  PyErr_Clear();
 }
 
 std::string python_version() { return Py_GetVersion() ? std::string(Py_GetVersion()).substr(0, std::string(Py_GetVersion()).find(' ')) : "?"; }

@@ -15,6 +15,9 @@ namespace spr::embed {
 struct EngineOptions {
   int capture_fd = -1;  // the shared output memfd; -1: a private buffer
   bool preload = true;  // import bootstrap_py/preload.txt so runs find those modules cached
+  // With `preload`: the [warm] sections wait for preload_deferred(), called once the worker is idle
+  // (a fork-mode worker, whose own interpreter never runs a request: its first run need not wait).
+  bool defer_warm = false;
   std::vector<std::string> preload_modules;  // RunnerOptions::preload: imported before the sandbox closes
   std::vector<std::string> sys_path;  // sys.path as the chosen python3 sees it; empty: the embedded default
   std::string executable;             // the python3 whose environment this is (shown as sys.executable)
@@ -23,6 +26,11 @@ struct EngineOptions {
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).
 std::string initialize(const EngineOptions& options);
+// True until preload_deferred() has imported what EngineOptions::defer_warm held back.
+bool preload_pending();
+// Imports what EngineOptions::defer_warm held back, marks its code as the runtime's and freezes it
+// with the rest of the warm heap. Only in a process no request has run in.
+void preload_deferred();
 // Runs `req` in this process, as the worker decoded it (the policy already narrowed to the worker's
 // scope). `session_main`: a session's __main__ module, whose namespace is kept between calls (borrowed);
 // null: a fresh one, cleared after the run. Outcomes are data; never throws.

@@ -1,5 +1,6 @@
 // spr-worker: embeds CPython, hardens itself, then answers run requests framed on fd 3.
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -160,10 +161,28 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
   return spr::harden::apply_worker(cfg);
 }
 
+// How long a fresh worker waits for its first request before it imports its deferred [warm] modules:
+// a supervisor that started it for a waiting run sends the request within this (a few ms when quiet).
+constexpr int kFirstRequestWaitMs = 100;
+
+// True when a request is readable on `fd` within `ms` (an error or hang-up counts: read_frame reports it).
+bool request_within(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r != 0;
+}
+
 // The one serve loop of every mode: requests answered one at a time until the supervisor closes.
 [[noreturn]] void serve(spr::embed::IsolationRunner& runner, bool once) {
   std::string frame, reply;
-  for (;;) {
+  for (bool first = true;; first = false) {
+    // Deferred [warm] imports (fork mode) happen while idle, in a process that has run no request: after
+    // the hello when no request is waiting, else after the first reply. The first request is served cold.
+    if (spr::embed::preload_pending() && !request_within(detail::kProtocolFd, first ? kFirstRequestWaitMs : 0))
+      spr::embed::preload_deferred();
     runner.while_idle(detail::kProtocolFd);
     const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
                                       detail::kMaxFrameBytes, runner.read_spin_microseconds());
@@ -240,6 +259,9 @@ int main(int argc, char** argv) {
 #endif
   // One-run workers (process mode) import what the run imports; warm ones take the operator's list.
   if (!args.once && args.isolation != spr::Isolation::subinterpreter) eo.preload_modules = args.preload;
+  // A fork-mode worker's own interpreter never runs a request, so its [warm] modules can come after the
+  // hello: a first request that is already waiting does not wait for them too (see serve()).
+  eo.defer_warm = args.isolation == spr::Isolation::fork && args.session_memory_mb < 0;
 #ifdef SPR_FAULTS
   spr_register_raw_syscalls();  // before the interpreter starts
 #endif

@@ -106,7 +106,7 @@ class Session:
         if stdin is not None and not isinstance(stdin, str):
             raise TypeError("'stdin' must be a str")
         host = adapt(merge(self._functions, functions), loop)
-        return self._core.run(code.encode("utf-8", "surrogatepass"), json.dumps(input_data or {}), on_output,
+        return self._core.run(code.encode("utf-8", "surrogatepass"), json.dumps(input_data or {}, separators=(",", ":")), on_output,
                               token, repr, timeout_seconds, max_output_kb, max_result_kb, host, stdin or "")
 
     def run(self, code: str, input_data: Optional[Any] = None, *, on_output: Optional[OutputCallback] = None,

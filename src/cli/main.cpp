@@ -209,7 +209,7 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   options.files = read_input_files(fa.files);
   options.collect = fa.collect;
   if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
-  spr::RunResult r = runner.run(code, spr::json::object(), p, options);
+  spr::RunResult r = spr::detail::RunnerAccess::run_checked_input(runner, code, p, options);  // checked above
   spr::json out = r.to_json();
   std::string not_written;
   if (!fa.out_dir.empty() && !r.files.empty()) {

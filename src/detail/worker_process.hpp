@@ -38,6 +38,7 @@ struct RunExtras {
   const Files* files = nullptr;                // written into the run directory before the code starts
   const std::vector<std::string>* collect = nullptr;  // patterns of the files that may come back
   const std::string* input_json = nullptr;  // input_data as JSON text (RunOptions::input_json), used instead
+  bool input_json_checked = false;  // json_text_error() already passed on *input_json: not scanned again
 };
 
 class WorkerProcess {

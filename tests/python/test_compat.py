@@ -102,6 +102,49 @@ def test_a_large_input_arrives_exact_as_json_loads_gives_it():
     assert r.result == [True, True, 2000]
 
 
+def test_input_data_that_is_not_json_is_refused_before_any_worker_sees_it():
+    # The package checks input_data's text once and the engine then splices it into the request unscanned:
+    # NaN, Infinity and lone surrogates (which json.dumps writes) must be refused here, with a ValueError.
+    for bad in ({"x": float("nan")}, {"x": float("inf")}, {"s": "\ud800"}):
+        with pytest.raises(ValueError, match="invalid JSON in input_data"):
+            run_code("result = 1", input_data=bad)
+    assert run_code("result = 1").ok  # and the process-wide runner is still there
+
+
+def test_large_input_arrives_exact_and_the_callers_memory_stays_bounded():
+    # About 24 MiB of records in a fresh program: the run's own JSON text of input_data is the caller's,
+    # byte for byte (length and CRC-32), and the caller's peak RSS grows during the call by less than
+    # three copies of the text plus 64 MiB (json.dumps' string, the engine's copy of it, the request).
+    import os
+    import subprocess
+    import sys
+
+    script = r"""
+import json, resource, sys, zlib
+from safe_py_runner import RunnerPolicy, run_code
+rows = [{"id": i, "name": "caf\u00e9-%d" % i, "price": i * 0.37, "tags": ["a", "b"], "ok": i % 3 == 0}
+        for i in range(330000)]
+data = {"items": rows, "big": 2 ** 100}
+text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+scale = float(sys.argv[1])
+policy = RunnerPolicy(timeout_seconds=120 * scale, memory_limit_mb=4096)
+assert run_code("result = 1", {"items": []}, policy).ok
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+r = run_code("import json, zlib\n"
+             "t = json.dumps(input_data, separators=(',', ':'), ensure_ascii=False).encode()\n"
+             "result = [len(t), zlib.crc32(t)]", data, policy)
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+assert r.ok, r.error
+assert r.result == [len(text), zlib.crc32(text)], (r.result, len(text))
+assert grew < 3 * len(text) + (64 << 20), (grew, len(text))
+print(len(text) >> 20, grew >> 20)
+"""
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    out = subprocess.run([sys.executable, "-c", script, str(scale)], capture_output=True, text=True,
+                         timeout=600 * scale, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_input_that_json_cannot_hold_is_a_type_error():
     with pytest.raises(TypeError):
         run_code("result = 1", input_data={"s": {1, 2}})

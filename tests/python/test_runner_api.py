@@ -289,3 +289,26 @@ def test_a_program_that_runs_once_and_exits_leaves_no_process():
     while _session_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _session_members(proc.pid) == []
+
+
+def test_a_fork_workers_first_run_and_later_ones_use_the_warm_modules():
+    # A fork-mode worker imports its [warm] modules (bootstrap_py/preload.txt) after its hello, once idle:
+    # the first run may come from a parent without them, later ones from the warm parent. Both kinds of run
+    # use them as any run does (code those imports generate at import time, such as a dataclass's or a
+    # named tuple's methods, included), and the output is the same.
+    code = ("import collections, dataclasses, datetime, inspect, json, re, textwrap, typing\n"
+            "@dataclasses.dataclass\nclass P:\n    x: int\n    tags: typing.List[str]\n"
+            "Point = collections.namedtuple('Point', 'a b')\n"
+            "result = [json.dumps(dataclasses.asdict(P(3, ['a']))), str(inspect.signature(P)),\n"
+            "          textwrap.dedent('  x'), re.sub('a', 'b', 'aa'), Point(1, 2)._asdict()['b'],\n"
+            "          datetime.date(2020, 1, 2).isoformat()]")
+    expected = ['{"x": 3, "tags": ["a"]}', "(x: int, tags: List[str]) -> None", "x", "bb", 2, "2020-01-02"]
+    with Runner(workers=1) as r:
+        first = r.run(code)
+        assert first.ok, first.error
+        assert first.result == expected
+        for _ in range(3):
+            time.sleep(0.3)  # idle: the worker imports what it deferred (not a timing: each run must pass anyway)
+            later = r.run(code)
+            assert later.ok, later.error
+            assert later.result == expected
