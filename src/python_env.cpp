@@ -221,7 +221,10 @@ PythonEnv resolve_python(const std::string& executable) {
     std::string system = cfg["include-system-site-packages"];
     std::transform(system.begin(), system.end(), system.begin(), [](unsigned char c) { return std::tolower(c); });
     if (system == "true") site.insert(site.end(), found->site.begin(), found->site.end());
-    return env_of(*found, executable, site);
+    PythonEnv env = env_of(*found, executable, site);
+    // site.py's rule: the directory above the one holding the executable, whichever of the two has pyvenv.cfg.
+    env.prefix = bin.parent_path().lexically_normal().string();
+    return env;
   }
   const std::string resolved = real(executable);
   for (const auto& b : all)
