@@ -193,7 +193,7 @@ PythonEnv resolve_python(const std::string& executable) {
   if (::stat(executable.c_str(), &st) != 0) return refuse(named + " cannot be used: " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return refuse(named + " is not a file");
   const std::string tail = " (this build serves " + served_list() +
-                           "; configure with -DSPR_PYTHONS=/path/to/python3 for another CPython 3.10 to 3.13 "
+                           "; configure with -DSPR_PYTHONS=/path/to/python3 for another CPython 3.9 to 3.13 "
                            "with a shared libpython)";
   // A venv, as CPython's getpath finds one: pyvenv.cfg next to the executable or one directory up.
   const fs::path bin = fs::path(executable).parent_path();

@@ -533,6 +533,7 @@ std::string initialize(const EngineOptions& options) {
   if (PyStatus_Exception(st)) return status_text(st, "setting the program name failed");
   st = Py_InitializeFromConfig(&cfg.config);
   if (PyStatus_Exception(st)) return status_text(st, "Python initialisation failed");
+  if (!py::init_compat()) return "reading what this Python lacks from its runtime failed: " + current_error_text();
 
   g_sys_path = options.sys_path;
   g_executable = options.executable;
