@@ -2,7 +2,7 @@
 # supervisor resolves a python_executable against without running it (issues 17 and 20).
 #
 # Each entry is one build of CPython (its sys.version, prefix, standard library, site directories and the
-# worker that embeds exactly its libpython). SPR_PYTHONS is "auto" (every CPython 3.10 to 3.13 with a
+# worker that embeds exactly its libpython). SPR_PYTHONS is "auto" (every CPython 3.9 to 3.13 with a
 # shared libpython found in /usr/bin, /usr/local/bin and pyenv's versions), a list of python3 paths, or "".
 set(SPR_PYTHONS "auto" CACHE STRING "Other CPythons to build a worker for: auto, a list of paths, or empty")
 set(SPR_PYTHON_INFO ${CMAKE_CURRENT_SOURCE_DIR}/cmake/python_info.py)
@@ -63,8 +63,8 @@ foreach(candidate IN LISTS candidates)
   if(prefix IN_LIST served_prefixes)
     continue()  # the same installation under another name
   endif()
-  if(xy VERSION_LESS 3.10 OR xy VERSION_GREATER 3.13)
-    set(skip "Python ${xy} is outside 3.10 to 3.13")
+  if(xy VERSION_LESS 3.9 OR xy VERSION_GREATER 3.13)
+    set(skip "Python ${xy} is outside 3.9 to 3.13")
   endif()
   if(NOT skip STREQUAL "")
     message(STATUS "No worker for ${candidate} (Python ${ver}): ${skip}")

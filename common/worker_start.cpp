@@ -71,6 +71,7 @@ std::vector<std::string> WorkerStart::to_argv() const {
   if (memory_backstop_mb > 0) a.insert(a.end(), {"--memory-backstop-mb", std::to_string(memory_backstop_mb)});
   if (cpu_backstop_seconds > 0) a.insert(a.end(), {"--cpu-backstop-seconds", format_seconds(cpu_backstop_seconds)});
   if (!python.empty()) a.insert(a.end(), {"--python", python});
+  if (!prefix.empty()) a.insert(a.end(), {"--prefix", prefix});
   for (const auto& l : kLists)
     for (const auto& v : this->*l.field) a.insert(a.end(), {l.flag, v});
   if (!scratch.empty()) a.insert(a.end(), {"--scratch", scratch});
@@ -112,6 +113,8 @@ WorkerStart WorkerStart::from_argv(const std::vector<std::string>& args) {
       s.cpu_backstop_seconds = to_seconds(k, value());
     } else if (k == "--python") {
       s.python = value();
+    } else if (k == "--prefix") {
+      s.prefix = value();
     } else if (k == "--scratch") {
       s.scratch = value();
     } else if (k == "--scratch-limit-mb") {
@@ -145,6 +148,7 @@ json WorkerStart::to_json() const {
           {"harden", harden},
           {"subinterpreter_pool", subinterpreter_pool},
           {"python", python},
+          {"prefix", prefix},
           {"preload", preload},
           {"session_memory_mb", session_memory_mb},
           {"mounts", mounts},

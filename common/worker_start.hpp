@@ -25,6 +25,7 @@ struct WorkerStart {
   std::int64_t memory_backstop_mb = 0;
   double cpu_backstop_seconds = 0;
   std::string python;                   // the python3 whose sys.path the worker takes ("" = its own)
+  std::string prefix;                   // that python3's venv directory (its sys.prefix); "" = not a venv
   std::vector<std::string> sys_path;    // that python3's sys.path: bound read-only into the root, importable
   std::vector<std::string> preload;     // modules imported before the sandbox closes
   std::vector<std::string> read_paths;  // allowed_read_paths: bound read-only (no link followed), readable
@@ -49,7 +50,7 @@ struct WorkerStart {
   // Every field, for comparison: a field added above and not here would make two different plans equal.
   auto fields() const {
     return std::tie(isolation, once, subinterpreter_pool, harden, allow_network, allow_unix_sockets,
-                    memory_backstop_mb, cpu_backstop_seconds, python, sys_path, preload, read_paths, scratch,
+                    memory_backstop_mb, cpu_backstop_seconds, python, prefix, sys_path, preload, read_paths, scratch,
                     scratch_limit_mb, session_memory_mb);
   }
   friend bool operator==(const WorkerStart& a, const WorkerStart& b) { return a.fields() == b.fields(); }

@@ -193,7 +193,7 @@ PythonEnv resolve_python(const std::string& executable) {
   if (::stat(executable.c_str(), &st) != 0) return refuse(named + " cannot be used: " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return refuse(named + " is not a file");
   const std::string tail = " (this build serves " + served_list() +
-                           "; configure with -DSPR_PYTHONS=/path/to/python3 for another CPython 3.10 to 3.13 "
+                           "; configure with -DSPR_PYTHONS=/path/to/python3 for another CPython 3.9 to 3.13 "
                            "with a shared libpython)";
   // A venv, as CPython's getpath finds one: pyvenv.cfg next to the executable or one directory up.
   const fs::path bin = fs::path(executable).parent_path();
@@ -221,7 +221,10 @@ PythonEnv resolve_python(const std::string& executable) {
     std::string system = cfg["include-system-site-packages"];
     std::transform(system.begin(), system.end(), system.begin(), [](unsigned char c) { return std::tolower(c); });
     if (system == "true") site.insert(site.end(), found->site.begin(), found->site.end());
-    return env_of(*found, executable, site);
+    PythonEnv env = env_of(*found, executable, site);
+    // site.py's rule: the directory above the one holding the executable, whichever of the two has pyvenv.cfg.
+    env.prefix = bin.parent_path().lexically_normal().string();
+    return env;
   }
   const std::string resolved = real(executable);
   for (const auto& b : all)

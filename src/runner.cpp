@@ -91,6 +91,7 @@ struct Runner::Impl {
       throw WorkerError("python_executable " + env.executable + " (Python " + env.version + ") needs " +
                         so.worker_path.string() + ", which is not an executable file");
     so.start.python = env.executable;
+    so.start.prefix = env.prefix;
     so.start.sys_path = env.path;
     so.python_build = env.build;
     so.start.preload = options.preload;

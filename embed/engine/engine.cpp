@@ -145,8 +145,11 @@ std::string preload_requested(const std::vector<std::string>& modules) {
   return {};
 }
 
-// sys.path as the chosen python3 sees it (site-packages and .pth entries included), in its order.
-std::string set_sys_path(const std::vector<std::string>& entries, const std::string& executable) {
+// sys.path as the chosen python3 sees it (site-packages and .pth entries included), in its order; its
+// sys.executable, and for a venv its sys.prefix and sys.exec_prefix (sys.base_prefix stays the build's), as
+// that venv's `python3 -s` shows them.
+std::string set_sys_path(const std::vector<std::string>& entries, const std::string& executable,
+                         const std::string& prefix) {
   py::Ref list(PyList_New(0));
   if (!list) return "out of memory";
   for (const auto& e : entries) {
@@ -158,6 +161,11 @@ std::string set_sys_path(const std::vector<std::string>& entries, const std::str
   if (!executable.empty()) {
     py::Ref exe(PyUnicode_DecodeFSDefault(executable.c_str()));
     if (!exe || PySys_SetObject("executable", exe.get()) < 0) return current_error_text();
+  }
+  if (!prefix.empty()) {
+    py::Ref dir(PyUnicode_DecodeFSDefault(prefix.c_str()));
+    if (!dir || PySys_SetObject("prefix", dir.get()) < 0 || PySys_SetObject("exec_prefix", dir.get()) < 0)
+      return current_error_text();
   }
   return {};
 }
@@ -463,11 +471,13 @@ void execute(const Request& req, bool session, RunScope& scope, PyObject* code, 
 
 std::vector<std::string> g_sys_path;
 std::string g_executable;
+std::string g_prefix;
 
 std::string init_current_interpreter() {
   trust::Trusted trusted;
   if (!g_sys_path.empty() || !g_executable.empty()) {
-    if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
+    if (std::string e = set_sys_path(g_sys_path, g_executable, g_prefix); !e.empty())
+      return "setting sys.path failed: " + e;
   }
   if (!guard::install_import_hook()) return "installing the import guard failed: " + current_error_text();
   if (!run_bootstrap(false)) return "bootstrap failed: " + current_error_text();
@@ -528,11 +538,14 @@ std::string initialize(const EngineOptions& options) {
   if (PyStatus_Exception(st)) return status_text(st, "setting the program name failed");
   st = Py_InitializeFromConfig(&cfg.config);
   if (PyStatus_Exception(st)) return status_text(st, "Python initialisation failed");
+  if (!py::init_compat()) return "reading what this Python lacks from its runtime failed: " + current_error_text();
 
   g_sys_path = options.sys_path;
   g_executable = options.executable;
+  g_prefix = options.prefix;
   if (!g_sys_path.empty() || !g_executable.empty()) {
-    if (std::string e = set_sys_path(g_sys_path, g_executable); !e.empty()) return "setting sys.path failed: " + e;
+    if (std::string e = set_sys_path(g_sys_path, g_executable, g_prefix); !e.empty())
+      return "setting sys.path failed: " + e;
   }
   g_runtime_paths = compute_runtime_paths();  // the same list as given_roots when the supervisor named one
   trust::set_runtime_roots(g_runtime_paths);

@@ -21,6 +21,7 @@ struct EngineOptions {
   std::vector<std::string> preload_modules;  // RunnerOptions::preload: imported before the sandbox closes
   std::vector<std::string> sys_path;  // sys.path as the chosen python3 sees it; empty: the embedded default
   std::string executable;             // the python3 whose environment this is (shown as sys.executable)
+  std::string prefix;                 // a venv's directory: sys.prefix and sys.exec_prefix; empty: the build's own
   std::string home;  // sys.base_prefix of the build whose libpython this is; empty: the one compiled in
 };
 

@@ -7,7 +7,40 @@
 #include <string>
 #include <utility>
 
+// CPython 3.9 lacks four calls the engine uses, all added in 3.10. These are their 3.9 equivalents, with
+// CPython's names so that every call site reads the same on each version; on 3.10+ this block is empty.
+#if PY_VERSION_HEX < 0x030A0000
+// A new strong reference to `o` (never NULL), returned for chaining.
+inline PyObject* Py_NewRef(PyObject* o) {
+  Py_INCREF(o);
+  return o;
+}
+// Adds `value` to `module` under `name` without stealing the caller's reference (3.9's
+// PyModule_AddObject steals it only on success).
+inline int PyModule_AddObjectRef(PyObject* module, const char* name, PyObject* value) {
+  if (!value) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "PyModule_AddObjectRef: value is NULL");
+    return -1;
+  }
+  Py_INCREF(value);
+  if (PyModule_AddObject(module, name, value) < 0) {
+    Py_DECREF(value);
+    return -1;
+  }
+  return 0;
+}
+// Turn the current interpreter's cyclic collector off / on; each returns whether it was on before.
+// 3.9 has no C call for this: py.cpp calls gc's own C functions, taken once by py::init_compat() before any
+// run's code exists (a run may rebind gc.disable, never the C function behind it).
+int PyGC_Disable();
+int PyGC_Enable();
+#endif
+
 namespace spr::embed::py {
+
+// Takes what the compatibility calls above need from the runtime (3.9: gc's C functions). Called once,
+// right after Py_Initialize and before any code of a run; false (with a Python error) if they are missing.
+bool init_compat();
 
 // Owns one strong reference. Move-only; never crosses interpreters.
 class Ref {

@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
   eo.preload = !args.once;
   eo.sys_path = args.sys_path;
   eo.executable = args.python;
+  eo.prefix = args.prefix;
 #ifdef SPR_WORKER_PYTHON_HOME
   eo.home = SPR_WORKER_PYTHON_HOME;  // a worker for another CPython than the one the engine was compiled for
 #endif

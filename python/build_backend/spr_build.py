@@ -4,7 +4,7 @@ It needs nothing from PyPI (``requires = []``), so ``pip install .`` works offli
 build isolation. Config settings (``pip install --config-settings KEY=VALUE``, or the environment):
   build-dir (SPR_BUILD_DIR)   reuse this CMake build folder (configured here when it is empty)
   jobs (SPR_BUILD_JOBS)       parallel compile jobs (default: the number of CPUs)
-  pythons (SPR_PYTHONS)       other CPythons to build a worker for: "auto" (default: every CPython 3.10-3.13
+  pythons (SPR_PYTHONS)       other CPythons to build a worker for: "auto" (default: every CPython 3.9-3.13
                               found), "none" (only the Python running pip: the quickest build), or paths
                               separated by ";"
 """

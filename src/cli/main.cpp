@@ -28,6 +28,7 @@
 #include "cli/batch_cli.hpp"
 #include "cli/exit_status.hpp"
 #include "cli/serve.hpp"
+#include "detail/python_env.hpp"
 #include "detail/runner_access.hpp"
 #include "http/server.hpp"
 #include "spr/runner.hpp"
@@ -331,8 +332,8 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
 // policy (the defaults with --policy and the flags applied) is reported whole.
 spr::json doctor_report(const spr::RunnerPolicy& p) {
   spr::Runner runner(runner_options(p, 1));
-  spr::json out = {{"version", spr::version()}, {"python", runner.python_version()}, {"policy", p.to_json()},
-                   {"modes", spr::json::object()}};
+  spr::json out = {{"version", spr::version()}, {"python", runner.python_version()},
+                   {"pythons", spr::detail::served_pythons()}, {"policy", p.to_json()}, {"modes", spr::json::object()}};
   bool all = true;
   for (auto iso : {spr::Isolation::namespace_, spr::Isolation::subinterpreter, spr::Isolation::fork,
                    spr::Isolation::process}) {
@@ -372,6 +373,11 @@ void print_worker_start(const spr::json& ws) {
 void print_doctor_summary(const spr::json& report) {
   std::cout << "safe-py-runner " << report["version"].get<std::string>() << ", embedding Python "
             << report["python"].get<std::string>() << "\n";
+  // Which python_executable values this build serves (each, and any venv made from one).
+  std::cout << "python_executable: a venv of, or one of:";
+  for (const auto& py : report["pythons"]) std::cout << "\n  " << py.get<std::string>();
+  std::cout << "\n  (a worker is built for every CPython 3.9 to 3.13 with a shared libpython the build finds, or names"
+               " in -DSPR_PYTHONS)\n";
   const spr::json& p = report["policy"];
   std::cout << "limits: timeout " << p["timeout_seconds"].dump() << " s, memory " << p["memory_limit_mb"].dump()
             << " MiB, output " << p["max_output_kb"].dump() << " KiB a stream, result " << p["max_result_kb"].dump()

@@ -11,6 +11,7 @@ struct PythonEnv {
   std::string version;            // "3.11.7"
   std::string build;              // its sys.version: the worker's hello must report the same
   std::string worker;             // the worker file that embeds its libpython ("spr-worker" for the default)
+  std::string prefix;             // a venv's directory (the run's sys.prefix); "" for a Python itself
   std::vector<std::string> path;  // sys.path: PYTHONPATH, stdlib, site directories and their .pth path lines
   std::string error;              // why it cannot be served; the rest is then empty
 };

@@ -616,6 +616,13 @@ TEST_CASE("doctor --json reports every mode's layers (issue 11: subinterpreter t
   CHECK(j["policy"]["max_stdin_kb"] == 1024);  // the policy in force, whole
   CHECK(j["policy"]["max_output_kb"] == 128);
   CHECK(j["all_layers_active"].is_boolean());
+  // The Pythons python_executable may name: pyenv's 3.9.18 on this machine kind has its own worker (issue 20).
+  REQUIRE(j["pythons"].is_array());
+  bool has_39 = false;
+  for (const auto& py : j["pythons"]) has_39 = has_39 || py.get<std::string>().rfind("3.9.18 /root/.pyenv/", 0) == 0;
+  CHECK(has_39);
+  const auto text = cli({"doctor"});
+  CHECK(contains(text.out, "every CPython 3.9 to 3.13"));
 }
 
 TEST_CASE("doctor --json shows each mode's worker start plan, built from the policy in force (issue 17)") {

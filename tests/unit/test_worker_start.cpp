@@ -22,7 +22,8 @@ WorkerStart full_plan(spr::Isolation iso) {
   s.allow_unix_sockets = true;
   s.memory_backstop_mb = 384;
   s.cpu_backstop_seconds = 2.5;
-  s.python = "/opt/py/bin/python3";
+  s.python = "/opt/venv/bin/python3";
+  s.prefix = "/opt/venv";
   s.sys_path = {"/opt/py/lib/python3.12", "/opt/py/lib/python3.12/site-packages"};
   s.preload = {"numpy", "json"};
   s.read_paths = {"/data/a", "/data/with space"};
