@@ -99,6 +99,8 @@ inline spr::RunnerOptions runner_options() {
   spr::RunnerOptions o;
   o.workers = 2;
   o.policy = policy();
+  // A worker's start is scaled too: an ASan-built pyenv worker at load 8 sent no hello within the default.
+  o.start_timeout_seconds *= time_scale();
   return o;
 }
 
