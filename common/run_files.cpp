@@ -90,9 +90,10 @@ std::size_t depth(const std::vector<std::string>& patterns) {
   return deepest;
 }
 
-std::string write_files(int dir_fd, const Files& files, bool replace, const std::string& where) {
-  const auto failed = [&](const std::string& name, const char* call, int err) {
-    return "cannot write '" + shown(name) + "' into " + where + " (" + call + ": " + std::strerror(err) + ")";
+std::string write_files(int dir_fd, const Files& files, bool replace, const std::string& where, int* err) {
+  const auto failed = [&](const std::string& name, const char* call, int e) {
+    if (err) *err = e;
+    return "cannot write '" + shown(name) + "' into " + where + " (" + call + ": " + std::strerror(e) + ")";
   };
   for (const auto& [name, content] : files) {
     if (std::string why = check_name(name); !why.empty()) return "file '" + shown(name) + "': " + why;

@@ -34,8 +34,9 @@ std::size_t depth(const std::vector<std::string>& patterns);
 // Writes each file under `dir_fd`, making the directories its name needs. Every component is opened
 // relative to the one before with O_NOFOLLOW, so nothing is written through a link: a name is checked
 // again here, as this side acts on it. `replace`: an existing file is overwritten (else it is an error).
-// "" or why a file could not be written (`where` names the directory in the message).
-std::string write_files(int dir_fd, const Files& files, bool replace, const std::string& where);
+// "" or why a file could not be written (`where` names the directory in the message); `err`, when given,
+// receives the failed call's errno (EEXIST: a file was already there and `replace` was off).
+std::string write_files(int dir_fd, const Files& files, bool replace, const std::string& where, int* err = nullptr);
 
 // JSON form: name -> string when the bytes are valid UTF-8, else {"base64": "..."}.
 json to_json(const Files& files);

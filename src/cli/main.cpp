@@ -181,9 +181,9 @@ std::string write_out_dir(const std::string& dir, const spr::Files& files, bool 
     return "cannot create --out-dir '" + dir + "': " + std::strerror(errno);
   spr::detail::Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd) return "cannot open --out-dir '" + dir + "': " + std::strerror(errno);
-  std::string why = spr::detail::run_files::write_files(fd.get(), files, replace, "--out-dir '" + dir + "'");
-  if (!why.empty() && !replace && why.find(std::strerror(EEXIST)) != std::string::npos)
-    why += "; --replace lets collected files overwrite existing ones";
+  int err = 0;
+  std::string why = spr::detail::run_files::write_files(fd.get(), files, replace, "--out-dir '" + dir + "'", &err);
+  if (err == EEXIST && !replace) why += "; --replace lets collected files overwrite existing ones";
   return why;
 }
 
