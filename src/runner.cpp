@@ -257,7 +257,7 @@ struct Runner::Impl {
       std::lock_guard<std::mutex> lk(mu);
       if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
       tasks.push_back(std::move(task));
-      const std::size_t want = options.workers * 2;
+      const std::size_t want = options.workers * detail::kRunsPerWorker;
       if (executors.size() < want && !tasks.empty()) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();

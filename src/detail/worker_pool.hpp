@@ -19,6 +19,10 @@
 
 namespace spr::detail {
 
+// The Runner runs at most this many runs at once per configured worker (its executor threads): process
+// mode's one-shot workers are started per run, so more runs than workers can be in flight there.
+constexpr std::size_t kRunsPerWorker = 2;
+
 // What a worker is fixed to when it starts, so which runs it may serve. See key_of.
 struct PoolKey {
   Isolation isolation = Isolation::fork;

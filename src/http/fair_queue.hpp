@@ -47,7 +47,9 @@ class FairQueue {
   // answers inside submit()) comes back through finished(), which only counts, and the loop goes on.
   void pump(std::unique_lock<std::mutex>& lk);
 
-  std::size_t capacity(const detail::PoolKey& key) const { return key.once ? 2 * workers_ : workers_; }
+  std::size_t capacity(const detail::PoolKey& key) const {
+    return key.once ? detail::kRunsPerWorker * workers_ : workers_;
+  }
 
   const std::size_t workers_;
   std::mutex mu_;
