@@ -72,6 +72,7 @@ json reply_from_result(const RunResult& r) {
   if (r.repr) j["repr"] = *r.repr;
   if (!r.files.empty()) j["files"] = detail::run_files::to_json(r.files);
   if (!r.files_left_out.empty()) j["files_left_out"] = r.files_left_out;
+  if (r.files_truncated) j["files_truncated"] = true;
   return j;
 }
 
@@ -119,6 +120,7 @@ RunResult result_from_reply(const json& j) {
       r.files_left_out.push_back(n.get<std::string>());
     }
   }
+  r.files_truncated = field(j, "files_truncated", false);
   if (!r.ok && !r.error) {
     r.error = "worker reported failure without an error message";
     if (r.error_kind == ErrorKind::none) r.error_kind = ErrorKind::protocol_error;

@@ -71,7 +71,7 @@ py::tuple to_tuple(const spr::RunResult& r) {
                         static_cast<double>(r.duration.count()) / 1000.0, spr::to_string(r.isolation),
                         r.stdout_truncated, r.stderr_truncated,
                         r.repr ? py::object(text(*r.repr)) : py::object(py::none()), files, left_out,
-                        static_cast<double>(r.queued.count()) / 1000.0);
+                        static_cast<double>(r.queued.count()) / 1000.0, r.files_truncated);
 }
 
 // files= of a run: name (str) -> content (str, written as UTF-8, or bytes).

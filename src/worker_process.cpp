@@ -694,7 +694,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
 // The files a reply claims the run left: only names the request's patterns match (decode() has checked
 // each name's form), no more than max_files_kb in all, no name both returned and left out.
 static std::string check_files(const RunResult& r, const std::vector<std::string>* collect, const RunnerPolicy& policy) {
-  if (r.files.empty() && r.files_left_out.empty()) return {};
+  if (r.files.empty() && r.files_left_out.empty() && !r.files_truncated) return {};
   if (!collect || collect->empty()) return "it carries files nobody asked for";
   std::uint64_t total = 0;
   for (const auto& [name, content] : r.files) {

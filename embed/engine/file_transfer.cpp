@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "common/fd.hpp"
+#include "common/outcome.hpp"
 #include "common/run_files.hpp"
 
 namespace spr::embed::file_transfer {
@@ -20,8 +21,9 @@ namespace {
 using detail::Fd;
 using detail::retry_eintr;
 
-// Entries one collect looks at, whatever the run left: the walk's cost stays bounded.
-constexpr std::size_t kMaxEntriesSeen = 10000;
+// Entries one collect looks at, whatever the run left: the walk's cost stays bounded. Four times the
+// inodes a run directory of its own holds (mechanisms.hpp's scratch_inodes), so there it sees everything.
+constexpr std::size_t kMaxEntriesSeen = 65536;
 
 bool read_all(int fd, std::size_t size, std::string& out) {
   out.resize(size);
@@ -36,6 +38,8 @@ bool read_all(int fd, std::size_t size, std::string& out) {
   return true;
 }
 
+// The walk keeps names only, never a descriptor per match: a run's process has few descriptors
+// (RLIMIT_NOFILE), and a match it could not open would be lost.
 struct Walk {
   Walk(const std::vector<std::string>& p, std::size_t depth) : patterns(p), max_depth(depth) {}
   Walk(const Walk&) = delete;
@@ -43,11 +47,8 @@ struct Walk {
   const std::vector<std::string>& patterns;
   std::size_t max_depth;
   std::size_t seen = 0;
-  std::vector<std::pair<std::string, int>> found;  // matching regular files: name, descriptor (owned)
-
-  ~Walk() {
-    for (auto& f : found) ::close(f.second);
-  }
+  std::vector<std::string> found;  // matching regular files, by name
+  bool unnamed = false;            // a match (or a directory that may hold one) this result cannot name
 
   // `dir` is owned by this call. Directories are entered through descriptors opened with O_NOFOLLOW:
   // a link the run planted (to "/", to a host file) is neither entered nor read.
@@ -55,33 +56,68 @@ struct Walk {
     DIR* d = ::fdopendir(dir);
     if (!d) {
       ::close(dir);
+      unnamed = true;
       return;
     }
     std::vector<std::string> names;
     while (dirent* e = ::readdir(d)) {
-      if (++seen > kMaxEntriesSeen) break;
+      if (++seen > kMaxEntriesSeen) {
+        unnamed = true;
+        break;
+      }
       if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
       names.emplace_back(e->d_name);
     }
     for (const auto& n : names) {
       const std::string name = prefix.empty() ? n : prefix + "/" + n;
-      if (name.size() > detail::run_files::kMaxNameBytes) continue;
-      const int fd = ::openat(::dirfd(d), n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-      if (fd < 0) continue;  // a link (ELOOP) or something the run may not read
+      const bool enter = depth + 1 < max_depth;
+      const int fd = ::openat(::dirfd(d), n.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) {  // gone since readdir, or no descriptor left
+        unnamed = unnamed || enter || detail::run_files::matches(patterns, name);
+        continue;
+      }
       struct stat st;
-      if (::fstat(fd, &st) != 0) {
-        ::close(fd);
-      } else if (S_ISDIR(st.st_mode) && depth + 1 < max_depth) {
-        visit(fd, name, depth + 1);
+      const bool ok = ::fstat(fd, &st) == 0;
+      ::close(fd);
+      if (!ok) {
+        unnamed = true;
+      } else if (S_ISDIR(st.st_mode) && enter) {
+        const int sub = ::openat(::dirfd(d), n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0) {
+          unnamed = true;  // a directory the walk cannot read may hold matches
+        } else {
+          visit(sub, name, depth + 1);
+        }
       } else if (S_ISREG(st.st_mode) && detail::run_files::matches(patterns, name)) {
-        found.emplace_back(name, fd);
-      } else {
-        ::close(fd);
+        // A name the result cannot carry as it is (too long, not UTF-8) is not renamed: it is counted.
+        if (name.size() > detail::run_files::kMaxNameBytes || !detail::valid_utf8(name)) {
+          unnamed = true;
+        } else {
+          found.push_back(name);
+        }
       }
     }
     ::closedir(d);
   }
 };
+
+// Opens a name the walk found, one component at a time from `top` with O_NOFOLLOW: a component the run
+// swapped for a link since the walk is not followed. Empty when it is gone or cannot be opened.
+Fd open_found(int top, const std::string& name) {
+  Fd parent;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t slash = name.find('/', start);
+    const std::string part = name.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    const int at = parent ? parent.get() : top;
+    if (slash == std::string::npos)
+      return Fd(retry_eintr([&] { return ::openat(at, part.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY); }));
+    Fd sub(::openat(at, part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub) return sub;
+    parent = std::move(sub);
+    start = slash + 1;
+  }
+}
 
 }  // namespace
 
@@ -92,23 +128,35 @@ std::string write(int dir_fd, const Files& files) {
 void collect(int dir_fd, const std::vector<std::string>& patterns, std::uint64_t cap_bytes, RunResult& r) {
   r.files.clear();
   r.files_left_out.clear();
+  r.files_truncated = false;
   if (patterns.empty() || dir_fd < 0) return;
   const int top = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (top < 0) return;
+  if (top < 0) {
+    r.files_truncated = true;
+    return;
+  }
   Walk w(patterns, detail::run_files::depth(patterns));
   w.visit(top, "", 0);
+  r.files_truncated = w.unnamed;
   std::uint64_t left = cap_bytes;
   std::sort(w.found.begin(), w.found.end());
-  for (auto& [name, fd] : w.found) {
-    struct stat st;
-    const bool listed_full = r.files.size() >= detail::run_files::kMaxFiles;
+  for (const auto& name : w.found) {
     std::string bytes;
-    if (!listed_full && ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) <= left &&
-        read_all(fd, static_cast<std::size_t>(st.st_size), bytes)) {
+    bool taken = false;
+    if (r.files.size() < detail::run_files::kMaxFiles) {
+      const Fd fd = open_found(dir_fd, name);
+      struct stat st;
+      taken = fd && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) &&
+              static_cast<std::uint64_t>(st.st_size) <= left &&
+              read_all(fd.get(), static_cast<std::size_t>(st.st_size), bytes);
+    }
+    if (taken) {
       left -= bytes.size();
       r.files.emplace(name, std::move(bytes));
     } else if (r.files_left_out.size() < detail::run_files::kMaxFiles) {
       r.files_left_out.push_back(name);
+    } else {
+      r.files_truncated = true;
     }
   }
 }

@@ -17,6 +17,8 @@ std::string write(int dir_fd, const Files& files);
 // Fills r.files with the regular files under `dir_fd` whose names match `patterns`, in name order, while
 // they fit in `cap_bytes` in all; the matching ones that do not fit go to r.files_left_out. Links,
 // FIFOs, devices and sockets are never opened as files, and no directory is entered through a link.
+// r.files_truncated says that some match is in neither list (more than either list holds, a name that is
+// not UTF-8 or too long, a directory the walk could not read, more entries than the walk looks at).
 void collect(int dir_fd, const std::vector<std::string>& patterns, std::uint64_t cap_bytes, RunResult& r);
 
 }  // namespace spr::embed::file_transfer

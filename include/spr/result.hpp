@@ -61,9 +61,14 @@ struct RunResult {
   /// max_files_kb in all.
   Files files;
   std::vector<std::string> files_left_out;  ///< the matching files that did not fit (never a silent loss)
+  /// Some matching files are in neither `files` nor `files_left_out`: more than 256 of either, a name that
+  /// is not UTF-8 or longer than 512 bytes, a directory the collector could not read, or a run directory of
+  /// more than 65,536 entries.
+  bool files_truncated = false;
 
   /// All fields; `stdout`/`stderr` keys as in the original, `duration_ms` and `queued_ms` as numbers. `files`
-  /// (name -> text when it is valid UTF-8, else {"base64": ...}) and `files_left_out` only when not empty.
+  /// (name -> text when it is valid UTF-8, else {"base64": ...}) and `files_left_out` only when not empty,
+  /// `files_truncated` only when true.
   json to_json() const;
 };
 

@@ -44,16 +44,20 @@ class RunnerResult:
     UTF-8, else ``bytes`` (a PNG). At most ``max_files_kb`` in all."""
     files_left_out: List[str] = field(default_factory=list)
     """Files ``collect`` matched that did not fit in ``max_files_kb``: never dropped silently."""
+    files_truncated: bool = False
+    """Some files ``collect`` matched are in neither ``files`` nor ``files_left_out`` (more than 256 of
+    either, a name that is not UTF-8, a directory that could not be read, over 65,536 entries)."""
 
 
 def result_from_tuple(t: tuple) -> RunnerResult:
     """The engine's result tuple (``_core``'s run and session calls) as a ``RunnerResult``."""
     (ok, result_json, stdout, stderr, timed_out, resource_exceeded, error, exit_code, error_kind,
      duration_ms, isolation, stdout_truncated, stderr_truncated, repr_text, files, files_left_out,
-     queued_ms) = t
+     queued_ms, files_truncated) = t
     return RunnerResult(ok=ok, result=json.loads(result_json), stdout=stdout, stderr=stderr,
                         timed_out=timed_out, resource_exceeded=resource_exceeded, error=error,
                         exit_code=exit_code, error_kind=error_kind, duration_ms=duration_ms,
                         isolation=isolation, stdout_truncated=stdout_truncated,
                         stderr_truncated=stderr_truncated, repr=repr_text, files=files,
-                        files_left_out=files_left_out, queued_ms=queued_ms)
+                        files_left_out=files_left_out, queued_ms=queued_ms,
+                        files_truncated=files_truncated)

@@ -230,6 +230,9 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
     for (const auto& n : r.files_left_out) std::cerr << " " << n;
     std::cerr << std::endl;
   }
+  if (r.files_truncated)
+    std::cerr << "safe-py-runner: more files matched --collect than the result names (see files_truncated)"
+              << std::endl;
   return exit_status(r);
 }
 

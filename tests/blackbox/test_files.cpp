@@ -2,6 +2,9 @@
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <set>
+
 #include "helpers.hpp"
 
 using spr::json;
@@ -80,6 +83,42 @@ TEST_CASE("files: max_files_kb caps what comes back and names what was left out"
   const spr::RunResult none = run_files("result = 1", {{"a.txt", "a"}}, {"*.txt"}, p);
   CHECK(none.files.empty());
   CHECK(none.files_left_out == std::vector<std::string>{"a.txt"});
+}
+
+// The collector once kept a descriptor per match until it read them: past the run's descriptor limit
+// (about 60 matches) the rest were dropped with nothing said. Every match is returned or named, and what
+// the lists cannot hold (256 each) is said by files_truncated.
+TEST_CASE("files: every match is returned, named as left out, or counted by files_truncated") {
+  for (const int n : {100, 300, 700}) {
+    CAPTURE(n);
+    const spr::RunResult r = run_files("for i in range(" + std::to_string(n) + "):\n"
+                                       "    open('out%03d.txt' % i, 'w').write(str(i))\n",
+                                       {}, {"*.txt"}, file_policy());
+    INFO(describe(r));
+    REQUIRE(r.ok);
+    std::set<std::string> named;
+    for (const auto& [name, content] : r.files) {
+      CHECK(content == std::to_string(std::stoi(name.substr(3, 3))));
+      named.insert(name);
+    }
+    for (const auto& name : r.files_left_out) CHECK(named.insert(name).second);
+    CHECK(named.size() == static_cast<std::size_t>(std::min(n, 512)));
+    CHECK(r.files.size() == static_cast<std::size_t>(std::min(n, 256)));
+    CHECK(r.files_truncated == (n > 512));
+    CHECK(r.to_json().contains("files_truncated") == (n > 512));
+  }
+}
+
+TEST_CASE("files: a matching name that is not UTF-8 is not renamed: files_truncated says it is missing") {
+  const spr::RunResult r = run_files("open(b'\\xff.txt', 'w').write('a')\n"
+                                     "open(b'\\xfe.txt', 'w').write('b')\n"
+                                     "open('ok.txt', 'w').write('c')\n",
+                                     {}, {"*.txt"}, file_policy());
+  INFO(describe(r));
+  REQUIRE(r.ok);
+  CHECK(r.files == spr::Files{{"ok.txt", "c"}});
+  CHECK(r.files_left_out.empty());
+  CHECK(r.files_truncated);
 }
 
 TEST_CASE("files: names and patterns outside the run directory are refused before the run") {

@@ -18,6 +18,15 @@ def test_run_code_round_trip_text_and_bytes():
     assert r.files_left_out == []
 
 
+def test_a_hundred_files_all_come_back():
+    # Past the run's descriptor limit (about 60 matches) the collector used to drop the rest silently.
+    r = run_code("for i in range(100):\n    open('out%03d.txt' % i, 'w').write(str(i))\n",
+                 policy=OPEN, collect=["*.txt"])
+    assert r.ok, r.error
+    assert r.files == {"out%03d.txt" % i: str(i) for i in range(100)}
+    assert r.files_left_out == [] and r.files_truncated is False
+
+
 def test_runner_submit_and_the_cap():
     with Runner(OPEN, workers=1) as runner:
         future = runner.submit("open('big.txt', 'w').write('x' * 5000)\nopen('small.txt', 'w').write('s')",
