@@ -2,6 +2,7 @@
 // time), bearer-token auth, JSON access log lines, and a drain on SIGTERM.
 #include "http/server.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <array>
@@ -429,7 +430,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
 class Listener : public std::enable_shared_from_this<Listener> {
  public:
-  Listener(net::io_context& ioc, tcp::endpoint ep, Shared& shared) : ioc_(ioc), acceptor_(ioc), shared_(shared) {
+  Listener(net::io_context& ioc, tcp::endpoint ep, Shared& shared)
+      : ioc_(ioc), acceptor_(ioc), backoff_(ioc), shared_(shared) {
     beast::error_code ec;
     const auto fail = [&](const char* what) {
       throw std::runtime_error("cannot listen on " + ep.address().to_string() + ":" + std::to_string(ep.port()) + ": " +
@@ -465,12 +467,21 @@ class Listener : public std::enable_shared_from_this<Listener> {
         } else {
           std::make_shared<Connection>(std::move(s), self->shared_)->start();
         }
+        self->accept();
+        return;
       }
-      self->accept();
+      // Out of descriptors (EMFILE, ENFILE) or memory: the pending connection stays queued, so accepting
+      // again at once would fail again at once and spin. Wait a little; connections closing free some.
+      self->shared_.api.metrics().refused("accept_failed");
+      self->backoff_.expires_after(std::chrono::milliseconds(100));
+      self->backoff_.async_wait([self](beast::error_code e) {
+        if (!e && self->acceptor_.is_open()) self->accept();
+      });
     });
   }
   net::io_context& ioc_;
   tcp::acceptor acceptor_;
+  net::steady_timer backoff_;
   Shared& shared_;
 };
 
@@ -484,6 +495,23 @@ bool is_loopback(const std::string& address) {
   const auto v6 = a.to_v6();
   if (v6.is_v4_mapped()) return net::ip::make_address_v4(net::ip::v4_mapped, v6).is_loopback();
   return v6.is_loopback();
+}
+
+// Each connection holds a descriptor, and workers and sessions hold pipes: the soft RLIMIT_NOFILE is raised
+// to the hard one, and a --max-connections it cannot hold is refused rather than met with failed accepts.
+static void fit_descriptor_limit(std::size_t max_connections) {
+  constexpr rlim_t kReserve = 256;  // workers' pipes, sessions, the runner's own files
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  if (lim.rlim_cur != RLIM_INFINITY && max_connections + kReserve > lim.rlim_cur)
+    throw std::runtime_error("--max-connections " + std::to_string(max_connections) + " needs " +
+                             std::to_string(max_connections + kReserve) + " descriptors; the limit is " +
+                             std::to_string(lim.rlim_cur) + " (raise it with ulimit -n, or lower --max-connections)");
 }
 
 int serve(Runner& runner, const RunnerPolicy& base, const ServerOptions& options) {
@@ -511,6 +539,7 @@ int serve(Runner& runner, const RunnerPolicy& base, const ServerOptions& options
   Shared& shared = *shared_state;
   api.connections = [&shared] { return shared.connections.load(); };
 
+  fit_descriptor_limit(options.max_connections);
   auto listener = std::make_shared<Listener>(ioc, tcp::endpoint(address, options.port), shared);
   listener->start();
   log_line({{"time", utc_now()},

@@ -802,3 +802,19 @@ def test_files_in_and_out_of_a_run(server, api):
         assert status == 200 and p["run"]["stdout"] == "hi\n", p
     finally:
         assert s.stop() == 0
+
+
+def test_max_connections_the_descriptor_limit_cannot_hold_is_refused_at_start():
+    # Found by a red team: with more connections allowed than descriptors, accepts failed with EMFILE and
+    # the accept loop spun on both CPUs. The server now refuses such a setting before it listens.
+    import resource
+    import subprocess
+    from spr_http import CLI
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    p = subprocess.run([CLI, "http", "--listen", "127.0.0.1:0", "--max-connections", "5000"], capture_output=True,
+                       text=True, timeout=60 * TIME_SCALE, preexec_fn=low_limit)
+    assert p.returncode != 0, p.stderr
+    assert "descriptors" in p.stderr and "listening" not in p.stderr
