@@ -11,7 +11,7 @@ RUN cmake -S /src -B /build -DSPR_BUILD_TESTS=OFF -DSPR_BUILD_BENCH=OFF -DSPR_BU
 
 FROM debian:12
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 libpython3.11 libseccomp2 && rm -rf /var/lib/apt/lists/*
+      python3 libpython3.11 libseccomp2 libtomlplusplus3 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/spr /opt/spr
 USER 65534:65534
 EXPOSE 8080

@@ -47,15 +47,17 @@ test: build
 	cmake -S . -B $(BUILD) -DSPR_TEST_LOAD_SCALE=$$scale >/dev/null && \
 	ctest --test-dir $(BUILD) --output-on-failure -j 2 --timeout $$((600 * scale))
 
-# Builds the wheel (reusing this build folder) and installs it: into PYTHON's environment when PYTHON
-# is a venv's python, otherwise into the venv $(PY_VENV) (Debian's own Python refuses pip installs).
+# Builds the wheel (reusing this build folder; the backend builds only the extension and the workers) and
+# installs it: into PYTHON's environment when PYTHON is a venv's python, otherwise into the venv $(PY_VENV),
+# made with --system-site-packages so the caller sees Debian's numpy, pandas, distributed and matplotlib too
+# (Debian's own Python refuses pip installs).
 PY_VENV ?= $(BUILD)/venv
-python: build
+python: deps $(BUILD)/CMakeCache.txt
 	rm -rf $(BUILD)/dist
 	$(PYTHON) -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation \
 	  --config-settings build-dir=$(abspath $(BUILD)) -w $(BUILD)/dist .
 	@if $(PYTHON) -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then py=$(PYTHON); \
-	else $(PYTHON) -m venv $(PY_VENV) && py=$(PY_VENV)/bin/python; fi; \
+	else $(PYTHON) -m venv --system-site-packages $(PY_VENV) && py=$(PY_VENV)/bin/python; fi; \
 	$$py -m pip install --disable-pip-version-check --force-reinstall --no-deps $(BUILD)/dist/*.whl && \
 	echo "safe_py_runner installed for $$py"
 
