@@ -1,6 +1,7 @@
 // Prometheus text exposition (format 0.0.4) of the HTTP service's metrics.
 #include "http/metrics.hpp"
 
+#include <charconv>
 #include <sstream>
 
 namespace spr::http {
@@ -28,6 +29,13 @@ void Metrics::request_answered(int status) {
   ++responses_[status];
 }
 
+// A bucket bound as its shortest round-trip text (0.0025, not 0.0025000000000000001).
+static std::string shortest(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
 std::string Metrics::render(const Gauges& g) const {
   std::ostringstream o;
   o.precision(17);
@@ -41,7 +49,7 @@ std::string Metrics::render(const Gauges& g) const {
     std::uint64_t cumulative = 0;
     for (std::size_t i = 0; i < kBuckets.size(); ++i) {
       cumulative += h.counts[i];
-      o << "spr_run_duration_seconds_bucket{isolation=\"" << iso << "\",le=\"" << kBuckets[i] << "\"} " << cumulative
+      o << "spr_run_duration_seconds_bucket{isolation=\"" << iso << "\",le=\"" << shortest(kBuckets[i]) << "\"} " << cumulative
         << "\n";
     }
     o << "spr_run_duration_seconds_bucket{isolation=\"" << iso << "\",le=\"+Inf\"} " << h.count << "\n";

@@ -168,7 +168,8 @@ def test_health_ready_metrics_and_playground(server, api):
     status, h, text = call(server, api, "GET", "/metrics")
     assert status == 200 and h["content-type"].startswith("text/plain")
     for needle in ['spr_runs_total{error_kind="none"}', 'spr_runs_total{error_kind="timeout"}',
-                   'spr_run_duration_seconds_bucket{isolation="fork",le="+Inf"}', "spr_workers_busy ",
+                   'spr_run_duration_seconds_bucket{isolation="fork",le="+Inf"}',
+                   'spr_run_duration_seconds_bucket{isolation="fork",le="0.0025"}', "spr_workers_busy ",
                    "spr_workers_idle ", "spr_sessions_open ", "spr_runs_in_flight 0"]:
         assert needle in text, needle
 
