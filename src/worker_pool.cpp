@@ -161,13 +161,23 @@ void WorkerPool::prespawn(const PoolKey& key) {
   if (!stopping_) fill(key, 1);
 }
 
-void WorkerPool::fill(const PoolKey& key, std::size_t want) {
+// How long the rest of a pool waits after a run gave its worker back. A program that makes one run and exits is
+// gone by then: starting a worker it never uses only competed with its exit for the CPU and then had to be
+// killed and reaped on the way out. A caller that waits for a worker ends the wait at once (fill from lease).
+constexpr auto kBackgroundStartDelay = std::chrono::milliseconds(100);
+
+void WorkerPool::fill(const PoolKey& key, std::size_t want, bool background) {
   if (key.once) return;  // a one-shot worker is started for its lease (see start_one_shot)
   Pool& pool = pools_[key];
+  const bool was_empty = spawn_queue_.empty();
   while (pool.live < std::min(want, options_.workers)) {
     ++pool.live;
     spawn_queue_.push_back(key);
   }
+  if (!background)
+    spawn_not_before_ = {};  // someone waits (or this is the first worker): every queued start goes now
+  else if (was_empty && !spawn_queue_.empty())
+    spawn_not_before_ = Clock::now() + kBackgroundStartDelay;
   spawn_cv_.notify_one();
 }
 
@@ -176,6 +186,10 @@ void WorkerPool::spawn_loop() {
   for (;;) {
     spawn_cv_.wait(lk, [&] { return stopping_ || !spawn_queue_.empty(); });
     if (stopping_) return;
+    if (Clock::now() < spawn_not_before_) {
+      spawn_cv_.wait_until(lk, spawn_not_before_);  // a fill for a waiting caller cuts it short
+      continue;
+    }
     PoolKey key = spawn_queue_.front();
     spawn_queue_.pop_front();
     lk.unlock();
@@ -332,14 +346,14 @@ void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w)
     --pool.leased;
     if (w->alive() && !stopping_ && !key.once) {
       pool.idle.push_back(std::move(w));
-      fill(key, options_.workers);  // the rest of the pool comes up now, in the background (see prespawn)
+      fill(key, options_.workers, true);  // the rest of the pool comes up in the background (see prespawn)
     } else {
       dead = std::move(w);
       --pool.live;
       if (key.once) {
         if (pool.live == 0 && pool.idle.empty()) pools_.erase(it);  // `key` refers into it: not used after
       } else if (!stopping_) {
-        fill(key, options_.workers);  // the replacement comes up off the caller's path
+        fill(key, options_.workers, true);  // the replacement comes up off the caller's path
       }
     }
   }

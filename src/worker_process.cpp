@@ -131,8 +131,30 @@ bool layer_active(const json& hardening, const char* name) {
   return false;
 }
 
+// The one child of `parent`'s main thread, from the kernel's list of them (/proc/<pid>/task/<pid>/children):
+// -1 when none or several, -2 when the kernel keeps no such list (then every /proc/<pid>/stat is read). The
+// keeper and the namespace's init fork from their main thread, single-threaded.
+pid_t only_child_listed(pid_t parent) {
+  char path[64], buf[64];
+  std::snprintf(path, sizeof path, "/proc/%d/task/%d/children", static_cast<int>(parent), static_cast<int>(parent));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -2;
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n < 0) return -2;
+  buf[n] = '\0';
+  char* end = nullptr;
+  const long pid = std::strtol(buf, &end, 10);
+  if (end == buf || pid <= 0) return -1;
+  while (*end == ' ' || *end == '\n') ++end;
+  return *end == '\0' ? static_cast<pid_t>(pid) : -1;  // a second pid, or a list longer than the buffer
+}
+
 // The one live child of `parent`, from the parent links in /proc/<pid>/stat; -1 when none or several.
 pid_t only_child_of(pid_t parent) {
+  // The kernel's list first: one file, where the scan reads one per process on the machine (hundreds, on
+  // the path of every worker start).
+  if (const pid_t listed = only_child_listed(parent); listed != -2) return listed;
   pid_t found = -1;
   DIR* d = ::opendir("/proc");
   if (!d) return -1;

@@ -51,6 +51,11 @@ constexpr const char* kWarmUpCode =
     "import math\nitems = [str(i) for i in range(16)]\nresult = {'n': math.sqrt(input_data['x']), 'items': items}\n";
 constexpr const char* kWarmUpInput = R"({"x":9,"s":"text"})";
 
+// A request at least this large is not copied to a spare through its pipe (in 1 MiB steps, each read
+// into fresh pages): a child forked after it arrived has it already, in its copy-on-write view of the
+// parent's memory, and the pipe carries only the go-ahead (an empty frame) once the limits are set.
+constexpr std::size_t kHandOverBytes = 1u << 20;
+
 // parent_reply's status for a request no child started on.
 constexpr int kNotStarted = -1;
 
@@ -103,6 +108,25 @@ void append_json_string(std::string& out, std::string_view text) {
   out += '"';
 }
 
+// Wipes `s` and gives its memory back. A large buffer's whole pages are dropped (MADV_DONTNEED: they
+// read back as zeros) rather than written: a child forked while they held a request keeps its own view of
+// them, and writing zeros would first copy every page it still shares with us.
+void release(std::string& s) {
+  const long page = sysconf(_SC_PAGESIZE);
+  char* const begin = s.data();
+  char* const end = begin + s.size();
+  const auto p = static_cast<std::uintptr_t>(page);
+  char* const first = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(begin) + p - 1) & ~(p - 1));
+  char* const last = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(end) & ~(p - 1));
+  if (page > 0 && first < last && madvise(first, static_cast<std::size_t>(last - first), MADV_DONTNEED) == 0) {
+    explicit_bzero(begin, static_cast<std::size_t>(first - begin));
+    explicit_bzero(last, static_cast<std::size_t>(end - last));
+  } else if (!s.empty()) {
+    explicit_bzero(begin, s.size());
+  }
+  std::string().swap(s);
+}
+
 // Cuts `s` to at most `max` bytes at a character boundary.
 void cut_utf8(std::string& s, std::size_t max) {
   if (s.size() <= max) return;
@@ -140,7 +164,7 @@ std::uint64_t ForkRunner::address_space_now() const {
   return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char* fail_for_test) {
+void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string* held, const char* fail_for_test) {
   SPR_CHILD_PHASE(kStart);
   PyOS_AfterFork_Child();
   SPR_CHILD_PHASE(kHooks);
@@ -172,7 +196,12 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   std::string frame;
   detail::Fd request(request_fd);
   SPR_CHILD_PHASE(kSetUp);
-  if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max()) != detail::IoStatus::ok) _exit(0);
+  // The parent's frames are believed (it is the worker this child was forked from). An empty one is the
+  // go-ahead for a request this child holds already.
+  if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes, 0, -1,
+                         /*trusted_peer=*/true) != detail::IoStatus::ok)
+    _exit(0);
+  if (frame.empty() && held) frame = std::move(*held);  // this child's own copy-on-write pages: no copy
   SPR_CHILD_PHASE(kRequest);
   // The request pipe stays open: host function answers come on it, forwarded by the parent.
   host_call::set_channel(reply_fd, request.get());
@@ -199,7 +228,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, const char*
   _exit(0);
 }
 
-bool ForkRunner::fork_child(Child& c, bool warm) {
+bool ForkRunner::fork_child(Child& c, bool warm, std::string* held) {
   int req[2], rep[2];
   if (pipe2(req, O_CLOEXEC) != 0) return false;
   detail::Fd req_read(req[0]), req_write(req[1]);
@@ -214,7 +243,7 @@ bool ForkRunner::fork_child(Child& c, bool warm) {
   if (pid == 0) {
     req_write.reset();
     rep_read.reset();
-    child_main(req_read.release(), rep_write.release(), warm, test_fault_.c_str());
+    child_main(req_read.release(), rep_write.release(), warm, held, test_fault_.c_str());
   }
   const int err = errno;
   PyOS_AfterFork_Parent();
@@ -365,7 +394,9 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   // One pass over the members (a request can be mostly input_data: each pass costs its size).
   Limits l;
   std::optional<std::string_view> id, policy, type, kill_after;
+  std::size_t last_end = 0;  // just past the last member's value
   const bool members = scan::for_each_member(frame, [&](std::string_view key, std::string_view value) {
+    last_end = static_cast<std::size_t>(value.data() - frame.data()) + value.size();
     if (key == "id") id = value;
     else if (key == "policy") policy = value;
     else if (key == "type") type = value;
@@ -373,7 +404,12 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     else if (key == "functions") l.host_functions = true;
   });
   const std::optional<std::uint64_t> id_number = id ? scan::id_number(*id) : std::nullopt;
-  if (!members || !scan::valid(frame) || !id_number || !policy || !type || *type != "\"request\"") {
+  // Each member was checked as it was skipped: the frame is valid JSON when the object ends after the last one,
+  // and nothing follows it (the same verdict as scan::valid, without a second pass over a large request).
+  const std::size_t close = scan::skip_ws(frame, last_end);
+  const bool whole = members && last_end > 0 && close < frame.size() && frame[close] == '}' &&
+                     scan::skip_ws(frame, close + 1) == frame.size();
+  if (!whole || !id_number || !policy || !type || *type != "\"request\"") {
     // The child would refuse it too; a request that is not even a request gets its answer here.
     reply = encode_reply(0, outcome::bad_request("not a JSON request object"));
     return;
@@ -400,6 +436,9 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
 
   Child c;
+  // A large request goes to a child forked now, which holds it already (kHandOverBytes).
+  const bool hand_over = frame.size() >= kHandOverBytes;
+  if (hand_over) retire(spare_);
   SPR_PARENT_PHASE(kForking);
 #ifdef SPR_FORK_PHASES
   phases::g_spare = spare_.pid > 0;
@@ -408,14 +447,17 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     if (spare_.pid > 0) {
       c = std::move(spare_);
       spare_ = Child{};
-    } else if (!fork_child(c, false)) {
+    } else if (!fork_child(c, false, hand_over ? &frame : nullptr)) {
       reply = parent_reply(l, kNotStarted, false, false, std::string("fork failed: ") + strerror(errno));
       return;
     }
     SPR_PARENT_PHASE(kForked);
     const bool limited = set_limits(c.pid, l);
     SPR_PARENT_PHASE(kLimited);
-    if (limited && detail::write_frame(c.request.get(), frame) == detail::IoStatus::ok) break;
+    // The child waits on its pipe until then: it runs nothing of the request before its limits are set.
+    if (limited && detail::write_frame(c.request.get(), hand_over ? std::string_view() : std::string_view(frame)) ==
+                       detail::IoStatus::ok)
+      break;
     retire(c);  // a spare that died while idle: one more, forked now
     if (attempt == 1) {
       reply = parent_reply(l, kNotStarted, false, false, "the run's process could not be prepared");
@@ -423,7 +465,8 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     }
   }
   SPR_PARENT_PHASE(kSent);
-  wipe(frame);
+  if (hand_over) release(frame);  // the child's view stays; ours is dropped without copying it
+  else wipe(frame);
   // Host function answers go to the child on this pipe; a child that stops reading must not hold us.
   const int flags = fcntl(c.request.get(), F_GETFL);
   if (flags < 0 || fcntl(c.request.get(), F_SETFL, flags | O_NONBLOCK) != 0) c.request.reset();

@@ -54,10 +54,11 @@ class ForkRunner : public IsolationRunner {
     bool host_functions = false;            // the request names host functions: call frames may come
   };
 
-  // `warm`: a spare, which runs our warm-up before it waits for its request.
-  bool fork_child(Child& c, bool warm);
+  // `warm`: a spare, which runs our warm-up before it waits for its request. `held`: the request, already
+  // in this process's memory, which the child takes from its copy once the parent says go.
+  bool fork_child(Child& c, bool warm, std::string* held = nullptr);
   // Every set-up step is checked: after a failure the child answers its request without running it.
-  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm, const char* fail_for_test);
+  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm, std::string* held, const char* fail_for_test);
   // Runs one request frame; returns the reply frame's text (in `reply`, the buffer reused).
   void run(std::string& frame, std::string& reply);
   bool set_limits(pid_t pid, const Limits& l) const;

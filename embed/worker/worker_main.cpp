@@ -185,7 +185,8 @@ bool request_within(int fd, int ms) {
       spr::embed::preload_deferred();
     runner.while_idle(detail::kProtocolFd);
     const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
-                                      detail::kMaxFrameBytes, runner.read_spin_microseconds());
+                                      detail::kMaxFrameBytes, runner.read_spin_microseconds(), -1,
+                                      /*trusted_peer=*/true);
     if (s == detail::IoStatus::eof) _exit(0);  // supervisor closed: never finalise, just go
     if (s != detail::IoStatus::ok) die(std::string("reading a request: ") + detail::to_string(s));
 #ifdef SPR_FAULTS

@@ -128,7 +128,10 @@ class WorkerPool {
   Lease lease_locked(Pools::iterator it, std::unique_ptr<WorkerProcess> w);
   std::unique_ptr<WorkerProcess> start_one_shot(Pools::iterator it, std::unique_lock<std::mutex>& lk,
                                                 std::string& error);
-  void fill(const PoolKey& key, std::size_t want);  // caller holds mu_; want is capped at Options::workers
+  // Caller holds mu_; want is capped at Options::workers. `background`: nobody waits for these starts (the
+  // rest of a pool after a run gave its worker back): they begin kBackgroundStartDelay later, unless a caller
+  // starts waiting first.
+  void fill(const PoolKey& key, std::size_t want, bool background = false);
   void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk);
   void spawn_loop();
 
@@ -145,6 +148,7 @@ class WorkerPool {
   std::thread spawner_;
   std::condition_variable spawn_cv_;
   std::deque<PoolKey> spawn_queue_;
+  std::chrono::steady_clock::time_point spawn_not_before_{};  // background starts wait until then
 };
 
 }  // namespace spr::detail

@@ -65,6 +65,36 @@ TEST_CASE("20 MB of code runs") {
   CHECK(r.result == 7);
 }
 
+TEST_CASE("16 MiB of input_data text arrives exact, and the next run on the worker gets its own") {
+  // Larger than what the fork worker copies to a waiting child: such a request is handed to a child forked
+  // after it arrived. Escapes, non-ASCII text and a 100-bit integer must come through byte for byte.
+  std::string text = "{\"big\":1267650600228229401496703205376,\"rows\":[";
+  long long sum = 0;
+  int rows = 0;
+  while (text.size() < (16u << 20)) {
+    if (rows) text += ',';
+    const std::string id = std::to_string(rows);
+    text += "{\"id\":" + id + ",\"name\":\"caf\u00e9 \\\"" + id + "\\\"\\n\",\"v\":" + id + ".25}";
+    sum += rows++;
+  }
+  text += "],\"tail\":\"end\"}";
+  auto p = spr_test::policy();
+  p.timeout_seconds = (kSanitized ? 240 : 60) * spr_test::time_scale();
+  p.memory_limit_mb = 2048;
+  spr::RunOptions o;
+  o.input_json = text;
+  const auto r = spr_test::runner().run(
+      "rs = input_data['rows']\n"
+      "result = [len(rs), sum(x['id'] for x in rs), rs[-1]['name'], rs[7]['v'], input_data['big'] == 2 ** 100,"
+      " input_data['tail']]\n",
+      json::object(), p, o);
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json({rows, sum, "caf\u00e9 \"" + std::to_string(rows - 1) + "\"\n", 7.25, true, "end"}));
+  const auto next = run("result = [input_data, 'rs' in globals()]", json{{"x", 1}});
+  CHECK(next.ok);
+  CHECK(next.result == json::array({json{{"x", 1}}, false}));
+}
+
 TEST_CASE("input_data nested 200,000 deep is refused as bad_input") {
   auto r = run("result = 1", nested(200000));
   CHECK_FALSE(r.ok);

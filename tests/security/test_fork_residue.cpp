@@ -195,6 +195,31 @@ TEST_CASE("fork residue: no byte of a run's input, code, output or extra_globals
   }
 }
 
+TEST_CASE("fork residue: a request handed to a child forked after it arrived leaves no byte in the worker") {
+  // Larger than the pipe to a waiting child: the worker forks a child that already holds the request and drops its
+  // own pages of it, without writing them (so without copying what the child shares).
+  spr::Runner runner(fork_options());
+  REQUIRE(runner.run("result = 0", json::object()).ok);
+  const std::string token = "SPRBIG" + sec::random_hex(12);
+  spr::RunOptions o;
+  o.input_json = "{\"pad\":\"" + std::string(3u << 20, 'x') + "\",\"secret\":\"" + token + "\"}";
+  spr::RunnerPolicy p = fork_options().policy;
+  p.timeout_seconds = 60 * time_scale();
+  const spr::RunResult a =
+      runner.run("result = [len(input_data['pad']), input_data['secret'][:6]]", json::object(), p, o);
+  REQUIRE_MESSAGE(a.ok, a.error.value_or(""));
+  CHECK(a.result == json::array({3u << 20, "SPRBIG"}));
+  // The idle worker forks and warms its spare: waited for (the limit is a hang guard), so the scan covers it.
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
+  while (sec::descendants(getpid(), {}).size() < 2 && std::chrono::steady_clock::now() < guard)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const Scan after = scan_descendants(token);
+  CHECK(after.processes >= 2);
+  CHECK(after.unreadable == 0);
+  CHECK_MESSAGE(after.hits == 0, token, " found ", after.hits, " times in ", after.processes, " processes");
+  CHECK(runner.run("result = 2", json::object()).result == 2);
+}
+
 TEST_CASE("fork reply checks: a forged or oversized reply written by the run never reaches the caller") {
   spr::Runner runner(fork_options());
   REQUIRE(runner.run("result = 0", json::object()).ok);
