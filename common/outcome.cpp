@@ -83,6 +83,12 @@ RunResult worker_stalled(double waited_seconds) {
                                                 detail::format_seconds(waited_seconds) + "s; it was killed and replaced");
 }
 
+RunResult ended_with_worker() {
+  return failure(ErrorKind::worker_unavailable,
+                 "the run's worker was ended while it ran (another run in it went over a limit, was cancelled or "
+                 "crashed it); the run did not finish and may be run again");
+}
+
 RunResult setup_failed(const std::string& what, const std::string& why) {
   return failure(ErrorKind::worker_crashed, "cannot create the run's " + what + ": " + why);
 }

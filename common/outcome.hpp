@@ -41,6 +41,10 @@ RunResult session_lost(const std::string& why);
 // The worker did not take its request within the run's deadline (stopped, or not reading): it was
 // killed and is replaced. worker_crashed.
 RunResult worker_stalled(double waited_seconds);
+// A worker with run threads (subinterpreter_threads) was ended while this run was in flight in it, by another
+// run's limit, a cancel or a fault of the worker: the run did not finish and is not re-run here (it may have
+// called host functions or streamed output). worker_unavailable: running it again is safe.
+RunResult ended_with_worker();
 
 // The engine could not set the run up (its scratch directory, its streams): worker_crashed.
 RunResult setup_failed(const std::string& what, const std::string& why);

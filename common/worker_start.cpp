@@ -68,6 +68,8 @@ std::vector<std::string> WorkerStart::to_argv() const {
     if (this->*s.field == s.when_present) a.push_back(s.flag);
   if (isolation == Isolation::subinterpreter)
     a.insert(a.end(), {"--subinterpreter-pool", std::to_string(subinterpreter_pool)});
+  if (isolation == Isolation::subinterpreter && subinterpreter_threads > 1)
+    a.insert(a.end(), {"--subinterpreter-threads", std::to_string(subinterpreter_threads)});
   if (memory_backstop_mb > 0) a.insert(a.end(), {"--memory-backstop-mb", std::to_string(memory_backstop_mb)});
   if (cpu_backstop_seconds > 0) a.insert(a.end(), {"--cpu-backstop-seconds", format_seconds(cpu_backstop_seconds)});
   if (!python.empty()) a.insert(a.end(), {"--python", python});
@@ -107,6 +109,10 @@ WorkerStart WorkerStart::from_argv(const std::vector<std::string>& args) {
       s.isolation = *iso;
     } else if (k == "--subinterpreter-pool") {
       s.subinterpreter_pool = static_cast<std::size_t>(to_int(k, value(), 1));
+    } else if (k == "--subinterpreter-threads") {
+      s.subinterpreter_threads = static_cast<std::size_t>(to_int(k, value(), 1));
+      if (s.subinterpreter_threads > kMaxRunThreads)
+        throw std::invalid_argument("--subinterpreter-threads is at most " + std::to_string(kMaxRunThreads));
     } else if (k == "--memory-backstop-mb") {
       s.memory_backstop_mb = to_int(k, value(), 0);
     } else if (k == "--cpu-backstop-seconds") {
@@ -147,6 +153,7 @@ json WorkerStart::to_json() const {
           {"once", once},
           {"harden", harden},
           {"subinterpreter_pool", subinterpreter_pool},
+          {"subinterpreter_threads", subinterpreter_threads},
           {"python", python},
           {"prefix", prefix},
           {"preload", preload},

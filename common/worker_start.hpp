@@ -16,7 +16,10 @@ namespace spr::detail {
 struct WorkerStart {
   Isolation isolation = Isolation::fork;
   bool once = false;                    // process mode: one request, then exit
-  std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker
+  std::size_t subinterpreter_pool = 2;  // subinterpreter mode: ready interpreters per worker (per run thread)
+  // subinterpreter mode on CPython 3.12+: runs at once, each on a thread of its own in own-GIL interpreters,
+  // each thread with its own socket and capture buffer (kRunThreadFirstFd + 2k, + 1). 1: the main thread only.
+  std::size_t subinterpreter_threads = 1;
   bool harden = true;                   // false: no OS layer at all (by hand, and spr-bench's layer comparison)
   bool allow_network = false;           // the host's network namespace, TCP/UDP sockets allowed
   bool allow_unix_sockets = false;      // socket(AF_UNIX) allowed (socketpair always is)
@@ -35,6 +38,11 @@ struct WorkerStart {
   // plus session_memory_mb (and slack). -1: not a session.
   std::int64_t session_memory_mb = -1;
 
+  // Run thread k > 0's socket and capture memfd (thread 0 uses kProtocolFd and kCaptureFd).
+  static constexpr int kRunThreadFirstFd = 5;
+  static constexpr std::size_t kMaxRunThreads = 16;
+  int run_thread_socket(std::size_t k) const { return k == 0 ? 3 : kRunThreadFirstFd + 2 * static_cast<int>(k - 1); }
+  int run_thread_capture(std::size_t k) const { return k == 0 ? 4 : kRunThreadFirstFd + 2 * static_cast<int>(k - 1) + 1; }
   // RLIMIT_NPROC of a worker that does not fork (threads count too, so not 1).
   static constexpr std::uint64_t kMaxTasks = 64;
   // The fork-mode worker forks one child per run (which stacks its own filter); no other worker may.
@@ -49,7 +57,7 @@ struct WorkerStart {
   json to_json() const;
   // Every field, for comparison: a field added above and not here would make two different plans equal.
   auto fields() const {
-    return std::tie(isolation, once, subinterpreter_pool, harden, allow_network, allow_unix_sockets,
+    return std::tie(isolation, once, subinterpreter_pool, subinterpreter_threads, harden, allow_network, allow_unix_sockets,
                     memory_backstop_mb, cpu_backstop_seconds, python, prefix, sys_path, preload, read_paths, scratch,
                     scratch_limit_mb, session_memory_mb);
   }

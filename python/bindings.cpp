@@ -174,8 +174,10 @@ class PyRunner {
  public:
   PyRunner(std::size_t workers, const std::string& policy_json, const std::string& worker_path,
            double kill_grace_seconds, double start_timeout_seconds, bool worker_stderr,
-           const std::vector<std::string>& preload, std::size_t max_sessions, double session_idle_seconds) {
+           const std::vector<std::string>& preload, std::size_t max_sessions, double session_idle_seconds,
+           std::size_t subinterpreter_threads) {
     spr::RunnerOptions o;
+    o.subinterpreter_threads = subinterpreter_threads;
     o.max_sessions = max_sessions;
     o.session_idle_seconds = session_idle_seconds;
     o.workers = workers;
@@ -297,11 +299,12 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyRunner>(m, "Runner")
       .def(py::init<std::size_t, const std::string&, const std::string&, double, double, bool,
-                    const std::vector<std::string>&, std::size_t, double>(),
+                    const std::vector<std::string>&, std::size_t, double, std::size_t>(),
            py::arg("workers"), py::arg("policy_json"), py::arg("worker_path"), py::arg("kill_grace_seconds"),
            py::arg("start_timeout_seconds"), py::arg("worker_stderr"), py::arg("preload"),
            py::arg("max_sessions") = spr::RunnerOptions{}.max_sessions,
-           py::arg("session_idle_seconds") = spr::RunnerOptions{}.session_idle_seconds)
+           py::arg("session_idle_seconds") = spr::RunnerOptions{}.session_idle_seconds,
+           py::arg("subinterpreter_threads") = spr::RunnerOptions{}.subinterpreter_threads)
       .def("run", &PyRunner::run, py::arg("code"), py::arg("input_json"), py::arg("policy_json"),
            py::arg("on_output") = py::none(), py::arg("token") = nullptr, py::arg("stdin") = std::string(),
            py::arg("functions") = py::none(), py::arg("files") = py::none(),

@@ -97,6 +97,7 @@ struct Runner::Impl {
     so.start.preload = options.preload;
     so.grace_seconds = options.kill_grace_seconds;
     so.start.subinterpreter_pool = options.subinterpreter_pool;
+    so.start.subinterpreter_threads = options.subinterpreter_threads;
     so.start_timeout_seconds = options.start_timeout_seconds;
     so.inherit_stderr = options.worker_stderr;
     return so;

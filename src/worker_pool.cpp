@@ -210,6 +210,11 @@ void WorkerPool::spawn_loop() {
         lk.lock();
         return;
       }
+      // A worker with run threads is several slots of one process: each is leased on its own.
+      for (auto& slot : w->take_slots()) {
+        ++pool.live;
+        pool.idle.push_back(std::move(slot));
+      }
       pool.idle.push_back(std::move(w));
     } else {
       pool.last_error = error;
@@ -338,6 +343,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
 
 void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w) {
   std::unique_ptr<WorkerProcess> dead;
+  std::vector<std::unique_ptr<WorkerProcess>> dead_slots;
   {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = pools_.find(key);
@@ -350,6 +356,16 @@ void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w)
     } else {
       dead = std::move(w);
       --pool.live;
+      // Idle slots of the same process (run threads) ended with it: replaced now, not at their next lease.
+      for (auto i = pool.idle.begin(); i != pool.idle.end();) {
+        if ((*i)->alive()) {
+          ++i;
+          continue;
+        }
+        dead_slots.push_back(std::move(*i));
+        i = pool.idle.erase(i);
+        --pool.live;
+      }
       if (key.once) {
         if (pool.live == 0 && pool.idle.empty()) pools_.erase(it);  // `key` refers into it: not used after
       } else if (!stopping_) {

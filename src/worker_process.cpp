@@ -71,7 +71,8 @@ int open_subdir(int dirfd, const char* name) {
 // is relative to a descriptor already held, so a run that swaps a directory for a link to a host
 // path while we walk cannot make us delete outside its scratch root. True when nothing is left:
 // a caller that gets false must not let another run see the directory.
-bool remove_contents(int dirfd, int depth) {
+// `keep_thread_dirs`: a worker with run threads keeps t0, t1, ... at the top (each slot wipes its own).
+bool remove_contents(int dirfd, int depth, bool keep_thread_dirs = false) {
   if (depth > kMaxWipeDepth) return false;
   const int dup_fd = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
   if (dup_fd < 0) return false;
@@ -85,7 +86,11 @@ bool remove_contents(int dirfd, int depth) {
   ::rewinddir(d);
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+    if (keep_thread_dirs && e->d_name[0] == 't' && e->d_name[1] != '\0' &&
+        std::strspn(e->d_name + 1, "0123456789") == std::strlen(e->d_name + 1))
+      continue;
+    names.emplace_back(e->d_name);
   }
   ::closedir(d);
   bool empty = true;
@@ -320,6 +325,19 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   Fd child_sock(sv[1]);
   w->capture_ = Fd(memfd_create("spr-capture", MFD_CLOEXEC));
   if (!w->capture_) throw WorkerError(std::string("memfd_create failed: ") + strerror(errno));
+  // Run threads (subinterpreter_threads): slot k's socket and capture buffer, at the worker's numbers for them.
+  const std::size_t slots =
+      o.start.isolation == Isolation::subinterpreter && o.start.session_memory_mb < 0 ? std::max<std::size_t>(o.start.subinterpreter_threads, 1) : 1;
+  std::vector<Fd> slot_socks(slots), slot_child_socks(slots), slot_captures(slots);
+  for (std::size_t k = 1; k < slots; ++k) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+      throw WorkerError(std::string("socketpair failed: ") + strerror(errno));
+    slot_socks[k] = Fd(pair[0]);
+    slot_child_socks[k] = Fd(pair[1]);
+    slot_captures[k] = Fd(memfd_create("spr-capture", MFD_CLOEXEC));
+    if (!slot_captures[k]) throw WorkerError(std::string("memfd_create failed: ") + strerror(errno));
+  }
 
   char tmpl[] = "/tmp/spr-XXXXXX";
   if (!mkdtemp(tmpl)) throw WorkerError(std::string("mkdtemp failed: ") + strerror(errno));
@@ -342,6 +360,10 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   const bool host_stderr = o.inherit_stderr && ::fcntl(2, F_GETFD) >= 0;  // a daemon may have closed its fd 2
   plan.fds = {{null.get(), 0}, {null.get(), 1}, {host_stderr ? 2 : null.get(), 2},
               {child_sock.get(), kProtocolFd}, {w->capture_.get(), kCaptureFd}};
+  for (std::size_t k = 1; k < slots; ++k) {
+    plan.fds.push_back({slot_child_socks[k].get(), start.run_thread_socket(k)});
+    plan.fds.push_back({slot_captures[k].get(), start.run_thread_capture(k)});
+  }
   try {
     w->pid_ = spawn_program(plan);
   } catch (const std::system_error& e) {
@@ -349,6 +371,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
     throw WorkerError("cannot start " + plan.path + ": " + e.what());
   }
   child_sock.reset();
+  for (auto& c : slot_child_socks) c.reset();
   w->alive_ = true;
   w->pidfd_ = Fd(static_cast<int>(syscall(SYS_pidfd_open, w->pid_, 0)));  // -1 on old kernels: EOF then relies on the socket
 
@@ -407,12 +430,70 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
       throw WorkerError("cannot open the worker's scratch directory: " + open_error);
     }
   }
+  if (slots > 1) {
+    // One process, `slots` run slots: each wipes its thread's directory (made by the worker before its hello).
+    auto shared = std::make_shared<SharedProcess>();
+    shared->scratch = std::exchange(w->scratch_, std::string());
+    shared->scratch_fd = std::move(w->scratch_fd_);
+    w->shared_ = shared;
+    for (std::size_t k = 0; k < slots; ++k) {
+      std::unique_ptr<WorkerProcess> extra;
+      if (k > 0) {
+        extra.reset(new WorkerProcess());
+        extra->isolation_ = w->isolation_;
+        extra->grace_seconds_ = w->grace_seconds_;
+        extra->pid_ = w->pid_;
+        extra->payload_pid_ = w->payload_pid_;
+        extra->hello_ = w->hello_;
+        extra->hello_json_ = w->hello_json_;
+        extra->sock_ = std::move(slot_socks[k]);
+        extra->capture_ = std::move(slot_captures[k]);
+        extra->pidfd_ = Fd(w->pidfd_ ? ::fcntl(w->pidfd_.get(), F_DUPFD_CLOEXEC, 0) : -1);
+        extra->shared_ = shared;
+        extra->alive_ = true;
+      }
+      WorkerProcess& slot = k == 0 ? *w : *extra;
+      const std::string dir = "t" + std::to_string(k);
+      slot.scratch_fd_ = Fd(::openat(shared->scratch_fd.get(), dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!slot.scratch_fd_) {
+        const int err = errno;
+        w->kill_and_reap();
+        throw WorkerError("cannot open the worker's run thread directory " + dir + ": " + strerror(err));
+      }
+      if (extra) w->slots_.push_back(std::move(extra));
+    }
+  }
   return w;
 }
 
 WorkerProcess::~WorkerProcess() { kill_and_reap(); }
 
 void WorkerProcess::kill_and_reap() {
+  if (shared_) {
+    // A slot of a worker with run threads: the first to get here ends the process for all of them.
+    std::lock_guard<std::mutex> lk(shared_->mu);
+    if (!shared_->reaped) {
+      pollfd ended{pidfd_.get(), POLLIN, 0};
+      const bool running = pidfd_ && ::poll(&ended, 1, 0) == 0;
+      if (running && !shared_->ended_by) shared_->ended_by = this;
+      ::kill(-pid_, SIGKILL);
+      ::kill(pid_, SIGKILL);
+      while (waitpid(pid_, &shared_->wait_status, 0) < 0 && errno == EINTR) {
+      }
+      if (adopts_orphans()) reap_orphans(pid_);
+      shared_->scratch_fd.reset();
+      remove_tree(shared_->scratch);
+      shared_->scratch.clear();
+      shared_->reaped = true;
+    }
+    wait_status_ = shared_->wait_status;
+    reaped_ = true;
+    alive_ = false;
+    sock_.reset();
+    pidfd_.reset();
+    scratch_fd_.reset();
+    return;
+  }
   if (pid_ > 0 && !reaped_) {
     ::kill(-pid_, SIGKILL);  // the group: the PID namespace's init and a forked run child go too
     ::kill(pid_, SIGKILL);
@@ -541,7 +622,11 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
   }
   kill_and_reap();
   RunResult r;
-  if (timed_out) {
+  if (shared_ && shared_->ended_by != this &&
+      (shared_->ended_by || (WIFSIGNALED(wait_status_) && WTERMSIG(wait_status_) == SIGKILL))) {
+    // Another slot's run (its limit, its cancel) ended the process this run was in: not this run's doing.
+    r = outcome::ended_with_worker();
+  } else if (timed_out) {
     r = outcome::timeout(policy.timeout_seconds);
   } else if (status == IoStatus::eof || status == IoStatus::error) {
     if (WIFSIGNALED(wait_status_) && WTERMSIG(wait_status_) == SIGXCPU) {
@@ -557,7 +642,13 @@ RunResult WorkerProcess::lost(std::uint64_t id, IoStatus status, const RunnerPol
 }
 
 bool WorkerProcess::wipe_scratch() const {
-  return !scratch_fd_ || remove_contents(scratch_fd_.get(), 0);
+  if (!scratch_fd_) return true;
+  if (!remove_contents(scratch_fd_.get(), 0)) return false;
+  if (!shared_) return true;
+  // What a run wrote beside its thread's directory, at the top of the scratch root (the other threads'
+  // runs are inside theirs).
+  std::lock_guard<std::mutex> lk(shared_->mu);
+  return !shared_->scratch_fd || remove_contents(shared_->scratch_fd.get(), 0, true);
 }
 
 RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const json& input_data,
@@ -599,7 +690,9 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   if (text.size() > kMaxFrameBytes)  // refused before it is sent: the worker is not at fault
     return outcome::bad_input("the request (code, input_data, stdin and files) is larger than " +
                               std::to_string(kMaxFrameBytes >> 20) + " MiB");
-  const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 ? cpu_ticks() : 0;
+  // The process's CPU clock: another run thread's CPU would count too, so a slot leaves it to the worker's
+  // own per-thread clock (CLOCK_THREAD_CPUTIME_ID) and the RLIMIT_CPU backstop.
+  const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 && !shared_ ? cpu_ticks() : 0;
   // The run's time starts once the worker has its request: a large request gets as long again to be
   // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.
   const auto sent_at = Clock::now();

@@ -146,10 +146,12 @@ constexpr Row kRows[] = {
 constexpr const char* kFrameAttrs[] = {"tb_frame", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
                                        "ag_code",  "f_code",   "f_back",  "__code__", "__globals__", "f_globals"};
 
-RunRules g_rules;
+// A run's rules and counts belong to the thread running it (a worker with run threads runs several
+// at once); the support roots and the import check are set once, before any run.
+thread_local RunRules g_rules;
 std::vector<std::string> g_support_roots;
-int g_denials = 0;
-bool g_code_new_allowed = false;
+thread_local int g_denials = 0;
+thread_local bool g_code_new_allowed = false;
 ImportCheck g_import_check = nullptr;
 
 const Row* find_row(std::string_view ev) {

@@ -19,14 +19,15 @@ using spr::detail::kCaptureMagic;
 
 namespace {
 
-int g_fd = -1;
-char* g_map = nullptr;
-std::size_t g_map_size = 0;
+// Per thread: each run thread of a worker captures into its own buffer (its own memfd).
+thread_local int g_fd = -1;
+thread_local char* g_map = nullptr;
+thread_local std::size_t g_map_size = 0;
 // The authoritative state lives here, in private memory. The shared header is only a copy for the
 // supervisor's crash recovery: code that escapes the Python layer can write to the shared mapping.
-std::uint64_t g_cap = 0;
-std::uint64_t g_len[2] = {0, 0};
-bool g_truncated[2] = {false, false};
+thread_local std::uint64_t g_cap = 0;
+thread_local std::uint64_t g_len[2] = {0, 0};
+thread_local bool g_truncated[2] = {false, false};
 
 CaptureHeader* header() { return reinterpret_cast<CaptureHeader*>(g_map); }
 char* area(int stream) { return g_map + kCaptureDataOffset + (stream == 0 ? 0 : g_cap); }

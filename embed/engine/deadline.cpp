@@ -8,16 +8,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <initializer_list>
 
 namespace spr::embed::deadline {
 
 namespace {
-timer_t g_wall{}, g_cpu{};
-bool g_ready = false;
-volatile sig_atomic_t g_wall_fired = 0, g_cpu_fired = 0;
-bool g_wall_armed = false, g_cpu_armed = false;
+// Per thread: each run thread has its own timers, delivered to it (SIGEV_THREAD_ID), its CPU clock
+// being its own (CLOCK_THREAD_CPUTIME_ID). The handler runs on the thread the signal was aimed at.
+thread_local timer_t g_wall{}, g_cpu{};
+thread_local bool g_ready = false;
+thread_local volatile sig_atomic_t g_wall_fired = 0, g_cpu_fired = 0;
+thread_local bool g_wall_armed = false, g_cpu_armed = false;
 
 // Chained in front of Python's own handler: records which limit fired, then lets Python
 // schedule its handler (which raises TimeoutError at the next bytecode boundary).
@@ -29,6 +32,10 @@ void on_signal(int sig, siginfo_t* info, void* ctx) {
   if (info == nullptr || info->si_code != SI_TIMER) return;
   struct sigaction& next = sig == SIGALRM ? g_py_alrm : g_py_vtalrm;
   (sig == SIGALRM ? g_wall_fired : g_cpu_fired) = 1;
+  // CPython runs signal handlers only on the main thread of the main interpreter: a run thread's
+  // deadline tripped there would raise in whatever the main thread runs next, not in this run. A run
+  // thread's run is ended by the supervisor's hard deadline instead (as any 3.12+ sub-interpreter's is).
+  if (::getpid() != static_cast<pid_t>(syscall(SYS_gettid))) return;
   if (next.sa_flags & SA_SIGINFO) {
     if (next.sa_sigaction) next.sa_sigaction(sig, info, ctx);
   } else if (next.sa_handler != SIG_DFL && next.sa_handler != SIG_IGN && next.sa_handler) {
@@ -63,7 +70,7 @@ bool init() {
     g_ready = false;
   }
   // Interpose once: Python's handlers were installed by the bootstrap before this runs.
-  static bool chained = false;
+  static std::atomic<bool> chained{false};
   if (!chained) {
     struct sigaction sa{};
     sa.sa_sigaction = on_signal;

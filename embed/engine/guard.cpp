@@ -72,8 +72,8 @@ std::string never_loaded_message(const std::string& name) {
          " reaches raw memory and native code, which no run may use";
 }
 
-ImportPolicy g_policy;
-bool g_blocked_raised = false;
+thread_local ImportPolicy g_policy;  // the run's, on the thread running it
+thread_local bool g_blocked_raised = false;
 // Depth of imports the standard library (or an installed package) started itself: asyncio loading
 // socket, pathlib loading os. The policy is the snippet's; inside such an import the meta-path finder
 // and the "import" audit rule let the module load, and the audit hook and the OS bound what it does.

@@ -31,9 +31,10 @@ struct RunState {
   std::string limit_why;
 };
 
-RunState g_run;
-int g_write_fd = detail::kProtocolFd;
-int g_read_fd = detail::kProtocolFd;
+thread_local RunState g_run;  // per run thread, each with its own channel to the supervisor
+thread_local int g_write_fd = detail::kProtocolFd;
+thread_local int g_read_fd = detail::kProtocolFd;
+thread_local bool g_write_socket = true;  // the supervisor's socket (not a fork child's pipe)
 
 // What in `o` has no JSON form ("" when all of it has one): the same types the result codec keeps
 // as themselves. Depth is bounded by the codec afterwards; this walk stops at the same bound.
@@ -97,8 +98,7 @@ PyObject* round_trip(const std::string& name, json args, json kwargs) {
   c.args = std::move(args);
   c.kwargs = std::move(kwargs);
   std::string text = protocol::encode(c);
-  const bool socket = g_write_fd == detail::kProtocolFd;
-  if (detail::write_frame(g_write_fd, text, socket) != detail::IoStatus::ok)
+  if (detail::write_frame(g_write_fd, text, g_write_socket) != detail::IoStatus::ok)
     return fail(PyExc_RuntimeError, "host function '" + name + "' cannot be called: the host is gone");
   text.clear();
   const detail::IoStatus s = detail::read_frame(g_read_fd, text, detail::Clock::time_point::max());
@@ -164,6 +164,12 @@ PyMethodDef kCall = {"host_function", reinterpret_cast<PyCFunction>(reinterpret_
 void set_channel(int write_fd, int read_fd) {
   g_write_fd = write_fd;
   g_read_fd = read_fd;
+  g_write_socket = write_fd == detail::kProtocolFd;
+}
+
+void set_socket(int fd) {
+  g_write_fd = g_read_fd = fd;
+  g_write_socket = true;
 }
 
 bool begin_run(std::uint64_t run_id, const std::vector<std::string>& functions, const RunnerPolicy& policy,

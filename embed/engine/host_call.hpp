@@ -13,6 +13,8 @@ namespace spr::embed::host_call {
 // Where a call's frame goes and its answer comes from: the protocol socket (fd 3) in every mode but
 // fork, where a run's child has its own two pipes to the fork parent, which forwards the frames.
 void set_channel(int write_fd, int read_fd);
+// This thread's calls go over `fd`, a socket to the supervisor (a run thread's own; default fd 3).
+void set_socket(int fd);
 
 // Per run, in the run's interpreter: puts each of `functions` into `globals` as a callable and makes
 // the module `host` (the callables and HostFunctionError) importable as sys.modules['host'] for the

@@ -5,7 +5,7 @@ namespace spr::embed {
 
 namespace {
 InterpState g_main_state;
-InterpState* g_state = &g_main_state;
+thread_local InterpState* g_state = &g_main_state;  // each run thread has its own interpreter current
 }  // namespace
 
 InterpState& state() { return *g_state; }

@@ -14,24 +14,28 @@ namespace {
 
 PyMemAllocatorEx g_raw{};
 PyObjectArenaAllocator g_arena{};
-std::atomic<std::int64_t> g_used{0};
-std::atomic<std::int64_t> g_base{0};
-std::atomic<std::int64_t> g_limit{-1};  // -1: no run in progress
-std::atomic<bool> g_refused{false};
+// Counted per thread: the hooks are process-wide, but each run thread's interpreter allocates on its
+// own thread (own-GIL interpreters, own obmalloc), so a thread's growth is its run's. Memory one thread
+// frees that another allocated moves both counts (rare: the raw domain across threads); the RLIMIT_AS
+// backstop bounds the process whatever the counts say.
+thread_local std::int64_t g_used = 0;
+thread_local std::int64_t g_base = 0;
+thread_local std::int64_t g_limit = -1;  // -1: no run in progress
+thread_local bool g_refused = false;
 
 bool over(std::size_t more) {
-  const std::int64_t limit = g_limit.load(std::memory_order_relaxed);
+  const std::int64_t limit = g_limit;
   if (limit < 0) return false;
-  const std::int64_t grown = g_used.load(std::memory_order_relaxed) - g_base.load(std::memory_order_relaxed);
+  const std::int64_t grown = g_used - g_base;
   if (grown + static_cast<std::int64_t>(more) <= limit) return false;
-  g_refused.store(true, std::memory_order_relaxed);
+  g_refused = true;
   return true;
 }
 
 void count(void* p, bool add) {
   if (!p) return;
   const auto n = static_cast<std::int64_t>(malloc_usable_size(p));
-  g_used.fetch_add(add ? n : -n, std::memory_order_relaxed);
+  g_used += add ? n : -n;
 }
 
 void* raw_malloc(void* ctx, size_t n) {
@@ -52,8 +56,7 @@ void* raw_realloc(void* ctx, void* ptr, size_t n) {
   if (n > old && over(n - old)) return nullptr;
   void* p = g_raw.realloc(ctx, ptr, n);
   if (!p) return nullptr;
-  g_used.fetch_add(static_cast<std::int64_t>(malloc_usable_size(p)) - static_cast<std::int64_t>(old),
-                   std::memory_order_relaxed);
+  g_used += static_cast<std::int64_t>(malloc_usable_size(p)) - static_cast<std::int64_t>(old);
   return p;
 }
 void raw_free(void* ctx, void* ptr) {
@@ -64,11 +67,11 @@ void raw_free(void* ctx, void* ptr) {
 void* arena_alloc(void* ctx, size_t n) {
   if (over(n)) return nullptr;
   void* p = g_arena.alloc(ctx, n);
-  if (p) g_used.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+  if (p) g_used += static_cast<std::int64_t>(n);
   return p;
 }
 void arena_free(void* ctx, void* ptr, size_t n) {
-  if (ptr) g_used.fetch_sub(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+  if (ptr) g_used -= static_cast<std::int64_t>(n);
   g_arena.free(ctx, ptr, n);
 }
 
@@ -84,13 +87,13 @@ void install() {
 }
 
 void begin_run(std::uint64_t limit_bytes) {
-  g_refused.store(false);
-  g_base.store(g_used.load());
-  g_limit.store(static_cast<std::int64_t>(limit_bytes));
+  g_refused = false;
+  g_base = g_used;
+  g_limit = static_cast<std::int64_t>(limit_bytes);
 }
 
-void end_run() { g_limit.store(-1); }
-bool refused() { return g_refused.load(); }
-std::int64_t in_use() { return g_used.load(); }
+void end_run() { g_limit = -1; }
+bool refused() { return g_refused; }
+std::int64_t in_use() { return g_used; }
 
 }  // namespace spr::embed::memory

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include <marshal.h>
 #include <climits>
@@ -22,7 +23,8 @@ namespace spr::embed::trust {
 namespace {
 
 char kMark;  // its address is the mark
-bool g_armed = false;
+bool g_armed = false;  // set once, before any run
+thread_local bool t_suspended = false;  // a trusted section of the engine on this thread
 std::vector<std::string> g_runtime_roots;
 
 // The code-extra API was private until 3.12 renamed it PyUnstable_* and deprecated the old names.
@@ -227,7 +229,8 @@ PyMethodDef kGetCode = {"get_code", engine_get_code, METH_VARARGS,
 void set_runtime_roots(std::vector<std::string> roots) { g_runtime_roots = std::move(roots); }
 const std::vector<std::string>& runtime_roots() { return g_runtime_roots; }
 void arm(bool on) { g_armed = on; }
-bool armed() { return g_armed; }
+bool armed() { return g_armed && !t_suspended; }
+bool suspend(bool on) { return std::exchange(t_suspended, on); }
 
 bool path_under(const std::string& path, const std::vector<std::string>& roots) {
   for (const auto& root : roots) {

@@ -17,13 +17,15 @@ bool path_under(const std::string& path, const std::vector<std::string>& roots);
 
 // Armed: the audit hook checks every event. Disarmed only inside short sections the engine runs itself.
 void arm(bool on);
+// Suspends (true) or resumes the checks on this thread only; returns whether they were suspended.
+bool suspend(bool on);
 bool armed();
 
 // RAII: disarms for the scope (the engine's own imports and sub-interpreter creation).
 class Trusted {
  public:
-  Trusted() : was_(armed()) { arm(false); }
-  ~Trusted() { arm(was_); }
+  Trusted() : was_(suspend(true)) {}
+  ~Trusted() { suspend(was_); }
   Trusted(const Trusted&) = delete;
   Trusted& operator=(const Trusted&) = delete;
 

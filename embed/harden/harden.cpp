@@ -174,9 +174,20 @@ Report apply_worker(const WorkerConfig& cfg) {
   //    own root it opens the very mounts above: a second fence, file by file where the root binds directories.
   run_layer(report, "landlock", cfg.landlock,
             [&] { return landlock::apply({&cfg.read_paths, cfg.scratch_root, !cfg.allow_network}); });
-  // 9. Seccomp last: it denies setrlimit/unshare and friends that the layers above needed.
-  run_layer(report, "seccomp", cfg.seccomp,
-            [&] { return seccomp::apply({cfg.allow_network, cfg.allow_unix_sockets, cfg.allow_fork, cfg.allow_threads}); });
+  // 9. Threads the worker runs requests on (subinterpreter_threads): they exist before the filter that refuses
+  //    every later thread, and they inherit the identity, capabilities, no_new_privs and Landlock domain above.
+  if (cfg.start_threads) {
+    run_layer(report, "run_threads", true, [&] { return cfg.start_threads(); });
+    if (!report.back().active) {
+      report.back().fatal = true;
+      return report;
+    }
+  }
+  // 10. Seccomp last: it denies setrlimit/unshare and friends that the layers above needed.
+  run_layer(report, "seccomp", cfg.seccomp, [&] {
+    return seccomp::apply({cfg.allow_network, cfg.allow_unix_sockets, cfg.allow_fork, cfg.allow_threads,
+                           static_cast<bool>(cfg.start_threads)});
+  });
   return report;
 }
 

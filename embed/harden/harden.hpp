@@ -1,6 +1,7 @@
 // Operating-system hardening for the worker process and its per-run children.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 #include <nlohmann/json.hpp>
@@ -30,7 +31,11 @@ struct WorkerConfig {
   bool own_root = true;
   std::uint64_t scratch_bytes = 64ull << 20;
   std::vector<std::string> root_extra;      // mounted but not in Landlock's list (directories of needed libraries)
-  bool refuse_mount_ns_for_test = false;    // test workers: behave as a kernel that refuses the mount namespace
+  bool refuse_mount_ns_for_test = false;
+  // Runs after Landlock, just before seccomp (reported as layer "run_threads"): starts the threads a worker
+  // needs, which inherit every layer so far; the seccomp filter is then installed in all of them (TSYNC).
+  // A layer that is not active here is fatal. Empty: the worker stays single-threaded.
+  std::function<LayerStatus()> start_threads;    // test workers: behave as a kernel that refuses the mount namespace
   std::uint64_t max_tasks = 64;             // RLIMIT_NPROC when !allow_fork; threads count too, so not 1
   std::uint64_t address_space_bytes = 0;    // RLIMIT_AS backstop (0 = unchanged)
   std::uint64_t cpu_seconds = 0;            // RLIMIT_CPU backstop, soft; hard one second later (0 = unchanged)

@@ -109,6 +109,7 @@ struct Options {
   bool allow_unix_sockets = false;  // socket(AF_UNIX)
   bool allow_fork = false;          // the fork-mode worker
   bool allow_threads = true;
+  bool sync_threads = false;        // threads exist already: the filter is installed in all of them (TSYNC)
 };
 LayerStatus apply(const Options&);
 int prepare_child();              // builds the per-child program into static storage

@@ -432,6 +432,11 @@ LayerStatus apply(const Options& options) {
   Built built;
   if (const int rc = add_table(c.ctx, options, self, built); rc < 0)
     return inactive("seccomp", errno_text("seccomp_rule_add", -rc));
+  // Run threads started before the filter get it too, atomically: seccomp_load fails if any cannot.
+  if (options.sync_threads) {
+    if (const int rc = seccomp_attr_set(c.ctx, SCMP_FLTATR_CTL_TSYNC, 1); rc < 0)
+      return inactive("seccomp", errno_text("seccomp_attr_set(SCMP_FLTATR_CTL_TSYNC)", -rc));
+  }
   if (const int rc = seccomp_load(c.ctx); rc < 0) {
     log_errno("seccomp_load", "", -rc);  // EINVAL/EFAULT: kernel without CONFIG_SECCOMP_FILTER
     return inactive("seccomp", errno_text("seccomp_load", -rc));
@@ -447,6 +452,7 @@ LayerStatus apply(const Options& options) {
   detail += options.allow_fork ? "; fork allowed (children stack their own filter)"
                                : "; no new process; limits, signals and scheduling only for pid " + std::to_string(self);
   detail += options.allow_threads ? "; threads allowed" : "; threads denied";
+  if (options.sync_threads) detail += " (installed in the run threads started before it)";
   detail += options.allow_network ? "; TCP/UDP sockets allowed" : "; no network socket";
   detail += options.allow_unix_sockets ? "; unix sockets allowed" : "; no unix socket (socketpair only)";
   if (!built.skipped.empty()) detail += "; unknown to libseccomp: " + built.skipped;

@@ -1,12 +1,25 @@
 // Namespace and sub-interpreter runners: decode the request, run it here, encode the reply.
 #include "interp_runners.hpp"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <utility>
 
+#include "common/capture_layout.hpp"
+#include "common/frame.hpp"
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
+#include "engine/capture.hpp"
+#include "engine/deadline.hpp"
+#include "engine/host_call.hpp"
 
 namespace spr::embed {
 
@@ -50,6 +63,133 @@ void SubinterpreterRunner::handle(std::string& frame, std::string& reply) {
 void SubinterpreterRunner::after_reply() {
   pool_.retire();
   state_.restore(false);  // descriptors wait until the run's interpreter has ended (while_idle)
+}
+
+namespace {
+
+std::string errno_text(const char* call, int err) { return std::string(call) + ": " + strerror(err); }
+
+// A run thread's own working directory and umask (CLONE_FS), made and entered: "" or why not.
+std::string enter_thread_directory(const std::string& scratch, std::size_t k) {
+  if (::unshare(CLONE_FS) != 0) return errno_text("unshare(CLONE_FS)", errno);
+  const std::string dir = scratch + "/t" + std::to_string(k);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return errno_text("mkdir(run thread directory)", errno);
+  if (::chdir(dir.c_str()) != 0) return errno_text("chdir(run thread directory)", errno);
+  return {};
+}
+
+// A thread's engine state bound to its own channel: timers aimed at it, its capture buffer, its socket.
+std::string bind_thread_channel(int sock, int capture_fd) {
+  struct stat st {};
+  if (::fstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode)) return "run thread socket " + std::to_string(sock) + " is not a socket";
+  if (::fstat(capture_fd, &st) != 0 || !S_ISREG(st.st_mode))
+    return "run thread capture buffer " + std::to_string(capture_fd) + " is not a memfd";
+  if (!deadline::init()) return errno_text("timer_create(run thread deadlines)", errno);
+  if (!capture::attach(capture_fd)) return errno_text("mmap(run thread capture buffer)", errno);
+  host_call::set_socket(sock);
+  return {};
+}
+
+// One run thread's serve loop: as worker_main's, on its own socket, holding its thread state of the main
+// interpreter (and so the main interpreter's lock) only while it works, never while it waits.
+[[noreturn]] void serve_thread(int fd, IsolationRunner& runner) {
+  std::string frame, reply;
+  for (;;) {
+    runner.while_idle(fd);
+    PyThreadState* home = PyEval_SaveThread();
+    const auto s = detail::read_frame(fd, frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes, 0);
+    PyEval_RestoreThread(home);
+    if (s == detail::IoStatus::eof) _exit(0);  // the supervisor closed this slot: it closes them all
+    if (s != detail::IoStatus::ok) {
+      const std::string line = "spr-worker: run thread reading a request: " + std::string(detail::to_string(s)) + "\n";
+      ssize_t ignored = ::write(2, line.data(), line.size());
+      (void)ignored;
+      _exit(70);
+    }
+    runner.handle(frame, reply);
+    wipe(frame);
+    const detail::IoStatus w = detail::write_frame(fd, reply);
+    wipe(reply);
+    if (w != detail::IoStatus::ok) _exit(0);
+    runner.after_reply();
+  }
+}
+
+// Thread k > 0, from its start to its serve loop.
+[[noreturn]] void run_thread(std::size_t k, const detail::WorkerStart& start, WorkerScope scope, std::string& error,
+                             std::mutex& mu, std::condition_variable& cv, std::size_t& ready) {
+  std::string why = enter_thread_directory(start.scratch, k);
+  if (why.empty()) why = bind_thread_channel(start.run_thread_socket(k), start.run_thread_capture(k));
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    error = why;
+    ++ready;
+  }
+  cv.notify_all();
+  if (!why.empty()) {
+    for (;;) ::pause();  // the main thread refuses the start
+  }
+  PyThreadState* home = PyThreadState_New(PyInterpreterState_Main());
+  if (!home) _exit(70);
+  PyEval_RestoreThread(home);  // the main interpreter's lock: released by the main thread while it waits
+  SubinterpreterPool pool(start.subinterpreter_pool);
+  pool.start();  // a failure is answered to each run, as the pool does when a later build fails
+  ProcessState state;
+  state.capture(true);
+  SubinterpreterRunner runner(scope, pool, state);
+  serve_thread(start.run_thread_socket(k), runner);
+}
+
+}  // namespace
+
+std::string RunThreads::unsupported(const detail::WorkerStart& start) {
+  if (start.subinterpreter_threads <= 1) return {};
+#if PY_VERSION_HEX < 0x030C0000
+  return "subinterpreter_threads above 1 needs CPython 3.12 or newer (sub-interpreters with their own GIL); "
+         "this worker embeds " PY_VERSION;
+#else
+  if (start.isolation != Isolation::subinterpreter) return "subinterpreter_threads is for subinterpreter mode only";
+  if (start.session_memory_mb >= 0) return "a session worker has no run threads";
+  if (start.scratch.empty()) return "run threads need the worker's scratch directory";
+  return {};
+#endif
+}
+
+harden::LayerStatus RunThreads::start() {
+  const std::size_t n = start_.subinterpreter_threads;
+  if (std::string why = enter_thread_directory(start_.scratch, 0); !why.empty()) return harden::LayerStatus{"run_threads", false, why};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t ready = 0;
+  std::vector<std::string> errors(n);
+  // The threads keep references to these until they report ready; they are detached (never joined: the
+  // worker ends with _exit). A failed start still waits for the threads already started.
+  std::size_t started = 0;
+  std::string start_error;
+  for (std::size_t k = 1; k < n && start_error.empty(); ++k) {
+    try {
+      std::thread(run_thread, k, std::cref(start_), scope_, std::ref(errors[k]), std::ref(mu), std::ref(cv),
+                  std::ref(ready))
+          .detach();
+      ++started;
+    } catch (const std::system_error& e) {
+      start_error = "starting run thread " + std::to_string(k) + ": " + e.what();
+    }
+  }
+  std::unique_lock<std::mutex> lk(mu);
+  cv.wait(lk, [&] { return ready == started; });
+  if (!start_error.empty()) return harden::LayerStatus{"run_threads", false, start_error};
+  for (std::size_t k = 1; k < n; ++k)
+    if (!errors[k].empty()) return harden::LayerStatus{"run_threads", false, "run thread " + std::to_string(k) + ": " + errors[k]};
+  return harden::LayerStatus{"run_threads", true, std::to_string(n) + " threads, each with its own socket, capture buffer, "
+                                       "deadline timers, working directory and own-GIL interpreters"};
+}
+
+void RunThreads::serve_main(SubinterpreterPool& pool) {
+  ProcessState state;
+  state.capture(true);
+  SubinterpreterRunner runner(scope_, pool, state);
+  serve_thread(detail::kProtocolFd, runner);
 }
 
 }  // namespace spr::embed

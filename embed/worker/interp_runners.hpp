@@ -5,6 +5,8 @@
 #include <string>
 
 #include "common/protocol.hpp"
+#include "common/worker_start.hpp"
+#include "harden/harden.hpp"
 #include "isolation_runner.hpp"
 #include "process_state.hpp"
 #include "engine/subinterpreter_pool.hpp"
@@ -42,6 +44,29 @@ class SubinterpreterRunner : public IsolationRunner {
   SubinterpreterPool& pool_;
   const ProcessState& state_;
   protocol::PolicyCache policies_;
+};
+
+// Sub-interpreter mode with run threads (WorkerStart::subinterpreter_threads > 1, CPython 3.12+): thread k
+// serves its own socket and capture buffer (WorkerStart::run_thread_socket/_capture) with its own pool of
+// own-GIL interpreters, so that k runs go on at once. Thread 0 is the main thread. Each thread has its own
+// working directory and umask (unshare(CLONE_FS)): the directory t<k> under the scratch root, where its
+// runs' directories are made and which the supervisor's slot k wipes after each of them.
+class RunThreads {
+ public:
+  RunThreads(const detail::WorkerStart& start, WorkerScope scope) : start_(start), scope_(scope) {}
+  // "" when this worker can have run threads; else why not (the CPython it embeds, its mode).
+  static std::string unsupported(const detail::WorkerStart& start);
+  // Before the seccomp filter (harden's start_threads; by hand for an unhardened worker): gives the calling
+  // (main) thread its own directory, then starts threads 1..n-1 and waits until each has its directory,
+  // deadline timers and capture buffer. They wait for the main interpreter's lock before their first
+  // interpreter, which the main thread releases while it waits for a request (serve_main).
+  harden::LayerStatus start();
+  // After the hello, on the main thread holding the main interpreter: serves thread 0. Never returns.
+  [[noreturn]] void serve_main(SubinterpreterPool& pool);
+
+ private:
+  const detail::WorkerStart& start_;
+  WorkerScope scope_;
 };
 
 }  // namespace spr::embed

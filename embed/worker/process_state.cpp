@@ -19,9 +19,10 @@ namespace {
 constexpr int kScanFds = 1024;  // far above the worker's RLIMIT_NOFILE
 }
 
-void ProcessState::capture() {
+void ProcessState::capture(bool thread_only) {
   if (captured_) return;
   captured_ = true;
+  thread_only_ = thread_only;
   cwd_fd_ = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
   const mode_t m = ::umask(077);
   ::umask(m);
@@ -37,6 +38,13 @@ void ProcessState::capture() {
 
 void ProcessState::restore(bool descriptors) const {
   if (!captured_) return;
+  if (thread_only_) {
+    ::umask(static_cast<mode_t>(umask_));
+    if (cwd_fd_ >= 0 && ::fchdir(cwd_fd_) != 0) {
+      // As below: a later scratch_dir run fails cleanly.
+    }
+    return;
+  }
   ::clearenv();  // putenv()/os.putenv of a run: back to the worker's own (normally empty) environment
   for (const auto& [name, value] : environment_) ::setenv(name.c_str(), value.c_str(), 1);
   ::umask(static_cast<mode_t>(umask_));
@@ -57,7 +65,7 @@ void ProcessState::restore(bool descriptors) const {
 }
 
 bool ProcessState::descriptors_left() const {
-  if (!captured_) return false;
+  if (!captured_ || thread_only_) return false;
   int top = kScanFds;
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < static_cast<rlim_t>(kScanFds)) top = static_cast<int>(rl.rlim_cur);

@@ -10,8 +10,10 @@ namespace spr::embed {
 
 class ProcessState {
  public:
-  // Records the state to return to. Call once, after hardening, before the first run.
-  void capture();
+  // Records the state to return to. Call once, after hardening, before the first run. `thread_only`: a
+  // run thread's (subinterpreter_threads), whose working directory and umask are its own (CLONE_FS) but
+  // whose environment and descriptors other runs use at the same moment: only the first two are put back.
+  void capture(bool thread_only = false);
   // Clears the C environment, restores umask and working directory; with `descriptors`, closes every
   // descriptor opened since capture() (only safe when no Python object can still own one: after the
   // run's sub-interpreter has ended).
@@ -21,6 +23,7 @@ class ProcessState {
 
  private:
   bool captured_ = false;
+  bool thread_only_ = false;
   int cwd_fd_ = -1;
   unsigned umask_ = 077;
   std::vector<int> open_fds_;  // sorted

@@ -42,6 +42,7 @@ using spr::json;
 namespace detail = spr::detail;
 
 constexpr std::uint64_t kBackstopSlackMb = 256;
+constexpr std::uint64_t kRunThreadAddressMb = 72;  // a run thread's stack (8 MiB) and glibc malloc arena (64 MiB)
 
 using Args = spr::detail::WorkerStart;  // the supervisor's plan for this worker, from its command line
 
@@ -99,9 +100,17 @@ std::uint64_t mapped_bytes(int statm_fd) {
 }
 
 // `why` is set (and the report empty) when a backstop cannot be measured: the worker must not start.
-spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std::string& why) {
+spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, spr::embed::RunThreads* threads,
+                                std::string& why) {
   spr::harden::WorkerConfig cfg;
   cfg.keep_fds = {detail::kProtocolFd, detail::kCaptureFd};
+  if (threads) {
+    for (std::size_t k = 1; k < a.subinterpreter_threads; ++k) {
+      cfg.keep_fds.push_back(a.run_thread_socket(k));
+      cfg.keep_fds.push_back(a.run_thread_capture(k));
+    }
+    cfg.start_threads = [threads] { return threads->start(); };
+  }
   if (statm_fd >= 0) cfg.keep_fds.push_back(statm_fd);
   if (devnull_fd >= 0) cfg.keep_fds.push_back(devnull_fd);
   cfg.read_paths = spr::embed::runtime_paths();
@@ -146,7 +155,11 @@ spr::harden::Report harden_self(const Args& a, int statm_fd, int devnull_fd, std
     }
     // Twice the run's limit plus room for the interpreter's own growth: never refuses a run the
     // accounting would let through.
-    cfg.address_space_bytes = base + (2 * static_cast<std::uint64_t>(a.memory_backstop_mb) + kBackstopSlackMb) * (1ULL << 20);
+    // Run threads: each runs up to the limit at once, and each has a stack and a malloc arena of its own.
+    const std::uint64_t runs = threads ? a.subinterpreter_threads : 1;
+    cfg.address_space_bytes = base + ((runs + 1) * static_cast<std::uint64_t>(a.memory_backstop_mb) + kBackstopSlackMb +
+                                      (runs - 1) * kRunThreadAddressMb) *
+                                         (1ULL << 20);
   }
   if (a.cpu_backstop_seconds > 0) {
     rusage ru{};
@@ -246,6 +259,7 @@ int main(int argc, char** argv) {
     struct stat cst{};
     if (fstat(capture_fd, &cst) != 0 || !S_ISREG(cst.st_mode)) capture_fd = -1;
   }
+  if (std::string why = spr::embed::RunThreads::unsupported(args); !why.empty()) refuse_start(hello, why);
   if (!args.scratch.empty() && chdir(args.scratch.c_str()) != 0)
     refuse_start(hello, "chdir to the scratch directory failed: " + std::string(strerror(errno)));
 
@@ -300,9 +314,16 @@ int main(int argc, char** argv) {
   }
   hello.python = spr::embed::python_version();
   hello.build = spr::embed::python_build();
+  std::unique_ptr<spr::embed::RunThreads> threads;
+  if (args.subinterpreter_threads > 1 && args.session_memory_mb < 0)
+    threads = std::make_unique<spr::embed::RunThreads>(args, scope);
+  if (threads && !args.harden) {
+    const spr::harden::LayerStatus started = threads->start();
+    if (!started.active) refuse_start(hello, "run threads: " + started.detail);
+  }
   if (args.harden) {
     std::string why;
-    const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), why);
+    const spr::harden::Report report = harden_self(args, statm.get(), devnull.get(), threads.get(), why);
     if (!why.empty()) refuse_start(hello, why);
     for (const auto& layer : report)
       if (layer.fatal) refuse_start(hello, "hardening layer " + layer.name + " " + layer.detail);
@@ -313,6 +334,8 @@ int main(int argc, char** argv) {
   if (args.session_memory_mb >= 0) {
     runner = std::make_unique<spr::embed::SessionRunner>(
         spr::embed::WorkerScope{spr::Isolation::namespace_, args.allow_network, args.allow_unix_sockets});
+  } else if (threads) {
+    threads->serve_main(subinterps);  // every thread's runs put back their own directory and umask
   } else if (args.isolation != spr::Isolation::fork) {
     process_state.capture();  // namespace, sub-interpreter, process: what a run changes process-wide is put back
   }

@@ -43,6 +43,10 @@ struct RunnerOptions {
   double kill_grace_seconds = 0.25;            ///< hard deadline = timeout + grace
   double start_timeout_seconds = 10;           ///< a worker that sends no hello by then is killed
   std::size_t subinterpreter_pool = 2;         ///< subinterpreter mode: interpreters each worker keeps ready
+  /// subinterpreter mode on CPython 3.12+: runs each worker runs at once, on threads of its own in own-GIL
+  /// interpreters (1 to 16). Each thread is a slot of `workers`: workers = 2 with 2 threads is one process.
+  /// A worker that embeds 3.10/3.11 refuses to start with more than 1 (its runs answer worker_unavailable).
+  std::size_t subinterpreter_threads = 1;
   /// Let workers write diagnostics to this process's stderr. Off by default: code that got past the
   /// Python layer could write there too (it cannot reach anything else of yours).
   bool worker_stderr = false;

@@ -56,6 +56,8 @@ class Runner:
     is the default for runs that give none. The GIL is released while a run is waiting on the
     engine, so Python threads run snippets in parallel. ``functions`` (name -> callable) are host
     functions every run and session call may call; a run's own ``functions`` add to them.
+    ``subinterpreter_threads`` (``subinterpreter`` mode, CPython 3.12+): runs each worker runs at once,
+    each on its own thread and GIL; each thread counts as one of ``workers`` (README, "Own-GIL").
     """
 
     def __init__(
@@ -72,7 +74,11 @@ class Runner:
         max_sessions: int = 8,
         session_idle_seconds: float = 600,
         functions: Optional[HostFunctions] = None,
+        subinterpreter_threads: int = 1,
     ) -> None:
+        if (isinstance(subinterpreter_threads, bool) or not isinstance(subinterpreter_threads, int)
+                or not 1 <= subinterpreter_threads <= 16):
+            raise ValueError("'subinterpreter_threads' must be an integer between 1 and 16")
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError("'workers' must be an integer between 1 and 256")
         self._policy = _choose_policy(policy, policy_file, None, RunnerPolicy())
@@ -86,7 +92,8 @@ class Runner:
         path = os.fspath(worker_path) if worker_path is not None else _packaged_worker()
         self._core = _core.Runner(workers, self._policy.to_json(), path, float(kill_grace_seconds),
                                   float(start_timeout_seconds), bool(worker_stderr),
-                                  self._preload or [], int(max_sessions), float(session_idle_seconds))
+                                  self._preload or [], int(max_sessions), float(session_idle_seconds),
+                                  subinterpreter_threads)
         self._lock = threading.Lock()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._closed = False

@@ -236,10 +236,14 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, const std::string& preload, const PolicyArgs& pa, bool allow_overrides) {
+int cmd_serve(std::size_t workers, std::size_t subinterpreter_threads, const std::string& preload, const PolicyArgs& pa,
+              bool allow_overrides) {
   if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
+  if (subinterpreter_threads == 0 || subinterpreter_threads > 16)
+    throw CliError{kExitUsage, "--subinterpreter-threads must be between 1 and 16"};
   spr::RunnerPolicy base = build_policy(pa);
   spr::RunnerOptions options = runner_options(base, workers);
+  options.subinterpreter_threads = subinterpreter_threads;
   // The operator's policy is a ceiling: a request may tighten it, never loosen it.
   options.policy_is_ceiling = !allow_overrides;
   std::stringstream modules(preload);
@@ -457,6 +461,10 @@ int main(int argc, char** argv) {
       "A bad line answers error_kind \"bad_input\" (id null when unreadable). A request's policy may only\n"
       "tighten the operator's (--policy and the flags) unless --allow-policy-overrides. See README, \"CLI\".\n");
   serve->add_option("--workers", workers, "warm workers (default 2)");
+  std::size_t subinterpreter_threads = 1;
+  serve->add_option("--subinterpreter-threads", subinterpreter_threads,
+                    "subinterpreter mode, CPython 3.12+: runs at once per worker, each on its own thread and GIL "
+                    "(default 1; each thread counts as one of --workers)");
   serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);
   bool allow_overrides = false;
@@ -543,7 +551,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_files, run_policy);
-    if (*serve) return cmd_serve(workers, preload, serve_policy, allow_overrides);
+    if (*serve) return cmd_serve(workers, subinterpreter_threads, preload, serve_policy, allow_overrides);
     if (*http) return cmd_http(http_args, http_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
     if (*batch) {

@@ -3,7 +3,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <filesystem>
+#include <mutex>
+#include <vector>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,6 +44,17 @@ struct RunExtras {
   bool input_json_checked = false;  // json_text_error() already passed on *input_json: not scanned again
 };
 
+// What the run slots of one worker process share (subinterpreter_threads > 1): whichever slot ends the process
+// reaps it, once, and the others learn from here that their runs ended with it.
+struct SharedProcess {
+  std::mutex mu;
+  std::atomic<bool> reaped{false};
+  int wait_status = 0;
+  const void* ended_by = nullptr;  // the slot that killed the process while it was alive (nullptr: none did)
+  std::string scratch;             // the scratch root, removed by the reaper
+  Fd scratch_fd;
+};
+
 class WorkerProcess {
  public:
   // Starts a worker and waits for its hello. Throws WorkerError when it cannot be started or says no hello.
@@ -57,7 +71,10 @@ class WorkerProcess {
   // A session worker's variables (protocol::ListVariables), checked for type, id and size; nullopt (and
   // the worker killed) when it does not answer properly by `deadline`.
   std::optional<json> variables(std::uint64_t id, Clock::time_point deadline);
-  bool alive() const { return alive_; }
+  bool alive() const { return alive_ && !(shared_ && shared_->reaped.load()); }
+  // The other run slots of a worker started with subinterpreter_threads > 1 (each its own socket and capture
+  // buffer, one process): taken once, after spawn. Empty for every other worker.
+  std::vector<std::unique_ptr<WorkerProcess>> take_slots() { return std::move(slots_); }
   pid_t pid() const { return pid_; }  // the process we started, wait for and kill
   // The process that runs the code: the same, or in a PID namespace the keeper's grandchild (for /proc).
   pid_t payload_pid() const { return payload_pid_; }
@@ -102,6 +119,8 @@ class WorkerProcess {
   std::string scratch_;
   Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
+  std::shared_ptr<SharedProcess> shared_;  // set for the slots of a worker with run threads
+  std::vector<std::unique_ptr<WorkerProcess>> slots_;
 };
 
 // CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.

@@ -17,6 +17,7 @@ WorkerStart full_plan(spr::Isolation iso) {
   s.isolation = iso;
   s.once = true;
   s.subinterpreter_pool = 5;
+  s.subinterpreter_threads = 3;
   s.harden = false;
   s.allow_network = true;
   s.allow_unix_sockets = true;
@@ -47,6 +48,7 @@ TEST_CASE("to_argv then from_argv gives back every field") {
   // The pool size travels only for subinterpreter workers; the rest of a fork plan round-trips as well.
   WorkerStart f = full_plan(spr::Isolation::fork);
   f.subinterpreter_pool = WorkerStart{}.subinterpreter_pool;
+  f.subinterpreter_threads = WorkerStart{}.subinterpreter_threads;
   CHECK(WorkerStart::from_argv(f.to_argv()) == f);
   CHECK(WorkerStart::from_argv(WorkerStart{}.to_argv()) == WorkerStart{});
 }
