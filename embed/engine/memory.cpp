@@ -22,13 +22,20 @@ thread_local std::int64_t g_used = 0;
 thread_local std::int64_t g_base = 0;
 thread_local std::int64_t g_limit = -1;  // -1: no run in progress
 thread_local bool g_refused = false;
+constexpr std::int64_t kErrorReserve = 4 << 20;
 
 bool over(std::size_t more) {
   const std::int64_t limit = g_limit;
   if (limit < 0) return false;
   const std::int64_t grown = g_used - g_base;
   if (grown + static_cast<std::int64_t>(more) <= limit) return false;
-  g_refused = true;
+  if (!g_refused) {
+    // The first refusal raises MemoryError; raising and unwinding it allocates too (the exception, traceback
+    // entries), and a refusal there is CPython's fatal "Cannot recover from MemoryErrors" (the worker aborts).
+    // So the error path gets a little room, once per run; past it everything is refused again.
+    g_refused = true;
+    g_limit = limit + kErrorReserve;
+  }
   return true;
 }
 

@@ -155,7 +155,10 @@ void from_exception(const py::FetchedError& e, const RunnerPolicy& p, RunResult&
     over_time(p, r);
     return;
   }
-  write_stderr(format_traceback(e, false));
+  // Once the limit has refused memory, formatting a traceback (Python code walking frames that still hold
+  // that memory) can itself fail while CPython normalizes the MemoryError, and that is a fatal error (abort)
+  // of the worker: a line, then.
+  write_stderr(memory::refused() ? one_line(e) + "\n" : format_traceback(e, false));
   if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
     become(r, outcome::memory());
     return;
