@@ -155,6 +155,17 @@ TEST_CASE("pythons: every CPython of this machine kind, and a venv of each, is a
       FAIL_CHECK(python << " is missing: CI machines of this kind have it");
       continue;
     }
+    if (!SPR_TEST_OTHER_PYTHONS && python != SPR_TEST_PYTHON) {
+      // A build with the default Python's worker only refuses the others, by name; never runs them in it.
+      auto p = spr_test::policy();
+      p.python_executable = python;
+      const auto r = run("result = 1\n", json::object(), p);
+      INFO(describe(r));
+      CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+      CHECK(spr_test::contains(r.error.value_or(""), "not a Python this build has a worker for"));
+      MESSAGE(spr_test::mode_name() << ": " << python << ": refused, this build has no worker for it");
+      continue;
+    }
     check_runs_as(python);
     check_confined(python);
     Venv venv(python);
