@@ -71,16 +71,10 @@ struct Walk {
     for (const auto& n : names) {
       const std::string name = prefix.empty() ? n : prefix + "/" + n;
       const bool enter = depth + 1 < max_depth;
-      const int fd = ::openat(::dirfd(d), n.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0) {  // gone since readdir, or no descriptor left
-        unnamed = unnamed || enter || detail::run_files::matches(patterns, name);
-        continue;
-      }
+      // Only a look at the entry, not through a link: a match is opened again, with O_NOFOLLOW, when it is read.
       struct stat st;
-      const bool ok = ::fstat(fd, &st) == 0;
-      ::close(fd);
-      if (!ok) {
-        unnamed = true;
+      if (::fstatat(::dirfd(d), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {  // gone since readdir
+        unnamed = unnamed || enter || detail::run_files::matches(patterns, name);
       } else if (S_ISDIR(st.st_mode) && enter) {
         const int sub = ::openat(::dirfd(d), n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (sub < 0) {
