@@ -144,6 +144,17 @@ void check_confined(const std::string& python) {
   CHECK(run("import ctypes\n", json::object(), guarded).error_kind == spr::ErrorKind::blocked_import);
 }
 
+// `python` as python_executable is refused before any run, naming it as one this build has no worker for.
+spr::RunResult check_refused(const std::string& python) {
+  auto p = spr_test::policy();
+  p.python_executable = python;
+  const auto r = run("result = 1\n", json::object(), p);
+  INFO(python << ": " << describe(r));
+  CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
+  CHECK(spr_test::contains(r.error.value_or(""), "not a Python this build has a worker for"));
+  return r;
+}
+
 }  // namespace
 
 TEST_SUITE("pythons") {
@@ -157,12 +168,7 @@ TEST_CASE("pythons: every CPython of this machine kind, and a venv of each, is a
     }
     if (!SPR_TEST_OTHER_PYTHONS && python != SPR_TEST_PYTHON) {
       // A build with the default Python's worker only refuses the others, by name; never runs them in it.
-      auto p = spr_test::policy();
-      p.python_executable = python;
-      const auto r = run("result = 1\n", json::object(), p);
-      INFO(describe(r));
-      CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
-      CHECK(spr_test::contains(r.error.value_or(""), "not a Python this build has a worker for"));
+      check_refused(python);
       MESSAGE(spr_test::mode_name() << ": " << python << ": refused, this build has no worker for it");
       continue;
     }
@@ -185,12 +191,7 @@ TEST_CASE("pythons: a CPython outside 3.9 to 3.13 is refused with the reason") {
     MESSAGE(old << " is not on this machine: nothing to refuse");
     return;
   }
-  auto p = spr_test::policy();
-  p.python_executable = old;
-  const auto r = run("result = 1\n", json::object(), p);
-  INFO(describe(r));
-  CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
-  CHECK(spr_test::contains(r.error.value_or(""), "not a Python this build has a worker for"));
+  const auto r = check_refused(old);
   CHECK(spr_test::contains(r.error.value_or(""), "another CPython 3.9 to 3.13"));
 }
 
