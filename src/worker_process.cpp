@@ -468,6 +468,16 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
 
 WorkerProcess::~WorkerProcess() { kill_and_reap(); }
 
+// Kills a worker and its process group (the PID namespace's init and a forked run child go too), waits
+// for it into `status`, and reaps what it left to this process when it adopts orphans.
+static void kill_group_and_reap(pid_t pid, int& status) {
+  ::kill(-pid, SIGKILL);
+  ::kill(pid, SIGKILL);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (adopts_orphans()) reap_orphans(pid);
+}
+
 void WorkerProcess::kill_and_reap() {
   if (shared_) {
     // A slot of a worker with run threads: the first to get here ends the process for all of them.
@@ -476,11 +486,7 @@ void WorkerProcess::kill_and_reap() {
       pollfd ended{pidfd_.get(), POLLIN, 0};
       const bool running = pidfd_ && ::poll(&ended, 1, 0) == 0;
       if (running && !shared_->ended_by) shared_->ended_by = this;
-      ::kill(-pid_, SIGKILL);
-      ::kill(pid_, SIGKILL);
-      while (waitpid(pid_, &shared_->wait_status, 0) < 0 && errno == EINTR) {
-      }
-      if (adopts_orphans()) reap_orphans(pid_);
+      kill_group_and_reap(pid_, shared_->wait_status);
       shared_->scratch_fd.reset();
       remove_tree(shared_->scratch);
       shared_->scratch.clear();
@@ -495,12 +501,8 @@ void WorkerProcess::kill_and_reap() {
     return;
   }
   if (pid_ > 0 && !reaped_) {
-    ::kill(-pid_, SIGKILL);  // the group: the PID namespace's init and a forked run child go too
-    ::kill(pid_, SIGKILL);
-    while (waitpid(pid_, &wait_status_, 0) < 0 && errno == EINTR) {
-    }
+    kill_group_and_reap(pid_, wait_status_);
     reaped_ = true;
-    if (adopts_orphans()) reap_orphans(pid_);
   }
   alive_ = false;
   sock_.reset();
