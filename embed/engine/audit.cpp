@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "interp_state.hpp"
+#include "run_local.hpp"
 #include "trust.hpp"
 
 namespace spr::embed::audit {
@@ -146,12 +147,18 @@ constexpr Row kRows[] = {
 constexpr const char* kFrameAttrs[] = {"tb_frame", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
                                        "ag_code",  "f_code",   "f_back",  "__code__", "__globals__", "f_globals"};
 
-// A run's rules and counts belong to the thread running it (a worker with run threads runs several
-// at once); the support roots and the import check are set once, before any run.
-thread_local RunRules g_rules;
+// A run's rules and denials, shared with the threads it starts; each own-GIL run thread has its own
+// run's (a worker with run threads runs several at once). The support roots and the import check are
+// set once, before any run.
+struct Rules {
+  RunRules rules;
+  int denials = 0;
+};
+RunLocal<Rules> g_run;
 std::vector<std::string> g_support_roots;
-thread_local int g_denials = 0;
-thread_local bool g_code_new_allowed = false;
+// Open only inside the engine's own code.replace call, on the thread making it: never for another
+// thread of the run, which may run while that call lets the interpreter's lock go.
+thread_local bool t_code_new_allowed = false;
 ImportCheck g_import_check = nullptr;
 
 const Row* find_row(std::string_view ev) {
@@ -286,11 +293,11 @@ bool is_directory(const std::string& path) {
 bool readable(const std::string& path) {
   static const std::vector<std::string> kDevices = {"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"};
   return trust::path_under(path, trust::runtime_roots()) || trust::path_under(path, g_support_roots) ||
-         trust::path_under(path, g_rules.read_roots) || (!g_rules.scratch.empty() && trust::path_under(path, {g_rules.scratch})) ||
+         trust::path_under(path, g_run().rules.read_roots) || (!g_run().rules.scratch.empty() && trust::path_under(path, {g_run().rules.scratch})) ||
          std::find(kDevices.begin(), kDevices.end(), path) != kDevices.end();
 }
 
-bool writable(const std::string& path) { return !g_rules.scratch.empty() && trust::path_under(path, {g_rules.scratch}); }
+bool writable(const std::string& path) { return !g_run().rules.scratch.empty() && trust::path_under(path, {g_run().rules.scratch}); }
 
 bool open_is_write(PyObject* mode, PyObject* flags) {
   if (mode && PyUnicode_Check(mode)) {
@@ -329,7 +336,7 @@ bool has_no_bytecode(PyObject* obj) {
 }
 
 int deny(const char* event, const char* why) {
-  ++g_denials;
+  ++g_run().denials;
   PyErr_Format(PyExc_PermissionError, "blocked by policy: audit event '%s' (%s)", event, why);
   return -1;
 }
@@ -369,21 +376,21 @@ int hook(const char* event, PyObject* args, void*) {
     case Rule::deny_from_user:
       return caller_is_user() ? deny(event, row->why) : 0;
     case Rule::code_new:
-      return g_code_new_allowed || empty_code_arg(args) ? 0 : deny(event, row->why);
+      return t_code_new_allowed || empty_code_arg(args) ? 0 : deny(event, row->why);
     case Rule::network:
       // A local AF_UNIX pair (asyncio's self-pipe, socket.socketpair) reaches nothing; the seccomp filter
       // refuses socket(AF_UNIX) without 'allow_unix_sockets' (this event cannot tell a new socket from a
       // socketpair() end being wrapped), so only socketpair() can create one.
-      if (!g_rules.allow_network && std::strcmp(event, "socket.__new__") == 0 && PyTuple_GET_SIZE(args) >= 2 &&
+      if (!g_run().rules.allow_network && std::strcmp(event, "socket.__new__") == 0 && PyTuple_GET_SIZE(args) >= 2 &&
           PyLong_Check(PyTuple_GET_ITEM(args, 1)) && PyLong_AsLong(PyTuple_GET_ITEM(args, 1)) == AF_UNIX)
         return 0;
-      return g_rules.allow_network ? 0 : deny(event, row->why);
+      return g_run().rules.allow_network ? 0 : deny(event, row->why);
     case Rule::threads:
-      return g_rules.allow_threads ? 0 : deny(event, row->why);
+      return g_run().rules.allow_threads ? 0 : deny(event, row->why);
     case Rule::exec:
       if (PyTuple_GET_SIZE(args) >= 1 && has_no_bytecode(PyTuple_GET_ITEM(args, 0)))
         return deny(event, "code without bytecode cannot run");
-      return g_rules.block_exec && caller_is_user() ? deny(event, row->why) : 0;
+      return g_run().rules.block_exec && caller_is_user() ? deny(event, row->why) : 0;
     case Rule::set_code:
       // A function may take a code object only if it has bytecode (see empty_code_arg).
       if (PyTuple_GET_SIZE(args) >= 3 && PyUnicode_Check(PyTuple_GET_ITEM(args, 1)) &&
@@ -392,7 +399,7 @@ int hook(const char* event, PyObject* args, void*) {
         return deny(event, "code without bytecode cannot run");
       return 0;
     case Rule::compile:
-      return g_rules.block_compile && caller_is_user() ? deny(event, row->why) : 0;
+      return g_run().rules.block_compile && caller_is_user() ? deny(event, row->why) : 0;
     case Rule::frame_attr: {
       if (PyTuple_GET_SIZE(args) < 2 || !caller_is_user()) return 0;
       std::string name = py::utf8(PyTuple_GET_ITEM(args, 1));
@@ -404,7 +411,7 @@ int hook(const char* event, PyObject* args, void*) {
       if (!g_import_check || PyTuple_GET_SIZE(args) < 1) return 0;
       std::string msg = g_import_check(py::utf8(PyTuple_GET_ITEM(args, 0)));
       if (msg.empty()) return 0;
-      ++g_denials;
+      ++g_run().denials;
       PyErr_SetString(PyExc_ImportError, msg.c_str());
       return -1;
     }
@@ -451,10 +458,10 @@ int hook(const char* event, PyObject* args, void*) {
 
 void install() { PySys_AddAuditHook(hook, nullptr); }
 void set_support_roots(std::vector<std::string> roots) { g_support_roots = std::move(roots); }
-void set_rules(RunRules rules) { g_rules = std::move(rules); }
-int denials() { return g_denials; }
+void set_rules(RunRules rules) { g_run().rules = std::move(rules); }
+int denials() { return g_run().denials; }
 void reset_denials() {
-  g_denials = 0;
+  g_run().denials = 0;
 }
 void set_import_check(ImportCheck check) { g_import_check = check; }
 
@@ -508,9 +515,9 @@ PyObject* gated_code_replace(PyObject* self, PyObject* args, PyObject* kwargs) {
   if (!harmless_change(self, args, kwargs)) return PyObject_Call(original, full.get(), kwargs);
   // The collector stays off while the rule is open: no finalizer a run wrote may run inside it.
   const int gc_was = PyGC_Disable();
-  g_code_new_allowed = true;
+  t_code_new_allowed = true;
   PyObject* out = PyObject_Call(original, full.get(), kwargs);
-  g_code_new_allowed = false;
+  t_code_new_allowed = false;
   if (gc_was) PyGC_Enable();
   return out;
 }

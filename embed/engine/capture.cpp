@@ -10,6 +10,7 @@
 
 #include "common/capture_layout.hpp"
 #include "interp_state.hpp"
+#include "run_local.hpp"
 
 namespace spr::embed::capture {
 
@@ -19,28 +20,33 @@ using spr::detail::kCaptureMagic;
 
 namespace {
 
-// Per thread: each run thread of a worker captures into its own buffer (its own memfd).
-thread_local int g_fd = -1;
-thread_local char* g_map = nullptr;
-thread_local std::size_t g_map_size = 0;
 // The authoritative state lives here, in private memory. The shared header is only a copy for the
 // supervisor's crash recovery: code that escapes the Python layer can write to the shared mapping.
-thread_local std::uint64_t g_cap = 0;
-thread_local std::uint64_t g_len[2] = {0, 0};
-thread_local bool g_truncated[2] = {false, false};
+struct Buffer {
+  int fd = -1;
+  char* map = nullptr;
+  std::size_t map_size = 0;
+  std::uint64_t cap = 0;
+  std::uint64_t len[2] = {0, 0};
+  bool truncated[2] = {false, false};
+};
+// A run and the threads it starts write into one buffer (under the interpreter's lock); each own-GIL
+// run thread of a worker captures into its own (its own memfd).
+RunLocal<Buffer> g_buffer;
+Buffer& buf() { return g_buffer(); }
 
-CaptureHeader* header() { return reinterpret_cast<CaptureHeader*>(g_map); }
-char* area(int stream) { return g_map + kCaptureDataOffset + (stream == 0 ? 0 : g_cap); }
+CaptureHeader* header() { return reinterpret_cast<CaptureHeader*>(buf().map); }
+char* area(int stream) { return buf().map + kCaptureDataOffset + (stream == 0 ? 0 : buf().cap); }
 
 bool map_size(std::size_t size) {
-  if (size <= g_map_size) return true;
-  if (g_fd >= 0 && ftruncate(g_fd, static_cast<off_t>(size)) != 0) return false;
-  void* m = g_fd >= 0 ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, g_fd, 0)
+  if (size <= buf().map_size) return true;
+  if (buf().fd >= 0 && ftruncate(buf().fd, static_cast<off_t>(size)) != 0) return false;
+  void* m = buf().fd >= 0 ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, buf().fd, 0)
                       : mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return false;
-  if (g_map) munmap(g_map, g_map_size);
-  g_map = static_cast<char*>(m);
-  g_map_size = size;
+  if (buf().map) munmap(buf().map, buf().map_size);
+  buf().map = static_cast<char*>(m);
+  buf().map_size = size;
   return true;
 }
 
@@ -139,47 +145,47 @@ void retire_header() {
 }  // namespace
 
 bool attach(int fd) {
-  g_fd = fd;
+  buf().fd = fd;
   return map_size(kCaptureDataOffset + std::size_t{2} * 4096);
 }
 
 void wipe() {
   // What the last run (or its forked child, which only updated the shared header) wrote, so no
   // run can read another's output from the mapping.
-  if (!g_map || !g_cap) return;
+  if (!buf().map || !buf().cap) return;
   retire_header();
   for (int s = 0; s < 2; ++s) {
     std::uint64_t shared = s == 0 ? header()->out_len : header()->err_len;
-    std::uint64_t n = std::min(std::max(g_len[s], shared), g_cap);
+    std::uint64_t n = std::min(std::max(buf().len[s], shared), buf().cap);
     explicit_bzero(area(s), static_cast<std::size_t>(n));
-    g_len[s] = 0;
+    buf().len[s] = 0;
   }
   header()->out_len = header()->err_len = 0;
 }
 
 std::string_view view(int stream) {
-  if (!g_map) return {};
-  return {area(stream), static_cast<std::size_t>(std::min(g_len[stream], g_cap))};
+  if (!buf().map) return {};
+  return {area(stream), static_cast<std::size_t>(std::min(buf().len[stream], buf().cap))};
 }
 
 bool begin(std::uint64_t run_id, std::uint64_t cap) {
   const std::size_t need = kCaptureDataOffset + 2 * cap;
-  if (g_fd >= 0) {
-    if (g_map) retire_header();
+  if (buf().fd >= 0) {
+    if (buf().map) retire_header();
     // The shared file is cut back to its header and grown again for every run: the kernel hands out
     // zeroed pages, so nothing an earlier run wrote anywhere in it survives (it may have written past
     // its own lengths), and the file is as large as this run needs even after the supervisor trimmed
     // it (a mapping past the file's end would fault with SIGBUS).
-    if (ftruncate(g_fd, static_cast<off_t>(kCaptureDataOffset)) != 0 || ftruncate(g_fd, static_cast<off_t>(need)) != 0)
+    if (ftruncate(buf().fd, static_cast<off_t>(kCaptureDataOffset)) != 0 || ftruncate(buf().fd, static_cast<off_t>(need)) != 0)
       return false;
-    g_len[0] = g_len[1] = 0;
+    buf().len[0] = buf().len[1] = 0;
   } else {
     wipe();
   }
   if (!map_size(need)) return false;
-  g_cap = cap;
-  g_len[0] = g_len[1] = 0;
-  g_truncated[0] = g_truncated[1] = false;
+  buf().cap = cap;
+  buf().len[0] = buf().len[1] = 0;
+  buf().truncated[0] = buf().truncated[1] = false;
   CaptureHeader* h = header();
   h->magic = kCaptureMagic;
   h->run_id = run_id;
@@ -190,24 +196,24 @@ bool begin(std::uint64_t run_id, std::uint64_t cap) {
 }
 
 void adopt_shared() {
-  if (!g_map) return;
+  if (!buf().map) return;
   const CaptureHeader* h = header();
-  g_len[0] = std::min<std::uint64_t>(h->out_len, g_cap);
-  g_len[1] = std::min<std::uint64_t>(h->err_len, g_cap);
-  g_truncated[0] = h->out_truncated != 0;
-  g_truncated[1] = h->err_truncated != 0;
+  buf().len[0] = std::min<std::uint64_t>(h->out_len, buf().cap);
+  buf().len[1] = std::min<std::uint64_t>(h->err_len, buf().cap);
+  buf().truncated[0] = h->out_truncated != 0;
+  buf().truncated[1] = h->err_truncated != 0;
 }
 
 void append(int stream, const char* data, std::size_t len) {
-  if (!g_map) return;
-  std::uint64_t& used = g_len[stream];
-  const std::uint64_t room = g_cap > used ? g_cap - used : 0;
+  if (!buf().map) return;
+  std::uint64_t& used = buf().len[stream];
+  const std::uint64_t room = buf().cap > used ? buf().cap - used : 0;
   std::size_t n = len;
   if (n > room) {
     n = static_cast<std::size_t>(room);
     // Cut at a character boundary: never leave half a UTF-8 sequence at the end.
     while (n > 0 && (static_cast<unsigned char>(data[n]) & 0xC0) == 0x80) --n;
-    g_truncated[stream] = true;
+    buf().truncated[stream] = true;
     (stream == 0 ? header()->out_truncated : header()->err_truncated) = 1;
   }
   std::memcpy(area(stream) + used, data, n);
@@ -216,11 +222,11 @@ void append(int stream, const char* data, std::size_t len) {
 }
 
 std::string text(int stream) {
-  if (!g_map) return {};
-  return std::string(area(stream), static_cast<std::size_t>(std::min(g_len[stream], g_cap)));
+  if (!buf().map) return {};
+  return std::string(area(stream), static_cast<std::size_t>(std::min(buf().len[stream], buf().cap)));
 }
 
-bool truncated(int stream) { return g_truncated[stream]; }
+bool truncated(int stream) { return buf().truncated[stream]; }
 
 int add_type(PyObject* m) {
   static PyType_Slot slots[] = {{Py_tp_methods, kStreamMethods},

@@ -13,6 +13,7 @@
 #include "capture.hpp"
 #include "host_call.hpp"
 #include "interp_state.hpp"
+#include "run_local.hpp"
 
 namespace spr::embed::guard {
 
@@ -72,8 +73,12 @@ std::string never_loaded_message(const std::string& name) {
          " reaches raw memory and native code, which no run may use";
 }
 
-thread_local ImportPolicy g_policy;  // the run's, on the thread running it
-thread_local bool g_blocked_raised = false;
+// The run's policy, which the threads it starts follow too; each own-GIL run thread has its own run's.
+struct RunImports {
+  ImportPolicy policy;
+  bool blocked_raised = false;
+};
+RunLocal<RunImports> g_imports;
 // Depth of imports the standard library (or an installed package) started itself: asyncio loading
 // socket, pathlib loading os. The policy is the snippet's; inside such an import the meta-path finder
 // and the "import" audit rule let the module load, and the audit hook and the OS bound what it does.
@@ -104,7 +109,7 @@ bool any_match(const std::string& name, const std::vector<std::string>& entries)
 std::string blocked_message(const std::string& name) { return "Import '" + name + "' is blocked by policy"; }
 
 PyObject* raise_blocked(const std::string& msg, PyObject* name) {
-  g_blocked_raised = true;
+  g_imports().blocked_raised = true;
   py::Ref m(PyUnicode_FromString(msg.c_str()));
   if (!m) return nullptr;
   PyErr_SetImportError(m.get(), name, nullptr);
@@ -226,13 +231,13 @@ PyObject* guarded_import(PyObject*, PyObject* args, PyObject* kwargs) {
 // The bootstrap's meta-path finder asks here: None when allowed, else the message.
 PyObject* import_denied(PyObject*, PyObject* arg) {
   if (PyUnicode_Check(arg) && is_never_loaded(py::utf8(arg))) {
-    g_blocked_raised = true;
+    g_imports().blocked_raised = true;
     return PyUnicode_FromString(never_loaded_message(py::utf8(arg)).c_str());
   }
   if (!trust::armed() || !PyUnicode_Check(arg) || t_runtime_import_depth > 0) Py_RETURN_NONE;
   std::string msg = check(py::utf8(arg));
   if (msg.empty()) Py_RETURN_NONE;
-  g_blocked_raised = true;
+  g_imports().blocked_raised = true;
   return PyUnicode_FromString(msg.c_str());
 }
 
@@ -374,7 +379,7 @@ PyObject* init_module() { return PyModuleDef_Init(&kModule); }
 std::string audit_import_check(const std::string& module) {
   if (t_runtime_import_depth > 0) return {};
   std::string msg = check(module);
-  if (!msg.empty()) g_blocked_raised = true;
+  if (!msg.empty()) g_imports().blocked_raised = true;
   return msg;
 }
 
@@ -398,26 +403,26 @@ void set_policy(const RunnerPolicy& p) {
     if (!p.blocked_builtins.empty()) ip.blocked.push_back("builtins");
   }
   ip.allowed = p.allowed_imports;
-  g_policy = std::move(ip);
+  g_imports().policy = std::move(ip);
 }
 
 std::string check(const std::string& name) {
   for (const auto& b : kAlwaysBlocked)
     if (matches(name, b)) return blocked_message(name);
-  if (g_policy.mode == Mode::allow) {
+  if (g_imports().policy.mode == Mode::allow) {
     // `builtins` would hand back every builtin allowed_builtins left out, whatever the list says.
     // `host` is the engine's module of the run's host functions, never a file (host_call.cpp).
-    if (name == "sys" || (name == "host" && host_call::active()) || (root_of(name) != "builtins" && any_match(name, g_policy.allowed))) return {};
+    if (name == "sys" || (name == "host" && host_call::active()) || (root_of(name) != "builtins" && any_match(name, g_imports().policy.allowed))) return {};
     return "Import '" + name + "' is not allowed by policy";
   }
-  if (any_match(name, g_policy.blocked)) return blocked_message(name);
+  if (any_match(name, g_imports().policy.blocked)) return blocked_message(name);
   return {};
 }
 
-bool blocked_import_raised() { return g_blocked_raised; }
+bool blocked_import_raised() { return g_imports().blocked_raised; }
 
 void reset_run_state() {
-  g_blocked_raised = false;
+  g_imports().blocked_raised = false;
   Py_CLEAR(state().sys_proxy);
 }
 

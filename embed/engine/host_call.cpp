@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "run_local.hpp"
 #include "trust.hpp"
 #include "codec.hpp"
 #include "common/capture_layout.hpp"
@@ -31,10 +32,16 @@ struct RunState {
   std::string limit_why;
 };
 
-thread_local RunState g_run;  // per run thread, each with its own channel to the supervisor
-thread_local int g_write_fd = detail::kProtocolFd;
-thread_local int g_read_fd = detail::kProtocolFd;
-thread_local bool g_write_socket = true;  // the supervisor's socket (not a fork child's pipe)
+// A run's calls and channel, shared by the threads it starts (their calls hold the interpreter's lock
+// from frame out to answer in, so they go one at a time); each own-GIL run thread has its own socket.
+struct Channel {
+  RunState run;
+  int write_fd = detail::kProtocolFd;
+  int read_fd = detail::kProtocolFd;
+  bool write_socket = true;  // the supervisor's socket (not a fork child's pipe)
+};
+RunLocal<Channel> g_channel;
+RunState& run() { return g_channel().run; }
 
 // What in `o` has no JSON form ("" when all of it has one): the same types the result codec keeps
 // as themselves. Depth is bounded by the codec afterwards; this walk stops at the same bound.
@@ -81,27 +88,27 @@ PyObject* fail(PyObject* type, const std::string& message) {
 }
 
 PyObject* over_limit(const std::string& why) {
-  if (!g_run.limit) {
-    g_run.limit = true;
-    g_run.limit_why = why;
+  if (!run().limit) {
+    run().limit = true;
+    run().limit_why = why;
   }
-  return fail(PyExc_RuntimeError, outcome::host_call_limit(g_run.limit_why).error.value_or(""));
+  return fail(PyExc_RuntimeError, outcome::host_call_limit(run().limit_why).error.value_or(""));
 }
 
 // The frame out and its answer back. The GIL stays held: a run's threads (fork and process mode)
 // then never interleave two calls' frames on the one channel.
 PyObject* round_trip(const std::string& name, json args, json kwargs) {
   protocol::HostCall c;
-  c.id = g_run.id;
-  c.call = ++g_run.calls;
+  c.id = run().id;
+  c.call = ++run().calls;
   c.name = name;
   c.args = std::move(args);
   c.kwargs = std::move(kwargs);
   std::string text = protocol::encode(c);
-  if (detail::write_frame(g_write_fd, text, g_write_socket) != detail::IoStatus::ok)
+  if (detail::write_frame(g_channel().write_fd, text, g_channel().write_socket) != detail::IoStatus::ok)
     return fail(PyExc_RuntimeError, "host function '" + name + "' cannot be called: the host is gone");
   text.clear();
-  const detail::IoStatus s = detail::read_frame(g_read_fd, text, detail::Clock::time_point::max());
+  const detail::IoStatus s = detail::read_frame(g_channel().read_fd, text, detail::Clock::time_point::max());
   if (s != detail::IoStatus::ok)
     return fail(PyExc_RuntimeError, "host function '" + name + "' got no answer (" + detail::to_string(s) + ")");
   protocol::HostReturn r;
@@ -114,7 +121,7 @@ PyObject* round_trip(const std::string& name, json args, json kwargs) {
     return fail(PyExc_RuntimeError, "host function '" + name + "' got the answer to another call");
   if (r.limit) return over_limit(r.error.value_or("the host refused the call"));
   if (r.error) {
-    PyErr_SetString(g_run.error_type ? g_run.error_type.get() : PyExc_RuntimeError, r.error->c_str());
+    PyErr_SetString(run().error_type ? run().error_type.get() : PyExc_RuntimeError, r.error->c_str());
     return nullptr;
   }
   return codec::to_python(r.value);
@@ -123,10 +130,10 @@ PyObject* round_trip(const std::string& name, json args, json kwargs) {
 // The callable of every host function; `self` is its name (a str).
 PyObject* call(PyObject* self, PyObject* args, PyObject* kwargs) {
   const std::string name = py::utf8(self);
-  if (!g_run.active || std::find(g_run.functions.begin(), g_run.functions.end(), name) == g_run.functions.end())
+  if (!run().active || std::find(run().functions.begin(), run().functions.end(), name) == run().functions.end())
     return fail(PyExc_RuntimeError, "host function '" + name + "' is only available during its run");
-  if (g_run.limit) return over_limit(g_run.limit_why);
-  if (g_run.calls >= static_cast<std::uint64_t>(INT64_MAX)) return over_limit("too many calls");
+  if (run().limit) return over_limit(run().limit_why);
+  if (run().calls >= static_cast<std::uint64_t>(INT64_MAX)) return over_limit("too many calls");
   const Py_ssize_t n = PyTuple_GET_SIZE(args);
   for (Py_ssize_t i = 0; i < n; ++i) {
     const std::string why = non_json(PyTuple_GET_ITEM(args, i), 0);
@@ -147,8 +154,8 @@ PyObject* call(PyObject* self, PyObject* args, PyObject* kwargs) {
   py::Ref empty(kwargs ? nullptr : PyDict_New());
   py::Ref pair(PyTuple_Pack(2, args, kwargs ? kwargs : empty.get()));
   if (!pair) return nullptr;
-  codec::Encoded e = codec::from_python(pair.get(), g_run.max_bytes);
-  if (e.status == codec::Status::too_large) return over_limit(outcome::host_call_too_large("arguments", g_run.max_kb));
+  codec::Encoded e = codec::from_python(pair.get(), run().max_bytes);
+  if (e.status == codec::Status::too_large) return over_limit(outcome::host_call_too_large("arguments", run().max_kb));
   if (e.status == codec::Status::cyclic)
     return fail(PyExc_ValueError, "host function '" + name + "': an argument contains itself");
   if (e.status != codec::Status::ok)
@@ -162,14 +169,14 @@ PyMethodDef kCall = {"host_function", reinterpret_cast<PyCFunction>(reinterpret_
 }  // namespace
 
 void set_channel(int write_fd, int read_fd) {
-  g_write_fd = write_fd;
-  g_read_fd = read_fd;
-  g_write_socket = write_fd == detail::kProtocolFd;
+  g_channel().write_fd = write_fd;
+  g_channel().read_fd = read_fd;
+  g_channel().write_socket = write_fd == detail::kProtocolFd;
 }
 
 void set_socket(int fd) {
-  g_write_fd = g_read_fd = fd;
-  g_write_socket = true;
+  g_channel().write_fd = g_channel().read_fd = fd;
+  g_channel().write_socket = true;
 }
 
 bool begin_run(std::uint64_t run_id, const std::vector<std::string>& functions, const RunnerPolicy& policy,
@@ -177,53 +184,53 @@ bool begin_run(std::uint64_t run_id, const std::vector<std::string>& functions, 
   end_run();
   if (functions.empty()) return true;
   trust::Trusted trusted;
-  g_run.id = run_id;
-  g_run.functions = functions;
-  g_run.max_kb = static_cast<long long>(policy.host_call_kb());
-  g_run.max_bytes = static_cast<std::uint64_t>(g_run.max_kb) * 1024;
-  g_run.error_type = py::Ref(PyErr_NewExceptionWithDoc(
+  run().id = run_id;
+  run().functions = functions;
+  run().max_kb = static_cast<long long>(policy.host_call_kb());
+  run().max_bytes = static_cast<std::uint64_t>(run().max_kb) * 1024;
+  run().error_type = py::Ref(PyErr_NewExceptionWithDoc(
       "host.HostFunctionError", "A host function raised; the message is the host's.", PyExc_RuntimeError, nullptr));
-  g_run.module = py::Ref(PyModule_New("host"));
-  if (!g_run.error_type || !g_run.module) return false;
-  if (PyModule_AddObjectRef(g_run.module.get(), "HostFunctionError", g_run.error_type.get()) < 0) return false;
+  run().module = py::Ref(PyModule_New("host"));
+  if (!run().error_type || !run().module) return false;
+  if (PyModule_AddObjectRef(run().module.get(), "HostFunctionError", run().error_type.get()) < 0) return false;
   py::Ref module_name(PyUnicode_FromString("host"));
   for (const auto& f : functions) {
     py::Ref name(PyUnicode_FromStringAndSize(f.data(), static_cast<Py_ssize_t>(f.size())));
     if (!name) return false;
     py::Ref fn(PyCFunction_NewEx(&kCall, name.get(), module_name.get()));
-    if (!fn || PyObject_SetAttr(g_run.module.get(), name.get(), fn.get()) < 0 ||
+    if (!fn || PyObject_SetAttr(run().module.get(), name.get(), fn.get()) < 0 ||
         PyDict_SetItem(globals, name.get(), fn.get()) < 0)
       return false;
   }
   PyObject* modules = PyImport_GetModuleDict();  // borrowed
-  g_run.saved_host = py::Ref::borrow(PyDict_GetItemString(modules, "host"));
-  if (PyDict_SetItemString(modules, "host", g_run.module.get()) < 0) return false;
-  g_run.active = true;
+  run().saved_host = py::Ref::borrow(PyDict_GetItemString(modules, "host"));
+  if (PyDict_SetItemString(modules, "host", run().module.get()) < 0) return false;
+  run().active = true;
   return true;
 }
 
 void end_run() {
-  if (g_run.module) {
+  if (run().module) {
     PyObject* modules = PyImport_GetModuleDict();
-    if (PyDict_GetItemString(modules, "host") == g_run.module.get() || g_run.saved_host) {
-      if (g_run.saved_host ? PyDict_SetItemString(modules, "host", g_run.saved_host.get()) < 0
+    if (PyDict_GetItemString(modules, "host") == run().module.get() || run().saved_host) {
+      if (run().saved_host ? PyDict_SetItemString(modules, "host", run().saved_host.get()) < 0
                            : PyDict_DelItemString(modules, "host") < 0)
         PyErr_Clear();
     }
   }
-  g_run.active = false;
-  g_run.id = 0;
-  g_run.calls = 0;
-  g_run.functions.clear();
-  g_run.error_type.reset();
-  g_run.module.reset();
-  g_run.saved_host.reset();
-  g_run.limit = false;
-  g_run.limit_why.clear();
+  run().active = false;
+  run().id = 0;
+  run().calls = 0;
+  run().functions.clear();
+  run().error_type.reset();
+  run().module.reset();
+  run().saved_host.reset();
+  run().limit = false;
+  run().limit_why.clear();
 }
 
-bool active() { return g_run.active; }
-bool limit_hit() { return g_run.limit; }
-const std::string& limit_why() { return g_run.limit_why; }
+bool active() { return run().active; }
+bool limit_hit() { return run().limit; }
+const std::string& limit_why() { return run().limit_why; }
 
 }  // namespace spr::embed::host_call

@@ -25,6 +25,7 @@ struct InterpState {
   PyObject* create_dynamic = nullptr;  // _imp's own functions, behind the guard's gates
   PyObject* create_builtin = nullptr;
   PyObject* module_spec = nullptr;     // importlib's ModuleSpec, for the specs the gates pass on
+  PyObject* get_frozen_object = nullptr;  // _imp's own, for the engine's frozen-module loader (trust.cpp)
   PyObject* code_replace = nullptr;    // the code type's own replace, behind the audit hook's gate
   // Built by prebuild_for_fork() in a fork parent, taken by the next run of a child (one run only):
   // the `builtins` module of the default policy's run, and whether sys.std* are fresh, unused streams.

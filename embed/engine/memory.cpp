@@ -8,41 +8,45 @@
 
 #include <atomic>
 
+#include "run_local.hpp"
+
 namespace spr::embed::memory {
 
 namespace {
 
 PyMemAllocatorEx g_raw{};
 PyObjectArenaAllocator g_arena{};
-// Counted per thread: the hooks are process-wide, but each run thread's interpreter allocates on its
-// own thread (own-GIL interpreters, own obmalloc), so a thread's growth is its run's. Memory one thread
-// frees that another allocated moves both counts (rare: the raw domain across threads); the RLIMIT_AS
-// backstop bounds the process whatever the counts say.
-thread_local std::int64_t g_used = 0;
-thread_local std::int64_t g_base = 0;
-thread_local std::int64_t g_limit = -1;  // -1: no run in progress
-thread_local bool g_refused = false;
+// The hooks are process-wide. A run's threads share its counts (the main interpreter's threads of a fork
+// or process run: the raw domain is called without the interpreter's lock, so the counts are atomic);
+// each own-GIL run thread counts its own run (its interpreter allocates on its thread, own obmalloc).
+// Memory one count's thread frees that another's allocated moves both (rare: the raw domain across run
+// threads); the RLIMIT_AS backstop bounds the process whatever the counts say.
+struct Counts {
+  std::atomic<std::int64_t> used{0};
+  std::atomic<std::int64_t> base{0};
+  std::atomic<std::int64_t> limit{-1};  // -1: no run in progress
+  std::atomic<bool> refused{false};
+};
+RunLocal<Counts> g_counts;
 constexpr std::int64_t kErrorReserve = 4 << 20;
 
 bool over(std::size_t more) {
-  const std::int64_t limit = g_limit;
+  Counts& c = g_counts();
+  const std::int64_t limit = c.limit.load(std::memory_order_relaxed);
   if (limit < 0) return false;
-  const std::int64_t grown = g_used - g_base;
+  const std::int64_t grown = c.used.load(std::memory_order_relaxed) - c.base.load(std::memory_order_relaxed);
   if (grown + static_cast<std::int64_t>(more) <= limit) return false;
-  if (!g_refused) {
-    // The first refusal raises MemoryError; raising and unwinding it allocates too (the exception, traceback
-    // entries), and a refusal there is CPython's fatal "Cannot recover from MemoryErrors" (the worker aborts).
-    // So the error path gets a little room, once per run; past it everything is refused again.
-    g_refused = true;
-    g_limit = limit + kErrorReserve;
-  }
+  // The first refusal raises MemoryError; raising and unwinding it allocates too (the exception, traceback
+  // entries), and a refusal there is CPython's fatal "Cannot recover from MemoryErrors" (the worker aborts).
+  // So the error path gets a little room, once per run; past it everything is refused again.
+  if (!c.refused.exchange(true, std::memory_order_relaxed)) c.limit.fetch_add(kErrorReserve, std::memory_order_relaxed);
   return true;
 }
 
 void count(void* p, bool add) {
   if (!p) return;
   const auto n = static_cast<std::int64_t>(malloc_usable_size(p));
-  g_used += add ? n : -n;
+  g_counts().used.fetch_add(add ? n : -n, std::memory_order_relaxed);
 }
 
 void* raw_malloc(void* ctx, size_t n) {
@@ -63,7 +67,8 @@ void* raw_realloc(void* ctx, void* ptr, size_t n) {
   if (n > old && over(n - old)) return nullptr;
   void* p = g_raw.realloc(ctx, ptr, n);
   if (!p) return nullptr;
-  g_used += static_cast<std::int64_t>(malloc_usable_size(p)) - static_cast<std::int64_t>(old);
+  g_counts().used.fetch_add(static_cast<std::int64_t>(malloc_usable_size(p)) - static_cast<std::int64_t>(old),
+                            std::memory_order_relaxed);
   return p;
 }
 void raw_free(void* ctx, void* ptr) {
@@ -74,11 +79,11 @@ void raw_free(void* ctx, void* ptr) {
 void* arena_alloc(void* ctx, size_t n) {
   if (over(n)) return nullptr;
   void* p = g_arena.alloc(ctx, n);
-  if (p) g_used += static_cast<std::int64_t>(n);
+  if (p) g_counts().used.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
   return p;
 }
 void arena_free(void* ctx, void* ptr, size_t n) {
-  if (ptr) g_used -= static_cast<std::int64_t>(n);
+  if (ptr) g_counts().used.fetch_sub(static_cast<std::int64_t>(n), std::memory_order_relaxed);
   g_arena.free(ctx, ptr, n);
 }
 
@@ -94,13 +99,14 @@ void install() {
 }
 
 void begin_run(std::uint64_t limit_bytes) {
-  g_refused = false;
-  g_base = g_used;
-  g_limit = static_cast<std::int64_t>(limit_bytes);
+  Counts& c = g_counts();
+  c.refused.store(false);
+  c.base.store(c.used.load());
+  c.limit.store(static_cast<std::int64_t>(limit_bytes));
 }
 
-void end_run() { g_limit = -1; }
-bool refused() { return g_refused; }
-std::int64_t in_use() { return g_used; }
+void end_run() { g_counts().limit.store(-1); }
+bool refused() { return g_counts().refused.load(); }
+std::int64_t in_use() { return g_counts().used.load(); }
 
 }  // namespace spr::embed::memory

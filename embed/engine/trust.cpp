@@ -198,13 +198,26 @@ PyObject* engine_exec_frozen(PyObject*, PyObject* module) {
   py::Ref spec(PyObject_GetAttrString(module, "__spec__"));
   py::Ref name(spec ? PyObject_GetAttrString(spec.get(), "name") : nullptr);
   if (!name) return nullptr;
-  py::Ref imp_name(PyUnicode_FromString("_imp"));
-  py::Ref imp(imp_name ? PyImport_GetModule(imp_name.get()) : nullptr);  // cached: no import, no guard
-  if (!imp) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ImportError, "_imp is not loaded");
+  if (!PyUnicode_CheckExact(name.get())) {
+    PyErr_SetString(PyExc_ImportError, "a frozen module's name must be a str");
     return nullptr;
   }
-  py::Ref code(PyObject_CallMethod(imp.get(), "get_frozen_object", "O", name.get()));
+  PyObject* get_frozen = state().get_frozen_object;  // _imp's own, taken before arming
+  if (!get_frozen) {
+    PyErr_SetString(PyExc_ImportError, "frozen modules are not available");
+    return nullptr;
+  }
+  py::Ref code;
+  {
+    // 3.12+ sub-interpreters unmarshal the interpreter binary's frozen bytes (the main interpreter, and
+    // 3.11, use code objects built in), which raises "marshal.loads": refused to any run, so the engine
+    // reads them in a trusted section. Only C runs inside it (_imp's own function, an exact str), and the
+    // collector is off: no finalizer a run wrote may run there.
+    const int gc_was = PyGC_Disable();
+    Trusted trusted;
+    code = py::Ref(PyObject_CallOneArg(get_frozen, name.get()));
+    if (gc_was) PyGC_Enable();
+  }
   if (!code) return nullptr;
   if (!PyCode_Check(code.get())) {
     PyErr_SetString(PyExc_ImportError, "frozen object is not code");
@@ -266,6 +279,10 @@ bool install_loader_hook() {
     py::Ref descr(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.get()), &kGetCode));
     if (!descr || PyObject_SetAttrString(cls.get(), "get_code", descr.get()) != 0) return false;
   }
+  py::Ref imp(PyImport_ImportModule("_imp"));
+  if (!imp) return false;
+  state().get_frozen_object = PyObject_GetAttrString(imp.get(), "get_frozen_object");
+  if (!state().get_frozen_object) return false;
   py::Ref boot(PyImport_ImportModule("_frozen_importlib"));
   py::Ref frozen(boot ? PyObject_GetAttrString(boot.get(), "FrozenImporter") : nullptr);
   py::Ref fn(frozen ? PyCFunction_New(&kExecFrozen, nullptr) : nullptr);

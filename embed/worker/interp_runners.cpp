@@ -20,6 +20,7 @@
 #include "engine/capture.hpp"
 #include "engine/deadline.hpp"
 #include "engine/host_call.hpp"
+#include "engine/run_local.hpp"
 
 namespace spr::embed {
 
@@ -78,8 +79,10 @@ std::string enter_thread_directory(const std::string& scratch, std::size_t k) {
   return {};
 }
 
-// A thread's engine state bound to its own channel: timers aimed at it, its capture buffer, its socket.
+// A thread's engine state, its own run's, bound to its own channel: timers aimed at it, its capture
+// buffer, its socket.
 std::string bind_thread_channel(int sock, int capture_fd) {
+  run_local::own_all();  // before anything below sets this thread's state
   struct stat st {};
   if (::fstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode)) return "run thread socket " + std::to_string(sock) + " is not a socket";
   if (::fstat(capture_fd, &st) != 0 || !S_ISREG(st.st_mode))

@@ -185,6 +185,28 @@ TEST_CASE("pythons: every CPython of this machine kind, and a venv of each, is a
   }
 }
 
+// The standard library's frozen modules (in the interpreter binary) that no interpreter loads at its start:
+// ntpath (pathlib's), runpy and what it pulls (importlib.util, importlib.machinery), zipimport.
+// On 3.12+ a sub-interpreter unmarshals them from the binary's bytes instead of using built-in code objects.
+TEST_CASE("pythons: modules frozen into each CPython load in a run, pathlib's included") {
+  const std::string code =
+      "import pathlib, ntpath, runpy, zipimport\n"
+      "result = [str(pathlib.PurePosixPath('a') / 'b'), str(pathlib.PureWindowsPath('c:/x') / 'y'),\n"
+      "          ntpath.join('a', 'b'), callable(runpy.run_path), zipimport.zipimporter.__name__]\n";
+  const json expected = {"a/b", "c:\\x\\y", "a\\b", true, "zipimporter"};
+  for (const auto& python : kExpected) {
+    CAPTURE(python);
+    if (!fs::exists(python) || (!SPR_TEST_OTHER_PYTHONS && python != SPR_TEST_PYTHON)) continue;  // the case above says
+    auto p = spr_test::policy();
+    p.python_executable = python;
+    p.blocked_imports = {};
+    const auto r = run(code, json::object(), p);
+    INFO(describe(r));
+    CHECK(r.ok);
+    CHECK(r.result == expected);
+  }
+}
+
 TEST_CASE("pythons: a CPython outside 3.9 to 3.13 is refused with the reason") {
   const std::string old = "/root/.pyenv/versions/3.8.18/bin/python3";
   if (!fs::exists(old)) {
