@@ -80,6 +80,25 @@ IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline
 
 }  // namespace
 
+namespace {
+
+// resize() that wipes what it leaves behind: a reallocation would free the bytes read so far unwiped, and a
+// fork worker's later children inherit its heap (a run's reply must not reach the next run's process).
+void grow_wiped(std::string& s, std::size_t n) {
+  if (n <= s.capacity()) {
+    s.resize(n);
+    return;
+  }
+  std::string bigger;
+  bigger.reserve(std::max(n, 2 * s.capacity()));
+  bigger.assign(s);
+  explicit_bzero(s.data(), s.size());
+  s.swap(bigger);
+  s.resize(n);
+}
+
+}  // namespace
+
 IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, std::uint32_t max_bytes,
                     int spin_us, int exit_fd, bool trusted_peer) {
   unsigned char hdr[4];
@@ -112,7 +131,7 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
   std::size_t got = 0;
   while (got < len) {
     const std::size_t want = std::min<std::size_t>(len - got, std::max(kChunk, got));
-    payload.resize(got + want);
+    grow_wiped(payload, got + want);
     s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd);
     if (s != IoStatus::ok) return s;
     got += want;
