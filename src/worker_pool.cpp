@@ -142,8 +142,13 @@ void WorkerPool::shutdown() {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopping_) return;
     stopping_ = true;
-    for (auto& [key, pool] : pools_)
+    // The idle lists are emptied, not left holding moved-from pointers: a lease given back later (a run the kill
+    // below ends) still walks its pool's idle list for slots of its process.
+    for (auto& [key, pool] : pools_) {
       for (auto& w : pool.idle) doomed.push_back(std::move(w));
+      pool.live -= pool.idle.size();
+      pool.idle.clear();
+    }
     for (WorkerProcess* w : leased_) ::kill(-w->pid(), SIGKILL);  // their holders reap them
   }
   const std::uint64_t one = 1;
@@ -181,13 +186,54 @@ void WorkerPool::fill(const PoolKey& key, std::size_t want, bool background) {
   spawn_cv_.notify_one();
 }
 
+// How often the pool's thread looks at its idle workers' CPU, and how much CPU an idle worker may spend since it came
+// back (building its spare interpreters takes tens of ms; a run computing after a forged reply, a second a second).
+constexpr auto kIdleCheckEvery = std::chrono::seconds(1);
+constexpr auto kIdleCpuAllowance = std::chrono::milliseconds(1000);
+
+template <class Pred>
+void WorkerPool::take_idle_if(Pool& pool, Pred pred, std::vector<std::unique_ptr<WorkerProcess>>& out) {
+  for (auto i = pool.idle.begin(); i != pool.idle.end();) {
+    if (!pred(**i)) {
+      ++i;
+      continue;
+    }
+    out.push_back(std::move(*i));
+    i = pool.idle.erase(i);
+    --pool.live;
+  }
+}
+
+void WorkerPool::end_busy_idlers(std::unique_lock<std::mutex>& lk) {
+  std::vector<std::unique_ptr<WorkerProcess>> doomed;
+  for (auto& [key, pool] : pools_) {
+    if (key.once || !shares_process(key.isolation)) continue;  // a fork run's process ends with its run
+    const std::size_t before = doomed.size();
+    take_idle_if(pool, [](WorkerProcess& w) { return w.spent_while_idle(kIdleCpuAllowance); }, doomed);
+    if (doomed.size() > before && !stopping_) fill(key, options_.workers, true);
+  }
+  if (doomed.empty()) return;
+  lk.unlock();
+  doomed.clear();  // killed and reaped outside the lock
+  lk.lock();
+}
+
 void WorkerPool::spawn_loop() {
   std::unique_lock<std::mutex> lk(mu_);
+  auto next_check = Clock::now() + kIdleCheckEvery;
   for (;;) {
-    spawn_cv_.wait(lk, [&] { return stopping_ || !spawn_queue_.empty(); });
     if (stopping_) return;
+    if (Clock::now() >= next_check) {
+      end_busy_idlers(lk);
+      next_check = Clock::now() + kIdleCheckEvery;
+      continue;
+    }
+    if (spawn_queue_.empty()) {
+      spawn_cv_.wait_until(lk, next_check);
+      continue;
+    }
     if (Clock::now() < spawn_not_before_) {
-      spawn_cv_.wait_until(lk, spawn_not_before_);  // a fill for a waiting caller cuts it short
+      spawn_cv_.wait_until(lk, std::min(spawn_not_before_, next_check));  // a fill for a waiting caller cuts it short
       continue;
     }
     PoolKey key = spawn_queue_.front();
@@ -213,8 +259,10 @@ void WorkerPool::spawn_loop() {
       // A worker with run threads is several slots of one process: each is leased on its own.
       for (auto& slot : w->take_slots()) {
         ++pool.live;
+        slot->mark_idle();
         pool.idle.push_back(std::move(slot));
       }
+      w->mark_idle();
       pool.idle.push_back(std::move(w));
     } else {
       pool.last_error = error;
@@ -304,6 +352,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
       // between back-to-back runs, on the CPU the run needed).
       auto w = std::move(pool.idle.back());
       pool.idle.pop_back();
+      w->mark_busy();
       if (!w->quiet()) {
         // A stray frame or a hang-up is pending: a run wrote to the reply channel itself. Replace it.
         --pool.live;
@@ -351,21 +400,14 @@ void WorkerPool::give_back(const PoolKey& key, std::unique_ptr<WorkerProcess> w)
     leased_.erase(w.get());
     --pool.leased;
     if (w->alive() && !stopping_ && !key.once) {
+      w->mark_idle();
       pool.idle.push_back(std::move(w));
       fill(key, options_.workers, true);  // the rest of the pool comes up in the background (see prespawn)
     } else {
       dead = std::move(w);
       --pool.live;
       // Idle slots of the same process (run threads) ended with it: replaced now, not at their next lease.
-      for (auto i = pool.idle.begin(); i != pool.idle.end();) {
-        if ((*i)->alive()) {
-          ++i;
-          continue;
-        }
-        dead_slots.push_back(std::move(*i));
-        i = pool.idle.erase(i);
-        --pool.live;
-      }
+      take_idle_if(pool, [](const WorkerProcess& slot) { return !slot.alive(); }, dead_slots);
       if (key.once) {
         if (pool.live == 0 && pool.idle.empty()) pools_.erase(it);  // `key` refers into it: not used after
       } else if (!stopping_) {

@@ -433,6 +433,7 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
   if (slots > 1) {
     // One process, `slots` run slots: each wipes its thread's directory (made by the worker before its hello).
     auto shared = std::make_shared<SharedProcess>();
+    shared->slots = slots;
     shared->scratch = std::exchange(w->scratch_, std::string());
     shared->scratch_fd = std::move(w->scratch_fd_);
     w->shared_ = shared;
@@ -884,6 +885,29 @@ bool WorkerProcess::is_stale(const std::string& frame, std::uint64_t id) {
   // The top-level id from one pass that builds nothing (a forged frame may be costly to parse).
   const RequestCost c = measure_request(frame, std::numeric_limits<std::size_t>::max());
   return !c.malformed && c.id.is_number_unsigned() && c.id.get<std::uint64_t>() < id;
+}
+
+void WorkerProcess::mark_idle() {
+  if (shared_) ++shared_->idle_slots;
+}
+
+void WorkerProcess::mark_busy() {
+  ++(shared_ ? shared_->idle_watch : idle_watch_).leases;
+  if (shared_ && shared_->idle_slots > 0) --shared_->idle_slots;
+}
+
+bool WorkerProcess::spent_while_idle(std::chrono::milliseconds allowance) {
+  if (!alive() || (shared_ && shared_->idle_slots != shared_->slots)) return false;  // another slot runs
+  IdleWatch& w = shared_ ? shared_->idle_watch : idle_watch_;
+  const std::uint64_t now = cpu_ticks();  // 0 when unreadable (the worker is gone): not counted
+  if (w.seen_at_lease != w.leases) {  // the first look since its last lease: the count starts here
+    w.seen_at_lease = w.leases;
+    w.ticks = now;
+    return false;
+  }
+  static const long ticks_per_second = ::sysconf(_SC_CLK_TCK);
+  return ticks_per_second > 0 && now > w.ticks &&
+         static_cast<long long>(now - w.ticks) * 1000 > static_cast<long long>(allowance.count()) * ticks_per_second;
 }
 
 bool WorkerProcess::quiet() const {

@@ -134,6 +134,13 @@ class WorkerPool {
   void fill(const PoolKey& key, std::size_t want, bool background = false);
   void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk);
   void spawn_loop();
+  // Caller holds `lk` on mu_. Ends the idle namespace/subinterpreter workers that spent CPU while idle (see
+  // WorkerProcess::mark_idle) and starts their replacements.
+  void end_busy_idlers(std::unique_lock<std::mutex>& lk);
+  // Caller holds mu_. Moves `pool`'s idle workers for which `pred` holds to `out` (no longer live there); the
+  // caller destroys them (kill and reap) outside the lock.
+  template <class Pred>
+  static void take_idle_if(Pool& pool, Pred pred, std::vector<std::unique_ptr<WorkerProcess>>& out);
 
   Options options_;
   Spawn spawn_;

@@ -44,6 +44,14 @@ struct RunExtras {
   bool input_json_checked = false;  // json_text_error() already passed on *input_json: not scanned again
 };
 
+// Where the pool's idle CPU watch started counting: the worker's CPU clock when it was first seen idle after
+// its `leases`-th lease.
+struct IdleWatch {
+  std::uint64_t leases = 0;  // leases so far (mark_busy counts them)
+  std::uint64_t seen_at_lease = ~std::uint64_t{0};
+  std::uint64_t ticks = 0;
+};
+
 // What the run slots of one worker process share (subinterpreter_threads > 1): whichever slot ends the process
 // reaps it, once, and the others learn from here that their runs ended with it.
 struct SharedProcess {
@@ -53,6 +61,10 @@ struct SharedProcess {
   const void* ended_by = nullptr;  // the slot that killed the process while it was alive (nullptr: none did)
   std::string scratch;             // the scratch root, removed by the reaper
   Fd scratch_fd;
+  // The idle CPU watch (see WorkerProcess::spent_while_idle), guarded by the pool's lock: the process is idle
+  // only when every slot is.
+  std::size_t slots = 1, idle_slots = 0;
+  IdleWatch idle_watch;
 };
 
 class WorkerProcess {
@@ -85,6 +97,16 @@ class WorkerProcess {
   void kill_and_reap();
   // Nothing unread on the socket: a worker with a stray frame pending is out of step and must go.
   bool quiet() const;
+  // The idle CPU watch, for workers whose runs share their process (namespace, subinterpreter). A reply
+  // proves nothing there: a run that owns its process can write one and go on computing while the pool holds
+  // its worker idle and no deadline runs. The CPU clock of the process, read from /proc, cannot lie. The pool
+  // counts leases (mark_busy; mark_idle when a slot comes back) and looks now and then from its own thread:
+  // the first look after a lease starts the count, a later one is true once the worker spent more than
+  // `allowance` of CPU since (an idle worker only builds its spare interpreters). Nothing is read from /proc
+  // on a run's path.
+  void mark_idle();
+  void mark_busy();
+  bool spent_while_idle(std::chrono::milliseconds allowance);
 
  private:
   WorkerProcess() = default;
@@ -119,6 +141,7 @@ class WorkerProcess {
   std::string scratch_;
   Fd scratch_fd_;  // held open: the per-run wipe never resolves the path again
   Isolation isolation_ = Isolation::fork;
+  IdleWatch idle_watch_;  // a slot's is its SharedProcess's
   std::shared_ptr<SharedProcess> shared_;  // set for the slots of a worker with run threads
   std::vector<std::unique_ptr<WorkerProcess>> slots_;
 };

@@ -2,7 +2,11 @@
 // in own-GIL interpreters. Registered only when CMake found a 3.12+ shared build (SPR_TEST_OWNGIL_PYTHON).
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <future>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -89,6 +93,77 @@ TEST_CASE("owngil: a run over its timeout ends the run beside it with a stable o
   }
 }
 
+namespace {
+
+// Submits a run that prints HOLDING and then computes for a minute, and waits until it prints: it then holds
+// one slot of the worker.
+spr::RunHandle hold_a_slot(spr::Runner& runner, const spr::RunnerPolicy& p, spr::RunOptions opts = {}) {
+  spr::RunnerPolicy long_run = p;
+  long_run.timeout_seconds = 120 * spr_test::time_scale();
+  auto seen = std::make_shared<std::promise<void>>();
+  auto said = std::make_shared<std::atomic<bool>>(false);
+  opts.on_output = [seen, said](spr::OutputStream, const std::string& data) {
+    if (data.find("HOLDING") != std::string::npos && !said->exchange(true)) seen->set_value();
+  };
+  spr::RunHandle h = runner.submit(
+      "import time\nprint('HOLDING', flush=True)\nt = time.monotonic()\nwhile time.monotonic() - t < 60: pass\n"
+      "result = 'finished'",
+      json::object(), long_run, opts);
+  std::future<void> holding = seen->get_future();
+  while (holding.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
+    REQUIRE(h.wait_for(std::chrono::seconds(0)) != std::future_status::ready);  // it ended before holding
+  return h;
+}
+
+}  // namespace
+
+// A run cancelled on one slot after the other slot's run came back: the cancel ends the shared process, which the
+// pool then replaces (its idle slot included). The runner is shut down while the cancelled run may still be on its
+// way back to the pool.
+TEST_CASE("owngil: a run cancelled beside a finished run answers cancelled, and the pool serves again") {
+  const spr::RunnerPolicy p = owngil_policy(owngil_python());
+  for (int round = 0; round < 2; ++round) {
+    spr::Runner runner(owngil_options());
+    spr::RunHandle held = hold_a_slot(runner, p);
+    const spr::RunResult beside = runner.run("result = 6 * 7", json::object(), p);
+    REQUIRE_MESSAGE(beside.ok, describe(beside));
+    CHECK(beside.result == 42);
+    CHECK(held.cancel());
+    const spr::RunResult cancelled = held.get();
+    CHECK_MESSAGE((cancelled.error_kind == spr::ErrorKind::cancelled ||
+                   cancelled.error_kind == spr::ErrorKind::worker_unavailable),
+                  describe(cancelled));
+    CHECK(cancelled.result.is_null());
+    if (round == 1) continue;  // the runner goes at once, the cancelled run's worker perhaps not yet back
+    // The cancel's kill may still be under way: a run started now can land on the other slot of the dying process
+    // and answer that it ended with its worker (its documented outcome). The pool then serves from a new process.
+    const spr::RunResult first = runner.run("result = 6 * 7", json::object(), p);
+    if (!first.ok) {
+      CHECK_MESSAGE(first.error_kind == spr::ErrorKind::worker_unavailable, describe(first));
+      CHECK(spr_test::contains(first.error.value_or(""), "ended while it ran"));
+    }
+    for (int i = 0; i < 3; ++i) {
+      const spr::RunResult again = runner.run("result = 6 * 7", json::object(), p);
+      CHECK_MESSAGE(again.ok, describe(again));
+      CHECK(again.result == 42);
+    }
+  }
+}
+
+// The runner shuts down while one slot runs and the other idles: the idle slot is ended first, the running one comes
+// back to the pool after (its process killed by the shutdown).
+TEST_CASE("owngil: a runner shut down while one slot runs and the other idles ends the run as unavailable") {
+  spr::Runner runner(owngil_options());
+  const spr::RunnerPolicy p = owngil_policy(owngil_python());
+  spr::RunHandle held = hold_a_slot(runner, p);
+  const spr::RunResult beside = runner.run("result = 1", json::object(), p);
+  REQUIRE_MESSAGE(beside.ok, describe(beside));
+  runner.shutdown();
+  const spr::RunResult ended = held.get();
+  CHECK_MESSAGE(ended.error_kind == spr::ErrorKind::worker_unavailable, describe(ended));
+  CHECK(ended.result.is_null());
+}
+
 TEST_CASE("owngil: a thread a run starts is still refused in a worker with run threads") {
   spr::Runner runner(owngil_options());
   const spr::RunnerPolicy p = owngil_policy(owngil_python());
@@ -102,6 +177,56 @@ TEST_CASE("owngil: a thread a run starts is still refused in a worker with run t
   CHECK_FALSE(r.ok);
   CHECK_FALSE(spr_test::contains(spr_test::all_output(r), "THREAD RAN"));
   CHECK(r.result.is_null());
+}
+
+TEST_CASE("owngil: each run thread counts its own run's memory") {
+  spr::Runner runner(owngil_options());
+  spr::RunnerPolicy p = owngil_policy(owngil_python());
+  p.memory_limit_mb = 64;
+  spr::RunnerPolicy holding = p;
+  holding.timeout_seconds = 120 * spr_test::time_scale();
+  // One run holds 40 MiB on one slot for a while; once it says so, the other takes 40 MiB on the other slot
+  // (counted together they would pass 64 MiB), and then the first asks for 30 MiB more, which its own limit
+  // refuses (a count shared with the other slot would have lost it when that run ended). Were the holder
+  // done first, both would pass anyway: the test can miss the fault, never invent one.
+  auto seen = std::make_shared<std::promise<void>>();
+  auto said = std::make_shared<std::atomic<bool>>(false);
+  spr::RunOptions watch;
+  watch.on_output = [seen, said](spr::OutputStream, const std::string& data) {
+    if (data.find("HELD") != std::string::npos && !said->exchange(true)) seen->set_value();
+  };
+  spr::RunHandle holder = runner.submit("import time\nheld = bytearray(40 << 20)\nprint('HELD', flush=True)\n"
+                                        "time.sleep(15)\n"
+                                        "try:\n    more = bytearray(30 << 20)\n    result = 'allocated'\n"
+                                        "except MemoryError:\n    result = 'refused'\n",
+                                        json::object(), holding, watch);
+  std::future<void> held = seen->get_future();
+  while (held.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
+    REQUIRE(holder.wait_for(std::chrono::seconds(0)) != std::future_status::ready);  // it ended before holding
+  const spr::RunResult beside = runner.run("b = bytearray(40 << 20)\nresult = len(b)", json::object(), p);
+  CHECK_MESSAGE(beside.ok, describe(beside));
+  CHECK(beside.result == 40 << 20);
+  // The holder's own limit outlived the other run's start and end on the other slot.
+  const spr::RunResult first = holder.get();
+  CHECK_MESSAGE(first.ok, describe(first));
+  CHECK(first.result == "refused");
+}
+
+TEST_CASE("owngil: frozen standard-library modules (pathlib's ntpath) load on every run thread") {
+  spr::Runner runner(owngil_options());
+  spr::RunnerPolicy p = owngil_policy(owngil_python());
+  p.blocked_imports = {};
+  // Four at once on two slots: each slot's own-GIL interpreters unmarshal the frozen modules themselves.
+  std::vector<spr::RunHandle> handles;
+  for (int n = 0; n < 4; ++n)
+    handles.push_back(runner.submit("import pathlib, runpy\n"
+                                    "result = [str(pathlib.PurePosixPath('a') / str(input_data['n'])), callable(runpy.run_path)]\n",
+                                    {{"n", n}}, p));
+  for (int n = 0; n < 4; ++n) {
+    const spr::RunResult r = handles[n].get();
+    CHECK_MESSAGE(r.ok, describe(r));
+    CHECK(r.result == json::array({"a/" + std::to_string(n), true}));
+  }
 }
 
 TEST_CASE("owngil: the option on a worker that embeds 3.10/3.11 refuses to start, and says why") {

@@ -241,6 +241,47 @@ TEST_CASE("model: a reply whose exit_code is out of range is refused") {
   }
 }
 
+TEST_CASE("model: a run that forges its reply and goes on computing does not keep its worker's CPU") {
+  // namespace and subinterpreter: the run owns the worker's process, so it can answer for itself on the protocol
+  // socket and keep running with its signals blocked while the pool holds the worker idle (no deadline runs
+  // then). Seen from outside: the worker's processes must be gone within a bound, not spin on.
+  // (fork: the run's child is ended with its reply; process: its worker too.)
+  if (test_mode() == spr::Isolation::fork || test_mode() == spr::Isolation::process) return;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  const auto workers = sec::descendants(::getpid(), {});
+  REQUIRE_FALSE(workers.empty());
+  const std::string forge =
+      "import _spr_raw, json, signal\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': True, 'result': 'FORGED',"
+      " 'error_kind': 'none', 'exit_code': 0}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "_spr_raw.call('write', 3, frame, len(frame))\n"
+      "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})\n"
+      "while True:\n"
+      "    pass\n";
+  const spr::RunResult forged = runner.run(forge, {{"id", 2}});
+  CHECK(forged.result == json("FORGED"));  // the control: the supervisor took the forged frame as the answer
+  // The bound is a hang guard (the pool looks every second and allows one second of CPU): scaled with the load.
+  const char* scale_env = std::getenv("SPR_TEST_TIME_SCALE");
+  const double scale = scale_env && std::atof(scale_env) > 1 ? std::atof(scale_env) : 1.0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * scale);
+  auto still_there = [&] {
+    int n = 0;
+    for (const auto& p : sec::descendants(::getpid(), {}))
+      for (const auto& w : workers) n += p.pid == w.pid;
+    return n;
+  };
+  while (still_there() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(still_there() == 0);
+  // The pool serves again with a new worker.
+  const std::string secret = "NEXT" + sec::random_hex(6);
+  CHECK(runner.run("result = input_data['s']", {{"s", secret}}).result == json(secret));
+}
+
 TEST_CASE("model: a reply one byte over its size cap is refused where it is read, one at the cap is taken") {
   // One cap for a run's reply frame (common/run_deadline.hpp): the supervisor reads it from a worker, and a fork
   // parent from its run's child. The run writes the frame itself in a raw write, as a run owning its process
@@ -451,6 +492,115 @@ TEST_CASE("model: memory allocated behind the accounting meets the OS backstop")
   if (test_mode() != spr::Isolation::fork) {
     runner.run("#spr-fault: alloc 1200\nresult = 1");
     CHECK(largest_descendant_hwm_kb() < 700 * 1024);
+  }
+}
+
+// Fork and process runs may start threads (the other modes refuse them): what a thread does is the run's.
+static bool threads_allowed() { return test_mode() == spr::Isolation::fork || test_mode() == spr::Isolation::process; }
+
+TEST_CASE("model: a thread a run starts is held to the run's memory limit") {
+  spr::RunnerOptions o = options();
+  o.policy.memory_limit_mb = 32;
+  o.policy.timeout_seconds = 60;  // the host cancels the run once it has looked
+  spr::Runner runner(o);
+  // A thread holds 1 MiB blocks until refused (at most 300) and then lets them go; the main thread waits
+  // while the host reads the peak RSS of the run's process.
+  const std::string code =
+      "import threading, time\n"
+      "held, count = [], []\n"
+      "def grab():\n"
+      "    try:\n"
+      "        for i in range(300):\n"
+      "            held.append(bytearray(1 << 20))\n"
+      "    except MemoryError:\n"
+      "        pass\n"
+      "    count.append(len(held))\n"
+      "    held.clear()\n"
+      "t = threading.Thread(target=grab)\n"
+      "try:\n"
+      "    t.start()\n"
+      "    t.join()\n"
+      "except RuntimeError:\n"  // can't start new thread (refused by the sandbox)
+      "    count.append('not started')\n"
+      "print('HELD', count, flush=True)\n"
+      "print('LOOK', flush=True)\n"
+      "time.sleep(3600)\n";
+  sec::StdoutWatch watch;
+  spr::RunHandle h = runner.submit(code, json::object(), o.policy, watch.options());
+  const bool looked = watch.wait_for("LOOK", h);
+  const long hwm = largest_descendant_hwm_kb();
+  h.cancel();
+  (void)h.get();
+  CAPTURE(watch.seen());
+  CAPTURE(hwm);
+  REQUIRE(looked);
+  // 32 MiB for the run beside the worker's own pages; without the limit the thread held 300 MiB.
+  CHECK(hwm < 160 * 1024);
+  CHECK(sec::contains(watch.seen(), threads_allowed() ? "HELD [" : "HELD ['not started']"));
+  CHECK_FALSE(sec::contains(watch.seen(), "HELD [300]"));
+}
+
+TEST_CASE("model: a thread a run starts follows the run's import policy and audit rules, and prints into its output") {
+  spr::RunnerOptions o = options();
+  o.policy.blocked_builtins = {};  // open()
+  o.policy.scratch_dir = true;     // a directory the run may write
+  spr::Runner runner(o);
+  // The same probe on the main thread and on a thread it starts: imports the default policy blocks, a
+  // write into the run's scratch directory (allowed), a read outside the run's paths (refused), a thread
+  // of its own (allowed as the mode allows).
+  const std::string code = R"(import threading
+def probe(tag):
+    got = {}
+    for name in ('socket', 'posix', '_posixsubprocess'):
+        try:
+            __import__(name)
+            got[name] = 'imported'
+        except ImportError:
+            got[name] = 'refused'
+    for what, act in (('write', lambda: open(tag + '.txt', 'w').close()), ('read', lambda: open('/etc/passwd').close())):
+        try:
+            act()
+            got[what] = 'done'
+        except OSError:
+            got[what] = 'refused'
+    try:
+        inner = threading.Thread(target=lambda: None)
+        inner.start()
+        inner.join()
+        got['thread'] = 'started'
+    except RuntimeError:
+        got['thread'] = 'refused'
+    return got
+box = ['not started']
+def run():
+    box[0] = probe('thread')
+    print('printed in a thread')
+main = probe('main')
+t = threading.Thread(target=run)
+try:
+    t.start()
+    t.join()
+except RuntimeError:
+    pass
+result = {'main': main, 'thread': box[0]}
+)";
+  const spr::RunResult r = runner.run(code);
+  CAPTURE(r.error.value_or(""));
+  CAPTURE(r.stdout_text);
+  REQUIRE(r.ok);
+  const json main = r.result.at("main");
+  CHECK(main.at("socket") == "refused");
+  CHECK(main.at("posix") == "refused");
+  CHECK(main.at("_posixsubprocess") == "refused");
+  CHECK(main.at("write") == "done");
+  CHECK(main.at("read") == "refused");
+  if (threads_allowed()) {
+    CHECK(r.result.at("thread") == main);
+    CHECK(sec::contains(r.stdout_text, "printed in a thread"));
+  } else {
+    CHECK(main.at("thread") == "refused");
+    CHECK(r.result.at("thread") == "not started");
+    CHECK_FALSE(sec::contains(r.stdout_text, "printed in a thread"));
   }
 }
 
