@@ -8,20 +8,25 @@
 // writable by the run's code: never in a product build.
 namespace phases {
 enum ChildMark { kStart, kHooks, kFiltered, kSetUp, kRequest, kDecoded, kRan, kReplied, kChildMarks };
-enum ParentMark { kArrived, kForking, kForked, kLimited, kSent, kReplyIn, kDone, kParentMarks };
+enum ParentMark { kArrived, kForking, kForked, kLimited, kSent, kAhead, kReplyIn, kDone, kParentMarks };
 struct Point {
   double wall_us = 0, cpu_us = 0, faults = 0;
 };
 struct Shared {
-  Point child[kChildMarks];
+  Point child[2][kChildMarks];  // two children may live at once (one forked ahead): a slot each, in turn
 };
-constexpr int kPhaseRuns[2] = {200, 50};  // forked for the request, a spare
+// By the child a run got: forked for its request, forked ahead during the run before, a warmed spare.
+constexpr int kPhaseRuns[3] = {200, 200, 50};
 Shared* g_shared = nullptr;
+int g_slot = 0;                   // in a child: its slot (the value when it was forked)
+int g_next_slot = 0;              // in the parent: the next child's
+pid_t g_slot_pid[2] = {-1, -1};   // in the parent: whose each slot is
 Point g_parent[kParentMarks];
 Point g_prev_done;
+int g_kind = 0;  // kPhaseRuns' index
 bool g_spare = false;
-double g_sum[2][64] = {};
-int g_runs[2] = {0, 0};
+double g_sum[3][64] = {};
+int g_runs[3] = {0, 0, 0};
 double g_child_cpu = 0, g_child_faults = 0;
 int g_reaped = 0;
 
@@ -34,8 +39,13 @@ Point now(bool thread) {
   return {w.tv_sec * 1e6 + w.tv_nsec / 1e3, c.tv_sec * 1e6 + c.tv_nsec / 1e3, static_cast<double>(u.ru_minflt)};
 }
 void child(ChildMark m) {
-  if (g_shared) g_shared->child[m] = now(false);
+  if (g_shared) g_shared->child[g_slot][m] = now(false);
 }
+void forking() {
+  g_slot = g_next_slot;
+  g_next_slot ^= 1;
+}
+void forked(pid_t pid) { g_slot_pid[g_slot] = pid; }
 void parent(ParentMark m) { g_parent[m] = now(true); }
 void add(double* sum, int row, const Point& a, const Point& b) {
   sum[3 * row] += b.wall_us - a.wall_us;
@@ -47,11 +57,12 @@ void reaped(const rusage& u) {
   g_child_faults += static_cast<double>(u.ru_minflt);
   ++g_reaped;
 }
-void run_done() {
+void run_done(pid_t pid) {
   if (!g_shared) return;
-  const int k = g_spare ? 1 : 0;
+  const int k = g_kind;
+  g_spare = k > 0;
   double* sum = g_sum[k];
-  const Point* c = g_shared->child;
+  const Point* c = g_shared->child[g_slot_pid[0] == pid ? 0 : 1];
   const Point* p = g_parent;
   int row = 0;
   if (g_prev_done.wall_us > 0) add(sum, row, g_prev_done, p[kArrived]);  // parent between runs (reply out, idle, reap)
@@ -60,7 +71,8 @@ void run_done() {
   add(sum, row++, p[kForking], p[kForked]);    // parent: pipes + fork (a spare: none)
   add(sum, row++, p[kForked], p[kLimited]);    // parent: set_limits
   add(sum, row++, p[kLimited], p[kSent]);      // parent: write request
-  add(sum, row++, p[kSent], p[kReplyIn]);      // parent: waiting for the reply
+  add(sum, row++, p[kSent], p[kAhead]);        // parent: fork the next request's child
+  add(sum, row++, p[kAhead], p[kReplyIn]);     // parent: waiting for the reply
   add(sum, row++, p[kReplyIn], p[kDone]);      // parent: check reply, retire
   Point forking = p[kForking];
   forking.cpu_us = c[kStart].cpu_us;
@@ -84,13 +96,13 @@ void run_done() {
   if (++g_runs[k] < kPhaseRuns[k]) return;
   static const char* const kRows[] = {"parent: between runs (reply out, idle, reap)", "parent: request scan, capture::begin",
                                       "parent: pipes + fork", "parent: set_limits (prlimit x4)", "parent: write request",
-                                      "parent: wait for the reply", "parent: check reply, retire",
+                                      "parent: fork the next child ahead", "parent: wait for the reply", "parent: check reply, retire",
                                       "child: fork until child_main (wall)", "child: PyOS_AfterFork_Child",
                                       "child: prctl/close/dup2/seccomp", "child: deadline::init (spare: + warm-up)",
                                       "child: read request (spare: from parent's write)", "child: decode",
                                       "child: capture + run", "child: encode reply", "parent: request in to reply ready"};
   dprintf(2, "[fork phases] %d runs on %s, means: wall us, cpu us, minor faults\n", g_runs[k],
-          k ? "a spare forked while idle" : "a child forked for them");
+          k == 2 ? "a spare warmed while idle" : k == 1 ? "a child forked ahead (cold)" : "a child forked for them");
   for (int i = 0; i < row; ++i)
     dprintf(2, "[fork phases] %-48s %9.1f %9.1f %7.1f\n", kRows[i], sum[3 * i] / g_runs[k], sum[3 * i + 1] / g_runs[k],
             sum[3 * i + 2] / g_runs[k]);
@@ -104,7 +116,11 @@ void run_done() {
 }  // namespace phases
 #define SPR_CHILD_PHASE(m) phases::child(phases::m)
 #define SPR_PARENT_PHASE(m) phases::parent(phases::m)
+#define SPR_FORKING() phases::forking()
+#define SPR_FORKED(pid) phases::forked(pid)
 #else
+#define SPR_FORKING() ((void)0)
+#define SPR_FORKED(pid) ((void)0)
 #define SPR_CHILD_PHASE(m) ((void)0)
 #define SPR_PARENT_PHASE(m) ((void)0)
 #endif

@@ -1,7 +1,7 @@
 // Fork isolation mode. The parent keeps the warm interpreter and runs nothing of a request: the
 // child parses it, runs it under its own rlimits and stacked seccomp filter, replies, and dies.
-// When the worker is idle, a spare child is forked, filtered and warmed ahead of the next request;
-// back-to-back requests fork on demand (the spare's set-up would only compete with them for CPU).
+// The next request's child is forked while a run is in progress (its fork and Python's after-fork work
+// then overlap that run instead of preceding the next one), and warmed once the worker is idle.
 #include "fork_runner.hpp"
 
 #include <fcntl.h>
@@ -55,6 +55,10 @@ constexpr const char* kWarmUpInput = R"({"x":9,"s":"text"})";
 // into fresh pages): a child forked after it arrived has it already, in its copy-on-write view of the
 // parent's memory, and the pipe carries only the go-ahead (an empty frame) once the limits are set.
 constexpr std::size_t kHandOverBytes = 1u << 20;
+
+// The parent's word to a child forked ahead that is waiting for its request: run the warm-up now (the
+// worker is idle). Never a request: the parent forwards only frames that are JSON objects.
+constexpr std::string_view kWarmUpFrame = "warm";
 
 // parent_reply's status for a request no child started on.
 constexpr int kNotStarted = -1;
@@ -164,7 +168,8 @@ std::uint64_t ForkRunner::address_space_now() const {
   return std::strtoull(buf, nullptr, 10) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string* held, const char* fail_for_test) {
+void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string* held, const int running_fds[2],
+                            const char* fail_for_test) {
   SPR_CHILD_PHASE(kStart);
   PyOS_AfterFork_Child();
   SPR_CHILD_PHASE(kHooks);
@@ -173,6 +178,12 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
   // Dies with the worker, whatever it does to its session or group (its filter keeps this set).
   setup.sys("prctl(PR_SET_PDEATHSIG)", prctl(PR_SET_PDEATHSIG, SIGKILL));
   if (getppid() != parent_) _exit(0);  // the worker is gone: nobody waits for an answer
+  // Forked ahead, during another run: that run's pipes are not this child's to hold.
+  for (int i = 0; i < 2; ++i) {
+    if (running_fds[i] < 0) continue;
+    const int closed_pipe = close(running_fds[i]);
+    setup.sys("close(the running child's pipe)", closed_pipe == -1 && errno == EINTR ? 0 : closed_pipe);
+  }
   // The child never talks to the supervisor directly. (EINTR: the descriptor is released anyway.)
   const int closed = close(detail::kProtocolFd);
   setup.sys("close(protocol fd 3)", closed == -1 && errno == EINTR ? 0 : closed);
@@ -183,7 +194,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
     setup.err("seccomp filter of the run (harden::apply_child)", harden::apply_child(harden::RunLimits{}));
   SPR_CHILD_PHASE(kFiltered);
   setup.err("deadline timer (deadline::init)", deadline::init() ? 0 : (errno ? errno : EIO));
-  if (warm && setup.ok()) {  // a spare only: a child forked for a waiting request would just take the faults twice
+  // A spare only, while the worker is idle: a child whose request waits would just take the faults twice.
+  const auto warm_up = [&] {
     protocol::Request w;
     w.code = kWarmUpCode;
     w.input_json = kWarmUpInput;
@@ -192,15 +204,22 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
     (void)text;
     // The warm-up took this child's prebuilt objects: the request gets its own, built while nobody waits.
     setup.err("the run's builtins and streams (prebuild_for_fork)", prebuild_for_fork() ? 0 : EIO);
-  }
+  };
+  if (warm && setup.ok()) warm_up();
   std::string frame;
   detail::Fd request(request_fd);
   SPR_CHILD_PHASE(kSetUp);
   // The parent's frames are believed (it is the worker this child was forked from). An empty one is the
   // go-ahead for a request this child holds already.
-  if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes, 0, -1,
-                         /*trusted_peer=*/true) != detail::IoStatus::ok)
-    _exit(0);
+  for (;;) {
+    if (detail::read_frame(request.get(), frame, detail::Clock::time_point::max(), detail::kMaxFrameBytes, 0, -1,
+                           /*trusted_peer=*/true) != detail::IoStatus::ok)
+      _exit(0);
+    if (frame != kWarmUpFrame) break;
+    if (!warm && setup.ok()) warm_up();  // once: the next frame is the request
+    warm = true;
+    SPR_CHILD_PHASE(kSetUp);
+  }
   if (frame.empty() && held) frame = std::move(*held);  // this child's own copy-on-write pages: no copy
   SPR_CHILD_PHASE(kRequest);
   // The request pipe stays open: host function answers come on it, forwarded by the parent.
@@ -228,7 +247,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
   _exit(0);
 }
 
-bool ForkRunner::fork_child(Child& c, bool warm, std::string* held) {
+bool ForkRunner::fork_child(Child& c, bool warm, std::string* held, const Child* running) {
   int req[2], rep[2];
   if (pipe2(req, O_CLOEXEC) != 0) return false;
   detail::Fd req_read(req[0]), req_write(req[1]);
@@ -238,14 +257,17 @@ bool ForkRunner::fork_child(Child& c, bool warm, std::string* held) {
   if (pipe2(rep, O_CLOEXEC) != 0) return false;
   detail::Fd rep_read(rep[0]), rep_write(rep[1]);
   parent_ = getpid();
+  const int running_fds[2] = {running ? running->request.get() : -1, running ? running->reply.get() : -1};
+  SPR_FORKING();
   PyOS_BeforeFork();
   const pid_t pid = fork();
   if (pid == 0) {
     req_write.reset();
     rep_read.reset();
-    child_main(req_read.release(), rep_write.release(), warm, held, test_fault_.c_str());
+    child_main(req_read.release(), rep_write.release(), warm, held, running_fds, test_fault_.c_str());
   }
   const int err = errno;
+  SPR_FORKED(pid);
   PyOS_AfterFork_Parent();
   test_fault_.clear();  // one child only
   if (pid < 0) {
@@ -255,6 +277,7 @@ bool ForkRunner::fork_child(Child& c, bool warm, std::string* held) {
   c.pid = pid;
   c.request = std::move(req_write);
   c.reply = std::move(rep_read);
+  c.warm = warm;
   return true;  // the child's ends close here
 }
 
@@ -441,7 +464,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   if (hand_over) retire(spare_);
   SPR_PARENT_PHASE(kForking);
 #ifdef SPR_FORK_PHASES
-  phases::g_spare = spare_.pid > 0;
+  phases::g_kind = spare_.pid <= 0 ? 0 : spare_.warm ? 2 : 1;
 #endif
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (spare_.pid > 0) {
@@ -470,6 +493,13 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   // Host function answers go to the child on this pipe; a child that stops reading must not hold us.
   const int flags = fcntl(c.request.get(), F_GETFL);
   if (flags < 0 || fcntl(c.request.get(), F_SETFL, flags | O_NONBLOCK) != 0) c.request.reset();
+  // The next request's child, forked now that this process holds nothing of this run (its frame is wiped):
+  // the fork and Python's after-fork work overlap this run rather than delay the next request. It runs
+  // nothing until the parent writes to it (a request, or the word to warm up once idle). Not when this
+  // run's child was warmed: its run is short, and its reply would wait for the fork (a warmed spare means
+  // the worker was idle, and the next child is forked once it is idle again).
+  if (!c.warm && spare_.pid < 0 && !fork_child(spare_, false, nullptr, &c)) spare_ = Child{};
+  SPR_PARENT_PHASE(kAhead);
 
   const auto deadline = detail::Clock::now() + detail::seconds(l.kill_after_seconds);
   // The supervisor's own cap for this run (no session here: no repr). (It checks the files themselves.)
@@ -484,10 +514,13 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   c.request.reset();
   if (s == detail::IoStatus::ok) {
     const std::string why = check_reply(reply, l);
+#ifdef SPR_FORK_PHASES
+    const pid_t ran = c.pid;
+#endif
     retire(c);  // the reply goes out before the child is reaped
 #ifdef SPR_FORK_PHASES
     SPR_PARENT_PHASE(kDone);
-    phases::run_done();
+    phases::run_done(ran);
 #endif
     if (why.empty()) return;
     wipe(reply);
@@ -522,9 +555,15 @@ detail::IoStatus ForkRunner::relay_host_call(Child& c, std::string& frame, detai
   wipe(frame);
   if (out != detail::IoStatus::ok) _exit(0);  // the supervisor is gone
   std::string answer;
-  const detail::IoStatus in = detail::read_frame(detail::kProtocolFd, answer, deadline);
+  // The supervisor's frame, sized once from its header: grown in steps, each freed buffer would keep a
+  // piece of the answer in the heap the next run's child is forked from.
+  const detail::IoStatus in =
+      detail::read_frame(detail::kProtocolFd, answer, deadline, detail::kMaxFrameBytes, 0, -1, true);
   if (in == detail::IoStatus::eof) _exit(0);
-  if (in != detail::IoStatus::ok) return in;
+  if (in != detail::IoStatus::ok) {
+    wipe(answer);
+    return in;
+  }
   const auto type = scan::member(answer, "type");
   if (!type || *type != "\"host_return\"") {
     // The supervisor only ever answers a call here: anything else means we are out of step with it.
@@ -538,12 +577,17 @@ detail::IoStatus ForkRunner::relay_host_call(Child& c, std::string& frame, detai
 }
 
 void ForkRunner::while_idle(int fd) {
-  if (spare_.pid < 0) {
+  if (spare_.pid < 0 || !spare_.warm) {
     pollfd p{fd, POLLIN, 0};
     const int r = detail::retry_eintr([&] { return poll(&p, 1, kSpareAfterIdleMs); });
     if (r == 0) {  // idle: the children of earlier runs are gone by now, the next one gets ready
       reap(true);
-      if (!fork_child(spare_, true)) spare_ = Child{};
+      if (spare_.pid > 0) {
+        // Forked ahead during the last run: it warms up now. (Written whole: its pipe is empty.)
+        spare_.warm = true;
+        if (detail::write_frame(spare_.request.get(), kWarmUpFrame) != detail::IoStatus::ok) retire(spare_);
+      }
+      if (spare_.pid < 0 && !fork_child(spare_, true)) spare_ = Child{};
     }
   }
   reap(false);

@@ -42,6 +42,7 @@ class ForkRunner : public IsolationRunner {
     pid_t pid = -1;
     detail::Fd request;  // the parent writes the request frame here
     detail::Fd reply;    // and reads the reply frame here
+    bool warm = false;   // it runs (or ran) our warm-up before its request
   };
   // What the parent takes from a request: numbers and its id, never code or input.
   struct Limits {
@@ -55,10 +56,12 @@ class ForkRunner : public IsolationRunner {
   };
 
   // `warm`: a spare, which runs our warm-up before it waits for its request. `held`: the request, already
-  // in this process's memory, which the child takes from its copy once the parent says go.
-  bool fork_child(Child& c, bool warm, std::string* held = nullptr);
+  // in this process's memory, which the child takes from its copy once the parent says go. `running`: the
+  // child of the run in progress, whose pipes the new child closes (it is forked ahead, during that run).
+  bool fork_child(Child& c, bool warm, std::string* held = nullptr, const Child* running = nullptr);
   // Every set-up step is checked: after a failure the child answers its request without running it.
-  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm, std::string* held, const char* fail_for_test);
+  [[noreturn]] void child_main(int request_fd, int reply_fd, bool warm, std::string* held, const int running_fds[2],
+                               const char* fail_for_test);
   // Runs one request frame; returns the reply frame's text (in `reply`, the buffer reused).
   void run(std::string& frame, std::string& reply);
   bool set_limits(pid_t pid, const Limits& l) const;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -195,6 +196,86 @@ TEST_CASE("fork residue: no byte of a run's input, code, output or extra_globals
   }
 }
 
+// The children `parent` has now, from the kernel's list (/proc/<pid>/task/<pid>/children).
+std::vector<pid_t> children_of(pid_t parent) {
+  std::ifstream in("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");
+  std::vector<pid_t> out;
+  for (long pid; in >> pid;) out.push_back(static_cast<pid_t>(pid));
+  return out;
+}
+
+// The pipes `pid` holds, by inode ("pipe:[123]"): both ends of one pipe have the same.
+std::vector<std::string> pipes_of(pid_t pid) {
+  std::vector<std::string> out;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (int fd = 0; fd < 1024; ++fd) {
+    char target[256];
+    const ssize_t n = readlink((dir + "/" + std::to_string(fd)).c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (std::strncmp(target, "pipe:", 5) == 0) out.emplace_back(target);
+  }
+  return out;
+}
+
+TEST_CASE("fork ahead: the child forked during a run holds none of its code or input, and none of its pipes") {
+  // The worker forks the next request's child while a run is in progress. That child must be as clean as one
+  // forked while idle: the worker has wiped the request by then, and the running child's pipes (its request and
+  // its reply) are closed in it, so the next run cannot read this run's reply or write into this run.
+  // The next child is forked during a run whose child was not warmed ahead (a warmed child's run is short:
+  // its reply would wait for the fork). A request of 1 MiB or more always gets a child forked for it.
+  spr::Runner runner(fork_options());
+  REQUIRE(runner.run("result = 0", json::object()).ok);
+  const std::string code_token = "SPRCODE" + sec::random_hex(12);
+  const std::string input_token = "SPRIN" + sec::random_hex(12);
+  sec::StdoutWatch watch;
+  spr::RunOptions& o = watch.options();
+  o.input_json = "{\"pad\":\"" + std::string(3u << 19, 'x') + "\",\"secret\":\"" + input_token + "\"}";
+  spr::RunnerPolicy p = fork_options().policy;
+  p.timeout_seconds = 60 * time_scale();
+  spr::RunHandle h = runner.submit("s = input_data['secret']\nc = '" + code_token +
+                                       "'\nprint('HOLDING', flush=True)\nimport time\ntime.sleep(3600)\n",
+                                   json::object(), p, o);
+  const bool holding = watch.wait_for("HOLDING", h);
+  // The running child holds the input; its parent is the worker, whose other child is the next one (a hang
+  // guard, not a timing: that one is forked before the run starts).
+  pid_t running = -1, ahead = -1, worker = -1;
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
+  while (holding && (running < 0 || ahead < 0) && std::chrono::steady_clock::now() < guard) {
+    running = ahead = worker = -1;
+    for (const auto& d : sec::descendants(getpid(), {}))
+      if (count_in_memory(d.pid, input_token) > 0) running = d.pid;
+    for (const auto& d : sec::descendants(getpid(), {}))
+      for (const pid_t c : children_of(d.pid))
+        if (c == running) worker = d.pid;
+    if (worker > 0)
+      for (const pid_t c : children_of(worker))
+        if (c != running) ahead = c;
+    if (running < 0 || ahead < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::vector<std::string> running_pipes, ahead_pipes;
+  long ahead_hits = -1, worker_hits = -1;
+  if (running > 0 && ahead > 0) {
+    running_pipes = pipes_of(running);
+    ahead_pipes = pipes_of(ahead);
+    ahead_hits = count_in_memory(ahead, input_token) + count_in_memory(ahead, code_token);
+    worker_hits = count_in_memory(worker, input_token) + count_in_memory(worker, code_token);
+  }
+  h.cancel();
+  const spr::RunResult held = h.get();
+  REQUIRE_MESSAGE(holding, held.error.value_or(""));
+  REQUIRE_MESSAGE(running > 0, "no child of the worker holds the running request");
+  REQUIRE_MESSAGE(ahead > 0, "the worker forked no child for the next request during the run");
+  CHECK(running_pipes.size() >= 2);  // the control: its request and its reply
+  CHECK(ahead_hits == 0);
+  CHECK(worker_hits == 0);
+  for (const auto& pipe : running_pipes)
+    CHECK_MESSAGE(std::find(ahead_pipes.begin(), ahead_pipes.end(), pipe) == ahead_pipes.end(),
+                  "the next run's child holds ", pipe, " of the running child");
+  // And it serves the next request.
+  CHECK(runner.run("result = 3", json::object()).result == 3);
+}
+
 TEST_CASE("fork residue: a request handed to a child forked after it arrived leaves no byte in the worker") {
   // Larger than the pipe to a waiting child: the worker forks a child that already holds the request and drops its
   // own pages of it, without writing them (so without copying what the child shares).
@@ -218,6 +299,56 @@ TEST_CASE("fork residue: a request handed to a child forked after it arrived lea
   CHECK(after.unreadable == 0);
   CHECK_MESSAGE(after.hits == 0, token, " found ", after.hits, " times in ", after.processes, " processes");
   CHECK(runner.run("result = 2", json::object()).result == 2);
+}
+
+TEST_CASE("fork residue: a large reply and a large host answer leave no byte in the worker or the next child") {
+  // The worker reads a child's reply and the supervisor's host answers in frames of any size; a buffer
+  // grown in steps frees the bytes of each earlier step (seen: a 100 KB output found in the next run's
+  // child). Both travel through the fork parent, whose heap every later child inherits.
+  spr::RunnerOptions ro = fork_options();
+  const std::string answer_token = "SPRANS" + sec::random_hex(12);
+  ro.functions["big"] = [answer_token](const spr::HostCall&) { return json(answer_token + std::string(300000, 'a')); };
+  spr::Runner runner(ro);
+  spr::RunnerPolicy p = open_policy(60 * time_scale());
+  p.max_output_kb = 1024;
+  p.max_result_kb = 1024;
+  p.max_host_call_kb = 1024;
+  REQUIRE(runner.run("result = 0", json::object(), p).ok);
+  const std::string hex = sec::random_hex(12);
+  const std::string out_token = "SPRBIGOUT" + hex, result_token = "SPRBIGRES" + hex;
+  const spr::RunResult a = runner.run(
+      "t = input_data['t']\nprint('SPRBIGOUT' + t + 'o' * 100000)\nresult = ['SPRBIGRES' + t + 'r' * 100000, "
+      "len(big())]\n",
+      {{"t", hex}}, p);
+  REQUIRE_MESSAGE(a.ok, a.error.value_or(""));
+  CHECK(a.result[1] == answer_token.size() + 300000);
+  CHECK(a.stdout_text.find(out_token) != std::string::npos);
+  const std::vector<std::string> tokens = {out_token, result_token, answer_token};
+  // While the next run holds its child (the one forked from the parent that carried those frames)...
+  {
+    sec::StdoutWatch watch;
+    spr::RunHandle h = runner.submit("print('HOLDING', flush=True)\nimport time\ntime.sleep(3600)\n", json::object(), p,
+                                     watch.options());
+    const bool holding = watch.wait_for("HOLDING", h);
+    for (const std::string& token : tokens) {
+      const Scan during = scan_descendants(token);
+      CHECK(during.unreadable == 0);
+      CHECK_MESSAGE(during.hits == 0, token.substr(0, 9), " found ", during.hits, " times in ", during.processes,
+                    " processes during the next run");
+    }
+    h.cancel();
+    const spr::RunResult held = h.get();
+    REQUIRE_MESSAGE(holding, held.error.value_or(""));
+  }
+  // ...and once the worker is idle again with its spare forked.
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
+  while (sec::descendants(getpid(), {}).size() < 2 && std::chrono::steady_clock::now() < guard)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (const std::string& token : tokens) {
+    const Scan after = scan_descendants(token);
+    CHECK(after.processes >= 2);
+    CHECK_MESSAGE(after.hits == 0, token.substr(0, 9), " found ", after.hits, " times in ", after.processes, " processes");
+  }
 }
 
 TEST_CASE("fork reply checks: a forged or oversized reply written by the run never reaches the caller") {
