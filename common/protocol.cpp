@@ -159,7 +159,7 @@ std::string encode(const Message& m) {
     static const json kNoValue;  // unused: the text is spliced in
     return encode_request(RequestRef{r->id, r->code, kNoValue, r->policy, r->stdin_text, r->want_repr,
                                      r->kill_after_seconds, r->functions, r->files, r->collect,
-                                     r->input_json.empty() ? std::string_view("{}") : std::string_view(r->input_json)});
+                                     r->input_text().empty() ? std::string_view("{}") : r->input_text()});
   }
   json j = std::visit(
       Overload{

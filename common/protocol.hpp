@@ -1,6 +1,7 @@
 // The typed wire protocol between supervisor and worker: one struct per message, one encode/decode pair.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -51,9 +52,13 @@ struct Hello {
 struct Request {
   std::uint64_t id = 0;
   std::string code;
-  // "input_data": its JSON text as the frame carried it (empty: {}). The run decodes it with CPython's
-  // own scanner; no tree is built on the way.
+  // "input_data": its JSON text as the frame carried it (empty: {}), from input_at on. The run decodes it
+  // with CPython's own scanner; no tree is built on the way. A worker that takes a whole frame over for its
+  // input leaves the bytes before the value where they are: cutting them off would move (and in a fork child,
+  // copy page by page) the whole input.
   std::string input_json;
+  std::size_t input_at = 0;
+  std::string_view input_text() const { return std::string_view(input_json).substr(std::min(input_at, input_json.size())); }
   RunnerPolicy policy;
   std::string stdin_text;  // "stdin" on the wire, left out when empty
   bool want_repr = false;  // "repr" (sessions): report repr() of a trailing expression; left out when false

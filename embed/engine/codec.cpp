@@ -42,7 +42,13 @@ PyObject* from_json_text(std::string_view text) {
   if (!s) return nullptr;
   py::Ref zero(PyLong_FromLong(0));
   if (!zero) return nullptr;
+  // The collector is off while the scanner builds the value: a decode makes no garbage and no cycle, and a
+  // large input (1.5 M records in 100 MB) would otherwise pay a collection every 700 containers, each older
+  // generation's walk over everything decoded so far (1.6 of 3.9 s in python3's own json.loads). The
+  // allocation accounting is untouched: a decode past the memory limit is still refused.
+  const int gc_was_on = PyGC_Disable();
   py::Ref pair(PyObject_CallFunctionObjArgs(scanner, s.get(), zero.get(), nullptr));
+  if (gc_was_on) PyGC_Enable();
   if (!pair) {
     if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
       PyErr_Clear();

@@ -228,7 +228,7 @@ py::Ref take_prebuilt_builtins(const RunnerPolicy& p) {
 PyObject* make_globals(const Request& req, PyObject* session_main, py::Ref& main_module) {
   const RunnerPolicy& p = req.policy;
   main_module = session_main ? py::Ref::borrow(session_main) : py::Ref(PyModule_New("__main__"));
-  py::Ref input(codec::from_json_text(req.input_json.empty() ? std::string_view("{}") : std::string_view(req.input_json)));
+  py::Ref input(codec::from_json_text(req.input_text().empty() ? std::string_view("{}") : req.input_text()));
   if (!main_module || !input) return nullptr;
   py::Ref g = py::Ref::borrow(PyModule_GetDict(main_module.get()));
   const bool first = PyDict_GetItemString(g.get(), "__builtins__") == nullptr;

@@ -80,10 +80,12 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
     in.run = std::move(*rq);
     if (p.policy_prebuilt) in.run.policy = std::move(prebuilt->policy);
     if (p.input.data() && owner) {
+      // The value stays where it is (input_at): moving it to the front would write every page of it, and a fork
+      // child's pages of a large request are still its parent's until written (each write a copy).
       const std::size_t at = static_cast<std::size_t>(p.input.data() - owner->data());
       owner->resize(at + p.input.size());
-      owner->erase(0, at);  // a move within pages already touched
       in.run.input_json = std::move(*owner);
+      in.run.input_at = at;
       owner->clear();
     } else if (p.input.data()) {
       in.run.input_json.assign(p.input);

@@ -60,6 +60,19 @@ def test_every_isolation_mode(isolation, runner):
     assert r.result == 9.0
     assert r.isolation == isolation
     assert runner.run("import os", policy=p).error == "ImportError: Import 'os' is blocked by policy"
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_input_data_decodes_without_collections(isolation, runner):
+    # 200,000 containers decoded with the collector on took ~290 youngest-generation collections (each older
+    # generation's pass walks everything decoded so far); the engine turns it off for the decode, and back on.
+    p = RunnerPolicy(isolation=isolation)
+    code = "import gc\nresult = [gc.isenabled(), gc.get_stats()[0]['collections']]"
+    small = runner.run(code, {"rows": []}, policy=p)
+    large = runner.run(code, {"rows": [[i] for i in range(200_000)]}, policy=p)
+    assert small.ok and large.ok, (small.error, large.error)
+    assert small.result[0] and large.result[0]  # on again for the run
+    assert large.result[1] - small.result[1] < 50, (small.result, large.result)
     t = runner.run("while True:\n    pass", policy=RunnerPolicy(isolation=isolation, timeout_seconds=0.5))
     assert t.timed_out and t.exit_code == 124
 

@@ -1,6 +1,7 @@
 // Unit tests of the worker's one decode function and its reply encoding.
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's sc
   CHECK(in.id == 17);
   CHECK(in.run.code == "result = 1");
   // input_data goes to the engine as its text (decoded there by CPython's scanner), never as a tree.
-  CHECK(in.run.input_json == R"({"x":2})");
+  CHECK(in.run.input_text() == R"({"x":2})");
   CHECK(in.run.stdin_text == "in");
   CHECK(in.run.want_repr);
   CHECK(in.run.policy.timeout_seconds == 3);
@@ -76,7 +77,7 @@ TEST_CASE("worker protocol: a refused request is answered under its own id") {
 }
 
 TEST_CASE("worker protocol: a frame handed over (decode_request_owned) decodes as the same frame viewed") {
-  // The fork child hands its frame over: input_data's text is cut out of it in place instead of copied.
+  // The fork child hands its frame over: input_data's text stays in place in it (input_at) instead of copied.
   // Whatever surrounds the text (members before and after it), the request is the same either way.
   pr::Request rq;
   rq.id = 9;
@@ -88,11 +89,15 @@ TEST_CASE("worker protocol: a frame handed over (decode_request_owned) decodes a
   const spr::embed::WorkerScope scope{spr::Isolation::fork, false};
   const Incoming viewed = spr::embed::decode_request(std::string_view(frame), scope, nullptr);
   std::string handed = frame;
+  // Where the value lies in the handed-over bytes: the request's text must still be there, not moved (a fork
+  // child writing a large input's pages would copy each from its parent).
+  const char* const value_at = handed.data() + frame.find(R"("input_data":)") + std::strlen(R"("input_data":)");
   const Incoming moved = spr::embed::decode_request_owned(std::move(handed), scope, nullptr);
   REQUIRE(viewed.kind == Incoming::Kind::run);
   REQUIRE(moved.kind == Incoming::Kind::run);
-  CHECK(moved.run.input_json == R"({"a":[1,2.5,"s"],"b":{"c":null}})");
-  CHECK(moved.run.input_json == viewed.run.input_json);
+  CHECK(moved.run.input_text() == R"({"a":[1,2.5,"s"],"b":{"c":null}})");
+  CHECK(moved.run.input_text() == viewed.run.input_text());
+  CHECK(moved.run.input_text().data() == value_at);
   CHECK(moved.id == 9);
   CHECK(moved.run.code == viewed.run.code);
   CHECK(moved.run.stdin_text == "after");
@@ -124,7 +129,7 @@ TEST_CASE("worker protocol: a prebuilt policy serves only the request whose poli
     std::string handed = f;
     const Incoming in = spr::embed::decode_request_owned(std::move(handed), scope, nullptr, &p);
     REQUIRE(in.kind == Incoming::Kind::run);
-    CHECK(in.run.input_json == R"({"x":1})");
+    CHECK(in.run.input_text() == R"({"x":1})");
     CHECK(in.run.policy.timeout_seconds == 2);
     CHECK(in.run.policy.blocked_imports == std::vector<std::string>{"os"});
     CHECK_FALSE(in.run.policy.allow_network);  // narrowed to the worker's scope as a decoded one is
