@@ -179,9 +179,32 @@ PythonEnv refuse(const std::string& why) {
 
 std::string default_python() { return SPR_DEFAULT_PYTHON; }
 
+namespace {
+
+// "3.9.18" as {3, 9, 18}: versions compare as numbers (3.9 before 3.13).
+std::vector<int> version_numbers(const std::string& version) {
+  std::vector<int> out;
+  for (std::size_t i = 0; i < version.size();) {
+    std::size_t end = i;
+    while (end < version.size() && std::isdigit(static_cast<unsigned char>(version[end]))) ++end;
+    out.push_back(end > i ? std::atoi(version.substr(i, end - i).c_str()) : 0);
+    i = end + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::string> served_pythons() {
+  // The default first (what an unset python_executable gets), then the others by version.
+  std::vector<const Build*> others;
+  for (std::size_t i = 1; i < builds().size(); ++i) others.push_back(&builds()[i]);
+  std::stable_sort(others.begin(), others.end(), [](const Build* a, const Build* b) {
+    return version_numbers(a->version) < version_numbers(b->version);
+  });
   std::vector<std::string> out;
-  for (const auto& b : builds()) out.push_back(b.version + " " + b.executable);
+  if (!builds().empty()) out.push_back(builds().front().version + " " + builds().front().executable);
+  for (const Build* b : others) out.push_back(b->version + " " + b->executable);
   return out;
 }
 

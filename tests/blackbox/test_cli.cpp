@@ -621,6 +621,15 @@ TEST_CASE("doctor --json reports every mode's layers (issue 11: subinterpreter t
   bool has_39 = false;
   for (const auto& py : j["pythons"]) has_39 = has_39 || py.get<std::string>().rfind("3.9.18 /root/.pyenv/", 0) == 0;
   CHECK(has_39);
+  // The default first, then the others by version as numbers (3.9 before 3.13).
+  std::vector<std::vector<int>> versions;
+  for (std::size_t i = 1; i < j["pythons"].size(); ++i) {
+    std::vector<int> v(3, 0);
+    std::sscanf(j["pythons"][i].get<std::string>().c_str(), "%d.%d.%d", &v[0], &v[1], &v[2]);
+    versions.push_back(v);
+  }
+  CAPTURE(j["pythons"].dump());
+  CHECK(std::is_sorted(versions.begin(), versions.end()));
   const auto text = cli({"doctor"});
   CHECK(contains(text.out, "every CPython 3.9 to 3.13"));
 }
