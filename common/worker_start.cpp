@@ -147,7 +147,7 @@ json WorkerStart::to_json() const {
                     {"how", "tmpfs, read-write"},
                     {"size_mb", scratch_limit_mb},
                     {"what", "scratch"}});
-  mounts.push_back({{"path", "/proc"}, {"how", "proc of its own PID namespace"}, {"what", "proc"}});
+  // No /proc: through another process's /proc/<pid>/fd a run could reopen that process's pipes.
   const uid_t euid = ::geteuid();
   return {{"isolation", to_string(isolation)},
           {"once", once},

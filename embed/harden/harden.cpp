@@ -139,7 +139,6 @@ Report apply_worker(const WorkerConfig& cfg) {
     ro.scratch_bytes = cfg.scratch_bytes;
     ro.scratch_uid = identity.scratch_uid;
     ro.scratch_gid = identity.scratch_gid;
-    ro.proc = g_early.done && g_early.pid.active;
     LayerStatus s = root::apply(ro);
     own_root = s.active;
     return s;
@@ -164,11 +163,15 @@ Report apply_worker(const WorkerConfig& cfg) {
     return rlimits::apply_worker(
         {max_of(cfg.keep_fds), !cfg.allow_fork, cfg.max_tasks, cfg.address_space_bytes, cfg.cpu_seconds});
   });
-  // 7. no_new_privs: Landlock requires it from a process without CAP_SYS_ADMIN (we just dropped ours).
-  run_layer(report, "no_new_privs", true, [] {
-    const int err = no_new_privs::apply();
-    return err == 0 ? active("no_new_privs", "PR_SET_NO_NEW_PRIVS=1")
-                    : inactive("no_new_privs", errno_text("prctl(PR_SET_NO_NEW_PRIVS)", err));
+  // 7. no_new_privs: Landlock requires it from a process without CAP_SYS_ADMIN (we just dropped ours). Without
+  //    the own root (which mounts no /proc) the host's /proc is in view: the worker and its fork children become
+  //    non-dumpable, so none can open another's entries (their pipes through /proc/<pid>/fd). With it, the
+  //    supervisor opens the worker's root through /proc/<pid>/root, which a non-dumpable worker of an
+  //    unprivileged supervisor would refuse.
+  run_layer(report, "no_new_privs", true, [&] {
+    const int err = no_new_privs::apply(/*not_dumpable=*/!own_root);
+    return err == 0 ? active("no_new_privs", own_root ? "PR_SET_NO_NEW_PRIVS=1" : "PR_SET_NO_NEW_PRIVS=1, PR_SET_DUMPABLE=0")
+                    : inactive("no_new_privs", errno_text("prctl(PR_SET_NO_NEW_PRIVS or PR_SET_DUMPABLE)", err));
   });
   // 8. Landlock before seccomp: its own syscalls (landlock_*, open(O_PATH)) must still be callable. Inside the
   //    own root it opens the very mounts above: a second fence, file by file where the root binds directories.

@@ -56,7 +56,6 @@ struct Options {
   std::uint64_t scratch_bytes = 64ull << 20;
   std::uint64_t scratch_inodes = 16384;
   unsigned scratch_uid = 0, scratch_gid = 0;
-  bool proc = false;  // mount a /proc of our own PID namespace (processes of others invisible)
 };
 // A failure before anything was mounted leaves the host's view (reported inactive); after, `fatal` is set.
 LayerStatus apply(const Options&);
@@ -90,7 +89,9 @@ LayerStatus apply_worker(const WorkerOptions&);
 }  // namespace rlimits
 
 namespace no_new_privs {
-int apply() noexcept;  // 0 or errno, logged
+// 0 or errno, logged. `not_dumpable`: also PR_SET_DUMPABLE 0 (a worker without its own root, whose /proc is the
+// host's: with it, a run could open the /proc entries of the worker's other processes, which share its uid).
+int apply(bool not_dumpable = false) noexcept;
 }  // namespace no_new_privs
 
 namespace landlock {

@@ -174,13 +174,9 @@ LayerStatus apply(const Options& o) {
       return broken(errno_text("mount(tmpfs, scratch)", errno));
     scratch_note = "scratch " + o.scratch + " a tmpfs of " + std::to_string(o.scratch_bytes >> 20) + " MiB";
   }
-  if (o.proc) {
-    // Our own PID namespace's processes only, and only their pid directories (no /proc/sys, no /proc/kcore).
-    const std::string where = std::string(kStaging) + "/proc";
-    if (int err = make_dirs(where); err != 0) return broken(errno_text("mkdir(/proc)", err));
-    if (::mount("proc", where.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid") != 0)
-      return broken(errno_text("mount(proc)", errno));
-  }
+  // No /proc: Landlock refuses its files to a run anyway, but not what its magic links lead to. Through
+  // /proc/<pid>/fd/<n> of another process of the sandbox (a fork child forked ahead, the fork parent: same uid,
+  // and dumpable under an unprivileged supervisor) a run reopened that process's pipes and wrote it a request.
   if (::mount(nullptr, kStaging, nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) != 0)
     return broken(errno_text("mount(new root, MS_RDONLY)", errno));
   // pivot_root(".", "."): the old root ends up stacked under the new one and is detached at once, so no
@@ -192,7 +188,7 @@ LayerStatus apply(const Options& o) {
   const std::string cwd = o.scratch.empty() ? std::string("/") : o.scratch;
   if (::chdir(cwd.c_str()) != 0) return broken(errno_text("chdir(scratch)", errno));
   std::string detail = "pivot_root into a read-only tmpfs; " + std::to_string(trees.size()) +
-                       " read-only binds; " + scratch_note + (o.proc ? "; /proc of its own PID namespace" : "");
+                       " read-only binds; " + scratch_note + "; no /proc";
   if (!skipped.empty()) detail += "; left out: " + skipped;
   return active(name, detail);
 }

@@ -94,6 +94,95 @@ long largest_descendant_hwm_kb() {
 
 }  // namespace
 
+// Red team round 9: in fork mode the next request's child is forked during a run. A run under an unprivileged
+// supervisor opened that child's request pipe through /proc/<pid>/fd (same uid, dumpable) and wrote it a request
+// of its own: the child ran it, then answered the next party's request itself. Here a run looks for such a child
+// (two pipes open through /proc/<pid>/fd, any process but its own and its parent) and plants a request that
+// answers the next request with a forged result; the run right behind it (another party's) must answer its own
+// result. Also as nobody (security.user.model.*): as root the children were never dumpable.
+TEST_CASE("model: a run cannot reach another process's descriptors; the next run answers its own result") {
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  const char* scale_env = std::getenv("SPR_TEST_TIME_SCALE");
+  o.policy.timeout_seconds = 20 * (scale_env && std::atof(scale_env) > 1 ? std::atof(scale_env) : 1.0);
+  spr::Runner runner(o);
+  // The request it plants: read the next request from the pipe the worker writes to, answer it with a forged
+  // result on the pipe the worker reads, never answer the planted one.
+  const std::string planted =
+      "import _spr_raw as R, json\n"
+      "pipes = sorted(fd for fd in range(3, 32) if R.call('fcntl', fd, 1032)[0] > 0)\n"
+      "req, rep = pipes[0], pipes[1]\n"
+      "def rd(n):\n"
+      "    out = b''\n"
+      "    while len(out) < n:\n"
+      "        buf = bytearray(n - len(out))\n"
+      "        got = R.call('read', req, buf, len(buf))[0]\n"
+      "        if got <= 0:\n"
+      "            R.call('exit_group', 0)\n"
+      "        out += bytes(buf[:got])\n"
+      "    return out\n"
+      "while True:\n"
+      "    n = int.from_bytes(rd(4), 'little')\n"
+      "    body = rd(n) if n else b''\n"
+      "    if body and body != b'warm':\n"
+      "        break\n"
+      "victim = json.loads(body)\n"
+      "out = json.dumps({'type': 'reply', 'id': victim['id'], 'ok': True, 'result': 'FORGED', 'error_kind': 'none',\n"
+      "                  'exit_code': 0, 'stdout': '', 'stderr': ''}).encode()\n"
+      "out = len(out).to_bytes(4, 'little') + out\n"
+      "R.call('write', rep, out, len(out))\n"
+      "R.call('exit_group', 0)\n";
+  const std::string attack =
+      "import _spr_raw as R, json, os, time\n"
+      "me, parent = os.getpid(), os.getppid()\n"
+      "body = json.dumps({'type': 'request', 'id': 0, 'code': input_data['planted'], 'isolation': 'fork',\n"
+      "                   'policy': {'timeout_seconds': 60, 'blocked_imports': []}}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "opened = written = 0\n"
+      "end = time.time() + 1.5\n"
+      "while time.time() < end and not written:\n"
+      "    for pid in range(1, 64):\n"
+      "        if pid in (me, parent):\n"
+      "            continue\n"
+      "        pipes = []\n"
+      "        for fd in range(0, 24):\n"
+      "            r, e = R.call('openat', -100, '/proc/%d/fd/%d' % (pid, fd), 0o4000 | 0o2000000 | 1, 0)\n"
+      "            if r < 0:\n"
+      "                continue\n"
+      "            opened += 1\n"
+      "            if R.call('fcntl', r, 1032)[0] > 0:\n"
+      "                pipes.append(r)\n"
+      "            else:\n"
+      "                R.call('close', r)\n"
+      "        if len(pipes) == 2:  # a fork child's request pipe (made first) and reply pipe\n"
+      "            written += R.call('write', pipes[0], frame, len(frame))[0] > 0\n"
+      "        for r in pipes:\n"
+      "            R.call('close', r)\n"
+      "    time.sleep(0.01)\n"
+      "result = [opened, written]\n";
+  for (int round = 0; round < 2; ++round) {
+    // Back to back behind a short run: in fork mode the attack's child was forked ahead, and the next request's
+    // child is forked during the attack.
+    spr::RunHandle before = runner.submit("import time\ntime.sleep(0.3)\nresult = 0", json::object(), o.policy);
+    spr::RunHandle attacker = runner.submit(attack, json{{"planted", planted}}, o.policy);
+    spr::RunnerPolicy victim_policy = o.policy;
+    victim_policy.trust_domain = "another-party";
+    spr::RunHandle victim = runner.submit("result = input_data['n'] * 2", json{{"n", 21}}, victim_policy);
+    const spr::RunResult b = before.get();
+    const spr::RunResult a = attacker.get();
+    const spr::RunResult v = victim.get();
+    INFO("attacker: " << a.to_json().dump());
+    CHECK(b.ok);
+    CHECK(a.ok);
+    CHECK(a.result == json::array({0, 0}));  // what it says it reached (its own statement: the victim decides)
+    CHECK_MESSAGE(v.ok, v.to_json().dump());
+    CHECK(v.result == 42);
+    const spr::RunResult after = runner.run("result = 'mine'", json::object(), victim_policy);
+    CHECK_MESSAGE(after.ok, after.to_json().dump());
+    CHECK(after.result == "mine");
+  }
+}
+
 TEST_CASE("model: code objects built from bytes never reach the run, on any path") {
   spr::Runner runner(options());
   const std::string marker = "SPRMARK" + sec::random_hex(8);
