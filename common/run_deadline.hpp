@@ -16,6 +16,9 @@ namespace spr::detail {
 constexpr double kDefaultGraceSeconds = 0.25;
 // Added to every supervisor wait: the reply's own way back under load.
 constexpr double kReplySlackSeconds = 0.05;
+// CPU a run may use past cpu_time_seconds, by the measure of its supervisor or fork parent, and still succeed:
+// the engine's own timer stops it at the limit, and its reply and teardown take a moment more.
+constexpr double kCpuOverrunSlackSeconds = 0.05;
 
 // The original waits max(1, timeout) seconds: a timeout of 0 runs with 1 (its error says "after 1s").
 inline double floored_timeout(double timeout_seconds) { return timeout_seconds == 0 ? 1.0 : timeout_seconds; }

@@ -695,7 +695,10 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
                               std::to_string(kMaxFrameBytes >> 20) + " MiB");
   // The process's CPU clock: another run thread's CPU would count too, so a slot leaves it to the worker's
   // own per-thread clock (CLOCK_THREAD_CPUTIME_ID) and the RLIMIT_CPU backstop.
-  const std::uint64_t cpu_before = policy.cpu_time_seconds > 0 && !shared_ ? cpu_ticks() : 0;
+  // Not in fork mode: the worker's children are reaped after their reply, so their CPU would land in a later
+  // run's window. The fork parent measures each run's child itself (ForkRunner::run).
+  const std::uint64_t cpu_before =
+      policy.cpu_time_seconds > 0 && !shared_ && isolation_ != Isolation::fork ? cpu_ticks() : 0;
   // The run's time starts once the worker has its request: a large request gets as long again to be
   // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.
   const auto sent_at = Clock::now();
@@ -795,7 +798,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     const std::uint64_t cpu_after = cpu_ticks();
     const double used = static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK));
     // A subinterpreter worker may spend the start of this window building its next interpreter.
-    const double cpu_slack = kOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
+    const double cpu_slack = kCpuOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
     if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
       r = with_output_of(outcome::cpu_time(policy.cpu_time_seconds), std::move(r), isolation_);
     }

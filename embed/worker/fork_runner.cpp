@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -75,6 +76,14 @@ int wait_status(pid_t pid) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   return status;
+}
+
+// A process's CPU time so far, all its threads, in seconds; -1 when unreadable.
+double process_cpu_seconds(pid_t pid) {
+  clockid_t clock;
+  timespec t{};
+  if (clock_getcpuclockid(pid, &clock) != 0 || clock_gettime(clock, &t) != 0) return -1;
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9;
 }
 
 // Appends `text` as a JSON string token, into `out`'s existing capacity where possible.
@@ -363,7 +372,7 @@ std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
 }
 
 std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out, bool protocol,
-                                     const std::string& why) const {
+                                     const std::string& why, bool over_cpu) const {
   RunResult r;
   if (protocol) {
     r = outcome::failure(ErrorKind::protocol_error, why);
@@ -372,8 +381,8 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
     r = outcome::failure(ErrorKind::worker_unavailable, why + "; the code was not run");
   } else if (timed_out) {
     r = outcome::timeout(l.timeout_seconds);
-  } else if (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
-             (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL)) {
+  } else if (over_cpu || (WIFSIGNALED(status) && l.cpu_time_seconds > 0 &&
+             (WTERMSIG(status) == SIGXCPU || WTERMSIG(status) == SIGKILL))) {
     r = outcome::cpu_time(l.cpu_time_seconds);
   } else if (WIFSIGNALED(status)) {
     r = outcome::failure(ErrorKind::worker_crashed,
@@ -488,6 +497,8 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     }
   }
   SPR_PARENT_PHASE(kSent);
+  // The run's CPU is counted from here (a spare's warm-up before is not the run's).
+  const double cpu_at_send = l.cpu_time_seconds > 0 ? std::max(process_cpu_seconds(c.pid), 0.0) : 0;
   if (hand_over) release(frame);  // the child's view stays; ours is dropped without copying it
   else wipe(frame);
   // Host function answers go to the child on this pipe; a child that stops reading must not hold us.
@@ -514,6 +525,25 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   c.request.reset();
   if (s == detail::IoStatus::ok) {
     const std::string why = check_reply(reply, l);
+    if (why.empty() && l.cpu_time_seconds > 0) {
+      // The run's CPU by this process's measure, every thread of the child included (the engine's own timer
+      // counts the run's thread only, and the supervisor cannot see a child reaped after its reply): the
+      // child is ended and reaped now, and a run over its limit answers so, whatever its reply says.
+      const pid_t pid = c.pid;
+      kill(pid, SIGKILL);
+      int status = 0;
+      rusage used{};
+      while (wait4(pid, &status, 0, &used) < 0 && errno == EINTR) {
+      }
+      c.pid = -1;
+      retire(c);
+      const double cpu = static_cast<double>(used.ru_utime.tv_sec + used.ru_stime.tv_sec) +
+                         static_cast<double>(used.ru_utime.tv_usec + used.ru_stime.tv_usec) / 1e6 - cpu_at_send;
+      if (cpu <= l.cpu_time_seconds + detail::kCpuOverrunSlackSeconds) return;
+      wipe(reply);
+      reply = parent_reply(l, status, false, false, "", /*over_cpu=*/true);
+      return;
+    }
 #ifdef SPR_FORK_PHASES
     const pid_t ran = c.pid;
 #endif

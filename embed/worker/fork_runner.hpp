@@ -34,6 +34,7 @@ class ForkRunner : public IsolationRunner {
   // Runs one request frame in a child; the frame is wiped once the child has it.
   void handle(std::string& frame, std::string& reply) override { run(frame, reply); }
   void after_reply() override;
+  void warm_heap_grew() override;
   // Test builds only (spr-worker-faulty): the next child treats its set-up call named `call` as failed.
   void fail_setup_for_test(const std::string& call);
 
@@ -70,7 +71,9 @@ class ForkRunner : public IsolationRunner {
   // A frame from the child that is a host call of this run (checked in place, never decoded).
   static bool is_host_call(std::string_view frame, const Limits& l);
   detail::IoStatus relay_host_call(Child& c, std::string& frame, detail::Clock::time_point deadline);
-  std::string parent_reply(const Limits& l, int status, bool timed_out, bool protocol, const std::string& why) const;
+  // `over_cpu`: the child used more CPU than its limit (whatever its status says).
+  std::string parent_reply(const Limits& l, int status, bool timed_out, bool protocol, const std::string& why,
+                           bool over_cpu = false) const;
   void retire(Child& c);  // SIGKILL, close, reap later
   void reap(bool block);
   std::uint64_t address_space_now() const;

@@ -147,7 +147,6 @@ class WorkerProcess {
 };
 
 // CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
-constexpr double kOverrunSlackSeconds = 0.05;
 constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load
 
 std::filesystem::path find_worker(const std::filesystem::path& configured);

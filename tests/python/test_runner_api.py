@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import json
+import os
 import sys
 import threading
 import time
@@ -325,3 +326,26 @@ def test_a_fork_workers_first_run_and_later_ones_use_the_warm_modules():
             later = r.run(code)
             assert later.ok, later.error
             assert later.result == expected
+
+
+@pytest.mark.parametrize("isolation", ["fork", "process"])
+def test_cpu_of_a_runs_threads_counts_for_that_run_and_not_the_next(isolation):
+    # Red team, round 9: in fork mode a run whose thread burned 1.65 s of CPU under cpu_time_seconds=0.5 succeeded
+    # (the engine's timer counts the run's main thread, the backstop is the limit rounded up + 1 s), and the run
+    # after it was answered cpu_time (its child was reaped, and counted, in the next run's window).
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    spin = ("import threading, time\n"
+            "def spin():\n"
+            "    end = time.process_time() + 1.2\n"
+            "    while time.process_time() < end:\n"
+            "        pass\n"
+            "t = threading.Thread(target=spin)\nt.start()\nt.join()\nresult = 'done'")
+    with Runner(workers=1) as r:
+        for _ in range(2):
+            hog = r.run(spin, policy=RunnerPolicy(isolation=isolation, cpu_time_seconds=0.5,
+                                                  timeout_seconds=20 * scale))
+            assert hog.error_kind == "cpu_time", (hog.error_kind, hog.error, hog.result)
+            assert hog.resource_exceeded
+            after = r.run("result = 1", policy=RunnerPolicy(isolation=isolation, cpu_time_seconds=0.3,
+                                                            timeout_seconds=20 * scale))
+            assert after.ok, (after.error_kind, after.error)
