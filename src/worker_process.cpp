@@ -26,6 +26,7 @@
 #include <system_error>
 
 #include "common/capture_layout.hpp"
+#include "common/json_scan.hpp"
 #include "common/run_files.hpp"
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
@@ -33,6 +34,8 @@
 #include "detail/spawn.hpp"
 
 namespace spr::detail {
+
+namespace scan = spr::json_scan;
 
 namespace {
 
@@ -852,8 +855,10 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   if (r.repr && r.repr->size() > res_cap + kReprEllipsisBytes) return "repr longer than max_result_kb";
   if (!r.result.is_null()) {
     if (!r.ok) return "a failed run carries a result";
-    // The worker measured its own encoding; nlohmann's may differ slightly (number spelling).
-    if (json_depth(r.result) > kMaxJsonDepth || dump_json(r.result).size() > res_cap + res_cap / 8 + 64)
+    // Measured as the engine and the fork parent measure it (scan::result_charge), on the text the worker sent:
+    // a run that owns its process writes that text itself, so no slack for another encoder's spelling.
+    const auto text = scan::member(frame, "result");
+    if (json_depth(r.result) > kMaxJsonDepth || !text || scan::result_charge(*text) > res_cap)
       return "result larger than max_result_kb";
   }
   if (r.ok && (r.error || r.exit_code != 0 || r.error_kind != ErrorKind::none || r.timed_out))

@@ -330,6 +330,37 @@ TEST_CASE("model: a reply whose exit_code is out of range is refused") {
   }
 }
 
+// Red team round 9: the supervisor allowed a forged result 12.5% + 64 bytes past max_result_kb (it measured its own
+// re-encoding, with slack for number spelling). It measures the text the worker sent, as the engine and the fork
+// parent do: a forged result at the cap is taken, one byte more is refused.
+TEST_CASE("model: a forged result one byte past max_result_kb is refused, one at it taken") {
+  // The fork parent checks its child's reply before the supervisor sees it (test_fork_residue.cpp covers that path).
+  if (test_mode() == spr::Isolation::fork) return;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.max_result_kb = 1;
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  const std::string forge =
+      "import _spr_raw, json, time\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': True, 'result': 'R' * input_data['n'],"
+      " 'error_kind': 'none', 'exit_code': 0}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "_spr_raw.call('write', 3, frame, len(frame))\n"
+      "time.sleep(0.5)\n"
+      "result = 'honest'\n";
+  // A string costs its text and its two quotes: 1022 characters are 1024 bytes, the most an honest run returns.
+  const spr::RunResult at_cap = runner.run(forge, {{"id", 2}, {"n", 1022}});
+  CHECK_MESSAGE(at_cap.ok, at_cap.to_json().dump().substr(0, 300));
+  CHECK(at_cap.result == json(std::string(1022, 'R')));
+  const spr::RunResult past = runner.run(forge, {{"id", 3}, {"n", 1023}});
+  CHECK(past.error_kind == spr::ErrorKind::protocol_error);
+  CHECK(past.result.is_null());
+  // The engine's own check, for comparison: the same results, honest.
+  CHECK(runner.run("result = 'R' * 1022").ok);
+  CHECK(runner.run("result = 'R' * 1023").error_kind == spr::ErrorKind::result_too_large);
+}
+
 TEST_CASE("model: a run that forges its reply and goes on computing does not keep its worker's CPU") {
   // namespace and subinterpreter: the run owns the worker's process, so it can answer for itself on the protocol
   // socket and keep running with its signals blocked while the pool holds the worker idle (no deadline runs
