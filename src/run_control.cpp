@@ -23,7 +23,10 @@ bool CancelToken::cancel() {
     if (state_->cancelled) return false;
     state_->cancelled = true;
     // The owner may reap the process before it detaches: the pidfd still names that process only.
-    if (state_->pid > 0) detail::kill_process(state_->pidfd.get(), state_->pid);
+    if (state_->pid > 0) {
+      if (state_->ending) *state_->ending = true;
+      detail::kill_process(state_->pidfd.get(), state_->pid);
+    }
     hooks.swap(state_->on_cancel);
   }
   for (auto& f : hooks) f();
@@ -37,10 +40,11 @@ bool CancelToken::cancelled() const {
 
 namespace detail {
 
-bool attach(const CancelToken& t, pid_t pid, int pidfd) {
+bool attach(const CancelToken& t, pid_t pid, int pidfd, std::shared_ptr<std::atomic<bool>> ending) {
   std::lock_guard<std::mutex> lk(t.state()->mu);
   if (t.state()->cancelled) return false;
   t.state()->pid = pid;
+  t.state()->ending = std::move(ending);
   t.state()->pidfd.reset(pidfd >= 0 ? ::fcntl(pidfd, F_DUPFD_CLOEXEC, 0) : -1);
   return true;
 }
@@ -49,6 +53,7 @@ bool detach(const CancelToken& t) {
   std::lock_guard<std::mutex> lk(t.state()->mu);
   t.state()->pid = -1;
   t.state()->pidfd.reset();
+  t.state()->ending.reset();
   return t.state()->cancelled;
 }
 

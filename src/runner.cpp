@@ -115,7 +115,7 @@ struct Runner::Impl {
     if (opts && !opts->input_json.empty()) extras.input_json = &opts->input_json;
     extras.input_json_checked = input_checked;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
-    if (!detail::attach(opts->cancel, w.pid(), w.pidfd())) return detail::cancelled_result();
+    if (!detail::attach(opts->cancel, w.pid(), w.pidfd(), w.ending_flag())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
     RunResult r = w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (detail::detach(opts->cancel)) {

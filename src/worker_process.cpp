@@ -485,6 +485,7 @@ static void kill_group_and_reap(pid_t pid, int& status) {
 void WorkerProcess::kill_and_reap() {
   if (shared_) {
     // A slot of a worker with run threads: the first to get here ends the process for all of them.
+    shared_->ending = true;  // no other slot of it is leased from now on
     std::lock_guard<std::mutex> lk(shared_->mu);
     if (!shared_->reaped) {
       pollfd ended{pidfd_.get(), POLLIN, 0};
@@ -919,7 +920,7 @@ bool WorkerProcess::spent_while_idle(std::chrono::milliseconds allowance) {
 }
 
 bool WorkerProcess::quiet() const {
-  if (!alive_ || !sock_) return false;
+  if (!alive() || !sock_) return false;
   pollfd p{sock_.get(), POLLIN, 0};
   const int r = ::poll(&p, 1, 0);
   return r == 0;  // anything readable (a stray frame, a hang-up) means it is out of step

@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -20,12 +21,15 @@ struct CancelState {
   bool cancelled = false;
   pid_t pid = -1;  // the worker running the call now; killed on cancel (its owner then kills its group)
   Fd pidfd;        // our own copy of the worker's pidfd: the kill never reaches a reused pid
+  // Set before the kill when the process serves other runs too (run threads): the pool then leases none of
+  // its idle slots while it dies (their run would answer that it ended with its worker).
+  std::shared_ptr<std::atomic<bool>> ending;
   std::vector<std::function<void()>> on_cancel;
 };
 
 // While attached, a cancel kills the process `pidfd` refers to (`pid` when the kernel has no pidfd).
 // False (and nothing attached) when the token was cancelled already.
-bool attach(const CancelToken& t, pid_t pid, int pidfd);
+bool attach(const CancelToken& t, pid_t pid, int pidfd, std::shared_ptr<std::atomic<bool>> ending = nullptr);
 // Returns whether the token was cancelled (the process may then be dead: the caller kills and reaps it).
 bool detach(const CancelToken& t);
 // Runs `f` on cancel (at once if it is cancelled already). `f` must not block.

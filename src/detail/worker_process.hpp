@@ -57,6 +57,7 @@ struct IdleWatch {
 struct SharedProcess {
   std::mutex mu;
   std::atomic<bool> reaped{false};
+  std::atomic<bool> ending{false};  // a kill is under way (see CancelState::ending): no slot of it is leased
   int wait_status = 0;
   const void* ended_by = nullptr;  // the slot that killed the process while it was alive (nullptr: none did)
   std::string scratch;             // the scratch root, removed by the reaper
@@ -83,7 +84,12 @@ class WorkerProcess {
   // A session worker's variables (protocol::ListVariables), checked for type, id and size; nullopt (and
   // the worker killed) when it does not answer properly by `deadline`.
   std::optional<json> variables(std::uint64_t id, Clock::time_point deadline);
-  bool alive() const { return alive_ && !(shared_ && shared_->reaped.load()); }
+  bool alive() const { return alive_ && !(shared_ && (shared_->reaped.load() || shared_->ending.load())); }
+  // Set by a cancel before it kills the process: the other slots of a worker with run threads are then no
+  // longer alive() (null for a worker of its own).
+  std::shared_ptr<std::atomic<bool>> ending_flag() const {
+    return shared_ ? std::shared_ptr<std::atomic<bool>>(shared_, &shared_->ending) : nullptr;
+  }
   // The other run slots of a worker started with subinterpreter_threads > 1 (each its own socket and capture
   // buffer, one process): taken once, after spawn. Empty for every other worker.
   std::vector<std::unique_ptr<WorkerProcess>> take_slots() { return std::move(slots_); }
