@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <functional>
 #include <sstream>
 #include <utility>
 
@@ -111,10 +112,12 @@ bool run_bootstrap(bool main_interpreter) {
 
 // Which sections of bootstrap_py/preload.txt an interpreter imports.
 enum class Preload { sub_interpreter, main, main_warm, warm_only };
-bool g_warm_pending = false;  // EngineOptions::defer_warm: the [warm] sections wait for preload_deferred()
+// EngineOptions::defer_warm: the [warm] modules that wait for preload_deferred(), in file order.
+std::vector<std::string> g_warm_pending;
 
-void preload(Preload which) {
-  trust::Trusted trusted;
+// The modules of bootstrap_py/preload.txt that `which` imports, in file order.
+std::vector<std::string> preload_list(Preload which) {
+  std::vector<std::string> out;
   std::istringstream in(kSprPreloadList);
   std::string line;
   bool wanted = false;
@@ -129,10 +132,19 @@ void preload(Preload which) {
                (line == "[warm]" && which == Preload::main_warm);
       continue;
     }
-    if (!wanted) continue;
-    py::Ref m(PyImport_ImportModule(line.c_str()));
-    if (!m) PyErr_Clear();  // a module missing from this Python build is not fatal
+    if (wanted) out.push_back(line);
   }
+  return out;
+}
+
+void import_quietly(const std::string& name) {
+  py::Ref m(PyImport_ImportModule(name.c_str()));
+  if (!m) PyErr_Clear();  // a module missing from this Python build is not fatal
+}
+
+void preload(Preload which) {
+  trust::Trusted trusted;
+  for (const auto& name : preload_list(which)) import_quietly(name);
 }
 
 // RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
@@ -560,8 +572,9 @@ std::string initialize(const EngineOptions& options) {
     if (!trust::install_loader_hook()) return "installing the engine's module loader failed: " + current_error_text();
     if (!audit::install_code_replace_gate()) return "installing the code.replace gate failed: " + current_error_text();
   }
-  g_warm_pending = options.preload && options.defer_warm;
-  preload(options.preload && !g_warm_pending ? Preload::main_warm : Preload::main);
+  const bool defer = options.preload && options.defer_warm;
+  if (defer) g_warm_pending = preload_list(Preload::warm_only);
+  preload(options.preload && !defer ? Preload::main_warm : Preload::main);
   if (std::string e = preload_requested(options.preload_modules); !e.empty()) return e;
   state().builtins_snapshot = PyDict_Copy(PyEval_GetBuiltins());
   // Everything loaded so far is the runtime's and the engine's own; from here on only code the
@@ -591,12 +604,17 @@ std::string initialize(const EngineOptions& options) {
   return {};
 }
 
-bool preload_pending() { return g_warm_pending; }
+bool preload_pending() { return !g_warm_pending.empty(); }
 
-void preload_deferred() {
-  if (!g_warm_pending) return;
-  g_warm_pending = false;
-  preload(Preload::warm_only);
+void preload_deferred(const std::function<bool()>& stop) {
+  if (g_warm_pending.empty()) return;
+  std::size_t done = 0;
+  {
+    trust::Trusted trusted;
+    for (; done < g_warm_pending.size() && !stop(); ++done) import_quietly(g_warm_pending[done]);
+  }
+  g_warm_pending.erase(g_warm_pending.begin(), g_warm_pending.begin() + static_cast<std::ptrdiff_t>(done));
+  if (done == 0) return;
   trust::Trusted trusted;
   // Nothing untrusted has run in this process (the caller's promise): what the imports made is the runtime's.
   if (!trust::mark_loaded_code()) PyErr_Clear();

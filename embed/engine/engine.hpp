@@ -2,6 +2,7 @@
 // The worker's main loop calls it; a C++ program that accepts in-process risk may call it directly.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,9 +30,10 @@ struct EngineOptions {
 std::string initialize(const EngineOptions& options);
 // True until preload_deferred() has imported what EngineOptions::defer_warm held back.
 bool preload_pending();
-// Imports what EngineOptions::defer_warm held back, marks its code as the runtime's and freezes it
-// with the rest of the warm heap. Only in a process no request has run in.
-void preload_deferred();
+// Imports what EngineOptions::defer_warm held back, one module at a time until `stop` says a request
+// waits (the rest stays pending for the next idle moment), marks the new code as the runtime's and freezes
+// it with the rest of the warm heap. Only in a process no request has run in.
+void preload_deferred(const std::function<bool()>& stop);
 // Runs `req` in this process, as the worker decoded it (the policy already narrowed to the worker's
 // scope). `session_main`: a session's __main__ module, whose namespace is kept between calls (borrowed);
 // null: a fresh one, cleared after the run. Outcomes are data; never throws.

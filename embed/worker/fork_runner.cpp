@@ -623,6 +623,18 @@ void ForkRunner::while_idle(int fd) {
   reap(false);
 }
 
+// A spare forked before the deferred [warm] imports lacks them: a run would import them again, cold. The next
+// spare is forked from the warmer heap once the worker is idle.
+void ForkRunner::warm_heap_grew() {
+  if (spare_.pid <= 0) return;
+  // Reaped now (it waits on its pipe, so it ends at once): nothing is on a request's path, and no dying
+  // process lingers beside the worker.
+  kill(spare_.pid, SIGKILL);
+  wait_status(spare_.pid);
+  spare_.pid = -1;
+  spare_ = Child{};
+}
+
 void ForkRunner::after_reply() {
   capture::wipe();  // the parent's view of the run's output
 }

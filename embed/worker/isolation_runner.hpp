@@ -27,6 +27,8 @@ class IsolationRunner {
   virtual void handle(std::string& frame, std::string& reply) = 0;
   // After the reply went out: put back what the run changed process-wide.
   virtual void after_reply() {}
+  // The worker's warm heap grew (deferred preloads): a process made from the heap before is stale.
+  virtual void warm_heap_grew() {}
 };
 
 // Zeroes and empties `s`: the request and reply frames of one run never linger for the next.

@@ -193,9 +193,12 @@ bool request_within(int fd, int ms) {
   std::string frame, reply;
   for (bool first = true;; first = false) {
     // Deferred [warm] imports (fork mode) happen while idle, in a process that has run no request: after
-    // the hello when no request is waiting, else after the first reply. The first request is served cold.
-    if (spr::embed::preload_pending() && !request_within(detail::kProtocolFd, first ? kFirstRequestWaitMs : 0))
-      spr::embed::preload_deferred();
+    // the hello when no request is waiting, else after the first reply. The first request is served cold;
+    // a request that arrives meanwhile waits for one import at most (the rest wait for the next idle moment).
+    if (spr::embed::preload_pending() && !request_within(detail::kProtocolFd, first ? kFirstRequestWaitMs : 0)) {
+      spr::embed::preload_deferred([] { return request_within(detail::kProtocolFd, 0); });
+      if (!spr::embed::preload_pending()) runner.warm_heap_grew();
+    }
     runner.while_idle(detail::kProtocolFd);
     const auto s = detail::read_frame(detail::kProtocolFd, frame, detail::Clock::time_point::max(),
                                       detail::kMaxFrameBytes, runner.read_spin_microseconds(), -1,
