@@ -92,6 +92,17 @@ long largest_descendant_hwm_kb() {
   return best;
 }
 
+// A run that writes a reply frame of its own for request input_data['id'] on the protocol socket (fd 3) with a
+// raw write, as a run owning its process could, before the worker's honest one. `members`: the forged reply's
+// other members, as Python dict items.
+std::string forge_reply(const std::string& members) {
+  return "import _spr_raw, json\n"
+         "body = json.dumps({'id': input_data['id'], 'type': 'reply', " + members + "}).encode()\n"
+         "frame = len(body).to_bytes(4, 'little') + body\n"
+         "print('write', _spr_raw.call('write', 3, frame, len(frame)))\n"
+         "result = 'honest'\n";
+}
+
 }  // namespace
 
 // Red team round 9: in fork mode the next request's child is forked during a run. A run under an unprivileged
@@ -303,15 +314,8 @@ TEST_CASE("model: a reply whose exit_code is out of range is refused") {
   o.policy.blocked_imports = {};
   spr::Runner runner(o);
   REQUIRE(runner.run("result = 0").ok);  // request 1
-  // The run writes its own reply frame on the protocol socket (fd 3) in a raw write, as a run owning its
-  // process could, before the worker's honest one.
-  const std::string forge =
-      "import _spr_raw, json\n"
-      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': False, 'error': 'FORGED',"
-      " 'error_kind': 'exception', 'exit_code': input_data['exit_code']}).encode()\n"
-      "frame = len(body).to_bytes(4, 'little') + body\n"
-      "print('write', _spr_raw.call('write', 3, frame, len(frame)))\n"
-      "result = 'honest'\n";
+  const std::string forge = forge_reply("'ok': False, 'error': 'FORGED', 'error_kind': 'exception', "
+                                         "'exit_code': input_data['exit_code']");
   // The control: an in-range exit_code in the same frame is taken as the run's answer, so the frame reaches
   // the supervisor's parser and the check below can fail.
   const spr::RunResult in_range = runner.run(forge, {{"id", 2}, {"exit_code", 77}});
@@ -342,13 +346,7 @@ TEST_CASE("model: a forged result one byte past max_result_kb is refused, one at
   spr::Runner runner(o);
   REQUIRE(runner.run("result = 0").ok);  // request 1
   const std::string forge =
-      "import _spr_raw, json, time\n"
-      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': True, 'result': 'R' * input_data['n'],"
-      " 'error_kind': 'none', 'exit_code': 0}).encode()\n"
-      "frame = len(body).to_bytes(4, 'little') + body\n"
-      "_spr_raw.call('write', 3, frame, len(frame))\n"
-      "time.sleep(0.5)\n"
-      "result = 'honest'\n";
+      forge_reply("'ok': True, 'result': 'R' * input_data['n'], 'error_kind': 'none', 'exit_code': 0");
   // A string costs its text and its two quotes: 1022 characters are 1024 bytes, the most an honest run returns.
   const spr::RunResult at_cap = runner.run(forge, {{"id", 2}, {"n", 1022}});
   CHECK_MESSAGE(at_cap.ok, at_cap.to_json().dump().substr(0, 300));
