@@ -1,6 +1,7 @@
 // The C audit hook: one table row per audit event (or event prefix) and the rule that decides it.
 #include "audit.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "common/fd.hpp"
 #include "interp_state.hpp"
 #include "run_local.hpp"
 #include "trust.hpp"
@@ -221,18 +223,38 @@ int dir_fd_of(const char* event, PyObject* args, Py_ssize_t index) {
   return -1;
 }
 
-// The directory `fd` names now, as the kernel records it: the fd pins the directory, so a later
-// rename of its path changes nothing the call will touch. "" when fd is not a directory.
+// The directory `fd` names now, found without /proc (the sandbox mounts none): from fd up through ".." to the
+// run directory, each step's name looked up by device and inode in its parent. Only a directory inside the run
+// directory has a name here (only there does a run get directory descriptors); "" for any other.
+constexpr int kMaxDirDepth = 256;  // far deeper than a run directory is made
+
 std::string fd_directory(int fd) {
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode)) return {};
-  char link[64];
-  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-  char buf[PATH_MAX];
-  const ssize_t n = readlink(link, buf, sizeof buf - 1);
-  if (n <= 0 || buf[0] != '/') return {};
-  buf[n] = '\0';
-  return buf;  // a removed directory reads "<path> (deleted)", which then fails to resolve
+  const std::string& top = g_run().rules.scratch;
+  struct stat here {}, anchor {};
+  if (top.empty() || fstat(fd, &here) != 0 || !S_ISDIR(here.st_mode) || stat(top.c_str(), &anchor) != 0) return {};
+  detail::Fd cur(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  std::string below;  // the path from the run directory down to fd's directory
+  for (int depth = 0; cur && depth < kMaxDirDepth; ++depth) {
+    if (here.st_dev == anchor.st_dev && here.st_ino == anchor.st_ino) return top + below;
+    detail::Fd parent(openat(cur.get(), "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    DIR* listing = parent ? fdopendir(fcntl(parent.get(), F_DUPFD_CLOEXEC, 0)) : nullptr;
+    if (!listing) return {};
+    std::string name;
+    while (const dirent* e = readdir(listing)) {
+      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+      struct stat st {};
+      if (fstatat(parent.get(), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == here.st_dev &&
+          st.st_ino == here.st_ino) {
+        name = e->d_name;
+        break;
+      }
+    }
+    closedir(listing);
+    if (name.empty() || fstat(parent.get(), &here) != 0) return {};  // removed meanwhile
+    below = "/" + name + below;
+    cur = std::move(parent);
+  }
+  return {};
 }
 
 // `path` made absolute against `base` (the working directory when empty) and resolved; "" when
