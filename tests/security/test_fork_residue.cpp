@@ -82,13 +82,22 @@ struct Scan {
   int processes = 0, unreadable = 0;
 };
 
+// True when `pid` is gone or a zombie (its state in /proc/<pid>/stat is Z or X).
+bool ended(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return true;
+  const auto close = stat.rfind(')');  // comm may hold spaces and parentheses
+  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z' || stat[close + 2] == 'X';
+}
+
 Scan scan_descendants(const std::string& needle) {
   Scan s;
   for (const auto& p : sec::descendants(getpid(), {})) {
     const long h = count_in_memory(p.pid, needle);
-    // A process that ended between the listing and the read holds nothing any more (the worker retires its spare
-    // once its deferred imports are done, and reaps its run children): not a failed read.
-    if (h < 0 && ::access(("/proc/" + std::to_string(p.pid)).c_str(), F_OK) != 0) continue;
+    // A process that ended between the listing and the read, or is a zombie not yet reaped, holds no memory any
+    // more (the worker kills a run's child after its reply and reaps it once idle): not a failed read.
+    if (h < 0 && ended(p.pid)) continue;
     ++s.processes;
     if (h < 0)
       ++s.unreadable;
