@@ -92,6 +92,26 @@ long largest_descendant_hwm_kb() {
   return best;
 }
 
+// A run that prints LOOK once it holds what is to be measured, then sleeps: the largest peak RSS among this
+// process's descendants is read then, and the run cancelled.
+struct Held {
+  bool looked = false;
+  long hwm_kb = 0;
+  spr::RunResult result;
+  std::string seen;  // what it printed
+};
+Held peak_while_held(spr::Runner& runner, const std::string& code, const spr::RunnerPolicy& policy) {
+  sec::StdoutWatch watch;
+  spr::RunHandle h = runner.submit(code, json::object(), policy, watch.options());
+  Held held;
+  held.looked = watch.wait_for("LOOK", h);
+  held.hwm_kb = largest_descendant_hwm_kb();
+  h.cancel();
+  held.result = h.get();
+  held.seen = watch.seen();
+  return held;
+}
+
 // A run that writes a reply frame of its own for request input_data['id'] on the protocol socket (fd 3) with a
 // raw write, as a run owning its process could, before the worker's honest one. `members`: the forged reply's
 // other members, as Python dict items.
@@ -594,17 +614,12 @@ TEST_CASE("model: memory allocated behind the accounting meets the OS backstop")
       "import _spr_raw, time\n"
       "print('mmap', _spr_raw.call('mmap', 0, 1200 << 20, 3, 0x8022, -1, 0))\n"  // RW, PRIVATE|ANON|POPULATE
       "print('LOOK', flush=True)\ntime.sleep(3600)\n";
-  sec::StdoutWatch watch;
-  spr::RunHandle h = runner.submit(code, json::object(), o.policy, watch.options());
-  const bool looked = watch.wait_for("LOOK", h);
-  const long hwm = largest_descendant_hwm_kb();
-  h.cancel();
-  const spr::RunResult r = h.get();
-  CAPTURE(watch.seen());
-  CAPTURE(r.error.value_or(""));
-  CHECK(looked);  // the host looked while the run was alive
+  const Held held = peak_while_held(runner, code, o.policy);
+  CAPTURE(held.seen);
+  CAPTURE(held.result.error.value_or(""));
+  CHECK(held.looked);  // the host looked while the run was alive
   // RLIMIT_AS refused the 1200 MiB before it was touched (RSS never came near it).
-  CHECK(hwm < 700 * 1024);
+  CHECK(held.hwm_kb < 700 * 1024);
   // The same from the worker's C code (spr-worker-faulty). In fork mode that code runs in the fork server,
   // not in the run's process, so the raw mmap above is the run's attempt there.
   if (test_mode() != spr::Isolation::fork) {
@@ -643,19 +658,14 @@ TEST_CASE("model: a thread a run starts is held to the run's memory limit") {
       "print('HELD', count, flush=True)\n"
       "print('LOOK', flush=True)\n"
       "time.sleep(3600)\n";
-  sec::StdoutWatch watch;
-  spr::RunHandle h = runner.submit(code, json::object(), o.policy, watch.options());
-  const bool looked = watch.wait_for("LOOK", h);
-  const long hwm = largest_descendant_hwm_kb();
-  h.cancel();
-  (void)h.get();
-  CAPTURE(watch.seen());
-  CAPTURE(hwm);
-  REQUIRE(looked);
+  const Held held = peak_while_held(runner, code, o.policy);
+  CAPTURE(held.seen);
+  CAPTURE(held.hwm_kb);
+  REQUIRE(held.looked);
   // 32 MiB for the run beside the worker's own pages; without the limit the thread held 300 MiB.
-  CHECK(hwm < 160 * 1024);
-  CHECK(sec::contains(watch.seen(), threads_allowed() ? "HELD [" : "HELD ['not started']"));
-  CHECK_FALSE(sec::contains(watch.seen(), "HELD [300]"));
+  CHECK(held.hwm_kb < 160 * 1024);
+  CHECK(sec::contains(held.seen, threads_allowed() ? "HELD [" : "HELD ['not started']"));
+  CHECK_FALSE(sec::contains(held.seen, "HELD [300]"));
 }
 
 TEST_CASE("model: a thread a run starts follows the run's import policy and audit rules, and prints into its output") {
