@@ -95,24 +95,31 @@ TEST_CASE("owngil: a run over its timeout ends the run beside it with a stable o
 
 namespace {
 
-// Submits a run that prints HOLDING and then computes for a minute, and waits until it prints: it then holds
-// one slot of the worker.
+// Submits `code` and returns once it has printed `marker` (it must not end before): it then holds one slot of the
+// worker. `opts` may carry the caller's own options (their on_output is replaced).
+spr::RunHandle submit_until_printed(spr::Runner& runner, const std::string& code, const spr::RunnerPolicy& p,
+                                    const std::string& marker, spr::RunOptions opts = {}) {
+  auto seen = std::make_shared<std::promise<void>>();
+  auto said = std::make_shared<std::atomic<bool>>(false);
+  opts.on_output = [seen, said, marker](spr::OutputStream, const std::string& data) {
+    if (data.find(marker) != std::string::npos && !said->exchange(true)) seen->set_value();
+  };
+  spr::RunHandle h = runner.submit(code, json::object(), p, opts);
+  std::future<void> printed = seen->get_future();
+  while (printed.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
+    REQUIRE(h.wait_for(std::chrono::seconds(0)) != std::future_status::ready);  // it ended before printing
+  return h;
+}
+
+// Submits a run that prints HOLDING and then computes for a minute, and waits until it prints.
 spr::RunHandle hold_a_slot(spr::Runner& runner, const spr::RunnerPolicy& p, spr::RunOptions opts = {}) {
   spr::RunnerPolicy long_run = p;
   long_run.timeout_seconds = 120 * spr_test::time_scale();
-  auto seen = std::make_shared<std::promise<void>>();
-  auto said = std::make_shared<std::atomic<bool>>(false);
-  opts.on_output = [seen, said](spr::OutputStream, const std::string& data) {
-    if (data.find("HOLDING") != std::string::npos && !said->exchange(true)) seen->set_value();
-  };
-  spr::RunHandle h = runner.submit(
+  return submit_until_printed(
+      runner,
       "import time\nprint('HOLDING', flush=True)\nt = time.monotonic()\nwhile time.monotonic() - t < 60: pass\n"
       "result = 'finished'",
-      json::object(), long_run, opts);
-  std::future<void> holding = seen->get_future();
-  while (holding.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
-    REQUIRE(h.wait_for(std::chrono::seconds(0)) != std::future_status::ready);  // it ended before holding
-  return h;
+      long_run, "HOLDING", std::move(opts));
 }
 
 }  // namespace
@@ -185,20 +192,12 @@ TEST_CASE("owngil: each run thread counts its own run's memory") {
   // (counted together they would pass 64 MiB), and then the first asks for 30 MiB more, which its own limit
   // refuses (a count shared with the other slot would have lost it when that run ended). Were the holder
   // done first, both would pass anyway: the test can miss the fault, never invent one.
-  auto seen = std::make_shared<std::promise<void>>();
-  auto said = std::make_shared<std::atomic<bool>>(false);
-  spr::RunOptions watch;
-  watch.on_output = [seen, said](spr::OutputStream, const std::string& data) {
-    if (data.find("HELD") != std::string::npos && !said->exchange(true)) seen->set_value();
-  };
-  spr::RunHandle holder = runner.submit("import time\nheld = bytearray(40 << 20)\nprint('HELD', flush=True)\n"
-                                        "time.sleep(15)\n"
-                                        "try:\n    more = bytearray(30 << 20)\n    result = 'allocated'\n"
-                                        "except MemoryError:\n    result = 'refused'\n",
-                                        json::object(), holding, watch);
-  std::future<void> held = seen->get_future();
-  while (held.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
-    REQUIRE(holder.wait_for(std::chrono::seconds(0)) != std::future_status::ready);  // it ended before holding
+  spr::RunHandle holder = submit_until_printed(runner,
+                                               "import time\nheld = bytearray(40 << 20)\nprint('HELD', flush=True)\n"
+                                               "time.sleep(15)\n"
+                                               "try:\n    more = bytearray(30 << 20)\n    result = 'allocated'\n"
+                                               "except MemoryError:\n    result = 'refused'\n",
+                                               holding, "HELD");
   const spr::RunResult beside = runner.run("b = bytearray(40 << 20)\nresult = len(b)", json::object(), p);
   CHECK_MESSAGE(beside.ok, describe(beside));
   CHECK(beside.result == 40 << 20);
