@@ -799,7 +799,10 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // see, by its own clock, and the hard deadline's: elapsed time seen from here includes scheduling
   // delays under load, which are not the run's.)
   if (policy.cpu_time_seconds > 0 && r.error_kind != ErrorKind::cpu_time && cpu_before != 0) {
-    const std::uint64_t cpu_after = cpu_ticks();
+    std::uint64_t cpu_after = cpu_ticks();
+    // A process-mode worker ends right after its reply: once its /proc entry is gone, its CPU is what reaping
+    // the process we started reports (the worker's included). Before, the check then saw nothing and passed.
+    if (cpu_after == 0 && isolation_ == Isolation::process) cpu_after = cpu_ticks_at_end(hard_deadline);
     const double used = static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK));
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kCpuOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
@@ -870,6 +873,28 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
 
 // Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
 // cannot change it. 0 when unreadable.
+std::uint64_t WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
+  if (reaped_ || pid_ <= 0) return 0;
+  if (pidfd_) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd ended{pidfd_.get(), POLLIN, 0};
+    if (retry_eintr([&] { return ::poll(&ended, 1, static_cast<int>(std::clamp<long long>(left, 0, 60000))); }) <= 0)
+      return 0;
+  }
+  int status = 0;
+  rusage used{};
+  if (retry_eintr([&] { return static_cast<int>(::wait4(pid_, &status, 0, &used)); }) != pid_) return 0;
+  reaped_ = true;
+  wait_status_ = status;
+  if (adopts_orphans()) reap_orphans(pid_);
+  const long hz = sysconf(_SC_CLK_TCK);
+  auto ticks = [hz](const timeval& t) {
+    return static_cast<std::uint64_t>(t.tv_sec) * static_cast<std::uint64_t>(hz) +
+           static_cast<std::uint64_t>(t.tv_usec) * static_cast<std::uint64_t>(hz) / 1000000u;
+  };
+  return ticks(used.ru_utime) + ticks(used.ru_stime);
+}
+
 std::uint64_t WorkerProcess::cpu_ticks() const {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(payload_pid_));

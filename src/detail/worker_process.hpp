@@ -125,6 +125,10 @@ class WorkerProcess {
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
                           const std::vector<std::string>* collect, RunResult& r) const;
   std::uint64_t cpu_ticks() const;
+  // A one-run (process mode) worker that has ended: waits for the process we started until `deadline`, reaps it
+  // and returns the CPU of it and every process it reaped (the worker, through its namespace's init), in clock
+  // ticks; 0 when it did not end in time.
+  std::uint64_t cpu_ticks_at_end(Clock::time_point deadline);
   static bool is_stale(const std::string& frame, std::uint64_t id);
   bool wipe_scratch() const;  // true when the scratch root is empty again
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
