@@ -150,7 +150,15 @@ int main(int argc, char** argv) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     settle();
     const long rss1 = rss_kb();
-    const int fds1 = open_fds(), kids1 = children();
+    int fds1 = open_fds(), kids1 = children();
+    // A replacement worker may still be starting in the background (after a crash run near the end: seen once as
+    // 16 -> 17 descriptors in subinterpreter mode at load 5): looked at again until it is up, within a bound. A
+    // leak stays.
+    for (int look = 0; look < 20 && (fds1 > fds0 || kids1 > kids0); ++look) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(0.25 * scale));
+      fds1 = open_fds();
+      kids1 = children();
+    }
     std::printf("%-15s runs %6d answered %6d wrong %4d  (timeout %d, memory %d, crash %d, exception %d, ok %d)  %.1f s\n",
                 mode.c_str(), n, answered.load(), wrong.load(), counts[0], counts[1], counts[2], counts[3], counts[4],
                 secs);
