@@ -71,9 +71,9 @@ std::string describe_signal(int sig) {
   return "signal " + std::to_string(sig) + " (" + (name ? name : "?") + ")";
 }
 
-int wait_status(pid_t pid) {
+int wait_status(pid_t pid, rusage* used = nullptr) {
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (wait4(pid, &status, 0, used) < 0 && errno == EINTR) {
   }
   return status;
 }
@@ -303,6 +303,13 @@ void ForkRunner::retire(Child& c) {
   c = Child{};  // closes both pipes
 }
 
+int ForkRunner::end_now(Child& c, rusage* used) {
+  kill(c.pid, SIGKILL);
+  const int status = wait_status(c.pid, used);
+  c = Child{};  // closes both pipes
+  return status;
+}
+
 void ForkRunner::reap(bool block) {
   for (auto it = exiting_.begin(); it != exiting_.end();) {
     int status = 0;
@@ -529,14 +536,8 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
       // The run's CPU by this process's measure, every thread of the child included (the engine's own timer
       // counts the run's thread only, and the supervisor cannot see a child reaped after its reply): the
       // child is ended and reaped now, and a run over its limit answers so, whatever its reply says.
-      const pid_t pid = c.pid;
-      kill(pid, SIGKILL);
-      int status = 0;
       rusage used{};
-      while (wait4(pid, &status, 0, &used) < 0 && errno == EINTR) {
-      }
-      c.pid = -1;
-      retire(c);
+      const int status = end_now(c, &used);
       const double cpu = static_cast<double>(used.ru_utime.tv_sec + used.ru_stime.tv_sec) +
                          static_cast<double>(used.ru_utime.tv_usec + used.ru_stime.tv_usec) / 1e6 - cpu_at_send;
       if (cpu <= l.cpu_time_seconds + detail::kCpuOverrunSlackSeconds) return;
@@ -558,11 +559,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     return;
   }
   wipe(reply);
-  const pid_t pid = c.pid;
-  kill(pid, SIGKILL);
-  const int status = wait_status(pid);
-  c.pid = -1;
-  retire(c);
+  const int status = end_now(c);
   if (s == detail::IoStatus::too_large) {
     reply = parent_reply(l, status, false, true, "the run's reply is larger than its caps allow");
   } else {
@@ -629,10 +626,7 @@ void ForkRunner::warm_heap_grew() {
   if (spare_.pid <= 0) return;
   // Reaped now (it waits on its pipe, so it ends at once): nothing is on a request's path, and no dying
   // process lingers beside the worker.
-  kill(spare_.pid, SIGKILL);
-  wait_status(spare_.pid);
-  spare_.pid = -1;
-  spare_ = Child{};
+  end_now(spare_);
 }
 
 void ForkRunner::after_reply() {

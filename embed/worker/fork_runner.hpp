@@ -13,6 +13,8 @@
 #include "isolation_runner.hpp"
 #include "worker_protocol.hpp"
 
+struct rusage;
+
 namespace spr::embed {
 
 // The parent side never parses, compiles or keeps a run's code, input or output: request bytes go
@@ -75,6 +77,8 @@ class ForkRunner : public IsolationRunner {
   std::string parent_reply(const Limits& l, int status, bool timed_out, bool protocol, const std::string& why,
                            bool over_cpu = false) const;
   void retire(Child& c);  // SIGKILL, close, reap later
+  // SIGKILL, reap now (its CPU into `used` when given), close; returns its wait status.
+  int end_now(Child& c, rusage* used = nullptr);
   void reap(bool block);
   std::uint64_t address_space_now() const;
 
