@@ -13,8 +13,21 @@ from .batch import CaseResult, run_many
 from .policy import RunnerPolicy
 from .result import RunnerResult
 from .runner import Runner, WorkerError, configure, run_code
-from .session import RunFuture, Session, SessionLimitError
+from .session import Session, SessionLimitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._future import RunFuture
 
 __all__ = ["RunnerPolicy", "RunnerResult", "Runner", "WorkerError", "run_code", "configure", "Session", "RunFuture",
            "SessionLimitError", "run_many", "CaseResult"]
 __version__ = _version()
+
+
+def __getattr__(name: str):
+    # Loaded on first use (it imports concurrent.futures): see _future.py.
+    if name == "RunFuture":
+        from ._future import RunFuture
+
+        return RunFuture
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import json
 import os
 import threading
@@ -14,7 +13,13 @@ from . import _core
 from .host import HostFunctions, adapt, merge
 from .policy import RunnerPolicy
 from .result import RunnerResult, result_from_tuple
-from .session import OutputCallback, OutputStream, RunFuture, Session, run_into
+from .session import OutputCallback, OutputStream, Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ._future import RunFuture
 
 __all__ = ["Runner", "run_code", "WorkerError"]
 
@@ -153,6 +158,10 @@ class Runner:
                     0.0, chosen.isolation, False, False, None, {}, [], 0.0)
 
     def _start(self, call) -> RunFuture:
+        import concurrent.futures  # here: a program that only calls run_code does not pay for it
+
+        from ._future import RunFuture, run_into
+
         future = RunFuture()
         with self._lock:
             if self._closed:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
@@ -10,44 +9,28 @@ from . import _core
 from .host import HostFunctions, adapt, merge
 from .result import RunnerResult, result_from_tuple
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._future import RunFuture
+
 __all__ = ["Session", "RunFuture", "OutputStream", "OutputCallback", "SessionLimitError"]
 
 SessionLimitError = _core.SessionLimitError
 """Raised by ``Runner.open_session`` when the runner already holds ``max_sessions`` sessions."""
 
+
+def __getattr__(name: str) -> Any:
+    # RunFuture lives in _future, which imports concurrent.futures (and logging): about 12 ms that a
+    # program calling only run_code does not pay at import.
+    if name == "RunFuture":
+        from ._future import RunFuture
+
+        return RunFuture
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 OutputCallback = Callable[[str, str], None]
 """``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``; called on an engine
 thread while the code runs, chunks in order; they add up to the result's (capped) output."""
-
-
-class RunFuture(concurrent.futures.Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` really stops the run: a queued run never
-    starts, a running one has its process killed (the pool replaces it; a session ends). The
-    future stays pending while the run goes on, so ``cancel()`` succeeds until the result is in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.token = _core.CancelToken()
-
-    def cancel(self) -> bool:
-        cancelled = super().cancel()
-        if cancelled:
-            self.token.cancel()
-        return cancelled
-
-
-def run_into(future: RunFuture, call: Callable[[Any], tuple]) -> None:
-    """Executor body: runs ``call(token)`` unless cancelled first, and settles ``future``."""
-    if future.cancelled():
-        return
-    try:
-        result = result_from_tuple(call(future.token))
-    except BaseException as e:  # noqa: BLE001 - handed to the future's owner
-        if future.set_running_or_notify_cancel():
-            future.set_exception(e)
-        return
-    if future.set_running_or_notify_cancel():
-        future.set_result(result)
 
 
 class OutputStream:

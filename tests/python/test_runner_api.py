@@ -23,6 +23,22 @@ def test_package_surface():
     assert P is RunnerPolicy and R is safe_py_runner.RunnerResult
 
 
+def test_importing_the_package_and_run_code_leave_concurrent_futures_unloaded():
+    # It costs a short program ~12 ms at start (logging with it); submit() and RunFuture load it.
+    import subprocess
+
+    script = ("import sys, safe_py_runner\n"
+              "assert safe_py_runner.run_code('result = 1').result == 1\n"
+              "assert 'concurrent.futures' not in sys.modules, 'loaded at import or by run_code'\n"
+              "from safe_py_runner import RunFuture, Runner\n"
+              "import concurrent.futures\n"
+              "assert issubclass(RunFuture, concurrent.futures.Future)\n"
+              "with Runner(workers=1) as r:\n"
+              "    f = r.submit('result = 2')\n"
+              "    assert isinstance(f, RunFuture) and f.result().result == 2\n")
+    subprocess.run([sys.executable, "-c", script], check=True, env=dict(os.environ))
+
+
 def test_run_and_default_policy():
     with Runner(RunnerPolicy(blocked_imports=["json"]), workers=1) as r:
         assert r.run("result = x * 2", {"x": 21}).result == 42
