@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -18,6 +19,7 @@ class Server:
         self.proc = subprocess.Popen([CLI, "http", "--listen", "127.0.0.1:0", *args], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.log = []
+        self.stopping = False
         self.listening = threading.Event()
         self.port = None
         threading.Thread(target=self._read_log, daemon=True).start()
@@ -37,6 +39,13 @@ class Server:
                 self.port = entry["port"]
                 self.listening.set()
         self.listening.set()
+        if not self.stopping:
+            # The server ended without stop() (by itself, or killed by a test): say how, with what it wrote that is not a log entry (a sanitizer's
+            # report, an abort message), past pytest's capture so that ctest shows it.
+            status = self.proc.wait()
+            text = "\n".join(e["text"] for e in self.log if "text" in e)
+            sys.__stderr__.write("safe-py-runner http (pid %d) ended (status %s) without the test's stop(); its other output:\n%s\n"
+                                 % (self.proc.pid, status, text or "(none)"))
 
     @property
     def pid(self):
@@ -64,6 +73,7 @@ class Server:
         return status, h, json.loads(data) if data else None
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
+        self.stopping = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:

@@ -7,6 +7,14 @@ export function startServer(args = []) {
   if (!cli) throw new Error("SPR_CLI must name the safe-py-runner binary");
   const proc = spawn(cli, ["http", "--listen", "127.0.0.1:0", ...args], { stdio: ["ignore", "ignore", "pipe"] });
   const log = [];
+  let stopping = false;
+  // A server that ends without stop() says how, with what it wrote that is not a log entry (a sanitizer's report).
+  proc.once("close", (code, signal) => {
+    if (stopping) return;
+    const text = log.filter((e) => e.text !== undefined).map((e) => e.text).join("\n");
+    console.error(`safe-py-runner http (pid ${proc.pid}) ended (${code ?? signal}) without the test's stop(); ` +
+      `its other output:\n${text || "(none)"}`);
+  });
   return new Promise((resolve, reject) => {
     const lines = readline.createInterface({ input: proc.stderr });
     lines.on("line", (line) => {
@@ -17,7 +25,11 @@ export function startServer(args = []) {
         resolve({
           url: `http://127.0.0.1:${entry.port}`,
           log,
-          stop: () => new Promise((done) => { proc.once("exit", (code) => done(code)); proc.kill("SIGTERM"); }),
+          stop: () => new Promise((done) => {
+            stopping = true;
+            proc.once("exit", (code) => done(code));
+            proc.kill("SIGTERM");
+          }),
         });
       }
     });
