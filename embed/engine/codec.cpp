@@ -4,6 +4,7 @@
 #include "interp_state.hpp"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include <cmath>
@@ -12,13 +13,31 @@ namespace spr::embed::codec {
 
 using nlohmann::json;
 
+// The C scanner of `_json`, configured as json.JSONDecoder() configures it (strict, int and float, NaN and
+// the infinities through parse_constant, no hooks), without importing the json package: it imports re,
+// which a fork worker's start would otherwise pay for before its first run.
 bool make_json_scanner() {
-  py::Ref module(PyImport_ImportModule("json.scanner"));
-  py::Ref make(module ? PyObject_GetAttrString(module.get(), "c_make_scanner") : nullptr);
-  py::Ref decoder_module(make && make.get() != Py_None ? PyImport_ImportModule("json.decoder") : nullptr);
-  py::Ref decoder_type(decoder_module ? PyObject_GetAttrString(decoder_module.get(), "JSONDecoder") : nullptr);
-  py::Ref decoder(decoder_type ? PyObject_CallNoArgs(decoder_type.get()) : nullptr);
-  py::Ref scanner(decoder ? PyObject_CallOneArg(make.get(), decoder.get()) : nullptr);
+  py::Ref c_json(PyImport_ImportModule("_json"));
+  py::Ref make(c_json ? PyObject_GetAttrString(c_json.get(), "make_scanner") : nullptr);
+  py::Ref types(make ? PyImport_ImportModule("types") : nullptr);
+  py::Ref ns_type(types ? PyObject_GetAttrString(types.get(), "SimpleNamespace") : nullptr);
+  py::Ref constants(ns_type ? PyDict_New() : nullptr);
+  bool ok = static_cast<bool>(constants);
+  for (const auto& [name, value] : {std::pair{"NaN", NAN}, {"Infinity", INFINITY}, {"-Infinity", -INFINITY}}) {
+    py::Ref v(ok ? PyFloat_FromDouble(value) : nullptr);
+    ok = v && PyDict_SetItemString(constants.get(), name, v.get()) == 0;
+  }
+  py::Ref lookup(ok ? PyObject_GetAttrString(constants.get(), "__getitem__") : nullptr);
+  py::Ref kwargs(lookup ? PyDict_New() : nullptr);
+  ok = kwargs && PyDict_SetItemString(kwargs.get(), "strict", Py_True) == 0 &&
+       PyDict_SetItemString(kwargs.get(), "object_hook", Py_None) == 0 &&
+       PyDict_SetItemString(kwargs.get(), "object_pairs_hook", Py_None) == 0 &&
+       PyDict_SetItemString(kwargs.get(), "parse_float", reinterpret_cast<PyObject*>(&PyFloat_Type)) == 0 &&
+       PyDict_SetItemString(kwargs.get(), "parse_int", reinterpret_cast<PyObject*>(&PyLong_Type)) == 0 &&
+       PyDict_SetItemString(kwargs.get(), "parse_constant", lookup.get()) == 0;
+  py::Ref empty(ok ? PyTuple_New(0) : nullptr);
+  py::Ref context(empty ? PyObject_Call(ns_type.get(), empty.get(), kwargs.get()) : nullptr);
+  py::Ref scanner(context ? PyObject_CallOneArg(make.get(), context.get()) : nullptr);
   if (!scanner) {
     PyErr_Clear();  // no C scanner here: from_json_text takes the slower way
     return false;

@@ -31,7 +31,7 @@ struct InterpState {
   // the `builtins` module of the default policy's run, and whether sys.std* are fresh, unused streams.
   PyObject* prebuilt_builtins = nullptr;
   bool prebuilt_streams = false;
-  PyObject* json_scanner = nullptr;    // _json.make_scanner(json.JSONDecoder()), for input_data (codec.cpp)
+  PyObject* json_scanner = nullptr;    // _json.make_scanner configured as json.JSONDecoder(), for input_data (codec.cpp)
   bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one
 };
 
