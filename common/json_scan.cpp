@@ -1,6 +1,7 @@
 // In-place JSON scanning for the fork parent: validation, member lookup and size measures, no heap.
 #include "common/json_scan.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace spr::json_scan {
@@ -158,6 +159,22 @@ std::optional<std::string_view> member(std::string_view object, std::string_view
   return found;
 }
 
+bool plain_members(std::string_view object) {
+  std::string_view names[kMaxPlainMembers];
+  std::size_t n = 0;
+  bool plain = true;
+  const bool is_object = for_each_member(object, [&](std::string_view k, std::string_view) {
+    if (!plain) return;
+    if (n == kMaxPlainMembers || k.find('\\') != std::string_view::npos ||
+        std::find(names, names + n, k) != names + n) {
+      plain = false;
+      return;
+    }
+    names[n++] = k;
+  });
+  return is_object && plain;
+}
+
 std::uint64_t decoded_size(std::string_view t) {
   std::uint64_t n = 0;
   for (std::size_t i = 1; i + 1 < t.size(); ++i) {
@@ -208,8 +225,13 @@ std::uint64_t result_charge(std::string_view s) {
       const std::string_view tok = s.substr(i, end - i);
       if (c == '"') {
         charge += decoded_size(tok) + (expect_key ? 3 : 2);
-      } else {
+      } else if (c == 't' || c == 'f' || c == 'n') {
         charge += tok.size();
+      } else {
+        // A number costs what the engine charges for it whatever its spelling (20 for an integer, 24 for a
+        // float: "1e15" comes back as 1000000000000000.0), or its text when longer.
+        const bool is_float = tok.find_first_of(".eE") != std::string_view::npos;
+        charge += std::max<std::uint64_t>(tok.size(), is_float ? 24 : 20);
       }
       expect_key = false;
       i = end;

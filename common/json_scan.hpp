@@ -25,12 +25,19 @@ bool for_each_member(std::string_view object, F&& f);
 // The raw text of the last member named `key` of `object` (keys compared without decoding), or nothing.
 std::optional<std::string_view> member(std::string_view object, std::string_view key);
 
+// Whether `object` is an object of at most kMaxPlainMembers members whose names are written without
+// escapes and none twice. Every protocol message our encoders write is; a forged one must be, or a raw
+// scan (member(), the checks above) and a parser that decodes names and keeps the last duplicate
+// would each see another value.
+constexpr std::size_t kMaxPlainMembers = 64;
+bool plain_members(std::string_view object);
+
 // Bytes of the UTF-8 text a JSON string token (quotes included) decodes to.
 std::uint64_t decoded_size(std::string_view string_token);
 
-// A lower bound of what codec::from_python charges for the value whose JSON text is `value`:
-// decoded string bytes, number and literal text, container punctuation. An honest result never
-// measures above its max_result_kb budget.
+// What codec::from_python charges for the value whose JSON text is `value`, or less: decoded string
+// bytes, literal text, container punctuation, and for a number the engine's charge (20 for an integer,
+// 24 for a float) or its text when longer. An honest result never measures above its max_result_kb budget.
 std::uint64_t result_charge(std::string_view value);
 
 // A number member's value, or nothing when absent or not a number.

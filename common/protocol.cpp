@@ -1,6 +1,7 @@
 // Encode/decode of every protocol message: JSON objects with a "type" field, checked field by field.
 #include "common/protocol.hpp"
 
+#include "common/json_scan.hpp"
 #include "common/run_files.hpp"
 
 #include <cmath>
@@ -221,6 +222,9 @@ Message decode(std::string_view text, PolicyCache* policies) {
     bad(std::string("malformed JSON: ") + e.what());
   }
   if (!j.is_object()) bad("a message must be a JSON object");
+  // Checks made on the raw text (json_scan::member: the result's size, a frame's type in the fork parent) must
+  // see what this parser sees: it decodes escaped names and keeps the last of two.
+  if (!json_scan::plain_members(text)) bad("a message's member names must be unique and written without escapes");
   const std::string type = str(j, "type");
   if (type == "hello") {
     Hello h;

@@ -348,15 +348,15 @@ bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
 
 std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
   if (!scan::valid(reply)) return "the run's reply is not valid JSON";
+  // Our writer never escapes a name nor writes one twice: a forged reply could otherwise spell a checked name
+  // another way, or twice, and the supervisor's parser would take a value these checks did not see.
+  if (!scan::plain_members(reply)) return "the run's reply has an escaped or repeated member name";
   const std::uint64_t out_cap = l.max_output_kb * 1024, result_cap = l.max_result_kb * 1024;
   std::string why;
   bool typed = false;
   bool is_object = scan::for_each_member(reply, [&](std::string_view key, std::string_view value) {
     if (!why.empty()) return;
-    // Our writer never escapes a key: an escaped one could spell a checked name another way.
-    if (key.find('\\') != std::string_view::npos) {
-      why = "the run's reply has an escaped key";
-    } else if (key == "stdout" || key == "stderr") {
+    if (key == "stdout" || key == "stderr") {
       if (value.empty() || value[0] != '"')
         why = "the run's reply has a non-string " + std::string(key);
       else if (scan::decoded_size(value) > out_cap)
@@ -568,7 +568,9 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
 }
 
 bool ForkRunner::is_host_call(std::string_view frame, const Limits& l) {
-  if (!scan::valid(frame)) return false;
+  // Names as the supervisor's parser reads them: a frame typed twice ("type":"host_call","typ\u0065":"reply")
+  // is not a call here and a reply there; it goes to check_reply, which refuses it.
+  if (!scan::valid(frame) || !scan::plain_members(frame)) return false;
   const auto type = scan::member(frame, "type");
   if (!type || *type != "\"host_call\"") return false;
   const auto id = scan::member(frame, "id");

@@ -379,6 +379,62 @@ TEST_CASE("model: a forged result one byte past max_result_kb is refused, one at
   CHECK(runner.run("result = 'R' * 1023").error_kind == spr::ErrorKind::result_too_large);
 }
 
+// Red team round 10: checks made on a reply's raw text (the result's size in the supervisor; in the fork parent,
+// whether a frame is a host call to relay unchecked) compared member names without decoding them, while the
+// parser decodes them and keeps the last of two. A forged reply naming "result" twice, the second as
+// "res\u0075lt", returned 200 KB under max_result_kb=1; in fork mode a child's frame typed "host_call" and then
+// "typ\u0065":"reply" was relayed as a call and taken as the reply, and the worker's next request (another
+// party's) failed. A number's short spelling ("1e15", returned as 1000000000000000.0) was charged its text.
+// Seen from outside: no result past the cap comes back, and the next party's run answers its own result.
+TEST_CASE("model: a forged reply with a repeated or escaped member name, or short numbers, returns nothing past the cap") {
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.max_result_kb = 1;
+  o.policy.timeout_seconds = 10;
+  o.policy.trust_domain = "x";
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  // The reply channel: fd 3 where the run owns the worker's process; a fork child's write-only reply pipe.
+  const std::string code = R"(
+import _spr_raw as R, time
+fork = input_data['fork']
+if input_data['kind'] == 'names':
+    body = ('{"id":%d,"type":"%s","typ\\u0065":"reply","ok":true,"error_kind":"none","exit_code":0,'
+            '"stdout":"","stderr":"","result":"small","res\\u0075lt":"%s"}'
+            % (input_data['id'], 'host_call' if fork else 'reply', 'B' * 200000))
+else:
+    body = ('{"id":%d,"type":"reply","ok":true,"error_kind":"none","exit_code":0,"stdout":"","stderr":"",'
+            '"result":[%s]}' % (input_data['id'], ','.join(['1e15'] * 200)))
+frame = len(body).to_bytes(4, 'little') + body.encode()
+fd = 3
+if fork:
+    fd = [f for f in range(4, 64) if R.call('fcntl', f, 3)[0] in (1, 0o4001) and R.call('fcntl', f, 1032)[0] > 0][0]
+print('write', R.call('write', fd, frame, len(frame)))
+if fork:
+    time.sleep(3)
+result = 'honest'
+)";
+  const bool fork = test_mode() == spr::Isolation::fork;
+  spr::RunnerPolicy other = o.policy;
+  other.trust_domain = "y";
+  std::int64_t id = 2;
+  for (const char* kind : {"names", "numbers"}) {
+    CAPTURE(kind);
+    const spr::RunResult forged = runner.run(code, {{"id", id++}, {"kind", kind}, {"fork", fork}});
+    CAPTURE(forged.error.value_or(""));
+    CHECK(forged.result.dump().size() <= 1024);
+    CHECK_FALSE(forged.ok);
+    // The next request (on the same worker in fork and process mode) is another party's: answered, its own result.
+    const spr::RunResult next = runner.run("result = 'y-ok'", json::object(), other);
+    id++;
+    CAPTURE(next.error.value_or(""));
+    CHECK(next.ok);
+    CHECK(next.result == "y-ok");
+  }
+  // The engine's own charge, for comparison: the honest run of the same numbers is refused too.
+  CHECK(runner.run("result = [1e15] * 200").error_kind == spr::ErrorKind::result_too_large);
+}
+
 TEST_CASE("model: a run that forges its reply and goes on computing does not keep its worker's CPU") {
   // namespace and subinterpreter: the run owns the worker's process, so it can answer for itself on the protocol
   // socket and keep running with its signals blocked while the pool holds the worker idle (no deadline runs

@@ -115,3 +115,27 @@ TEST_CASE("json_text_error: refuses what the parser refuses, without building an
   CHECK_FALSE(json_text_error(deep).empty());
   CHECK_THROWS(spr::detail::parse_json(deep));
 }
+
+TEST_CASE("json_scan: plain_members refuses a name written with an escape or twice, as a raw scan would misread it") {
+  CHECK(scan::plain_members(R"({"type": "reply", "id": 3, "result": {"a\u0041": 1, "a\u0041": 2}})"));  // nested: any
+  CHECK(scan::plain_members("{}"));
+  CHECK_FALSE(scan::plain_members(R"({"result": "small", "res\u0075lt": "big"})"));
+  CHECK_FALSE(scan::plain_members(R"({"type": "host_call", "typ\u0065": "reply"})"));
+  CHECK_FALSE(scan::plain_members(R"({"id": 1, "id": 2})"));
+  CHECK_FALSE(scan::plain_members("[1]"));
+  std::string many = "{";
+  for (std::size_t i = 0; i <= scan::kMaxPlainMembers; ++i) many += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":0";
+  CHECK_FALSE(scan::plain_members(many + "}"));
+  // What the parser sees for the refused ones: the decoded, last value, not the one a raw scan finds.
+  CHECK(json::parse(R"({"result": "small", "res\u0075lt": "big"})")["result"] == "big");
+  CHECK(*scan::member(R"({"result": "small", "res\u0075lt": "big"})", "result") == "\"small\"");
+}
+
+TEST_CASE("json_scan: a number costs the codec's charge whatever its spelling") {
+  // "1e15" comes back as 1000000000000000.0: charged as the codec charges a float, not its four characters.
+  CHECK(scan::result_charge("1e15") == 24);
+  CHECK(scan::result_charge("7") == 20);
+  CHECK(scan::result_charge("[1e15,2]") == 2 + 24 + 1 + 20);
+  CHECK(scan::result_charge("0.1000000000000000000000000000001") == 33);  // a longer spelling costs its text
+  CHECK(scan::result_charge("true") == 4);
+}
