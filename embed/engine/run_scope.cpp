@@ -111,6 +111,17 @@ RunScope::~RunScope() {
   end_run_state();
   end_main();
   remove_directory();
+  release_std_locks();
+}
+
+// A run's fcntl record locks belong to the process: where the process outlives the run (namespace and
+// subinterpreter mode), a lock it took through descriptors 0 to 2 (the host's /dev/null) would stay and
+// block a host program locking /dev/null. Closing any descriptor of a file ends the process's locks on it.
+void RunScope::release_std_locks() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    const int copy = dup(fd);
+    if (copy >= 0) close(copy);
+  }
 }
 
 // sys.modules['__main__'] is the run's module for the run's duration, then what it was before.

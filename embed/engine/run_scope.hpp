@@ -45,6 +45,7 @@ class RunScope {
 
  private:
   void end_main();
+  static void release_std_locks();
   void remove_directory();
   const RunnerPolicy& policy_;
   std::string home_, dir_;  // the scratch directory and the working directory before it ("" = none)

@@ -129,8 +129,10 @@ constexpr Rule kTable[] = {
     {"getpeername", Act::allow}, {"getsockopt", Act::allow}, {"setsockopt", Act::allow},
     {"connect", Act::allow}, {"bind", Act::allow}, {"listen", Act::allow}, {"accept", Act::allow},
     {"accept4", Act::allow},
-    // A connected pair reaches nothing outside the process: asyncio's self-pipe, socket.socketpair().
-    {"socketpair", Act::allow, When::always, Arg::a0_eq, AF_UNIX},
+    // A connected stream pair reaches nothing outside the process: asyncio's self-pipe, socket.socketpair().
+    // Not a datagram pair without allow_unix_sockets: connect() or sendto() on one reaches a host socket by path.
+    {"socketpair", Act::allow, When::always, Arg::a0_eq_a1_type, AF_UNIX, SOCK_STREAM},
+    {"socketpair", Act::allow, When::unix_sockets, Arg::a0_eq, AF_UNIX},
     // New sockets: TCP and UDP with allow_network only; unix sockets (which reach the host's daemons by path,
     // whatever the network namespace) with allow_unix_sockets only. Netlink, packet and raw sockets never.
     {"socket", Act::allow, When::network, Arg::a0_eq_a1_type, AF_INET, SOCK_STREAM},
@@ -211,15 +213,16 @@ constexpr Rule kTable[] = {
 
     // fcntl: descriptor flags, locks (sqlite3), pipe sizes and seals. Not F_SETOWN/F_SETOWN_EX/F_SETSIG/O_ASYNC
     // (signal-driven I/O would signal a process no kill() rule sees), F_SETLEASE (a lease break signals too)
-    // or F_NOTIFY (watching a directory, like inotify).
+    // or F_NOTIFY (watching a directory, like inotify). Not F_OFD_SETLK/F_OFD_SETLKW: an open-file-description
+    // lock belongs to the description, not the process, and a fork child's /dev/null (the host's inode) shares
+    // its description with the worker: the lock outlived the run and blocked host programs locking /dev/null.
+    // A process's own locks (F_SETLK, what sqlite3 and fcntl.lockf use) end with it.
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_DUPFD}, {"fcntl", Act::allow, When::always, Arg::a1_eq, F_DUPFD_CLOEXEC},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_GETFD}, {"fcntl", Act::allow, When::always, Arg::a1_eq, F_SETFD},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_GETFL},
     {"fcntl", Act::allow, When::always, Arg::a1_eq_a2_clear, F_SETFL, O_ASYNC},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_GETLK}, {"fcntl", Act::allow, When::always, Arg::a1_eq, F_SETLK},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_SETLKW}, {"fcntl", Act::allow, When::always, Arg::a1_eq, F_OFD_GETLK},
-    {"fcntl", Act::allow, When::always, Arg::a1_eq, F_OFD_SETLK},
-    {"fcntl", Act::allow, When::always, Arg::a1_eq, F_OFD_SETLKW},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_GETOWN},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_GETPIPE_SZ},
     {"fcntl", Act::allow, When::always, Arg::a1_eq, F_SETPIPE_SZ},
@@ -454,7 +457,7 @@ LayerStatus apply(const Options& options) {
   detail += options.allow_threads ? "; threads allowed" : "; threads denied";
   if (options.sync_threads) detail += " (installed in the run threads started before it)";
   detail += options.allow_network ? "; TCP/UDP sockets allowed" : "; no network socket";
-  detail += options.allow_unix_sockets ? "; unix sockets allowed" : "; no unix socket (socketpair only)";
+  detail += options.allow_unix_sockets ? "; unix sockets allowed" : "; no unix socket (stream socketpair only)";
   if (!built.skipped.empty()) detail += "; unknown to libseccomp: " + built.skipped;
   return active("seccomp", detail);
 }

@@ -25,7 +25,8 @@ constexpr Call kCalls[] = {
     {"mount", SYS_mount}, {"setns", SYS_setns}, {"unshare", SYS_unshare}, {"ioctl", SYS_ioctl},
     {"fcntl", SYS_fcntl}, {"prctl", SYS_prctl}, {"openat", SYS_openat}, {"open", SYS_open},
     {"pipe2", SYS_pipe2}, {"read", SYS_read}, {"write", SYS_write}, {"close", SYS_close},
-    {"getpid", SYS_getpid}, {"kill", SYS_kill}, {"flock", SYS_flock},
+    {"getpid", SYS_getpid}, {"kill", SYS_kill}, {"flock", SYS_flock}, {"socketpair", SYS_socketpair},
+    {"sendto", SYS_sendto},
 };
 
 // A Python value as a syscall argument: int as is, None as 0, str as a NUL-terminated UTF-8 pointer and bytes or
