@@ -183,7 +183,9 @@ class Api::Deadlines {
         fn();  // cancels a run: its answer may come on this thread
         lk.lock();
       } else {
-        cv_.wait_until(lk, queue_.begin()->first);
+        // A copy: wait_until reads its argument again after waking, and remove() may have freed the entry.
+        const auto next = queue_.begin()->first;
+        cv_.wait_until(lk, next);
       }
     }
   }
