@@ -149,25 +149,27 @@ std::string tracer_of(pid_t pid) {
   return "<no status>";
 }
 
-// A host unix socket listener (what docker.sock would be) in a directory of its own.
+// A host unix socket listener (what docker.sock would be) in a directory of its own: a stream one, or one that
+// receives datagrams (what /dev/log would be).
 struct UnixListener {
   fs::path dir, path;
   int fd = -1;
-  UnixListener() {
+  int type;
+  explicit UnixListener(int socket_type = SOCK_STREAM) : type(socket_type) {
     std::string templ = "/tmp/sprtest-unix-XXXXXX";
     REQUIRE(::mkdtemp(templ.data()) != nullptr);
     dir = templ;
     // The sandbox's identity is not the test's (nobody under a root supervisor): it may pass through.
     REQUIRE(::chmod(dir.c_str(), 0711) == 0);
     path = dir / "host.sock";
-    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = ::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     REQUIRE(fd >= 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
     REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
     REQUIRE(::chmod(path.c_str(), 0777) == 0);
-    REQUIRE(::listen(fd, 16) == 0);
+    if (type == SOCK_STREAM) REQUIRE(::listen(fd, 16) == 0);
   }
   ~UnixListener() {
     ::close(fd);
@@ -183,6 +185,13 @@ struct UnixListener {
       ::close(c);
       ++n;
     }
+  }
+  // Datagrams queued now (a datagram socket's).
+  int datagrams() const {
+    int n = 0;
+    char buf[256];
+    while (::recv(fd, buf, sizeof(buf), 0) > 0) ++n;
+    return n;
   }
 };
 
@@ -535,23 +544,7 @@ TEST_CASE("seccomp: a run holds no flock on a host file it can read") {
 // Red team round 10: socketpair(AF_UNIX, SOCK_DGRAM) was allowed (only the family was checked), and a datagram
 // socket can be connected anew: a run sent datagrams to a host listener by path without allow_unix_sockets.
 TEST_CASE("seccomp: a datagram socket pair reaches no host unix socket unless allow_unix_sockets") {
-  std::string templ = "/tmp/sprtest-dgram-XXXXXX";
-  REQUIRE(::mkdtemp(templ.data()) != nullptr);
-  const fs::path dir = templ, path = dir / "host.sock";
-  REQUIRE(::chmod(dir.c_str(), 0711) == 0);
-  const int host = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  REQUIRE(host >= 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  REQUIRE(::bind(host, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  REQUIRE(::chmod(path.c_str(), 0777) == 0);
-  const auto received = [&] {
-    int n = 0;
-    char buf[256];
-    while (::recv(host, buf, sizeof(buf), 0) > 0) ++n;
-    return n;
-  };
+  UnixListener host(SOCK_DGRAM);
   // Raw calls, as a run owning its memory could make them: a datagram pair, a connect and a sendto by path.
   const std::string code = R"(
 import socket, struct, _spr_raw
@@ -569,21 +562,18 @@ print('stream pair works', s[0].send(b'x'), s[1].recv(1))
 )";
   spr::Runner runner(options());
   spr::RunnerPolicy p = policy();
-  p.allowed_read_paths = {dir.string()};  // the socket is in the run's view, as in any bound directory
-  const spr::RunResult r = runner.run(code, {{"path", path.string()}}, p);
+  p.allowed_read_paths = {host.dir.string()};  // the socket is in the run's view, as in any bound directory
+  const spr::RunResult r = runner.run(code, {{"path", host.path.string()}}, p);
   CAPTURE(r.stdout_text);
   CAPTURE(r.error.value_or(""));
   CHECK(r.ok);
   CHECK(sec::contains(r.stdout_text, "stream pair works 1 b'x'"));
-  CHECK(received() == 0);
+  CHECK(host.datagrams() == 0);
   // The control: with the knob the same run reaches it, so the check above can fail.
   p.allow_unix_sockets = true;
-  const spr::RunResult allowed = runner.run(code, {{"path", path.string()}}, p);
+  const spr::RunResult allowed = runner.run(code, {{"path", host.path.string()}}, p);
   CAPTURE(allowed.stdout_text);
-  CHECK(received() == 2);
-  ::close(host);
-  std::error_code ec;
-  fs::remove_all(dir, ec);
+  CHECK(host.datagrams() == 2);
 }
 
 // Red team round 10: an open-file-description lock (F_OFD_SETLK) belongs to the description, and a fork child's
