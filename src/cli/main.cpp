@@ -451,13 +451,17 @@ int main(int argc, char** argv) {
   serve->footer(
       "Request, one JSON object a line (a run needs only code):\n"
       "  {\"id\": any, \"code\": str, \"input_data\": any, \"stdin\": str, \"policy\": {field: value},\n"
+      "   \"files\": {name: str | {\"base64\": str}}, \"collect\": [glob],\n"
       "   \"session\": name, \"repr\": bool, \"stream\": bool, \"functions\": [name]}\n"
       "  {\"id\": any, \"cancel\": id}    {\"id\": any, \"close_session\": name}\n"
+      "  {\"call_result\": {\"id\", \"call_id\", \"value\"}}  {\"call_error\": {\"id\", \"call_id\", \"message\"}}\n"
       "Answer, one line per request, in the order runs end:\n"
       "  {\"id\": same, \"ok\", \"result\", \"stdout\", \"stderr\", \"error\", \"error_kind\", \"exit_code\",\n"
       "   \"timed_out\", \"resource_exceeded\", \"stdout_truncated\", \"stderr_truncated\",\n"
-      "   \"duration_ms\", \"queued_ms\", \"isolation\"}\n"
-      "  with \"stream\": {\"id\", \"stream\": \"stdout\"|\"stderr\", \"data\": str} lines before it\n"
+      "   \"duration_ms\", \"queued_ms\", \"isolation\", and when they apply \"repr\", \"files\",\n"
+      "   \"files_left_out\", \"files_truncated\"}\n"
+      "  with \"stream\": {\"id\", \"stream\": \"stdout\"|\"stderr\", \"data\": str} lines before it,\n"
+      "  and with \"functions\": {\"id\", \"call\": {\"call_id\", \"name\", \"args\", \"kwargs\"}} per host call\n"
       "A bad line answers error_kind \"bad_input\" (id null when unreadable). A request's policy may only\n"
       "tighten the operator's (--policy and the flags) unless --allow-policy-overrides. See README, \"CLI\".\n");
   serve->add_option("--workers", workers, "warm workers (default 2)");

@@ -586,7 +586,8 @@ TEST_CASE("--help and --version exit 0") {
   const auto serve_help = cli({"serve", "--help"});
   CHECK(serve_help.exit_code == 0);
   for (const char* key : {"\"code\": str", "\"stdin\": str", "\"policy\"", "\"session\"", "\"cancel\"",
-                          "\"close_session\"", "\"error_kind\"", "\"duration_ms\"", "\"queued_ms\"", "bad_input"})
+                          "\"close_session\"", "\"error_kind\"", "\"duration_ms\"", "\"queued_ms\"", "bad_input",
+                          "\"files\"", "\"collect\"", "\"call_result\"", "\"files_left_out\""})
     CHECK_MESSAGE(contains(serve_help.out, key), key);
   const auto run_help = cli({"run", "--help"});
   CHECK(run_help.exit_code == 0);
