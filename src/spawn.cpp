@@ -2,6 +2,7 @@
 // outcome is written into that memory instead of a pipe another thread's fork could hold open.
 #include "detail/spawn.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -139,6 +140,23 @@ struct BlockAll {
 
 [[noreturn]] void fail(const char* step, int err) { throw std::system_error(err, std::generic_category(), step); }
 
+// ThreadSanitizer intercepts clone() and treats the child as a fork child, resetting its own state; with CLONE_VM
+// that state is the parent's, and every report after a spawn was noise. Its builds call the C library's clone
+// directly (the child runs no instrumented code: child_main is not instrumented and makes raw system calls).
+using CloneFn = int (*)(int (*)(void*), void*, int, void*, ...);
+CloneFn libc_clone() {
+#if defined(__SANITIZE_THREAD__)
+  static const CloneFn real = [] {
+    void* libc = ::dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    void* f = libc ? ::dlsym(libc, "clone") : nullptr;
+    return f ? reinterpret_cast<CloneFn>(f) : static_cast<CloneFn>(&::clone);
+  }();
+  return real;
+#else
+  return &::clone;
+#endif
+}
+
 }  // namespace
 
 pid_t spawn_program(const SpawnPlan& plan) {
@@ -173,7 +191,7 @@ pid_t spawn_program(const SpawnPlan& plan) {
   {
     const BlockAll blocked;
     if (blocked.rc != 0) fail("pthread_sigmask", blocked.rc);
-    pid = ::clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    pid = libc_clone()(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     clone_errno = errno;
   }
   if (pid < 0) fail("clone", clone_errno);
