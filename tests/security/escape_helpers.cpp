@@ -21,6 +21,12 @@
 
 namespace sec {
 
+double time_scale() {
+  const char* s = std::getenv("SPR_TEST_TIME_SCALE");
+  return s && std::atof(s) > 1 ? std::atof(s) : 1.0;
+}
+
+
 std::string random_hex(std::size_t bytes) {
   std::vector<unsigned char> b(bytes);
   if (getrandom(b.data(), b.size(), 0) != static_cast<ssize_t>(b.size()))

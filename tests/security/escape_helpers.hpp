@@ -15,6 +15,10 @@
 
 namespace sec {
 
+// How many times longer than on a quiet machine waits and limits may take (SPR_TEST_TIME_SCALE, set by
+// tests/CMakeLists.txt from the load and for sanitizer builds); at least 1.
+double time_scale();
+
 std::string random_hex(std::size_t bytes);
 
 // A TCP listener on 127.0.0.1:<ephemeral>; any connection that reaches it is an escape.

@@ -106,6 +106,9 @@ TEST_CASE("security: escape attempts under the default policy") {
   spr::RunnerOptions opts;
   opts.workers = 1;  // namespace mode: every run of the suite lands in the same long-lived worker
   opts.policy.isolation = iso;
+  // A process-mode worker starts for every run; under ASan at load 13 one start took longer than the default
+  // allows, and the row's "next plain run" check failed on that, not on the attempt.
+  opts.start_timeout_seconds *= sec::time_scale();
   spr::Runner runner(opts);
   const spr::RunnerPolicy base = opts.policy;
 

@@ -115,11 +115,7 @@ Scan scan_descendants(const std::string& needle) {
   return s;
 }
 
-// Sanitizer builds run slower: SPR_TEST_TIME_SCALE (set by tests/CMakeLists.txt) stretches waits.
-double time_scale() {
-  const char* s = std::getenv("SPR_TEST_TIME_SCALE");
-  return s && std::atof(s) > 1 ? std::atof(s) : 1.0;
-}
+using sec::time_scale;
 
 spr::RunnerOptions fork_options() {
   spr::RunnerOptions o;

@@ -46,10 +46,7 @@ spr::Isolation test_mode() {
   return spr::RunnerPolicy::from_json({{"isolation", m ? m : "fork"}}).isolation;
 }
 
-double time_scale() {
-  const char* s = std::getenv("SPR_TEST_TIME_SCALE");
-  return s ? std::max(1.0, std::atof(s)) : 1.0;
-}
+using sec::time_scale;
 
 // Imports unrestricted (the run needs os, socket, struct and _spr_raw), a scratch directory, a long timeout: the
 // Python layers are not what is tested here, and the host decides when a run has been observed enough.
