@@ -1,6 +1,10 @@
 // The in-process engine: isolated CPython initialisation, the bootstrap, and the steps of one run.
 #include "engine.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #include <fcntl.h>
 #include <limits.h>
 #include <locale.h>
@@ -64,6 +68,11 @@ std::string status_text(const PyStatus& s, const char* what) {
 // be leaving the thread group for a moment, and the OS layers then unshare a user namespace, which the
 // kernel refuses to a process with more than one thread. num_threads is field 20 of /proc/self/stat.
 void wait_single_threaded() {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer's runtime runs a thread of its own (started with our first one); this hook, meant for
+  // sandboxes, ends it. Without it unshare(CLONE_NEWUSER) fails with EINVAL and TSan workers lack a layer.
+  __sanitizer_sandbox_on_notify(nullptr);
+#endif
   for (int attempt = 0; attempt < 1000; ++attempt) {
     char buf[1024];
     const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
