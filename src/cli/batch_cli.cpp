@@ -26,10 +26,15 @@ namespace {
 
 using detail::Fd;
 
-volatile std::sig_atomic_t g_interrupted = 0;
+// Set by the handler, read by the progress thread: a lock-free atomic (a volatile sig_atomic_t is for the
+// thread the signal interrupts only; TSan reported the other thread's read as a race).
+std::atomic<int> g_interrupted{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 void on_interrupt(int) {
-  g_interrupted = 1;
+  const int saved = errno;
+  g_interrupted.store(1, std::memory_order_relaxed);
+  errno = saved;
 }
 
 struct Failure {
@@ -188,7 +193,7 @@ int run_batch(const BatchArgs& a, const RunnerPolicy& policy) {
   }
 
   SignalScope signals;
-  g_interrupted = 0;
+  g_interrupted.store(0);
   detail::Batch batch(*runner, options);
   std::atomic<bool> finished{false};
   const bool live = ::isatty(STDERR_FILENO) == 1;
@@ -200,7 +205,7 @@ int run_batch(const BatchArgs& a, const RunnerPolicy& policy) {
     bool stopped = false;
     while (!finished.load()) {
       std::this_thread::sleep_for(milliseconds(50));
-      if (g_interrupted && !stopped) {
+      if (g_interrupted.load(std::memory_order_relaxed) && !stopped) {
         stopped = true;
         batch.stop();
       }

@@ -61,13 +61,20 @@ spr::Isolation test_mode() {
   return spr::RunnerPolicy::from_json({{"isolation", m ? m : "fork"}}).isolation;
 }
 
+// How many times longer than on a quiet machine waits may take (SPR_TEST_TIME_SCALE: load, sanitizers).
+double time_scale() {
+  const char* s = getenv("SPR_TEST_TIME_SCALE");
+  return s && std::atof(s) > 1 ? std::atof(s) : 1.0;
+}
+
 spr::RunnerOptions options(const std::string& worker) {
   spr::RunnerOptions o;
   o.worker_path = worker;
   o.workers = 1;
   o.policy.isolation = test_mode();
   o.policy.timeout_seconds = 2;
-  o.start_timeout_seconds = 2;
+  // Scaled: in process mode every run starts a worker, and under ASan at load 7 a start took longer than 2 s.
+  o.start_timeout_seconds = 2 * time_scale();
   return o;
 }
 
@@ -105,9 +112,7 @@ int worker_processes(char state = 0) {
 // Waits until `done` holds; the limit is a hang guard (scaled with the load), not a speed check.
 template <typename Done>
 bool wait_until(Done done) {
-  const char* s = getenv("SPR_TEST_TIME_SCALE");
-  const double scale = s && std::atof(s) > 1 ? std::atof(s) : 1.0;
-  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * scale);
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * time_scale());
   while (!done()) {
     if (std::chrono::steady_clock::now() > guard) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -170,7 +175,7 @@ TEST_CASE("a worker that never says hello is reported, not waited for forever") 
     CHECK_FALSE(r.ok);
     CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
     CHECK(r.error->find("hello") != std::string::npos);
-    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::duration<double>(30 * time_scale()));
   }
   check_nothing_left(fds_before);
 }
