@@ -719,7 +719,13 @@ TEST_CASE("model: a thread a run starts is held to the run's memory limit") {
   CAPTURE(held.hwm_kb);
   REQUIRE(held.looked);
   // 32 MiB for the run beside the worker's own pages; without the limit the thread held 300 MiB.
+#if defined(__SANITIZE_THREAD__)
+  // TSan's shadow memory is in the worker's resident size (215 MiB seen while the limit stopped the thread at
+  // 31 MiB): the bound is what the thread alone would hold without the limit.
+  CHECK(held.hwm_kb < 300 * 1024);
+#else
   CHECK(held.hwm_kb < 160 * 1024);
+#endif
   CHECK(sec::contains(held.seen, threads_allowed() ? "HELD [" : "HELD ['not started']"));
   CHECK_FALSE(sec::contains(held.seen, "HELD [300]"));
 }
