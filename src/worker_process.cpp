@@ -871,8 +871,6 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   return {};
 }
 
-// Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
-// cannot change it. 0 when unreadable.
 std::uint64_t WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
   if (reaped_ || pid_ <= 0) return 0;
   if (pidfd_) {
@@ -895,6 +893,8 @@ std::uint64_t WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
   return ticks(used.ru_utime) + ticks(used.ru_stime);
 }
 
+// Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
+// cannot change it. 0 when unreadable.
 std::uint64_t WorkerProcess::cpu_ticks() const {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(payload_pid_));
