@@ -346,11 +346,16 @@ bool ForkRunner::set_limits(pid_t pid, const Limits& l) const {
          (l.cpu_time_seconds <= 0 || prlimit(pid, RLIMIT_CPU, &cpu, nullptr) == 0);
 }
 
-std::string ForkRunner::check_reply(std::string_view reply, const Limits& l) {
-  if (!scan::valid(reply)) return "the run's reply is not valid JSON";
+ForkRunner::Shape ForkRunner::shape_of(std::string_view frame) {
+  if (!scan::valid(frame)) return Shape::invalid;
+  return scan::plain_members(frame) ? Shape::plain : Shape::unplain;
+}
+
+std::string ForkRunner::check_reply(std::string_view reply, Shape shape, const Limits& l) {
+  if (shape == Shape::invalid) return "the run's reply is not valid JSON";
   // Our writer never escapes a name nor writes one twice: a forged reply could otherwise spell a checked name
   // another way, or twice, and the supervisor's parser would take a value these checks did not see.
-  if (!scan::plain_members(reply)) return "the run's reply has an escaped or repeated member name";
+  if (shape == Shape::unplain) return "the run's reply has an escaped or repeated member name";
   const std::uint64_t out_cap = l.max_output_kb * 1024, result_cap = l.max_result_kb * 1024;
   std::string why;
   bool typed = false;
@@ -524,14 +529,17 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   const std::uint32_t cap = detail::reply_frame_cap(l.max_output_kb, l.max_result_kb, l.max_files_kb, false,
                                                     l.host_functions ? l.max_host_call_kb : 0);
   detail::IoStatus s;
-  while ((s = detail::read_frame(c.reply.get(), reply, deadline, cap)) == detail::IoStatus::ok && is_host_call(reply, l)) {
+  Shape shape = Shape::invalid;
+  while ((s = detail::read_frame(c.reply.get(), reply, deadline, cap)) == detail::IoStatus::ok) {
+    shape = shape_of(reply);
+    if (!is_host_call(reply, shape, l)) break;
     // A failed relay: the child is killed below and its run answered from its status.
     if ((s = relay_host_call(c, reply, deadline)) != detail::IoStatus::ok) break;
   }
   SPR_PARENT_PHASE(kReplyIn);
   c.request.reset();
   if (s == detail::IoStatus::ok) {
-    const std::string why = check_reply(reply, l);
+    const std::string why = check_reply(reply, shape, l);
     if (why.empty() && l.cpu_time_seconds > 0) {
       // The run's CPU by this process's measure, every thread of the child included (the engine's own timer
       // counts the run's thread only, and the supervisor cannot see a child reaped after its reply): the
@@ -567,10 +575,10 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
 }
 
-bool ForkRunner::is_host_call(std::string_view frame, const Limits& l) {
+bool ForkRunner::is_host_call(std::string_view frame, Shape shape, const Limits& l) {
   // Names as the supervisor's parser reads them: a frame typed twice ("type":"host_call","typ\u0065":"reply")
   // is not a call here and a reply there; it goes to check_reply, which refuses it.
-  if (!scan::valid(frame) || !scan::plain_members(frame)) return false;
+  if (shape != Shape::plain) return false;
   const auto type = scan::member(frame, "type");
   if (!type || *type != "\"host_call\"") return false;
   const auto id = scan::member(frame, "id");

@@ -68,10 +68,14 @@ class ForkRunner : public IsolationRunner {
   // Runs one request frame; returns the reply frame's text (in `reply`, the buffer reused).
   void run(std::string& frame, std::string& reply);
   bool set_limits(pid_t pid, const Limits& l) const;
+  // A frame's shape, checked once and given to both checks below: valid JSON, and (as our writer makes
+  // them) member names unique and written without escapes.
+  enum class Shape { invalid, unplain, plain };
+  static Shape shape_of(std::string_view frame);
   // Empty when the reply is acceptable, else why not.
-  static std::string check_reply(std::string_view reply, const Limits& l);
+  static std::string check_reply(std::string_view reply, Shape shape, const Limits& l);
   // A frame from the child that is a host call of this run (checked in place, never decoded).
-  static bool is_host_call(std::string_view frame, const Limits& l);
+  static bool is_host_call(std::string_view frame, Shape shape, const Limits& l);
   detail::IoStatus relay_host_call(Child& c, std::string& frame, detail::Clock::time_point deadline);
   // `over_cpu`: the child used more CPU than its limit (whatever its status says).
   std::string parent_reply(const Limits& l, int status, bool timed_out, bool protocol, const std::string& why,
