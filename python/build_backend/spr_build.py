@@ -29,8 +29,15 @@ from typing import Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "safe_py_runner"
 DIST = "safe-py-runner"
-PACKAGE_FILES = ("__init__.py", "host.py", "policy.py", "result.py", "runner.py", "session.py", "batch.py", "dask.py",
-                 "py.typed", "_core.pyi")
+# The package's own files: every module and stub of python/safe_py_runner, and the typing marker (a list
+# written out by hand once left a new module out of every wheel).
+SOURCE_PACKAGE = ROOT / "python" / NAME
+
+
+def _source_files() -> List[str]:
+    return sorted(p.name for p in SOURCE_PACKAGE.iterdir()
+                  if p.is_file() and (p.suffix in (".py", ".pyi") or p.name == "py.typed"))
+
 
 __all__ = ["get_requires_for_build_wheel", "get_requires_for_build_sdist", "prepare_metadata_for_build_wheel",
            "build_wheel", "build_sdist"]
@@ -118,7 +125,7 @@ def _record_line(arcname: str, data: bytes) -> str:
 
 
 def _package_files(stage: Path) -> List[Tuple[str, Path]]:
-    files = [(f"{NAME}/{f}", stage / f) for f in PACKAGE_FILES]
+    files = [(f"{NAME}/{f}", stage / f) for f in _source_files()]
     ext = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     core = stage / f"_core{ext}"
     if not core.exists():

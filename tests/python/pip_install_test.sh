@@ -22,6 +22,12 @@ assert os.access(here / 'spr-worker', os.X_OK), 'no worker in the package'
 built = sorted(p.name for p in pathlib.Path('$build/python/safe_py_runner').glob('spr-worker*'))
 assert sorted(p.name for p in here.glob('spr-worker*')) == built, built
 assert (here / 'py.typed').exists()
+# Every module of the source package is installed (a wheel once lacked _future.py: submit() failed).
+def package_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix in ('.py', '.pyi') or p.name == 'py.typed')
+assert package_files(here) == package_files(pathlib.Path('$src/python/safe_py_runner')), package_files(here)
+with safe_py_runner.Runner(workers=1) as runner:
+    assert runner.submit('result = 2 + 3').result().result == 5
 ")
 }
 pip_flags=(--disable-pip-version-check --quiet --config-settings "build-dir=$build")
