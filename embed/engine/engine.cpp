@@ -36,7 +36,13 @@
 #include "run_scope.hpp"
 #include "trust.hpp"
 
+#include <marshal.h>  // not part of Python.h (py.hpp)
+
 extern const char kSprBootstrapSource[];
+// The same module compiled at build time by a Python of this engine's X.Y (cmake/marshal_bootstrap.py).
+extern const unsigned char kSprBootstrapCode[];
+extern const std::size_t kSprBootstrapCodeSize;
+extern const long kSprBootstrapMagic;
 extern const char kSprPreloadList[];
 
 namespace spr::embed {
@@ -102,7 +108,15 @@ std::string current_error_text() {
 
 bool run_bootstrap(bool main_interpreter) {
   trust::Trusted trusted;
-  py::Ref code(Py_CompileString(kSprBootstrapSource, "<frozen spr_bootstrap>", Py_file_input));
+  // The build's bytecode when this runtime reads the same bytecode (its magic number), else the source.
+  py::Ref code(PyImport_GetMagicNumber() == kSprBootstrapMagic
+                   ? PyMarshal_ReadObjectFromString(reinterpret_cast<const char*>(kSprBootstrapCode),
+                                                    static_cast<Py_ssize_t>(kSprBootstrapCodeSize))
+                   : nullptr);
+  if (!code || !PyCode_Check(code.get())) {
+    PyErr_Clear();
+    code = py::Ref(Py_CompileString(kSprBootstrapSource, "<frozen spr_bootstrap>", Py_file_input));
+  }
   if (!code) return false;
   py::Ref module(PyModule_New("_spr_bootstrap"));
   if (!module) return false;
