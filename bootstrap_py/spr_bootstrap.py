@@ -8,8 +8,9 @@ Nothing here is importable by user code: the module is not placed in sys.modules
 import _sitebuiltins
 import builtins
 import io
-import signal
 import sys
+# The C module: `signal` would import enum (and functools) into every worker before its first run.
+import _signal as signal
 import types
 
 import _spr

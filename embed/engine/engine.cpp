@@ -168,6 +168,11 @@ void import_quietly(const std::string& name) {
 void preload(Preload which) {
   trust::Trusted trusted;
   for (const auto& name : preload_list(which)) import_quietly(name);
+#if PY_VERSION_HEX >= 0x030D0000
+  // From 3.13 CPython prints an uncaught exception (PyErr_Display, run_result::print_traceback) with the
+  // traceback module, and its C fallback has neither source lines nor carets: loaded before any run.
+  if (which != Preload::warm_only) import_quietly("traceback");
+#endif
 }
 
 // RunnerOptions::preload: the operator asked for these, so a failure stops the worker with the reason.
@@ -420,7 +425,7 @@ void compile_failed(RunResult& r) {
   if (PyErr_GivenExceptionMatches(e.type.get(), PyExc_MemoryError)) {
     run_result::become(r, outcome::memory());
   } else {
-    run_result::write_stderr(run_result::format_traceback(e, true));
+    run_result::print_traceback(e, true);
     r.ok = false;
     r.error = run_result::one_line(e);
     r.error_kind = ErrorKind::syntax;

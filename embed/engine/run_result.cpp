@@ -12,6 +12,7 @@
 #include "common/outcome.hpp"
 #include "deadline.hpp"
 #include "guard.hpp"
+#include "interp_state.hpp"
 #include "memory.hpp"
 
 namespace spr::embed::run_result {
@@ -41,30 +42,49 @@ std::string one_line(const py::FetchedError& e) {
   return clip_line(name + ": " + py::str(e.value.get()));
 }
 
-std::string format_traceback(const py::FetchedError& e, bool only_exception) {
+#if PY_VERSION_HEX >= 0x030D0000
+// 3.13 prints an uncaught exception with its traceback module (PyErr_Display's C fallback there has neither
+// source lines nor carets): the same module here, loaded before any run (engine.cpp, preload).
+void print_traceback(const py::FetchedError& e, bool only_exception) {
   py::Ref tb_mod(PyImport_ImportModule("traceback"));
-  if (!tb_mod) {
-    PyErr_Clear();
-    return one_line(e) + "\n";
-  }
-  py::Ref lines(only_exception
+  py::Ref lines(!tb_mod ? nullptr
+                : only_exception
                     ? PyObject_CallMethod(tb_mod.get(), "format_exception_only", "OO", e.type.get(), e.value.get())
                     : PyObject_CallMethod(tb_mod.get(), "format_exception", "OOO", e.type.get(), e.value.get(),
                                           e.traceback ? e.traceback.get() : Py_None));
-  if (!lines) {
-    PyErr_Clear();
-    return one_line(e) + "\n";
-  }
   std::string out;
-  py::Ref it(PyObject_GetIter(lines.get()));
+  py::Ref it(lines ? PyObject_GetIter(lines.get()) : nullptr);
   while (it) {
     py::Ref line(PyIter_Next(it.get()));
     if (!line) break;
     out += py::utf8(line.get());
   }
   PyErr_Clear();
-  return out;
+  write_stderr(out.empty() ? one_line(e) + "\n" : out);
 }
+#else
+void print_traceback(const py::FetchedError& e, bool only_exception) {
+  PyObject* err = state().err;  // the engine's stream into the captured stderr
+  if (!err || !e.value || !PyExceptionInstance_Check(e.value.get())) {
+    write_stderr(one_line(e) + "\n");
+    return;
+  }
+  // CPython's own printer, python3's output for an uncaught exception: chains, groups, notes, source lines
+  // and carets, repeated frames folded. It imports nothing, so no module is loaded for it before a run. It
+  // writes to sys.stderr: the engine's stream for the call, whatever the run made of sys.stderr.
+  // `only_exception` (a compile error): the exception alone, as traceback.format_exception_only gives it,
+  // without the frames of the engine's own code.
+  py::Ref saved_stream = py::Ref::borrow(PySys_GetObject("stderr"));
+  py::Ref saved_tb(only_exception ? PyException_GetTraceback(e.value.get()) : nullptr);
+  if (only_exception) PyException_SetTraceback(e.value.get(), Py_None);
+  if (PySys_SetObject("stderr", err) == 0)
+    PyErr_Display(e.type.get(), e.value.get(), only_exception ? nullptr : e.traceback.get());
+  PyErr_Clear();
+  if (PySys_SetObject("stderr", saved_stream.get()) != 0) PyErr_Clear();
+  if (only_exception) PyException_SetTraceback(e.value.get(), saved_tb ? saved_tb.get() : Py_None);
+  PyErr_Clear();
+}
+#endif
 
 void write_stderr(const std::string& s) { capture::append(1, s.data(), s.size()); }
 
@@ -158,7 +178,10 @@ void from_exception(const py::FetchedError& e, const RunnerPolicy& p, RunResult&
   // Once the limit has refused memory, formatting a traceback (Python code walking frames that still hold
   // that memory) can itself fail while CPython normalizes the MemoryError, and that is a fatal error (abort)
   // of the worker: a line, then.
-  write_stderr(memory::refused() ? one_line(e) + "\n" : format_traceback(e, false));
+  if (memory::refused())
+    write_stderr(one_line(e) + "\n");
+  else
+    print_traceback(e, false);
   if (PyErr_GivenExceptionMatches(t, PyExc_MemoryError)) {
     become(r, outcome::memory());
     return;

@@ -22,7 +22,8 @@ void encode(PyObject* result, const RunnerPolicy& p, RunResult& r);
 
 // "ValueError: msg", as the original reports it (the type's name, unqualified).
 std::string one_line(const py::FetchedError& e);
-std::string format_traceback(const py::FetchedError& e, bool only_exception);
+// The exception as python3 prints an uncaught one, into the captured stderr (`only_exception`: without frames).
+void print_traceback(const py::FetchedError& e, bool only_exception);
 void write_stderr(const std::string& s);
 // Whether the policy removed the builtin `name` from a run's builtins.
 bool builtin_removed(const RunnerPolicy& p, const std::string& name);

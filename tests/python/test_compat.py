@@ -1,6 +1,8 @@
 """The original package's behaviour (shared/spec/seed-compat.md) through the Python API."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -334,6 +336,43 @@ def test_exception_with_traceback_in_stderr():
     assert r.error == "ZeroDivisionError: division by zero"
     assert r.exit_code == 1
     assert "Traceback" in r.stderr and "ZeroDivisionError" in r.stderr
+
+
+# What python3 itself prints for an uncaught exception (the original's stderr is a python3's): the same
+# interpreter runs each snippet under a driver whose own frame is left out, and prints with the default hook.
+_PRINTS_LIKE_PYTHON3 = {
+    "in-a-function": "def f(x):\n    return 1 / x\nf(0)\n",
+    "indentation": "if True:\npass\n",
+    "unclosed": "x = (1,\n",
+    "chained": "try:\n    {}['k']\nexcept KeyError as e:\n    raise ValueError('bad') from e\n",
+    "during-handling": "try:\n    1 / 0\nexcept ZeroDivisionError:\n    undefined_name\n",
+    "library-source-lines": "import json\njson.loads('{x')\n",
+    "group": "raise ExceptionGroup('eg', [ValueError(1), TypeError(2)])\n",
+    "unprintable": "class E(Exception):\n    def __str__(self):\n        raise RuntimeError\nraise E()\n",
+}
+_PYTHON3_DRIVER = """
+import sys
+source = sys.stdin.read()
+try:
+    code = compile(source, '<string>', 'exec')
+except SyntaxError as e:
+    sys.__excepthook__(type(e), e.with_traceback(None), None)
+else:
+    try:
+        exec(code, {'__name__': '__main__'})
+    except BaseException as e:
+        sys.__excepthook__(type(e), e.with_traceback(e.__traceback__.tb_next), e.__traceback__.tb_next)
+"""
+
+
+@pytest.mark.parametrize("code", list(_PRINTS_LIKE_PYTHON3.values()), ids=list(_PRINTS_LIKE_PYTHON3))
+def test_a_failed_run_prints_what_python3_prints(code):
+    expected = subprocess.run([sys.executable, "-I", "-c", _PYTHON3_DRIVER], input=code, capture_output=True,
+                              text=True).stderr
+    assert expected
+    r = run_code(code, python_executable=sys.executable)
+    assert not r.ok
+    assert r.stderr == expected
 
 
 @pytest.mark.parametrize("code,ok,exit_code,error", [
