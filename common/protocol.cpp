@@ -176,6 +176,7 @@ std::string encode(const Message& m) {
           [](const Reply& r) {
             json o = reply_from_result(r.result);
             o["id"] = r.id;
+            if (r.retire) o["retire"] = true;
             return o;
           },
           [](const HostCall& c) {
@@ -199,6 +200,7 @@ std::string encode_reply_head(const Reply& r) {
   json o = reply_from_result(r.result);
   for (const char* k : {"stdout", "stderr", "stdout_truncated", "stderr_truncated"}) o.erase(k);
   o["id"] = r.id;
+  if (r.retire) o["retire"] = true;
   o["type"] = type_name(Message{Reply{}});
   std::string text = detail::dump_json(o);
   text.pop_back();  // the closing brace: the output fields follow
@@ -287,6 +289,10 @@ Message decode(std::string_view text, PolicyCache* policies) {
       r.result = result_from_reply(j);
     } catch (const std::exception& e) {
       bad(e.what());
+    }
+    if (auto it = j.find("retire"); it != j.end()) {
+      if (!it->is_boolean()) bad("field 'retire' is not true or false");
+      r.retire = it->get<bool>();
     }
     return r;
   }

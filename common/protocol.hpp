@@ -19,7 +19,7 @@ namespace spr::protocol {
 // Carried in the hello; a supervisor refuses a worker that speaks another version.
 constexpr int kVersion = 1;
 
-// Every field of a reply except `id` and `type` maps onto RunResult. Throws std::invalid_argument
+// Every field of a reply except `id`, `type` and `retire` maps onto RunResult. Throws std::invalid_argument
 // (or nlohmann::json::exception) for a reply whose fields have the wrong type or range.
 RunResult result_from_reply(const json& reply);
 json reply_from_result(const RunResult& r);
@@ -96,6 +96,10 @@ struct RequestRef {
 struct Reply {
   std::uint64_t id = 0;
   RunResult result;
+  // The worker ends after this reply (the run left something in its process that it cannot undo, such as
+  // a descriptor it kept in place of one of the worker's own): the supervisor replaces it before its next
+  // lease, instead of seeing the hang-up only when it sends the next request.
+  bool retire = false;
 };
 
 // worker -> supervisor: the code of request `id` calls a function the host registered. Everything

@@ -751,6 +751,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   RunResult r;
   std::string why;
   bool stale_seen = false;
+  bool retire = false;  // the worker ends after this reply (protocol::Reply::retire)
   const std::uint32_t frame_cap = reply_frame_cap(
       static_cast<std::uint64_t>(policy.max_output_kb), static_cast<std::uint64_t>(policy.max_result_kb),
       static_cast<std::uint64_t>(policy.max_files_kb), extras.want_repr,
@@ -778,7 +779,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       r.isolation = isolation_;
       return finish(std::move(r));
     }
-    why = check_reply(frame, id, policy, extras.want_repr, extras.collect, r);
+    why = check_reply(frame, id, policy, extras.want_repr, extras.collect, r, retire);
     // A second frame for an earlier request (its run wrote one reply itself, the worker the other)
     // says nothing about this request: skip it, answer this run, then replace the worker.
     if (why.empty() || frames >= 3 || !is_stale(frame, id)) break;
@@ -810,7 +811,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       r = with_output_of(outcome::cpu_time(policy.cpu_time_seconds), std::move(r), isolation_);
     }
   }
-  if (stale_seen) kill_and_reap();  // out of step with us: replaced after answering this run
+  // Out of step with us, or ending by its own word: replaced after answering this run (never leased again).
+  if (stale_seen || retire) kill_and_reap();
   // Over a host call limit: what this supervisor counted and measured decides, not the reply.
   if (extras.host && extras.host->limit() && r.error_kind != ErrorKind::timeout &&
       r.error_kind != ErrorKind::cpu_time && r.error_kind != ErrorKind::memory) {
@@ -841,7 +843,7 @@ static std::string check_files(const RunResult& r, const std::vector<std::string
 // request is in flight per worker, and any frame out of step replaces the worker.
 std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy,
                                        bool want_repr, const std::vector<std::string>* collect,
-                                       RunResult& r) const {
+                                       RunResult& r, bool& retire) const {
   protocol::Reply reply;
   try {
     reply = protocol::decode_as<protocol::Reply>(frame);
@@ -849,6 +851,7 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
     return std::string("malformed reply: ") + e.what();
   }
   if (reply.id != id) return "it does not answer the request in flight (its id differs)";
+  retire = reply.retire;
   r = std::move(reply.result);
   const std::size_t out_cap = static_cast<std::size_t>(policy.max_output_kb) * 1024;
   if (r.stdout_text.size() > out_cap || r.stderr_text.size() > out_cap) return "output longer than max_output_kb";

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -58,6 +59,7 @@ enum class Arg {
   a0_masked,      // (a0 & extra) == value (clone flags)
   a0_eq_a1_type,  // a0 == value && (a1 & 0xf) == extra (socket family and type)
   a2_null,        // a2 == 0 (prlimit64 reading, not setting)
+  a2_eq,          // a2 == value (bind's address length)
   mode_a1,        // (a1 & (S_ISUID|S_ISGID)) == 0: a mode argument (creat)
   mode_a2,        // the same for a2 (open)
   mode_a3,        // the same for a3 (openat)
@@ -127,8 +129,14 @@ constexpr Rule kTable[] = {
     {"sendto", Act::allow}, {"recvfrom", Act::allow}, {"sendmsg", Act::allow}, {"recvmsg", Act::allow},
     {"sendmmsg", Act::allow}, {"recvmmsg", Act::allow}, {"shutdown", Act::allow}, {"getsockname", Act::allow},
     {"getpeername", Act::allow}, {"getsockopt", Act::allow}, {"setsockopt", Act::allow},
-    {"connect", Act::allow}, {"bind", Act::allow}, {"listen", Act::allow}, {"accept", Act::allow},
-    {"accept4", Act::allow},
+    {"connect", Act::allow}, {"listen", Act::allow}, {"accept", Act::allow}, {"accept4", Act::allow},
+    // bind() names a TCP or UDP socket (an address of sizeof(sockaddr_in) or sizeof(sockaddr_in6) bytes).
+    // A unix socket (a socketpair end) would take a name in the network namespace, which allow_network
+    // shares with the host: an abstract name a host daemon binds. The filter cannot read the address, only
+    // its length, so a unix name of exactly 14 or 26 bytes still binds there (as a TCP port would).
+    {"bind", Act::allow, When::always, Arg::a2_eq, sizeof(sockaddr_in)},
+    {"bind", Act::allow, When::always, Arg::a2_eq, sizeof(sockaddr_in6)},
+    {"bind", Act::allow, When::unix_sockets},
     // A connected stream pair reaches nothing outside the process: asyncio's self-pipe, socket.socketpair().
     // Not a datagram pair without allow_unix_sockets: connect() or sendto() on one reaches a host socket by path.
     {"socketpair", Act::allow, When::always, Arg::a0_eq_a1_type, AF_UNIX, SOCK_STREAM},
@@ -347,6 +355,7 @@ int add_row(scmp_filter_ctx ctx, const Rule& rule, int nr, std::uint32_t self_pi
     case Arg::a0_eq_a1_type:
       return seccomp_rule_add(ctx, action, nr, 2, low32_eq(0, rule.value), compare(1, SCMP_CMP_MASKED_EQ, 0xF, rule.extra));
     case Arg::a2_null: return seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_EQ, 0));
+    case Arg::a2_eq: return seccomp_rule_add(ctx, action, nr, 1, low32_eq(2, rule.value));
     case Arg::mode_a1: return seccomp_rule_add(ctx, action, nr, 1, compare(1, SCMP_CMP_MASKED_EQ, kSetId, 0));
     case Arg::mode_a2: return seccomp_rule_add(ctx, action, nr, 1, compare(2, SCMP_CMP_MASKED_EQ, kSetId, 0));
     case Arg::mode_a3: return seccomp_rule_add(ctx, action, nr, 1, compare(3, SCMP_CMP_MASKED_EQ, kSetId, 0));

@@ -27,10 +27,15 @@ namespace spr::embed {
 namespace {
 
 // The decoded request run by `run_one`, or the refusal of a frame that is not a run request.
-template <class F>
-std::string answer(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache& policies, F&& run_one) {
+// `retire`, asked once the run is over: whether this worker must end after the reply (Reply::retire).
+template <class F, class R>
+std::string answer(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache& policies, F&& run_one,
+                   R&& retire) {
   Incoming in = decode_request(frame, scope, &policies);
-  if (in.kind == Incoming::Kind::run) return encode_reply(in.id, run_one(in.run));
+  if (in.kind == Incoming::Kind::run) {
+    RunResult r = run_one(in.run);
+    return encode_reply(in.id, std::move(r), retire());
+  }
   if (in.kind == Incoming::Kind::bad) return encode_reply(in.id, std::move(in.refusal));
   return encode_reply(in.id, outcome::bad_request("not a run request"));
 }
@@ -43,7 +48,15 @@ void wipe(std::string& s) {
 }
 
 void NamespaceRunner::handle(std::string& frame, std::string& reply) {
-  reply = answer(frame, scope_, policies_, [](const protocol::Request& rq) { return run(rq); });
+  // What the run opened and still holds (a descriptor kept in a module, or put in place of one of ours)
+  // would outlive it in this process: a lock on a host file, a bound port, a taken socket name.
+  reply = answer(frame, scope_, policies_, [](const protocol::Request& rq) { return run(rq); },
+                 [this] { return retire_ = !state_.kept_descriptors_intact() || state_.descriptors_left(); });
+}
+
+void NamespaceRunner::after_reply() {
+  if (retire_) _exit(0);  // the supervisor replaces this worker (Reply::retire)
+  state_.restore(false);
 }
 
 void SubinterpreterRunner::while_idle(int fd) {
@@ -58,10 +71,14 @@ void SubinterpreterRunner::handle(std::string& frame, std::string& reply) {
     pool_.end_retired();
     state_.restore(true);
   }
-  reply = answer(frame, scope_, policies_, [this](const protocol::Request& rq) { return pool_.run(rq); });
+  // Descriptors the run opened are closed once its interpreter has ended (while idle); one it put in place
+  // of the worker's own cannot be.
+  reply = answer(frame, scope_, policies_, [this](const protocol::Request& rq) { return pool_.run(rq); },
+                 [this] { return retire_ = !state_.kept_descriptors_intact(); });
 }
 
 void SubinterpreterRunner::after_reply() {
+  if (retire_) _exit(0);  // the supervisor replaces this worker (Reply::retire)
   pool_.retire();
   state_.restore(false);  // descriptors wait until the run's interpreter has ended (while_idle)
 }

@@ -21,13 +21,15 @@ class NamespaceRunner : public IsolationRunner {
   // `state`: captured after hardening; put back after every run.
   NamespaceRunner(WorkerScope scope, const ProcessState& state) : scope_(scope), state_(state) {}
   void handle(std::string& frame, std::string& reply) override;
-  // Module objects of earlier runs may own descriptors: those are left alone.
-  void after_reply() override { state_.restore(false); }
+  // Ends the worker when the run left a descriptor open (module objects of earlier runs may own one, so
+  // it is not closed under them); otherwise puts the process state back.
+  void after_reply() override;
 
  private:
   WorkerScope scope_;
   const ProcessState& state_;
   protocol::PolicyCache policies_;
+  bool retire_ = false;
 };
 
 // Sub-interpreter mode: each run in a fresh sub-interpreter from a pool built while idle.
@@ -44,6 +46,7 @@ class SubinterpreterRunner : public IsolationRunner {
   SubinterpreterPool& pool_;
   const ProcessState& state_;
   protocol::PolicyCache policies_;
+  bool retire_ = false;
 };
 
 // Sub-interpreter mode with run threads (WorkerStart::subinterpreter_threads > 1, CPython 3.12+): thread k

@@ -2,6 +2,7 @@
 #include "process_state.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -12,12 +13,20 @@ extern char** environ;
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 namespace spr::embed {
 
 namespace {
 constexpr int kScanFds = 1024;  // far above the worker's RLIMIT_NOFILE
+
+// The file a descriptor refers to, or (0, 0) when it is not open.
+std::pair<unsigned long long, unsigned long long> file_id(int fd) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return {0, 0};
+  return {static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino)};
 }
+}  // namespace
 
 void ProcessState::capture(bool thread_only) {
   if (captured_) return;
@@ -27,8 +36,15 @@ void ProcessState::capture(bool thread_only) {
   const mode_t m = ::umask(077);
   ::umask(m);
   umask_ = m;
-  for (int fd = 0; fd < kScanFds; ++fd)
-    if (::fcntl(fd, F_GETFD) >= 0) open_fds_.push_back(fd);
+  rlimit rl{};
+  scan_top_ = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max < static_cast<rlim_t>(kScanFds)
+                  ? static_cast<int>(rl.rlim_max)
+                  : kScanFds;
+  for (int fd = 0; fd < kScanFds; ++fd) {
+    if (::fcntl(fd, F_GETFD) < 0) continue;
+    open_fds_.push_back(fd);
+    open_ids_.push_back(file_id(fd));
+  }
   for (char** e = environ; e && *e; ++e) {
     const std::string entry = *e;
     const std::size_t eq = entry.find('=');
@@ -64,14 +80,29 @@ void ProcessState::restore(bool descriptors) const {
   }
 }
 
+bool ProcessState::kept_descriptors_intact() const {
+  if (!captured_ || thread_only_) return true;
+  bool intact = true;
+  for (std::size_t i = 0; i < open_fds_.size(); ++i) {
+    const int fd = open_fds_[i];
+    if (file_id(fd) != open_ids_[i]) intact = false;
+    const int copy = ::dup(fd);
+    if (copy >= 0) ::close(copy);
+  }
+  return intact;
+}
+
 bool ProcessState::descriptors_left() const {
   if (!captured_ || thread_only_) return false;
-  int top = kScanFds;
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < static_cast<rlim_t>(kScanFds)) top = static_cast<int>(rl.rlim_cur);
-  for (int fd = 0; fd < top; ++fd) {
-    if (fd == cwd_fd_ || std::binary_search(open_fds_.begin(), open_fds_.end(), fd)) continue;
-    if (::fcntl(fd, F_GETFD) >= 0) return true;
+  // Numbers above the limit at capture() cannot be open (it is also the hard limit, which a run cannot
+  // raise); one poll() marks every number not open POLLNVAL, instead of one fcntl() per number.
+  std::vector<pollfd> all(static_cast<std::size_t>(scan_top_));
+  for (int fd = 0; fd < scan_top_; ++fd) all[static_cast<std::size_t>(fd)] = pollfd{fd, 0, 0};
+  const bool polled = ::poll(all.data(), all.size(), 0) >= 0;  // EINVAL once a run lowered its soft limit
+  for (int fd = 0; fd < scan_top_; ++fd) {
+    if (std::binary_search(open_fds_.begin(), open_fds_.end(), fd)) continue;
+    const bool open = polled ? (all[static_cast<std::size_t>(fd)].revents & POLLNVAL) == 0 : ::fcntl(fd, F_GETFD) >= 0;
+    if (open) return true;
   }
   return false;
 }

@@ -18,15 +18,23 @@ class ProcessState {
   // descriptor opened since capture() (only safe when no Python object can still own one: after the
   // run's sub-interpreter has ended).
   void restore(bool descriptors) const;
-  // True when a descriptor opened since capture() is still open (a scan up to RLIMIT_NOFILE).
+  // True when a descriptor opened since capture() is still open.
   bool descriptors_left() const;
+  // After a run: ends this process's fcntl record locks on the files behind the descriptors kept across
+  // runs (closing a copy of each: such a lock belongs to the process and the file, and any close of the
+  // file ends it), and says whether each still refers to the file it did at capture(). False: a run
+  // closed one and put another file in its place (a host file it may read, a listening socket), which
+  // would outlive the run; the worker cannot put it back and ends after its reply.
+  bool kept_descriptors_intact() const;
 
  private:
   bool captured_ = false;
   bool thread_only_ = false;
   int cwd_fd_ = -1;
+  int scan_top_ = 0;  // RLIMIT_NOFILE's hard limit at capture(): no descriptor is open at or above it
   unsigned umask_ = 077;
   std::vector<int> open_fds_;  // sorted
+  std::vector<std::pair<unsigned long long, unsigned long long>> open_ids_;  // (device, inode) of each
   std::vector<std::pair<std::string, std::string>> environment_;
 };
 

@@ -133,8 +133,8 @@ void PolicyText::forget() {
   policy = RunnerPolicy{};
 }
 
-std::string encode_reply(std::uint64_t id, RunResult result) {
-  return protocol::encode(protocol::Reply{id, std::move(result)});
+std::string encode_reply(std::uint64_t id, RunResult result, bool retire) {
+  return protocol::encode(protocol::Reply{id, std::move(result), retire});
 }
 
 }  // namespace spr::embed

@@ -52,6 +52,6 @@ Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, pro
                               PolicyText* prebuilt = nullptr);
 
 // The reply frame for request `id`.
-std::string encode_reply(std::uint64_t id, RunResult result);
+std::string encode_reply(std::uint64_t id, RunResult result, bool retire = false);
 
 }  // namespace spr::embed

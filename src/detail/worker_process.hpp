@@ -123,7 +123,7 @@ class WorkerProcess {
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out,
                  Clock::time_point deadline);
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
-                          const std::vector<std::string>* collect, RunResult& r) const;
+                          const std::vector<std::string>* collect, RunResult& r, bool& retire) const;
   std::uint64_t cpu_ticks() const;
   // A one-run (process mode) worker that has ended: waits for the process we started until `deadline`, reaps it
   // and returns the CPU of it and every process it reaped (the worker, through its namespace's init), in clock

@@ -3,6 +3,7 @@
 // and the host checks that nothing happened: a file's mode, times and extended attributes unchanged, a host
 // unix socket never reached, no file name seen through inotify, no process traced, read or written, no userfaultfd,
 // io_uring or bpf object held, nothing mounted, no namespace made or joined, no signal-driven I/O at another process.
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -28,6 +29,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <spr/runner.hpp>
@@ -609,4 +611,125 @@ result = 1
   CHECK(host_can_lock());
   CHECK(runner.run("result = 2", json::object(), policy()).ok);
   CHECK(host_can_lock());
+}
+
+// Red team round 11: in namespace and subinterpreter mode the worker outlives a run, and so did what the run left
+// open in it: a descriptor kept in a module, or put in place of one of the worker's own (its saved working
+// directory, which the descriptor reset kept by number). Through it a record lock on a host file the run may read
+// (a host program's lock then failed until the Runner closed) or a listening TCP socket (host clients connected to
+// it). Plain Python, no primitive needed: a policy that allows os, fcntl and socket.
+TEST_CASE("seccomp: nothing a run opened outlives it: no lock on a host file, no listening port") {
+  const fs::path dir = fs::path("/tmp") / ("spr-test-locks-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const fs::path file = dir / "host.db";
+  { std::ofstream(file) << "host data\n"; }
+  fs::permissions(dir, fs::perms::all);
+  fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                            fs::perms::others_read);
+  const auto host_can_lock = [&] {
+    const int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    struct flock lk {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    const bool locked = fd >= 0 && ::fcntl(fd, F_SETLK, &lk) == 0;
+    if (fd >= 0) ::close(fd);
+    return locked;
+  };
+  const auto host_can_connect = [](int port) {
+    const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool connected = ::connect(s, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0;
+    ::close(s);
+    return connected;
+  };
+  REQUIRE(host_can_lock());
+  const std::string code = R"(
+import fcntl, json, os, socket
+fd = os.open(input_data['path'], os.O_RDONLY)
+os.dup2(fd, 7)  # in place of a worker descriptor, where there is one
+os.close(fd)
+fcntl.lockf(7, fcntl.LOCK_SH)
+json._spr_kept_file = open(input_data['path'])  # a module outlives a namespace run
+fcntl.lockf(json._spr_kept_file, fcntl.LOCK_SH)
+json._spr_kept_socket = s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen()
+print('port', s.getsockname()[1])
+result = 'held'
+)";
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = policy();
+  p.allowed_read_paths = {dir.string()};
+  p.allow_network = true;
+  const spr::RunResult r = runner.run(code, {{"path", file.string()}}, p);
+  CAPTURE(r.stdout_text);
+  CAPTURE(r.error.value_or(""));
+  REQUIRE(r.ok);
+  REQUIRE(r.result == "held");
+  const int port = std::atoi(r.stdout_text.substr(r.stdout_text.find(' ') + 1).c_str());
+  REQUIRE(port > 0);
+  // A process that ends with the run (a fork child, a worker that must not go on) is killed as its answer
+  // goes out, and the kernel lets go of its files a moment later: waited for, up to seconds (before the fix a
+  // namespace worker held both until the Runner closed).
+  const auto released = [&] { return host_can_lock() && !host_can_connect(port); };
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(5000 * time_scale()));
+  while (!released() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(host_can_lock());
+  CHECK_FALSE(host_can_connect(port));
+  // The next run of the Runner is answered (a worker that had to end was replaced), and nothing came back.
+  const spr::RunResult next = runner.run("result = 2", json::object(), policy());
+  CHECK(next.ok);
+  CHECK(host_can_lock());
+  CHECK_FALSE(host_can_connect(port));
+  fs::remove_all(dir);
+}
+
+// Red team round 11: with allow_network the worker shares the host's network namespace, where abstract unix socket
+// names live; bind() on a socketpair end took a name a host daemon binds (EADDRINUSE for the host). Without
+// allow_unix_sockets bind() takes only an address of a TCP or UDP socket's length.
+TEST_CASE("seccomp: with allow_network, a run takes no abstract unix socket name unless allow_unix_sockets") {
+  const std::string name = "spr-test-abstract-" + std::to_string(getpid());  // neither 14 nor 26 bytes with its NUL
+  REQUIRE(name.size() + 1 != 14);
+  REQUIRE(name.size() + 1 != 26);
+  const auto host_can_bind = [&] {
+    const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path + 1, name.data(), name.size());
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    const bool bound = ::bind(s, reinterpret_cast<const sockaddr*>(&a), len) == 0;
+    ::close(s);
+    return bound;
+  };
+  REQUIRE(host_can_bind());
+  const std::string code = R"(
+import socket, time
+a, b = socket.socketpair()
+try:
+    a.bind('\0' + input_data['name'])
+    print('bound', flush=True)
+except OSError as e:
+    print('refused', e.errno, flush=True)
+print('READY', flush=True)
+time.sleep(600)
+)";
+  spr::Runner runner(options());
+  spr::RunnerPolicy p = policy();
+  p.allow_network = true;
+  bool host_bound = false;
+  const Observed o = run_and_observe(runner, code, {{"name", name}}, p, "READY", [&] { host_bound = host_can_bind(); });
+  CAPTURE(o.stdout_seen);
+  CHECK(sec::contains(o.stdout_seen, "refused"));
+  CHECK(host_bound);
+  // The control: with the knob the run takes the name, so the check above can fail.
+  p.allow_unix_sockets = true;
+  const Observed allowed =
+      run_and_observe(runner, code, {{"name", name}}, p, "READY", [&] { host_bound = host_can_bind(); });
+  CAPTURE(allowed.stdout_seen);
+  CHECK(sec::contains(allowed.stdout_seen, "bound"));
+  CHECK_FALSE(host_bound);
 }
