@@ -313,7 +313,8 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
   std::string tried;
   for (const auto& c : candidates) tried += (tried.empty() ? "" : ", ") + c.string();
   throw WorkerError("spr-worker not found or not executable (tried: " + tried +
-                    "); set RunnerOptions::worker_path or SPR_WORKER");
+                    "); reinstall safe-py-runner (the worker is part of every install), or name one with the "
+                    "SPR_WORKER environment variable (C++: RunnerOptions::worker_path; Python: Runner(worker_path=...))");
 }
 
 std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
