@@ -1,0 +1,88 @@
+// The library scan (embed/engine/libdeps.cpp): which extension modules under the roots it finds, and so which
+// shared libraries a worker's Landlock domain and own root let the loader read. A tree built from copies of
+// the standard library's extension modules, each needing a library no other one here needs.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/libdeps.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kDynload = "/usr/lib/python3.11/lib-dynload";
+
+fs::path module(const std::string& name) {
+  const fs::path p = kDynload / (name + ".cpython-311-x86_64-linux-gnu.so");
+  INFO(p.string() << " is part of Debian's libpython3.11-stdlib");
+  REQUIRE(fs::exists(p));
+  return p;
+}
+
+bool has_library(const std::vector<std::string>& libs, const std::string& soname_prefix) {
+  return std::any_of(libs.begin(), libs.end(), [&](const std::string& l) {
+    return fs::path(l).filename().string().rfind(soname_prefix, 0) == 0;
+  });
+}
+
+struct TempTree {
+  fs::path root, outside;
+  TempTree() {
+    const std::string tag = std::to_string(::getpid());
+    root = fs::temp_directory_path() / ("spr-libdeps-" + tag);
+    outside = fs::temp_directory_path() / ("spr-libdeps-outside-" + tag);
+    fs::remove_all(root);
+    fs::remove_all(outside);
+    fs::create_directories(root);
+    fs::create_directories(outside);
+  }
+  ~TempTree() {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+    fs::remove_all(outside, ec);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("libdeps: the libraries of the extension modules the loader would find under the roots, and no others") {
+  TempTree t;
+  // Found: a module in a package, a link to a module file, a module 12 directories down.
+  fs::create_directories(t.root / "pkg" / "sub");
+  fs::copy_file(module("_ssl"), t.root / "pkg" / "sub" / "_ssl.so");
+  fs::copy_file(module("_sqlite3"), t.outside / "_sqlite3.so");
+  fs::create_symlink(t.outside / "_sqlite3.so", t.root / "linked_sqlite3.so");
+  fs::path deep = t.root;
+  for (int i = 1; i <= 12; ++i) deep /= "d" + std::to_string(i);
+  fs::create_directories(deep);
+  fs::copy_file(module("_curses"), deep / "_curses.cpython-311-x86_64-linux-gnu.so.1");
+  // Not found: bytecode caches, directories reached through a link, anything deeper.
+  fs::create_directories(t.root / "pkg" / "__pycache__");
+  fs::copy_file(module("_bz2"), t.root / "pkg" / "__pycache__" / "_bz2.so");
+  fs::create_directories(t.outside / "dir");
+  fs::copy_file(module("_lzma"), t.outside / "dir" / "_lzma.so");
+  fs::create_directory_symlink(t.outside / "dir", t.root / "linked_dir");
+  fs::create_directories(deep / "d13");
+  fs::copy_file(module("_uuid"), deep / "d13" / "_uuid.so");
+
+  const std::vector<std::string> libs = spr::embed::libdeps::needed_by_extensions({t.root.string()});
+  CAPTURE(libs);
+  CHECK(has_library(libs, "libssl.so"));
+  CHECK(has_library(libs, "libcrypto.so"));  // libssl's own need: the closure, not one level
+  CHECK(has_library(libs, "libsqlite3.so"));
+  CHECK(has_library(libs, "libncursesw.so"));
+  CHECK(has_library(libs, "libtinfo.so"));
+  CHECK_FALSE(has_library(libs, "libbz2.so"));
+  CHECK_FALSE(has_library(libs, "liblzma.so"));
+  CHECK_FALSE(has_library(libs, "libuuid.so"));
+  // Real paths, sorted, each once.
+  CHECK(std::is_sorted(libs.begin(), libs.end()));
+  CHECK(std::adjacent_find(libs.begin(), libs.end()) == libs.end());
+  for (const auto& l : libs) CHECK(fs::canonical(l).string() == l);
+}
