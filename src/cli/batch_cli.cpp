@@ -162,6 +162,20 @@ int run_batch(const BatchArgs& a, const RunnerPolicy& policy) {
     }
   }();
 
+  // A worker first: a batch that cannot run leaves an earlier output file as it was (no truncation).
+  RunnerOptions ro;
+  ro.policy = policy;
+  ro.workers = a.workers;
+  ro.policy_is_ceiling = true;
+  ro.preload = a.preload;
+  std::optional<Runner> runner;
+  try {
+    runner.emplace(ro);
+    (void)runner->python_version();  // waits for a worker's hello: no worker, no batch
+  } catch (const WorkerError& e) {
+    throw Failure{kExitUnavailable, e.what()};
+  }
+
   std::vector<bool> done;
   Fd out_fd;
   int out = STDOUT_FILENO;
@@ -177,19 +191,6 @@ int run_batch(const BatchArgs& a, const RunnerPolicy& policy) {
     out = out_fd.get();
     if (a.resume && ends_mid_line(out) && !write_whole(out, "\n"))
       throw Failure{kExitIo, "cannot write the output '" + a.output + "'"};
-  }
-
-  RunnerOptions ro;
-  ro.policy = policy;
-  ro.workers = a.workers;
-  ro.policy_is_ceiling = true;
-  ro.preload = a.preload;
-  std::optional<Runner> runner;
-  try {
-    runner.emplace(ro);
-    (void)runner->python_version();  // waits for a worker's hello: no worker, no batch
-  } catch (const WorkerError& e) {
-    throw Failure{kExitUnavailable, e.what()};
   }
 
   SignalScope signals;

@@ -119,6 +119,16 @@ def test_no_worker_exits_69(tmp_path):
     env = dict(os.environ, SPR_WORKER=str(tmp_path / "no-such-worker"))
     p = subprocess.run([CLI, "batch", path], env=env, capture_output=True, text=True, timeout=120 * SCALE)
     assert p.returncode == 69, p.stderr
+    # An earlier output file is left as it was: no worker, nothing truncated, nothing created.
+    earlier = tmp_path / "results.jsonl"
+    earlier.write_text('{"earlier": true}\n')
+    p = subprocess.run([CLI, "batch", path, "-o", str(earlier)], env=env, capture_output=True, text=True,
+                       timeout=120 * SCALE)
+    assert p.returncode == 69, p.stderr
+    assert earlier.read_text() == '{"earlier": true}\n'
+    p = subprocess.run([CLI, "batch", path, "-o", str(tmp_path / "new.jsonl")], env=env, capture_output=True,
+                       text=True, timeout=120 * SCALE)
+    assert p.returncode == 69 and not (tmp_path / "new.jsonl").exists()
 
 
 def test_expect_stdout_ignores_trailing_whitespace(tmp_path):
