@@ -95,6 +95,19 @@ Observed run_and_observe(spr::Runner& runner, const std::string& code, const jso
   return out;
 }
 
+// Whether `released()` comes true within seconds (scaled with the load): a process that ends with a run lets go
+// of its files a moment after its answer went out, and other tests, run in parallel, lock the host's /dev/null
+// for the length of their own runs. A lock that outlives a run is still there after that.
+template <typename Pred>
+bool eventually(Pred released) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(5000 * time_scale()));
+  while (!released()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
 // Paths of the entries named `name` in the run directories of this test's workers and their children, seen from
 // the host: through /proc/<pid>/cwd (a sandbox with its own root keeps its scratch in its own tmpfs), and in the
 // host's scratch roots (/tmp/spr-*, a worker without one). One path per file, however many processes share it.
@@ -588,7 +601,7 @@ TEST_CASE("seccomp: a run leaves no lock on the host's /dev/null") {
     if (fd >= 0) ::close(fd);  // releases it
     return locked;
   };
-  REQUIRE(host_can_lock());
+  REQUIRE(eventually(host_can_lock));
   const std::string code = R"(
 import fcntl, os, struct
 lk = struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)
@@ -608,9 +621,9 @@ result = 1
   CHECK(r.ok);
   CHECK(sec::contains(r.stdout_text, "refused 1 37"));
   // The run is over; its worker is not (the pool keeps it): no lock of the run may be left.
-  CHECK(host_can_lock());
+  CHECK(eventually(host_can_lock));
   CHECK(runner.run("result = 2", json::object(), policy()).ok);
-  CHECK(host_can_lock());
+  CHECK(eventually(host_can_lock));
 }
 
 // Red team round 11: in namespace and subinterpreter mode the worker outlives a run, and so did what the run left
@@ -674,12 +687,8 @@ result = 'held'
   // A process that ends with the run (a fork child, a worker that must not go on) is killed as its answer
   // goes out, and the kernel lets go of its files a moment later: waited for, up to seconds (before the fix a
   // namespace worker held both until the Runner closed).
-  const auto released = [&] { return host_can_lock() && !host_can_connect(port); };
-  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(5000 * time_scale()));
-  while (!released() && std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(host_can_lock());
-  CHECK_FALSE(host_can_connect(port));
+  CHECK(eventually(host_can_lock));
+  CHECK(eventually([&] { return !host_can_connect(port); }));
   // The next run of the Runner is answered (a worker that had to end was replaced), and nothing came back.
   const spr::RunResult next = runner.run("result = 2", json::object(), policy());
   CHECK(next.ok);
