@@ -424,7 +424,13 @@ TEST_CASE("serve: read-ahead is bounded while runs wait (backpressure on stdin)"
   });
   // Until serve stops taking input (no line taken for 3 s), takes it all, or grows past the bound: with
   // backpressure it stops early; without, it takes all 300 MB while the spins hold the worker.
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer holds freed memory back (its quarantine, 256 MiB by default) before reuse: serve's peak
+  // grew by 161 MiB while it had taken only 18 lines (3.6 MB). The bound is on what serve keeps, not on that.
+  const long bound_kb = (160L + 256L) << 10;
+#else
   const long bound_kb = 160L << 10;
+#endif
   int last = -1;
   auto progress_at = std::chrono::steady_clock::now();
   long peak = 0;
