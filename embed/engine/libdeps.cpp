@@ -47,8 +47,12 @@ std::string real(const std::string& p) {
 // every CPU for each munmap); the few pieces read here are a few kilobytes a file.
 class ElfFile {
  public:
-  explicit ElfFile(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+  // Only a regular file is opened and read: the scan runs before the worker's sandbox, with the supervisor's
+  // rights, and a path an extension module names could be a FIFO (an open would wait for a writer) or a device.
+  explicit ElfFile(const std::string& path) {
     struct stat st{};
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);  // swapped since: never waits
     if (fd_ >= 0 && ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode)) size_ = static_cast<std::uint64_t>(st.st_size);
   }
   ~ElfFile() {
@@ -81,7 +85,7 @@ class ElfFile {
   }
 
  private:
-  int fd_;
+  int fd_ = -1;
   std::uint64_t size_ = 0;
 };
 
@@ -181,16 +185,25 @@ const std::vector<std::string>& system_dirs() {
   return dirs;
 }
 
+// A 64-bit ELF file: what the loader would take for a library at `path` (a library of another class, 32-bit, is
+// skipped, as the loader does). A name an extension module gives is not trusted to be a library: a FIFO, a device
+// or a text file is none (ElfFile opens without blocking and reads regular files only).
+bool is_library_file(const std::string& path) {
+  ElfFile f(path);
+  unsigned char ident[EI_NIDENT];
+  return f.read(0, sizeof ident, ident) && std::memcmp(ident, ELFMAG, SELFMAG) == 0 && ident[EI_CLASS] == ELFCLASS64;
+}
+
 std::string resolve(const std::string& name, const std::vector<std::string>& search) {
-  if (name.find('/') != std::string::npos) return real(name);
+  if (name.find('/') != std::string::npos) {
+    const std::string r = real(name);
+    return !r.empty() && is_library_file(r) ? r : std::string();
+  }
   for (const auto* list : {&search, &system_dirs()}) {
     for (const auto& dir : *list) {
       const std::string p = dir + "/" + name;
       if (::access(p.c_str(), F_OK) != 0) continue;
-      ElfFile f(p);  // a library of another class (32-bit) is skipped, as the loader does
-      unsigned char ident[EI_NIDENT];
-      if (f.read(0, sizeof ident, ident) && std::memcmp(ident, ELFMAG, SELFMAG) == 0 && ident[EI_CLASS] == ELFCLASS64)
-        return real(p);
+      if (is_library_file(p)) return real(p);
     }
   }
   return {};

@@ -376,6 +376,10 @@ std::string ForkRunner::check_reply(std::string_view reply, Shape shape, const L
     } else if (key == "type") {
       typed = value == "\"reply\"";
       if (!typed) why = "the run's reply is not a reply";
+    } else if (key == "retire") {
+      // Only a worker that runs code in its own process ends by its reply's word (protocol::Reply::retire); this
+      // one never does, and it serves every party: a child cannot end it.
+      why = "the run's reply asks to end its worker";
     }
   });
   if (!is_object) return "the run's reply is not a JSON object";

@@ -20,6 +20,7 @@
 #include <future>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -433,6 +434,54 @@ result = 'honest'
   }
   // The engine's own charge, for comparison: the honest run of the same numbers is refused too.
   CHECK(runner.run("result = [1e15] * 200").error_kind == spr::ErrorKind::result_too_large);
+}
+
+// Red team round 12: a namespace worker ends after a reply that says "retire" (the run left a descriptor open),
+// and the supervisor replaces it. A fork child's forged reply saying so made the supervisor end the warm fork
+// worker every party shares (the next party's run then waited for a cold start). The fork parent refuses it.
+TEST_CASE("model: a fork child's forged reply cannot end the warm worker every party shares") {
+  if (test_mode() != spr::Isolation::fork) return;  // the other modes' workers end with their runs' word by design
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.timeout_seconds = 10;
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  // The processes this test started itself: the warm worker's keeper (its PID namespace's parent).
+  const auto keepers = [] {
+    std::set<pid_t> out;
+    for (const auto& p : sec::descendants(::getpid(), {})) {
+      std::ifstream stat("/proc/" + std::to_string(p.pid) + "/stat");
+      std::string line;
+      std::getline(stat, line);
+      const auto close = line.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream rest(line.substr(close + 2));
+      std::string state;
+      pid_t ppid = 0;
+      rest >> state >> ppid;
+      if (ppid == ::getpid()) out.insert(p.pid);
+    }
+    return out;
+  };
+  const std::set<pid_t> before = keepers();
+  REQUIRE_FALSE(before.empty());
+  const std::string code = R"(
+import _spr_raw as R, time
+body = ('{"id":%d,"type":"reply","ok":true,"error_kind":"none","exit_code":0,"stdout":"","stderr":"",'
+        '"result":"forged","retire":true}' % input_data['id'])
+frame = len(body).to_bytes(4, 'little') + body.encode()
+fd = [f for f in range(4, 64) if R.call('fcntl', f, 3)[0] in (1, 0o4001) and R.call('fcntl', f, 1032)[0] > 0][0]
+print('write', R.call('write', fd, frame, len(frame)))
+time.sleep(3)
+result = 'honest'
+)";
+  const spr::RunResult forged = runner.run(code, {{"id", 2}});
+  CAPTURE(forged.error.value_or(""));
+  CHECK(forged.result != "forged");
+  CHECK(keepers() == before);  // the same warm worker
+  const spr::RunResult next = runner.run("result = 'next'");
+  CHECK(next.result == "next");
+  CHECK(keepers() == before);
 }
 
 TEST_CASE("model: a run that forges its reply and goes on computing does not keep its worker's CPU") {

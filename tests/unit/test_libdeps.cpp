@@ -3,11 +3,18 @@
 // the standard library's extension modules, each needing a library no other one here needs.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <future>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/libdeps.hpp"
@@ -85,4 +92,43 @@ TEST_CASE("libdeps: the libraries of the extension modules the loader would find
   CHECK(std::is_sorted(libs.begin(), libs.end()));
   CHECK(std::adjacent_find(libs.begin(), libs.end()) == libs.end());
   for (const auto& l : libs) CHECK(fs::canonical(l).string() == l);
+}
+
+// Red team round 12: the scan runs before the sandbox with the supervisor's rights, and a module in a venv the
+// caller names may give any path as a library it needs: a FIFO blocked the worker's start (and, opened, made its
+// writer die of SIGPIPE), and a text file was bound into the run's view. A path named is listed only when it is a
+// 64-bit ELF file, and nothing that is not a regular file is opened.
+TEST_CASE("libdeps: a path a module names as its library is listed only when it is an ELF file") {
+  TempTree t;
+  const std::string tag = std::to_string(::getpid() % 1000000);
+  const std::string fifo = "/tmp/s" + std::string(6 - tag.size(), '0') + tag;  // 12 bytes, as "libuuid.so.1"
+  const std::string text = "/tmp/t" + std::string(6 - tag.size(), '0') + tag;
+  REQUIRE(fifo.size() == 12);
+  ::unlink(fifo.c_str());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  { std::ofstream(text) << "not a library\n"; }
+  // Copies of _uuid whose one library name is replaced, in place, by each path.
+  std::ifstream in(module("_uuid"), std::ios::binary);
+  const std::string image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string needed = std::string("libuuid.so.1") + '\0';
+  REQUIRE(image.find(needed) != std::string::npos);
+  for (const auto& [file, path] : {std::pair{"fifo_user.so", fifo}, std::pair{"text_user.so", text}}) {
+    std::string patched = image;
+    for (auto at = patched.find(needed); at != std::string::npos; at = patched.find(needed, at + 1))
+      patched.replace(at, needed.size(), path + '\0');
+    std::ofstream(t.root / file, std::ios::binary) << patched;
+  }
+  auto scan = std::async(std::launch::async, [&] { return spr::embed::libdeps::needed_by_extensions({t.root.string()}); });
+  const bool finished = scan.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  if (!finished) {
+    const int unblock = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // let the scan's open return
+    if (unblock >= 0) ::close(unblock);
+  }
+  const std::vector<std::string> libs = scan.get();
+  ::unlink(fifo.c_str());
+  ::unlink(text.c_str());
+  CHECK(finished);
+  CAPTURE(libs);
+  CHECK(std::find(libs.begin(), libs.end(), fifo) == libs.end());
+  CHECK(std::find(libs.begin(), libs.end(), text) == libs.end());
 }
