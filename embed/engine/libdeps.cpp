@@ -1,12 +1,12 @@
 // Resolves the DT_NEEDED closure of extension modules by reading ELF dynamic sections (no loading).
 #include "libdeps.hpp"
 
+#include <dirent.h>
 #include <elf.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <limits.h>
 #include <stdlib.h>
-#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -202,8 +202,7 @@ std::string resolve(const std::string& name, const std::vector<std::string>& sea
   for (const auto* list : {&search, &system_dirs()}) {
     for (const auto& dir : *list) {
       const std::string p = dir + "/" + name;
-      if (::access(p.c_str(), F_OK) != 0) continue;
-      if (is_library_file(p)) return real(p);
+      if (is_library_file(p)) return real(p);  // its stat() is the existence check
     }
   }
   return {};
