@@ -126,6 +126,12 @@ std::size_t WorkerPool::idle(const PoolKey& key) const {
   return it == pools_.end() ? 0 : it->second.idle.size();
 }
 
+std::size_t WorkerPool::waiting(const PoolKey& key) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = pools_.find(key);
+  return it == pools_.end() ? 0 : it->second.queue.size();
+}
+
 WorkerPool::Counts WorkerPool::counts() const {
   std::lock_guard<std::mutex> lk(mu_);
   Counts c;
@@ -327,17 +333,27 @@ std::unique_ptr<WorkerProcess> WorkerPool::start_one_shot(Pools::iterator it, st
 
 WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, const CancelToken* cancel) {
   std::unique_lock<std::mutex> lk(mu_);
-  const auto give_up = Clock::now() + seconds(options_.start_timeout_seconds * 2);
+  const auto start_wait = seconds(options_.start_timeout_seconds * 2);
+  auto give_up = Clock::now() + start_wait;
   // A one-shot worker's failure is its own error; a warm pool's says that no worker was available.
   const std::string prefix = key.once ? "" : "no worker available: ";
-  // Counted in its pool's `waiting` while this call waits, so that fill() starts a worker per waiting caller.
-  Pool* counted = nullptr;
-  struct Uncount {
-    Pool*& pool;
-    ~Uncount() {
-      if (pool) --pool->waiting;
+  // This call's place in its pool's queue while it waits (fill() starts a worker per waiting caller). Left on
+  // every way out; the next in line is woken when this one was first, as an idle worker may be its now.
+  struct Place {
+    WorkerPool& self;
+    Pool* pool = nullptr;
+    std::uint64_t ticket = 0;
+    bool first() const { return pool && pool->queue.front() == ticket; }
+    void leave() {
+      if (!pool) return;
+      auto& q = pool->queue;
+      const bool was_first = first();
+      q.erase(std::find(q.begin(), q.end(), ticket));
+      if (was_first && !q.empty() && !pool->idle.empty()) self.cv_.notify_all();
+      pool = nullptr;
     }
-  } uncount{counted};
+    ~Place() { leave(); }
+  } place{*this};
   for (;;) {
     if (stopping_) {
       error = prefix + kShuttingDown;
@@ -346,7 +362,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
     if (cancel && cancel->cancelled()) return {};
     auto it = pools_.try_emplace(key).first;
     Pool& pool = it->second;
-    if (!pool.idle.empty()) {
+    if (!pool.idle.empty() && (pool.queue.empty() || place.first())) {
       // The worker given back last: its caches are warm, and in fork mode the others keep the spare
       // child they forked while idle (taking them in turn made every worker fork and warm a spare
       // between back-to-back runs, on the CPU the run needed).
@@ -361,6 +377,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
         lk.lock();
         continue;
       }
+      place.leave();  // the next in line takes the next idle worker, if there is one
       return lease_locked(it, std::move(w));
     }
     if (key.once) {
@@ -375,14 +392,18 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
       pool.failures_in_a_row = 0;  // the next caller tries again
       return {};
     }
-    if (!counted) {
-      counted = &pool;
-      ++pool.waiting;
+    if (!place.pool) {
+      place.pool = &pool;
+      place.ticket = ++pool.next_ticket;
+      pool.queue.push_back(place.ticket);
     }
-    fill(key, pool.leased + pool.waiting);
+    fill(key, pool.leased + pool.queue.size());
+    // Workers out on runs come back by their runs' deadlines: only a wait on starts alone runs out.
+    if (pool.leased > 0) give_up = std::max(give_up, Clock::now() + start_wait);
     // A cancellable wait looks at its token every 20 ms.
     const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
-    if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up && pools_[key].idle.empty()) {
+    if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up &&
+        pools_[key].leased == 0 && pools_[key].idle.empty()) {
       error = prefix + "no worker became available in time" +
               (pools_[key].last_error.empty() ? std::string() : ": " + pools_[key].last_error);
       return {};

@@ -41,7 +41,8 @@ struct RunnerOptions {
   RunnerPolicy policy;                         ///< defaults for every run
   std::filesystem::path worker_path;           ///< empty: $SPR_WORKER, then next to this program, then the install dir
   double kill_grace_seconds = 0.25;            ///< hard deadline = timeout + grace
-  double start_timeout_seconds = 10;           ///< a worker that sends no hello by then is killed
+  double start_timeout_seconds = 10;           ///< a worker that sends no hello by then is killed; a run
+                                               ///< waiting on starts alone gives up after twice this
   std::size_t subinterpreter_pool = 2;         ///< subinterpreter mode: interpreters each worker keeps ready
   /// subinterpreter mode on CPython 3.12+: runs each worker runs at once, on threads of its own in own-GIL
   /// interpreters (1 to 16). Each thread is a slot of `workers`: workers = 2 with 2 threads is one process.

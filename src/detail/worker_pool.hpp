@@ -57,7 +57,7 @@ class WorkerPool {
   using Spawn = std::function<std::unique_ptr<WorkerProcess>(const PoolKey&)>;
   struct Options {
     std::size_t workers = 2;             // warm workers per key
-    double start_timeout_seconds = 10;   // a lease waits at most twice this for a warm worker
+    double start_timeout_seconds = 10;   // a lease waits at most twice this for warm workers to start
     std::size_t max_pools_per_mode = 8;  // past workers x this, a new key's pool evicts another's idle worker
   };
 
@@ -88,9 +88,12 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // A worker for `key`: an idle warm one, else one started for it. An empty lease when there is
-  // none: `error` says why (shutdown, failed starts, no worker in time); or `cancel` was cancelled
-  // (error left empty). A one-shot key's worker is started on the calling thread (see the .cpp).
+  // A worker for `key`: an idle warm one, else one started for it; callers that wait are served in the order
+  // they came. An empty lease when there is none: `error` says why (shutdown, failed starts, no worker started
+  // in time); or `cancel` was cancelled (error left empty). While some of the key's workers are out on runs
+  // the wait has no limit of its own (each run ends by its deadline and gives its worker back); only a wait
+  // on worker starts alone gives up, after twice Options::start_timeout_seconds. A one-shot key's worker is
+  // started on the calling thread (see the .cpp).
   Lease lease(const PoolKey& key, std::string& error, const CancelToken* cancel = nullptr);
   // Starts one warm worker for `key`, off the caller's path (none for one-shot keys): what a first run needs.
   // The rest of the pool comes up in the background once a run has given its worker back, or when
@@ -105,8 +108,9 @@ class WorkerPool {
   // a program that exits right after its first run does not wait for the rest of the pool to come up.
   int stop_fd() const { return stop_fd_.get(); }
 
-  // For tests: idle warm workers of `key` now.
+  // For tests: idle warm workers of `key` now, and lease() calls waiting for one.
   std::size_t idle(const PoolKey& key) const;
+  std::size_t waiting(const PoolKey& key) const;
   // Over every key: warm workers waiting, and workers leased or being started (for metrics).
   struct Counts {
     std::size_t idle = 0, busy = 0;
@@ -118,7 +122,10 @@ class WorkerPool {
     std::deque<std::unique_ptr<WorkerProcess>> idle;
     std::size_t live = 0;    // idle + leased + being started
     std::size_t leased = 0;   // out on a lease
-    std::size_t waiting = 0;  // lease() calls waiting for one of this key's workers
+    // lease() calls waiting for one of this key's workers, by ticket, first come first served: an idle worker
+    // goes to the front one (a caller that arrives later, or a waiter that happens to wake first, does not take it).
+    std::deque<std::uint64_t> queue;
+    std::uint64_t next_ticket = 0;
     std::string last_error;  // why the last start failed, for callers that then get none
     int failures_in_a_row = 0;
   };

@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "detail/worker_pool.hpp"
 
@@ -287,4 +289,68 @@ TEST_CASE("WorkerPool: failed starts are answered with their reason; a cancelled
   CHECK_FALSE(pool.lease(process_key(), error, &token));
   CHECK(error.empty());
   CHECK(tries == before);  // nothing started for a cancelled lease
+}
+
+TEST_CASE("WorkerPool: callers waiting for a busy worker are served in the order they came") {
+  Starter s;
+  WorkerPool pool({1, 10}, s.fn());
+  const PoolKey key = fork_key();
+  std::string error;
+  auto a = pool.lease(key, error);
+  REQUIRE_MESSAGE(a, error);
+  // Four callers start waiting, one after another; each holds the worker a moment, then gives it back.
+  constexpr int kWaiters = 4;
+  std::mutex mu;
+  std::vector<int> served;
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&, i] {
+      std::string e;
+      auto w = pool.lease(key, e);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        served.push_back(w ? i : -1);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    });
+    REQUIRE(eventually([&] { return pool.waiting(key) == static_cast<std::size_t>(i + 1); }));
+  }
+  a.give_back();
+  // A caller that comes now, while they wait, queues behind them instead of taking the worker; it gives up
+  // (cancelled) before its turn.
+  spr::CancelToken later;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    later.cancel();
+  });
+  std::string error_late;
+  auto late = pool.lease(key, error_late, &later);
+  canceller.join();
+  for (auto& t : waiters) t.join();
+  CHECK_FALSE(late);
+  CHECK(error_late.empty());
+  CHECK(served == std::vector<int>{0, 1, 2, 3});
+  CHECK(pool.waiting(key) == 0);  // the cancelled caller left the queue
+  CHECK(s.starts == 1);
+}
+
+TEST_CASE("WorkerPool: a caller waits for a worker out on a long run, past the start timeout") {
+  Starter s;
+  // A wait on worker starts alone would give up after 2 x 0.25 s.
+  WorkerPool pool({1, 0.25}, s.fn());
+  const PoolKey key = fork_key();
+  pool.prespawn(key);
+  REQUIRE(eventually_started([&] { return pool.idle(key) == 1; }));
+  std::string error;
+  auto a = pool.lease(key, error);
+  REQUIRE_MESSAGE(a, error);
+  WorkerPool::Lease b;
+  std::string error_b;
+  std::thread waiter([&] { b = pool.lease(key, error_b); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the run holding `a` outlasts the start timeout
+  const pid_t pid = a->pid();
+  a.give_back();
+  waiter.join();
+  REQUIRE_MESSAGE(b, error_b);
+  CHECK(b->pid() == pid);
 }
