@@ -111,7 +111,7 @@ RunScope::~RunScope() {
   end_run_state();
   end_main();
   remove_directory();
-  release_std_locks();
+  if (std_lock_release_) release_std_locks();
 }
 
 // A run's fcntl record locks belong to the process: where the process outlives the run (namespace and

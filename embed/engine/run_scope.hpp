@@ -43,9 +43,16 @@ class RunScope {
   // Ends the guard's run state and, in namespace mode, puts back what the run changed interpreter-wide.
   void end_run_state();
 
+  // Whether each run's end closes a copy of descriptors 0 to 2 (ending the record locks the run took on their
+  // files; see release_std_locks). On by default, for programs that run code in process; a worker turns it
+  // off where the run's process ends with it (fork, process mode) or its own check covers every descriptor
+  // it keeps (ProcessState::kept_descriptors_intact). Set before the first run.
+  static void set_std_lock_release(bool on) { std_lock_release_ = on; }
+
  private:
   void end_main();
   static void release_std_locks();
+  static inline bool std_lock_release_ = true;
   void remove_directory();
   const RunnerPolicy& policy_;
   std::string home_, dir_;  // the scratch directory and the working directory before it ("" = none)

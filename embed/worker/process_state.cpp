@@ -42,8 +42,21 @@ void ProcessState::capture(bool thread_only) {
                   : kScanFds;
   for (int fd = 0; fd < kScanFds; ++fd) {
     if (::fcntl(fd, F_GETFD) < 0) continue;
+    struct stat st{};
+    const bool known = ::fstat(fd, &st) == 0;
+    const std::pair<unsigned long long, unsigned long long> id =
+        known ? std::make_pair(static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino))
+              : std::make_pair(0ull, 0ull);
+    // A record lock is taken on a file through a descriptor open for reading or writing (not O_PATH), and any
+    // close of the file ends the process's locks on it: one copy per file is closed after a run, and none for a
+    // pipe, a socket or a file with no name (the output buffer's memfd), which no program outside can open to
+    // wait on a lock.
+    const int flags = ::fcntl(fd, F_GETFL);
+    const bool lockable = known && !S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && st.st_nlink > 0 && flags >= 0 &&
+                          (flags & O_PATH) == 0 && std::find(open_ids_.begin(), open_ids_.end(), id) == open_ids_.end();
     open_fds_.push_back(fd);
-    open_ids_.push_back(file_id(fd));
+    open_ids_.push_back(id);
+    if (lockable) lock_release_fds_.push_back(fd);
   }
   for (char** e = environ; e && *e; ++e) {
     const std::string entry = *e;
@@ -84,12 +97,14 @@ bool ProcessState::kept_descriptors_intact() const {
   if (!captured_ || thread_only_) return true;
   bool intact = true;
   for (std::size_t i = 0; i < open_fds_.size(); ++i) {
-    const int fd = open_fds_[i];
-    if (file_id(fd) != open_ids_[i]) intact = false;
+    if (file_id(open_fds_[i]) != open_ids_[i]) intact = false;
+  }
+  if (!intact) return false;  // the worker ends after its reply, and its locks with it
+  for (const int fd : lock_release_fds_) {
     const int copy = ::dup(fd);
     if (copy >= 0) ::close(copy);
   }
-  return intact;
+  return true;
 }
 
 bool ProcessState::descriptors_left() const {

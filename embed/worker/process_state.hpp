@@ -20,9 +20,10 @@ class ProcessState {
   void restore(bool descriptors) const;
   // True when a descriptor opened since capture() is still open.
   bool descriptors_left() const;
-  // After a run: ends this process's fcntl record locks on the files behind the descriptors kept across
-  // runs (closing a copy of each: such a lock belongs to the process and the file, and any close of the
-  // file ends it), and says whether each still refers to the file it did at capture(). False: a run
+  // After a run: says whether each descriptor kept across runs still refers to the file it did at capture(),
+  // and if so ends this process's fcntl record locks on those files (closing a copy of one descriptor per
+  // file: such a lock belongs to the process and the file, and any close of the file ends it; seccomp
+  // refuses flock() and open-file-description locks). False: a run
   // closed one and put another file in its place (a host file it may read, a listening socket), which
   // would outlive the run; the worker cannot put it back and ends after its reply.
   bool kept_descriptors_intact() const;
@@ -35,6 +36,7 @@ class ProcessState {
   unsigned umask_ = 077;
   std::vector<int> open_fds_;  // sorted
   std::vector<std::pair<unsigned long long, unsigned long long>> open_ids_;  // (device, inode) of each
+  std::vector<int> lock_release_fds_;  // one kept descriptor per file that can carry a record lock
   std::vector<std::pair<std::string, std::string>> environment_;
 };
 

@@ -29,6 +29,7 @@
 #include "session_loop.hpp"
 #include "spr/version.hpp"
 #include "engine/subinterpreter_pool.hpp"
+#include "engine/run_scope.hpp"
 
 #ifdef SPR_FAULTS
 // spr-worker-faulty only (tests/faults/): the built-in module _spr_raw, and faults a request asks for by name.
@@ -341,6 +342,9 @@ int main(int argc, char** argv) {
     threads->serve_main(subinterps);  // every thread's runs put back their own directory and umask
   } else if (args.isolation != spr::Isolation::fork) {
     process_state.capture();  // namespace, sub-interpreter, process: what a run changes process-wide is put back
+    spr::embed::RunScope::set_std_lock_release(false);  // ended with every kept file's (kept_descriptors_intact)
+  } else {
+    spr::embed::RunScope::set_std_lock_release(false);  // a run's process ends with it, and its locks with it
   }
   serve(*runner, args.once);
 }
