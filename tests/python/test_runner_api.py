@@ -371,3 +371,18 @@ def test_cpu_of_a_runs_threads_counts_for_that_run_and_not_the_next(isolation):
             after = r.run("result = 1", policy=RunnerPolicy(isolation=isolation, cpu_time_seconds=0.3,
                                                             timeout_seconds=20 * scale))
             assert after.ok, (after.error_kind, after.error)
+
+
+def test_a_submitted_run_waits_its_turn_behind_a_long_run_and_runs():
+    # One worker, busy with a run longer than twice start_timeout_seconds: the next submitted run waits for
+    # that worker (its wait shows in queued_ms) instead of failing with worker_unavailable, and runs after it.
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    with Runner(RunnerPolicy(timeout_seconds=30 * scale), workers=1, start_timeout_seconds=1 * scale) as r:
+        assert r.run("result = 0").ok  # the worker is up: no start is waited for below
+        long_run = r.submit(f"import time\ntime.sleep({3 * scale})\nresult = 1")
+        time.sleep(0.2)
+        short_run = r.submit("result = 2")
+        first, second = long_run.result(timeout=60 * scale), short_run.result(timeout=60 * scale)
+        assert first.ok and first.result == 1, first.error
+        assert second.ok and second.result == 2, second.error
+        assert second.queued_ms > 1000  # it waited for the long run's worker
