@@ -59,14 +59,60 @@ void NamespaceRunner::after_reply() {
   state_.restore(false);
 }
 
+void ThreadSweep::capture(std::size_t threads) {
+  std::lock_guard<std::mutex> lk(mu_);
+  process_.capture();
+  busy_ = threads;
+  pending_.assign(threads, false);
+}
+
+bool ThreadSweep::leftovers() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return process_.descriptors_left();
+}
+
+void ThreadSweep::sweep_locked(std::size_t thread, bool interpreter_pending) {
+  if (thread < pending_.size()) pending_[thread] = interpreter_pending;
+  if (busy_ != 0 || !dirty_) return;
+  for (const bool p : pending_)
+    if (p) return;  // that thread's next idle time sweeps
+  process_.close_descriptors();
+  dirty_ = false;
+}
+
+void ThreadSweep::busy(std::size_t thread, bool interpreter_pending) {
+  std::lock_guard<std::mutex> lk(mu_);
+  sweep_locked(thread, interpreter_pending);  // back to back, with every other thread idle
+  ++busy_;
+  dirty_ = true;
+}
+
+void ThreadSweep::idle(std::size_t thread, bool interpreter_pending) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (busy_ > 0) --busy_;
+  sweep_locked(thread, interpreter_pending);
+}
+
 void SubinterpreterRunner::while_idle(int fd) {
   pool_.work_while_idle(fd);
-  // Every used interpreter has ended, so no object owns a descriptor a run left open: close them.
-  if (!pool_.has_retired()) state_.restore(true);
+  // Every used interpreter has ended, so no object owns a descriptor a run left open: close them (with run
+  // threads, once none of them is busy).
+  if (sweep_) {
+    state_.restore(false);
+    sweep_->idle(thread_, pool_.has_retired());
+  } else if (!pool_.has_retired()) {
+    state_.restore(true);
+  }
 }
 
 void SubinterpreterRunner::handle(std::string& frame, std::string& reply) {
-  if (pool_.has_retired() && state_.descriptors_left()) {
+  if (sweep_) {
+    // Back to back after a run that may have left descriptors open: its interpreter ends now, so that they
+    // can be closed before this run if no other thread is busy.
+    if (pool_.has_retired() && sweep_->leftovers()) pool_.end_retired();
+    sweep_->busy(thread_, pool_.has_retired());
+  }
+  if (!sweep_ && pool_.has_retired() && state_.descriptors_left()) {
     // Back to back after a run that left descriptors open: end its interpreter now so they can be closed.
     pool_.end_retired();
     state_.restore(true);
@@ -136,10 +182,14 @@ std::string bind_thread_channel(int sock, int capture_fd) {
 }
 
 // Thread k > 0, from its start to its serve loop.
-[[noreturn]] void run_thread(std::size_t k, const detail::WorkerStart& start, WorkerScope scope, std::string& error,
-                             std::mutex& mu, std::condition_variable& cv, std::size_t& ready) {
+[[noreturn]] void run_thread(std::size_t k, const detail::WorkerStart& start, WorkerScope scope, ThreadSweep* sweep,
+                             std::string& error, std::mutex& mu, std::condition_variable& cv, std::size_t& ready) {
   std::string why = enter_thread_directory(start.scratch, k);
   if (why.empty()) why = bind_thread_channel(start.run_thread_socket(k), start.run_thread_capture(k));
+  // Its directory and umask to return to, held open from now on (before the main thread captures the
+  // descriptors the worker keeps: ThreadSweep).
+  ProcessState state;
+  if (why.empty()) state.capture(true);
   {
     std::lock_guard<std::mutex> lk(mu);
     error = why;
@@ -154,9 +204,7 @@ std::string bind_thread_channel(int sock, int capture_fd) {
   PyEval_RestoreThread(home);  // the main interpreter's lock: released by the main thread while it waits
   SubinterpreterPool pool(start.subinterpreter_pool);
   pool.start();  // a failure is answered to each run, as the pool does when a later build fails
-  ProcessState state;
-  state.capture(true);
-  SubinterpreterRunner runner(scope, pool, state);
+  SubinterpreterRunner runner(scope, pool, state, sweep, k);
   serve_thread(start.run_thread_socket(k), runner);
 }
 
@@ -188,7 +236,7 @@ harden::LayerStatus RunThreads::start() {
   std::string start_error;
   for (std::size_t k = 1; k < n && start_error.empty(); ++k) {
     try {
-      std::thread(run_thread, k, std::cref(start_), scope_, std::ref(errors[k]), std::ref(mu), std::ref(cv),
+      std::thread(run_thread, k, std::cref(start_), scope_, &sweep_, std::ref(errors[k]), std::ref(mu), std::ref(cv),
                   std::ref(ready))
           .detach();
       ++started;
@@ -206,9 +254,12 @@ harden::LayerStatus RunThreads::start() {
 }
 
 void RunThreads::serve_main(SubinterpreterPool& pool) {
+  // The other threads wait for the main interpreter's lock, held here until the first wait below: none has
+  // opened anything of its own yet.
   ProcessState state;
   state.capture(true);
-  SubinterpreterRunner runner(scope_, pool, state);
+  sweep_.capture(start_.subinterpreter_threads);
+  SubinterpreterRunner runner(scope_, pool, state, &sweep_, 0);
   serve_thread(detail::kProtocolFd, runner);
 }
 

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/protocol.hpp"
 #include "common/worker_start.hpp"
@@ -33,10 +35,39 @@ class NamespaceRunner : public IsolationRunner {
 };
 
 // Sub-interpreter mode: each run in a fresh sub-interpreter from a pool built while idle.
+// With run threads, the descriptors runs leave open are the process's, shared by every thread: they are closed
+// when the whole worker is idle (no thread between reading a request and waiting for the next) and no
+// thread's used interpreter is still to end (its objects may own them). Every thread counts as busy from
+// the worker's start until it first waits.
+class ThreadSweep {
+ public:
+  // On the main thread before any run thread touches an interpreter: the descriptors kept across runs.
+  void capture(std::size_t threads);
+  // Whether a descriptor opened since capture() is open (a run's, or one a busy thread's run holds now).
+  bool leftovers() const;
+  // A thread got a request: what runs left open is closed first if no other thread is busy and no used
+  // interpreter is still to end (`interpreter_pending`: this thread's pool holds one); nothing is closed
+  // under this thread's run from then on.
+  void busy(std::size_t thread, bool interpreter_pending);
+  // A thread is about to wait for its next request. The last thread to go idle closes what runs left open,
+  // if every used interpreter has ended.
+  void idle(std::size_t thread, bool interpreter_pending);
+
+ private:
+  void sweep_locked(std::size_t thread, bool interpreter_pending);
+  mutable std::mutex mu_;
+  ProcessState process_;
+  std::size_t busy_ = 0;
+  bool dirty_ = false;                // a run began since the last sweep
+  std::vector<bool> pending_;         // by thread: a used interpreter not yet ended
+};
+
 class SubinterpreterRunner : public IsolationRunner {
  public:
-  SubinterpreterRunner(WorkerScope scope, SubinterpreterPool& pool, const ProcessState& state)
-      : scope_(scope), pool_(pool), state_(state) {}
+  // `sweep`: with run threads, the worker's shared account of them (thread `thread` is this one's).
+  SubinterpreterRunner(WorkerScope scope, SubinterpreterPool& pool, const ProcessState& state,
+                       ThreadSweep* sweep = nullptr, std::size_t thread = 0)
+      : scope_(scope), pool_(pool), state_(state), sweep_(sweep), thread_(thread) {}
   void while_idle(int fd) override;
   void handle(std::string& frame, std::string& reply) override;
   void after_reply() override;
@@ -45,6 +76,8 @@ class SubinterpreterRunner : public IsolationRunner {
   WorkerScope scope_;
   SubinterpreterPool& pool_;
   const ProcessState& state_;
+  ThreadSweep* sweep_;
+  std::size_t thread_;
   protocol::PolicyCache policies_;
   bool retire_ = false;
 };
@@ -70,6 +103,7 @@ class RunThreads {
  private:
   const detail::WorkerStart& start_;
   WorkerScope scope_;
+  ThreadSweep sweep_;
 };
 
 }  // namespace spr::embed

@@ -81,7 +81,11 @@ void ProcessState::restore(bool descriptors) const {
     // The scratch root is the worker's own; failing to return there leaves later scratch_dir runs
     // failing cleanly (Landlock refuses other directories), never writing elsewhere.
   }
-  if (!descriptors) return;
+  if (descriptors) close_descriptors();
+}
+
+void ProcessState::close_descriptors() const {
+  if (!captured_ || thread_only_) return;
   const int top = open_fds_.empty() ? 0 : open_fds_.back();
   for (int fd = 0; fd <= top; ++fd) {
     if (std::binary_search(open_fds_.begin(), open_fds_.end(), fd)) continue;

@@ -18,6 +18,9 @@ class ProcessState {
   // descriptor opened since capture() (only safe when no Python object can still own one: after the
   // run's sub-interpreter has ended).
   void restore(bool descriptors) const;
+  // Closes every descriptor opened since capture() (restore(true)'s last step, for a process whose threads
+  // share the descriptors: only when none of them can own one).
+  void close_descriptors() const;
   // True when a descriptor opened since capture() is still open.
   bool descriptors_left() const;
   // After a run: says whether each descriptor kept across runs still refers to the file it did at capture(),

@@ -1,19 +1,25 @@
 // subinterpreter_threads (issue 21, item 4): runs at once in one worker on CPython 3.12+, each on its own thread
 // in own-GIL interpreters. Registered only when CMake found a 3.12+ shared build (SPR_TEST_OWNGIL_PYTHON).
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "helpers.hpp"
 
 using spr::json;
 using spr_test::describe;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -233,4 +239,51 @@ TEST_CASE("owngil: the option on a worker that embeds 3.10/3.11 refuses to start
   const spr::RunResult r = runner.run("result = 1", json::object(), p);
   CHECK(r.error_kind == spr::ErrorKind::worker_unavailable);
   CHECK_MESSAGE(spr_test::contains(r.error.value_or(""), "needs CPython 3.12 or newer"), describe(r));
+}
+
+// Red team round 13: with run threads, a descriptor a run left open (a raw number, no object to close it) and its
+// record lock on a host file it may read stayed until the Runner closed. Judged from the host: its own lockf on
+// the file succeeds again once the worker is idle.
+TEST_CASE("owngil: a descriptor a run leaves open, and its lock on a host file, end once the worker is idle") {
+  const fs::path dir = spr_test::unique_path("owngil-lock");
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
+                           fs::perms::others_exec);
+  const std::string file = (dir / "data").string();
+  {
+    std::ofstream(file) << "host data\n";
+  }
+  fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  const auto host_can_lock = [&] {
+    const int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    const bool ok = fd >= 0 && ::lockf(fd, F_TLOCK, 0) == 0;
+    if (fd >= 0) ::close(fd);  // ends our own lock
+    return ok;
+  };
+  REQUIRE(host_can_lock());
+  {
+    spr::Runner runner(owngil_options());
+    spr::RunnerPolicy p = owngil_policy(owngil_python());
+    p.allowed_read_paths = {dir.string()};
+    const std::string code =
+        "import fcntl, pathlib\n"
+        "os = getattr(pathlib, 'os', None) or pathlib._local.os\n"
+        "fd = os.open(input_data, os.O_RDONLY)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_SH)\n"
+        "result = fd\n";
+    const spr::RunResult r = runner.run(code, file, p);
+    REQUIRE_MESSAGE(r.ok, describe(r));
+    // The control: the lock was taken (the host cannot lock while the run's descriptor may still be open), or
+    // already ended; either way it must end while the Runner still lives.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * spr_test::time_scale());
+    bool freed = host_can_lock();
+    while (!freed && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      freed = host_can_lock();
+    }
+    CHECK(freed);
+    const spr::RunResult next = runner.run("result = 'next'", nullptr, p);
+    CHECK_MESSAGE(next.ok, describe(next));
+  }
+  fs::remove_all(dir);
 }
