@@ -43,6 +43,7 @@ struct Runner::Impl {
   std::mutex mu;
   bool stopping = false;
   std::vector<std::thread> executors;
+  std::size_t idle_executors = 0;  // executors waiting for a task
   std::deque<std::function<void()>> tasks;
   std::condition_variable task_cv;
 
@@ -258,8 +259,13 @@ struct Runner::Impl {
       std::lock_guard<std::mutex> lk(mu);
       if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
       tasks.push_back(std::move(task));
-      const std::size_t want = options.workers * detail::kRunsPerWorker;
-      if (executors.size() < want && !tasks.empty()) executors.emplace_back([this] { exec_loop(); });
+      // One more thread whenever every thread is busy, up to what a runner's pools can run at once (workers x
+      // kRunsPerWorker per pool, for as many pools as a mode keeps before evicting): a submitted run waits for a worker in its pool's
+      // queue (first come, first served), not here behind runs of other pools. (With workers x kRunsPerWorker
+      // threads in all, one HTTP token's runs on two pools held every thread while another token's worker
+      // was idle, past that token's deadline: red team round 13.)
+      const std::size_t cap = options.workers * detail::kRunsPerWorker * detail::WorkerPool::Options{}.max_pools_per_mode;
+      if (tasks.size() > idle_executors && executors.size() < cap) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();
   }
@@ -267,7 +273,9 @@ struct Runner::Impl {
   void exec_loop() {
     std::unique_lock<std::mutex> lk(mu);
     for (;;) {
+      ++idle_executors;
       task_cv.wait(lk, [&] { return stopping || !tasks.empty(); });
+      --idle_executors;
       if (tasks.empty()) return;  // stopping and drained
       auto t = std::move(tasks.front());
       tasks.pop_front();

@@ -92,6 +92,32 @@ TEST_CASE("submit() returns futures that each get their own result") {
   }
 }
 
+// Red team round 13: submitted runs went through workers x 2 executor threads for every pool: two long runs on
+// two pools of their own (one HTTP token) held both threads while a run for a third pool, whose worker was
+// idle, waited behind them past its deadline.
+TEST_CASE("submit(): long runs on two pools do not hold back a run of a third pool whose worker is idle") {
+  spr::RunnerOptions o = spr_test::runner_options();
+  o.workers = 1;
+  spr::Runner runner(o);
+  spr::RunnerPolicy quick = spr_test::policy();
+  REQUIRE(runner.run("result = 0", json::object(), quick).ok);  // its pool's worker is up (process mode: none idles)
+  const double hold = 4 * spr_test::time_scale();
+  std::vector<spr::RunHandle> long_runs;
+  for (const std::int64_t scratch : {40, 48}) {
+    spr::RunnerPolicy p = spr_test::policy();
+    p.scratch_limit_mb = scratch;  // a pool of its own
+    p.timeout_seconds = hold * 3;
+    long_runs.push_back(runner.submit("import time\ntime.sleep(input_data)\nresult = 'long'\n", json(hold), p));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const spr::RunResult r = runner.submit("result = 'quick'\n", json::object(), quick).get();
+  INFO(describe(r));
+  CHECK(r.ok);
+  // Answered while both long runs still hold their workers.
+  for (auto& h : long_runs) CHECK(h.wait_for(std::chrono::seconds(0)) != std::future_status::ready);
+  for (auto& h : long_runs) CHECK(h.get().ok);
+}
+
 TEST_CASE("a worker that dies mid-run: worker_crashed with an error, and the next run succeeds") {
   SUBCASE("SIGKILL raised by the code itself") {
     const auto r = run("import signal\nprint('about to die')\nsignal.raise_signal(9)\nresult = 'alive'\n");

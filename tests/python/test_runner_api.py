@@ -386,3 +386,19 @@ def test_a_submitted_run_waits_its_turn_behind_a_long_run_and_runs():
         assert first.ok and first.result == 1, first.error
         assert second.ok and second.result == 2, second.error
         assert second.queued_ms > 1000  # it waited for the long run's worker
+
+
+def test_long_runs_on_two_pools_do_not_hold_back_a_run_of_a_third():
+    # Runs whose policies need different workers (here: scratch sizes) wait in their own pools; two long ones
+    # must not take every thread that runs submitted work while a third pool's worker is idle.
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    hold = 4 * scale
+    with Runner(workers=1) as r:
+        assert r.run("result = 0").ok
+        long_runs = [r.submit("import time\ntime.sleep(input_data)\nresult = 'long'", hold,
+                              policy=RunnerPolicy(scratch_limit_mb=mb, timeout_seconds=3 * hold)) for mb in (40, 48)]
+        time.sleep(0.3)
+        quick = r.submit("result = 'quick'").result(timeout=60 * scale)
+        assert quick.ok and quick.result == "quick", quick.error
+        assert not any(f.done() for f in long_runs)  # answered while both long runs still hold their workers
+        assert all(f.result(timeout=60 * scale).ok for f in long_runs)
