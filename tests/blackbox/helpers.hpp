@@ -32,6 +32,31 @@ inline const char* const kSecret = "s3cr3t-value";
 
 inline void set_secret_env() { ::setenv("SPR_TEST_SECRET", kSecret, 1); }
 
+// Whether this build is an ASan or a TSan one (make check-sanitize): the sanitizer's own time and memory then
+// count in what a test measures from outside.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kAsan = true;
+#else
+inline constexpr bool kAsan = false;
+#endif
+#else
+inline constexpr bool kAsan = false;
+#endif
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kTsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr bool kTsan = true;
+#else
+inline constexpr bool kTsan = false;
+#endif
+#else
+inline constexpr bool kTsan = false;
+#endif
+
 // How many times longer than on a quiet machine things may take now: SPR_TEST_TIME_SCALE, set by
 // tests/CMakeLists.txt from `make test`'s load average (times 4 in sanitizer builds). Default run
 // timeouts and hang guards are multiplied by it; nothing asserts that anything is fast.

@@ -11,17 +11,7 @@ using spr_test::run;
 namespace {
 
 // Sanitized builds instrument the worker's request decoding, which makes very large requests much slower.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+constexpr bool kSanitized = spr_test::kAsan || spr_test::kTsan;
 
 // Every result must serialise to valid JSON that parses back to the same value (a field the writer
 // replaced or dropped on the way would show here).

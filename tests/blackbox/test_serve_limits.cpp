@@ -30,32 +30,9 @@ double time_scale() {
 // Sanitizer builds (make check-sanitize) add their own memory to serve's resident size: ASan keeps freed blocks
 // in its quarantine (256 MiB at most by default) and TSan maps shadow memory beside everything the program
 // touches (a few bytes per byte). A bound on serve's peak grows by that much there; a normal build keeps it.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAsan = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAsan = true;
-#else
-constexpr bool kAsan = false;
-#endif
-#else
-constexpr bool kAsan = false;
-#endif
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kTsan = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kTsan = true;
-#else
-constexpr bool kTsan = false;
-#endif
-#else
-constexpr bool kTsan = false;
-#endif
-
 long memory_bound_kb(long kb) {
-  if (kAsan) return kb + (256L << 10);
-  if (kTsan) return 3 * kb;
+  if (spr_test::kAsan) return kb + (256L << 10);
+  if (spr_test::kTsan) return 3 * kb;
   return kb;
 }
 
