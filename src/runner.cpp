@@ -44,6 +44,7 @@ struct Runner::Impl {
   bool stopping = false;
   std::vector<std::thread> executors;
   std::size_t idle_executors = 0;  // executors waiting for a task
+  std::size_t executor_floor = 0;  // RunnerAccess::allow_submitted_at_once
   std::deque<std::function<void()>> tasks;
   std::condition_variable task_cv;
 
@@ -264,7 +265,8 @@ struct Runner::Impl {
       // queue (first come, first served), not here behind runs of other pools. (With workers x kRunsPerWorker
       // threads in all, one HTTP token's runs on two pools held every thread while another token's worker
       // was idle, past that token's deadline: red team round 13.)
-      const std::size_t cap = options.workers * detail::kRunsPerWorker * detail::WorkerPool::Options{}.max_pools_per_mode;
+      const std::size_t cap = std::max(
+          options.workers * detail::kRunsPerWorker * detail::WorkerPool::Options{}.max_pools_per_mode, executor_floor);
       if (tasks.size() > idle_executors && executors.size() < cap) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();
@@ -342,6 +344,11 @@ RunHandle detail::RunnerAccess::submit(Runner& runner, std::string code, json in
                                        RunOptions options, std::function<void(const RunResult&)> on_done) {
   return runner.impl_->submit(std::move(code), std::move(input_data), std::move(policy), std::move(options),
                               std::move(on_done));
+}
+
+void detail::RunnerAccess::allow_submitted_at_once(Runner& runner, std::size_t runs) {
+  std::lock_guard<std::mutex> lk(runner.impl_->mu);
+  runner.impl_->executor_floor = std::max(runner.impl_->executor_floor, runs);
 }
 
 std::pair<std::size_t, std::size_t> detail::RunnerAccess::worker_counts(Runner& runner) {

@@ -181,8 +181,12 @@ void WorkerPool::fill(const PoolKey& key, std::size_t want, bool background) {
   if (key.once) return;  // a one-shot worker is started for its lease (see start_one_shot)
   Pool& pool = pools_[key];
   const bool was_empty = spawn_queue_.empty();
+  // Pools multiply workers: a start nobody waits for stops at the bound that evict_idle_elsewhere keeps.
+  std::size_t warm = warm_live_locked();
   while (pool.live < std::min(want, options_.workers)) {
+    if (background && warm >= options_.workers * options_.max_pools_per_mode) break;
     ++pool.live;
+    ++warm;
     spawn_queue_.push_back(key);
   }
   if (!background)
@@ -279,13 +283,19 @@ void WorkerPool::spawn_loop() {
   }
 }
 
-// Caller holds `lk` on mu_. Per-domain pools multiply workers: past a bound, an idle worker of
-// another domain's pool makes room for this one. One-shot workers are not counted: none idles.
-void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
+std::size_t WorkerPool::warm_live_locked() const {
   std::size_t live = 0;
-  for (auto& [k, pool] : pools_)
+  for (const auto& [k, pool] : pools_)
     if (!k.once) live += pool.live;
-  if (live < options_.workers * options_.max_pools_per_mode) return;
+  return live;
+}
+
+// Caller holds `lk` on mu_. Pools multiply workers (one per trust domain, memory class, scratch size, read set,
+// network setting, Python, in every mode): past a bound, an idle worker of another pool of the same mode makes
+// room for this one. One-shot workers are not counted: none idles. (Fork pools were not bounded: a client that
+// varied its scratch size run after run left 80 processes and 725 MiB behind: red team round 14.)
+void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
+  if (warm_live_locked() < options_.workers * options_.max_pools_per_mode) return;
   for (auto& [k, pool] : pools_) {
     if (k.isolation != key.isolation || pool.idle.empty() || !(k < key || key < k)) continue;
     auto w = std::move(pool.idle.front());
@@ -385,7 +395,7 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
       if (!w) return {};
       return lease_locked(it, std::move(w));
     }
-    if (pool.live == 0 && shares_process(key.isolation)) evict_idle_elsewhere(key, lk);
+    if (pool.live == 0) evict_idle_elsewhere(key, lk);
     // Several starts in a row failed and none is pending: answer now instead of waiting.
     if (pool.failures_in_a_row >= 3 && pool.live == 0) {
       error = prefix + pool.last_error;

@@ -277,7 +277,13 @@ Api::Api(Runner& runner, RunnerPolicy base, ApiOptions options)
       python_version_(runner.python_version()),
       fair_(std::make_unique<FairQueue>(runner.options().workers)),
       deadlines_(std::make_unique<Deadlines>()),
-      pool_(std::make_unique<BlockingPool>(std::max<std::size_t>(2, options.blocking_threads))) {}
+      pool_(std::make_unique<BlockingPool>(std::max<std::size_t>(2, options.blocking_threads))) {
+  // Every admitted run gets a thread of the Runner's: one token's runs spread over many pools (each its own
+  // scratch size, say) cannot hold them all while another token's run waits past its deadline (red team round 14).
+  // A batch holds one slot and submits up to max_in_flight cases of its own beside them. Threads are added only
+  // when every one is busy.
+  detail::RunnerAccess::allow_submitted_at_once(runner_, options_.max_in_flight * (1 + options_.max_batches));
+}
 
 Api::~Api() {
   stop();

@@ -354,3 +354,28 @@ TEST_CASE("WorkerPool: a caller waits for a worker out on a long run, past the s
   REQUIRE_MESSAGE(b, error_b);
   CHECK(b->pid() == pid);
 }
+
+TEST_CASE("WorkerPool: pools of one mode stay within workers x max_pools_per_mode, fork pools too") {
+  // Red team round 14: a client that varied its scratch size run after run left one warm fork worker per size.
+  Starter s;
+  WorkerPool::Options o;
+  o.workers = 1;
+  o.max_pools_per_mode = 2;
+  WorkerPool pool(o, s.fn());
+  for (const std::int64_t scratch : {33, 34, 35, 36, 37}) {
+    RunnerPolicy p;
+    p.isolation = Isolation::fork;
+    p.scratch_limit_mb = scratch;  // a pool of its own
+    std::string error;
+    auto w = pool.lease(key_of(p), error);
+    REQUIRE_MESSAGE(w, error);
+  }
+  const auto live = [&] {
+    const auto c = pool.counts();
+    return c.idle + c.busy;
+  };
+  CHECK(s.starts == 5);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // background refills, if any, are queued by now
+  CHECK(eventually_started([&] { return pool.counts().busy == 0; }));
+  CHECK_MESSAGE(live() <= 2, live(), " warm workers for 5 pools");
+}
