@@ -297,12 +297,18 @@ std::size_t WorkerPool::warm_live_locked() const {
 void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
   if (warm_live_locked() < options_.workers * options_.max_pools_per_mode) return;
   for (auto& [k, pool] : pools_) {
-    if (k.isolation != key.isolation || pool.idle.empty() || !(k < key || key < k)) continue;
-    auto w = std::move(pool.idle.front());
-    pool.idle.pop_front();
-    --pool.live;
+    if (k.isolation != key.isolation || !(k < key || key < k)) continue;
+    // A worker with run threads is several slots of one process: only a process whose every slot is idle is
+    // ended, and all of its slots go with it. (An idle slot's process was ended under its other slot's run,
+    // another party's: red team, round 15.)
+    const auto victim = std::find_if(pool.idle.begin(), pool.idle.end(),
+                                     [](const std::unique_ptr<WorkerProcess>& w) { return w->whole_process_idle(); });
+    if (victim == pool.idle.end()) continue;
+    const pid_t pid = (*victim)->pid();
+    std::vector<std::unique_ptr<WorkerProcess>> doomed;
+    take_idle_if(pool, [pid](const WorkerProcess& w) { return w.pid() == pid; }, doomed);
     lk.unlock();
-    w.reset();  // kills and reaps
+    doomed.clear();  // kills and reaps
     lk.lock();
     return;
   }

@@ -112,6 +112,8 @@ class WorkerProcess {
   // on a run's path.
   void mark_idle();
   void mark_busy();
+  // False while another slot of this worker's process (run threads) is out on a run.
+  bool whole_process_idle() const { return !shared_ || shared_->idle_slots == shared_->slots; }
   bool spent_while_idle(std::chrono::milliseconds allowance);
 
  private:

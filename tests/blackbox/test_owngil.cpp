@@ -287,3 +287,25 @@ TEST_CASE("owngil: a descriptor a run leaves open, and its lock on a host file, 
   }
   fs::remove_all(dir);
 }
+
+// Red team round 15: pools past workers x 8 slots evict an idle worker of another pool; a slot of a worker with
+// run threads was evicted while its process's other slot ran another party's run, which then answered
+// worker_unavailable. Only a process whose every slot is idle may be ended.
+TEST_CASE("owngil: a new pool's eviction never ends a process whose other slot is running") {
+  spr::Runner runner(owngil_options());
+  spr::RunnerPolicy victim = owngil_policy(owngil_python());
+  victim.trust_domain = "a-victim";  // first in the pools' order: the first place an eviction looks
+  victim.timeout_seconds = 60 * spr_test::time_scale();
+  const double hold = 4 * spr_test::time_scale();
+  spr::RunHandle running = runner.submit("import time\ntime.sleep(input_data)\nresult = 'victim-done'\n", json(hold), victim);
+  // New trust domains, one after another: each a pool of its own, until the slots past the bound are taken.
+  for (int d = 0; d < 6; ++d) {
+    spr::RunnerPolicy other = owngil_policy(owngil_python());
+    other.trust_domain = "z-" + std::to_string(d);
+    const spr::RunResult r = runner.run("result = 1", nullptr, other);
+    CHECK_MESSAGE(r.ok, describe(r));
+  }
+  const spr::RunResult v = running.get();
+  CHECK_MESSAGE(v.ok, describe(v));
+  CHECK(v.result == "victim-done");
+}
