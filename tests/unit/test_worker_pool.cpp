@@ -317,10 +317,16 @@ TEST_CASE("WorkerPool: callers waiting for a busy worker are served in the order
   }
   a.give_back();
   // A caller that comes now, while they wait, queues behind them instead of taking the worker; it gives up
-  // (cancelled) before its turn.
+  // (cancelled) once the first of them is served, three holds before its turn.
   spr::CancelToken later;
   std::thread canceller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!served.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     later.cancel();
   });
   std::string error_late;
