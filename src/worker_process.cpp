@@ -26,6 +26,7 @@
 #include <system_error>
 
 #include "common/capture_layout.hpp"
+#include "common/dir_entries.hpp"
 #include "common/json_scan.hpp"
 #include "common/run_files.hpp"
 #include "common/outcome.hpp"
@@ -78,27 +79,17 @@ int open_subdir(int dirfd, const char* name) {
 bool remove_contents(int dirfd, int depth, bool keep_thread_dirs = false) {
   if (depth > kMaxWipeDepth) return false;
   // Listed through `dirfd` itself from its start (lseek: the root's offset is where the last wipe's listing
-  // ended), with getdents64 into our own buffer: after most runs the root is empty, and this is three system
-  // calls where a DIR stream on a duplicate took eight.
+  // ended): after most runs the root is empty, and this is three system calls where a DIR stream on a
+  // duplicate took eight.
   if (::lseek(dirfd, 0, SEEK_SET) != 0) return false;
   std::vector<std::string> names;
-  // One buffer per thread: each level's listing is done (its names copied) before the next level's begins.
-  alignas(8) static thread_local char buf[4096];
-  for (;;) {
-    const ssize_t n = ::getdents64(dirfd, buf, sizeof buf);
-    if (n < 0) return false;
-    if (n == 0) break;
-    for (ssize_t off = 0; off < n;) {
-      const auto* e = reinterpret_cast<const dirent64*>(buf + off);
-      if (e->d_reclen == 0) return false;
-      off += e->d_reclen;
-      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
-      if (keep_thread_dirs && e->d_name[0] == 't' && e->d_name[1] != '\0' &&
-          std::strspn(e->d_name + 1, "0123456789") == std::strlen(e->d_name + 1))
-        continue;
-      names.emplace_back(e->d_name);
-    }
-  }
+  const bool listed = for_each_dir_entry(dirfd, [&](const struct dirent64& e) {
+    if (keep_thread_dirs && e.d_name[0] == 't' && e.d_name[1] != '\0' &&
+        std::strspn(e.d_name + 1, "0123456789") == std::strlen(e.d_name + 1))
+      return;
+    names.emplace_back(e.d_name);
+  });
+  if (!listed) return false;
   bool empty = true;
   for (const auto& name : names) {
     if (::unlinkat(dirfd, name.c_str(), 0) == 0) continue;
