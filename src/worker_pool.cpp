@@ -181,13 +181,15 @@ void WorkerPool::fill(const PoolKey& key, std::size_t want, bool background) {
   if (key.once) return;  // a one-shot worker is started for its lease (see start_one_shot)
   Pool& pool = pools_[key];
   const bool was_empty = spawn_queue_.empty();
-  // Pools multiply workers: a start nobody waits for stops at the bound that evict_idle_elsewhere keeps.
-  std::size_t warm = warm_live_locked();
-  while (pool.live < std::min(want, options_.workers)) {
-    if (background && warm >= options_.workers * options_.max_pools_per_mode) break;
-    ++pool.live;
-    ++warm;
-    spawn_queue_.push_back(key);
+  const std::size_t target = std::min(want, options_.workers);
+  if (pool.live < target) {
+    // Pools multiply workers: a start nobody waits for stops at the bound that evict_idle_elsewhere keeps.
+    // (Counted only when a start is due: every run's give_back comes here.)
+    std::size_t warm = warm_live_locked();
+    for (; pool.live < target && !(background && warm >= warm_bound()); ++warm) {
+      ++pool.live;
+      spawn_queue_.push_back(key);
+    }
   }
   if (!background)
     spawn_not_before_ = {};  // someone waits (or this is the first worker): every queued start goes now
@@ -295,7 +297,7 @@ std::size_t WorkerPool::warm_live_locked() const {
 // room for this one. One-shot workers are not counted: none idles. (Fork pools were not bounded: a client that
 // varied its scratch size run after run left 80 processes and 725 MiB behind: red team round 14.)
 void WorkerPool::evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk) {
-  if (warm_live_locked() < options_.workers * options_.max_pools_per_mode) return;
+  if (warm_live_locked() < warm_bound()) return;
   for (auto& [k, pool] : pools_) {
     if (k.isolation != key.isolation || !(k < key || key < k)) continue;
     // A worker with run threads is several slots of one process: only a process whose every slot is idle is

@@ -141,6 +141,7 @@ class WorkerPool {
   void fill(const PoolKey& key, std::size_t want, bool background = false);
   void evict_idle_elsewhere(const PoolKey& key, std::unique_lock<std::mutex>& lk);
   std::size_t warm_live_locked() const;  // caller holds mu_: live workers of every warm pool
+  std::size_t warm_bound() const { return options_.workers * options_.max_pools_per_mode; }
   void spawn_loop();
   // Caller holds `lk` on mu_. Ends the idle namespace/subinterpreter workers that spent CPU while idle (see
   // WorkerProcess::mark_idle) and starts their replacements.
