@@ -111,8 +111,7 @@ void SubinterpreterRunner::handle(std::string& frame, std::string& reply) {
     // can be closed before this run if no other thread is busy.
     if (pool_.has_retired() && sweep_->leftovers()) pool_.end_retired();
     sweep_->busy(thread_, pool_.has_retired());
-  }
-  if (!sweep_ && pool_.has_retired() && state_.descriptors_left()) {
+  } else if (pool_.has_retired() && state_.descriptors_left()) {
     // Back to back after a run that left descriptors open: end its interpreter now so they can be closed.
     pool_.end_retired();
     state_.restore(true);

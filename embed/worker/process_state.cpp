@@ -20,11 +20,16 @@ namespace spr::embed {
 namespace {
 constexpr int kScanFds = 1024;  // far above the worker's RLIMIT_NOFILE
 
+// The file a stat describes: (device, inode).
+std::pair<unsigned long long, unsigned long long> id_of(const struct stat& st) {
+  return {static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino)};
+}
+
 // The file a descriptor refers to, or (0, 0) when it is not open.
 std::pair<unsigned long long, unsigned long long> file_id(int fd) {
   struct stat st{};
   if (::fstat(fd, &st) != 0) return {0, 0};
-  return {static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino)};
+  return id_of(st);
 }
 }  // namespace
 
@@ -44,9 +49,7 @@ void ProcessState::capture(bool thread_only) {
     if (::fcntl(fd, F_GETFD) < 0) continue;
     struct stat st{};
     const bool known = ::fstat(fd, &st) == 0;
-    const std::pair<unsigned long long, unsigned long long> id =
-        known ? std::make_pair(static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino))
-              : std::make_pair(0ull, 0ull);
+    const std::pair<unsigned long long, unsigned long long> id = known ? id_of(st) : std::make_pair(0ull, 0ull);
     // A record lock is taken on a file through a descriptor open for reading or writing (not O_PATH), and any
     // close of the file ends the process's locks on it: one copy per file is closed after a run, and none for a
     // pipe, a socket or a file with no name (the output buffer's memfd), which no program outside can open to
