@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <tuple>
 #include <utility>
@@ -422,7 +423,9 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
     const auto until = cancel ? std::min(give_up, Clock::now() + std::chrono::milliseconds(20)) : give_up;
     if (cv_.wait_until(lk, until) == std::cv_status::timeout && Clock::now() >= give_up &&
         pools_[key].leased == 0 && pools_[key].idle.empty()) {
-      error = prefix + "no worker became available in time" +
+      char waited[64];
+      std::snprintf(waited, sizeof waited, "%g", options_.start_timeout_seconds * 2);
+      error = prefix + "no worker started within twice start_timeout_seconds (" + waited + " s)" +
               (pools_[key].last_error.empty() ? std::string() : ": " + pools_[key].last_error);
       return {};
     }

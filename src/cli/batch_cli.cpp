@@ -168,6 +168,7 @@ int run_batch(const BatchArgs& a, const RunnerPolicy& policy) {
   ro.workers = a.workers;
   ro.policy_is_ceiling = true;
   ro.preload = a.preload;
+  ro.start_timeout_seconds = a.start_timeout_seconds;
   std::optional<Runner> runner;
   try {
     runner.emplace(ro);

@@ -19,6 +19,7 @@ struct BatchArgs {
   bool resume = false;
   bool quiet = false;
   std::vector<std::string> preload;
+  double start_timeout_seconds = 10;  // RunnerOptions::start_timeout_seconds
 };
 
 // Runs the batch; returns the exit status (0 every case ran, 130 interrupted, 65 bad arguments or

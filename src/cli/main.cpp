@@ -135,10 +135,43 @@ spr::RunnerPolicy build_policy(const PolicyArgs& a) {
   }
 }
 
-spr::RunnerOptions runner_options(const spr::RunnerPolicy& p, std::size_t workers) {
+// The warm pool of serve, http and batch: --workers, --preload, --start-timeout.
+struct PoolArgs {
+  std::size_t workers = 2;
+  std::string preload;        // module names, comma-separated
+  double start_timeout = 10;  // seconds, as RunnerOptions::start_timeout_seconds
+};
+const PoolArgs kOneWorker{1, "", 10};
+
+void add_pool_options(CLI::App* cmd, PoolArgs& a) {
+  cmd->add_option("--workers", a.workers, "warm workers (default 2)");
+  cmd->add_option("--preload", a.preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
+  cmd->add_option("--start-timeout", a.start_timeout,
+                  "seconds a worker may take to start, its preload included (default 10; a run waiting on "
+                  "worker starts alone gives up after twice this)");
+}
+
+void check_pool(const PoolArgs& a) {
+  if (a.workers == 0 || a.workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
+  if (!(a.start_timeout > 0 && a.start_timeout <= 3600))
+    throw CliError{kExitUsage, "--start-timeout must be more than 0 and at most 3600 seconds"};
+}
+
+std::vector<std::string> preload_list(const std::string& text) {
+  std::vector<std::string> modules;
+  std::stringstream in(text);
+  for (std::string m; std::getline(in, m, ',');)
+    if (!m.empty()) modules.push_back(m);
+  return modules;
+}
+
+spr::RunnerOptions runner_options(const spr::RunnerPolicy& p, const PoolArgs& a) {
+  check_pool(a);
   spr::RunnerOptions o;
   o.policy = p;
-  o.workers = workers;
+  o.workers = a.workers;
+  o.preload = preload_list(a.preload);
+  o.start_timeout_seconds = a.start_timeout;
   return o;
 }
 
@@ -206,7 +239,7 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
     throw CliError{kExitData, "stdin file " + stdin_file + " is " + std::to_string(options.stdin_text.size()) +
                                   " bytes, more than max_stdin_kb allows (" + std::to_string(p.max_stdin_kb) +
                                   " KB; raise it with --max-stdin-kb)"};
-  spr::Runner runner(runner_options(p, 1));
+  spr::Runner runner(runner_options(p, kOneWorker));
   options.files = read_input_files(fa.files);
   options.collect = fa.collect;
   if (!fa.out_dir.empty() && fa.collect.empty()) throw CliError{kExitUsage, "--out-dir needs --collect GLOB"};
@@ -236,19 +269,14 @@ int cmd_run(const std::string& code_arg, const std::string& file, const std::str
   return exit_status(r);
 }
 
-int cmd_serve(std::size_t workers, std::size_t subinterpreter_threads, const std::string& preload, const PolicyArgs& pa,
-              bool allow_overrides) {
-  if (workers == 0 || workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
+int cmd_serve(const PoolArgs& pool, std::size_t subinterpreter_threads, const PolicyArgs& pa, bool allow_overrides) {
   if (subinterpreter_threads == 0 || subinterpreter_threads > 16)
     throw CliError{kExitUsage, "--subinterpreter-threads must be between 1 and 16"};
   spr::RunnerPolicy base = build_policy(pa);
-  spr::RunnerOptions options = runner_options(base, workers);
+  spr::RunnerOptions options = runner_options(base, pool);
   options.subinterpreter_threads = subinterpreter_threads;
   // The operator's policy is a ceiling: a request may tighten it, never loosen it.
   options.policy_is_ceiling = !allow_overrides;
-  std::stringstream modules(preload);
-  for (std::string m; std::getline(modules, m, ',');)
-    if (!m.empty()) options.preload.push_back(m);
   spr::Runner runner(options);
   spr::cli::serve(runner, base, STDIN_FILENO, STDOUT_FILENO);
   return 0;
@@ -257,9 +285,9 @@ int cmd_serve(std::size_t workers, std::size_t subinterpreter_threads, const std
 struct HttpArgs {
   std::string listen = "127.0.0.1:8080";
   std::string token_file;
-  std::size_t workers = 2, max_concurrent = 64, max_body_mb = 16, max_connections = 512, threads = 2, max_sessions = 8;
+  PoolArgs pool;
+  std::size_t max_concurrent = 64, max_body_mb = 16, max_connections = 512, threads = 2, max_sessions = 8;
   double read_timeout = 10, queue_timeout = 30, grace = 10;
-  std::string preload;
   bool session_id_header = false;
   std::optional<std::size_t> sessions_per_token, runs_per_token;  // unset: half the server's limit
 };
@@ -293,7 +321,7 @@ std::vector<std::string> read_tokens(const std::string& path) {
 }
 
 int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
-  if (h.workers == 0 || h.workers > 256) throw CliError{kExitUsage, "--workers must be between 1 and 256"};
+  check_pool(h.pool);
   if (h.max_concurrent == 0) throw CliError{kExitUsage, "--max-concurrent must be at least 1"};
   if (h.max_body_mb == 0 || h.max_body_mb > 1024) throw CliError{kExitUsage, "--max-body-mb must be between 1 and 1024"};
   if (h.threads == 0 || h.threads > 64) throw CliError{kExitUsage, "--threads must be between 1 and 64"};
@@ -321,12 +349,9 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
     o.api.runs_per_token = h.runs_per_token.value_or(std::max<std::size_t>(1, h.max_concurrent / 2));
   }
   spr::RunnerPolicy base = build_policy(pa);
-  spr::RunnerOptions options = runner_options(base, h.workers);
+  spr::RunnerOptions options = runner_options(base, h.pool);
   options.policy_is_ceiling = true;  // as in serve: a request may tighten the operator's policy, never loosen it
   options.max_sessions = h.max_sessions;
-  std::stringstream modules(h.preload);
-  for (std::string m; std::getline(modules, m, ',');)
-    if (!m.empty()) options.preload.push_back(m);
   spr::Runner runner(options);
   try {
     return spr::http::serve(runner, base, o);
@@ -338,7 +363,7 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
 // Per isolation mode, the worker's report of its sandbox layers; a mode that cannot start says why. The
 // policy (the defaults with --policy and the flags applied) is reported whole.
 spr::json doctor_report(const spr::RunnerPolicy& p) {
-  spr::Runner runner(runner_options(p, 1));
+  spr::Runner runner(runner_options(p, kOneWorker));
   spr::json out = {{"version", spr::version()}, {"python", runner.python_version()},
                    {"pythons", spr::detail::served_pythons()}, {"policy", p.to_json()}, {"modes", spr::json::object()}};
   bool all = true;
@@ -427,7 +452,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("safe-py-runner ") + spr::version());
   app.require_subcommand(1);
 
-  std::string code, file, input, input_file, stdin_file, preload;
+  std::string code, file, input, input_file, stdin_file;
   PolicyArgs run_policy, serve_policy, doctor_policy;
   auto* run = app.add_subcommand("run", "run one snippet and print one JSON result");
   run->add_option("-c,--code", code, "the code to run");
@@ -446,7 +471,7 @@ int main(int argc, char** argv) {
   run->add_flag("--replace", run_files.replace, "let collected files overwrite files already in --out-dir");
   add_policy_options(run, run_policy);
 
-  std::size_t workers = 2;
+  PoolArgs serve_pool;
   auto* serve = app.add_subcommand("serve", "answer JSON-lines requests from stdin on stdout");
   serve->footer(
       "Request, one JSON object a line (a run needs only code):\n"
@@ -464,12 +489,11 @@ int main(int argc, char** argv) {
       "  and with \"functions\": {\"id\", \"call\": {\"call_id\", \"name\", \"args\", \"kwargs\"}} per host call\n"
       "A bad line answers error_kind \"bad_input\" (id null when unreadable). A request's policy may only\n"
       "tighten the operator's (--policy and the flags) unless --allow-policy-overrides. See README, \"CLI\".\n");
-  serve->add_option("--workers", workers, "warm workers (default 2)");
+  add_pool_options(serve, serve_pool);
   std::size_t subinterpreter_threads = 1;
   serve->add_option("--subinterpreter-threads", subinterpreter_threads,
                     "subinterpreter mode, CPython 3.12+: runs at once per worker, each on its own thread and GIL "
                     "(default 1; each thread counts as one of --workers)");
-  serve->add_option("--preload", preload, "modules each warm worker imports before its sandbox closes: numpy,pandas");
   add_policy_options(serve, serve_policy);
   bool allow_overrides = false;
   serve->add_flag("--allow-policy-overrides", allow_overrides,
@@ -479,8 +503,7 @@ int main(int argc, char** argv) {
   PolicyArgs http_policy;
   auto* http = app.add_subcommand("http", "serve runs over HTTP: our JSON API, Piston's v2 API, metrics, a playground");
   http->add_option("--listen", http_args.listen, "ADDRESS:PORT to listen on (default 127.0.0.1:8080; port 0: any free one)");
-  http->add_option("--workers", http_args.workers, "warm workers (default 2)");
-  http->add_option("--preload", http_args.preload, "modules each warm worker imports before its sandbox closes");
+  add_pool_options(http, http_args.pool);
   http->add_option("--token-file", http_args.token_file,
                    "file of bearer tokens, one a line; without it only a loopback address is allowed");
   http->add_option("--max-concurrent", http_args.max_concurrent,
@@ -507,15 +530,14 @@ int main(int argc, char** argv) {
 
   spr::cli::BatchArgs batch_args;
   PolicyArgs batch_policy;
-  std::string batch_preload;
+  PoolArgs batch_pool;
   auto* batch = app.add_subcommand("batch", "run a JSON-lines cases file; one result line per case, in input order");
   batch->add_option("cases", batch_args.cases, "cases file (JSON lines), or - for standard input")->required();
   batch->add_option("-o,--output", batch_args.output, "results file (default -: standard output)");
-  batch->add_option("--workers", batch_args.workers, "warm workers (default 2)");
+  add_pool_options(batch, batch_pool);
   batch->add_option("--repeat", batch_args.repeat, "runs per case (passed: all of them passed)");
   batch->add_option("--shard", batch_args.shard, "I/N: only the cases whose position modulo N is I");
   batch->add_option("--summary-json", batch_args.summary_json, "also write the summary as JSON to this file");
-  batch->add_option("--preload", batch_preload, "modules each warm worker imports before its sandbox closes");
   batch->add_flag("--resume", batch_args.resume, "skip the cases already in the output, append the rest, re-order");
   batch->add_flag("-q,--quiet", batch_args.quiet, "no progress line and no summary on stderr");
   add_policy_options(batch, batch_policy);
@@ -555,13 +577,14 @@ int main(int argc, char** argv) {
   }
   try {
     if (*run) return cmd_run(code, file, input, input_file, stdin_file, run_files, run_policy);
-    if (*serve) return cmd_serve(workers, subinterpreter_threads, preload, serve_policy, allow_overrides);
+    if (*serve) return cmd_serve(serve_pool, subinterpreter_threads, serve_policy, allow_overrides);
     if (*http) return cmd_http(http_args, http_policy);
     if (*doctor) return cmd_doctor(doctor_policy, doctor_json);
     if (*batch) {
-      std::stringstream modules(batch_preload);
-      for (std::string m; std::getline(modules, m, ',');)
-        if (!m.empty()) batch_args.preload.push_back(m);
+      check_pool(batch_pool);
+      batch_args.workers = batch_pool.workers;
+      batch_args.preload = preload_list(batch_pool.preload);
+      batch_args.start_timeout_seconds = batch_pool.start_timeout;
       return spr::cli::batch(batch_args, build_policy(batch_policy));
     }
     if (*merge) return spr::cli::batch_merge(merge_out, merge_shards, merge_cases);

@@ -743,6 +743,27 @@ TEST_CASE("run --python picks the interpreter whose packages the code sees") {
   CHECK(contains(bad["error"].get<std::string>(), "/nonexistent/python3"));
 }
 
+TEST_CASE("--start-timeout reaches the pool of serve and batch, and is checked") {
+  // No worker sends its hello within a millisecond: the option is what the pool waits for.
+  const auto served = cli({"serve", "--workers", "1", "--isolation", mode(), "--start-timeout", "0.001"},
+                          json{{"id", 1}, {"code", "result = 1"}}.dump() + "\n", 60);
+  INFO(describe(served));
+  REQUIRE(served.exit_code == 0);
+  const json answer = json::parse(served.out);
+  CHECK(answer["error_kind"] == "worker_unavailable");
+  TempPath cases("cli-start-timeout");
+  { std::ofstream(cases.path) << json{{"id", "a"}, {"code", "result = 1"}}.dump() << "\n"; }
+  const auto batch = cli({"batch", cases.path.string(), "--isolation", mode(), "--start-timeout", "0.001"}, "", 60);
+  INFO(describe(batch));
+  CHECK(batch.exit_code == 69);
+  for (const char* bad : {"0", "-1", "nan", "3601"}) {
+    const auto p = cli({"serve", "--start-timeout", bad}, "", 30);
+    INFO(bad << ": " << describe(p));
+    CHECK(p.exit_code == 64);
+    CHECK(contains(p.err, "--start-timeout"));
+  }
+}
+
 TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the policy still applies") {
   const json rows = json::array({json{{"x", 1.5}}, json{{"x", 2}}});
   const std::string reqs =
@@ -751,7 +772,10 @@ TEST_CASE("serve --preload: requests carry stdin, preloaded modules import, the 
       json{{"id", 2}, {"code", "result = input()"}, {"stdin", "from the request"}}.dump() + "\n" +
       json{{"id", 3}, {"code", "import socket"}}.dump() + "\n" +
       json{{"id", 4}, {"code", "result = 1"}, {"stdin", 5}}.dump() + "\n";
-  const auto p = cli({"serve", "--workers", "1", "--isolation", mode(), "--preload", "numpy,pandas,socket"}, reqs, 120);
+  // A worker that imports pandas may take longer than the default 10 s to start under a sanitizer or load.
+  const std::string start_timeout = std::to_string(10 * spr_test::time_scale());
+  const auto p = cli({"serve", "--workers", "1", "--isolation", mode(), "--preload", "numpy,pandas,socket",
+                      "--start-timeout", start_timeout}, reqs, 120);
   INFO(describe(p));
   REQUIRE(p.exit_code == 0);
   std::map<int, json> by_id;

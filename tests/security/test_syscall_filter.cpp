@@ -67,7 +67,7 @@ spr::RunnerOptions options() {
   o.worker_path = kFaulty;
   o.workers = 1;
   // A worker's start waits for its hello; at load 10 a namespace worker once took longer than the default
-  // allows ("no worker became available in time"): scaled like every other limit here.
+  // allows ("no worker started within twice start_timeout_seconds"): scaled like every other limit here.
   o.start_timeout_seconds *= time_scale();
   o.policy = policy();
   o.policy.allow_network = true;  // so a run may lift it; each test's own policy says what it uses
