@@ -4,10 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -170,13 +173,52 @@ const spr::RunnerPolicy& policy_of(const std::string& policy_json) {
   return last;
 }
 
+// What a _core.Runner is built from: two equal ones build the same Runner.
+struct RunnerArgs {
+  spr::RunnerOptions o;
+
+  auto tied() const {
+    return std::tie(o.workers, o.worker_path, o.kill_grace_seconds, o.start_timeout_seconds, o.worker_stderr,
+                    o.preload, o.max_sessions, o.session_idle_seconds, o.subinterpreter_threads);
+  }
+  bool operator==(const RunnerArgs& other) const {
+    return tied() == other.tied() && o.policy.to_json() == other.o.policy.to_json();
+  }
+};
+
+// The default Runner that importing the package starts (safe_py_runner/__init__.py): its first worker comes
+// up while the rest of the package and the program load, instead of after the first run_code asked for it.
+// The first _core.Runner built takes it over when built with the same arguments, else stops it; so do exit
+// and configure(). Only the GIL guards it. In a forked child it is another process's: left alone, unused.
+struct Prestarted {
+  pid_t pid = 0;
+  RunnerArgs args;
+  std::shared_ptr<spr::Runner> runner;
+
+  static Prestarted& get() {
+    static auto* p = new Prestarted;  // never destroyed: exit may come before the atexit hook that stops it
+    return *p;
+  }
+  // The runner, if this process started it; a forked child's copy is dropped without being stopped (its
+  // threads are not in the child) and never used.
+  std::shared_ptr<spr::Runner> take() {
+    if (!runner) return {};
+    if (pid != getpid()) {
+      new std::shared_ptr<spr::Runner>(std::move(runner));  // NOLINT: left as it is, deliberately
+      return {};
+    }
+    return std::move(runner);
+  }
+};
+
 class PyRunner {
  public:
   PyRunner(std::size_t workers, const std::string& policy_json, const std::string& worker_path,
            double kill_grace_seconds, double start_timeout_seconds, bool worker_stderr,
            const std::vector<std::string>& preload, std::size_t max_sessions, double session_idle_seconds,
            std::size_t subinterpreter_threads) {
-    spr::RunnerOptions o;
+    RunnerArgs a;
+    spr::RunnerOptions& o = a.o;
     o.subinterpreter_threads = subinterpreter_threads;
     o.max_sessions = max_sessions;
     o.session_idle_seconds = session_idle_seconds;
@@ -187,7 +229,13 @@ class PyRunner {
     o.start_timeout_seconds = start_timeout_seconds;
     o.worker_stderr = worker_stderr;
     o.preload = preload;
+    std::shared_ptr<spr::Runner> prestarted = Prestarted::get().take();
+    if (prestarted && Prestarted::get().args == a) {
+      runner_ = std::move(prestarted);
+      return;
+    }
     py::gil_scoped_release nogil;  // starting workers takes tens of milliseconds
+    prestarted.reset();  // started for the defaults, which this Runner does not use: stopped
     runner_ = std::make_shared<spr::Runner>(std::move(o));
   }
 
@@ -296,6 +344,34 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "policy_from_file", [](const std::string& path) { return dump(spr::RunnerPolicy::from_file(path).to_json()); },
       "Read a TOML policy file; every field as JSON text.");
+
+  m.def(
+      "prestart",
+      [](const std::string& worker_path) {
+        Prestarted& p = Prestarted::get();
+        if (p.runner) return;
+        RunnerArgs a;  // a Runner() with every argument at its default (safe_py_runner/runner.py)
+        a.o.worker_path = worker_path;
+        try {
+          py::gil_scoped_release nogil;  // builds the pool and queues one start; the start runs on its thread
+          p.runner = std::make_shared<spr::Runner>(a.o);
+        } catch (const std::exception&) {
+          return;  // the first run meets the same error and reports it
+        }
+        p.pid = getpid();
+        p.args = std::move(a);
+      },
+      py::arg("worker_path"), "Start the default Runner's first worker now (see safe_py_runner/__init__.py).");
+  m.def(
+      "drop_prestart",
+      [] {
+        std::shared_ptr<spr::Runner> r = Prestarted::get().take();
+        if (!r) return;
+        py::gil_scoped_release nogil;
+        r.reset();  // stops its worker, started or starting
+      },
+      "Stop the prestarted Runner if nothing took it over.");
+  m.def("prestart_pending", [] { return Prestarted::get().runner != nullptr; });
 
   py::class_<PyRunner>(m, "Runner")
       .def(py::init<std::size_t, const std::string&, const std::string&, double, double, bool,

@@ -8,12 +8,23 @@ them on a Dask cluster), sessions (``Runner.open_session``), streamed output (``
 ``Runner.stream``) and futures whose ``cancel()`` stops the run.
 """
 
-from ._core import version as _version
-from .batch import CaseResult, run_many
-from .policy import RunnerPolicy
-from .result import RunnerResult
-from .runner import Runner, WorkerError, configure, run_code
-from .session import Session, SessionLimitError
+import os as _os
+
+from . import _core
+from ._worker_path import packaged_worker as _packaged_worker
+
+# The default Runner's first worker starts now, while the rest of the package (and of the program) loads:
+# the first run_code() or Runner() with default arguments takes it over instead of starting one (a short
+# program's first run waits less). SAFE_PY_RUNNER_PRESTART=0 turns it off; configure() with options and exit
+# stop it when nothing took it over.
+if _os.environ.get("SAFE_PY_RUNNER_PRESTART", "1") != "0":
+    _core.prestart(_packaged_worker())
+
+from .batch import CaseResult, run_many  # noqa: E402  (after the start above, on purpose)
+from .policy import RunnerPolicy  # noqa: E402
+from .result import RunnerResult  # noqa: E402
+from .runner import Runner, WorkerError, configure, run_code  # noqa: E402
+from .session import Session, SessionLimitError  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunnerPolicy", "RunnerResult", "Runner", "WorkerError", "run_code", "configure", "Session", "RunFuture",
            "SessionLimitError", "run_many", "CaseResult"]
-__version__ = _version()
+__version__ = _core.version()
 
 
 def __getattr__(name: str):

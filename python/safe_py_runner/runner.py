@@ -13,6 +13,7 @@ from . import _core
 from .host import HostFunctions, adapt, merge
 from .policy import RunnerPolicy
 from .result import RunnerResult, result_from_tuple
+from ._worker_path import packaged_worker as _packaged_worker
 from .session import OutputCallback, OutputStream, Session
 
 TYPE_CHECKING = False
@@ -25,12 +26,6 @@ __all__ = ["Runner", "run_code", "WorkerError"]
 
 WorkerError = _core.WorkerError
 """Raised when no worker can be started at all (a missing or broken ``spr-worker``)."""
-
-
-def _packaged_worker() -> str:
-    """The worker installed inside this package; "" lets the engine search ($SPR_WORKER, ...)."""
-    here = os.path.join(os.path.dirname(__file__), "spr-worker")  # os.path: pathlib costs a short program's start
-    return here if os.access(here, os.X_OK) else ""
 
 
 def _choose_policy(
@@ -308,6 +303,8 @@ def configure(*, preload: Optional[List[str]] = None, workers: Optional[int] = N
         _default_options.clear()
         _default_options.update(options)
         runner, _default = _default, None
+        if options:
+            _core.drop_prestart()  # started at import for the defaults (__init__.py): not what runs will use
     if runner is not None:
         runner.close()
 
@@ -316,6 +313,7 @@ def _close_default() -> None:
     global _default
     with _default_lock:
         runner, _default = _default, None
+        _core.drop_prestart()  # a program that imported the package and ran nothing
     if runner is not None:
         runner.close()
 

@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -25,7 +26,6 @@ def test_package_surface():
 
 def test_importing_the_package_and_run_code_leave_concurrent_futures_unloaded():
     # It costs a short program ~12 ms at start (logging with it); submit() and RunFuture load it.
-    import subprocess
 
     script = ("import sys, safe_py_runner\n"
               "assert safe_py_runner.run_code('result = 1').result == 1\n"
@@ -319,6 +319,94 @@ def test_a_program_that_runs_once_and_exits_leaves_no_process():
     while _session_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _session_members(proc.pid) == []
+
+
+# Written into the scripts below: the children of the calling process (its threads' included), as pids.
+_CHILDREN = ("def children():\n"
+             "    out = []\n"
+             "    for t in os.listdir('/proc/self/task'):\n"
+             "        out += [int(p) for p in open('/proc/self/task/%s/children' % t).read().split()]\n"
+             "    return out\n"
+             "def wait_for_child(scale):\n"
+             "    deadline = time.monotonic() + 30 * scale  # a hang guard, not a timing\n"
+             "    while not children():\n"
+             "        assert time.monotonic() < deadline, 'no worker started at import'\n"
+             "        time.sleep(0.01)\n"
+             "    return children()\n")
+
+
+def _run_script(script: str, **env) -> subprocess.CompletedProcess:
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+    full = "import os, sys, time\nscale = %r\n" % scale + _CHILDREN + script
+    environ = {k: v for k, v in os.environ.items() if k != "SAFE_PY_RUNNER_PRESTART"}
+    environ.update(env)
+    proc = subprocess.run([sys.executable, "-c", full], env=environ, capture_output=True, text=True,
+                          timeout=120 * scale, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_importing_the_package_starts_the_worker_the_first_run_takes_over():
+    # The default Runner's first worker starts at import, while the rest of the program loads; the first
+    # run_code takes that Runner over (none is pending afterwards) rather than starting a second pool.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "assert _core.prestart_pending()\n"
+                "(worker,) = wait_for_child(scale)\n"
+                "assert open('/proc/%d/cmdline' % worker).read().split('\\0')[0].endswith('spr-worker')\n"
+                "assert safe_py_runner.run_code('result = 6 * 7').result == 42\n"
+                "assert not _core.prestart_pending()\n"
+                "assert worker in children(), 'the first run did not use the worker started at import'\n")
+
+
+def test_a_program_that_only_imports_the_package_leaves_no_process_or_directory():
+    proc = _run_script("import safe_py_runner\n"
+                       "(worker,) = wait_for_child(scale)\n"
+                       "argv = open('/proc/%d/cmdline' % worker).read().split('\\0')\n"
+                       "print(worker, argv[argv.index('--scratch') + 1])\n")
+    worker, scratch = proc.stdout.split()
+    assert scratch.startswith("/tmp/spr-")
+    assert not os.path.exists(scratch)  # removed at exit, before the program ended
+    assert not os.path.exists("/proc/%s" % worker) or "spr-worker" not in open("/proc/%s/cmdline" % worker).read()
+
+
+def test_prestart_off_configure_and_fork_children():
+    # SAFE_PY_RUNNER_PRESTART=0: nothing starts at import.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "assert not _core.prestart_pending()\n"
+                "time.sleep(0.5)\n"
+                "assert children() == [], children()\n"
+                "assert safe_py_runner.run_code('result = 1').result == 1\n", SAFE_PY_RUNNER_PRESTART="0")
+    # configure() with options other than the defaults stops the worker started at import, at once.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "wait_for_child(scale)\n"
+                "safe_py_runner.configure(workers=1)\n"
+                "assert not _core.prestart_pending() and children() == [], children()\n"
+                "assert safe_py_runner.run_code('result = 2').result == 2\n")
+    # The first Runner built with other arguments stops it too (a program of its own Runners keeps no idle
+    # worker for the defaults), and runs on its own workers.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "(early,) = wait_for_child(scale)\n"
+                "with safe_py_runner.Runner(workers=1) as r:\n"
+                "    assert not _core.prestart_pending() and early not in children()\n"
+                "    assert r.run('result = 5').result == 5\n")
+    # A child forked after the import does not take over its parent's Runner (its threads are not in the
+    # child): its run_code starts a pool of its own, and the parent's still serves the parent.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "wait_for_child(scale)\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n"
+                "    ok = safe_py_runner.run_code('result = 3').result == 3\n"
+                "    own = children() != []  # its run went to a worker of its own, not to the parent's\n"
+                "    os._exit(0 if ok and own else 1)\n"
+                "_, status = os.waitpid(pid, 0)\n"
+                "assert status == 0, status\n"
+                "assert _core.prestart_pending()\n"
+                "assert safe_py_runner.run_code('result = 4').result == 4\n")
 
 
 def test_a_fork_workers_first_run_and_later_ones_use_the_warm_modules():
