@@ -271,6 +271,8 @@ class PyRunner {
     return dump(runner->hardening(iso));
   }
 
+  std::size_t runs_at_once() { return spr::detail::RunnerAccess::runs_at_once(*live()); }
+
   std::string python_version() {
     std::shared_ptr<spr::Runner> runner = live();
     py::gil_scoped_release nogil;
@@ -388,6 +390,7 @@ PYBIND11_MODULE(_core, m) {
       .def("open_session", &PyRunner::open_session, py::arg("policy_json"))
       .def("hardening", &PyRunner::hardening, py::arg("isolation"))
       .def("python_version", &PyRunner::python_version)
+      .def("runs_at_once", &PyRunner::runs_at_once)
       .def("shutdown", &PyRunner::shutdown);
 
   py::class_<spr::CancelToken>(m, "CancelToken")

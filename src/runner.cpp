@@ -260,13 +260,12 @@ struct Runner::Impl {
       std::lock_guard<std::mutex> lk(mu);
       if (stopping) throw std::logic_error("submit() on a Runner that was shut down");
       tasks.push_back(std::move(task));
-      // One more thread whenever every thread is busy, up to what a runner's pools can run at once (workers x
-      // kRunsPerWorker per pool, for as many pools as a mode keeps before evicting): a submitted run waits for a worker in its pool's
-      // queue (first come, first served), not here behind runs of other pools. (With workers x kRunsPerWorker
+      // One more thread whenever every thread is busy, up to what a runner's pools can run at once
+      // (WorkerPool::runs_at_once): a submitted run waits for a worker in its pool's queue (first come, first
+      // served), not here behind runs of other pools. (With workers x kRunsPerWorker
       // threads in all, one HTTP token's runs on two pools held every thread while another token's worker
       // was idle, past that token's deadline: red team round 13.)
-      const std::size_t cap = std::max(
-          options.workers * detail::kRunsPerWorker * detail::WorkerPool::Options{}.max_pools_per_mode, executor_floor);
+      const std::size_t cap = std::max(pool.runs_at_once(), executor_floor);
       if (tasks.size() > idle_executors && executors.size() < cap) executors.emplace_back([this] { exec_loop(); });
     }
     task_cv.notify_one();
@@ -350,6 +349,8 @@ void detail::RunnerAccess::allow_submitted_at_once(Runner& runner, std::size_t r
   std::lock_guard<std::mutex> lk(runner.impl_->mu);
   runner.impl_->executor_floor = std::max(runner.impl_->executor_floor, runs);
 }
+
+std::size_t detail::RunnerAccess::runs_at_once(Runner& runner) { return runner.impl_->pool.runs_at_once(); }
 
 std::pair<std::size_t, std::size_t> detail::RunnerAccess::worker_counts(Runner& runner) {
   const auto c = runner.impl_->pool.counts();

@@ -162,11 +162,11 @@ class Runner:
             if self._closed:
                 raise RuntimeError("the Runner is closed")
             if self._executor is None:
-                # Threads up to what the runner's pools can run at once (2 runs per worker, 8 pools, as the C++
-                # Runner's executor): a run waits for its worker in its pool's queue, not here behind runs of
-                # other pools (policies that differ in mode, memory class, scratch size, read paths, domain).
+                # Threads up to what the runner's pools can run at once (as the C++ Runner's executor): a run
+                # waits for its worker in its pool's queue, not here behind runs of other pools (policies that
+                # differ in mode, memory class, scratch size, read paths, domain).
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self._workers * 2 * 8, thread_name_prefix="safe-py-runner")
+                    max_workers=self._core.runs_at_once(), thread_name_prefix="safe-py-runner")
             work = self._executor.submit(run_into, future, call)
         # close() drops queued work: its future is then cancelled too, never left pending.
         work.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)

@@ -16,10 +16,13 @@ struct RunnerAccess {
   // cancelling thread, when the run had not started. It must not cancel the run or block long.
   static RunHandle submit(Runner& runner, std::string code, json input_data, RunnerPolicy policy, RunOptions options,
                           std::function<void(const RunResult&)> on_done);
-  // Lets submit() run at least `runs` at once (its threads otherwise stop at workers x 2 x the pools a mode keeps):
+  // Lets submit() run at least `runs` at once (its threads otherwise stop at runs_at_once):
   // a service that admits that many runs, across as many pools as its clients choose, gives each a thread, so
   // that a run waits for its own pool's worker and never for a thread another client's runs hold.
   static void allow_submitted_at_once(Runner& runner, std::size_t runs);
+  // The most runs the runner's pools serve at once (WorkerPool::runs_at_once): how many threads a caller that
+  // submits on its own threads (the Python package's executor) may usefully keep.
+  static std::size_t runs_at_once(Runner& runner);
   // Warm workers waiting, and workers running a run or being started, over every pool (for metrics).
   static std::pair<std::size_t, std::size_t> worker_counts(Runner& runner);
   // The start plan (WorkerStart::to_json) of the worker a run in `isolation` gets under the runner's policy:

@@ -107,6 +107,9 @@ class WorkerPool {
   // Readable once shutdown() began: a worker start given it (SpawnOptions::stop_fd) gives up at once, so
   // a program that exits right after its first run does not wait for the rest of the pool to come up.
   int stop_fd() const { return stop_fd_.get(); }
+  // Runs this pool's workers can serve at once: every warm worker it keeps over all its keys (Options::workers
+  // x max_pools_per_mode) busy with kRunsPerWorker runs. The most callers that wait on it usefully at once.
+  std::size_t runs_at_once() const { return warm_bound() * kRunsPerWorker; }
 
   // For tests: idle warm workers of `key` now, and lease() calls waiting for one.
   std::size_t idle(const PoolKey& key) const;
