@@ -270,15 +270,14 @@ std::string resolve_from(const std::string& path, const std::string& base) {
     }
     abs = dir + "/" + path;
   }
-  char buf[PATH_MAX];
-  if (realpath(abs.c_str(), buf)) return buf;
+  std::string r;
+  if (trust::real_path(abs, r)) return r;
   // A file that does not exist yet: resolve its directory, keep the name.
   auto slash = abs.find_last_of('/');
   std::string dir = slash == 0 ? "/" : abs.substr(0, slash);
   std::string name = abs.substr(slash + 1);
   if (name == ".." || name == ".") return {};
-  if (!realpath(dir.c_str(), buf)) return {};
-  std::string r = buf;
+  if (!trust::real_path(dir, r)) return {};
   if (r.back() != '/') r += '/';
   return r + name;
 }

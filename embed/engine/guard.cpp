@@ -318,8 +318,8 @@ PyObject* gated_create_dynamic(PyObject*, PyObject* args) {
   if (file_name.substr(0, file_name.find('.')) != last)
     return refuse_extension("compiled module '" + name + "' does not match its file " + origin, name_obj.get(),
                             origin_obj.get());
-  char resolved[PATH_MAX];
-  if (!::realpath(origin.c_str(), resolved) || !trust::path_under(resolved, trust::runtime_roots()))
+  std::string resolved;
+  if (!trust::real_path(origin, resolved) || !trust::path_under(resolved, trust::runtime_roots()))
     return refuse_extension("compiled module '" + name + "' is outside the Python runtime's directories (" + origin +
                                 "): only installed extension modules are loaded",
                             name_obj.get(), origin_obj.get());
@@ -329,7 +329,7 @@ PyObject* gated_create_dynamic(PyObject*, PyObject* args) {
                                 ") keep process-wide state that sub-interpreters cannot share; use isolation mode "
                                 "'fork' or 'namespace'",
                             name_obj.get(), origin_obj.get());
-  py::Ref path(PyUnicode_DecodeFSDefault(resolved));
+  py::Ref path(PyUnicode_DecodeFSDefault(resolved.c_str()));
   py::Ref own(path ? fresh_spec(name_obj.get(), path.get()) : py::Ref());
   if (!own || !state().create_dynamic) return nullptr;
   return file ? PyObject_CallFunctionObjArgs(state().create_dynamic, own.get(), file, nullptr)

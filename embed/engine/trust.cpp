@@ -6,9 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include <marshal.h>
@@ -16,6 +19,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "common/fd.hpp"
 #include "interp_state.hpp"
 
 namespace spr::embed::trust {
@@ -59,29 +63,31 @@ void mark(PyObject* code, Py_ssize_t index, int depth = 0) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(consts); ++i) mark(PyTuple_GET_ITEM(consts, i), index, depth + 1);
 }
 
-// The whole file, read by the engine (Landlock still decides what it may read).
-bool read_file(const std::string& path, std::string& out, struct stat* st_out = nullptr) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (256 << 20)) {
-    ::close(fd);
-    return false;
-  }
+// A regular file opened for reading by the engine (Landlock still decides what it may read), with its stat.
+// Not open when it cannot be opened, is not a regular file, or is larger than 256 MiB.
+detail::Fd open_regular(const std::string& path, struct stat& st) {
+  detail::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (256 << 20)) return {};
+  return fd;
+}
+
+// The whole file, as large as its stat said (a file that shrank meanwhile fails).
+bool read_all(const detail::Fd& fd, const struct stat& st, std::string& out) {
   out.resize(static_cast<std::size_t>(st.st_size));
   std::size_t got = 0;
   while (got < out.size()) {
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      ::close(fd);
-      return false;
-    }
+    const ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
     got += static_cast<std::size_t>(n);
   }
-  ::close(fd);
-  if (st_out) *st_out = st;
   return true;
+}
+
+bool read_file(const std::string& path, std::string& out) {
+  struct stat st {};
+  const detail::Fd fd = open_regular(path, st);
+  return fd && read_all(fd, st, out);
 }
 
 std::uint32_t le32(const std::string& b, std::size_t at) {
@@ -151,18 +157,21 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
   const std::string path = py::utf8(path_obj.get());
   // The engine reads the file itself: the read rules that apply to open() apply here too.
   if (PySys_Audit("open", "Osi", path_obj.get(), "r", 0) < 0) return nullptr;
-  char resolved[PATH_MAX];
-  const bool exists = ::realpath(path.c_str(), resolved) != nullptr;
+  std::string resolved;
+  const bool exists = real_path(path, resolved);
   const bool runtime = exists && path_under(resolved, runtime_roots());
   const bool bytecode_only = path.size() > 4 && path.compare(path.size() - 4, 4, ".pyc") == 0;
   std::string bytes;
   struct stat st {};
-  if (!exists || !read_file(resolved, bytes, &st)) {
+  const detail::Fd fd = exists ? open_regular(resolved, st) : detail::Fd();
+  const auto cannot_read = [&] {
     PyErr_Format(PyExc_ImportError, "cannot read %U", path_obj.get());
     return nullptr;
-  }
+  };
+  if (!fd) return cannot_read();
   PyObject* code = nullptr;
   if (bytecode_only) {
+    if (!read_all(fd, st, bytes)) return cannot_read();
     // Code from bytes is arbitrary bytecode: only the runtime's own files.
     if (!runtime) {
       PyErr_Format(PyExc_ImportError, "bytecode-only module %U is outside the Python runtime: refused", fullname);
@@ -174,11 +183,14 @@ PyObject* engine_get_code(PyObject* self, PyObject* args) {
       return nullptr;
     }
   } else {
+    // A runtime module whose cached bytecode matches its source (mtime and size, as CPython's loader checks)
+    // needs only the source's stat: its text is read only when it has to be compiled.
     if (runtime) {
       std::string pyc;
       if (const std::string cp = cache_path(resolved); !cp.empty() && read_file(cp, pyc)) code = from_pyc(pyc, &st);
     }
     if (!code) {
+      if (!read_all(fd, st, bytes)) return cannot_read();
       if (bytes.find('\0') != std::string::npos) {
         PyErr_Format(PyExc_ImportError, "source file %U contains NUL bytes", path_obj.get());
         return nullptr;
@@ -252,6 +264,55 @@ bool path_under(const std::string& path, const std::vector<std::string>& roots) 
     if (path.size() == root.size() || path[root.size()] == '/' || root.back() == '/') return true;
   }
   return false;
+}
+
+namespace {
+
+// "/a/b/c": absolute, and no empty, "." or ".." step (whose meaning a textual prefix check would miss).
+bool plain_absolute(std::string_view p) {
+  if (p.size() < 2 || p[0] != '/' || p.back() == '/') return false;
+  for (std::size_t start = 1; start <= p.size();) {
+    const std::size_t end = std::min(p.find('/', start), p.size());
+    const std::string_view step = p.substr(start, end - start);
+    if (step.empty() || step == "." || step == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+bool plain_real_path(const std::string& path, std::string& out) {
+  char buf[PATH_MAX];
+  if (!::realpath(path.c_str(), buf)) return false;
+  out = buf;
+  return true;
+}
+
+}  // namespace
+
+bool real_path(const std::string& path, std::string& out) {
+  constexpr std::size_t kMaxKept = 4096;  // directories of the runtime; past this, resolved each time
+  thread_local std::unordered_map<std::string, std::string> resolved_dirs;
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos || slash == 0) return plain_real_path(path, out);
+  const std::string_view name = std::string_view(path).substr(slash + 1);
+  if (name.empty() || name == "." || name == "..") return plain_real_path(path, out);
+  const std::string dir = path.substr(0, slash);
+  auto it = resolved_dirs.find(dir);
+  if (it == resolved_dirs.end()) {
+    std::string real;
+    if (!plain_absolute(dir) || !path_under(dir, runtime_roots()) || !plain_real_path(dir, real) ||
+        !path_under(real, runtime_roots()) || resolved_dirs.size() >= kMaxKept)
+      return plain_real_path(path, out);
+    it = resolved_dirs.emplace(dir, std::move(real)).first;
+  }
+  std::string full = it->second;
+  full += '/';
+  full += name;
+  struct stat st {};
+  if (::lstat(full.c_str(), &st) != 0) return false;
+  if (S_ISLNK(st.st_mode)) return plain_real_path(full, out);
+  out = std::move(full);
+  return true;
 }
 
 bool mark_loaded_code() {

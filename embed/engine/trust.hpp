@@ -14,6 +14,11 @@ void set_runtime_roots(std::vector<std::string> roots);
 const std::vector<std::string>& runtime_roots();
 // True when path (made absolute and resolved) lies under one of roots.
 bool path_under(const std::string& path, const std::vector<std::string>& roots);
+// realpath(3) of `path` into `out` (false: it does not resolve). A directory written as a plain absolute path
+// under the runtime's roots (no "." or ".." step) that resolves under them is resolved once per thread and
+// kept: runs cannot change the runtime's directories, and an import resolves the same ones again and again
+// (realpath reads every step of a path, a system call each). The last step is looked at each time.
+bool real_path(const std::string& path, std::string& out);
 
 // Armed: the audit hook checks every event. Disarmed only inside short sections the engine runs itself.
 void arm(bool on);

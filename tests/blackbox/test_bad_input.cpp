@@ -51,6 +51,7 @@ TEST_CASE("20 MB of code runs") {
   auto p = spr_test::policy();
   if (kSanitized) p.timeout_seconds = 60;  // the default 5 s is too tight for a sanitized worker
   auto r = run(code, json::object(), p);
+  INFO(spr::to_string(r.error_kind) << ": " << r.error.value_or(""));
   CHECK(r.ok);
   CHECK(r.result == 7);
 }

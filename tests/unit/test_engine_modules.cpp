@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -113,6 +115,45 @@ TEST_CASE("audit: path_under compares whole path components") {
   CHECK_FALSE(embed::trust::path_under("/usr/lib/python3", roots));
   CHECK_FALSE(embed::trust::path_under("/etc/passwd", roots));
   CHECK_FALSE(embed::trust::path_under("/etc/passwd", {""}));
+}
+
+TEST_CASE("trust: real_path keeps only a runtime directory's resolution, never a link's or another path's") {
+  namespace fs = std::filesystem;
+  const fs::path base = fs::temp_directory_path() / ("spr-realpath-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base / "rt" / "pkg");
+  fs::create_directories(base / "rt" / "other");
+  fs::create_directories(base / "scratch");
+  std::ofstream(base / "rt" / "pkg" / "mod.py") << "x = 1\n";
+  std::ofstream(base / "rt" / "other" / "mod.py") << "x = 2\n";
+  fs::create_symlink(base / "scratch", base / "rt" / "pkg" / "link.py");
+  char real_base[PATH_MAX];
+  REQUIRE(::realpath(base.c_str(), real_base));
+  const std::string rt = std::string(real_base) + "/rt", scratch = std::string(real_base) + "/scratch";
+  const auto saved = embed::trust::runtime_roots();
+  embed::trust::set_runtime_roots({rt});
+  std::string r;
+  for (int twice = 0; twice < 2; ++twice) {  // the second time from the kept directory
+    REQUIRE(embed::trust::real_path(rt + "/pkg/mod.py", r));
+    CHECK(r == rt + "/pkg/mod.py");
+  }
+  REQUIRE(embed::trust::real_path(rt + "/pkg/link.py", r));  // the last step is a link: resolved whole
+  CHECK(r == scratch);
+  CHECK_FALSE(embed::trust::real_path(rt + "/pkg/missing.py", r));
+  // A directory a run could change (here: a link in its scratch directory into the runtime) is resolved
+  // each time, though it resolves under the roots: re-pointed, it resolves to its new target.
+  fs::create_directory_symlink(base / "rt" / "pkg", base / "scratch" / "into");
+  REQUIRE(embed::trust::real_path(scratch + "/into/mod.py", r));
+  CHECK(r == rt + "/pkg/mod.py");
+  fs::remove(base / "scratch" / "into");
+  fs::create_directory_symlink(base / "rt" / "other", base / "scratch" / "into");
+  REQUIRE(embed::trust::real_path(scratch + "/into/mod.py", r));
+  CHECK(r == rt + "/other/mod.py");
+  // Nor a path that climbs out of the roots with "..".
+  REQUIRE(embed::trust::real_path(rt + "/pkg/../other/mod.py", r));
+  CHECK(r == rt + "/other/mod.py");
+  embed::trust::set_runtime_roots(saved);
+  fs::remove_all(base);
 }
 
 TEST_CASE("codec: JSON values survive the trip through Python") {
