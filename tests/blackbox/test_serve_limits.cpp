@@ -453,8 +453,8 @@ TEST_CASE("serve: read-ahead is bounded while runs wait (backpressure on stdin)"
   MESSAGE("serve took ", written.load(), " of 1500 waiting lines; its peak grew by ", (peak - before) >> 10, " MiB");
   ::kill(s.pid(), SIGKILL);  // its worker dies with it (parent-death signal)
   s.wait_exit(60);
+  writer.join();  // its blocked write ends with EPIPE now that nothing reads the pipe; then the pipe is closed
   s.close_input();
-  writer.join();
 }
 
 }  // TEST_SUITE
