@@ -354,14 +354,17 @@ PYBIND11_MODULE(_core, m) {
         if (p.runner) return;
         RunnerArgs a;  // a Runner() with every argument at its default (safe_py_runner/runner.py)
         a.o.worker_path = worker_path;
+        std::shared_ptr<spr::Runner> started;
         try {
           py::gil_scoped_release nogil;  // builds the pool and queues one start; the start runs on its thread
-          p.runner = std::make_shared<spr::Runner>(a.o);
+          started = std::make_shared<spr::Runner>(a.o);
         } catch (const std::exception&) {
           return;  // the first run meets the same error and reports it
         }
+        if (p.runner) return;  // another thread's, while this one let the GIL go (this one stops with `started`)
         p.pid = getpid();
         p.args = std::move(a);
+        p.runner = std::move(started);  // published last, under the GIL, with its pid and arguments
       },
       py::arg("worker_path"), "Start the default Runner's first worker now (see safe_py_runner/__init__.py).");
   m.def(

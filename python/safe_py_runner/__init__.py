@@ -13,10 +13,10 @@ import os as _os
 from . import _core
 from ._worker_path import packaged_worker as _packaged_worker
 
-# The default Runner's first worker starts now, while the rest of the package (and of the program) loads:
-# the first run_code() or Runner() with default arguments takes it over instead of starting one (a short
-# program's first run waits less). SAFE_PY_RUNNER_PRESTART=0 turns it off; configure() with options and exit
-# stop it when nothing took it over.
+# The default Runner's first worker starts now, while the rest of the package (and of the program) loads,
+# so a short program's first run waits less. The first Runner built (run_code's own included) takes it over
+# when built with every argument at its default, and stops it otherwise; configure() with options and exit
+# stop it too. SAFE_PY_RUNNER_PRESTART=0 turns it off.
 if _os.environ.get("SAFE_PY_RUNNER_PRESTART", "1") != "0":
     _core.prestart(_packaged_worker())
 
