@@ -609,7 +609,8 @@ class Server {
     {
       std::lock_guard<std::mutex> lk(mu_);
       auto it = sessions_.find(name);
-      if (it != sessions_.end() && (it->second.session || it->second.active || !it->second.jobs.empty())) {
+      // `active` first: while it is set, a pool thread may be opening the session (q.session is its alone).
+      if (it != sessions_.end() && (it->second.active || it->second.session || !it->second.jobs.empty())) {
         Job job;
         job.id = id;
         job.close = true;
