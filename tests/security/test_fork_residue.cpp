@@ -102,7 +102,13 @@ std::size_t live_descendants() {
 Scan scan_descendants(const std::string& needle) {
   Scan s;
   for (const auto& p : sec::descendants(getpid(), {})) {
-    const long h = count_in_memory(p.pid, needle);
+    long h = count_in_memory(p.pid, needle);
+    // A process on its way out (its memory already released, its state not yet Z: seen once at load 5) is read
+    // again until it has ended; only one that stays unreadable counts. The bound is a hang guard.
+    for (int tries = 0; h < 0 && !ended(p.pid) && tries < 100; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      h = count_in_memory(p.pid, needle);
+    }
     // A process that ended between the listing and the read, or is a zombie not yet reaped, holds no memory any
     // more (the worker kills a run's child after its reply and reaps it once idle): not a failed read.
     if (h < 0 && ended(p.pid)) continue;
