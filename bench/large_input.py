@@ -41,12 +41,13 @@ def child(which, megabytes, venv, settle):
     from safe_py_runner import RunnerPolicy, run_code
 
     policy = RunnerPolicy(timeout_seconds=300, memory_limit_mb=8192)
-    if which == "original":
-        from safe_py_runner import LocalEngine
+    import safe_py_runner
 
-        engine = LocalEngine(venv_dir=venv, venv_manager="python")
+    if which == "original" and hasattr(safe_py_runner, "LocalEngine"):
+        # The original's later versions take an engine: a LocalEngine on a venv made beforehand.
+        engine = safe_py_runner.LocalEngine(venv_dir=venv, venv_manager="python")
         call = lambda code, data: run_code(code, engine, data, policy)  # noqa: E731
-    else:
+    else:  # this package, or the original v0.1.6 (its run_code starts sys.executable per run)
         call = lambda code, data: run_code(code, data, policy)  # noqa: E731
     data = make_input(megabytes)
     text_mb = len(json.dumps(data)) / (1 << 20)
