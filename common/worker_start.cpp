@@ -78,6 +78,7 @@ std::vector<std::string> WorkerStart::to_argv() const {
     for (const auto& v : this->*l.field) a.insert(a.end(), {l.flag, v});
   if (!scratch.empty()) a.insert(a.end(), {"--scratch", scratch});
   a.insert(a.end(), {"--scratch-limit-mb", std::to_string(scratch_limit_mb)});
+  if (!cache_dir.empty()) a.insert(a.end(), {"--cache-dir", cache_dir});
   if (session_memory_mb >= 0) a.insert(a.end(), {"--session", std::to_string(session_memory_mb)});
   return a;
 }
@@ -123,6 +124,8 @@ WorkerStart WorkerStart::from_argv(const std::vector<std::string>& args) {
       s.prefix = value();
     } else if (k == "--scratch") {
       s.scratch = value();
+    } else if (k == "--cache-dir") {
+      s.cache_dir = value();
     } else if (k == "--scratch-limit-mb") {
       s.scratch_limit_mb = to_int(k, value(), 1);
     } else if (k == "--session") {
@@ -158,6 +161,7 @@ json WorkerStart::to_json() const {
           {"prefix", prefix},
           {"preload", preload},
           {"session_memory_mb", session_memory_mb},
+          {"cache_dir", cache_dir},
           {"mounts", mounts},
           // The runtime's own directories and the shared libraries its extensions load are found by the worker
           // from the interpreter it embeds, and bound read-only beside these.

@@ -34,6 +34,9 @@ struct WorkerStart {
   std::vector<std::string> read_paths;  // allowed_read_paths: bound read-only (no link followed), readable
   std::string scratch;                  // the scratch directory: a tmpfs at this path inside the own root
   std::int64_t scratch_limit_mb = 64;   // its size
+  // Where the worker keeps its library scan between starts (a directory only the supervisor's user writes, made
+  // if missing; embed/engine/libdeps_cache.cpp). "" = scan at every start.
+  std::string cache_dir;
   // A session worker: one namespace kept across requests; RLIMIT_AS at start is what the warm interpreter holds
   // plus session_memory_mb (and slack). -1: not a session.
   std::int64_t session_memory_mb = -1;
@@ -59,7 +62,7 @@ struct WorkerStart {
   auto fields() const {
     return std::tie(isolation, once, subinterpreter_pool, subinterpreter_threads, harden, allow_network, allow_unix_sockets,
                     memory_backstop_mb, cpu_backstop_seconds, python, prefix, sys_path, preload, read_paths, scratch,
-                    scratch_limit_mb, session_memory_mb);
+                    scratch_limit_mb, cache_dir, session_memory_mb);
   }
   friend bool operator==(const WorkerStart& a, const WorkerStart& b) { return a.fields() == b.fields(); }
   friend bool operator!=(const WorkerStart& a, const WorkerStart& b) { return !(a == b); }

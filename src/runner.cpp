@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -33,6 +34,7 @@ using detail::seconds;
 struct Runner::Impl {
   RunnerOptions options;
   std::filesystem::path worker_path;
+  std::string cache_dir;  // the workers' (RunnerOptions::cache_dir resolved); "" = none
   std::atomic<std::uint64_t> next_id{1};
   std::shared_ptr<detail::SessionHost> sessions;
   detail::WorkerPool pool;
@@ -48,6 +50,21 @@ struct Runner::Impl {
   std::deque<std::function<void()>> tasks;
   std::condition_variable task_cv;
 
+  // RunnerOptions::cache_dir, or the environment's choice; only an absolute path is taken.
+  static std::string worker_cache_dir(const RunnerOptions& o) {
+    if (!o.worker_cache) return {};
+    std::string dir = o.cache_dir.string();
+    if (dir.empty()) {
+      const char* given = std::getenv("SAFE_PY_RUNNER_CACHE_DIR");
+      const char* xdg = std::getenv("XDG_CACHE_HOME");
+      const char* home = std::getenv("HOME");
+      if (given) dir = given;
+      else if (xdg && xdg[0] == '/') dir = std::string(xdg) + "/safe-py-runner";
+      else if (home && home[0] == '/') dir = std::string(home) + "/.cache/safe-py-runner";
+    }
+    return !dir.empty() && dir[0] == '/' ? dir : std::string();
+  }
+
   static RunnerOptions checked(RunnerOptions o) {
     o.policy.validate();
     detail::check_function_names(o.functions);
@@ -58,6 +75,7 @@ struct Runner::Impl {
   explicit Impl(RunnerOptions o)
       : options(checked(std::move(o))),
         worker_path(detail::find_worker(options.worker_path)),
+        cache_dir(worker_cache_dir(options)),
         sessions(std::make_shared<detail::SessionHost>(options.max_sessions, options.session_idle_seconds)),
         pool({options.workers, options.start_timeout_seconds},
              [this](const PoolKey& key) {
@@ -97,6 +115,7 @@ struct Runner::Impl {
     so.start.sys_path = env.path;
     so.python_build = env.build;
     so.start.preload = options.preload;
+    so.start.cache_dir = cache_dir;
     so.grace_seconds = options.kill_grace_seconds;
     so.start.subinterpreter_pool = options.subinterpreter_pool;
     so.start.subinterpreter_threads = options.subinterpreter_threads;

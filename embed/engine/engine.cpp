@@ -553,7 +553,9 @@ std::string initialize(const EngineOptions& options) {
   }
   std::future<std::vector<std::string>> scan;
   if (!given_roots.empty())
-    scan = std::async(std::launch::async, [roots = given_roots] { return libdeps::needed_by_extensions(roots); });
+    scan = std::async(std::launch::async, [roots = given_roots, dir = options.cache_dir] {
+      return libdeps::needed_by_extensions_cached(roots, dir);
+    });
 
   ConfigGuard cfg;
   cfg.config.install_signal_handlers = 0;
@@ -589,7 +591,9 @@ std::string initialize(const EngineOptions& options) {
   }
   g_runtime_paths = compute_runtime_paths();  // the same list as given_roots when the supervisor named one
   trust::set_runtime_roots(g_runtime_paths);
-  if (!scan.valid()) scan = std::async(std::launch::deferred, [] { return libdeps::needed_by_extensions(g_runtime_paths); });
+  if (!scan.valid())
+    scan = std::async(std::launch::deferred,
+                      [dir = options.cache_dir] { return libdeps::needed_by_extensions_cached(g_runtime_paths, dir); });
   memory::install();
   if (!capture::attach(options.capture_fd)) return "cannot map the output buffer";
   {

@@ -24,6 +24,7 @@ struct EngineOptions {
   std::string executable;             // the python3 whose environment this is (shown as sys.executable)
   std::string prefix;                 // a venv's directory: sys.prefix and sys.exec_prefix; empty: the build's own
   std::string home;  // sys.base_prefix of the build whose libpython this is; empty: the one compiled in
+  std::string cache_dir;  // where the library scan is kept between starts (libdeps.hpp); empty: none
 };
 
 // Initialises CPython once per process. Returns "" or the reason it failed (never exits).

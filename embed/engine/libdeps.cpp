@@ -33,6 +33,52 @@ namespace fs = std::filesystem;
 constexpr std::size_t kMaxExtensions = 20000;  // a bound on the walk, far above a large environment
 constexpr int kMaxDepth = 12;
 
+// What the scan on this thread looked at (needed_by_extensions_stamped), or null: not recorded.
+thread_local std::map<std::string, Stamp>* t_looked_at = nullptr;
+
+Stamp stamp_from(const std::string& path, const struct stat& st, bool follow) {
+  Stamp s;
+  s.path = path;
+  s.present = true;
+  s.follow = follow;
+  s.dev = static_cast<std::uint64_t>(st.st_dev);
+  s.ino = static_cast<std::uint64_t>(st.st_ino);
+  s.size = static_cast<std::uint64_t>(st.st_size);
+  s.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  s.ctime_ns = static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  return s;
+}
+
+Stamp stamp_from_absent(const std::string& path, bool follow) {
+  Stamp s;
+  s.path = path;
+  s.follow = follow;
+  return s;
+}
+
+}  // namespace
+
+Stamp stamp_of(const std::string& path, bool follow) {
+  struct stat st{};
+  if ((follow ? ::stat(path.c_str(), &st) : ::lstat(path.c_str(), &st)) != 0) return stamp_from_absent(path, follow);
+  return stamp_from(path, st, follow);
+}
+
+namespace {
+
+// A file looked at (stat, following links: `follow`) brings its directory too (lstat): a link replaced there, or
+// a library added beside it, changes the directory's times, not the file's. A walked directory is its fstat
+// (opened without following a link: the same as its lstat).
+void note(const std::string& path, const struct stat* st, bool follow) {
+  if (!t_looked_at) return;
+  if (follow) {
+    const auto slash = path.rfind('/');
+    const std::string parent = slash == 0 ? std::string("/") : path.substr(0, slash);
+    if (slash != std::string::npos && !t_looked_at->count(parent)) t_looked_at->emplace(parent, stamp_of(parent, false));
+  }
+  t_looked_at->emplace(path, st ? stamp_from(path, *st, follow) : stamp_from_absent(path, follow));
+}
+
 struct Dynamic {
   std::vector<std::string> needed;
   std::vector<std::string> search;  // RPATH or RUNPATH entries, $ORIGIN expanded
@@ -52,7 +98,9 @@ class ElfFile {
   // rights, and a path an extension module names could be a FIFO (an open would wait for a writer) or a device.
   explicit ElfFile(const std::string& path) {
     struct stat st{};
-    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
+    const bool found = ::stat(path.c_str(), &st) == 0;
+    note(path, found ? &st : nullptr, true);
+    if (!found || !S_ISREG(st.st_mode)) return;
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);  // swapped since: never waits
     if (fd_ >= 0 && ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode)) size_ = static_cast<std::uint64_t>(st.st_size);
   }
@@ -225,6 +273,10 @@ struct Walk {
 // (half the calls and a third of the time of a std::filesystem walk: it runs at every worker's start).
 // Directory links are not followed; file links are taken at their real path.
 void walk(int dir_fd, const std::string& dir, int depth, Walk& w) {
+  if (t_looked_at) {
+    struct stat st{};
+    if (::fstat(dir_fd, &st) == 0) note(dir, &st, false);
+  }
   detail::for_each_dir_entry(dir_fd, [&](const struct dirent64& d) {
     const char* name = d.d_name;
     unsigned char type = d.d_type;
@@ -253,6 +305,25 @@ void walk(int dir_fd, const std::string& dir, int depth, Walk& w) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& loader_dirs() { return system_dirs(); }
+
+StampedScan needed_by_extensions_stamped(const std::vector<std::string>& roots) {
+  std::map<std::string, Stamp> looked_at;
+  t_looked_at = &looked_at;
+  StampedScan out;
+  try {
+    out.libraries = needed_by_extensions(roots);
+  } catch (...) {
+    t_looked_at = nullptr;
+    throw;
+  }
+  t_looked_at = nullptr;
+  out.system_dirs = system_dirs();
+  out.looked_at.reserve(looked_at.size());
+  for (auto& [path, s] : looked_at) out.looked_at.push_back(std::move(s));
+  return out;
+}
 
 std::vector<std::string> needed_by_extensions(const std::vector<std::string>& roots) {
   std::vector<std::string> queue;

@@ -274,6 +274,7 @@ int main(int argc, char** argv) {
   eo.sys_path = args.sys_path;
   eo.executable = args.python;
   eo.prefix = args.prefix;
+  eo.cache_dir = args.cache_dir;
 #ifdef SPR_WORKER_PYTHON_HOME
   eo.home = SPR_WORKER_PYTHON_HOME;  // a worker for another CPython than the one the engine was compiled for
 #endif

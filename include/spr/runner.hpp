@@ -60,6 +60,13 @@ struct RunnerOptions {
   std::vector<std::string> preload;
   /// Host functions every run and session call may call (spr/host.hpp: the threading contract).
   HostFunctions functions;
+  /// Where workers keep, between starts, the list of shared libraries the Python environment's extension
+  /// modules load (read from hundreds of files at each start otherwise; reused while none of them changed):
+  /// a directory only this user may write, made if missing. Empty: $SAFE_PY_RUNNER_CACHE_DIR, then
+  /// $XDG_CACHE_HOME/safe-py-runner, then $HOME/.cache/safe-py-runner. None when `worker_cache` is false or
+  /// SAFE_PY_RUNNER_CACHE_DIR is set but empty.
+  std::filesystem::path cache_dir;
+  bool worker_cache = true;
   std::size_t max_sessions = 8;          ///< open sessions at once (each is a process of its own)
   double session_idle_seconds = 600;     ///< a session unused this long is closed
 };

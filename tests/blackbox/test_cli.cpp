@@ -670,6 +670,53 @@ TEST_CASE("doctor --json shows each mode's worker start plan, built from the pol
   CHECK(j["modes"]["process"]["worker_start"]["once"] == true);
 }
 
+// A worker keeps its library scan (the shared libraries the environment's extension modules load) in a
+// directory of this user's between starts; SAFE_PY_RUNNER_CACHE_DIR names it, set but empty turns it off.
+TEST_CASE("workers keep their library scan in the cache directory the environment names, and nowhere when told not to") {
+  TempPath home("cache-home");
+  spr_test::fs::create_directories(home.path);
+  const std::string dir = (home.path / "made" / "cache").string();
+  auto env_with = [&](const std::string& cache_dir) {
+    auto env = cli_env();
+    env.push_back("HOME=" + home.str());
+    env.push_back("SAFE_PY_RUNNER_CACHE_DIR=" + cache_dir);
+    return env;
+  };
+  auto run = [&](const std::string& cache_dir, std::vector<std::string> args) {
+    args.insert(args.begin(), SPR_TEST_CLI);
+    return spr_test::run_program(args, "", 120, env_with(cache_dir));
+  };
+  SUBCASE("named") {
+    for (int i = 0; i < 2; ++i) {  // the second start reads what the first one kept
+      const auto p = run(dir, {"run", "--isolation", mode(), "-c", "import _ssl\nresult = 1"});
+      INFO(describe(p));
+      CHECK(p.exit_code == 0);
+      CHECK(one_json(p)["result"] == 1);
+    }
+    struct stat st{};
+    REQUIRE(::stat(dir.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0700);
+    std::vector<spr_test::fs::path> files;
+    for (const auto& e : spr_test::fs::directory_iterator(dir)) files.push_back(e.path());
+    REQUIRE(files.size() == 1);
+    CHECK(files[0].filename().string().rfind("libdeps-", 0) == 0);
+    REQUIRE(::stat(files[0].c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    const auto d = run(dir, {"doctor", "--json"});
+    REQUIRE(d.exit_code == 0);
+    CHECK(json::parse(d.out)["modes"]["fork"]["worker_start"]["cache_dir"] == dir);
+  }
+  SUBCASE("set but empty: none, not even under HOME") {
+    const auto p = run("", {"run", "--isolation", mode(), "-c", "result = 1"});
+    INFO(describe(p));
+    CHECK(p.exit_code == 0);
+    CHECK(spr_test::fs::is_empty(home.path));
+    const auto d = run("", {"doctor", "--json"});
+    REQUIRE(d.exit_code == 0);
+    CHECK(json::parse(d.out)["modes"]["fork"]["worker_start"]["cache_dir"] == "");
+  }
+}
+
 TEST_CASE("doctor on a kernel that refuses the mount namespace: the own root is reported off, loudly") {
   // The test worker installed under this name behaves as such a kernel (EPERM from unshare(CLONE_NEWNS)).
   const std::vector<std::string> env = {std::string("SPR_WORKER=") + SPR_TEST_WORKERS_DIR + "/spr-worker-fail-mountns",

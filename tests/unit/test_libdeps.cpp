@@ -132,3 +132,140 @@ TEST_CASE("libdeps: a path a module names as its library is listed only when it 
   CHECK(std::find(libs.begin(), libs.end(), fifo) == libs.end());
   CHECK(std::find(libs.begin(), libs.end(), text) == libs.end());
 }
+
+// The scan's answer kept between worker starts (libdeps_cache.cpp). The tests keep an answer however new the
+// files it looked at (a window of 0 s), but the one about that window.
+namespace {
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+struct CachedTree {
+  TempTree t;
+  fs::path cache;
+  fs::path kept;  // the one cache file, once written
+  CachedTree() {
+    cache = fs::temp_directory_path() / ("spr-libdeps-cache-" + std::to_string(::getpid()));
+    fs::remove_all(cache);
+    fs::create_directories(t.root / "pkg");
+    fs::copy_file(module("_ssl"), t.root / "pkg" / "_ssl.so");
+  }
+  ~CachedTree() {
+    std::error_code ec;
+    fs::remove_all(cache, ec);
+  }
+  std::vector<std::string> scan(double racy_seconds = 0) const {
+    return spr::embed::libdeps::needed_by_extensions_cached({t.root.string()}, cache.string(), racy_seconds);
+  }
+  std::size_t files() const { return static_cast<std::size_t>(std::distance(fs::directory_iterator(cache), {})); }
+  // The cache file, with a library no scan would list added to its answer: seen in a result, it came from the file.
+  fs::path plant_marker() {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(cache)) files.push_back(e.path());
+    REQUIRE(files.size() == 1);
+    const std::string text = read(files[0]);
+    REQUIRE(text.size() > 4);
+    REQUIRE(text.substr(text.size() - 4) == "end\n");
+    std::ofstream(files[0], std::ios::binary | std::ios::trunc)
+        << text.substr(0, text.size() - 4) << "O /nonexistent/libmarker.so\nend\n";
+    return files[0];
+  }
+};
+
+bool has_marker(const std::vector<std::string>& libs) {
+  return std::find(libs.begin(), libs.end(), "/nonexistent/libmarker.so") != libs.end();
+}
+
+}  // namespace
+
+TEST_CASE("libdeps cache: the answer is kept, reused while nothing changed, and found again when a file changes") {
+  CachedTree c;
+  const auto first = c.scan();
+  CHECK(has_library(first, "libssl.so"));
+  struct stat st{};
+  REQUIRE(::stat(c.cache.c_str(), &st) == 0);
+  CHECK((st.st_mode & 077) == 0);  // made private
+  c.plant_marker();
+  CHECK(has_marker(c.scan()));  // reused: the answer came from the file
+
+  SUBCASE("a module added to the tree") {
+    fs::copy_file(module("_sqlite3"), c.t.root / "pkg" / "_sqlite3.so");
+    const auto libs = c.scan();
+    CHECK_FALSE(has_marker(libs));
+    CHECK(has_library(libs, "libsqlite3.so"));
+  }
+  SUBCASE("a module rewritten in place, under the same name") {
+    fs::copy_file(module("_uuid"), c.t.root / "pkg" / "_ssl.so", fs::copy_options::overwrite_existing);
+    const auto libs = c.scan();
+    CHECK_FALSE(has_marker(libs));
+    CHECK(has_library(libs, "libuuid.so"));
+    CHECK_FALSE(has_library(libs, "libssl.so"));
+  }
+  SUBCASE("a module removed") {
+    fs::remove(c.t.root / "pkg" / "_ssl.so");
+    const auto libs = c.scan();
+    CHECK_FALSE(has_marker(libs));
+    CHECK_FALSE(has_library(libs, "libssl.so"));
+  }
+  SUBCASE("other roots use a file of their own") {
+    const auto libs = spr::embed::libdeps::needed_by_extensions_cached({c.t.outside.string()}, c.cache.string(), 0);
+    CHECK_FALSE(has_marker(libs));
+    CHECK(c.files() == 2);
+  }
+}
+
+// The file decides which host files a run may read: one that others could have written is not believed.
+TEST_CASE("libdeps cache: a file or directory others may write, a link, or a malformed file is not used") {
+  CachedTree c;
+  c.scan();
+  const fs::path file = c.plant_marker();
+  REQUIRE(has_marker(c.scan()));
+  SUBCASE("the file writable by others") {
+    REQUIRE(::chmod(file.c_str(), 0622) == 0);
+    CHECK_FALSE(has_marker(c.scan()));
+  }
+  SUBCASE("the directory writable by its group") {
+    REQUIRE(::chmod(c.cache.c_str(), 0770) == 0);
+    CHECK_FALSE(has_marker(c.scan()));
+    CHECK(read(file).find("libmarker") != std::string::npos);  // not written anew there
+    CHECK(c.files() == 1);
+  }
+  SUBCASE("the file owned by another user") {
+    if (::geteuid() == 0) {
+      REQUIRE(::chown(file.c_str(), 65534, 65534) == 0);
+      CHECK_FALSE(has_marker(c.scan()));
+    }
+  }
+  SUBCASE("the file a link to a file with the same text") {
+    const fs::path elsewhere = c.t.outside / "kept";
+    fs::copy_file(file, elsewhere);
+    fs::remove(file);
+    fs::create_symlink(elsewhere, file);
+    CHECK_FALSE(has_marker(c.scan()));
+  }
+  SUBCASE("a line that does not parse") {
+    const std::string text = read(file);
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << "X what is this\n" << text;
+    CHECK_FALSE(has_marker(c.scan()));
+    CHECK(has_library(c.scan(), "libssl.so"));  // scanned again, and written again whole
+  }
+  SUBCASE("a file cut short at the end of a line") {
+    const std::string text = read(file);
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << text.substr(0, text.size() - 4);
+    CHECK_FALSE(has_marker(c.scan()));
+  }
+  SUBCASE("text after its end") {
+    std::ofstream(file, std::ios::app) << "O /nonexistent/libother.so\n";
+    CHECK_FALSE(has_marker(c.scan()));
+  }
+}
+
+TEST_CASE("libdeps cache: a tree changed within the last two seconds is scanned again at the next start") {
+  CachedTree c;
+  fs::copy_file(module("_sqlite3"), c.t.root / "pkg" / "_sqlite3.so");  // just now
+  CHECK(has_library(c.scan(2.0), "libsqlite3.so"));
+  CHECK(c.files() == 0);  // not kept: a change in the same clock tick would not show in the times
+  CHECK(spr::embed::libdeps::needed_by_extensions_cached({c.t.root.string()}, "").size() > 0);  // "": no cache
+}
