@@ -66,7 +66,7 @@ struct RunnerOptions {
   /// $XDG_CACHE_HOME/safe-py-runner, then $HOME/.cache/safe-py-runner. None when `worker_cache` is false or
   /// SAFE_PY_RUNNER_CACHE_DIR is set but empty.
   std::filesystem::path cache_dir;
-  bool worker_cache = true;
+  bool worker_cache = true;  ///< false: no cache directory at all; each worker scans at its start
   std::size_t max_sessions = 8;          ///< open sessions at once (each is a process of its own)
   double session_idle_seconds = 600;     ///< a session unused this long is closed
 };
