@@ -4,7 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <pthread.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <climits>
 
 #include <memory>
 #include <mutex>
@@ -186,14 +192,57 @@ struct RunnerArgs {
   }
 };
 
+// What of this process a worker takes over when it starts: its identity, priority, limits, directory and
+// environment (PYTHONPATH decides what the worker mounts). A worker started at import serves a Runner built
+// later only if none of it changed in between (red team round 16: a program that lowered its priority, dropped
+// root or narrowed PYTHONPATH after the import got a worker started with the old ones).
+struct HostState {
+  uid_t uid = 0, euid = 0;
+  gid_t gid = 0, egid = 0;
+  std::vector<gid_t> groups;
+  int nice = 0;
+  std::array<rlimit, RLIM_NLIMITS> limits{};
+  std::string cwd;
+  std::vector<std::string> environment;
+
+  static HostState now() {
+    HostState s;
+    s.uid = getuid();
+    s.euid = geteuid();
+    s.gid = getgid();
+    s.egid = getegid();
+    const int n = getgroups(0, nullptr);
+    if (n > 0) {
+      s.groups.resize(static_cast<std::size_t>(n));
+      s.groups.resize(static_cast<std::size_t>(std::max(getgroups(n, s.groups.data()), 0)));
+    }
+    errno = 0;
+    s.nice = getpriority(PRIO_PROCESS, 0);
+    for (int r = 0; r < RLIM_NLIMITS; ++r) getrlimit(r, &s.limits[static_cast<std::size_t>(r)]);
+    char dir[PATH_MAX];
+    if (getcwd(dir, sizeof dir)) s.cwd = dir;
+    for (char** e = environ; e && *e; ++e) s.environment.emplace_back(*e);
+    return s;
+  }
+  bool operator==(const HostState& o) const {
+    for (std::size_t r = 0; r < limits.size(); ++r)
+      if (limits[r].rlim_cur != o.limits[r].rlim_cur || limits[r].rlim_max != o.limits[r].rlim_max) return false;
+    return std::tie(uid, euid, gid, egid, groups, nice, cwd, environment) ==
+           std::tie(o.uid, o.euid, o.gid, o.egid, o.groups, o.nice, o.cwd, o.environment);
+  }
+};
+
 // The default Runner that importing the package starts (safe_py_runner/__init__.py): its first worker comes
 // up while the rest of the package and the program load, instead of after the first run_code asked for it.
-// The first _core.Runner built takes it over when built with the same arguments, else stops it; so do exit
-// and configure(). Only the GIL guards it. In a forked child it is another process's: left alone, unused.
+// The first _core.Runner built takes it over when built with the same arguments and this process is as it was
+// at the start (HostState), else stops it; so do exit and configure(). Only the GIL guards it. In a forked
+// child (of any generation: a pid can come back) it is another process's: left alone, unused.
 struct Prestarted {
   pid_t pid = 0;
   RunnerArgs args;
+  HostState host;
   std::shared_ptr<spr::Runner> runner;
+  static inline bool forked = false;  // set in every child forked after the start (pthread_atfork)
 
   static Prestarted& get() {
     static auto* p = new Prestarted;  // never destroyed: exit may come before the atexit hook that stops it
@@ -203,7 +252,7 @@ struct Prestarted {
   // threads are not in the child) and never used.
   std::shared_ptr<spr::Runner> take() {
     if (!runner) return {};
-    if (pid != getpid()) {
+    if (forked || pid != getpid()) {
       new std::shared_ptr<spr::Runner>(std::move(runner));  // NOLINT: left as it is, deliberately
       return {};
     }
@@ -230,7 +279,7 @@ class PyRunner {
     o.worker_stderr = worker_stderr;
     o.preload = preload;
     std::shared_ptr<spr::Runner> prestarted = Prestarted::get().take();
-    if (prestarted && Prestarted::get().args == a) {
+    if (prestarted && Prestarted::get().args == a && Prestarted::get().host == HostState::now()) {
       runner_ = std::move(prestarted);
       return;
     }
@@ -362,7 +411,10 @@ PYBIND11_MODULE(_core, m) {
           return;  // the first run meets the same error and reports it
         }
         if (p.runner) return;  // another thread's, while this one let the GIL go (this one stops with `started`)
+        static const bool registered = pthread_atfork(nullptr, nullptr, [] { Prestarted::forked = true; }) == 0;
+        if (!registered) return;  // a child could not tell the runner is not its own: `started` stops now
         p.pid = getpid();
+        p.host = HostState::now();
         p.args = std::move(a);
         p.runner = std::move(started);  // published last, under the GIL, with its pid and arguments
       },
@@ -376,7 +428,10 @@ PYBIND11_MODULE(_core, m) {
         r.reset();  // stops its worker, started or starting
       },
       "Stop the prestarted Runner if nothing took it over.");
-  m.def("prestart_pending", [] { return Prestarted::get().runner != nullptr; });
+  m.def("prestart_pending", [] {
+    const Prestarted& p = Prestarted::get();
+    return p.runner != nullptr && !Prestarted::forked && p.pid == getpid();
+  });
 
   py::class_<PyRunner>(m, "Runner")
       .def(py::init<std::size_t, const std::string&, const std::string&, double, double, bool,

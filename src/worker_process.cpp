@@ -467,12 +467,29 @@ std::unique_ptr<WorkerProcess> WorkerProcess::spawn(const SpawnOptions& o) {
 
 WorkerProcess::~WorkerProcess() { kill_and_reap(); }
 
+// How long a worker this process may no longer signal is waited for before it is left to end on its own.
+constexpr int kUnsignalledWaitMs = 1000;
+
 // Kills a worker and its process group (the PID namespace's init and a forked run child go too), waits
-// for it into `status`, and reaps what it left to this process when it adopts orphans.
-static void kill_group_and_reap(pid_t pid, int& status) {
-  ::kill(-pid, SIGKILL);
-  ::kill(pid, SIGKILL);
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+// for it into `status`, and reaps what it left to this process when it adopts orphans. The caller has
+// closed the worker's socket. A process that changed its user since it started the worker (a program
+// that drops root after building a Runner, or after importing the package, which starts one) may not
+// signal it any more (EPERM): the worker ends by itself at the end of its input (at once when idle, by its
+// run's limits when running), and is waited for a moment through its pidfd, never without a bound
+// (red team round 16: the wait for a worker that never got the signal hung the program's exit).
+static void kill_group_and_reap(pid_t pid, int pidfd, int& status) {
+  const bool group = ::kill(-pid, SIGKILL) == 0;
+  const bool one = ::kill(pid, SIGKILL) == 0;
+  if (!group && !one && errno == EPERM) {
+    pollfd ended{pidfd, POLLIN, 0};
+    if (pidfd < 0 || detail::retry_eintr([&] { return ::poll(&ended, 1, kUnsignalledWaitMs); }) <= 0 ||
+        detail::retry_eintr([&] { return waitpid(pid, &status, WNOHANG); }) != pid) {
+      status = SIGKILL;  // as killed: it is not waited for again
+      return;
+    }
+  } else {
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
   }
   if (adopts_orphans()) reap_orphans(pid);
 }
@@ -486,7 +503,8 @@ void WorkerProcess::kill_and_reap() {
       pollfd ended{pidfd_.get(), POLLIN, 0};
       const bool running = pidfd_ && ::poll(&ended, 1, 0) == 0;
       if (running && !shared_->ended_by) shared_->ended_by = this;
-      kill_group_and_reap(pid_, shared_->wait_status);
+      sock_.reset();
+      kill_group_and_reap(pid_, pidfd_.get(), shared_->wait_status);
       shared_->scratch_fd.reset();
       remove_tree(shared_->scratch);
       shared_->scratch.clear();
@@ -501,7 +519,8 @@ void WorkerProcess::kill_and_reap() {
     return;
   }
   if (pid_ > 0 && !reaped_) {
-    kill_group_and_reap(pid_, wait_status_);
+    sock_.reset();
+    kill_group_and_reap(pid_, pidfd_.get(), wait_status_);
     reaped_ = true;
   }
   alive_ = false;

@@ -15,10 +15,14 @@ from ._worker_path import packaged_worker as _packaged_worker
 
 # The default Runner's first worker starts now, while the rest of the package (and of the program) loads,
 # so a short program's first run waits less. The first Runner built (run_code's own included) takes it over
-# when built with every argument at its default, and stops it otherwise; configure() with options and exit
-# stop it too. SAFE_PY_RUNNER_PRESTART=0 turns it off.
+# when built with every argument at its default and this process unchanged since (user, priority, limits,
+# directory, environment), and stops it otherwise; configure() with options and exit stop it too.
+# SAFE_PY_RUNNER_PRESTART=0 turns it off.
 if _os.environ.get("SAFE_PY_RUNNER_PRESTART", "1") != "0":
+    import atexit as _atexit
+
     _core.prestart(_packaged_worker())
+    _atexit.register(_core.drop_prestart)  # now: an exit after a failed import stops it too
 
 from .batch import CaseResult, run_many  # noqa: E402  (after the start above, on purpose)
 from .policy import RunnerPolicy  # noqa: E402

@@ -409,6 +409,73 @@ def test_prestart_off_configure_and_fork_children():
                 "assert safe_py_runner.run_code('result = 4').result == 4\n")
 
 
+def test_a_program_changed_since_the_import_gets_a_worker_started_with_its_new_state():
+    # Red team round 16: a worker takes the program's environment (PYTHONPATH decides what it mounts),
+    # priority and limits when it starts; the one started at import is not used once they changed.
+    for change in ("os.environ['PYTHONPATH'] = '/nonexistent'", "os.nice(1)",
+                   "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))"):
+        _run_script("import safe_py_runner\n"
+                    "from safe_py_runner import _core\n"
+                    "(early,) = wait_for_child(scale)\n"
+                    + change + "\n"
+                    "assert safe_py_runner.run_code('result = 7').result == 7\n"
+                    "assert not _core.prestart_pending()\n"
+                    "assert early not in children(), %r\n" % change)
+
+
+def test_a_child_forked_after_the_import_has_no_prestarted_worker_of_its_own():
+    # Any generation of child (a pid can come back to a grandchild) sees its parent's Runner as not its own.
+    _run_script("import safe_py_runner\n"
+                "from safe_py_runner import _core\n"
+                "wait_for_child(scale)\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n"
+                "    os._exit(1 if _core.prestart_pending() else 0)\n"
+                "_, status = os.waitpid(pid, 0)\n"
+                "assert status == 0, 'the child took its parent\\'s prestarted Runner for its own'\n"
+                "assert _core.prestart_pending()\n")
+
+
+def test_an_import_that_fails_after_the_worker_started_leaves_nothing_at_exit():
+    proc = _run_script("sys.modules['safe_py_runner.batch'] = None  # the rest of the package's import fails\n"
+                       "try:\n"
+                       "    import safe_py_runner\n"
+                       "except ImportError:\n"
+                       "    pass\n"
+                       "else:\n"
+                       "    raise AssertionError('the import did not fail')\n"
+                       "(worker,) = wait_for_child(scale)\n"
+                       "argv = open('/proc/%d/cmdline' % worker).read().split('\\0')\n"
+                       "print(worker, argv[argv.index('--scratch') + 1])\n")
+    worker, scratch = proc.stdout.split()
+    assert scratch.startswith("/tmp/spr-")
+    assert not os.path.exists(scratch)
+    assert not os.path.exists("/proc/%s" % worker) or "spr-worker" not in open("/proc/%s/cmdline" % worker).read()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can change its user (the case under test)")
+def test_a_program_that_drops_root_after_the_import_exits_and_leaves_no_worker():
+    # Red team round 16: the worker started at import runs as root; a program that then drops root may not
+    # signal it. Its first run gets a worker of the new user, and its exit neither hangs nor leaves the old one.
+    proc = _run_script("import safe_py_runner\n"
+                       "(early,) = wait_for_child(scale)\n"
+                       "print(early, flush=True)\n"
+                       "os.setgroups([]); os.setgid(65533); os.setuid(65533)  # not 65534: root's workers run as that\n"
+                       "assert safe_py_runner.run_code('result = 8').result == 8\n"
+                       "assert early not in children()\n")
+    early = proc.stdout.split()[0]
+    deadline = time.monotonic() + 30 * max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))  # hang guard
+    while os.path.exists("/proc/%s" % early) and time.monotonic() < deadline:
+        try:
+            if "spr-worker" not in open("/proc/%s/cmdline" % early).read():
+                break
+        except OSError:
+            break
+        time.sleep(0.05)
+    alive = os.path.exists("/proc/%s" % early) and "spr-worker" in open("/proc/%s/cmdline" % early).read()
+    assert not alive, "the worker started at import outlived the program"
+
+
 def test_a_fork_workers_first_run_and_later_ones_use_the_warm_modules():
     # A fork-mode worker imports its [warm] modules (bootstrap_py/preload.txt) after its hello, once idle:
     # the first run may come from a parent without them, later ones from the warm parent. Both kinds of run
