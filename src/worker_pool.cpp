@@ -192,9 +192,11 @@ void WorkerPool::fill(const PoolKey& key, std::size_t want, bool background) {
       spawn_queue_.push_back(key);
     }
   }
+  if (spawn_queue_.empty()) return;  // nothing to start: the spawner sleeps on (every run's give_back comes here,
+                                     // and a wake-up per run cost a cross-CPU interrupt and a context switch)
   if (!background)
     spawn_not_before_ = {};  // someone waits (or this is the first worker): every queued start goes now
-  else if (was_empty && !spawn_queue_.empty())
+  else if (was_empty)
     spawn_not_before_ = Clock::now() + kBackgroundStartDelay;
   spawn_cv_.notify_one();
 }
