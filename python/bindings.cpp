@@ -4,13 +4,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 
 #include <memory>
 #include <mutex>
@@ -192,18 +196,32 @@ struct RunnerArgs {
   }
 };
 
-// What of this process a worker takes over when it starts: its identity, priority, limits, directory and
-// environment (PYTHONPATH decides what the worker mounts). A worker started at import serves a Runner built
-// later only if none of it changed in between (red team round 16: a program that lowered its priority, dropped
-// root or narrowed PYTHONPATH after the import got a worker started with the old ones).
+// What of this process a worker takes over when it starts: its identity, priority and scheduling, limits,
+// directory, environment (PYTHONPATH decides what the worker mounts), cgroups, namespaces and its own
+// seccomp, no_new_privs and capabilities. A worker started at import serves a Runner built later only if none
+// of it changed in between (red teams rounds 16 and 17: a program that lowered its priority, went SCHED_IDLE,
+// dropped root or narrowed PYTHONPATH after the import got a worker started with the old ones).
 struct HostState {
   uid_t uid = 0, euid = 0;
   gid_t gid = 0, egid = 0;
   std::vector<gid_t> groups;
   int nice = 0;
+  int sched_policy = 0, sched_priority = 0;
+  long io_priority = 0;
   std::array<rlimit, RLIM_NLIMITS> limits{};
   std::string cwd;
   std::vector<std::string> environment;
+  std::string cgroups, namespaces, status;  // /proc/self/cgroup; ns links; Seccomp, NoNewPrivs, Cap* lines
+
+  static std::string read_small(const char* path) {
+    std::string out;
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return out;
+    char buf[4096];
+    for (ssize_t n; out.size() < (1u << 16) && (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return out;
+  }
 
   static HostState now() {
     HostState s;
@@ -218,6 +236,25 @@ struct HostState {
     }
     errno = 0;
     s.nice = getpriority(PRIO_PROCESS, 0);
+    s.sched_policy = sched_getscheduler(0);
+    sched_param sp{};
+    if (sched_getparam(0, &sp) == 0) s.sched_priority = sp.sched_priority;
+    s.io_priority = syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, 0);
+    s.cgroups = read_small("/proc/self/cgroup");
+    for (const char* ns : {"cgroup", "ipc", "mnt", "net", "pid", "user", "uts"}) {
+      char link[64], target[128];
+      std::snprintf(link, sizeof link, "/proc/self/ns/%s", ns);
+      const ssize_t len = readlink(link, target, sizeof target);
+      s.namespaces += std::string(ns) + "=" + (len > 0 ? std::string(target, static_cast<std::size_t>(len)) : "?") + ";";
+    }
+    const std::string status = read_small("/proc/self/status");
+    for (std::size_t at = 0; at < status.size();) {
+      const std::size_t nl = std::min(status.find('\n', at), status.size());
+      const std::string line = status.substr(at, nl - at);
+      for (const char* key : {"Seccomp:", "Seccomp_filters:", "NoNewPrivs:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"})
+        if (line.rfind(key, 0) == 0) s.status += line + "\n";
+      at = nl + 1;
+    }
     for (int r = 0; r < RLIM_NLIMITS; ++r) getrlimit(r, &s.limits[static_cast<std::size_t>(r)]);
     char dir[PATH_MAX];
     if (getcwd(dir, sizeof dir)) s.cwd = dir;
@@ -227,8 +264,10 @@ struct HostState {
   bool operator==(const HostState& o) const {
     for (std::size_t r = 0; r < limits.size(); ++r)
       if (limits[r].rlim_cur != o.limits[r].rlim_cur || limits[r].rlim_max != o.limits[r].rlim_max) return false;
-    return std::tie(uid, euid, gid, egid, groups, nice, cwd, environment) ==
-           std::tie(o.uid, o.euid, o.gid, o.egid, o.groups, o.nice, o.cwd, o.environment);
+    return std::tie(uid, euid, gid, egid, groups, nice, sched_policy, sched_priority, io_priority, cwd, environment,
+                    cgroups, namespaces, status) ==
+           std::tie(o.uid, o.euid, o.gid, o.egid, o.groups, o.nice, o.sched_policy, o.sched_priority, o.io_priority,
+                    o.cwd, o.environment, o.cgroups, o.namespaces, o.status);
   }
 };
 

@@ -35,6 +35,9 @@ constexpr int kMaxDepth = 12;
 
 // What the scan on this thread looked at (needed_by_extensions_stamped), or null: not recorded.
 thread_local std::map<std::string, Stamp>* t_looked_at = nullptr;
+// The real paths it resolved (path -> realpath, "" when it did not resolve): a link on the way (a directory link
+// switched to another release) changes the answer without changing any file the scan stat'ed (red team round 17).
+thread_local std::map<std::string, std::string>* t_resolved = nullptr;
 
 Stamp stamp_from(const std::string& path, const struct stat& st, bool follow) {
   Stamp s;
@@ -86,7 +89,9 @@ struct Dynamic {
 
 std::string real(const std::string& p) {
   char buf[PATH_MAX];
-  return realpath(p.c_str(), buf) ? std::string(buf) : std::string();
+  std::string r = realpath(p.c_str(), buf) ? std::string(buf) : std::string();
+  if (t_resolved) t_resolved->emplace(p, r);
+  return r;
 }
 
 // A file read piece by piece with pread. Not mmap: mapping each of the hundreds of extension modules a
@@ -308,17 +313,27 @@ void walk(int dir_fd, const std::string& dir, int depth, Walk& w) {
 
 const std::vector<std::string>& loader_dirs() { return system_dirs(); }
 
+std::string real_path_now(const std::string& path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) ? std::string(buf) : std::string();
+}
+
 StampedScan needed_by_extensions_stamped(const std::vector<std::string>& roots) {
   std::map<std::string, Stamp> looked_at;
+  std::map<std::string, std::string> resolved;
   t_looked_at = &looked_at;
+  t_resolved = &resolved;
   StampedScan out;
   try {
     out.libraries = needed_by_extensions(roots);
   } catch (...) {
     t_looked_at = nullptr;
+    t_resolved = nullptr;
     throw;
   }
   t_looked_at = nullptr;
+  t_resolved = nullptr;
+  out.resolved.assign(resolved.begin(), resolved.end());
   out.system_dirs = system_dirs();
   out.looked_at.reserve(looked_at.size());
   for (auto& [path, s] : looked_at) out.looked_at.push_back(std::move(s));

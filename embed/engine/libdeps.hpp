@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace spr::embed::libdeps {
@@ -35,7 +36,10 @@ struct StampedScan {
   std::vector<std::string> libraries;  // needed_by_extensions(roots)
   std::vector<std::string> system_dirs;  // the loader's directories (ld.so.conf, then the defaults) it used
   std::vector<Stamp> looked_at;          // every directory walked and every file opened or looked for, once each
+  std::vector<std::pair<std::string, std::string>> resolved;  // every path it took the realpath of, and that
 };
+// `path`'s realpath now, "" when it does not resolve.
+std::string real_path_now(const std::string& path);
 // needed_by_extensions(roots), with what its answer depends on (one more fstat per directory).
 StampedScan needed_by_extensions_stamped(const std::vector<std::string>& roots);
 // The loader's directories as they are configured now.

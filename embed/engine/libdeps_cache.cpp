@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,17 +45,26 @@ std::string file_name(const std::vector<std::string>& roots) {
 // Only this user's, writable by nobody else.
 bool owned_and_private(const struct stat& st) { return st.st_uid == ::geteuid() && (st.st_mode & 022) == 0; }
 
-// `dir` and its missing parents made (0700), then opened without following a link at its last step; an invalid
-// Fd when it is not a directory this user alone may write.
+// `dir` opened step by step from the root, each step relative to the last one's descriptor and without following
+// a link (a path through a link is not used: nothing is made where another user's link points, red team round
+// 17), each missing step made (0700); an invalid Fd when the last step is not a directory this user alone may
+// write.
 detail::Fd open_cache_dir(const std::string& dir) {
   if (dir.empty() || dir[0] != '/') return {};
-  for (std::size_t at = dir.find('/', 1); at != std::string::npos; at = dir.find('/', at + 1))
-    if (::mkdir(dir.substr(0, at).c_str(), 0700) != 0 && errno != EEXIST) return {};
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return {};
-  detail::Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  detail::Fd at(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  for (std::size_t begin = 1; at && begin < dir.size();) {
+    std::size_t end = dir.find('/', begin);
+    if (end == std::string::npos) end = dir.size();
+    const std::string step = dir.substr(begin, end - begin);
+    begin = end + 1;
+    if (step.empty() || step == ".") continue;
+    if (step == "..") return {};
+    if (::mkdirat(at.get(), step.c_str(), 0700) != 0 && errno != EEXIST) return {};
+    at = detail::Fd(::openat(at.get(), step.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  }
   struct stat st{};
-  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISDIR(st.st_mode) || !owned_and_private(st)) return {};
-  return fd;
+  if (!at || ::fstat(at.get(), &st) != 0 || !S_ISDIR(st.st_mode) || !owned_and_private(st)) return {};
+  return at;
 }
 
 std::string encode(const Stamp& s) {
@@ -92,6 +102,7 @@ std::string serialise(const std::vector<std::string>& roots, const StampedScan& 
   for (const auto& r : roots) out += "R " + r + '\n';
   for (const auto& d : scan.system_dirs) out += "S " + d + '\n';
   for (const auto& s : scan.looked_at) out += encode(s);
+  for (const auto& [path, real] : scan.resolved) out += "P " + std::to_string(path.size()) + ' ' + path + real + '\n';
   for (const auto& l : scan.libraries) out += "O " + l + '\n';
   return out + kEnd + '\n';
 }
@@ -131,6 +142,19 @@ bool load(int dir_fd, const std::string& name, const std::vector<std::string>& r
       kept_roots.push_back(line.substr(2));
     } else if (line.rfind("S ", 0) == 0) {
       kept_dirs.push_back(line.substr(2));
+    } else if (line.rfind("P ", 0) == 0) {
+      // P <length of the path> <the path><its real path, or nothing>: it must resolve the same now.
+      std::size_t used = 0;
+      unsigned long long len = 0;
+      try {
+        len = std::stoull(line.substr(2), &used);
+      } catch (const std::exception&) {
+        return false;
+      }
+      const std::size_t from = 2 + used + 1;
+      if (used == 0 || from > line.size() || line[from - 1] != ' ' || len == 0 || len > line.size() - from) return false;
+      const std::string path = line.substr(from, static_cast<std::size_t>(len));
+      if (path[0] != '/' || real_path_now(path) != line.substr(from + static_cast<std::size_t>(len))) return false;
     } else if (line.rfind("O ", 0) == 0) {
       if (line.size() < 3 || line[2] != '/') return false;
       libs.push_back(line.substr(2));
@@ -189,6 +213,8 @@ std::vector<std::string> needed_by_extensions_cached(const std::vector<std::stri
            s.ctime_ns < racy_before;
   for (const auto& d : scan.system_dirs) keep = keep && d.find('\n') == std::string::npos;
   for (const auto& l : scan.libraries) keep = keep && l.find('\n') == std::string::npos;
+  for (const auto& [path, real] : scan.resolved)
+    keep = keep && !path.empty() && path[0] == '/' && (path + real).find('\n') == std::string::npos;
   if (keep) store(dir.get(), name, serialise(roots, scan));
   return std::move(scan.libraries);
 }

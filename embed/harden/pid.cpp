@@ -1,6 +1,7 @@
 // PID namespace: the worker is PID 2 of a namespace of its own under a minimal init (PID 1, which never runs user
 // code), so nothing a run starts or stops outlives the namespace; a keeper outside ties it to the supervisor.
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -57,8 +58,25 @@ void close_from(int first) { ::syscall(SYS_close_range, static_cast<unsigned>(fi
   }
 }
 
+// Waits until init ends or the supervisor's end of the protocol socket closes (`lifeline`: a copy of the worker's
+// end, never read; its peer's close shows as POLLRDHUP), then ends the namespace in the second case. A supervisor
+// that may no longer signal the keeper (it dropped root after starting the worker: its kill and its death's
+// parent-death signal both fail the kernel's permission check) still ends the namespace by closing its end, as
+// its kill_and_reap does first and its exit does anyway (red team round 17). Without a pidfd: waitpid alone.
+void watch(pid_t init_pid, int lifeline) {
+  const int init_fd = static_cast<int>(::syscall(SYS_pidfd_open, init_pid, 0));
+  if (init_fd < 0 || lifeline < 0) return;
+  pollfd ps[2] = {{init_fd, POLLIN, 0}, {lifeline, POLLRDHUP, 0}};
+  for (;;) {
+    const int r = ::poll(ps, 2, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || ps[0].revents) return;
+    if (ps[1].revents) on_supervisor_gone(SIGTERM);
+  }
+}
+
 // The keeper, outside the namespace, is the process the supervisor started and waits for.
-[[noreturn]] void keep(pid_t init_pid, pid_t supervisor, int status_fd) {
+[[noreturn]] void keep(pid_t init_pid, pid_t supervisor, int status_fd, int lifeline) {
   g_init = init_pid;
   struct sigaction sa {};
   sa.sa_handler = on_supervisor_gone;
@@ -67,6 +85,7 @@ void close_from(int first) { ::syscall(SYS_close_range, static_cast<unsigned>(fi
   // keeper's death) still ends the namespace.
   if (::sigaction(SIGTERM, &sa, nullptr) == 0) ::prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (::getppid() != supervisor) on_supervisor_gone(SIGTERM);
+  watch(init_pid, lifeline);
   int status = 0;
   while (::waitpid(init_pid, &status, 0) < 0) {
     if (errno != EINTR) ::_exit(70);
@@ -97,11 +116,13 @@ LayerStatus enter() {
     return s;
   }
   if (init_pid > 0) {
-    // Only the worker talks to the supervisor: the protocol socket and the output buffer are its alone.
+    // Only the worker talks to the supervisor: the protocol socket and the output buffer are its alone. The
+    // keeper keeps a copy of the socket (fd 4) only to see the supervisor's end close (watch), and never reads it.
     ::close(status_pipe[1]);
+    const int lifeline = ::dup2(3, 4);
     ::dup2(status_pipe[0], 3);
-    close_from(4);
-    keep(init_pid, supervisor, 3);
+    close_from(5);
+    keep(init_pid, supervisor, 3, lifeline);
   }
   ::close(status_pipe[0]);
   const pid_t worker = ::fork();

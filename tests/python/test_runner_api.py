@@ -413,6 +413,7 @@ def test_a_program_changed_since_the_import_gets_a_worker_started_with_its_new_s
     # Red team round 16: a worker takes the program's environment (PYTHONPATH decides what it mounts),
     # priority and limits when it starts; the one started at import is not used once they changed.
     for change in ("os.environ['PYTHONPATH'] = '/nonexistent'", "os.nice(1)",
+                   "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))",
                    "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))"):
         _run_script("import safe_py_runner\n"
                     "from safe_py_runner import _core\n"
@@ -474,6 +475,51 @@ def test_a_program_that_drops_root_after_the_import_exits_and_leaves_no_worker()
         time.sleep(0.05)
     alive = os.path.exists("/proc/%s" % early) and "spr-worker" in open("/proc/%s/cmdline" % early).read()
     assert not alive, "the worker started at import outlived the program"
+
+
+_DESCENDANTS = ("def descendants(pid):\n"
+                "    out, todo = [], [pid]\n"
+                "    while todo:\n"
+                "        p = todo.pop()\n"
+                "        for t in os.listdir('/proc/%d/task' % p):\n"
+                "            kids = [int(k) for k in open('/proc/%d/task/%s/children' % (p, t)).read().split()]\n"
+                "            out += kids\n"
+                "            todo += kids\n"
+                "    return out\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can change its user (the case under test)")
+@pytest.mark.parametrize("isolation", ["namespace", "subinterpreter"])
+def test_a_worker_the_program_may_no_longer_signal_still_ends_with_its_run(isolation):
+    # Red team round 17: after the program dropped root, its kill of a run past its deadline fails (EPERM), and a
+    # run that keeps catching its soft timeout went on spinning after the program exited. The worker's keeper
+    # (outside the sandbox) ends the worker when the program closes its end of the socket.
+    proc = _run_script(_DESCENDANTS +
+                       "from safe_py_runner import Runner, RunnerPolicy\n"
+                       "r = Runner(RunnerPolicy(isolation=%r, timeout_seconds=1), workers=1)\n"
+                       "assert r.run('result = 1').result == 1\n"
+                       "print(' '.join(str(p) for p in descendants(os.getpid())), flush=True)\n"
+                       "os.setgroups([]); os.setgid(65533); os.setuid(65533)  # not 65534: its workers run as that\n"
+                       "res = r.run('while True:\\n    try:\\n        while True: pass\\n    except BaseException: pass')\n"
+                       "assert not res.ok, res\n" % isolation, SAFE_PY_RUNNER_PRESTART="0")
+    pids = proc.stdout.split()
+    assert pids
+    scale = max(1.0, float(os.environ.get("SPR_TEST_TIME_SCALE", "1")))
+
+    def left():
+        out = []
+        for p in pids:
+            try:
+                if "spr-worker" in open("/proc/%s/cmdline" % p).read():
+                    out.append(p)
+            except OSError:
+                pass
+        return out
+
+    deadline = time.monotonic() + 30 * scale  # a hang guard, not a timing
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left() == [], "the worker's processes outlived the program"
 
 
 def test_a_fork_workers_first_run_and_later_ones_use_the_warm_modules():

@@ -269,3 +269,36 @@ TEST_CASE("libdeps cache: a tree changed within the last two seconds is scanned 
   CHECK(c.files() == 0);  // not kept: a change in the same clock tick would not show in the times
   CHECK(spr::embed::libdeps::needed_by_extensions_cached({c.t.root.string()}, "").size() > 0);  // "": no cache
 }
+
+// Red team round 17: a module that links to its file through a directory link ("current" -> a release), and the
+// link switched to another release: no file the scan stat'ed changed, but its answer did.
+TEST_CASE("libdeps cache: a directory link on the way to a module, switched, is seen") {
+  CachedTree c;
+  fs::create_directories(c.t.outside / "rel1");
+  fs::create_directories(c.t.outside / "rel2");
+  fs::copy_file(module("_sqlite3"), c.t.outside / "rel1" / "ext.so");
+  fs::copy_file(module("_uuid"), c.t.outside / "rel2" / "ext.so");
+  fs::create_directory_symlink(c.t.outside / "rel1", c.t.outside / "current");
+  fs::create_symlink(c.t.outside / "current" / "ext.so", c.t.root / "ext.so");
+  REQUIRE(has_library(c.scan(), "libsqlite3.so"));
+  c.plant_marker();
+  REQUIRE(has_marker(c.scan()));
+  fs::remove(c.t.outside / "current");
+  fs::create_directory_symlink(c.t.outside / "rel2", c.t.outside / "current");
+  const auto libs = c.scan();
+  CHECK_FALSE(has_marker(libs));
+  CHECK(has_library(libs, "libuuid.so"));
+  CHECK_FALSE(has_library(libs, "libsqlite3.so"));
+}
+
+// Red team round 17: a cache directory named through a link (another user's, in a shared /tmp) is not used, and
+// nothing is made where the link points.
+TEST_CASE("libdeps cache: a cache directory reached through a link is not used, and nothing is made behind it") {
+  TempTree t;
+  const fs::path target = t.outside / "elsewhere";
+  fs::create_directories(target);
+  fs::create_directory_symlink(target, t.root / "link");
+  const auto libs = spr::embed::libdeps::needed_by_extensions_cached({t.root.string()}, (t.root / "link" / "cache").string(), 0);
+  CHECK(fs::is_empty(target));
+  (void)libs;
+}
