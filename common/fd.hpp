@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 
 namespace spr::detail {
 
@@ -39,6 +40,19 @@ class Fd {
  private:
   int fd_ = -1;
 };
+
+// Reads exactly `n` bytes into `buf` (retrying EINTR and short reads); false at an error or the end of the file
+// before `n` (a file that shrank since its size was taken).
+inline bool read_full(int fd, char* buf, std::size_t n) {
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::read(fd, buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    got += static_cast<std::size_t>(r);
+  }
+  return true;
+}
 
 // Calls f() again while it fails with EINTR (nsjail's TEMP_FAILURE_RETRY, fmt's FMT_RETRY).
 template <typename F>

@@ -116,13 +116,7 @@ bool load(int dir_fd, const std::string& name, const std::vector<std::string>& r
       static_cast<std::uint64_t>(st.st_size) > kMaxFileBytes)
     return false;
   std::string text(static_cast<std::size_t>(st.st_size), '\0');
-  std::size_t got = 0;
-  while (got < text.size()) {
-    const ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    got += static_cast<std::size_t>(n);
-  }
+  if (!detail::read_full(fd.get(), text.data(), text.size())) return false;
   std::size_t at = 0;
   auto next_line = [&](std::string& line) {
     const auto nl = text.find('\n', at);

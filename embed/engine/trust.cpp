@@ -74,14 +74,7 @@ detail::Fd open_regular(const std::string& path, struct stat& st) {
 // The whole file, as large as its stat said (a file that shrank meanwhile fails).
 bool read_all(const detail::Fd& fd, const struct stat& st, std::string& out) {
   out.resize(static_cast<std::size_t>(st.st_size));
-  std::size_t got = 0;
-  while (got < out.size()) {
-    const ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    got += static_cast<std::size_t>(n);
-  }
-  return true;
+  return detail::read_full(fd.get(), out.data(), out.size());
 }
 
 bool read_file(const std::string& path, std::string& out) {
