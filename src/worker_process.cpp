@@ -474,9 +474,10 @@ constexpr int kUnsignalledWaitMs = 1000;
 // for it into `status`, and reaps what it left to this process when it adopts orphans. The caller has
 // closed the worker's socket. A process that changed its user since it started the worker (a program
 // that drops root after building a Runner, or after importing the package, which starts one) may not
-// signal it any more (EPERM): the worker ends by itself at the end of its input (at once when idle, by its
-// run's limits when running), and is waited for a moment through its pidfd, never without a bound
-// (red team round 16: the wait for a worker that never got the signal hung the program's exit).
+// signal it any more (EPERM): its keeper, which holds a copy of the worker's end of the socket, ends the
+// worker's PID namespace when this end closes (embed/harden/pid.cpp), and it is waited for a moment through
+// its pidfd, never without a bound (red team round 16: the wait for a worker that never got the signal hung
+// the program's exit; round 17: a run that kept catching its soft timeout kept such a worker alive).
 static void kill_group_and_reap(pid_t pid, int pidfd, int& status) {
   const bool group = ::kill(-pid, SIGKILL) == 0;
   const bool one = ::kill(pid, SIGKILL) == 0;
