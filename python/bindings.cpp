@@ -287,11 +287,13 @@ struct Prestarted {
     static auto* p = new Prestarted;  // never destroyed: exit may come before the atexit hook that stops it
     return *p;
   }
+  // This process started it (not a forked child's copy).
+  bool mine() const { return !forked && pid == getpid(); }
   // The runner, if this process started it; a forked child's copy is dropped without being stopped (its
   // threads are not in the child) and never used.
   std::shared_ptr<spr::Runner> take() {
     if (!runner) return {};
-    if (forked || pid != getpid()) {
+    if (!mine()) {
       new std::shared_ptr<spr::Runner>(std::move(runner));  // NOLINT: left as it is, deliberately
       return {};
     }
@@ -469,7 +471,7 @@ PYBIND11_MODULE(_core, m) {
       "Stop the prestarted Runner if nothing took it over.");
   m.def("prestart_pending", [] {
     const Prestarted& p = Prestarted::get();
-    return p.runner != nullptr && !Prestarted::forked && p.pid == getpid();
+    return p.runner != nullptr && p.mine();
   });
 
   py::class_<PyRunner>(m, "Runner")

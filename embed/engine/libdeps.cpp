@@ -87,9 +87,9 @@ struct Dynamic {
   std::vector<std::string> search;  // RPATH or RUNPATH entries, $ORIGIN expanded
 };
 
+// real_path_now(p), noted when the scan on this thread records what it resolved.
 std::string real(const std::string& p) {
-  char buf[PATH_MAX];
-  std::string r = realpath(p.c_str(), buf) ? std::string(buf) : std::string();
+  std::string r = real_path_now(p);
   if (t_resolved) t_resolved->emplace(p, r);
   return r;
 }

@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -138,15 +137,11 @@ bool load(int dir_fd, const std::string& name, const std::vector<std::string>& r
       kept_dirs.push_back(line.substr(2));
     } else if (line.rfind("P ", 0) == 0) {
       // P <length of the path> <the path><its real path, or nothing>: it must resolve the same now.
-      std::size_t used = 0;
       unsigned long long len = 0;
-      try {
-        len = std::stoull(line.substr(2), &used);
-      } catch (const std::exception&) {
-        return false;
-      }
-      const std::size_t from = 2 + used + 1;
-      if (used == 0 || from > line.size() || line[from - 1] != ' ' || len == 0 || len > line.size() - from) return false;
+      int used = 0;
+      if (std::sscanf(line.c_str() + 2, "%llu%n", &len, &used) != 1 || used <= 0) return false;
+      const std::size_t from = 2 + static_cast<std::size_t>(used) + 1;
+      if (from > line.size() || line[from - 1] != ' ' || len == 0 || len > line.size() - from) return false;
       const std::string path = line.substr(from, static_cast<std::size_t>(len));
       if (path[0] != '/' || real_path_now(path) != line.substr(from + static_cast<std::size_t>(len))) return false;
     } else if (line.rfind("O ", 0) == 0) {
