@@ -332,7 +332,16 @@ _CHILDREN = ("def children():\n"
              "    while not children():\n"
              "        assert time.monotonic() < deadline, 'no worker started at import'\n"
              "        time.sleep(0.01)\n"
-             "    return children()\n")
+             "    return children()\n"
+             "def worker_argv(worker, scale):\n"
+             "    # The child is the worker once it has exec'd (before, its command line is this program's).\n"
+             "    deadline = time.monotonic() + 30 * scale  # a hang guard, not a timing\n"
+             "    while True:\n"
+             "        argv = open('/proc/%d/cmdline' % worker).read().split('\\0')\n"
+             "        if argv[0].endswith('spr-worker'):\n"
+             "            return argv\n"
+             "        assert time.monotonic() < deadline, argv\n"
+             "        time.sleep(0.01)\n")
 
 
 def _run_script(script: str, **env) -> subprocess.CompletedProcess:
@@ -353,7 +362,7 @@ def test_importing_the_package_starts_the_worker_the_first_run_takes_over():
                 "from safe_py_runner import _core\n"
                 "assert _core.prestart_pending()\n"
                 "(worker,) = wait_for_child(scale)\n"
-                "assert open('/proc/%d/cmdline' % worker).read().split('\\0')[0].endswith('spr-worker')\n"
+                "assert worker_argv(worker, scale)[0].endswith('spr-worker')\n"
                 "assert safe_py_runner.run_code('result = 6 * 7').result == 42\n"
                 "assert not _core.prestart_pending()\n"
                 "assert worker in children(), 'the first run did not use the worker started at import'\n")
@@ -362,7 +371,7 @@ def test_importing_the_package_starts_the_worker_the_first_run_takes_over():
 def test_a_program_that_only_imports_the_package_leaves_no_process_or_directory():
     proc = _run_script("import safe_py_runner\n"
                        "(worker,) = wait_for_child(scale)\n"
-                       "argv = open('/proc/%d/cmdline' % worker).read().split('\\0')\n"
+                       "argv = worker_argv(worker, scale)\n"
                        "print(worker, argv[argv.index('--scratch') + 1])\n")
     worker, scratch = proc.stdout.split()
     assert scratch.startswith("/tmp/spr-")
@@ -446,7 +455,7 @@ def test_an_import_that_fails_after_the_worker_started_leaves_nothing_at_exit():
                        "else:\n"
                        "    raise AssertionError('the import did not fail')\n"
                        "(worker,) = wait_for_child(scale)\n"
-                       "argv = open('/proc/%d/cmdline' % worker).read().split('\\0')\n"
+                       "argv = worker_argv(worker, scale)\n"
                        "print(worker, argv[argv.index('--scratch') + 1])\n")
     worker, scratch = proc.stdout.split()
     assert scratch.startswith("/tmp/spr-")
