@@ -76,6 +76,27 @@ void on_cancel(const CancelToken& t, std::function<void()> f) {
   f();
 }
 
+void set_watch(const CancelToken& t, int fd, std::function<void()> f) {
+  std::lock_guard<std::mutex> lk(t.state()->mu);
+  t.state()->watch_fd = fd;
+  t.state()->on_watch = std::move(f);
+}
+
+int watch_fd(const CancelToken& t) {
+  std::lock_guard<std::mutex> lk(t.state()->mu);
+  return t.state()->on_watch ? t.state()->watch_fd : -1;
+}
+
+void fire_watch(const CancelToken& t) {
+  std::function<void()> f;
+  {
+    std::lock_guard<std::mutex> lk(t.state()->mu);
+    f.swap(t.state()->on_watch);
+    t.state()->watch_fd = -1;
+  }
+  if (f) f();
+}
+
 RunResult cancelled_result() {
   return outcome::cancelled();
 }

@@ -138,6 +138,7 @@ struct Runner::Impl {
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd(), w.ending_flag())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;
+    extras.cancel = &opts->cancel;
     RunResult r = w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (detail::detach(opts->cancel)) {
       w.kill_and_reap();

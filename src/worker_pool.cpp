@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "common/run_deadline.hpp"
+#include "detail/cancel.hpp"
 
 namespace spr::detail {
 
@@ -400,6 +401,14 @@ WorkerPool::Lease WorkerPool::lease(const PoolKey& key, std::string& error, cons
       }
       place.leave();  // the next in line takes the next idle worker, if there is one
       return lease_locked(it, std::move(w));
+    }
+    // No worker at hand: a caller that reads its own input on this thread is told now that the run waits
+    // (serve's reading thread passes the reading on; detail::set_watch).
+    if (cancel && detail::watch_fd(*cancel) >= 0) {
+      lk.unlock();
+      detail::fire_watch(*cancel);
+      lk.lock();
+      continue;
     }
     if (key.once) {
       auto w = start_one_shot(it, lk, error);

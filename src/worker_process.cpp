@@ -31,6 +31,7 @@
 #include "common/run_files.hpp"
 #include "common/outcome.hpp"
 #include "common/protocol.hpp"
+#include "detail/cancel.hpp"
 #include "detail/json_cost.hpp"
 #include "detail/spawn.hpp"
 
@@ -751,15 +752,22 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     if (r.stderr_text.size() > sent[1]) (*extras.on_output)(OutputStream::err, r.stderr_text.substr(sent[1]));
     return r;
   };
-  // Before every frame (a run with host functions sends several).
-  auto stream_until_readable = [&] {
-    if (!extras.on_output || !*extras.on_output) return;
-    for (;;) {
-      pollfd pfd{sock_.get(), POLLIN, 0};
+  // Before every frame (a run with host functions sends several): streaming, the capture buffer is read every
+  // 10 ms; a caller's watch (detail::set_watch) is called once its descriptor turns readable.
+  const bool streaming = extras.on_output && *extras.on_output;
+  int watch = extras.cancel ? watch_fd(*extras.cancel) : -1;
+  auto wait_for_frame = [&] {
+    while (streaming || watch >= 0) {
+      pollfd pfd[3] = {{sock_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}, {watch, POLLIN, 0}};
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
-      const int ready = ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(left, 0, 10)));
-      stream_capture(id, cap, sent, *extras.on_output);
-      if (ready != 0 || left <= 0) break;  // readable, hung up, failed or out of time: read_frame decides
+      const int ready = ::poll(pfd, watch >= 0 ? 3 : 2, static_cast<int>(std::clamp<long long>(left, 0, streaming ? 10 : 60000)));
+      if (streaming) stream_capture(id, cap, sent, *extras.on_output);
+      if (ready > 0 && watch >= 0 && pfd[2].revents) {
+        fire_watch(*extras.cancel);
+        watch = -1;
+        if (ready == 1) continue;
+      }
+      if (ready != 0 || left <= 0) break;  // readable, hung up, ended, failed or out of time: read_frame decides
     }
   };
   std::string frame;
@@ -772,7 +780,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       static_cast<std::uint64_t>(policy.max_files_kb), extras.want_repr,
       extras.host ? static_cast<std::uint64_t>(policy.host_call_kb()) : 0);
   for (int frames = 0;; ++frames) {
-    stream_until_readable();
+    wait_for_frame();
     IoStatus s = receive(frame, hard_deadline, frame_cap);
     if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout, hard_deadline));
     // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what

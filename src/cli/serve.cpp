@@ -37,6 +37,8 @@ constexpr std::size_t kMaxWaiting = 64;
 constexpr std::size_t kMaxWaitingCost = 64u << 20;
 // Session calls run on at most this many threads (and never more than max_sessions).
 constexpr std::size_t kMaxSessionThreads = 64;
+// A request line up to this long may keep the reading role while its run runs inline (see read_loop).
+constexpr std::size_t kKeepRoleBytes = 64 << 10;
 
 // Whole lines from a file descriptor through one buffer: a read(2) brings many lines at once.
 class LineReader {
@@ -45,6 +47,10 @@ class LineReader {
 
   // One line into `line`, without its newline; false at the end of input. `too_long`: the line went
   // past detail::kMaxRequestLineBytes and was read to its end without being kept (`line` is then empty).
+  int fd() const { return fd_; }
+  // Bytes read from the descriptor and not yet returned as lines.
+  bool buffered() const { return pos_ < end_; }
+
   bool next(std::string& line, bool& too_long) {
     line.clear();
     too_long = false;
@@ -124,15 +130,18 @@ class Server {
         max_running_(runner.options().workers * 2 + session_threads_cap() + 1) {}
 
   // Reads and handles request lines until the input ends. Run by the calling thread and, once a run has
-  // been taken inline, by one standby thread: whoever holds the reading role reads the next line; a
+  // been taken inline, by one standby thread: whoever holds the reading role reads the next line. A
   // one-off run that finds nothing else of its kind in flight is run by the thread that read it (no
-  // hand-off to another thread on its path), which first passes the reading role on, so cancels and
-  // later requests are still read while it runs.
+  // hand-off to another thread on its path). A short one keeps the reading role while it runs, passing it
+  // to the standby thread only when more input arrives or the run has to wait for a worker (detail::
+  // set_watch); so a client that waits for each answer never wakes the standby thread, and cancels and
+  // later requests are still read while a run runs.
   void read_loop() {
     std::string line;
     bool too_long = false;
+    std::unique_lock<std::mutex> role(reader_mu_, std::defer_lock);
     for (;;) {
-      std::unique_lock<std::mutex> role(reader_mu_);
+      if (!role.owns_lock()) role.lock();
       if (input_done_) return;
       wait_for_room();
       if (!reader_.next(line, too_long)) {
@@ -144,6 +153,7 @@ class Server {
         continue;
       }
       if (detail::blank_line(line)) continue;
+      const bool short_line = line.size() <= kKeepRoleBytes;
       std::optional<Job> job = handle(line);
       if (line.capacity() > (1u << 20)) std::string().swap(line);  // a big line's buffer is not kept
       if (!job) continue;
@@ -152,8 +162,14 @@ class Server {
         continue;
       }
       start_standby();
-      role.unlock();
+      // Passed on at once: a run whose host calls wait for answer lines, a large request (its sending is not
+      // watched), or when more input is already buffered.
+      if (job->calls || !short_line || reader_.buffered())
+        role.unlock();
+      else
+        detail::set_watch(job->options.cancel, reader_.fd(), [&role] { role.unlock(); });
       run_inline(*job);
+      detail::set_watch(job->options.cancel, -1, nullptr);
     }
   }
 

@@ -25,6 +25,11 @@ struct CancelState {
   // its idle slots while it dies (their run would answer that it ended with its worker).
   std::shared_ptr<std::atomic<bool>> ending;
   std::vector<std::function<void()>> on_cancel;
+  // A caller that reads its own input on the run's thread while the run goes on (serve's reading thread,
+  // running a request itself): `on_watch` is called once, on the run's thread, when `watch_fd` turns
+  // readable while the run waits for its reply, or when the run has to wait for a worker.
+  int watch_fd = -1;
+  std::function<void()> on_watch;
 };
 
 // While attached, a cancel kills the process `pidfd` refers to (`pid` when the kernel has no pidfd).
@@ -34,6 +39,13 @@ bool attach(const CancelToken& t, pid_t pid, int pidfd, std::shared_ptr<std::ato
 bool detach(const CancelToken& t);
 // Runs `f` on cancel (at once if it is cancelled already). `f` must not block.
 void on_cancel(const CancelToken& t, std::function<void()> f);
+
+// Sets the token's watch (CancelState::watch_fd, on_watch). `f` must not block.
+void set_watch(const CancelToken& t, int fd, std::function<void()> f);
+// The watch's descriptor, -1 when there is none or it was called.
+int watch_fd(const CancelToken& t);
+// Calls the watch's function now, unless it was called already.
+void fire_watch(const CancelToken& t);
 
 // A promise set at most once: by the run, or earlier by a cancel.
 struct Completion {

@@ -42,6 +42,7 @@ struct RunExtras {
   const std::vector<std::string>* collect = nullptr;  // patterns of the files that may come back
   const std::string* input_json = nullptr;  // input_data as JSON text (RunOptions::input_json), used instead
   bool input_json_checked = false;  // json_text_error() already passed on *input_json: not scanned again
+  const CancelToken* cancel = nullptr;  // its watch (detail::set_watch) is watched while the reply is awaited
 };
 
 // Where the pool's idle CPU watch started counting: the worker's CPU clock when it was first seen idle after

@@ -295,6 +295,52 @@ TEST_CASE("serve: close_session while the session opens closes it; the name's ne
   CHECK(rs["3"]["result"] == false);  // not the namespace of call 1
 }
 
+// A short run that finds nothing else in flight is run by the thread that read it, which keeps reading
+// stdin itself while the run waits (nothing is handed to another thread on a request's path). Input that
+// arrives during the run must still be read at once: a second request runs beside it and a cancel stops it.
+// A serve that missed its input here answers neither before the runs' 300 s limit.
+TEST_CASE("serve: input that arrives while a run runs is read at once, streamed or not, every mode") {
+  for (const char* mode : {"namespace", "subinterpreter", "fork", "process"}) {
+    INFO("mode ", mode);
+    ServeProc s({"--workers", "2", "--isolation", mode, "--timeout", "300"});
+    REQUIRE(s.write(request("warm", "result = 1")));  // the next run then finds a warm worker
+    REQUIRE(s.wait_answers(1, 60));
+    // Waits (bounded) until `pred` holds of serve's output so far.
+    auto output_until = [&](auto pred) {
+      const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * time_scale());
+      while (!pred(s.output())) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      return true;
+    };
+    auto output_has = [&](const std::string& text) {
+      return output_until([&](const std::string& out) { return out.find(text) != std::string::npos; });
+    };
+    auto answered = [&](const std::string& id) {  // its result line, not a streamed chunk
+      return output_until([&](const std::string& out) { return results(lines_of(out)).count(json(id).dump()) > 0; });
+    };
+    // Streamed: its first chunk says the run is under way.
+    REQUIRE(s.write(request("spin", "print('under way', flush=True)\nwhile True: pass", {{"stream", true}})));
+    REQUIRE(output_has("under way"));
+    REQUIRE(s.write(request("quick", "result = 7")));
+    CHECK_MESSAGE(answered("quick"), "a request sent during a run was not read");
+    REQUIRE(s.write("{\"id\": \"c1\", \"cancel\": \"spin\"}\n"));
+    CHECK_MESSAGE(answered("spin"), "a cancel sent during a streamed run was not read");
+    // Not streamed: nothing polls the run's output, only its reply and serve's input are waited on.
+    REQUIRE(s.write(request("spin2", "while True: pass")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // under way, most likely (either way it must end)
+    REQUIRE(s.write("{\"id\": \"c2\", \"cancel\": \"spin2\"}\n"));
+    CHECK_MESSAGE(answered("spin2"), "a cancel sent during a run was not read");
+    s.close_input();
+    CHECK(s.wait_exit(60) == 0);
+    auto rs = results(lines_of(s.output()));
+    CHECK(rs["\"quick\""]["result"] == 7);
+    CHECK(rs["\"spin\""]["error_kind"] == "cancelled");
+    CHECK(rs["\"spin2\""]["error_kind"] == "cancelled");
+  }
+}
+
 TEST_CASE("serve: two requests in flight with one id are both cancelled by a cancel of that id") {
   const std::string spin = "while True: pass";
   const std::string input = request("dup", spin) + request("dup", spin) + "{\"id\": \"c\", \"cancel\": \"dup\"}\n";
