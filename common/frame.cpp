@@ -30,11 +30,24 @@ const char* to_string(IoStatus s) {
 
 namespace {
 
+// Calls and empties `before_wait` when it is set (see read_frame).
+void call_before_wait(std::function<void()>* before_wait) {
+  if (before_wait && *before_wait) std::exchange(*before_wait, nullptr)();
+}
+
 // Waits until fd is readable or the deadline passes.
-IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us, int exit_fd) {
+IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us, int exit_fd,
+                       std::function<void()>* before_wait) {
   pollfd ps[2] = {{fd, POLLIN, 0}, {exit_fd, POLLIN, 0}};
   pollfd& p = ps[0];
   const nfds_t n = exit_fd >= 0 ? 2 : 1;
+  if (before_wait && *before_wait) {
+    // Only a wait that would block calls it: a look first, without waiting.
+    const int r = ::poll(ps, n, 0);
+    if (r > 0) return p.revents ? IoStatus::ok : IoStatus::eof;
+    if (r < 0 && errno != EINTR) return IoStatus::error;
+    call_before_wait(before_wait);
+  }
   if (spin_us > 0) {
     const auto spin_end = Clock::now() + std::chrono::microseconds(spin_us);
     do {
@@ -61,10 +74,11 @@ IoStatus wait_readable(int fd, Clock::time_point deadline, int spin_us, int exit
   }
 }
 
-IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline, int spin_us, int exit_fd) {
+IoStatus read_exact(int fd, char* buf, std::size_t n, Clock::time_point deadline, int spin_us, int exit_fd,
+                    std::function<void()>* before_wait) {
   std::size_t got = 0;
   while (got < n) {
-    IoStatus w = wait_readable(fd, deadline, got == 0 ? spin_us : 0, exit_fd);
+    IoStatus w = wait_readable(fd, deadline, got == 0 ? spin_us : 0, exit_fd, before_wait);
     if (w != IoStatus::ok) return w;
     ssize_t r = ::read(fd, buf + got, n - got);
     if (r > 0) {
@@ -100,9 +114,9 @@ void grow_wiped(std::string& s, std::size_t n) {
 }  // namespace
 
 IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, std::uint32_t max_bytes,
-                    int spin_us, int exit_fd, bool trusted_peer) {
+                    int spin_us, int exit_fd, bool trusted_peer, std::function<void()>* before_wait) {
   unsigned char hdr[4];
-  IoStatus s = read_exact(fd, reinterpret_cast<char*>(hdr), 4, deadline, spin_us, exit_fd);
+  IoStatus s = read_exact(fd, reinterpret_cast<char*>(hdr), 4, deadline, spin_us, exit_fd, before_wait);
   if (s != IoStatus::ok) return s;
   const std::uint32_t len = std::uint32_t(hdr[0]) | std::uint32_t(hdr[1]) << 8 | std::uint32_t(hdr[2]) << 16 |
                             std::uint32_t(hdr[3]) << 24;
@@ -116,7 +130,7 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
     for (std::size_t got = 0; got < len;) {
       const std::size_t want = std::min<std::size_t>(len - got, kStep);
       payload.resize(got + want);
-      s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd);
+      s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd, before_wait);
       if (s != IoStatus::ok) return s;
       got += want;
     }
@@ -132,7 +146,7 @@ IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline, st
   while (got < len) {
     const std::size_t want = std::min<std::size_t>(len - got, std::max(kChunk, got));
     grow_wiped(payload, got + want);
-    s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd);
+    s = read_exact(fd, payload.data() + got, want, deadline, 0, exit_fd, before_wait);
     if (s != IoStatus::ok) return s;
     got += want;
   }
@@ -157,7 +171,8 @@ IoStatus wait_writable(int fd, Clock::time_point deadline, int exit_fd) {
 
 }  // namespace
 
-IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline, int exit_fd, bool socket) {
+IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline, int exit_fd, bool socket,
+                    std::function<void()>* before_wait) {
   if (payload.size() > kMaxFrameBytes) return IoStatus::too_large;
   const auto len = static_cast<std::uint32_t>(payload.size());
   const unsigned char hdr[4] = {static_cast<unsigned char>(len), static_cast<unsigned char>(len >> 8),
@@ -178,6 +193,7 @@ IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return IoStatus::error;
+      call_before_wait(before_wait);
       if (const IoStatus s = wait_writable(fd, deadline, exit_fd); s != IoStatus::ok) return s;
       continue;
     }

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -26,9 +27,12 @@ const char* to_string(IoStatus);
 // whose header is believed: the payload is sized once, not grown in steps that each copy what came
 // so far (a 100 MiB request took 26 steps and copied ~100 MiB more). An untrusted peer's claim costs
 // at most twice what it really sent.
+// `before_wait` (may be null or empty): called, and emptied, before the call first has to wait for the peer;
+// a caller that holds something a peer could keep it holding that long lets go of it there (serve's reading
+// role, detail::set_watch). Not called when the peer's bytes are there already.
 IoStatus read_frame(int fd, std::string& payload, Clock::time_point deadline,
                     std::uint32_t max_bytes = kMaxFrameBytes, int spin_us = 0, int exit_fd = -1,
-                    bool trusted_peer = false);
+                    bool trusted_peer = false, std::function<void()>* before_wait = nullptr);
 // Writes header and payload with one writev where possible; retries on EINTR and short writes.
 // `nosignal`: fd is a socket and a vanished peer must yield an error, not SIGPIPE (the supervisor
 // lives in someone else's process and cannot own its signal dispositions).
@@ -37,8 +41,9 @@ IoStatus write_frame(int fd, std::string_view payload, bool nosignal = false);
 // then ends with timeout), and ends with eof when `exit_fd` (a pidfd, or -1) turns readable while the
 // fd takes nothing: the peer is gone. A socket is sent with MSG_DONTWAIT | MSG_NOSIGNAL and may stay
 // blocking for other users; any other fd (a pipe) must be O_NONBLOCK already.
+// `before_wait`: as read_frame's, called before the first wait for the peer to take more bytes.
 IoStatus send_frame(int fd, std::string_view payload, Clock::time_point deadline, int exit_fd = -1,
-                    bool socket = true);
+                    bool socket = true, std::function<void()>* before_wait = nullptr);
 
 // Parses JSON, refusing nesting deeper than `max_depth`. Throws nlohmann::json::exception.
 nlohmann::json parse_json(std::string_view text, int max_depth = kMaxJsonDepth);

@@ -604,12 +604,14 @@ void WorkerProcess::trim_capture() const {
   }
 }
 
-IoStatus WorkerProcess::send(std::string_view frame, Clock::time_point deadline) const {
-  return send_frame(sock_.get(), frame, deadline, pidfd_.get());
+IoStatus WorkerProcess::send(std::string_view frame, Clock::time_point deadline,
+                            std::function<void()>* before_wait) const {
+  return send_frame(sock_.get(), frame, deadline, pidfd_.get(), true, before_wait);
 }
 
-IoStatus WorkerProcess::receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const {
-  return read_frame(sock_.get(), frame, deadline, cap, 0, pidfd_.get());
+IoStatus WorkerProcess::receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap,
+                               std::function<void()>* before_wait) const {
+  return read_frame(sock_.get(), frame, deadline, cap, 0, pidfd_.get(), false, before_wait);
 }
 
 std::optional<json> WorkerProcess::variables(std::uint64_t id, Clock::time_point deadline) {
@@ -724,7 +726,23 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   const auto sent_at = Clock::now();
   const Clock::time_point send_deadline = sent_at + (hard_deadline > sent_at ? hard_deadline - sent_at : Clock::duration{}) +
                                           std::chrono::seconds(kMinSendSeconds);
-  if (const IoStatus s = send(text, send_deadline); s == IoStatus::timeout) {
+  // A caller's watch (detail::set_watch: serve reading its input on this thread) is called once its descriptor
+  // turns readable while the reply is awaited, and before anything here would wait on the worker otherwise (a
+  // send it does not take, a frame it sends in part, host calls, its end): how long those take is the
+  // worker's to decide, and a run that owns its process would hold the caller's input that long.
+  int watch = extras.cancel ? watch_fd(*extras.cancel) : -1;
+  std::function<void()> pass_on;
+  if (watch >= 0)
+    pass_on = [&] {
+      fire_watch(*extras.cancel);
+      watch = -1;
+    };
+  if (extras.host && pass_on) std::exchange(pass_on, nullptr)();
+  auto lose = [&](IoStatus status, bool timed_out) {
+    if (pass_on) std::exchange(pass_on, nullptr)();
+    return lost(id, status, policy, timed_out, hard_deadline);
+  };
+  if (const IoStatus s = send(text, send_deadline, &pass_on); s == IoStatus::timeout) {
     // A stopped worker (or one whose run stopped reading) would block us forever on a full socket.
     kill_and_reap();
     const double waited = std::chrono::duration<double>(Clock::now() - sent_at).count();
@@ -732,7 +750,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     r.isolation = isolation_;
     return r;
   } else if (s != IoStatus::ok) {
-    return lost(id, IoStatus::eof, policy, false, hard_deadline);
+    return lose(IoStatus::eof, false);
   }
   hard_deadline += Clock::now() - sent_at;
   std::string().swap(text);  // a large request's text is not held for the whole run
@@ -753,9 +771,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
     return r;
   };
   // Before every frame (a run with host functions sends several): streaming, the capture buffer is read every
-  // 10 ms; a caller's watch (detail::set_watch) is called once its descriptor turns readable.
+  // 10 ms; the caller's watch is watched.
   const bool streaming = extras.on_output && *extras.on_output;
-  int watch = extras.cancel ? watch_fd(*extras.cancel) : -1;
   auto wait_for_frame = [&] {
     while (streaming || watch >= 0) {
       pollfd pfd[3] = {{sock_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}, {watch, POLLIN, 0}};
@@ -763,8 +780,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       const int ready = ::poll(pfd, watch >= 0 ? 3 : 2, static_cast<int>(std::clamp<long long>(left, 0, streaming ? 10 : 60000)));
       if (streaming) stream_capture(id, cap, sent, *extras.on_output);
       if (ready > 0 && watch >= 0 && pfd[2].revents) {
-        fire_watch(*extras.cancel);
-        watch = -1;
+        std::exchange(pass_on, nullptr)();
         if (ready == 1) continue;
       }
       if (ready != 0 || left <= 0) break;  // readable, hung up, ended, failed or out of time: read_frame decides
@@ -781,8 +797,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       extras.host ? static_cast<std::uint64_t>(policy.host_call_kb()) : 0);
   for (int frames = 0;; ++frames) {
     wait_for_frame();
-    IoStatus s = receive(frame, hard_deadline, frame_cap);
-    if (s != IoStatus::ok) return finish(lost(id, s, policy, s == IoStatus::timeout, hard_deadline));
+    IoStatus s = receive(frame, hard_deadline, frame_cap, &pass_on);
+    if (s != IoStatus::ok) return finish(lose(s, s == IoStatus::timeout));
     // A reply's parsed tree is bounded before anything parses it: the frame cap bounds bytes, not what
     // they cost once built (14 MiB of `{},` took 566 MB).
     why = parse_cost_refusal(frame, cost_budget(frame.size()));
@@ -793,8 +809,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
         --frames;
         continue;
       }
-      if (step == HostCalls::Step::timed_out) return finish(lost(id, IoStatus::timeout, policy, true, hard_deadline));
-      if (step == HostCalls::Step::gone) return finish(lost(id, IoStatus::eof, policy, false, hard_deadline));
+      if (step == HostCalls::Step::timed_out) return finish(lose(IoStatus::timeout, true));
+      if (step == HostCalls::Step::gone) return finish(lose(IoStatus::eof, false));
       kill_and_reap();  // out of step with us, or over a limit it should have kept: replaced
       r = step == HostCalls::Step::over_limit ? outcome::host_call_limit(why)
                                                : outcome::failure(ErrorKind::protocol_error, "worker host call refused: " + why);

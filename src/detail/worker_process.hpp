@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <vector>
 #include <memory>
@@ -121,8 +122,10 @@ class WorkerProcess {
   WorkerProcess() = default;
   // Every frame to and from the worker goes through these two: each has a deadline, and the worker's
   // exit ends either at once. A worker that stops reading cannot stall the supervisor.
-  IoStatus send(std::string_view frame, Clock::time_point deadline) const;
-  IoStatus receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap) const;
+  // `before_wait`: as send_frame's and read_frame's (common/frame.hpp).
+  IoStatus send(std::string_view frame, Clock::time_point deadline, std::function<void()>* before_wait = nullptr) const;
+  IoStatus receive(std::string& frame, Clock::time_point deadline, std::uint32_t cap,
+                   std::function<void()>* before_wait = nullptr) const;
   RunResult lost(std::uint64_t id, IoStatus status, const RunnerPolicy& policy, bool timed_out,
                  Clock::time_point deadline);
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,

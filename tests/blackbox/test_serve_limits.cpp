@@ -295,6 +295,24 @@ TEST_CASE("serve: close_session while the session opens closes it; the name's ne
   CHECK(rs["3"]["result"] == false);  // not the namespace of call 1
 }
 
+// Waits (bounded: 60 s, scaled) until `pred` holds of serve's output so far.
+template <class Pred>
+bool output_until(ServeProc& s, Pred pred) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * time_scale());
+  while (!pred(s.output())) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+bool output_shows(ServeProc& s, const std::string& text) {
+  return output_until(s, [&](const std::string& out) { return out.find(text) != std::string::npos; });
+}
+// Request `id`'s result line is out (a streamed chunk is not one).
+bool has_answered(ServeProc& s, const std::string& id) {
+  return output_until(s, [&](const std::string& out) { return results(lines_of(out)).count(json(id).dump()) > 0; });
+}
+
 // A short run that finds nothing else in flight is run by the thread that read it, which keeps reading
 // stdin itself while the run waits (nothing is handed to another thread on a request's path). Input that
 // arrives during the run must still be read at once: a second request runs beside it and a cancel stops it.
@@ -305,21 +323,8 @@ TEST_CASE("serve: input that arrives while a run runs is read at once, streamed 
     ServeProc s({"--workers", "2", "--isolation", mode, "--timeout", "300"});
     REQUIRE(s.write(request("warm", "result = 1")));  // the next run then finds a warm worker
     REQUIRE(s.wait_answers(1, 60));
-    // Waits (bounded) until `pred` holds of serve's output so far.
-    auto output_until = [&](auto pred) {
-      const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(60 * time_scale());
-      while (!pred(s.output())) {
-        if (std::chrono::steady_clock::now() > end) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      return true;
-    };
-    auto output_has = [&](const std::string& text) {
-      return output_until([&](const std::string& out) { return out.find(text) != std::string::npos; });
-    };
-    auto answered = [&](const std::string& id) {  // its result line, not a streamed chunk
-      return output_until([&](const std::string& out) { return results(lines_of(out)).count(json(id).dump()) > 0; });
-    };
+    auto output_has = [&](const std::string& text) { return output_shows(s, text); };
+    auto answered = [&](const std::string& id) { return has_answered(s, id); };
     // Streamed: its first chunk says the run is under way.
     REQUIRE(s.write(request("spin", "print('under way', flush=True)\nwhile True: pass", {{"stream", true}})));
     REQUIRE(output_has("under way"));
@@ -338,6 +343,57 @@ TEST_CASE("serve: input that arrives while a run runs is read at once, streamed 
     CHECK(rs["\"quick\""]["result"] == 7);
     CHECK(rs["\"spin\""]["error_kind"] == "cancelled");
     CHECK(rs["\"spin2\""]["error_kind"] == "cancelled");
+  }
+}
+
+// The same, against a run that owns its worker (namespace and subinterpreter mode, where the run is in the
+// process serve talks to): whatever the run makes serve wait on, serve's input is still read (red team round
+// 18, F1: a frame sent in part, or a request the worker does not take, held the reading for the run's limit).
+TEST_CASE("serve: a run that owns its worker cannot keep serve from reading its input") {
+  for (const char* mode : {"namespace", "subinterpreter"}) {
+    INFO("mode ", mode);
+    {
+      // One byte of a reply frame's header, then nothing: serve reads the rest of the frame until the deadline.
+      ServeProc s({"--workers", "2", "--isolation", mode, "--timeout", "300"});
+      REQUIRE(s.write(request("warm", "result = 1")));
+      REQUIRE(s.wait_answers(1, 60));
+      REQUIRE(s.write(request("part", kForge + "posix.write(3, b'\\x01')\nimport time\ntime.sleep(1000)\n")));
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // under way, most likely (either way it must end)
+      REQUIRE(s.write("{\"id\": \"c\", \"cancel\": \"part\"}\n" + request("b", "result = 7")));
+      CHECK_MESSAGE(has_answered(s, "b"), "a request sent during the run was not read");
+      CHECK_MESSAGE(has_answered(s, "part"), "a cancel sent during the run was not read");
+      s.close_input();
+      CHECK(s.wait_exit(60) == 0);
+      auto rs = results(lines_of(s.output()));
+      CHECK(rs["\"b\""]["result"] == 7);
+      CHECK(rs["\"part\""]["error_kind"] == "cancelled");
+    }
+    {
+      // A forged reply, then the run goes on without reading: the worker looks idle and takes the next request,
+      // a short line whose request frame (its file's bytes escaped) is larger than the socket takes unread.
+      const double t = 10 * time_scale();
+      ServeProc s({"--workers", "2", "--isolation", mode, "--timeout", std::to_string(t), "--scratch-dir"});
+      REQUIRE(s.write(request("warm", "result = 1")));
+      REQUIRE(s.wait_answers(1, 60));
+      REQUIRE(s.write(request("linger", kForge + "forge()\nimport signal, time\n"
+                                        "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})\n"
+                                        "time.sleep(1000)\n")));
+      REQUIRE(has_answered(s, "linger"));
+      std::string b64;
+      for (int i = 0; i < 16000; ++i) b64 += "AQEB";  // 48,000 bytes of 0x01: 288,000 characters once escaped
+      const std::string big = request("big", "result = 1", {{"files", {{"f.bin", {{"base64", b64}}}}}});
+      REQUIRE(big.size() < 64 * 1024);  // short enough to be run by the thread that read it
+      REQUIRE(s.write(big));
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      REQUIRE(s.write(request("b", "result = 7")));
+      CHECK_MESSAGE(has_answered(s, "b"), "a request sent during the stalled send was not read");
+      CHECK_MESSAGE(results(lines_of(s.output())).count("\"big\"") == 0, "the stalled request ended before b was read");
+      s.close_input();
+      CHECK(s.wait_exit(60 + 2 * t) == 0);
+      auto rs = results(lines_of(s.output()));
+      CHECK(rs["\"b\""]["result"] == 7);
+      CHECK(rs["\"big\""]["ok"] == false);
+    }
   }
 }
 

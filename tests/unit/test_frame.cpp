@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -248,4 +249,44 @@ TEST_CASE("frame: send_frame to a peer that reads nothing ends at its deadline, 
   CHECK(got == big);
   ::close(sv[0]);
   ::close(sv[1]);
+}
+
+// before_wait (serve's reading role, passed on before the worker can make us wait): called once, and only
+// when the call would otherwise block on the peer.
+TEST_CASE("frame: before_wait is called only when a read or a send has to wait for the peer") {
+  int calls = 0;
+  std::function<void()> hook = [&] { ++calls; };
+  SUBCASE("a whole frame already there: not called") {
+    Pipe p;
+    REQUIRE(write_frame(p.w, "{}") == IoStatus::ok);
+    std::string got;
+    CHECK(read_frame(p.r, got, soon(), spr::detail::kMaxFrameBytes, 0, -1, false, &hook) == IoStatus::ok);
+    CHECK(calls == 0);
+    CHECK(static_cast<bool>(hook));
+  }
+  SUBCASE("a frame sent in part: called once, before the wait, which then runs to its deadline") {
+    Pipe p;
+    p.raw(header(2) + "{");
+    std::string got;
+    CHECK(read_frame(p.r, got, soon(100), spr::detail::kMaxFrameBytes, 0, -1, false, &hook) == IoStatus::timeout);
+    CHECK(calls == 1);
+    CHECK(!hook);  // emptied: the next wait calls nothing
+  }
+  SUBCASE("a send the peer does not take: called once") {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    const std::string big(4u << 20, 'x');
+    CHECK(spr::detail::send_frame(sv[0], big, soon(100), -1, true, &hook) == IoStatus::timeout);
+    CHECK(calls == 1);
+    ::close(sv[0]);
+    ::close(sv[1]);
+  }
+  SUBCASE("a small send: not called") {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    CHECK(spr::detail::send_frame(sv[0], "{}", soon(), -1, true, &hook) == IoStatus::ok);
+    CHECK(calls == 0);
+    ::close(sv[0]);
+    ::close(sv[1]);
+  }
 }
