@@ -75,7 +75,7 @@ bool usable_id(const json& id) {
 // Read by a pass that builds no tree (a case line may be costly to parse; this runs for every line first).
 std::optional<json> line_id(std::string_view line) {
   const RequestCost c = measure_request(line, cost_budget(line.size()));
-  if (c.malformed || c.over || !usable_id(c.id)) return std::nullopt;
+  if (c.malformed || c.over || !usable_id(c.id) || !id_error(c.id).empty()) return std::nullopt;
   return c.id;
 }
 
@@ -352,6 +352,7 @@ struct Batch::Impl {
     if (!usable_id(id))
       return answer_bad(seq, id.is_primitive() ? id : json(), pos,
                         where + "a case needs an 'id' (a string, number or boolean)");
+    if (std::string why = id_error(id); !why.empty()) return answer_bad(seq, nullptr, pos, where + why);
     auto code = req->find("code");
     if (code == req->end() || !code->is_string()) return answer_bad(seq, id, pos, where + "'code' must be a string");
     RunOptions options;

@@ -1,6 +1,8 @@
 // One JSON request line as serve and batch read it: bounded reading, parsing, the policy ceiling, the answer line.
 #include "detail/request_line.hpp"
 
+#include <cmath>
+
 #include "common/frame.hpp"
 #include "common/run_files.hpp"
 #include "detail/json_cost.hpp"
@@ -24,6 +26,14 @@ bool read_request_line(std::istream& in, std::string& line, bool& too_long) {
 
 bool blank_line(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+std::string id_error(const json& id) {
+  constexpr double kExact = 9007199254740992.0;  // 2^53: every integer up to it is a distinct double
+  if (id.is_number_float() && !(std::fabs(id.get<double>()) < kExact))
+    return "an 'id' that is a number must be an integer of at most 64 bits or under 2^53 in magnitude (this one "
+           "would not come back as sent): send it as a string";
+  return std::string();
 }
 
 std::optional<json> parse_request_line(std::string_view line, std::string& error) {

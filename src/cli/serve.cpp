@@ -228,6 +228,7 @@ class Server {
     if (!parsed) return refuse(nullptr, error);
     json& req = *parsed;
     json id = req.value("id", json());
+    if (std::string why = detail::id_error(id); !why.empty()) return refuse(nullptr, why);
     if (auto c = req.find("call_result"); c != req.end()) {
       call_answer(id, *c, false);
       return std::nullopt;

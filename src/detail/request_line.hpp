@@ -27,6 +27,11 @@ bool blank_line(std::string_view line);
 // The line as a JSON object, or nullopt with `error` set ("malformed request line: ...").
 std::optional<json> parse_request_line(std::string_view line, std::string& error);
 
+// Why a request's "id" would not come back as it was sent ("" when it would): a number JSON gives as an
+// integer past 64 bits, or any number of magnitude 2^53 or more, is read as a double, which two different
+// ids may share (18446744073709551617 and ...618 both became 1.8446744073709552e+19).
+std::string id_error(const json& id);
+
 // A request's "policy" field applied on top of `base` into `out`. "" on success, else why it is refused:
 // an invalid policy, or (when `ceiling`) one that loosens `base` in some field.
 std::string request_policy(const json& overrides, const RunnerPolicy& base, bool ceiling, RunnerPolicy& out);

@@ -106,6 +106,22 @@ def test_duplicate_ids_are_refused_before_anything_runs(tmp_path):
     assert not out.exists()  # nothing ran, nothing was opened for writing
 
 
+def test_ids_that_would_not_come_back_as_sent_are_refused(tmp_path):
+    # JSON integers past 64 bits are read as doubles: these two would be one id (red team round 18, F2).
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"id": 18446744073709551617, "code": "result = 1"}\n'
+                    '{"id": 18446744073709551618, "code": "result = 2"}\n'
+                    '{"id": 9007199254740991, "code": "result = 3"}\n')
+    out = tmp_path / "out.jsonl"
+    p = batch(path, "-o", out, "--isolation", "namespace")
+    assert p.returncode == 0, p.stderr
+    lines = lines_of(out)
+    assert [l["id"] for l in lines] == [None, None, 9007199254740991]
+    for l in lines[:2]:
+        assert l["error_kind"] == "bad_input" and "send it as a string" in l["error"], l
+    assert lines[2]["result"] == 3
+
+
 def test_bad_arguments_exit_65(tmp_path):
     path = write_cases(tmp_path / "cases.jsonl", square_cases(2))
     for args in (["--shard", "3/3"], ["--shard", "x"], ["--repeat", "0"], ["--timeout", "-1"], ["--resume"]):

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -395,6 +396,35 @@ TEST_CASE("serve: a run that owns its worker cannot keep serve from reading its 
       CHECK(rs["\"big\""]["ok"] == false);
     }
   }
+}
+
+// JSON numbers past 64 bits are read as doubles: two such ids would come back as one (red team round 18, F2).
+TEST_CASE("serve: an id that would not come back as sent is refused, and no run starts for it") {
+  const std::string input = "{\"id\": 18446744073709551617, \"code\": \"result = 1\"}\n"
+                            "{\"id\": 18446744073709551618, \"code\": \"result = 2\"}\n"
+                            "{\"id\": 1e300, \"code\": \"result = 3\"}\n"
+                            "{\"id\": 9007199254740991, \"code\": \"result = 4\"}\n"
+                            "{\"id\": -9223372036854775808, \"code\": \"result = 5\"}\n"
+                            "{\"id\": 0.5, \"code\": \"result = 6\"}\n";
+  const ProcResult p = spr_test::run_program({SPR_TEST_CLI, "serve", "--isolation", "namespace"}, input,
+                                             60 * time_scale(), env());
+  INFO(p.out);
+  const auto ls = lines_of(p.out);
+  REQUIRE(ls.size() == 6);
+  int refused = 0;
+  std::set<json> results_seen;
+  for (const auto& j : ls) {
+    if (j["id"].is_null()) {
+      ++refused;
+      CHECK(j["error_kind"] == "bad_input");
+      CHECK(j["error"].get<std::string>().find("send it as a string") != std::string::npos);
+    } else {
+      CHECK(j["ok"] == true);
+      results_seen.insert(j["result"]);
+    }
+  }
+  CHECK(refused == 3);
+  CHECK(results_seen == std::set<json>{4, 5, 6});  // the exact ids ran, the others did not
 }
 
 TEST_CASE("serve: two requests in flight with one id are both cancelled by a cancel of that id") {
