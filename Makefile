@@ -50,16 +50,28 @@ test: build
 # Builds the wheel (reusing this build folder; the backend builds only the extension and the workers) and
 # installs it: into PYTHON's environment when PYTHON is a venv's python, otherwise into the venv $(PY_VENV),
 # made with --system-site-packages so the caller sees Debian's numpy, pandas, distributed and matplotlib too
-# (Debian's own Python refuses pip installs).
+# (Debian's own Python refuses pip installs). A build folder serves one Python: when BUILD was configured for
+# another interpreter than PYTHON's, the wheel is built in BUILD-pythonX.Y.Z instead (configured there).
 PY_VENV ?= $(BUILD)/venv
-python: deps $(BUILD)/CMakeCache.txt
-	rm -rf $(BUILD)/dist
-	$(PYTHON) -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation \
-	  --config-settings build-dir=$(abspath $(BUILD)) -w $(BUILD)/dist .
-	@if $(PYTHON) -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then py=$(PYTHON); \
-	else $(PYTHON) -m venv --system-site-packages $(PY_VENV) && py=$(PY_VENV)/bin/python; fi; \
-	$$py -m pip install --disable-pip-version-check --force-reinstall --no-deps $(BUILD)/dist/*.whl && \
-	echo "safe_py_runner installed for $$py"
+python: deps
+	@set -e; \
+	py=$$(command -v $(PYTHON)) || { echo "PYTHON=$(PYTHON) is not a command"; exit 2; }; \
+	build=$(BUILD); \
+	if [ -f $$build/CMakeCache.txt ]; then \
+	  cached=$$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' $$build/CMakeCache.txt); \
+	  if [ "$$(realpath -- "$$cached")" != "$$(realpath -- "$$py")" ]; then \
+	    build=$(BUILD)-python$$($$py -c 'import platform; print(platform.python_version())'); \
+	    echo "$(BUILD) is configured for $$cached: building for $(PYTHON) in $$build"; \
+	  fi; \
+	fi; \
+	[ -f $$build/CMakeCache.txt ] || cmake -S . -B $$build -DPython3_EXECUTABLE=$$py $(CMAKE_FLAGS); \
+	rm -rf $$build/dist; \
+	$$py -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation \
+	  --config-settings build-dir=$$(realpath $$build) -w $$build/dist .; \
+	if $$py -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then target=$$py; \
+	else $$py -m venv --system-site-packages $(PY_VENV) && target=$(PY_VENV)/bin/python; fi; \
+	$$target -m pip install --disable-pip-version-check --force-reinstall --no-deps $$build/dist/*.whl; \
+	echo "safe_py_runner installed for $$target"
 
 # Rewrites README.md's performance table (the block between <!-- spr-bench:begin/end -->) from this run;
 # BENCH_README= leaves the README alone. spr-bench warns loudly when the load average is 1 or more at start.

@@ -195,7 +195,7 @@ std::vector<int> version_numbers(const std::string& version) {
 
 }  // namespace
 
-std::vector<std::string> served_pythons() {
+std::vector<std::string> served_pythons(const std::filesystem::path& default_worker) {
   // The default first (what an unset python_executable gets), then the others by version.
   std::vector<const Build*> others;
   for (std::size_t i = 1; i < builds().size(); ++i) others.push_back(&builds()[i]);
@@ -204,7 +204,11 @@ std::vector<std::string> served_pythons() {
   });
   std::vector<std::string> out;
   if (!builds().empty()) out.push_back(builds().front().version + " " + builds().front().executable);
-  for (const Build* b : others) out.push_back(b->version + " " + b->executable);
+  for (const Build* b : others) {
+    const bool built =
+        default_worker.empty() || ::access((default_worker.parent_path() / b->worker).c_str(), X_OK) == 0;
+    out.push_back(b->version + " " + b->executable + (built ? "" : " (its worker is not built)"));
+  }
   return out;
 }
 

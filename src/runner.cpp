@@ -388,6 +388,8 @@ json detail::RunnerAccess::worker_start(Runner& runner, Isolation isolation) {
   return runner.impl_->spawn_options(detail::key_of(p)).start.to_json();
 }
 
+std::filesystem::path detail::RunnerAccess::worker_path(Runner& runner) { return runner.impl_->worker_path; }
+
 const RunnerOptions& Runner::options() const { return impl_->options; }
 
 json Runner::hardening(Isolation isolation) {

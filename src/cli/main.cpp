@@ -365,7 +365,8 @@ int cmd_http(const HttpArgs& h, const PolicyArgs& pa) {
 spr::json doctor_report(const spr::RunnerPolicy& p) {
   spr::Runner runner(runner_options(p, kOneWorker));
   spr::json out = {{"version", spr::version()}, {"python", runner.python_version()},
-                   {"pythons", spr::detail::served_pythons()}, {"policy", p.to_json()}, {"modes", spr::json::object()}};
+                   {"pythons", spr::detail::served_pythons(spr::detail::RunnerAccess::worker_path(runner))},
+                   {"policy", p.to_json()}, {"modes", spr::json::object()}};
   bool all = true;
   for (auto iso : {spr::Isolation::namespace_, spr::Isolation::subinterpreter, spr::Isolation::fork,
                    spr::Isolation::process}) {
@@ -409,7 +410,7 @@ void print_doctor_summary(const spr::json& report) {
   std::cout << "python_executable: a venv of, or one of:";
   for (const auto& py : report["pythons"]) std::cout << "\n  " << py.get<std::string>();
   std::cout << "\n  (a worker is built for every CPython 3.9 to 3.13 with a shared libpython the build finds, or names"
-               " in -DSPR_PYTHONS)\n";
+               " in -DSPR_PYTHONS; `make run` builds the default one only, `make` the others)\n";
   const spr::json& p = report["policy"];
   std::cout << "limits: timeout " << p["timeout_seconds"].dump() << " s, memory " << p["memory_limit_mb"].dump()
             << " MiB, output " << p["max_output_kb"].dump() << " KiB a stream, result " << p["max_result_kb"].dump()

@@ -1,6 +1,7 @@
 // Which CPython build a python_executable names, and the sys.path it gives, found without running it.
 #pragma once
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@ std::string default_python();
 PythonEnv resolve_python(const std::string& executable);
 
 // "3.11.2 /usr/bin/python3.11", one per build this library can serve (doctor, error messages).
-std::vector<std::string> served_pythons();
+// `default_worker` (the default build's worker, when known): a build whose worker is not an executable file
+// beside it is marked " (its worker is not built)" (`make run` builds the default one only).
+std::vector<std::string> served_pythons(const std::filesystem::path& default_worker = {});
 
 }  // namespace spr::detail

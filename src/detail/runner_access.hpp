@@ -2,6 +2,7 @@
 // the pool's worker counts, and a worker's start plan.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <utility>
@@ -28,6 +29,8 @@ struct RunnerAccess {
   // The start plan (WorkerStart::to_json) of the worker a run in `isolation` gets under the runner's policy:
   // what it mounts, maps and allows (for doctor). Throws WorkerError when that Python cannot be served.
   static json worker_start(Runner& runner, Isolation isolation);
+  // The default Python's worker the runner found (the other Pythons' workers sit beside it).
+  static std::filesystem::path worker_path(Runner& runner);
   // Runner::run for a caller that has itself found options.input_json valid with json_text_error() (the
   // Python binding and the CLI, which refuse it in their own way): a large input is not scanned twice.
   static RunResult run_checked_input(Runner& runner, const std::string& code, const RunnerPolicy& policy,

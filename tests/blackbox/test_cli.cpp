@@ -740,6 +740,38 @@ TEST_CASE("doctor on a kernel that refuses the mount namespace: the own root is 
   CHECK(contains(text.out, "Some layers are off on this machine"));
 }
 
+// `make run` builds the default Python's worker only: doctor says which other Pythons have none beside it.
+TEST_CASE("doctor marks the Pythons whose worker is not built beside the default one") {
+  auto pythons = [](const std::string& worker) {
+    const auto p = spr_test::run_program({SPR_TEST_CLI, "doctor", "--json"}, "", 120,
+                                         {"SPR_WORKER=" + worker, "PATH=/usr/bin:/bin"});
+    INFO(describe(p));
+    REQUIRE(p.exit_code == 0);
+    return json::parse(p.out)["pythons"].get<std::vector<std::string>>();
+  };
+  const std::string marker = " (its worker is not built)";
+  // The build's own worker: an entry is marked exactly when its worker file is missing.
+  const std::filesystem::path built = SPR_TEST_WORKER;
+  const auto listed = pythons(built.string());
+  REQUIRE(!listed.empty());
+  CHECK(!contains(listed[0], marker));  // the default one: the worker itself
+  for (std::size_t i = 1; i < listed.size(); ++i) {
+    CAPTURE(listed[i]);
+    const std::string version = listed[i].substr(0, listed[i].find(' '));
+    const bool exists = std::filesystem::exists(built.parent_path() / ("spr-worker-python" + version));
+    CHECK(contains(listed[i], marker) == !exists);
+  }
+  // The same worker alone in a folder: every other Python is marked.
+  TempPath dir("alone");
+  std::filesystem::create_directory(dir.str());
+  const std::filesystem::path alone = std::filesystem::path(dir.str()) / "spr-worker";
+  std::filesystem::copy_file(built, alone);
+  const auto marked = pythons(alone.string());
+  REQUIRE(marked.size() == listed.size());
+  CHECK(!contains(marked[0], marker));
+  for (std::size_t i = 1; i < marked.size(); ++i) CHECK(contains(marked[i], marker));
+}
+
 TEST_CASE("doctor prints a summary a person can read") {
   const auto p = cli({"doctor"});
   INFO(describe(p));
