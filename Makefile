@@ -9,8 +9,8 @@ PYTHON ?= /usr/bin/python3
 all: build
 
 help:
-	@echo "make run             install missing Debian packages, build what the quick start needs, run it"
-	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, fuzz smoke, soak smoke)"
+	@echo "make run             install the missing Debian packages the build needs, build what the quick start needs, run it"
+	@echo "make test            build and run every test (unit, black-box, CLI, security, Python, faults, fuzz smoke, soak smoke)"
 	@echo "make python          build the Python wheel and install it (into PYTHON if it is a venv's, else build/venv)"
 	@echo "make bench           every mode, back to back and paced, against this machine's floors (BENCH_ARGS=--quick);"
 	@echo "                     rewrites README.md's performance table from the run (BENCH_README= to keep it)"
@@ -24,7 +24,9 @@ help:
 deps:
 	@scripts/install-deps.sh
 
+# Configuring needs the build's packages only (`make run`); `make build` and `make test` install the rest.
 $(BUILD)/CMakeCache.txt:
+	@scripts/install-deps.sh --build
 	cmake -S . -B $(BUILD) -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/CMakeCache.txt
@@ -32,7 +34,7 @@ build: deps $(BUILD)/CMakeCache.txt
 
 # Only what the quick start needs: the library, the worker for the default Python, the CLI and the example.
 # The other Pythons' workers, the Python extension, tests and benchmark come with `make build` / `make test`.
-quickstart: deps $(BUILD)/CMakeCache.txt
+quickstart: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS) --target spr-quickstart spr-worker safe-py-runner
 
 run: quickstart

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian packages safe-py-runner needs, and only those that are missing.
-# Usage: scripts/install-deps.sh [extra-package ...]
+# Usage: scripts/install-deps.sh [--build] [extra-package ...]
+#   --build: only what configuring and building needs (`make run`); the rest is for tests, docs and the examples.
 set -euo pipefail
 
-packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
-          libtomlplusplus-dev libcli11-dev libseccomp-dev
-          pybind11-dev python3-pytest python3-venv python3-pip
+build_only=0
+if [ "${1:-}" = "--build" ]; then
+  build_only=1
+  shift
+fi
+build_packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev doctest-dev
+                libtomlplusplus-dev libcli11-dev libseccomp-dev pybind11-dev)
+if [ $build_only -eq 1 ]; then
+  packages=("${build_packages[@]}" "$@")
+else
+packages=("${build_packages[@]}" python3-pytest python3-venv python3-pip
           # make docs: the API reference of the public headers
           doxygen
           # test dependencies of the third-party package tests
@@ -16,6 +25,7 @@ packages=(g++ cmake make pkg-config python3-dev libboost-dev nlohmann-json3-dev 
           python3-jsonschema python3-yaml nodejs wrk nginx chromium "$@")
 # npm comes with NodeSource's nodejs; Debian's nodejs needs its npm package beside it.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
