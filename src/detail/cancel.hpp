@@ -27,7 +27,9 @@ struct CancelState {
   std::vector<std::function<void()>> on_cancel;
   // A caller that reads its own input on the run's thread while the run goes on (serve's reading thread,
   // running a request itself): `on_watch` is called once, on the run's thread, when `watch_fd` turns
-  // readable while the run waits for its reply, or when the run has to wait for a worker.
+  // readable while the run waits for its reply, and before the run waits on anything else whose length a
+  // worker could choose (a worker to start, a request it does not take, a reply sent in part, host calls,
+  // its end): WorkerPool::lease and WorkerProcess::run.
   int watch_fd = -1;
   std::function<void()> on_watch;
 };
