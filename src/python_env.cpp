@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fd.hpp"
+#include "detail/spawn.hpp"
 
 extern const char kSprPythons[];  // spr-pythons.json, written by cmake/pythons.cmake
 
@@ -206,7 +207,7 @@ std::vector<std::string> served_pythons(const std::filesystem::path& default_wor
   if (!builds().empty()) out.push_back(builds().front().version + " " + builds().front().executable);
   for (const Build* b : others) {
     const bool built =
-        default_worker.empty() || ::access((default_worker.parent_path() / b->worker).c_str(), X_OK) == 0;
+        default_worker.empty() || executable_file((default_worker.parent_path() / b->worker).c_str());
     out.push_back(b->version + " " + b->executable + (built ? "" : " (its worker is not built)"));
   }
   return out;

@@ -19,6 +19,7 @@
 #include "detail/python_env.hpp"
 #include "detail/runner_access.hpp"
 #include "detail/session_host.hpp"
+#include "detail/spawn.hpp"
 #include "detail/worker_pool.hpp"
 #include "detail/worker_process.hpp"
 #include "spr/runner.hpp"
@@ -107,7 +108,7 @@ struct Runner::Impl {
     if (!env.error.empty()) throw WorkerError(env.error);
     // The default build's worker is the one found (or configured); another build's sits next to it.
     so.worker_path = env.worker == "spr-worker" ? worker_path : worker_path.parent_path() / env.worker;
-    if (::access(so.worker_path.c_str(), X_OK) != 0)
+    if (!detail::executable_file(so.worker_path.c_str()))
       throw WorkerError("python_executable " + env.executable + " (Python " + env.version + ") needs " +
                         so.worker_path.string() + ", which is not an executable file");
     so.start.python = env.executable;

@@ -288,7 +288,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
   } else {
     if (const char* env = getenv("SPR_WORKER"); env && *env) {
       // A worker named explicitly is the only candidate: a mistyped path must not quietly run another binary.
-      if (::access(env, X_OK) != 0)
+      if (!executable_file(env))
         throw WorkerError(std::string("SPR_WORKER names ") + env + ", which is not an executable file");
       return env;
     }
@@ -304,7 +304,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
 #endif
   }
   for (const auto& c : candidates)
-    if (::access(c.c_str(), X_OK) == 0) return c;
+    if (executable_file(c.c_str())) return c;
   std::string tried;
   for (const auto& c : candidates) tried += (tried.empty() ? "" : ", ") + c.string();
   throw WorkerError("spr-worker not found or not executable (tried: " + tried +

@@ -44,22 +44,32 @@ std::string file_name(const std::vector<std::string>& roots) {
 // Only this user's, writable by nobody else.
 bool owned_and_private(const struct stat& st) { return st.st_uid == ::geteuid() && (st.st_mode & 022) == 0; }
 
+// How many of the cache directory's last steps may be made: `.cache/safe-py-runner` below HOME,
+// `safe-py-runner` and XDG_CACHE_HOME itself. Never more: a HOME that does not exist (`nobody`'s
+// `/nonexistent`) is not made.
+constexpr std::size_t kMadeSteps = 2;
+
 // `dir` opened step by step from the root, each step relative to the last one's descriptor and without following
 // a link (a path through a link is not used: nothing is made where another user's link points, red team round
-// 17), each missing step made (0700); an invalid Fd when the last step is not a directory this user alone may
-// write.
+// 17), each of its last kMadeSteps steps made (0700) when missing; an invalid Fd when a step is missing and not
+// one of those, or the last step is not a directory this user alone may write.
 detail::Fd open_cache_dir(const std::string& dir) {
   if (dir.empty() || dir[0] != '/') return {};
-  detail::Fd at(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  for (std::size_t begin = 1; at && begin < dir.size();) {
+  std::vector<std::string> steps;
+  for (std::size_t begin = 1; begin < dir.size();) {
     std::size_t end = dir.find('/', begin);
     if (end == std::string::npos) end = dir.size();
-    const std::string step = dir.substr(begin, end - begin);
+    std::string step = dir.substr(begin, end - begin);
     begin = end + 1;
     if (step.empty() || step == ".") continue;
     if (step == "..") return {};
-    if (::mkdirat(at.get(), step.c_str(), 0700) != 0 && errno != EEXIST) return {};
-    at = detail::Fd(::openat(at.get(), step.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    steps.push_back(std::move(step));
+  }
+  detail::Fd at(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  for (std::size_t i = 0; at && i < steps.size(); ++i) {
+    if (i + kMadeSteps >= steps.size() && ::mkdirat(at.get(), steps[i].c_str(), 0700) != 0 && errno != EEXIST)
+      return {};
+    at = detail::Fd(::openat(at.get(), steps[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   }
   struct stat st{};
   if (!at || ::fstat(at.get(), &st) != 0 || !S_ISDIR(st.st_mode) || !owned_and_private(st)) return {};

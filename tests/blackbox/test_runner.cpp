@@ -7,6 +7,7 @@
 #include <atomic>
 #include <future>
 #include <mutex>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -218,7 +219,8 @@ TEST_CASE("shutdown(): a later run() is answered worker_unavailable, submit() th
 
 TEST_CASE("a missing worker binary throws WorkerError at construction") {
   spr::RunnerOptions o = spr_test::runner_options();
-  o.worker_path = "/nonexistent";
+  // A directory is not a worker (`/nonexistent` itself exists on some machines: `nobody`'s HOME, made by a tool).
+  o.worker_path = std::filesystem::temp_directory_path();
   CHECK_THROWS_AS(spr::Runner{o}, spr::WorkerError);
   o.worker_path = "/nonexistent/spr-worker";
   try {

@@ -302,3 +302,17 @@ TEST_CASE("libdeps cache: a cache directory reached through a link is not used, 
   CHECK(fs::is_empty(target));
   (void)libs;
 }
+
+// A service user's HOME may not exist (`nobody`'s is /nonexistent): it is not made. Only the cache's last two
+// steps are (HOME/.cache/safe-py-runner, XDG_CACHE_HOME/safe-py-runner).
+TEST_CASE("libdeps cache: a missing HOME is not made; the two steps below an existing one are") {
+  TempTree t;
+  const fs::path home = t.outside / "home";
+  const fs::path cache = home / ".cache" / "safe-py-runner";
+  const auto without = spr::embed::libdeps::needed_by_extensions_cached({t.root.string()}, cache.string(), 0);
+  CHECK_FALSE(fs::exists(home));
+  fs::create_directory(home);
+  const auto with = spr::embed::libdeps::needed_by_extensions_cached({t.root.string()}, cache.string(), 0);
+  CHECK(fs::is_directory(cache));
+  CHECK(with == without);  // the answer does not depend on the cache
+}
