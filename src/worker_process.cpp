@@ -719,8 +719,10 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // own per-thread clock (CLOCK_THREAD_CPUTIME_ID) and the RLIMIT_CPU backstop.
   // Not in fork mode: the worker's children are reaped after their reply, so their CPU would land in a later
   // run's window. The fork parent measures each run's child itself (ForkRunner::run).
-  const std::uint64_t cpu_before =
-      policy.cpu_time_seconds > 0 && !shared_ && isolation_ != Isolation::fork ? cpu_ticks() : 0;
+  const bool measure_cpu = policy.cpu_time_seconds > 0 && !shared_ && isolation_ != Isolation::fork;
+  const std::optional<std::uint64_t> cpu_start = measure_cpu ? cpu_ticks() : std::nullopt;
+  const bool cpu_measured = cpu_start.has_value();
+  const std::uint64_t cpu_before = cpu_start.value_or(0);
   // The run's time starts once the worker has its request: a large request gets as long again to be
   // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.
   const auto sent_at = Clock::now();
@@ -838,15 +840,20 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // than allowed did not succeed, whatever its reply says. (Wall-clock overruns are the engine's to
   // see, by its own clock, and the hard deadline's: elapsed time seen from here includes scheduling
   // delays under load, which are not the run's.)
-  if (policy.cpu_time_seconds > 0 && r.error_kind != ErrorKind::cpu_time && cpu_before != 0) {
-    std::uint64_t cpu_after = cpu_ticks();
+  // A worker that had used less than a clock tick when the run began reads 0 ticks: a reading all the same (it was
+  // taken for "unreadable", and under load a process-mode run then used any CPU it liked).
+  if (cpu_measured && r.error_kind != ErrorKind::cpu_time) {
+    std::optional<std::uint64_t> end = cpu_ticks();
     // A process-mode worker ends right after its reply: once its /proc entry is gone, its CPU is what reaping
     // the process we started reports (the worker's included). Before, the check then saw nothing and passed.
-    if (cpu_after == 0 && isolation_ == Isolation::process) cpu_after = cpu_ticks_at_end(hard_deadline);
-    const double used = static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    if (!end && isolation_ == Isolation::process) end = cpu_ticks_at_end(hard_deadline);
+    const std::uint64_t cpu_after = end.value_or(0);
+    const double used = cpu_after > cpu_before
+                            ? static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK))
+                            : 0;
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kCpuOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
-    if (cpu_after > cpu_before && used > policy.cpu_time_seconds + cpu_slack) {
+    if (used > policy.cpu_time_seconds + cpu_slack) {
       r = with_output_of(outcome::cpu_time(policy.cpu_time_seconds), std::move(r), isolation_);
     }
   }
@@ -913,17 +920,17 @@ std::string WorkerProcess::check_reply(const std::string& frame, std::uint64_t i
   return {};
 }
 
-std::uint64_t WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
-  if (reaped_ || pid_ <= 0) return 0;
+std::optional<std::uint64_t> WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
+  if (reaped_ || pid_ <= 0) return std::nullopt;
   if (pidfd_) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     pollfd ended{pidfd_.get(), POLLIN, 0};
     if (retry_eintr([&] { return ::poll(&ended, 1, static_cast<int>(std::clamp<long long>(left, 0, 60000))); }) <= 0)
-      return 0;
+      return std::nullopt;
   }
   int status = 0;
   rusage used{};
-  if (retry_eintr([&] { return static_cast<int>(::wait4(pid_, &status, 0, &used)); }) != pid_) return 0;
+  if (retry_eintr([&] { return static_cast<int>(::wait4(pid_, &status, 0, &used)); }) != pid_) return std::nullopt;
   reaped_ = true;
   wait_status_ = status;
   if (adopts_orphans()) reap_orphans(pid_);
@@ -935,25 +942,24 @@ std::uint64_t WorkerProcess::cpu_ticks_at_end(Clock::time_point deadline) {
   return ticks(used.ru_utime) + ticks(used.ru_stime);
 }
 
-// Worker CPU time (user + system, reaped children included) in clock ticks, read by the supervisor from /proc: the run
-// cannot change it. 0 when unreadable.
-std::uint64_t WorkerProcess::cpu_ticks() const {
+// Read by the supervisor from /proc: the run cannot change it.
+std::optional<std::uint64_t> WorkerProcess::cpu_ticks() const {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(payload_pid_));
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return std::nullopt;
   char buf[1024];
   const ssize_t n = ::read(fd, buf, sizeof buf - 1);
   ::close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0) return std::nullopt;
   buf[n] = '\0';
   const char* p = std::strrchr(buf, ')');  // comm may contain spaces; fields restart after it
-  if (!p) return 0;
+  if (!p) return std::nullopt;
   // Its own time and that of the children it has reaped (a fork-mode run's child).
   unsigned long long utime = 0, stime = 0, cutime = 0, cstime = 0;
   if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &utime, &stime, &cutime,
                   &cstime) != 4)
-    return 0;
+    return std::nullopt;
   return utime + stime + cutime + cstime;
 }
 
@@ -975,7 +981,7 @@ void WorkerProcess::mark_busy() {
 bool WorkerProcess::spent_while_idle(std::chrono::milliseconds allowance) {
   if (!alive() || (shared_ && shared_->idle_slots != shared_->slots)) return false;  // another slot runs
   IdleWatch& w = shared_ ? shared_->idle_watch : idle_watch_;
-  const std::uint64_t now = cpu_ticks();  // 0 when unreadable (the worker is gone): not counted
+  const std::uint64_t now = cpu_ticks().value_or(0);  // 0 when unreadable (the worker is gone): not counted
   if (w.seen_at_lease != w.leases) {  // the first look since its last lease: the count starts here
     w.seen_at_lease = w.leases;
     w.ticks = now;

@@ -130,11 +130,13 @@ class WorkerProcess {
                  Clock::time_point deadline);
   std::string check_reply(const std::string& frame, std::uint64_t id, const RunnerPolicy& policy, bool want_repr,
                           const std::vector<std::string>* collect, RunResult& r, bool& retire) const;
-  std::uint64_t cpu_ticks() const;
+  // The worker's CPU (user + system, reaped children included) in clock ticks; nullopt when unreadable (it is
+  // gone). 0 is a reading: a worker just started may have used less than a tick.
+  std::optional<std::uint64_t> cpu_ticks() const;
   // A one-run (process mode) worker that has ended: waits for the process we started until `deadline`, reaps it
   // and returns the CPU of it and every process it reaped (the worker, through its namespace's init), in clock
-  // ticks; 0 when it did not end in time.
-  std::uint64_t cpu_ticks_at_end(Clock::time_point deadline);
+  // ticks; nullopt when it did not end in time.
+  std::optional<std::uint64_t> cpu_ticks_at_end(Clock::time_point deadline);
   static bool is_stale(const std::string& frame, std::uint64_t id);
   bool wipe_scratch() const;  // true when the scratch root is empty again
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
