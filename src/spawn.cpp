@@ -26,7 +26,6 @@ bool executable_file(const char* path) {
   return ::stat(path, &st) == 0 && S_ISREG(st.st_mode) && ::access(path, X_OK) == 0;
 }
 
-
 namespace {
 
 constexpr int kMaxTarget = 16;       // targets are stdin..the worker's protocol fds, far below this

@@ -719,10 +719,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // own per-thread clock (CLOCK_THREAD_CPUTIME_ID) and the RLIMIT_CPU backstop.
   // Not in fork mode: the worker's children are reaped after their reply, so their CPU would land in a later
   // run's window. The fork parent measures each run's child itself (ForkRunner::run).
-  const bool measure_cpu = policy.cpu_time_seconds > 0 && !shared_ && isolation_ != Isolation::fork;
-  const std::optional<std::uint64_t> cpu_start = measure_cpu ? cpu_ticks() : std::nullopt;
-  const bool cpu_measured = cpu_start.has_value();
-  const std::uint64_t cpu_before = cpu_start.value_or(0);
+  const std::optional<std::uint64_t> cpu_before =
+      policy.cpu_time_seconds > 0 && !shared_ && isolation_ != Isolation::fork ? cpu_ticks() : std::nullopt;
   // The run's time starts once the worker has its request: a large request gets as long again to be
   // taken, and the reply's deadline moves by what the taking took. A stopped worker is still bounded.
   const auto sent_at = Clock::now();
@@ -732,16 +730,16 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // turns readable while the reply is awaited, and before anything here would wait on the worker otherwise (a
   // send it does not take, a frame it sends in part, host calls, its end): how long those take is the
   // worker's to decide, and a run that owns its process would hold the caller's input that long.
-  int watch = extras.cancel ? watch_fd(*extras.cancel) : -1;
+  // `pass_on` is set while the watch is armed; the frame calls empty it once they call it, as pass() does.
+  const int watch = extras.cancel ? watch_fd(*extras.cancel) : -1;
   std::function<void()> pass_on;
-  if (watch >= 0)
-    pass_on = [&] {
-      fire_watch(*extras.cancel);
-      watch = -1;
-    };
-  if (extras.host && pass_on) std::exchange(pass_on, nullptr)();
-  auto lose = [&](IoStatus status, bool timed_out) {
+  if (watch >= 0) pass_on = [&] { fire_watch(*extras.cancel); };
+  auto pass = [&] {
     if (pass_on) std::exchange(pass_on, nullptr)();
+  };
+  if (extras.host) pass();
+  auto lose = [&](IoStatus status, bool timed_out) {
+    pass();
     return lost(id, status, policy, timed_out, hard_deadline);
   };
   if (const IoStatus s = send(text, send_deadline, &pass_on); s == IoStatus::timeout) {
@@ -776,13 +774,14 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // 10 ms; the caller's watch is watched.
   const bool streaming = extras.on_output && *extras.on_output;
   auto wait_for_frame = [&] {
-    while (streaming || watch >= 0) {
+    while (streaming || pass_on) {
+      const bool watching = static_cast<bool>(pass_on);
       pollfd pfd[3] = {{sock_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}, {watch, POLLIN, 0}};
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
-      const int ready = ::poll(pfd, watch >= 0 ? 3 : 2, static_cast<int>(std::clamp<long long>(left, 0, streaming ? 10 : 60000)));
+      const int ready = ::poll(pfd, watching ? 3 : 2, static_cast<int>(std::clamp<long long>(left, 0, streaming ? 10 : 60000)));
       if (streaming) stream_capture(id, cap, sent, *extras.on_output);
-      if (ready > 0 && watch >= 0 && pfd[2].revents) {
-        std::exchange(pass_on, nullptr)();
+      if (ready > 0 && watching && pfd[2].revents) {
+        pass();
         if (ready == 1) continue;
       }
       if (ready != 0 || left <= 0) break;  // readable, hung up, ended, failed or out of time: read_frame decides
@@ -842,15 +841,14 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // delays under load, which are not the run's.)
   // A worker that had used less than a clock tick when the run began reads 0 ticks: a reading all the same (it was
   // taken for "unreadable", and under load a process-mode run then used any CPU it liked).
-  if (cpu_measured && r.error_kind != ErrorKind::cpu_time) {
+  if (cpu_before && r.error_kind != ErrorKind::cpu_time) {
     std::optional<std::uint64_t> end = cpu_ticks();
     // A process-mode worker ends right after its reply: once its /proc entry is gone, its CPU is what reaping
     // the process we started reports (the worker's included). Before, the check then saw nothing and passed.
     if (!end && isolation_ == Isolation::process) end = cpu_ticks_at_end(hard_deadline);
-    const std::uint64_t cpu_after = end.value_or(0);
-    const double used = cpu_after > cpu_before
-                            ? static_cast<double>(cpu_after - cpu_before) / static_cast<double>(sysconf(_SC_CLK_TCK))
-                            : 0;
+    const std::uint64_t before = cpu_before.value_or(0), after = end.value_or(0);
+    const double used =
+        after > before ? static_cast<double>(after - before) / static_cast<double>(sysconf(_SC_CLK_TCK)) : 0;
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kCpuOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
     if (used > policy.cpu_time_seconds + cpu_slack) {

@@ -45,12 +45,12 @@ class LineReader {
  public:
   explicit LineReader(int fd) : fd_(fd), buf_(kChunk) {}
 
-  // One line into `line`, without its newline; false at the end of input. `too_long`: the line went
-  // past detail::kMaxRequestLineBytes and was read to its end without being kept (`line` is then empty).
   int fd() const { return fd_; }
   // Bytes read from the descriptor and not yet returned as lines.
   bool buffered() const { return pos_ < end_; }
 
+  // One line into `line`, without its newline; false at the end of input. `too_long`: the line went
+  // past detail::kMaxRequestLineBytes and was read to its end without being kept (`line` is then empty).
   bool next(std::string& line, bool& too_long) {
     line.clear();
     too_long = false;

@@ -12,7 +12,6 @@ namespace spr::detail {
 // A regular file this process may execute (access(X_OK) alone also takes a directory).
 bool executable_file(const char* path);
 
-
 // What the new process gets. Everything not listed in `fds` is closed before exec, whatever its close-on-exec
 // flag: a descriptor some other part of the host application left inheritable never reaches the program.
 struct SpawnPlan {
