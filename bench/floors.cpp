@@ -394,7 +394,7 @@ void warm_forks(int runs, json& out, bool hooks) {
       req.policy.isolation = spr::Isolation::fork;
       fork_runs(req, id, fork_count, out);
       // As the fork worker does: the default policy's builtins and the streams built once in the parent.
-      if (spr::embed::prebuild_for_fork()) fork_runs(req, id, fork_count, out, "fork_run_prebuilt");
+      if (spr::embed::prebuild_run_objects(spr::RunnerPolicy{}, true)) fork_runs(req, id, fork_count, out, "fork_run_prebuilt");
     }
   }
   write_all(fd, out.dump());

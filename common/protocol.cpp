@@ -50,9 +50,8 @@ std::optional<std::string> opt_str(const json& j, const char* name) {
   return it->get<std::string>();
 }
 
-RunnerPolicy policy(const json& j, PolicyCache* cache) {
+RunnerPolicy policy(const json& j) {
   try {
-    if (cache) return cache->get(need(j, "policy"));
     return policy_from_wire(need(j, "policy"));
   } catch (const PolicyError& e) {
     bad(std::string("bad policy: ") + e.what());
@@ -74,7 +73,7 @@ Isolation isolation(const json& j) {
 }
 
 // Equal and of the same types all the way down: nlohmann's == takes 1 and 1.0 as equal, but a cached
-// text or parse must not hand one caller's 1.0 to another's 1 (extra_globals reach the run as given).
+// text must not hand one caller's 1.0 to another's 1 (extra_globals reach the run as given).
 bool identical(const json& a, const json& b) {
   if (a.type() != b.type() || a.size() != b.size()) return false;
   if (a.is_object()) {
@@ -207,16 +206,7 @@ std::string encode_reply_head(const Reply& r) {
   return text;
 }
 
-const RunnerPolicy& PolicyCache::get(const json& wire) {
-  if (!has_ || !identical(wire, last_)) {
-    parsed_ = policy_from_wire(wire);
-    last_ = wire;
-    has_ = true;
-  }
-  return parsed_;
-}
-
-Message decode(std::string_view text, PolicyCache* policies) {
+Message decode(std::string_view text) {
   json j;
   try {
     j = detail::parse_json(text);
@@ -279,7 +269,7 @@ Message decode(std::string_view text, PolicyCache* policies) {
         r.collect.push_back(f.get<std::string>());
       }
     }
-    r.policy = policy(j, policies);
+    r.policy = policy(j);
     return r;
   }
   if (type == "reply") {

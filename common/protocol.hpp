@@ -135,18 +135,6 @@ struct Variables {
 
 using Message = std::variant<Hello, Request, Reply, HostCall, HostReturn, ListVariables, Variables>;
 
-// The last wire policy and its decoded form: a supervisor sends the same policy again and again, so
-// a long-lived worker decodes it once (the comparison costs less than the decode).
-class PolicyCache {
- public:
-  const RunnerPolicy& get(const json& wire);  // PolicyError for a malformed policy
-
- private:
-  bool has_ = false;
-  json last_;
-  RunnerPolicy parsed_;
-};
-
 // The wire name of each message type ("hello", "request", ...), as in the "type" field.
 const char* type_name(const Message& m);
 
@@ -156,8 +144,8 @@ std::string encode(const RequestRef& r);  // the same text as encode(Request) of
 // Parses one frame's text. Throws ProtocolError for anything malformed (bad JSON, nesting deeper than
 // detail::kMaxJsonDepth, unknown type, missing field, wrong type or range). A policy inside a message
 // is checked for form only: its values are validated where a policy enters the supervisor.
-// `policies`, when given, decodes a request's policy only when it differs from the last one.
-Message decode(std::string_view text, PolicyCache* policies = nullptr);
+// (A worker decodes the same policy once: embed/worker/worker_protocol.hpp, PolicyText.)
+Message decode(std::string_view text);
 
 // The fork parent's own replies: encode(r) without the four output fields and the closing brace, so
 // that the parent appends a killed run's output from the shared buffer in place (it never copies a
@@ -167,8 +155,8 @@ std::string encode_reply_head(const Reply& r);
 
 // Decodes and requires a message of type T; ProtocolError names what came instead.
 template <class T>
-T decode_as(std::string_view text, PolicyCache* policies = nullptr) {
-  Message m = decode(text, policies);
+T decode_as(std::string_view text) {
+  Message m = decode(text);
   if (auto* v = std::get_if<T>(&m)) return std::move(*v);
   throw ProtocolError(std::string("expected a ") + type_name(Message{T{}}) + " message, got " + type_name(m));
 }

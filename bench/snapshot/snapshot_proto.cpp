@@ -436,7 +436,7 @@ int recv_fd(int sock) {
     std::fprintf(stderr, "initialize: %s\n", err.c_str());
     _exit(2);
   }
-  if (!spr::embed::prebuild_for_fork()) _exit(2);
+  if (!spr::embed::prebuild_run_objects(spr::RunnerPolicy{}, true)) _exit(2);
   void* b = mmap(nullptr, kBufferSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (b == MAP_FAILED) _exit(2);
   g_buffer = static_cast<unsigned char*>(b);

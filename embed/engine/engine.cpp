@@ -243,18 +243,18 @@ py::Ref make_builtins_module(const RunnerPolicy& p) {
   return builtins;
 }
 
-// The builtins lists of `a` and `b` give a run the same builtins.
-bool same_builtins(const RunnerPolicy& a, const RunnerPolicy& b) {
-  if (a.mode != b.mode) return false;
-  return a.mode == Mode::allow ? a.allowed_builtins == b.allowed_builtins : a.blocked_builtins == b.blocked_builtins;
+// The builtins `p` filters: the list its mode reads.
+const std::vector<std::string>& builtin_names(const RunnerPolicy& p) {
+  return p.mode == Mode::allow ? p.allowed_builtins : p.blocked_builtins;
 }
 
-// The prebuilt `builtins` module when `p` gives the default policy's builtins, else null; either way
-// this process has none left (a run never gets one another run had).
+// The prebuilt `builtins` module when it was built for `p`'s builtins, else null; either way this process
+// has none left (a run never gets one another run had).
 py::Ref take_prebuilt_builtins(const RunnerPolicy& p) {
-  py::Ref prebuilt(state().prebuilt_builtins);  // owned
-  state().prebuilt_builtins = nullptr;
-  if (prebuilt && !same_builtins(p, RunnerPolicy{})) prebuilt.reset();
+  InterpState& st = state();
+  py::Ref prebuilt(st.prebuilt_builtins);  // owned
+  st.prebuilt_builtins = nullptr;
+  if (prebuilt && (p.mode != st.prebuilt_mode || builtin_names(p) != st.prebuilt_names)) prebuilt.reset();
   return prebuilt;
 }
 
@@ -664,17 +664,20 @@ bool prepare_capture(const Request& req) {
   return capture::begin(req.id, static_cast<std::uint64_t>(req.policy.max_output_kb) * 1024);
 }
 
-bool prebuild_for_fork() {
+bool prebuild_run_objects(const RunnerPolicy& like, bool freeze) {
   InterpState& st = state();
   Py_CLEAR(st.prebuilt_builtins);
   st.prebuilt_streams = false;
-  py::Ref builtins = make_builtins_module(RunnerPolicy{});
+  py::Ref builtins = make_builtins_module(like);
   if (!builtins || !begin_streams("")) {
     PyErr_Clear();
     return false;
   }
   st.prebuilt_builtins = builtins.release();
+  st.prebuilt_mode = like.mode;
+  st.prebuilt_names = builtin_names(like);
   st.prebuilt_streams = true;
+  if (!freeze) return true;
   // Out of the collector's reach like the rest of the warm heap: a child's collection does not write to them.
   // (gc from sys.modules, where initialize() left it: no import runs under a run's policy.)
   PyObject* gc = PyDict_GetItemString(PyImport_GetModuleDict(), "gc");  // borrowed
@@ -682,6 +685,8 @@ bool prebuild_for_fork() {
   PyErr_Clear();
   return true;
 }
+
+bool prebuilt_run_objects() { return state().prebuilt_streams; }
 
 RunResult run(const Request& req, PyObject* session_main) {
   if (!prepare_capture(req)) return outcome::no_output_buffer();

@@ -42,11 +42,15 @@ RunResult run(const protocol::Request& req, ::_object* session_main = nullptr);
 // Like run() but without preparing the capture buffer (the fork child's parent already did).
 RunResult run_prepared(const protocol::Request& req, ::_object* session_main = nullptr);
 bool prepare_capture(const protocol::Request& req);
-// Fork mode: builds in the warm parent what every run of the default policy gets the same (its
-// `builtins` module, fresh sys.stdin/stdout/stderr), so a forked child only builds what its run
-// changes. The next run in this process takes them, once; the parent itself never runs one. They
-// hold no run's data. Returns false (and builds nothing) when Python fails.
-bool prebuild_for_fork();
+// Builds, before a run is asked for, what a run of a policy that filters builtins as `like` does gets
+// the same (its `builtins` module, fresh sys.stdin/stdout/stderr), so the run only builds what it changes:
+// in a fork parent for the children it forks (`freeze`: moved out of the collector's reach with the warm
+// heap, so a child's collection writes no page of them), in a namespace worker while it waits. The next
+// run in this process takes them, once (one of another policy's builtins, or with stdin, builds its own).
+// They hold no run's data. Returns false (and builds nothing) when Python fails.
+bool prebuild_run_objects(const RunnerPolicy& like, bool freeze);
+// Whether objects prebuilt above are waiting for a run.
+bool prebuilt_run_objects();
 
 // Sets up the guard, bootstrap and streams in the interpreter now current (a fresh sub-interpreter,
 // made current with its engine state by an ActiveInterpreter scope). Returns "" or the reason.

@@ -4,8 +4,10 @@
 
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "py.hpp"
+#include "spr/policy.hpp"
 
 namespace spr::embed {
 
@@ -27,9 +29,12 @@ struct InterpState {
   PyObject* module_spec = nullptr;     // importlib's ModuleSpec, for the specs the gates pass on
   PyObject* get_frozen_object = nullptr;  // _imp's own, for the engine's frozen-module loader (trust.cpp)
   PyObject* code_replace = nullptr;    // the code type's own replace, behind the audit hook's gate
-  // Built by prebuild_for_fork() in a fork parent, taken by the next run of a child (one run only):
-  // the `builtins` module of the default policy's run, and whether sys.std* are fresh, unused streams.
+  // Built by prebuild_run_objects() before a run is asked for (a fork parent for its children, a namespace
+  // worker while idle), taken by the next run (one run only): the `builtins` module of a run whose policy
+  // filters builtins as `prebuilt_like` does, and whether sys.std* are fresh, unused streams.
   PyObject* prebuilt_builtins = nullptr;
+  Mode prebuilt_mode = Mode::restrict;
+  std::vector<std::string> prebuilt_names;  // prebuilt_like's blocked (restrict) or allowed (allow) builtins
   bool prebuilt_streams = false;
   PyObject* json_scanner = nullptr;    // _json.make_scanner configured as json.JSONDecoder(), for input_data (codec.cpp)
   bool packages_patched = false;       // numpy's as_strided replaced by the bootstrap's checked one

@@ -161,7 +161,7 @@ std::string ForkRunner::prepare() {
   ignore.sa_handler = SIG_IGN;
   if (sigaction(SIGIO, &ignore, nullptr) != 0) return std::string("sigaction(SIGIO) failed: ") + strerror(errno);
   // What every child's run would build the same, built once here (each child takes its own copy-on-write view).
-  if (!prebuild_for_fork()) return "building the runs' builtins and streams failed";
+  if (!prebuild_run_objects(spr::RunnerPolicy{}, true)) return "building the runs' builtins and streams failed";
 #ifdef SPR_FORK_PHASES
   void* m = mmap(nullptr, sizeof(phases::Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (m != MAP_FAILED) phases::g_shared = static_cast<phases::Shared*>(m);
@@ -212,7 +212,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
     std::string text = encode_reply(0, run_prepared(w));
     (void)text;
     // The warm-up took this child's prebuilt objects: the request gets its own, built while nobody waits.
-    setup.err("the run's builtins and streams (prebuild_for_fork)", prebuild_for_fork() ? 0 : EIO);
+    setup.err("the run's builtins and streams (prebuild_run_objects)", prebuild_run_objects(spr::RunnerPolicy{}, true) ? 0 : EIO);
   };
   if (warm && setup.ok()) warm_up();
   std::string frame;
@@ -233,7 +233,7 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
   SPR_CHILD_PHASE(kRequest);
   // The request pipe stays open: host function answers come on it, forwarded by the parent.
   host_call::set_channel(reply_fd, request.get());
-  Incoming in = decode_request_owned(std::move(frame), scope_, nullptr, &policy_);
+  Incoming in = decode_request_owned(std::move(frame), scope_, &policy_);
   SPR_CHILD_PHASE(kDecoded);
   RunResult r;
   if (!setup.ok()) {

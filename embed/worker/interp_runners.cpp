@@ -29,7 +29,7 @@ namespace {
 // The decoded request run by `run_one`, or the refusal of a frame that is not a run request.
 // `retire`, asked once the run is over: whether this worker must end after the reply (Reply::retire).
 template <class F, class R>
-std::string answer(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache& policies, F&& run_one,
+std::string answer(std::string_view frame, const WorkerScope& scope, PolicyText& policies, F&& run_one,
                    R&& retire) {
   Incoming in = decode_request(frame, scope, &policies);
   if (in.kind == Incoming::Kind::run) {
@@ -52,6 +52,12 @@ void NamespaceRunner::handle(std::string& frame, std::string& reply) {
   // would outlive it in this process: a lock on a host file, a bound port, a taken socket name.
   reply = answer(frame, scope_, policies_, [](const protocol::Request& rq) { return run(rq); },
                  [this] { return retire_ = !state_.kept_descriptors_intact() || state_.descriptors_left(); });
+}
+
+void NamespaceRunner::while_idle(int) {
+  // Off the caller's path: after the reply went out (back to back, beside the supervisor's reading of it).
+  // A run of another policy's builtins builds its own; these are dropped then.
+  if (!prebuilt_run_objects()) (void)prebuild_run_objects(policies_.set ? policies_.policy : RunnerPolicy{}, false);
 }
 
 void NamespaceRunner::after_reply() {

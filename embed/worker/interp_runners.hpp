@@ -22,6 +22,8 @@ class NamespaceRunner : public IsolationRunner {
  public:
   // `state`: captured after hardening; put back after every run.
   NamespaceRunner(WorkerScope scope, const ProcessState& state) : scope_(scope), state_(state) {}
+  // Builds the next run's builtins and streams (for the last run's policy) before it is asked for.
+  void while_idle(int fd) override;
   void handle(std::string& frame, std::string& reply) override;
   // Ends the worker when the run left a descriptor open (module objects of earlier runs may own one, so
   // it is not closed under them); otherwise puts the process state back.
@@ -30,7 +32,7 @@ class NamespaceRunner : public IsolationRunner {
  private:
   WorkerScope scope_;
   const ProcessState& state_;
-  protocol::PolicyCache policies_;
+  PolicyText policies_;  // the last policy decoded
   bool retire_ = false;
 };
 
@@ -78,7 +80,7 @@ class SubinterpreterRunner : public IsolationRunner {
   const ProcessState& state_;
   ThreadSweep* sweep_;
   std::size_t thread_;
-  protocol::PolicyCache policies_;
+  PolicyText policies_;  // the last policy decoded
   bool retire_ = false;
 };
 

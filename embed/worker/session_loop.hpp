@@ -33,7 +33,7 @@ class SessionRunner : public IsolationRunner {
   WorkerScope scope_;
   ::_object* main_module_ = nullptr;  // owned: the session's __main__
   std::int64_t base_ = 0;             // memory in use before the first call
-  protocol::PolicyCache policies_;
+  PolicyText policies_;  // the last policy decoded
 };
 
 }  // namespace spr::embed

@@ -22,6 +22,7 @@ struct InPlace {
   std::optional<std::string> rest;  // the frame with input_data's value replaced by null (and a prebuilt
                                     // policy's by {}), when it has either
   std::string_view input;           // input_data's text
+  std::string_view policy;          // the policy's text
   bool policy_prebuilt = false;     // the policy's text is the prebuilt one's
 };
 InPlace read_in_place(std::string_view frame, const PolicyText* prebuilt) {
@@ -33,6 +34,7 @@ InPlace read_in_place(std::string_view frame, const PolicyText* prebuilt) {
     else if (key == "policy") policy = value;
   });
   if (id) p.id = json_scan::id_number(*id).value_or(0);
+  if (policy) p.policy = *policy;
   p.policy_prebuilt = prebuilt && prebuilt->set && policy && *policy == prebuilt->text;
   // Up to two cuts, in the frame's order: each value's text becomes a constant.
   struct Cut {
@@ -61,14 +63,15 @@ InPlace read_in_place(std::string_view frame, const PolicyText* prebuilt) {
 
 namespace {
 
-// `owner`, when given, holds `frame`'s bytes and may be consumed: input_data's text is moved out of it.
-Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& scope,
-                protocol::PolicyCache* policies, PolicyText* prebuilt) {
+// `owner`, when given, holds `frame`'s bytes and may be consumed: input_data's text is moved out of it, and
+// a prebuilt policy moved out of `prebuilt` (which keeps no other). Without an owner, `prebuilt` gives a copy
+// and keeps the request's policy when it is another.
+Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& scope, PolicyText* prebuilt) {
   Incoming in;
   const InPlace p = read_in_place(frame, prebuilt);
   in.id = p.id;
   try {
-    protocol::Message m = protocol::decode(p.rest ? std::string_view(*p.rest) : frame, policies);
+    protocol::Message m = protocol::decode(p.rest ? std::string_view(*p.rest) : frame);
     if (auto* l = std::get_if<protocol::ListVariables>(&m)) {
       in.kind = Incoming::Kind::list_variables;
       in.id = l->id;
@@ -78,7 +81,15 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
     if (!rq) throw protocol::ProtocolError(std::string("expected a request message, got ") + protocol::type_name(m));
     in.id = rq->id;
     in.run = std::move(*rq);
-    if (p.policy_prebuilt) in.run.policy = std::move(prebuilt->policy);
+    if (p.policy_prebuilt && owner) {
+      in.run.policy = std::move(prebuilt->policy);
+    } else if (p.policy_prebuilt) {
+      in.run.policy = prebuilt->policy;
+    } else if (prebuilt && !owner && p.policy.data() && in.run.policy.extra_globals.empty()) {
+      prebuilt->text.assign(p.policy);
+      prebuilt->policy = in.run.policy;
+      prebuilt->set = true;
+    }
     if (p.input.data() && owner) {
       // The value stays where it is (input_at): moving it to the front would write every page of it, and a fork
       // child's pages of a large request are still its parent's until written (each write a copy).
@@ -103,13 +114,12 @@ Incoming decode(std::string_view frame, std::string* owner, const WorkerScope& s
 
 }  // namespace
 
-Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies) {
-  return decode(frame, nullptr, scope, policies, nullptr);
+Incoming decode_request(std::string_view frame, const WorkerScope& scope, PolicyText* last) {
+  return decode(frame, nullptr, scope, last);
 }
 
-Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies,
-                              PolicyText* prebuilt) {
-  return decode(frame, &frame, scope, policies, prebuilt);
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, PolicyText* prebuilt) {
+  return decode(frame, &frame, scope, prebuilt);
 }
 
 void PolicyText::remember(std::string_view wire) {

@@ -26,10 +26,9 @@ struct Incoming {
   RunResult refusal;      // kind == bad: the bad_input answer
 };
 
-// A policy decoded once, ahead of the requests that send it: the fork parent keeps the last one, so a
-// child whose request carries the same policy text (byte for byte) takes it without parsing it again.
-// A policy with extra_globals (a caller's data, handed to its runs) is never kept: the parent holds no
-// run's data.
+// The last policy a runner decoded, by its text: a request whose policy text is the same byte for byte
+// (callers send one policy again and again) gets its decoded form without a parse. A policy with
+// extra_globals (a caller's data, handed to its runs) is never kept: the fork parent holds no run's data.
 struct PolicyText {
   std::string text;     // the policy's JSON text as the request spelled it
   RunnerPolicy policy;  // its decoded form (protocol::policy_from_wire)
@@ -41,15 +40,15 @@ struct PolicyText {
 
 // Used by worker_main's runners, the fork child and the session loop alike. The policy is the one
 // the supervisor validated: only its form is checked here (protocol::decode), never its values again.
-// `policies` keeps the last decoded policy (nullptr: decode it every time).
-Incoming decode_request(std::string_view frame, const WorkerScope& scope, protocol::PolicyCache* policies);
+// `last` (nullptr: decode every policy): a request with its policy text gets a copy of its policy; another
+// policy is decoded, and kept there in its place unless it has extra_globals.
+Incoming decode_request(std::string_view frame, const WorkerScope& scope, PolicyText* last);
 // The same for a frame the caller no longer needs: input_data's text is cut out of `frame` in place and
 // moved into the request instead of copied (a large input is most of the frame; a copy would fault in
 // as many fresh pages again). `frame` is left empty.
 // `prebuilt`, when its text is the request's policy text, gives the request its policy (moved out of it:
-// for a fork child, which runs one request) instead of a decode.
-Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, protocol::PolicyCache* policies,
-                              PolicyText* prebuilt = nullptr);
+// for a fork child, which runs one request) instead of a decode; it never keeps another.
+Incoming decode_request_owned(std::string&& frame, const WorkerScope& scope, PolicyText* prebuilt = nullptr);
 
 // The reply frame for request `id`.
 std::string encode_reply(std::uint64_t id, RunResult result, bool retire = false);

@@ -409,7 +409,7 @@ TEST_CASE("imports in a run load the runtime's bytecode files: the engine's unma
 
 TEST_CASE("prebuilt objects: a run takes them once; another policy's or stdin's run builds its own") {
   engine();
-  REQUIRE(embed::prebuild_for_fork());
+  REQUIRE(embed::prebuild_run_objects(spr::RunnerPolicy{}, true));
   REQUIRE(embed::state().prebuilt_builtins != nullptr);
   // A policy with other builtins never gets the default's module (the prebuilt one is dropped too).
   spr::RunnerPolicy p;
@@ -419,16 +419,29 @@ TEST_CASE("prebuilt objects: a run takes them once; another policy's or stdin's 
   CHECK(r.result == json(false));
   CHECK(embed::state().prebuilt_builtins == nullptr);
   // A run with stdin reads its own text, not the prebuilt empty stdin.
-  REQUIRE(embed::prebuild_for_fork());
+  REQUIRE(embed::prebuild_run_objects(spr::RunnerPolicy{}, true));
   r = run_here("result = input()", {}, "7\n");
   REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
   CHECK(r.result == json("7"));
   CHECK_FALSE(embed::state().prebuilt_streams);
   // The default policy's run takes the module: default builtins, and none left for a next run.
-  REQUIRE(embed::prebuild_for_fork());
+  REQUIRE(embed::prebuild_run_objects(spr::RunnerPolicy{}, true));
   r = run_here("print('x')\nresult = [hasattr(__builtins__, 'len'), hasattr(__builtins__, 'eval')]");
   REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
   CHECK(r.result == json({true, false}));
   CHECK(r.stdout_text == "x\n");
   CHECK(embed::state().prebuilt_builtins == nullptr);
+  // Built for a policy that blocks `len` (a namespace worker builds them for its last run's policy): taken by
+  // a run of that policy, with its builtins; not by a run of the default policy.
+  REQUIRE(embed::prebuild_run_objects(p, false));
+  REQUIRE(embed::prebuilt_run_objects());
+  r = run_here("result = hasattr(__builtins__, 'len')", p);
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json(false));
+  CHECK(embed::state().prebuilt_builtins == nullptr);
+  CHECK_FALSE(embed::prebuilt_run_objects());
+  REQUIRE(embed::prebuild_run_objects(p, false));
+  r = run_here("result = hasattr(__builtins__, 'len')");
+  REQUIRE_MESSAGE(r.ok, r.error.value_or(""));
+  CHECK(r.result == json(true));
 }

@@ -27,8 +27,8 @@ std::string request_frame(bool allow_network) {
 }  // namespace
 
 TEST_CASE("worker protocol: a request is decoded and narrowed to the worker's scope") {
-  pr::PolicyCache cache;
-  const Incoming in = spr::embed::decode_request(request_frame(true), {spr::Isolation::subinterpreter, false}, &cache);
+  spr::embed::PolicyText last;
+  const Incoming in = spr::embed::decode_request(request_frame(true), {spr::Isolation::subinterpreter, false}, &last);
   REQUIRE(in.kind == Incoming::Kind::run);
   CHECK(in.id == 17);
   CHECK(in.run.code == "result = 1");
@@ -127,7 +127,7 @@ TEST_CASE("worker protocol: a prebuilt policy serves only the request whose poli
     CAPTURE(f);
     spr::embed::PolicyText p = same;
     std::string handed = f;
-    const Incoming in = spr::embed::decode_request_owned(std::move(handed), scope, nullptr, &p);
+    const Incoming in = spr::embed::decode_request_owned(std::move(handed), scope, &p);
     REQUIRE(in.kind == Incoming::Kind::run);
     CHECK(in.run.input_text() == R"({"x":1})");
     CHECK(in.run.policy.timeout_seconds == 2);
@@ -140,7 +140,7 @@ TEST_CASE("worker protocol: a prebuilt policy serves only the request whose poli
   other.policy.timeout_seconds = 3;
   other.policy.blocked_imports = {"os", "sys"};
   spr::embed::PolicyText p = same;
-  const Incoming in = spr::embed::decode_request_owned(pr::encode(other), scope, nullptr, &p);
+  const Incoming in = spr::embed::decode_request_owned(pr::encode(other), scope, &p);
   REQUIRE(in.kind == Incoming::Kind::run);
   CHECK(in.run.policy.timeout_seconds == 3);
   CHECK(in.run.policy.blocked_imports == std::vector<std::string>{"os", "sys"});
@@ -162,4 +162,39 @@ TEST_CASE("worker protocol: a policy carrying extra_globals is never kept prebui
   // A malformed policy is not kept either: the run's own decode refuses it with the reason.
   p.remember(R"({"timeout_seconds":"soon"})");
   CHECK_FALSE(p.set);
+}
+
+TEST_CASE("worker protocol: a long-lived runner keeps the last policy and follows a change") {
+  pr::Request rq;
+  rq.id = 6;
+  rq.code = "result = 1";
+  rq.policy.timeout_seconds = 2;
+  rq.policy.blocked_imports = {"os"};
+  const spr::embed::WorkerScope scope{spr::Isolation::namespace_, false};
+  spr::embed::PolicyText last;
+  const std::string a = pr::encode(rq);
+  Incoming in = spr::embed::decode_request(a, scope, &last);
+  REQUIRE(in.kind == Incoming::Kind::run);
+  REQUIRE(last.set);
+  CHECK(last.text == spr::json_scan::member(a, "policy").value());
+  // The same text again: a copy of the kept policy (it stays kept), narrowed to the scope like a decoded one.
+  last.policy.timeout_seconds = 9;  // marks the kept form: a decode would give 2
+  in = spr::embed::decode_request(a, scope, &last);
+  CHECK(in.run.policy.timeout_seconds == 9);
+  CHECK(in.run.policy.isolation == spr::Isolation::namespace_);
+  CHECK(last.set);
+  CHECK(last.policy.timeout_seconds == 9);
+  // Another policy: decoded, and kept in its place.
+  rq.policy.timeout_seconds = 3;
+  const std::string b = pr::encode(rq);
+  in = spr::embed::decode_request(b, scope, &last);
+  CHECK(in.run.policy.timeout_seconds == 3);
+  CHECK(last.policy.timeout_seconds == 3);
+  CHECK(last.text == spr::json_scan::member(b, "policy").value());
+  // One with extra_globals is decoded and never kept: the last one stays.
+  rq.policy.extra_globals = {{"key", "secret-77a0"}};
+  in = spr::embed::decode_request(pr::encode(rq), scope, &last);
+  CHECK(in.run.policy.extra_globals["key"] == "secret-77a0");
+  CHECK(last.policy.extra_globals.empty());
+  CHECK(last.text == spr::json_scan::member(b, "policy").value());
 }
