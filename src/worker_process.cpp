@@ -282,6 +282,12 @@ extern "C" const char* spr_installed_worker_path() __attribute__((weak));
 
 std::filesystem::path find_worker(const std::filesystem::path& configured) {
   namespace fs = std::filesystem;
+  const auto absolute = [](const fs::path& p) {
+    std::error_code ec;
+    fs::path a = fs::absolute(p, ec);
+    if (ec) throw WorkerError("cannot make the worker's path " + p.string() + " absolute: " + ec.message());
+    return a;
+  };
   std::vector<fs::path> candidates;
   if (!configured.empty()) {
     candidates.push_back(configured);
@@ -290,7 +296,7 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
       // A worker named explicitly is the only candidate: a mistyped path must not quietly run another binary.
       if (!executable_file(env))
         throw WorkerError(std::string("SPR_WORKER names ") + env + ", which is not an executable file");
-      return env;
+      return absolute(env);
     }
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
@@ -303,8 +309,11 @@ std::filesystem::path find_worker(const std::filesystem::path& configured) {
     candidates.emplace_back(SPR_INSTALL_WORKER);
 #endif
   }
+  // Absolute, resolved against the directory the Runner was made in: a relative path kept as it is named
+  // another file once the host changed directory (a root host that moved into a user's directory started
+  // that user's build/spr-worker: red team round 19).
   for (const auto& c : candidates)
-    if (executable_file(c.c_str())) return c;
+    if (executable_file(c.c_str())) return absolute(c);
   std::string tried;
   for (const auto& c : candidates) tried += (tried.empty() ? "" : ", ") + c.string();
   throw WorkerError("spr-worker not found or not executable (tried: " + tried +

@@ -167,6 +167,8 @@ class WorkerProcess {
 // CPU time the supervisor measures above cpu_time_seconds + this is a CPU overrun whatever the reply says.
 constexpr double kSpareBuildSeconds = 0.25;  // subinterpreter mode: building the next interpreter, under load
 
+// The worker binary to start: `configured`, else SPR_WORKER, else beside this program or installed. Always an
+// absolute path (resolved against the current directory now), so a later change of directory changes nothing.
 std::filesystem::path find_worker(const std::filesystem::path& configured);
 
 }  // namespace spr::detail

@@ -3,11 +3,13 @@
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <future>
 #include <mutex>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -229,6 +231,49 @@ TEST_CASE("a missing worker binary throws WorkerError at construction") {
   } catch (const spr::WorkerError& e) {
     CHECK(std::string(e.what()).find("/nonexistent/spr-worker") != std::string::npos);
   }
+}
+
+TEST_CASE("a relative worker path names the worker it named when the Runner was made") {
+  // A host that changes directory later (into a directory another user owns) must not start that directory's
+  // spr-worker: found by a red team (round 19) with a root Python host.
+  namespace fs = std::filesystem;
+  const char* env = std::getenv("SPR_WORKER");
+  REQUIRE_MESSAGE(env != nullptr, "the test needs SPR_WORKER (ctest sets it)");
+  const fs::path worker = fs::absolute(env);
+  const fs::path decoy = fs::temp_directory_path() / ("spr-decoy-" + std::to_string(::getpid()));
+  fs::create_directories(decoy);
+  const fs::path marker = decoy / "decoy-started";
+  {
+    std::ofstream script(decoy / worker.filename());
+    script << "#!/bin/sh\ntouch '" << marker.string() << "'\nexit 1\n";
+  }
+  fs::permissions(decoy / worker.filename(), fs::perms::owner_all);
+  struct Back {
+    fs::path to;
+    ~Back() {
+      std::error_code ec;
+      fs::current_path(to, ec);
+    }
+  } back{fs::current_path()};
+  fs::current_path(worker.parent_path());
+  spr::RunnerOptions o = spr_test::runner_options();
+  o.workers = 1;
+  o.worker_path = worker.filename();  // relative to the directory the Runner is made in
+  spr::RunnerPolicy p = spr_test::policy();
+  p.isolation = spr::Isolation::process;  // a worker started for every run, each after the change of directory
+  {
+    spr::Runner runner(o);
+    fs::current_path(decoy);
+    for (int i = 0; i < 3; ++i) {
+      const spr::RunResult r = runner.run("result = 6 * 7", json::object(), p);
+      INFO(describe(r));
+      CHECK(r.ok);
+      CHECK(r.result == json(42));
+    }
+  }
+  CHECK_FALSE(fs::exists(marker));
+  fs::current_path(back.to);
+  fs::remove_all(decoy);
 }
 
 TEST_CASE("a worker binary that is not a worker is reported, not hung on") {
