@@ -852,12 +852,15 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // taken for "unreadable", and under load a process-mode run then used any CPU it liked).
   if (cpu_before && r.error_kind != ErrorKind::cpu_time) {
     std::optional<std::uint64_t> end = cpu_ticks();
-    // A process-mode worker ends right after its reply: once its /proc entry is gone, its CPU is what reaping
-    // the process we started reports (the worker's included). Before, the check then saw nothing and passed.
-    if (!end && isolation_ == Isolation::process) end = cpu_ticks_at_end(hard_deadline);
-    const std::uint64_t before = cpu_before.value_or(0), after = end.value_or(0);
-    const double used =
-        after > before ? static_cast<double>(after - before) / static_cast<double>(sysconf(_SC_CLK_TCK)) : 0;
+    // A worker that ended right after its reply (a process-mode worker always does; in any other mode a run that
+    // wrote its own reply and ended its process) has no /proc entry left: its CPU is what reaping the process we
+    // started reports, the worker's included. Before, the check then saw nothing and passed (red team round 19:
+    // 2 s of CPU under a 0.5 s limit, answered ok, in namespace and subinterpreter mode and in sessions).
+    if (!end) end = cpu_ticks_at_end(hard_deadline);
+    const std::uint64_t before = *cpu_before;
+    const double used = !end ? std::numeric_limits<double>::infinity()  // unmeasurable: fails closed
+                        : *end > before ? static_cast<double>(*end - before) / static_cast<double>(sysconf(_SC_CLK_TCK))
+                                        : 0;
     // A subinterpreter worker may spend the start of this window building its next interpreter.
     const double cpu_slack = kCpuOverrunSlackSeconds + (isolation_ == Isolation::subinterpreter ? kSpareBuildSeconds : 0);
     if (used > policy.cpu_time_seconds + cpu_slack) {

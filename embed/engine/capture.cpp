@@ -2,9 +2,11 @@
 #include "capture.hpp"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 
@@ -171,6 +173,13 @@ std::string_view view(int stream) {
 bool begin(std::uint64_t run_id, std::uint64_t cap) {
   const std::size_t need = kCaptureDataOffset + 2 * cap;
   if (buf().fd >= 0) {
+    // A run that owns its process may have cut the file under the mapping (a namespace worker's run; a fork
+    // child holds no such file): the header is given its bytes back before it is written, or the write
+    // would fault (SIGBUS) and end the worker with the next request (red team round 19).
+    struct stat st{};
+    if (fstat(buf().fd, &st) != 0) return false;
+    if (st.st_size < static_cast<off_t>(kCaptureDataOffset) && ftruncate(buf().fd, static_cast<off_t>(kCaptureDataOffset)) != 0)
+      return false;
     if (buf().map) retire_header();
     // The shared file is cut back to its header and grown again for every run: the kernel hands out
     // zeroed pages, so nothing an earlier run wrote anywhere in it survives (it may have written past
@@ -193,6 +202,13 @@ bool begin(std::uint64_t run_id, std::uint64_t cap) {
   h->out_len = h->err_len = 0;
   h->out_truncated = h->err_truncated = 0;
   return true;
+}
+
+int keep_mapping_only() {
+  if (buf().fd < 0) return 0;
+  const int r = close(buf().fd);
+  buf().fd = -1;  // released even on EINTR
+  return r == 0 || errno == EINTR ? 0 : errno;
 }
 
 void adopt_shared() {

@@ -13,6 +13,9 @@ namespace spr::embed::capture {
 bool attach(int fd);
 // Resets both streams for a run, growing the buffer to hold `cap` bytes per stream.
 bool begin(std::uint64_t run_id, std::uint64_t cap);
+// A fork child, after its begin() and before its run: keeps the mapping and closes the file, so a run that owns
+// its process cannot cut the buffer its worker maps (the worker would fault on it) or grow it. Returns 0 or errno.
+int keep_mapping_only();
 void append(int stream, const char* data, std::size_t len);  // stream 0 = stdout, 1 = stderr
 // Takes the lengths a forked child left in the shared header (clamped to the run's cap): the
 // parent reads a killed child's partial output this way.

@@ -32,6 +32,7 @@
 #include "harden/harden.hpp"
 #include "engine/host_call.hpp"
 #include "common/json_scan.hpp"
+#include "common/json_text.hpp"
 #include "engine/py.hpp"
 #include "setup_check.hpp"
 #include "worker_protocol.hpp"
@@ -84,41 +85,6 @@ double process_cpu_seconds(pid_t pid) {
   timespec t{};
   if (clock_getcpuclockid(pid, &clock) != 0 || clock_gettime(clock, &t) != 0) return -1;
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9;
-}
-
-// Appends `text` as a JSON string token, into `out`'s existing capacity where possible.
-void append_json_string(std::string& out, std::string_view text) {
-  static const char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 15];
-        } else {
-          out += ch;
-        }
-    }
-  }
-  out += '"';
 }
 
 // Wipes `s` and gives its memory back. A large buffer's whole pages are dropped (MADV_DONTNEED: they
@@ -244,7 +210,15 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
     r = in.kind == Incoming::Kind::bad ? std::move(in.refusal)
                                        : outcome::bad_request("not a run request");
   } else if (prepare_capture(in.run)) {
-    r = run_prepared(in.run);
+    // The buffer's file is the worker's, mapped by the worker and read by the supervisor: the run keeps only its
+    // mapping. (A run that cut the file to 0 bytes made the worker fault with SIGBUS after the reply, and another
+    // party's waiting request was answered worker_crashed: red team round 19.)
+    if (const int e = capture::keep_mapping_only(); e != 0)
+      r = outcome::failure(ErrorKind::worker_unavailable,
+                           std::string("the run's process could not be set up (closing the output buffer's file: ") +
+                               strerror(e) + "); the code was not run");
+    else
+      r = run_prepared(in.run);
   } else {
     r = outcome::memory();
   }
@@ -425,9 +399,9 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   text.reserve(head.size() + 6 * (out.size() + err.size()) + 64);  // no reallocation: nothing left unwiped
   text += head;
   text += ",\"stdout\":";
-  append_json_string(text, out);
+  json_text::append_string(text, out);
   text += ",\"stderr\":";
-  append_json_string(text, err);
+  json_text::append_string(text, err);
   text += ",\"stdout_truncated\":";
   text += r.stdout_truncated ? "true" : "false";
   text += ",\"stderr_truncated\":";

@@ -26,7 +26,8 @@ constexpr Call kCalls[] = {
     {"fcntl", SYS_fcntl}, {"prctl", SYS_prctl}, {"openat", SYS_openat}, {"open", SYS_open},
     {"pipe2", SYS_pipe2}, {"read", SYS_read}, {"write", SYS_write}, {"close", SYS_close},
     {"getpid", SYS_getpid}, {"kill", SYS_kill}, {"flock", SYS_flock}, {"socketpair", SYS_socketpair},
-    {"sendto", SYS_sendto},
+    {"sendto", SYS_sendto}, {"ftruncate", SYS_ftruncate}, {"pwrite64", SYS_pwrite64},
+    {"exit_group", SYS_exit_group},
 };
 
 // A Python value as a syscall argument: int as is, None as 0, str as a NUL-terminated UTF-8 pointer and bytes or

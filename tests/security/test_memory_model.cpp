@@ -525,6 +525,58 @@ TEST_CASE("model: a run that forges its reply and goes on computing does not kee
   CHECK(runner.run("result = input_data['s']", {{"s", secret}}).result == json(secret));
 }
 
+TEST_CASE("model: a run that forges an ok reply and ends its process at once still answers for its CPU") {
+  // The supervisor reads the worker's CPU from /proc after the reply; a run that wrote its own reply (a large one,
+  // so that reading it takes a while) and ended its process left no /proc entry, and the check counted nothing:
+  // 2 s of CPU under a 0.5 s limit answered ok in namespace and subinterpreter mode and in sessions (red team
+  // round 19). (fork: the child has no protocol socket, its reply is its parent's to take.)
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.cpu_time_seconds = 0.3;
+  o.policy.max_result_kb = 2048;
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);  // request 1
+  const std::string forge =
+      "import _spr_raw as R, json, time\n"
+      "t0 = time.thread_time()\n"
+      "while time.thread_time() - t0 < 1.0:\n"
+      "    try:\n"
+      "        while time.thread_time() - t0 < 1.0:\n"
+      "            pass\n"
+      "    except BaseException:\n"
+      "        pass  # the engine's CPU timer\n"
+      "body = json.dumps({'id': input_data['id'], 'type': 'reply', 'ok': True, 'result': ['x' * 1000] * 900,"
+      " 'error_kind': 'none', 'exit_code': 0}).encode()\n"
+      "frame = len(body).to_bytes(4, 'little') + body\n"
+      "R.call('write', 3, frame, len(frame))\n"
+      "R.call('exit_group', 0)\n";
+  const spr::RunResult r = runner.run(forge, {{"id", 2}});
+  CAPTURE(r.error.value_or(""));
+  CHECK_FALSE(r.ok);
+  CHECK(r.result.is_null());
+  if (test_mode() != spr::Isolation::fork) CHECK(r.error_kind == spr::ErrorKind::cpu_time);
+  CHECK(runner.run("result = 5").result == json(5));  // served again
+}
+
+TEST_CASE("model: a run that cuts the shared output buffer does not take down another party's next run") {
+  // The output buffer is a file the worker maps; a fork run's child held it too and cut it to 0 bytes: the fork
+  // parent, touching its mapping after the reply, died of SIGBUS, and the request waiting for the worker was
+  // answered worker_crashed (red team round 19). The next run is submitted before the first is answered.
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);
+  auto cut = runner.submit("import _spr_raw as R\nresult = list(R.call('ftruncate', 4, 0))", json::object(), o.policy);
+  auto next = runner.submit("result = 'B'", json::object(), o.policy);
+  const spr::RunResult a = cut.get(), b = next.get();
+  CAPTURE(a.result.dump());
+  CAPTURE(a.error.value_or(""));
+  CAPTURE(b.error.value_or(""));
+  CHECK(b.ok);
+  CHECK(b.result == json("B"));
+  if (test_mode() == spr::Isolation::fork) CHECK(a.result == json({-1, 9}));  // EBADF: the child holds no such file
+}
+
 TEST_CASE("model: a reply one byte over its size cap is refused where it is read, one at the cap is taken") {
   // One cap for a run's reply frame (common/run_deadline.hpp): the supervisor reads it from a worker, and a fork
   // parent from its run's child. The run writes the frame itself in a raw write, as a run owning its process
@@ -1115,11 +1167,14 @@ TEST_CASE("model: bytes a run writes anywhere in the output buffer never reach a
   const std::string token = "SPRPLANT" + sec::random_hex(12);
   // Past the lengths the run's own output reached, where a wipe of "what was written" would not look.
   const spr::RunResult a =
-      runner.run("import os\nos.pwrite(4, input_data['t'].encode(), 64 + 5000)\nos.pwrite(4, bytes(16), 24)\n",
+      runner.run("import os\ntry:\n    os.pwrite(4, input_data['t'].encode(), 64 + 5000)\n    os.pwrite(4, bytes(16), 24)\n"
+                 "except OSError:\n    pass  # fork: the run's child holds no such file, only its mapping\n",
                  {{"t", token}}, p);
   REQUIRE_MESSAGE(a.ok, a.error.value_or(""));
-  const spr::RunResult b =
-      runner.run("import os\nresult = os.pread(4, 1 << 20, 0).count(input_data['t'].encode())\n", {{"t", token}}, p);
+  const spr::RunResult b = runner.run(
+      "import os\ntry:\n    data = os.pread(4, 1 << 20, 0)\nexcept OSError:\n    data = b''\n"
+      "result = data.count(input_data['t'].encode())\n",
+      {{"t", token}}, p);
   REQUIRE_MESSAGE(b.ok, b.error.value_or(""));
   CHECK(b.result == 0);
 }

@@ -8,6 +8,7 @@
 #include "common/frame.hpp"
 #include "engine/engine.hpp"
 #include "common/json_scan.hpp"
+#include "common/json_text.hpp"
 #include "engine/py.hpp"
 
 namespace embed = spr::embed;
@@ -138,4 +139,21 @@ TEST_CASE("json_scan: a number costs the codec's charge whatever its spelling") 
   CHECK(scan::result_charge("[1e15,2]") == 2 + 24 + 1 + 20);
   CHECK(scan::result_charge("0.1000000000000000000000000000001") == 33);  // a longer spelling costs its text
   CHECK(scan::result_charge("true") == 4);
+}
+
+TEST_CASE("json_text: a string token escapes what JSON needs and replaces bytes that are not UTF-8") {
+  std::string out;
+  spr::json_text::append_string(out, "a\"b\\c\n\x01 \xc3\xa9 \xf0\x9f\x99\x82");
+  CHECK(out == "\"a\\\"b\\\\c\\n\\u0001 \xc3\xa9 \xf0\x9f\x99\x82\"");
+  // Invalid: a lone continuation byte, a cut sequence, an overlong form, a surrogate, past U+10FFFF.
+  for (const std::string& bad : {std::string("\x80"), std::string("\xe2\x82"), std::string("\xc0\xaf"),
+                                std::string("\xed\xa0\x80"), std::string("\xf4\x90\x80\x80"), std::string("\xff\xfe")}) {
+    CAPTURE(bad);
+    out.clear();
+    spr::json_text::append_string(out, "x" + bad + "y");
+    CHECK(out.front() == '"');
+    CHECK(out.find("\\ufffd") != std::string::npos);
+    for (const char c : out) CHECK(static_cast<unsigned char>(c) < 0x80);  // nothing of the bad bytes is kept
+    CHECK(spr::json::parse(out).get<std::string>().find("\xef\xbf\xbd") != std::string::npos);
+  }
 }
