@@ -23,9 +23,13 @@ using spr_test::TempPath;
 namespace {
 
 // The CLI runs with an environment of our choosing: the worker's path and a secret that must never leak.
+// A sanitizer build's options go along, so that a report of the CLI's is written where the suite's are.
 std::vector<std::string> cli_env() {
-  return {std::string("SPR_WORKER=") + SPR_TEST_WORKER, std::string("SPR_TEST_SECRET=") + spr_test::kSecret,
-          "PATH=/usr/bin:/bin"};
+  std::vector<std::string> env = {std::string("SPR_WORKER=") + SPR_TEST_WORKER,
+                                  std::string("SPR_TEST_SECRET=") + spr_test::kSecret, "PATH=/usr/bin:/bin"};
+  for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS"})
+    if (const char* v = std::getenv(name)) env.push_back(std::string(name) + "=" + v);
+  return env;
 }
 
 std::string mode() { return spr_test::mode_name(); }
