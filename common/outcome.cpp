@@ -1,6 +1,7 @@
 // The runner's own outcomes: each failed run's text, kind and exit code, spelled once.
 #include "common/outcome.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -119,6 +120,29 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   for (std::size_t k = 2; k < n; ++k)
     if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
   return n;
+}
+
+std::string utf8_within(std::string_view s, std::size_t max_bytes, bool& cut) {
+  // Two passes: the size first, so the text is written into one allocation (a run's output is left in no
+  // buffer freed on the way: the fork parent wipes its copy).
+  const auto walk = [&](auto&& put) {
+    std::size_t size = 0;
+    for (std::size_t i = 0; i < s.size();) {
+      const std::size_t n = utf8_sequence(s, i);
+      const std::size_t width = n == 0 ? 3 : n;
+      if (size + width > max_bytes) return std::make_pair(size, true);
+      put(n == 0 ? std::string_view("\xef\xbf\xbd") : s.substr(i, n));
+      size += width;
+      i += n == 0 ? 1 : n;
+    }
+    return std::make_pair(size, false);
+  };
+  const auto [size, shorter] = walk([](std::string_view) {});
+  std::string out;
+  out.reserve(size);
+  walk([&](std::string_view piece) { out.append(piece); });
+  cut = cut || shorter;
+  return out;
 }
 }  // namespace spr::detail
 

@@ -59,4 +59,9 @@ bool valid_utf8(const std::string& s);
 // Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and values beyond
 // U+10FFFF are invalid, as CPython's decoder has them).
 std::size_t utf8_sequence(std::string_view s, std::size_t i);
+// `s` as valid UTF-8 of at most `max_bytes`: each byte that starts no valid sequence becomes U+FFFD (3 bytes, as
+// CPython's "replace" and every JSON writer here spell it), and the text is cut at a character boundary where
+// the next character would pass `max_bytes`. `cut` is set when something was left out. A run's output is
+// measured against its cap in these bytes: raw bytes under the cap could triple once replaced.
+std::string utf8_within(std::string_view s, std::size_t max_bytes, bool& cut);
 }  // namespace spr::detail

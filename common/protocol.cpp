@@ -132,6 +132,7 @@ std::string encode_request(const RequestRef& r) {
     text += ",\"kill_after_seconds\":";
     text += detail::dump_json(json(r.kill_after_seconds));
   }
+  if (r.operator_policy) text += ",\"operator_policy\":true";
   text += ",\"policy\":";
   text += policy;
   if (r.want_repr) text += ",\"repr\":true";
@@ -159,7 +160,8 @@ std::string encode(const Message& m) {
     static const json kNoValue;  // unused: the text is spliced in
     return encode_request(RequestRef{r->id, r->code, kNoValue, r->policy, r->stdin_text, r->want_repr,
                                      r->kill_after_seconds, r->functions, r->files, r->collect,
-                                     r->input_text().empty() ? std::string_view("{}") : r->input_text()});
+                                     r->input_text().empty() ? std::string_view("{}") : r->input_text(),
+                                     r->operator_policy});
   }
   json j = std::visit(
       Overload{
@@ -245,6 +247,10 @@ Message decode(std::string_view text) {
     if (auto it = j.find("repr"); it != j.end()) {
       if (!it->is_boolean()) bad("field 'repr' is not a boolean");
       r.want_repr = it->get<bool>();
+    }
+    if (auto it = j.find("operator_policy"); it != j.end()) {
+      if (!it->is_boolean()) bad("field 'operator_policy' is not a boolean");
+      r.operator_policy = it->get<bool>();
     }
     r.kill_after_seconds = seconds(j, "kill_after_seconds");
     if (auto it = j.find("functions"); it != j.end()) {

@@ -71,6 +71,9 @@ struct Request {
   // "collect" (glob patterns) of the files that come back; both left out when empty.
   Files files;
   std::vector<std::string> collect;
+  // "operator_policy": the policy is the one the operator gave the Runner, not a caller's own (left out when
+  // false). Only such a policy is kept decoded in a fork parent, whose children all inherit what it keeps.
+  bool operator_policy = false;
 };
 
 // A request as the supervisor sends it: it refers to the caller's values instead of copying them (as
@@ -90,6 +93,7 @@ struct RequestRef {
   // input_data's JSON text, spliced into the frame as it is (whoever set it checked it with
   // detail::json_text_error); empty: input_data is encoded.
   std::string_view input_json = {};
+  bool operator_policy = false;  // Request::operator_policy
 };
 
 // worker -> supervisor: how request `id` ended. Everything in it is the run's own claim.

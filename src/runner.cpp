@@ -136,6 +136,9 @@ struct Runner::Impl {
     if (opts && !opts->collect.empty()) extras.collect = &opts->collect;
     if (opts && !opts->input_json.empty()) extras.input_json = &opts->input_json;
     extras.input_json_checked = input_checked;
+    // A fork parent keeps only this policy decoded for its children: another is a caller's, which the next
+    // caller's run must not find in its memory (red team round 20).
+    extras.operator_policy = options.policy.extra_globals.empty() && policy == options.policy;
     if (!opts) return w.run(id, code, input, policy, deadline, stdin_text, extras);
     if (!detail::attach(opts->cancel, w.pid(), w.pidfd(), w.ending_flag())) return detail::cancelled_result();
     extras.on_output = &opts->on_output;

@@ -558,9 +558,17 @@ void WorkerProcess::read_capture(std::uint64_t id, std::uint64_t cap, RunResult&
   take(kCaptureDataOffset + h.cap, h.err_len, r.stderr_text);
   r.stdout_truncated = h.out_truncated != 0;
   r.stderr_truncated = h.err_truncated != 0;
+  // The bytes are the run's to write: as valid UTF-8 within the cap (each invalid byte, replaced later by
+  // whoever writes the text as JSON, became three: a killed run's output reached 3x max_output_kb, red team
+  // round 20).
+  bool cut[2] = {false, false};
+  r.stdout_text = utf8_within(r.stdout_text, static_cast<std::size_t>(cap), cut[0]);
+  r.stderr_text = utf8_within(r.stderr_text, static_cast<std::size_t>(cap), cut[1]);
+  r.stdout_truncated = r.stdout_truncated || cut[0];
+  r.stderr_truncated = r.stderr_truncated || cut[1];
 }
 
-void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2],
+void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], std::uint64_t given[2],
                                    const OutputCallback& out) const {
   auto header_is_run = [&](CaptureHeader& h) {
     return capture_ && pread(capture_.get(), &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
@@ -595,7 +603,11 @@ void WorkerProcess::stream_capture(std::uint64_t id, std::uint64_t cap, std::uin
   for (int s = 0; s < 2; ++s) {
     if (chunks[s].empty()) continue;
     sent[s] += chunks[s].size();
-    out(s == 0 ? OutputStream::out : OutputStream::err, chunks[s]);
+    // Valid UTF-8, and no more of it in all than the cap (as read_capture gives the whole).
+    bool cut = false;
+    std::string text = utf8_within(chunks[s], static_cast<std::size_t>(cap - std::min(given[s], cap)), cut);
+    given[s] += text.size();
+    if (!text.empty()) out(s == 0 ? OutputStream::out : OutputStream::err, text);
   }
 }
 
@@ -717,7 +729,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
                                                  extras.files ? *extras.files : kNoFiles,
                                                  extras.collect ? *extras.collect : kNone,
                                                  extras.input_json ? std::string_view(*extras.input_json)
-                                                                   : std::string_view()});
+                                                                   : std::string_view(),
+                                                 extras.operator_policy});
   } catch (const std::exception& e) {
     return outcome::failure(ErrorKind::bad_input, std::string("cannot encode the request: ") + e.what());
   }
@@ -766,7 +779,8 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
   // Time in host functions counts against the run's timeout, by this clock: the run started now.
   const Clock::time_point host_deadline = Clock::now() + seconds(policy.timeout_seconds);
   const std::uint64_t cap = static_cast<std::uint64_t>(policy.max_output_kb) * 1024;
-  std::uint64_t sent[2] = {0, 0};
+  std::uint64_t sent[2] = {0, 0};   // bytes of the buffer streamed
+  std::uint64_t given[2] = {0, 0};  // bytes of text they gave (invalid bytes replaced)
   // Streaming: the capture buffer is polled while no reply is readable; the last bytes go out once
   // the result is in, so the chunks always add up to the result's output.
   // The buffer is the worker's to write: whatever a run wrote past the largest size this supervisor
@@ -788,7 +802,7 @@ RunResult WorkerProcess::run(std::uint64_t id, const std::string& code, const js
       pollfd pfd[3] = {{sock_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}, {watch, POLLIN, 0}};
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hard_deadline - Clock::now()).count();
       const int ready = ::poll(pfd, watching ? 3 : 2, static_cast<int>(std::clamp<long long>(left, 0, streaming ? 10 : 60000)));
-      if (streaming) stream_capture(id, cap, sent, *extras.on_output);
+      if (streaming) stream_capture(id, cap, sent, given, *extras.on_output);
       if (ready > 0 && watching && pfd[2].revents) {
         pass();
         if (ready == 1) continue;

@@ -389,12 +389,17 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
     head += R"(,"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false})";
     return head;
   }
-  // A killed run's partial output, taken from the shared buffer in place: the parent's only copy
-  // is the reply text, which the caller wipes once sent.
+  // A killed run's partial output, from the shared buffer: as valid UTF-8 within the cap (the run could write
+  // any bytes there, and each invalid one is three once replaced: the supervisor refused the reply as over
+  // max_output_kb, which hid the run's timeout; red team round 20). The copies are wiped below, the reply text
+  // by the caller once sent.
   capture::adopt_shared();
-  r.stdout_truncated = capture::truncated(0);
-  r.stderr_truncated = capture::truncated(1);
-  const std::string_view out = capture::view(0), err = capture::view(1);
+  const std::size_t cap = static_cast<std::size_t>(l.max_output_kb * 1024);
+  bool cut[2] = {false, false};
+  std::string out = detail::utf8_within(capture::view(0), cap, cut[0]);
+  std::string err = detail::utf8_within(capture::view(1), cap, cut[1]);
+  r.stdout_truncated = capture::truncated(0) || cut[0];
+  r.stderr_truncated = capture::truncated(1) || cut[1];
   std::string text;
   text.reserve(head.size() + 6 * (out.size() + err.size()) + 64);  // no reallocation: nothing left unwiped
   text += head;
@@ -407,6 +412,8 @@ std::string ForkRunner::parent_reply(const Limits& l, int status, bool timed_out
   text += ",\"stderr_truncated\":";
   text += r.stderr_truncated ? "true" : "false";
   text += '}';
+  wipe(out);
+  wipe(err);
   return text;
 }
 
@@ -416,6 +423,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   // One pass over the members (a request can be mostly input_data: each pass costs its size).
   Limits l;
   std::optional<std::string_view> id, policy, type, kill_after;
+  bool operator_policy = false;
   std::size_t last_end = 0;  // just past the last member's value
   const bool members = scan::for_each_member(frame, [&](std::string_view key, std::string_view value) {
     last_end = static_cast<std::size_t>(value.data() - frame.data()) + value.size();
@@ -424,6 +432,7 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
     else if (key == "type") type = value;
     else if (key == "kill_after_seconds") kill_after = value;
     else if (key == "functions") l.host_functions = true;
+    else if (key == "operator_policy") operator_policy = value == "true";
   });
   const std::optional<std::uint64_t> id_number = id ? scan::id_number(*id) : std::nullopt;
   // Each member was checked as it was skipped: the frame is valid JSON when the object ends after the last one,
@@ -438,8 +447,10 @@ void ForkRunner::run(std::string& frame, std::string& reply) {
   }
   l.id_number = *id_number;
   l.id.assign(id->data(), id->size());
-  // Callers send the same policy again and again: decoded here once, each child compares its text.
-  if (!policy_.set || policy_.text != *policy) policy_.remember(*policy);
+  // Callers send the same policy again and again: decoded here once, each child compares its text. Only the
+  // operator's (the Runner's own): every child forked from here inherits what is kept, and another party's
+  // policy (its lists, paths, trust domain) was read by the next party's run (red team round 20).
+  if (operator_policy && (!policy_.set || policy_.text != *policy)) policy_.remember(*policy);
   if (auto v = scan::number(scan::member(*policy, "timeout_seconds").value_or("")); v && *v > 0) l.timeout_seconds = *v;
   if (auto v = scan::number(scan::member(*policy, "cpu_time_seconds").value_or("")); v && *v > 0)
     l.cpu_time_seconds = *v;

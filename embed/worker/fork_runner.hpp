@@ -20,7 +20,8 @@ namespace spr::embed {
 // The parent side never parses, compiles or keeps a run's code, input or output: request bytes go
 // to the child as they came, reply bytes are checked in place and forwarded, and every buffer that
 // held them is wiped after use. A snippet that reads its whole process memory finds no other run.
-// (It keeps the last policy decoded for the children, never one with extra_globals: PolicyText.)
+// (It keeps the operator's policy decoded for the children, never a caller's own nor one with extra_globals:
+// PolicyText, protocol::Request::operator_policy.)
 class ForkRunner : public IsolationRunner {
  public:
   ForkRunner(int statm_fd, int devnull_fd, WorkerScope scope)
@@ -92,7 +93,7 @@ class ForkRunner : public IsolationRunner {
   bool child_filter_ = false;
   pid_t parent_ = -1;  // the worker, as its children must see it (getppid) to know it is alive
   Child spare_;
-  PolicyText policy_;  // the last request's policy, decoded here once for the children that follow
+  PolicyText policy_;  // the operator's policy, decoded here once for the children that follow
   std::string test_fault_;  // fail_setup_for_test
   std::vector<pid_t> exiting_;  // killed, not yet reaped
 };

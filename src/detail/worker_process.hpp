@@ -44,6 +44,7 @@ struct RunExtras {
   const std::string* input_json = nullptr;  // input_data as JSON text (RunOptions::input_json), used instead
   bool input_json_checked = false;  // json_text_error() already passed on *input_json: not scanned again
   const CancelToken* cancel = nullptr;  // its watch (detail::set_watch) is watched while the reply is awaited
+  bool operator_policy = false;  // the policy is the Runner's own (protocol::Request::operator_policy)
 };
 
 // Where the pool's idle CPU watch started counting: the worker's CPU clock when it was first seen idle after
@@ -140,8 +141,10 @@ class WorkerProcess {
   static bool is_stale(const std::string& frame, std::uint64_t id);
   bool wipe_scratch() const;  // true when the scratch root is empty again
   void read_capture(std::uint64_t id, std::uint64_t cap, RunResult& r) const;
-  // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only); `sent` advances.
-  void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], const OutputCallback& out) const;
+  // Passes capture bytes past sent[] to `out` (whole UTF-8 characters only, invalid bytes replaced, no more than
+  // `cap` bytes of text in all: given[] counts them); `sent` and `given` advance.
+  void stream_capture(std::uint64_t id, std::uint64_t cap, std::uint64_t sent[2], std::uint64_t given[2],
+                      const OutputCallback& out) const;
 
   pid_t pid_ = -1;          // the process we started, wait for and kill (with its group)
   pid_t payload_pid_ = -1;  // the worker itself: the same, or the keeper's grandchild in its PID namespace

@@ -199,6 +199,13 @@ TEST_CASE("fork residue: no byte of a run's input, code, output or extra_globals
   CHECK(a.stdout_text.find(out_token) != std::string::npos);
   spr::RunResult b = runner.run("result = 1", json::object());
   REQUIRE(b.ok);
+  // A caller's own policy is that caller's too (its lists, paths, trust domain): the parent keeps only the
+  // operator's decoded for its children (red team round 20: the next party's run read the last one's).
+  const std::string policy_token = "sprpolicy" + sec::random_hex(12);
+  spr::RunnerPolicy marked = fork_options().policy;
+  marked.blocked_imports.push_back(policy_token);
+  spr::RunResult m = runner.run("result = 2", json::object(), marked);
+  REQUIRE_MESSAGE(m.ok, m.error.value_or(""));
   // A policy's extra_globals are a caller's data too: the parent keeps the last policy it decoded, never
   // one with them (this run is the last before the scan, so its policy would be the one kept).
   const std::string globals_token = "SPRGLOB" + sec::random_hex(12);
@@ -211,7 +218,7 @@ TEST_CASE("fork residue: no byte of a run's input, code, output or extra_globals
   const auto guard = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * time_scale());
   while (live_descendants() < 2 && std::chrono::steady_clock::now() < guard)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  for (const std::string& token : {input_token, code_token, out_token, globals_token}) {
+  for (const std::string& token : {input_token, code_token, out_token, globals_token, policy_token}) {
     const Scan after = scan_descendants(token);
     CHECK(after.unreadable == 0);
     CHECK_MESSAGE(after.hits == 0, token, " found ", after.hits, " times in ", after.processes, " processes");

@@ -32,6 +32,7 @@
 #include <spr/runner.hpp>
 
 #include "common/run_deadline.hpp"
+#include "common/outcome.hpp"
 #include "escape_helpers.hpp"
 
 namespace {
@@ -533,9 +534,11 @@ TEST_CASE("model: a run that forges an ok reply and ends its process at once sti
   spr::RunnerOptions o = options(kFaulty);
   o.policy.blocked_imports = {};
   o.policy.cpu_time_seconds = 0.3;
+  o.policy.timeout_seconds = 30 * sec::time_scale();  // 1 s of CPU on a loaded machine: the wall clock must not end it
   o.policy.max_result_kb = 2048;
   spr::Runner runner(o);
   REQUIRE(runner.run("result = 0").ok);  // request 1
+  const auto workers = sec::descendants(::getpid(), {});
   const std::string forge =
       "import _spr_raw as R, json, time\n"
       "t0 = time.thread_time()\n"
@@ -555,7 +558,21 @@ TEST_CASE("model: a run that forges an ok reply and ends its process at once sti
   CHECK_FALSE(r.ok);
   CHECK(r.result.is_null());
   if (test_mode() != spr::Isolation::fork) CHECK(r.error_kind == spr::ErrorKind::cpu_time);
-  CHECK(runner.run("result = 5").result == json(5));  // served again
+  // Served again, once the ended worker's processes are gone (a worker whose run ends it right after its reply can
+  // be lent again before its end shows: that next run of the same trust domain is then lost, SECURITY.md). The
+  // bound is a hang guard.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(30 * sec::time_scale());
+  auto still_there = [&] {
+    int n = 0;
+    for (const auto& p : sec::descendants(::getpid(), {}))
+      for (const auto& w : workers) n += p.pid == w.pid && test_mode() != spr::Isolation::fork;
+    return n;
+  };
+  while (still_there() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const spr::RunResult next = runner.run("result = 5");
+  CAPTURE(next.error.value_or(""));
+  CHECK(next.result == json(5));
 }
 
 TEST_CASE("model: a run that cuts the shared output buffer does not take down another party's next run") {
@@ -575,6 +592,35 @@ TEST_CASE("model: a run that cuts the shared output buffer does not take down an
   CHECK(b.ok);
   CHECK(b.result == json("B"));
   if (test_mode() == spr::Isolation::fork) CHECK(a.result == json({-1, 9}));  // EBADF: the child holds no such file
+}
+
+TEST_CASE("model: a killed run's output is valid UTF-8 within its cap, whatever bytes the run left in the buffer") {
+  // The run fills its stdout area with bytes that are not UTF-8, sets the header's length to the cap and overruns.
+  // Each such byte became U+FFFD (three bytes) where the output was written as JSON: 3x max_output_kb reached the
+  // caller (red team round 20). (fork: the child holds only a mapping of the buffer; the parent's copy goes
+  // through the same function, detail::utf8_within, unit-tested.)
+  if (test_mode() == spr::Isolation::fork) return;
+  spr::RunnerOptions o = options(kFaulty);
+  o.policy.blocked_imports = {};
+  o.policy.max_output_kb = 64;
+  o.policy.timeout_seconds = 2 * sec::time_scale();  // the run writes the buffer first, on a loaded machine too
+  spr::Runner runner(o);
+  REQUIRE(runner.run("result = 0").ok);
+  const std::string code =
+      "import _spr_raw as R, signal, struct, time\n"
+      "cap = 64 * 1024\n"
+      "R.call('pwrite64', 4, b'\\xff' * cap, cap, 64)\n"
+      "R.call('pwrite64', 4, struct.pack('<Q', cap), 8, 24)  # the header's stdout length (nothing printed after)\n"
+      "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGVTALRM})\n"
+      "time.sleep(60)\n";
+  const spr::RunResult r = runner.run(code);
+  CAPTURE(r.error.value_or(""));
+  CAPTURE(r.stdout_text.substr(0, 80));
+  CHECK(r.timed_out);
+  CHECK(r.stdout_text.size() <= 64u * 1024);
+  CHECK(spr::detail::valid_utf8(r.stdout_text));
+  CHECK(r.stdout_text.find("\xef\xbf\xbd") != std::string::npos);  // the control: the bytes were there
+  CHECK(r.stdout_truncated);
 }
 
 TEST_CASE("model: a reply one byte over its size cap is refused where it is read, one at the cap is taken") {

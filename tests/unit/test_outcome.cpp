@@ -100,3 +100,21 @@ TEST_CASE("outcome: a worker that does not take its request is reported as crash
   CHECK(w.error == std::string("worker did not take the request within 5.3s; it was killed and replaced"));
   CHECK(w.exit_code == 1);
 }
+
+TEST_CASE("utf8_within: invalid bytes become U+FFFD, and the text is cut at a character within the cap") {
+  bool cut = false;
+  CHECK(spr::detail::utf8_within("plain \xc3\xa9", 100, cut) == "plain \xc3\xa9");
+  CHECK_FALSE(cut);
+  CHECK(spr::detail::utf8_within("a\xff" "b", 100, cut) == "a\xef\xbf\xbd" "b");
+  CHECK_FALSE(cut);
+  // 10 invalid bytes under a 10-byte cap: three replacement characters fit, not the fourth.
+  const std::string bad(10, '\xff');
+  const std::string within = spr::detail::utf8_within(bad, 10, cut);
+  CHECK(within.size() == 9);
+  CHECK(cut);
+  CHECK(spr::detail::valid_utf8(within));
+  // Never inside a character: a two-byte one that would pass the cap is left out whole.
+  cut = false;
+  CHECK(spr::detail::utf8_within("ab\xc3\xa9", 3, cut) == "ab");
+  CHECK(cut);
+}

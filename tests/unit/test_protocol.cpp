@@ -229,3 +229,16 @@ TEST_CASE("run_files: base64 is canonical and round-trips every length") {
   CHECK_FALSE(rf::matches({"*.png"}, "d/plot.png"));  // '*' stays within one folder
   CHECK(rf::depth({"*.png", "a/b/*"}) == 3);
 }
+
+TEST_CASE("protocol: a request says whether its policy is the operator's, and only when it is") {
+  pr::Request rq;
+  rq.id = 3;
+  rq.code = "pass";
+  CHECK(pr::encode(rq).find("operator_policy") == std::string::npos);
+  rq.operator_policy = true;
+  const std::string text = pr::encode(rq);
+  CHECK(text.find("\"operator_policy\":true") != std::string::npos);
+  CHECK(pr::decode_as<pr::Request>(text).operator_policy);
+  CHECK_THROWS_AS(pr::decode(R"({"type":"request","id":1,"code":"","policy":{},"operator_policy":1})"),
+                  pr::ProtocolError);
+}
