@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 
 #include "common/capture_layout.hpp"
@@ -178,8 +178,8 @@ bool begin(std::uint64_t run_id, std::uint64_t cap) {
     // would fault (SIGBUS) and end the worker with the next request (red team round 19).
     struct stat st{};
     if (fstat(buf().fd, &st) != 0) return false;
-    if (st.st_size < static_cast<off_t>(kCaptureDataOffset) && ftruncate(buf().fd, static_cast<off_t>(kCaptureDataOffset)) != 0)
-      return false;
+    const auto header_bytes = static_cast<off_t>(kCaptureDataOffset);
+    if (st.st_size < header_bytes && ftruncate(buf().fd, header_bytes) != 0) return false;
     if (buf().map) retire_header();
     // The shared file is cut back to its header and grown again for every run: the kernel hands out
     // zeroed pages, so nothing an earlier run wrote anywhere in it survives (it may have written past

@@ -178,7 +178,8 @@ void ForkRunner::child_main(int request_fd, int reply_fd, bool warm, std::string
     std::string text = encode_reply(0, run_prepared(w));
     (void)text;
     // The warm-up took this child's prebuilt objects: the request gets its own, built while nobody waits.
-    setup.err("the run's builtins and streams (prebuild_run_objects)", prebuild_run_objects(spr::RunnerPolicy{}, true) ? 0 : EIO);
+    setup.err("the run's builtins and streams (prebuild_run_objects)",
+              prebuild_run_objects(spr::RunnerPolicy{}, true) ? 0 : EIO);
   };
   if (warm && setup.ok()) warm_up();
   std::string frame;
